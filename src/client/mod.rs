@@ -1,0 +1,243 @@
+//! The client library: connect to a homeserver over QUIC, authenticate, make requests, receive
+//! pushed notifications. Used by `roost-client`, the tests and the benchmarks.
+//!
+//! Every request runs on its own bidirectional stream, so requests on one [`Connection`] proceed
+//! concurrently.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use rustls::pki_types::CertificateDer;
+
+use crate::protocol::{
+    decode_notification, decode_push_header, decode_response, encode_request, ClientId,
+    DecodeError, ErrorCode, ErrorResponse, Notification, Request, Response, ResponseBody,
+    ServerInfo, ALPN_CLIENT, CHANNEL_BINDING_LEN, MAX_NOTIFICATION_LEN, MAX_RESPONSE_LEN,
+    NOTIFICATION_LENGTH_PREFIX_LEN, PUSH_HEADER_LEN,
+};
+use crate::tls;
+use crate::transport::auth::{channel_binding, sign_authentication};
+
+/// How often an idle connection sends a keep-alive, well inside any sane server idle timeout.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Where to connect and whom to trust.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    pub server_addr: SocketAddr,
+    /// The name the server's certificate must carry (its domain).
+    pub server_name: String,
+    /// Certificates (CA or the server's own) the client trusts.
+    pub trusted: Vec<CertificateDer<'static>>,
+    /// The ALPN to offer; [`ALPN_CLIENT`] unless testing something else.
+    pub alpn: Vec<u8>,
+}
+
+impl ClientConfig {
+    /// A configuration trusting the certificates in the PEM file `trusted`.
+    pub fn new(
+        server_addr: SocketAddr,
+        server_name: impl Into<String>,
+        trusted: &Path,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            server_addr,
+            server_name: server_name.into(),
+            trusted: tls::load_certificates(trusted)?,
+            alpn: ALPN_CLIENT.to_vec(),
+        })
+    }
+}
+
+/// What can go wrong talking to a server.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid client configuration: {0}")]
+    Config(String),
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("connection lost: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("stream failed: {0}")]
+    Stream(String),
+    #[error("the server refused: {0}")]
+    Server(ErrorResponse),
+    #[error("the server sent something this client cannot read: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The server's error code, if the server refused the request.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Self::Server(e) => Some(e.code()),
+            _ => None,
+        }
+    }
+}
+
+impl From<DecodeError> for ClientError {
+    fn from(e: DecodeError) -> Self {
+        Self::Protocol(e.to_string())
+    }
+}
+
+/// A connection to a homeserver.
+pub struct Connection {
+    endpoint: quinn::Endpoint,
+    connection: quinn::Connection,
+}
+
+impl Connection {
+    pub async fn connect(config: &ClientConfig) -> Result<Self, ClientError> {
+        let tls = tls::client_config(&config.trusted, &config.alpn)
+            .map_err(|e| ClientError::Config(format!("{e:#}")))?;
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+            .map_err(|e| ClientError::Config(e.to_string()))?;
+        let mut quinn_config = quinn::ClientConfig::new(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL))
+            // The server opens exactly one unidirectional stream: the push stream.
+            .max_concurrent_uni_streams(1u32.into());
+        quinn_config.transport_config(Arc::new(transport));
+
+        let bind: SocketAddr = if config.server_addr.is_ipv4() {
+            (Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let mut endpoint =
+            quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect(e.to_string()))?;
+        endpoint.set_default_client_config(quinn_config);
+        let connection = endpoint
+            .connect(config.server_addr, &config.server_name)
+            .map_err(|e| ClientError::Connect(e.to_string()))?
+            .await
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        Ok(Self {
+            endpoint,
+            connection,
+        })
+    }
+
+    /// Sends `request` on a new stream and returns the response body, or the server's error.
+    pub async fn request(&self, request: &Request) -> Result<ResponseBody, ClientError> {
+        let bytes = encode_request(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        match self.request_raw(&bytes).await? {
+            Response::Ok(body) => Ok(body),
+            Response::Error(e) => Err(ClientError::Server(e)),
+        }
+    }
+
+    /// Sends `bytes` as a request, whatever they are, and decodes the response. For tools and
+    /// tests that need to send what [`Connection::request`] would never encode.
+    pub async fn request_raw(&self, bytes: &[u8]) -> Result<Response, ClientError> {
+        let (mut send, mut recv) = self.connection.open_bi().await?;
+        // A server refusing an oversize request stops reading; its answer still comes back.
+        if send.write_all(bytes).await.is_ok() {
+            let _ = send.finish();
+        }
+        let response = recv
+            .read_to_end(MAX_RESPONSE_LEN)
+            .await
+            .map_err(|e| ClientError::Stream(e.to_string()))?;
+        Ok(decode_response(&response)?)
+    }
+
+    /// The server's domain, protocol version and limits.
+    pub async fn server_info(&self) -> Result<ServerInfo, ClientError> {
+        match self.request(&Request::GetServerInfo).await? {
+            ResponseBody::ServerInfo(info) => Ok(info),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Authenticates this connection as `client` with its signature key, and returns the push
+    /// stream the server opens for it.
+    pub async fn authenticate(
+        &self,
+        client: &ClientId,
+        key: &SigningKey,
+    ) -> Result<PushStream, ClientError> {
+        let request = sign_authentication(key, &self.channel_binding()?, client);
+        match self.request(&Request::Authenticate(request)).await? {
+            ResponseBody::Authenticated(_) => {}
+            other => return Err(unexpected(&other)),
+        }
+        let mut stream = self.connection.accept_uni().await?;
+        let mut header = [0u8; PUSH_HEADER_LEN];
+        stream
+            .read_exact(&mut header)
+            .await
+            .map_err(|e| ClientError::Stream(e.to_string()))?;
+        decode_push_header(header)?;
+        Ok(PushStream { stream })
+    }
+
+    /// The client this connection is authenticated as.
+    pub async fn who_am_i(&self) -> Result<ClientId, ClientError> {
+        match self.request(&Request::WhoAmI).await? {
+            ResponseBody::WhoAmI(client) => Ok(client),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// This connection's channel binding, the value an `Authenticate` signature covers.
+    pub fn channel_binding(&self) -> Result<[u8; CHANNEL_BINDING_LEN], ClientError> {
+        channel_binding(&self.connection).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// Resolves when the connection closes, with the reason.
+    pub async fn closed(&self) -> quinn::ConnectionError {
+        self.connection.closed().await
+    }
+
+    /// Closes the connection and waits until the server has been told.
+    pub async fn close(self) {
+        self.connection.close(0u32.into(), b"done");
+        self.endpoint.wait_idle().await;
+    }
+}
+
+fn unexpected(body: &ResponseBody) -> ClientError {
+    ClientError::Protocol(format!("unexpected response body {body:?}"))
+}
+
+/// The server's push stream: notifications, in order, as they come.
+pub struct PushStream {
+    stream: quinn::RecvStream,
+}
+
+impl PushStream {
+    /// The next notification; `None` once the server has finished the stream. Notification kinds
+    /// this client does not know are skipped.
+    pub async fn next(&mut self) -> Option<Result<Notification, ClientError>> {
+        loop {
+            let mut prefix = [0u8; NOTIFICATION_LENGTH_PREFIX_LEN];
+            match self.stream.read_exact(&mut prefix).await {
+                Ok(()) => {}
+                Err(quinn::ReadExactError::FinishedEarly(0)) => return None,
+                Err(e) => return Some(Err(ClientError::Stream(e.to_string()))),
+            }
+            let len = u32::from_be_bytes(prefix) as usize;
+            if len > MAX_NOTIFICATION_LEN {
+                return Some(Err(ClientError::Protocol(format!(
+                    "notification of {len} bytes exceeds the limit of {MAX_NOTIFICATION_LEN}"
+                ))));
+            }
+            let mut body = vec![0u8; len];
+            if let Err(e) = self.stream.read_exact(&mut body).await {
+                return Some(Err(ClientError::Stream(e.to_string())));
+            }
+            match decode_notification(&body) {
+                Ok(Some(notification)) => return Some(Ok(notification)),
+                Ok(None) => continue,
+                Err(e) => return Some(Err(e.into())),
+            }
+        }
+    }
+}

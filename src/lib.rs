@@ -1,0 +1,28 @@
+//! Roost: a homeserver for end-to-end encrypted messaging built on MLS (RFC 9420), over QUIC.
+//!
+//! The crate is one library and two thin binaries (`src/bin/roost.rs`, the server and operator
+//! commands; `src/bin/roost-client.rs`, the command-line client). Data flows one way through the
+//! library's layers, and back as a response:
+//!
+//! - [`protocol`]: the wire types, their encoding, error codes and limits. Pure: no I/O.
+//! - [`transport`]: the QUIC endpoint, TLS, connections and streams, channel-bound
+//!   authentication and the push stream. Knows nothing of accounts or groups; the only layer that
+//!   turns errors into wire error codes.
+//! - [`services`]: what the server does for an authenticated request; each service owns its rules.
+//! - [`store`]: the one redb database and its single group-commit writer; the only module that
+//!   names redb.
+//! - [`client`]: the client library used by `roost-client`, the tests and the benchmarks.
+//!
+//! [`server`] wires the layers together; [`tls`] holds certificates and rustls configurations for
+//! both sides; [`config`] is the validated server configuration.
+//!
+//! `ARCHITECTURE.md` at the repository root is the map; `protocol-spec/` is the wire contract.
+
+pub mod client;
+pub mod config;
+pub mod protocol;
+pub mod server;
+pub mod services;
+pub mod store;
+pub mod tls;
+pub mod transport;

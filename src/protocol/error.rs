@@ -1,0 +1,135 @@
+//! Error codes: every error a peer can cause has its own stable numeric code.
+
+use std::fmt;
+
+use tls_codec::{TlsDeserialize, TlsSerialize, TlsSize};
+
+use super::Text;
+
+macro_rules! error_codes {
+    ($($(#[$doc:meta])* $name:ident = $value:literal,)*) => {
+        /// A stable numeric error code, `uint16` on the wire. Codes are never reused or renumbered.
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+        pub enum ErrorCode {
+            $($(#[$doc])* $name,)*
+            /// A code this version does not know (a newer server); kept as received.
+            Unknown(u16),
+        }
+
+        impl ErrorCode {
+            pub fn to_u16(self) -> u16 {
+                match self {
+                    $(Self::$name => $value,)*
+                    Self::Unknown(value) => value,
+                }
+            }
+
+            pub fn from_u16(value: u16) -> Self {
+                match value {
+                    $($value => Self::$name,)*
+                    other => Self::Unknown(other),
+                }
+            }
+
+            /// Every code this version knows, in numeric order.
+            pub const ALL: &'static [ErrorCode] = &[$(Self::$name,)*];
+        }
+    };
+}
+
+error_codes! {
+    /// The request could not be decoded.
+    MalformedRequest = 1,
+    /// The request carries a protocol version the server does not speak.
+    UnsupportedVersion = 2,
+    /// The request names an operation the server does not know.
+    UnknownOperation = 3,
+    /// The request is larger than the server's limit.
+    RequestTooLarge = 4,
+    /// The request was not fully received in time.
+    RequestTimeout = 5,
+    /// The operation needs an authenticated connection.
+    NotAuthenticated = 6,
+    /// Authentication failed: unknown client, wrong key or bad signature.
+    AuthenticationFailed = 7,
+    /// The connection has already authenticated.
+    AlreadyAuthenticated = 8,
+    /// The server is shutting down and takes no new work.
+    ShuttingDown = 9,
+    /// The server failed; the request may be retried.
+    Internal = 10,
+}
+
+/// The body of an error response: `struct { uint16 code; opaque message<V>; }`.
+///
+/// The message is for people (logs, error output); programs decide on the code.
+#[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
+pub struct ErrorResponse {
+    code: u16,
+    pub message: Text,
+}
+
+impl ErrorResponse {
+    pub fn new(code: ErrorCode, message: &str) -> Self {
+        Self {
+            code: code.to_u16(),
+            message: Text::truncated(message),
+        }
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        ErrorCode::from_u16(self.code)
+    }
+}
+
+impl fmt::Display for ErrorResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?} ({}): {}", self.code(), self.code, self.message)
+    }
+}
+
+/// Why bytes from a peer could not be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("message of {len} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { len: usize, limit: usize },
+    #[error("unsupported protocol version {0}")]
+    UnsupportedVersion(u16),
+    #[error("unknown operation {0}")]
+    UnknownOperation(u16),
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+impl DecodeError {
+    /// The error code a server answers this decoding failure with.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::TooLarge { .. } => ErrorCode::RequestTooLarge,
+            Self::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
+            Self::UnknownOperation(_) => ErrorCode::UnknownOperation,
+            Self::Malformed(_) => ErrorCode::MalformedRequest,
+        }
+    }
+}
+
+impl From<tls_codec::Error> for DecodeError {
+    fn from(e: tls_codec::Error) -> Self {
+        Self::Malformed(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_are_distinct() {
+        let mut seen = std::collections::HashSet::new();
+        for &code in ErrorCode::ALL {
+            assert!(seen.insert(code.to_u16()), "{code:?} reuses a number");
+            assert_eq!(ErrorCode::from_u16(code.to_u16()), code);
+        }
+        assert_eq!(ErrorCode::from_u16(60_000), ErrorCode::Unknown(60_000));
+    }
+}

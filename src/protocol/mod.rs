@@ -1,0 +1,61 @@
+//! The wire protocol, version 1: every type that crosses the network, its encoding, the error codes
+//! and the limits.
+//!
+//! This module is pure. It does no I/O, knows nothing of tokio, quinn, redb or openmls group state,
+//! and every decoder in it checks the input size before decoding and consumes the whole input
+//! (trailing bytes are an error). `protocol-spec/` is the normative description of what this module
+//! encodes; the two change together.
+
+mod auth;
+mod error;
+mod notification;
+mod request;
+mod response;
+mod types;
+
+pub use auth::{
+    channel_binding_content, AuthenticateRequest, AuthenticateResponse, SignatureScheme,
+    AUTH_EXPORTER_CONTEXT, AUTH_EXPORTER_LABEL, AUTH_SIGNATURE_LABEL, CHANNEL_BINDING_LEN,
+};
+pub use error::{DecodeError, ErrorCode, ErrorResponse};
+pub use notification::{
+    decode_notification, decode_push_header, encode_notification_record, encode_push_header,
+    Notification, ServerShutdown, NOTIFICATION_LENGTH_PREFIX_LEN, PUSH_HEADER_LEN,
+};
+pub use request::{decode_request, encode_request, Operation, Request};
+pub use response::{decode_response, encode_response, Response, ResponseBody, ServerInfo};
+pub use types::{ClientId, Limits, Text};
+
+/// The protocol version this code speaks. Carried in every request, response and push stream.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// ALPN identifier of the client protocol.
+pub const ALPN_CLIENT: &[u8] = b"roost/1";
+/// ALPN identifier of the homeserver-to-homeserver protocol.
+pub const ALPN_FEDERATION: &[u8] = b"roost-fed/1";
+
+/// Largest encoded request a server accepts, in bytes. Checked before decoding.
+pub const MAX_REQUEST_LEN: usize = 1024 * 1024;
+/// Largest encoded response a server sends and a client accepts, in bytes.
+pub const MAX_RESPONSE_LEN: usize = 4 * 1024 * 1024;
+/// Largest encoded notification record on the push stream, in bytes (the length prefix excluded).
+pub const MAX_NOTIFICATION_LEN: usize = 64 * 1024;
+/// Longest human-readable text field (error messages, domains, reasons), in bytes of UTF-8.
+pub const MAX_TEXT_LEN: usize = 1024;
+
+/// Stream error code a server uses to stop reading a request it refused (too large, too slow).
+pub const STREAM_REFUSED: u32 = 1;
+
+/// QUIC application error codes used when a server closes a connection.
+pub mod close_code {
+    /// Normal close: the peer is done.
+    pub const NORMAL: u32 = 0;
+    /// The server is shutting down; reconnect later.
+    pub const SHUTTING_DOWN: u32 = 1;
+    /// The peer broke the stream model (e.g. opened a unidirectional stream).
+    pub const PROTOCOL_VIOLATION: u32 = 2;
+    /// The negotiated ALPN is served by no handler on this server.
+    pub const UNSUPPORTED_ALPN: u32 = 3;
+    /// The server has reached its connection limit.
+    pub const SERVER_BUSY: u32 = 4;
+}

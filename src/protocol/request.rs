@@ -1,0 +1,160 @@
+//! The request envelope: `struct { uint16 version; Request request; }`.
+
+use tls_codec::{Deserialize, Serialize, TlsDeserialize, TlsSerialize, TlsSize};
+
+use super::{AuthenticateRequest, DecodeError, MAX_REQUEST_LEN, PROTOCOL_VERSION};
+
+/// Operation codes: the `uint16` that selects a request body (and the matching response body).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[repr(u16)]
+pub enum Operation {
+    GetServerInfo = 1,
+    Authenticate = 2,
+    WhoAmI = 3,
+}
+
+impl Operation {
+    pub const ALL: &'static [Operation] = &[Self::GetServerInfo, Self::Authenticate, Self::WhoAmI];
+
+    pub fn from_u16(value: u16) -> Option<Self> {
+        Self::ALL.iter().copied().find(|op| *op as u16 == value)
+    }
+
+    /// Whether the operation needs an authenticated connection.
+    pub fn requires_authentication(self) -> bool {
+        match self {
+            Self::GetServerInfo | Self::Authenticate => false,
+            Self::WhoAmI => true,
+        }
+    }
+}
+
+/// A request: the operation code followed by its body.
+#[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
+#[repr(u16)]
+pub enum Request {
+    /// The server's domain, protocol version and limits. No authentication needed.
+    #[tls_codec(discriminant = 1)]
+    GetServerInfo,
+    /// Authenticate this connection as a client (channel-bound; see `AuthenticateRequest`).
+    #[tls_codec(discriminant = 2)]
+    Authenticate(AuthenticateRequest),
+    /// The client this connection is authenticated as.
+    #[tls_codec(discriminant = 3)]
+    WhoAmI,
+}
+
+impl Request {
+    pub fn operation(&self) -> Operation {
+        match self {
+            Self::GetServerInfo => Operation::GetServerInfo,
+            Self::Authenticate(_) => Operation::Authenticate,
+            Self::WhoAmI => Operation::WhoAmI,
+        }
+    }
+}
+
+/// Encodes a request envelope for the current protocol version.
+pub fn encode_request(request: &Request) -> Result<Vec<u8>, tls_codec::Error> {
+    let mut out = PROTOCOL_VERSION.tls_serialize_detached()?;
+    request.tls_serialize(&mut out)?;
+    Ok(out)
+}
+
+/// Decodes a request envelope, telling an oversize message, an unknown version and an unknown
+/// operation apart from a malformed body so that each gets its own error code.
+pub fn decode_request(bytes: &[u8]) -> Result<Request, DecodeError> {
+    if bytes.len() > MAX_REQUEST_LEN {
+        return Err(DecodeError::TooLarge {
+            len: bytes.len(),
+            limit: MAX_REQUEST_LEN,
+        });
+    }
+    let (version, body) = split_u16(bytes)?;
+    if version != PROTOCOL_VERSION {
+        return Err(DecodeError::UnsupportedVersion(version));
+    }
+    let (operation, _) = split_u16(body)?;
+    if Operation::from_u16(operation).is_none() {
+        return Err(DecodeError::UnknownOperation(operation));
+    }
+    Ok(Request::tls_deserialize_exact(body)?)
+}
+
+/// Splits a big-endian `uint16` off the front of `bytes`.
+pub(super) fn split_u16(bytes: &[u8]) -> Result<(u16, &[u8]), DecodeError> {
+    match bytes {
+        [hi, lo, rest @ ..] => Ok((u16::from_be_bytes([*hi, *lo]), rest)),
+        _ => Err(DecodeError::Malformed(
+            "message ends before its header".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{ClientId, SignatureScheme, Text};
+
+    fn samples() -> Vec<Request> {
+        vec![
+            Request::GetServerInfo,
+            Request::Authenticate(AuthenticateRequest {
+                client: ClientId {
+                    user_id: Text::new("alice@a.example").unwrap(),
+                    device_id: 7,
+                },
+                signature_scheme: SignatureScheme::Ed25519,
+                signature: vec![9u8; 64].into(),
+            }),
+            Request::WhoAmI,
+        ]
+    }
+
+    #[test]
+    fn every_request_round_trips_and_names_its_operation() {
+        let requests = samples();
+        assert_eq!(
+            requests.len(),
+            Operation::ALL.len(),
+            "a sample per operation"
+        );
+        for request in requests {
+            let bytes = encode_request(&request).unwrap();
+            assert_eq!(&bytes[2..4], &(request.operation() as u16).to_be_bytes());
+            assert_eq!(
+                bytes.len(),
+                2 + tls_codec::Size::tls_serialized_len(&request)
+            );
+            assert_eq!(decode_request(&bytes).unwrap(), request);
+        }
+    }
+
+    #[test]
+    fn decoding_tells_errors_apart() {
+        let good = encode_request(&Request::WhoAmI).unwrap();
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert!(matches!(
+            decode_request(&trailing),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode_request(&[0]),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert_eq!(
+            decode_request(&[0, 2, 0, 1]),
+            Err(DecodeError::UnsupportedVersion(2))
+        );
+        assert_eq!(
+            decode_request(&[0, 1, 0xff, 0xff]),
+            Err(DecodeError::UnknownOperation(0xffff))
+        );
+        let oversize = vec![0u8; MAX_REQUEST_LEN + 1];
+        assert!(matches!(
+            decode_request(&oversize),
+            Err(DecodeError::TooLarge { .. })
+        ));
+    }
+}

@@ -1,0 +1,113 @@
+//! The response envelope:
+//! `struct { uint16 version; ResponseStatus status; select (status) { ... } }`.
+
+use tls_codec::{Deserialize, Serialize, TlsDeserialize, TlsSerialize, TlsSize};
+
+use super::request::split_u16;
+use super::{
+    AuthenticateResponse, ClientId, DecodeError, ErrorResponse, Limits, Text, MAX_RESPONSE_LEN,
+    PROTOCOL_VERSION,
+};
+
+/// `GetServerInfo` response body.
+#[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
+pub struct ServerInfo {
+    /// The domain this homeserver serves (`a.example` in `alice@a.example`).
+    pub domain: Text,
+    /// The protocol version the server speaks.
+    pub protocol_version: u16,
+    pub limits: Limits,
+}
+
+/// A successful response body, tagged with the operation code of the request it answers.
+#[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
+#[repr(u16)]
+pub enum ResponseBody {
+    #[tls_codec(discriminant = 1)]
+    ServerInfo(ServerInfo),
+    #[tls_codec(discriminant = 2)]
+    Authenticated(AuthenticateResponse),
+    #[tls_codec(discriminant = 3)]
+    WhoAmI(ClientId),
+}
+
+/// A response: a body, or an error.
+#[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
+#[repr(u8)]
+pub enum Response {
+    #[tls_codec(discriminant = 0)]
+    Ok(ResponseBody),
+    #[tls_codec(discriminant = 1)]
+    Error(ErrorResponse),
+}
+
+/// Encodes a response envelope for the current protocol version.
+pub fn encode_response(response: &Response) -> Result<Vec<u8>, tls_codec::Error> {
+    let mut out = PROTOCOL_VERSION.tls_serialize_detached()?;
+    response.tls_serialize(&mut out)?;
+    Ok(out)
+}
+
+/// Decodes a response envelope (the client side of [`encode_response`]).
+pub fn decode_response(bytes: &[u8]) -> Result<Response, DecodeError> {
+    if bytes.len() > MAX_RESPONSE_LEN {
+        return Err(DecodeError::TooLarge {
+            len: bytes.len(),
+            limit: MAX_RESPONSE_LEN,
+        });
+    }
+    let (version, body) = split_u16(bytes)?;
+    if version != PROTOCOL_VERSION {
+        return Err(DecodeError::UnsupportedVersion(version));
+    }
+    Ok(Response::tls_deserialize_exact(body)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ErrorCode;
+
+    #[test]
+    fn responses_round_trip() {
+        let samples = [
+            Response::Ok(ResponseBody::ServerInfo(ServerInfo {
+                domain: Text::new("a.example").unwrap(),
+                protocol_version: PROTOCOL_VERSION,
+                limits: Limits {
+                    max_request_len: 1,
+                    max_response_len: 2,
+                    max_notification_len: 3,
+                    max_concurrent_streams: 4,
+                    idle_timeout_ms: 5,
+                    request_timeout_ms: 6,
+                },
+            })),
+            Response::Ok(ResponseBody::WhoAmI(ClientId {
+                user_id: Text::new("bob@b.example").unwrap(),
+                device_id: 1,
+            })),
+            Response::Error(ErrorResponse::new(
+                ErrorCode::NotAuthenticated,
+                "log in first",
+            )),
+        ];
+        for response in samples {
+            let bytes = encode_response(&response).unwrap();
+            assert_eq!(
+                bytes.len(),
+                2 + tls_codec::Size::tls_serialized_len(&response)
+            );
+            assert_eq!(decode_response(&bytes).unwrap(), response);
+        }
+    }
+
+    #[test]
+    fn an_error_message_longer_than_the_text_limit_is_cut_not_refused() {
+        let long = "é".repeat(crate::protocol::MAX_TEXT_LEN);
+        let error = ErrorResponse::new(ErrorCode::Internal, &long);
+        assert!(error.message.as_str().len() <= crate::protocol::MAX_TEXT_LEN);
+        let bytes = encode_response(&Response::Error(error.clone())).unwrap();
+        assert_eq!(decode_response(&bytes).unwrap(), Response::Error(error));
+    }
+}

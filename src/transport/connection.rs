@@ -1,0 +1,303 @@
+//! One client connection: its streams, its authentication state and its push stream.
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use quinn::{ReadToEndError, RecvStream, SendStream};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::{debug, error, warn};
+
+use super::auth::{channel_binding, verify_authentication};
+use super::Shared;
+use crate::protocol::{
+    close_code, decode_request, encode_notification_record, encode_push_header, encode_response,
+    AuthenticateRequest, AuthenticateResponse, ClientId, ErrorCode, ErrorResponse, Notification,
+    Request, Response, ResponseBody, ALPN_CLIENT, ALPN_FEDERATION, MAX_REQUEST_LEN,
+    MAX_RESPONSE_LEN, STREAM_REFUSED,
+};
+use crate::services::ServiceError;
+
+/// How long the push writer may take to hand its last records to the peer when closing.
+const PUSH_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub(super) async fn handle(
+    incoming: quinn::Incoming,
+    shared: Arc<Shared>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let remote = incoming.remote_address();
+    let connection = match incoming.await {
+        Ok(connection) => connection,
+        Err(e) => {
+            debug!(%remote, "handshake failed: {e}");
+            return;
+        }
+    };
+    let alpn = connection
+        .handshake_data()
+        .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|data| data.protocol);
+    match alpn.as_deref() {
+        Some(ALPN_CLIENT) => serve_client(connection, shared).await,
+        Some(ALPN_FEDERATION) => connection.close(
+            close_code::UNSUPPORTED_ALPN.into(),
+            b"federation is not enabled on this server",
+        ),
+        _ => connection.close(
+            close_code::UNSUPPORTED_ALPN.into(),
+            b"unsupported application protocol",
+        ),
+    }
+}
+
+/// A client connection's state, shared by its stream tasks.
+struct Session {
+    connection: quinn::Connection,
+    /// Set once, by a successful `Authenticate`; every later stream acts as this client.
+    client: OnceLock<ClientId>,
+    push_writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+async fn serve_client(connection: quinn::Connection, shared: Arc<Shared>) {
+    let session = Arc::new(Session {
+        connection: connection.clone(),
+        client: OnceLock::new(),
+        push_writer: Mutex::new(None),
+    });
+    let mut streams = JoinSet::new();
+    let closed_by_peer = loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => break false,
+            accepted = connection.accept_bi() => match accepted {
+                Ok((send, recv)) => {
+                    streams.spawn(handle_stream(session.clone(), shared.clone(), send, recv));
+                }
+                Err(e) => {
+                    debug!(remote = %connection.remote_address(), "connection ended: {e}");
+                    break true;
+                }
+            },
+            Some(finished) = streams.join_next(), if !streams.is_empty() => {
+                if let Err(e) = finished {
+                    if e.is_panic() {
+                        error!("a stream task panicked: {e}");
+                    }
+                }
+            }
+        }
+    };
+
+    // Requests already received get to finish, up to the grace period.
+    let drained = tokio::time::timeout(shared.limits.shutdown_grace, async {
+        while streams.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!("in-flight requests did not finish within the grace period; cancelling them");
+        streams.shutdown().await;
+    }
+
+    if let Some(client) = session.client.get() {
+        // Closing the queue lets the writer send what is queued (a shutdown notice) and finish.
+        shared.push.unregister(client, connection.stable_id());
+    }
+    let push_writer = session
+        .push_writer
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .take();
+    if let Some(mut writer) = push_writer {
+        if closed_by_peer
+            || tokio::time::timeout(PUSH_FLUSH_TIMEOUT, &mut writer)
+                .await
+                .is_err()
+        {
+            writer.abort();
+        }
+    }
+    if !closed_by_peer {
+        connection.close(close_code::SHUTTING_DOWN.into(), b"server shutting down");
+    }
+}
+
+/// Reads one request, answers it, finishes the stream.
+async fn handle_stream(
+    session: Arc<Session>,
+    shared: Arc<Shared>,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
+    let read = tokio::time::timeout(
+        shared.limits.request_timeout,
+        recv.read_to_end(MAX_REQUEST_LEN),
+    )
+    .await;
+    let response = match read {
+        Err(_elapsed) => {
+            let _ = recv.stop(STREAM_REFUSED.into());
+            error_response(
+                ErrorCode::RequestTimeout,
+                "the request was not received in time",
+            )
+        }
+        Ok(Err(ReadToEndError::TooLong)) => {
+            let _ = recv.stop(STREAM_REFUSED.into());
+            error_response(
+                ErrorCode::RequestTooLarge,
+                &format!("requests are limited to {MAX_REQUEST_LEN} bytes"),
+            )
+        }
+        Ok(Err(ReadToEndError::Read(e))) => {
+            debug!("request stream failed: {e}");
+            return;
+        }
+        Ok(Ok(bytes)) => match decode_request(&bytes) {
+            Ok(request) => session.dispatch(&shared, request).await,
+            Err(e) => error_response(e.code(), &e.to_string()),
+        },
+    };
+    write_response(&mut send, &response, shared.limits.request_timeout).await;
+}
+
+async fn write_response(send: &mut SendStream, response: &Response, timeout: Duration) {
+    let bytes = match encode_response(response) {
+        Ok(bytes) if bytes.len() <= MAX_RESPONSE_LEN => bytes,
+        Ok(bytes) => {
+            error!(
+                len = bytes.len(),
+                "response exceeds the response size limit"
+            );
+            encode_internal_error()
+        }
+        Err(e) => {
+            error!("cannot encode response: {e}");
+            encode_internal_error()
+        }
+    };
+    if let Err(e) = send.write_all(&bytes).await {
+        debug!("cannot write response: {e}");
+        return;
+    }
+    let _ = send.finish();
+    // Wait until the peer has the whole response, so that a graceful shutdown cannot cut it off.
+    let _ = tokio::time::timeout(timeout, send.stopped()).await;
+}
+
+fn encode_internal_error() -> Vec<u8> {
+    // An error response with a short fixed message always encodes.
+    encode_response(&error_response(ErrorCode::Internal, "internal error")).unwrap_or_default()
+}
+
+fn error_response(code: ErrorCode, message: &str) -> Response {
+    Response::Error(ErrorResponse::new(code, message))
+}
+
+fn service_error_response(e: ServiceError) -> Response {
+    match e {
+        ServiceError::NotAuthenticated => {
+            error_response(ErrorCode::NotAuthenticated, &e.to_string())
+        }
+        ServiceError::NotAServiceOperation(_) | ServiceError::Store(_) => {
+            error!(error = ?e, "request failed");
+            error_response(ErrorCode::Internal, "internal error")
+        }
+    }
+}
+
+impl Session {
+    async fn dispatch(&self, shared: &Shared, request: Request) -> Response {
+        if let Request::Authenticate(request) = request {
+            return self.authenticate(shared, request).await;
+        }
+        let caller = self.client.get();
+        if request.operation().requires_authentication() && caller.is_none() {
+            return error_response(
+                ErrorCode::NotAuthenticated,
+                "this operation needs an authenticated connection",
+            );
+        }
+        match shared.services.handle(caller, request).await {
+            Ok(body) => Response::Ok(body),
+            Err(e) => service_error_response(e),
+        }
+    }
+
+    async fn authenticate(&self, shared: &Shared, request: AuthenticateRequest) -> Response {
+        if self.client.get().is_some() {
+            return error_response(
+                ErrorCode::AlreadyAuthenticated,
+                "this connection is already authenticated",
+            );
+        }
+        let binding = match channel_binding(&self.connection) {
+            Ok(binding) => binding,
+            Err(e) => {
+                error!("{e}");
+                return error_response(ErrorCode::Internal, "internal error");
+            }
+        };
+        let key = match shared.services.client_signature_key(&request.client).await {
+            Ok(key) => key,
+            Err(e) => return service_error_response(e),
+        };
+        // One answer for an unknown client and a bad signature: no probing for client ids.
+        let verified =
+            key.is_some_and(|key| verify_authentication(&key, &binding, &request).is_ok());
+        if !verified {
+            debug!(client = %request.client, "authentication failed");
+            return error_response(
+                ErrorCode::AuthenticationFailed,
+                "authentication failed: unknown client or bad signature",
+            );
+        }
+        let client = request.client;
+        if self.client.set(client.clone()).is_err() {
+            return error_response(
+                ErrorCode::AlreadyAuthenticated,
+                "this connection is already authenticated",
+            );
+        }
+        if let Err(e) = self.open_push_stream(shared, &client).await {
+            // Authentication stands: everything pushed can also be fetched.
+            warn!(%client, "cannot open the push stream: {e}");
+        }
+        debug!(%client, "authenticated");
+        Response::Ok(ResponseBody::Authenticated(AuthenticateResponse { client }))
+    }
+
+    async fn open_push_stream(&self, shared: &Shared, client: &ClientId) -> anyhow::Result<()> {
+        let mut stream = tokio::time::timeout(shared.limits.request_timeout, async {
+            let mut stream = self.connection.open_uni().await?;
+            stream.write_all(&encode_push_header()).await?;
+            anyhow::Ok(stream)
+        })
+        .await??;
+        let notifications = shared.push.register(client, self.connection.stable_id());
+        let writer = tokio::spawn(async move {
+            write_notifications(&mut stream, notifications).await;
+        });
+        *self
+            .push_writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(writer);
+        Ok(())
+    }
+}
+
+/// Writes queued notifications until the queue closes, then finishes the stream.
+async fn write_notifications(stream: &mut SendStream, mut queue: mpsc::Receiver<Notification>) {
+    while let Some(notification) = queue.recv().await {
+        match encode_notification_record(&notification) {
+            Ok(record) => {
+                if let Err(e) = stream.write_all(&record).await {
+                    debug!("push stream closed: {e}");
+                    return;
+                }
+            }
+            Err(e) => error!("cannot encode notification: {e}"),
+        }
+    }
+    let _ = stream.finish();
+    let _ = tokio::time::timeout(PUSH_FLUSH_TIMEOUT, stream.stopped()).await;
+}

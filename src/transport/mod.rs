@@ -1,0 +1,133 @@
+//! The transport: the QUIC endpoint, TLS, one task per connection and one per stream,
+//! channel-bound authentication and the push stream.
+//!
+//! It knows nothing of accounts or groups: it decodes a request, asks [`Services`] to handle it as
+//! the connection's authenticated client, and encodes the answer. It is the only layer that turns
+//! errors into wire error codes; it logs the whole error and tells the peer a code and a short
+//! message, never internal details.
+
+pub mod auth;
+mod connection;
+pub mod push;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+pub use push::PushHub;
+
+use crate::config::ServerLimits;
+use crate::protocol::{self, close_code, Notification, ServerShutdown, Text};
+use crate::services::Services;
+use crate::tls::{self, TlsIdentity};
+
+/// How long a closing endpoint waits for its peers to acknowledge the close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What every connection task shares.
+pub(crate) struct Shared {
+    pub(crate) services: Arc<Services>,
+    pub(crate) push: Arc<PushHub>,
+    pub(crate) limits: ServerLimits,
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl Shared {
+    pub(crate) fn new(services: Arc<Services>, limits: ServerLimits) -> Self {
+        Self {
+            services,
+            push: Arc::new(PushHub::default()),
+            limits,
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// Tells every authenticated client that the server is going away, then stops taking work.
+    /// The notice is queued before any connection sees the cancellation, so it goes out first.
+    pub(crate) fn begin_shutdown(&self, reason: &str) {
+        let notice = Notification::ServerShutdown(ServerShutdown {
+            reason: Text::truncated(reason),
+            retry_after_ms: 5_000,
+        });
+        let told = self.push.broadcast(&notice);
+        info!(connections = told, "shutting down: {reason}");
+        self.shutdown.cancel();
+    }
+}
+
+/// The quinn server configuration: TLS 1.3 with both ALPNs, and the stream and idle limits.
+pub(crate) fn endpoint_config(
+    identity: &TlsIdentity,
+    limits: &ServerLimits,
+) -> anyhow::Result<quinn::ServerConfig> {
+    let tls = tls::server_config(
+        identity,
+        &[protocol::ALPN_CLIENT, protocol::ALPN_FEDERATION],
+    )?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .context("TLS configuration unusable for QUIC")?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let transport = Arc::get_mut(&mut config.transport).context("fresh transport config")?;
+    transport
+        .max_concurrent_bidi_streams(limits.max_concurrent_streams.into())
+        // Clients never open unidirectional streams; the push stream goes server -> client.
+        .max_concurrent_uni_streams(0u32.into())
+        .max_idle_timeout(Some(
+            limits
+                .idle_timeout
+                .try_into()
+                .context("idle timeout out of range")?,
+        ));
+    Ok(config)
+}
+
+/// Accepts connections until shutdown, then waits for every connection task to wind down.
+pub(crate) async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
+    let permits = Arc::new(Semaphore::new(shared.limits.max_connections));
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                match permits.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        connections.spawn(connection::handle(incoming, shared.clone(), permit));
+                    }
+                    Err(_) => {
+                        warn!(remote = %incoming.remote_address(), "connection limit reached, refusing");
+                        incoming.refuse();
+                    }
+                }
+            }
+            Some(finished) = connections.join_next(), if !connections.is_empty() => {
+                report_panic(finished);
+            }
+        }
+    }
+    // Refuse new connections while the open ones finish their requests.
+    endpoint.set_server_config(None);
+    while let Some(finished) = connections.join_next().await {
+        report_panic(finished);
+    }
+    endpoint.close(close_code::SHUTTING_DOWN.into(), b"server shutting down");
+    if tokio::time::timeout(CLOSE_TIMEOUT, endpoint.wait_idle())
+        .await
+        .is_err()
+    {
+        debug!("peers did not acknowledge the close in time");
+    }
+}
+
+fn report_panic(finished: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = finished {
+        if e.is_panic() {
+            error!("a connection task panicked: {e}");
+        }
+    }
+}
