@@ -191,6 +191,11 @@ impl Connection {
         channel_binding(&self.connection).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
+    /// The underlying QUIC connection, for tools and tests that drive streams by hand.
+    pub fn quic(&self) -> &quinn::Connection {
+        &self.connection
+    }
+
     /// Resolves when the connection closes, with the reason.
     pub async fn closed(&self) -> quinn::ConnectionError {
         self.connection.closed().await

@@ -110,10 +110,16 @@ pub(crate) async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
             }
         }
     }
-    // Refuse new connections while the open ones finish their requests.
-    endpoint.set_server_config(None);
-    while let Some(finished) = connections.join_next().await {
-        report_panic(finished);
+    // Refuse new connections (promptly, so their clients need not time out) while the open ones
+    // finish their requests.
+    loop {
+        tokio::select! {
+            finished = connections.join_next() => match finished {
+                Some(finished) => report_panic(finished),
+                None => break,
+            },
+            Some(incoming) = endpoint.accept() => incoming.refuse(),
+        }
     }
     endpoint.close(close_code::SHUTTING_DOWN.into(), b"server shutting down");
     if tokio::time::timeout(CLOSE_TIMEOUT, endpoint.wait_idle())

@@ -1,0 +1,9 @@
+//! Integration tests: real servers on ephemeral loopback ports with real redb files in temp
+//! directories, driven through the real client library (and, in `cli`, the real binaries).
+
+mod auth;
+mod cli;
+mod push;
+mod shutdown;
+mod support;
+mod transport;
