@@ -13,7 +13,7 @@ use ed25519_dalek::SigningKey;
 use rustls::pki_types::CertificateDer;
 
 use crate::protocol::{
-    decode_notification, decode_push_header, decode_response, encode_request, ClientId,
+    close_code, decode_notification, decode_push_header, decode_response, encode_request, ClientId,
     DecodeError, ErrorCode, ErrorResponse, Notification, Request, Response, ResponseBody,
     ServerInfo, ALPN_CLIENT, CHANNEL_BINDING_LEN, MAX_NOTIFICATION_LEN, MAX_RESPONSE_LEN,
     NOTIFICATION_LENGTH_PREFIX_LEN, PUSH_HEADER_LEN,
@@ -203,7 +203,7 @@ impl Connection {
 
     /// Closes the connection and waits until the server has been told.
     pub async fn close(self) {
-        self.connection.close(0u32.into(), b"done");
+        self.connection.close(close_code::NORMAL.into(), b"done");
         self.endpoint.wait_idle().await;
     }
 }

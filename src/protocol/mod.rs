@@ -52,10 +52,6 @@ pub mod close_code {
     pub const NORMAL: u32 = 0;
     /// The server is shutting down; reconnect later.
     pub const SHUTTING_DOWN: u32 = 1;
-    /// The peer broke the stream model (e.g. opened a unidirectional stream).
-    pub const PROTOCOL_VIOLATION: u32 = 2;
-    /// The negotiated ALPN is served by no handler on this server.
-    pub const UNSUPPORTED_ALPN: u32 = 3;
-    /// The server has reached its connection limit.
-    pub const SERVER_BUSY: u32 = 4;
+    /// The negotiated ALPN (or the lack of one) is served by no handler on this server.
+    pub const UNSUPPORTED_ALPN: u32 = 2;
 }

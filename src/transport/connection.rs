@@ -17,6 +17,7 @@ use crate::protocol::{
     MAX_RESPONSE_LEN, STREAM_REFUSED,
 };
 use crate::services::ServiceError;
+use crate::store::StoreError;
 
 /// How long the push writer may take to hand its last records to the peer when closing.
 const PUSH_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -197,6 +198,9 @@ fn service_error_response(e: ServiceError) -> Response {
     match e {
         ServiceError::NotAuthenticated => {
             error_response(ErrorCode::NotAuthenticated, &e.to_string())
+        }
+        ServiceError::Store(StoreError::Closed) => {
+            error_response(ErrorCode::ShuttingDown, "the server is shutting down")
         }
         ServiceError::NotAServiceOperation(_) | ServiceError::Store(_) => {
             error!(error = ?e, "request failed");
