@@ -56,24 +56,35 @@ impl Request {
 
 /// Encodes a request envelope for the current protocol version.
 pub fn encode_request(request: &Request) -> Result<Vec<u8>, tls_codec::Error> {
+    encode_envelope(request)
+}
+
+/// Encodes an envelope: the protocol version, then `body`.
+pub(super) fn encode_envelope(body: &impl Serialize) -> Result<Vec<u8>, tls_codec::Error> {
     let mut out = PROTOCOL_VERSION.tls_serialize_detached()?;
-    request.tls_serialize(&mut out)?;
+    body.tls_serialize(&mut out)?;
     Ok(out)
 }
 
-/// Decodes a request envelope, telling an oversize message, an unknown version and an unknown
-/// operation apart from a malformed body so that each gets its own error code.
-pub fn decode_request(bytes: &[u8]) -> Result<Request, DecodeError> {
-    if bytes.len() > MAX_REQUEST_LEN {
+/// Checks an envelope's size and version, returning the bytes after the version.
+pub(super) fn open_envelope(bytes: &[u8], limit: usize) -> Result<&[u8], DecodeError> {
+    if bytes.len() > limit {
         return Err(DecodeError::TooLarge {
             len: bytes.len(),
-            limit: MAX_REQUEST_LEN,
+            limit,
         });
     }
     let (version, body) = split_u16(bytes)?;
     if version != PROTOCOL_VERSION {
         return Err(DecodeError::UnsupportedVersion(version));
     }
+    Ok(body)
+}
+
+/// Decodes a request envelope, telling an oversize message, an unknown version and an unknown
+/// operation apart from a malformed body so that each gets its own error code.
+pub fn decode_request(bytes: &[u8]) -> Result<Request, DecodeError> {
+    let body = open_envelope(bytes, MAX_REQUEST_LEN)?;
     let (operation, _) = split_u16(body)?;
     if Operation::from_u16(operation).is_none() {
         return Err(DecodeError::UnknownOperation(operation));
@@ -82,7 +93,7 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, DecodeError> {
 }
 
 /// Splits a big-endian `uint16` off the front of `bytes`.
-pub(super) fn split_u16(bytes: &[u8]) -> Result<(u16, &[u8]), DecodeError> {
+fn split_u16(bytes: &[u8]) -> Result<(u16, &[u8]), DecodeError> {
     match bytes {
         [hi, lo, rest @ ..] => Ok((u16::from_be_bytes([*hi, *lo]), rest)),
         _ => Err(DecodeError::Malformed(

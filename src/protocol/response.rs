@@ -1,12 +1,11 @@
 //! The response envelope:
 //! `struct { uint16 version; ResponseStatus status; select (status) { ... } }`.
 
-use tls_codec::{Deserialize, Serialize, TlsDeserialize, TlsSerialize, TlsSize};
+use tls_codec::{Deserialize, TlsDeserialize, TlsSerialize, TlsSize};
 
-use super::request::split_u16;
+use super::request::{encode_envelope, open_envelope};
 use super::{
     AuthenticateResponse, ClientId, DecodeError, ErrorResponse, Limits, Text, MAX_RESPONSE_LEN,
-    PROTOCOL_VERSION,
 };
 
 /// `GetServerInfo` response body.
@@ -43,30 +42,19 @@ pub enum Response {
 
 /// Encodes a response envelope for the current protocol version.
 pub fn encode_response(response: &Response) -> Result<Vec<u8>, tls_codec::Error> {
-    let mut out = PROTOCOL_VERSION.tls_serialize_detached()?;
-    response.tls_serialize(&mut out)?;
-    Ok(out)
+    encode_envelope(response)
 }
 
 /// Decodes a response envelope (the client side of [`encode_response`]).
 pub fn decode_response(bytes: &[u8]) -> Result<Response, DecodeError> {
-    if bytes.len() > MAX_RESPONSE_LEN {
-        return Err(DecodeError::TooLarge {
-            len: bytes.len(),
-            limit: MAX_RESPONSE_LEN,
-        });
-    }
-    let (version, body) = split_u16(bytes)?;
-    if version != PROTOCOL_VERSION {
-        return Err(DecodeError::UnsupportedVersion(version));
-    }
+    let body = open_envelope(bytes, MAX_RESPONSE_LEN)?;
     Ok(Response::tls_deserialize_exact(body)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::ErrorCode;
+    use crate::protocol::{ErrorCode, PROTOCOL_VERSION};
 
     #[test]
     fn responses_round_trip() {
