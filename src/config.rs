@@ -5,7 +5,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::protocol::{self, Limits};
+use std::sync::Arc;
+
+use crate::clock::{Clock, SystemClock, SECONDS_PER_DAY};
+pub use crate::identity::Domain;
+use crate::protocol::{self, Limits, RegistrationMode};
 
 /// Where the server's TLS certificate comes from.
 #[derive(Clone, Debug)]
@@ -68,10 +72,23 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub certificate: CertificateSource,
     pub limits: ServerLimits,
+    /// Whether and how new users may register.
+    pub registration: RegistrationMode,
+    /// How long an issued client credential is valid.
+    pub credential_lifetime: Duration,
+    /// How long a deleted user's id cannot be registered again.
+    pub deleted_user_quarantine: Duration,
+    /// The time the services see; tests set it.
+    pub clock: Arc<dyn Clock>,
 }
 
+/// Default validity of a client credential: 90 days.
+pub const DEFAULT_CREDENTIAL_LIFETIME: Duration = Duration::from_secs(90 * SECONDS_PER_DAY);
+/// Default quarantine of a deleted user id: 30 days.
+pub const DEFAULT_DELETED_USER_QUARANTINE: Duration = Duration::from_secs(30 * SECONDS_PER_DAY);
+
 impl ServerConfig {
-    /// A configuration with a self-signed certificate and default limits.
+    /// A configuration with a self-signed certificate, open registration and default limits.
     pub fn new(domain: Domain, listen: SocketAddr, data_dir: PathBuf) -> Self {
         Self {
             domain,
@@ -79,73 +96,10 @@ impl ServerConfig {
             data_dir,
             certificate: CertificateSource::SelfSigned,
             limits: ServerLimits::default(),
+            registration: RegistrationMode::Open,
+            credential_lifetime: DEFAULT_CREDENTIAL_LIFETIME,
+            deleted_user_quarantine: DEFAULT_DELETED_USER_QUARANTINE,
+            clock: Arc::new(SystemClock),
         }
-    }
-}
-
-/// A homeserver domain: a lower-case DNS name (`a.example`, `localhost`).
-///
-/// Grammar: 1 to 253 bytes; dot-separated labels of 1 to 63 characters from `a-z`, `0-9` and
-/// `-`, not starting or ending with `-`. Upper case input is folded to lower case.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Domain(String);
-
-impl Domain {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for Domain {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::str::FromStr for Domain {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let domain = s.to_ascii_lowercase();
-        if domain.is_empty() || domain.len() > 253 {
-            return Err(format!("domain {s:?} must be 1 to 253 characters long"));
-        }
-        for label in domain.split('.') {
-            let valid = (1..=63).contains(&label.len())
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-');
-            if !valid {
-                return Err(format!(
-                    "domain {s:?} is not a DNS name: labels are 1 to 63 of a-z, 0-9 and '-', \
-                     not starting or ending with '-'"
-                ));
-            }
-        }
-        Ok(Self(domain))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn domains_are_validated_and_folded() {
-        assert_eq!("A.Example".parse::<Domain>().unwrap().as_str(), "a.example");
-        assert_eq!("localhost".parse::<Domain>().unwrap().as_str(), "localhost");
-        for bad in [
-            "",
-            "a..example",
-            "-a.example",
-            "a_b.example",
-            "a.example.",
-            "é.example",
-        ] {
-            assert!(bad.parse::<Domain>().is_err(), "{bad:?} accepted");
-        }
-        assert!("a".repeat(64).parse::<Domain>().is_err());
     }
 }

@@ -14,13 +14,18 @@
 //! - [`client`]: the client library used by `roost-client`, the tests and the benchmarks.
 //!
 //! [`server`] wires the layers together; [`tls`] holds certificates and rustls configurations for
-//! both sides; [`config`] is the validated server configuration.
+//! both sides; [`config`] is the validated server configuration; [`identity`] holds user ids and
+//! client credentials (issued by the server, verified by clients); [`clock`] is the time services
+//! see, settable in tests.
 //!
 //! `ARCHITECTURE.md` at the repository root is the map; `protocol-spec/` is the wire contract.
 
 pub mod client;
+pub mod clock;
 pub mod config;
+pub mod identity;
 pub mod protocol;
+pub mod secret_files;
 pub mod server;
 pub mod services;
 pub mod store;

@@ -1,7 +1,6 @@
 //! A running homeserver: opens the data directory, the store and the endpoint, wires services to
 //! the transport, and shuts everything down in order.
 
-use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,10 +10,11 @@ use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::config::{CertificateSource, ServerConfig};
+use crate::secret_files::create_private_dir;
 use crate::services::Services;
 use crate::store::Store;
 use crate::tls::TlsIdentity;
-use crate::transport::{self, PushHub, Shared};
+use crate::transport::{self, SessionRegistry, Shared};
 
 /// A server that is accepting connections.
 pub struct Server {
@@ -40,17 +40,14 @@ impl Server {
             .await?
             .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
         store.bind_domain(config.domain.as_str()).await?;
-        let services = Arc::new(Services::new(
-            config.domain.as_str(),
-            &config.limits,
-            store.clone(),
-        )?);
+        let sessions = Arc::new(SessionRegistry::default());
+        let services = Arc::new(Services::new(&config, store.clone(), sessions.clone())?);
 
         let endpoint_config = transport::endpoint_config(&identity, &config.limits)?;
         let endpoint = quinn::Endpoint::server(endpoint_config, config.listen)
             .with_context(|| format!("listening on {}", config.listen))?;
         let local_addr = endpoint.local_addr()?;
-        let shared = Arc::new(Shared::new(services, config.limits.clone()));
+        let shared = Arc::new(Shared::new(services, sessions, config.limits.clone()));
         let accept_loop = tokio::spawn(transport::serve(endpoint, shared.clone()));
         info!(
             domain = %config.domain,
@@ -82,8 +79,8 @@ impl Server {
         &self.shared.services
     }
 
-    pub fn push(&self) -> &PushHub {
-        &self.shared.push
+    pub fn sessions(&self) -> &SessionRegistry {
+        &self.shared.sessions
     }
 
     pub fn store(&self) -> &Store {
@@ -99,15 +96,4 @@ impl Server {
         info!("shut down");
         Ok(())
     }
-}
-
-/// Creates the data directory, readable by its owner only: it holds private keys.
-fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder
-        .create(dir)
-        .with_context(|| format!("creating data directory {}", dir.display()))
 }

@@ -3,7 +3,6 @@
 //! One crypto provider everywhere: rustls' `ring`. TLS 1.3 only (QUIC requires it).
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -14,6 +13,8 @@ use rcgen::{
 };
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::secret_files::write_private;
 
 /// File names the server uses in its data directory when no `--cert`/`--key` is given.
 pub const SELF_SIGNED_CERT_FILE: &str = "server-cert.pem";
@@ -205,19 +206,4 @@ fn distinguished_name(common_name: &str) -> DistinguishedName {
 
 fn write_public(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
-}
-
-/// Writes a private key readable by its owner only (mode 0600), created that way so it is never
-/// readable by others, not even for a moment.
-fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(contents)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("writing {}", path.display()))
 }

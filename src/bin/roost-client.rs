@@ -1,12 +1,20 @@
 //! `roost-client`: a command-line client for people and scripts. `--json` makes every command
 //! print one JSON object (or, on failure, `{"error": ...}`) on standard output.
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use roost::client::{ClientConfig, ClientError, Connection};
+use ed25519_dalek::SigningKey;
+use roost::client::state::DeviceIdentity;
+use roost::client::{
+    add_client_request, verify_user_clients, ClientConfig, ClientError, Connection,
+};
+use roost::clock::{Clock, SystemClock};
+use roost::identity::{verify_credential, CredentialError, DomainKeys};
+use roost::protocol::{ClientCredential, ClientId, Text, UserClients};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -38,8 +46,32 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Show the server's domain, protocol version and limits.
+    /// Show the server's domain, protocol version, limits and credential keys.
     Info,
+    /// Register a new user with this device (state in --state) as its first client.
+    Register {
+        /// The user id, localpart@domain.
+        user: String,
+        /// An invite code, if the server takes registrations by invitation.
+        #[arg(long)]
+        invite: Option<String>,
+    },
+    /// List this user's clients (devices), with their verified credentials.
+    Clients,
+    /// Make --state a new device of the user whose device is in --approve-from.
+    AddClient {
+        /// The state directory of an existing device of the user, which approves the new one.
+        #[arg(long)]
+        approve_from: PathBuf,
+    },
+    /// Remove one of this user's clients: a device id, or USER/DEVICE.
+    RemoveClient { client: String },
+    /// Get a fresh credential for this device.
+    RenewCredential,
+    /// Find a user's clients and verify their credentials against the server's keys.
+    Lookup { user: String },
+    /// Delete this user, all its clients and all its data.
+    DeleteAccount,
 }
 
 fn main() -> ExitCode {
@@ -76,43 +108,258 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = ClientConfig::new(server_addr, &cli.server_name, &cli.ca)
         .with_context(|| format!("loading trusted certificate {}", cli.ca.display()))?;
     let connection = Connection::connect(&config).await?;
-    match cli.command {
-        Command::Info => {
-            let info = connection.server_info().await?;
-            let limits = info.limits;
-            if cli.json {
-                println!(
-                    "{}",
-                    json!({
-                        "server": server_addr.to_string(),
-                        "domain": info.domain.as_str(),
-                        "protocol_version": info.protocol_version,
-                        "limits": {
-                            "max_request_len": limits.max_request_len,
-                            "max_response_len": limits.max_response_len,
-                            "max_notification_len": limits.max_notification_len,
-                            "max_concurrent_streams": limits.max_concurrent_streams,
-                            "idle_timeout_ms": limits.idle_timeout_ms,
-                            "request_timeout_ms": limits.request_timeout_ms,
-                        },
-                    })
+    let output = match &cli.command {
+        Command::Info => info(&connection, server_addr).await?,
+        Command::Register { user, invite } => {
+            if DeviceIdentity::exists(&cli.state) {
+                bail!(
+                    "{} already holds an identity; use another --state directory",
+                    cli.state.display()
                 );
-            } else {
-                println!("server:                 {server_addr}");
-                println!("domain:                 {}", info.domain);
-                println!("protocol version:       {}", info.protocol_version);
-                println!("max request:            {} bytes", limits.max_request_len);
-                println!("max response:           {} bytes", limits.max_response_len);
-                println!(
-                    "max notification:       {} bytes",
-                    limits.max_notification_len
-                );
-                println!("max concurrent streams: {}", limits.max_concurrent_streams);
-                println!("idle timeout:           {} ms", limits.idle_timeout_ms);
-                println!("request timeout:        {} ms", limits.request_timeout_ms);
             }
+            let key = SigningKey::generate(&mut rand::rngs::OsRng);
+            let registered = connection
+                .register_user(user, &key, DEFAULT_CIPHERSUITE, invite.as_deref())
+                .await?;
+            let identity = DeviceIdentity::new(registered, key, DEFAULT_CIPHERSUITE);
+            identity.save_new(&cli.state)?;
+            let keys = connection.domain_keys().await?;
+            Output::new(
+                json!({ "registered": client_json(&identity.credential, &keys) }),
+                format!(
+                    "registered {} as client {}",
+                    identity.client.user_id, identity.client
+                ),
+            )
         }
+        Command::Clients => {
+            let identity = authenticate(&connection, &cli.state).await?;
+            let clients = connection.list_clients().await?;
+            let keys = connection.domain_keys().await?;
+            user_clients_output(&clients, &keys, Some(&identity.client))
+        }
+        Command::AddClient { approve_from } => {
+            if DeviceIdentity::exists(&cli.state) {
+                bail!("{} already holds an identity", cli.state.display());
+            }
+            let approver = authenticate(&connection, approve_from).await?;
+            let key = SigningKey::generate(&mut rand::rngs::OsRng);
+            let request =
+                add_client_request(approver.client.user_id.as_str(), &key, approver.ciphersuite);
+            let added = connection.add_client(request).await?;
+            let identity = DeviceIdentity::new(added, key, approver.ciphersuite);
+            identity.save_new(&cli.state)?;
+            let keys = connection.domain_keys().await?;
+            Output::new(
+                json!({ "added": client_json(&identity.credential, &keys) }),
+                format!(
+                    "added client {} (approved by {})",
+                    identity.client, approver.client
+                ),
+            )
+        }
+        Command::RemoveClient { client } => {
+            let identity = authenticate(&connection, &cli.state).await?;
+            let target = parse_client(client, &identity.client)?;
+            connection.remove_client(&target).await?;
+            if target == identity.client {
+                DeviceIdentity::forget(&cli.state)?;
+            }
+            Output::new(
+                json!({ "removed": target.to_string() }),
+                format!("removed client {target}"),
+            )
+        }
+        Command::RenewCredential => {
+            let mut identity = authenticate(&connection, &cli.state).await?;
+            identity.credential = connection.renew_credential().await?;
+            identity.save(&cli.state)?;
+            let keys = connection.domain_keys().await?;
+            Output::new(
+                json!({ "renewed": client_json(&identity.credential, &keys) }),
+                format!(
+                    "renewed the credential of {}: valid until {}",
+                    identity.client, identity.credential.content.not_after
+                ),
+            )
+        }
+        Command::Lookup { user } => {
+            authenticate(&connection, &cli.state).await?;
+            let clients = connection.lookup_user(user).await?;
+            let keys = connection.domain_keys().await?;
+            user_clients_output(&clients, &keys, None)
+        }
+        Command::DeleteAccount => {
+            let identity = authenticate(&connection, &cli.state).await?;
+            connection.delete_user().await?;
+            DeviceIdentity::forget(&cli.state)?;
+            Output::new(
+                json!({ "deleted": identity.client.user_id.as_str() }),
+                format!("deleted {} and all of its data", identity.client.user_id),
+            )
+        }
+    };
+    if cli.json {
+        println!("{}", output.json);
+    } else {
+        println!("{}", output.text);
     }
     connection.close().await;
     Ok(())
+}
+
+/// The MLS ciphersuite new devices use: MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519.
+const DEFAULT_CIPHERSUITE: u16 = 0x0001;
+
+/// What a command prints: JSON with `--json`, text otherwise.
+struct Output {
+    json: serde_json::Value,
+    text: String,
+}
+
+impl Output {
+    fn new(json: serde_json::Value, text: String) -> Self {
+        Self { json, text }
+    }
+}
+
+/// Loads the device in `state` and authenticates the connection as it.
+async fn authenticate(connection: &Connection, state: &Path) -> anyhow::Result<DeviceIdentity> {
+    let identity = DeviceIdentity::load(state)?;
+    connection
+        .authenticate(&identity.client, &identity.signing_key)
+        .await
+        .with_context(|| format!("authenticating as {}", identity.client))?;
+    Ok(identity)
+}
+
+/// `7` (a device of `me`'s user) or `alice@a.example/7`.
+fn parse_client(text: &str, me: &ClientId) -> anyhow::Result<ClientId> {
+    let (user, device) = match text.rsplit_once('/') {
+        Some((user, device)) => (Text::new(user)?, device),
+        None => (me.user_id.clone(), text),
+    };
+    let device_id = device
+        .parse()
+        .with_context(|| format!("{text:?} is not a device id or USER/DEVICE"))?;
+    Ok(ClientId {
+        user_id: user,
+        device_id,
+    })
+}
+
+fn now() -> u64 {
+    SystemClock.now()
+}
+
+/// A credential as JSON, with the outcome of verifying it against `keys` now.
+fn client_json(credential: &ClientCredential, keys: &DomainKeys) -> serde_json::Value {
+    let verified = verify_credential(credential, keys, now());
+    credential_json(credential, &verified)
+}
+
+fn credential_json(
+    credential: &ClientCredential,
+    verified: &Result<ClientId, CredentialError>,
+) -> serde_json::Value {
+    let content = &credential.content;
+    json!({
+        "client_id": content.client.to_string(),
+        "user": content.client.user_id.as_str(),
+        "device_id": content.client.device_id,
+        "verified": verified.is_ok(),
+        "verification_error": verified.as_ref().err().map(ToString::to_string),
+        "signature_key": hex::encode(content.signature_key.as_slice()),
+        "ciphersuite": content.ciphersuite,
+        "not_before": content.not_before,
+        "not_after": content.not_after,
+        "issuer_key_id": content.issuer_key_id,
+    })
+}
+
+fn user_clients_output(clients: &UserClients, keys: &DomainKeys, me: Option<&ClientId>) -> Output {
+    let verified = verify_user_clients(clients, keys, now());
+    let json = json!({
+        "user": clients.user_id.as_str(),
+        "clients": verified.iter().map(|client| {
+            let mut entry = credential_json(&client.entry.credential, &client.verified);
+            entry["added_at"] = json!(client.entry.added_at);
+            entry
+        }).collect::<Vec<_>>(),
+    });
+    let mut text = format!("{} has {} client(s):", clients.user_id, verified.len());
+    for client in &verified {
+        let content = &client.entry.credential.content;
+        let status = match &client.verified {
+            Ok(_) => format!("verified, valid until {}", content.not_after),
+            Err(e) => format!("NOT VERIFIED: {e}"),
+        };
+        let this = if me == Some(&content.client) {
+            " (this device)"
+        } else {
+            ""
+        };
+        text.push_str(&format!("\n  {}{this}: {status}", content.client));
+    }
+    Output::new(json, text)
+}
+
+async fn info(connection: &Connection, server_addr: SocketAddr) -> anyhow::Result<Output> {
+    let info = connection.server_info().await?;
+    let limits = info.limits;
+    let keys: Vec<_> = info
+        .credential_keys
+        .iter()
+        .map(|key| {
+            json!({
+                "key_id": key.key_id,
+                "public_key": hex::encode(key.public_key.as_slice()),
+                "valid_until": key.valid_until,
+            })
+        })
+        .collect();
+    let json = json!({
+        "server": server_addr.to_string(),
+        "domain": info.domain.as_str(),
+        "protocol_version": info.protocol_version,
+        "registration": format!("{:?}", info.registration).to_lowercase(),
+        "credential_keys": keys,
+        "limits": {
+            "max_request_len": limits.max_request_len,
+            "max_response_len": limits.max_response_len,
+            "max_notification_len": limits.max_notification_len,
+            "max_concurrent_streams": limits.max_concurrent_streams,
+            "idle_timeout_ms": limits.idle_timeout_ms,
+            "request_timeout_ms": limits.request_timeout_ms,
+        },
+    });
+    let mut text = format!(
+        "server:                 {server_addr}\n\
+         domain:                 {}\n\
+         protocol version:       {}\n\
+         registration:           {:?}\n\
+         max request:            {} bytes\n\
+         max response:           {} bytes\n\
+         max notification:       {} bytes\n\
+         max concurrent streams: {}\n\
+         idle timeout:           {} ms\n\
+         request timeout:        {} ms",
+        info.domain,
+        info.protocol_version,
+        info.registration,
+        limits.max_request_len,
+        limits.max_response_len,
+        limits.max_notification_len,
+        limits.max_concurrent_streams,
+        limits.idle_timeout_ms,
+        limits.request_timeout_ms,
+    );
+    for key in &info.credential_keys {
+        text.push_str(&format!(
+            "\ncredential key {}:       {}",
+            key.key_id,
+            hex::encode(key.public_key.as_slice())
+        ));
+    }
+    Ok(Output::new(json, text))
 }

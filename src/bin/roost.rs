@@ -3,12 +3,17 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use roost::clock::{Clock, SystemClock, SECONDS_PER_DAY};
 use roost::config::{CertificateSource, Domain, ServerConfig, ServerLimits};
+use roost::protocol::RegistrationMode;
 use roost::server::Server;
+use roost::services::credential_keys::CredentialKeys;
+use roost::services::invites::InviteKey;
 use tracing::{info, warn};
 
 #[derive(Parser)]
@@ -25,6 +30,17 @@ struct Cli {
 enum Command {
     /// Run the homeserver until SIGINT or SIGTERM.
     Serve(ServeArgs),
+    /// Add a new credential-signing key to a data directory; the server signs with it from its
+    /// next start, and keeps publishing the old one until the credentials it signed expire.
+    RotateCredentialKey {
+        #[arg(long, default_value = "./roost-data")]
+        data_dir: PathBuf,
+    },
+    /// Invite codes for `--registration invite`.
+    Invite {
+        #[command(subcommand)]
+        command: InviteCommand,
+    },
     /// Write a development CA and a certificate for a domain signed by it.
     Certs {
         /// The domain the certificate is for.
@@ -34,6 +50,32 @@ enum Command {
         #[arg(long, default_value = "certs")]
         out: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum InviteCommand {
+    /// Print a new invite code (works while the server runs).
+    Create {
+        #[arg(long, default_value = "./roost-data")]
+        data_dir: PathBuf,
+        /// How many users the code may register.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        uses: u32,
+        /// Days until the code expires.
+        #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u64).range(1..=3650))]
+        valid_days: u64,
+    },
+}
+
+/// Who may register.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Registration {
+    /// Anyone.
+    Open,
+    /// Nobody.
+    Closed,
+    /// Whoever has an invite code from `roost invite create`.
+    Invite,
 }
 
 #[derive(Args)]
@@ -65,6 +107,15 @@ struct ServeArgs {
     /// Seconds a client has to send a whole request.
     #[arg(long, default_value_t = ServerLimits::default().request_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..=600))]
     request_timeout_secs: u64,
+    /// Who may register new users.
+    #[arg(long, value_enum, default_value = "open")]
+    registration: Registration,
+    /// Days an issued client credential is valid.
+    #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..=3650))]
+    credential_lifetime_days: u64,
+    /// Days a deleted user's id cannot be registered again.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3650))]
+    deleted_user_quarantine_days: u64,
     /// Seconds in-flight requests get to finish on shutdown.
     #[arg(long, default_value_t = ServerLimits::default().shutdown_grace.as_secs(), value_parser = clap::value_parser!(u64).range(0..=600))]
     shutdown_grace_secs: u64,
@@ -88,6 +139,18 @@ impl ServeArgs {
                 request_timeout: Duration::from_secs(self.request_timeout_secs),
                 shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             },
+            registration: match self.registration {
+                Registration::Open => RegistrationMode::Open,
+                Registration::Closed => RegistrationMode::Closed,
+                Registration::Invite => RegistrationMode::Invite,
+            },
+            credential_lifetime: Duration::from_secs(
+                self.credential_lifetime_days * SECONDS_PER_DAY,
+            ),
+            deleted_user_quarantine: Duration::from_secs(
+                self.deleted_user_quarantine_days * SECONDS_PER_DAY,
+            ),
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -99,6 +162,25 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
             runtime.block_on(serve(args.into_config()))
+        }
+        Command::RotateCredentialKey { data_dir } => {
+            let id = CredentialKeys::rotate(&data_dir, SystemClock.now())?;
+            println!("added credential-signing key {id}; restart the server to sign with it");
+            Ok(())
+        }
+        Command::Invite {
+            command:
+                InviteCommand::Create {
+                    data_dir,
+                    uses,
+                    valid_days,
+                },
+        } => {
+            roost::secret_files::create_private_dir(&data_dir)?;
+            let key = InviteKey::load_or_create(&data_dir)?;
+            let expires_at = SystemClock.now() + valid_days * SECONDS_PER_DAY;
+            println!("{}", key.create(expires_at, uses));
+            Ok(())
         }
         Command::Certs { domain, out } => {
             let written = roost::tls::issue_development_certificate(&out, domain.as_str())?;

@@ -2,16 +2,25 @@
 //! pushed notifications. Used by `roost-client`, the tests and the benchmarks.
 //!
 //! Every request runs on its own bidirectional stream, so requests on one [`Connection`] proceed
-//! concurrently.
+//! concurrently. [`state`] keeps a device's identity on disk for the command-line client.
+
+pub mod state;
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ed25519_dalek::SigningKey;
+use ed25519_dalek::{Signer, SigningKey};
 use rustls::pki_types::CertificateDer;
 
+use crate::clock::UnixTime;
+use crate::identity::{verify_credential, CredentialError, DomainKeys};
+use crate::protocol::{
+    add_client_proof_content, register_proof_content, AddClientRequest, ClientCredential,
+    ClientEntry, ClientRegistered, LookupUserRequest, RegisterUserRequest, RemoveClientRequest,
+    Text, UserClients,
+};
 use crate::protocol::{
     close_code, decode_notification, decode_push_header, decode_response, encode_request, ClientId,
     DecodeError, ErrorCode, ErrorResponse, Notification, Request, Response, ResponseBody,
@@ -186,6 +195,107 @@ impl Connection {
         }
     }
 
+    /// Registers `user_id` with its first client, whose signature key is `key`. The proof of
+    /// possession is bound to this connection.
+    pub async fn register_user(
+        &self,
+        user_id: &str,
+        key: &SigningKey,
+        ciphersuite: u16,
+        invite: Option<&str>,
+    ) -> Result<ClientRegistered, ClientError> {
+        let signature_key = key.verifying_key().to_bytes();
+        let proof = key.sign(&register_proof_content(
+            &self.channel_binding()?,
+            user_id,
+            &signature_key,
+            ciphersuite,
+        ));
+        let invite = invite
+            .map(Text::new)
+            .transpose()
+            .map_err(|e| ClientError::Config(e.to_string()))?;
+        let request = RegisterUserRequest {
+            user_id: Text::new(user_id).map_err(|e| ClientError::Config(e.to_string()))?,
+            signature_key: signature_key.to_vec().into(),
+            ciphersuite,
+            invite,
+            proof: proof.to_bytes().to_vec().into(),
+        };
+        match self.request(&Request::RegisterUser(request)).await? {
+            ResponseBody::UserRegistered(registered) => Ok(registered),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Adds a client to the authenticated user. `request` comes from [`add_client_request`], made
+    /// on the new device.
+    pub async fn add_client(
+        &self,
+        request: AddClientRequest,
+    ) -> Result<ClientRegistered, ClientError> {
+        match self.request(&Request::AddClient(request)).await? {
+            ResponseBody::ClientAdded(added) => Ok(added),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The authenticated user's clients.
+    pub async fn list_clients(&self) -> Result<UserClients, ClientError> {
+        match self.request(&Request::ListClients).await? {
+            ResponseBody::Clients(clients) => Ok(clients),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Removes one of the authenticated user's clients.
+    pub async fn remove_client(&self, client: &ClientId) -> Result<(), ClientError> {
+        let request = RemoveClientRequest {
+            client: client.clone(),
+        };
+        match self.request(&Request::RemoveClient(request)).await? {
+            ResponseBody::ClientRemoved => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// A fresh credential for the authenticated client.
+    pub async fn renew_credential(&self) -> Result<ClientCredential, ClientError> {
+        match self.request(&Request::RenewCredential).await? {
+            ResponseBody::CredentialRenewed(credential) => Ok(credential),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// A user's clients with their credentials (unverified: see [`verify_user_clients`]).
+    pub async fn lookup_user(&self, user_id: &str) -> Result<UserClients, ClientError> {
+        let request = LookupUserRequest {
+            user_id: Text::new(user_id).map_err(|e| ClientError::Config(e.to_string()))?,
+        };
+        match self.request(&Request::LookupUser(request)).await? {
+            ResponseBody::UserFound(clients) => Ok(clients),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Deletes the authenticated user with all its clients and data. The server closes this
+    /// connection afterwards.
+    pub async fn delete_user(&self) -> Result<(), ClientError> {
+        match self.request(&Request::DeleteUser).await? {
+            ResponseBody::UserDeleted => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The credential-verifying keys of the server's domain, from `GetServerInfo`.
+    pub async fn domain_keys(&self) -> Result<DomainKeys, ClientError> {
+        let info = self.server_info().await?;
+        Ok(DomainKeys {
+            domain: info.domain.as_str().to_owned(),
+            keys: info.credential_keys,
+        })
+    }
+
     /// This connection's channel binding, the value an `Authenticate` signature covers.
     pub fn channel_binding(&self) -> Result<[u8; CHANNEL_BINDING_LEN], ClientError> {
         channel_binding(&self.connection).map_err(|e| ClientError::Protocol(e.to_string()))
@@ -206,6 +316,62 @@ impl Connection {
         self.connection.close(close_code::NORMAL.into(), b"done");
         self.endpoint.wait_idle().await;
     }
+}
+
+/// Builds the request that adds a new device to `user_id`: made on the new device (which holds
+/// `new_key`), sent by an authenticated device of the same user.
+pub fn add_client_request(
+    user_id: &str,
+    new_key: &SigningKey,
+    ciphersuite: u16,
+) -> AddClientRequest {
+    let signature_key = new_key.verifying_key().to_bytes();
+    let proof = new_key.sign(&add_client_proof_content(
+        user_id,
+        &signature_key,
+        ciphersuite,
+    ));
+    AddClientRequest {
+        signature_key: signature_key.to_vec().into(),
+        ciphersuite,
+        proof: proof.to_bytes().to_vec().into(),
+    }
+}
+
+/// A client of a looked-up user, with the outcome of verifying its credential.
+#[derive(Clone, Debug)]
+pub struct VerifiedClient {
+    pub entry: ClientEntry,
+    pub verified: Result<ClientId, CredentialError>,
+}
+
+/// Verifies every credential of `clients` against the keys of the user's domain at `now`, and
+/// checks each vouches for that user.
+pub fn verify_user_clients(
+    clients: &UserClients,
+    keys: &DomainKeys,
+    now: UnixTime,
+) -> Vec<VerifiedClient> {
+    clients
+        .clients
+        .iter()
+        .map(|entry| {
+            let verified = verify_credential(&entry.credential, keys, now).and_then(|client| {
+                if client.user_id == clients.user_id {
+                    Ok(client)
+                } else {
+                    Err(CredentialError::WrongDomain {
+                        user: client.user_id.to_string(),
+                        domain: keys.domain.clone(),
+                    })
+                }
+            });
+            VerifiedClient {
+                entry: entry.clone(),
+                verified,
+            }
+        })
+        .collect()
 }
 
 fn unexpected(body: &ResponseBody) -> ClientError {

@@ -58,6 +58,40 @@ error_codes! {
     ShuttingDown = 9,
     /// The server failed; the request may be retried.
     Internal = 10,
+    /// The user id does not follow the grammar (`localpart@domain`).
+    InvalidUserId = 11,
+    /// The user id's domain is not this server's.
+    WrongDomain = 12,
+    /// The user id is taken.
+    UserExists = 13,
+    /// The user id belonged to a deleted account and cannot be registered again yet.
+    UserQuarantined = 14,
+    /// The server takes no registrations.
+    RegistrationClosed = 15,
+    /// The server takes registrations by invitation only, and none was given.
+    InviteRequired = 16,
+    /// The invite code is not valid: forged, expired or used up.
+    InvalidInvite = 17,
+    /// The signature key is not a valid Ed25519 public key.
+    InvalidKey = 18,
+    /// The proof of possession of the signature key does not verify.
+    InvalidProof = 19,
+    /// The signature key already belongs to a client.
+    KeyInUse = 20,
+    /// The ciphersuite is not one the server supports.
+    UnsupportedCiphersuite = 21,
+    /// No such user.
+    UnknownUser = 22,
+    /// No such client.
+    UnknownClient = 23,
+    /// The user's last client cannot be removed; delete the user instead.
+    LastClient = 24,
+    /// The user has as many clients as allowed.
+    TooManyClients = 25,
+    /// The authenticated client may not do this (e.g. remove another user's client).
+    Forbidden = 26,
+    /// The user id's domain is not served here, and federation cannot reach it.
+    UnknownDomain = 27,
 }
 
 /// The body of an error response: `struct { uint16 code; opaque message<V>; }`.

@@ -6,16 +6,29 @@
 //! (trailing bytes are an error). `protocol-spec/` is the normative description of what this module
 //! encodes; the two change together.
 
+mod accounts;
 mod auth;
+mod credential;
 mod error;
 mod notification;
 mod request;
 mod response;
 mod types;
 
+pub use accounts::{
+    add_client_proof_content, register_proof_content, AddClientRequest, ClientEntry,
+    ClientRegistered, LookupUserRequest, RegisterUserRequest, RegistrationMode,
+    RemoveClientRequest, UserClients, ADD_CLIENT_PROOF_LABEL, MAX_CLIENTS_PER_USER,
+    REGISTER_PROOF_LABEL,
+};
 pub use auth::{
     channel_binding_content, AuthenticateRequest, AuthenticateResponse, SignatureScheme,
     AUTH_EXPORTER_CONTEXT, AUTH_EXPORTER_LABEL, AUTH_SIGNATURE_LABEL, CHANNEL_BINDING_LEN,
+};
+pub use credential::{
+    credential_signature_content, ClientCredential, ClientCredentialContent,
+    CredentialVerifyingKey, CREDENTIAL_SIGNATURE_LABEL, ED25519_PUBLIC_KEY_LEN,
+    SUPPORTED_CIPHERSUITES,
 };
 pub use error::{DecodeError, ErrorCode, ErrorResponse};
 pub use notification::{
@@ -54,4 +67,6 @@ pub mod close_code {
     pub const SHUTTING_DOWN: u32 = 1;
     /// The negotiated ALPN (or the lack of one) is served by no handler on this server.
     pub const UNSUPPORTED_ALPN: u32 = 2;
+    /// The authenticated client was removed (or its user deleted).
+    pub const CLIENT_REMOVED: u32 = 3;
 }

@@ -9,7 +9,7 @@
 
 use tls_codec::{Deserialize, Serialize, TlsDeserialize, TlsSerialize, TlsSize};
 
-use super::{DecodeError, Text, MAX_NOTIFICATION_LEN, PROTOCOL_VERSION};
+use super::{ClientId, DecodeError, Text, MAX_NOTIFICATION_LEN, PROTOCOL_VERSION};
 
 /// Length of the push stream header, in bytes.
 pub const PUSH_HEADER_LEN: usize = 2;
@@ -31,6 +31,10 @@ pub struct ServerShutdown {
 pub enum Notification {
     #[tls_codec(discriminant = 1)]
     ServerShutdown(ServerShutdown),
+    /// This client was removed (by another client of its user, or with its account); the
+    /// connection closes next.
+    #[tls_codec(discriminant = 2)]
+    ClientRemoved(ClientId),
 }
 
 /// The bytes that open a push stream.

@@ -2,7 +2,10 @@
 
 use tls_codec::{Deserialize, Serialize, TlsDeserialize, TlsSerialize, TlsSize};
 
-use super::{AuthenticateRequest, DecodeError, MAX_REQUEST_LEN, PROTOCOL_VERSION};
+use super::{
+    AddClientRequest, AuthenticateRequest, DecodeError, LookupUserRequest, RegisterUserRequest,
+    RemoveClientRequest, MAX_REQUEST_LEN, PROTOCOL_VERSION,
+};
 
 /// Operation codes: the `uint16` that selects a request body (and the matching response body).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -11,10 +14,28 @@ pub enum Operation {
     GetServerInfo = 1,
     Authenticate = 2,
     WhoAmI = 3,
+    RegisterUser = 4,
+    AddClient = 5,
+    ListClients = 6,
+    RemoveClient = 7,
+    RenewCredential = 8,
+    LookupUser = 9,
+    DeleteUser = 10,
 }
 
 impl Operation {
-    pub const ALL: &'static [Operation] = &[Self::GetServerInfo, Self::Authenticate, Self::WhoAmI];
+    pub const ALL: &'static [Operation] = &[
+        Self::GetServerInfo,
+        Self::Authenticate,
+        Self::WhoAmI,
+        Self::RegisterUser,
+        Self::AddClient,
+        Self::ListClients,
+        Self::RemoveClient,
+        Self::RenewCredential,
+        Self::LookupUser,
+        Self::DeleteUser,
+    ];
 
     pub fn from_u16(value: u16) -> Option<Self> {
         Self::ALL.iter().copied().find(|op| *op as u16 == value)
@@ -23,8 +44,14 @@ impl Operation {
     /// Whether the operation needs an authenticated connection.
     pub fn requires_authentication(self) -> bool {
         match self {
-            Self::GetServerInfo | Self::Authenticate => false,
-            Self::WhoAmI => true,
+            Self::GetServerInfo | Self::Authenticate | Self::RegisterUser => false,
+            Self::WhoAmI
+            | Self::AddClient
+            | Self::ListClients
+            | Self::RemoveClient
+            | Self::RenewCredential
+            | Self::LookupUser
+            | Self::DeleteUser => true,
         }
     }
 }
@@ -42,6 +69,27 @@ pub enum Request {
     /// The client this connection is authenticated as.
     #[tls_codec(discriminant = 3)]
     WhoAmI,
+    /// Create a user with its first client.
+    #[tls_codec(discriminant = 4)]
+    RegisterUser(RegisterUserRequest),
+    /// Add a client (device) to the authenticated client's user.
+    #[tls_codec(discriminant = 5)]
+    AddClient(AddClientRequest),
+    /// The authenticated client's user's clients.
+    #[tls_codec(discriminant = 6)]
+    ListClients,
+    /// Remove one of the user's other clients (or this one), never the last.
+    #[tls_codec(discriminant = 7)]
+    RemoveClient(RemoveClientRequest),
+    /// A fresh credential for the authenticated client.
+    #[tls_codec(discriminant = 8)]
+    RenewCredential,
+    /// A user's clients with their credentials.
+    #[tls_codec(discriminant = 9)]
+    LookupUser(LookupUserRequest),
+    /// Delete the authenticated client's user and everything it owns.
+    #[tls_codec(discriminant = 10)]
+    DeleteUser,
 }
 
 impl Request {
@@ -50,6 +98,13 @@ impl Request {
             Self::GetServerInfo => Operation::GetServerInfo,
             Self::Authenticate(_) => Operation::Authenticate,
             Self::WhoAmI => Operation::WhoAmI,
+            Self::RegisterUser(_) => Operation::RegisterUser,
+            Self::AddClient(_) => Operation::AddClient,
+            Self::ListClients => Operation::ListClients,
+            Self::RemoveClient(_) => Operation::RemoveClient,
+            Self::RenewCredential => Operation::RenewCredential,
+            Self::LookupUser(_) => Operation::LookupUser,
+            Self::DeleteUser => Operation::DeleteUser,
         }
     }
 }
@@ -107,18 +162,41 @@ mod tests {
     use super::*;
     use crate::protocol::{ClientId, SignatureScheme, Text};
 
+    fn client() -> ClientId {
+        ClientId {
+            user_id: Text::new("alice@a.example").unwrap(),
+            device_id: 7,
+        }
+    }
+
     fn samples() -> Vec<Request> {
         vec![
             Request::GetServerInfo,
             Request::Authenticate(AuthenticateRequest {
-                client: ClientId {
-                    user_id: Text::new("alice@a.example").unwrap(),
-                    device_id: 7,
-                },
+                client: client(),
                 signature_scheme: SignatureScheme::Ed25519,
                 signature: vec![9u8; 64].into(),
             }),
             Request::WhoAmI,
+            Request::RegisterUser(RegisterUserRequest {
+                user_id: Text::new("alice@a.example").unwrap(),
+                signature_key: vec![1u8; 32].into(),
+                ciphersuite: 1,
+                invite: Some(Text::new("v1.123").unwrap()),
+                proof: vec![2u8; 64].into(),
+            }),
+            Request::AddClient(AddClientRequest {
+                signature_key: vec![3u8; 32].into(),
+                ciphersuite: 3,
+                proof: vec![4u8; 64].into(),
+            }),
+            Request::ListClients,
+            Request::RemoveClient(RemoveClientRequest { client: client() }),
+            Request::RenewCredential,
+            Request::LookupUser(LookupUserRequest {
+                user_id: Text::new("bob@b.example").unwrap(),
+            }),
+            Request::DeleteUser,
         ]
     }
 

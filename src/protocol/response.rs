@@ -5,7 +5,8 @@ use tls_codec::{Deserialize, TlsDeserialize, TlsSerialize, TlsSize};
 
 use super::request::{encode_envelope, open_envelope};
 use super::{
-    AuthenticateResponse, ClientId, DecodeError, ErrorResponse, Limits, Text, MAX_RESPONSE_LEN,
+    AuthenticateResponse, ClientCredential, ClientId, ClientRegistered, CredentialVerifyingKey,
+    DecodeError, ErrorResponse, Limits, RegistrationMode, Text, UserClients, MAX_RESPONSE_LEN,
 };
 
 /// `GetServerInfo` response body.
@@ -16,6 +17,10 @@ pub struct ServerInfo {
     /// The protocol version the server speaks.
     pub protocol_version: u16,
     pub limits: Limits,
+    /// How the server takes registrations.
+    pub registration: RegistrationMode,
+    /// The keys that sign this server's client credentials, newest first.
+    pub credential_keys: Vec<CredentialVerifyingKey>,
 }
 
 /// A successful response body, tagged with the operation code of the request it answers.
@@ -28,6 +33,20 @@ pub enum ResponseBody {
     Authenticated(AuthenticateResponse),
     #[tls_codec(discriminant = 3)]
     WhoAmI(ClientId),
+    #[tls_codec(discriminant = 4)]
+    UserRegistered(ClientRegistered),
+    #[tls_codec(discriminant = 5)]
+    ClientAdded(ClientRegistered),
+    #[tls_codec(discriminant = 6)]
+    Clients(UserClients),
+    #[tls_codec(discriminant = 7)]
+    ClientRemoved,
+    #[tls_codec(discriminant = 8)]
+    CredentialRenewed(ClientCredential),
+    #[tls_codec(discriminant = 9)]
+    UserFound(UserClients),
+    #[tls_codec(discriminant = 10)]
+    UserDeleted,
 }
 
 /// A response: a body, or an error.
@@ -70,7 +89,15 @@ mod tests {
                     idle_timeout_ms: 5,
                     request_timeout_ms: 6,
                 },
+                registration: RegistrationMode::Invite,
+                credential_keys: vec![CredentialVerifyingKey {
+                    key_id: 1,
+                    public_key: vec![5u8; 32].into(),
+                    valid_until: u64::MAX,
+                }],
             })),
+            Response::Ok(ResponseBody::ClientRemoved),
+            Response::Ok(ResponseBody::UserDeleted),
             Response::Ok(ResponseBody::WhoAmI(ClientId {
                 user_id: Text::new("bob@b.example").unwrap(),
                 device_id: 1,

@@ -1,53 +1,109 @@
 //! The services: what the server does for a decoded request once the transport knows who asks.
 //!
 //! Each service owns its rules and reaches storage only through the store's typed operations.
-//! Services return typed errors; the transport maps them to wire codes.
+//! Services return typed errors ([`ServiceError`]); the transport maps them to wire codes.
+//! They reach connected clients only through [`Sessions`], which the transport implements.
 
-mod client_keys;
+mod accounts;
+pub mod credential_keys;
+pub mod invites;
 
-pub use client_keys::ClientKeyRegistry;
+use std::sync::Arc;
 
 use ed25519_dalek::VerifyingKey;
 
-use crate::config::ServerLimits;
+pub use accounts::Accounts;
+
+use crate::clock::UnixTime;
+use crate::config::{ServerConfig, ServerLimits};
 use crate::protocol::{
-    ClientId, Limits, Request, ResponseBody, ServerInfo, Text, PROTOCOL_VERSION,
+    ClientId, Limits, Notification, Operation, Request, ResponseBody, ServerInfo,
+    CHANNEL_BINDING_LEN, PROTOCOL_VERSION,
 };
 use crate::store::{Store, StoreError};
+use invites::InviteError;
+
+/// The connected clients, as the services see them (implemented by the transport).
+pub trait Sessions: Send + Sync {
+    /// Queues a notification for every connection of `client`; returns how many took it.
+    fn notify(&self, client: &ClientId, notification: &Notification) -> usize;
+    /// Closes every connection of `client` once its in-flight requests are answered.
+    fn disconnect(&self, client: &ClientId);
+}
+
+/// Who is asking: the connection's authenticated client (if any) and its channel binding.
+pub struct Caller<'a> {
+    pub client: Option<&'a ClientId>,
+    pub channel_binding: &'a [u8; CHANNEL_BINDING_LEN],
+}
 
 /// What a service can refuse or fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error("this operation needs an authenticated connection")]
     NotAuthenticated,
+    #[error("{0}")]
+    InvalidUserId(String),
+    #[error("the user id's domain is not this server's")]
+    WrongDomain,
+    #[error("the user id is taken")]
+    UserExists,
+    #[error("the user id belonged to a deleted account; it can be registered again from {until}")]
+    UserQuarantined { until: UnixTime },
+    #[error("this server takes no registrations")]
+    RegistrationClosed,
+    #[error("this server takes registrations by invitation only")]
+    InviteRequired,
+    #[error("{0}")]
+    InvalidInvite(InviteError),
+    #[error("the signature key is not a valid Ed25519 public key")]
+    InvalidKey,
+    #[error("the proof of possession of the signature key does not verify")]
+    InvalidProof,
+    #[error("the signature key already belongs to a client")]
+    KeyInUse,
+    #[error("ciphersuite {0:#06x} is not supported")]
+    UnsupportedCiphersuite(u16),
+    #[error("no such user")]
+    UnknownUser,
+    #[error("no such client")]
+    UnknownClient,
+    #[error("a user's last client cannot be removed; delete the user instead")]
+    LastClient,
+    #[error("the user has as many clients as allowed")]
+    TooManyClients,
+    #[error("not allowed for this client")]
+    Forbidden,
+    #[error("domain {0} is not served here")]
+    UnknownDomain(String),
     #[error("operation {0:?} is handled by the transport, not a service")]
-    NotAServiceOperation(crate::protocol::Operation),
+    NotAServiceOperation(Operation),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
 /// The services of one server.
 pub struct Services {
-    domain: Text,
+    domain: crate::protocol::Text,
     limits: Limits,
-    #[allow(dead_code)] // the accounts, queue and group services keep their state here
-    store: Store,
-    client_keys: ClientKeyRegistry,
+    accounts: Accounts,
 }
 
 impl Services {
-    pub fn new(domain: &str, limits: &ServerLimits, store: Store) -> Result<Self, StoreError> {
+    pub fn new(
+        config: &ServerConfig,
+        store: Store,
+        sessions: Arc<dyn Sessions>,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
-            domain: Text::new(domain).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            limits: limits.announced(),
-            store,
-            client_keys: ClientKeyRegistry::default(),
+            domain: config.domain.to_text(),
+            limits: ServerLimits::announced(&config.limits),
+            accounts: Accounts::new(config, store, sessions)?,
         })
     }
 
-    /// The registry of client signature keys that authentication checks against.
-    pub fn client_keys(&self) -> &ClientKeyRegistry {
-        &self.client_keys
+    pub fn accounts(&self) -> &Accounts {
+        &self.accounts
     }
 
     /// The signature key `client` authenticates with, if the client exists.
@@ -55,28 +111,54 @@ impl Services {
         &self,
         client: &ClientId,
     ) -> Result<Option<VerifyingKey>, ServiceError> {
-        Ok(self.client_keys.signature_key(client))
+        self.accounts.signature_key(client).await
     }
 
-    /// Handles a request. `caller` is the client the connection authenticated as, if any.
+    /// Handles a request for `caller`.
     pub async fn handle(
         &self,
-        caller: Option<&ClientId>,
+        caller: &Caller<'_>,
         request: Request,
     ) -> Result<ResponseBody, ServiceError> {
-        match request {
-            Request::GetServerInfo => Ok(ResponseBody::ServerInfo(ServerInfo {
+        let authenticated = || caller.client.ok_or(ServiceError::NotAuthenticated);
+        Ok(match request {
+            Request::GetServerInfo => ResponseBody::ServerInfo(ServerInfo {
                 domain: self.domain.clone(),
                 protocol_version: PROTOCOL_VERSION,
                 limits: self.limits,
-            })),
-            Request::WhoAmI => caller
-                .cloned()
-                .map(ResponseBody::WhoAmI)
-                .ok_or(ServiceError::NotAuthenticated),
-            Request::Authenticate(_) => {
-                Err(ServiceError::NotAServiceOperation(request.operation()))
+                registration: self.accounts.registration(),
+                credential_keys: self.accounts.published_keys(),
+            }),
+            Request::WhoAmI => ResponseBody::WhoAmI(authenticated()?.clone()),
+            Request::RegisterUser(request) => {
+                ResponseBody::UserRegistered(self.accounts.register(caller, request).await?)
             }
-        }
+            Request::AddClient(request) => ResponseBody::ClientAdded(
+                self.accounts.add_client(authenticated()?, request).await?,
+            ),
+            Request::ListClients => {
+                ResponseBody::Clients(self.accounts.list_clients(authenticated()?).await?)
+            }
+            Request::RemoveClient(request) => {
+                self.accounts
+                    .remove_client(authenticated()?, &request.client)
+                    .await?;
+                ResponseBody::ClientRemoved
+            }
+            Request::RenewCredential => ResponseBody::CredentialRenewed(
+                self.accounts.renew_credential(authenticated()?).await?,
+            ),
+            Request::LookupUser(request) => {
+                authenticated()?;
+                ResponseBody::UserFound(self.accounts.lookup(request.user_id.as_str()).await?)
+            }
+            Request::DeleteUser => {
+                self.accounts.delete_user(authenticated()?).await?;
+                ResponseBody::UserDeleted
+            }
+            Request::Authenticate(_) => {
+                return Err(ServiceError::NotAServiceOperation(request.operation()))
+            }
+        })
     }
 }

@@ -5,7 +5,7 @@ use redb::{ReadableTable, TableDefinition};
 use super::{Store, StoreError};
 
 /// Key-value facts about the database. Versioned name: a new layout gets a new table.
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta-1");
+pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta-1");
 
 const SCHEMA_VERSION_KEY: &str = "schema-version";
 const DOMAIN_KEY: &str = "domain";
@@ -17,6 +17,7 @@ impl Store {
     /// Creates the tables of a new database, or checks that an existing one has our layout.
     pub(super) fn initialise_schema(&self) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
+        super::tables::create_all(&txn)?;
         {
             let mut meta = txn.open_table(META)?;
             let stored = meta

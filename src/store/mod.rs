@@ -10,8 +10,15 @@
 //! Services use typed operations (`impl Store` blocks, one file per service's tables); redb types
 //! never leave this module.
 
+mod accounts;
 mod meta;
+mod tables;
 mod writer;
+
+pub use accounts::{
+    AddClientRefusal, IssueCredential, NewUser, RegisterRefusal, RemoveClientRefusal, StoredClient,
+    FIRST_DEVICE_ID,
+};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -13,11 +13,12 @@ use super::Shared;
 use crate::protocol::{
     close_code, decode_request, encode_notification_record, encode_push_header, encode_response,
     AuthenticateRequest, AuthenticateResponse, ClientId, ErrorCode, ErrorResponse, Notification,
-    Request, Response, ResponseBody, ALPN_CLIENT, ALPN_FEDERATION, MAX_REQUEST_LEN,
-    MAX_RESPONSE_LEN, STREAM_REFUSED,
+    Request, Response, ResponseBody, ALPN_CLIENT, ALPN_FEDERATION, CHANNEL_BINDING_LEN,
+    MAX_REQUEST_LEN, MAX_RESPONSE_LEN, STREAM_REFUSED,
 };
-use crate::services::ServiceError;
+use crate::services::{Caller, ServiceError};
 use crate::store::StoreError;
+use tokio_util::sync::CancellationToken;
 
 /// How long the push writer may take to hand its last records to the peer when closing.
 const PUSH_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -55,21 +56,35 @@ pub(super) async fn handle(
 /// A client connection's state, shared by its stream tasks.
 struct Session {
     connection: quinn::Connection,
+    /// The connection's TLS exporter value that authentication signatures cover.
+    channel_binding: [u8; CHANNEL_BINDING_LEN],
     /// Set once, by a successful `Authenticate`; every later stream acts as this client.
     client: OnceLock<ClientId>,
+    /// Cancelled when the connection must wind down: server shutdown or client removed.
+    closing: CancellationToken,
     push_writer: Mutex<Option<JoinHandle<()>>>,
 }
 
 async fn serve_client(connection: quinn::Connection, shared: Arc<Shared>) {
+    let channel_binding = match channel_binding(&connection) {
+        Ok(binding) => binding,
+        Err(e) => {
+            error!("{e}");
+            connection.close(close_code::SHUTTING_DOWN.into(), b"internal error");
+            return;
+        }
+    };
     let session = Arc::new(Session {
         connection: connection.clone(),
+        channel_binding,
         client: OnceLock::new(),
+        closing: shared.shutdown.child_token(),
         push_writer: Mutex::new(None),
     });
     let mut streams = JoinSet::new();
     let closed_by_peer = loop {
         tokio::select! {
-            _ = shared.shutdown.cancelled() => break false,
+            _ = session.closing.cancelled() => break false,
             accepted = connection.accept_bi() => match accepted {
                 Ok((send, recv)) => {
                     streams.spawn(handle_stream(session.clone(), shared.clone(), send, recv));
@@ -101,7 +116,7 @@ async fn serve_client(connection: quinn::Connection, shared: Arc<Shared>) {
 
     if let Some(client) = session.client.get() {
         // Closing the queue lets the writer send what is queued (a shutdown notice) and finish.
-        shared.push.unregister(client, connection.stable_id());
+        shared.sessions.unregister(client, connection.stable_id());
     }
     let push_writer = session
         .push_writer
@@ -118,7 +133,11 @@ async fn serve_client(connection: quinn::Connection, shared: Arc<Shared>) {
         }
     }
     if !closed_by_peer {
-        connection.close(close_code::SHUTTING_DOWN.into(), b"server shutting down");
+        if shared.shutdown.is_cancelled() {
+            connection.close(close_code::SHUTTING_DOWN.into(), b"server shutting down");
+        } else {
+            connection.close(close_code::CLIENT_REMOVED.into(), b"client removed");
+        }
     }
 }
 
@@ -195,18 +214,33 @@ fn error_response(code: ErrorCode, message: &str) -> Response {
 }
 
 fn service_error_response(e: ServiceError) -> Response {
-    match e {
-        ServiceError::NotAuthenticated => {
-            error_response(ErrorCode::NotAuthenticated, &e.to_string())
-        }
-        ServiceError::Store(StoreError::Closed) => {
-            error_response(ErrorCode::ShuttingDown, "the server is shutting down")
-        }
+    let code = match &e {
+        ServiceError::NotAuthenticated => ErrorCode::NotAuthenticated,
+        ServiceError::InvalidUserId(_) => ErrorCode::InvalidUserId,
+        ServiceError::WrongDomain => ErrorCode::WrongDomain,
+        ServiceError::UserExists => ErrorCode::UserExists,
+        ServiceError::UserQuarantined { .. } => ErrorCode::UserQuarantined,
+        ServiceError::RegistrationClosed => ErrorCode::RegistrationClosed,
+        ServiceError::InviteRequired => ErrorCode::InviteRequired,
+        ServiceError::InvalidInvite(_) => ErrorCode::InvalidInvite,
+        ServiceError::InvalidKey => ErrorCode::InvalidKey,
+        ServiceError::InvalidProof => ErrorCode::InvalidProof,
+        ServiceError::KeyInUse => ErrorCode::KeyInUse,
+        ServiceError::UnsupportedCiphersuite(_) => ErrorCode::UnsupportedCiphersuite,
+        ServiceError::UnknownUser => ErrorCode::UnknownUser,
+        ServiceError::UnknownClient => ErrorCode::UnknownClient,
+        ServiceError::LastClient => ErrorCode::LastClient,
+        ServiceError::TooManyClients => ErrorCode::TooManyClients,
+        ServiceError::Forbidden => ErrorCode::Forbidden,
+        ServiceError::UnknownDomain(_) => ErrorCode::UnknownDomain,
+        ServiceError::Store(StoreError::Closed) => ErrorCode::ShuttingDown,
         ServiceError::NotAServiceOperation(_) | ServiceError::Store(_) => {
+            // Internal failures are logged in full and never described to the peer.
             error!(error = ?e, "request failed");
-            error_response(ErrorCode::Internal, "internal error")
+            return error_response(ErrorCode::Internal, "internal error");
         }
-    }
+    };
+    error_response(code, &e.to_string())
 }
 
 impl Session {
@@ -214,14 +248,17 @@ impl Session {
         if let Request::Authenticate(request) = request {
             return self.authenticate(shared, request).await;
         }
-        let caller = self.client.get();
-        if request.operation().requires_authentication() && caller.is_none() {
+        let caller = Caller {
+            client: self.client.get(),
+            channel_binding: &self.channel_binding,
+        };
+        if request.operation().requires_authentication() && caller.client.is_none() {
             return error_response(
                 ErrorCode::NotAuthenticated,
                 "this operation needs an authenticated connection",
             );
         }
-        match shared.services.handle(caller, request).await {
+        match shared.services.handle(&caller, request).await {
             Ok(body) => Response::Ok(body),
             Err(e) => service_error_response(e),
         }
@@ -234,20 +271,14 @@ impl Session {
                 "this connection is already authenticated",
             );
         }
-        let binding = match channel_binding(&self.connection) {
-            Ok(binding) => binding,
-            Err(e) => {
-                error!("{e}");
-                return error_response(ErrorCode::Internal, "internal error");
-            }
-        };
         let key = match shared.services.client_signature_key(&request.client).await {
             Ok(key) => key,
             Err(e) => return service_error_response(e),
         };
         // One answer for an unknown client and a bad signature: no probing for client ids.
-        let verified =
-            key.is_some_and(|key| verify_authentication(&key, &binding, &request).is_ok());
+        let verified = key.is_some_and(|key| {
+            verify_authentication(&key, &self.channel_binding, &request).is_ok()
+        });
         if !verified {
             debug!(client = %request.client, "authentication failed");
             return error_response(
@@ -277,7 +308,10 @@ impl Session {
             anyhow::Ok(stream)
         })
         .await??;
-        let notifications = shared.push.register(client, self.connection.stable_id());
+        let notifications =
+            shared
+                .sessions
+                .register(client, self.connection.stable_id(), self.closing.clone());
         let writer = tokio::spawn(async move {
             write_notifications(&mut stream, notifications).await;
         });

@@ -8,7 +8,7 @@
 
 pub mod auth;
 mod connection;
-pub mod push;
+pub mod sessions;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-pub use push::PushHub;
+pub use sessions::SessionRegistry;
 
 use crate::config::ServerLimits;
 use crate::protocol::{self, close_code, Notification, ServerShutdown, Text};
@@ -32,16 +32,20 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// What every connection task shares.
 pub(crate) struct Shared {
     pub(crate) services: Arc<Services>,
-    pub(crate) push: Arc<PushHub>,
+    pub(crate) sessions: Arc<SessionRegistry>,
     pub(crate) limits: ServerLimits,
     pub(crate) shutdown: CancellationToken,
 }
 
 impl Shared {
-    pub(crate) fn new(services: Arc<Services>, limits: ServerLimits) -> Self {
+    pub(crate) fn new(
+        services: Arc<Services>,
+        sessions: Arc<SessionRegistry>,
+        limits: ServerLimits,
+    ) -> Self {
         Self {
             services,
-            push: Arc::new(PushHub::default()),
+            sessions,
             limits,
             shutdown: CancellationToken::new(),
         }
@@ -54,7 +58,7 @@ impl Shared {
             reason: Text::truncated(reason),
             retry_after_ms: 5_000,
         });
-        let told = self.push.broadcast(&notice);
+        let told = self.sessions.broadcast(&notice);
         info!(connections = told, "shutting down: {reason}");
         self.shutdown.cancel();
     }

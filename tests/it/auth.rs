@@ -1,31 +1,28 @@
 //! Channel-bound authentication.
 
-use ed25519_dalek::SigningKey;
 use roost::protocol::{ClientId, ErrorCode, Request, ResponseBody, Text};
 use roost::transport::auth::sign_authentication;
 
-use crate::support::{within, TestServer};
+use crate::support::{new_key, within, TestServer};
 
 #[tokio::test]
 async fn the_right_key_authenticates_the_connection_for_every_later_stream() {
     let server = TestServer::start().await;
-    let (client, key) = server.add_client("alice@localhost", 1);
-    let connection = server.connect().await;
-    within(connection.authenticate(&client, &key))
-        .await
-        .unwrap();
+    let alice = server.register("alice@localhost").await;
     for _ in 0..3 {
-        assert_eq!(within(connection.who_am_i()).await.unwrap(), client);
+        assert_eq!(
+            within(alice.connection.who_am_i()).await.unwrap(),
+            alice.identity.client
+        );
     }
 }
 
 #[tokio::test]
 async fn a_wrong_key_fails_and_leaves_the_connection_unauthenticated() {
     let server = TestServer::start().await;
-    let (client, _key) = server.add_client("alice@localhost", 1);
-    let impostor = SigningKey::generate(&mut rand::rngs::OsRng);
+    let alice = server.register("alice@localhost").await;
     let connection = server.connect().await;
-    let error = within(connection.authenticate(&client, &impostor))
+    let error = within(connection.authenticate(&alice.identity.client, &new_key()))
         .await
         .err()
         .expect("a wrong key authenticated");
@@ -41,9 +38,8 @@ async fn an_unknown_client_fails_like_a_wrong_key() {
         user_id: Text::new("mallory@localhost").unwrap(),
         device_id: 1,
     };
-    let key = SigningKey::generate(&mut rand::rngs::OsRng);
     let connection = server.connect().await;
-    let error = within(connection.authenticate(&stranger, &key))
+    let error = within(connection.authenticate(&stranger, &new_key()))
         .await
         .err()
         .expect("an unknown client authenticated");
@@ -53,10 +49,11 @@ async fn an_unknown_client_fails_like_a_wrong_key() {
 #[tokio::test]
 async fn a_signature_replayed_from_another_connection_fails() {
     let server = TestServer::start().await;
-    let (client, key) = server.add_client("alice@localhost", 1);
+    let alice = server.register("alice@localhost").await;
+    let (client, key) = (&alice.identity.client, &alice.identity.signing_key);
     let victim = server.connect().await;
     let attacker = server.connect().await;
-    let signed_for_victim = sign_authentication(&key, &victim.channel_binding().unwrap(), &client);
+    let signed_for_victim = sign_authentication(key, &victim.channel_binding().unwrap(), client);
 
     let replayed =
         within(attacker.request(&Request::Authenticate(signed_for_victim.clone()))).await;
@@ -77,7 +74,22 @@ async fn a_signature_replayed_from_another_connection_fails() {
 async fn an_unauthenticated_connection_cannot_do_authenticated_operations() {
     let server = TestServer::start().await;
     let connection = server.connect().await;
-    let error = within(connection.who_am_i()).await.unwrap_err();
+    for request in [
+        Request::WhoAmI,
+        Request::ListClients,
+        Request::RenewCredential,
+        Request::DeleteUser,
+    ] {
+        let error = within(connection.request(&request)).await.unwrap_err();
+        assert_eq!(
+            error.code(),
+            Some(ErrorCode::NotAuthenticated),
+            "{request:?}"
+        );
+    }
+    let error = within(connection.lookup_user("alice@localhost"))
+        .await
+        .unwrap_err();
     assert_eq!(error.code(), Some(ErrorCode::NotAuthenticated));
     // Unauthenticated operations still work.
     within(connection.server_info()).await.unwrap();
@@ -86,16 +98,19 @@ async fn an_unauthenticated_connection_cannot_do_authenticated_operations() {
 #[tokio::test]
 async fn a_connection_authenticates_only_once() {
     let server = TestServer::start().await;
-    let (alice, alice_key) = server.add_client("alice@localhost", 1);
-    let (bob, bob_key) = server.add_client("bob@localhost", 1);
-    let connection = server.connect().await;
-    within(connection.authenticate(&alice, &alice_key))
-        .await
-        .unwrap();
-    let request = sign_authentication(&bob_key, &connection.channel_binding().unwrap(), &bob);
-    let error = within(connection.request(&Request::Authenticate(request)))
+    let alice = server.register("alice@localhost").await;
+    let bob = server.register("bob@localhost").await;
+    let request = sign_authentication(
+        &bob.identity.signing_key,
+        &alice.connection.channel_binding().unwrap(),
+        &bob.identity.client,
+    );
+    let error = within(alice.connection.request(&Request::Authenticate(request)))
         .await
         .unwrap_err();
     assert_eq!(error.code(), Some(ErrorCode::AlreadyAuthenticated));
-    assert_eq!(within(connection.who_am_i()).await.unwrap(), alice);
+    assert_eq!(
+        within(alice.connection.who_am_i()).await.unwrap(),
+        alice.identity.client
+    );
 }

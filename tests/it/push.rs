@@ -1,6 +1,7 @@
 //! The push stream.
 
 use roost::protocol::{Notification, ServerShutdown, Text};
+use roost::services::Sessions;
 
 use crate::support::{within, TestServer};
 
@@ -14,19 +15,16 @@ fn notice(reason: &str) -> Notification {
 #[tokio::test]
 async fn a_notification_reaches_every_connection_of_its_client_in_order() {
     let server = TestServer::start().await;
-    let (alice, key) = server.add_client("alice@localhost", 1);
-    let (bob, bob_key) = server.add_client("bob@localhost", 1);
-    let laptop = server.connect().await;
-    let phone = server.connect().await;
-    let bobs = server.connect().await;
-    let mut laptop_push = within(laptop.authenticate(&alice, &key)).await.unwrap();
-    let mut phone_push = within(phone.authenticate(&alice, &key)).await.unwrap();
-    let _bob_push = within(bobs.authenticate(&bob, &bob_key)).await.unwrap();
-    assert_eq!(server.server.push().connections(&alice), 2);
+    let mut laptop = server.register("alice@localhost").await;
+    let mut phone = server.reconnect(&laptop.identity).await;
+    let _bob = server.register("bob@localhost").await;
+    let alice = laptop.identity.client.clone();
+    let sessions = server.server.sessions();
+    assert_eq!(sessions.connections(&alice), 2);
 
-    assert_eq!(server.server.push().notify(&alice, &notice("first")), 2);
-    assert_eq!(server.server.push().notify(&alice, &notice("second")), 2);
-    for push in [&mut laptop_push, &mut phone_push] {
+    assert_eq!(sessions.notify(&alice, &notice("first")), 2);
+    assert_eq!(sessions.notify(&alice, &notice("second")), 2);
+    for push in [&mut laptop.push, &mut phone.push] {
         assert_eq!(within(push.next()).await.unwrap().unwrap(), notice("first"));
         assert_eq!(
             within(push.next()).await.unwrap().unwrap(),
@@ -36,18 +34,19 @@ async fn a_notification_reaches_every_connection_of_its_client_in_order() {
 }
 
 #[tokio::test]
-async fn a_closed_connection_leaves_the_push_hub() {
+async fn a_closed_connection_leaves_the_session_registry() {
     let server = TestServer::start().await;
-    let (alice, key) = server.add_client("alice@localhost", 1);
-    let connection = server.connect().await;
-    let _push = within(connection.authenticate(&alice, &key)).await.unwrap();
-    assert_eq!(server.server.push().connections(&alice), 1);
-    within(connection.close()).await;
+    let alice = server.register("alice@localhost").await;
+    let client = alice.identity.client.clone();
+    let sessions = server.server.sessions();
+    assert_eq!(sessions.connections(&client), 1);
+    within(alice.connection.close()).await;
+    // No event announces the server-side cleanup: poll briefly.
     within(async {
-        while server.server.push().connections(&alice) != 0 {
+        while sessions.connections(&client) != 0 {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
     })
     .await;
-    assert_eq!(server.server.push().notify(&alice, &notice("gone")), 0);
+    assert_eq!(sessions.notify(&client, &notice("gone")), 0);
 }

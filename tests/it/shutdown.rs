@@ -12,13 +12,11 @@ use crate::support::{within, TestServer};
 #[tokio::test]
 async fn shutdown_finishes_in_flight_requests_then_closes_everything() {
     let harness = TestServer::start().await;
-    let (alice, alice_key) = harness.add_client("alice@localhost", 1);
+    let alice = harness.register("alice@localhost").await;
     let config = harness.client_config();
-    let TestServer { server, dir } = harness;
-    let connection = within(Connection::connect(&config)).await.unwrap();
-    let mut push = within(connection.authenticate(&alice, &alice_key))
-        .await
-        .unwrap();
+    let TestServer { server, dir, .. } = harness;
+    let connection = alice.connection;
+    let mut push = alice.push;
 
     // A request in flight: its stream is open and half written when shutdown begins.
     let request = encode_request(&Request::GetServerInfo).unwrap();
@@ -34,6 +32,7 @@ async fn shutdown_finishes_in_flight_requests_then_closes_everything() {
     // Clients are told first.
     match within(push.next()).await.unwrap().unwrap() {
         Notification::ServerShutdown(notice) => assert!(notice.retry_after_ms > 0),
+        other => panic!("expected the shutdown notice, got {other:?}"),
     }
     // New connections are refused.
     assert!(within(Connection::connect(&config)).await.is_err());

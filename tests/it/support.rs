@@ -1,16 +1,21 @@
 //! Test harness: a real server on `127.0.0.1:0` with a temporary data directory.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
-use roost::client::{ClientConfig, Connection};
+use roost::client::state::DeviceIdentity;
+use roost::client::{add_client_request, ClientConfig, Connection, PushStream};
+use roost::clock::ManualClock;
 use roost::config::ServerConfig;
-use roost::protocol::{ClientId, Text};
 use roost::server::Server;
 use tempfile::TempDir;
 
 /// Upper bound for anything a test awaits, so that a bug fails the test instead of hanging it.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The ciphersuite test devices use.
+pub const CIPHERSUITE: u16 = 0x0001;
 
 /// Awaits `future`, failing the test if it takes longer than [`TEST_TIMEOUT`].
 pub async fn within<T>(future: impl std::future::Future<Output = T>) -> T {
@@ -19,9 +24,22 @@ pub async fn within<T>(future: impl std::future::Future<Output = T>) -> T {
         .expect("timed out")
 }
 
+pub fn new_key() -> SigningKey {
+    SigningKey::generate(&mut rand::rngs::OsRng)
+}
+
 pub struct TestServer {
     pub server: Server,
     pub dir: TempDir,
+    /// The server's clock: tests move it.
+    pub clock: Arc<ManualClock>,
+}
+
+/// A registered device, connected and authenticated.
+pub struct Device {
+    pub connection: Connection,
+    pub identity: DeviceIdentity,
+    pub push: PushStream,
 }
 
 impl TestServer {
@@ -32,14 +50,16 @@ impl TestServer {
     /// Starts a server after `adjust` has changed its configuration.
     pub async fn start_with(adjust: impl FnOnce(&mut ServerConfig)) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::starting_now());
         let mut config = ServerConfig::new(
             "localhost".parse().unwrap(),
             "127.0.0.1:0".parse().unwrap(),
             dir.path().join("data"),
         );
+        config.clock = clock.clone();
         adjust(&mut config);
         let server = Server::start(config).await.unwrap();
-        Self { server, dir }
+        Self { server, dir, clock }
     }
 
     pub fn client_config(&self) -> ClientConfig {
@@ -57,17 +77,43 @@ impl TestServer {
             .unwrap()
     }
 
-    /// Makes a client known to the server's key registry, and returns its id and key.
-    pub fn add_client(&self, user: &str, device_id: u32) -> (ClientId, SigningKey) {
-        let client = ClientId {
-            user_id: Text::new(user).unwrap(),
-            device_id,
-        };
-        let key = SigningKey::generate(&mut rand::rngs::OsRng);
-        self.server
-            .services()
-            .client_keys()
-            .insert(client.clone(), key.verifying_key());
-        (client, key)
+    /// Registers `user` with a new device, and connects and authenticates it.
+    pub async fn register(&self, user: &str) -> Device {
+        let connection = self.connect().await;
+        let key = new_key();
+        let registered = within(connection.register_user(user, &key, CIPHERSUITE, None))
+            .await
+            .unwrap();
+        let identity = DeviceIdentity::new(registered, key, CIPHERSUITE);
+        self.authenticated(connection, identity).await
+    }
+
+    /// Adds a new device to `approver`'s user, and connects and authenticates it.
+    pub async fn add_device(&self, approver: &Device) -> Device {
+        let key = new_key();
+        let request =
+            add_client_request(approver.identity.client.user_id.as_str(), &key, CIPHERSUITE);
+        let added = within(approver.connection.add_client(request))
+            .await
+            .unwrap();
+        let identity = DeviceIdentity::new(added, key, CIPHERSUITE);
+        self.authenticated(self.connect().await, identity).await
+    }
+
+    /// Connects a new connection as an existing device.
+    pub async fn reconnect(&self, identity: &DeviceIdentity) -> Device {
+        self.authenticated(self.connect().await, identity.clone())
+            .await
+    }
+
+    async fn authenticated(&self, connection: Connection, identity: DeviceIdentity) -> Device {
+        let push = within(connection.authenticate(&identity.client, &identity.signing_key))
+            .await
+            .unwrap();
+        Device {
+            connection,
+            identity,
+            push,
+        }
     }
 }

@@ -1,0 +1,51 @@
+//! Time, as the services see it: a [`Clock`] they are given, so tests can set it.
+
+use std::fmt::Debug;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Seconds since the Unix epoch.
+pub type UnixTime = u64;
+
+pub const SECONDS_PER_DAY: u64 = 24 * 60 * 60;
+
+pub trait Clock: Send + Sync + Debug {
+    fn now(&self) -> UnixTime;
+}
+
+/// The system's wall clock.
+#[derive(Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> UnixTime {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_secs())
+    }
+}
+
+/// A clock that moves only when told to; for tests.
+#[derive(Debug)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    /// A clock showing the current system time.
+    pub fn starting_now() -> Self {
+        Self(AtomicU64::new(SystemClock.now()))
+    }
+
+    pub fn set(&self, now: UnixTime) {
+        self.0.store(now, Ordering::SeqCst);
+    }
+
+    pub fn advance(&self, seconds: u64) {
+        self.0.fetch_add(seconds, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> UnixTime {
+        self.0.load(Ordering::SeqCst)
+    }
+}

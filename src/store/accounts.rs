@@ -1,0 +1,365 @@
+//! Users, their clients (devices), signature keys, the quarantine of deleted user ids, and used
+//! invites.
+//!
+//! Every operation that a rule can refuse checks before it writes, so a refusal (`Ok(Err(..))`)
+//! never leaves a partial write behind.
+
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use sha2::{Digest, Sha256};
+use tls_codec::{Deserialize, Serialize, TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
+
+use super::{Store, StoreError};
+use crate::protocol::ED25519_PUBLIC_KEY_LEN;
+
+/// user id -> [`UserRecord`].
+pub(super) const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users-1");
+/// (user id, device id) -> [`ClientRecord`].
+pub(super) const CLIENTS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("clients-1");
+/// signature public key -> (user id, device id): no key serves two clients.
+pub(super) const SIGNATURE_KEYS: TableDefinition<&[u8], (&str, u32)> =
+    TableDefinition::new("signature-keys-1");
+/// SHA-256 of a deleted user id -> deletion time. A hash, so the id itself is gone.
+pub(super) const QUARANTINE: TableDefinition<&[u8], u64> = TableDefinition::new("quarantine-1");
+/// invite nonce -> times used.
+pub(super) const INVITES_USED: TableDefinition<&[u8], u32> = TableDefinition::new("invites-used-1");
+
+#[derive(Debug, TlsSize, TlsSerialize, TlsDeserialize)]
+struct UserRecord {
+    created_at: u64,
+    /// Device ids are never reused within a user, so a removed client's id stays dead.
+    next_device_id: u32,
+}
+
+#[derive(Debug, TlsSize, TlsSerialize, TlsDeserialize)]
+struct ClientRecord {
+    signature_key: VLBytes,
+    /// The encoded `ClientCredential`.
+    credential: VLBytes,
+    added_at: u64,
+}
+
+/// A stored client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredClient {
+    pub device_id: u32,
+    pub signature_key: [u8; ED25519_PUBLIC_KEY_LEN],
+    pub credential: Vec<u8>,
+    pub added_at: u64,
+}
+
+/// Issues the credential of a new client once its device id is known.
+pub type IssueCredential = Box<dyn FnMut(u32) -> Vec<u8> + Send>;
+
+/// A user to create, with its first client.
+pub struct NewUser {
+    pub user_id: String,
+    pub signature_key: [u8; ED25519_PUBLIC_KEY_LEN],
+    pub now: u64,
+    /// A deleted user id may be registered again this many seconds after its deletion.
+    pub quarantine_secs: u64,
+    /// The invite that admits the user: its nonce and how many users it may admit.
+    pub invite: Option<(Vec<u8>, u32)>,
+    pub issue_credential: IssueCredential,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegisterRefusal {
+    UserExists,
+    Quarantined { until: u64 },
+    KeyInUse,
+    InviteUsedUp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddClientRefusal {
+    UnknownUser,
+    KeyInUse,
+    TooManyClients,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoveClientRefusal {
+    UnknownClient,
+    LastClient,
+}
+
+/// The device id of a user's first client.
+pub const FIRST_DEVICE_ID: u32 = 1;
+
+impl Store {
+    /// Creates a user and its first client (device [`FIRST_DEVICE_ID`]), returning the credential.
+    pub async fn register_user(
+        &self,
+        mut user: NewUser,
+    ) -> Result<Result<Vec<u8>, RegisterRefusal>, StoreError> {
+        self.write(move |txn| {
+            let quarantined_at = txn
+                .open_table(QUARANTINE)?
+                .get(user_id_hash(&user.user_id).as_slice())?
+                .map(|deleted| deleted.value());
+            if let Some(deleted_at) = quarantined_at {
+                let until = deleted_at.saturating_add(user.quarantine_secs);
+                if user.now < until {
+                    return Ok(Err(RegisterRefusal::Quarantined { until }));
+                }
+            }
+            if txn.open_table(USERS)?.get(user.user_id.as_str())?.is_some() {
+                return Ok(Err(RegisterRefusal::UserExists));
+            }
+            if key_in_use(txn, &user.signature_key)? {
+                return Ok(Err(RegisterRefusal::KeyInUse));
+            }
+            if let Some((nonce, max_uses)) = &user.invite {
+                let mut used = txn.open_table(INVITES_USED)?;
+                let uses = used.get(nonce.as_slice())?.map_or(0, |n| n.value());
+                if uses >= *max_uses {
+                    return Ok(Err(RegisterRefusal::InviteUsedUp));
+                }
+                used.insert(nonce.as_slice(), uses + 1)?;
+            }
+            txn.open_table(QUARANTINE)?
+                .remove(user_id_hash(&user.user_id).as_slice())?;
+            let record = UserRecord {
+                created_at: user.now,
+                next_device_id: FIRST_DEVICE_ID + 1,
+            };
+            txn.open_table(USERS)?
+                .insert(user.user_id.as_str(), encode(&record)?.as_slice())?;
+            let credential = (user.issue_credential)(FIRST_DEVICE_ID);
+            insert_client(
+                txn,
+                &user.user_id,
+                FIRST_DEVICE_ID,
+                &user.signature_key,
+                &credential,
+                user.now,
+            )?;
+            Ok(Ok(credential))
+        })
+        .await
+    }
+
+    /// Adds a client to an existing user, returning its device id and credential.
+    pub async fn add_client(
+        &self,
+        user_id: &str,
+        signature_key: [u8; ED25519_PUBLIC_KEY_LEN],
+        now: u64,
+        max_clients: usize,
+        mut issue_credential: IssueCredential,
+    ) -> Result<Result<(u32, Vec<u8>), AddClientRefusal>, StoreError> {
+        let user_id = user_id.to_owned();
+        self.write(move |txn| {
+            let mut users = txn.open_table(USERS)?;
+            let Some(mut user) = users
+                .get(user_id.as_str())?
+                .map(|record| decode::<UserRecord>(record.value()))
+                .transpose()?
+            else {
+                return Ok(Err(AddClientRefusal::UnknownUser));
+            };
+            if key_in_use(txn, &signature_key)? {
+                return Ok(Err(AddClientRefusal::KeyInUse));
+            }
+            if client_count(txn, &user_id)? >= max_clients {
+                return Ok(Err(AddClientRefusal::TooManyClients));
+            }
+            let device_id = user.next_device_id;
+            user.next_device_id = device_id
+                .checked_add(1)
+                .ok_or_else(|| StoreError::Corrupt(format!("{user_id} ran out of device ids")))?;
+            users.insert(user_id.as_str(), encode(&user)?.as_slice())?;
+            drop(users);
+            let credential = issue_credential(device_id);
+            insert_client(txn, &user_id, device_id, &signature_key, &credential, now)?;
+            Ok(Ok((device_id, credential)))
+        })
+        .await
+    }
+
+    /// A user's clients in device id order; `None` if the user does not exist.
+    pub async fn clients_of(&self, user_id: &str) -> Result<Option<Vec<StoredClient>>, StoreError> {
+        let user_id = user_id.to_owned();
+        self.read(move |txn| {
+            if txn.open_table(USERS)?.get(user_id.as_str())?.is_none() {
+                return Ok(None);
+            }
+            let clients = txn.open_table(CLIENTS)?;
+            let mut found = Vec::new();
+            for entry in clients.range((user_id.as_str(), 0)..=(user_id.as_str(), u32::MAX))? {
+                let (key, record) = entry?;
+                found.push(stored_client(key.value().1, record.value())?);
+            }
+            Ok(Some(found))
+        })
+        .await
+    }
+
+    /// One client, if it exists.
+    pub async fn client(
+        &self,
+        user_id: &str,
+        device_id: u32,
+    ) -> Result<Option<StoredClient>, StoreError> {
+        let user_id = user_id.to_owned();
+        self.read(move |txn| {
+            txn.open_table(CLIENTS)?
+                .get((user_id.as_str(), device_id))?
+                .map(|record| stored_client(device_id, record.value()))
+                .transpose()
+        })
+        .await
+    }
+
+    /// Replaces a client's credential (same key, new validity).
+    pub async fn replace_credential(
+        &self,
+        user_id: &str,
+        device_id: u32,
+        credential: Vec<u8>,
+    ) -> Result<Result<(), RemoveClientRefusal>, StoreError> {
+        let user_id = user_id.to_owned();
+        self.write(move |txn| {
+            let mut clients = txn.open_table(CLIENTS)?;
+            let Some(mut record) = clients
+                .get((user_id.as_str(), device_id))?
+                .map(|record| decode::<ClientRecord>(record.value()))
+                .transpose()?
+            else {
+                return Ok(Err(RemoveClientRefusal::UnknownClient));
+            };
+            record.credential = credential.clone().into();
+            clients.insert((user_id.as_str(), device_id), encode(&record)?.as_slice())?;
+            Ok(Ok(()))
+        })
+        .await
+    }
+
+    /// Removes one client, unless it is its user's last.
+    pub async fn remove_client(
+        &self,
+        user_id: &str,
+        device_id: u32,
+    ) -> Result<Result<(), RemoveClientRefusal>, StoreError> {
+        let user_id = user_id.to_owned();
+        self.write(move |txn| {
+            if txn
+                .open_table(CLIENTS)?
+                .get((user_id.as_str(), device_id))?
+                .is_none()
+            {
+                return Ok(Err(RemoveClientRefusal::UnknownClient));
+            }
+            if client_count(txn, &user_id)? <= 1 {
+                return Ok(Err(RemoveClientRefusal::LastClient));
+            }
+            delete_client(txn, &user_id, device_id)?;
+            Ok(Ok(()))
+        })
+        .await
+    }
+
+    /// Deletes a user and everything it owns in one transaction, and quarantines its id from
+    /// `now`. Returns the device ids that were removed; deleting a user that does not exist
+    /// changes nothing and returns none.
+    pub async fn delete_user(&self, user_id: &str, now: u64) -> Result<Vec<u32>, StoreError> {
+        let user_id = user_id.to_owned();
+        self.write(move |txn| {
+            if txn.open_table(USERS)?.remove(user_id.as_str())?.is_none() {
+                return Ok(Vec::new());
+            }
+            let devices = {
+                let clients = txn.open_table(CLIENTS)?;
+                let range = clients.range((user_id.as_str(), 0)..=(user_id.as_str(), u32::MAX))?;
+                range
+                    .map(|entry| entry.map(|(key, _)| key.value().1))
+                    .collect::<Result<Vec<_>, _>>()?
+            };
+            for &device_id in &devices {
+                delete_client(txn, &user_id, device_id)?;
+            }
+            // Later capabilities (KeyPackages, queues, group memberships) delete the user's rows
+            // here too, in this same transaction.
+            txn.open_table(QUARANTINE)?
+                .insert(user_id_hash(&user_id).as_slice(), now)?;
+            Ok(devices)
+        })
+        .await
+    }
+}
+
+fn insert_client(
+    txn: &WriteTransaction,
+    user_id: &str,
+    device_id: u32,
+    signature_key: &[u8; ED25519_PUBLIC_KEY_LEN],
+    credential: &[u8],
+    now: u64,
+) -> Result<(), StoreError> {
+    let record = ClientRecord {
+        signature_key: signature_key.to_vec().into(),
+        credential: credential.to_vec().into(),
+        added_at: now,
+    };
+    txn.open_table(CLIENTS)?
+        .insert((user_id, device_id), encode(&record)?.as_slice())?;
+    txn.open_table(SIGNATURE_KEYS)?
+        .insert(signature_key.as_slice(), (user_id, device_id))?;
+    Ok(())
+}
+
+fn delete_client(txn: &WriteTransaction, user_id: &str, device_id: u32) -> Result<(), StoreError> {
+    let removed = txn
+        .open_table(CLIENTS)?
+        .remove((user_id, device_id))?
+        .map(|record| decode::<ClientRecord>(record.value()))
+        .transpose()?;
+    if let Some(record) = removed {
+        txn.open_table(SIGNATURE_KEYS)?
+            .remove(record.signature_key.as_slice())?;
+    }
+    Ok(())
+}
+
+fn key_in_use(txn: &WriteTransaction, key: &[u8]) -> Result<bool, StoreError> {
+    Ok(txn.open_table(SIGNATURE_KEYS)?.get(key)?.is_some())
+}
+
+fn client_count(txn: &WriteTransaction, user_id: &str) -> Result<usize, StoreError> {
+    let clients = txn.open_table(CLIENTS)?;
+    let range = clients.range((user_id, 0)..=(user_id, u32::MAX))?;
+    Ok(range.count())
+}
+
+fn stored_client(device_id: u32, bytes: &[u8]) -> Result<StoredClient, StoreError> {
+    let record: ClientRecord = decode(bytes)?;
+    let signature_key = record
+        .signature_key
+        .as_slice()
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("stored signature key has the wrong length".into()))?;
+    Ok(StoredClient {
+        device_id,
+        signature_key,
+        credential: record.credential.into(),
+        added_at: record.added_at,
+    })
+}
+
+fn user_id_hash(user_id: &str) -> [u8; 32] {
+    Sha256::new()
+        .chain_update(b"roost quarantined user id\0")
+        .chain_update(user_id.as_bytes())
+        .finalize()
+        .into()
+}
+
+fn encode(record: &impl Serialize) -> Result<Vec<u8>, StoreError> {
+    record
+        .tls_serialize_detached()
+        .map_err(|e| StoreError::Corrupt(format!("cannot encode a record: {e}")))
+}
+
+fn decode<T: Deserialize>(bytes: &[u8]) -> Result<T, StoreError> {
+    T::tls_deserialize_exact(bytes).map_err(|e| StoreError::Corrupt(format!("bad record: {e}")))
+}

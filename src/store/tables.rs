@@ -1,0 +1,99 @@
+//! The list of every table in the database: created at open (so reads never meet a missing
+//! table) and scanned by [`Store::tables_containing`], so that a test can prove what a deletion
+//! left behind. A new table goes into [`for_each_table!`] or those guarantees do not cover it.
+
+use redb::{Key, ReadTransaction, ReadableTable, TableDefinition, Value, WriteTransaction};
+
+use super::{Store, StoreError};
+
+/// Calls `$action!(definition)` for every table of the store.
+macro_rules! for_each_table {
+    ($action:ident) => {{
+        $action!(super::meta::META);
+        $action!(super::accounts::USERS);
+        $action!(super::accounts::CLIENTS);
+        $action!(super::accounts::SIGNATURE_KEYS);
+        $action!(super::accounts::QUARANTINE);
+        $action!(super::accounts::INVITES_USED);
+    }};
+}
+
+/// Creates every table that does not exist yet.
+pub(super) fn create_all(txn: &WriteTransaction) -> Result<(), StoreError> {
+    macro_rules! create {
+        ($table:expr) => {
+            txn.open_table($table)?;
+        };
+    }
+    for_each_table!(create);
+    Ok(())
+}
+
+/// Whether any key or value of `table` contains `needle`.
+fn contains<K: Key + 'static, V: Value + 'static>(
+    txn: &ReadTransaction,
+    table: TableDefinition<K, V>,
+    needle: &[u8],
+) -> Result<bool, StoreError> {
+    let table = txn.open_table(table)?;
+    for entry in table.iter()? {
+        let (key, value) = entry?;
+        if has_subslice(K::as_bytes(&key.value()).as_ref(), needle)
+            || has_subslice(V::as_bytes(&value.value()).as_ref(), needle)
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn has_subslice(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty()
+        || haystack
+            .windows(needle.len())
+            .any(|window| window == needle)
+}
+
+impl Store {
+    /// The names of the tables holding `needle` anywhere in a key or a value. A full scan, for
+    /// tests and for an operator checking that a deletion left nothing behind.
+    pub async fn tables_containing(&self, needle: &[u8]) -> Result<Vec<String>, StoreError> {
+        let needle = needle.to_vec();
+        self.read(move |txn| {
+            let mut found = Vec::new();
+            macro_rules! scan {
+                ($table:expr) => {
+                    if contains(txn, $table, &needle)? {
+                        found.push($table.to_string());
+                    }
+                };
+            }
+            for_each_table!(scan);
+            Ok(found)
+        })
+        .await
+    }
+
+    /// The names of every table in the database file.
+    pub async fn table_names(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|txn| {
+            Ok(txn
+                .list_tables()?
+                .map(|handle| redb::TableHandle::name(&handle).to_owned())
+                .collect())
+        })
+        .await
+    }
+
+    /// The names of the tables this code knows (and scans).
+    pub fn known_tables() -> Vec<String> {
+        let mut names = Vec::new();
+        macro_rules! name {
+            ($table:expr) => {
+                names.push($table.to_string());
+            };
+        }
+        for_each_table!(name);
+        names
+    }
+}

@@ -1,0 +1,108 @@
+//! The session registry: the authenticated connections of each client, each with a bounded
+//! notification queue and a handle to close it. Implements [`Sessions`] for the services.
+//!
+//! Notifications are hints (everything they announce can be fetched with a request), so a
+//! connection whose queue is full misses the notification instead of slowing the sender down.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::{ClientId, Notification};
+use crate::services::Sessions;
+
+/// Notifications that may wait for one slow connection before newer ones are dropped.
+pub const PUSH_QUEUE_CAPACITY: usize = 64;
+
+/// Identifies one connection (quinn's stable connection id).
+pub type ConnectionKey = usize;
+
+/// One authenticated connection of a client.
+struct SessionEntry {
+    connection: ConnectionKey,
+    notifications: mpsc::Sender<Notification>,
+    /// Cancelled to make the connection finish its requests and close.
+    close: CancellationToken,
+}
+
+#[derive(Default)]
+pub struct SessionRegistry {
+    clients: Mutex<HashMap<ClientId, Vec<SessionEntry>>>,
+}
+
+impl SessionRegistry {
+    /// Registers an authenticated connection of `client`, closed by cancelling `close`. Its
+    /// notifications come out of the returned receiver.
+    pub fn register(
+        &self,
+        client: &ClientId,
+        connection: ConnectionKey,
+        close: CancellationToken,
+    ) -> mpsc::Receiver<Notification> {
+        let (notifications, receiver) = mpsc::channel(PUSH_QUEUE_CAPACITY);
+        self.lock()
+            .entry(client.clone())
+            .or_default()
+            .push(SessionEntry {
+                connection,
+                notifications,
+                close,
+            });
+        receiver
+    }
+
+    /// Forgets a connection; its notification receiver ends once it has drained.
+    pub fn unregister(&self, client: &ClientId, connection: ConnectionKey) {
+        let mut clients = self.lock();
+        if let Some(sessions) = clients.get_mut(client) {
+            sessions.retain(|session| session.connection != connection);
+            if sessions.is_empty() {
+                clients.remove(client);
+            }
+        }
+    }
+
+    /// Queues `notification` for every authenticated connection. Returns how many took it.
+    pub fn broadcast(&self, notification: &Notification) -> usize {
+        let clients = self.lock();
+        clients
+            .values()
+            .flatten()
+            .filter(|session| session.notifications.try_send(notification.clone()).is_ok())
+            .count()
+    }
+
+    /// How many authenticated connections `client` has.
+    pub fn connections(&self, client: &ClientId) -> usize {
+        self.lock().get(client).map_or(0, Vec::len)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ClientId, Vec<SessionEntry>>> {
+        // The map stays consistent even if a holder panicked: every update is a single call.
+        self.clients
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Sessions for SessionRegistry {
+    fn notify(&self, client: &ClientId, notification: &Notification) -> usize {
+        let clients = self.lock();
+        clients.get(client).map_or(0, |sessions| {
+            sessions
+                .iter()
+                .filter(|session| session.notifications.try_send(notification.clone()).is_ok())
+                .count()
+        })
+    }
+
+    fn disconnect(&self, client: &ClientId) {
+        if let Some(sessions) = self.lock().get(client) {
+            for session in sessions {
+                session.close.cancel();
+            }
+        }
+    }
+}
