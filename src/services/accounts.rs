@@ -123,7 +123,7 @@ impl Accounts {
                 now,
                 quarantine_secs: self.quarantine,
                 invite,
-                issue_credential: Box::new(move |device_id| issue(device_id)),
+                issue_credential: Box::new(issue),
             })
             .await?;
         let credential = outcome.map_err(|refusal| match refusal {
@@ -157,7 +157,7 @@ impl Accounts {
                 key.to_bytes(),
                 now,
                 MAX_CLIENTS_PER_USER,
-                Box::new(move |device_id| issue(device_id)),
+                Box::new(issue),
             )
             .await?
             .map_err(|refusal| match refusal {

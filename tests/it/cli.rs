@@ -106,6 +106,27 @@ fn client_json(
     serde_json::from_str(stdout.trim()).unwrap()
 }
 
+fn client_command(
+    addr: SocketAddr,
+    server_name: &str,
+    ca: &Path,
+    command: &[&str],
+) -> std::process::Output {
+    Command::new(ROOST_CLIENT)
+        .args([
+            "--server",
+            &addr.to_string(),
+            "--server-name",
+            server_name,
+            "--ca",
+        ])
+        .arg(ca)
+        .arg("--json")
+        .args(command)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn serve_answers_info_and_exits_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
@@ -221,4 +242,261 @@ fn assert_private(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "{} has mode {mode:o}", path.display());
+}
+
+#[test]
+fn client_cli_registers_links_looks_up_removes_and_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let server = ServerProcess::start(&data_dir, &[]);
+    let ca = data_dir.join("server-cert.pem");
+    let state = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let run = |command: &[&str]| client_json(server.addr, "localhost", &ca, command);
+
+    let registered = run(&["--state", &state("laptop"), "register", "alice@localhost"]);
+    assert_eq!(registered["registered"]["client_id"], "alice@localhost/1");
+    assert_eq!(registered["registered"]["verified"], true);
+    run(&["--state", &state("bob"), "register", "bob@localhost"]);
+    let added = run(&[
+        "--state",
+        &state("phone"),
+        "add-client",
+        "--approve-from",
+        &state("laptop"),
+    ]);
+    assert_eq!(added["added"]["client_id"], "alice@localhost/2");
+
+    let found = run(&["--state", &state("bob"), "lookup", "alice@localhost"]);
+    assert_eq!(found["user"], "alice@localhost");
+    let clients = found["clients"].as_array().unwrap();
+    assert_eq!(clients.len(), 2);
+    for client in clients {
+        assert_eq!(client["verified"], true, "{client}");
+    }
+    let listed = run(&["--state", &state("phone"), "clients"]);
+    assert_eq!(listed["clients"].as_array().unwrap().len(), 2);
+
+    let removed = run(&["--state", &state("phone"), "remove-client", "1"]);
+    assert_eq!(removed["removed"], "alice@localhost/1");
+    let failed = client_command(
+        server.addr,
+        "localhost",
+        &ca,
+        &["--state", &state("phone"), "remove-client", "2"],
+    );
+    assert!(!failed.status.success());
+    let error: serde_json::Value = serde_json::from_slice(&failed.stdout).unwrap();
+    assert_eq!(error["code"], 24, "LastClient: {error}");
+
+    let deleted = run(&["--state", &state("phone"), "delete-account"]);
+    assert_eq!(deleted["deleted"], "alice@localhost");
+    let gone = client_command(
+        server.addr,
+        "localhost",
+        &ca,
+        &["--state", &state("bob"), "lookup", "alice@localhost"],
+    );
+    let error: serde_json::Value = serde_json::from_slice(&gone.stdout).unwrap();
+    assert_eq!(error["code"], 22, "UnknownUser: {error}");
+    assert!(server.terminate().success());
+}
+
+#[test]
+fn rotating_the_credential_key_keeps_old_credentials_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let ca = data_dir.join("server-cert.pem");
+    let laptop = dir.path().join("laptop");
+    let laptop = laptop.to_str().unwrap();
+
+    let server = ServerProcess::start(&data_dir, &[]);
+    client_json(
+        server.addr,
+        "localhost",
+        &ca,
+        &["--state", laptop, "register", "alice@localhost"],
+    );
+    assert!(server.terminate().success());
+
+    let status = Command::new(ROOST)
+        .args(["rotate-credential-key", "--data-dir"])
+        .arg(&data_dir)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let server = ServerProcess::start(&data_dir, &[]);
+    let info = client_json(server.addr, "localhost", &ca, &["info"]);
+    let key_ids: Vec<_> = info["credential_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["key_id"].clone())
+        .collect();
+    assert_eq!(
+        key_ids,
+        [serde_json::json!(2), serde_json::json!(1)],
+        "newest first"
+    );
+    let listed = client_json(
+        server.addr,
+        "localhost",
+        &ca,
+        &["--state", laptop, "clients"],
+    );
+    assert_eq!(listed["clients"][0]["issuer_key_id"], 1);
+    assert_eq!(
+        listed["clients"][0]["verified"], true,
+        "the old key's credential still verifies"
+    );
+    let renewed = client_json(
+        server.addr,
+        "localhost",
+        &ca,
+        &["--state", laptop, "renew-credential"],
+    );
+    assert_eq!(renewed["renewed"]["issuer_key_id"], 2);
+    assert_eq!(renewed["renewed"]["verified"], true);
+    assert!(server.terminate().success());
+}
+
+#[test]
+fn invite_codes_made_while_the_server_runs_admit_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let ca = data_dir.join("server-cert.pem");
+    let server = ServerProcess::start(&data_dir, &["--registration", "invite"]);
+    let output = Command::new(ROOST)
+        .args(["invite", "create", "--data-dir"])
+        .arg(&data_dir)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let invite = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    let state = dir.path().join("alice");
+    let state = state.to_str().unwrap();
+    let refused = client_command(
+        server.addr,
+        "localhost",
+        &ca,
+        &["--state", state, "register", "alice@localhost"],
+    );
+    assert!(!refused.status.success());
+    let registered = client_json(
+        server.addr,
+        "localhost",
+        &ca,
+        &[
+            "--state",
+            state,
+            "register",
+            "alice@localhost",
+            "--invite",
+            &invite,
+        ],
+    );
+    assert_eq!(registered["registered"]["verified"], true);
+    assert!(server.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletions_are_all_or_nothing_and_acknowledged_ones_survive_kill_9() {
+    use roost::client::{add_client_request, ClientConfig, Connection};
+    use roost::protocol::ErrorCode;
+
+    const USERS: usize = 12;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let ca = data_dir.join("server-cert.pem");
+    let mut server = ServerProcess::start(&data_dir, &[]);
+    let config = ClientConfig::new(server.addr, "localhost", &ca).unwrap();
+
+    // Each user has two devices; each user's first device will delete the user.
+    let mut deleters = Vec::new();
+    for i in 0..USERS {
+        let connection = Connection::connect(&config).await.unwrap();
+        let key = crate::support::new_key();
+        let user = format!("user{i}@localhost");
+        let registered = connection
+            .register_user(&user, &key, crate::support::CIPHERSUITE, None)
+            .await
+            .unwrap();
+        let _push = connection
+            .authenticate(&registered.client, &key)
+            .await
+            .unwrap();
+        let second = add_client_request(
+            &user,
+            &crate::support::new_key(),
+            crate::support::CIPHERSUITE,
+        );
+        connection.add_client(second).await.unwrap();
+        deleters.push((user, connection));
+    }
+
+    // Delete everyone at once and kill the server as soon as the first deletions are answered.
+    let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel();
+    for (user, connection) in deleters {
+        let acked_tx = acked_tx.clone();
+        tokio::spawn(async move {
+            if connection.delete_user().await.is_ok() {
+                let _ = acked_tx.send(user);
+            }
+        });
+    }
+    drop(acked_tx);
+    let mut acked = vec![acked_rx.recv().await.expect("no deletion was answered")];
+    server.child.kill().unwrap(); // SIGKILL
+    server.child.wait().unwrap();
+    while let Ok(user) = acked_rx.try_recv() {
+        acked.push(user);
+    }
+
+    let server = ServerProcess::start(&data_dir, &[]);
+    let config = ClientConfig::new(server.addr, "localhost", &ca).unwrap();
+    let observer = Connection::connect(&config).await.unwrap();
+    let key = crate::support::new_key();
+    let me = observer
+        .register_user(
+            "observer@localhost",
+            &key,
+            crate::support::CIPHERSUITE,
+            None,
+        )
+        .await
+        .unwrap();
+    let _push = observer.authenticate(&me.client, &key).await.unwrap();
+    let mut gone = Vec::new();
+    for i in 0..USERS {
+        let user = format!("user{i}@localhost");
+        match observer.lookup_user(&user).await {
+            Ok(found) => {
+                assert_eq!(found.clients.len(), 2, "{user} was half deleted");
+                assert!(
+                    !acked.contains(&user),
+                    "{user}'s acknowledged deletion was lost"
+                );
+            }
+            Err(e) => {
+                assert_eq!(e.code(), Some(ErrorCode::UnknownUser));
+                gone.push(user);
+            }
+        }
+    }
+    println!(
+        "{} deletions acknowledged, {} users gone after kill -9",
+        acked.len(),
+        gone.len()
+    );
+    assert!(server.terminate().success());
+
+    // What is gone left no trace in any table.
+    let store = roost::store::Store::open(&data_dir).unwrap();
+    for user in gone {
+        assert_eq!(
+            store.tables_containing(user.as_bytes()).await.unwrap(),
+            Vec::<String>::new()
+        );
+    }
 }

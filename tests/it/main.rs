@@ -1,6 +1,7 @@
 //! Integration tests: real servers on ephemeral loopback ports with real redb files in temp
 //! directories, driven through the real client library (and, in `cli`, the real binaries).
 
+mod accounts;
 mod auth;
 mod cli;
 mod push;
