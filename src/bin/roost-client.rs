@@ -108,8 +108,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = ClientConfig::new(server_addr, &cli.server_name, &cli.ca)
         .with_context(|| format!("loading trusted certificate {}", cli.ca.display()))?;
     let connection = Connection::connect(&config).await?;
-    let output = match &cli.command {
-        Command::Info => info(&connection, server_addr).await?,
+    let result = execute(&cli, &connection, server_addr).await;
+    // Close even after a failure, so the server need not wait for this client to time out.
+    connection.close().await;
+    let output = result?;
+    if cli.json {
+        println!("{}", output.json);
+    } else {
+        println!("{}", output.text);
+    }
+    Ok(())
+}
+
+async fn execute(
+    cli: &Cli,
+    connection: &Connection,
+    server_addr: SocketAddr,
+) -> anyhow::Result<Output> {
+    Ok(match &cli.command {
+        Command::Info => info(connection, server_addr).await?,
         Command::Register { user, invite } => {
             if DeviceIdentity::exists(&cli.state) {
                 bail!(
@@ -133,7 +150,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
         }
         Command::Clients => {
-            let identity = authenticate(&connection, &cli.state).await?;
+            let identity = authenticate(connection, &cli.state).await?;
             let clients = connection.list_clients().await?;
             let keys = connection.domain_keys().await?;
             user_clients_output(&clients, &keys, Some(&identity.client))
@@ -142,7 +159,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if DeviceIdentity::exists(&cli.state) {
                 bail!("{} already holds an identity", cli.state.display());
             }
-            let approver = authenticate(&connection, approve_from).await?;
+            let approver = authenticate(connection, approve_from).await?;
             let key = SigningKey::generate(&mut rand::rngs::OsRng);
             let request =
                 add_client_request(approver.client.user_id.as_str(), &key, approver.ciphersuite);
@@ -159,7 +176,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
         }
         Command::RemoveClient { client } => {
-            let identity = authenticate(&connection, &cli.state).await?;
+            let identity = authenticate(connection, &cli.state).await?;
             let target = parse_client(client, &identity.client)?;
             connection.remove_client(&target).await?;
             if target == identity.client {
@@ -171,7 +188,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
         }
         Command::RenewCredential => {
-            let mut identity = authenticate(&connection, &cli.state).await?;
+            let mut identity = authenticate(connection, &cli.state).await?;
             identity.credential = connection.renew_credential().await?;
             identity.save(&cli.state)?;
             let keys = connection.domain_keys().await?;
@@ -184,13 +201,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
         }
         Command::Lookup { user } => {
-            authenticate(&connection, &cli.state).await?;
+            authenticate(connection, &cli.state).await?;
             let clients = connection.lookup_user(user).await?;
             let keys = connection.domain_keys().await?;
             user_clients_output(&clients, &keys, None)
         }
         Command::DeleteAccount => {
-            let identity = authenticate(&connection, &cli.state).await?;
+            let identity = authenticate(connection, &cli.state).await?;
             connection.delete_user().await?;
             DeviceIdentity::forget(&cli.state)?;
             Output::new(
@@ -198,14 +215,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 format!("deleted {} and all of its data", identity.client.user_id),
             )
         }
-    };
-    if cli.json {
-        println!("{}", output.json);
-    } else {
-        println!("{}", output.text);
-    }
-    connection.close().await;
-    Ok(())
+    })
 }
 
 /// The MLS ciphersuite new devices use: MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519.
