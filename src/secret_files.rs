@@ -11,14 +11,7 @@ use anyhow::Context;
 pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     let mut options = fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(contents)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("writing {}", path.display()))
+    write_with(options, path, contents)
 }
 
 /// Writes `contents` to a file that must not exist yet (mode 0600). Fails if it exists, so two
@@ -26,6 +19,10 @@ pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
 pub fn create_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
+    write_with(options, path, contents)
+}
+
+fn write_with(mut options: fs::OpenOptions, path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options

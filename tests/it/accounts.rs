@@ -457,26 +457,7 @@ async fn accounts_survive_a_restart_and_deletion_stays_deleted() {
     within(bob.connection.delete_user()).await.unwrap();
     let alice_identity = alice.identity.clone();
     drop(alice);
-    let TestServer { server, dir, clock } = harness;
-    let data_dir = dir.path().join("data");
-    within(server.shutdown()).await.unwrap();
-
-    let clock_for_restart = clock.clone();
-    let restarted = TestServer {
-        server: roost::server::Server::start({
-            let mut config = roost::config::ServerConfig::new(
-                "localhost".parse().unwrap(),
-                "127.0.0.1:0".parse().unwrap(),
-                data_dir,
-            );
-            config.clock = clock_for_restart;
-            config
-        })
-        .await
-        .unwrap(),
-        dir,
-        clock,
-    };
+    let restarted = harness.restart().await;
     let alice = restarted.reconnect(&alice_identity).await;
     assert_eq!(
         within(alice.connection.list_clients())

@@ -84,19 +84,7 @@ fn client_json(
     ca: &Path,
     command: &[&str],
 ) -> serde_json::Value {
-    let output = Command::new(ROOST_CLIENT)
-        .args([
-            "--server",
-            &addr.to_string(),
-            "--server-name",
-            server_name,
-            "--ca",
-        ])
-        .arg(ca)
-        .arg("--json")
-        .args(command)
-        .output()
-        .unwrap();
+    let output = client_command(addr, server_name, ca, command);
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert!(
         output.status.success(),

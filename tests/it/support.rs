@@ -51,6 +51,14 @@ impl TestServer {
     pub async fn start_with(adjust: impl FnOnce(&mut ServerConfig)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::starting_now());
+        Self::start_in(dir, clock, adjust).await
+    }
+
+    async fn start_in(
+        dir: TempDir,
+        clock: Arc<ManualClock>,
+        adjust: impl FnOnce(&mut ServerConfig),
+    ) -> Self {
         let mut config = ServerConfig::new(
             "localhost".parse().unwrap(),
             "127.0.0.1:0".parse().unwrap(),
@@ -60,6 +68,13 @@ impl TestServer {
         adjust(&mut config);
         let server = Server::start(config).await.unwrap();
         Self { server, dir, clock }
+    }
+
+    /// Shuts the server down gracefully and starts a new one on the same data directory and clock.
+    pub async fn restart(self) -> Self {
+        let Self { server, dir, clock } = self;
+        within(server.shutdown()).await.unwrap();
+        Self::start_in(dir, clock, |_| {}).await
     }
 
     pub fn client_config(&self) -> ClientConfig {
