@@ -78,8 +78,36 @@ pub struct ServerConfig {
     pub credential_lifetime: Duration,
     /// How long a deleted user's id cannot be registered again.
     pub deleted_user_quarantine: Duration,
+    /// KeyPackage limits.
+    pub key_packages: KeyPackagePolicy,
+    /// How often expired data (KeyPackages, ...) is purged.
+    pub maintenance_interval: Duration,
     /// The time the services see; tests set it.
     pub clock: Arc<dyn Clock>,
+}
+
+/// KeyPackage limits and thresholds.
+#[derive(Clone, Debug)]
+pub struct KeyPackagePolicy {
+    /// Below this many remaining KeyPackages a client is told to publish more.
+    pub low_watermark: u32,
+    /// Most KeyPackages kept per client (the last resort not counted).
+    pub max_per_client: u32,
+    /// Claims one client may make per minute.
+    pub claims_per_minute_per_claimer: u32,
+    /// Claims of one user's KeyPackages per minute, by anyone.
+    pub claims_per_minute_per_target: u32,
+}
+
+impl Default for KeyPackagePolicy {
+    fn default() -> Self {
+        Self {
+            low_watermark: 10,
+            max_per_client: 100,
+            claims_per_minute_per_claimer: 600,
+            claims_per_minute_per_target: 600,
+        }
+    }
 }
 
 /// Default validity of a client credential: 90 days.
@@ -99,6 +127,8 @@ impl ServerConfig {
             registration: RegistrationMode::Open,
             credential_lifetime: DEFAULT_CREDENTIAL_LIFETIME,
             deleted_user_quarantine: DEFAULT_DELETED_USER_QUARANTINE,
+            key_packages: KeyPackagePolicy::default(),
+            maintenance_interval: Duration::from_secs(600),
             clock: Arc::new(SystemClock),
         }
     }

@@ -23,6 +23,7 @@ pub struct Server {
     shared: Arc<Shared>,
     store: Store,
     accept_loop: JoinHandle<()>,
+    maintenance: JoinHandle<()>,
 }
 
 impl Server {
@@ -49,6 +50,13 @@ impl Server {
         let local_addr = endpoint.local_addr()?;
         let shared = Arc::new(Shared::new(services, sessions, config.limits.clone()));
         let accept_loop = tokio::spawn(transport::serve(endpoint, shared.clone()));
+        let maintenance = tokio::spawn({
+            let shared = shared.clone();
+            async move {
+                let stop = shared.shutdown.clone();
+                shared.services.run_maintenance(stop).await;
+            }
+        });
         info!(
             domain = %config.domain,
             listen = %local_addr,
@@ -62,6 +70,7 @@ impl Server {
             shared,
             store,
             accept_loop,
+            maintenance,
         })
     }
 
@@ -92,6 +101,9 @@ impl Server {
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.shared.begin_shutdown("the server is shutting down");
         self.accept_loop.await.context("the accept loop failed")?;
+        self.maintenance
+            .await
+            .context("the maintenance task failed")?;
         self.store.close().await;
         info!("shut down");
         Ok(())

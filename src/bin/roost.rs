@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use roost::clock::{Clock, SystemClock, SECONDS_PER_DAY};
-use roost::config::{CertificateSource, Domain, ServerConfig, ServerLimits};
+use roost::config::{CertificateSource, Domain, KeyPackagePolicy, ServerConfig, ServerLimits};
 use roost::protocol::RegistrationMode;
 use roost::server::Server;
 use roost::services::credential_keys::CredentialKeys;
@@ -116,6 +116,21 @@ struct ServeArgs {
     /// Days a deleted user's id cannot be registered again.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3650))]
     deleted_user_quarantine_days: u64,
+    /// Below this many KeyPackages a client is told to publish more.
+    #[arg(long, default_value_t = KeyPackagePolicy::default().low_watermark)]
+    key_package_low_watermark: u32,
+    /// Most KeyPackages kept per client (the last resort not counted).
+    #[arg(long, default_value_t = KeyPackagePolicy::default().max_per_client, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    max_key_packages_per_client: u32,
+    /// KeyPackage claims one client may make per minute.
+    #[arg(long, default_value_t = KeyPackagePolicy::default().claims_per_minute_per_claimer, value_parser = clap::value_parser!(u32).range(1..))]
+    claims_per_minute: u32,
+    /// Claims of one user's KeyPackages per minute, by anyone.
+    #[arg(long, default_value_t = KeyPackagePolicy::default().claims_per_minute_per_target, value_parser = clap::value_parser!(u32).range(1..))]
+    claims_per_minute_per_user: u32,
+    /// Seconds between purges of expired data.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    maintenance_interval_secs: u64,
     /// Seconds in-flight requests get to finish on shutdown.
     #[arg(long, default_value_t = ServerLimits::default().shutdown_grace.as_secs(), value_parser = clap::value_parser!(u64).range(0..=600))]
     shutdown_grace_secs: u64,
@@ -150,6 +165,13 @@ impl ServeArgs {
             deleted_user_quarantine: Duration::from_secs(
                 self.deleted_user_quarantine_days * SECONDS_PER_DAY,
             ),
+            key_packages: KeyPackagePolicy {
+                low_watermark: self.key_package_low_watermark,
+                max_per_client: self.max_key_packages_per_client,
+                claims_per_minute_per_claimer: self.claims_per_minute,
+                claims_per_minute_per_target: self.claims_per_minute_per_user,
+            },
+            maintenance_interval: Duration::from_secs(self.maintenance_interval_secs),
             clock: Arc::new(SystemClock),
         }
     }

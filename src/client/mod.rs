@@ -4,6 +4,7 @@
 //! Every request runs on its own bidirectional stream, so requests on one [`Connection`] proceed
 //! concurrently. [`state`] keeps a device's identity on disk for the command-line client.
 
+pub mod mls;
 pub mod state;
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -17,9 +18,10 @@ use rustls::pki_types::CertificateDer;
 use crate::clock::UnixTime;
 use crate::identity::{verify_credential, CredentialError, DomainKeys};
 use crate::protocol::{
-    add_client_proof_content, register_proof_content, AddClientRequest, ClientCredential,
-    ClientEntry, ClientRegistered, LookupUserRequest, RegisterUserRequest, RemoveClientRequest,
-    Text, UserClients,
+    add_client_proof_content, register_proof_content, AddClientRequest, ClaimKeyPackagesRequest,
+    ClaimedKeyPackages, ClientCredential, ClientEntry, ClientRegistered, KeyPackageStatus,
+    LookupUserRequest, PublishKeyPackagesRequest, RegisterUserRequest, RemoveClientRequest, Text,
+    UserClients,
 };
 use crate::protocol::{
     close_code, decode_notification, decode_push_header, decode_response, encode_request, ClientId,
@@ -287,6 +289,76 @@ impl Connection {
         }
     }
 
+    /// Publishes KeyPackages (TLS-encoded MLS KeyPackages) for the authenticated client.
+    pub async fn publish_key_packages(
+        &self,
+        key_packages: Vec<Vec<u8>>,
+    ) -> Result<KeyPackageStatus, ClientError> {
+        let request = PublishKeyPackagesRequest {
+            key_packages: key_packages.into_iter().map(Into::into).collect(),
+        };
+        match self.request(&Request::PublishKeyPackages(request)).await? {
+            ResponseBody::KeyPackagesPublished(status) => Ok(status),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Takes one KeyPackage of `ciphersuite` for every client of `user_id`.
+    pub async fn claim_key_packages(
+        &self,
+        user_id: &str,
+        ciphersuite: u16,
+    ) -> Result<ClaimedKeyPackages, ClientError> {
+        let request = ClaimKeyPackagesRequest {
+            user_id: Text::new(user_id).map_err(|e| ClientError::Config(e.to_string()))?,
+            ciphersuite,
+        };
+        match self.request(&Request::ClaimKeyPackages(request)).await? {
+            ResponseBody::KeyPackagesClaimed(claimed) => Ok(claimed),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The KeyPackage stock of the authenticated user's clients.
+    pub async fn key_package_status(&self) -> Result<KeyPackageStatus, ClientError> {
+        match self.request(&Request::KeyPackageStatus).await? {
+            ResponseBody::KeyPackageStatus(status) => Ok(status),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Publishes KeyPackages for `me` when its stock is below the server's low watermark (up to
+    /// [`KEY_PACKAGE_TARGET`], within the server's limit), and a last-resort KeyPackage when it
+    /// has none. Returns how many were published.
+    pub async fn top_up_key_packages(
+        &self,
+        me: &ClientId,
+        mls: &mls::DeviceMls,
+    ) -> Result<usize, ClientError> {
+        let status = self.key_package_status().await?;
+        let Some(stock) = status.clients.iter().find(|stock| &stock.client == me) else {
+            return Err(ClientError::Protocol(format!(
+                "{me} is missing from its own status"
+            )));
+        };
+        let target = KEY_PACKAGE_TARGET.min(status.max_per_client);
+        let count = if stock.remaining < status.low_watermark {
+            target.saturating_sub(stock.remaining) as usize
+        } else {
+            0
+        };
+        let last_resort = !stock.has_last_resort.0;
+        if count == 0 && !last_resort {
+            return Ok(0);
+        }
+        let key_packages = mls
+            .key_packages(count, last_resort)
+            .map_err(|e| ClientError::Config(format!("{e:#}")))?;
+        let published = key_packages.len();
+        self.publish_key_packages(key_packages).await?;
+        Ok(published)
+    }
+
     /// The credential-verifying keys of the server's domain, from `GetServerInfo`.
     pub async fn domain_keys(&self) -> Result<DomainKeys, ClientError> {
         let info = self.server_info().await?;
@@ -337,6 +409,9 @@ pub fn add_client_request(
         proof: proof.to_bytes().to_vec().into(),
     }
 }
+
+/// How many KeyPackages a device keeps on its server when it tops up.
+pub const KEY_PACKAGE_TARGET: u32 = 30;
 
 /// A client of a looked-up user, with the outcome of verifying its credential.
 #[derive(Clone, Debug)]

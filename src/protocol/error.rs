@@ -92,6 +92,22 @@ error_codes! {
     Forbidden = 26,
     /// The user id's domain is not served here, and federation cannot reach it.
     UnknownDomain = 27,
+    /// A KeyPackage does not parse or does not verify (signatures, MLS rules).
+    InvalidKeyPackage = 28,
+    /// A KeyPackage's lifetime does not cover the present, or is longer than the server allows.
+    KeyPackageExpired = 29,
+    /// A KeyPackage's leaf credential is not the uploading client's current credential.
+    KeyPackageCredentialMismatch = 30,
+    /// A KeyPackage's leaf signature key is not the uploading client's key.
+    KeyPackageNotOwned = 31,
+    /// A KeyPackage was already published (or appears twice in the batch).
+    DuplicateKeyPackage = 32,
+    /// The batch, or the client's stock with it, exceeds the per-client limit.
+    TooManyKeyPackages = 33,
+    /// More than one KeyPackage in the batch is marked last resort.
+    MultipleLastResort = 34,
+    /// Too many requests of this kind; retry later.
+    RateLimited = 35,
 }
 
 /// The body of an error response: `struct { uint16 code; opaque message<V>; }`.

@@ -10,6 +10,7 @@ mod accounts;
 mod auth;
 mod credential;
 mod error;
+mod key_packages;
 mod notification;
 mod request;
 mod response;
@@ -31,13 +32,17 @@ pub use credential::{
     SUPPORTED_CIPHERSUITES,
 };
 pub use error::{DecodeError, ErrorCode, ErrorResponse};
+pub use key_packages::{
+    ClaimKeyPackagesRequest, ClaimOutcome, ClaimedKeyPackage, ClaimedKeyPackages, KeyPackageStatus,
+    KeyPackageStock, KeyPackagesLow, PublishKeyPackagesRequest,
+};
 pub use notification::{
     decode_notification, decode_push_header, encode_notification_record, encode_push_header,
     Notification, ServerShutdown, NOTIFICATION_LENGTH_PREFIX_LEN, PUSH_HEADER_LEN,
 };
 pub use request::{decode_request, encode_request, Operation, Request};
 pub use response::{decode_response, encode_response, Response, ResponseBody, ServerInfo};
-pub use types::{ClientId, Limits, Text};
+pub use types::{ClientId, Flag, Limits, Text};
 
 /// The protocol version this code speaks. Carried in every request, response and push stream.
 pub const PROTOCOL_VERSION: u16 = 1;

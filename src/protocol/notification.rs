@@ -9,7 +9,7 @@
 
 use tls_codec::{Deserialize, Serialize, TlsDeserialize, TlsSerialize, TlsSize};
 
-use super::{ClientId, DecodeError, Text, MAX_NOTIFICATION_LEN, PROTOCOL_VERSION};
+use super::{ClientId, DecodeError, KeyPackagesLow, Text, MAX_NOTIFICATION_LEN, PROTOCOL_VERSION};
 
 /// Length of the push stream header, in bytes.
 pub const PUSH_HEADER_LEN: usize = 2;
@@ -35,6 +35,9 @@ pub enum Notification {
     /// connection closes next.
     #[tls_codec(discriminant = 2)]
     ClientRemoved(ClientId),
+    /// This client's KeyPackage stock fell below the server's low watermark: publish more.
+    #[tls_codec(discriminant = 3)]
+    KeyPackagesLow(KeyPackagesLow),
 }
 
 /// The bytes that open a push stream.

@@ -3,8 +3,9 @@
 use tls_codec::{Deserialize, Serialize, TlsDeserialize, TlsSerialize, TlsSize};
 
 use super::{
-    AddClientRequest, AuthenticateRequest, DecodeError, LookupUserRequest, RegisterUserRequest,
-    RemoveClientRequest, MAX_REQUEST_LEN, PROTOCOL_VERSION,
+    AddClientRequest, AuthenticateRequest, ClaimKeyPackagesRequest, DecodeError, LookupUserRequest,
+    PublishKeyPackagesRequest, RegisterUserRequest, RemoveClientRequest, MAX_REQUEST_LEN,
+    PROTOCOL_VERSION,
 };
 
 /// Operation codes: the `uint16` that selects a request body (and the matching response body).
@@ -21,6 +22,9 @@ pub enum Operation {
     RenewCredential = 8,
     LookupUser = 9,
     DeleteUser = 10,
+    PublishKeyPackages = 11,
+    ClaimKeyPackages = 12,
+    KeyPackageStatus = 13,
 }
 
 impl Operation {
@@ -35,6 +39,9 @@ impl Operation {
         Self::RenewCredential,
         Self::LookupUser,
         Self::DeleteUser,
+        Self::PublishKeyPackages,
+        Self::ClaimKeyPackages,
+        Self::KeyPackageStatus,
     ];
 
     pub fn from_u16(value: u16) -> Option<Self> {
@@ -51,7 +58,10 @@ impl Operation {
             | Self::RemoveClient
             | Self::RenewCredential
             | Self::LookupUser
-            | Self::DeleteUser => true,
+            | Self::DeleteUser
+            | Self::PublishKeyPackages
+            | Self::ClaimKeyPackages
+            | Self::KeyPackageStatus => true,
         }
     }
 }
@@ -90,6 +100,15 @@ pub enum Request {
     /// Delete the authenticated client's user and everything it owns.
     #[tls_codec(discriminant = 10)]
     DeleteUser,
+    /// Upload KeyPackages for the authenticated client.
+    #[tls_codec(discriminant = 11)]
+    PublishKeyPackages(PublishKeyPackagesRequest),
+    /// Take one KeyPackage per client of a user.
+    #[tls_codec(discriminant = 12)]
+    ClaimKeyPackages(ClaimKeyPackagesRequest),
+    /// The KeyPackage stock of the authenticated client's user's clients.
+    #[tls_codec(discriminant = 13)]
+    KeyPackageStatus,
 }
 
 impl Request {
@@ -105,6 +124,9 @@ impl Request {
             Self::RenewCredential => Operation::RenewCredential,
             Self::LookupUser(_) => Operation::LookupUser,
             Self::DeleteUser => Operation::DeleteUser,
+            Self::PublishKeyPackages(_) => Operation::PublishKeyPackages,
+            Self::ClaimKeyPackages(_) => Operation::ClaimKeyPackages,
+            Self::KeyPackageStatus => Operation::KeyPackageStatus,
         }
     }
 }
@@ -197,6 +219,14 @@ mod tests {
                 user_id: Text::new("bob@b.example").unwrap(),
             }),
             Request::DeleteUser,
+            Request::PublishKeyPackages(PublishKeyPackagesRequest {
+                key_packages: vec![vec![1, 2, 3].into(), vec![4].into()],
+            }),
+            Request::ClaimKeyPackages(ClaimKeyPackagesRequest {
+                user_id: Text::new("bob@b.example").unwrap(),
+                ciphersuite: 1,
+            }),
+            Request::KeyPackageStatus,
         ]
     }
 

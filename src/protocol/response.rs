@@ -5,8 +5,9 @@ use tls_codec::{Deserialize, TlsDeserialize, TlsSerialize, TlsSize};
 
 use super::request::{encode_envelope, open_envelope};
 use super::{
-    AuthenticateResponse, ClientCredential, ClientId, ClientRegistered, CredentialVerifyingKey,
-    DecodeError, ErrorResponse, Limits, RegistrationMode, Text, UserClients, MAX_RESPONSE_LEN,
+    AuthenticateResponse, ClaimedKeyPackages, ClientCredential, ClientId, ClientRegistered,
+    CredentialVerifyingKey, DecodeError, ErrorResponse, KeyPackageStatus, Limits, RegistrationMode,
+    Text, UserClients, MAX_RESPONSE_LEN,
 };
 
 /// `GetServerInfo` response body.
@@ -47,6 +48,12 @@ pub enum ResponseBody {
     UserFound(UserClients),
     #[tls_codec(discriminant = 10)]
     UserDeleted,
+    #[tls_codec(discriminant = 11)]
+    KeyPackagesPublished(KeyPackageStatus),
+    #[tls_codec(discriminant = 12)]
+    KeyPackagesClaimed(ClaimedKeyPackages),
+    #[tls_codec(discriminant = 13)]
+    KeyPackageStatus(KeyPackageStatus),
 }
 
 /// A response: a body, or an error.
@@ -97,6 +104,25 @@ mod tests {
                 }],
             })),
             Response::Ok(ResponseBody::ClientRemoved),
+            Response::Ok(ResponseBody::KeyPackagesClaimed(ClaimedKeyPackages {
+                user_id: Text::new("bob@b.example").unwrap(),
+                claims: vec![
+                    crate::protocol::ClaimedKeyPackage {
+                        client: ClientId {
+                            user_id: Text::new("bob@b.example").unwrap(),
+                            device_id: 1,
+                        },
+                        outcome: crate::protocol::ClaimOutcome::LastResort(vec![7; 9].into()),
+                    },
+                    crate::protocol::ClaimedKeyPackage {
+                        client: ClientId {
+                            user_id: Text::new("bob@b.example").unwrap(),
+                            device_id: 2,
+                        },
+                        outcome: crate::protocol::ClaimOutcome::Unavailable,
+                    },
+                ],
+            })),
             Response::Ok(ResponseBody::UserDeleted),
             Response::Ok(ResponseBody::WhoAmI(ClientId {
                 user_id: Text::new("bob@b.example").unwrap(),

@@ -111,3 +111,31 @@ pub struct Limits {
     /// A request not fully received this long after its stream opened is refused, in milliseconds.
     pub request_timeout_ms: u32,
 }
+
+/// A boolean: `uint8` 0 (false) or 1 (true); any other value is a decoding error.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub struct Flag(pub bool);
+
+impl Size for Flag {
+    fn tls_serialized_len(&self) -> usize {
+        1
+    }
+}
+
+impl Serialize for Flag {
+    fn tls_serialize<W: std::io::Write>(&self, writer: &mut W) -> Result<usize, tls_codec::Error> {
+        u8::from(self.0).tls_serialize(writer)
+    }
+}
+
+impl Deserialize for Flag {
+    fn tls_deserialize<R: std::io::Read>(bytes: &mut R) -> Result<Self, tls_codec::Error> {
+        match u8::tls_deserialize(bytes)? {
+            0 => Ok(Self(false)),
+            1 => Ok(Self(true)),
+            other => Err(tls_codec::Error::DecodingError(format!(
+                "a boolean must be 0 or 1, not {other}"
+            ))),
+        }
+    }
+}

@@ -7,12 +7,15 @@
 mod accounts;
 pub mod credential_keys;
 pub mod invites;
+mod key_packages;
+mod rate_limit;
 
 use std::sync::Arc;
 
 use ed25519_dalek::VerifyingKey;
 
 pub use accounts::Accounts;
+pub use key_packages::{KeyPackageRejection, KeyPackages, MAX_KEY_PACKAGE_LIFETIME};
 
 use crate::clock::UnixTime;
 use crate::config::{ServerConfig, ServerLimits};
@@ -76,6 +79,15 @@ pub enum ServiceError {
     Forbidden,
     #[error("domain {0} is not served here")]
     UnknownDomain(String),
+    #[error("KeyPackage {index} refused: {reason}")]
+    KeyPackageRejected {
+        index: usize,
+        reason: KeyPackageRejection,
+    },
+    #[error("{stock} KeyPackages would exceed the limit of {limit} per client")]
+    TooManyKeyPackages { stock: usize, limit: usize },
+    #[error("too many requests; retry in {} ms", retry_after.as_millis())]
+    RateLimited { retry_after: std::time::Duration },
     #[error("operation {0:?} is handled by the transport, not a service")]
     NotAServiceOperation(Operation),
     #[error(transparent)]
@@ -87,6 +99,8 @@ pub struct Services {
     domain: crate::protocol::Text,
     limits: Limits,
     accounts: Accounts,
+    key_packages: KeyPackages,
+    maintenance_interval: std::time::Duration,
 }
 
 impl Services {
@@ -98,8 +112,27 @@ impl Services {
         Ok(Self {
             domain: config.domain.to_text(),
             limits: ServerLimits::announced(&config.limits),
-            accounts: Accounts::new(config, store, sessions)?,
+            accounts: Accounts::new(config, store.clone(), sessions.clone())?,
+            key_packages: KeyPackages::new(config, store, sessions),
+            maintenance_interval: config.maintenance_interval,
         })
+    }
+
+    /// Purges expired data every maintenance interval until `stop` is cancelled.
+    pub async fn run_maintenance(&self, stop: tokio_util::sync::CancellationToken) {
+        let mut ticks = tokio::time::interval(self.maintenance_interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            match self.key_packages.purge_expired().await {
+                Ok(0) => {}
+                Ok(purged) => tracing::info!(purged, "purged expired KeyPackages"),
+                Err(e) => tracing::warn!(error = %e, "purging expired KeyPackages failed"),
+            }
+        }
     }
 
     pub fn accounts(&self) -> &Accounts {
@@ -155,6 +188,15 @@ impl Services {
             Request::DeleteUser => {
                 self.accounts.delete_user(authenticated()?).await?;
                 ResponseBody::UserDeleted
+            }
+            Request::PublishKeyPackages(request) => ResponseBody::KeyPackagesPublished(
+                self.key_packages.publish(authenticated()?, request).await?,
+            ),
+            Request::ClaimKeyPackages(request) => ResponseBody::KeyPackagesClaimed(
+                self.key_packages.claim(authenticated()?, request).await?,
+            ),
+            Request::KeyPackageStatus => {
+                ResponseBody::KeyPackageStatus(self.key_packages.status(authenticated()?).await?)
             }
             Request::Authenticate(_) => {
                 return Err(ServiceError::NotAServiceOperation(request.operation()))

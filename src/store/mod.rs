@@ -11,6 +11,7 @@
 //! never leave this module.
 
 mod accounts;
+mod key_packages;
 mod meta;
 mod tables;
 mod writer;
@@ -19,6 +20,7 @@ pub use accounts::{
     AddClientRefusal, IssueCredential, NewUser, RegisterRefusal, RemoveClientRefusal, StoredClient,
     FIRST_DEVICE_ID,
 };
+pub use key_packages::{Claimed, ClientClaim, NewKeyPackage, PublishRefusal, Stock};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

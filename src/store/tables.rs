@@ -15,6 +15,9 @@ macro_rules! for_each_table {
         $action!(super::accounts::SIGNATURE_KEYS);
         $action!(super::accounts::QUARANTINE);
         $action!(super::accounts::INVITES_USED);
+        $action!(super::key_packages::KEY_PACKAGES);
+        $action!(super::key_packages::KEY_PACKAGE_REFS);
+        $action!(super::key_packages::CLIENT_KEY_PACKAGE_REFS);
     }};
 }
 

@@ -16,7 +16,7 @@ use crate::protocol::{
     Request, Response, ResponseBody, ALPN_CLIENT, ALPN_FEDERATION, CHANNEL_BINDING_LEN,
     MAX_REQUEST_LEN, MAX_RESPONSE_LEN, STREAM_REFUSED,
 };
-use crate::services::{Caller, ServiceError};
+use crate::services::{Caller, KeyPackageRejection, ServiceError};
 use crate::store::StoreError;
 use tokio_util::sync::CancellationToken;
 
@@ -233,6 +233,17 @@ fn service_error_response(e: ServiceError) -> Response {
         ServiceError::TooManyClients => ErrorCode::TooManyClients,
         ServiceError::Forbidden => ErrorCode::Forbidden,
         ServiceError::UnknownDomain(_) => ErrorCode::UnknownDomain,
+        ServiceError::KeyPackageRejected { reason, .. } => match reason {
+            KeyPackageRejection::Invalid(_) => ErrorCode::InvalidKeyPackage,
+            KeyPackageRejection::Expired(_) => ErrorCode::KeyPackageExpired,
+            KeyPackageRejection::CredentialMismatch => ErrorCode::KeyPackageCredentialMismatch,
+            KeyPackageRejection::NotOwned => ErrorCode::KeyPackageNotOwned,
+            KeyPackageRejection::Duplicate => ErrorCode::DuplicateKeyPackage,
+            KeyPackageRejection::UnsupportedCiphersuite(_) => ErrorCode::UnsupportedCiphersuite,
+            KeyPackageRejection::MultipleLastResort => ErrorCode::MultipleLastResort,
+        },
+        ServiceError::TooManyKeyPackages { .. } => ErrorCode::TooManyKeyPackages,
+        ServiceError::RateLimited { .. } => ErrorCode::RateLimited,
         ServiceError::Store(StoreError::Closed) => ErrorCode::ShuttingDown,
         ServiceError::NotAServiceOperation(_) | ServiceError::Store(_) => {
             // Internal failures are logged in full and never described to the peer.

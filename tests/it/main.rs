@@ -4,6 +4,7 @@
 mod accounts;
 mod auth;
 mod cli;
+mod key_packages;
 mod push;
 mod shutdown;
 mod support;

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
+use roost::client::mls::DeviceMls;
 use roost::client::state::DeviceIdentity;
 use roost::client::{add_client_request, ClientConfig, Connection, PushStream};
 use roost::clock::ManualClock;
@@ -40,6 +41,18 @@ pub struct Device {
     pub connection: Connection,
     pub identity: DeviceIdentity,
     pub push: PushStream,
+    pub mls: DeviceMls,
+}
+
+impl Device {
+    /// Makes and publishes `count` KeyPackages (and a last-resort one); returns them.
+    pub async fn publish(&self, count: usize, last_resort: bool) -> Vec<Vec<u8>> {
+        let key_packages = self.mls.key_packages(count, last_resort).unwrap();
+        within(self.connection.publish_key_packages(key_packages.clone()))
+            .await
+            .unwrap();
+        key_packages
+    }
 }
 
 impl TestServer {
@@ -125,10 +138,12 @@ impl TestServer {
         let push = within(connection.authenticate(&identity.client, &identity.signing_key))
             .await
             .unwrap();
+        let mls = DeviceMls::new(&identity).unwrap();
         Device {
             connection,
             identity,
             push,
+            mls,
         }
     }
 }

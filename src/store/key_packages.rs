@@ -1,0 +1,416 @@
+//! KeyPackages: each client's unclaimed stock, and the reference of every published KeyPackage
+//! (claimed or not) until it expires, so that a Welcome can be routed to the client whose
+//! KeyPackage it uses.
+
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
+
+use super::accounts::CLIENTS;
+use super::{Store, StoreError};
+
+/// (user id, device id, ciphersuite, KeyPackageRef) -> [`StoredKeyPackage`] encoding.
+pub(super) const KEY_PACKAGES: TableDefinition<(&str, u32, u16, &[u8]), &[u8]> =
+    TableDefinition::new("key-packages-1");
+/// KeyPackageRef -> (user id, device id, not_after): every published KeyPackage until it expires.
+pub(super) const KEY_PACKAGE_REFS: TableDefinition<&[u8], (&str, u32, u64)> =
+    TableDefinition::new("key-package-refs-1");
+/// (user id, device id, KeyPackageRef) -> not_after: the same, by client, for deletion and purge.
+pub(super) const CLIENT_KEY_PACKAGE_REFS: TableDefinition<(&str, u32, &[u8]), u64> =
+    TableDefinition::new("client-key-package-refs-1");
+
+/// Greater than any KeyPackageRef (a hash of at most 64 bytes): the top of a range over refs.
+const REF_UPPER_BOUND: &[u8] = &[0xff; 65];
+
+/// Value of [`KEY_PACKAGES`]: `uint64 not_after; uint8 last_resort; key package bytes`.
+struct StoredKeyPackage<'a> {
+    not_after: u64,
+    last_resort: bool,
+    key_package: &'a [u8],
+}
+
+impl<'a> StoredKeyPackage<'a> {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(9 + self.key_package.len());
+        out.extend_from_slice(&self.not_after.to_be_bytes());
+        out.push(u8::from(self.last_resort));
+        out.extend_from_slice(self.key_package);
+        out
+    }
+
+    fn decode(bytes: &'a [u8]) -> Result<Self, StoreError> {
+        match bytes {
+            [n0, n1, n2, n3, n4, n5, n6, n7, flag @ (0 | 1), key_package @ ..] => Ok(Self {
+                not_after: u64::from_be_bytes([*n0, *n1, *n2, *n3, *n4, *n5, *n6, *n7]),
+                last_resort: *flag == 1,
+                key_package,
+            }),
+            _ => Err(StoreError::Corrupt("bad key package record".into())),
+        }
+    }
+}
+
+/// A validated KeyPackage to store.
+#[derive(Clone, Debug)]
+pub struct NewKeyPackage {
+    pub key_package_ref: Vec<u8>,
+    pub ciphersuite: u16,
+    pub not_after: u64,
+    pub last_resort: bool,
+    pub key_package: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PublishRefusal {
+    UnknownClient,
+    /// The KeyPackage at this index of the batch is already published.
+    Duplicate {
+        index: usize,
+    },
+    /// The stock would exceed the limit.
+    TooMany {
+        stock: usize,
+        limit: usize,
+    },
+}
+
+/// One client's stock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stock {
+    pub device_id: u32,
+    /// Unexpired KeyPackages that are not last resort, all ciphersuites.
+    pub remaining: u32,
+    pub has_last_resort: bool,
+}
+
+/// What a claim took from one client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claimed {
+    KeyPackage(Vec<u8>),
+    LastResort(Vec<u8>),
+    Unavailable,
+}
+
+/// One client's part of a claim, with its stock afterwards.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientClaim {
+    pub device_id: u32,
+    pub claimed: Claimed,
+    pub stock: Stock,
+}
+
+impl Store {
+    /// Adds a batch of validated KeyPackages to a client's stock, all or none. A last-resort
+    /// KeyPackage replaces the client's previous one for its ciphersuite.
+    pub async fn publish_key_packages(
+        &self,
+        user_id: &str,
+        device_id: u32,
+        batch: Vec<NewKeyPackage>,
+        max_per_client: usize,
+        now: u64,
+    ) -> Result<Result<Stock, PublishRefusal>, StoreError> {
+        let user_id = user_id.to_owned();
+        self.write(move |txn| {
+            if txn
+                .open_table(CLIENTS)?
+                .get((user_id.as_str(), device_id))?
+                .is_none()
+            {
+                return Ok(Err(PublishRefusal::UnknownClient));
+            }
+            {
+                let refs = txn.open_table(KEY_PACKAGE_REFS)?;
+                for (index, new) in batch.iter().enumerate() {
+                    if refs.get(new.key_package_ref.as_slice())?.is_some() {
+                        return Ok(Err(PublishRefusal::Duplicate { index }));
+                    }
+                }
+            }
+            let before = stock(txn, &user_id, device_id, now)?;
+            let added = batch.iter().filter(|new| !new.last_resort).count();
+            let stock_after = before.remaining as usize + added;
+            if stock_after > max_per_client {
+                return Ok(Err(PublishRefusal::TooMany {
+                    stock: stock_after,
+                    limit: max_per_client,
+                }));
+            }
+            for new in batch.iter().filter(|new| new.last_resort) {
+                remove_last_resort(txn, &user_id, device_id, new.ciphersuite)?;
+            }
+            let mut key_packages = txn.open_table(KEY_PACKAGES)?;
+            let mut refs = txn.open_table(KEY_PACKAGE_REFS)?;
+            let mut client_refs = txn.open_table(CLIENT_KEY_PACKAGE_REFS)?;
+            for new in &batch {
+                let record = StoredKeyPackage {
+                    not_after: new.not_after,
+                    last_resort: new.last_resort,
+                    key_package: &new.key_package,
+                };
+                let key_ref = new.key_package_ref.as_slice();
+                key_packages.insert(
+                    (user_id.as_str(), device_id, new.ciphersuite, key_ref),
+                    record.encode().as_slice(),
+                )?;
+                refs.insert(key_ref, (user_id.as_str(), device_id, new.not_after))?;
+                client_refs.insert((user_id.as_str(), device_id, key_ref), new.not_after)?;
+            }
+            drop((key_packages, refs, client_refs));
+            Ok(Ok(stock(txn, &user_id, device_id, now)?))
+        })
+        .await
+    }
+
+    /// Takes one KeyPackage of `ciphersuite` from every client of `user_id`, in one transaction:
+    /// an unexpired ordinary one (removed), else the last resort (kept), else none. Expired
+    /// KeyPackages met on the way are purged. `None` if the user does not exist.
+    pub async fn claim_key_packages(
+        &self,
+        user_id: &str,
+        ciphersuite: u16,
+        now: u64,
+    ) -> Result<Option<Vec<ClientClaim>>, StoreError> {
+        let user_id = user_id.to_owned();
+        self.write(move |txn| {
+            let devices = client_devices(txn, &user_id)?;
+            if devices.is_empty() {
+                return Ok(None);
+            }
+            let mut claims = Vec::with_capacity(devices.len());
+            for device_id in devices {
+                let claimed = claim_one(txn, &user_id, device_id, ciphersuite, now)?;
+                claims.push(ClientClaim {
+                    device_id,
+                    claimed,
+                    stock: stock(txn, &user_id, device_id, now)?,
+                });
+            }
+            Ok(Some(claims))
+        })
+        .await
+    }
+
+    /// The stock of every client of `user_id` (empty for an unknown user).
+    pub async fn key_package_stock(
+        &self,
+        user_id: &str,
+        now: u64,
+    ) -> Result<Vec<Stock>, StoreError> {
+        let user_id = user_id.to_owned();
+        self.read(move |txn| {
+            let clients = txn.open_table(CLIENTS)?;
+            let key_packages = txn.open_table(KEY_PACKAGES)?;
+            let mut stocks = Vec::new();
+            for entry in clients.range((user_id.as_str(), 0)..=(user_id.as_str(), u32::MAX))? {
+                let device_id = entry?.0.value().1;
+                let mut stock = Stock {
+                    device_id,
+                    remaining: 0,
+                    has_last_resort: false,
+                };
+                for entry in key_packages.range(client_range(&user_id, device_id))? {
+                    let (_, value) = entry?;
+                    count(&mut stock, &StoredKeyPackage::decode(value.value())?, now);
+                }
+                stocks.push(stock);
+            }
+            Ok(stocks)
+        })
+        .await
+    }
+
+    /// The client that published the KeyPackage with this reference, while it has not expired.
+    pub async fn key_package_owner(
+        &self,
+        key_package_ref: &[u8],
+        now: u64,
+    ) -> Result<Option<(String, u32)>, StoreError> {
+        let key_package_ref = key_package_ref.to_vec();
+        self.read(move |txn| {
+            let refs = txn.open_table(KEY_PACKAGE_REFS)?;
+            let owner = refs.get(key_package_ref.as_slice())?.and_then(|owner| {
+                let (user_id, device_id, not_after) = owner.value();
+                (now < not_after).then(|| (user_id.to_owned(), device_id))
+            });
+            Ok(owner)
+        })
+        .await
+    }
+
+    /// Removes every expired KeyPackage and reference. Returns how many references went.
+    pub async fn purge_expired_key_packages(&self, now: u64) -> Result<usize, StoreError> {
+        self.write(move |txn| {
+            let expired: Vec<(String, u32, Vec<u8>)> = {
+                let client_refs = txn.open_table(CLIENT_KEY_PACKAGE_REFS)?;
+                let mut expired = Vec::new();
+                for entry in client_refs.iter()? {
+                    let (key, not_after) = entry?;
+                    if now >= not_after.value() {
+                        let (user_id, device_id, key_ref) = key.value();
+                        expired.push((user_id.to_owned(), device_id, key_ref.to_vec()));
+                    }
+                }
+                expired
+            };
+            let mut key_packages = txn.open_table(KEY_PACKAGES)?;
+            let mut refs = txn.open_table(KEY_PACKAGE_REFS)?;
+            let mut client_refs = txn.open_table(CLIENT_KEY_PACKAGE_REFS)?;
+            for (user_id, device_id, key_ref) in &expired {
+                refs.remove(key_ref.as_slice())?;
+                client_refs.remove((user_id.as_str(), *device_id, key_ref.as_slice()))?;
+            }
+            // Stock rows of expired KeyPackages: found by scanning each affected client.
+            let mut stale = Vec::new();
+            let mut seen = std::collections::BTreeSet::new();
+            for (user_id, device_id, _) in &expired {
+                if !seen.insert((user_id.clone(), *device_id)) {
+                    continue;
+                }
+                for entry in key_packages.range(client_range(user_id, *device_id))? {
+                    let (key, value) = entry?;
+                    if now >= StoredKeyPackage::decode(value.value())?.not_after {
+                        let (_, _, suite, key_ref) = key.value();
+                        stale.push((user_id.clone(), *device_id, suite, key_ref.to_vec()));
+                    }
+                }
+            }
+            for (user_id, device_id, suite, key_ref) in &stale {
+                key_packages.remove((user_id.as_str(), *device_id, *suite, key_ref.as_slice()))?;
+            }
+            Ok(expired.len())
+        })
+        .await
+    }
+}
+
+/// Deletes every KeyPackage and reference of one client (it was removed, or its user deleted).
+pub(super) fn delete_client_key_packages(
+    txn: &WriteTransaction,
+    user_id: &str,
+    device_id: u32,
+) -> Result<(), StoreError> {
+    let mut key_packages = txn.open_table(KEY_PACKAGES)?;
+    key_packages.retain_in(client_range(user_id, device_id), |_, _| false)?;
+    let mut client_refs = txn.open_table(CLIENT_KEY_PACKAGE_REFS)?;
+    let mut refs = txn.open_table(KEY_PACKAGE_REFS)?;
+    let range = (user_id, device_id, &[][..])..=(user_id, device_id, REF_UPPER_BOUND);
+    let mut removed = Vec::new();
+    for entry in client_refs.range(range.clone())? {
+        removed.push(entry?.0.value().2.to_vec());
+    }
+    for key_ref in &removed {
+        refs.remove(key_ref.as_slice())?;
+    }
+    client_refs.retain_in(range, |_, _| false)?;
+    Ok(())
+}
+
+type ClientRange<'a> = std::ops::RangeInclusive<(&'a str, u32, u16, &'static [u8])>;
+
+fn client_range(user_id: &str, device_id: u32) -> ClientRange<'_> {
+    (user_id, device_id, 0, &[][..])..=(user_id, device_id, u16::MAX, REF_UPPER_BOUND)
+}
+
+fn client_devices(txn: &WriteTransaction, user_id: &str) -> Result<Vec<u32>, StoreError> {
+    let clients = txn.open_table(CLIENTS)?;
+    let range = clients.range((user_id, 0)..=(user_id, u32::MAX))?;
+    range.map(|entry| Ok(entry?.0.value().1)).collect()
+}
+
+fn count(stock: &mut Stock, key_package: &StoredKeyPackage<'_>, now: u64) {
+    if now >= key_package.not_after {
+        return;
+    }
+    if key_package.last_resort {
+        stock.has_last_resort = true;
+    } else {
+        stock.remaining = stock.remaining.saturating_add(1);
+    }
+}
+
+fn stock(
+    txn: &WriteTransaction,
+    user_id: &str,
+    device_id: u32,
+    now: u64,
+) -> Result<Stock, StoreError> {
+    let key_packages = txn.open_table(KEY_PACKAGES)?;
+    let mut stock = Stock {
+        device_id,
+        remaining: 0,
+        has_last_resort: false,
+    };
+    for entry in key_packages.range(client_range(user_id, device_id))? {
+        let (_, value) = entry?;
+        count(&mut stock, &StoredKeyPackage::decode(value.value())?, now);
+    }
+    Ok(stock)
+}
+
+fn remove_last_resort(
+    txn: &WriteTransaction,
+    user_id: &str,
+    device_id: u32,
+    ciphersuite: u16,
+) -> Result<(), StoreError> {
+    let mut key_packages = txn.open_table(KEY_PACKAGES)?;
+    let range = (user_id, device_id, ciphersuite, &[][..])
+        ..=(user_id, device_id, ciphersuite, REF_UPPER_BOUND);
+    key_packages.retain_in(range, |_, value| {
+        !StoredKeyPackage::decode(value).is_ok_and(|key_package| key_package.last_resort)
+    })?;
+    Ok(())
+}
+
+fn claim_one(
+    txn: &WriteTransaction,
+    user_id: &str,
+    device_id: u32,
+    ciphersuite: u16,
+    now: u64,
+) -> Result<Claimed, StoreError> {
+    let mut key_packages = txn.open_table(KEY_PACKAGES)?;
+    let range = (user_id, device_id, ciphersuite, &[][..])
+        ..=(user_id, device_id, ciphersuite, REF_UPPER_BOUND);
+    let mut expired = Vec::new();
+    let mut taken = None;
+    let mut last_resort = None;
+    for entry in key_packages.range(range)? {
+        let (key, value) = entry?;
+        let record = StoredKeyPackage::decode(value.value())?;
+        let key_ref = key.value().3.to_vec();
+        if now >= record.not_after {
+            expired.push(key_ref);
+        } else if record.last_resort {
+            last_resort = Some(record.key_package.to_vec());
+        } else {
+            taken = Some((key_ref, record.key_package.to_vec()));
+            break;
+        }
+    }
+    for key_ref in &expired {
+        key_packages.remove((user_id, device_id, ciphersuite, key_ref.as_slice()))?;
+    }
+    drop(key_packages);
+    if !expired.is_empty() {
+        let mut refs = txn.open_table(KEY_PACKAGE_REFS)?;
+        let mut client_refs = txn.open_table(CLIENT_KEY_PACKAGE_REFS)?;
+        for key_ref in &expired {
+            refs.remove(key_ref.as_slice())?;
+            client_refs.remove((user_id, device_id, key_ref.as_slice()))?;
+        }
+    }
+    Ok(match (taken, last_resort) {
+        (Some((key_ref, key_package)), _) => {
+            // The reference stays in KEY_PACKAGE_REFS: the Welcome that uses it is routed by it.
+            txn.open_table(KEY_PACKAGES)?.remove((
+                user_id,
+                device_id,
+                ciphersuite,
+                key_ref.as_slice(),
+            ))?;
+            Claimed::KeyPackage(key_package)
+        }
+        (None, Some(key_package)) => Claimed::LastResort(key_package),
+        (None, None) => Claimed::Unavailable,
+    })
+}
