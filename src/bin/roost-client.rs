@@ -8,14 +8,21 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use ed25519_dalek::SigningKey;
+use openmls::prelude::{BasicCredential, KeyPackageIn, ProtocolVersion};
+use openmls_rust_crypto::RustCrypto;
+use roost::client::mls::DeviceMls;
 use roost::client::state::DeviceIdentity;
 use roost::client::{
     add_client_request, verify_user_clients, ClientConfig, ClientError, Connection,
 };
 use roost::clock::{Clock, SystemClock};
+use roost::identity::verify_member;
 use roost::identity::{verify_credential, CredentialError, DomainKeys};
-use roost::protocol::{ClientCredential, ClientId, Text, UserClients};
+use roost::protocol::{
+    ClaimOutcome, ClaimedKeyPackages, ClientCredential, ClientId, Text, UserClients,
+};
 use serde_json::json;
+use tls_codec::Deserialize as _;
 
 #[derive(Parser)]
 #[command(
@@ -72,6 +79,15 @@ enum Command {
     Lookup { user: String },
     /// Delete this user, all its clients and all its data.
     DeleteAccount,
+    /// Show this user's KeyPackage stock (after topping this device up).
+    Keypackages,
+    /// Claim one KeyPackage per client of a user (consumes them; for scripts and debugging).
+    Claim {
+        user: String,
+        /// The MLS ciphersuite.
+        #[arg(long, default_value_t = DEFAULT_CIPHERSUITE)]
+        ciphersuite: u16,
+    },
 }
 
 fn main() -> ExitCode {
@@ -108,7 +124,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = ClientConfig::new(server_addr, &cli.server_name, &cli.ca)
         .with_context(|| format!("loading trusted certificate {}", cli.ca.display()))?;
     let connection = Connection::connect(&config).await?;
-    let result = execute(&cli, &connection, server_addr).await;
+    let result = execute(&cli, &config, &connection, server_addr).await;
     // Close even after a failure, so the server need not wait for this client to time out.
     connection.close().await;
     let output = result?;
@@ -122,6 +138,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn execute(
     cli: &Cli,
+    config: &ClientConfig,
     connection: &Connection,
     server_addr: SocketAddr,
 ) -> anyhow::Result<Output> {
@@ -140,11 +157,18 @@ async fn execute(
                 .await?;
             let identity = DeviceIdentity::new(registered, key, DEFAULT_CIPHERSUITE);
             identity.save_new(&cli.state)?;
+            connection
+                .authenticate(&identity.client, &identity.signing_key)
+                .await?;
+            let published = top_up(connection, &identity, &cli.state).await?;
             let keys = connection.domain_keys().await?;
             Output::new(
-                json!({ "registered": client_json(&identity.credential, &keys) }),
+                json!({
+                    "registered": client_json(&identity.credential, &keys),
+                    "key_packages_published": published,
+                }),
                 format!(
-                    "registered {} as client {}",
+                    "registered {} as client {} and published {published} KeyPackages",
                     identity.client.user_id, identity.client
                 ),
             )
@@ -166,11 +190,24 @@ async fn execute(
             let added = connection.add_client(request).await?;
             let identity = DeviceIdentity::new(added, key, approver.ciphersuite);
             identity.save_new(&cli.state)?;
+            // The new device publishes its own KeyPackages, on its own connection.
+            let own = Connection::connect(config).await?;
+            let published = async {
+                own.authenticate(&identity.client, &identity.signing_key)
+                    .await?;
+                top_up(&own, &identity, &cli.state).await
+            }
+            .await;
+            own.close().await;
+            let published = published?;
             let keys = connection.domain_keys().await?;
             Output::new(
-                json!({ "added": client_json(&identity.credential, &keys) }),
+                json!({
+                    "added": client_json(&identity.credential, &keys),
+                    "key_packages_published": published,
+                }),
                 format!(
-                    "added client {} (approved by {})",
+                    "added client {} (approved by {}) and published {published} KeyPackages",
                     identity.client, approver.client
                 ),
             )
@@ -207,13 +244,57 @@ async fn execute(
             user_clients_output(&clients, &keys, None)
         }
         Command::DeleteAccount => {
-            let identity = authenticate(connection, &cli.state).await?;
+            let identity = DeviceIdentity::load(&cli.state)?;
+            connection
+                .authenticate(&identity.client, &identity.signing_key)
+                .await
+                .with_context(|| format!("authenticating as {}", identity.client))?;
             connection.delete_user().await?;
             DeviceIdentity::forget(&cli.state)?;
             Output::new(
                 json!({ "deleted": identity.client.user_id.as_str() }),
                 format!("deleted {} and all of its data", identity.client.user_id),
             )
+        }
+        Command::Keypackages => {
+            authenticate(connection, &cli.state).await?;
+            let status = connection.key_package_status().await?;
+            let clients: Vec<_> = status
+                .clients
+                .iter()
+                .map(|stock| {
+                    json!({
+                        "client_id": stock.client.to_string(),
+                        "remaining": stock.remaining,
+                        "has_last_resort": stock.has_last_resort.0,
+                    })
+                })
+                .collect();
+            let mut text = format!(
+                "KeyPackages (low watermark {}, at most {} per client):",
+                status.low_watermark, status.max_per_client
+            );
+            for stock in &status.clients {
+                let last_resort = if stock.has_last_resort.0 { "a" } else { "no" };
+                text.push_str(&format!(
+                    "\n  {}: {} remaining, {last_resort} last resort",
+                    stock.client, stock.remaining
+                ));
+            }
+            Output::new(
+                json!({
+                    "low_watermark": status.low_watermark,
+                    "max_per_client": status.max_per_client,
+                    "clients": clients,
+                }),
+                text,
+            )
+        }
+        Command::Claim { user, ciphersuite } => {
+            authenticate(connection, &cli.state).await?;
+            let claimed = connection.claim_key_packages(user, *ciphersuite).await?;
+            let keys = connection.domain_keys().await?;
+            claim_output(&claimed, &keys)
         }
     })
 }
@@ -233,14 +314,92 @@ impl Output {
     }
 }
 
-/// Loads the device in `state` and authenticates the connection as it.
+/// Loads the device in `state`, authenticates the connection as it, and (as any device coming
+/// online does) tops up its KeyPackages if they run low.
 async fn authenticate(connection: &Connection, state: &Path) -> anyhow::Result<DeviceIdentity> {
     let identity = DeviceIdentity::load(state)?;
     connection
         .authenticate(&identity.client, &identity.signing_key)
         .await
         .with_context(|| format!("authenticating as {}", identity.client))?;
+    top_up(connection, &identity, state).await?;
     Ok(identity)
+}
+
+/// Publishes KeyPackages for `identity` if its stock is low, keeping their private keys in the
+/// device's MLS key store. Returns how many were published.
+async fn top_up(
+    connection: &Connection,
+    identity: &DeviceIdentity,
+    state: &Path,
+) -> anyhow::Result<usize> {
+    let mls = DeviceMls::load(identity, state)?;
+    let published = connection
+        .top_up_key_packages(&identity.client, &mls)
+        .await?;
+    if published > 0 {
+        mls.save(state)?;
+    }
+    Ok(published)
+}
+
+/// A claim as JSON and text, each KeyPackage's leaf credential verified against `keys`.
+fn claim_output(claimed: &ClaimedKeyPackages, keys: &DomainKeys) -> Output {
+    let crypto = RustCrypto::default();
+    let mut text = format!("claimed for {}:", claimed.user_id);
+    let claims: Vec<_> = claimed
+        .claims
+        .iter()
+        .map(|claim| {
+            let (kind, bytes) = match &claim.outcome {
+                ClaimOutcome::KeyPackage(bytes) => ("key_package", Some(bytes.as_slice())),
+                ClaimOutcome::LastResort(bytes) => ("last_resort", Some(bytes.as_slice())),
+                ClaimOutcome::Unavailable => ("none", None),
+            };
+            let checked = bytes.map(|bytes| {
+                let key_package = KeyPackageIn::tls_deserialize_exact(bytes)
+                    .map_err(|e| e.to_string())
+                    .and_then(|key_package| {
+                        key_package
+                            .validate(&crypto, ProtocolVersion::Mls10)
+                            .map_err(|e| e.to_string())
+                    })?;
+                let key_ref = key_package.hash_ref(&crypto).map_err(|e| e.to_string())?;
+                let leaf = key_package.leaf_node();
+                let identity = BasicCredential::try_from(leaf.credential().clone())
+                    .map_err(|e| e.to_string())?;
+                let credential = ClientCredential::tls_deserialize_exact(identity.identity())
+                    .map_err(|e| e.to_string())?;
+                let member =
+                    verify_member(leaf.signature_key().as_slice(), &credential, keys, now())
+                        .map_err(|e| e.to_string())?;
+                if member != claim.client {
+                    return Err(format!("the KeyPackage belongs to {member}"));
+                }
+                Ok(hex::encode(key_ref.as_slice()))
+            });
+            let (key_ref, verified, error) = match &checked {
+                Some(Ok(key_ref)) => (Some(key_ref.clone()), true, None),
+                Some(Err(e)) => (None, false, Some(e.clone())),
+                None => (None, false, None),
+            };
+            text.push_str(&format!("\n  {}: {kind}", claim.client));
+            if let Some(e) = &error {
+                text.push_str(&format!(" (NOT VERIFIED: {e})"));
+            }
+            json!({
+                "client_id": claim.client.to_string(),
+                "kind": kind,
+                "key_package_ref": key_ref,
+                "verified": verified,
+                "verification_error": error,
+            })
+        })
+        .collect();
+    Output::new(
+        json!({ "user": claimed.user_id.as_str(), "claims": claims }),
+        text,
+    )
 }
 
 /// `7` (a device of `me`'s user) or `alice@a.example/7`.

@@ -488,3 +488,39 @@ async fn deletions_are_all_or_nothing_and_acknowledged_ones_survive_kill_9() {
         );
     }
 }
+
+#[test]
+fn client_cli_publishes_key_packages_on_registration_and_claims_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let server = ServerProcess::start(&data_dir, &[]);
+    let ca = data_dir.join("server-cert.pem");
+    let state = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let run = |command: &[&str]| client_json(server.addr, "localhost", &ca, command);
+
+    let registered = run(&["--state", &state("bob"), "register", "bob@localhost"]);
+    let published = registered["key_packages_published"].as_u64().unwrap();
+    assert!(
+        published > 10,
+        "registration published {published} KeyPackages"
+    );
+    assert!(dir.path().join("bob").join("mls-storage.bin").exists());
+    run(&["--state", &state("alice"), "register", "alice@localhost"]);
+
+    let claimed = run(&["--state", &state("alice"), "claim", "bob@localhost"]);
+    assert_eq!(claimed["user"], "bob@localhost");
+    let claim = &claimed["claims"][0];
+    assert_eq!(claim["client_id"], "bob@localhost/1");
+    assert_eq!(claim["kind"], "key_package");
+    assert_eq!(claim["verified"], true, "{claim}");
+    assert_eq!(claim["key_package_ref"].as_str().unwrap().len(), 64);
+
+    let status = run(&["--state", &state("bob"), "keypackages"]);
+    assert_eq!(
+        status["clients"][0]["remaining"].as_u64().unwrap(),
+        published - 2,
+        "one claimed, and the last resort is not counted"
+    );
+    assert_eq!(status["clients"][0]["has_last_resort"], true);
+    assert!(server.terminate().success());
+}
