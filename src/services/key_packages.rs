@@ -92,8 +92,7 @@ impl KeyPackages {
         let mut validated: Vec<NewKeyPackage> = Vec::with_capacity(batch.len());
         for (index, bytes) in batch.iter().enumerate() {
             let rejected = |reason| ServiceError::KeyPackageRejected { index, reason };
-            let new = self
-                .validate(bytes.as_slice(), &owner, now)
+            let new = validate_key_package(&self.crypto, bytes.as_slice(), &owner, now)
                 .map_err(rejected)?;
             if validated
                 .iter()
@@ -131,63 +130,6 @@ impl KeyPackages {
                 }
             })?;
         Ok(self.status_of(caller.user_id.as_str(), vec![stock]))
-    }
-
-    /// Checks one uploaded KeyPackage against MLS and against its uploader.
-    fn validate(
-        &self,
-        bytes: &[u8],
-        owner: &StoredClient,
-        now: u64,
-    ) -> Result<NewKeyPackage, KeyPackageRejection> {
-        let key_package_in = KeyPackageIn::tls_deserialize_exact(bytes)
-            .map_err(|e| KeyPackageRejection::Invalid(format!("does not parse: {e}")))?;
-        let key_package = key_package_in
-            .validate(&self.crypto, ProtocolVersion::Mls10)
-            .map_err(|e| match e {
-                KeyPackageVerifyError::LifetimeError(e) => {
-                    KeyPackageRejection::Expired(e.to_string())
-                }
-                other => KeyPackageRejection::Invalid(other.to_string()),
-            })?;
-        let ciphersuite = u16::from(key_package.ciphersuite());
-        if !SUPPORTED_CIPHERSUITES.contains(&ciphersuite) {
-            return Err(KeyPackageRejection::UnsupportedCiphersuite(ciphersuite));
-        }
-        // openmls checked the lifetime against the system clock; the service's clock decides.
-        let lifetime = key_package.life_time();
-        let (not_before, not_after) = (lifetime.not_before(), lifetime.not_after());
-        if now < not_before || now >= not_after {
-            return Err(KeyPackageRejection::Expired(format!(
-                "valid from {not_before} until {not_after}, now is {now}"
-            )));
-        }
-        if not_after.saturating_sub(not_before) > MAX_KEY_PACKAGE_LIFETIME {
-            return Err(KeyPackageRejection::Expired(format!(
-                "lifetime longer than {MAX_KEY_PACKAGE_LIFETIME} seconds"
-            )));
-        }
-        let leaf = key_package.leaf_node();
-        if leaf.signature_key().as_slice() != owner.signature_key {
-            return Err(KeyPackageRejection::NotOwned);
-        }
-        let credential = leaf.credential();
-        let current = credential.credential_type() == CredentialType::Basic
-            && BasicCredential::try_from(credential.clone())
-                .is_ok_and(|basic| basic.identity() == owner.credential.as_slice());
-        if !current {
-            return Err(KeyPackageRejection::CredentialMismatch);
-        }
-        let key_package_ref = key_package
-            .hash_ref(&self.crypto)
-            .map_err(|e| KeyPackageRejection::Invalid(e.to_string()))?;
-        Ok(NewKeyPackage {
-            key_package_ref: key_package_ref.as_slice().to_vec(),
-            ciphersuite,
-            not_after,
-            last_resort: key_package.last_resort(),
-            key_package: bytes.to_vec(),
-        })
     }
 
     pub async fn claim(
@@ -279,4 +221,60 @@ impl KeyPackages {
                 .collect(),
         }
     }
+}
+
+/// Checks one uploaded KeyPackage against MLS and against its uploader (`owner`) at `now`.
+/// Pure: reachable from a fuzz target.
+pub fn validate_key_package(
+    crypto: &RustCrypto,
+    bytes: &[u8],
+    owner: &StoredClient,
+    now: u64,
+) -> Result<NewKeyPackage, KeyPackageRejection> {
+    let key_package_in = KeyPackageIn::tls_deserialize_exact(bytes)
+        .map_err(|e| KeyPackageRejection::Invalid(format!("does not parse: {e}")))?;
+    let key_package = key_package_in
+        .validate(crypto, ProtocolVersion::Mls10)
+        .map_err(|e| match e {
+            KeyPackageVerifyError::LifetimeError(e) => KeyPackageRejection::Expired(e.to_string()),
+            other => KeyPackageRejection::Invalid(other.to_string()),
+        })?;
+    let ciphersuite = u16::from(key_package.ciphersuite());
+    if !SUPPORTED_CIPHERSUITES.contains(&ciphersuite) {
+        return Err(KeyPackageRejection::UnsupportedCiphersuite(ciphersuite));
+    }
+    // openmls checked the lifetime against the system clock; the service's clock decides.
+    let lifetime = key_package.life_time();
+    let (not_before, not_after) = (lifetime.not_before(), lifetime.not_after());
+    if now < not_before || now >= not_after {
+        return Err(KeyPackageRejection::Expired(format!(
+            "valid from {not_before} until {not_after}, now is {now}"
+        )));
+    }
+    if not_after.saturating_sub(not_before) > MAX_KEY_PACKAGE_LIFETIME {
+        return Err(KeyPackageRejection::Expired(format!(
+            "lifetime longer than {MAX_KEY_PACKAGE_LIFETIME} seconds"
+        )));
+    }
+    let leaf = key_package.leaf_node();
+    if leaf.signature_key().as_slice() != owner.signature_key {
+        return Err(KeyPackageRejection::NotOwned);
+    }
+    let credential = leaf.credential();
+    let current = credential.credential_type() == CredentialType::Basic
+        && BasicCredential::try_from(credential.clone())
+            .is_ok_and(|basic| basic.identity() == owner.credential.as_slice());
+    if !current {
+        return Err(KeyPackageRejection::CredentialMismatch);
+    }
+    let key_package_ref = key_package
+        .hash_ref(crypto)
+        .map_err(|e| KeyPackageRejection::Invalid(e.to_string()))?;
+    Ok(NewKeyPackage {
+        key_package_ref: key_package_ref.as_slice().to_vec(),
+        ciphersuite,
+        not_after,
+        last_resort: key_package.last_resort(),
+        key_package: bytes.to_vec(),
+    })
 }

@@ -15,7 +15,9 @@ use std::sync::Arc;
 use ed25519_dalek::VerifyingKey;
 
 pub use accounts::Accounts;
-pub use key_packages::{KeyPackageRejection, KeyPackages, MAX_KEY_PACKAGE_LIFETIME};
+pub use key_packages::{
+    validate_key_package, KeyPackageRejection, KeyPackages, MAX_KEY_PACKAGE_LIFETIME,
+};
 
 use crate::clock::UnixTime;
 use crate::config::{ServerConfig, ServerLimits};
