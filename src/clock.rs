@@ -11,6 +11,11 @@ pub const SECONDS_PER_DAY: u64 = 24 * 60 * 60;
 
 pub trait Clock: Send + Sync + Debug {
     fn now(&self) -> UnixTime;
+
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64 {
+        self.now().saturating_mul(1000)
+    }
 }
 
 /// The system's wall clock.
@@ -22,6 +27,14 @@ impl Clock for SystemClock {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_secs())
+    }
+
+    fn now_ms(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| {
+                u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+            })
     }
 }
 

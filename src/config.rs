@@ -80,10 +80,33 @@ pub struct ServerConfig {
     pub deleted_user_quarantine: Duration,
     /// KeyPackage limits.
     pub key_packages: KeyPackagePolicy,
+    /// Client queue limits and retention.
+    pub queues: QueuePolicy,
     /// How often expired data (KeyPackages, ...) is purged.
     pub maintenance_interval: Duration,
     /// The time the services see; tests set it.
     pub clock: Arc<dyn Clock>,
+}
+
+/// Client queue limits and retention.
+#[derive(Clone, Debug)]
+pub struct QueuePolicy {
+    /// Most messages waiting in one client's queue.
+    pub max_messages: u64,
+    /// Most payload bytes waiting in one client's queue.
+    pub max_bytes: u64,
+    /// Messages not acknowledged within this time are deleted (and the client told).
+    pub retention: Duration,
+}
+
+impl Default for QueuePolicy {
+    fn default() -> Self {
+        Self {
+            max_messages: 10_000,
+            max_bytes: 256 * 1024 * 1024,
+            retention: Duration::from_secs(30 * SECONDS_PER_DAY),
+        }
+    }
 }
 
 /// KeyPackage limits and thresholds.
@@ -128,6 +151,7 @@ impl ServerConfig {
             credential_lifetime: DEFAULT_CREDENTIAL_LIFETIME,
             deleted_user_quarantine: DEFAULT_DELETED_USER_QUARANTINE,
             key_packages: KeyPackagePolicy::default(),
+            queues: QueuePolicy::default(),
             maintenance_interval: Duration::from_secs(600),
             clock: Arc::new(SystemClock),
         }

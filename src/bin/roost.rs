@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use roost::clock::{Clock, SystemClock, SECONDS_PER_DAY};
-use roost::config::{CertificateSource, Domain, KeyPackagePolicy, ServerConfig, ServerLimits};
+use roost::config::{
+    CertificateSource, Domain, KeyPackagePolicy, QueuePolicy, ServerConfig, ServerLimits,
+};
 use roost::protocol::RegistrationMode;
 use roost::server::Server;
 use roost::services::credential_keys::CredentialKeys;
@@ -128,6 +130,15 @@ struct ServeArgs {
     /// Claims of one user's KeyPackages per minute, by anyone.
     #[arg(long, default_value_t = KeyPackagePolicy::default().claims_per_minute_per_target, value_parser = clap::value_parser!(u32).range(1..))]
     claims_per_minute_per_user: u32,
+    /// Most messages waiting in one client's queue.
+    #[arg(long, default_value_t = QueuePolicy::default().max_messages, value_parser = clap::value_parser!(u64).range(1..))]
+    max_queue_messages: u64,
+    /// Most payload bytes waiting in one client's queue.
+    #[arg(long, default_value_t = QueuePolicy::default().max_bytes, value_parser = clap::value_parser!(u64).range(1..))]
+    max_queue_bytes: u64,
+    /// Days a message waits for its client before it is deleted unread (the client is told).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3650))]
+    message_retention_days: u64,
     /// Seconds between purges of expired data.
     #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     maintenance_interval_secs: u64,
@@ -170,6 +181,11 @@ impl ServeArgs {
                 max_per_client: self.max_key_packages_per_client,
                 claims_per_minute_per_claimer: self.claims_per_minute,
                 claims_per_minute_per_target: self.claims_per_minute_per_user,
+            },
+            queues: QueuePolicy {
+                max_messages: self.max_queue_messages,
+                max_bytes: self.max_queue_bytes,
+                retention: Duration::from_secs(self.message_retention_days * SECONDS_PER_DAY),
             },
             maintenance_interval: Duration::from_secs(self.maintenance_interval_secs),
             clock: Arc::new(SystemClock),

@@ -108,6 +108,10 @@ error_codes! {
     MultipleLastResort = 34,
     /// Too many requests of this kind; retry later.
     RateLimited = 35,
+    /// A recipient's queue is full (messages or bytes); nothing was queued for it.
+    QueueFull = 36,
+    /// An acknowledgement names a sequence number the queue has not assigned yet.
+    InvalidSequence = 37,
 }
 
 /// The body of an error response: `struct { uint16 code; opaque message<V>; }`.

@@ -12,6 +12,7 @@ mod credential;
 mod error;
 mod key_packages;
 mod notification;
+mod queues;
 mod request;
 mod response;
 mod types;
@@ -39,6 +40,10 @@ pub use key_packages::{
 pub use notification::{
     decode_notification, decode_push_header, encode_notification_record, encode_push_header,
     Notification, ServerShutdown, NOTIFICATION_LENGTH_PREFIX_LEN, PUSH_HEADER_LEN,
+};
+pub use queues::{
+    AckMessagesRequest, FetchMessagesRequest, FetchedMessages, MessageKind, MessagesExpired,
+    NewMessages, QueuedMessage, ServerNotice, MAX_FETCH_COUNT,
 };
 pub use request::{decode_request, encode_request, Operation, Request};
 pub use response::{decode_response, encode_response, Response, ResponseBody, ServerInfo};

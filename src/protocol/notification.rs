@@ -9,7 +9,10 @@
 
 use tls_codec::{Deserialize, Serialize, TlsDeserialize, TlsSerialize, TlsSize};
 
-use super::{ClientId, DecodeError, KeyPackagesLow, Text, MAX_NOTIFICATION_LEN, PROTOCOL_VERSION};
+use super::{
+    ClientId, DecodeError, KeyPackagesLow, NewMessages, Text, MAX_NOTIFICATION_LEN,
+    PROTOCOL_VERSION,
+};
 
 /// Length of the push stream header, in bytes.
 pub const PUSH_HEADER_LEN: usize = 2;
@@ -38,6 +41,9 @@ pub enum Notification {
     /// This client's KeyPackage stock fell below the server's low watermark: publish more.
     #[tls_codec(discriminant = 3)]
     KeyPackagesLow(KeyPackagesLow),
+    /// Messages are waiting in this client's queue.
+    #[tls_codec(discriminant = 4)]
+    NewMessages(NewMessages),
 }
 
 /// The bytes that open a push stream.

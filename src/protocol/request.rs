@@ -3,9 +3,9 @@
 use tls_codec::{Deserialize, Serialize, TlsDeserialize, TlsSerialize, TlsSize};
 
 use super::{
-    AddClientRequest, AuthenticateRequest, ClaimKeyPackagesRequest, DecodeError, LookupUserRequest,
-    PublishKeyPackagesRequest, RegisterUserRequest, RemoveClientRequest, MAX_REQUEST_LEN,
-    PROTOCOL_VERSION,
+    AckMessagesRequest, AddClientRequest, AuthenticateRequest, ClaimKeyPackagesRequest,
+    DecodeError, FetchMessagesRequest, LookupUserRequest, PublishKeyPackagesRequest,
+    RegisterUserRequest, RemoveClientRequest, MAX_REQUEST_LEN, PROTOCOL_VERSION,
 };
 
 /// Operation codes: the `uint16` that selects a request body (and the matching response body).
@@ -25,6 +25,8 @@ pub enum Operation {
     PublishKeyPackages = 11,
     ClaimKeyPackages = 12,
     KeyPackageStatus = 13,
+    FetchMessages = 14,
+    AckMessages = 15,
 }
 
 impl Operation {
@@ -42,6 +44,8 @@ impl Operation {
         Self::PublishKeyPackages,
         Self::ClaimKeyPackages,
         Self::KeyPackageStatus,
+        Self::FetchMessages,
+        Self::AckMessages,
     ];
 
     pub fn from_u16(value: u16) -> Option<Self> {
@@ -61,7 +65,9 @@ impl Operation {
             | Self::DeleteUser
             | Self::PublishKeyPackages
             | Self::ClaimKeyPackages
-            | Self::KeyPackageStatus => true,
+            | Self::KeyPackageStatus
+            | Self::FetchMessages
+            | Self::AckMessages => true,
         }
     }
 }
@@ -109,6 +115,12 @@ pub enum Request {
     /// The KeyPackage stock of the authenticated client's user's clients.
     #[tls_codec(discriminant = 13)]
     KeyPackageStatus,
+    /// Messages from the authenticated client's queue.
+    #[tls_codec(discriminant = 14)]
+    FetchMessages(FetchMessagesRequest),
+    /// Delete the authenticated client's messages up to a sequence number.
+    #[tls_codec(discriminant = 15)]
+    AckMessages(AckMessagesRequest),
 }
 
 impl Request {
@@ -127,6 +139,8 @@ impl Request {
             Self::PublishKeyPackages(_) => Operation::PublishKeyPackages,
             Self::ClaimKeyPackages(_) => Operation::ClaimKeyPackages,
             Self::KeyPackageStatus => Operation::KeyPackageStatus,
+            Self::FetchMessages(_) => Operation::FetchMessages,
+            Self::AckMessages(_) => Operation::AckMessages,
         }
     }
 }
@@ -227,6 +241,12 @@ mod tests {
                 ciphersuite: 1,
             }),
             Request::KeyPackageStatus,
+            Request::FetchMessages(FetchMessagesRequest {
+                from_seq: 5,
+                max_count: 100,
+                max_bytes: 65536,
+            }),
+            Request::AckMessages(AckMessagesRequest { up_to_seq: 9 }),
         ]
     }
 

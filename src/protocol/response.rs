@@ -6,8 +6,8 @@ use tls_codec::{Deserialize, TlsDeserialize, TlsSerialize, TlsSize};
 use super::request::{encode_envelope, open_envelope};
 use super::{
     AuthenticateResponse, ClaimedKeyPackages, ClientCredential, ClientId, ClientRegistered,
-    CredentialVerifyingKey, DecodeError, ErrorResponse, KeyPackageStatus, Limits, RegistrationMode,
-    Text, UserClients, MAX_RESPONSE_LEN,
+    CredentialVerifyingKey, DecodeError, ErrorResponse, FetchedMessages, KeyPackageStatus, Limits,
+    RegistrationMode, Text, UserClients, MAX_RESPONSE_LEN,
 };
 
 /// `GetServerInfo` response body.
@@ -54,6 +54,10 @@ pub enum ResponseBody {
     KeyPackagesClaimed(ClaimedKeyPackages),
     #[tls_codec(discriminant = 13)]
     KeyPackageStatus(KeyPackageStatus),
+    #[tls_codec(discriminant = 14)]
+    Messages(FetchedMessages),
+    #[tls_codec(discriminant = 15)]
+    MessagesAcked,
 }
 
 /// A response: a body, or an error.
@@ -124,6 +128,15 @@ mod tests {
                 ],
             })),
             Response::Ok(ResponseBody::UserDeleted),
+            Response::Ok(ResponseBody::Messages(FetchedMessages {
+                messages: vec![crate::protocol::QueuedMessage {
+                    seq: 3,
+                    enqueued_at_ms: 1_700_000_000_000,
+                    kind: crate::protocol::MessageKind::Welcome,
+                    payload: vec![1, 2, 3].into(),
+                }],
+                next_seq: 4,
+            })),
             Response::Ok(ResponseBody::WhoAmI(ClientId {
                 user_id: Text::new("bob@b.example").unwrap(),
                 device_id: 1,

@@ -10,14 +10,14 @@ use openmls_rust_crypto::RustCrypto;
 use tls_codec::Deserialize;
 
 use super::rate_limit::RateLimiter;
-use super::{ServiceError, Sessions};
+use super::{Queues, ServiceError, Sessions};
 use crate::clock::Clock;
 use crate::config::{Domain, ServerConfig};
 use crate::identity::UserId;
 use crate::protocol::{
     ClaimKeyPackagesRequest, ClaimOutcome, ClaimedKeyPackage, ClaimedKeyPackages, ClientId, Flag,
     KeyPackageStatus, KeyPackageStock, KeyPackagesLow, Notification, PublishKeyPackagesRequest,
-    SUPPORTED_CIPHERSUITES,
+    ServerNotice, SUPPORTED_CIPHERSUITES,
 };
 use crate::store::{Claimed, NewKeyPackage, PublishRefusal, Stock, Store, StoredClient};
 
@@ -54,10 +54,16 @@ pub struct KeyPackages {
     max_per_client: usize,
     claims_per_claimer: RateLimiter,
     claims_per_target: RateLimiter,
+    queues: Arc<Queues>,
 }
 
 impl KeyPackages {
-    pub fn new(config: &ServerConfig, store: Store, sessions: Arc<dyn Sessions>) -> Self {
+    pub fn new(
+        config: &ServerConfig,
+        store: Store,
+        sessions: Arc<dyn Sessions>,
+        queues: Arc<Queues>,
+    ) -> Self {
         Self {
             domain: config.domain.clone(),
             store,
@@ -68,6 +74,7 @@ impl KeyPackages {
             max_per_client: config.key_packages.max_per_client as usize,
             claims_per_claimer: RateLimiter::new(config.key_packages.claims_per_minute_per_claimer),
             claims_per_target: RateLimiter::new(config.key_packages.claims_per_minute_per_target),
+            queues,
         }
     }
 
@@ -169,8 +176,15 @@ impl KeyPackages {
                     client: client.clone(),
                     remaining: claim.stock.remaining,
                 };
-                self.sessions
-                    .notify(&client, &Notification::KeyPackagesLow(low));
+                let pushed = self
+                    .sessions
+                    .notify(&client, &Notification::KeyPackagesLow(low.clone()));
+                if pushed == 0 {
+                    // Not connected (or not reading): the notice waits in its queue.
+                    self.queues
+                        .notice(&client, &ServerNotice::KeyPackagesLow(low))
+                        .await?;
+                }
             }
             let outcome = match claim.claimed {
                 Claimed::KeyPackage(bytes) => ClaimOutcome::KeyPackage(bytes.into()),

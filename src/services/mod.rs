@@ -8,6 +8,7 @@ mod accounts;
 pub mod credential_keys;
 pub mod invites;
 mod key_packages;
+mod queues;
 mod rate_limit;
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ pub use accounts::Accounts;
 pub use key_packages::{
     validate_key_package, KeyPackageRejection, KeyPackages, MAX_KEY_PACKAGE_LIFETIME,
 };
+pub use queues::{Delivery, Queues};
 
 use crate::clock::UnixTime;
 use crate::config::{ServerConfig, ServerLimits};
@@ -34,6 +36,9 @@ pub trait Sessions: Send + Sync {
     fn notify(&self, client: &ClientId, notification: &Notification) -> usize;
     /// Closes every connection of `client` once its in-flight requests are answered.
     fn disconnect(&self, client: &ClientId);
+    /// Tells every connection of `client` that its queue holds messages up to `latest_seq`.
+    /// Never blocks; a connection that has not read the previous hint gets only the latest.
+    fn new_messages(&self, client: &ClientId, latest_seq: u64);
 }
 
 /// Who is asking: the connection's authenticated client (if any) and its channel binding.
@@ -88,6 +93,8 @@ pub enum ServiceError {
     },
     #[error("{stock} KeyPackages would exceed the limit of {limit} per client")]
     TooManyKeyPackages { stock: usize, limit: usize },
+    #[error("cannot acknowledge up to {up_to_seq}: the queue has assigned only up to {}", next_seq.saturating_sub(1))]
+    InvalidSequence { up_to_seq: u64, next_seq: u64 },
     #[error("too many requests; retry in {} ms", retry_after.as_millis())]
     RateLimited { retry_after: std::time::Duration },
     #[error("operation {0:?} is handled by the transport, not a service")]
@@ -102,6 +109,7 @@ pub struct Services {
     limits: Limits,
     accounts: Accounts,
     key_packages: KeyPackages,
+    queues: Arc<Queues>,
     maintenance_interval: std::time::Duration,
 }
 
@@ -111,11 +119,13 @@ impl Services {
         store: Store,
         sessions: Arc<dyn Sessions>,
     ) -> anyhow::Result<Self> {
+        let queues = Arc::new(Queues::new(config, store.clone(), sessions.clone()));
         Ok(Self {
             domain: config.domain.to_text(),
             limits: ServerLimits::announced(&config.limits),
             accounts: Accounts::new(config, store.clone(), sessions.clone())?,
-            key_packages: KeyPackages::new(config, store, sessions),
+            key_packages: KeyPackages::new(config, store, sessions, queues.clone()),
+            queues,
             maintenance_interval: config.maintenance_interval,
         })
     }
@@ -129,16 +139,30 @@ impl Services {
                 _ = stop.cancelled() => return,
                 _ = ticks.tick() => {}
             }
-            match self.key_packages.purge_expired().await {
-                Ok(0) => {}
-                Ok(purged) => tracing::info!(purged, "purged expired KeyPackages"),
-                Err(e) => tracing::warn!(error = %e, "purging expired KeyPackages failed"),
-            }
+            self.purge_expired().await;
         }
     }
 
     pub fn accounts(&self) -> &Accounts {
         &self.accounts
+    }
+
+    /// Purges expired KeyPackages and queued messages (the maintenance task's work).
+    pub async fn purge_expired(&self) {
+        match self.key_packages.purge_expired().await {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "purged expired KeyPackages"),
+            Err(e) => tracing::warn!(error = %e, "purging expired KeyPackages failed"),
+        }
+        match self.queues.purge_expired().await {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "purged expired queued messages"),
+            Err(e) => tracing::warn!(error = %e, "purging expired messages failed"),
+        }
+    }
+
+    pub fn queues(&self) -> &Queues {
+        &self.queues
     }
 
     /// The signature key `client` authenticates with, if the client exists.
@@ -199,6 +223,13 @@ impl Services {
             ),
             Request::KeyPackageStatus => {
                 ResponseBody::KeyPackageStatus(self.key_packages.status(authenticated()?).await?)
+            }
+            Request::FetchMessages(request) => {
+                ResponseBody::Messages(self.queues.fetch(authenticated()?, request).await?)
+            }
+            Request::AckMessages(request) => {
+                self.queues.ack(authenticated()?, request).await?;
+                ResponseBody::MessagesAcked
             }
             Request::Authenticate(_) => {
                 return Err(ServiceError::NotAServiceOperation(request.operation()))

@@ -278,8 +278,8 @@ impl Store {
             for &device_id in &devices {
                 delete_client(txn, &user_id, device_id)?;
             }
-            // `delete_client` also removed each client's KeyPackages. Later capabilities (queues,
-            // group memberships) delete the user's rows here too, in this same transaction.
+            // `delete_client` also removed each client's KeyPackages and queue. Later capabilities
+            // (group memberships) delete the user's rows here too, in this same transaction.
             txn.open_table(QUARANTINE)?
                 .insert(user_id_hash(&user_id).as_slice(), now)?;
             Ok(devices)
@@ -310,6 +310,7 @@ fn insert_client(
 
 fn delete_client(txn: &WriteTransaction, user_id: &str, device_id: u32) -> Result<(), StoreError> {
     super::key_packages::delete_client_key_packages(txn, user_id, device_id)?;
+    super::queues::delete_client_queue(txn, user_id, device_id)?;
     let removed = txn
         .open_table(CLIENTS)?
         .remove((user_id, device_id))?

@@ -13,6 +13,7 @@
 mod accounts;
 mod key_packages;
 mod meta;
+mod queues;
 mod tables;
 mod writer;
 
@@ -21,6 +22,7 @@ pub use accounts::{
     FIRST_DEVICE_ID,
 };
 pub use key_packages::{Claimed, ClientClaim, NewKeyPackage, PublishRefusal, Stock};
+pub use queues::{Enqueued, Envelope, ExpiredMessages, QueueLimits, StoredMessage, FIRST_SEQ};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -18,6 +18,8 @@ macro_rules! for_each_table {
         $action!(super::key_packages::KEY_PACKAGES);
         $action!(super::key_packages::KEY_PACKAGE_REFS);
         $action!(super::key_packages::CLIENT_KEY_PACKAGE_REFS);
+        $action!(super::queues::QUEUE);
+        $action!(super::queues::QUEUE_HEADS);
     }};
 }
 

@@ -4,17 +4,18 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use quinn::{ReadToEndError, RecvStream, SendStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, error, warn};
 
 use super::auth::{channel_binding, verify_authentication};
+use super::sessions::PushFeed;
 use super::Shared;
 use crate::protocol::{
     close_code, decode_request, encode_notification_record, encode_push_header, encode_response,
-    AuthenticateRequest, AuthenticateResponse, ClientId, ErrorCode, ErrorResponse, Notification,
-    Request, Response, ResponseBody, ALPN_CLIENT, ALPN_FEDERATION, CHANNEL_BINDING_LEN,
-    MAX_REQUEST_LEN, MAX_RESPONSE_LEN, STREAM_REFUSED,
+    AuthenticateRequest, AuthenticateResponse, ClientId, ErrorCode, ErrorResponse, NewMessages,
+    Notification, Request, Response, ResponseBody, ALPN_CLIENT, ALPN_FEDERATION,
+    CHANNEL_BINDING_LEN, MAX_REQUEST_LEN, MAX_RESPONSE_LEN, STREAM_REFUSED,
 };
 use crate::services::{Caller, KeyPackageRejection, ServiceError};
 use crate::store::StoreError;
@@ -244,6 +245,7 @@ fn service_error_response(e: ServiceError) -> Response {
         },
         ServiceError::TooManyKeyPackages { .. } => ErrorCode::TooManyKeyPackages,
         ServiceError::RateLimited { .. } => ErrorCode::RateLimited,
+        ServiceError::InvalidSequence { .. } => ErrorCode::InvalidSequence,
         ServiceError::Store(StoreError::Closed) => ErrorCode::ShuttingDown,
         ServiceError::NotAServiceOperation(_) | ServiceError::Store(_) => {
             // Internal failures are logged in full and never described to the peer.
@@ -319,12 +321,12 @@ impl Session {
             anyhow::Ok(stream)
         })
         .await??;
-        let notifications =
+        let feed =
             shared
                 .sessions
                 .register(client, self.connection.stable_id(), self.closing.clone());
         let writer = tokio::spawn(async move {
-            write_notifications(&mut stream, notifications).await;
+            write_notifications(&mut stream, feed).await;
         });
         *self
             .push_writer
@@ -334,9 +336,27 @@ impl Session {
     }
 }
 
-/// Writes queued notifications until the queue closes, then finishes the stream.
-async fn write_notifications(stream: &mut SendStream, mut queue: mpsc::Receiver<Notification>) {
-    while let Some(notification) = queue.recv().await {
+/// Writes pushed notifications, and a `NewMessages` hint whenever the client's queue grows,
+/// until the registry drops the connection; then finishes the stream.
+async fn write_notifications(stream: &mut SendStream, mut feed: PushFeed) {
+    let mut messages_open = true;
+    loop {
+        let notification = tokio::select! {
+            // Drain explicit notifications first: a shutdown notice must not wait behind hints.
+            biased;
+            notification = feed.notifications.recv() => match notification {
+                Some(notification) => notification,
+                None => break,
+            },
+            changed = feed.latest_seq.changed(), if messages_open => {
+                if changed.is_err() {
+                    messages_open = false;
+                    continue;
+                }
+                let latest_seq = *feed.latest_seq.borrow_and_update();
+                Notification::NewMessages(NewMessages { latest_seq })
+            }
+        };
         match encode_notification_record(&notification) {
             Ok(record) => {
                 if let Err(e) = stream.write_all(&record).await {

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{ClientId, Notification};
@@ -23,8 +23,17 @@ pub type ConnectionKey = usize;
 struct SessionEntry {
     connection: ConnectionKey,
     notifications: mpsc::Sender<Notification>,
+    /// The newest queued message's sequence number: a slot, not a queue, so a slow reader gets
+    /// only the latest hint and an enqueue never waits.
+    latest_seq: watch::Sender<u64>,
     /// Cancelled to make the connection finish its requests and close.
     close: CancellationToken,
+}
+
+/// What the push writer of one connection reads from.
+pub struct PushFeed {
+    pub notifications: mpsc::Receiver<Notification>,
+    pub latest_seq: watch::Receiver<u64>,
 }
 
 #[derive(Default)]
@@ -33,24 +42,29 @@ pub struct SessionRegistry {
 }
 
 impl SessionRegistry {
-    /// Registers an authenticated connection of `client`, closed by cancelling `close`. Its
-    /// notifications come out of the returned receiver.
+    /// Registers an authenticated connection of `client`, closed by cancelling `close`. What it
+    /// must push comes out of the returned feed.
     pub fn register(
         &self,
         client: &ClientId,
         connection: ConnectionKey,
         close: CancellationToken,
-    ) -> mpsc::Receiver<Notification> {
+    ) -> PushFeed {
         let (notifications, receiver) = mpsc::channel(PUSH_QUEUE_CAPACITY);
+        let (latest_seq, latest_receiver) = watch::channel(0);
         self.lock()
             .entry(client.clone())
             .or_default()
             .push(SessionEntry {
                 connection,
                 notifications,
+                latest_seq,
                 close,
             });
-        receiver
+        PushFeed {
+            notifications: receiver,
+            latest_seq: latest_receiver,
+        }
     }
 
     /// Forgets a connection; its notification receiver ends once it has drained.
@@ -96,6 +110,20 @@ impl Sessions for SessionRegistry {
                 .filter(|session| session.notifications.try_send(notification.clone()).is_ok())
                 .count()
         })
+    }
+
+    fn new_messages(&self, client: &ClientId, latest_seq: u64) {
+        if let Some(sessions) = self.lock().get(client) {
+            for session in sessions {
+                session.latest_seq.send_if_modified(|latest| {
+                    let newer = latest_seq > *latest;
+                    if newer {
+                        *latest = latest_seq;
+                    }
+                    newer
+                });
+            }
+        }
     }
 
     fn disconnect(&self, client: &ClientId) {

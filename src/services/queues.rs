@@ -1,0 +1,201 @@
+//! The queue service: puts messages into client queues (for the other services), lets clients
+//! fetch and acknowledge them, purges what outlived the retention, and tells connected clients
+//! at once. Owns the queue tables.
+
+use std::sync::Arc;
+
+use tls_codec::Serialize;
+
+use super::{ServiceError, Sessions};
+use crate::clock::Clock;
+use crate::config::{QueuePolicy, ServerConfig};
+use crate::protocol::{
+    AckMessagesRequest, ClientId, FetchMessagesRequest, FetchedMessages, MessageKind,
+    MessagesExpired, QueuedMessage, ServerNotice, Text, MAX_FETCH_COUNT, MAX_RESPONSE_LEN,
+};
+use crate::store::{Enqueued, Envelope, QueueLimits, Store};
+
+/// Room kept in a fetch response for everything but the payloads.
+const FETCH_OVERHEAD_ALLOWANCE: usize = 64 * 1024;
+/// Per-message framing in a fetch response, counted against the byte budget.
+const PER_MESSAGE_OVERHEAD: usize = 32;
+
+/// A message for some clients.
+pub struct Delivery {
+    pub recipients: Vec<ClientId>,
+    pub kind: MessageKind,
+    pub payload: Vec<u8>,
+}
+
+pub struct Queues {
+    store: Store,
+    clock: Arc<dyn Clock>,
+    sessions: Arc<dyn Sessions>,
+    policy: QueuePolicy,
+}
+
+impl Queues {
+    pub fn new(config: &ServerConfig, store: Store, sessions: Arc<dyn Sessions>) -> Self {
+        Self {
+            store,
+            clock: config.clock.clone(),
+            sessions,
+            policy: config.queues.clone(),
+        }
+    }
+
+    fn limits(&self) -> QueueLimits {
+        QueueLimits {
+            max_messages: self.policy.max_messages,
+            max_bytes: self.policy.max_bytes,
+        }
+    }
+
+    /// Queues every delivery for its recipients in one commit, then tells the connected ones.
+    /// Returns what became of each recipient, delivery by delivery.
+    pub async fn deliver(
+        &self,
+        deliveries: Vec<Delivery>,
+    ) -> Result<Vec<Vec<(ClientId, Enqueued)>>, ServiceError> {
+        let mut envelopes = Vec::new();
+        let mut shape = Vec::with_capacity(deliveries.len());
+        for delivery in &deliveries {
+            let payload = Arc::new(delivery.payload.clone());
+            shape.push(delivery.recipients.len());
+            for recipient in &delivery.recipients {
+                envelopes.push(Envelope {
+                    user_id: recipient.user_id.as_str().to_owned(),
+                    device_id: recipient.device_id,
+                    kind: delivery.kind as u8,
+                    payload: payload.clone(),
+                });
+            }
+        }
+        let outcomes = self
+            .store
+            .enqueue(envelopes, self.clock.now_ms(), self.limits())
+            .await?;
+        let mut outcomes = outcomes.into_iter();
+        let mut report = Vec::with_capacity(deliveries.len());
+        for (delivery, count) in deliveries.iter().zip(shape) {
+            let mut per_recipient = Vec::with_capacity(count);
+            for (recipient, outcome) in delivery
+                .recipients
+                .iter()
+                .zip(outcomes.by_ref().take(count))
+            {
+                if let Enqueued::Queued { seq } = outcome {
+                    self.sessions.new_messages(recipient, seq);
+                }
+                per_recipient.push((recipient.clone(), outcome));
+            }
+            report.push(per_recipient);
+        }
+        Ok(report)
+    }
+
+    /// Queues a server notice for one client.
+    pub async fn notice(
+        &self,
+        client: &ClientId,
+        notice: &ServerNotice,
+    ) -> Result<Enqueued, ServiceError> {
+        let payload = notice
+            .tls_serialize_detached()
+            .map_err(|e| ServiceError::Store(crate::store::StoreError::Corrupt(e.to_string())))?;
+        let report = self
+            .deliver(vec![Delivery {
+                recipients: vec![client.clone()],
+                kind: MessageKind::ServerNotice,
+                payload,
+            }])
+            .await?;
+        Ok(report
+            .first()
+            .and_then(|outcomes| outcomes.first())
+            .map_or(Enqueued::UnknownClient, |(_, outcome)| *outcome))
+    }
+
+    pub async fn fetch(
+        &self,
+        caller: &ClientId,
+        request: FetchMessagesRequest,
+    ) -> Result<FetchedMessages, ServiceError> {
+        let max_count = request.max_count.clamp(1, MAX_FETCH_COUNT) as usize;
+        let budget = (request.max_bytes as usize).min(MAX_RESPONSE_LEN - FETCH_OVERHEAD_ALLOWANCE);
+        // Count the framing of each message against the budget too, so the response stays
+        // within the response limit whatever the client asks for.
+        let max_bytes = budget.saturating_sub(max_count * PER_MESSAGE_OVERHEAD);
+        let (messages, next_seq) = self
+            .store
+            .fetch_messages(
+                caller.user_id.as_str(),
+                caller.device_id,
+                request.from_seq,
+                max_count,
+                max_bytes,
+            )
+            .await?;
+        let messages = messages
+            .into_iter()
+            .map(|message| {
+                let kind = match message.kind {
+                    0 => MessageKind::Mls,
+                    1 => MessageKind::Welcome,
+                    2 => MessageKind::ServerNotice,
+                    other => {
+                        return Err(ServiceError::Store(crate::store::StoreError::Corrupt(
+                            format!("queued message of unknown kind {other}"),
+                        )))
+                    }
+                };
+                Ok(QueuedMessage {
+                    seq: message.seq,
+                    enqueued_at_ms: message.enqueued_at_ms,
+                    kind,
+                    payload: message.payload.into(),
+                })
+            })
+            .collect::<Result<_, ServiceError>>()?;
+        Ok(FetchedMessages { messages, next_seq })
+    }
+
+    pub async fn ack(
+        &self,
+        caller: &ClientId,
+        request: AckMessagesRequest,
+    ) -> Result<(), ServiceError> {
+        self.store
+            .ack_messages(caller.user_id.as_str(), caller.device_id, request.up_to_seq)
+            .await?
+            .map_err(|next_seq| ServiceError::InvalidSequence {
+                up_to_seq: request.up_to_seq,
+                next_seq,
+            })
+    }
+
+    /// Deletes messages older than the retention and queues each affected client a
+    /// `MessagesExpired` notice. Returns how many messages were deleted.
+    pub async fn purge_expired(&self) -> Result<u64, ServiceError> {
+        let retention_ms = u64::try_from(self.policy.retention.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = self.clock.now_ms().saturating_sub(retention_ms);
+        let report = self.store.purge_expired_messages(cutoff).await?;
+        let mut purged = 0;
+        for expired in report {
+            purged += expired.count;
+            let client = ClientId {
+                user_id: Text::truncated(&expired.user_id),
+                device_id: expired.device_id,
+            };
+            let notice = ServerNotice::MessagesExpired(MessagesExpired {
+                count: expired.count,
+                first_seq: expired.first_seq,
+                last_seq: expired.last_seq,
+            });
+            if let Err(e) = self.notice(&client, &notice).await {
+                tracing::warn!(%client, error = %e, "cannot queue the expiry notice");
+            }
+        }
+        Ok(purged)
+    }
+}

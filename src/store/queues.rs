@@ -1,0 +1,481 @@
+//! Client queues: per-client, gap-free sequence numbers; messages stay until acknowledged or
+//! expired. One enqueue puts one or many messages into many queues in one commit.
+
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
+
+use super::accounts::CLIENTS;
+use super::{Store, StoreError};
+
+/// (user id, device id, seq) -> `uint64 enqueued_at_ms; uint8 kind; payload`.
+pub(super) const QUEUE: TableDefinition<(&str, u32, u64), &[u8]> = TableDefinition::new("queue-1");
+/// (user id, device id) -> (next seq, messages queued, payload bytes queued).
+pub(super) const QUEUE_HEADS: TableDefinition<(&str, u32), (u64, u64, u64)> =
+    TableDefinition::new("queue-heads-1");
+
+/// The sequence number of a client's first message.
+pub const FIRST_SEQ: u64 = 1;
+
+/// Per-client queue limits.
+#[derive(Clone, Copy, Debug)]
+pub struct QueueLimits {
+    pub max_messages: u64,
+    pub max_bytes: u64,
+}
+
+/// A message for one client.
+#[derive(Clone, Debug)]
+pub struct Envelope {
+    pub user_id: String,
+    pub device_id: u32,
+    pub kind: u8,
+    pub payload: std::sync::Arc<Vec<u8>>,
+}
+
+/// What became of one envelope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Enqueued {
+    Queued { seq: u64 },
+    QueueFull,
+    UnknownClient,
+}
+
+/// A stored message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub seq: u64,
+    pub enqueued_at_ms: u64,
+    pub kind: u8,
+    pub payload: Vec<u8>,
+}
+
+/// Messages deleted unread from one client's queue because they outlived the retention.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpiredMessages {
+    pub user_id: String,
+    pub device_id: u32,
+    pub count: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+}
+
+impl Store {
+    /// Queues every envelope whose client exists and has room, in one commit; answers after it.
+    pub async fn enqueue(
+        &self,
+        envelopes: Vec<Envelope>,
+        now_ms: u64,
+        limits: QueueLimits,
+    ) -> Result<Vec<Enqueued>, StoreError> {
+        self.write(move |txn| enqueue_in(txn, &envelopes, now_ms, limits))
+            .await
+    }
+
+    /// Up to `max_count` messages from `from_seq` on, within `max_bytes` of payload (but at least
+    /// one if there is one), and the next sequence number the queue will assign.
+    pub async fn fetch_messages(
+        &self,
+        user_id: &str,
+        device_id: u32,
+        from_seq: u64,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<StoredMessage>, u64), StoreError> {
+        let user_id = user_id.to_owned();
+        self.read(move |txn| {
+            let next_seq = txn
+                .open_table(QUEUE_HEADS)?
+                .get((user_id.as_str(), device_id))?
+                .map_or(FIRST_SEQ, |head| head.value().0);
+            let queue = txn.open_table(QUEUE)?;
+            let mut messages = Vec::new();
+            let mut bytes = 0usize;
+            let range =
+                (user_id.as_str(), device_id, from_seq)..=(user_id.as_str(), device_id, u64::MAX);
+            for entry in queue.range(range)? {
+                if messages.len() >= max_count {
+                    break;
+                }
+                let (key, value) = entry?;
+                let message = decode_message(key.value().2, value.value())?;
+                bytes = bytes.saturating_add(message.payload.len());
+                if bytes > max_bytes && !messages.is_empty() {
+                    break;
+                }
+                messages.push(message);
+            }
+            Ok((messages, next_seq))
+        })
+        .await
+    }
+
+    /// Deletes a client's messages up to and including `up_to_seq`. Refused (`Ok(Err(next_seq))`)
+    /// when `up_to_seq` has not been assigned yet.
+    pub async fn ack_messages(
+        &self,
+        user_id: &str,
+        device_id: u32,
+        up_to_seq: u64,
+    ) -> Result<Result<(), u64>, StoreError> {
+        let user_id = user_id.to_owned();
+        self.write(move |txn| {
+            let mut heads = txn.open_table(QUEUE_HEADS)?;
+            let (next_seq, count, bytes) = heads
+                .get((user_id.as_str(), device_id))?
+                .map_or((FIRST_SEQ, 0, 0), |head| head.value());
+            if up_to_seq >= next_seq {
+                return Ok(Err(next_seq));
+            }
+            let (removed, removed_bytes) =
+                delete_through(txn, &user_id, device_id, up_to_seq, |_| true)?;
+            if removed > 0 {
+                heads.insert(
+                    (user_id.as_str(), device_id),
+                    (
+                        next_seq,
+                        count.saturating_sub(removed),
+                        bytes.saturating_sub(removed_bytes),
+                    ),
+                )?;
+            }
+            Ok(Ok(()))
+        })
+        .await
+    }
+
+    /// Deletes every message enqueued before `cutoff_ms`, queue by queue, and reports what each
+    /// client lost.
+    pub async fn purge_expired_messages(
+        &self,
+        cutoff_ms: u64,
+    ) -> Result<Vec<ExpiredMessages>, StoreError> {
+        self.write(move |txn| {
+            let clients: Vec<(String, u32, (u64, u64, u64))> = {
+                let heads = txn.open_table(QUEUE_HEADS)?;
+                let mut clients = Vec::new();
+                for entry in heads.iter()? {
+                    let (key, head) = entry?;
+                    let (user_id, device_id) = key.value();
+                    if head.value().1 > 0 {
+                        clients.push((user_id.to_owned(), device_id, head.value()));
+                    }
+                }
+                clients
+            };
+            let mut report = Vec::new();
+            for (user_id, device_id, (next_seq, count, bytes)) in clients {
+                let mut first_seq = None;
+                let mut last_seq = 0;
+                let (removed, removed_bytes) =
+                    delete_through(txn, &user_id, device_id, u64::MAX, |message| {
+                        if message.enqueued_at_ms >= cutoff_ms {
+                            return false;
+                        }
+                        first_seq.get_or_insert(message.seq);
+                        last_seq = message.seq;
+                        true
+                    })?;
+                if removed == 0 {
+                    continue;
+                }
+                txn.open_table(QUEUE_HEADS)?.insert(
+                    (user_id.as_str(), device_id),
+                    (
+                        next_seq,
+                        count.saturating_sub(removed),
+                        bytes.saturating_sub(removed_bytes),
+                    ),
+                )?;
+                report.push(ExpiredMessages {
+                    user_id,
+                    device_id,
+                    count: removed,
+                    first_seq: first_seq.unwrap_or(last_seq),
+                    last_seq,
+                });
+            }
+            Ok(report)
+        })
+        .await
+    }
+
+    /// (messages, payload bytes) queued for a client.
+    pub async fn queue_size(
+        &self,
+        user_id: &str,
+        device_id: u32,
+    ) -> Result<(u64, u64), StoreError> {
+        let user_id = user_id.to_owned();
+        self.read(move |txn| {
+            Ok(txn
+                .open_table(QUEUE_HEADS)?
+                .get((user_id.as_str(), device_id))?
+                .map_or((0, 0), |head| {
+                    let (_, count, bytes) = head.value();
+                    (count, bytes)
+                }))
+        })
+        .await
+    }
+}
+
+/// Queues envelopes inside an open write transaction; other store operations that must commit
+/// their own change together with a fan-out (a group commit, a federation delivery) call this.
+pub(super) fn enqueue_in(
+    txn: &WriteTransaction,
+    envelopes: &[Envelope],
+    now_ms: u64,
+    limits: QueueLimits,
+) -> Result<Vec<Enqueued>, StoreError> {
+    let clients = txn.open_table(CLIENTS)?;
+    let mut heads = txn.open_table(QUEUE_HEADS)?;
+    let mut queue = txn.open_table(QUEUE)?;
+    let mut outcomes = Vec::with_capacity(envelopes.len());
+    for envelope in envelopes {
+        let client = (envelope.user_id.as_str(), envelope.device_id);
+        if clients.get(client)?.is_none() {
+            outcomes.push(Enqueued::UnknownClient);
+            continue;
+        }
+        let (next_seq, count, bytes) = heads
+            .get(client)?
+            .map_or((FIRST_SEQ, 0, 0), |head| head.value());
+        let size = envelope.payload.len() as u64;
+        if count >= limits.max_messages || bytes.saturating_add(size) > limits.max_bytes {
+            outcomes.push(Enqueued::QueueFull);
+            continue;
+        }
+        let mut record = Vec::with_capacity(9 + envelope.payload.len());
+        record.extend_from_slice(&now_ms.to_be_bytes());
+        record.push(envelope.kind);
+        record.extend_from_slice(&envelope.payload);
+        queue.insert(
+            (envelope.user_id.as_str(), envelope.device_id, next_seq),
+            record.as_slice(),
+        )?;
+        let following = next_seq
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Corrupt("queue sequence numbers exhausted".into()))?;
+        heads.insert(client, (following, count + 1, bytes.saturating_add(size)))?;
+        outcomes.push(Enqueued::Queued { seq: next_seq });
+    }
+    Ok(outcomes)
+}
+
+/// Deletes, in order, the client's messages up to `up_to_seq` while `take` says so; stops at the
+/// first it refuses. Returns (messages, payload bytes) deleted.
+fn delete_through(
+    txn: &WriteTransaction,
+    user_id: &str,
+    device_id: u32,
+    up_to_seq: u64,
+    mut take: impl FnMut(&StoredMessage) -> bool,
+) -> Result<(u64, u64), StoreError> {
+    let mut queue = txn.open_table(QUEUE)?;
+    let mut doomed = Vec::new();
+    let mut bytes = 0u64;
+    for entry in queue.range((user_id, device_id, 0)..=(user_id, device_id, up_to_seq))? {
+        let (key, value) = entry?;
+        let message = decode_message(key.value().2, value.value())?;
+        if !take(&message) {
+            break;
+        }
+        bytes = bytes.saturating_add(message.payload.len() as u64);
+        doomed.push(message.seq);
+    }
+    for seq in &doomed {
+        queue.remove((user_id, device_id, *seq))?;
+    }
+    Ok((doomed.len() as u64, bytes))
+}
+
+/// Deletes a client's whole queue (it was removed, or its user deleted).
+pub(super) fn delete_client_queue(
+    txn: &WriteTransaction,
+    user_id: &str,
+    device_id: u32,
+) -> Result<(), StoreError> {
+    txn.open_table(QUEUE)?.retain_in(
+        (user_id, device_id, 0)..=(user_id, device_id, u64::MAX),
+        |_, _| false,
+    )?;
+    txn.open_table(QUEUE_HEADS)?.remove((user_id, device_id))?;
+    Ok(())
+}
+
+fn decode_message(seq: u64, bytes: &[u8]) -> Result<StoredMessage, StoreError> {
+    match bytes {
+        [t0, t1, t2, t3, t4, t5, t6, t7, kind, payload @ ..] => Ok(StoredMessage {
+            seq,
+            enqueued_at_ms: u64::from_be_bytes([*t0, *t1, *t2, *t3, *t4, *t5, *t6, *t7]),
+            kind: *kind,
+            payload: payload.to_vec(),
+        }),
+        _ => Err(StoreError::Corrupt("bad queue record".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::NewUser;
+    use std::sync::Arc;
+
+    const LIMITS: QueueLimits = QueueLimits {
+        max_messages: 10_000,
+        max_bytes: 1 << 30,
+    };
+
+    async fn add_users(store: &Store, count: usize) -> Vec<(String, u32)> {
+        let registrations = (0..count).map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let user_id = format!("user{i}@localhost");
+                let mut key = [0u8; 32];
+                key[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                store
+                    .register_user(NewUser {
+                        user_id: user_id.clone(),
+                        signature_key: key,
+                        now: 0,
+                        quarantine_secs: 0,
+                        invite: None,
+                        issue_credential: Box::new(|_| vec![1]),
+                    })
+                    .await
+                    .unwrap()
+                    .unwrap();
+                (user_id, 1)
+            })
+        });
+        let mut users = Vec::new();
+        for registration in registrations.collect::<Vec<_>>() {
+            users.push(registration.await.unwrap());
+        }
+        users
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fanning_one_message_out_to_a_thousand_queues_is_one_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let users = add_users(&store, 1000).await;
+        let payload = Arc::new(vec![7u8; 1024]);
+        let envelopes: Vec<_> = users
+            .iter()
+            .map(|(user_id, device_id)| Envelope {
+                user_id: user_id.clone(),
+                device_id: *device_id,
+                kind: 0,
+                payload: payload.clone(),
+            })
+            .collect();
+        let commits = store.stats().commits();
+        let outcomes = store.enqueue(envelopes, 1, LIMITS).await.unwrap();
+        assert_eq!(store.stats().commits() - commits, 1);
+        assert!(outcomes
+            .iter()
+            .all(|o| *o == Enqueued::Queued { seq: FIRST_SEQ }));
+        let (messages, next) = store
+            .fetch_messages("user999@localhost", 1, 0, 10, 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!((messages.len(), next), (1, FIRST_SEQ + 1));
+    }
+
+    #[tokio::test]
+    async fn limits_refuse_per_recipient_and_acks_free_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let users = add_users(&store, 2).await;
+        let limits = QueueLimits {
+            max_messages: 2,
+            max_bytes: 100,
+        };
+        let envelope = |user: usize, size: usize| Envelope {
+            user_id: users[user].0.clone(),
+            device_id: 1,
+            kind: 0,
+            payload: Arc::new(vec![0; size]),
+        };
+        let outcomes = store
+            .enqueue(
+                vec![
+                    envelope(0, 10),
+                    envelope(0, 10),
+                    envelope(0, 10),
+                    envelope(1, 101),
+                ],
+                1,
+                limits,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            outcomes,
+            [
+                Enqueued::Queued { seq: 1 },
+                Enqueued::Queued { seq: 2 },
+                Enqueued::QueueFull,
+                Enqueued::QueueFull
+            ]
+        );
+        let unknown = Envelope {
+            user_id: "nobody@localhost".into(),
+            ..envelope(0, 1)
+        };
+        assert_eq!(
+            store.enqueue(vec![unknown], 1, limits).await.unwrap(),
+            [Enqueued::UnknownClient]
+        );
+        assert_eq!(store.ack_messages(&users[0].0, 1, 3).await.unwrap(), Err(3));
+        store
+            .ack_messages(&users[0].0, 1, 1)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.queue_size(&users[0].0, 1).await.unwrap(), (1, 10));
+        assert_eq!(
+            store
+                .enqueue(vec![envelope(0, 10)], 1, limits)
+                .await
+                .unwrap(),
+            [Enqueued::Queued { seq: 3 }],
+            "sequence numbers are never reused"
+        );
+    }
+
+    #[tokio::test]
+    async fn expired_messages_are_purged_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let users = add_users(&store, 1).await;
+        let envelope = Envelope {
+            user_id: users[0].0.clone(),
+            device_id: 1,
+            kind: 0,
+            payload: Arc::new(vec![1, 2, 3]),
+        };
+        store
+            .enqueue(vec![envelope.clone(), envelope.clone()], 1_000, LIMITS)
+            .await
+            .unwrap();
+        store.enqueue(vec![envelope], 5_000, LIMITS).await.unwrap();
+        let report = store.purge_expired_messages(2_000).await.unwrap();
+        assert_eq!(
+            report,
+            [ExpiredMessages {
+                user_id: users[0].0.clone(),
+                device_id: 1,
+                count: 2,
+                first_seq: 1,
+                last_seq: 2
+            }]
+        );
+        let (left, _) = store
+            .fetch_messages(&users[0].0, 1, 0, 10, 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(left.iter().map(|m| m.seq).collect::<Vec<_>>(), [3]);
+        assert_eq!(store.queue_size(&users[0].0, 1).await.unwrap(), (1, 3));
+    }
+}
