@@ -18,10 +18,10 @@ use rustls::pki_types::CertificateDer;
 use crate::clock::UnixTime;
 use crate::identity::{verify_credential, CredentialError, DomainKeys};
 use crate::protocol::{
-    add_client_proof_content, register_proof_content, AddClientRequest, ClaimKeyPackagesRequest,
-    ClaimedKeyPackages, ClientCredential, ClientEntry, ClientRegistered, KeyPackageStatus,
-    LookupUserRequest, PublishKeyPackagesRequest, RegisterUserRequest, RemoveClientRequest, Text,
-    UserClients,
+    add_client_proof_content, register_proof_content, AckMessagesRequest, AddClientRequest,
+    ClaimKeyPackagesRequest, ClaimedKeyPackages, ClientCredential, ClientEntry, ClientRegistered,
+    FetchMessagesRequest, FetchedMessages, KeyPackageStatus, LookupUserRequest,
+    PublishKeyPackagesRequest, RegisterUserRequest, RemoveClientRequest, Text, UserClients,
 };
 use crate::protocol::{
     close_code, decode_notification, decode_push_header, decode_response, encode_request, ClientId,
@@ -357,6 +357,36 @@ impl Connection {
         let published = key_packages.len();
         self.publish_key_packages(key_packages).await?;
         Ok(published)
+    }
+
+    /// Up to `max_count` queued messages from `from_seq` on, within about `max_bytes` of payload
+    /// (at least one message if any is queued).
+    pub async fn fetch_messages(
+        &self,
+        from_seq: u64,
+        max_count: u32,
+        max_bytes: u32,
+    ) -> Result<FetchedMessages, ClientError> {
+        let request = FetchMessagesRequest {
+            from_seq,
+            max_count,
+            max_bytes,
+        };
+        match self.request(&Request::FetchMessages(request)).await? {
+            ResponseBody::Messages(messages) => Ok(messages),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Deletes the queued messages up to and including `up_to_seq`.
+    pub async fn ack_messages(&self, up_to_seq: u64) -> Result<(), ClientError> {
+        match self
+            .request(&Request::AckMessages(AckMessagesRequest { up_to_seq }))
+            .await?
+        {
+            ResponseBody::MessagesAcked => Ok(()),
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// The credential-verifying keys of the server's domain, from `GetServerInfo`.

@@ -134,3 +134,29 @@ impl Sessions for SessionRegistry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Text;
+
+    #[tokio::test]
+    async fn new_message_hints_coalesce_to_the_latest_without_blocking() {
+        let registry = SessionRegistry::default();
+        let client = ClientId {
+            user_id: Text::new("bob@localhost").unwrap(),
+            device_id: 1,
+        };
+        let mut feed = registry.register(&client, 7, CancellationToken::new());
+        for seq in 1..=10_000 {
+            registry.new_messages(&client, seq);
+        }
+        feed.latest_seq.changed().await.unwrap();
+        assert_eq!(*feed.latest_seq.borrow_and_update(), 10_000);
+        // One slot, not a queue: nothing older is left to read.
+        assert!(!feed.latest_seq.has_changed().unwrap());
+        // A stale hint never moves it backwards.
+        registry.new_messages(&client, 5);
+        assert!(!feed.latest_seq.has_changed().unwrap());
+    }
+}

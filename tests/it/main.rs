@@ -6,6 +6,7 @@ mod auth;
 mod cli;
 mod key_packages;
 mod push;
+mod queues;
 mod shutdown;
 mod support;
 mod transport;
