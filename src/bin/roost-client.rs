@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -13,13 +14,14 @@ use openmls_rust_crypto::RustCrypto;
 use roost::client::mls::DeviceMls;
 use roost::client::state::DeviceIdentity;
 use roost::client::{
-    add_client_request, verify_user_clients, ClientConfig, ClientError, Connection,
+    add_client_request, verify_user_clients, ClientConfig, ClientError, Connection, PushStream,
 };
 use roost::clock::{Clock, SystemClock};
 use roost::identity::verify_member;
 use roost::identity::{verify_credential, CredentialError, DomainKeys};
 use roost::protocol::{
-    ClaimOutcome, ClaimedKeyPackages, ClientCredential, ClientId, Text, UserClients,
+    ClaimOutcome, ClaimedKeyPackages, ClientCredential, ClientId, MessageKind, Notification,
+    ServerNotice, Text, UserClients,
 };
 use serde_json::json;
 use tls_codec::Deserialize as _;
@@ -81,6 +83,14 @@ enum Command {
     DeleteAccount,
     /// Show this user's KeyPackage stock (after topping this device up).
     Keypackages,
+    /// Fetch, print and acknowledge this device's queued messages.
+    Recv {
+        /// If the queue is empty, wait up to this many seconds for a message to arrive.
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
+    },
+    /// Stay connected and print messages as they arrive (until Ctrl-C or the server closes).
+    Listen,
     /// Claim one KeyPackage per client of a user (consumes them; for scripts and debugging).
     Claim {
         user: String,
@@ -129,8 +139,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     connection.close().await;
     let output = result?;
     if cli.json {
-        println!("{}", output.json);
-    } else {
+        if !output.json.is_null() {
+            println!("{}", output.json);
+        }
+    } else if !output.text.is_empty() {
         println!("{}", output.text);
     }
     Ok(())
@@ -174,7 +186,7 @@ async fn execute(
             )
         }
         Command::Clients => {
-            let identity = authenticate(connection, &cli.state).await?;
+            let (identity, _push) = authenticate(connection, &cli.state).await?;
             let clients = connection.list_clients().await?;
             let keys = connection.domain_keys().await?;
             user_clients_output(&clients, &keys, Some(&identity.client))
@@ -183,7 +195,7 @@ async fn execute(
             if DeviceIdentity::exists(&cli.state) {
                 bail!("{} already holds an identity", cli.state.display());
             }
-            let approver = authenticate(connection, approve_from).await?;
+            let (approver, _push) = authenticate(connection, approve_from).await?;
             let key = SigningKey::generate(&mut rand::rngs::OsRng);
             let request =
                 add_client_request(approver.client.user_id.as_str(), &key, approver.ciphersuite);
@@ -213,7 +225,7 @@ async fn execute(
             )
         }
         Command::RemoveClient { client } => {
-            let identity = authenticate(connection, &cli.state).await?;
+            let (identity, _push) = authenticate(connection, &cli.state).await?;
             let target = parse_client(client, &identity.client)?;
             connection.remove_client(&target).await?;
             if target == identity.client {
@@ -225,7 +237,7 @@ async fn execute(
             )
         }
         Command::RenewCredential => {
-            let mut identity = authenticate(connection, &cli.state).await?;
+            let (mut identity, _push) = authenticate(connection, &cli.state).await?;
             identity.credential = connection.renew_credential().await?;
             identity.save(&cli.state)?;
             let keys = connection.domain_keys().await?;
@@ -238,7 +250,7 @@ async fn execute(
             )
         }
         Command::Lookup { user } => {
-            authenticate(connection, &cli.state).await?;
+            let _session = authenticate(connection, &cli.state).await?;
             let clients = connection.lookup_user(user).await?;
             let keys = connection.domain_keys().await?;
             user_clients_output(&clients, &keys, None)
@@ -257,7 +269,7 @@ async fn execute(
             )
         }
         Command::Keypackages => {
-            authenticate(connection, &cli.state).await?;
+            let _session = authenticate(connection, &cli.state).await?;
             let status = connection.key_package_status().await?;
             let clients: Vec<_> = status
                 .clients
@@ -290,8 +302,71 @@ async fn execute(
                 text,
             )
         }
+        Command::Recv { wait } => {
+            let (identity, mut push) = authenticate(connection, &cli.state).await?;
+            let received = receive(connection, &identity, &cli.state, cli.json).await?;
+            if received == 0 && *wait > 0 {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(*wait);
+                while let Ok(Some(notification)) =
+                    tokio::time::timeout_at(deadline, push.next()).await
+                {
+                    if let Notification::NewMessages(_) = notification? {
+                        if receive(connection, &identity, &cli.state, cli.json).await? > 0 {
+                            break;
+                        }
+                    }
+                }
+            }
+            Output::nothing()
+        }
+        Command::Listen => {
+            let (identity, mut push) = authenticate(connection, &cli.state).await?;
+            receive(connection, &identity, &cli.state, cli.json).await?;
+            loop {
+                let notification = tokio::select! {
+                    _ = tokio::signal::ctrl_c() => break,
+                    notification = push.next() => match notification {
+                        Some(notification) => notification?,
+                        None => break,
+                    },
+                };
+                match notification {
+                    Notification::NewMessages(_) => {
+                        receive(connection, &identity, &cli.state, cli.json).await?;
+                    }
+                    Notification::KeyPackagesLow(low) => {
+                        let published = top_up(connection, &identity, &cli.state).await?;
+                        print_event(
+                            cli.json,
+                            json!({ "event": "key_packages_low", "remaining": low.remaining, "published": published }),
+                            format!(
+                                "KeyPackages ran low ({} left); published {published}",
+                                low.remaining
+                            ),
+                        );
+                    }
+                    Notification::ClientRemoved(client) => {
+                        print_event(
+                            cli.json,
+                            json!({ "event": "client_removed", "client_id": client.to_string() }),
+                            format!("this device ({client}) was removed"),
+                        );
+                        break;
+                    }
+                    Notification::ServerShutdown(notice) => {
+                        print_event(
+                            cli.json,
+                            json!({ "event": "server_shutdown", "reason": notice.reason.as_str() }),
+                            format!("the server is shutting down: {}", notice.reason),
+                        );
+                        break;
+                    }
+                }
+            }
+            Output::nothing()
+        }
         Command::Claim { user, ciphersuite } => {
-            authenticate(connection, &cli.state).await?;
+            let _session = authenticate(connection, &cli.state).await?;
             let claimed = connection.claim_key_packages(user, *ciphersuite).await?;
             let keys = connection.domain_keys().await?;
             claim_output(&claimed, &keys)
@@ -302,7 +377,7 @@ async fn execute(
 /// The MLS ciphersuite new devices use: MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519.
 const DEFAULT_CIPHERSUITE: u16 = 0x0001;
 
-/// What a command prints: JSON with `--json`, text otherwise.
+/// What a command prints at its end: JSON with `--json`, text otherwise.
 struct Output {
     json: serde_json::Value,
     text: String,
@@ -312,18 +387,104 @@ impl Output {
     fn new(json: serde_json::Value, text: String) -> Self {
         Self { json, text }
     }
+
+    /// For commands that printed as they went.
+    fn nothing() -> Self {
+        Self {
+            json: serde_json::Value::Null,
+            text: String::new(),
+        }
+    }
+}
+
+/// Prints one line now: a JSON object with `--json`, text otherwise.
+fn print_event(json: bool, object: serde_json::Value, text: String) {
+    if json {
+        println!("{object}");
+    } else {
+        println!("{text}");
+    }
+}
+
+/// Messages fetched per request while draining the queue.
+const FETCH_BATCH: u32 = 100;
+
+/// Fetches every queued message, prints each (one JSON object per message with `--json`),
+/// handles server notices, and acknowledges what was printed. Returns how many there were.
+async fn receive(
+    connection: &Connection,
+    identity: &DeviceIdentity,
+    state: &Path,
+    json: bool,
+) -> anyhow::Result<usize> {
+    let mut received = 0;
+    loop {
+        let fetched = connection.fetch_messages(0, FETCH_BATCH, 1 << 20).await?;
+        let Some(last) = fetched.messages.last().map(|message| message.seq) else {
+            return Ok(received);
+        };
+        for message in &fetched.messages {
+            received += 1;
+            let kind = match message.kind {
+                MessageKind::Mls => "mls",
+                MessageKind::Welcome => "welcome",
+                MessageKind::ServerNotice => "server_notice",
+            };
+            let mut object = json!({
+                "seq": message.seq,
+                "kind": kind,
+                "enqueued_at_ms": message.enqueued_at_ms,
+                "size": message.payload.as_slice().len(),
+            });
+            let mut text = format!(
+                "#{} {kind}, {} bytes",
+                message.seq,
+                message.payload.as_slice().len()
+            );
+            if message.kind == MessageKind::ServerNotice {
+                match ServerNotice::tls_deserialize_exact(message.payload.as_slice()) {
+                    Ok(ServerNotice::KeyPackagesLow(low)) => {
+                        let published = top_up(connection, identity, state).await?;
+                        object["notice"] = json!({ "key_packages_low": { "remaining": low.remaining, "published": published } });
+                        text.push_str(&format!(
+                            ": KeyPackages ran low ({} left); published {published}",
+                            low.remaining
+                        ));
+                    }
+                    Ok(ServerNotice::MessagesExpired(expired)) => {
+                        object["notice"] = json!({ "messages_expired": { "count": expired.count, "first_seq": expired.first_seq, "last_seq": expired.last_seq } });
+                        text.push_str(&format!(
+                            ": {} messages expired unread (#{} to #{})",
+                            expired.count, expired.first_seq, expired.last_seq
+                        ));
+                    }
+                    Err(e) => {
+                        object["notice_error"] = json!(e.to_string());
+                        text.push_str(&format!(": unreadable notice ({e})"));
+                    }
+                }
+            } else {
+                object["payload"] = json!(hex::encode(message.payload.as_slice()));
+            }
+            print_event(json, object, text);
+        }
+        connection.ack_messages(last).await?;
+    }
 }
 
 /// Loads the device in `state`, authenticates the connection as it, and (as any device coming
 /// online does) tops up its KeyPackages if they run low.
-async fn authenticate(connection: &Connection, state: &Path) -> anyhow::Result<DeviceIdentity> {
+async fn authenticate(
+    connection: &Connection,
+    state: &Path,
+) -> anyhow::Result<(DeviceIdentity, PushStream)> {
     let identity = DeviceIdentity::load(state)?;
-    connection
+    let push = connection
         .authenticate(&identity.client, &identity.signing_key)
         .await
         .with_context(|| format!("authenticating as {}", identity.client))?;
     top_up(connection, &identity, state).await?;
-    Ok(identity)
+    Ok((identity, push))
 }
 
 /// Publishes KeyPackages for `identity` if its stock is low, keeping their private keys in the

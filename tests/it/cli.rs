@@ -524,3 +524,129 @@ fn client_cli_publishes_key_packages_on_registration_and_claims_them() {
     assert_eq!(status["clients"][0]["has_last_resort"], true);
     assert!(server.terminate().success());
 }
+
+#[test]
+fn an_acknowledged_enqueue_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let ca = data_dir.join("server-cert.pem");
+    // Every claim leaves bob "low", so each claim queues a notice for him while he is offline.
+    let flags = ["--key-package-low-watermark", "1000"];
+    let mut server = ServerProcess::start(&data_dir, &flags);
+    let state = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    client_json(
+        server.addr,
+        "localhost",
+        &ca,
+        &["--state", &state("bob"), "register", "bob@localhost"],
+    );
+    client_json(
+        server.addr,
+        "localhost",
+        &ca,
+        &["--state", &state("alice"), "register", "alice@localhost"],
+    );
+    // The claim's answer means the notice for offline bob is committed.
+    client_json(
+        server.addr,
+        "localhost",
+        &ca,
+        &["--state", &state("alice"), "claim", "bob@localhost"],
+    );
+    server.child.kill().unwrap(); // SIGKILL: no shutdown, no flush
+    server.child.wait().unwrap();
+
+    let server = ServerProcess::start(&data_dir, &flags);
+    let output = client_command(
+        server.addr,
+        "localhost",
+        &ca,
+        &["--state", &state("bob"), "recv"],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let messages: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert_eq!(messages[0]["kind"], "server_notice");
+    assert_eq!(messages[0]["seq"], 1);
+    assert!(messages[0]["notice"]["key_packages_low"]["remaining"].is_u64());
+    // recv acknowledged it: the queue is empty now.
+    let again = client_command(
+        server.addr,
+        "localhost",
+        &ca,
+        &["--state", &state("bob"), "recv"],
+    );
+    assert!(again.status.success());
+    assert!(again.stdout.is_empty());
+    assert!(server.terminate().success());
+}
+
+#[test]
+fn listen_prints_pushed_events_as_they_happen() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let ca = data_dir.join("server-cert.pem");
+    let server = ServerProcess::start(&data_dir, &["--key-package-low-watermark", "1000"]);
+    let state = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    client_json(
+        server.addr,
+        "localhost",
+        &ca,
+        &["--state", &state("bob"), "register", "bob@localhost"],
+    );
+    client_json(
+        server.addr,
+        "localhost",
+        &ca,
+        &["--state", &state("alice"), "register", "alice@localhost"],
+    );
+
+    let mut listen = Command::new(ROOST_CLIENT)
+        .args(["--server", &server.addr.to_string(), "--ca"])
+        .arg(&ca)
+        .args(["--state", &state("bob"), "--json", "listen"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = mpsc::channel();
+    let stdout = listen.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    // Claim until the push arrives. Claims made before listen connected were queued instead, and
+    // listen prints those first, as messages.
+    let deadline = std::time::Instant::now() + TEST_TIMEOUT;
+    let event = 'pushed: loop {
+        assert!(std::time::Instant::now() < deadline, "no push arrived");
+        client_json(
+            server.addr,
+            "localhost",
+            &ca,
+            &["--state", &state("alice"), "claim", "bob@localhost"],
+        );
+        while let Ok(line) = lines.recv_timeout(Duration::from_millis(300)) {
+            let printed: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if printed.get("event").is_some() {
+                break 'pushed printed;
+            }
+            assert_eq!(printed["kind"], "server_notice", "{printed}");
+        }
+    };
+    assert_eq!(event["event"], "key_packages_low", "{event}");
+    assert!(server.terminate().success());
+    let last: serde_json::Value =
+        serde_json::from_str(&lines.recv_timeout(TEST_TIMEOUT).unwrap()).unwrap();
+    assert_eq!(last["event"], "server_shutdown");
+    let status = listen.wait().unwrap();
+    assert!(status.success());
+}

@@ -157,7 +157,11 @@ async fn a_slow_reader_gets_the_latest_hint_and_slows_nobody() {
     while latest < 1000 {
         match within(slow.push.next()).await.unwrap().unwrap() {
             Notification::NewMessages(new) => {
-                assert!(new.latest_seq > latest, "hint {} after {latest}", new.latest_seq);
+                assert!(
+                    new.latest_seq > latest,
+                    "hint {} after {latest}",
+                    new.latest_seq
+                );
                 latest = new.latest_seq;
             }
             other => panic!("expected NewMessages, got {other:?}"),
