@@ -1,0 +1,171 @@
+//! Throughput figures: `cargo bench --bench throughput`. Prints, asserts nothing.
+//!
+//! - queue writes through the group-commit writer (many concurrent single-recipient enqueues);
+//! - fan-out of one message to 1,000 queues (one commit each);
+//! - requests per second over one real QUIC connection to a real server on loopback.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use roost::client::{ClientConfig, Connection};
+use roost::config::ServerConfig;
+use roost::server::Server;
+use roost::store::{Envelope, NewUser, QueueLimits, Store};
+
+const USERS: usize = 1000;
+const LIMITS: QueueLimits = QueueLimits {
+    max_messages: u64::MAX,
+    max_bytes: u64::MAX,
+};
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let users = register(&store).await;
+    concurrent_enqueues(&store, &users).await;
+    fan_out(&store, &users).await;
+    store.close().await;
+    quic_requests().await;
+}
+
+async fn register(store: &Store) -> Vec<String> {
+    let tasks: Vec<_> = (0..USERS)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let user_id = format!("user{i}@localhost");
+                let mut key = [0u8; 32];
+                key[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                store
+                    .register_user(NewUser {
+                        user_id: user_id.clone(),
+                        signature_key: key,
+                        now: 0,
+                        quarantine_secs: 0,
+                        invite: None,
+                        issue_credential: Box::new(|_| vec![0; 200]),
+                    })
+                    .await
+                    .unwrap()
+                    .unwrap();
+                user_id
+            })
+        })
+        .collect();
+    let mut users = Vec::with_capacity(USERS);
+    for task in tasks {
+        users.push(task.await.unwrap());
+    }
+    users
+}
+
+async fn concurrent_enqueues(store: &Store, users: &[String]) {
+    const WRITERS: usize = 200;
+    const PER_WRITER: usize = 100;
+    let payload = Arc::new(vec![0x5a; 1024]);
+    let commits = store.stats().commits();
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|writer| {
+            let store = store.clone();
+            let user_id = users[writer % users.len()].clone();
+            let payload = payload.clone();
+            tokio::spawn(async move {
+                for _ in 0..PER_WRITER {
+                    let envelope = Envelope {
+                        user_id: user_id.clone(),
+                        device_id: 1,
+                        kind: 0,
+                        payload: payload.clone(),
+                    };
+                    store.enqueue(vec![envelope], 0, LIMITS).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let elapsed = start.elapsed();
+    let messages = WRITERS * PER_WRITER;
+    let commits = store.stats().commits() - commits;
+    println!(
+        "enqueue, {WRITERS} concurrent writers, 1 KiB each: {messages} messages in {:.2?} = {:.0} messages/s, {commits} commits ({:.1} messages per commit)",
+        elapsed,
+        messages as f64 / elapsed.as_secs_f64(),
+        messages as f64 / commits as f64
+    );
+}
+
+async fn fan_out(store: &Store, users: &[String]) {
+    const ROUNDS: usize = 20;
+    let payload = Arc::new(vec![0xa5; 1024]);
+    let mut timings = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        let envelopes: Vec<_> = users
+            .iter()
+            .map(|user_id| Envelope {
+                user_id: user_id.clone(),
+                device_id: 1,
+                kind: 0,
+                payload: payload.clone(),
+            })
+            .collect();
+        let start = Instant::now();
+        store.enqueue(envelopes, 0, LIMITS).await.unwrap();
+        timings.push(start.elapsed());
+    }
+    timings.sort();
+    println!(
+        "fan-out of one 1 KiB message to {} queues (one commit): median {:.2?}, worst {:.2?}",
+        users.len(),
+        timings[ROUNDS / 2],
+        timings[ROUNDS - 1]
+    );
+}
+
+async fn quic_requests() {
+    const REQUESTS: usize = 20_000;
+    const IN_FLIGHT: usize = 64;
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig::new(
+        "localhost".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path().join("data"),
+    );
+    let server = Server::start(config).await.unwrap();
+    let client_config =
+        ClientConfig::new(server.local_addr(), "localhost", server.certificate_path()).unwrap();
+    let connection = Arc::new(Connection::connect(&client_config).await.unwrap());
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..IN_FLIGHT)
+        .map(|_| {
+            let connection = connection.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(REQUESTS / IN_FLIGHT);
+                for _ in 0..REQUESTS / IN_FLIGHT {
+                    let sent = Instant::now();
+                    connection.server_info().await.unwrap();
+                    latencies.push(sent.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies: Vec<Duration> = Vec::with_capacity(REQUESTS);
+    for task in tasks {
+        latencies.extend(task.await.unwrap());
+    }
+    let elapsed = start.elapsed();
+    latencies.sort();
+    println!(
+        "GetServerInfo over one QUIC connection, {IN_FLIGHT} in flight: {} requests in {:.2?} = {:.0} requests/s, p50 {:.2?}, p99 {:.2?}",
+        latencies.len(),
+        elapsed,
+        latencies.len() as f64 / elapsed.as_secs_f64(),
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() * 99 / 100]
+    );
+    server.shutdown().await.unwrap();
+}
