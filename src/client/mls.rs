@@ -24,6 +24,8 @@ const MLS_STORAGE_FILE: &str = "mls-storage.bin";
 pub struct DeviceMls {
     provider: OpenMlsRustCrypto,
     signer: SignatureKeyPair,
+    /// The Ed25519 seed behind `signer`, to make copies of it.
+    signing_seed: [u8; 32],
     credential: CredentialWithKey,
     ciphersuite: Ciphersuite,
 }
@@ -47,6 +49,7 @@ impl DeviceMls {
         Ok(Self {
             provider: OpenMlsRustCrypto::default(),
             signer,
+            signing_seed: identity.signing_key.to_bytes(),
             credential,
             ciphersuite,
         })
@@ -97,6 +100,35 @@ impl DeviceMls {
             &state_dir.join(MLS_STORAGE_FILE),
             &entries.tls_serialize_detached()?,
         )
+    }
+
+    /// A copy of this device's MLS side, key store included (as if saved and loaded again).
+    pub fn snapshot(&self) -> anyhow::Result<Self> {
+        let copy = Self {
+            provider: OpenMlsRustCrypto::default(),
+            signer: SignatureKeyPair::from_raw(
+                SignatureScheme::ED25519,
+                self.signing_seed.to_vec(),
+                self.signer.public().to_vec(),
+            ),
+            signing_seed: self.signing_seed,
+            credential: self.credential.clone(),
+            ciphersuite: self.ciphersuite,
+        };
+        let values = self
+            .provider
+            .storage()
+            .values
+            .read()
+            .map_err(|_| anyhow::anyhow!("MLS key store lock poisoned"))?
+            .clone();
+        *copy
+            .provider
+            .storage()
+            .values
+            .write()
+            .map_err(|_| anyhow::anyhow!("MLS key store lock poisoned"))? = values;
+        Ok(copy)
     }
 
     /// Makes `count` KeyPackages (and a last-resort one when `last_resort`), keeping their

@@ -4,6 +4,7 @@
 //! Every request runs on its own bidirectional stream, so requests on one [`Connection`] proceed
 //! concurrently. [`state`] keeps a device's identity on disk for the command-line client.
 
+pub mod groups;
 pub mod mls;
 pub mod state;
 
@@ -20,8 +21,10 @@ use crate::identity::{verify_credential, CredentialError, DomainKeys};
 use crate::protocol::{
     add_client_proof_content, register_proof_content, AckMessagesRequest, AddClientRequest,
     ClaimKeyPackagesRequest, ClaimedKeyPackages, ClientCredential, ClientEntry, ClientRegistered,
-    FetchMessagesRequest, FetchedMessages, KeyPackageStatus, LookupUserRequest,
-    PublishKeyPackagesRequest, RegisterUserRequest, RemoveClientRequest, Text, UserClients,
+    CreateGroupRequest, FetchMessagesRequest, FetchedMessages, GetGroupRequest, GroupEpoch,
+    GroupList, GroupState, KeyPackageStatus, LookupUserRequest, MessageAccepted,
+    PublishKeyPackagesRequest, RegisterUserRequest, RemoveClientRequest, SendCommitRequest,
+    SendMessageRequest, Text, UserClients,
 };
 use crate::protocol::{
     close_code, decode_notification, decode_push_header, decode_response, encode_request, ClientId,
@@ -385,6 +388,55 @@ impl Connection {
             .await?
         {
             ResponseBody::MessagesAcked => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Registers a new group (this device alone) with the server.
+    pub async fn create_group(
+        &self,
+        request: CreateGroupRequest,
+    ) -> Result<GroupEpoch, ClientError> {
+        match self.request(&Request::CreateGroup(request)).await? {
+            ResponseBody::GroupCreated(created) => Ok(created),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Sends a commit (with its Welcome and GroupInfo).
+    pub async fn send_commit(&self, request: SendCommitRequest) -> Result<GroupEpoch, ClientError> {
+        match self.request(&Request::SendCommit(request)).await? {
+            ResponseBody::CommitAccepted(accepted) => Ok(accepted),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Sends an application message.
+    pub async fn send_message(
+        &self,
+        request: SendMessageRequest,
+    ) -> Result<MessageAccepted, ClientError> {
+        match self.request(&Request::SendMessage(request)).await? {
+            ResponseBody::MessageAccepted(accepted) => Ok(accepted),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// A group's members, tree and GroupInfo (members only).
+    pub async fn get_group(&self, group_id: &[u8]) -> Result<GroupState, ClientError> {
+        let request = GetGroupRequest {
+            group_id: group_id.to_vec().into(),
+        };
+        match self.request(&Request::GetGroup(request)).await? {
+            ResponseBody::Group(state) => Ok(state),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The groups this client is in.
+    pub async fn list_groups(&self) -> Result<GroupList, ClientError> {
+        match self.request(&Request::ListGroups).await? {
+            ResponseBody::Groups(groups) => Ok(groups),
             other => Err(unexpected(&other)),
         }
     }

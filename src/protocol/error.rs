@@ -112,6 +112,25 @@ error_codes! {
     QueueFull = 36,
     /// An acknowledgement names a sequence number the queue has not assigned yet.
     InvalidSequence = 37,
+    /// A group with this id exists already.
+    GroupExists = 38,
+    /// No such group on this server.
+    UnknownGroup = 39,
+    /// The authenticated client is not a member of the group.
+    NotAMember = 40,
+    /// The message is for an epoch other than the group's current one; `current epoch` is in the
+    /// message. Catch up (fetch the queue) and retry.
+    WrongEpoch = 41,
+    /// The MLS message does not parse, is not of the expected kind, or fails MLS validation.
+    InvalidMlsMessage = 42,
+    /// The commit's new GroupInfo does not match the state the commit produces.
+    GroupInfoMismatch = 43,
+    /// A member's credential is not valid (issuer, key, user or validity).
+    InvalidMemberCredential = 44,
+    /// The Welcome does not go to exactly the clients the commit adds.
+    WelcomeMismatch = 45,
+    /// The member's role does not allow this (adding, removing others, changing roles).
+    NotAnAdmin = 46,
 }
 
 /// The body of an error response: `struct { uint16 code; opaque message<V>; }`.

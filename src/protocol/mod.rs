@@ -10,6 +10,7 @@ mod accounts;
 mod auth;
 mod credential;
 mod error;
+mod groups;
 mod key_packages;
 mod notification;
 mod queues;
@@ -33,6 +34,10 @@ pub use credential::{
     SUPPORTED_CIPHERSUITES,
 };
 pub use error::{DecodeError, ErrorCode, ErrorResponse};
+pub use groups::{
+    CreateGroupRequest, GetGroupRequest, GroupEpoch, GroupList, GroupMember, GroupState,
+    MessageAccepted, Role, SendCommitRequest, SendMessageRequest,
+};
 pub use key_packages::{
     ClaimKeyPackagesRequest, ClaimOutcome, ClaimedKeyPackage, ClaimedKeyPackages, KeyPackageStatus,
     KeyPackageStock, KeyPackagesLow, PublishKeyPackagesRequest,

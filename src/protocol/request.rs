@@ -4,8 +4,9 @@ use tls_codec::{Deserialize, Serialize, TlsDeserialize, TlsSerialize, TlsSize};
 
 use super::{
     AckMessagesRequest, AddClientRequest, AuthenticateRequest, ClaimKeyPackagesRequest,
-    DecodeError, FetchMessagesRequest, LookupUserRequest, PublishKeyPackagesRequest,
-    RegisterUserRequest, RemoveClientRequest, MAX_REQUEST_LEN, PROTOCOL_VERSION,
+    CreateGroupRequest, DecodeError, FetchMessagesRequest, GetGroupRequest, LookupUserRequest,
+    PublishKeyPackagesRequest, RegisterUserRequest, RemoveClientRequest, SendCommitRequest,
+    SendMessageRequest, MAX_REQUEST_LEN, PROTOCOL_VERSION,
 };
 
 /// Operation codes: the `uint16` that selects a request body (and the matching response body).
@@ -27,6 +28,11 @@ pub enum Operation {
     KeyPackageStatus = 13,
     FetchMessages = 14,
     AckMessages = 15,
+    CreateGroup = 16,
+    SendCommit = 17,
+    SendMessage = 18,
+    GetGroup = 19,
+    ListGroups = 20,
 }
 
 impl Operation {
@@ -46,6 +52,11 @@ impl Operation {
         Self::KeyPackageStatus,
         Self::FetchMessages,
         Self::AckMessages,
+        Self::CreateGroup,
+        Self::SendCommit,
+        Self::SendMessage,
+        Self::GetGroup,
+        Self::ListGroups,
     ];
 
     pub fn from_u16(value: u16) -> Option<Self> {
@@ -67,7 +78,12 @@ impl Operation {
             | Self::ClaimKeyPackages
             | Self::KeyPackageStatus
             | Self::FetchMessages
-            | Self::AckMessages => true,
+            | Self::AckMessages
+            | Self::CreateGroup
+            | Self::SendCommit
+            | Self::SendMessage
+            | Self::GetGroup
+            | Self::ListGroups => true,
         }
     }
 }
@@ -121,6 +137,21 @@ pub enum Request {
     /// Delete the authenticated client's messages up to a sequence number.
     #[tls_codec(discriminant = 15)]
     AckMessages(AckMessagesRequest),
+    /// Register a new MLS group with this server as its delivery service.
+    #[tls_codec(discriminant = 16)]
+    CreateGroup(CreateGroupRequest),
+    /// A commit for a group (with its Welcome and new GroupInfo).
+    #[tls_codec(discriminant = 17)]
+    SendCommit(SendCommitRequest),
+    /// An application message for a group.
+    #[tls_codec(discriminant = 18)]
+    SendMessage(SendMessageRequest),
+    /// A group's members, tree and GroupInfo.
+    #[tls_codec(discriminant = 19)]
+    GetGroup(GetGroupRequest),
+    /// The groups the authenticated client is a member of.
+    #[tls_codec(discriminant = 20)]
+    ListGroups,
 }
 
 impl Request {
@@ -141,6 +172,11 @@ impl Request {
             Self::KeyPackageStatus => Operation::KeyPackageStatus,
             Self::FetchMessages(_) => Operation::FetchMessages,
             Self::AckMessages(_) => Operation::AckMessages,
+            Self::CreateGroup(_) => Operation::CreateGroup,
+            Self::SendCommit(_) => Operation::SendCommit,
+            Self::SendMessage(_) => Operation::SendMessage,
+            Self::GetGroup(_) => Operation::GetGroup,
+            Self::ListGroups => Operation::ListGroups,
         }
     }
 }
@@ -247,6 +283,22 @@ mod tests {
                 max_bytes: 65536,
             }),
             Request::AckMessages(AckMessagesRequest { up_to_seq: 9 }),
+            Request::CreateGroup(CreateGroupRequest {
+                group_info: vec![1].into(),
+                ratchet_tree: vec![2].into(),
+            }),
+            Request::SendCommit(SendCommitRequest {
+                commit: vec![3].into(),
+                welcome: Some(vec![4].into()),
+                group_info: vec![5].into(),
+            }),
+            Request::SendMessage(SendMessageRequest {
+                message: vec![6].into(),
+            }),
+            Request::GetGroup(GetGroupRequest {
+                group_id: vec![7].into(),
+            }),
+            Request::ListGroups,
         ]
     }
 

@@ -6,8 +6,9 @@ use tls_codec::{Deserialize, TlsDeserialize, TlsSerialize, TlsSize};
 use super::request::{encode_envelope, open_envelope};
 use super::{
     AuthenticateResponse, ClaimedKeyPackages, ClientCredential, ClientId, ClientRegistered,
-    CredentialVerifyingKey, DecodeError, ErrorResponse, FetchedMessages, KeyPackageStatus, Limits,
-    RegistrationMode, Text, UserClients, MAX_RESPONSE_LEN,
+    CredentialVerifyingKey, DecodeError, ErrorResponse, FetchedMessages, GroupEpoch, GroupList,
+    GroupState, KeyPackageStatus, Limits, MessageAccepted, RegistrationMode, Text, UserClients,
+    MAX_RESPONSE_LEN,
 };
 
 /// `GetServerInfo` response body.
@@ -58,6 +59,16 @@ pub enum ResponseBody {
     Messages(FetchedMessages),
     #[tls_codec(discriminant = 15)]
     MessagesAcked,
+    #[tls_codec(discriminant = 16)]
+    GroupCreated(GroupEpoch),
+    #[tls_codec(discriminant = 17)]
+    CommitAccepted(GroupEpoch),
+    #[tls_codec(discriminant = 18)]
+    MessageAccepted(MessageAccepted),
+    #[tls_codec(discriminant = 19)]
+    Group(GroupState),
+    #[tls_codec(discriminant = 20)]
+    Groups(GroupList),
 }
 
 /// A response: a body, or an error.

@@ -6,6 +6,7 @@
 
 mod accounts;
 pub mod credential_keys;
+mod groups;
 pub mod invites;
 mod key_packages;
 mod queues;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use ed25519_dalek::VerifyingKey;
 
 pub use accounts::Accounts;
+pub use groups::Groups;
 pub use key_packages::{
     validate_key_package, KeyPackageRejection, KeyPackages, MAX_KEY_PACKAGE_LIFETIME,
 };
@@ -97,6 +99,24 @@ pub enum ServiceError {
     InvalidSequence { up_to_seq: u64, next_seq: u64 },
     #[error("too many requests; retry in {} ms", retry_after.as_millis())]
     RateLimited { retry_after: std::time::Duration },
+    #[error("a group with this id exists")]
+    GroupExists,
+    #[error("no such group")]
+    UnknownGroup,
+    #[error("not a member of the group")]
+    NotAMember,
+    #[error("the group is at epoch {current}")]
+    WrongEpoch { current: u64 },
+    #[error("{0}")]
+    InvalidMlsMessage(String),
+    #[error("the GroupInfo does not match the commit: {0}")]
+    GroupInfoMismatch(String),
+    #[error("a member credential is not valid: {0}")]
+    InvalidMemberCredential(String),
+    #[error("the Welcome does not match the commit: {0}")]
+    WelcomeMismatch(String),
+    #[error("only an Admin of the group may do this")]
+    NotAnAdmin,
     #[error("operation {0:?} is handled by the transport, not a service")]
     NotAServiceOperation(Operation),
     #[error(transparent)]
@@ -107,7 +127,8 @@ pub enum ServiceError {
 pub struct Services {
     domain: crate::protocol::Text,
     limits: Limits,
-    accounts: Accounts,
+    accounts: Arc<Accounts>,
+    groups: Groups,
     key_packages: KeyPackages,
     queues: Arc<Queues>,
     maintenance_interval: std::time::Duration,
@@ -120,10 +141,12 @@ impl Services {
         sessions: Arc<dyn Sessions>,
     ) -> anyhow::Result<Self> {
         let queues = Arc::new(Queues::new(config, store.clone(), sessions.clone()));
+        let accounts = Arc::new(Accounts::new(config, store.clone(), sessions.clone())?);
         Ok(Self {
             domain: config.domain.to_text(),
             limits: ServerLimits::announced(&config.limits),
-            accounts: Accounts::new(config, store.clone(), sessions.clone())?,
+            groups: Groups::new(config, store.clone(), sessions.clone(), accounts.clone()),
+            accounts,
             key_packages: KeyPackages::new(config, store, sessions, queues.clone()),
             queues,
             maintenance_interval: config.maintenance_interval,
@@ -231,6 +254,19 @@ impl Services {
                 self.queues.ack(authenticated()?, request).await?;
                 ResponseBody::MessagesAcked
             }
+            Request::CreateGroup(request) => {
+                ResponseBody::GroupCreated(self.groups.create(authenticated()?, request).await?)
+            }
+            Request::SendCommit(request) => {
+                ResponseBody::CommitAccepted(self.groups.commit(authenticated()?, request).await?)
+            }
+            Request::SendMessage(request) => {
+                ResponseBody::MessageAccepted(self.groups.send(authenticated()?, request).await?)
+            }
+            Request::GetGroup(request) => {
+                ResponseBody::Group(self.groups.get(authenticated()?, request).await?)
+            }
+            Request::ListGroups => ResponseBody::Groups(self.groups.list(authenticated()?).await?),
             Request::Authenticate(_) => {
                 return Err(ServiceError::NotAServiceOperation(request.operation()))
             }

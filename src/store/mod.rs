@@ -11,6 +11,7 @@
 //! never leave this module.
 
 mod accounts;
+mod groups;
 mod key_packages;
 mod meta;
 mod queues;
@@ -21,6 +22,7 @@ pub use accounts::{
     AddClientRefusal, IssueCredential, NewUser, RegisterRefusal, RemoveClientRefusal, StoredClient,
     FIRST_DEVICE_ID,
 };
+pub use groups::{GroupMemberRow, GroupRefusal, GroupTransition, PublicState, StoredGroup};
 pub use key_packages::{Claimed, ClientClaim, NewKeyPackage, PublishRefusal, Stock};
 pub use queues::{Enqueued, Envelope, ExpiredMessages, QueueLimits, StoredMessage, FIRST_SEQ};
 

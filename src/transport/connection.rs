@@ -246,6 +246,15 @@ fn service_error_response(e: ServiceError) -> Response {
         ServiceError::TooManyKeyPackages { .. } => ErrorCode::TooManyKeyPackages,
         ServiceError::RateLimited { .. } => ErrorCode::RateLimited,
         ServiceError::InvalidSequence { .. } => ErrorCode::InvalidSequence,
+        ServiceError::GroupExists => ErrorCode::GroupExists,
+        ServiceError::UnknownGroup => ErrorCode::UnknownGroup,
+        ServiceError::NotAMember => ErrorCode::NotAMember,
+        ServiceError::WrongEpoch { .. } => ErrorCode::WrongEpoch,
+        ServiceError::InvalidMlsMessage(_) => ErrorCode::InvalidMlsMessage,
+        ServiceError::GroupInfoMismatch(_) => ErrorCode::GroupInfoMismatch,
+        ServiceError::InvalidMemberCredential(_) => ErrorCode::InvalidMemberCredential,
+        ServiceError::WelcomeMismatch(_) => ErrorCode::WelcomeMismatch,
+        ServiceError::NotAnAdmin => ErrorCode::NotAnAdmin,
         ServiceError::Store(StoreError::Closed) => ErrorCode::ShuttingDown,
         ServiceError::NotAServiceOperation(_) | ServiceError::Store(_) => {
             // Internal failures are logged in full and never described to the peer.

@@ -1,0 +1,366 @@
+//! A device's MLS groups, driven through its homeserver: create, invite, join from a Welcome,
+//! send, and process what arrives in the queue. Every member met is checked against its
+//! homeserver's credential keys.
+
+use anyhow::{anyhow, bail, Context};
+use openmls::prelude::{
+    BasicCredential, GroupId, KeyPackage, KeyPackageIn, MlsGroup, MlsGroupCreateConfig,
+    MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, ProcessedMessageContent, ProtocolMessage,
+    ProtocolVersion, StagedWelcome, PURE_PLAINTEXT_WIRE_FORMAT_POLICY,
+};
+use openmls_traits::OpenMlsProvider;
+use tls_codec::{Deserialize, Serialize};
+
+use super::mls::DeviceMls;
+use super::{ClientError, Connection};
+use crate::clock::UnixTime;
+use crate::identity::{verify_member, DomainKeys};
+use crate::protocol::{
+    ClaimOutcome, ClientCredential, ClientId, CreateGroupRequest, ErrorCode, MessageKind,
+    QueuedMessage, SendCommitRequest, SendMessageRequest,
+};
+
+/// What processing one queued message produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupEvent {
+    /// This device joined a group from a Welcome.
+    Joined { group_id: Vec<u8> },
+    /// An application message.
+    Message {
+        group_id: Vec<u8>,
+        sender: ClientId,
+        text: Vec<u8>,
+    },
+    /// A commit moved a group to a new epoch.
+    Committed { group_id: Vec<u8>, epoch: u64 },
+    /// A commit removed this device from the group.
+    Removed { group_id: Vec<u8> },
+    /// Something that is not for this device's groups (or a server notice).
+    Other,
+}
+
+impl DeviceMls {
+    fn create_config(&self) -> MlsGroupCreateConfig {
+        MlsGroupCreateConfig::builder()
+            .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
+            .ciphersuite(self.ciphersuite())
+            .capabilities(self.capabilities())
+            // Welcomes carry the tree of their epoch, so a device joins whenever it gets to its
+            // Welcome, however many commits came after.
+            .use_ratchet_tree_extension(true)
+            .build()
+    }
+
+    fn join_config(&self) -> MlsGroupJoinConfig {
+        MlsGroupJoinConfig::builder()
+            .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
+            .use_ratchet_tree_extension(true)
+            .build()
+    }
+
+    /// A new group with this device alone, and the request that registers it with the server.
+    pub fn new_group(&self) -> anyhow::Result<(MlsGroup, CreateGroupRequest)> {
+        let group = MlsGroup::new(
+            self.provider(),
+            self.signer(),
+            &self.create_config(),
+            self.credential().clone(),
+        )
+        .context("creating the MLS group")?;
+        let group_info = group
+            .export_group_info(self.provider().crypto(), self.signer(), false)
+            .context("exporting the GroupInfo")?
+            .tls_serialize_detached()?;
+        let ratchet_tree = group.export_ratchet_tree().tls_serialize_detached()?;
+        Ok((
+            group,
+            CreateGroupRequest {
+                group_info: group_info.into(),
+                ratchet_tree: ratchet_tree.into(),
+            },
+        ))
+    }
+
+    /// A group this device is in, from its key store.
+    pub fn group(&self, group_id: &[u8]) -> anyhow::Result<Option<MlsGroup>> {
+        MlsGroup::load(self.provider().storage(), &GroupId::from_slice(group_id))
+            .map_err(|e| anyhow!("loading group state: {e:?}"))
+    }
+
+    /// Stages a commit adding `key_packages` (already verified), and returns what to send.
+    pub fn add_members(
+        &self,
+        group: &mut MlsGroup,
+        key_packages: &[KeyPackage],
+    ) -> anyhow::Result<SendCommitRequest> {
+        let bundle = group
+            .commit_builder()
+            .propose_adds(key_packages.iter().cloned())
+            .load_psks(self.provider().storage())
+            .map_err(|e| anyhow!("building the commit: {e:?}"))?
+            // The server checks every commit against the GroupInfo of the epoch it creates.
+            .create_group_info(true)
+            .build(
+                self.provider().rand(),
+                self.provider().crypto(),
+                self.signer(),
+                |_| true,
+            )
+            .map_err(|e| anyhow!("building the commit: {e:?}"))?
+            .stage_commit(self.provider())
+            .map_err(|e| anyhow!("staging the commit: {e:?}"))?;
+        let (commit, welcome, group_info) = bundle.into_messages();
+        Ok(SendCommitRequest {
+            commit: commit.tls_serialize_detached()?.into(),
+            welcome: welcome
+                .map(|welcome| welcome.tls_serialize_detached())
+                .transpose()?
+                .map(Into::into),
+            group_info: group_info
+                .context("openmls produced no GroupInfo for the commit")?
+                .tls_serialize_detached()?
+                .into(),
+        })
+    }
+
+    /// Encrypts an application message for `group`.
+    pub fn encrypt(&self, group: &mut MlsGroup, text: &[u8]) -> anyhow::Result<SendMessageRequest> {
+        let message = group
+            .create_message(self.provider(), self.signer(), text)
+            .context("encrypting the message")?;
+        Ok(SendMessageRequest {
+            message: message.tls_serialize_detached()?.into(),
+        })
+    }
+}
+
+/// The member a leaf credential names, verified against `keys` at `now` (the leaf's signature
+/// key must be the credential's).
+pub fn verify_leaf_member(
+    credential: &openmls::prelude::Credential,
+    signature_key: &[u8],
+    keys: &DomainKeys,
+    now: UnixTime,
+) -> anyhow::Result<ClientId> {
+    let basic = BasicCredential::try_from(credential.clone())
+        .map_err(|_| anyhow!("the member's credential is not a basic credential"))?;
+    let credential = ClientCredential::tls_deserialize_exact(basic.identity())
+        .context("the member's credential is not a Roost client credential")?;
+    verify_member(signature_key, &credential, keys, now).context("the member's credential")
+}
+
+/// Checks every member of `group` against `keys`; returns them in leaf order.
+pub fn verify_group_members(
+    group: &MlsGroup,
+    keys: &DomainKeys,
+    now: UnixTime,
+) -> anyhow::Result<Vec<ClientId>> {
+    group
+        .members()
+        .map(|member| verify_leaf_member(&member.credential, &member.signature_key, keys, now))
+        .collect()
+}
+
+/// The group flows a device runs against its homeserver.
+pub struct GroupClient<'a> {
+    pub connection: &'a Connection,
+    pub mls: &'a DeviceMls,
+    pub keys: DomainKeys,
+    pub now: UnixTime,
+}
+
+impl GroupClient<'_> {
+    /// Creates a group with this device alone; returns its id.
+    pub async fn create_group(&self) -> anyhow::Result<Vec<u8>> {
+        let (group, request) = self.mls.new_group()?;
+        self.connection.create_group(request).await?;
+        Ok(group.group_id().as_slice().to_vec())
+    }
+
+    /// Adds every client of `user_id` that has a KeyPackage: claims them, checks each one's
+    /// credential, commits, and merges once the server accepted the commit. On `WrongEpoch` the
+    /// pending commit is discarded and the error returned: process the queue and try again.
+    pub async fn invite(&self, group_id: &[u8], user_id: &str) -> anyhow::Result<Vec<ClientId>> {
+        let mut group = self
+            .mls
+            .group(group_id)?
+            .context("no such group on this device")?;
+        let claimed = self
+            .connection
+            .claim_key_packages(user_id, u16::from(self.mls.ciphersuite()))
+            .await?;
+        let members = verify_group_members(&group, &self.keys, self.now)?;
+        let mut key_packages = Vec::new();
+        let mut invited = Vec::new();
+        // Clients already in the group (this device itself, when inviting its own user) stay.
+        for claim in claimed
+            .claims
+            .iter()
+            .filter(|claim| !members.contains(&claim.client))
+        {
+            let bytes = match &claim.outcome {
+                ClaimOutcome::KeyPackage(bytes) | ClaimOutcome::LastResort(bytes) => bytes,
+                ClaimOutcome::Unavailable => continue,
+            };
+            let key_package = KeyPackageIn::tls_deserialize_exact(bytes.as_slice())
+                .context("a claimed KeyPackage does not parse")?
+                .validate(self.mls.provider().crypto(), ProtocolVersion::Mls10)
+                .context("a claimed KeyPackage is not valid")?;
+            let leaf = key_package.leaf_node();
+            let member = verify_leaf_member(
+                leaf.credential(),
+                leaf.signature_key().as_slice(),
+                &self.keys,
+                self.now,
+            )?;
+            if member != claim.client {
+                bail!(
+                    "the KeyPackage offered for {} belongs to {member}",
+                    claim.client
+                );
+            }
+            key_packages.push(key_package);
+            invited.push(member);
+        }
+        if key_packages.is_empty() {
+            bail!("{user_id} has no client with a KeyPackage");
+        }
+        let request = self.mls.add_members(&mut group, &key_packages)?;
+        match self.connection.send_commit(request).await {
+            Ok(_) => {
+                group
+                    .merge_pending_commit(self.mls.provider())
+                    .context("merging the accepted commit")?;
+                Ok(invited)
+            }
+            Err(e) => {
+                group
+                    .clear_pending_commit(self.mls.provider().storage())
+                    .map_err(|e| anyhow!("discarding the refused commit: {e:?}"))?;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Encrypts and sends `text` to `group_id`.
+    pub async fn send(&self, group_id: &[u8], text: &[u8]) -> anyhow::Result<()> {
+        let mut group = self
+            .mls
+            .group(group_id)?
+            .context("no such group on this device")?;
+        let request = self.mls.encrypt(&mut group, text)?;
+        self.connection.send_message(request).await?;
+        Ok(())
+    }
+
+    /// Processes one queued message.
+    pub async fn process(&self, message: &QueuedMessage) -> anyhow::Result<GroupEvent> {
+        let parsed = MlsMessageIn::tls_deserialize_exact(message.payload.as_slice());
+        match (message.kind, parsed) {
+            (MessageKind::Welcome, Ok(parsed)) => {
+                let MlsMessageBodyIn::Welcome(welcome) = parsed.extract() else {
+                    bail!("a Welcome message holds something else");
+                };
+                self.join(welcome).await
+            }
+            (MessageKind::Mls, Ok(parsed)) => {
+                let protocol_message: ProtocolMessage = match parsed.extract() {
+                    MlsMessageBodyIn::PublicMessage(message) => message.into(),
+                    MlsMessageBodyIn::PrivateMessage(message) => message.into(),
+                    _ => bail!("an MLS message of an unexpected kind"),
+                };
+                let group_id = protocol_message.group_id().as_slice().to_vec();
+                let Some(mut group) = self.mls.group(&group_id)? else {
+                    return Ok(GroupEvent::Other);
+                };
+                if protocol_message.epoch() < group.epoch() {
+                    // Our own commit echoed back, or one we already applied: nothing to do.
+                    return Ok(GroupEvent::Other);
+                }
+                let processed = group
+                    .process_message(self.mls.provider(), protocol_message)
+                    .context("processing an MLS message")?;
+                let sender = processed.credential().clone();
+                let sender_key = group
+                    .members()
+                    .find(|member| member.credential == sender)
+                    .map(|member| member.signature_key);
+                match processed.into_content() {
+                    ProcessedMessageContent::ApplicationMessage(application) => {
+                        let sender_key = sender_key.context("the sender is not a member")?;
+                        let sender =
+                            verify_leaf_member(&sender, &sender_key, &self.keys, self.now)?;
+                        Ok(GroupEvent::Message {
+                            group_id,
+                            sender,
+                            text: application.into_bytes(),
+                        })
+                    }
+                    ProcessedMessageContent::StagedCommitMessage(staged) => {
+                        let removed = staged.self_removed();
+                        group
+                            .merge_staged_commit(self.mls.provider(), *staged)
+                            .context("merging a commit")?;
+                        if removed {
+                            return Ok(GroupEvent::Removed { group_id });
+                        }
+                        verify_group_members(&group, &self.keys, self.now)?;
+                        Ok(GroupEvent::Committed {
+                            group_id,
+                            epoch: group.epoch().as_u64(),
+                        })
+                    }
+                    ProcessedMessageContent::ProposalMessage(proposal) => {
+                        group
+                            .store_pending_proposal(self.mls.provider().storage(), *proposal)
+                            .map_err(|e| anyhow!("storing a proposal: {e:?}"))?;
+                        Ok(GroupEvent::Other)
+                    }
+                    _ => Ok(GroupEvent::Other),
+                }
+            }
+            (MessageKind::ServerNotice, _) => Ok(GroupEvent::Other),
+            (_, Err(e)) => Err(anyhow!("a queued message does not parse: {e}")),
+        }
+    }
+
+    async fn join(&self, welcome: openmls::prelude::Welcome) -> anyhow::Result<GroupEvent> {
+        // The Welcome's GroupInfo carries the tree of its epoch (the ratchet tree extension).
+        let group = StagedWelcome::new_from_welcome(
+            self.mls.provider(),
+            &self.mls.join_config(),
+            welcome,
+            None,
+        )
+        .context("decrypting the Welcome")?
+        .into_group(self.mls.provider())
+        .context("joining from the Welcome")?;
+        verify_group_members(&group, &self.keys, self.now)?;
+        Ok(GroupEvent::Joined {
+            group_id: group.group_id().as_slice().to_vec(),
+        })
+    }
+
+    /// Fetches and processes the whole queue, acknowledging as it goes. Returns the events.
+    pub async fn receive(&self) -> anyhow::Result<Vec<(u64, anyhow::Result<GroupEvent>)>> {
+        let mut events = Vec::new();
+        loop {
+            let fetched = self.connection.fetch_messages(0, 100, 1 << 20).await?;
+            let Some(last) = fetched.messages.last().map(|message| message.seq) else {
+                return Ok(events);
+            };
+            for message in &fetched.messages {
+                events.push((message.seq, self.process(message).await));
+            }
+            self.connection.ack_messages(last).await?;
+        }
+    }
+}
+
+/// Whether a client error is the server's `WrongEpoch`.
+pub fn is_wrong_epoch(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<ClientError>()
+        .and_then(ClientError::code)
+        == Some(ErrorCode::WrongEpoch)
+}

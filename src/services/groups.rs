@@ -1,0 +1,610 @@
+//! The group service (delivery service): tracks each group hosted here with an openmls
+//! `PublicGroup`, verifies and orders commits, enforces roles, checks member credentials, and fans
+//! MLS messages and Welcomes out to members' queues. Owns the group tables.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use openmls::prelude::{
+    BasicCredential, GroupId, LeafNode, MlsMessageBodyIn, MlsMessageIn, ProcessedMessageContent,
+    ProposalStore, ProtocolMessage, PublicGroup, PublicProcessMessageError, RatchetTreeIn, Sender,
+    ValidationError,
+};
+use openmls_memory_storage::MemoryStorage;
+use openmls_rust_crypto::RustCrypto;
+use tls_codec::{Deserialize, Serialize};
+
+use super::{Accounts, ServiceError, Sessions};
+use crate::clock::Clock;
+use crate::config::{QueuePolicy, ServerConfig};
+use crate::identity::{verify_member, DomainKeys};
+use crate::protocol::{
+    ClientCredential, ClientId, CreateGroupRequest, GetGroupRequest, GroupEpoch, GroupList,
+    GroupMember, GroupState, MessageAccepted, MessageKind, Role, SendCommitRequest,
+    SendMessageRequest, Text,
+};
+use crate::store::{
+    Enqueued, Envelope, GroupMemberRow, GroupRefusal, GroupTransition, PublicState, QueueLimits,
+    Store, StoredGroup,
+};
+
+pub struct Groups {
+    store: Store,
+    clock: Arc<dyn Clock>,
+    sessions: Arc<dyn Sessions>,
+    accounts: Arc<Accounts>,
+    crypto: RustCrypto,
+    queues: QueuePolicy,
+    domain: String,
+}
+
+/// A group loaded for processing.
+struct LoadedGroup {
+    stored: StoredGroup,
+    storage: MemoryStorage,
+    public: PublicGroup,
+}
+
+impl Groups {
+    pub fn new(
+        config: &ServerConfig,
+        store: Store,
+        sessions: Arc<dyn Sessions>,
+        accounts: Arc<Accounts>,
+    ) -> Self {
+        Self {
+            store,
+            clock: config.clock.clone(),
+            sessions,
+            accounts,
+            crypto: RustCrypto::default(),
+            queues: config.queues.clone(),
+            domain: config.domain.as_str().to_owned(),
+        }
+    }
+
+    pub async fn create(
+        &self,
+        caller: &ClientId,
+        request: CreateGroupRequest,
+    ) -> Result<GroupEpoch, ServiceError> {
+        let group_info = parse_group_info(request.group_info.as_slice())?;
+        let tree = RatchetTreeIn::tls_deserialize_exact(request.ratchet_tree.as_slice())
+            .map_err(|e| invalid(format!("the ratchet tree does not parse: {e}")))?;
+        let storage = MemoryStorage::default();
+        let (public, _) = PublicGroup::from_external(
+            &self.crypto,
+            &storage,
+            tree,
+            group_info,
+            ProposalStore::new(),
+        )
+        .map_err(|e| invalid(format!("the group state is not valid: {e}")))?;
+        if public.group_context().epoch().as_u64() != 0 {
+            return Err(invalid("a new group starts at epoch 0".into()));
+        }
+        let members = self.verified_members(&public).await?;
+        if members.len() != 1 || members[0].0 != *caller {
+            return Err(invalid(
+                "a new group holds exactly one member: the creating client".into(),
+            ));
+        }
+        let group_id = public.group_id().as_slice().to_vec();
+        let stored = StoredGroup {
+            epoch: 0,
+            created_at: self.clock.now(),
+            roles: vec![(caller.user_id.as_str().to_owned(), true)],
+            group_info: request.group_info.as_slice().to_vec(),
+            public_state: snapshot(&storage)?,
+        };
+        let rows = member_rows(&members);
+        self.store
+            .create_group(&group_id, stored, rows)
+            .await?
+            .map_err(|_| ServiceError::GroupExists)?;
+        tracing::info!(group = %hex::encode(&group_id), creator = %caller, "group created");
+        Ok(GroupEpoch {
+            group_id: group_id.into(),
+            epoch: 0,
+        })
+    }
+
+    pub async fn commit(
+        &self,
+        caller: &ClientId,
+        request: SendCommitRequest,
+    ) -> Result<GroupEpoch, ServiceError> {
+        let message = MlsMessageIn::tls_deserialize_exact(request.commit.as_slice())
+            .map_err(|e| invalid(format!("the commit does not parse: {e}")))?;
+        let public_message = match message.extract() {
+            MlsMessageBodyIn::PublicMessage(message) => message,
+            _ => return Err(invalid("a commit travels as a PublicMessage".into())),
+        };
+        let protocol_message = ProtocolMessage::from(public_message);
+        let group_id = protocol_message.group_id().as_slice().to_vec();
+        let mut group = self.load(&group_id).await?;
+        let from_epoch = group.stored.epoch;
+        if protocol_message.epoch().as_u64() != from_epoch {
+            return Err(ServiceError::WrongEpoch {
+                current: from_epoch,
+            });
+        }
+        let old_members = self.verified_members(&group.public).await?;
+        let processed = group
+            .public
+            .process_message(&self.crypto, protocol_message)
+            .map_err(|e| match e {
+                PublicProcessMessageError::ValidationError(ValidationError::WrongEpoch) => {
+                    ServiceError::WrongEpoch {
+                        current: from_epoch,
+                    }
+                }
+                other => invalid(format!("the commit is not valid: {other}")),
+            })?;
+        let Sender::Member(sender_leaf) = *processed.sender() else {
+            return Err(invalid("only members commit here".into()));
+        };
+        let sender = old_members
+            .iter()
+            .find(|(_, leaf)| *leaf == sender_leaf.u32())
+            .map(|(client, _)| client.clone())
+            .ok_or_else(|| invalid("the committer is not a member".into()))?;
+        if sender != *caller {
+            return Err(ServiceError::Forbidden);
+        }
+        let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
+            return Err(invalid("the message is not a commit".into()));
+        };
+        let admin = is_admin(&group.stored, caller);
+
+        // Additions: Admin only, each new member's credential checked, Welcome refs collected.
+        let mut added = Vec::new();
+        for add in staged.add_proposals() {
+            if !admin {
+                return Err(ServiceError::NotAnAdmin);
+            }
+            let key_package = add.add_proposal().key_package();
+            let client = self.verify_leaf(key_package.leaf_node()).await?;
+            let key_ref = key_package
+                .hash_ref(&self.crypto)
+                .map_err(|e| invalid(e.to_string()))?;
+            added.push((client, key_ref.as_slice().to_vec()));
+        }
+        // Removals of anyone but the committer: Admin only.
+        for remove in staged.remove_proposals() {
+            let removed = remove.remove_proposal().removed();
+            if removed != sender_leaf && !admin {
+                return Err(ServiceError::NotAnAdmin);
+            }
+        }
+        // A changed leaf of the committer: its credential must still vouch for the committer.
+        if let Some(leaf) = staged.update_path_leaf_node() {
+            if self.verify_leaf(leaf).await? != *caller {
+                return Err(ServiceError::InvalidMemberCredential(
+                    "the committer's new leaf is for another client".into(),
+                ));
+            }
+        }
+
+        group
+            .public
+            .merge_commit(&group.storage, *staged)
+            .map_err(|e| invalid(format!("the commit cannot be merged: {e:?}")))?;
+        self.check_group_info(&group.public, request.group_info.as_slice())?;
+        let new_epoch = group.public.group_context().epoch().as_u64();
+
+        let welcome = match (&request.welcome, added.is_empty()) {
+            (None, true) => None,
+            (Some(welcome), false) => {
+                self.check_welcome(welcome.as_slice(), &added)?;
+                Some(welcome.as_slice().to_vec())
+            }
+            (None, false) => {
+                return Err(ServiceError::WelcomeMismatch(
+                    "the commit adds members but carries no Welcome".into(),
+                ))
+            }
+            (Some(_), true) => {
+                return Err(ServiceError::WelcomeMismatch(
+                    "the commit adds nobody but carries a Welcome".into(),
+                ))
+            }
+        };
+
+        let members = self.verified_members(&group.public).await?;
+        let mut roles: Vec<(String, bool)> = group.stored.roles.clone();
+        for (client, _) in &members {
+            if !roles
+                .iter()
+                .any(|(user, _)| user == client.user_id.as_str())
+            {
+                roles.push((client.user_id.as_str().to_owned(), false));
+            }
+        }
+        roles.retain(|(user, _)| {
+            members
+                .iter()
+                .any(|(client, _)| client.user_id.as_str() == user)
+        });
+
+        // The commit goes to everyone who was a member (removed ones learn of their removal)
+        // but the committing client; the Welcome to exactly the added clients.
+        let commit_payload = Arc::new(request.commit.as_slice().to_vec());
+        let mut envelopes: Vec<Envelope> = old_members
+            .iter()
+            .filter(|(client, _)| client != caller)
+            .map(|(client, _)| envelope(client, MessageKind::Mls, &commit_payload))
+            .collect();
+        if let Some(welcome) = welcome {
+            let welcome = Arc::new(welcome);
+            envelopes.extend(
+                added
+                    .iter()
+                    .map(|(client, _)| envelope(client, MessageKind::Welcome, &welcome)),
+            );
+        }
+        let stored = StoredGroup {
+            epoch: new_epoch,
+            created_at: group.stored.created_at,
+            roles,
+            group_info: request.group_info.as_slice().to_vec(),
+            public_state: snapshot(&group.storage)?,
+        };
+        let recipients: Vec<ClientId> = envelopes.iter().map(envelope_client).collect();
+        let outcomes = self
+            .store
+            .commit_group(
+                &group_id,
+                GroupTransition {
+                    from_epoch,
+                    group: stored,
+                    old_members: member_rows(&old_members),
+                    members: member_rows(&members),
+                    envelopes,
+                },
+                self.clock.now_ms(),
+                self.queue_limits(),
+            )
+            .await?
+            .map_err(|refusal| match refusal {
+                GroupRefusal::WrongEpoch { current } => ServiceError::WrongEpoch { current },
+                GroupRefusal::Unknown | GroupRefusal::Exists => ServiceError::UnknownGroup,
+            })?;
+        self.announce(&recipients, &outcomes);
+        Ok(GroupEpoch {
+            group_id: group_id.into(),
+            epoch: new_epoch,
+        })
+    }
+
+    pub async fn send(
+        &self,
+        caller: &ClientId,
+        request: SendMessageRequest,
+    ) -> Result<MessageAccepted, ServiceError> {
+        let message = MlsMessageIn::tls_deserialize_exact(request.message.as_slice())
+            .map_err(|e| invalid(format!("the message does not parse: {e}")))?;
+        let private_message = match message.extract() {
+            MlsMessageBodyIn::PrivateMessage(message) => message,
+            _ => {
+                return Err(invalid(
+                    "an application message travels as a PrivateMessage".into(),
+                ))
+            }
+        };
+        let protocol_message = ProtocolMessage::from(private_message);
+        let group_id = protocol_message.group_id().as_slice().to_vec();
+        let stored = self
+            .store
+            .group(&group_id)
+            .await?
+            .ok_or(ServiceError::UnknownGroup)?;
+        self.store
+            .group_membership(caller.user_id.as_str(), caller.device_id, &group_id)
+            .await?
+            .ok_or(ServiceError::NotAMember)?;
+        if protocol_message.epoch().as_u64() != stored.epoch {
+            return Err(ServiceError::WrongEpoch {
+                current: stored.epoch,
+            });
+        }
+        let group = self.load(&group_id).await?;
+        let payload = Arc::new(request.message.as_slice().to_vec());
+        let envelopes: Vec<Envelope> = self
+            .verified_members(&group.public)
+            .await?
+            .iter()
+            .filter(|(client, _)| client != caller)
+            .map(|(client, _)| envelope(client, MessageKind::Mls, &payload))
+            .collect();
+        let recipients: Vec<ClientId> = envelopes.iter().map(envelope_client).collect();
+        let accepted_at_ms = self.clock.now_ms();
+        let outcomes = self
+            .store
+            .enqueue(envelopes, accepted_at_ms, self.queue_limits())
+            .await?;
+        self.announce(&recipients, &outcomes);
+        let queue_full = recipients
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, outcome)| **outcome == Enqueued::QueueFull)
+            .map(|(client, _)| client.clone())
+            .collect();
+        Ok(MessageAccepted {
+            accepted_at_ms,
+            queue_full,
+        })
+    }
+
+    pub async fn get(
+        &self,
+        caller: &ClientId,
+        request: GetGroupRequest,
+    ) -> Result<GroupState, ServiceError> {
+        let group_id = request.group_id.as_slice();
+        let group = self.load(group_id).await?;
+        self.store
+            .group_membership(caller.user_id.as_str(), caller.device_id, group_id)
+            .await?
+            .ok_or(ServiceError::NotAMember)?;
+        let members = self
+            .verified_members(&group.public)
+            .await?
+            .into_iter()
+            .map(|(client, leaf_index)| {
+                let role = if is_admin(&group.stored, &client) {
+                    Role::Admin
+                } else {
+                    Role::Member
+                };
+                GroupMember {
+                    client,
+                    leaf_index,
+                    role,
+                }
+            })
+            .collect();
+        let ratchet_tree = group
+            .public
+            .export_ratchet_tree()
+            .tls_serialize_detached()
+            .map_err(|e| invalid(e.to_string()))?;
+        Ok(GroupState {
+            group_id: group_id.to_vec().into(),
+            epoch: group.stored.epoch,
+            members,
+            ratchet_tree: ratchet_tree.into(),
+            group_info: group.stored.group_info.into(),
+        })
+    }
+
+    pub async fn list(&self, caller: &ClientId) -> Result<GroupList, ServiceError> {
+        let groups = self
+            .store
+            .groups_of(caller.user_id.as_str(), caller.device_id)
+            .await?;
+        Ok(GroupList {
+            groups: groups
+                .into_iter()
+                .map(|(group_id, epoch)| GroupEpoch {
+                    group_id: group_id.into(),
+                    epoch,
+                })
+                .collect(),
+        })
+    }
+
+    fn queue_limits(&self) -> QueueLimits {
+        QueueLimits {
+            max_messages: self.queues.max_messages,
+            max_bytes: self.queues.max_bytes,
+        }
+    }
+
+    /// Tells the connected recipients of what was queued.
+    fn announce(&self, recipients: &[ClientId], outcomes: &[Enqueued]) {
+        for (client, outcome) in recipients.iter().zip(outcomes) {
+            if let Enqueued::Queued { seq } = outcome {
+                self.sessions.new_messages(client, *seq);
+            }
+        }
+    }
+
+    async fn load(&self, group_id: &[u8]) -> Result<LoadedGroup, ServiceError> {
+        let stored = self
+            .store
+            .group(group_id)
+            .await?
+            .ok_or(ServiceError::UnknownGroup)?;
+        let storage = MemoryStorage::default();
+        storage
+            .values
+            .write()
+            .map_err(|_| corrupt("group storage lock poisoned"))?
+            .extend(stored.public_state.iter().cloned());
+        let public = PublicGroup::load(&storage, &GroupId::from_slice(group_id))
+            .map_err(|e| corrupt(&format!("cannot load group state: {e:?}")))?
+            .ok_or_else(|| corrupt("stored group has no state"))?;
+        Ok(LoadedGroup {
+            stored,
+            storage,
+            public,
+        })
+    }
+
+    /// Every member as (client, leaf index), each leaf's credential verified.
+    async fn verified_members(
+        &self,
+        public: &PublicGroup,
+    ) -> Result<Vec<(ClientId, u32)>, ServiceError> {
+        let mut members = Vec::new();
+        for member in public.members() {
+            let leaf = public
+                .leaf(member.index)
+                .ok_or_else(|| corrupt("a member without a leaf"))?;
+            members.push((self.credential_client(leaf)?, member.index.u32()));
+        }
+        Ok(members)
+    }
+
+    /// The client a leaf's credential names, without checking it (for existing members).
+    fn credential_client(&self, leaf: &LeafNode) -> Result<ClientId, ServiceError> {
+        Ok(leaf_credential(leaf)?.content.client)
+    }
+
+    /// Checks a new or changed leaf: its credential is a valid credential of this server, for a
+    /// client that exists, with the leaf's signature key.
+    async fn verify_leaf(&self, leaf: &LeafNode) -> Result<ClientId, ServiceError> {
+        let credential = leaf_credential(leaf)?;
+        let keys = DomainKeys {
+            domain: self.domain.clone(),
+            keys: self.accounts.published_keys(),
+        };
+        let client = verify_member(
+            leaf.signature_key().as_slice(),
+            &credential,
+            &keys,
+            self.clock.now(),
+        )
+        .map_err(|e| ServiceError::InvalidMemberCredential(e.to_string()))?;
+        let registered = self.accounts.signature_key(&client).await?;
+        if registered.map(|key| key.to_bytes().to_vec())
+            != Some(leaf.signature_key().as_slice().to_vec())
+        {
+            return Err(ServiceError::InvalidMemberCredential(format!(
+                "{client} is not a registered client with this key"
+            )));
+        }
+        Ok(client)
+    }
+
+    /// The GroupInfo uploaded with a commit must describe exactly the merged state: the server
+    /// cannot check confirmation tags itself, so a tampered one would otherwise pass.
+    fn check_group_info(&self, merged: &PublicGroup, bytes: &[u8]) -> Result<(), ServiceError> {
+        let group_info = parse_group_info(bytes)?;
+        let tree = RatchetTreeIn::from(merged.export_ratchet_tree());
+        let (scratch, _) = PublicGroup::from_external(
+            &self.crypto,
+            &MemoryStorage::default(),
+            tree,
+            group_info,
+            ProposalStore::new(),
+        )
+        .map_err(|e| ServiceError::GroupInfoMismatch(format!("it does not verify: {e}")))?;
+        if scratch.group_context() != merged.group_context() {
+            return Err(ServiceError::GroupInfoMismatch(
+                "its group context is not the committed one".into(),
+            ));
+        }
+        if scratch.confirmation_tag() != merged.confirmation_tag() {
+            return Err(ServiceError::GroupInfoMismatch(
+                "its confirmation tag is not the commit's".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A Welcome must go to exactly the KeyPackages the commit adds.
+    fn check_welcome(
+        &self,
+        bytes: &[u8],
+        added: &[(ClientId, Vec<u8>)],
+    ) -> Result<(), ServiceError> {
+        let message = MlsMessageIn::tls_deserialize_exact(bytes)
+            .map_err(|e| ServiceError::WelcomeMismatch(format!("it does not parse: {e}")))?;
+        let MlsMessageBodyIn::Welcome(welcome) = message.extract() else {
+            return Err(ServiceError::WelcomeMismatch("it is not a Welcome".into()));
+        };
+        let in_welcome: BTreeSet<Vec<u8>> = welcome
+            .secrets()
+            .iter()
+            .map(|secrets| secrets.new_member().as_slice().to_vec())
+            .collect();
+        let in_commit: BTreeSet<Vec<u8>> =
+            added.iter().map(|(_, key_ref)| key_ref.clone()).collect();
+        if in_welcome != in_commit || in_welcome.len() != welcome.secrets().len() {
+            return Err(ServiceError::WelcomeMismatch(
+                "its recipients are not the KeyPackages the commit adds".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn is_admin(group: &StoredGroup, client: &ClientId) -> bool {
+    group
+        .roles
+        .iter()
+        .any(|(user, admin)| *admin && user == client.user_id.as_str())
+}
+
+fn envelope(client: &ClientId, kind: MessageKind, payload: &Arc<Vec<u8>>) -> Envelope {
+    Envelope {
+        user_id: client.user_id.as_str().to_owned(),
+        device_id: client.device_id,
+        kind: kind as u8,
+        payload: payload.clone(),
+    }
+}
+
+fn envelope_client(envelope: &Envelope) -> ClientId {
+    ClientId {
+        user_id: Text::truncated(&envelope.user_id),
+        device_id: envelope.device_id,
+    }
+}
+
+fn member_rows(members: &[(ClientId, u32)]) -> Vec<GroupMemberRow> {
+    members
+        .iter()
+        .map(|(client, leaf_index)| GroupMemberRow {
+            user_id: client.user_id.as_str().to_owned(),
+            device_id: client.device_id,
+            leaf_index: *leaf_index,
+        })
+        .collect()
+}
+
+/// The `ClientCredential` inside a leaf's basic credential.
+fn leaf_credential(leaf: &LeafNode) -> Result<ClientCredential, ServiceError> {
+    let basic = BasicCredential::try_from(leaf.credential().clone()).map_err(|_| {
+        ServiceError::InvalidMemberCredential("a leaf credential is not a basic credential".into())
+    })?;
+    ClientCredential::tls_deserialize_exact(basic.identity()).map_err(|e| {
+        ServiceError::InvalidMemberCredential(format!("a leaf credential does not parse: {e}"))
+    })
+}
+
+fn parse_group_info(
+    bytes: &[u8],
+) -> Result<openmls::messages::group_info::VerifiableGroupInfo, ServiceError> {
+    let message = MlsMessageIn::tls_deserialize_exact(bytes)
+        .map_err(|e| invalid(format!("the GroupInfo does not parse: {e}")))?;
+    match message.extract() {
+        MlsMessageBodyIn::GroupInfo(group_info) => Ok(group_info),
+        _ => Err(invalid(
+            "expected an MLSMessage carrying a GroupInfo".into(),
+        )),
+    }
+}
+
+fn snapshot(storage: &MemoryStorage) -> Result<PublicState, ServiceError> {
+    let values = storage
+        .values
+        .read()
+        .map_err(|_| corrupt("group storage lock poisoned"))?;
+    let mut entries: Vec<_> = values
+        .iter()
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    entries.sort();
+    Ok(entries)
+}
+
+fn invalid(reason: String) -> ServiceError {
+    ServiceError::InvalidMlsMessage(reason)
+}
+
+fn corrupt(reason: &str) -> ServiceError {
+    ServiceError::Store(crate::store::StoreError::Corrupt(reason.to_owned()))
+}

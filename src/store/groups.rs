@@ -1,0 +1,279 @@
+//! Groups hosted here: each group's public MLS state (openmls `PublicGroup`, kept as the entries of
+//! its own key-value store), epoch, roles and latest GroupInfo; and which client is in which group.
+
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use tls_codec::{Deserialize, Serialize, TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
+
+use super::queues::{enqueue_in, Enqueued, Envelope, QueueLimits};
+use super::{Store, StoreError};
+
+/// group id -> [`GroupRecord`] encoding.
+pub(super) const GROUPS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("groups-1");
+/// (user id, device id, group id) -> leaf index: the groups each client is in.
+pub(super) const GROUP_MEMBERS: TableDefinition<(&str, u32, &[u8]), u32> =
+    TableDefinition::new("group-members-1");
+
+#[derive(Debug, TlsSize, TlsSerialize, TlsDeserialize)]
+struct StoredEntry {
+    key: VLBytes,
+    value: VLBytes,
+}
+
+#[derive(Debug, TlsSize, TlsSerialize, TlsDeserialize)]
+struct StoredRole {
+    user_id: VLBytes,
+    admin: u8,
+}
+
+#[derive(Debug, TlsSize, TlsSerialize, TlsDeserialize)]
+struct GroupRecord {
+    epoch: u64,
+    created_at: u64,
+    roles: Vec<StoredRole>,
+    group_info: VLBytes,
+    public_state: Vec<StoredEntry>,
+}
+
+/// The entries of a group's openmls public storage, sorted by key.
+pub type PublicState = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// A group as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredGroup {
+    pub epoch: u64,
+    pub created_at: u64,
+    /// (user id, is admin) for every user with a client in the group.
+    pub roles: Vec<(String, bool)>,
+    /// The current epoch's GroupInfo (an encoded `MLSMessage`).
+    pub group_info: Vec<u8>,
+    /// The entries of the group's openmls public storage.
+    pub public_state: PublicState,
+}
+
+/// A client in a group, at a leaf.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupMemberRow {
+    pub user_id: String,
+    pub device_id: u32,
+    pub leaf_index: u32,
+}
+
+impl StoredGroup {
+    fn encode(&self) -> Result<Vec<u8>, StoreError> {
+        GroupRecord {
+            epoch: self.epoch,
+            created_at: self.created_at,
+            roles: self
+                .roles
+                .iter()
+                .map(|(user_id, admin)| StoredRole {
+                    user_id: user_id.as_bytes().to_vec().into(),
+                    admin: u8::from(*admin),
+                })
+                .collect(),
+            group_info: self.group_info.clone().into(),
+            public_state: self
+                .public_state
+                .iter()
+                .map(|(key, value)| StoredEntry {
+                    key: key.clone().into(),
+                    value: value.clone().into(),
+                })
+                .collect(),
+        }
+        .tls_serialize_detached()
+        .map_err(|e| StoreError::Corrupt(format!("cannot encode a group: {e}")))
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        let record = GroupRecord::tls_deserialize_exact(bytes)
+            .map_err(|e| StoreError::Corrupt(format!("bad group record: {e}")))?;
+        Ok(Self {
+            epoch: record.epoch,
+            created_at: record.created_at,
+            roles: record
+                .roles
+                .into_iter()
+                .map(|role| {
+                    (
+                        String::from_utf8_lossy(role.user_id.as_slice()).into_owned(),
+                        role.admin == 1,
+                    )
+                })
+                .collect(),
+            group_info: record.group_info.into(),
+            public_state: record
+                .public_state
+                .into_iter()
+                .map(|entry| (entry.key.into(), entry.value.into()))
+                .collect(),
+        })
+    }
+}
+
+/// A group's move from one epoch to the next, with the messages that announce it.
+pub struct GroupTransition {
+    pub from_epoch: u64,
+    pub group: StoredGroup,
+    pub old_members: Vec<GroupMemberRow>,
+    pub members: Vec<GroupMemberRow>,
+    pub envelopes: Vec<Envelope>,
+}
+
+/// Why a group change was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GroupRefusal {
+    Exists,
+    Unknown,
+    /// Another commit moved the group on first.
+    WrongEpoch {
+        current: u64,
+    },
+}
+
+impl Store {
+    /// Stores a new group and its members.
+    pub async fn create_group(
+        &self,
+        group_id: &[u8],
+        group: StoredGroup,
+        members: Vec<GroupMemberRow>,
+    ) -> Result<Result<(), GroupRefusal>, StoreError> {
+        let group_id = group_id.to_vec();
+        let encoded = group.encode()?;
+        self.write(move |txn| {
+            let mut groups = txn.open_table(GROUPS)?;
+            if groups.get(group_id.as_slice())?.is_some() {
+                return Ok(Err(GroupRefusal::Exists));
+            }
+            groups.insert(group_id.as_slice(), encoded.as_slice())?;
+            drop(groups);
+            replace_members(txn, &group_id, &[], &members)?;
+            Ok(Ok(()))
+        })
+        .await
+    }
+
+    pub async fn group(&self, group_id: &[u8]) -> Result<Option<StoredGroup>, StoreError> {
+        let group_id = group_id.to_vec();
+        self.read(move |txn| {
+            txn.open_table(GROUPS)?
+                .get(group_id.as_slice())?
+                .map(|record| StoredGroup::decode(record.value()))
+                .transpose()
+        })
+        .await
+    }
+
+    /// Moves a group to its new state, replaces its member rows and queues the transition's
+    /// envelopes, all in one commit. Refused if the group is no longer at `from_epoch`.
+    pub async fn commit_group(
+        &self,
+        group_id: &[u8],
+        transition: GroupTransition,
+        now_ms: u64,
+        limits: QueueLimits,
+    ) -> Result<Result<Vec<Enqueued>, GroupRefusal>, StoreError> {
+        let group_id = group_id.to_vec();
+        let encoded = transition.group.encode()?;
+        let GroupTransition {
+            from_epoch,
+            old_members,
+            members,
+            envelopes,
+            ..
+        } = transition;
+        self.write(move |txn| {
+            let mut groups = txn.open_table(GROUPS)?;
+            let current = match groups.get(group_id.as_slice())? {
+                Some(record) => StoredGroup::decode(record.value())?.epoch,
+                None => return Ok(Err(GroupRefusal::Unknown)),
+            };
+            if current != from_epoch {
+                return Ok(Err(GroupRefusal::WrongEpoch { current }));
+            }
+            groups.insert(group_id.as_slice(), encoded.as_slice())?;
+            drop(groups);
+            replace_members(txn, &group_id, &old_members, &members)?;
+            Ok(Ok(enqueue_in(txn, &envelopes, now_ms, limits)?))
+        })
+        .await
+    }
+
+    /// The leaf index of a client in a group, if it is a member.
+    pub async fn group_membership(
+        &self,
+        user_id: &str,
+        device_id: u32,
+        group_id: &[u8],
+    ) -> Result<Option<u32>, StoreError> {
+        let (user_id, group_id) = (user_id.to_owned(), group_id.to_vec());
+        self.read(move |txn| {
+            Ok(txn
+                .open_table(GROUP_MEMBERS)?
+                .get((user_id.as_str(), device_id, group_id.as_slice()))?
+                .map(|leaf| leaf.value()))
+        })
+        .await
+    }
+
+    /// The groups a client is a member of, with their epochs.
+    pub async fn groups_of(
+        &self,
+        user_id: &str,
+        device_id: u32,
+    ) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
+        let user_id = user_id.to_owned();
+        self.read(move |txn| {
+            let members = txn.open_table(GROUP_MEMBERS)?;
+            let groups = txn.open_table(GROUPS)?;
+            let mut found = Vec::new();
+            let range = (user_id.as_str(), device_id, &[][..])
+                ..=(user_id.as_str(), device_id, GROUP_ID_UPPER_BOUND);
+            for entry in members.range(range)? {
+                let group_id = entry?.0.value().2.to_vec();
+                if let Some(record) = groups.get(group_id.as_slice())? {
+                    found.push((group_id, StoredGroup::decode(record.value())?.epoch));
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+}
+
+/// Greater than any group id (at most 255 bytes, RFC 9420 `opaque group_id<V>` as used here).
+const GROUP_ID_UPPER_BOUND: &[u8] = &[0xff; 257];
+
+fn replace_members(
+    txn: &WriteTransaction,
+    group_id: &[u8],
+    old: &[GroupMemberRow],
+    new: &[GroupMemberRow],
+) -> Result<(), StoreError> {
+    let mut members = txn.open_table(GROUP_MEMBERS)?;
+    for row in old {
+        members.remove((row.user_id.as_str(), row.device_id, group_id))?;
+    }
+    for row in new {
+        members.insert(
+            (row.user_id.as_str(), row.device_id, group_id),
+            row.leaf_index,
+        )?;
+    }
+    Ok(())
+}
+
+/// Forgets a deleted client's memberships (its leaf stays in each tree until a commit removes
+/// it).
+pub(super) fn delete_client_memberships(
+    txn: &WriteTransaction,
+    user_id: &str,
+    device_id: u32,
+) -> Result<(), StoreError> {
+    txn.open_table(GROUP_MEMBERS)?.retain_in(
+        (user_id, device_id, &[][..])..=(user_id, device_id, GROUP_ID_UPPER_BOUND),
+        |_, _| false,
+    )?;
+    Ok(())
+}

@@ -1,0 +1,316 @@
+//! Groups: real openmls clients against a real server.
+
+use roost::client::groups::{is_wrong_epoch, GroupClient, GroupEvent};
+use roost::clock::Clock;
+use roost::protocol::{ClientId, ErrorCode, Role, SendCommitRequest};
+
+use crate::support::{within, Device, TestServer};
+
+async fn groups<'a>(server: &TestServer, device: &'a Device) -> GroupClient<'a> {
+    GroupClient {
+        connection: &device.connection,
+        mls: &device.mls,
+        keys: within(device.connection.domain_keys()).await.unwrap(),
+        now: server.clock.now(),
+    }
+}
+
+/// Processes a device's queue; returns what happened, failing the test on any processing error.
+async fn receive(server: &TestServer, device: &Device) -> Vec<GroupEvent> {
+    let client = groups(server, device).await;
+    within(client.receive())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(seq, event)| event.unwrap_or_else(|e| panic!("message {seq}: {e:#}")))
+        .collect()
+}
+
+async fn registered_with_key_packages(
+    server: &TestServer,
+    user: &str,
+    devices: usize,
+) -> Vec<Device> {
+    let first = server.register(user).await;
+    first.publish(5, true).await;
+    let mut all = vec![first];
+    for _ in 1..devices {
+        let device = server.add_device(&all[0]).await;
+        device.publish(5, true).await;
+        all.push(device);
+    }
+    all
+}
+
+fn messages(events: &[GroupEvent]) -> Vec<(ClientId, String)> {
+    events
+        .iter()
+        .filter_map(|event| match event {
+            GroupEvent::Message { sender, text, .. } => {
+                Some((sender.clone(), String::from_utf8(text.clone()).unwrap()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_users_with_two_devices_each_hold_a_conversation() {
+    let server = TestServer::start().await;
+    let alice = registered_with_key_packages(&server, "alice@localhost", 2).await;
+    let bob = registered_with_key_packages(&server, "bob@localhost", 2).await;
+    let carol = registered_with_key_packages(&server, "carol@localhost", 2).await;
+
+    let admin = groups(&server, &alice[0]).await;
+    let group_id = within(admin.create_group()).await.unwrap();
+    for user in ["alice@localhost", "bob@localhost", "carol@localhost"] {
+        within(admin.invite(&group_id, user)).await.unwrap();
+    }
+    // Everyone else joins from their Welcome and applies the commits that follow it.
+    for device in alice[1..].iter().chain(&bob).chain(&carol) {
+        let events = receive(&server, device).await;
+        assert!(
+            events.contains(&GroupEvent::Joined {
+                group_id: group_id.clone()
+            }),
+            "{} did not join: {events:?}",
+            device.identity.client
+        );
+    }
+    let state = within(alice[0].connection.get_group(&group_id))
+        .await
+        .unwrap();
+    assert_eq!(state.members.len(), 6);
+    assert_eq!(state.epoch, 3);
+    for member in &state.members {
+        let expected = if member.client.user_id.as_str() == "alice@localhost" {
+            Role::Admin
+        } else {
+            Role::Member
+        };
+        assert_eq!(member.role, expected, "{}", member.client);
+    }
+
+    // Every device speaks once; every other device hears each exactly once.
+    let everyone: Vec<&Device> = alice.iter().chain(&bob).chain(&carol).collect();
+    for speaker in &everyone {
+        let text = format!("hello from {}", speaker.identity.client);
+        within(
+            groups(&server, speaker)
+                .await
+                .send(&group_id, text.as_bytes()),
+        )
+        .await
+        .unwrap();
+    }
+    for listener in &everyone {
+        let mut heard = messages(&receive(&server, listener).await);
+        heard.sort();
+        let mut expected: Vec<_> = everyone
+            .iter()
+            .filter(|speaker| speaker.identity.client != listener.identity.client)
+            .map(|speaker| {
+                let client = speaker.identity.client.clone();
+                let text = format!("hello from {client}");
+                (client, text)
+            })
+            .collect();
+        expected.sort();
+        assert_eq!(heard, expected, "{}", listener.identity.client);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_commits_for_one_epoch_the_first_wins_and_the_other_retries() {
+    let server = TestServer::start().await;
+    let alice = registered_with_key_packages(&server, "alice@localhost", 2).await;
+    let _dave = registered_with_key_packages(&server, "dave@localhost", 1).await;
+    let _erin = registered_with_key_packages(&server, "erin@localhost", 1).await;
+    let laptop = groups(&server, &alice[0]).await;
+    let group_id = within(laptop.create_group()).await.unwrap();
+    within(laptop.invite(&group_id, "alice@localhost"))
+        .await
+        .unwrap();
+    let phone = groups(&server, &alice[1]).await;
+    receive(&server, &alice[1]).await;
+
+    // Both devices (Admins: the role is the user's) commit at the same epoch.
+    let (first, second) = tokio::join!(
+        laptop.invite(&group_id, "dave@localhost"),
+        phone.invite(&group_id, "erin@localhost")
+    );
+    let (winner, loser_device, loser_user) = match (&first, &second) {
+        (Ok(_), Err(e)) if is_wrong_epoch(e) => (&laptop, &alice[1], "erin@localhost"),
+        (Err(e), Ok(_)) if is_wrong_epoch(e) => (&phone, &alice[0], "dave@localhost"),
+        other => panic!("expected exactly one WrongEpoch, got {other:?}"),
+    };
+    let _ = winner;
+    // The loser catches up from its queue, and its retry succeeds.
+    receive(&server, loser_device).await;
+    let loser = groups(&server, loser_device).await;
+    within(loser.invite(&group_id, loser_user)).await.unwrap();
+    let state = within(alice[0].connection.get_group(&group_id))
+        .await
+        .unwrap();
+    assert_eq!(state.members.len(), 4);
+    assert_eq!(state.epoch, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_cannot_add_non_members_cannot_send_and_forgeries_change_nothing() {
+    let server = TestServer::start().await;
+    let alice = registered_with_key_packages(&server, "alice@localhost", 1).await;
+    let bob = registered_with_key_packages(&server, "bob@localhost", 1).await;
+    let dave = registered_with_key_packages(&server, "dave@localhost", 1).await;
+    let admin = groups(&server, &alice[0]).await;
+    let group_id = within(admin.create_group()).await.unwrap();
+    within(admin.invite(&group_id, "bob@localhost"))
+        .await
+        .unwrap();
+    receive(&server, &bob[0]).await;
+
+    // A Member's Add is refused.
+    let member = groups(&server, &bob[0]).await;
+    let refused = within(member.invite(&group_id, "dave@localhost"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&refused), Some(ErrorCode::NotAnAdmin));
+
+    // A non-member cannot send, even a genuine message of the group.
+    let mut group = alice[0].mls.group(&group_id).unwrap().unwrap();
+    let genuine = alice[0]
+        .mls
+        .encrypt(&mut group, b"for members only")
+        .unwrap();
+    let error = within(dave[0].connection.send_message(genuine.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::NotAMember));
+
+    // Forged commits: alice's commit sent by bob; a broken signature; a GroupInfo that does not
+    // match. None changes the group.
+    let mut group = alice[0].mls.group(&group_id).unwrap().unwrap();
+    let claimed = within(alice[0].connection.claim_key_packages("dave@localhost", 1))
+        .await
+        .unwrap();
+    let key_package = match &claimed.claims[0].outcome {
+        roost::protocol::ClaimOutcome::KeyPackage(bytes) => {
+            use tls_codec::Deserialize;
+            openmls::prelude::KeyPackageIn::tls_deserialize_exact(bytes.as_slice())
+                .unwrap()
+                .validate(
+                    &openmls_rust_crypto::RustCrypto::default(),
+                    openmls::prelude::ProtocolVersion::Mls10,
+                )
+                .unwrap()
+        }
+        other => panic!("no KeyPackage: {other:?}"),
+    };
+    let commit = alice[0]
+        .mls
+        .add_members(&mut group, &[key_package])
+        .unwrap();
+    let epoch_before = within(alice[0].connection.get_group(&group_id))
+        .await
+        .unwrap()
+        .epoch;
+
+    let error = within(bob[0].connection.send_commit(commit.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.code(),
+        Some(ErrorCode::Forbidden),
+        "sent by another member"
+    );
+    // (Not the last bytes: those are the membership tag, which only members can check.)
+    let mut broken = commit.clone();
+    let mut bytes = broken.commit.as_slice().to_vec();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    broken.commit = bytes.into();
+    let error = within(alice[0].connection.send_commit(broken))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.code(),
+        Some(ErrorCode::InvalidMlsMessage),
+        "broken signature"
+    );
+    let stale_info = SendCommitRequest {
+        group_info: within(alice[0].connection.get_group(&group_id))
+            .await
+            .unwrap()
+            .group_info,
+        ..commit.clone()
+    };
+    let error = within(alice[0].connection.send_commit(stale_info))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.code(),
+        Some(ErrorCode::GroupInfoMismatch),
+        "a GroupInfo of the old epoch"
+    );
+    let no_welcome = SendCommitRequest {
+        welcome: None,
+        ..commit.clone()
+    };
+    let error = within(alice[0].connection.send_commit(no_welcome))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::WelcomeMismatch));
+    assert_eq!(
+        within(alice[0].connection.get_group(&group_id))
+            .await
+            .unwrap()
+            .epoch,
+        epoch_before,
+        "a refused commit changed the group"
+    );
+    // The genuine commit still goes through.
+    within(alice[0].connection.send_commit(commit))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_state_survives_a_restart() {
+    let server = TestServer::start().await;
+    let alice = registered_with_key_packages(&server, "alice@localhost", 1).await;
+    let bob = registered_with_key_packages(&server, "bob@localhost", 1).await;
+    let group_id = {
+        let admin = groups(&server, &alice[0]).await;
+        let group_id = within(admin.create_group()).await.unwrap();
+        within(admin.invite(&group_id, "bob@localhost"))
+            .await
+            .unwrap();
+        group_id
+    };
+    receive(&server, &bob[0]).await;
+    let (alice_mls, bob_mls) = (
+        alice[0].mls.snapshot().unwrap(),
+        bob[0].mls.snapshot().unwrap(),
+    );
+    let (alice_identity, bob_identity) = (alice[0].identity.clone(), bob[0].identity.clone());
+    drop((alice, bob));
+
+    let server = server.restart().await;
+    let mut alice = server.reconnect(&alice_identity).await;
+    alice.mls = alice_mls;
+    let mut bob = server.reconnect(&bob_identity).await;
+    bob.mls = bob_mls;
+    within(groups(&server, &alice).await.send(&group_id, b"still here"))
+        .await
+        .unwrap();
+    assert_eq!(
+        messages(&receive(&server, &bob).await),
+        [(alice_identity.client.clone(), "still here".to_owned())]
+    );
+}
+
+fn code(error: &anyhow::Error) -> Option<ErrorCode> {
+    error
+        .downcast_ref::<roost::client::ClientError>()
+        .and_then(roost::client::ClientError::code)
+}
