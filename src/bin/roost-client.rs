@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use ed25519_dalek::SigningKey;
 use openmls::prelude::{BasicCredential, KeyPackageIn, ProtocolVersion};
 use openmls_rust_crypto::RustCrypto;
+use roost::client::groups::{is_wrong_epoch, GroupClient, GroupEvent};
 use roost::client::mls::DeviceMls;
 use roost::client::state::DeviceIdentity;
 use roost::client::{
@@ -21,7 +22,7 @@ use roost::identity::verify_member;
 use roost::identity::{verify_credential, CredentialError, DomainKeys};
 use roost::protocol::{
     ClaimOutcome, ClaimedKeyPackages, ClientCredential, ClientId, MessageKind, Notification,
-    ServerNotice, Text, UserClients,
+    QueuedMessage, ServerNotice, Text, UserClients,
 };
 use serde_json::json;
 use tls_codec::Deserialize as _;
@@ -91,6 +92,19 @@ enum Command {
     },
     /// Stay connected and print messages as they arrive (until Ctrl-C or the server closes).
     Listen,
+    /// Create a group with this device as its only member (and Admin); prints its id.
+    CreateGroup {
+        /// A local name for the group, usable instead of its id in later commands.
+        name: Option<String>,
+    },
+    /// Add every device of a user to a group (Admins only).
+    Invite { group: String, user: String },
+    /// Send a text message to a group.
+    Send { group: String, text: String },
+    /// Show a group's members with their roles, credentials verified.
+    Members { group: String },
+    /// List the groups this device is in.
+    Groups,
     /// Claim one KeyPackage per client of a user (consumes them; for scripts and debugging).
     Claim {
         user: String,
@@ -172,7 +186,9 @@ async fn execute(
             connection
                 .authenticate(&identity.client, &identity.signing_key)
                 .await?;
-            let published = top_up(connection, &identity, &cli.state).await?;
+            let device = Device::new(identity, &cli.state)?;
+            let published = device.top_up(connection).await?;
+            let identity = &device.identity;
             let keys = connection.domain_keys().await?;
             Output::new(
                 json!({
@@ -186,7 +202,8 @@ async fn execute(
             )
         }
         Command::Clients => {
-            let (identity, _push) = authenticate(connection, &cli.state).await?;
+            let (device, _push) = authenticate(connection, &cli.state).await?;
+            let identity = &device.identity;
             let clients = connection.list_clients().await?;
             let keys = connection.domain_keys().await?;
             user_clients_output(&clients, &keys, Some(&identity.client))
@@ -197,17 +214,22 @@ async fn execute(
             }
             let (approver, _push) = authenticate(connection, approve_from).await?;
             let key = SigningKey::generate(&mut rand::rngs::OsRng);
-            let request =
-                add_client_request(approver.client.user_id.as_str(), &key, approver.ciphersuite);
+            let request = add_client_request(
+                approver.identity.client.user_id.as_str(),
+                &key,
+                approver.identity.ciphersuite,
+            );
             let added = connection.add_client(request).await?;
-            let identity = DeviceIdentity::new(added, key, approver.ciphersuite);
+            let identity = DeviceIdentity::new(added, key, approver.identity.ciphersuite);
             identity.save_new(&cli.state)?;
+            let device = Device::new(identity, &cli.state)?;
+            let identity = &device.identity;
             // The new device publishes its own KeyPackages, on its own connection.
             let own = Connection::connect(config).await?;
             let published = async {
                 own.authenticate(&identity.client, &identity.signing_key)
                     .await?;
-                top_up(&own, &identity, &cli.state).await
+                device.top_up(&own).await
             }
             .await;
             own.close().await;
@@ -220,12 +242,13 @@ async fn execute(
                 }),
                 format!(
                     "added client {} (approved by {}) and published {published} KeyPackages",
-                    identity.client, approver.client
+                    identity.client, approver.identity.client
                 ),
             )
         }
         Command::RemoveClient { client } => {
-            let (identity, _push) = authenticate(connection, &cli.state).await?;
+            let (device, _push) = authenticate(connection, &cli.state).await?;
+            let identity = &device.identity;
             let target = parse_client(client, &identity.client)?;
             connection.remove_client(&target).await?;
             if target == identity.client {
@@ -237,7 +260,8 @@ async fn execute(
             )
         }
         Command::RenewCredential => {
-            let (mut identity, _push) = authenticate(connection, &cli.state).await?;
+            let (device, _push) = authenticate(connection, &cli.state).await?;
+            let mut identity = device.identity.clone();
             identity.credential = connection.renew_credential().await?;
             identity.save(&cli.state)?;
             let keys = connection.domain_keys().await?;
@@ -303,15 +327,15 @@ async fn execute(
             )
         }
         Command::Recv { wait } => {
-            let (identity, mut push) = authenticate(connection, &cli.state).await?;
-            let received = receive(connection, &identity, &cli.state, cli.json).await?;
+            let (device, mut push) = authenticate(connection, &cli.state).await?;
+            let received = receive(connection, &device, cli.json).await?;
             if received == 0 && *wait > 0 {
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(*wait);
                 while let Ok(Some(notification)) =
                     tokio::time::timeout_at(deadline, push.next()).await
                 {
                     if let Notification::NewMessages(_) = notification? {
-                        if receive(connection, &identity, &cli.state, cli.json).await? > 0 {
+                        if receive(connection, &device, cli.json).await? > 0 {
                             break;
                         }
                     }
@@ -320,8 +344,8 @@ async fn execute(
             Output::nothing()
         }
         Command::Listen => {
-            let (identity, mut push) = authenticate(connection, &cli.state).await?;
-            receive(connection, &identity, &cli.state, cli.json).await?;
+            let (device, mut push) = authenticate(connection, &cli.state).await?;
+            receive(connection, &device, cli.json).await?;
             loop {
                 let notification = tokio::select! {
                     _ = tokio::signal::ctrl_c() => break,
@@ -332,10 +356,10 @@ async fn execute(
                 };
                 match notification {
                     Notification::NewMessages(_) => {
-                        receive(connection, &identity, &cli.state, cli.json).await?;
+                        receive(connection, &device, cli.json).await?;
                     }
                     Notification::KeyPackagesLow(low) => {
-                        let published = top_up(connection, &identity, &cli.state).await?;
+                        let published = device.top_up(connection).await?;
                         print_event(
                             cli.json,
                             json!({ "event": "key_packages_low", "remaining": low.remaining, "published": published }),
@@ -364,6 +388,101 @@ async fn execute(
                 }
             }
             Output::nothing()
+        }
+        Command::CreateGroup { name } => {
+            let (device, _push) = authenticate(connection, &cli.state).await?;
+            let group_id = device.groups(connection).await?.create_group().await?;
+            device.save()?;
+            let group = hex::encode(&group_id);
+            if let Some(name) = name {
+                GroupNames::load(&cli.state)?.insert(name, &group, &cli.state)?;
+            }
+            Output::new(json!({ "group": group }), group)
+        }
+        Command::Invite { group, user } => {
+            let (device, _push) = authenticate(connection, &cli.state).await?;
+            let group_id = GroupNames::load(&cli.state)?.resolve(group)?;
+            let invited = with_catch_up(connection, &device, cli.json, || async {
+                device
+                    .groups(connection)
+                    .await?
+                    .invite(&group_id, user)
+                    .await
+            })
+            .await?;
+            device.save()?;
+            let invited: Vec<String> = invited.iter().map(ToString::to_string).collect();
+            Output::new(
+                json!({ "group": hex::encode(&group_id), "added": invited }),
+                format!("added {} to {}", invited.join(", "), hex::encode(&group_id)),
+            )
+        }
+        Command::Send { group, text } => {
+            let (device, _push) = authenticate(connection, &cli.state).await?;
+            let group_id = GroupNames::load(&cli.state)?.resolve(group)?;
+            with_catch_up(connection, &device, cli.json, || async {
+                device
+                    .groups(connection)
+                    .await?
+                    .send(&group_id, text.as_bytes())
+                    .await
+            })
+            .await?;
+            device.save()?;
+            Output::new(
+                json!({ "group": hex::encode(&group_id), "sent": text }),
+                format!("sent to {}", hex::encode(&group_id)),
+            )
+        }
+        Command::Members { group } => {
+            let _session = authenticate(connection, &cli.state).await?;
+            let group_id = GroupNames::load(&cli.state)?.resolve(group)?;
+            let state = connection.get_group(&group_id).await?;
+            let members: Vec<_> = state
+                .members
+                .iter()
+                .map(|member| {
+                    json!({
+                        "client_id": member.client.to_string(),
+                        "leaf_index": member.leaf_index,
+                        "role": format!("{:?}", member.role).to_lowercase(),
+                    })
+                })
+                .collect();
+            let mut text = format!("group {} at epoch {}:", hex::encode(&group_id), state.epoch);
+            for member in &state.members {
+                text.push_str(&format!("\n  {} ({:?})", member.client, member.role));
+            }
+            Output::new(
+                json!({ "group": hex::encode(&group_id), "epoch": state.epoch, "members": members }),
+                text,
+            )
+        }
+        Command::Groups => {
+            let _session = authenticate(connection, &cli.state).await?;
+            let names = GroupNames::load(&cli.state)?;
+            let listed = connection.list_groups().await?;
+            let groups: Vec<_> = listed
+                .groups
+                .iter()
+                .map(|group| {
+                    let id = hex::encode(group.group_id.as_slice());
+                    json!({ "group": id, "name": names.name_of(&id), "epoch": group.epoch })
+                })
+                .collect();
+            let text = listed
+                .groups
+                .iter()
+                .map(|group| {
+                    let id = hex::encode(group.group_id.as_slice());
+                    match names.name_of(&id) {
+                        Some(name) => format!("{id} ({name}), epoch {}", group.epoch),
+                        None => format!("{id}, epoch {}", group.epoch),
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            Output::new(json!({ "groups": groups }), text)
         }
         Command::Claim { user, ciphersuite } => {
             let _session = authenticate(connection, &cli.state).await?;
@@ -409,14 +528,12 @@ fn print_event(json: bool, object: serde_json::Value, text: String) {
 /// Messages fetched per request while draining the queue.
 const FETCH_BATCH: u32 = 100;
 
-/// Fetches every queued message, prints each (one JSON object per message with `--json`),
-/// handles server notices, and acknowledges what was printed. Returns how many there were.
-async fn receive(
-    connection: &Connection,
-    identity: &DeviceIdentity,
-    state: &Path,
-    json: bool,
-) -> anyhow::Result<usize> {
+/// Fetches every queued message, processes it (MLS messages and Welcomes through this
+/// device's groups, server notices as notices), prints it (one JSON object per line with
+/// `--json`), and acknowledges it. Application messages print as `GROUP SENDER TEXT`. Returns how
+/// many messages there were.
+async fn receive(connection: &Connection, device: &Device, json: bool) -> anyhow::Result<usize> {
+    let groups = device.groups(connection).await?;
     let mut received = 0;
     loop {
         let fetched = connection.fetch_messages(0, FETCH_BATCH, 1 << 20).await?;
@@ -425,50 +542,216 @@ async fn receive(
         };
         for message in &fetched.messages {
             received += 1;
-            let kind = match message.kind {
-                MessageKind::Mls => "mls",
-                MessageKind::Welcome => "welcome",
-                MessageKind::ServerNotice => "server_notice",
-            };
-            let mut object = json!({
-                "seq": message.seq,
-                "kind": kind,
-                "enqueued_at_ms": message.enqueued_at_ms,
-                "size": message.payload.as_slice().len(),
-            });
-            let mut text = format!(
-                "#{} {kind}, {} bytes",
-                message.seq,
-                message.payload.as_slice().len()
-            );
-            if message.kind == MessageKind::ServerNotice {
-                match ServerNotice::tls_deserialize_exact(message.payload.as_slice()) {
-                    Ok(ServerNotice::KeyPackagesLow(low)) => {
-                        let published = top_up(connection, identity, state).await?;
-                        object["notice"] = json!({ "key_packages_low": { "remaining": low.remaining, "published": published } });
-                        text.push_str(&format!(
-                            ": KeyPackages ran low ({} left); published {published}",
-                            low.remaining
-                        ));
-                    }
-                    Ok(ServerNotice::MessagesExpired(expired)) => {
-                        object["notice"] = json!({ "messages_expired": { "count": expired.count, "first_seq": expired.first_seq, "last_seq": expired.last_seq } });
-                        text.push_str(&format!(
-                            ": {} messages expired unread (#{} to #{})",
-                            expired.count, expired.first_seq, expired.last_seq
-                        ));
-                    }
-                    Err(e) => {
-                        object["notice_error"] = json!(e.to_string());
-                        text.push_str(&format!(": unreadable notice ({e})"));
-                    }
-                }
+            let (object, text) = if message.kind == MessageKind::ServerNotice {
+                notice_output(connection, device, message).await?
             } else {
-                object["payload"] = json!(hex::encode(message.payload.as_slice()));
-            }
+                group_event_output(message.seq, groups.process(message).await)
+            };
             print_event(json, object, text);
         }
+        // Group state moves with what was processed: keep it before acknowledging.
+        device.save()?;
         connection.ack_messages(last).await?;
+    }
+}
+
+/// How a processed MLS message or Welcome prints.
+fn group_event_output(seq: u64, event: anyhow::Result<GroupEvent>) -> (serde_json::Value, String) {
+    match event {
+        Ok(GroupEvent::Message {
+            group_id,
+            sender,
+            text,
+        }) => {
+            let (group, text) = (
+                hex::encode(group_id),
+                String::from_utf8_lossy(&text).into_owned(),
+            );
+            (
+                json!({ "seq": seq, "group": group, "sender": sender.to_string(), "text": text }),
+                format!("{group} {sender} {text}"),
+            )
+        }
+        Ok(GroupEvent::Joined { group_id }) => {
+            let group = hex::encode(group_id);
+            (
+                json!({ "seq": seq, "event": "joined", "group": group }),
+                format!("joined group {group}"),
+            )
+        }
+        Ok(GroupEvent::Committed { group_id, epoch }) => {
+            let group = hex::encode(group_id);
+            (
+                json!({ "seq": seq, "event": "commit", "group": group, "epoch": epoch }),
+                format!("group {group} moved to epoch {epoch}"),
+            )
+        }
+        Ok(GroupEvent::Removed { group_id }) => {
+            let group = hex::encode(group_id);
+            (
+                json!({ "seq": seq, "event": "removed", "group": group }),
+                format!("this device was removed from group {group}"),
+            )
+        }
+        Ok(GroupEvent::Other) => (
+            json!({ "seq": seq, "event": "ignored" }),
+            format!("#{seq}: nothing for this device"),
+        ),
+        Err(e) => (
+            json!({ "seq": seq, "event": "error", "error": format!("{e:#}") }),
+            format!("#{seq}: cannot process: {e:#}"),
+        ),
+    }
+}
+
+/// Handles and describes a server notice.
+async fn notice_output(
+    connection: &Connection,
+    device: &Device,
+    message: &QueuedMessage,
+) -> anyhow::Result<(serde_json::Value, String)> {
+    let mut object = json!({ "seq": message.seq, "kind": "server_notice" });
+    let mut text = format!("#{} server notice", message.seq);
+    match ServerNotice::tls_deserialize_exact(message.payload.as_slice()) {
+        Ok(ServerNotice::KeyPackagesLow(low)) => {
+            let published = device.top_up(connection).await?;
+            object["notice"] = json!({ "key_packages_low": { "remaining": low.remaining, "published": published } });
+            text.push_str(&format!(
+                ": KeyPackages ran low ({} left); published {published}",
+                low.remaining
+            ));
+        }
+        Ok(ServerNotice::MessagesExpired(expired)) => {
+            object["notice"] = json!({ "messages_expired": { "count": expired.count, "first_seq": expired.first_seq, "last_seq": expired.last_seq } });
+            text.push_str(&format!(
+                ": {} messages expired unread (#{} to #{})",
+                expired.count, expired.first_seq, expired.last_seq
+            ));
+        }
+        Err(e) => {
+            object["notice_error"] = json!(e.to_string());
+            text.push_str(&format!(": unreadable notice ({e})"));
+        }
+    }
+    Ok((object, text))
+}
+
+/// Runs a group operation; if the server answers `WrongEpoch`, processes (and prints) the queue
+/// to catch up and tries again, a few times.
+async fn with_catch_up<T, F, Fut>(
+    connection: &Connection,
+    device: &Device,
+    json: bool,
+    operation: F,
+) -> anyhow::Result<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    const ATTEMPTS: usize = 5;
+    let mut attempt = 1;
+    loop {
+        match operation().await {
+            Err(e) if is_wrong_epoch(&e) && attempt < ATTEMPTS => {
+                attempt += 1;
+                receive(connection, device, json).await?;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Local names of groups (`STATE_DIR/groups.json`), for people who prefer `team` to a hex id.
+struct GroupNames(std::collections::BTreeMap<String, String>);
+
+impl GroupNames {
+    const FILE: &'static str = "groups.json";
+
+    fn load(state: &Path) -> anyhow::Result<Self> {
+        match std::fs::read_to_string(state.join(Self::FILE)) {
+            Ok(text) => Ok(Self(
+                serde_json::from_str(&text).context("reading groups.json")?,
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self(Default::default())),
+            Err(e) => Err(e).context("reading groups.json"),
+        }
+    }
+
+    fn insert(mut self, name: &str, group: &str, state: &Path) -> anyhow::Result<()> {
+        self.0.insert(name.to_owned(), group.to_owned());
+        std::fs::write(
+            state.join(Self::FILE),
+            serde_json::to_string_pretty(&self.0)?,
+        )
+        .context("writing groups.json")
+    }
+
+    /// A group id from a local name or a hex id.
+    fn resolve(&self, group: &str) -> anyhow::Result<Vec<u8>> {
+        let id = self.0.get(group).map_or(group, String::as_str);
+        hex::decode(id).with_context(|| format!("{group:?} is neither a group name nor a group id"))
+    }
+
+    fn name_of(&self, id: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(_, group)| group.as_str() == id)
+            .map(|(name, _)| name.as_str())
+    }
+}
+
+/// This device: its identity, its MLS side, and the state directory they live in.
+struct Device {
+    identity: DeviceIdentity,
+    mls: DeviceMls,
+    state: PathBuf,
+}
+
+impl Device {
+    fn load(state: &Path) -> anyhow::Result<Self> {
+        let identity = DeviceIdentity::load(state)?;
+        let mls = DeviceMls::load(&identity, state)?;
+        Ok(Self {
+            identity,
+            mls,
+            state: state.to_owned(),
+        })
+    }
+
+    /// A freshly registered device (its identity already saved).
+    fn new(identity: DeviceIdentity, state: &Path) -> anyhow::Result<Self> {
+        let mls = DeviceMls::new(&identity)?;
+        Ok(Self {
+            identity,
+            mls,
+            state: state.to_owned(),
+        })
+    }
+
+    /// Saves the MLS key store (group states, KeyPackage private keys).
+    fn save(&self) -> anyhow::Result<()> {
+        self.mls.save(&self.state)
+    }
+
+    /// Publishes KeyPackages if the stock is low, keeping their private keys. Returns how many.
+    async fn top_up(&self, connection: &Connection) -> anyhow::Result<usize> {
+        let published = connection
+            .top_up_key_packages(&self.identity.client, &self.mls)
+            .await?;
+        if published > 0 {
+            self.save()?;
+        }
+        Ok(published)
+    }
+
+    /// The group flows of this device on `connection`.
+    async fn groups<'a>(&'a self, connection: &'a Connection) -> anyhow::Result<GroupClient<'a>> {
+        Ok(GroupClient {
+            connection,
+            mls: &self.mls,
+            keys: connection.domain_keys().await?,
+            now: now(),
+        })
     }
 }
 
@@ -477,31 +760,14 @@ async fn receive(
 async fn authenticate(
     connection: &Connection,
     state: &Path,
-) -> anyhow::Result<(DeviceIdentity, PushStream)> {
-    let identity = DeviceIdentity::load(state)?;
+) -> anyhow::Result<(Device, PushStream)> {
+    let device = Device::load(state)?;
     let push = connection
-        .authenticate(&identity.client, &identity.signing_key)
+        .authenticate(&device.identity.client, &device.identity.signing_key)
         .await
-        .with_context(|| format!("authenticating as {}", identity.client))?;
-    top_up(connection, &identity, state).await?;
-    Ok((identity, push))
-}
-
-/// Publishes KeyPackages for `identity` if its stock is low, keeping their private keys in the
-/// device's MLS key store. Returns how many were published.
-async fn top_up(
-    connection: &Connection,
-    identity: &DeviceIdentity,
-    state: &Path,
-) -> anyhow::Result<usize> {
-    let mls = DeviceMls::load(identity, state)?;
-    let published = connection
-        .top_up_key_packages(&identity.client, &mls)
-        .await?;
-    if published > 0 {
-        mls.save(state)?;
-    }
-    Ok(published)
+        .with_context(|| format!("authenticating as {}", device.identity.client))?;
+    device.top_up(connection).await?;
+    Ok((device, push))
 }
 
 /// A claim as JSON and text, each KeyPackage's leaf credential verified against `keys`.

@@ -223,7 +223,7 @@ impl GroupClient<'_> {
             invited.push(member);
         }
         if key_packages.is_empty() {
-            bail!("{user_id} has no client with a KeyPackage");
+            bail!("{user_id} has no client to add: none has a KeyPackage, or all are members");
         }
         let request = self.mls.add_members(&mut group, &key_packages)?;
         match self.connection.send_commit(request).await {

@@ -650,3 +650,90 @@ fn listen_prints_pushed_events_as_they_happen() {
     let status = listen.wait().unwrap();
     assert!(status.success());
 }
+
+#[test]
+fn client_cli_holds_a_group_conversation() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let server = ServerProcess::start(&data_dir, &[]);
+    let ca = data_dir.join("server-cert.pem");
+    let state = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let run = |command: &[&str]| client_json(server.addr, "localhost", &ca, command);
+    let lines = |command: &[&str]| -> Vec<serde_json::Value> {
+        let output = client_command(server.addr, "localhost", &ca, command);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    };
+
+    run(&["--state", &state("alice"), "register", "alice@localhost"]);
+    run(&["--state", &state("bob"), "register", "bob@localhost"]);
+    run(&[
+        "--state",
+        &state("bob-phone"),
+        "add-client",
+        "--approve-from",
+        &state("bob"),
+    ]);
+    run(&["--state", &state("carol"), "register", "carol@localhost"]);
+    let created = run(&["--state", &state("alice"), "create-group", "team"]);
+    let group = created["group"].as_str().unwrap().to_owned();
+    let invited = run(&[
+        "--state",
+        &state("alice"),
+        "invite",
+        "team",
+        "bob@localhost",
+    ]);
+    assert_eq!(invited["added"].as_array().unwrap().len(), 2);
+
+    for device in ["bob", "bob-phone"] {
+        let joined = lines(&["--state", &state(device), "recv"]);
+        assert_eq!(joined[0]["event"], "joined", "{joined:?}");
+        assert_eq!(joined[0]["group"], group.as_str());
+    }
+    run(&["--state", &state("alice"), "send", "team", "hello bob"]);
+    run(&["--state", &state("bob"), "send", &group, "hi alice"]);
+    for (device, sender, text) in [
+        ("bob-phone", "alice@localhost/1", "hello bob"),
+        ("alice", "bob@localhost/1", "hi alice"),
+    ] {
+        let received = lines(&["--state", &state(device), "recv"]);
+        let message = received
+            .iter()
+            .find(|line| line["sender"] == sender)
+            .unwrap();
+        assert_eq!(message["group"], group.as_str());
+        assert_eq!(message["text"], text);
+    }
+    let members = run(&["--state", &state("bob"), "members", &group]);
+    assert_eq!(members["members"].as_array().unwrap().len(), 3);
+    assert_eq!(members["members"][0]["role"], "admin");
+    let listed = run(&["--state", &state("bob-phone"), "groups"]);
+    assert_eq!(listed["groups"][0]["group"], group.as_str());
+
+    // A refused command exits non-zero with the code and message on stderr.
+    let refused = client_command(
+        server.addr,
+        "localhost",
+        &ca,
+        &[
+            "--state",
+            &state("bob"),
+            "invite",
+            &group,
+            "carol@localhost",
+        ],
+    );
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("NotAnAdmin (46)"), "{stderr}");
+    assert!(server.terminate().success());
+}
