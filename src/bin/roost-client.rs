@@ -101,6 +101,14 @@ enum Command {
     Invite { group: String, user: String },
     /// Send a text message to a group.
     Send { group: String, text: String },
+    /// Remove every device of a user from a group (Admins only).
+    Remove { group: String, user: String },
+    /// Leave a group (the next commit by any member completes it).
+    Leave { group: String },
+    /// Commit the proposals pending in a group (e.g. someone's leaving).
+    Commit { group: String },
+    /// Delete a group (Admins only).
+    DeleteGroup { group: String },
     /// Show a group's members with their roles, credentials verified.
     Members { group: String },
     /// List the groups this device is in.
@@ -434,6 +442,75 @@ async fn execute(
                 format!("sent to {}", hex::encode(&group_id)),
             )
         }
+        Command::Remove { group, user } => {
+            let (device, _push) = authenticate(connection, &cli.state).await?;
+            let group_id = GroupNames::load(&cli.state)?.resolve(group)?;
+            let removed = with_catch_up(connection, &device, cli.json, || async {
+                device
+                    .groups(connection)
+                    .await?
+                    .remove_user(&group_id, user)
+                    .await
+            })
+            .await?;
+            device.save()?;
+            let removed: Vec<String> = removed.iter().map(ToString::to_string).collect();
+            Output::new(
+                json!({ "group": hex::encode(&group_id), "removed": removed }),
+                format!(
+                    "removed {} from {}",
+                    removed.join(", "),
+                    hex::encode(&group_id)
+                ),
+            )
+        }
+        Command::Leave { group } => {
+            let (device, _push) = authenticate(connection, &cli.state).await?;
+            let group_id = GroupNames::load(&cli.state)?.resolve(group)?;
+            with_catch_up(connection, &device, cli.json, || async {
+                device.groups(connection).await?.leave(&group_id).await
+            })
+            .await?;
+            device.save()?;
+            Output::new(
+                json!({ "group": hex::encode(&group_id), "left": true }),
+                format!(
+                    "left {} (the next commit removes this device)",
+                    hex::encode(&group_id)
+                ),
+            )
+        }
+        Command::Commit { group } => {
+            let (device, _push) = authenticate(connection, &cli.state).await?;
+            let group_id = GroupNames::load(&cli.state)?.resolve(group)?;
+            let epoch = with_catch_up(connection, &device, cli.json, || async {
+                device
+                    .groups(connection)
+                    .await?
+                    .commit_pending(&group_id)
+                    .await
+            })
+            .await?;
+            device.save()?;
+            Output::new(
+                json!({ "group": hex::encode(&group_id), "epoch": epoch }),
+                format!("group {} is at epoch {epoch}", hex::encode(&group_id)),
+            )
+        }
+        Command::DeleteGroup { group } => {
+            let (device, _push) = authenticate(connection, &cli.state).await?;
+            let group_id = GroupNames::load(&cli.state)?.resolve(group)?;
+            device
+                .groups(connection)
+                .await?
+                .delete_group(&group_id)
+                .await?;
+            device.save()?;
+            Output::new(
+                json!({ "group": hex::encode(&group_id), "deleted": true }),
+                format!("deleted group {}", hex::encode(&group_id)),
+            )
+        }
         Command::Members { group } => {
             let _session = authenticate(connection, &cli.state).await?;
             let group_id = GroupNames::load(&cli.state)?.resolve(group)?;
@@ -542,7 +619,12 @@ async fn receive(connection: &Connection, device: &Device, json: bool) -> anyhow
         };
         for message in &fetched.messages {
             received += 1;
-            let (object, text) = if message.kind == MessageKind::ServerNotice {
+            let group_notice = message.kind == MessageKind::ServerNotice
+                && matches!(
+                    ServerNotice::tls_deserialize_exact(message.payload.as_slice()),
+                    Ok(ServerNotice::GroupDeleted(_))
+                );
+            let (object, text) = if message.kind == MessageKind::ServerNotice && !group_notice {
                 notice_output(connection, device, message).await?
             } else {
                 group_event_output(message.seq, groups.process(message).await)
@@ -593,6 +675,13 @@ fn group_event_output(seq: u64, event: anyhow::Result<GroupEvent>) -> (serde_jso
                 format!("this device was removed from group {group}"),
             )
         }
+        Ok(GroupEvent::Deleted { group_id, by }) => {
+            let group = hex::encode(group_id);
+            (
+                json!({ "seq": seq, "event": "group_deleted", "group": group, "by": by.to_string() }),
+                format!("group {group} was deleted by {by}"),
+            )
+        }
         Ok(GroupEvent::Other) => (
             json!({ "seq": seq, "event": "ignored" }),
             format!("#{seq}: nothing for this device"),
@@ -620,6 +709,10 @@ async fn notice_output(
                 ": KeyPackages ran low ({} left); published {published}",
                 low.remaining
             ));
+        }
+        Ok(ServerNotice::GroupDeleted(deleted)) => {
+            object["notice"] = json!({ "group_deleted": hex::encode(deleted.group_id.as_slice()) });
+            text.push_str(": a group was deleted");
         }
         Ok(ServerNotice::MessagesExpired(expired)) => {
             object["notice"] = json!({ "messages_expired": { "count": expired.count, "first_seq": expired.first_seq, "last_seq": expired.last_seq } });

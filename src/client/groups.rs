@@ -4,9 +4,10 @@
 
 use anyhow::{anyhow, bail, Context};
 use openmls::prelude::{
-    BasicCredential, GroupId, KeyPackage, KeyPackageIn, MlsGroup, MlsGroupCreateConfig,
-    MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, ProcessedMessageContent, ProtocolMessage,
-    ProtocolVersion, StagedWelcome, PURE_PLAINTEXT_WIRE_FORMAT_POLICY,
+    BasicCredential, GroupId, KeyPackage, KeyPackageIn, LeafNodeIndex, MlsGroup,
+    MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn,
+    ProcessedMessageContent, ProtocolMessage, ProtocolVersion, StagedWelcome,
+    PURE_PLAINTEXT_WIRE_FORMAT_POLICY,
 };
 use openmls_traits::OpenMlsProvider;
 use tls_codec::{Deserialize, Serialize};
@@ -17,7 +18,7 @@ use crate::clock::UnixTime;
 use crate::identity::{verify_member, DomainKeys};
 use crate::protocol::{
     ClaimOutcome, ClientCredential, ClientId, CreateGroupRequest, ErrorCode, MessageKind,
-    QueuedMessage, SendCommitRequest, SendMessageRequest,
+    QueuedMessage, SendCommitRequest, SendMessageRequest, SendProposalRequest, ServerNotice,
 };
 
 /// What processing one queued message produced.
@@ -35,6 +36,8 @@ pub enum GroupEvent {
     Committed { group_id: Vec<u8>, epoch: u64 },
     /// A commit removed this device from the group.
     Removed { group_id: Vec<u8> },
+    /// An Admin deleted the group.
+    Deleted { group_id: Vec<u8>, by: ClientId },
     /// Something that is not for this device's groups (or a server notice).
     Other,
 }
@@ -93,9 +96,22 @@ impl DeviceMls {
         group: &mut MlsGroup,
         key_packages: &[KeyPackage],
     ) -> anyhow::Result<SendCommitRequest> {
+        self.commit(group, key_packages, &[])
+    }
+
+    /// Stages a commit that adds `key_packages`, removes the leaves `removed`, and includes every
+    /// pending proposal (the server refuses a commit that leaves one out); returns what to send.
+    pub fn commit(
+        &self,
+        group: &mut MlsGroup,
+        key_packages: &[KeyPackage],
+        removed: &[LeafNodeIndex],
+    ) -> anyhow::Result<SendCommitRequest> {
         let bundle = group
             .commit_builder()
+            .consume_proposal_store(true)
             .propose_adds(key_packages.iter().cloned())
+            .propose_removals(removed.iter().copied())
             .load_psks(self.provider().storage())
             .map_err(|e| anyhow!("building the commit: {e:?}"))?
             // The server checks every commit against the GroupInfo of the epoch it creates.
@@ -226,13 +242,21 @@ impl GroupClient<'_> {
             bail!("{user_id} has no client to add: none has a KeyPackage, or all are members");
         }
         let request = self.mls.add_members(&mut group, &key_packages)?;
+        self.send_commit(&mut group, request).await?;
+        Ok(invited)
+    }
+
+    /// Sends a commit built by `build`, merging it once accepted; on refusal the pending commit is
+    /// discarded and the error returned.
+    async fn send_commit(
+        &self,
+        group: &mut MlsGroup,
+        request: SendCommitRequest,
+    ) -> anyhow::Result<()> {
         match self.connection.send_commit(request).await {
-            Ok(_) => {
-                group
-                    .merge_pending_commit(self.mls.provider())
-                    .context("merging the accepted commit")?;
-                Ok(invited)
-            }
+            Ok(_) => group
+                .merge_pending_commit(self.mls.provider())
+                .context("merging the accepted commit"),
             Err(e) => {
                 group
                     .clear_pending_commit(self.mls.provider().storage())
@@ -240,6 +264,83 @@ impl GroupClient<'_> {
                 Err(e.into())
             }
         }
+    }
+
+    /// Removes every client of `user_id` from the group (Admins only, or oneself).
+    pub async fn remove_user(
+        &self,
+        group_id: &[u8],
+        user_id: &str,
+    ) -> anyhow::Result<Vec<ClientId>> {
+        let mut group = self
+            .mls
+            .group(group_id)?
+            .context("no such group on this device")?;
+        let mut removed = Vec::new();
+        let mut leaves = Vec::new();
+        for member in group.members() {
+            let client = verify_leaf_member(
+                &member.credential,
+                &member.signature_key,
+                &self.keys,
+                self.now,
+            )?;
+            if client.user_id.as_str() == user_id {
+                leaves.push(member.index);
+                removed.push(client);
+            }
+        }
+        if leaves.is_empty() {
+            bail!("{user_id} is not in the group");
+        }
+        let request = self.mls.commit(&mut group, &[], &leaves)?;
+        self.send_commit(&mut group, request).await?;
+        Ok(removed)
+    }
+
+    /// Commits the proposals pending in the group (e.g. a member's leaving).
+    pub async fn commit_pending(&self, group_id: &[u8]) -> anyhow::Result<u64> {
+        let mut group = self
+            .mls
+            .group(group_id)?
+            .context("no such group on this device")?;
+        let request = self.mls.commit(&mut group, &[], &[])?;
+        self.send_commit(&mut group, request).await?;
+        Ok(group.epoch().as_u64())
+    }
+
+    /// Proposes to leave the group; the next commit by any member removes this device. The server
+    /// stops delivering the group's messages to it at once.
+    pub async fn leave(&self, group_id: &[u8]) -> anyhow::Result<()> {
+        let mut group = self
+            .mls
+            .group(group_id)?
+            .context("no such group on this device")?;
+        let proposal = group
+            .leave_group(self.mls.provider(), self.mls.signer())
+            .context("proposing to leave")?;
+        self.connection
+            .send_proposal(SendProposalRequest {
+                proposal: proposal.tls_serialize_detached()?.into(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes the group on the server (Admins only) and forgets it here.
+    pub async fn delete_group(&self, group_id: &[u8]) -> anyhow::Result<()> {
+        self.connection.delete_group(group_id).await?;
+        self.forget(group_id)
+    }
+
+    /// Forgets a group's local state (after leaving it, or after it was deleted).
+    pub fn forget(&self, group_id: &[u8]) -> anyhow::Result<()> {
+        if let Some(mut group) = self.mls.group(group_id)? {
+            group
+                .delete(self.mls.provider().storage())
+                .map_err(|e| anyhow!("forgetting the group: {e:?}"))?;
+        }
+        Ok(())
     }
 
     /// Encrypts and sends `text` to `group_id`.
@@ -319,7 +420,19 @@ impl GroupClient<'_> {
                     _ => Ok(GroupEvent::Other),
                 }
             }
-            (MessageKind::ServerNotice, _) => Ok(GroupEvent::Other),
+            (MessageKind::ServerNotice, _) => {
+                match ServerNotice::tls_deserialize_exact(message.payload.as_slice()) {
+                    Ok(ServerNotice::GroupDeleted(deleted)) => {
+                        let group_id = deleted.group_id.as_slice().to_vec();
+                        self.forget(&group_id)?;
+                        Ok(GroupEvent::Deleted {
+                            group_id,
+                            by: deleted.by,
+                        })
+                    }
+                    _ => Ok(GroupEvent::Other),
+                }
+            }
             (_, Err(e)) => Err(anyhow!("a queued message does not parse: {e}")),
         }
     }

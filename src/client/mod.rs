@@ -32,6 +32,7 @@ use crate::protocol::{
     ServerInfo, ALPN_CLIENT, CHANNEL_BINDING_LEN, MAX_NOTIFICATION_LEN, MAX_RESPONSE_LEN,
     NOTIFICATION_LENGTH_PREFIX_LEN, PUSH_HEADER_LEN,
 };
+use crate::protocol::{DeleteGroupRequest, SendProposalRequest};
 use crate::tls;
 use crate::transport::auth::{channel_binding, sign_authentication};
 
@@ -429,6 +430,25 @@ impl Connection {
         };
         match self.request(&Request::GetGroup(request)).await? {
             ResponseBody::Group(state) => Ok(state),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Sends a proposal on its own (leaving, or an Admin's removal).
+    pub async fn send_proposal(&self, request: SendProposalRequest) -> Result<(), ClientError> {
+        match self.request(&Request::SendProposal(request)).await? {
+            ResponseBody::ProposalAccepted => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Deletes a group (Admins only).
+    pub async fn delete_group(&self, group_id: &[u8]) -> Result<(), ClientError> {
+        let request = DeleteGroupRequest {
+            group_id: group_id.to_vec().into(),
+        };
+        match self.request(&Request::DeleteGroup(request)).await? {
+            ResponseBody::GroupDeleted => Ok(()),
             other => Err(unexpected(&other)),
         }
     }

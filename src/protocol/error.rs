@@ -131,6 +131,10 @@ error_codes! {
     WelcomeMismatch = 45,
     /// The member's role does not allow this (adding, removing others, changing roles).
     NotAnAdmin = 46,
+    /// The commit leaves out proposals pending for its epoch; it must include all of them.
+    ProposalsNotCommitted = 47,
+    /// The group's last Admin cannot leave or be removed (delete the group instead).
+    LastAdmin = 48,
 }
 
 /// The body of an error response: `struct { uint16 code; opaque message<V>; }`.

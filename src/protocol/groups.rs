@@ -88,3 +88,23 @@ pub struct MessageAccepted {
 pub struct GroupList {
     pub groups: Vec<GroupEpoch>,
 }
+
+/// `SendProposal` request body.
+#[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
+pub struct SendProposalRequest {
+    /// An `MLSMessage` carrying a Remove or Update proposal as a `PublicMessage`.
+    pub proposal: VLBytes,
+}
+
+/// `DeleteGroup` request body.
+#[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
+pub struct DeleteGroupRequest {
+    pub group_id: VLBytes,
+}
+
+/// Server notice: a group was deleted by one of its Admins.
+#[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
+pub struct GroupDeleted {
+    pub group_id: VLBytes,
+    pub by: ClientId,
+}

@@ -35,8 +35,9 @@ pub use credential::{
 };
 pub use error::{DecodeError, ErrorCode, ErrorResponse};
 pub use groups::{
-    CreateGroupRequest, GetGroupRequest, GroupEpoch, GroupList, GroupMember, GroupState,
-    MessageAccepted, Role, SendCommitRequest, SendMessageRequest,
+    CreateGroupRequest, DeleteGroupRequest, GetGroupRequest, GroupDeleted, GroupEpoch, GroupList,
+    GroupMember, GroupState, MessageAccepted, Role, SendCommitRequest, SendMessageRequest,
+    SendProposalRequest,
 };
 pub use key_packages::{
     ClaimKeyPackagesRequest, ClaimOutcome, ClaimedKeyPackage, ClaimedKeyPackages, KeyPackageStatus,

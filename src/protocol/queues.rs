@@ -2,7 +2,7 @@
 
 use tls_codec::{TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
 
-use super::KeyPackagesLow;
+use super::{GroupDeleted, KeyPackagesLow};
 
 /// Most messages one `FetchMessages` returns.
 pub const MAX_FETCH_COUNT: u32 = 1000;
@@ -29,6 +29,9 @@ pub enum ServerNotice {
     /// Messages outlived the server's retention and were deleted unread.
     #[tls_codec(discriminant = 2)]
     MessagesExpired(MessagesExpired),
+    /// A group this client was in was deleted.
+    #[tls_codec(discriminant = 3)]
+    GroupDeleted(GroupDeleted),
 }
 
 /// `count` messages, with sequence numbers from `first_seq` to `last_seq`, were deleted unread.

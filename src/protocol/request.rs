@@ -4,9 +4,9 @@ use tls_codec::{Deserialize, Serialize, TlsDeserialize, TlsSerialize, TlsSize};
 
 use super::{
     AckMessagesRequest, AddClientRequest, AuthenticateRequest, ClaimKeyPackagesRequest,
-    CreateGroupRequest, DecodeError, FetchMessagesRequest, GetGroupRequest, LookupUserRequest,
-    PublishKeyPackagesRequest, RegisterUserRequest, RemoveClientRequest, SendCommitRequest,
-    SendMessageRequest, MAX_REQUEST_LEN, PROTOCOL_VERSION,
+    CreateGroupRequest, DecodeError, DeleteGroupRequest, FetchMessagesRequest, GetGroupRequest,
+    LookupUserRequest, PublishKeyPackagesRequest, RegisterUserRequest, RemoveClientRequest,
+    SendCommitRequest, SendMessageRequest, SendProposalRequest, MAX_REQUEST_LEN, PROTOCOL_VERSION,
 };
 
 /// Operation codes: the `uint16` that selects a request body (and the matching response body).
@@ -33,6 +33,8 @@ pub enum Operation {
     SendMessage = 18,
     GetGroup = 19,
     ListGroups = 20,
+    SendProposal = 21,
+    DeleteGroup = 22,
 }
 
 impl Operation {
@@ -57,6 +59,8 @@ impl Operation {
         Self::SendMessage,
         Self::GetGroup,
         Self::ListGroups,
+        Self::SendProposal,
+        Self::DeleteGroup,
     ];
 
     pub fn from_u16(value: u16) -> Option<Self> {
@@ -83,7 +87,9 @@ impl Operation {
             | Self::SendCommit
             | Self::SendMessage
             | Self::GetGroup
-            | Self::ListGroups => true,
+            | Self::ListGroups
+            | Self::SendProposal
+            | Self::DeleteGroup => true,
         }
     }
 }
@@ -152,6 +158,12 @@ pub enum Request {
     /// The groups the authenticated client is a member of.
     #[tls_codec(discriminant = 20)]
     ListGroups,
+    /// A proposal on its own (leaving, or an Admin's removal), committed later by any member.
+    #[tls_codec(discriminant = 21)]
+    SendProposal(SendProposalRequest),
+    /// Delete a group (Admins only).
+    #[tls_codec(discriminant = 22)]
+    DeleteGroup(DeleteGroupRequest),
 }
 
 impl Request {
@@ -177,6 +189,8 @@ impl Request {
             Self::SendMessage(_) => Operation::SendMessage,
             Self::GetGroup(_) => Operation::GetGroup,
             Self::ListGroups => Operation::ListGroups,
+            Self::SendProposal(_) => Operation::SendProposal,
+            Self::DeleteGroup(_) => Operation::DeleteGroup,
         }
     }
 }
@@ -299,6 +313,12 @@ mod tests {
                 group_id: vec![7].into(),
             }),
             Request::ListGroups,
+            Request::SendProposal(SendProposalRequest {
+                proposal: vec![8].into(),
+            }),
+            Request::DeleteGroup(DeleteGroupRequest {
+                group_id: vec![9].into(),
+            }),
         ]
     }
 

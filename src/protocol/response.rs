@@ -69,6 +69,10 @@ pub enum ResponseBody {
     Group(GroupState),
     #[tls_codec(discriminant = 20)]
     Groups(GroupList),
+    #[tls_codec(discriminant = 21)]
+    ProposalAccepted,
+    #[tls_codec(discriminant = 22)]
+    GroupDeleted,
 }
 
 /// A response: a body, or an error.

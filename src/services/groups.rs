@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use openmls::prelude::{
     BasicCredential, GroupId, LeafNode, MlsMessageBodyIn, MlsMessageIn, ProcessedMessageContent,
-    ProposalStore, ProtocolMessage, PublicGroup, PublicProcessMessageError, RatchetTreeIn, Sender,
-    ValidationError,
+    Proposal, ProposalStore, ProtocolMessage, PublicGroup, PublicProcessMessageError,
+    RatchetTreeIn, Sender, ValidationError,
 };
 use openmls_memory_storage::MemoryStorage;
 use openmls_rust_crypto::RustCrypto;
@@ -19,9 +19,9 @@ use crate::clock::Clock;
 use crate::config::{QueuePolicy, ServerConfig};
 use crate::identity::{verify_member, DomainKeys};
 use crate::protocol::{
-    ClientCredential, ClientId, CreateGroupRequest, GetGroupRequest, GroupEpoch, GroupList,
-    GroupMember, GroupState, MessageAccepted, MessageKind, Role, SendCommitRequest,
-    SendMessageRequest, Text,
+    ClientCredential, ClientId, CreateGroupRequest, DeleteGroupRequest, GetGroupRequest,
+    GroupDeleted, GroupEpoch, GroupList, GroupMember, GroupState, MessageAccepted, MessageKind,
+    Role, SendCommitRequest, SendMessageRequest, SendProposalRequest, ServerNotice, Text,
 };
 use crate::store::{
     Enqueued, Envelope, GroupMemberRow, GroupRefusal, GroupTransition, PublicState, QueueLimits,
@@ -94,6 +94,7 @@ impl Groups {
             epoch: 0,
             created_at: self.clock.now(),
             roles: vec![(caller.user_id.as_str().to_owned(), true)],
+            leaving: Vec::new(),
             group_info: request.group_info.as_slice().to_vec(),
             public_state: snapshot(&storage)?,
         };
@@ -157,25 +158,51 @@ impl Groups {
         };
         let admin = is_admin(&group.stored, caller);
 
-        // Additions: Admin only, each new member's credential checked, Welcome refs collected.
+        // Every proposal pending for this epoch must be in the commit.
+        let pending: BTreeSet<Vec<u8>> = group
+            .public
+            .queued_proposals(&group.storage)
+            .map_err(|e| corrupt(&format!("reading pending proposals: {e:?}")))?
+            .into_iter()
+            .map(|(reference, _)| reference.as_slice().to_vec())
+            .collect();
+        let covered: BTreeSet<Vec<u8>> = staged
+            .queued_proposals()
+            .map(|queued| queued.proposal_reference_ref().as_slice().to_vec())
+            .collect();
+        if !pending.is_subset(&covered) {
+            return Err(ServiceError::ProposalsNotCommitted);
+        }
+
+        // Roles: the committer's own proposals follow its role; proposals by reference were
+        // checked when they were proposed. Anyone may remove (or update) their own leaf.
+        let committer = Sender::Member(sender_leaf);
+        for queued in staged.queued_proposals() {
+            let own = *queued.sender() == committer;
+            match queued.proposal() {
+                Proposal::Add(_) if !admin => return Err(ServiceError::NotAnAdmin),
+                Proposal::Remove(remove) => {
+                    let self_removal = matches!(
+                        queued.sender(),
+                        Sender::Member(proposer) if *proposer == remove.removed()
+                    );
+                    if own && !self_removal && !admin {
+                        return Err(ServiceError::NotAnAdmin);
+                    }
+                }
+                _ => {}
+            }
+        }
+
+        // Additions: each new member's credential checked, Welcome refs collected.
         let mut added = Vec::new();
         for add in staged.add_proposals() {
-            if !admin {
-                return Err(ServiceError::NotAnAdmin);
-            }
             let key_package = add.add_proposal().key_package();
             let client = self.verify_leaf(key_package.leaf_node()).await?;
             let key_ref = key_package
                 .hash_ref(&self.crypto)
                 .map_err(|e| invalid(e.to_string()))?;
             added.push((client, key_ref.as_slice().to_vec()));
-        }
-        // Removals of anyone but the committer: Admin only.
-        for remove in staged.remove_proposals() {
-            let removed = remove.remove_proposal().removed();
-            if removed != sender_leaf && !admin {
-                return Err(ServiceError::NotAnAdmin);
-            }
         }
         // A changed leaf of the committer: its credential must still vouch for the committer.
         if let Some(leaf) = staged.update_path_leaf_node() {
@@ -226,6 +253,20 @@ impl Groups {
                 .iter()
                 .any(|(client, _)| client.user_id.as_str() == user)
         });
+        if !members.is_empty() && !roles.iter().any(|(_, admin)| *admin) {
+            return Err(ServiceError::LastAdmin);
+        }
+        let leaving: Vec<(String, u32)> = group
+            .stored
+            .leaving
+            .iter()
+            .filter(|(user, device)| {
+                members.iter().any(|(client, _)| {
+                    client.user_id.as_str() == user && client.device_id == *device
+                })
+            })
+            .cloned()
+            .collect();
 
         // The commit goes to everyone who was a member (removed ones learn of their removal)
         // but the committing client; the Welcome to exactly the added clients.
@@ -247,6 +288,7 @@ impl Groups {
             epoch: new_epoch,
             created_at: group.stored.created_at,
             roles,
+            leaving: leaving.clone(),
             group_info: request.group_info.as_slice().to_vec(),
             public_state: snapshot(&group.storage)?,
         };
@@ -259,7 +301,7 @@ impl Groups {
                     from_epoch,
                     group: stored,
                     old_members: member_rows(&old_members),
-                    members: member_rows(&members),
+                    members: delivery_rows(&members, &leaving),
                     envelopes,
                 },
                 self.clock.now_ms(),
@@ -275,6 +317,154 @@ impl Groups {
             group_id: group_id.into(),
             epoch: new_epoch,
         })
+    }
+
+    /// A Remove or Update proposal on its own: stored until a commit covers it, fanned out so
+    /// members can commit it. A self-removal (leaving) takes the client out of delivery at once.
+    pub async fn propose(
+        &self,
+        caller: &ClientId,
+        request: SendProposalRequest,
+    ) -> Result<(), ServiceError> {
+        let message = MlsMessageIn::tls_deserialize_exact(request.proposal.as_slice())
+            .map_err(|e| invalid(format!("the proposal does not parse: {e}")))?;
+        let public_message = match message.extract() {
+            MlsMessageBodyIn::PublicMessage(message) => message,
+            _ => return Err(invalid("a proposal travels as a PublicMessage".into())),
+        };
+        let protocol_message = ProtocolMessage::from(public_message);
+        let group_id = protocol_message.group_id().as_slice().to_vec();
+        let mut group = self.load(&group_id).await?;
+        let epoch = group.stored.epoch;
+        if protocol_message.epoch().as_u64() != epoch {
+            return Err(ServiceError::WrongEpoch { current: epoch });
+        }
+        let members = self.verified_members(&group.public).await?;
+        let processed = group
+            .public
+            .process_message(&self.crypto, protocol_message)
+            .map_err(|e| invalid(format!("the proposal is not valid: {e}")))?;
+        let Sender::Member(sender_leaf) = *processed.sender() else {
+            return Err(invalid("only members propose here".into()));
+        };
+        let sender = members
+            .iter()
+            .find(|(_, leaf)| *leaf == sender_leaf.u32())
+            .map(|(client, _)| client.clone())
+            .ok_or_else(|| invalid("the proposer is not a member".into()))?;
+        if sender != *caller {
+            return Err(ServiceError::Forbidden);
+        }
+        let ProcessedMessageContent::ProposalMessage(queued) = processed.into_content() else {
+            return Err(invalid("the message is not a proposal".into()));
+        };
+        let mut leaving = group.stored.leaving.clone();
+        match queued.proposal() {
+            Proposal::Remove(remove) if remove.removed() == sender_leaf => {
+                let admins_left = members.iter().any(|(client, _)| {
+                    client != caller
+                        && is_admin(&group.stored, client)
+                        && !is_leaving(&group.stored, client)
+                });
+                if is_admin(&group.stored, caller) && !admins_left {
+                    return Err(ServiceError::LastAdmin);
+                }
+                leaving.push((caller.user_id.as_str().to_owned(), caller.device_id));
+            }
+            Proposal::Remove(_) => {
+                if !is_admin(&group.stored, caller) {
+                    return Err(ServiceError::NotAnAdmin);
+                }
+            }
+            Proposal::Update(_) => {}
+            _ => {
+                return Err(invalid(
+                    "only Remove and Update proposals are accepted on their own".into(),
+                ))
+            }
+        }
+        group
+            .public
+            .add_proposal(&group.storage, *queued)
+            .map_err(|e| corrupt(&format!("storing the proposal: {e:?}")))?;
+        let payload = Arc::new(request.proposal.as_slice().to_vec());
+        let envelopes: Vec<Envelope> = members
+            .iter()
+            .filter(|(client, _)| client != caller && !is_leaving(&group.stored, client))
+            .map(|(client, _)| envelope(client, MessageKind::Mls, &payload))
+            .collect();
+        let recipients: Vec<ClientId> = envelopes.iter().map(envelope_client).collect();
+        let stored = StoredGroup {
+            leaving: leaving.clone(),
+            public_state: snapshot(&group.storage)?,
+            ..group.stored.clone()
+        };
+        let outcomes = self
+            .store
+            .commit_group(
+                &group_id,
+                GroupTransition {
+                    from_epoch: epoch,
+                    group: stored,
+                    old_members: member_rows(&members),
+                    members: delivery_rows(&members, &leaving),
+                    envelopes,
+                },
+                self.clock.now_ms(),
+                self.queue_limits(),
+            )
+            .await?
+            .map_err(|refusal| match refusal {
+                GroupRefusal::WrongEpoch { current } => ServiceError::WrongEpoch { current },
+                GroupRefusal::Unknown | GroupRefusal::Exists => ServiceError::UnknownGroup,
+            })?;
+        self.announce(&recipients, &outcomes);
+        Ok(())
+    }
+
+    /// Deletes a group (Admins only): its state is gone, every other member is told.
+    pub async fn delete(
+        &self,
+        caller: &ClientId,
+        request: DeleteGroupRequest,
+    ) -> Result<(), ServiceError> {
+        let group_id = request.group_id.as_slice();
+        let group = self.load(group_id).await?;
+        self.store
+            .group_membership(caller.user_id.as_str(), caller.device_id, group_id)
+            .await?
+            .ok_or(ServiceError::NotAMember)?;
+        if !is_admin(&group.stored, caller) {
+            return Err(ServiceError::NotAnAdmin);
+        }
+        let members = self.verified_members(&group.public).await?;
+        let notice = ServerNotice::GroupDeleted(GroupDeleted {
+            group_id: group_id.to_vec().into(),
+            by: caller.clone(),
+        })
+        .tls_serialize_detached()
+        .map_err(|e| invalid(e.to_string()))?;
+        let notice = Arc::new(notice);
+        let envelopes: Vec<Envelope> = members
+            .iter()
+            .filter(|(client, _)| client != caller)
+            .map(|(client, _)| envelope(client, MessageKind::ServerNotice, &notice))
+            .collect();
+        let recipients: Vec<ClientId> = envelopes.iter().map(envelope_client).collect();
+        let outcomes = self
+            .store
+            .delete_group(
+                group_id,
+                member_rows(&members),
+                envelopes,
+                self.clock.now_ms(),
+                self.queue_limits(),
+            )
+            .await?
+            .map_err(|_| ServiceError::UnknownGroup)?;
+        self.announce(&recipients, &outcomes);
+        tracing::info!(group = %hex::encode(group_id), by = %caller, "group deleted");
+        Ok(())
     }
 
     pub async fn send(
@@ -314,7 +504,7 @@ impl Groups {
             .verified_members(&group.public)
             .await?
             .iter()
-            .filter(|(client, _)| client != caller)
+            .filter(|(client, _)| client != caller && !is_leaving(&group.stored, client))
             .map(|(client, _)| envelope(client, MessageKind::Mls, &payload))
             .collect();
         let recipients: Vec<ClientId> = envelopes.iter().map(envelope_client).collect();
@@ -529,6 +719,25 @@ impl Groups {
         }
         Ok(())
     }
+}
+
+fn is_leaving(group: &StoredGroup, client: &ClientId) -> bool {
+    group
+        .leaving
+        .iter()
+        .any(|(user, device)| user == client.user_id.as_str() && *device == client.device_id)
+}
+
+/// The member rows that receive messages: the tree's members but those leaving.
+fn delivery_rows(members: &[(ClientId, u32)], leaving: &[(String, u32)]) -> Vec<GroupMemberRow> {
+    member_rows(members)
+        .into_iter()
+        .filter(|row| {
+            !leaving
+                .iter()
+                .any(|(user, device)| *user == row.user_id && *device == row.device_id)
+        })
+        .collect()
 }
 
 fn is_admin(group: &StoredGroup, client: &ClientId) -> bool {

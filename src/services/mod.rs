@@ -117,6 +117,10 @@ pub enum ServiceError {
     WelcomeMismatch(String),
     #[error("only an Admin of the group may do this")]
     NotAnAdmin,
+    #[error("the commit must include every proposal pending for its epoch")]
+    ProposalsNotCommitted,
+    #[error("the group's last Admin cannot leave or be removed; delete the group instead")]
+    LastAdmin,
     #[error("operation {0:?} is handled by the transport, not a service")]
     NotAServiceOperation(Operation),
     #[error(transparent)]
@@ -267,6 +271,14 @@ impl Services {
                 ResponseBody::Group(self.groups.get(authenticated()?, request).await?)
             }
             Request::ListGroups => ResponseBody::Groups(self.groups.list(authenticated()?).await?),
+            Request::SendProposal(request) => {
+                self.groups.propose(authenticated()?, request).await?;
+                ResponseBody::ProposalAccepted
+            }
+            Request::DeleteGroup(request) => {
+                self.groups.delete(authenticated()?, request).await?;
+                ResponseBody::GroupDeleted
+            }
             Request::Authenticate(_) => {
                 return Err(ServiceError::NotAServiceOperation(request.operation()))
             }

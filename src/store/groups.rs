@@ -26,10 +26,17 @@ struct StoredRole {
 }
 
 #[derive(Debug, TlsSize, TlsSerialize, TlsDeserialize)]
+struct StoredClientRef {
+    user_id: VLBytes,
+    device_id: u32,
+}
+
+#[derive(Debug, TlsSize, TlsSerialize, TlsDeserialize)]
 struct GroupRecord {
     epoch: u64,
     created_at: u64,
     roles: Vec<StoredRole>,
+    leaving: Vec<StoredClientRef>,
     group_info: VLBytes,
     public_state: Vec<StoredEntry>,
 }
@@ -44,6 +51,9 @@ pub struct StoredGroup {
     pub created_at: u64,
     /// (user id, is admin) for every user with a client in the group.
     pub roles: Vec<(String, bool)>,
+    /// Clients that proposed to leave: still in the tree until a commit removes them, but no
+    /// longer members for delivery.
+    pub leaving: Vec<(String, u32)>,
     /// The current epoch's GroupInfo (an encoded `MLSMessage`).
     pub group_info: Vec<u8>,
     /// The entries of the group's openmls public storage.
@@ -69,6 +79,14 @@ impl StoredGroup {
                 .map(|(user_id, admin)| StoredRole {
                     user_id: user_id.as_bytes().to_vec().into(),
                     admin: u8::from(*admin),
+                })
+                .collect(),
+            leaving: self
+                .leaving
+                .iter()
+                .map(|(user_id, device_id)| StoredClientRef {
+                    user_id: user_id.as_bytes().to_vec().into(),
+                    device_id: *device_id,
                 })
                 .collect(),
             group_info: self.group_info.clone().into(),
@@ -98,6 +116,16 @@ impl StoredGroup {
                     (
                         String::from_utf8_lossy(role.user_id.as_slice()).into_owned(),
                         role.admin == 1,
+                    )
+                })
+                .collect(),
+            leaving: record
+                .leaving
+                .into_iter()
+                .map(|client| {
+                    (
+                        String::from_utf8_lossy(client.user_id.as_slice()).into_owned(),
+                        client.device_id,
                     )
                 })
                 .collect(),
@@ -195,6 +223,31 @@ impl Store {
             groups.insert(group_id.as_slice(), encoded.as_slice())?;
             drop(groups);
             replace_members(txn, &group_id, &old_members, &members)?;
+            Ok(Ok(enqueue_in(txn, &envelopes, now_ms, limits)?))
+        })
+        .await
+    }
+
+    /// Deletes a group and its member rows, and queues `envelopes` (the members' notices), in one
+    /// commit.
+    pub async fn delete_group(
+        &self,
+        group_id: &[u8],
+        members: Vec<GroupMemberRow>,
+        envelopes: Vec<Envelope>,
+        now_ms: u64,
+        limits: QueueLimits,
+    ) -> Result<Result<Vec<Enqueued>, GroupRefusal>, StoreError> {
+        let group_id = group_id.to_vec();
+        self.write(move |txn| {
+            if txn
+                .open_table(GROUPS)?
+                .remove(group_id.as_slice())?
+                .is_none()
+            {
+                return Ok(Err(GroupRefusal::Unknown));
+            }
+            replace_members(txn, &group_id, &members, &[])?;
             Ok(Ok(enqueue_in(txn, &envelopes, now_ms, limits)?))
         })
         .await

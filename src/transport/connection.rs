@@ -255,6 +255,8 @@ fn service_error_response(e: ServiceError) -> Response {
         ServiceError::InvalidMemberCredential(_) => ErrorCode::InvalidMemberCredential,
         ServiceError::WelcomeMismatch(_) => ErrorCode::WelcomeMismatch,
         ServiceError::NotAnAdmin => ErrorCode::NotAnAdmin,
+        ServiceError::ProposalsNotCommitted => ErrorCode::ProposalsNotCommitted,
+        ServiceError::LastAdmin => ErrorCode::LastAdmin,
         ServiceError::Store(StoreError::Closed) => ErrorCode::ShuttingDown,
         ServiceError::NotAServiceOperation(_) | ServiceError::Store(_) => {
             // Internal failures are logged in full and never described to the peer.

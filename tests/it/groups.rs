@@ -314,3 +314,140 @@ fn code(error: &anyhow::Error) -> Option<ErrorCode> {
         .downcast_ref::<roost::client::ClientError>()
         .and_then(roost::client::ClientError::code)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_leave_admins_remove_and_the_last_admin_stays() {
+    let server = TestServer::start().await;
+    let alice = registered_with_key_packages(&server, "alice@localhost", 1).await;
+    let bob = registered_with_key_packages(&server, "bob@localhost", 1).await;
+    let carol = registered_with_key_packages(&server, "carol@localhost", 1).await;
+    let admin = groups(&server, &alice[0]).await;
+    let group_id = within(admin.create_group()).await.unwrap();
+    within(admin.invite(&group_id, "bob@localhost"))
+        .await
+        .unwrap();
+    within(admin.invite(&group_id, "carol@localhost"))
+        .await
+        .unwrap();
+    receive(&server, &bob[0]).await;
+    receive(&server, &carol[0]).await;
+
+    // A Member cannot remove someone else; the last Admin cannot leave.
+    let carol_groups = groups(&server, &carol[0]).await;
+    let refused = within(carol_groups.remove_user(&group_id, "alice@localhost"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&refused), Some(ErrorCode::NotAnAdmin));
+    let refused = within(admin.leave(&group_id)).await.unwrap_err();
+    assert_eq!(code(&refused), Some(ErrorCode::LastAdmin));
+
+    // Bob leaves: from now on he gets none of the group's messages.
+    within(groups(&server, &bob[0]).await.leave(&group_id))
+        .await
+        .unwrap();
+    let error = within(bob[0].connection.get_group(&group_id))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::NotAMember));
+
+    // A commit that leaves his proposal out is refused; one that includes it goes through.
+    receive(&server, &carol[0]).await; // carol now holds bob's proposal
+    let mut carol_group = carol[0].mls.group(&group_id).unwrap().unwrap();
+    let bundle = carol_group
+        .commit_builder()
+        .consume_proposal_store(false)
+        .load_psks(openmls_traits::OpenMlsProvider::storage(
+            carol[0].mls.provider(),
+        ))
+        .unwrap()
+        .create_group_info(true)
+        .build(
+            openmls_traits::OpenMlsProvider::rand(carol[0].mls.provider()),
+            openmls_traits::OpenMlsProvider::crypto(carol[0].mls.provider()),
+            carol[0].mls.signer(),
+            |_| true,
+        )
+        .unwrap()
+        .stage_commit(carol[0].mls.provider())
+        .unwrap();
+    let (commit, _, group_info) = bundle.into_messages();
+    use tls_codec::Serialize;
+    let ignoring = SendCommitRequest {
+        commit: commit.tls_serialize_detached().unwrap().into(),
+        welcome: None,
+        group_info: group_info.unwrap().tls_serialize_detached().unwrap().into(),
+    };
+    let error = within(carol[0].connection.send_commit(ignoring))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::ProposalsNotCommitted));
+    carol_group
+        .clear_pending_commit(openmls_traits::OpenMlsProvider::storage(
+            carol[0].mls.provider(),
+        ))
+        .unwrap();
+    // Any member (carol is only a Member) completes bob's leaving.
+    within(carol_groups.commit_pending(&group_id))
+        .await
+        .unwrap();
+    assert!(receive(&server, &bob[0])
+        .await
+        .contains(&GroupEvent::Removed {
+            group_id: group_id.clone()
+        }));
+    receive(&server, &alice[0]).await;
+
+    // The Admin removes carol; carol learns it from the commit.
+    within(admin.remove_user(&group_id, "carol@localhost"))
+        .await
+        .unwrap();
+    assert!(receive(&server, &carol[0])
+        .await
+        .contains(&GroupEvent::Removed {
+            group_id: group_id.clone()
+        }));
+    let state = within(alice[0].connection.get_group(&group_id))
+        .await
+        .unwrap();
+    let members: Vec<_> = state.members.iter().map(|m| m.client.to_string()).collect();
+    assert_eq!(members, ["alice@localhost/1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_deletes_a_group_and_its_members_are_told() {
+    let server = TestServer::start().await;
+    let alice = registered_with_key_packages(&server, "alice@localhost", 1).await;
+    let bob = registered_with_key_packages(&server, "bob@localhost", 1).await;
+    let admin = groups(&server, &alice[0]).await;
+    let group_id = within(admin.create_group()).await.unwrap();
+    within(admin.invite(&group_id, "bob@localhost"))
+        .await
+        .unwrap();
+    receive(&server, &bob[0]).await;
+
+    let refused = within(groups(&server, &bob[0]).await.delete_group(&group_id))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&refused), Some(ErrorCode::NotAnAdmin));
+    within(admin.delete_group(&group_id)).await.unwrap();
+    assert_eq!(
+        receive(&server, &bob[0]).await,
+        [GroupEvent::Deleted {
+            group_id: group_id.clone(),
+            by: alice[0].identity.client.clone()
+        }]
+    );
+    assert!(
+        bob[0].mls.group(&group_id).unwrap().is_none(),
+        "bob forgot the group"
+    );
+    let error = within(alice[0].connection.get_group(&group_id))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::UnknownGroup));
+    assert!(within(bob[0].connection.list_groups())
+        .await
+        .unwrap()
+        .groups
+        .is_empty());
+}
