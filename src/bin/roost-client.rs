@@ -103,6 +103,13 @@ enum Command {
     Send { group: String, text: String },
     /// Remove every device of a user from a group (Admins only).
     Remove { group: String, user: String },
+    /// Make a user an Admin or a Member of a group (Admins only).
+    SetRole {
+        group: String,
+        user: String,
+        #[arg(value_enum)]
+        role: RoleArg,
+    },
     /// Leave a group (the next commit by any member completes it).
     Leave { group: String },
     /// Commit the proposals pending in a group (e.g. someone's leaving).
@@ -120,6 +127,13 @@ enum Command {
         #[arg(long, default_value_t = DEFAULT_CIPHERSUITE)]
         ciphersuite: u16,
     },
+}
+
+/// A group role on the command line.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RoleArg {
+    Admin,
+    Member,
 }
 
 fn main() -> ExitCode {
@@ -462,6 +476,25 @@ async fn execute(
                     removed.join(", "),
                     hex::encode(&group_id)
                 ),
+            )
+        }
+        Command::SetRole { group, user, role } => {
+            let (device, _push) = authenticate(connection, &cli.state).await?;
+            let group_id = GroupNames::load(&cli.state)?.resolve(group)?;
+            let admin = matches!(role, RoleArg::Admin);
+            with_catch_up(connection, &device, cli.json, || async {
+                device
+                    .groups(connection)
+                    .await?
+                    .set_role(&group_id, user, admin)
+                    .await
+            })
+            .await?;
+            device.save()?;
+            let role = if admin { "admin" } else { "member" };
+            Output::new(
+                json!({ "group": hex::encode(&group_id), "user": user, "role": role }),
+                format!("{user} is now {role} of {}", hex::encode(&group_id)),
             )
         }
         Command::Leave { group } => {

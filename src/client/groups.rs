@@ -4,9 +4,10 @@
 
 use anyhow::{anyhow, bail, Context};
 use openmls::prelude::{
-    BasicCredential, GroupId, KeyPackage, KeyPackageIn, LeafNodeIndex, MlsGroup,
-    MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn,
-    ProcessedMessageContent, ProtocolMessage, ProtocolVersion, StagedWelcome,
+    BasicCredential, Extension, ExtensionType, Extensions, GroupContext, GroupId, KeyPackage,
+    KeyPackageIn, LeafNodeIndex, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig,
+    MlsMessageBodyIn, MlsMessageIn, ProcessedMessageContent, ProtocolMessage, ProtocolVersion,
+    RequiredCapabilitiesExtension, StagedWelcome, UnknownExtension,
     PURE_PLAINTEXT_WIRE_FORMAT_POLICY,
 };
 use openmls_traits::OpenMlsProvider;
@@ -17,8 +18,9 @@ use super::{ClientError, Connection};
 use crate::clock::UnixTime;
 use crate::identity::{verify_member, DomainKeys};
 use crate::protocol::{
-    ClaimOutcome, ClientCredential, ClientId, CreateGroupRequest, ErrorCode, MessageKind,
-    QueuedMessage, SendCommitRequest, SendMessageRequest, SendProposalRequest, ServerNotice,
+    ClaimOutcome, ClientCredential, ClientId, CreateGroupRequest, ErrorCode, GroupRoles,
+    MessageKind, QueuedMessage, SendCommitRequest, SendMessageRequest, SendProposalRequest,
+    ServerNotice, ROLES_EXTENSION_TYPE,
 };
 
 /// What processing one queued message produced.
@@ -43,15 +45,19 @@ pub enum GroupEvent {
 }
 
 impl DeviceMls {
-    fn create_config(&self) -> MlsGroupCreateConfig {
-        MlsGroupCreateConfig::builder()
+    fn create_config(&self) -> anyhow::Result<MlsGroupCreateConfig> {
+        let roles = GroupRoles {
+            admins: vec![self.client().user_id.clone()],
+        };
+        Ok(MlsGroupCreateConfig::builder()
+            .with_group_context_extensions(roles_extensions(&roles)?)
             .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
             .ciphersuite(self.ciphersuite())
             .capabilities(self.capabilities())
             // Welcomes carry the tree of their epoch, so a device joins whenever it gets to its
             // Welcome, however many commits came after.
             .use_ratchet_tree_extension(true)
-            .build()
+            .build())
     }
 
     fn join_config(&self) -> MlsGroupJoinConfig {
@@ -66,7 +72,7 @@ impl DeviceMls {
         let group = MlsGroup::new(
             self.provider(),
             self.signer(),
-            &self.create_config(),
+            &self.create_config()?,
             self.credential().clone(),
         )
         .context("creating the MLS group")?;
@@ -96,7 +102,7 @@ impl DeviceMls {
         group: &mut MlsGroup,
         key_packages: &[KeyPackage],
     ) -> anyhow::Result<SendCommitRequest> {
-        self.commit(group, key_packages, &[])
+        self.commit(group, key_packages, &[], None)
     }
 
     /// Stages a commit that adds `key_packages`, removes the leaves `removed`, and includes every
@@ -106,12 +112,19 @@ impl DeviceMls {
         group: &mut MlsGroup,
         key_packages: &[KeyPackage],
         removed: &[LeafNodeIndex],
+        roles: Option<&GroupRoles>,
     ) -> anyhow::Result<SendCommitRequest> {
-        let bundle = group
+        let mut builder = group
             .commit_builder()
             .consume_proposal_store(true)
             .propose_adds(key_packages.iter().cloned())
-            .propose_removals(removed.iter().copied())
+            .propose_removals(removed.iter().copied());
+        if let Some(roles) = roles {
+            builder = builder
+                .propose_group_context_extensions(roles_extensions(roles)?)
+                .map_err(|e| anyhow!("proposing the new roles: {e:?}"))?;
+        }
+        let bundle = builder
             .load_psks(self.provider().storage())
             .map_err(|e| anyhow!("building the commit: {e:?}"))?
             // The server checks every commit against the GroupInfo of the epoch it creates.
@@ -293,9 +306,51 @@ impl GroupClient<'_> {
         if leaves.is_empty() {
             bail!("{user_id} is not in the group");
         }
-        let request = self.mls.commit(&mut group, &[], &leaves)?;
+        // A removed Admin leaves the roles extension too.
+        let mut roles = group_roles(&group)?;
+        roles.admins.retain(|admin| admin.as_str() != user_id);
+        let request = self.mls.commit(&mut group, &[], &leaves, Some(&roles))?;
         self.send_commit(&mut group, request).await?;
         Ok(removed)
+    }
+
+    /// Makes `user_id` an Admin or a Member of the group (Admins only), by a commit that changes
+    /// the group context's roles extension.
+    pub async fn set_role(
+        &self,
+        group_id: &[u8],
+        user_id: &str,
+        admin: bool,
+    ) -> anyhow::Result<()> {
+        let mut group = self
+            .mls
+            .group(group_id)?
+            .context("no such group on this device")?;
+        let members = verify_group_members(&group, &self.keys, self.now)?;
+        if !members
+            .iter()
+            .any(|client| client.user_id.as_str() == user_id)
+        {
+            bail!("{user_id} is not in the group");
+        }
+        let mut roles = group_roles(&group)?;
+        roles.admins.retain(|listed| listed.as_str() != user_id);
+        if admin {
+            roles
+                .admins
+                .push(crate::protocol::Text::new(user_id).map_err(|e| anyhow!("{e}"))?);
+        }
+        let request = self.mls.commit(&mut group, &[], &[], Some(&roles))?;
+        self.send_commit(&mut group, request).await
+    }
+
+    /// The roles the group context states, as this device sees them.
+    pub fn roles(&self, group_id: &[u8]) -> anyhow::Result<GroupRoles> {
+        let group = self
+            .mls
+            .group(group_id)?
+            .context("no such group on this device")?;
+        group_roles(&group)
     }
 
     /// Commits the proposals pending in the group (e.g. a member's leaving).
@@ -304,7 +359,7 @@ impl GroupClient<'_> {
             .mls
             .group(group_id)?
             .context("no such group on this device")?;
-        let request = self.mls.commit(&mut group, &[], &[])?;
+        let request = self.mls.commit(&mut group, &[], &[], None)?;
         self.send_commit(&mut group, request).await?;
         Ok(group.epoch().as_u64())
     }
@@ -468,6 +523,32 @@ impl GroupClient<'_> {
             self.connection.ack_messages(last).await?;
         }
     }
+}
+
+/// The group context extensions: `roles`, and the requirement that every member supports the
+/// roles extension (which MLS asks of a group-context extension that commits may change).
+fn roles_extensions(roles: &GroupRoles) -> anyhow::Result<Extensions<GroupContext>> {
+    Extensions::from_vec(vec![
+        Extension::RequiredCapabilities(RequiredCapabilitiesExtension::new(
+            &[ExtensionType::Unknown(ROLES_EXTENSION_TYPE)],
+            &[],
+            &[],
+        )),
+        Extension::Unknown(
+            ROLES_EXTENSION_TYPE,
+            UnknownExtension(roles.tls_serialize_detached()?),
+        ),
+    ])
+    .map_err(|e| anyhow!("the roles extension: {e:?}"))
+}
+
+/// The roles extension of a group's context.
+pub fn group_roles(group: &MlsGroup) -> anyhow::Result<GroupRoles> {
+    let extension = group
+        .extensions()
+        .unknown(ROLES_EXTENSION_TYPE)
+        .context("the group has no roles extension")?;
+    GroupRoles::tls_deserialize_exact(&extension.0).context("the roles extension does not parse")
 }
 
 /// Whether a client error is the server's `WrongEpoch`.

@@ -16,12 +16,14 @@ use openmls_traits::OpenMlsProvider;
 use tls_codec::{Deserialize, Serialize, VLBytes};
 
 use super::state::DeviceIdentity;
+use crate::protocol::{ClientId, ROLES_EXTENSION_TYPE};
 use crate::secret_files::write_private;
 
 /// The file in a device's state directory that holds its MLS key store.
 const MLS_STORAGE_FILE: &str = "mls-storage.bin";
 
 pub struct DeviceMls {
+    client: ClientId,
     provider: OpenMlsRustCrypto,
     signer: SignatureKeyPair,
     /// The Ed25519 seed behind `signer`, to make copies of it.
@@ -47,6 +49,7 @@ impl DeviceMls {
             signature_key: public.into(),
         };
         Ok(Self {
+            client: identity.client.clone(),
             provider: OpenMlsRustCrypto::default(),
             signer,
             signing_seed: identity.signing_key.to_bytes(),
@@ -105,6 +108,7 @@ impl DeviceMls {
     /// A copy of this device's MLS side, key store included (as if saved and loaded again).
     pub fn snapshot(&self) -> anyhow::Result<Self> {
         let copy = Self {
+            client: self.client.clone(),
             provider: OpenMlsRustCrypto::default(),
             signer: SignatureKeyPair::from_raw(
                 SignatureScheme::ED25519,
@@ -157,8 +161,16 @@ impl DeviceMls {
     /// The leaf capabilities this device announces.
     pub fn capabilities(&self) -> Capabilities {
         Capabilities::builder()
-            .extensions(vec![ExtensionType::LastResort])
+            .extensions(vec![
+                ExtensionType::LastResort,
+                ExtensionType::Unknown(ROLES_EXTENSION_TYPE),
+            ])
             .build()
+    }
+
+    /// The client this device is.
+    pub fn client(&self) -> &ClientId {
+        &self.client
     }
 
     pub fn provider(&self) -> &OpenMlsRustCrypto {

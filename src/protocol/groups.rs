@@ -3,7 +3,7 @@
 
 use tls_codec::{TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
 
-use super::ClientId;
+use super::{ClientId, Text};
 
 /// `CreateGroup` request body.
 #[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
@@ -36,6 +36,22 @@ pub struct SendMessageRequest {
 #[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
 pub struct GetGroupRequest {
     pub group_id: VLBytes,
+}
+
+/// The MLS extension type (private-use range, RFC 9420 section 17.3) of the group-context
+/// extension that lists a group's Admins. Every client announces it in its leaf capabilities.
+pub const ROLES_EXTENSION_TYPE: u16 = 0xF0A1;
+
+/// The roles extension's content: the users who are Admins (every other member is a Member).
+#[derive(Clone, PartialEq, Eq, Debug, Default, TlsSize, TlsSerialize, TlsDeserialize)]
+pub struct GroupRoles {
+    pub admins: Vec<Text>,
+}
+
+impl GroupRoles {
+    pub fn is_admin(&self, user_id: &str) -> bool {
+        self.admins.iter().any(|admin| admin.as_str() == user_id)
+    }
 }
 
 /// A member's role.

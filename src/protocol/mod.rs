@@ -36,8 +36,8 @@ pub use credential::{
 pub use error::{DecodeError, ErrorCode, ErrorResponse};
 pub use groups::{
     CreateGroupRequest, DeleteGroupRequest, GetGroupRequest, GroupDeleted, GroupEpoch, GroupList,
-    GroupMember, GroupState, MessageAccepted, Role, SendCommitRequest, SendMessageRequest,
-    SendProposalRequest,
+    GroupMember, GroupRoles, GroupState, MessageAccepted, Role, SendCommitRequest,
+    SendMessageRequest, SendProposalRequest, ROLES_EXTENSION_TYPE,
 };
 pub use key_packages::{
     ClaimKeyPackagesRequest, ClaimOutcome, ClaimedKeyPackage, ClaimedKeyPackages, KeyPackageStatus,

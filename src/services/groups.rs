@@ -20,8 +20,9 @@ use crate::config::{QueuePolicy, ServerConfig};
 use crate::identity::{verify_member, DomainKeys};
 use crate::protocol::{
     ClientCredential, ClientId, CreateGroupRequest, DeleteGroupRequest, GetGroupRequest,
-    GroupDeleted, GroupEpoch, GroupList, GroupMember, GroupState, MessageAccepted, MessageKind,
-    Role, SendCommitRequest, SendMessageRequest, SendProposalRequest, ServerNotice, Text,
+    GroupDeleted, GroupEpoch, GroupList, GroupMember, GroupRoles, GroupState, MessageAccepted,
+    MessageKind, Role, SendCommitRequest, SendMessageRequest, SendProposalRequest, ServerNotice,
+    Text, ROLES_EXTENSION_TYPE,
 };
 use crate::store::{
     Enqueued, Envelope, GroupMemberRow, GroupRefusal, GroupTransition, PublicState, QueueLimits,
@@ -87,6 +88,12 @@ impl Groups {
         if members.len() != 1 || members[0].0 != *caller {
             return Err(invalid(
                 "a new group holds exactly one member: the creating client".into(),
+            ));
+        }
+        let roles = group_roles(&public)?;
+        if roles.admins.len() != 1 || !roles.is_admin(caller.user_id.as_str()) {
+            return Err(invalid(
+                "a new group's roles extension names its creator as the only Admin".into(),
             ));
         }
         let group_id = public.group_id().as_slice().to_vec();
@@ -180,7 +187,9 @@ impl Groups {
         for queued in staged.queued_proposals() {
             let own = *queued.sender() == committer;
             match queued.proposal() {
-                Proposal::Add(_) if !admin => return Err(ServiceError::NotAnAdmin),
+                Proposal::Add(_) | Proposal::GroupContextExtensions(_) if !admin => {
+                    return Err(ServiceError::NotAnAdmin)
+                }
                 Proposal::Remove(remove) => {
                     let self_removal = matches!(
                         queued.sender(),
@@ -239,20 +248,15 @@ impl Groups {
         };
 
         let members = self.verified_members(&group.public).await?;
-        let mut roles: Vec<(String, bool)> = group.stored.roles.clone();
+        // Roles are what the group context's roles extension says, for the users still in it.
+        let listed = group_roles(&group.public)?;
+        let mut roles: Vec<(String, bool)> = Vec::new();
         for (client, _) in &members {
-            if !roles
-                .iter()
-                .any(|(user, _)| user == client.user_id.as_str())
-            {
-                roles.push((client.user_id.as_str().to_owned(), false));
+            let user = client.user_id.as_str();
+            if !roles.iter().any(|(known, _)| known == user) {
+                roles.push((user.to_owned(), listed.is_admin(user)));
             }
         }
-        roles.retain(|(user, _)| {
-            members
-                .iter()
-                .any(|(client, _)| client.user_id.as_str() == user)
-        });
         if !members.is_empty() && !roles.iter().any(|(_, admin)| *admin) {
             return Err(ServiceError::LastAdmin);
         }
@@ -719,6 +723,17 @@ impl Groups {
         }
         Ok(())
     }
+}
+
+/// The roles extension of a group's context.
+fn group_roles(public: &PublicGroup) -> Result<GroupRoles, ServiceError> {
+    let extension = public
+        .group_context()
+        .extensions()
+        .unknown(ROLES_EXTENSION_TYPE)
+        .ok_or_else(|| invalid("the group context has no roles extension".into()))?;
+    GroupRoles::tls_deserialize_exact(&extension.0)
+        .map_err(|e| invalid(format!("the roles extension does not parse: {e}")))
 }
 
 fn is_leaving(group: &StoredGroup, client: &ClientId) -> bool {

@@ -91,7 +91,8 @@ fn client_json(
         "roost-client {command:?} failed: {stdout} {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    serde_json::from_str(stdout.trim()).unwrap()
+    // Commands that catch up with the queue print what they processed first, a line each.
+    serde_json::from_str(stdout.trim().lines().last().unwrap_or_default()).unwrap()
 }
 
 fn client_command(
@@ -735,5 +736,53 @@ fn client_cli_holds_a_group_conversation() {
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("NotAnAdmin (46)"), "{stderr}");
+
+    // Promoted, bob may invite; bob leaves; alice completes it.
+    run(&[
+        "--state",
+        &state("alice"),
+        "set-role",
+        "team",
+        "bob@localhost",
+        "admin",
+    ]);
+    lines(&["--state", &state("bob"), "recv"]);
+    let invited = run(&[
+        "--state",
+        &state("bob"),
+        "invite",
+        &group,
+        "carol@localhost",
+    ]);
+    assert_eq!(invited["added"][0], "carol@localhost/1");
+    run(&["--state", &state("bob-phone"), "leave", &group]);
+    lines(&["--state", &state("alice"), "recv"]);
+    run(&["--state", &state("alice"), "commit", "team"]);
+    let members = run(&["--state", &state("alice"), "members", "team"]);
+    let members: Vec<_> = members["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["client_id"].as_str().unwrap().to_owned(),
+                m["role"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        members,
+        [
+            ("alice@localhost/1".to_owned(), "admin".to_owned()),
+            ("bob@localhost/1".to_owned(), "admin".to_owned()),
+            ("carol@localhost/1".to_owned(), "member".to_owned()),
+        ]
+    );
+    run(&["--state", &state("alice"), "delete-group", "team"]);
+    let told = lines(&["--state", &state("carol"), "recv"]);
+    assert!(
+        told.iter().any(|line| line["event"] == "group_deleted"),
+        "{told:?}"
+    );
     assert!(server.terminate().success());
 }

@@ -451,3 +451,65 @@ async fn an_admin_deletes_a_group_and_its_members_are_told() {
         .groups
         .is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_change_by_commit_and_a_promoted_member_can_add() {
+    let server = TestServer::start().await;
+    let alice = registered_with_key_packages(&server, "alice@localhost", 1).await;
+    let bob = registered_with_key_packages(&server, "bob@localhost", 1).await;
+    let _dave = registered_with_key_packages(&server, "dave@localhost", 1).await;
+    let admin = groups(&server, &alice[0]).await;
+    let group_id = within(admin.create_group()).await.unwrap();
+    within(admin.invite(&group_id, "bob@localhost"))
+        .await
+        .unwrap();
+    receive(&server, &bob[0]).await;
+    let member = groups(&server, &bob[0]).await;
+
+    // A Member can neither add nor change roles.
+    let refused = within(member.invite(&group_id, "dave@localhost"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&refused), Some(ErrorCode::NotAnAdmin));
+    let refused = within(member.set_role(&group_id, "bob@localhost", true))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&refused), Some(ErrorCode::NotAnAdmin), "{refused:#}");
+
+    // Promoted, bob adds dave; everyone sees the roles in the group context.
+    within(admin.set_role(&group_id, "bob@localhost", true))
+        .await
+        .unwrap();
+    receive(&server, &bob[0]).await;
+    assert!(member.roles(&group_id).unwrap().is_admin("bob@localhost"));
+    within(member.invite(&group_id, "dave@localhost"))
+        .await
+        .unwrap();
+    let state = within(alice[0].connection.get_group(&group_id))
+        .await
+        .unwrap();
+    let roles: Vec<_> = state
+        .members
+        .iter()
+        .map(|m| (m.client.user_id.to_string(), m.role))
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            ("alice@localhost".to_owned(), Role::Admin),
+            ("bob@localhost".to_owned(), Role::Admin),
+            ("dave@localhost".to_owned(), Role::Member)
+        ]
+    );
+
+    // Demotions: fine while another Admin remains; the last one cannot go.
+    receive(&server, &alice[0]).await;
+    within(admin.set_role(&group_id, "alice@localhost", false))
+        .await
+        .unwrap();
+    receive(&server, &bob[0]).await;
+    let refused = within(member.set_role(&group_id, "bob@localhost", false))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&refused), Some(ErrorCode::LastAdmin));
+}
