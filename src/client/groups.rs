@@ -4,8 +4,8 @@
 
 use anyhow::{anyhow, bail, Context};
 use openmls::prelude::{
-    BasicCredential, Extension, ExtensionType, Extensions, GroupContext, GroupId, KeyPackage,
-    KeyPackageIn, LeafNodeIndex, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig,
+    BasicCredential, Extension, ExtensionType, Extensions, ExternalSender, GroupContext, GroupId,
+    KeyPackage, KeyPackageIn, LeafNodeIndex, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig,
     MlsMessageBodyIn, MlsMessageIn, ProcessedMessageContent, ProtocolMessage, ProtocolVersion,
     RequiredCapabilitiesExtension, StagedWelcome, UnknownExtension,
     PURE_PLAINTEXT_WIRE_FORMAT_POLICY,
@@ -45,12 +45,21 @@ pub enum GroupEvent {
 }
 
 impl DeviceMls {
-    fn create_config(&self) -> anyhow::Result<MlsGroupCreateConfig> {
+    fn create_config(&self, server: &DomainKeys) -> anyhow::Result<MlsGroupCreateConfig> {
         let roles = GroupRoles {
             admins: vec![self.client().user_id.clone()],
         };
+        // The homeserver may propose removals (of deleted clients) as the group's external sender.
+        let server_key = server
+            .keys
+            .first()
+            .context("the server publishes no credential key")?;
+        let external_senders = vec![ExternalSender::new(
+            server_key.public_key.as_slice().into(),
+            BasicCredential::new(server.domain.as_bytes().to_vec()).into(),
+        )];
         Ok(MlsGroupCreateConfig::builder()
-            .with_group_context_extensions(roles_extensions(&roles)?)
+            .with_group_context_extensions(context_extensions(&roles, external_senders)?)
             .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
             .ciphersuite(self.ciphersuite())
             .capabilities(self.capabilities())
@@ -67,12 +76,13 @@ impl DeviceMls {
             .build()
     }
 
-    /// A new group with this device alone, and the request that registers it with the server.
-    pub fn new_group(&self) -> anyhow::Result<(MlsGroup, CreateGroupRequest)> {
+    /// A new group with this device alone, and the request that registers it with the server
+    /// (whose keys are `server`).
+    pub fn new_group(&self, server: &DomainKeys) -> anyhow::Result<(MlsGroup, CreateGroupRequest)> {
         let group = MlsGroup::new(
             self.provider(),
             self.signer(),
-            &self.create_config()?,
+            &self.create_config(server)?,
             self.credential().clone(),
         )
         .context("creating the MLS group")?;
@@ -114,6 +124,11 @@ impl DeviceMls {
         removed: &[LeafNodeIndex],
         roles: Option<&GroupRoles>,
     ) -> anyhow::Result<SendCommitRequest> {
+        let external_senders = group
+            .extensions()
+            .external_senders()
+            .cloned()
+            .unwrap_or_default();
         let mut builder = group
             .commit_builder()
             .consume_proposal_store(true)
@@ -121,7 +136,7 @@ impl DeviceMls {
             .propose_removals(removed.iter().copied());
         if let Some(roles) = roles {
             builder = builder
-                .propose_group_context_extensions(roles_extensions(roles)?)
+                .propose_group_context_extensions(context_extensions(roles, external_senders)?)
                 .map_err(|e| anyhow!("proposing the new roles: {e:?}"))?;
         }
         let bundle = builder
@@ -201,7 +216,7 @@ pub struct GroupClient<'a> {
 impl GroupClient<'_> {
     /// Creates a group with this device alone; returns its id.
     pub async fn create_group(&self) -> anyhow::Result<Vec<u8>> {
-        let (group, request) = self.mls.new_group()?;
+        let (group, request) = self.mls.new_group(&self.keys)?;
         self.connection.create_group(request).await?;
         Ok(group.group_id().as_slice().to_vec())
     }
@@ -525,10 +540,15 @@ impl GroupClient<'_> {
     }
 }
 
-/// The group context extensions: `roles`, and the requirement that every member supports the
-/// roles extension (which MLS asks of a group-context extension that commits may change).
-fn roles_extensions(roles: &GroupRoles) -> anyhow::Result<Extensions<GroupContext>> {
+/// The group context extensions: `roles`, the external senders (the homeserver), and the
+/// requirement that every member supports the roles extension (which MLS asks of a group-context
+/// extension that commits may change).
+fn context_extensions(
+    roles: &GroupRoles,
+    external_senders: Vec<ExternalSender>,
+) -> anyhow::Result<Extensions<GroupContext>> {
     Extensions::from_vec(vec![
+        Extension::ExternalSenders(external_senders),
         Extension::RequiredCapabilities(RequiredCapabilitiesExtension::new(
             &[ExtensionType::Unknown(ROLES_EXTENSION_TYPE)],
             &[],

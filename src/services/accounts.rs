@@ -67,6 +67,16 @@ impl Accounts {
             .published(self.clock.now(), self.credential_lifetime)
     }
 
+    /// The server's own signing key with public key `public`, if it has it.
+    pub fn server_signer(&self, public: &[u8]) -> Option<ed25519_dalek::SigningKey> {
+        self.keys.signer_for(public)
+    }
+
+    /// The domain this server serves.
+    pub fn domain(&self) -> &Domain {
+        &self.domain
+    }
+
     /// The signature key `client` authenticates with, if the client exists.
     pub async fn signature_key(
         &self,

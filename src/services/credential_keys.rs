@@ -70,6 +70,15 @@ impl CredentialKeys {
         }
     }
 
+    /// The signing key whose public key is `public`, if it is one of ours (for signing as the
+    /// group's external sender with the key the group lists).
+    pub fn signer_for(&self, public: &[u8]) -> Option<SigningKey> {
+        self.keys
+            .iter()
+            .find(|key| key.signing_key.verifying_key().as_bytes() == public)
+            .map(|key| key.signing_key.clone())
+    }
+
     /// The verifying keys to publish at `now`, newest first. A key replaced by a newer one stays
     /// valid for `credential_lifetime` seconds after its replacement was created (the longest a
     /// credential it signed can live), and is no longer published afterwards.

@@ -6,11 +6,14 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use openmls::prelude::{
-    BasicCredential, GroupId, LeafNode, MlsMessageBodyIn, MlsMessageIn, ProcessedMessageContent,
-    Proposal, ProposalStore, ProtocolMessage, PublicGroup, PublicProcessMessageError,
-    RatchetTreeIn, Sender, ValidationError,
+    BasicCredential, ExternalProposal, ExternalSender, GroupId, LeafNode, LeafNodeIndex,
+    MlsMessageBodyIn, MlsMessageIn, ProcessedMessageContent, Proposal, ProposalStore,
+    ProtocolMessage, PublicGroup, PublicProcessMessageError, RatchetTreeIn, Sender,
+    SenderExtensionIndex, SignatureScheme, ValidationError,
 };
+use openmls_basic_credential::SignatureKeyPair;
 use openmls_memory_storage::MemoryStorage;
+use openmls_rust_crypto::OpenMlsRustCrypto;
 use openmls_rust_crypto::RustCrypto;
 use tls_codec::{Deserialize, Serialize};
 
@@ -88,6 +91,11 @@ impl Groups {
         if members.len() != 1 || members[0].0 != *caller {
             return Err(invalid(
                 "a new group holds exactly one member: the creating client".into(),
+            ));
+        }
+        if self.server_sender(&public).is_none() {
+            return Err(invalid(
+                "the group must list this server as its external sender".into(),
             ));
         }
         let roles = group_roles(&public)?;
@@ -585,6 +593,164 @@ impl Groups {
                     epoch,
                 })
                 .collect(),
+        })
+    }
+
+    /// The groups a client is a member of (before it goes, to propose its removal after).
+    pub async fn memberships(&self, client: &ClientId) -> Result<Vec<Vec<u8>>, ServiceError> {
+        Ok(self
+            .store
+            .groups_of(client.user_id.as_str(), client.device_id)
+            .await?
+            .into_iter()
+            .map(|(group_id, _)| group_id)
+            .collect())
+    }
+
+    /// As each group's external sender, proposes to remove a client that no longer exists (it
+    /// was removed, or its user deleted) from every group in `group_ids`. Members learn of it at
+    /// once and the group's next commit must include it. Failures are logged, not returned: the
+    /// client is gone either way.
+    pub async fn remove_departed(&self, departed: &ClientId, group_ids: &[Vec<u8>]) {
+        for group_id in group_ids {
+            if let Err(e) = self.propose_removal(departed, group_id).await {
+                tracing::warn!(
+                    client = %departed,
+                    group = %hex::encode(group_id),
+                    error = %e,
+                    "cannot propose the removal of a departed client"
+                );
+            }
+        }
+    }
+
+    async fn propose_removal(
+        &self,
+        departed: &ClientId,
+        group_id: &[u8],
+    ) -> Result<(), ServiceError> {
+        // A commit may land in between: then propose again at the new epoch.
+        const ATTEMPTS: usize = 3;
+        for _ in 0..ATTEMPTS {
+            let mut group = self.load(group_id).await?;
+            let members = self.verified_members(&group.public).await?;
+            let Some(leaf) = members
+                .iter()
+                .find(|(client, _)| client == departed)
+                .map(|(_, leaf)| *leaf)
+            else {
+                return Ok(());
+            };
+            let (sender_index, public_key) = self
+                .server_sender(&group.public)
+                .ok_or_else(|| invalid("the group lists no key of this server".into()))?;
+            let signing_key = self
+                .accounts
+                .server_signer(&public_key)
+                .ok_or_else(|| invalid("this server no longer holds the group's key".into()))?;
+            let signer = SignatureKeyPair::from_raw(
+                SignatureScheme::ED25519,
+                signing_key.to_bytes().to_vec(),
+                public_key,
+            );
+            let proposal = ExternalProposal::new_remove::<OpenMlsRustCrypto>(
+                LeafNodeIndex::new(leaf),
+                group.public.group_id().clone(),
+                group.public.group_context().epoch(),
+                &signer,
+                SenderExtensionIndex::new(sender_index),
+            )
+            .map_err(|e| invalid(format!("cannot make the proposal: {e:?}")))?
+            .tls_serialize_detached()
+            .map_err(|e| invalid(e.to_string()))?;
+            // The server records its own proposal like any other, so commits can cover it.
+            let MlsMessageBodyIn::PublicMessage(message) =
+                MlsMessageIn::tls_deserialize_exact(proposal.as_slice())
+                    .map_err(|e| invalid(e.to_string()))?
+                    .extract()
+            else {
+                return Err(invalid(
+                    "an external proposal is not a PublicMessage".into(),
+                ));
+            };
+            let processed = group
+                .public
+                .process_message(&self.crypto, ProtocolMessage::from(message))
+                .map_err(|e| invalid(format!("the server's own proposal: {e}")))?;
+            let ProcessedMessageContent::ProposalMessage(queued) = processed.into_content() else {
+                return Err(invalid(
+                    "the server's own proposal is not a proposal".into(),
+                ));
+            };
+            group
+                .public
+                .add_proposal(&group.storage, *queued)
+                .map_err(|e| corrupt(&format!("storing the proposal: {e:?}")))?;
+            let mut leaving = group.stored.leaving.clone();
+            leaving.push((departed.user_id.as_str().to_owned(), departed.device_id));
+            let payload = Arc::new(proposal);
+            let envelopes: Vec<Envelope> = members
+                .iter()
+                .filter(|(client, _)| client != departed && !is_leaving(&group.stored, client))
+                .map(|(client, _)| envelope(client, MessageKind::Mls, &payload))
+                .collect();
+            let recipients: Vec<ClientId> = envelopes.iter().map(envelope_client).collect();
+            let epoch = group.stored.epoch;
+            let stored = StoredGroup {
+                leaving: leaving.clone(),
+                public_state: snapshot(&group.storage)?,
+                ..group.stored.clone()
+            };
+            let outcome = self
+                .store
+                .commit_group(
+                    group_id,
+                    GroupTransition {
+                        from_epoch: epoch,
+                        group: stored,
+                        old_members: member_rows(&members),
+                        members: delivery_rows(&members, &leaving),
+                        envelopes,
+                    },
+                    self.clock.now_ms(),
+                    self.queue_limits(),
+                )
+                .await?;
+            match outcome {
+                Ok(outcomes) => {
+                    self.announce(&recipients, &outcomes);
+                    tracing::info!(client = %departed, group = %hex::encode(group_id), "proposed the removal of a departed client");
+                    return Ok(());
+                }
+                Err(GroupRefusal::WrongEpoch { .. }) => continue,
+                Err(GroupRefusal::Unknown | GroupRefusal::Exists) => return Ok(()),
+            }
+        }
+        Err(ServiceError::WrongEpoch { current: 0 })
+    }
+
+    /// This server's position in a group's external senders, and the public key it is listed
+    /// with (one of the server's credential keys, with its domain as the credential identity).
+    fn server_sender(&self, public: &PublicGroup) -> Option<(u32, Vec<u8>)> {
+        let senders = public.group_context().extensions().external_senders()?;
+        let ours: Vec<(Vec<u8>, Vec<u8>)> = self
+            .accounts
+            .published_keys()
+            .into_iter()
+            .filter_map(|key| {
+                let sender = ExternalSender::new(
+                    key.public_key.as_slice().into(),
+                    BasicCredential::new(self.domain.as_bytes().to_vec()).into(),
+                );
+                let encoded = sender.tls_serialize_detached().ok()?;
+                Some((key.public_key.as_slice().to_vec(), encoded))
+            })
+            .collect();
+        senders.iter().enumerate().find_map(|(index, sender)| {
+            let encoded = sender.tls_serialize_detached().ok()?;
+            ours.iter()
+                .find(|(_, candidate)| *candidate == encoded)
+                .map(|(public_key, _)| (index as u32, public_key.clone()))
         })
     }
 

@@ -226,9 +226,11 @@ impl Services {
                 ResponseBody::Clients(self.accounts.list_clients(authenticated()?).await?)
             }
             Request::RemoveClient(request) => {
+                let groups = self.groups.memberships(&request.client).await?;
                 self.accounts
                     .remove_client(authenticated()?, &request.client)
                     .await?;
+                self.groups.remove_departed(&request.client, &groups).await;
                 ResponseBody::ClientRemoved
             }
             Request::RenewCredential => ResponseBody::CredentialRenewed(
@@ -239,7 +241,17 @@ impl Services {
                 ResponseBody::UserFound(self.accounts.lookup(request.user_id.as_str()).await?)
             }
             Request::DeleteUser => {
-                self.accounts.delete_user(authenticated()?).await?;
+                let caller = authenticated()?;
+                let mut departing = Vec::new();
+                for client in self.accounts.list_clients(caller).await?.clients {
+                    let client = client.credential.content.client;
+                    let groups = self.groups.memberships(&client).await?;
+                    departing.push((client, groups));
+                }
+                self.accounts.delete_user(caller).await?;
+                for (client, groups) in &departing {
+                    self.groups.remove_departed(client, groups).await;
+                }
                 ResponseBody::UserDeleted
             }
             Request::PublishKeyPackages(request) => ResponseBody::KeyPackagesPublished(

@@ -513,3 +513,67 @@ async fn roles_change_by_commit_and_a_promoted_member_can_add() {
         .unwrap_err();
     assert_eq!(code(&refused), Some(ErrorCode::LastAdmin));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_and_removed_clients_are_proposed_for_removal_by_the_server() {
+    let server = TestServer::start().await;
+    let alice = registered_with_key_packages(&server, "alice@localhost", 1).await;
+    let bob = registered_with_key_packages(&server, "bob@localhost", 2).await;
+    let carol = registered_with_key_packages(&server, "carol@localhost", 1).await;
+    let admin = groups(&server, &alice[0]).await;
+    let group_id = within(admin.create_group()).await.unwrap();
+    within(admin.invite(&group_id, "bob@localhost"))
+        .await
+        .unwrap();
+    within(admin.invite(&group_id, "carol@localhost"))
+        .await
+        .unwrap();
+    for device in bob.iter().chain(&carol) {
+        receive(&server, device).await;
+    }
+    let member_count = |state: &roost::protocol::GroupState| state.members.len();
+
+    // Bob removes his phone: the server proposes its removal; carol (a Member) commits it.
+    within(bob[0].connection.remove_client(&bob[1].identity.client))
+        .await
+        .unwrap();
+    receive(&server, &carol[0]).await;
+    within(groups(&server, &carol[0]).await.commit_pending(&group_id))
+        .await
+        .unwrap();
+    let state = within(alice[0].connection.get_group(&group_id))
+        .await
+        .unwrap();
+    assert_eq!(member_count(&state), 3);
+    assert!(!state
+        .members
+        .iter()
+        .any(|m| m.client == bob[1].identity.client));
+
+    // Carol deletes her account: the server proposes her removal; a commit without it is refused
+    // (must-include), so the Admin's next commit completes it.
+    receive(&server, &alice[0]).await;
+    within(carol[0].connection.delete_user()).await.unwrap();
+    receive(&server, &alice[0]).await;
+    within(admin.commit_pending(&group_id)).await.unwrap();
+    let state = within(alice[0].connection.get_group(&group_id))
+        .await
+        .unwrap();
+    let members: Vec<_> = state.members.iter().map(|m| m.client.to_string()).collect();
+    assert_eq!(members, ["alice@localhost/1", "bob@localhost/1"]);
+    // Bob, still in the group, follows every step.
+    let events = receive(&server, &bob[0]).await;
+    assert!(
+        events.iter().any(
+            |event| matches!(event, GroupEvent::Committed { epoch, .. } if *epoch == state.epoch)
+        ),
+        "{events:?}"
+    );
+    within(groups(&server, &bob[0]).await.send(&group_id, b"just us"))
+        .await
+        .unwrap();
+    assert_eq!(
+        messages(&receive(&server, &alice[0]).await),
+        [(bob[0].identity.client.clone(), "just us".to_owned())]
+    );
+}
