@@ -7,7 +7,7 @@ use openmls::prelude::{
     BasicCredential, Extension, ExtensionType, Extensions, ExternalSender, GroupContext, GroupId,
     KeyPackage, KeyPackageIn, LeafNodeIndex, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig,
     MlsMessageBodyIn, MlsMessageIn, ProcessedMessageContent, ProtocolMessage, ProtocolVersion,
-    RequiredCapabilitiesExtension, StagedWelcome, UnknownExtension,
+    RequiredCapabilitiesExtension, Sender, StagedWelcome, UnknownExtension,
     PURE_PLAINTEXT_WIRE_FORMAT_POLICY,
 };
 use openmls_traits::OpenMlsProvider;
@@ -389,11 +389,27 @@ impl GroupClient<'_> {
         let proposal = group
             .leave_group(self.mls.provider(), self.mls.signer())
             .context("proposing to leave")?;
-        self.connection
+        let sent = self
+            .connection
             .send_proposal(SendProposalRequest {
                 proposal: proposal.tls_serialize_detached()?.into(),
             })
-            .await?;
+            .await;
+        if let Err(e) = sent {
+            // The server refused it: it must not linger as a pending proposal of ours.
+            let own = Sender::Member(group.own_leaf_index());
+            let refs: Vec<_> = group
+                .pending_proposals()
+                .filter(|queued| *queued.sender() == own)
+                .map(|queued| queued.proposal_reference_ref().clone())
+                .collect();
+            for reference in refs {
+                group
+                    .remove_pending_proposal(self.mls.provider().storage(), &reference)
+                    .map_err(|e| anyhow!("withdrawing the refused proposal: {e:?}"))?;
+            }
+            return Err(e.into());
+        }
         Ok(())
     }
 

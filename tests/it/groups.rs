@@ -350,6 +350,10 @@ async fn members_leave_admins_remove_and_the_last_admin_stays() {
         .unwrap_err();
     assert_eq!(error.code(), Some(ErrorCode::NotAMember));
 
+    // Alice (who has not even seen the proposal yet) talks: bob does not get it.
+    within(admin.send(&group_id, b"bob is gone")).await.unwrap();
+    assert!(messages(&receive(&server, &bob[0]).await).is_empty());
+
     // A commit that leaves his proposal out is refused; one that includes it goes through.
     receive(&server, &carol[0]).await; // carol now holds bob's proposal
     let mut carol_group = carol[0].mls.group(&group_id).unwrap().unwrap();
@@ -576,4 +580,47 @@ async fn deleted_and_removed_clients_are_proposed_for_removal_by_the_server() {
         messages(&receive(&server, &alice[0]).await),
         [(bob[0].identity.client.clone(), "just us".to_owned())]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_tree_or_a_foreign_creator_is_refused_at_creation() {
+    let server = TestServer::start().await;
+    let alice = registered_with_key_packages(&server, "alice@localhost", 1).await;
+    let bob = registered_with_key_packages(&server, "bob@localhost", 1).await;
+    let keys = within(alice[0].connection.domain_keys()).await.unwrap();
+
+    let (_, request) = alice[0].mls.new_group(&keys).unwrap();
+    let mut tampered = request.clone();
+    let mut tree = tampered.ratchet_tree.as_slice().to_vec();
+    let middle = tree.len() / 2;
+    tree[middle] ^= 1;
+    tampered.ratchet_tree = tree.into();
+    let error = within(alice[0].connection.create_group(tampered))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::InvalidMlsMessage));
+
+    // Bob cannot register a group whose only member is alice.
+    let error = within(bob[0].connection.create_group(request.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::InvalidMlsMessage));
+    // A group that does not list the server as external sender is refused.
+    let foreign = roost::identity::DomainKeys {
+        domain: "elsewhere.example".into(),
+        keys: keys.keys.clone(),
+    };
+    let (_, unlisted) = alice[0].mls.new_group(&foreign).unwrap();
+    let error = within(alice[0].connection.create_group(unlisted))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::InvalidMlsMessage));
+
+    within(alice[0].connection.create_group(request.clone()))
+        .await
+        .unwrap();
+    let error = within(alice[0].connection.create_group(request))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::GroupExists));
 }
