@@ -82,10 +82,32 @@ pub struct ServerConfig {
     pub key_packages: KeyPackagePolicy,
     /// Client queue limits and retention.
     pub queues: QueuePolicy,
+    /// Federation with other homeservers; `None` keeps this server to itself.
+    pub federation: Option<FederationConfig>,
     /// How often expired data (KeyPackages, ...) is purged.
     pub maintenance_interval: Duration,
     /// The time the services see; tests set it.
     pub clock: Arc<dyn Clock>,
+}
+
+/// Which homeservers this one federates with, where they are, and how it trusts them.
+#[derive(Clone, Debug, Default)]
+pub struct FederationConfig {
+    /// domain -> address of its homeserver.
+    pub peers: std::collections::BTreeMap<String, SocketAddr>,
+    /// Certificates accepted from peers. In allow-list mode `trust.allowed_domains` lists the
+    /// peers; in open mode it is `None` and any peer the trust anchors vouch for may connect.
+    pub trust: crate::tls::PeerTrust,
+}
+
+impl FederationConfig {
+    /// Whether `domain` may federate with this server.
+    pub fn allows(&self, domain: &str) -> bool {
+        self.trust
+            .allowed_domains
+            .as_ref()
+            .is_none_or(|allowed| allowed.iter().any(|peer| peer == domain))
+    }
 }
 
 /// Client queue limits and retention.
@@ -152,6 +174,7 @@ impl ServerConfig {
             deleted_user_quarantine: DEFAULT_DELETED_USER_QUARANTINE,
             key_packages: KeyPackagePolicy::default(),
             queues: QueuePolicy::default(),
+            federation: None,
             maintenance_interval: Duration::from_secs(600),
             clock: Arc::new(SystemClock),
         }

@@ -42,9 +42,18 @@ impl Server {
             .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
         store.bind_domain(config.domain.as_str()).await?;
         let sessions = Arc::new(SessionRegistry::default());
-        let services = Arc::new(Services::new(&config, store.clone(), sessions.clone())?);
+        let services = Arc::new(Services::new(
+            &config,
+            &identity,
+            store.clone(),
+            sessions.clone(),
+        )?);
 
-        let endpoint_config = transport::endpoint_config(&identity, &config.limits)?;
+        let peer_trust = config
+            .federation
+            .as_ref()
+            .map(|federation| &federation.trust);
+        let endpoint_config = transport::endpoint_config(&identity, &config.limits, peer_trust)?;
         let endpoint = quinn::Endpoint::server(endpoint_config, config.listen)
             .with_context(|| format!("listening on {}", config.listen))?;
         let local_addr = endpoint.local_addr()?;

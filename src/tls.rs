@@ -91,15 +91,21 @@ pub fn load_certificates(path: &Path) -> anyhow::Result<Vec<CertificateDer<'stat
     Ok(certs)
 }
 
-/// The rustls server configuration: TLS 1.3, the given ALPNs, no client certificates (clients
-/// authenticate inside the connection, see `transport::auth`).
+/// The rustls server configuration: TLS 1.3, the given ALPNs. Devices present no certificate
+/// (they authenticate inside the connection, see `transport::auth`); with `peers`, peer
+/// homeservers present theirs and are verified against it.
 pub fn server_config(
     identity: &TlsIdentity,
     alpns: &[&[u8]],
+    peers: Option<&PeerTrust>,
 ) -> anyhow::Result<rustls::ServerConfig> {
-    let mut config = rustls::ServerConfig::builder_with_provider(crypto_provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
+    let builder = rustls::ServerConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let builder = match peers {
+        Some(trust) => builder.with_client_cert_verifier(peer_client_verifier(trust)?),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
         .with_single_cert(identity.cert_chain.clone(), identity.key.clone_key())
         .context("the certificate does not match its key")?;
     config.alpn_protocols = alpns.iter().map(|alpn| alpn.to_vec()).collect();
@@ -206,4 +212,265 @@ fn distinguished_name(common_name: &str) -> DistinguishedName {
 
 fn write_public(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
+}
+
+/// How this homeserver trusts peer homeservers: certificates chaining to a CA, and/or pinned
+/// certificates per peer domain.
+#[derive(Clone, Debug, Default)]
+pub struct PeerTrust {
+    pub ca: Vec<CertificateDer<'static>>,
+    /// domain -> the exact certificate that peer presents.
+    pub pinned: Vec<(String, CertificateDer<'static>)>,
+    /// When set, only certificates valid for one of these domains are accepted (allow-list).
+    pub allowed_domains: Option<Vec<String>>,
+}
+
+impl PeerTrust {
+    /// Whether `leaf` (already verified in the handshake) may speak for `domain`: it is the
+    /// certificate pinned for `domain`, or a CA-issued certificate valid for that name.
+    pub fn certificate_speaks_for(&self, leaf: &CertificateDer<'_>, domain: &str) -> bool {
+        if self
+            .pinned
+            .iter()
+            .any(|(pinned_domain, pinned)| pinned_domain == domain && pinned == leaf)
+        {
+            return true;
+        }
+        if self.ca.is_empty() {
+            return false;
+        }
+        let (Ok(parsed), Ok(name)) = (
+            rustls::server::ParsedCertificate::try_from(leaf),
+            rustls::pki_types::ServerName::try_from(domain.to_owned()),
+        ) else {
+            return false;
+        };
+        rustls::client::verify_server_name(&parsed, &name).is_ok()
+    }
+
+    fn allows(&self, leaf: &CertificateDer<'_>) -> bool {
+        match &self.allowed_domains {
+            None => true,
+            Some(domains) => domains
+                .iter()
+                .any(|domain| self.certificate_speaks_for(leaf, domain)),
+        }
+    }
+
+    fn ca_roots(&self) -> Result<Option<Arc<rustls::RootCertStore>>, rustls::Error> {
+        if self.ca.is_empty() {
+            return Ok(None);
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in &self.ca {
+            roots
+                .add(ca.clone())
+                .map_err(|e| rustls::Error::General(format!("bad peer CA: {e}")))?;
+        }
+        Ok(Some(Arc::new(roots)))
+    }
+}
+
+/// Verifies the certificates peer homeservers present as TLS clients. Devices present none (they
+/// authenticate inside the connection) and pass; a certificate that is presented must be pinned or
+/// chain to the peer CA, and (in allow-list mode) be valid for an allowed peer domain, or the
+/// handshake fails.
+#[derive(Debug)]
+struct PeerClientVerifier {
+    trust: PeerTrust,
+    ca: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl rustls::server::danger::ClientCertVerifier for PeerClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.ca.as_ref().map_or(&[], |ca| ca.root_hint_subjects())
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let pinned = self
+            .trust
+            .pinned
+            .iter()
+            .any(|(_, pinned)| pinned == end_entity);
+        if !pinned {
+            let ca = self.ca.as_ref().ok_or(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            ))?;
+            ca.verify_client_cert(end_entity, intermediates, now)?;
+        }
+        if !self.trust.allows(end_entity) {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName,
+            ));
+        }
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Verifies a peer homeserver's server certificate when this server connects to it: the
+/// certificate pinned for that domain, or one chaining to the peer CA valid for the domain.
+#[derive(Debug)]
+struct PeerServerVerifier {
+    trust: PeerTrust,
+    ca: Option<Arc<rustls::client::WebPkiServerVerifier>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PeerServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let domain = server_name.to_str();
+        let pinned = self
+            .trust
+            .pinned
+            .iter()
+            .any(|(pinned_domain, pinned)| *pinned_domain == domain && pinned == end_entity);
+        if pinned {
+            return Ok(rustls::client::danger::ServerCertVerified::assertion());
+        }
+        let ca = self.ca.as_ref().ok_or(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer,
+        ))?;
+        ca.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The client-certificate verifier of a homeserver that federates with `trust`.
+pub fn peer_client_verifier(
+    trust: &PeerTrust,
+) -> anyhow::Result<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
+    let provider = crypto_provider();
+    let ca = match trust.ca_roots()? {
+        Some(roots) => Some(
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+                .allow_unauthenticated()
+                .build()
+                .context("the peer CA cannot verify clients")?,
+        ),
+        None => None,
+    };
+    Ok(Arc::new(PeerClientVerifier {
+        trust: trust.clone(),
+        ca,
+        provider,
+    }))
+}
+
+/// The rustls client configuration this homeserver uses to reach peers: TLS 1.3, ALPN
+/// `alpn`, presenting `identity` as its client certificate, trusting peers through `trust`.
+pub fn peer_client_config(
+    identity: &TlsIdentity,
+    trust: &PeerTrust,
+    alpn: &[u8],
+) -> anyhow::Result<rustls::ClientConfig> {
+    let provider = crypto_provider();
+    let ca = match trust.ca_roots()? {
+        Some(roots) => Some(
+            rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+                .build()
+                .context("the peer CA cannot verify servers")?,
+        ),
+        None => None,
+    };
+    let verifier = Arc::new(PeerServerVerifier {
+        trust: trust.clone(),
+        ca,
+        provider: provider.clone(),
+    });
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(identity.cert_chain.clone(), identity.key.clone_key())
+        .context("the server certificate cannot serve as a client certificate")?;
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(config)
 }

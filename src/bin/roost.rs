@@ -10,7 +10,8 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use roost::clock::{Clock, SystemClock, SECONDS_PER_DAY};
 use roost::config::{
-    CertificateSource, Domain, KeyPackagePolicy, QueuePolicy, ServerConfig, ServerLimits,
+    CertificateSource, Domain, FederationConfig, KeyPackagePolicy, QueuePolicy, ServerConfig,
+    ServerLimits,
 };
 use roost::protocol::RegistrationMode;
 use roost::server::Server;
@@ -28,6 +29,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start-up: the size of the `serve` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the homeserver until SIGINT or SIGTERM.
@@ -67,6 +70,15 @@ enum InviteCommand {
         #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u64).range(1..=3650))]
         valid_days: u64,
     },
+}
+
+/// Which peer homeservers may federate.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FederationMode {
+    /// Only the domains named with --peer.
+    AllowList,
+    /// Any homeserver whose certificate the trust anchors vouch for.
+    Open,
 }
 
 /// Who may register.
@@ -139,6 +151,18 @@ struct ServeArgs {
     /// Days a message waits for its client before it is deleted unread (the client is told).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3650))]
     message_retention_days: u64,
+    /// A peer homeserver: DOMAIN=HOST:PORT (repeatable). Also its entry in the allow-list.
+    #[arg(long = "peer", value_parser = parse_peer)]
+    peers: Vec<(String, SocketAddr)>,
+    /// PEM file of a CA that signs peer homeservers' certificates.
+    #[arg(long)]
+    peer_ca: Option<PathBuf>,
+    /// A peer's pinned certificate: DOMAIN=PEM-FILE (repeatable).
+    #[arg(long = "peer-cert", value_parser = parse_pinned)]
+    pinned: Vec<(String, PathBuf)>,
+    /// Which peers may federate.
+    #[arg(long, value_enum, default_value = "allow-list")]
+    federation: FederationMode,
     /// Seconds between purges of expired data.
     #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     maintenance_interval_secs: u64,
@@ -147,13 +171,66 @@ struct ServeArgs {
     shutdown_grace_secs: u64,
 }
 
+fn parse_peer(text: &str) -> Result<(String, SocketAddr), String> {
+    let (domain, address) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not DOMAIN=HOST:PORT"))?;
+    let domain: Domain = domain.parse()?;
+    let address = std::net::ToSocketAddrs::to_socket_addrs(address)
+        .map_err(|e| format!("{address:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{address:?} has no address"))?;
+    Ok((domain.as_str().to_owned(), address))
+}
+
+fn parse_pinned(text: &str) -> Result<(String, PathBuf), String> {
+    let (domain, path) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not DOMAIN=PEM-FILE"))?;
+    let domain: Domain = domain.parse()?;
+    Ok((domain.as_str().to_owned(), PathBuf::from(path)))
+}
+
 impl ServeArgs {
-    fn into_config(self) -> ServerConfig {
+    fn federation(&self) -> anyhow::Result<Option<FederationConfig>> {
+        let open = matches!(self.federation, FederationMode::Open);
+        if self.peers.is_empty() && self.peer_ca.is_none() && self.pinned.is_empty() && !open {
+            return Ok(None);
+        }
+        let ca = match &self.peer_ca {
+            Some(path) => roost::tls::load_certificates(path)?,
+            None => Vec::new(),
+        };
+        let mut pinned = Vec::new();
+        for (domain, path) in &self.pinned {
+            let certificate = roost::tls::load_certificates(path)?
+                .into_iter()
+                .next()
+                .with_context(|| format!("no certificate in {}", path.display()))?;
+            pinned.push((domain.clone(), certificate));
+        }
+        if ca.is_empty() && pinned.is_empty() {
+            anyhow::bail!("federation needs --peer-ca or --peer-cert to know whom to trust");
+        }
+        let peers: std::collections::BTreeMap<_, _> = self.peers.iter().cloned().collect();
+        let allowed_domains = (!open).then(|| peers.keys().cloned().collect());
+        Ok(Some(FederationConfig {
+            peers,
+            trust: roost::tls::PeerTrust {
+                ca,
+                pinned,
+                allowed_domains,
+            },
+        }))
+    }
+
+    fn into_config(self) -> anyhow::Result<ServerConfig> {
+        let federation = self.federation()?;
         let certificate = match (self.cert, self.key) {
             (Some(cert), Some(key)) => CertificateSource::Files { cert, key },
             _ => CertificateSource::SelfSigned,
         };
-        ServerConfig {
+        Ok(ServerConfig {
             domain: self.domain,
             listen: self.listen,
             data_dir: self.data_dir,
@@ -188,8 +265,9 @@ impl ServeArgs {
                 retention: Duration::from_secs(self.message_retention_days * SECONDS_PER_DAY),
             },
             maintenance_interval: Duration::from_secs(self.maintenance_interval_secs),
+            federation,
             clock: Arc::new(SystemClock),
-        }
+        })
     }
 }
 
@@ -199,7 +277,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
-            runtime.block_on(serve(args.into_config()))
+            runtime.block_on(serve(args.into_config()?))
         }
         Command::RotateCredentialKey { data_dir } => {
             let id = CredentialKeys::rotate(&data_dir, SystemClock.now())?;

@@ -32,7 +32,7 @@ use crate::protocol::{
     ServerInfo, ALPN_CLIENT, CHANNEL_BINDING_LEN, MAX_NOTIFICATION_LEN, MAX_RESPONSE_LEN,
     NOTIFICATION_LENGTH_PREFIX_LEN, PUSH_HEADER_LEN,
 };
-use crate::protocol::{DeleteGroupRequest, SendProposalRequest};
+use crate::protocol::{DeleteGroupRequest, GetDomainKeysRequest, SendProposalRequest};
 use crate::tls;
 use crate::transport::auth::{channel_binding, sign_authentication};
 
@@ -457,6 +457,20 @@ impl Connection {
     pub async fn list_groups(&self) -> Result<GroupList, ClientError> {
         match self.request(&Request::ListGroups).await? {
             ResponseBody::Groups(groups) => Ok(groups),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The credential-verifying keys of any domain: this server's, or a peer's through it.
+    pub async fn domain_keys_of(&self, domain: &str) -> Result<DomainKeys, ClientError> {
+        let request = GetDomainKeysRequest {
+            domain: Text::new(domain).map_err(|e| ClientError::Config(e.to_string()))?,
+        };
+        match self.request(&Request::GetDomainKeys(request)).await? {
+            ResponseBody::DomainKeys(keys) => Ok(DomainKeys {
+                domain: keys.domain.as_str().to_owned(),
+                keys: keys.keys,
+            }),
             other => Err(unexpected(&other)),
         }
     }

@@ -135,6 +135,12 @@ error_codes! {
     ProposalsNotCommitted = 47,
     /// The group's last Admin cannot leave or be removed (delete the group instead).
     LastAdmin = 48,
+    /// The user's homeserver cannot be reached, or is not a peer of this one.
+    PeerUnavailable = 49,
+    /// (Federation) the connection has not identified its homeserver yet.
+    NotIdentified = 50,
+    /// (Federation) the peer may not speak for that domain, or is not allowed to federate.
+    PeerRefused = 51,
 }
 
 /// The body of an error response: `struct { uint16 code; opaque message<V>; }`.

@@ -10,6 +10,7 @@ mod accounts;
 mod auth;
 mod credential;
 mod error;
+mod federation;
 mod groups;
 mod key_packages;
 mod notification;
@@ -34,6 +35,12 @@ pub use credential::{
     SUPPORTED_CIPHERSUITES,
 };
 pub use error::{DecodeError, ErrorCode, ErrorResponse};
+pub use federation::{
+    decode_federation_request, decode_federation_response, encode_federation_request,
+    encode_federation_response, DomainKeysBody, FederatedClaimRequest, FederationOperation,
+    FederationRequest, FederationResponse, FederationResponseBody, GetDomainKeysRequest,
+    IdentifyRequest,
+};
 pub use groups::{
     CreateGroupRequest, DeleteGroupRequest, GetGroupRequest, GroupDeleted, GroupEpoch, GroupList,
     GroupMember, GroupRoles, GroupState, MessageAccepted, Role, SendCommitRequest,
@@ -85,4 +92,6 @@ pub mod close_code {
     pub const UNSUPPORTED_ALPN: u32 = 2;
     /// The authenticated client was removed (or its user deleted).
     pub const CLIENT_REMOVED: u32 = 3;
+    /// A peer homeserver connected without a certificate.
+    pub const PEER_REFUSED: u32 = 4;
 }

@@ -4,9 +4,10 @@ use tls_codec::{Deserialize, Serialize, TlsDeserialize, TlsSerialize, TlsSize};
 
 use super::{
     AckMessagesRequest, AddClientRequest, AuthenticateRequest, ClaimKeyPackagesRequest,
-    CreateGroupRequest, DecodeError, DeleteGroupRequest, FetchMessagesRequest, GetGroupRequest,
-    LookupUserRequest, PublishKeyPackagesRequest, RegisterUserRequest, RemoveClientRequest,
-    SendCommitRequest, SendMessageRequest, SendProposalRequest, MAX_REQUEST_LEN, PROTOCOL_VERSION,
+    CreateGroupRequest, DecodeError, DeleteGroupRequest, FetchMessagesRequest,
+    GetDomainKeysRequest, GetGroupRequest, LookupUserRequest, PublishKeyPackagesRequest,
+    RegisterUserRequest, RemoveClientRequest, SendCommitRequest, SendMessageRequest,
+    SendProposalRequest, MAX_REQUEST_LEN, PROTOCOL_VERSION,
 };
 
 /// Operation codes: the `uint16` that selects a request body (and the matching response body).
@@ -35,6 +36,7 @@ pub enum Operation {
     ListGroups = 20,
     SendProposal = 21,
     DeleteGroup = 22,
+    GetDomainKeys = 23,
 }
 
 impl Operation {
@@ -61,6 +63,7 @@ impl Operation {
         Self::ListGroups,
         Self::SendProposal,
         Self::DeleteGroup,
+        Self::GetDomainKeys,
     ];
 
     pub fn from_u16(value: u16) -> Option<Self> {
@@ -89,7 +92,8 @@ impl Operation {
             | Self::GetGroup
             | Self::ListGroups
             | Self::SendProposal
-            | Self::DeleteGroup => true,
+            | Self::DeleteGroup
+            | Self::GetDomainKeys => true,
         }
     }
 }
@@ -164,6 +168,9 @@ pub enum Request {
     /// Delete a group (Admins only).
     #[tls_codec(discriminant = 22)]
     DeleteGroup(DeleteGroupRequest),
+    /// The credential-verifying keys of a domain (this server's, or a peer's through it).
+    #[tls_codec(discriminant = 23)]
+    GetDomainKeys(GetDomainKeysRequest),
 }
 
 impl Request {
@@ -191,6 +198,7 @@ impl Request {
             Self::ListGroups => Operation::ListGroups,
             Self::SendProposal(_) => Operation::SendProposal,
             Self::DeleteGroup(_) => Operation::DeleteGroup,
+            Self::GetDomainKeys(_) => Operation::GetDomainKeys,
         }
     }
 }
@@ -234,7 +242,7 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, DecodeError> {
 }
 
 /// Splits a big-endian `uint16` off the front of `bytes`.
-fn split_u16(bytes: &[u8]) -> Result<(u16, &[u8]), DecodeError> {
+pub(super) fn split_u16(bytes: &[u8]) -> Result<(u16, &[u8]), DecodeError> {
     match bytes {
         [hi, lo, rest @ ..] => Ok((u16::from_be_bytes([*hi, *lo]), rest)),
         _ => Err(DecodeError::Malformed(
@@ -318,6 +326,9 @@ mod tests {
             }),
             Request::DeleteGroup(DeleteGroupRequest {
                 group_id: vec![9].into(),
+            }),
+            Request::GetDomainKeys(GetDomainKeysRequest {
+                domain: Text::new("b.example").unwrap(),
             }),
         ]
     }

@@ -6,9 +6,9 @@ use tls_codec::{Deserialize, TlsDeserialize, TlsSerialize, TlsSize};
 use super::request::{encode_envelope, open_envelope};
 use super::{
     AuthenticateResponse, ClaimedKeyPackages, ClientCredential, ClientId, ClientRegistered,
-    CredentialVerifyingKey, DecodeError, ErrorResponse, FetchedMessages, GroupEpoch, GroupList,
-    GroupState, KeyPackageStatus, Limits, MessageAccepted, RegistrationMode, Text, UserClients,
-    MAX_RESPONSE_LEN,
+    CredentialVerifyingKey, DecodeError, DomainKeysBody, ErrorResponse, FetchedMessages,
+    GroupEpoch, GroupList, GroupState, KeyPackageStatus, Limits, MessageAccepted, RegistrationMode,
+    Text, UserClients, MAX_RESPONSE_LEN,
 };
 
 /// `GetServerInfo` response body.
@@ -73,6 +73,8 @@ pub enum ResponseBody {
     ProposalAccepted,
     #[tls_codec(discriminant = 22)]
     GroupDeleted,
+    #[tls_codec(discriminant = 23)]
+    DomainKeys(DomainKeysBody),
 }
 
 /// A response: a body, or an error.

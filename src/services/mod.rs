@@ -6,6 +6,7 @@
 
 mod accounts;
 pub mod credential_keys;
+mod federation;
 mod groups;
 pub mod invites;
 mod key_packages;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use ed25519_dalek::VerifyingKey;
 
 pub use accounts::Accounts;
+pub use federation::Federation;
 pub use groups::Groups;
 pub use key_packages::{
     validate_key_package, KeyPackageRejection, KeyPackages, MAX_KEY_PACKAGE_LIFETIME,
@@ -28,6 +30,9 @@ use crate::config::{ServerConfig, ServerLimits};
 use crate::protocol::{
     ClientId, Limits, Notification, Operation, Request, ResponseBody, ServerInfo,
     CHANNEL_BINDING_LEN, PROTOCOL_VERSION,
+};
+use crate::protocol::{
+    DomainKeysBody, FederatedClaimRequest, FederationRequest, FederationResponseBody,
 };
 use crate::store::{Store, StoreError};
 use invites::InviteError;
@@ -121,10 +126,22 @@ pub enum ServiceError {
     ProposalsNotCommitted,
     #[error("the group's last Admin cannot leave or be removed; delete the group instead")]
     LastAdmin,
+    #[error("the peer homeserver is unavailable: {0}")]
+    PeerUnavailable(String),
+    #[error("identify this homeserver first")]
+    NotIdentified,
+    #[error("refused: {0}")]
+    PeerRefused(String),
+    #[error("the peer homeserver refused: {0}")]
+    Peer(crate::protocol::ErrorResponse),
     #[error("operation {0:?} is handled by the transport, not a service")]
     NotAServiceOperation(Operation),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+fn unexpected_peer_answer(answer: &FederationResponseBody) -> ServiceError {
+    ServiceError::PeerUnavailable(format!("the peer answered {answer:?}"))
 }
 
 /// The services of one server.
@@ -133,6 +150,8 @@ pub struct Services {
     limits: Limits,
     accounts: Arc<Accounts>,
     groups: Groups,
+    federation: Option<Federation>,
+    federation_config: Option<crate::config::FederationConfig>,
     key_packages: KeyPackages,
     queues: Arc<Queues>,
     maintenance_interval: std::time::Duration,
@@ -141,6 +160,7 @@ pub struct Services {
 impl Services {
     pub fn new(
         config: &ServerConfig,
+        identity: &crate::tls::TlsIdentity,
         store: Store,
         sessions: Arc<dyn Sessions>,
     ) -> anyhow::Result<Self> {
@@ -150,6 +170,12 @@ impl Services {
             domain: config.domain.to_text(),
             limits: ServerLimits::announced(&config.limits),
             groups: Groups::new(config, store.clone(), sessions.clone(), accounts.clone()),
+            federation: config
+                .federation
+                .as_ref()
+                .map(|federation| Federation::new(&config.domain, federation, identity))
+                .transpose()?,
+            federation_config: config.federation.clone(),
             accounts,
             key_packages: KeyPackages::new(config, store, sessions, queues.clone()),
             queues,
@@ -172,6 +198,102 @@ impl Services {
 
     pub fn accounts(&self) -> &Accounts {
         &self.accounts
+    }
+
+    /// Handles a request from the peer homeserver of `peer` (already identified).
+    pub async fn handle_federation(
+        &self,
+        peer: &str,
+        request: FederationRequest,
+    ) -> Result<FederationResponseBody, ServiceError> {
+        Ok(match request {
+            FederationRequest::GetDomainKeys => {
+                FederationResponseBody::DomainKeys(self.own_domain_keys())
+            }
+            FederationRequest::LookupUser(request) => {
+                if self.remote_user(request.user_id.as_str())?.is_some() {
+                    return Err(ServiceError::UnknownDomain(request.user_id.to_string()));
+                }
+                FederationResponseBody::UserFound(
+                    self.accounts.lookup(request.user_id.as_str()).await?,
+                )
+            }
+            FederationRequest::ClaimKeyPackages(claim) => {
+                // A peer speaks only for its own users.
+                let claimer: crate::identity::UserId = claim
+                    .claimer
+                    .user_id
+                    .as_str()
+                    .parse()
+                    .map_err(ServiceError::InvalidUserId)?;
+                if claimer.domain() != peer {
+                    return Err(ServiceError::PeerRefused(format!(
+                        "{peer} cannot claim for a user of {}",
+                        claimer.domain()
+                    )));
+                }
+                if self.remote_user(claim.request.user_id.as_str())?.is_some() {
+                    return Err(ServiceError::UnknownDomain(
+                        claim.request.user_id.to_string(),
+                    ));
+                }
+                FederationResponseBody::KeyPackagesClaimed(
+                    self.key_packages
+                        .claim(&claim.claimer, claim.request)
+                        .await?,
+                )
+            }
+            FederationRequest::Identify(_) => {
+                return Err(ServiceError::NotAServiceOperation(Operation::Authenticate))
+            }
+        })
+    }
+
+    /// Whether `peer` may federate with this server (allow-list or open federation).
+    pub fn federation_allows(&self, peer: &str) -> bool {
+        peer != self.domain.as_str()
+            && self
+                .federation_config
+                .as_ref()
+                .is_some_and(|config| config.allows(peer))
+    }
+
+    /// The peer trust this server federates with, if it federates.
+    pub fn peer_trust(&self) -> Option<&crate::tls::PeerTrust> {
+        self.federation_config.as_ref().map(|config| &config.trust)
+    }
+
+    /// `Some(domain)` for a user of another homeserver, `None` for one of ours.
+    fn remote_user(&self, user_id: &str) -> Result<Option<String>, ServiceError> {
+        let user: crate::identity::UserId = user_id.parse().map_err(ServiceError::InvalidUserId)?;
+        Ok((user.domain() != self.domain.as_str()).then(|| user.domain().to_owned()))
+    }
+
+    async fn federated(
+        &self,
+        domain: &str,
+        request: FederationRequest,
+    ) -> Result<FederationResponseBody, ServiceError> {
+        match &self.federation {
+            Some(federation) if federation.knows(domain) => {
+                federation.request(domain, &request).await
+            }
+            _ => Err(ServiceError::UnknownDomain(domain.to_owned())),
+        }
+    }
+
+    fn own_domain_keys(&self) -> DomainKeysBody {
+        DomainKeysBody {
+            domain: self.domain.clone(),
+            keys: self.accounts.published_keys(),
+        }
+    }
+
+    /// Closes outgoing federation connections (on shutdown).
+    pub fn close_federation(&self) {
+        if let Some(federation) = &self.federation {
+            federation.close();
+        }
     }
 
     /// Purges expired KeyPackages and queued messages (the maintenance task's work).
@@ -238,7 +360,42 @@ impl Services {
             ),
             Request::LookupUser(request) => {
                 authenticated()?;
-                ResponseBody::UserFound(self.accounts.lookup(request.user_id.as_str()).await?)
+                let user = self.remote_user(request.user_id.as_str())?;
+                match user {
+                    Some(domain) => {
+                        match self
+                            .federated(&domain, FederationRequest::LookupUser(request))
+                            .await?
+                        {
+                            FederationResponseBody::UserFound(found) => {
+                                ResponseBody::UserFound(found)
+                            }
+                            other => return Err(unexpected_peer_answer(&other)),
+                        }
+                    }
+                    None => ResponseBody::UserFound(
+                        self.accounts.lookup(request.user_id.as_str()).await?,
+                    ),
+                }
+            }
+            Request::GetDomainKeys(request) => {
+                authenticated()?;
+                let domain = request.domain.as_str().to_ascii_lowercase();
+                if domain == self.domain.as_str() {
+                    ResponseBody::DomainKeys(self.own_domain_keys())
+                } else {
+                    match self
+                        .federated(&domain, FederationRequest::GetDomainKeys)
+                        .await?
+                    {
+                        FederationResponseBody::DomainKeys(keys)
+                            if keys.domain.as_str() == domain =>
+                        {
+                            ResponseBody::DomainKeys(keys)
+                        }
+                        other => return Err(unexpected_peer_answer(&other)),
+                    }
+                }
             }
             Request::DeleteUser => {
                 let caller = authenticated()?;
@@ -257,9 +414,26 @@ impl Services {
             Request::PublishKeyPackages(request) => ResponseBody::KeyPackagesPublished(
                 self.key_packages.publish(authenticated()?, request).await?,
             ),
-            Request::ClaimKeyPackages(request) => ResponseBody::KeyPackagesClaimed(
-                self.key_packages.claim(authenticated()?, request).await?,
-            ),
+            Request::ClaimKeyPackages(request) => {
+                let caller = authenticated()?;
+                match self.remote_user(request.user_id.as_str())? {
+                    Some(domain) => {
+                        let relayed = FederationRequest::ClaimKeyPackages(FederatedClaimRequest {
+                            claimer: caller.clone(),
+                            request,
+                        });
+                        match self.federated(&domain, relayed).await? {
+                            FederationResponseBody::KeyPackagesClaimed(claimed) => {
+                                ResponseBody::KeyPackagesClaimed(claimed)
+                            }
+                            other => return Err(unexpected_peer_answer(&other)),
+                        }
+                    }
+                    None => ResponseBody::KeyPackagesClaimed(
+                        self.key_packages.claim(caller, request).await?,
+                    ),
+                }
+            }
             Request::KeyPackageStatus => {
                 ResponseBody::KeyPackageStatus(self.key_packages.status(authenticated()?).await?)
             }

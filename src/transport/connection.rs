@@ -43,10 +43,7 @@ pub(super) async fn handle(
         .and_then(|data| data.protocol);
     match alpn.as_deref() {
         Some(ALPN_CLIENT) => serve_client(connection, shared).await,
-        Some(ALPN_FEDERATION) => connection.close(
-            close_code::UNSUPPORTED_ALPN.into(),
-            b"federation is not enabled on this server",
-        ),
+        Some(ALPN_FEDERATION) => super::federation::serve_peer(connection, shared).await,
         _ => connection.close(
             close_code::UNSUPPORTED_ALPN.into(),
             b"unsupported application protocol",
@@ -196,12 +193,17 @@ async fn write_response(send: &mut SendStream, response: &Response, timeout: Dur
             encode_internal_error()
         }
     };
-    if let Err(e) = send.write_all(&bytes).await {
+    write_encoded(send, &bytes, timeout).await;
+}
+
+/// Writes an encoded response, finishes the stream, and waits (up to `timeout`) until the peer
+/// has it all, so that a graceful shutdown cannot cut it off.
+pub(super) async fn write_encoded(send: &mut SendStream, bytes: &[u8], timeout: Duration) {
+    if let Err(e) = send.write_all(bytes).await {
         debug!("cannot write response: {e}");
         return;
     }
     let _ = send.finish();
-    // Wait until the peer has the whole response, so that a graceful shutdown cannot cut it off.
     let _ = tokio::time::timeout(timeout, send.stopped()).await;
 }
 
@@ -215,6 +217,12 @@ fn error_response(code: ErrorCode, message: &str) -> Response {
 }
 
 fn service_error_response(e: ServiceError) -> Response {
+    Response::Error(service_error(e))
+}
+
+/// The wire error for a service error: its code and a short message. Internal failures are
+/// logged in full and described to the peer as nothing more than "internal error".
+pub(super) fn service_error(e: ServiceError) -> ErrorResponse {
     let code = match &e {
         ServiceError::NotAuthenticated => ErrorCode::NotAuthenticated,
         ServiceError::InvalidUserId(_) => ErrorCode::InvalidUserId,
@@ -257,14 +265,18 @@ fn service_error_response(e: ServiceError) -> Response {
         ServiceError::NotAnAdmin => ErrorCode::NotAnAdmin,
         ServiceError::ProposalsNotCommitted => ErrorCode::ProposalsNotCommitted,
         ServiceError::LastAdmin => ErrorCode::LastAdmin,
+        ServiceError::PeerUnavailable(_) => ErrorCode::PeerUnavailable,
+        ServiceError::NotIdentified => ErrorCode::NotIdentified,
+        ServiceError::PeerRefused(_) => ErrorCode::PeerRefused,
+        // A peer's refusal is passed on with the peer's code and message.
+        ServiceError::Peer(refusal) => return refusal.clone(),
         ServiceError::Store(StoreError::Closed) => ErrorCode::ShuttingDown,
         ServiceError::NotAServiceOperation(_) | ServiceError::Store(_) => {
-            // Internal failures are logged in full and never described to the peer.
             error!(error = ?e, "request failed");
-            return error_response(ErrorCode::Internal, "internal error");
+            return ErrorResponse::new(ErrorCode::Internal, "internal error");
         }
     };
-    error_response(code, &e.to_string())
+    ErrorResponse::new(code, &e.to_string())
 }
 
 impl Session {

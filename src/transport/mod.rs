@@ -8,6 +8,7 @@
 
 pub mod auth;
 mod connection;
+mod federation;
 pub mod sessions;
 
 use std::sync::Arc;
@@ -68,10 +69,12 @@ impl Shared {
 pub(crate) fn endpoint_config(
     identity: &TlsIdentity,
     limits: &ServerLimits,
+    peers: Option<&tls::PeerTrust>,
 ) -> anyhow::Result<quinn::ServerConfig> {
     let tls = tls::server_config(
         identity,
         &[protocol::ALPN_CLIENT, protocol::ALPN_FEDERATION],
+        peers,
     )?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .context("TLS configuration unusable for QUIC")?;

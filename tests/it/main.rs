@@ -4,6 +4,7 @@
 mod accounts;
 mod auth;
 mod cli;
+mod federation;
 mod groups;
 mod key_packages;
 mod push;

@@ -1,0 +1,128 @@
+//! The homeserver-to-homeserver protocol (ALPN `roost-fed/1`): the same envelopes as the client
+//! protocol, with their own operations. A peer connection is mutually authenticated with TLS
+//! certificates; its first request names the peer's domain, which its certificate must be valid
+//! for.
+
+use tls_codec::{Deserialize, TlsDeserialize, TlsSerialize, TlsSize};
+
+use super::request::{encode_envelope, open_envelope, split_u16};
+use super::{
+    ClaimKeyPackagesRequest, ClaimedKeyPackages, ClientId, CredentialVerifyingKey, DecodeError,
+    ErrorResponse, LookupUserRequest, Text, UserClients, MAX_REQUEST_LEN, MAX_RESPONSE_LEN,
+};
+
+/// `Identify` (federation) request body: the domain the connecting homeserver speaks for.
+#[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
+pub struct IdentifyRequest {
+    pub domain: Text,
+}
+
+/// A claim relayed for a client of the requesting homeserver.
+#[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
+pub struct FederatedClaimRequest {
+    /// The claiming client: a client of the requesting homeserver's domain.
+    pub claimer: ClientId,
+    pub request: ClaimKeyPackagesRequest,
+}
+
+/// A domain's credential-verifying keys (client `GetDomainKeys` and federation `GetDomainKeys`).
+#[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
+pub struct DomainKeysBody {
+    pub domain: Text,
+    pub keys: Vec<CredentialVerifyingKey>,
+}
+
+/// `GetDomainKeys` (client) request body.
+#[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
+pub struct GetDomainKeysRequest {
+    pub domain: Text,
+}
+
+/// Operation codes of the federation protocol.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[repr(u16)]
+pub enum FederationOperation {
+    Identify = 1,
+    GetDomainKeys = 2,
+    LookupUser = 3,
+    ClaimKeyPackages = 4,
+}
+
+impl FederationOperation {
+    pub const ALL: &'static [FederationOperation] = &[
+        Self::Identify,
+        Self::GetDomainKeys,
+        Self::LookupUser,
+        Self::ClaimKeyPackages,
+    ];
+
+    pub fn from_u16(value: u16) -> Option<Self> {
+        Self::ALL.iter().copied().find(|op| *op as u16 == value)
+    }
+}
+
+/// A request from a peer homeserver.
+#[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
+#[repr(u16)]
+pub enum FederationRequest {
+    /// Name the domain this connection speaks for (first request of a connection).
+    #[tls_codec(discriminant = 1)]
+    Identify(IdentifyRequest),
+    /// This homeserver's credential-verifying keys.
+    #[tls_codec(discriminant = 2)]
+    GetDomainKeys,
+    /// One of this homeserver's users, with its clients' credentials.
+    #[tls_codec(discriminant = 3)]
+    LookupUser(LookupUserRequest),
+    /// One KeyPackage per client of one of this homeserver's users, for a remote claimer.
+    #[tls_codec(discriminant = 4)]
+    ClaimKeyPackages(FederatedClaimRequest),
+}
+
+/// A successful federation response body, tagged with its request's operation code.
+#[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
+#[repr(u16)]
+pub enum FederationResponseBody {
+    #[tls_codec(discriminant = 1)]
+    Identified,
+    #[tls_codec(discriminant = 2)]
+    DomainKeys(DomainKeysBody),
+    #[tls_codec(discriminant = 3)]
+    UserFound(UserClients),
+    #[tls_codec(discriminant = 4)]
+    KeyPackagesClaimed(ClaimedKeyPackages),
+}
+
+/// A federation response: a body, or an error.
+#[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
+#[repr(u8)]
+pub enum FederationResponse {
+    #[tls_codec(discriminant = 0)]
+    Ok(FederationResponseBody),
+    #[tls_codec(discriminant = 1)]
+    Error(ErrorResponse),
+}
+
+pub fn encode_federation_request(request: &FederationRequest) -> Result<Vec<u8>, tls_codec::Error> {
+    encode_envelope(request)
+}
+
+pub fn decode_federation_request(bytes: &[u8]) -> Result<FederationRequest, DecodeError> {
+    let body = open_envelope(bytes, MAX_REQUEST_LEN)?;
+    let (operation, _) = split_u16(body)?;
+    if FederationOperation::from_u16(operation).is_none() {
+        return Err(DecodeError::UnknownOperation(operation));
+    }
+    Ok(FederationRequest::tls_deserialize_exact(body)?)
+}
+
+pub fn encode_federation_response(
+    response: &FederationResponse,
+) -> Result<Vec<u8>, tls_codec::Error> {
+    encode_envelope(response)
+}
+
+pub fn decode_federation_response(bytes: &[u8]) -> Result<FederationResponse, DecodeError> {
+    let body = open_envelope(bytes, MAX_RESPONSE_LEN)?;
+    Ok(FederationResponse::tls_deserialize_exact(body)?)
+}

@@ -1,0 +1,238 @@
+//! Federation: two real homeservers on loopback, mutual TLS, remote discovery and KeyPackages.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use roost::client::{verify_user_clients, ClientConfig, Connection};
+use roost::clock::{Clock, ManualClock};
+use roost::config::{CertificateSource, FederationConfig, ServerConfig};
+use roost::protocol::{
+    ClaimKeyPackagesRequest, ClaimOutcome, ClientId, ErrorCode, FederatedClaimRequest,
+    FederationRequest, Text,
+};
+use roost::server::Server;
+use roost::services::{Federation, ServiceError};
+use roost::tls::{issue_development_certificate, load_certificates, PeerTrust, TlsIdentity};
+
+use crate::support::{new_key, within, CIPHERSUITE};
+
+/// A port free on loopback now (servers must know each other's address before they start).
+fn free_port() -> SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+struct Homeserver {
+    server: Server,
+    /// The name its certificate carries (what its clients check).
+    certificate_name: String,
+    ca: std::path::PathBuf,
+}
+
+impl Homeserver {
+    /// A server for `domain` with a certificate from the CA in `certs`, federating with `peers`.
+    async fn start(
+        dir: &Path,
+        certs: &Path,
+        domain: &str,
+        listen: SocketAddr,
+        peers: &[(&str, SocketAddr)],
+        cert_domain: &str,
+    ) -> anyhow::Result<Self> {
+        let issued = issue_development_certificate(certs, cert_domain).unwrap();
+        let mut config = ServerConfig::new(domain.parse().unwrap(), listen, dir.join(domain));
+        config.certificate = CertificateSource::Files {
+            cert: issued.cert.clone(),
+            key: issued.key.clone(),
+        };
+        config.clock = Arc::new(ManualClock::starting_now());
+        config.federation = Some(FederationConfig {
+            peers: peers.iter().map(|(d, a)| ((*d).to_owned(), *a)).collect(),
+            trust: PeerTrust {
+                ca: load_certificates(&issued.ca_cert).unwrap(),
+                pinned: Vec::new(),
+                allowed_domains: Some(peers.iter().map(|(d, _)| (*d).to_owned()).collect()),
+            },
+        });
+        Ok(Self {
+            server: Server::start(config).await?,
+            certificate_name: cert_domain.to_owned(),
+            ca: issued.ca_cert,
+        })
+    }
+
+    async fn connect(&self) -> Connection {
+        let config =
+            ClientConfig::new(self.server.local_addr(), &self.certificate_name, &self.ca).unwrap();
+        within(Connection::connect(&config)).await.unwrap()
+    }
+
+    /// Registers `user` (publishing KeyPackages) and returns its authenticated connection.
+    async fn register(&self, user: &str) -> (Connection, ClientId) {
+        let connection = self.connect().await;
+        let key = new_key();
+        let registered = within(connection.register_user(user, &key, CIPHERSUITE, None))
+            .await
+            .unwrap();
+        let _push = within(connection.authenticate(&registered.client, &key))
+            .await
+            .unwrap();
+        let identity = roost::client::state::DeviceIdentity::new(registered, key, CIPHERSUITE);
+        let mls = roost::client::mls::DeviceMls::new(&identity).unwrap();
+        within(connection.top_up_key_packages(&identity.client, &mls))
+            .await
+            .unwrap();
+        (connection, identity.client)
+    }
+}
+
+async fn two_homeservers(dir: &Path) -> (Homeserver, Homeserver) {
+    let certs = dir.join("certs");
+    let (a_addr, b_addr) = (free_port(), free_port());
+    let a = Homeserver::start(
+        dir,
+        &certs,
+        "a.example",
+        a_addr,
+        &[("b.example", b_addr)],
+        "a.example",
+    )
+    .await
+    .unwrap();
+    let b = Homeserver::start(
+        dir,
+        &certs,
+        "b.example",
+        b_addr,
+        &[("a.example", a_addr)],
+        "b.example",
+    )
+    .await
+    .unwrap();
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_find_and_verify_users_of_another_homeserver_and_claim_their_key_packages() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_homeservers(dir.path()).await;
+    let (alice, _) = a.register("alice@a.example").await;
+    let (_bob, bob_client) = b.register("bob@b.example").await;
+
+    let found = within(alice.lookup_user("bob@b.example")).await.unwrap();
+    assert_eq!(found.clients.len(), 1);
+    // bob's credentials verify against b.example's keys, fetched through alice's own server.
+    let b_keys = within(alice.domain_keys_of("b.example")).await.unwrap();
+    assert_eq!(b_keys.domain, "b.example");
+    let now = roost::clock::SystemClock.now();
+    for checked in verify_user_clients(&found, &b_keys, now) {
+        assert_eq!(checked.verified.unwrap(), bob_client);
+    }
+    // ... and not against a.example's.
+    let a_keys = within(alice.domain_keys_of("a.example")).await.unwrap();
+    assert!(verify_user_clients(&found, &a_keys, now)[0]
+        .verified
+        .is_err());
+
+    let claimed = within(alice.claim_key_packages("bob@b.example", CIPHERSUITE))
+        .await
+        .unwrap();
+    assert_eq!(claimed.claims[0].client, bob_client);
+    assert!(matches!(
+        claimed.claims[0].outcome,
+        ClaimOutcome::KeyPackage(_)
+    ));
+
+    // The remote server's refusals come through with their codes; unknown domains stay unknown.
+    let error = within(alice.lookup_user("nobody@b.example"))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::UnknownUser));
+    let error = within(alice.lookup_user("carol@c.example"))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::UnknownDomain));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_with_wrong_certificates_or_claims_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_homeservers(dir.path()).await;
+    let _alice = a.register("alice@a.example").await;
+    let certs = dir.path().join("certs");
+    let peers = [("a.example", a.server.local_addr())];
+
+    // A server calling itself b.example with a certificate for c.example (same CA).
+    let impostor = Homeserver::start(
+        &dir.path().join("impostor"),
+        &certs,
+        "b.example",
+        free_port(),
+        &peers,
+        "c.example",
+    )
+    .await
+    .unwrap();
+    let (eve, _) = impostor.register("eve@b.example").await;
+    let error = within(eve.lookup_user("alice@a.example"))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::PeerUnavailable), "{error}");
+
+    // A server whose certificate comes from a CA a.example does not trust.
+    let other_certs = dir.path().join("other-certs");
+    let stranger = Homeserver::start(
+        &dir.path().join("stranger"),
+        &other_certs,
+        "b.example",
+        free_port(),
+        &peers,
+        "b.example",
+    )
+    .await
+    .unwrap();
+    let (mallory, _) = stranger.register("mallory@b.example").await;
+    let error = within(mallory.lookup_user("alice@a.example"))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::PeerUnavailable), "{error}");
+
+    // The genuine b.example may not claim for users of another domain, nor call itself c.example.
+    let b_identity =
+        TlsIdentity::load(&certs.join("b.example.pem"), &certs.join("b.example.key")).unwrap();
+    let config = FederationConfig {
+        peers: peers
+            .iter()
+            .map(|(d, addr)| ((*d).to_owned(), *addr))
+            .collect(),
+        trust: PeerTrust {
+            ca: load_certificates(&a.ca).unwrap(),
+            pinned: Vec::new(),
+            allowed_domains: None,
+        },
+    };
+    let as_b = Federation::new(&"b.example".parse().unwrap(), &config, &b_identity).unwrap();
+    let claim = FederationRequest::ClaimKeyPackages(FederatedClaimRequest {
+        claimer: ClientId {
+            user_id: Text::new("carol@c.example").unwrap(),
+            device_id: 1,
+        },
+        request: ClaimKeyPackagesRequest {
+            user_id: Text::new("alice@a.example").unwrap(),
+            ciphersuite: CIPHERSUITE,
+        },
+    });
+    match within(as_b.request("a.example", &claim)).await {
+        Err(ServiceError::Peer(refusal)) => assert_eq!(refusal.code(), ErrorCode::PeerRefused),
+        other => panic!("expected PeerRefused, got {other:?}"),
+    }
+    let as_c = Federation::new(&"c.example".parse().unwrap(), &config, &b_identity).unwrap();
+    match within(as_c.request("a.example", &FederationRequest::GetDomainKeys)).await {
+        Err(ServiceError::Peer(refusal)) => assert_eq!(refusal.code(), ErrorCode::PeerRefused),
+        other => panic!("expected PeerRefused, got {other:?}"),
+    }
+    drop(b);
+}
