@@ -298,7 +298,8 @@ async fn execute(
         Command::Lookup { user } => {
             let _session = authenticate(connection, &cli.state).await?;
             let clients = connection.lookup_user(user).await?;
-            let keys = connection.domain_keys().await?;
+            // Verified against the keys of the user's own homeserver (through ours).
+            let keys = connection.domain_keys_of(user_domain(user)?).await?;
             user_clients_output(&clients, &keys, None)
         }
         Command::DeleteAccount => {
@@ -597,7 +598,7 @@ async fn execute(
         Command::Claim { user, ciphersuite } => {
             let _session = authenticate(connection, &cli.state).await?;
             let claimed = connection.claim_key_packages(user, *ciphersuite).await?;
-            let keys = connection.domain_keys().await?;
+            let keys = connection.domain_keys_of(user_domain(user)?).await?;
             claim_output(&claimed, &keys)
         }
     })
@@ -953,6 +954,13 @@ fn claim_output(claimed: &ClaimedKeyPackages, keys: &DomainKeys) -> Output {
         json!({ "user": claimed.user_id.as_str(), "claims": claims }),
         text,
     )
+}
+
+/// The domain of a user id.
+fn user_domain(user: &str) -> anyhow::Result<&str> {
+    user.rsplit_once('@')
+        .map(|(_, domain)| domain)
+        .with_context(|| format!("{user:?} is not USER@DOMAIN"))
 }
 
 /// `7` (a device of `me`'s user) or `alice@a.example/7`.
