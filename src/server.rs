@@ -63,7 +63,10 @@ impl Server {
             let shared = shared.clone();
             async move {
                 let stop = shared.shutdown.clone();
-                shared.services.run_maintenance(stop).await;
+                tokio::join!(
+                    shared.services.run_maintenance(stop.clone()),
+                    shared.services.run_outbox(stop),
+                );
             }
         });
         info!(

@@ -873,12 +873,12 @@ impl Device {
 
     /// The group flows of this device on `connection`.
     async fn groups<'a>(&'a self, connection: &'a Connection) -> anyhow::Result<GroupClient<'a>> {
-        Ok(GroupClient {
+        Ok(GroupClient::new(
             connection,
-            mls: &self.mls,
-            keys: connection.domain_keys().await?,
-            now: now(),
-        })
+            &self.mls,
+            connection.domain_keys().await?,
+            now(),
+        ))
     }
 }
 

@@ -209,11 +209,77 @@ pub fn verify_group_members(
 pub struct GroupClient<'a> {
     pub connection: &'a Connection,
     pub mls: &'a DeviceMls,
+    /// The keys of this device's own homeserver.
     pub keys: DomainKeys,
     pub now: UnixTime,
+    /// Other homeservers' keys, fetched through this device's homeserver as members appear.
+    remote_keys: tokio::sync::Mutex<std::collections::HashMap<String, DomainKeys>>,
 }
 
-impl GroupClient<'_> {
+impl<'a> GroupClient<'a> {
+    pub fn new(
+        connection: &'a Connection,
+        mls: &'a DeviceMls,
+        keys: DomainKeys,
+        now: UnixTime,
+    ) -> Self {
+        Self {
+            connection,
+            mls,
+            keys,
+            now,
+            remote_keys: Default::default(),
+        }
+    }
+
+    /// The credential-verifying keys of `domain`.
+    async fn keys_for(&self, domain: &str) -> anyhow::Result<DomainKeys> {
+        if domain == self.keys.domain {
+            return Ok(self.keys.clone());
+        }
+        let mut cache = self.remote_keys.lock().await;
+        if let Some(keys) = cache.get(domain) {
+            return Ok(keys.clone());
+        }
+        let keys = self.connection.domain_keys_of(domain).await?;
+        cache.insert(domain.to_owned(), keys.clone());
+        Ok(keys)
+    }
+
+    /// The member a leaf credential names, verified against its own homeserver's keys.
+    async fn verify(
+        &self,
+        credential: &openmls::prelude::Credential,
+        signature_key: &[u8],
+    ) -> anyhow::Result<ClientId> {
+        let basic = BasicCredential::try_from(credential.clone())
+            .map_err(|_| anyhow!("the member's credential is not a basic credential"))?;
+        let parsed = ClientCredential::tls_deserialize_exact(basic.identity())
+            .context("the member's credential is not a Roost client credential")?;
+        let domain = parsed
+            .content
+            .client
+            .user_id
+            .as_str()
+            .rsplit_once('@')
+            .map(|(_, domain)| domain.to_owned())
+            .context("the member's user id has no domain")?;
+        let keys = self.keys_for(&domain).await?;
+        verify_leaf_member(credential, signature_key, &keys, self.now)
+    }
+
+    /// Checks every member of `group`; returns them in leaf order.
+    async fn verify_members(&self, group: &MlsGroup) -> anyhow::Result<Vec<ClientId>> {
+        let mut members = Vec::new();
+        for member in group.members() {
+            members.push(
+                self.verify(&member.credential, &member.signature_key)
+                    .await?,
+            );
+        }
+        Ok(members)
+    }
+
     /// Creates a group with this device alone; returns its id.
     pub async fn create_group(&self) -> anyhow::Result<Vec<u8>> {
         let (group, request) = self.mls.new_group(&self.keys)?;
@@ -233,7 +299,7 @@ impl GroupClient<'_> {
             .connection
             .claim_key_packages(user_id, u16::from(self.mls.ciphersuite()))
             .await?;
-        let members = verify_group_members(&group, &self.keys, self.now)?;
+        let members = self.verify_members(&group).await?;
         let mut key_packages = Vec::new();
         let mut invited = Vec::new();
         // Clients already in the group (this device itself, when inviting its own user) stay.
@@ -251,12 +317,9 @@ impl GroupClient<'_> {
                 .validate(self.mls.provider().crypto(), ProtocolVersion::Mls10)
                 .context("a claimed KeyPackage is not valid")?;
             let leaf = key_package.leaf_node();
-            let member = verify_leaf_member(
-                leaf.credential(),
-                leaf.signature_key().as_slice(),
-                &self.keys,
-                self.now,
-            )?;
+            let member = self
+                .verify(leaf.credential(), leaf.signature_key().as_slice())
+                .await?;
             if member != claim.client {
                 bail!(
                     "the KeyPackage offered for {} belongs to {member}",
@@ -306,13 +369,11 @@ impl GroupClient<'_> {
             .context("no such group on this device")?;
         let mut removed = Vec::new();
         let mut leaves = Vec::new();
-        for member in group.members() {
-            let client = verify_leaf_member(
-                &member.credential,
-                &member.signature_key,
-                &self.keys,
-                self.now,
-            )?;
+        let members: Vec<_> = group.members().collect();
+        for member in members {
+            let client = self
+                .verify(&member.credential, &member.signature_key)
+                .await?;
             if client.user_id.as_str() == user_id {
                 leaves.push(member.index);
                 removed.push(client);
@@ -341,7 +402,7 @@ impl GroupClient<'_> {
             .mls
             .group(group_id)?
             .context("no such group on this device")?;
-        let members = verify_group_members(&group, &self.keys, self.now)?;
+        let members = self.verify_members(&group).await?;
         if !members
             .iter()
             .any(|client| client.user_id.as_str() == user_id)
@@ -475,8 +536,7 @@ impl GroupClient<'_> {
                 match processed.into_content() {
                     ProcessedMessageContent::ApplicationMessage(application) => {
                         let sender_key = sender_key.context("the sender is not a member")?;
-                        let sender =
-                            verify_leaf_member(&sender, &sender_key, &self.keys, self.now)?;
+                        let sender = self.verify(&sender, &sender_key).await?;
                         Ok(GroupEvent::Message {
                             group_id,
                             sender,
@@ -491,7 +551,7 @@ impl GroupClient<'_> {
                         if removed {
                             return Ok(GroupEvent::Removed { group_id });
                         }
-                        verify_group_members(&group, &self.keys, self.now)?;
+                        self.verify_members(&group).await?;
                         Ok(GroupEvent::Committed {
                             group_id,
                             epoch: group.epoch().as_u64(),
@@ -534,7 +594,7 @@ impl GroupClient<'_> {
         .context("decrypting the Welcome")?
         .into_group(self.mls.provider())
         .context("joining from the Welcome")?;
-        verify_group_members(&group, &self.keys, self.now)?;
+        self.verify_members(&group).await?;
         Ok(GroupEvent::Joined {
             group_id: group.group_id().as_slice().to_vec(),
         })

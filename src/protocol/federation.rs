@@ -6,9 +6,13 @@
 use tls_codec::{Deserialize, TlsDeserialize, TlsSerialize, TlsSize};
 
 use super::request::{encode_envelope, open_envelope, split_u16};
+use tls_codec::VLBytes;
+
 use super::{
     ClaimKeyPackagesRequest, ClaimedKeyPackages, ClientId, CredentialVerifyingKey, DecodeError,
-    ErrorResponse, LookupUserRequest, Text, UserClients, MAX_REQUEST_LEN, MAX_RESPONSE_LEN,
+    DeleteGroupRequest, ErrorResponse, GetGroupRequest, LookupUserRequest, MessageKind,
+    ResponseBody, SendCommitRequest, SendMessageRequest, SendProposalRequest, Text, UserClients,
+    MAX_REQUEST_LEN, MAX_RESPONSE_LEN,
 };
 
 /// `Identify` (federation) request body: the domain the connecting homeserver speaks for.
@@ -38,6 +42,48 @@ pub struct GetDomainKeysRequest {
     pub domain: Text,
 }
 
+/// One message of a delivery: for these recipients (clients of the receiving homeserver).
+#[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
+pub struct DeliveryItem {
+    pub recipients: Vec<ClientId>,
+    pub kind: MessageKind,
+    pub payload: VLBytes,
+}
+
+/// Messages of one group for clients of the receiving homeserver, sent by the group's hub.
+#[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
+pub struct DeliverRequest {
+    /// Unique per sending homeserver: a retried delivery carries the same id and is stored once.
+    pub delivery_id: VLBytes,
+    /// The group the messages belong to (empty for messages outside any group).
+    pub group_id: VLBytes,
+    pub items: Vec<DeliveryItem>,
+}
+
+/// A group operation of a client of the requesting homeserver, for a group hosted here.
+#[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
+pub struct RelayedGroupRequest {
+    /// The acting client: a client of the requesting homeserver's domain.
+    pub sender: ClientId,
+    pub request: GroupRequest,
+}
+
+/// The group operations a client's homeserver relays to the group's hub.
+#[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
+#[repr(u16)]
+pub enum GroupRequest {
+    #[tls_codec(discriminant = 17)]
+    SendCommit(SendCommitRequest),
+    #[tls_codec(discriminant = 18)]
+    SendMessage(SendMessageRequest),
+    #[tls_codec(discriminant = 19)]
+    GetGroup(GetGroupRequest),
+    #[tls_codec(discriminant = 21)]
+    SendProposal(SendProposalRequest),
+    #[tls_codec(discriminant = 22)]
+    DeleteGroup(DeleteGroupRequest),
+}
+
 /// Operation codes of the federation protocol.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 #[repr(u16)]
@@ -46,6 +92,8 @@ pub enum FederationOperation {
     GetDomainKeys = 2,
     LookupUser = 3,
     ClaimKeyPackages = 4,
+    Deliver = 5,
+    RelayGroupRequest = 6,
 }
 
 impl FederationOperation {
@@ -54,6 +102,8 @@ impl FederationOperation {
         Self::GetDomainKeys,
         Self::LookupUser,
         Self::ClaimKeyPackages,
+        Self::Deliver,
+        Self::RelayGroupRequest,
     ];
 
     pub fn from_u16(value: u16) -> Option<Self> {
@@ -77,6 +127,12 @@ pub enum FederationRequest {
     /// One KeyPackage per client of one of this homeserver's users, for a remote claimer.
     #[tls_codec(discriminant = 4)]
     ClaimKeyPackages(FederatedClaimRequest),
+    /// Messages for clients of this homeserver (from a group's hub).
+    #[tls_codec(discriminant = 5)]
+    Deliver(DeliverRequest),
+    /// A group operation of a remote client, for a group hosted here.
+    #[tls_codec(discriminant = 6)]
+    RelayGroupRequest(RelayedGroupRequest),
 }
 
 /// A successful federation response body, tagged with its request's operation code.
@@ -91,6 +147,11 @@ pub enum FederationResponseBody {
     UserFound(UserClients),
     #[tls_codec(discriminant = 4)]
     KeyPackagesClaimed(ClaimedKeyPackages),
+    #[tls_codec(discriminant = 5)]
+    Delivered,
+    /// The hub's answer to a relayed group operation: the client response body.
+    #[tls_codec(discriminant = 6)]
+    GroupResponse(ResponseBody),
 }
 
 /// A federation response: a body, or an error.

@@ -7,14 +7,18 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Mutex;
+use tls_codec::Deserialize;
+use tokio::sync::{Mutex, Notify};
+use tokio_util::sync::CancellationToken;
 
 use super::ServiceError;
 use crate::config::{Domain, FederationConfig};
 use crate::protocol::{
-    decode_federation_response, encode_federation_request, FederationRequest, FederationResponse,
-    FederationResponseBody, IdentifyRequest, ALPN_FEDERATION, MAX_RESPONSE_LEN,
+    decode_federation_response, encode_federation_request, CredentialVerifyingKey, DeliverRequest,
+    FederationRequest, FederationResponse, FederationResponseBody, IdentifyRequest,
+    ALPN_FEDERATION, MAX_RESPONSE_LEN,
 };
+use crate::store::Store;
 use crate::tls::{self, TlsIdentity};
 
 /// How long connecting to a peer may take before it counts as unreachable.
@@ -27,7 +31,14 @@ pub struct Federation {
     config: FederationConfig,
     endpoint: quinn::Endpoint,
     connections: Mutex<HashMap<String, quinn::Connection>>,
+    /// Peers' credential-verifying keys, with when they were fetched.
+    domain_keys: Mutex<HashMap<String, (std::time::Instant, Vec<CredentialVerifyingKey>)>>,
 }
+
+/// How long a peer's credential-verifying keys are reused before they are fetched again.
+const DOMAIN_KEYS_TTL: Duration = Duration::from_secs(300);
+/// Longest wait between two attempts to deliver to an unreachable peer.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 
 impl Federation {
     pub fn new(
@@ -54,6 +65,7 @@ impl Federation {
             config: config.clone(),
             endpoint,
             connections: Mutex::new(HashMap::new()),
+            domain_keys: Mutex::new(HashMap::new()),
         })
     }
 
@@ -135,6 +147,105 @@ impl Federation {
             FederationResponse::Ok(body) => Ok(body),
             FederationResponse::Error(error) => Err(ServiceError::Peer(error)),
         }
+    }
+
+    /// The credential-verifying keys of peer `domain` (cached for a while).
+    pub async fn domain_keys(
+        &self,
+        domain: &str,
+    ) -> Result<Vec<CredentialVerifyingKey>, ServiceError> {
+        if let Some((fetched, keys)) = self.domain_keys.lock().await.get(domain) {
+            if fetched.elapsed() < DOMAIN_KEYS_TTL {
+                return Ok(keys.clone());
+            }
+        }
+        match self
+            .request(domain, &FederationRequest::GetDomainKeys)
+            .await?
+        {
+            FederationResponseBody::DomainKeys(body) if body.domain.as_str() == domain => {
+                self.domain_keys.lock().await.insert(
+                    domain.to_owned(),
+                    (std::time::Instant::now(), body.keys.clone()),
+                );
+                Ok(body.keys)
+            }
+            other => Err(ServiceError::PeerUnavailable(format!(
+                "{domain} answered {other:?} for its keys"
+            ))),
+        }
+    }
+
+    /// Sends the outbox, peer by peer and in order, until `stop`: each delivery is removed once
+    /// its peer acknowledged it; an unreachable peer is retried with growing delays. Woken by
+    /// `wake` when new deliveries are committed.
+    pub async fn run_outbox(&self, store: Store, wake: Arc<Notify>, stop: CancellationToken) {
+        let mut retry_at: HashMap<String, (tokio::time::Instant, Duration)> = HashMap::new();
+        loop {
+            let backlog = match store.outbox_backlog().await {
+                Ok(backlog) => backlog,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the outbox");
+                    Vec::new()
+                }
+            };
+            let now = tokio::time::Instant::now();
+            for (peer, waiting) in &backlog {
+                if retry_at.get(peer).is_some_and(|(at, _)| *at > now) {
+                    continue;
+                }
+                match self.drain_peer(&store, peer).await {
+                    Ok(()) => {
+                        retry_at.remove(peer);
+                    }
+                    Err(e) => {
+                        let delay = retry_at
+                            .get(peer)
+                            .map_or(Duration::from_millis(200), |(_, delay)| {
+                                (*delay * 2).min(MAX_RETRY_DELAY)
+                            });
+                        tracing::warn!(%peer, waiting, error = %e, retry_in = ?delay, "peer unreachable; deliveries wait in the outbox");
+                        retry_at.insert(peer.clone(), (tokio::time::Instant::now() + delay, delay));
+                    }
+                }
+            }
+            let next_retry = retry_at
+                .values()
+                .map(|(at, _)| *at)
+                .min()
+                .unwrap_or_else(|| tokio::time::Instant::now() + MAX_RETRY_DELAY);
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep_until(next_retry) => {}
+            }
+        }
+    }
+
+    /// Sends everything waiting for `peer`, in order, removing each once acknowledged.
+    async fn drain_peer(&self, store: &Store, peer: &str) -> Result<(), ServiceError> {
+        while let Some((seq, bytes)) = store.outbox_next(peer).await? {
+            let delivery =
+                DeliverRequest::tls_deserialize_exact(bytes.as_slice()).map_err(|e| {
+                    ServiceError::Store(crate::store::StoreError::Corrupt(e.to_string()))
+                })?;
+            match self
+                .request(peer, &FederationRequest::Deliver(delivery))
+                .await
+            {
+                Ok(FederationResponseBody::Delivered) => {}
+                // The peer refused it for good (not a transient failure): drop it, loudly.
+                Err(ServiceError::Peer(refusal)) => {
+                    tracing::error!(%peer, %refusal, "a peer refused a delivery; dropping it");
+                }
+                Ok(other) => {
+                    return Err(ServiceError::PeerUnavailable(format!("answered {other:?}")));
+                }
+                Err(e) => return Err(e),
+            }
+            store.outbox_done(peer, seq).await?;
+        }
+        Ok(())
     }
 
     /// Closes the connections to peers (on shutdown).

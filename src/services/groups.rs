@@ -22,14 +22,14 @@ use crate::clock::Clock;
 use crate::config::{QueuePolicy, ServerConfig};
 use crate::identity::{verify_member, DomainKeys};
 use crate::protocol::{
-    ClientCredential, ClientId, CreateGroupRequest, DeleteGroupRequest, GetGroupRequest,
-    GroupDeleted, GroupEpoch, GroupList, GroupMember, GroupRoles, GroupState, MessageAccepted,
-    MessageKind, Role, SendCommitRequest, SendMessageRequest, SendProposalRequest, ServerNotice,
-    Text, ROLES_EXTENSION_TYPE,
+    ClientCredential, ClientId, CreateGroupRequest, DeleteGroupRequest, DeliverRequest,
+    DeliveryItem, GetGroupRequest, GroupDeleted, GroupEpoch, GroupList, GroupMember, GroupRoles,
+    GroupState, MessageAccepted, MessageKind, Role, SendCommitRequest, SendMessageRequest,
+    SendProposalRequest, ServerNotice, Text, ROLES_EXTENSION_TYPE,
 };
 use crate::store::{
-    Enqueued, Envelope, GroupMemberRow, GroupRefusal, GroupTransition, PublicState, QueueLimits,
-    Store, StoredGroup,
+    Enqueued, Envelope, GroupMemberRow, GroupRefusal, GroupTransition, OutgoingDelivery,
+    PublicState, QueueLimits, Store, StoredGroup,
 };
 
 pub struct Groups {
@@ -40,6 +40,10 @@ pub struct Groups {
     crypto: RustCrypto,
     queues: QueuePolicy,
     domain: String,
+    /// Woken whenever deliveries for peers were committed to the outbox.
+    outbox_wake: Arc<tokio::sync::Notify>,
+    /// For remote members' credential keys.
+    federation: Option<Arc<super::Federation>>,
 }
 
 /// A group loaded for processing.
@@ -55,8 +59,12 @@ impl Groups {
         store: Store,
         sessions: Arc<dyn Sessions>,
         accounts: Arc<Accounts>,
+        outbox_wake: Arc<tokio::sync::Notify>,
+        federation: Option<Arc<super::Federation>>,
     ) -> Self {
         Self {
+            outbox_wake,
+            federation,
             store,
             clock: config.clock.clone(),
             sessions,
@@ -304,6 +312,7 @@ impl Groups {
             group_info: request.group_info.as_slice().to_vec(),
             public_state: snapshot(&group.storage)?,
         };
+        let (envelopes, remote) = self.split(&group_id, envelopes);
         let recipients: Vec<ClientId> = envelopes.iter().map(envelope_client).collect();
         let outcomes = self
             .store
@@ -315,6 +324,7 @@ impl Groups {
                     old_members: member_rows(&old_members),
                     members: delivery_rows(&members, &leaving),
                     envelopes,
+                    remote,
                 },
                 self.clock.now_ms(),
                 self.queue_limits(),
@@ -325,6 +335,7 @@ impl Groups {
                 GroupRefusal::Unknown | GroupRefusal::Exists => ServiceError::UnknownGroup,
             })?;
         self.announce(&recipients, &outcomes);
+        self.outbox_wake.notify_one();
         Ok(GroupEpoch {
             group_id: group_id.into(),
             epoch: new_epoch,
@@ -405,6 +416,7 @@ impl Groups {
             .filter(|(client, _)| client != caller && !is_leaving(&group.stored, client))
             .map(|(client, _)| envelope(client, MessageKind::Mls, &payload))
             .collect();
+        let (envelopes, remote) = self.split(&group_id, envelopes);
         let recipients: Vec<ClientId> = envelopes.iter().map(envelope_client).collect();
         let stored = StoredGroup {
             leaving: leaving.clone(),
@@ -421,6 +433,7 @@ impl Groups {
                     old_members: member_rows(&members),
                     members: delivery_rows(&members, &leaving),
                     envelopes,
+                    remote,
                 },
                 self.clock.now_ms(),
                 self.queue_limits(),
@@ -431,6 +444,7 @@ impl Groups {
                 GroupRefusal::Unknown | GroupRefusal::Exists => ServiceError::UnknownGroup,
             })?;
         self.announce(&recipients, &outcomes);
+        self.outbox_wake.notify_one();
         Ok(())
     }
 
@@ -462,6 +476,7 @@ impl Groups {
             .filter(|(client, _)| client != caller)
             .map(|(client, _)| envelope(client, MessageKind::ServerNotice, &notice))
             .collect();
+        let (envelopes, remote) = self.split(group_id, envelopes);
         let recipients: Vec<ClientId> = envelopes.iter().map(envelope_client).collect();
         let outcomes = self
             .store
@@ -469,12 +484,14 @@ impl Groups {
                 group_id,
                 member_rows(&members),
                 envelopes,
+                remote,
                 self.clock.now_ms(),
                 self.queue_limits(),
             )
             .await?
             .map_err(|_| ServiceError::UnknownGroup)?;
         self.announce(&recipients, &outcomes);
+        self.outbox_wake.notify_one();
         tracing::info!(group = %hex::encode(group_id), by = %caller, "group deleted");
         Ok(())
     }
@@ -519,13 +536,16 @@ impl Groups {
             .filter(|(client, _)| client != caller && !is_leaving(&group.stored, client))
             .map(|(client, _)| envelope(client, MessageKind::Mls, &payload))
             .collect();
+        let (envelopes, remote) = self.split(&group_id, envelopes);
         let recipients: Vec<ClientId> = envelopes.iter().map(envelope_client).collect();
         let accepted_at_ms = self.clock.now_ms();
         let outcomes = self
             .store
-            .enqueue(envelopes, accepted_at_ms, self.queue_limits())
+            .deliver(envelopes, remote, accepted_at_ms, self.queue_limits())
             .await?;
+        self.outbox_wake.notify_one();
         self.announce(&recipients, &outcomes);
+        self.outbox_wake.notify_one();
         let queue_full = recipients
             .iter()
             .zip(&outcomes)
@@ -594,6 +614,11 @@ impl Groups {
                 })
                 .collect(),
         })
+    }
+
+    /// Whether this server hosts the group.
+    pub async fn hosts(&self, group_id: &[u8]) -> Result<bool, ServiceError> {
+        Ok(self.store.group(group_id).await?.is_some())
     }
 
     /// The groups a client is a member of (before it goes, to propose its removal after).
@@ -694,6 +719,7 @@ impl Groups {
                 .filter(|(client, _)| client != departed && !is_leaving(&group.stored, client))
                 .map(|(client, _)| envelope(client, MessageKind::Mls, &payload))
                 .collect();
+            let (envelopes, remote) = self.split(group_id, envelopes);
             let recipients: Vec<ClientId> = envelopes.iter().map(envelope_client).collect();
             let epoch = group.stored.epoch;
             let stored = StoredGroup {
@@ -711,6 +737,7 @@ impl Groups {
                         old_members: member_rows(&members),
                         members: delivery_rows(&members, &leaving),
                         envelopes,
+                        remote,
                     },
                     self.clock.now_ms(),
                     self.queue_limits(),
@@ -719,6 +746,7 @@ impl Groups {
             match outcome {
                 Ok(outcomes) => {
                     self.announce(&recipients, &outcomes);
+                    self.outbox_wake.notify_one();
                     tracing::info!(client = %departed, group = %hex::encode(group_id), "proposed the removal of a departed client");
                     return Ok(());
                 }
@@ -752,6 +780,70 @@ impl Groups {
                 .find(|(_, candidate)| *candidate == encoded)
                 .map(|(public_key, _)| (index as u32, public_key.clone()))
         })
+    }
+
+    /// Keeps the envelopes for clients of this server, and turns those for clients of other
+    /// homeservers into one delivery per peer (each message once, with its recipient clients).
+    fn split(
+        &self,
+        group_id: &[u8],
+        envelopes: Vec<Envelope>,
+    ) -> (Vec<Envelope>, Vec<OutgoingDelivery>) {
+        let mut local = Vec::new();
+        let mut per_peer: Vec<(String, Vec<DeliveryItem>)> = Vec::new();
+        for envelope in envelopes {
+            let domain = envelope
+                .user_id
+                .rsplit_once('@')
+                .map_or("", |(_, domain)| domain)
+                .to_owned();
+            if domain == self.domain {
+                local.push(envelope);
+                continue;
+            }
+            let recipient = envelope_client(&envelope);
+            let kind = match envelope.kind {
+                1 => MessageKind::Welcome,
+                2 => MessageKind::ServerNotice,
+                _ => MessageKind::Mls,
+            };
+            let index = match per_peer.iter().position(|(peer, _)| *peer == domain) {
+                Some(index) => index,
+                None => {
+                    per_peer.push((domain, Vec::new()));
+                    per_peer.len() - 1
+                }
+            };
+            let items = &mut per_peer[index].1;
+            match items.iter_mut().find(|item| {
+                item.kind == kind && item.payload.as_slice() == envelope.payload.as_slice()
+            }) {
+                Some(item) => item.recipients.push(recipient),
+                None => items.push(DeliveryItem {
+                    recipients: vec![recipient],
+                    kind,
+                    payload: envelope.payload.as_slice().to_vec().into(),
+                }),
+            }
+        }
+        let remote = per_peer
+            .into_iter()
+            .filter_map(|(peer, items)| {
+                let mut delivery_id = vec![0u8; 16];
+                rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut delivery_id);
+                let delivery = DeliverRequest {
+                    delivery_id: delivery_id.into(),
+                    group_id: group_id.to_vec().into(),
+                    items,
+                };
+                let encoded = delivery.tls_serialize_detached().ok()?;
+                Some(OutgoingDelivery {
+                    peer,
+                    delivery: encoded,
+                })
+            })
+            .collect();
+        (local, remote)
     }
 
     fn queue_limits(&self) -> QueueLimits {
@@ -816,6 +908,31 @@ impl Groups {
     /// client that exists, with the leaf's signature key.
     async fn verify_leaf(&self, leaf: &LeafNode) -> Result<ClientId, ServiceError> {
         let credential = leaf_credential(leaf)?;
+        let domain = credential
+            .content
+            .client
+            .user_id
+            .as_str()
+            .rsplit_once('@')
+            .map_or("", |(_, domain)| domain)
+            .to_owned();
+        if domain != self.domain {
+            // A member of another homeserver: its credential must verify under that server's keys.
+            let federation = self.federation.as_ref().ok_or_else(|| {
+                ServiceError::InvalidMemberCredential(format!("{domain} is not a peer"))
+            })?;
+            let keys = DomainKeys {
+                keys: federation.domain_keys(&domain).await?,
+                domain,
+            };
+            return verify_member(
+                leaf.signature_key().as_slice(),
+                &credential,
+                &keys,
+                self.clock.now(),
+            )
+            .map_err(|e| ServiceError::InvalidMemberCredential(e.to_string()));
+        }
         let keys = DomainKeys {
             domain: self.domain.clone(),
             keys: self.accounts.published_keys(),

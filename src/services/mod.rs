@@ -32,7 +32,8 @@ use crate::protocol::{
     CHANNEL_BINDING_LEN, PROTOCOL_VERSION,
 };
 use crate::protocol::{
-    DomainKeysBody, FederatedClaimRequest, FederationRequest, FederationResponseBody,
+    DomainKeysBody, FederatedClaimRequest, FederationRequest, FederationResponseBody, GroupRequest,
+    RelayedGroupRequest,
 };
 use crate::store::{Store, StoreError};
 use invites::InviteError;
@@ -140,6 +141,28 @@ pub enum ServiceError {
     Store(#[from] StoreError),
 }
 
+/// The group a group operation is about (from its MLS framing, or its group id field).
+fn request_group_id(request: &GroupRequest) -> Option<Vec<u8>> {
+    use openmls::prelude::{MlsMessageBodyIn, MlsMessageIn, ProtocolMessage};
+    use tls_codec::Deserialize;
+    let from_message = |bytes: &[u8]| -> Option<Vec<u8>> {
+        let message: ProtocolMessage =
+            match MlsMessageIn::tls_deserialize_exact(bytes).ok()?.extract() {
+                MlsMessageBodyIn::PublicMessage(message) => message.into(),
+                MlsMessageBodyIn::PrivateMessage(message) => message.into(),
+                _ => return None,
+            };
+        Some(message.group_id().as_slice().to_vec())
+    };
+    match request {
+        GroupRequest::SendCommit(request) => from_message(request.commit.as_slice()),
+        GroupRequest::SendMessage(request) => from_message(request.message.as_slice()),
+        GroupRequest::SendProposal(request) => from_message(request.proposal.as_slice()),
+        GroupRequest::GetGroup(request) => Some(request.group_id.as_slice().to_vec()),
+        GroupRequest::DeleteGroup(request) => Some(request.group_id.as_slice().to_vec()),
+    }
+}
+
 fn unexpected_peer_answer(answer: &FederationResponseBody) -> ServiceError {
     ServiceError::PeerUnavailable(format!("the peer answered {answer:?}"))
 }
@@ -150,8 +173,10 @@ pub struct Services {
     limits: Limits,
     accounts: Arc<Accounts>,
     groups: Groups,
-    federation: Option<Federation>,
+    federation: Option<Arc<Federation>>,
     federation_config: Option<crate::config::FederationConfig>,
+    store: Store,
+    outbox_wake: Arc<tokio::sync::Notify>,
     key_packages: KeyPackages,
     queues: Arc<Queues>,
     maintenance_interval: std::time::Duration,
@@ -166,16 +191,27 @@ impl Services {
     ) -> anyhow::Result<Self> {
         let queues = Arc::new(Queues::new(config, store.clone(), sessions.clone()));
         let accounts = Arc::new(Accounts::new(config, store.clone(), sessions.clone())?);
+        let federation = config
+            .federation
+            .as_ref()
+            .map(|federation| Federation::new(&config.domain, federation, identity).map(Arc::new))
+            .transpose()?;
+        let outbox_wake = Arc::new(tokio::sync::Notify::new());
         Ok(Self {
             domain: config.domain.to_text(),
             limits: ServerLimits::announced(&config.limits),
-            groups: Groups::new(config, store.clone(), sessions.clone(), accounts.clone()),
-            federation: config
-                .federation
-                .as_ref()
-                .map(|federation| Federation::new(&config.domain, federation, identity))
-                .transpose()?,
+            groups: Groups::new(
+                config,
+                store.clone(),
+                sessions.clone(),
+                accounts.clone(),
+                outbox_wake.clone(),
+                federation.clone(),
+            ),
+            federation,
             federation_config: config.federation.clone(),
+            store: store.clone(),
+            outbox_wake,
             accounts,
             key_packages: KeyPackages::new(config, store, sessions, queues.clone()),
             queues,
@@ -243,10 +279,88 @@ impl Services {
                         .await?,
                 )
             }
+            FederationRequest::Deliver(delivery) => {
+                self.queues
+                    .receive_delivery(peer, self.domain.as_str(), delivery)
+                    .await?;
+                FederationResponseBody::Delivered
+            }
+            FederationRequest::RelayGroupRequest(relayed) => {
+                let sender = &relayed.sender;
+                let sender_domain = sender.user_id.as_str().rsplit_once('@').map(|(_, d)| d);
+                if sender_domain != Some(peer) {
+                    return Err(ServiceError::PeerRefused(format!(
+                        "{peer} cannot act for {sender}"
+                    )));
+                }
+                FederationResponseBody::GroupResponse(
+                    self.group_request(sender, relayed.request).await?,
+                )
+            }
             FederationRequest::Identify(_) => {
                 return Err(ServiceError::NotAServiceOperation(Operation::Authenticate))
             }
         })
+    }
+
+    /// A group operation of `caller`: handled here if this server hosts the group, relayed to
+    /// the group's hub if it is hosted elsewhere.
+    async fn routed_group_request(
+        &self,
+        caller: &ClientId,
+        request: GroupRequest,
+    ) -> Result<ResponseBody, ServiceError> {
+        if let Some(group_id) = request_group_id(&request) {
+            if !self.groups.hosts(&group_id).await? {
+                if let Some(hub) = self.store.group_route(&group_id).await? {
+                    let relayed = FederationRequest::RelayGroupRequest(RelayedGroupRequest {
+                        sender: caller.clone(),
+                        request,
+                    });
+                    return match self.federated(&hub, relayed).await? {
+                        FederationResponseBody::GroupResponse(body) => Ok(body),
+                        other => Err(unexpected_peer_answer(&other)),
+                    };
+                }
+            }
+        }
+        self.group_request(caller, request).await
+    }
+
+    /// A group operation on a group hosted here, for `sender` (local, or relayed by its server).
+    async fn group_request(
+        &self,
+        sender: &ClientId,
+        request: GroupRequest,
+    ) -> Result<ResponseBody, ServiceError> {
+        Ok(match request {
+            GroupRequest::SendCommit(request) => {
+                ResponseBody::CommitAccepted(self.groups.commit(sender, request).await?)
+            }
+            GroupRequest::SendMessage(request) => {
+                ResponseBody::MessageAccepted(self.groups.send(sender, request).await?)
+            }
+            GroupRequest::GetGroup(request) => {
+                ResponseBody::Group(self.groups.get(sender, request).await?)
+            }
+            GroupRequest::SendProposal(request) => {
+                self.groups.propose(sender, request).await?;
+                ResponseBody::ProposalAccepted
+            }
+            GroupRequest::DeleteGroup(request) => {
+                self.groups.delete(sender, request).await?;
+                ResponseBody::GroupDeleted
+            }
+        })
+    }
+
+    /// Sends the federation outbox until `stop` (a no-op for a server that does not federate).
+    pub async fn run_outbox(&self, stop: tokio_util::sync::CancellationToken) {
+        if let Some(federation) = &self.federation {
+            federation
+                .run_outbox(self.store.clone(), self.outbox_wake.clone(), stop)
+                .await;
+        }
     }
 
     /// Whether `peer` may federate with this server (allow-list or open federation).
@@ -448,22 +562,25 @@ impl Services {
                 ResponseBody::GroupCreated(self.groups.create(authenticated()?, request).await?)
             }
             Request::SendCommit(request) => {
-                ResponseBody::CommitAccepted(self.groups.commit(authenticated()?, request).await?)
+                self.routed_group_request(authenticated()?, GroupRequest::SendCommit(request))
+                    .await?
             }
             Request::SendMessage(request) => {
-                ResponseBody::MessageAccepted(self.groups.send(authenticated()?, request).await?)
+                self.routed_group_request(authenticated()?, GroupRequest::SendMessage(request))
+                    .await?
             }
             Request::GetGroup(request) => {
-                ResponseBody::Group(self.groups.get(authenticated()?, request).await?)
+                self.routed_group_request(authenticated()?, GroupRequest::GetGroup(request))
+                    .await?
             }
             Request::ListGroups => ResponseBody::Groups(self.groups.list(authenticated()?).await?),
             Request::SendProposal(request) => {
-                self.groups.propose(authenticated()?, request).await?;
-                ResponseBody::ProposalAccepted
+                self.routed_group_request(authenticated()?, GroupRequest::SendProposal(request))
+                    .await?
             }
             Request::DeleteGroup(request) => {
-                self.groups.delete(authenticated()?, request).await?;
-                ResponseBody::GroupDeleted
+                self.routed_group_request(authenticated()?, GroupRequest::DeleteGroup(request))
+                    .await?
             }
             Request::Authenticate(_) => {
                 return Err(ServiceError::NotAServiceOperation(request.operation()))

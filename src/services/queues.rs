@@ -10,8 +10,9 @@ use super::{ServiceError, Sessions};
 use crate::clock::Clock;
 use crate::config::{QueuePolicy, ServerConfig};
 use crate::protocol::{
-    AckMessagesRequest, ClientId, FetchMessagesRequest, FetchedMessages, MessageKind,
-    MessagesExpired, QueuedMessage, ServerNotice, Text, MAX_FETCH_COUNT, MAX_RESPONSE_LEN,
+    AckMessagesRequest, ClientId, DeliverRequest, FetchMessagesRequest, FetchedMessages,
+    MessageKind, MessagesExpired, QueuedMessage, ServerNotice, Text, MAX_FETCH_COUNT,
+    MAX_RESPONSE_LEN,
 };
 use crate::store::{Enqueued, Envelope, QueueLimits, Store};
 
@@ -114,6 +115,60 @@ impl Queues {
             .first()
             .and_then(|outcomes| outcomes.first())
             .map_or(Enqueued::UnknownClient, |(_, outcome)| *outcome))
+    }
+
+    /// Stores a delivery from the homeserver of `peer` exactly once (a retried delivery id is
+    /// acknowledged and ignored), and tells the connected recipients. Every recipient must be a
+    /// client of this server (`local_domain`).
+    pub async fn receive_delivery(
+        &self,
+        peer: &str,
+        local_domain: &str,
+        delivery: DeliverRequest,
+    ) -> Result<(), ServiceError> {
+        let mut envelopes = Vec::new();
+        for item in &delivery.items {
+            let payload = Arc::new(item.payload.as_slice().to_vec());
+            for recipient in &item.recipients {
+                let domain = recipient.user_id.as_str().rsplit_once('@').map(|(_, d)| d);
+                if domain != Some(local_domain) {
+                    return Err(ServiceError::PeerRefused(format!(
+                        "{recipient} is not a client of this homeserver"
+                    )));
+                }
+                envelopes.push(Envelope {
+                    user_id: recipient.user_id.as_str().to_owned(),
+                    device_id: recipient.device_id,
+                    kind: item.kind as u8,
+                    payload: payload.clone(),
+                });
+            }
+        }
+        let recipients: Vec<ClientId> = delivery
+            .items
+            .iter()
+            .flat_map(|item| item.recipients.iter().cloned())
+            .collect();
+        let outcomes = self
+            .store
+            .receive_delivery(
+                peer,
+                delivery.delivery_id.as_slice(),
+                delivery.group_id.as_slice(),
+                envelopes,
+                self.clock.now_ms(),
+                self.limits(),
+            )
+            .await?;
+        for (client, outcome) in recipients.iter().zip(outcomes.unwrap_or_default()) {
+            match outcome {
+                Enqueued::Queued { seq } => self.sessions.new_messages(client, seq),
+                other => {
+                    tracing::warn!(%client, ?other, %peer, "a delivered message was not queued")
+                }
+            }
+        }
+        Ok(())
     }
 
     pub async fn fetch(

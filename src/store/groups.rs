@@ -4,6 +4,7 @@
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use tls_codec::{Deserialize, Serialize, TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
 
+use super::federation::{outbox_in, OutgoingDelivery};
 use super::queues::{enqueue_in, Enqueued, Envelope, QueueLimits};
 use super::{Store, StoreError};
 
@@ -146,6 +147,8 @@ pub struct GroupTransition {
     pub old_members: Vec<GroupMemberRow>,
     pub members: Vec<GroupMemberRow>,
     pub envelopes: Vec<Envelope>,
+    /// Deliveries for remote members, into their homeservers' outboxes.
+    pub remote: Vec<OutgoingDelivery>,
 }
 
 /// Why a group change was refused.
@@ -209,6 +212,7 @@ impl Store {
             old_members,
             members,
             envelopes,
+            remote,
             ..
         } = transition;
         self.write(move |txn| {
@@ -223,7 +227,9 @@ impl Store {
             groups.insert(group_id.as_slice(), encoded.as_slice())?;
             drop(groups);
             replace_members(txn, &group_id, &old_members, &members)?;
-            Ok(Ok(enqueue_in(txn, &envelopes, now_ms, limits)?))
+            let outcomes = enqueue_in(txn, &envelopes, now_ms, limits)?;
+            outbox_in(txn, &remote)?;
+            Ok(Ok(outcomes))
         })
         .await
     }
@@ -235,6 +241,7 @@ impl Store {
         group_id: &[u8],
         members: Vec<GroupMemberRow>,
         envelopes: Vec<Envelope>,
+        remote: Vec<OutgoingDelivery>,
         now_ms: u64,
         limits: QueueLimits,
     ) -> Result<Result<Vec<Enqueued>, GroupRefusal>, StoreError> {
@@ -248,7 +255,9 @@ impl Store {
                 return Ok(Err(GroupRefusal::Unknown));
             }
             replace_members(txn, &group_id, &members, &[])?;
-            Ok(Ok(enqueue_in(txn, &envelopes, now_ms, limits)?))
+            let outcomes = enqueue_in(txn, &envelopes, now_ms, limits)?;
+            outbox_in(txn, &remote)?;
+            Ok(Ok(outcomes))
         })
         .await
     }

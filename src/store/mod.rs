@@ -11,6 +11,7 @@
 //! never leave this module.
 
 mod accounts;
+mod federation;
 mod groups;
 mod key_packages;
 mod meta;
@@ -22,6 +23,7 @@ pub use accounts::{
     AddClientRefusal, IssueCredential, NewUser, RegisterRefusal, RemoveClientRefusal, StoredClient,
     FIRST_DEVICE_ID,
 };
+pub use federation::OutgoingDelivery;
 pub use groups::{GroupMemberRow, GroupRefusal, GroupTransition, PublicState, StoredGroup};
 pub use key_packages::{Claimed, ClientClaim, NewKeyPackage, PublishRefusal, Stock};
 pub use queues::{Enqueued, Envelope, ExpiredMessages, QueueLimits, StoredMessage, FIRST_SEQ};

@@ -22,6 +22,10 @@ macro_rules! for_each_table {
         $action!(super::queues::QUEUE_HEADS);
         $action!(super::groups::GROUPS);
         $action!(super::groups::GROUP_MEMBERS);
+        $action!(super::federation::OUTBOX);
+        $action!(super::federation::OUTBOX_HEADS);
+        $action!(super::federation::DELIVERIES_RECEIVED);
+        $action!(super::federation::GROUP_ROUTES);
     }};
 }
 

@@ -7,12 +7,12 @@ use roost::protocol::{ClientId, ErrorCode, Role, SendCommitRequest};
 use crate::support::{within, Device, TestServer};
 
 async fn groups<'a>(server: &TestServer, device: &'a Device) -> GroupClient<'a> {
-    GroupClient {
-        connection: &device.connection,
-        mls: &device.mls,
-        keys: within(device.connection.domain_keys()).await.unwrap(),
-        now: server.clock.now(),
-    }
+    GroupClient::new(
+        &device.connection,
+        &device.mls,
+        within(device.connection.domain_keys()).await.unwrap(),
+        server.clock.now(),
+    )
 }
 
 /// Processes a device's queue; returns what happened, failing the test on any processing error.

@@ -1,0 +1,150 @@
+//! Federation state: the durable outbox of deliveries to each peer (in order, removed once the
+//! peer acknowledged), the deliveries received from peers (so a retried one is stored once), and
+//! which peer hosts each remote group this server's clients are in.
+
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
+
+use super::queues::{enqueue_in, Enqueued, Envelope, QueueLimits};
+use super::{Store, StoreError};
+
+/// (peer domain, seq) -> encoded delivery, in the order it must be sent.
+pub(super) const OUTBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("outbox-1");
+/// peer domain -> the next outbox sequence number.
+pub(super) const OUTBOX_HEADS: TableDefinition<&str, u64> = TableDefinition::new("outbox-heads-1");
+/// (peer domain, delivery id) -> when it was received (Unix ms).
+pub(super) const DELIVERIES_RECEIVED: TableDefinition<(&str, &[u8]), u64> =
+    TableDefinition::new("deliveries-received-1");
+/// group id -> the domain of the homeserver hosting it (groups hosted elsewhere).
+pub(super) const GROUP_ROUTES: TableDefinition<&[u8], &str> =
+    TableDefinition::new("group-routes-1");
+
+/// A delivery for a peer, to put into the outbox with the change that produced it.
+#[derive(Clone, Debug)]
+pub struct OutgoingDelivery {
+    pub peer: String,
+    pub delivery: Vec<u8>,
+}
+
+/// Appends deliveries to their peers' outboxes inside an open write transaction.
+pub(super) fn outbox_in(
+    txn: &WriteTransaction,
+    deliveries: &[OutgoingDelivery],
+) -> Result<(), StoreError> {
+    let mut heads = txn.open_table(OUTBOX_HEADS)?;
+    let mut outbox = txn.open_table(OUTBOX)?;
+    for delivery in deliveries {
+        let seq = heads
+            .get(delivery.peer.as_str())?
+            .map_or(0, |seq| seq.value());
+        outbox.insert((delivery.peer.as_str(), seq), delivery.delivery.as_slice())?;
+        heads.insert(delivery.peer.as_str(), seq + 1)?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Queues `envelopes` locally and `remote` deliveries in their peers' outboxes, in one commit.
+    pub async fn deliver(
+        &self,
+        envelopes: Vec<Envelope>,
+        remote: Vec<OutgoingDelivery>,
+        now_ms: u64,
+        limits: QueueLimits,
+    ) -> Result<Vec<Enqueued>, StoreError> {
+        self.write(move |txn| {
+            let outcomes = enqueue_in(txn, &envelopes, now_ms, limits)?;
+            outbox_in(txn, &remote)?;
+            Ok(outcomes)
+        })
+        .await
+    }
+
+    /// The peers with deliveries waiting, and how many each.
+    pub async fn outbox_backlog(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read(|txn| {
+            let outbox = txn.open_table(OUTBOX)?;
+            let mut backlog: Vec<(String, u64)> = Vec::new();
+            for entry in outbox.iter()? {
+                let (key, _) = entry?;
+                let peer = key.value().0;
+                match backlog.last_mut() {
+                    Some((last, count)) if last == peer => *count += 1,
+                    _ => backlog.push((peer.to_owned(), 1)),
+                }
+            }
+            Ok(backlog)
+        })
+        .await
+    }
+
+    /// The oldest delivery waiting for `peer`.
+    pub async fn outbox_next(&self, peer: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let peer = peer.to_owned();
+        self.read(move |txn| {
+            let outbox = txn.open_table(OUTBOX)?;
+            let mut range = outbox.range((peer.as_str(), 0)..=(peer.as_str(), u64::MAX))?;
+            Ok(match range.next() {
+                Some(entry) => {
+                    let (key, value) = entry?;
+                    Some((key.value().1, value.value().to_vec()))
+                }
+                None => None,
+            })
+        })
+        .await
+    }
+
+    /// Removes a delivery the peer acknowledged.
+    pub async fn outbox_done(&self, peer: &str, seq: u64) -> Result<(), StoreError> {
+        let peer = peer.to_owned();
+        self.write(move |txn| {
+            txn.open_table(OUTBOX)?.remove((peer.as_str(), seq))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Stores a delivery from `peer` exactly once: queues its envelopes and records that `peer`
+    /// hosts `group_id`, in one commit. `None` if this delivery id was received before.
+    pub async fn receive_delivery(
+        &self,
+        peer: &str,
+        delivery_id: &[u8],
+        group_id: &[u8],
+        envelopes: Vec<Envelope>,
+        now_ms: u64,
+        limits: QueueLimits,
+    ) -> Result<Option<Vec<Enqueued>>, StoreError> {
+        let (peer, delivery_id, group_id) =
+            (peer.to_owned(), delivery_id.to_vec(), group_id.to_vec());
+        self.write(move |txn| {
+            let mut received = txn.open_table(DELIVERIES_RECEIVED)?;
+            if received
+                .get((peer.as_str(), delivery_id.as_slice()))?
+                .is_some()
+            {
+                return Ok(None);
+            }
+            received.insert((peer.as_str(), delivery_id.as_slice()), now_ms)?;
+            drop(received);
+            if !group_id.is_empty() {
+                txn.open_table(GROUP_ROUTES)?
+                    .insert(group_id.as_slice(), peer.as_str())?;
+            }
+            Ok(Some(enqueue_in(txn, &envelopes, now_ms, limits)?))
+        })
+        .await
+    }
+
+    /// The domain hosting a remote group, if this server knows it.
+    pub async fn group_route(&self, group_id: &[u8]) -> Result<Option<String>, StoreError> {
+        let group_id = group_id.to_vec();
+        self.read(move |txn| {
+            Ok(txn
+                .open_table(GROUP_ROUTES)?
+                .get(group_id.as_slice())?
+                .map(|hub| hub.value().to_owned()))
+        })
+        .await
+    }
+}
