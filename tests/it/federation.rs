@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use roost::client::groups::{GroupClient, GroupEvent};
 use roost::client::{verify_user_clients, ClientConfig, Connection};
 use roost::clock::{Clock, ManualClock};
 use roost::config::{CertificateSource, FederationConfig, ServerConfig};
@@ -70,6 +71,29 @@ impl Homeserver {
         within(Connection::connect(&config)).await.unwrap()
     }
 
+    /// Registers `user` as a device with KeyPackages published, connected and authenticated.
+    async fn device(&self, user: &str) -> FedDevice {
+        let connection = self.connect().await;
+        let key = new_key();
+        let registered = within(connection.register_user(user, &key, CIPHERSUITE, None))
+            .await
+            .unwrap();
+        let push = within(connection.authenticate(&registered.client, &key))
+            .await
+            .unwrap();
+        let identity = roost::client::state::DeviceIdentity::new(registered, key, CIPHERSUITE);
+        let mls = roost::client::mls::DeviceMls::new(&identity).unwrap();
+        within(connection.top_up_key_packages(&identity.client, &mls))
+            .await
+            .unwrap();
+        FedDevice {
+            connection,
+            identity,
+            mls,
+            push,
+        }
+    }
+
     /// Registers `user` (publishing KeyPackages) and returns its authenticated connection.
     async fn register(&self, user: &str) -> (Connection, ClientId) {
         let connection = self.connect().await;
@@ -87,6 +111,57 @@ impl Homeserver {
             .unwrap();
         (connection, identity.client)
     }
+}
+
+struct FedDevice {
+    connection: Connection,
+    identity: roost::client::state::DeviceIdentity,
+    mls: roost::client::mls::DeviceMls,
+    push: roost::client::PushStream,
+}
+
+impl FedDevice {
+    async fn groups(&self) -> GroupClient<'_> {
+        let keys = within(self.connection.domain_keys()).await.unwrap();
+        GroupClient::new(
+            &self.connection,
+            &self.mls,
+            keys,
+            roost::clock::SystemClock.now(),
+        )
+    }
+
+    /// Processes the queue; fails the test on any processing error.
+    async fn receive(&self) -> Vec<GroupEvent> {
+        within(self.groups().await.receive())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(seq, event)| event.unwrap_or_else(|e| panic!("message {seq}: {e:#}")))
+            .collect()
+    }
+
+    /// Waits for a NewMessages push, then processes the queue.
+    async fn receive_pushed(&mut self) -> Vec<GroupEvent> {
+        loop {
+            match within(self.push.next()).await.unwrap().unwrap() {
+                roost::protocol::Notification::NewMessages(_) => return self.receive().await,
+                _ => continue,
+            }
+        }
+    }
+}
+
+fn texts(events: &[GroupEvent]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .filter_map(|event| match event {
+            GroupEvent::Message { sender, text, .. } => {
+                Some((sender.to_string(), String::from_utf8(text.clone()).unwrap()))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 async fn two_homeservers(dir: &Path) -> (Homeserver, Homeserver) {
@@ -235,4 +310,132 @@ async fn peers_with_wrong_certificates_or_claims_are_refused() {
         other => panic!("expected PeerRefused, got {other:?}"),
     }
     drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_spans_two_homeservers_and_survives_one_being_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let (a_addr, b_addr) = (free_port(), free_port());
+    let a = Homeserver::start(
+        dir.path(),
+        &certs,
+        "a.example",
+        a_addr,
+        &[("b.example", b_addr)],
+        "a.example",
+    )
+    .await
+    .unwrap();
+    let b = Homeserver::start(
+        dir.path(),
+        &certs,
+        "b.example",
+        b_addr,
+        &[("a.example", a_addr)],
+        "b.example",
+    )
+    .await
+    .unwrap();
+    let alice = a.device("alice@a.example").await;
+    let mut bob = b.device("bob@b.example").await;
+
+    // Alice's group lives on a.example; she adds bob of b.example.
+    let group_id = within(alice.groups().await.create_group()).await.unwrap();
+    within(alice.groups().await.invite(&group_id, "bob@b.example"))
+        .await
+        .unwrap();
+    let joined = bob.receive_pushed().await;
+    assert!(
+        joined.contains(&GroupEvent::Joined {
+            group_id: group_id.clone()
+        }),
+        "{joined:?}"
+    );
+
+    // Messages both ways: bob's go through b.example to the hub, alice's come back the same way.
+    within(bob.groups().await.send(&group_id, b"hello from b"))
+        .await
+        .unwrap();
+    assert_eq!(
+        texts(&alice.receive().await),
+        [("bob@b.example/1".to_owned(), "hello from b".to_owned())]
+    );
+    within(alice.groups().await.send(&group_id, b"hello from a"))
+        .await
+        .unwrap();
+    assert_eq!(
+        texts(&bob.receive_pushed().await),
+        [("alice@a.example/1".to_owned(), "hello from a".to_owned())]
+    );
+    // A commit from the other side (bob's, relayed to the hub) is ordered and reaches alice.
+    let epoch = within(bob.groups().await.commit_pending(&group_id))
+        .await
+        .unwrap();
+    let events = alice.receive().await;
+    assert!(
+        events.contains(&GroupEvent::Committed {
+            group_id: group_id.clone(),
+            epoch
+        }),
+        "{events:?}"
+    );
+
+    // b.example goes down; alice keeps talking; her messages wait in a.example's outbox.
+    let bob_identity = bob.identity.clone();
+    let bob_mls = bob.mls.snapshot().unwrap();
+    drop(bob);
+    within(b.server.shutdown()).await.unwrap();
+    for i in 0..3 {
+        within(
+            alice
+                .groups()
+                .await
+                .send(&group_id, format!("while you were away {i}").as_bytes()),
+        )
+        .await
+        .unwrap();
+    }
+    let backlog = a.server.store().outbox_backlog().await.unwrap();
+    assert_eq!(backlog, [("b.example".to_owned(), 3)]);
+
+    // b.example comes back on the same data; the outbox delivers everything, exactly once.
+    let b = Homeserver::start(
+        dir.path(),
+        &certs,
+        "b.example",
+        b_addr,
+        &[("a.example", a_addr)],
+        "b.example",
+    )
+    .await
+    .unwrap();
+    let connection = b.connect().await;
+    let push = within(connection.authenticate(&bob_identity.client, &bob_identity.signing_key))
+        .await
+        .unwrap();
+    let mut bob = FedDevice {
+        connection,
+        identity: bob_identity,
+        mls: bob_mls,
+        push,
+    };
+    let mut heard = Vec::new();
+    while heard.len() < 3 {
+        heard.extend(texts(&bob.receive_pushed().await));
+    }
+    assert_eq!(
+        heard
+            .iter()
+            .map(|(_, text)| text.as_str())
+            .collect::<Vec<_>>(),
+        [
+            "while you were away 0",
+            "while you were away 1",
+            "while you were away 2"
+        ]
+    );
+    // Nothing more arrives (no duplicates), and the outbox is empty.
+    assert!(bob.receive().await.is_empty());
+    assert!(a.server.store().outbox_backlog().await.unwrap().is_empty());
 }
