@@ -84,6 +84,12 @@ pub enum GroupRequest {
     DeleteGroup(DeleteGroupRequest),
 }
 
+/// `ClientsDeparted` request body.
+#[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
+pub struct ClientsDepartedRequest {
+    pub clients: Vec<ClientId>,
+}
+
 /// Operation codes of the federation protocol.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 #[repr(u16)]
@@ -94,6 +100,7 @@ pub enum FederationOperation {
     ClaimKeyPackages = 4,
     Deliver = 5,
     RelayGroupRequest = 6,
+    ClientsDeparted = 7,
 }
 
 impl FederationOperation {
@@ -104,6 +111,7 @@ impl FederationOperation {
         Self::ClaimKeyPackages,
         Self::Deliver,
         Self::RelayGroupRequest,
+        Self::ClientsDeparted,
     ];
 
     pub fn from_u16(value: u16) -> Option<Self> {
@@ -133,6 +141,9 @@ pub enum FederationRequest {
     /// A group operation of a remote client, for a group hosted here.
     #[tls_codec(discriminant = 6)]
     RelayGroupRequest(RelayedGroupRequest),
+    /// Clients of the requesting homeserver that no longer exist (removed, or user deleted).
+    #[tls_codec(discriminant = 7)]
+    ClientsDeparted(ClientsDepartedRequest),
 }
 
 /// A successful federation response body, tagged with its request's operation code.
@@ -152,6 +163,8 @@ pub enum FederationResponseBody {
     /// The hub's answer to a relayed group operation: the client response body.
     #[tls_codec(discriminant = 6)]
     GroupResponse(ResponseBody),
+    #[tls_codec(discriminant = 7)]
+    DeparturesNoted,
 }
 
 /// A federation response: a body, or an error.

@@ -32,8 +32,8 @@ use crate::protocol::{
     CHANNEL_BINDING_LEN, PROTOCOL_VERSION,
 };
 use crate::protocol::{
-    DomainKeysBody, FederatedClaimRequest, FederationRequest, FederationResponseBody, GroupRequest,
-    RelayedGroupRequest,
+    ClientsDepartedRequest, DomainKeysBody, FederatedClaimRequest, FederationRequest,
+    FederationResponseBody, GroupRequest, RelayedGroupRequest,
 };
 use crate::store::{Store, StoreError};
 use invites::InviteError;
@@ -297,6 +297,21 @@ impl Services {
                     self.group_request(sender, relayed.request).await?,
                 )
             }
+            FederationRequest::ClientsDeparted(departed) => {
+                for client in &departed.clients {
+                    let domain = client.user_id.as_str().rsplit_once('@').map(|(_, d)| d);
+                    if domain != Some(peer) {
+                        return Err(ServiceError::PeerRefused(format!(
+                            "{peer} cannot speak for {client}"
+                        )));
+                    }
+                }
+                for client in &departed.clients {
+                    let groups = self.groups.memberships(client).await?;
+                    self.groups.remove_departed(client, &groups).await;
+                }
+                FederationResponseBody::DeparturesNoted
+            }
             FederationRequest::Identify(_) => {
                 return Err(ServiceError::NotAServiceOperation(Operation::Authenticate))
             }
@@ -352,6 +367,27 @@ impl Services {
                 ResponseBody::GroupDeleted
             }
         })
+    }
+
+    /// Tells every peer hosting a group of this server's clients that `clients` are gone, so
+    /// their hubs propose their removal. Best effort: an unreachable hub is logged.
+    async fn tell_hubs_of_departures(&self, clients: Vec<ClientId>) {
+        let Some(federation) = &self.federation else {
+            return;
+        };
+        let hubs = match self.store.group_hubs().await {
+            Ok(hubs) => hubs,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read group routes");
+                return;
+            }
+        };
+        let request = FederationRequest::ClientsDeparted(ClientsDepartedRequest { clients });
+        for hub in hubs {
+            if let Err(e) = federation.request(&hub, &request).await {
+                tracing::warn!(%hub, error = %e, "cannot tell a group hub of departed clients");
+            }
+        }
     }
 
     /// Sends the federation outbox until `stop` (a no-op for a server that does not federate).
@@ -467,6 +503,8 @@ impl Services {
                     .remove_client(authenticated()?, &request.client)
                     .await?;
                 self.groups.remove_departed(&request.client, &groups).await;
+                self.tell_hubs_of_departures(vec![request.client.clone()])
+                    .await;
                 ResponseBody::ClientRemoved
             }
             Request::RenewCredential => ResponseBody::CredentialRenewed(
@@ -523,6 +561,10 @@ impl Services {
                 for (client, groups) in &departing {
                     self.groups.remove_departed(client, groups).await;
                 }
+                self.tell_hubs_of_departures(
+                    departing.into_iter().map(|(client, _)| client).collect(),
+                )
+                .await;
                 ResponseBody::UserDeleted
             }
             Request::PublishKeyPackages(request) => ResponseBody::KeyPackagesPublished(

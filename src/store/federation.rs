@@ -136,6 +136,19 @@ impl Store {
         .await
     }
 
+    /// Every peer hosting a group this server's clients were delivered to.
+    pub async fn group_hubs(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|txn| {
+            let routes = txn.open_table(GROUP_ROUTES)?;
+            let mut hubs = std::collections::BTreeSet::new();
+            for entry in routes.iter()? {
+                hubs.insert(entry?.1.value().to_owned());
+            }
+            Ok(hubs.into_iter().collect())
+        })
+        .await
+    }
+
     /// The domain hosting a remote group, if this server knows it.
     pub async fn group_route(&self, group_id: &[u8]) -> Result<Option<String>, StoreError> {
         let group_id = group_id.to_vec();

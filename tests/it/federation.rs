@@ -439,3 +439,26 @@ async fn a_group_spans_two_homeservers_and_survives_one_being_down() {
     assert!(bob.receive().await.is_empty());
     assert!(a.server.store().outbox_backlog().await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_remote_user_is_proposed_for_removal_at_the_hub() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_homeservers(dir.path()).await;
+    let alice = a.device("alice@a.example").await;
+    let mut bob = b.device("bob@b.example").await;
+    let group_id = within(alice.groups().await.create_group()).await.unwrap();
+    within(alice.groups().await.invite(&group_id, "bob@b.example"))
+        .await
+        .unwrap();
+    bob.receive_pushed().await;
+
+    within(bob.connection.delete_user()).await.unwrap();
+    // The hub proposed bob's removal; alice's next commit completes it.
+    alice.receive().await;
+    within(alice.groups().await.commit_pending(&group_id))
+        .await
+        .unwrap();
+    let state = within(alice.connection.get_group(&group_id)).await.unwrap();
+    let members: Vec<_> = state.members.iter().map(|m| m.client.to_string()).collect();
+    assert_eq!(members, ["alice@a.example/1"]);
+}
