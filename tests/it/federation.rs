@@ -462,3 +462,51 @@ async fn a_deleted_remote_user_is_proposed_for_removal_at_the_hub() {
     let members: Vec<_> = state.members.iter().map(|m| m.client.to_string()).collect();
     assert_eq!(members, ["alice@a.example/1"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_can_trust_each_other_by_pinned_certificates_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a_addr, b_addr) = (free_port(), free_port());
+    // Each server has its own self-signed certificate; each pins the other's.
+    let mut servers = Vec::new();
+    let identities: Vec<_> = ["a.example", "b.example"]
+        .iter()
+        .map(|domain| {
+            let data = dir.path().join(domain);
+            std::fs::create_dir_all(&data).unwrap();
+            let (_, cert) = TlsIdentity::load_or_create_self_signed(&data, domain).unwrap();
+            cert
+        })
+        .collect();
+    for (domain, listen, peer, peer_addr, peer_cert) in [
+        ("a.example", a_addr, "b.example", b_addr, &identities[1]),
+        ("b.example", b_addr, "a.example", a_addr, &identities[0]),
+    ] {
+        let mut config =
+            ServerConfig::new(domain.parse().unwrap(), listen, dir.path().join(domain));
+        config.federation = Some(FederationConfig {
+            peers: [(peer.to_owned(), peer_addr)].into_iter().collect(),
+            trust: PeerTrust {
+                ca: Vec::new(),
+                pinned: vec![(
+                    peer.to_owned(),
+                    load_certificates(peer_cert).unwrap().remove(0),
+                )],
+                allowed_domains: Some(vec![peer.to_owned()]),
+            },
+        });
+        servers.push(Server::start(config).await.unwrap());
+    }
+    let client = ClientConfig::new(servers[0].local_addr(), "a.example", &identities[0]).unwrap();
+    let alice = within(Connection::connect(&client)).await.unwrap();
+    let key = new_key();
+    let registered = within(alice.register_user("alice@a.example", &key, CIPHERSUITE, None))
+        .await
+        .unwrap();
+    within(alice.authenticate(&registered.client, &key))
+        .await
+        .unwrap();
+    let keys = within(alice.domain_keys_of("b.example")).await.unwrap();
+    assert_eq!(keys.domain, "b.example");
+    assert!(!keys.keys.is_empty());
+}
