@@ -312,30 +312,19 @@ impl Groups {
             group_info: request.group_info.as_slice().to_vec(),
             public_state: snapshot(&group.storage)?,
         };
-        let (envelopes, remote) = self.split(&group_id, envelopes);
-        let recipients: Vec<ClientId> = envelopes.iter().map(envelope_client).collect();
-        let outcomes = self
-            .store
-            .commit_group(
-                &group_id,
-                GroupTransition {
-                    from_epoch,
-                    group: stored,
-                    old_members: member_rows(&old_members),
-                    members: delivery_rows(&members, &leaving),
-                    envelopes,
-                    remote,
-                },
-                self.clock.now_ms(),
-                self.queue_limits(),
-            )
-            .await?
-            .map_err(|refusal| match refusal {
-                GroupRefusal::WrongEpoch { current } => ServiceError::WrongEpoch { current },
-                GroupRefusal::Unknown | GroupRefusal::Exists => ServiceError::UnknownGroup,
-            })?;
-        self.announce(&recipients, &outcomes);
-        self.outbox_wake.notify_one();
+        self.store_transition(
+            &group_id,
+            GroupTransition {
+                from_epoch,
+                group: stored,
+                old_members: member_rows(&old_members),
+                members: delivery_rows(&members, &leaving),
+                envelopes,
+                remote: Vec::new(),
+            },
+        )
+        .await?
+        .map_err(group_refusal)?;
         Ok(GroupEpoch {
             group_id: group_id.into(),
             epoch: new_epoch,
@@ -416,35 +405,24 @@ impl Groups {
             .filter(|(client, _)| client != caller && !is_leaving(&group.stored, client))
             .map(|(client, _)| envelope(client, MessageKind::Mls, &payload))
             .collect();
-        let (envelopes, remote) = self.split(&group_id, envelopes);
-        let recipients: Vec<ClientId> = envelopes.iter().map(envelope_client).collect();
         let stored = StoredGroup {
             leaving: leaving.clone(),
             public_state: snapshot(&group.storage)?,
             ..group.stored.clone()
         };
-        let outcomes = self
-            .store
-            .commit_group(
-                &group_id,
-                GroupTransition {
-                    from_epoch: epoch,
-                    group: stored,
-                    old_members: member_rows(&members),
-                    members: delivery_rows(&members, &leaving),
-                    envelopes,
-                    remote,
-                },
-                self.clock.now_ms(),
-                self.queue_limits(),
-            )
-            .await?
-            .map_err(|refusal| match refusal {
-                GroupRefusal::WrongEpoch { current } => ServiceError::WrongEpoch { current },
-                GroupRefusal::Unknown | GroupRefusal::Exists => ServiceError::UnknownGroup,
-            })?;
-        self.announce(&recipients, &outcomes);
-        self.outbox_wake.notify_one();
+        self.store_transition(
+            &group_id,
+            GroupTransition {
+                from_epoch: epoch,
+                group: stored,
+                old_members: member_rows(&members),
+                members: delivery_rows(&members, &leaving),
+                envelopes,
+                remote: Vec::new(),
+            },
+        )
+        .await?
+        .map_err(group_refusal)?;
         Ok(())
     }
 
@@ -719,34 +697,22 @@ impl Groups {
                 .filter(|(client, _)| client != departed && !is_leaving(&group.stored, client))
                 .map(|(client, _)| envelope(client, MessageKind::Mls, &payload))
                 .collect();
-            let (envelopes, remote) = self.split(group_id, envelopes);
-            let recipients: Vec<ClientId> = envelopes.iter().map(envelope_client).collect();
             let epoch = group.stored.epoch;
             let stored = StoredGroup {
                 leaving: leaving.clone(),
                 public_state: snapshot(&group.storage)?,
                 ..group.stored.clone()
             };
-            let outcome = self
-                .store
-                .commit_group(
-                    group_id,
-                    GroupTransition {
-                        from_epoch: epoch,
-                        group: stored,
-                        old_members: member_rows(&members),
-                        members: delivery_rows(&members, &leaving),
-                        envelopes,
-                        remote,
-                    },
-                    self.clock.now_ms(),
-                    self.queue_limits(),
-                )
-                .await?;
-            match outcome {
-                Ok(outcomes) => {
-                    self.announce(&recipients, &outcomes);
-                    self.outbox_wake.notify_one();
+            let transition = GroupTransition {
+                from_epoch: epoch,
+                group: stored,
+                old_members: member_rows(&members),
+                members: delivery_rows(&members, &leaving),
+                envelopes,
+                remote: Vec::new(),
+            };
+            match self.store_transition(group_id, transition).await? {
+                Ok(()) => {
                     tracing::info!(client = %departed, group = %hex::encode(group_id), "proposed the removal of a departed client");
                     return Ok(());
                 }
@@ -780,6 +746,34 @@ impl Groups {
                 .find(|(_, candidate)| *candidate == encoded)
                 .map(|(public_key, _)| (index as u32, public_key.clone()))
         })
+    }
+
+    /// Stores a group's transition together with its fan-out (local queues, and one outbox
+    /// delivery per peer for remote members) in one commit; then tells the connected recipients
+    /// and wakes the outbox.
+    async fn store_transition(
+        &self,
+        group_id: &[u8],
+        mut transition: GroupTransition,
+    ) -> Result<Result<(), GroupRefusal>, ServiceError> {
+        let (envelopes, remote) = self.split(group_id, std::mem::take(&mut transition.envelopes));
+        let recipients: Vec<ClientId> = envelopes.iter().map(envelope_client).collect();
+        transition.envelopes = envelopes;
+        transition.remote = remote;
+        let outcome = self
+            .store
+            .commit_group(
+                group_id,
+                transition,
+                self.clock.now_ms(),
+                self.queue_limits(),
+            )
+            .await?;
+        if let Ok(outcomes) = &outcome {
+            self.announce(&recipients, outcomes);
+            self.outbox_wake.notify_one();
+        }
+        Ok(outcome.map(|_| ()))
     }
 
     /// Keeps the envelopes for clients of this server, and turns those for clients of other
@@ -1017,6 +1011,13 @@ fn group_roles(public: &PublicGroup) -> Result<GroupRoles, ServiceError> {
         .ok_or_else(|| invalid("the group context has no roles extension".into()))?;
     GroupRoles::tls_deserialize_exact(&extension.0)
         .map_err(|e| invalid(format!("the roles extension does not parse: {e}")))
+}
+
+fn group_refusal(refusal: GroupRefusal) -> ServiceError {
+    match refusal {
+        GroupRefusal::WrongEpoch { current } => ServiceError::WrongEpoch { current },
+        GroupRefusal::Unknown | GroupRefusal::Exists => ServiceError::UnknownGroup,
+    }
 }
 
 fn is_leaving(group: &StoredGroup, client: &ClientId) -> bool {

@@ -146,36 +146,45 @@ async fn handle_stream(
     mut send: SendStream,
     mut recv: RecvStream,
 ) {
-    let read = tokio::time::timeout(
-        shared.limits.request_timeout,
-        recv.read_to_end(MAX_REQUEST_LEN),
-    )
-    .await;
-    let response = match read {
-        Err(_elapsed) => {
-            let _ = recv.stop(STREAM_REFUSED.into());
-            error_response(
-                ErrorCode::RequestTimeout,
-                "the request was not received in time",
-            )
-        }
-        Ok(Err(ReadToEndError::TooLong)) => {
-            let _ = recv.stop(STREAM_REFUSED.into());
-            error_response(
-                ErrorCode::RequestTooLarge,
-                &format!("requests are limited to {MAX_REQUEST_LEN} bytes"),
-            )
-        }
-        Ok(Err(ReadToEndError::Read(e))) => {
-            debug!("request stream failed: {e}");
-            return;
-        }
-        Ok(Ok(bytes)) => match decode_request(&bytes) {
+    let response = match read_request(&mut recv, shared.limits.request_timeout).await {
+        Some(Ok(bytes)) => match decode_request(&bytes) {
             Ok(request) => session.dispatch(&shared, request).await,
             Err(e) => error_response(e.code(), &e.to_string()),
         },
+        Some(Err(refusal)) => Response::Error(refusal),
+        None => return,
     };
     write_response(&mut send, &response, shared.limits.request_timeout).await;
+}
+
+/// Reads a whole request within `timeout` and the size limit. A refusal (too slow, too large)
+/// stops the stream and is returned for the caller to answer; `None` means the peer reset the
+/// stream and gets no answer.
+pub(super) async fn read_request(
+    recv: &mut RecvStream,
+    timeout: Duration,
+) -> Option<Result<Vec<u8>, ErrorResponse>> {
+    match tokio::time::timeout(timeout, recv.read_to_end(MAX_REQUEST_LEN)).await {
+        Err(_elapsed) => {
+            let _ = recv.stop(STREAM_REFUSED.into());
+            Some(Err(ErrorResponse::new(
+                ErrorCode::RequestTimeout,
+                "the request was not received in time",
+            )))
+        }
+        Ok(Err(ReadToEndError::TooLong)) => {
+            let _ = recv.stop(STREAM_REFUSED.into());
+            Some(Err(ErrorResponse::new(
+                ErrorCode::RequestTooLarge,
+                &format!("requests are limited to {MAX_REQUEST_LEN} bytes"),
+            )))
+        }
+        Ok(Err(ReadToEndError::Read(e))) => {
+            debug!("request stream failed: {e}");
+            None
+        }
+        Ok(Ok(bytes)) => Some(Ok(bytes)),
+    }
 }
 
 async fn write_response(send: &mut SendStream, response: &Response, timeout: Duration) {

@@ -5,16 +5,16 @@
 
 use std::sync::{Arc, OnceLock};
 
-use quinn::{ReadToEndError, RecvStream, SendStream};
+use quinn::{RecvStream, SendStream};
 use rustls::pki_types::CertificateDer;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use super::connection::{service_error, write_encoded};
+use super::connection::{read_request, service_error, write_encoded};
 use super::Shared;
 use crate::protocol::{
     close_code, decode_federation_request, encode_federation_response, ErrorCode, ErrorResponse,
-    FederationRequest, FederationResponse, FederationResponseBody, MAX_REQUEST_LEN, STREAM_REFUSED,
+    FederationRequest, FederationResponse, FederationResponseBody,
 };
 
 struct PeerSession {
@@ -79,31 +79,13 @@ async fn handle_peer_stream(
     mut send: SendStream,
     mut recv: RecvStream,
 ) {
-    let read = tokio::time::timeout(
-        shared.limits.request_timeout,
-        recv.read_to_end(MAX_REQUEST_LEN),
-    )
-    .await;
-    let response = match read {
-        Err(_) => {
-            let _ = recv.stop(STREAM_REFUSED.into());
-            error(
-                ErrorCode::RequestTimeout,
-                "the request was not received in time",
-            )
-        }
-        Ok(Err(ReadToEndError::TooLong)) => {
-            let _ = recv.stop(STREAM_REFUSED.into());
-            error(ErrorCode::RequestTooLarge, "the request is too large")
-        }
-        Ok(Err(ReadToEndError::Read(e))) => {
-            debug!("peer request stream failed: {e}");
-            return;
-        }
-        Ok(Ok(bytes)) => match decode_federation_request(&bytes) {
+    let response = match read_request(&mut recv, shared.limits.request_timeout).await {
+        Some(Ok(bytes)) => match decode_federation_request(&bytes) {
             Ok(request) => dispatch(&session, &shared, request).await,
             Err(e) => error(e.code(), &e.to_string()),
         },
+        Some(Err(refusal)) => FederationResponse::Error(refusal),
+        None => return,
     };
     match encode_federation_response(&response) {
         Ok(bytes) => write_encoded(&mut send, &bytes, shared.limits.request_timeout).await,

@@ -1,7 +1,7 @@
 //! Accounts and identity: registration, devices, credentials, discovery, deletion.
 
 use ed25519_dalek::Signer;
-use roost::client::{add_client_request, verify_user_clients, ClientError};
+use roost::client::{add_client_request, verify_user_clients};
 use roost::clock::{Clock, SECONDS_PER_DAY};
 use roost::identity::verify_member;
 use roost::protocol::{
@@ -10,16 +10,7 @@ use roost::protocol::{
 };
 use roost::services::invites::InviteKey;
 
-use crate::support::{new_key, within, Device, TestServer, CIPHERSUITE};
-
-fn code<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorCode {
-    match result {
-        Err(e) => e
-            .code()
-            .unwrap_or_else(|| panic!("not a server error: {e}")),
-        Ok(value) => panic!("expected an error, got {value:?}"),
-    }
-}
+use crate::support::{code, new_key, within, Device, TestServer, CIPHERSUITE};
 
 /// Waits for the server to close `device`'s connection, and returns the close code.
 async fn closed_with(device: &Device) -> quinn::VarInt {

@@ -9,22 +9,12 @@ use openmls::prelude::{
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::{OpenMlsRustCrypto, RustCrypto};
 use roost::client::mls::DeviceMls;
-use roost::client::ClientError;
 use roost::clock::{Clock, SECONDS_PER_DAY};
 use roost::identity::verify_member;
 use roost::protocol::{ClaimOutcome, ClientCredential, ErrorCode, Notification};
 use tls_codec::{Deserialize, Serialize};
 
-use crate::support::{within, Device, TestServer, CIPHERSUITE};
-
-fn code<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorCode {
-    match result {
-        Err(e) => e
-            .code()
-            .unwrap_or_else(|| panic!("not a server error: {e}")),
-        Ok(value) => panic!("expected an error, got {value:?}"),
-    }
-}
+use crate::support::{code, within, Device, TestServer, CIPHERSUITE};
 
 /// The KeyPackageRef of an encoded KeyPackage, as a member computing a Welcome would.
 fn key_package_ref(bytes: &[u8]) -> Vec<u8> {

@@ -1,6 +1,5 @@
 //! Durable client queues and realtime push.
 
-use roost::client::ClientError;
 use roost::clock::SECONDS_PER_DAY;
 use roost::protocol::{
     ClientId, ErrorCode, MessageKind, Notification, ServerNotice, MAX_FETCH_COUNT,
@@ -9,16 +8,7 @@ use roost::services::Delivery;
 use roost::store::Enqueued;
 use tls_codec::Deserialize;
 
-use crate::support::{within, Device, TestServer};
-
-fn code<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorCode {
-    match result {
-        Err(e) => e
-            .code()
-            .unwrap_or_else(|| panic!("not a server error: {e}")),
-        Ok(value) => panic!("expected an error, got {value:?}"),
-    }
-}
+use crate::support::{code, within, Device, TestServer};
 
 /// Queues `payload` for `recipients` through the queue service, as the group service will.
 async fn deliver(server: &TestServer, recipients: &[&ClientId], payload: &[u8]) -> Vec<Enqueued> {

@@ -147,3 +147,15 @@ impl TestServer {
         }
     }
 }
+
+/// The server's error code of a refused request (failing the test if it was not refused).
+pub fn code<T: std::fmt::Debug>(
+    result: Result<T, roost::client::ClientError>,
+) -> roost::protocol::ErrorCode {
+    match result {
+        Err(e) => e
+            .code()
+            .unwrap_or_else(|| panic!("not a server error: {e}")),
+        Ok(value) => panic!("expected an error, got {value:?}"),
+    }
+}
