@@ -159,7 +159,11 @@ impl Queues {
                 self.clock.now_ms(),
                 self.limits(),
             )
-            .await?;
+            .await?
+            .map_err(|hub| {
+                // A group has one hub: a second peer claiming it is refused.
+                ServiceError::PeerRefused(format!("that group is hosted by {hub}, not {peer}"))
+            })?;
         for (client, outcome) in recipients.iter().zip(outcomes.unwrap_or_default()) {
             match outcome {
                 Enqueued::Queued { seq } => self.sessions.new_messages(client, seq),

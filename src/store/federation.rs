@@ -105,7 +105,8 @@ impl Store {
     }
 
     /// Stores a delivery from `peer` exactly once: queues its envelopes and records that `peer`
-    /// hosts `group_id`, in one commit. `None` if this delivery id was received before.
+    /// hosts `group_id`, in one commit. `Ok(None)` if this delivery id was received before;
+    /// `Err(hub)` (nothing stored) if another peer, `hub`, is already known to host the group.
     pub async fn receive_delivery(
         &self,
         peer: &str,
@@ -114,16 +115,25 @@ impl Store {
         envelopes: Vec<Envelope>,
         now_ms: u64,
         limits: QueueLimits,
-    ) -> Result<Option<Vec<Enqueued>>, StoreError> {
+    ) -> Result<Result<Option<Vec<Enqueued>>, String>, StoreError> {
         let (peer, delivery_id, group_id) =
             (peer.to_owned(), delivery_id.to_vec(), group_id.to_vec());
         self.write(move |txn| {
+            if !group_id.is_empty() {
+                let hub = txn
+                    .open_table(GROUP_ROUTES)?
+                    .get(group_id.as_slice())?
+                    .map(|hub| hub.value().to_owned());
+                if let Some(hub) = hub.filter(|hub| *hub != peer) {
+                    return Ok(Err(hub));
+                }
+            }
             let mut received = txn.open_table(DELIVERIES_RECEIVED)?;
             if received
                 .get((peer.as_str(), delivery_id.as_slice()))?
                 .is_some()
             {
-                return Ok(None);
+                return Ok(Ok(None));
             }
             received.insert((peer.as_str(), delivery_id.as_slice()), now_ms)?;
             drop(received);
@@ -131,7 +141,7 @@ impl Store {
                 txn.open_table(GROUP_ROUTES)?
                     .insert(group_id.as_slice(), peer.as_str())?;
             }
-            Ok(Some(enqueue_in(txn, &envelopes, now_ms, limits)?))
+            Ok(Ok(Some(enqueue_in(txn, &envelopes, now_ms, limits)?)))
         })
         .await
     }
