@@ -171,3 +171,73 @@ impl Store {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: QueueLimits = QueueLimits {
+        max_messages: 100,
+        max_bytes: 1 << 20,
+    };
+
+    #[tokio::test]
+    async fn deliveries_are_stored_once_and_a_group_keeps_its_hub() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let group = b"group-1".as_slice();
+        let first = store
+            .receive_delivery("a.example", b"id-1", group, Vec::new(), 1, LIMITS)
+            .await
+            .unwrap();
+        assert_eq!(first, Ok(Some(Vec::new())));
+        let repeated = store
+            .receive_delivery("a.example", b"id-1", group, Vec::new(), 2, LIMITS)
+            .await
+            .unwrap();
+        assert_eq!(repeated, Ok(None), "a retried delivery is stored once");
+        let hijack = store
+            .receive_delivery("c.example", b"id-9", group, Vec::new(), 3, LIMITS)
+            .await
+            .unwrap();
+        assert_eq!(hijack, Err("a.example".to_owned()));
+        assert_eq!(
+            store.group_route(group).await.unwrap().as_deref(),
+            Some("a.example")
+        );
+    }
+
+    #[tokio::test]
+    async fn the_outbox_keeps_order_per_peer_until_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let delivery = |peer: &str, byte: u8| OutgoingDelivery {
+            peer: peer.into(),
+            delivery: vec![byte],
+        };
+        store
+            .deliver(
+                Vec::new(),
+                vec![
+                    delivery("b.example", 1),
+                    delivery("c.example", 9),
+                    delivery("b.example", 2),
+                ],
+                0,
+                LIMITS,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store.outbox_backlog().await.unwrap(),
+            [("b.example".to_owned(), 2), ("c.example".to_owned(), 1)]
+        );
+        let (seq, first) = store.outbox_next("b.example").await.unwrap().unwrap();
+        assert_eq!(first, [1]);
+        store.outbox_done("b.example", seq).await.unwrap();
+        assert_eq!(
+            store.outbox_next("b.example").await.unwrap().unwrap().1,
+            [2]
+        );
+    }
+}
