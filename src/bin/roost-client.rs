@@ -581,19 +581,31 @@ async fn execute(
                     json!({ "group": id, "name": names.name_of(&id), "epoch": group.epoch })
                 })
                 .collect();
-            let text = listed
-                .groups
+            let unreachable: Vec<&str> = listed
+                .unreachable_hubs
                 .iter()
-                .map(|group| {
-                    let id = hex::encode(group.group_id.as_slice());
-                    match names.name_of(&id) {
-                        Some(name) => format!("{id} ({name}), epoch {}", group.epoch),
-                        None => format!("{id}, epoch {}", group.epoch),
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join("\n");
-            Output::new(json!({ "groups": groups }), text)
+                .map(|hub| hub.as_str())
+                .collect();
+            let text =
+                listed
+                    .groups
+                    .iter()
+                    .map(|group| {
+                        let id = hex::encode(group.group_id.as_slice());
+                        match names.name_of(&id) {
+                            Some(name) => format!("{id} ({name}), epoch {}", group.epoch),
+                            None => format!("{id}, epoch {}", group.epoch),
+                        }
+                    })
+                    .chain(unreachable.iter().map(|hub| {
+                        format!("({hub} could not be reached: its groups are not listed)")
+                    }))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+            Output::new(
+                json!({ "groups": groups, "unreachable_hubs": unreachable }),
+                text,
+            )
         }
         Command::Claim { user, ciphersuite } => {
             let _session = authenticate(connection, &cli.state).await?;

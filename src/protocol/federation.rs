@@ -78,6 +78,9 @@ pub enum GroupRequest {
     SendMessage(SendMessageRequest),
     #[tls_codec(discriminant = 19)]
     GetGroup(GetGroupRequest),
+    /// The groups hosted at the hub that the sender is a member of.
+    #[tls_codec(discriminant = 20)]
+    ListGroups,
     #[tls_codec(discriminant = 21)]
     SendProposal(SendProposalRequest),
     #[tls_codec(discriminant = 22)]
@@ -199,4 +202,84 @@ pub fn encode_federation_response(
 pub fn decode_federation_response(bytes: &[u8]) -> Result<FederationResponse, DecodeError> {
     let body = open_envelope(bytes, MAX_RESPONSE_LEN)?;
     Ok(FederationResponse::tls_deserialize_exact(body)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{GroupEpoch, GroupList};
+
+    fn client() -> ClientId {
+        ClientId {
+            user_id: Text::new("bob@b.example").unwrap(),
+            device_id: 2,
+        }
+    }
+
+    fn relayed(request: GroupRequest) -> FederationRequest {
+        FederationRequest::RelayGroupRequest(RelayedGroupRequest {
+            sender: client(),
+            request,
+        })
+    }
+
+    #[test]
+    fn every_federation_request_round_trips() {
+        let requests = [
+            FederationRequest::Identify(IdentifyRequest {
+                domain: Text::new("b.example").unwrap(),
+            }),
+            FederationRequest::GetDomainKeys,
+            FederationRequest::LookupUser(LookupUserRequest {
+                user_id: Text::new("alice@a.example").unwrap(),
+            }),
+            FederationRequest::ClaimKeyPackages(FederatedClaimRequest {
+                claimer: client(),
+                request: ClaimKeyPackagesRequest {
+                    user_id: Text::new("alice@a.example").unwrap(),
+                    ciphersuite: 1,
+                },
+            }),
+            FederationRequest::Deliver(DeliverRequest {
+                delivery_id: vec![1; 16].into(),
+                group_id: vec![2; 16].into(),
+                items: vec![DeliveryItem {
+                    recipients: vec![client()],
+                    kind: MessageKind::Mls,
+                    payload: vec![3, 4].into(),
+                }],
+            }),
+            relayed(GroupRequest::GetGroup(GetGroupRequest {
+                group_id: vec![5].into(),
+            })),
+            relayed(GroupRequest::ListGroups),
+            FederationRequest::ClientsDeparted(ClientsDepartedRequest {
+                clients: vec![client()],
+            }),
+        ];
+        for request in requests {
+            let bytes = encode_federation_request(&request).unwrap();
+            assert_eq!(decode_federation_request(&bytes).unwrap(), request);
+        }
+        // A relayed ListGroups carries the client operation code 20 and an empty body.
+        let bytes = encode_federation_request(&relayed(GroupRequest::ListGroups)).unwrap();
+        assert_eq!(&bytes[bytes.len() - 2..], &20u16.to_be_bytes());
+    }
+
+    #[test]
+    fn a_hubs_group_list_round_trips_and_trailing_bytes_are_refused() {
+        let response = FederationResponse::Ok(FederationResponseBody::GroupResponse(
+            ResponseBody::Groups(GroupList {
+                groups: vec![GroupEpoch {
+                    group_id: vec![7; 16].into(),
+                    epoch: 3,
+                }],
+                unreachable_hubs: vec![Text::new("c.example").unwrap()],
+            }),
+        ));
+        let mut bytes = encode_federation_response(&response).unwrap();
+        assert_eq!(decode_federation_response(&bytes).unwrap(), response);
+        bytes.push(0);
+        assert!(decode_federation_response(&bytes).is_err());
+    }
 }

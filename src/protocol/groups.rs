@@ -103,6 +103,9 @@ pub struct MessageAccepted {
 #[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
 pub struct GroupList {
     pub groups: Vec<GroupEpoch>,
+    /// Peer homeservers hosting groups of the client that could not be asked: their groups are
+    /// missing from `groups`.
+    pub unreachable_hubs: Vec<Text>,
 }
 
 /// `SendProposal` request body.

@@ -30,7 +30,9 @@ pub struct Federation {
     domain: Domain,
     config: FederationConfig,
     endpoint: quinn::Endpoint,
-    connections: Mutex<HashMap<String, quinn::Connection>>,
+    /// One slot per peer, each with its own lock: connecting to a peer that is down holds only
+    /// that peer's slot, so requests to the other peers go on meanwhile.
+    connections: Mutex<HashMap<String, Arc<Mutex<Option<quinn::Connection>>>>>,
     /// Peers' credential-verifying keys, with when they were fetched.
     domain_keys: Mutex<HashMap<String, (std::time::Instant, Vec<CredentialVerifyingKey>)>>,
 }
@@ -86,25 +88,37 @@ impl Federation {
             Ok(body) => Ok(body),
             Err(ServiceError::PeerUnavailable(reason)) => {
                 // The cached connection may have died: forget it so the next request reconnects.
-                self.connections.lock().await.remove(domain);
+                self.slot(domain).await.lock().await.take();
                 Err(ServiceError::PeerUnavailable(reason))
             }
             Err(other) => Err(other),
         }
     }
 
+    /// The connection slot of peer `domain`.
+    async fn slot(&self, domain: &str) -> Arc<Mutex<Option<quinn::Connection>>> {
+        self.connections
+            .lock()
+            .await
+            .entry(domain.to_owned())
+            .or_default()
+            .clone()
+    }
+
     async fn connection(&self, domain: &str) -> Result<quinn::Connection, ServiceError> {
-        let mut connections = self.connections.lock().await;
-        if let Some(connection) = connections.get(domain) {
-            if connection.close_reason().is_none() {
-                return Ok(connection.clone());
-            }
-        }
+        // Checked first, so that only configured peers ever get a slot.
         let address = *self
             .config
             .peers
             .get(domain)
             .ok_or_else(|| ServiceError::PeerUnavailable(format!("{domain} is not a peer")))?;
+        let slot = self.slot(domain).await;
+        let mut cached = slot.lock().await;
+        if let Some(connection) = cached.as_ref() {
+            if connection.close_reason().is_none() {
+                return Ok(connection.clone());
+            }
+        }
         let unreachable = |e: String| ServiceError::PeerUnavailable(format!("{domain}: {e}"));
         let connecting = self
             .endpoint
@@ -121,7 +135,7 @@ impl Federation {
             FederationResponseBody::Identified => {}
             other => return Err(unreachable(format!("unexpected answer {other:?}"))),
         }
-        connections.insert(domain.to_owned(), connection.clone());
+        *cached = Some(connection.clone());
         Ok(connection)
     }
 

@@ -23,9 +23,9 @@ use crate::config::{QueuePolicy, ServerConfig};
 use crate::identity::{verify_member, DomainKeys};
 use crate::protocol::{
     ClientCredential, ClientId, CreateGroupRequest, DeleteGroupRequest, DeliverRequest,
-    DeliveryItem, GetGroupRequest, GroupDeleted, GroupEpoch, GroupList, GroupMember, GroupRoles,
-    GroupState, MessageAccepted, MessageKind, Role, SendCommitRequest, SendMessageRequest,
-    SendProposalRequest, ServerNotice, Text, ROLES_EXTENSION_TYPE,
+    DeliveryItem, GetGroupRequest, GroupDeleted, GroupEpoch, GroupMember, GroupRoles, GroupState,
+    MessageAccepted, MessageKind, Role, SendCommitRequest, SendMessageRequest, SendProposalRequest,
+    ServerNotice, Text, ROLES_EXTENSION_TYPE,
 };
 use crate::store::{
     Enqueued, Envelope, GroupMemberRow, GroupRefusal, GroupTransition, OutgoingDelivery,
@@ -578,20 +578,18 @@ impl Groups {
         })
     }
 
-    pub async fn list(&self, caller: &ClientId) -> Result<GroupList, ServiceError> {
+    pub async fn list(&self, caller: &ClientId) -> Result<Vec<GroupEpoch>, ServiceError> {
         let groups = self
             .store
             .groups_of(caller.user_id.as_str(), caller.device_id)
             .await?;
-        Ok(GroupList {
-            groups: groups
-                .into_iter()
-                .map(|(group_id, epoch)| GroupEpoch {
-                    group_id: group_id.into(),
-                    epoch,
-                })
-                .collect(),
-        })
+        Ok(groups
+            .into_iter()
+            .map(|(group_id, epoch)| GroupEpoch {
+                group_id: group_id.into(),
+                epoch,
+            })
+            .collect())
     }
 
     /// Whether this server hosts the group.

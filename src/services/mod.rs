@@ -28,7 +28,7 @@ pub use queues::{Delivery, Queues};
 use crate::clock::UnixTime;
 use crate::config::{ServerConfig, ServerLimits};
 use crate::protocol::{
-    ClientId, Limits, Notification, Operation, Request, ResponseBody, ServerInfo,
+    ClientId, GroupList, Limits, Notification, Operation, Request, ResponseBody, ServerInfo, Text,
     CHANNEL_BINDING_LEN, PROTOCOL_VERSION,
 };
 use crate::protocol::{
@@ -160,6 +160,7 @@ fn request_group_id(request: &GroupRequest) -> Option<Vec<u8>> {
         GroupRequest::SendProposal(request) => from_message(request.proposal.as_slice()),
         GroupRequest::GetGroup(request) => Some(request.group_id.as_slice().to_vec()),
         GroupRequest::DeleteGroup(request) => Some(request.group_id.as_slice().to_vec()),
+        GroupRequest::ListGroups => None,
     }
 }
 
@@ -358,6 +359,10 @@ impl Services {
             GroupRequest::GetGroup(request) => {
                 ResponseBody::Group(self.groups.get(sender, request).await?)
             }
+            GroupRequest::ListGroups => ResponseBody::Groups(GroupList {
+                groups: self.groups.list(sender).await?,
+                unreachable_hubs: Vec::new(),
+            }),
             GroupRequest::SendProposal(request) => {
                 self.groups.propose(sender, request).await?;
                 ResponseBody::ProposalAccepted
@@ -367,6 +372,44 @@ impl Services {
                 ResponseBody::GroupDeleted
             }
         })
+    }
+
+    /// The groups `caller` is a member of: those hosted here, and those hosted by the peers that
+    /// deliver groups to this server's clients, asked all at once. A hub that cannot be asked is
+    /// named in the answer instead of failing it.
+    async fn list_groups(&self, caller: &ClientId) -> Result<GroupList, ServiceError> {
+        let mut list = GroupList {
+            groups: self.groups.list(caller).await?,
+            unreachable_hubs: Vec::new(),
+        };
+        if self.federation.is_none() {
+            return Ok(list);
+        }
+        let hubs = self.store.group_hubs().await?;
+        let answers = futures::future::join_all(hubs.iter().map(|hub| {
+            let relayed = FederationRequest::RelayGroupRequest(RelayedGroupRequest {
+                sender: caller.clone(),
+                request: GroupRequest::ListGroups,
+            });
+            self.federated(hub, relayed)
+        }))
+        .await;
+        for (hub, answer) in hubs.into_iter().zip(answers) {
+            match answer {
+                Ok(FederationResponseBody::GroupResponse(ResponseBody::Groups(hosted))) => {
+                    list.groups.extend(hosted.groups);
+                }
+                Ok(other) => {
+                    tracing::warn!(%hub, error = %unexpected_peer_answer(&other), "cannot list a hub's groups");
+                    list.unreachable_hubs.push(Text::truncated(&hub));
+                }
+                Err(e) => {
+                    tracing::warn!(%hub, error = %e, "cannot list a hub's groups");
+                    list.unreachable_hubs.push(Text::truncated(&hub));
+                }
+            }
+        }
+        Ok(list)
     }
 
     /// Tells every peer hosting a group of this server's clients that `clients` are gone, so
@@ -615,7 +658,7 @@ impl Services {
                 self.routed_group_request(authenticated()?, GroupRequest::GetGroup(request))
                     .await?
             }
-            Request::ListGroups => ResponseBody::Groups(self.groups.list(authenticated()?).await?),
+            Request::ListGroups => ResponseBody::Groups(self.list_groups(authenticated()?).await?),
             Request::SendProposal(request) => {
                 self.routed_group_request(authenticated()?, GroupRequest::SendProposal(request))
                     .await?

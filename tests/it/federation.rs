@@ -464,6 +464,44 @@ async fn a_deleted_remote_user_is_proposed_for_removal_at_the_hub() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_lists_groups_of_every_hub_and_learns_which_hub_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_homeservers(dir.path()).await;
+    let alice = a.device("alice@a.example").await;
+    let mut bob = b.device("bob@b.example").await;
+    let hosted_at_a = within(alice.groups().await.create_group()).await.unwrap();
+    within(alice.groups().await.invite(&hosted_at_a, "bob@b.example"))
+        .await
+        .unwrap();
+    bob.receive_pushed().await;
+    let hosted_at_b = within(bob.groups().await.create_group()).await.unwrap();
+
+    let listed = within(bob.connection.list_groups()).await.unwrap();
+    let mut groups: Vec<_> = listed
+        .groups
+        .iter()
+        .map(|g| (g.group_id.as_slice().to_vec(), g.epoch))
+        .collect();
+    groups.sort();
+    let mut expected = vec![(hosted_at_a.clone(), 1), (hosted_at_b.clone(), 0)];
+    expected.sort();
+    assert_eq!(groups, expected);
+    assert!(listed.unreachable_hubs.is_empty());
+
+    // The hub goes down: bob still sees his own server's groups, and is told what is missing.
+    within(a.server.shutdown()).await.unwrap();
+    let listed = within(bob.connection.list_groups()).await.unwrap();
+    let groups: Vec<_> = listed
+        .groups
+        .iter()
+        .map(|g| g.group_id.as_slice().to_vec())
+        .collect();
+    assert_eq!(groups, [hosted_at_b]);
+    let unreachable: Vec<_> = listed.unreachable_hubs.iter().map(Text::as_str).collect();
+    assert_eq!(unreachable, ["a.example"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_can_trust_each_other_by_pinned_certificates_alone() {
     let dir = tempfile::tempdir().unwrap();
     let (a_addr, b_addr) = (free_port(), free_port());
