@@ -62,3 +62,50 @@ impl Clock for ManualClock {
         self.0.load(Ordering::SeqCst)
     }
 }
+
+/// `time` as a UTC date and time for people to read: `2026-11-25 01:52:06 UTC`.
+pub fn format_utc(time: UnixTime) -> String {
+    let (days, second_of_day) = (time / SECONDS_PER_DAY, time % SECONDS_PER_DAY);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        second_of_day / 3600,
+        second_of_day / 60 % 60,
+        second_of_day % 60
+    )
+}
+
+/// The proleptic Gregorian date `days` after 1970-01-01 (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    // Shift the epoch to 0000-03-01, so that leap days end each 400-year era's years.
+    let days = days + 719_468;
+    let era = days / 146_097;
+    let day_of_era = days % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+    let month = if month_from_march < 10 {
+        month_from_march + 3
+    } else {
+        month_from_march - 9
+    };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_utc;
+
+    #[test]
+    fn unix_times_format_as_utc_dates() {
+        assert_eq!(format_utc(0), "1970-01-01 00:00:00 UTC");
+        // The day after a leap day, and the end of a century year that is not leap.
+        assert_eq!(format_utc(951_868_800), "2000-03-01 00:00:00 UTC");
+        assert_eq!(format_utc(4_107_542_399), "2100-02-28 23:59:59 UTC");
+        assert_eq!(format_utc(1_803_348_026), "2027-02-23 02:00:26 UTC");
+        assert_eq!(format_utc(1_709_208_000), "2024-02-29 12:00:00 UTC");
+    }
+}

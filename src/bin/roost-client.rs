@@ -17,7 +17,7 @@ use roost::client::state::DeviceIdentity;
 use roost::client::{
     add_client_request, verify_user_clients, ClientConfig, ClientError, Connection, PushStream,
 };
-use roost::clock::{Clock, SystemClock};
+use roost::clock::{format_utc, Clock, SystemClock};
 use roost::identity::verify_member;
 use roost::identity::{verify_credential, CredentialError, DomainKeys};
 use roost::protocol::{
@@ -291,7 +291,8 @@ async fn execute(
                 json!({ "renewed": client_json(&identity.credential, &keys) }),
                 format!(
                     "renewed the credential of {}: valid until {}",
-                    identity.client, identity.credential.content.not_after
+                    identity.client,
+                    format_utc(identity.credential.content.not_after)
                 ),
             )
         }
@@ -1033,7 +1034,7 @@ fn user_clients_output(clients: &UserClients, keys: &DomainKeys, me: Option<&Cli
     for client in &verified {
         let content = &client.entry.credential.content;
         let status = match &client.verified {
-            Ok(_) => format!("verified, valid until {}", content.not_after),
+            Ok(_) => format!("verified, valid until {}", format_utc(content.not_after)),
             Err(e) => format!("NOT VERIFIED: {e}"),
         };
         let this = if me == Some(&content.client) {
@@ -1097,10 +1098,14 @@ async fn info(connection: &Connection, server_addr: SocketAddr) -> anyhow::Resul
         limits.request_timeout_ms,
     );
     for key in &info.credential_keys {
+        let validity = match key.valid_until {
+            u64::MAX => "current".to_owned(),
+            until => format!("retired, verifies until {}", format_utc(until)),
+        };
         text.push_str(&format!(
-            "\ncredential key {}:       {}",
+            "\ncredential key {}:       {} ({validity})",
             key.key_id,
-            hex::encode(key.public_key.as_slice())
+            hex::encode(key.public_key.as_slice()),
         ));
     }
     Ok(Output::new(json, text))
