@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tls_codec::Deserialize;
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::ServiceError;
@@ -39,8 +39,14 @@ pub struct Federation {
 
 /// How long a peer's credential-verifying keys are reused before they are fetched again.
 const DOMAIN_KEYS_TTL: Duration = Duration::from_secs(300);
+/// First wait before delivering again to a peer that could not be reached.
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(200);
 /// Longest wait between two attempts to deliver to an unreachable peer.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+
+/// Wakes the outbox workers when deliveries were committed. Every worker sees every wake, and a
+/// wake that comes while a worker is busy is not lost: it finds it when it next waits.
+pub type OutboxWake = Arc<tokio::sync::watch::Sender<()>>;
 
 impl Federation {
     pub fn new(
@@ -190,48 +196,66 @@ impl Federation {
         }
     }
 
-    /// Sends the outbox, peer by peer and in order, until `stop`: each delivery is removed once
-    /// its peer acknowledged it; an unreachable peer is retried with growing delays. Woken by
-    /// `wake` when new deliveries are committed.
-    pub async fn run_outbox(&self, store: Store, wake: Arc<Notify>, stop: CancellationToken) {
-        let mut retry_at: HashMap<String, (tokio::time::Instant, Duration)> = HashMap::new();
-        loop {
-            let backlog = match store.outbox_backlog().await {
-                Ok(backlog) => backlog,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read the outbox");
-                    Vec::new()
-                }
-            };
-            let now = tokio::time::Instant::now();
-            for (peer, waiting) in &backlog {
-                if retry_at.get(peer).is_some_and(|(at, _)| *at > now) {
-                    continue;
-                }
-                match self.drain_peer(&store, peer).await {
-                    Ok(()) => {
-                        retry_at.remove(peer);
-                    }
-                    Err(e) => {
-                        let delay = retry_at
-                            .get(peer)
-                            .map_or(Duration::from_millis(200), |(_, delay)| {
-                                (*delay * 2).min(MAX_RETRY_DELAY)
-                            });
-                        tracing::warn!(%peer, waiting, error = %e, retry_in = ?delay, "peer unreachable; deliveries wait in the outbox");
-                        retry_at.insert(peer.clone(), (tokio::time::Instant::now() + delay, delay));
-                    }
+    /// Sends the outbox until `stop`: one worker per peer, so a peer that is down delays no
+    /// other. Each sends its peer's deliveries in order and removes each once the peer
+    /// acknowledged it; while the peer cannot be reached it retries with growing delays.
+    pub async fn run_outbox(&self, store: Store, wake: &OutboxWake, stop: CancellationToken) {
+        match store.outbox_backlog().await {
+            Ok(backlog) => {
+                for (peer, waiting) in backlog.iter().filter(|(peer, _)| !self.knows(peer)) {
+                    tracing::warn!(%peer, waiting, "deliveries wait for a domain that is no longer a peer (--peer)");
                 }
             }
-            let next_retry = retry_at
-                .values()
-                .map(|(at, _)| *at)
-                .min()
-                .unwrap_or_else(|| tokio::time::Instant::now() + MAX_RETRY_DELAY);
-            tokio::select! {
+            Err(e) => tracing::error!(error = %e, "cannot read the outbox"),
+        }
+        let workers = self
+            .config
+            .peers
+            .keys()
+            .map(|peer| self.run_peer_outbox(&store, peer, wake.subscribe(), &stop));
+        futures::future::join_all(workers).await;
+    }
+
+    /// The outbox worker of `peer`: drains, then waits to be woken; after a failure, waits
+    /// `FIRST_RETRY_DELAY`, doubling up to `MAX_RETRY_DELAY`.
+    async fn run_peer_outbox(
+        &self,
+        store: &Store,
+        peer: &str,
+        mut wake: tokio::sync::watch::Receiver<()>,
+        stop: &CancellationToken,
+    ) {
+        let mut retry_delay: Option<Duration> = None;
+        loop {
+            // Marked seen before draining: a wake that comes during the drain is kept for later.
+            wake.borrow_and_update();
+            // Stopping mid-delivery is safe: a delivery not yet marked done is sent again at
+            // the next start, and the peer stores it once (delivery ids).
+            let drained = tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = wake.notified() => {}
-                _ = tokio::time::sleep_until(next_retry) => {}
+                drained = self.drain_peer(store, peer) => drained,
+            };
+            match drained {
+                Ok(()) => {
+                    retry_delay = None;
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        woken = wake.changed() => if woken.is_err() { return },
+                    }
+                }
+                Err(e) => {
+                    let delay =
+                        retry_delay.map_or(FIRST_RETRY_DELAY, |d| (d * 2).min(MAX_RETRY_DELAY));
+                    retry_delay = Some(delay);
+                    let waiting = store.outbox_backlog().await.ok().and_then(|backlog| {
+                        backlog.into_iter().find(|(p, _)| p == peer).map(|(_, n)| n)
+                    });
+                    tracing::warn!(%peer, waiting, error = %e, retry_in = ?delay, "peer unreachable; deliveries wait in the outbox");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
             }
         }
     }

@@ -41,7 +41,7 @@ pub struct Groups {
     queues: QueuePolicy,
     domain: String,
     /// Woken whenever deliveries for peers were committed to the outbox.
-    outbox_wake: Arc<tokio::sync::Notify>,
+    outbox_wake: super::federation::OutboxWake,
     /// For remote members' credential keys.
     federation: Option<Arc<super::Federation>>,
 }
@@ -59,7 +59,7 @@ impl Groups {
         store: Store,
         sessions: Arc<dyn Sessions>,
         accounts: Arc<Accounts>,
-        outbox_wake: Arc<tokio::sync::Notify>,
+        outbox_wake: super::federation::OutboxWake,
         federation: Option<Arc<super::Federation>>,
     ) -> Self {
         Self {
@@ -469,7 +469,7 @@ impl Groups {
             .await?
             .map_err(|_| ServiceError::UnknownGroup)?;
         self.announce(&recipients, &outcomes);
-        self.outbox_wake.notify_one();
+        self.outbox_wake.send_replace(());
         tracing::info!(group = %hex::encode(group_id), by = %caller, "group deleted");
         Ok(())
     }
@@ -521,9 +521,8 @@ impl Groups {
             .store
             .deliver(envelopes, remote, accepted_at_ms, self.queue_limits())
             .await?;
-        self.outbox_wake.notify_one();
+        self.outbox_wake.send_replace(());
         self.announce(&recipients, &outcomes);
-        self.outbox_wake.notify_one();
         let queue_full = recipients
             .iter()
             .zip(&outcomes)
@@ -769,7 +768,7 @@ impl Groups {
             .await?;
         if let Ok(outcomes) = &outcome {
             self.announce(&recipients, outcomes);
-            self.outbox_wake.notify_one();
+            self.outbox_wake.send_replace(());
         }
         Ok(outcome.map(|_| ()))
     }

@@ -177,7 +177,7 @@ pub struct Services {
     federation: Option<Arc<Federation>>,
     federation_config: Option<crate::config::FederationConfig>,
     store: Store,
-    outbox_wake: Arc<tokio::sync::Notify>,
+    outbox_wake: federation::OutboxWake,
     key_packages: KeyPackages,
     queues: Arc<Queues>,
     maintenance_interval: std::time::Duration,
@@ -197,7 +197,7 @@ impl Services {
             .as_ref()
             .map(|federation| Federation::new(&config.domain, federation, identity).map(Arc::new))
             .transpose()?;
-        let outbox_wake = Arc::new(tokio::sync::Notify::new());
+        let outbox_wake = Arc::new(tokio::sync::watch::Sender::new(()));
         Ok(Self {
             domain: config.domain.to_text(),
             limits: ServerLimits::announced(&config.limits),
@@ -437,7 +437,7 @@ impl Services {
     pub async fn run_outbox(&self, stop: tokio_util::sync::CancellationToken) {
         if let Some(federation) = &self.federation {
             federation
-                .run_outbox(self.store.clone(), self.outbox_wake.clone(), stop)
+                .run_outbox(self.store.clone(), &self.outbox_wake, stop)
                 .await;
         }
     }
