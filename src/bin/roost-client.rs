@@ -297,11 +297,11 @@ async fn execute(
             )
         }
         Command::Lookup { user } => {
-            let _session = authenticate(connection, &cli.state).await?;
+            let (device, _push) = authenticate(connection, &cli.state).await?;
             let clients = connection.lookup_user(user).await?;
             // Verified against the keys of the user's own homeserver (through ours).
             let keys = connection.domain_keys_of(user_domain(user)?).await?;
-            user_clients_output(&clients, &keys, None)
+            user_clients_output(&clients, &keys, Some(&device.identity.client))
         }
         Command::DeleteAccount => {
             let identity = DeviceIdentity::load(&cli.state)?;
