@@ -70,7 +70,8 @@ async fn group_messages() {
     }
     let keys = devices[0].0.domain_keys().await.unwrap();
     let (sender_connection, sender_mls, _) = &devices[0];
-    let sender = GroupClient::new(sender_connection, sender_mls, keys, 0);
+    let now = roost::clock::Clock::now(&roost::clock::SystemClock);
+    let sender = GroupClient::new(sender_connection, sender_mls, keys, now);
     let start = Instant::now();
     let group_id = sender.create_group().await.unwrap();
     for i in 1..MEMBERS {
