@@ -190,12 +190,11 @@ async fn two_homeservers(dir: &Path) -> (Homeserver, Homeserver) {
     (a, b)
 }
 
-/// Two homeservers, and a group hosted at a.example of alice (a.example) and bob (b.example),
-/// who has joined.
+/// Alice of a.example and bob of b.example in a group hosted at a.example (bob has joined).
 async fn alice_at_a_with_bob_at_b(
-    dir: &Path,
-) -> (Homeserver, Homeserver, FedDevice, FedDevice, Vec<u8>) {
-    let (a, b) = two_homeservers(dir).await;
+    a: &Homeserver,
+    b: &Homeserver,
+) -> (FedDevice, FedDevice, Vec<u8>) {
     let alice = a.device("alice@a.example").await;
     let mut bob = b.device("bob@b.example").await;
     let group_id = within(alice.groups().await.create_group()).await.unwrap();
@@ -203,10 +202,13 @@ async fn alice_at_a_with_bob_at_b(
         .await
         .unwrap();
     let joined = bob.receive_pushed().await;
-    assert!(joined.contains(&GroupEvent::Joined {
-        group_id: group_id.clone()
-    }));
-    (a, b, alice, bob, group_id)
+    assert!(
+        joined.contains(&GroupEvent::Joined {
+            group_id: group_id.clone()
+        }),
+        "{joined:?}"
+    );
+    (alice, bob, group_id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -356,21 +358,8 @@ async fn a_group_spans_two_homeservers_and_survives_one_being_down() {
     )
     .await
     .unwrap();
-    let alice = a.device("alice@a.example").await;
-    let mut bob = b.device("bob@b.example").await;
-
     // Alice's group lives on a.example; she adds bob of b.example.
-    let group_id = within(alice.groups().await.create_group()).await.unwrap();
-    within(alice.groups().await.invite(&group_id, "bob@b.example"))
-        .await
-        .unwrap();
-    let joined = bob.receive_pushed().await;
-    assert!(
-        joined.contains(&GroupEvent::Joined {
-            group_id: group_id.clone()
-        }),
-        "{joined:?}"
-    );
+    let (alice, mut bob, group_id) = alice_at_a_with_bob_at_b(&a, &b).await;
 
     // Messages both ways: bob's go through b.example to the hub, alice's come back the same way.
     within(bob.groups().await.send(&group_id, b"hello from b"))
@@ -462,7 +451,8 @@ async fn a_group_spans_two_homeservers_and_survives_one_being_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_remote_user_is_proposed_for_removal_at_the_hub() {
     let dir = tempfile::tempdir().unwrap();
-    let (_a, _b, alice, bob, group_id) = alice_at_a_with_bob_at_b(dir.path()).await;
+    let (a, b) = two_homeservers(dir.path()).await;
+    let (alice, bob, group_id) = alice_at_a_with_bob_at_b(&a, &b).await;
 
     within(bob.connection.delete_user()).await.unwrap();
     // The hub proposed bob's removal; alice's next commit completes it.
@@ -478,7 +468,8 @@ async fn a_deleted_remote_user_is_proposed_for_removal_at_the_hub() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_lists_groups_of_every_hub_and_learns_which_hub_is_down() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, _b, _alice, bob, hosted_at_a) = alice_at_a_with_bob_at_b(dir.path()).await;
+    let (a, b) = two_homeservers(dir.path()).await;
+    let (_alice, bob, hosted_at_a) = alice_at_a_with_bob_at_b(&a, &b).await;
     let hosted_at_b = within(bob.groups().await.create_group()).await.unwrap();
 
     let listed = within(bob.connection.list_groups()).await.unwrap();
