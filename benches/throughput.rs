@@ -172,8 +172,14 @@ async fn concurrent_enqueues(store: &Store, users: &[String]) {
 }
 
 async fn fan_out(store: &Store, users: &[String]) {
+    for size in [64, 1024, 16 * 1024] {
+        fan_out_of(store, users, size).await;
+    }
+}
+
+async fn fan_out_of(store: &Store, users: &[String], size: usize) {
     const ROUNDS: usize = 20;
-    let payload = Arc::new(vec![0xa5; 1024]);
+    let payload = Arc::new(vec![0xa5; size]);
     let mut timings = Vec::with_capacity(ROUNDS);
     for _ in 0..ROUNDS {
         let envelopes: Vec<_> = users
@@ -191,7 +197,7 @@ async fn fan_out(store: &Store, users: &[String]) {
     }
     timings.sort();
     println!(
-        "fan-out of one 1 KiB message to {} queues (one commit): median {:.2?}, worst {:.2?}",
+        "fan-out of one {size}-byte message to {} queues (one commit): median {:.2?}, worst {:.2?}",
         users.len(),
         timings[ROUNDS / 2],
         timings[ROUNDS - 1]

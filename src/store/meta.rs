@@ -10,8 +10,13 @@ pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta
 const SCHEMA_VERSION_KEY: &str = "schema-version";
 const DOMAIN_KEY: &str = "domain";
 
-/// The layout this code reads and writes. A database with another version is refused at open.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The layout this code reads and writes. An older database is migrated at open, in one
+/// transaction; a newer one is refused.
+///
+/// - 1: the first layout.
+/// - 2: a payload fanned out to several queues is stored once (`queue-2`, `shared-payloads-1`,
+///   `shared-payload-refs-1`).
+pub const SCHEMA_VERSION: u32 = 2;
 
 impl Store {
     /// Creates the tables of a new database, or checks that an existing one has our layout.
@@ -29,6 +34,11 @@ impl Store {
                     meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION.to_be_bytes().as_slice())?;
                 }
                 Some(SCHEMA_VERSION) => {}
+                Some(1) => {
+                    super::queues::migrate_queue_1(&txn)?;
+                    meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION.to_be_bytes().as_slice())?;
+                    tracing::info!("database migrated from schema 1 to {SCHEMA_VERSION}");
+                }
                 Some(other) => {
                     return Err(StoreError::Corrupt(format!(
                         "database schema version {other}, this server reads {SCHEMA_VERSION}"

@@ -1,13 +1,26 @@
 //! Client queues: per-client, gap-free sequence numbers; messages stay until acknowledged or
 //! expired. One enqueue puts one or many messages into many queues in one commit.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
 use super::accounts::CLIENTS;
 use super::{Store, StoreError};
 
-/// (user id, device id, seq) -> `uint64 enqueued_at_ms; uint8 kind; payload`.
-pub(super) const QUEUE: TableDefinition<(&str, u32, u64), &[u8]> = TableDefinition::new("queue-1");
+/// (user id, device id, seq) -> a [`QueueRecord`].
+pub(super) const QUEUE: TableDefinition<(&str, u32, u64), &[u8]> = TableDefinition::new("queue-2");
+/// Schema 1's queue: (user id, device id, seq) -> `uint64 enqueued_at_ms; uint8 kind; payload`.
+/// Read only by [`migrate_queue_1`].
+const QUEUE_1: TableDefinition<(&str, u32, u64), &[u8]> = TableDefinition::new("queue-1");
+/// A payload fanned out to several queues, stored once: payload id -> bytes. Each queue record
+/// that holds it counts in [`SHARED_PAYLOAD_REFS`]; the last one to go takes it along.
+pub(super) const SHARED_PAYLOADS: TableDefinition<u64, &[u8]> =
+    TableDefinition::new("shared-payloads-1");
+/// Payload id -> how many queue records refer to it (always at least 1).
+pub(super) const SHARED_PAYLOAD_REFS: TableDefinition<u64, u64> =
+    TableDefinition::new("shared-payload-refs-1");
 /// (user id, device id) -> (next seq, messages queued, payload bytes queued).
 pub(super) const QUEUE_HEADS: TableDefinition<(&str, u32), (u64, u64, u64)> =
     TableDefinition::new("queue-heads-1");
@@ -87,8 +100,9 @@ impl Store {
                 .get((user_id.as_str(), device_id))?
                 .map_or(FIRST_SEQ, |head| head.value().0);
             let queue = txn.open_table(QUEUE)?;
+            let shared = txn.open_table(SHARED_PAYLOADS)?;
             let mut messages = Vec::new();
-            let mut bytes = 0usize;
+            let mut bytes = 0u64;
             let range =
                 (user_id.as_str(), device_id, from_seq)..=(user_id.as_str(), device_id, u64::MAX);
             for entry in queue.range(range)? {
@@ -96,12 +110,27 @@ impl Store {
                     break;
                 }
                 let (key, value) = entry?;
-                let message = decode_message(key.value().2, value.value())?;
-                bytes = bytes.saturating_add(message.payload.len());
-                if bytes > max_bytes && !messages.is_empty() {
+                let record = QueueRecord::decode(value.value())?;
+                bytes = bytes.saturating_add(record.payload_len());
+                if bytes > max_bytes as u64 && !messages.is_empty() {
                     break;
                 }
-                messages.push(message);
+                let payload = match record.payload {
+                    Payload::Inline(payload) => payload.to_vec(),
+                    Payload::Shared { id, .. } => shared
+                        .get(id)?
+                        .ok_or_else(|| {
+                            StoreError::Corrupt(format!("shared payload {id} is missing"))
+                        })?
+                        .value()
+                        .to_vec(),
+                };
+                messages.push(StoredMessage {
+                    seq: key.value().2,
+                    enqueued_at_ms: record.enqueued_at_ms,
+                    kind: record.kind,
+                    payload,
+                });
             }
             Ok((messages, next_seq))
         })
@@ -126,7 +155,7 @@ impl Store {
                 return Ok(Err(next_seq));
             }
             let (removed, removed_bytes) =
-                delete_through(txn, &user_id, device_id, up_to_seq, |_| true)?;
+                delete_through(txn, &user_id, device_id, up_to_seq, |_, _| true)?;
             if removed > 0 {
                 heads.insert(
                     (user_id.as_str(), device_id),
@@ -166,12 +195,12 @@ impl Store {
                 let mut first_seq = None;
                 let mut last_seq = 0;
                 let (removed, removed_bytes) =
-                    delete_through(txn, &user_id, device_id, u64::MAX, |message| {
-                        if message.enqueued_at_ms >= cutoff_ms {
+                    delete_through(txn, &user_id, device_id, u64::MAX, |seq, record| {
+                        if record.enqueued_at_ms >= cutoff_ms {
                             return false;
                         }
-                        first_seq.get_or_insert(message.seq);
-                        last_seq = message.seq;
+                        first_seq.get_or_insert(seq);
+                        last_seq = seq;
                         true
                     })?;
                 if removed == 0 {
@@ -229,6 +258,14 @@ pub(super) fn enqueue_in(
     let clients = txn.open_table(CLIENTS)?;
     let mut heads = txn.open_table(QUEUE_HEADS)?;
     let mut queue = txn.open_table(QUEUE)?;
+    let mut shared = txn.open_table(SHARED_PAYLOADS)?;
+    // A payload that several envelopes hold (the same `Arc`: one message fanned out) is stored
+    // once, under an id given when its first envelope is queued.
+    let mut holders: HashMap<*const Vec<u8>, usize> = HashMap::new();
+    for envelope in envelopes {
+        *holders.entry(Arc::as_ptr(&envelope.payload)).or_default() += 1;
+    }
+    let mut shared_ids: HashMap<*const Vec<u8>, (u64, u64)> = HashMap::new();
     let mut outcomes = Vec::with_capacity(envelopes.len());
     for envelope in envelopes {
         let client = (envelope.user_id.as_str(), envelope.device_id);
@@ -244,13 +281,29 @@ pub(super) fn enqueue_in(
             outcomes.push(Enqueued::QueueFull);
             continue;
         }
-        let mut record = Vec::with_capacity(9 + envelope.payload.len());
-        record.extend_from_slice(&now_ms.to_be_bytes());
-        record.push(envelope.kind);
-        record.extend_from_slice(&envelope.payload);
+        let key = Arc::as_ptr(&envelope.payload);
+        let payload = if holders[&key] > 1 {
+            let (id, references) = match shared_ids.get(&key) {
+                Some(known) => *known,
+                None => {
+                    let id = shared.last()?.map_or(1, |(last, _)| last.value() + 1);
+                    shared.insert(id, envelope.payload.as_slice())?;
+                    (id, 0)
+                }
+            };
+            shared_ids.insert(key, (id, references + 1));
+            Payload::Shared { id, len: size }
+        } else {
+            Payload::Inline(envelope.payload.as_slice())
+        };
+        let record = QueueRecord {
+            enqueued_at_ms: now_ms,
+            kind: envelope.kind,
+            payload,
+        };
         queue.insert(
             (envelope.user_id.as_str(), envelope.device_id, next_seq),
-            record.as_slice(),
+            record.encode().as_slice(),
         )?;
         let following = next_seq
             .checked_add(1)
@@ -258,34 +311,80 @@ pub(super) fn enqueue_in(
         heads.insert(client, (following, count + 1, bytes.saturating_add(size)))?;
         outcomes.push(Enqueued::Queued { seq: next_seq });
     }
+    let mut references = txn.open_table(SHARED_PAYLOAD_REFS)?;
+    for (id, count) in shared_ids.into_values() {
+        references.insert(id, count)?;
+    }
     Ok(outcomes)
 }
 
-/// Deletes, in order, the client's messages up to `up_to_seq` while `take` says so; stops at the
-/// first it refuses. Returns (messages, payload bytes) deleted.
+/// Deletes, in order, the client's messages up to `up_to_seq` while `take(seq, record)` says
+/// so; stops at the first it refuses. Releases the shared payloads they held. Returns
+/// (messages, payload bytes) deleted.
 fn delete_through(
     txn: &WriteTransaction,
     user_id: &str,
     device_id: u32,
     up_to_seq: u64,
-    mut take: impl FnMut(&StoredMessage) -> bool,
+    mut take: impl FnMut(u64, &QueueRecord) -> bool,
 ) -> Result<(u64, u64), StoreError> {
     let mut queue = txn.open_table(QUEUE)?;
     let mut doomed = Vec::new();
+    let mut released: HashMap<u64, u64> = HashMap::new();
     let mut bytes = 0u64;
     for entry in queue.range((user_id, device_id, 0)..=(user_id, device_id, up_to_seq))? {
         let (key, value) = entry?;
-        let message = decode_message(key.value().2, value.value())?;
-        if !take(&message) {
+        let seq = key.value().2;
+        let record = QueueRecord::decode(value.value())?;
+        if !take(seq, &record) {
             break;
         }
-        bytes = bytes.saturating_add(message.payload.len() as u64);
-        doomed.push(message.seq);
+        bytes = bytes.saturating_add(record.payload_len());
+        if let Payload::Shared { id, .. } = record.payload {
+            *released.entry(id).or_default() += 1;
+        }
+        doomed.push(seq);
     }
     for seq in &doomed {
         queue.remove((user_id, device_id, *seq))?;
     }
+    release_shared_payloads(txn, released)?;
     Ok((doomed.len() as u64, bytes))
+}
+
+/// Drops `released[id]` references to each shared payload, deleting those no record holds.
+fn release_shared_payloads(
+    txn: &WriteTransaction,
+    released: HashMap<u64, u64>,
+) -> Result<(), StoreError> {
+    if released.is_empty() {
+        return Ok(());
+    }
+    let mut references = txn.open_table(SHARED_PAYLOAD_REFS)?;
+    let mut shared = txn.open_table(SHARED_PAYLOADS)?;
+    for (id, count) in released {
+        let held = references
+            .get(id)?
+            .map(|held| held.value())
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("shared payload {id} has no reference count"))
+            })?;
+        match held.checked_sub(count) {
+            Some(0) => {
+                references.remove(id)?;
+                shared.remove(id)?;
+            }
+            Some(left) => {
+                references.insert(id, left)?;
+            }
+            None => {
+                return Err(StoreError::Corrupt(format!(
+                    "shared payload {id} released more often than held"
+                )))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Deletes a client's whole queue (it was removed, or its user deleted).
@@ -294,24 +393,106 @@ pub(super) fn delete_client_queue(
     user_id: &str,
     device_id: u32,
 ) -> Result<(), StoreError> {
-    txn.open_table(QUEUE)?.retain_in(
-        (user_id, device_id, 0)..=(user_id, device_id, u64::MAX),
-        |_, _| false,
-    )?;
+    delete_through(txn, user_id, device_id, u64::MAX, |_, _| true)?;
     txn.open_table(QUEUE_HEADS)?.remove((user_id, device_id))?;
     Ok(())
 }
 
-fn decode_message(seq: u64, bytes: &[u8]) -> Result<StoredMessage, StoreError> {
-    match bytes {
-        [t0, t1, t2, t3, t4, t5, t6, t7, kind, payload @ ..] => Ok(StoredMessage {
-            seq,
-            enqueued_at_ms: u64::from_be_bytes([*t0, *t1, *t2, *t3, *t4, *t5, *t6, *t7]),
-            kind: *kind,
-            payload: payload.to_vec(),
-        }),
-        _ => Err(StoreError::Corrupt("bad queue record".into())),
+/// One queued message as stored:
+///
+/// ```text
+/// uint64 enqueued_at_ms; uint8 kind; uint8 storage;
+/// select (storage) {
+///     case inline(0): opaque payload[rest of the record];
+///     case shared(1): uint64 payload_id; uint64 payload_len;   /* in SHARED_PAYLOADS */
+/// }
+/// ```
+pub(super) struct QueueRecord<'a> {
+    enqueued_at_ms: u64,
+    kind: u8,
+    payload: Payload<'a>,
+}
+
+enum Payload<'a> {
+    Inline(&'a [u8]),
+    Shared { id: u64, len: u64 },
+}
+
+const INLINE: u8 = 0;
+const SHARED: u8 = 1;
+
+impl<'a> QueueRecord<'a> {
+    fn payload_len(&self) -> u64 {
+        match self.payload {
+            Payload::Inline(payload) => payload.len() as u64,
+            Payload::Shared { len, .. } => len,
+        }
     }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut record = Vec::with_capacity(10 + 16);
+        record.extend_from_slice(&self.enqueued_at_ms.to_be_bytes());
+        record.push(self.kind);
+        match self.payload {
+            Payload::Inline(payload) => {
+                record.reserve(payload.len());
+                record.push(INLINE);
+                record.extend_from_slice(payload);
+            }
+            Payload::Shared { id, len } => {
+                record.push(SHARED);
+                record.extend_from_slice(&id.to_be_bytes());
+                record.extend_from_slice(&len.to_be_bytes());
+            }
+        }
+        record
+    }
+
+    fn decode(bytes: &'a [u8]) -> Result<Self, StoreError> {
+        let corrupt = || StoreError::Corrupt("bad queue record".into());
+        let (at, rest) = bytes.split_first_chunk::<8>().ok_or_else(corrupt)?;
+        let (&[kind, storage], rest) = rest.split_first_chunk::<2>().ok_or_else(corrupt)?;
+        let payload = match (storage, rest.len()) {
+            (INLINE, _) => Payload::Inline(rest),
+            (SHARED, 16) => {
+                let (id, len) = rest.split_at(8);
+                Payload::Shared {
+                    id: u64::from_be_bytes(id.try_into().map_err(|_| corrupt())?),
+                    len: u64::from_be_bytes(len.try_into().map_err(|_| corrupt())?),
+                }
+            }
+            _ => return Err(corrupt()),
+        };
+        Ok(Self {
+            enqueued_at_ms: u64::from_be_bytes(*at),
+            kind,
+            payload,
+        })
+    }
+}
+
+/// Moves schema 1's queue records (payload always inline) into the schema 2 queue table, and
+/// drops the old table. Part of the migration from schema 1 to 2, in its transaction.
+pub(super) fn migrate_queue_1(txn: &WriteTransaction) -> Result<(), StoreError> {
+    {
+        let old = txn.open_table(QUEUE_1)?;
+        let mut queue = txn.open_table(QUEUE)?;
+        for entry in old.iter()? {
+            let (key, value) = entry?;
+            let (user_id, device_id, seq) = key.value();
+            let [t0, t1, t2, t3, t4, t5, t6, t7, kind, payload @ ..] = value.value() else {
+                return Err(StoreError::Corrupt("bad schema 1 queue record".into()));
+            };
+            let record = QueueRecord {
+                enqueued_at_ms: u64::from_be_bytes([*t0, *t1, *t2, *t3, *t4, *t5, *t6, *t7]),
+                kind: *kind,
+                payload: Payload::Inline(payload),
+            };
+            queue.insert((user_id, device_id, seq), record.encode().as_slice())?;
+        }
+    }
+    txn.delete_table(QUEUE_1)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -354,13 +535,9 @@ mod tests {
         users
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn fanning_one_message_out_to_a_thousand_queues_is_one_commit() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let users = add_users(&store, 1000).await;
-        let payload = Arc::new(vec![7u8; 1024]);
-        let envelopes: Vec<_> = users
+    /// One message (one shared `payload`) for every client in `clients`.
+    fn envelopes_for(clients: &[(String, u32)], payload: &Arc<Vec<u8>>) -> Vec<Envelope> {
+        clients
             .iter()
             .map(|(user_id, device_id)| Envelope {
                 user_id: user_id.clone(),
@@ -368,7 +545,15 @@ mod tests {
                 kind: 0,
                 payload: payload.clone(),
             })
-            .collect();
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fanning_one_message_out_to_a_thousand_queues_is_one_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let users = add_users(&store, 1000).await;
+        let envelopes = envelopes_for(&users, &Arc::new(vec![7u8; 1024]));
         let commits = store.stats().commits();
         let outcomes = store.enqueue(envelopes, 1, LIMITS).await.unwrap();
         assert_eq!(store.stats().commits() - commits, 1);
@@ -477,5 +662,143 @@ mod tests {
             .unwrap();
         assert_eq!(left.iter().map(|m| m.seq).collect::<Vec<_>>(), [3]);
         assert_eq!(store.queue_size(&users[0].0, 1).await.unwrap(), (1, 3));
+    }
+
+    /// How many payloads are stored once for several queues.
+    async fn shared_payloads(store: &Store) -> usize {
+        store
+            .read(|txn| Ok(txn.open_table(SHARED_PAYLOADS)?.iter()?.count()))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_fanned_out_payload_is_stored_once_and_goes_with_its_last_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let users = add_users(&store, 3).await;
+        let fanned_out = Arc::new(vec![9u8; 4096]);
+        let envelopes = |payload: &Arc<Vec<u8>>| envelopes_for(&users, payload);
+        store
+            .enqueue(envelopes(&fanned_out), 1_000, LIMITS)
+            .await
+            .unwrap();
+        let direct = Envelope {
+            user_id: users[0].0.clone(),
+            device_id: 1,
+            kind: 1,
+            payload: Arc::new(vec![5u8; 10]),
+        };
+        store.enqueue(vec![direct], 1_000, LIMITS).await.unwrap();
+        assert_eq!(
+            shared_payloads(&store).await,
+            1,
+            "one copy for three queues"
+        );
+
+        for (user_id, device_id) in &users {
+            let (messages, _) = store
+                .fetch_messages(user_id, *device_id, 0, 10, 1 << 20)
+                .await
+                .unwrap();
+            assert_eq!(messages[0].payload, *fanned_out);
+            assert!(store.queue_size(user_id, *device_id).await.unwrap().1 >= 4096);
+        }
+        let (messages, _) = store
+            .fetch_messages(&users[0].0, 1, 0, 10, 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(
+            (messages[1].kind, messages[1].payload.clone()),
+            (1, vec![5u8; 10])
+        );
+
+        // Acknowledged by one client; the other two copies expire and are purged.
+        store
+            .ack_messages(&users[0].0, 1, 1)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.queue_size(&users[0].0, 1).await.unwrap(), (1, 10));
+        let purged = store.purge_expired_messages(2_000).await.unwrap();
+        assert_eq!(purged.len(), 3, "{purged:?}");
+        assert_eq!(
+            shared_payloads(&store).await,
+            0,
+            "the last reference took it along"
+        );
+
+        // Deleting a client's queue releases its references too.
+        store
+            .enqueue(envelopes(&fanned_out), 3_000, LIMITS)
+            .await
+            .unwrap();
+        store
+            .write(|txn| {
+                delete_client_queue(txn, "user0@localhost", 1)?;
+                delete_client_queue(txn, "user1@localhost", 1)
+            })
+            .await
+            .unwrap();
+        assert_eq!(shared_payloads(&store).await, 1);
+        let (messages, _) = store
+            .fetch_messages("user2@localhost", 1, 0, 10, 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(messages[0].payload, *fanned_out);
+        store
+            .write(|txn| delete_client_queue(txn, "user2@localhost", 1))
+            .await
+            .unwrap();
+        assert_eq!(shared_payloads(&store).await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_schema_1_database_is_migrated_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = redb::Database::create(dir.path().join(crate::store::DATABASE_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(crate::store::meta::META)
+                .unwrap()
+                .insert("schema-version", 1u32.to_be_bytes().as_slice())
+                .unwrap();
+            let mut record = 1_234u64.to_be_bytes().to_vec();
+            record.push(2);
+            record.extend_from_slice(b"hello");
+            txn.open_table(QUEUE_1)
+                .unwrap()
+                .insert(("alice@localhost", 1, 7), record.as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let (messages, _) = store
+            .fetch_messages("alice@localhost", 1, 0, 10, 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(
+            messages,
+            [StoredMessage {
+                seq: 7,
+                enqueued_at_ms: 1_234,
+                kind: 2,
+                payload: b"hello".to_vec(),
+            }]
+        );
+        assert!(!store
+            .table_names()
+            .await
+            .unwrap()
+            .contains(&"queue-1".to_owned()));
+        store.close().await;
+        drop(store);
+        // Reopening finds schema 2 and changes nothing.
+        let store = Store::open(dir.path()).unwrap();
+        let (again, _) = store
+            .fetch_messages("alice@localhost", 1, 0, 10, 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(again, messages);
     }
 }

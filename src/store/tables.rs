@@ -20,6 +20,8 @@ macro_rules! for_each_table {
         $action!(super::key_packages::CLIENT_KEY_PACKAGE_REFS);
         $action!(super::queues::QUEUE);
         $action!(super::queues::QUEUE_HEADS);
+        $action!(super::queues::SHARED_PAYLOADS);
+        $action!(super::queues::SHARED_PAYLOAD_REFS);
         $action!(super::groups::GROUPS);
         $action!(super::groups::GROUP_MEMBERS);
         $action!(super::federation::OUTBOX);
