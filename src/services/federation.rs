@@ -32,13 +32,27 @@ pub struct Federation {
     endpoint: quinn::Endpoint,
     /// One slot per peer, each with its own lock: connecting to a peer that is down holds only
     /// that peer's slot, so requests to the other peers go on meanwhile.
-    connections: Mutex<HashMap<String, Arc<Mutex<Option<quinn::Connection>>>>>,
+    connections: Mutex<HashMap<String, Arc<Mutex<PeerSlot>>>>,
     /// Peers' credential-verifying keys, with when they were fetched.
     domain_keys: Mutex<HashMap<String, (std::time::Instant, Vec<CredentialVerifyingKey>)>>,
 }
 
+/// What this server knows of its connection to one peer.
+#[derive(Default)]
+struct PeerSlot {
+    connection: Option<quinn::Connection>,
+    /// After a failed connection attempt: until when requests fail at once instead of each
+    /// waiting out another connection timeout, and why.
+    unreachable: Option<(tokio::time::Instant, String)>,
+    /// The wait after the last failed attempt (doubles on each failure, reset on success).
+    backoff: Option<Duration>,
+}
+
 /// How long a peer's credential-verifying keys are reused before they are fetched again.
 const DOMAIN_KEYS_TTL: Duration = Duration::from_secs(300);
+/// After a first failed connection attempt, how long requests to that peer fail at once (the
+/// window doubles with each further failure, up to `MAX_RETRY_DELAY`).
+const FIRST_UNREACHABLE_WINDOW: Duration = Duration::from_secs(1);
 /// First wait before delivering again to a peer that could not be reached.
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(200);
 /// Longest wait between two attempts to deliver to an unreachable peer.
@@ -94,7 +108,7 @@ impl Federation {
             Ok(body) => Ok(body),
             Err(ServiceError::PeerUnavailable(reason)) => {
                 // The cached connection may have died: forget it so the next request reconnects.
-                self.slot(domain).await.lock().await.take();
+                self.slot(domain).await.lock().await.connection = None;
                 Err(ServiceError::PeerUnavailable(reason))
             }
             Err(other) => Err(other),
@@ -102,7 +116,7 @@ impl Federation {
     }
 
     /// The connection slot of peer `domain`.
-    async fn slot(&self, domain: &str) -> Arc<Mutex<Option<quinn::Connection>>> {
+    async fn slot(&self, domain: &str) -> Arc<Mutex<PeerSlot>> {
         self.connections
             .lock()
             .await
@@ -119,13 +133,49 @@ impl Federation {
             .get(domain)
             .ok_or_else(|| ServiceError::PeerUnavailable(format!("{domain} is not a peer")))?;
         let slot = self.slot(domain).await;
-        let mut cached = slot.lock().await;
-        if let Some(connection) = cached.as_ref() {
+        let mut slot = slot.lock().await;
+        if let Some(connection) = &slot.connection {
             if connection.close_reason().is_none() {
                 return Ok(connection.clone());
             }
         }
-        let unreachable = |e: String| ServiceError::PeerUnavailable(format!("{domain}: {e}"));
+        if let Some((until, reason)) = &slot.unreachable {
+            let now = tokio::time::Instant::now();
+            if now < *until {
+                return Err(ServiceError::PeerUnavailable(format!(
+                    "{domain}: {reason}; next attempt in {:.1?}",
+                    *until - now
+                )));
+            }
+        }
+        match self.connect(domain, address).await {
+            Ok(connection) => {
+                *slot = PeerSlot {
+                    connection: Some(connection.clone()),
+                    ..PeerSlot::default()
+                };
+                Ok(connection)
+            }
+            Err(ServiceError::PeerUnavailable(reason)) => {
+                let backoff = slot
+                    .backoff
+                    .map_or(FIRST_UNREACHABLE_WINDOW, |d| (d * 2).min(MAX_RETRY_DELAY));
+                slot.backoff = Some(backoff);
+                slot.unreachable = Some((tokio::time::Instant::now() + backoff, reason.clone()));
+                Err(ServiceError::PeerUnavailable(format!("{domain}: {reason}")))
+            }
+            // The peer answered and refused us: nothing to wait out, it is told as it is.
+            Err(refused) => Err(refused),
+        }
+    }
+
+    /// Connects to `domain`'s homeserver at `address` and identifies this server.
+    async fn connect(
+        &self,
+        domain: &str,
+        address: SocketAddr,
+    ) -> Result<quinn::Connection, ServiceError> {
+        let unreachable = |e: String| ServiceError::PeerUnavailable(e);
         let connecting = self
             .endpoint
             .connect(address, domain)
@@ -138,11 +188,9 @@ impl Federation {
             domain: self.domain.to_text(),
         });
         match self.exchange(&connection, &identify).await? {
-            FederationResponseBody::Identified => {}
-            other => return Err(unreachable(format!("unexpected answer {other:?}"))),
+            FederationResponseBody::Identified => Ok(connection),
+            other => Err(unreachable(format!("unexpected answer {other:?}"))),
         }
-        *cached = Some(connection.clone());
-        Ok(connection)
     }
 
     async fn exchange(

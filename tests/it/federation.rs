@@ -498,6 +498,43 @@ async fn a_member_lists_groups_of_every_hub_and_learns_which_hub_is_down() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_to_a_peer_that_is_down_wait_out_one_connection_attempt_not_one_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let issued = issue_development_certificate(&dir.path().join("certs"), "a.example").unwrap();
+    let identity = TlsIdentity::load(&issued.cert, &issued.key).unwrap();
+    let config = FederationConfig {
+        // Nothing listens there.
+        peers: [("b.example".to_owned(), free_port())]
+            .into_iter()
+            .collect(),
+        trust: PeerTrust {
+            ca: load_certificates(&issued.ca_cert).unwrap(),
+            pinned: Vec::new(),
+            allowed_domains: None,
+        },
+    };
+    let federation = Federation::new(&"a.example".parse().unwrap(), &config, &identity).unwrap();
+    let request = FederationRequest::GetDomainKeys;
+    let outcomes = within(futures::future::join_all(
+        (0..3).map(|_| federation.request("b.example", &request)),
+    ))
+    .await;
+    let reasons: Vec<String> = outcomes
+        .into_iter()
+        .map(|outcome| match outcome {
+            Err(ServiceError::PeerUnavailable(reason)) => reason,
+            other => panic!("expected PeerUnavailable, got {other:?}"),
+        })
+        .collect();
+    // One request made the attempt; the two queued behind it were answered from its failure.
+    let waited_out = reasons
+        .iter()
+        .filter(|reason| reason.contains("next attempt in"))
+        .count();
+    assert_eq!(waited_out, 2, "{reasons:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_can_trust_each_other_by_pinned_certificates_alone() {
     let dir = tempfile::tempdir().unwrap();
     let (a_addr, b_addr) = (free_port(), free_port());
