@@ -20,8 +20,12 @@ struct ServerProcess {
 
 impl ServerProcess {
     fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_on("127.0.0.1:0", data_dir, extra)
+    }
+
+    fn start_on(listen: &str, data_dir: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(ROOST)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["serve", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env_remove("RUST_LOG")
@@ -785,4 +789,82 @@ fn client_cli_holds_a_group_conversation() {
         "{told:?}"
     );
     assert!(server.terminate().success());
+}
+
+/// The README's two-homeserver walkthrough, with the real binaries: certificates from one
+/// development CA, two servers naming each other as peers, users on each in one group.
+#[test]
+fn two_homeservers_carry_a_conversation_between_their_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    for domain in ["a.example", "b.example"] {
+        let status = Command::new(ROOST)
+            .args(["certs", "--domain", domain, "--out"])
+            .arg(&certs)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let free_port = || {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (a_addr, b_addr) = (free_port(), free_port());
+    let ca = certs.join("ca.pem");
+    let serve = |domain: &str, listen: SocketAddr, peer: &str, peer_addr: SocketAddr| {
+        let cert = certs.join(format!("{domain}.pem"));
+        let key = certs.join(format!("{domain}.key"));
+        ServerProcess::start_on(
+            &listen.to_string(),
+            &dir.path().join(domain),
+            &[
+                "--domain",
+                domain,
+                "--cert",
+                cert.to_str().unwrap(),
+                "--key",
+                key.to_str().unwrap(),
+                "--peer",
+                &format!("{peer}={peer_addr}"),
+                "--peer-ca",
+                ca.to_str().unwrap(),
+            ],
+        )
+    };
+    let a = serve("a.example", a_addr, "b.example", b_addr);
+    let b = serve("b.example", b_addr, "a.example", a_addr);
+    let state = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let at_a = |command: &[&str]| client_json(a.addr, "a.example", &ca, command);
+    let at_b = |command: &[&str]| client_json(b.addr, "b.example", &ca, command);
+
+    at_a(&["--state", &state("alice"), "register", "alice@a.example"]);
+    at_b(&["--state", &state("bob"), "register", "bob@b.example"]);
+    let found = at_a(&["--state", &state("alice"), "lookup", "bob@b.example"]);
+    assert_eq!(found["clients"][0]["verified"], true, "{found}");
+
+    let created = at_a(&["--state", &state("alice"), "create-group", "team"]);
+    let group = created["group"].as_str().unwrap().to_owned();
+    at_a(&[
+        "--state",
+        &state("alice"),
+        "invite",
+        "team",
+        "bob@b.example",
+    ]);
+    let joined = at_b(&["--state", &state("bob"), "recv", "--wait", "10"]);
+    assert_eq!(joined["event"], "joined", "{joined}");
+
+    at_b(&["--state", &state("bob"), "send", &group, "hi alice"]);
+    let received = at_a(&["--state", &state("alice"), "recv", "--wait", "10"]);
+    assert_eq!(
+        (&received["sender"], &received["text"]),
+        (&"bob@b.example/1".into(), &"hi alice".into()),
+        "{received}"
+    );
+    // bob's own server lists the group hosted by a.example.
+    let listed = at_b(&["--state", &state("bob"), "groups"]);
+    assert_eq!(listed["groups"][0]["group"], group.as_str(), "{listed}");
 }
