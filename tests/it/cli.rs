@@ -170,22 +170,24 @@ fn serve_refuses_a_data_dir_made_for_another_domain() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("a.example"));
 }
 
+/// `roost certs --domain DOMAIN --out OUT`.
+fn roost_certs(out: &Path, domain: &str) {
+    let status = Command::new(ROOST)
+        .args(["certs", "--domain", domain, "--out"])
+        .arg(out)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
 #[test]
 fn certs_share_one_ca_and_serve_with_it() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("certs");
-    let certs = |domain: &str| {
-        let status = Command::new(ROOST)
-            .args(["certs", "--domain", domain, "--out"])
-            .arg(&out)
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    };
-    certs("a.example");
+    roost_certs(&out, "a.example");
     let ca = std::fs::read(out.join("ca.pem")).unwrap();
-    certs("b.example");
+    roost_certs(&out, "b.example");
     assert_eq!(
         std::fs::read(out.join("ca.pem")).unwrap(),
         ca,
@@ -798,13 +800,7 @@ fn two_homeservers_carry_a_conversation_between_their_users() {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
     for domain in ["a.example", "b.example"] {
-        let status = Command::new(ROOST)
-            .args(["certs", "--domain", domain, "--out"])
-            .arg(&certs)
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success());
+        roost_certs(&certs, domain);
     }
     let free_port = || {
         std::net::UdpSocket::bind("127.0.0.1:0")
