@@ -57,7 +57,8 @@ pub use notification::{
 };
 pub use queues::{
     AckMessagesRequest, FetchMessagesRequest, FetchedMessages, MessageKind, MessagesExpired,
-    NewMessages, QueuedMessage, ServerNotice, MAX_FETCH_COUNT,
+    NewMessages, QueuedMessage, ServerNotice, MAX_FETCH_COUNT, MAX_PUSHED_BYTES,
+    MAX_PUSHED_MESSAGES,
 };
 pub use request::{decode_request, encode_request, Operation, Request};
 pub use response::{decode_response, encode_response, Response, ResponseBody, ServerInfo};

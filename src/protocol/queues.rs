@@ -19,6 +19,14 @@ pub enum MessageKind {
     ServerNotice = 2,
 }
 
+impl MessageKind {
+    pub fn from_u8(value: u8) -> Option<Self> {
+        [Self::Mls, Self::Welcome, Self::ServerNotice]
+            .into_iter()
+            .find(|kind| *kind as u8 == value)
+    }
+}
+
 /// A notice the server puts into a client's queue.
 #[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
 #[repr(u16)]
@@ -80,8 +88,17 @@ pub struct AckMessagesRequest {
     pub up_to_seq: u64,
 }
 
+/// Most messages a `NewMessages` hint carries inline.
+pub const MAX_PUSHED_MESSAGES: usize = 16;
+/// Most payload bytes a `NewMessages` hint carries inline, all messages together; a larger
+/// message is only announced.
+pub const MAX_PUSHED_BYTES: usize = 16 * 1024;
+
 /// Notification: messages are waiting; `latest_seq` is the newest one's sequence number.
 #[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
 pub struct NewMessages {
     pub latest_seq: u64,
+    /// The newest of them, when they are small: consecutive sequence numbers ending at
+    /// `latest_seq`, or empty. They stay queued until acknowledged, like any other.
+    pub messages: Vec<QueuedMessage>,
 }

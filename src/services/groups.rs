@@ -25,7 +25,7 @@ use crate::protocol::{
     ClientCredential, ClientId, CreateGroupRequest, DeleteGroupRequest, DeliverRequest,
     DeliveryItem, GetGroupRequest, GroupDeleted, GroupEpoch, GroupMember, GroupRoles, GroupState,
     MessageAccepted, MessageKind, Role, SendCommitRequest, SendMessageRequest, SendProposalRequest,
-    ServerNotice, Text, ROLES_EXTENSION_TYPE,
+    ServerNotice, ROLES_EXTENSION_TYPE,
 };
 use crate::store::{
     Enqueued, Envelope, GroupMemberRow, GroupRefusal, GroupTransition, OutgoingDelivery,
@@ -455,20 +455,20 @@ impl Groups {
             .map(|(client, _)| envelope(client, MessageKind::ServerNotice, &notice))
             .collect();
         let (envelopes, remote) = self.split(group_id, envelopes);
-        let recipients: Vec<ClientId> = envelopes.iter().map(envelope_client).collect();
+        let now_ms = self.clock.now_ms();
         let outcomes = self
             .store
             .delete_group(
                 group_id,
                 member_rows(&members),
-                envelopes,
+                envelopes.clone(),
                 remote,
-                self.clock.now_ms(),
+                now_ms,
                 self.queue_limits(),
             )
             .await?
             .map_err(|_| ServiceError::UnknownGroup)?;
-        self.announce(&recipients, &outcomes);
+        super::announce_queued(&*self.sessions, &envelopes, &outcomes, now_ms);
         self.outbox_wake.send_replace(());
         tracing::info!(group = %hex::encode(group_id), by = %caller, "group deleted");
         Ok(())
@@ -515,14 +515,19 @@ impl Groups {
             .map(|(client, _)| envelope(client, MessageKind::Mls, &payload))
             .collect();
         let (envelopes, remote) = self.split(&group_id, envelopes);
-        let recipients: Vec<ClientId> = envelopes.iter().map(envelope_client).collect();
+        let recipients: Vec<ClientId> = envelopes.iter().map(super::envelope_client).collect();
         let accepted_at_ms = self.clock.now_ms();
         let outcomes = self
             .store
-            .deliver(envelopes, remote, accepted_at_ms, self.queue_limits())
+            .deliver(
+                envelopes.clone(),
+                remote,
+                accepted_at_ms,
+                self.queue_limits(),
+            )
             .await?;
         self.outbox_wake.send_replace(());
-        self.announce(&recipients, &outcomes);
+        super::announce_queued(&*self.sessions, &envelopes, &outcomes, accepted_at_ms);
         let queue_full = recipients
             .iter()
             .zip(&outcomes)
@@ -754,20 +759,15 @@ impl Groups {
         mut transition: GroupTransition,
     ) -> Result<Result<(), GroupRefusal>, ServiceError> {
         let (envelopes, remote) = self.split(group_id, std::mem::take(&mut transition.envelopes));
-        let recipients: Vec<ClientId> = envelopes.iter().map(envelope_client).collect();
-        transition.envelopes = envelopes;
+        transition.envelopes = envelopes.clone();
         transition.remote = remote;
+        let now_ms = self.clock.now_ms();
         let outcome = self
             .store
-            .commit_group(
-                group_id,
-                transition,
-                self.clock.now_ms(),
-                self.queue_limits(),
-            )
+            .commit_group(group_id, transition, now_ms, self.queue_limits())
             .await?;
         if let Ok(outcomes) = &outcome {
-            self.announce(&recipients, outcomes);
+            super::announce_queued(&*self.sessions, &envelopes, outcomes, now_ms);
             self.outbox_wake.send_replace(());
         }
         Ok(outcome.map(|_| ()))
@@ -792,7 +792,7 @@ impl Groups {
                 local.push(envelope);
                 continue;
             }
-            let recipient = envelope_client(&envelope);
+            let recipient = super::envelope_client(&envelope);
             let kind = match envelope.kind {
                 1 => MessageKind::Welcome,
                 2 => MessageKind::ServerNotice,
@@ -841,15 +841,6 @@ impl Groups {
         QueueLimits {
             max_messages: self.queues.max_messages,
             max_bytes: self.queues.max_bytes,
-        }
-    }
-
-    /// Tells the connected recipients of what was queued.
-    fn announce(&self, recipients: &[ClientId], outcomes: &[Enqueued]) {
-        for (client, outcome) in recipients.iter().zip(outcomes) {
-            if let Enqueued::Queued { seq } = outcome {
-                self.sessions.new_messages(client, *seq);
-            }
         }
     }
 
@@ -1049,13 +1040,6 @@ fn envelope(client: &ClientId, kind: MessageKind, payload: &Arc<Vec<u8>>) -> Env
         device_id: client.device_id,
         kind: kind as u8,
         payload: payload.clone(),
-    }
-}
-
-fn envelope_client(envelope: &Envelope) -> ClientId {
-    ClientId {
-        user_id: Text::truncated(&envelope.user_id),
-        device_id: envelope.device_id,
     }
 }
 

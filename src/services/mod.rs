@@ -44,9 +44,55 @@ pub trait Sessions: Send + Sync {
     fn notify(&self, client: &ClientId, notification: &Notification) -> usize;
     /// Closes every connection of `client` once its in-flight requests are answered.
     fn disconnect(&self, client: &ClientId);
-    /// Tells every connection of `client` that its queue holds messages up to `latest_seq`.
-    /// Never blocks; a connection that has not read the previous hint gets only the latest.
-    fn new_messages(&self, client: &ClientId, latest_seq: u64);
+    /// Tells every connection of `client` that `message` was queued for it (a `NewMessages`
+    /// hint, carrying the message when it is small). Never blocks; a connection that has not
+    /// read the previous hint gets only the latest, with the newest messages that fit.
+    fn new_message(&self, client: &ClientId, message: &PushedMessage);
+}
+
+/// The client an envelope is for.
+fn envelope_client(envelope: &crate::store::Envelope) -> ClientId {
+    ClientId {
+        user_id: Text::truncated(&envelope.user_id),
+        device_id: envelope.device_id,
+    }
+}
+
+/// A message just queued for one client, as a `NewMessages` hint may carry it.
+#[derive(Clone, Debug)]
+pub struct PushedMessage {
+    pub seq: u64,
+    pub enqueued_at_ms: u64,
+    pub kind: crate::protocol::MessageKind,
+    /// Shared by every recipient of a fanned-out message.
+    pub payload: Arc<Vec<u8>>,
+}
+
+/// Tells the connected recipients of `envelopes` what was queued for them (`outcomes`, in the
+/// same order, from the store).
+fn announce_queued(
+    sessions: &dyn Sessions,
+    envelopes: &[crate::store::Envelope],
+    outcomes: &[crate::store::Enqueued],
+    enqueued_at_ms: u64,
+) {
+    for (envelope, outcome) in envelopes.iter().zip(outcomes) {
+        let crate::store::Enqueued::Queued { seq } = *outcome else {
+            continue;
+        };
+        let Some(kind) = crate::protocol::MessageKind::from_u8(envelope.kind) else {
+            continue;
+        };
+        sessions.new_message(
+            &envelope_client(envelope),
+            &PushedMessage {
+                seq,
+                enqueued_at_ms,
+                kind,
+                payload: envelope.payload.clone(),
+            },
+        );
+    }
 }
 
 /// Who is asking: the connection's authenticated client (if any) and its channel binding.

@@ -72,24 +72,21 @@ impl Queues {
                 });
             }
         }
+        let now_ms = self.clock.now_ms();
         let outcomes = self
             .store
-            .enqueue(envelopes, self.clock.now_ms(), self.limits())
+            .enqueue(envelopes.clone(), now_ms, self.limits())
             .await?;
+        super::announce_queued(&*self.sessions, &envelopes, &outcomes, now_ms);
         let mut outcomes = outcomes.into_iter();
         let mut report = Vec::with_capacity(deliveries.len());
         for (delivery, count) in deliveries.iter().zip(shape) {
-            let mut per_recipient = Vec::with_capacity(count);
-            for (recipient, outcome) in delivery
+            let per_recipient = delivery
                 .recipients
                 .iter()
+                .cloned()
                 .zip(outcomes.by_ref().take(count))
-            {
-                if let Enqueued::Queued { seq } = outcome {
-                    self.sessions.new_messages(recipient, seq);
-                }
-                per_recipient.push((recipient.clone(), outcome));
-            }
+                .collect();
             report.push(per_recipient);
         }
         Ok(report)
@@ -144,19 +141,15 @@ impl Queues {
                 });
             }
         }
-        let recipients: Vec<ClientId> = delivery
-            .items
-            .iter()
-            .flat_map(|item| item.recipients.iter().cloned())
-            .collect();
+        let now_ms = self.clock.now_ms();
         let outcomes = self
             .store
             .receive_delivery(
                 peer,
                 delivery.delivery_id.as_slice(),
                 delivery.group_id.as_slice(),
-                envelopes,
-                self.clock.now_ms(),
+                envelopes.clone(),
+                now_ms,
                 self.limits(),
             )
             .await?
@@ -164,14 +157,15 @@ impl Queues {
                 // A group has one hub: a second peer claiming it is refused.
                 ServiceError::PeerRefused(format!("that group is hosted by {hub}, not {peer}"))
             })?;
-        for (client, outcome) in recipients.iter().zip(outcomes.unwrap_or_default()) {
-            match outcome {
-                Enqueued::Queued { seq } => self.sessions.new_messages(client, seq),
-                other => {
-                    tracing::warn!(%client, ?other, %peer, "a delivered message was not queued")
-                }
+        // `None`: a repeated delivery, queued the first time.
+        let outcomes = outcomes.unwrap_or_default();
+        for (envelope, outcome) in envelopes.iter().zip(&outcomes) {
+            if !matches!(outcome, Enqueued::Queued { .. }) {
+                let client = format!("{}/{}", envelope.user_id, envelope.device_id);
+                tracing::warn!(%client, ?outcome, %peer, "a delivered message was not queued");
             }
         }
+        super::announce_queued(&*self.sessions, &envelopes, &outcomes, now_ms);
         Ok(())
     }
 

@@ -13,9 +13,9 @@ use super::sessions::PushFeed;
 use super::Shared;
 use crate::protocol::{
     close_code, decode_request, encode_notification_record, encode_push_header, encode_response,
-    AuthenticateRequest, AuthenticateResponse, ClientId, ErrorCode, ErrorResponse, NewMessages,
-    Notification, Request, Response, ResponseBody, ALPN_CLIENT, ALPN_FEDERATION,
-    CHANNEL_BINDING_LEN, MAX_REQUEST_LEN, MAX_RESPONSE_LEN, STREAM_REFUSED,
+    AuthenticateRequest, AuthenticateResponse, ClientId, ErrorCode, ErrorResponse, Notification,
+    Request, Response, ResponseBody, ALPN_CLIENT, ALPN_FEDERATION, CHANNEL_BINDING_LEN,
+    MAX_REQUEST_LEN, MAX_RESPONSE_LEN, STREAM_REFUSED,
 };
 use crate::services::{Caller, KeyPackageRejection, ServiceError};
 use crate::store::StoreError;
@@ -371,7 +371,6 @@ impl Session {
 /// Writes pushed notifications, and a `NewMessages` hint whenever the client's queue grows,
 /// until the registry drops the connection; then finishes the stream.
 async fn write_notifications(stream: &mut SendStream, mut feed: PushFeed) {
-    let mut messages_open = true;
     loop {
         let notification = tokio::select! {
             // Drain explicit notifications first: a shutdown notice must not wait behind hints.
@@ -380,14 +379,10 @@ async fn write_notifications(stream: &mut SendStream, mut feed: PushFeed) {
                 Some(notification) => notification,
                 None => break,
             },
-            changed = feed.latest_seq.changed(), if messages_open => {
-                if changed.is_err() {
-                    messages_open = false;
-                    continue;
-                }
-                let latest_seq = *feed.latest_seq.borrow_and_update();
-                Notification::NewMessages(NewMessages { latest_seq })
-            }
+            () = feed.hint.ready() => match feed.hint.take() {
+                Some(hint) => Notification::NewMessages(hint),
+                None => continue,
+            },
         };
         match encode_notification_record(&notification) {
             Ok(record) => {

@@ -4,14 +4,16 @@
 //! Notifications are hints (everything they announce can be fetched with a request), so a
 //! connection whose queue is full misses the notification instead of slowing the sender down.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::protocol::{ClientId, Notification};
-use crate::services::Sessions;
+use crate::protocol::{
+    ClientId, NewMessages, Notification, QueuedMessage, MAX_PUSHED_BYTES, MAX_PUSHED_MESSAGES,
+};
+use crate::services::{PushedMessage, Sessions};
 
 /// Notifications that may wait for one slow connection before newer ones are dropped.
 pub const PUSH_QUEUE_CAPACITY: usize = 64;
@@ -23,9 +25,7 @@ pub type ConnectionKey = usize;
 struct SessionEntry {
     connection: ConnectionKey,
     notifications: mpsc::Sender<Notification>,
-    /// The newest queued message's sequence number: a slot, not a queue, so a slow reader gets
-    /// only the latest hint and an enqueue never waits.
-    latest_seq: watch::Sender<u64>,
+    hint: Arc<HintSlot>,
     /// Cancelled to make the connection finish its requests and close.
     close: CancellationToken,
 }
@@ -33,7 +33,101 @@ struct SessionEntry {
 /// What the push writer of one connection reads from.
 pub struct PushFeed {
     pub notifications: mpsc::Receiver<Notification>,
-    pub latest_seq: watch::Receiver<u64>,
+    pub hint: Arc<HintSlot>,
+}
+
+/// A connection's `NewMessages` hint in waiting: a slot, not a queue. An enqueue updates it
+/// without ever waiting; the push writer takes what is there when it gets to it, so a slow reader
+/// gets the newest hint (with the newest small messages) and nothing older.
+#[derive(Default)]
+pub struct HintSlot {
+    pending: Mutex<PendingHint>,
+    /// Signalled when the slot has something newer; keeps one wake-up for a busy writer.
+    ready: Notify,
+}
+
+#[derive(Default)]
+struct PendingHint {
+    /// The newest queued message's sequence number (hints only move forward).
+    latest_seq: u64,
+    /// The `latest_seq` of the last hint taken.
+    taken_seq: u64,
+    /// The newest messages, if small: consecutive sequence numbers ending at `latest_seq`.
+    messages: VecDeque<PushedMessage>,
+    bytes: usize,
+}
+
+impl HintSlot {
+    /// Records that `message` was queued; never waits.
+    fn offer(&self, message: &PushedMessage) {
+        let mut pending = self.lock();
+        if message.seq <= pending.latest_seq {
+            return;
+        }
+        if message.seq != pending.latest_seq + 1 {
+            // Something queued in between was announced out of order (or not at all): the
+            // messages held no longer end where the new one starts.
+            pending.messages.clear();
+            pending.bytes = 0;
+        }
+        pending.latest_seq = message.seq;
+        let size = message.payload.len();
+        if size > MAX_PUSHED_BYTES {
+            pending.messages.clear();
+            pending.bytes = 0;
+        } else {
+            // Keep the newest: make room by letting the oldest go (the client fetches them).
+            while pending.messages.len() >= MAX_PUSHED_MESSAGES
+                || pending.bytes + size > MAX_PUSHED_BYTES
+            {
+                let Some(oldest) = pending.messages.pop_front() else {
+                    break;
+                };
+                pending.bytes -= oldest.payload.len();
+            }
+            pending.bytes += size;
+            pending.messages.push_back(message.clone());
+        }
+        drop(pending);
+        self.ready.notify_one();
+    }
+
+    /// Waits until the slot may hold something newer than the last hint taken.
+    pub async fn ready(&self) {
+        self.ready.notified().await;
+    }
+
+    /// The hint to send, if the queue moved on since the last one was taken.
+    pub fn take(&self) -> Option<NewMessages> {
+        let (latest_seq, messages) = {
+            let mut pending = self.lock();
+            if pending.latest_seq <= pending.taken_seq {
+                return None;
+            }
+            pending.taken_seq = pending.latest_seq;
+            pending.bytes = 0;
+            (pending.latest_seq, std::mem::take(&mut pending.messages))
+        };
+        Some(NewMessages {
+            latest_seq,
+            messages: messages
+                .into_iter()
+                .map(|message| QueuedMessage {
+                    seq: message.seq,
+                    enqueued_at_ms: message.enqueued_at_ms,
+                    kind: message.kind,
+                    payload: message.payload.as_slice().into(),
+                })
+                .collect(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PendingHint> {
+        // Every update leaves the hint consistent, even if a holder panicked mid-way.
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 #[derive(Default)]
@@ -51,19 +145,19 @@ impl SessionRegistry {
         close: CancellationToken,
     ) -> PushFeed {
         let (notifications, receiver) = mpsc::channel(PUSH_QUEUE_CAPACITY);
-        let (latest_seq, latest_receiver) = watch::channel(0);
+        let hint = Arc::new(HintSlot::default());
         self.lock()
             .entry(client.clone())
             .or_default()
             .push(SessionEntry {
                 connection,
                 notifications,
-                latest_seq,
+                hint: hint.clone(),
                 close,
             });
         PushFeed {
             notifications: receiver,
-            latest_seq: latest_receiver,
+            hint,
         }
     }
 
@@ -93,7 +187,7 @@ impl SessionRegistry {
         self.lock().get(client).map_or(0, Vec::len)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ClientId, Vec<SessionEntry>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<ClientId, Vec<SessionEntry>>> {
         // The map stays consistent even if a holder panicked: every update is a single call.
         self.clients
             .lock()
@@ -112,16 +206,10 @@ impl Sessions for SessionRegistry {
         })
     }
 
-    fn new_messages(&self, client: &ClientId, latest_seq: u64) {
+    fn new_message(&self, client: &ClientId, message: &PushedMessage) {
         if let Some(sessions) = self.lock().get(client) {
             for session in sessions {
-                session.latest_seq.send_if_modified(|latest| {
-                    let newer = latest_seq > *latest;
-                    if newer {
-                        *latest = latest_seq;
-                    }
-                    newer
-                });
+                session.hint.offer(message);
             }
         }
     }
@@ -138,7 +226,20 @@ impl Sessions for SessionRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Text;
+    use crate::protocol::{MessageKind, Text};
+
+    fn message(seq: u64, size: usize) -> PushedMessage {
+        PushedMessage {
+            seq,
+            enqueued_at_ms: 1,
+            kind: MessageKind::Mls,
+            payload: Arc::new(vec![seq as u8; size]),
+        }
+    }
+
+    fn seqs(hint: &NewMessages) -> Vec<u64> {
+        hint.messages.iter().map(|m| m.seq).collect()
+    }
 
     #[tokio::test]
     async fn new_message_hints_coalesce_to_the_latest_without_blocking() {
@@ -147,16 +248,55 @@ mod tests {
             user_id: Text::new("bob@localhost").unwrap(),
             device_id: 1,
         };
-        let mut feed = registry.register(&client, 7, CancellationToken::new());
+        let feed = registry.register(&client, 7, CancellationToken::new());
         for seq in 1..=10_000 {
-            registry.new_messages(&client, seq);
+            registry.new_message(&client, &message(seq, 10));
         }
-        feed.latest_seq.changed().await.unwrap();
-        assert_eq!(*feed.latest_seq.borrow_and_update(), 10_000);
-        // One slot, not a queue: nothing older is left to read.
-        assert!(!feed.latest_seq.has_changed().unwrap());
+        feed.hint.ready().await;
+        let hint = feed.hint.take().unwrap();
+        assert_eq!(hint.latest_seq, 10_000);
+        // One slot, not a queue: only the newest messages that fit ride along.
+        assert_eq!(
+            seqs(&hint),
+            (10_001 - MAX_PUSHED_MESSAGES as u64..=10_000).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            hint.messages[0].payload.as_slice(),
+            message(hint.messages[0].seq, 10).payload.as_slice()
+        );
+        assert!(feed.hint.take().is_none(), "nothing older is left to read");
         // A stale hint never moves it backwards.
-        registry.new_messages(&client, 5);
-        assert!(!feed.latest_seq.has_changed().unwrap());
+        registry.new_message(&client, &message(5, 10));
+        assert!(feed.hint.take().is_none());
+    }
+
+    #[test]
+    fn only_small_consecutive_messages_ride_along() {
+        let slot = HintSlot::default();
+        slot.offer(&message(1, 100));
+        slot.offer(&message(2, MAX_PUSHED_BYTES + 1));
+        let hint = slot.take().unwrap();
+        assert_eq!(
+            (hint.latest_seq, seqs(&hint)),
+            (2, vec![]),
+            "too large: announced only"
+        );
+
+        slot.offer(&message(3, MAX_PUSHED_BYTES / 2));
+        slot.offer(&message(4, MAX_PUSHED_BYTES / 2));
+        slot.offer(&message(5, 1));
+        let hint = slot.take().unwrap();
+        assert_eq!(
+            (hint.latest_seq, seqs(&hint)),
+            (5, vec![4, 5]),
+            "the oldest made room"
+        );
+
+        // 7 announced before 6 (two writes racing): 6 is then stale, and the run starts at 7.
+        slot.offer(&message(7, 1));
+        slot.offer(&message(6, 1));
+        slot.offer(&message(8, 1));
+        let hint = slot.take().unwrap();
+        assert_eq!((hint.latest_seq, seqs(&hint)), (8, vec![7, 8]));
     }
 }
