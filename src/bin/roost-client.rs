@@ -13,6 +13,7 @@ use openmls::prelude::{BasicCredential, KeyPackageIn, ProtocolVersion};
 use openmls_rust_crypto::RustCrypto;
 use roost::client::groups::{is_wrong_epoch, GroupClient, GroupEvent};
 use roost::client::mls::DeviceMls;
+use roost::client::queue::{HintAction, QueuePosition};
 use roost::client::state::DeviceIdentity;
 use roost::client::{
     add_client_request, verify_user_clients, ClientConfig, ClientError, Connection, PushStream,
@@ -21,8 +22,8 @@ use roost::clock::{format_utc, Clock, SystemClock};
 use roost::identity::verify_member;
 use roost::identity::{verify_credential, CredentialError, DomainKeys};
 use roost::protocol::{
-    ClaimOutcome, ClaimedKeyPackages, ClientCredential, ClientId, MessageKind, Notification,
-    QueuedMessage, ServerNotice, Text, UserClients,
+    ClaimOutcome, ClaimedKeyPackages, ClientCredential, ClientId, MessageKind, NewMessages,
+    Notification, QueuedMessage, ServerNotice, Text, UserClients,
 };
 use serde_json::json;
 use tls_codec::Deserialize as _;
@@ -352,14 +353,15 @@ async fn execute(
         }
         Command::Recv { wait } => {
             let (device, mut push) = authenticate(connection, &cli.state).await?;
-            let received = receive(connection, &device, cli.json).await?;
+            let mut reader = QueueReader::new(connection, &device, cli.json).await?;
+            let received = reader.catch_up().await?;
             if received == 0 && *wait > 0 {
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(*wait);
                 while let Ok(Some(notification)) =
                     tokio::time::timeout_at(deadline, push.next()).await
                 {
-                    if let Notification::NewMessages(_) = notification? {
-                        if receive(connection, &device, cli.json).await? > 0 {
+                    if let Notification::NewMessages(hint) = notification? {
+                        if reader.on_hint(&hint).await? > 0 {
                             break;
                         }
                     }
@@ -369,7 +371,8 @@ async fn execute(
         }
         Command::Listen => {
             let (device, mut push) = authenticate(connection, &cli.state).await?;
-            receive(connection, &device, cli.json).await?;
+            let mut reader = QueueReader::new(connection, &device, cli.json).await?;
+            reader.catch_up().await?;
             loop {
                 let notification = tokio::select! {
                     _ = tokio::signal::ctrl_c() => break,
@@ -379,8 +382,8 @@ async fn execute(
                     },
                 };
                 match notification {
-                    Notification::NewMessages(_) => {
-                        receive(connection, &device, cli.json).await?;
+                    Notification::NewMessages(hint) => {
+                        reader.on_hint(&hint).await?;
                     }
                     Notification::KeyPackagesLow(low) => {
                         let published = device.top_up(connection).await?;
@@ -652,35 +655,103 @@ fn print_event(json: bool, object: serde_json::Value, text: String) {
 /// Messages fetched per request while draining the queue.
 const FETCH_BATCH: u32 = 100;
 
-/// Fetches every queued message, processes it (MLS messages and Welcomes through this
-/// device's groups, server notices as notices), prints it (one JSON object per line with
-/// `--json`), and acknowledges it. Application messages print as `GROUP SENDER TEXT`. Returns how
-/// many messages there were.
+/// Fetches every queued message, processes, prints and acknowledges it (see [`QueueReader`]).
+/// Returns how many messages there were.
 async fn receive(connection: &Connection, device: &Device, json: bool) -> anyhow::Result<usize> {
-    let groups = device.groups(connection).await?;
-    let mut received = 0;
-    loop {
-        let fetched = connection.fetch_messages(0, FETCH_BATCH, 1 << 20).await?;
-        let Some(last) = fetched.messages.last().map(|message| message.seq) else {
-            return Ok(received);
-        };
-        for message in &fetched.messages {
-            received += 1;
+    QueueReader::new(connection, device, json)
+        .await?
+        .catch_up()
+        .await
+}
+
+/// Reads this device's queue: processes what it fetches or is pushed (MLS messages and
+/// Welcomes through the device's groups, server notices as notices), prints it (one JSON object
+/// per line with `--json`; application messages as `GROUP SENDER TEXT`), keeps the device's
+/// state, and acknowledges it.
+struct QueueReader<'a> {
+    connection: &'a Connection,
+    device: &'a Device,
+    json: bool,
+    groups: GroupClient<'a>,
+    groups_made: std::time::Instant,
+    position: QueuePosition,
+}
+
+impl<'a> QueueReader<'a> {
+    /// How long the reader verifies members with the same server keys and clock reading.
+    const GROUPS_REFRESH: Duration = Duration::from_secs(60);
+
+    async fn new(
+        connection: &'a Connection,
+        device: &'a Device,
+        json: bool,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            connection,
+            device,
+            json,
+            groups: device.groups(connection).await?,
+            groups_made: std::time::Instant::now(),
+            position: QueuePosition::default(),
+        })
+    }
+
+    /// Fetches and processes until the queue is empty. Returns how many messages there were.
+    async fn catch_up(&mut self) -> anyhow::Result<usize> {
+        let mut received = 0;
+        loop {
+            let fetched = self
+                .connection
+                .fetch_messages(0, FETCH_BATCH, 1 << 20)
+                .await?;
+            self.position.caught_up(&fetched);
+            let Some(last) = fetched.messages.last().map(|message| message.seq) else {
+                return Ok(received);
+            };
+            received += fetched.messages.len();
+            self.process(&fetched.messages, last).await?;
+        }
+    }
+
+    /// Acts on a `NewMessages` hint: the messages it carries are processed without a fetch
+    /// when they follow on from what is done; otherwise the queue is fetched. Returns how many
+    /// messages were processed.
+    async fn on_hint(&mut self, hint: &NewMessages) -> anyhow::Result<usize> {
+        match self.position.on_hint(hint) {
+            HintAction::Nothing => Ok(0),
+            HintAction::Process(messages) => {
+                self.process(messages, hint.latest_seq).await?;
+                Ok(messages.len())
+            }
+            HintAction::Fetch => self.catch_up().await,
+        }
+    }
+
+    /// Processes and prints `messages`, keeps the device's state, then acknowledges up to
+    /// `last`.
+    async fn process(&mut self, messages: &[QueuedMessage], last: u64) -> anyhow::Result<()> {
+        if self.groups_made.elapsed() > Self::GROUPS_REFRESH {
+            self.groups = self.device.groups(self.connection).await?;
+            self.groups_made = std::time::Instant::now();
+        }
+        for message in messages {
             let group_notice = message.kind == MessageKind::ServerNotice
                 && matches!(
                     ServerNotice::tls_deserialize_exact(message.payload.as_slice()),
                     Ok(ServerNotice::GroupDeleted(_))
                 );
             let (object, text) = if message.kind == MessageKind::ServerNotice && !group_notice {
-                notice_output(connection, device, message).await?
+                notice_output(self.connection, self.device, message).await?
             } else {
-                group_event_output(message.seq, groups.process(message).await)
+                group_event_output(message.seq, self.groups.process(message).await)
             };
-            print_event(json, object, text);
+            print_event(self.json, object, text);
         }
         // Group state moves with what was processed: keep it before acknowledging.
-        device.save()?;
-        connection.ack_messages(last).await?;
+        self.device.save()?;
+        self.connection.ack_messages(last).await?;
+        self.position.advance(last);
+        Ok(())
     }
 }
 

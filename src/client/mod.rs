@@ -6,6 +6,7 @@
 
 pub mod groups;
 pub mod mls;
+pub mod queue;
 pub mod state;
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -1,8 +1,9 @@
 //! Durable client queues and realtime push.
 
+use roost::client::queue::{HintAction, QueuePosition};
 use roost::clock::SECONDS_PER_DAY;
 use roost::protocol::{
-    ClientId, ErrorCode, MessageKind, Notification, ServerNotice, MAX_FETCH_COUNT,
+    ClientId, ErrorCode, MessageKind, Notification, ServerNotice, MAX_FETCH_COUNT, MAX_PUSHED_BYTES,
 };
 use roost::services::Delivery;
 use roost::store::Enqueued;
@@ -113,10 +114,79 @@ async fn every_connection_hears_of_new_messages_at_once() {
     deliver(&server, &[&client], b"hello").await;
     for push in [&mut laptop.push, &mut phone.push] {
         match within(push.next()).await.unwrap().unwrap() {
-            Notification::NewMessages(new) => assert_eq!(new.latest_seq, 1),
+            Notification::NewMessages(new) => {
+                assert_eq!(new.latest_seq, 1);
+                // Small: it rides along, so the client needs no fetch.
+                let carried: Vec<_> = new
+                    .messages
+                    .iter()
+                    .map(|m| (m.seq, m.kind, m.payload.as_slice()))
+                    .collect();
+                assert_eq!(carried, [(1, MessageKind::Mls, &b"hello"[..])]);
+            }
             other => panic!("expected NewMessages, got {other:?}"),
         }
     }
+}
+
+#[tokio::test]
+async fn a_connected_client_processes_what_the_hint_carries_without_fetching() {
+    let server = TestServer::start().await;
+    let mut bob = server.register("bob@localhost").await;
+    let client = bob.identity.client.clone();
+    let mut position = QueuePosition::default();
+    let fetched = within(bob.connection.fetch_messages(0, MAX_FETCH_COUNT, u32::MAX))
+        .await
+        .unwrap();
+    position.caught_up(&fetched);
+
+    for text in [&b"one"[..], b"two", b"three"] {
+        deliver(&server, &[&client], text).await;
+        let hint = loop {
+            match within(bob.push.next()).await.unwrap().unwrap() {
+                Notification::NewMessages(hint) => break hint,
+                _ => continue,
+            }
+        };
+        let HintAction::Process(messages) = position.on_hint(&hint) else {
+            panic!("the hint should carry what follows on: {hint:?}");
+        };
+        assert_eq!(messages.last().unwrap().payload.as_slice(), text);
+        within(bob.connection.ack_messages(hint.latest_seq))
+            .await
+            .unwrap();
+        position.advance(hint.latest_seq);
+    }
+    assert_eq!(position.done(), 3);
+    assert!(
+        fetch_all(&bob).await.is_empty(),
+        "acknowledged from the hints alone"
+    );
+}
+
+#[tokio::test]
+async fn a_large_message_is_announced_not_carried_and_stays_queued_until_acknowledged() {
+    let server = TestServer::start().await;
+    let mut bob = server.register("bob@localhost").await;
+    let client = bob.identity.client.clone();
+    let large = vec![7u8; MAX_PUSHED_BYTES + 1];
+    deliver(&server, &[&client], &large).await;
+    match within(bob.push.next()).await.unwrap().unwrap() {
+        Notification::NewMessages(new) => {
+            assert_eq!((new.latest_seq, new.messages.len()), (1, 0));
+        }
+        other => panic!("expected NewMessages, got {other:?}"),
+    }
+    deliver(&server, &[&client], b"small").await;
+    match within(bob.push.next()).await.unwrap().unwrap() {
+        Notification::NewMessages(new) => {
+            assert_eq!(new.latest_seq, 2);
+            assert_eq!(new.messages[0].payload.as_slice(), b"small");
+        }
+        other => panic!("expected NewMessages, got {other:?}"),
+    }
+    // Carried or not, both wait in the queue until acknowledged.
+    assert_eq!(fetch_all(&bob).await, [(1, large), (2, b"small".to_vec())]);
 }
 
 #[tokio::test]
