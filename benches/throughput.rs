@@ -2,7 +2,8 @@
 //!
 //! - queue writes through the group-commit writer (many concurrent single-recipient enqueues);
 //! - fan-out of one message to 1,000 queues (one commit each);
-//! - requests per second over one real QUIC connection to a real server on loopback.
+//! - requests per second over one real QUIC connection to a real server on loopback;
+//! - latency from queued to in a connected client's hands, carried by the push or fetched.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,7 +28,73 @@ async fn main() {
     fan_out(&store, &users).await;
     store.close().await;
     quic_requests().await;
+    push_latency().await;
     group_messages().await;
+}
+
+/// From a message being queued to a connected client holding it: carried by the push hint,
+/// versus announced by the hint and then fetched (one more round trip and a database read).
+async fn push_latency() {
+    use roost::protocol::{MessageKind, Notification};
+    use roost::services::Delivery;
+
+    const ROUNDS: usize = 500;
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig::new(
+        "localhost".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path().join("data"),
+    );
+    let server = Server::start(config).await.unwrap();
+    let client_config =
+        ClientConfig::new(server.local_addr(), "localhost", server.certificate_path()).unwrap();
+    let connection = Connection::connect(&client_config).await.unwrap();
+    let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let registered = connection
+        .register_user("bob@localhost", &key, 1, None)
+        .await
+        .unwrap();
+    let client = registered.client.clone();
+    let mut push = connection.authenticate(&client, &key).await.unwrap();
+    let (mut carried, mut fetched) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let start = Instant::now();
+        server
+            .services()
+            .queues()
+            .deliver(vec![Delivery {
+                recipients: vec![client.clone()],
+                kind: MessageKind::Mls,
+                payload: vec![0x42; 200],
+            }])
+            .await
+            .unwrap();
+        let hint = loop {
+            if let Some(Ok(Notification::NewMessages(hint))) = push.next().await {
+                break hint;
+            }
+        };
+        assert!(!hint.messages.is_empty(), "a 200-byte message rides along");
+        // Every other round, ignore what the hint carries and fetch, as a client without it would.
+        if round % 2 == 0 {
+            carried.push(start.elapsed());
+        } else {
+            let messages = connection.fetch_messages(0, 100, 1 << 20).await.unwrap();
+            assert!(!messages.messages.is_empty());
+            fetched.push(start.elapsed());
+        }
+        connection.ack_messages(hint.latest_seq).await.unwrap();
+    }
+    carried.sort();
+    fetched.sort();
+    println!(
+        "queued -> in a connected client's hands, 200-byte message: carried by the push p50 {:.2?} p99 {:.2?}; pushed hint then fetch p50 {:.2?} p99 {:.2?}",
+        carried[carried.len() / 2],
+        carried[carried.len() * 99 / 100],
+        fetched[fetched.len() / 2],
+        fetched[fetched.len() * 99 / 100],
+    );
+    server.shutdown().await.unwrap();
 }
 
 /// End to end: one device sends application messages to a group of `MEMBERS` devices through a
