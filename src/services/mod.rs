@@ -431,7 +431,12 @@ impl Services {
         if self.federation.is_none() {
             return Ok(list);
         }
-        let hubs = self.store.group_hubs().await?;
+        let routes = self.store.group_routes().await?;
+        let hosted_by: std::collections::HashMap<&[u8], &str> = routes
+            .iter()
+            .map(|(group_id, hub)| (group_id.as_slice(), hub.as_str()))
+            .collect();
+        let hubs: std::collections::BTreeSet<&str> = hosted_by.values().copied().collect();
         let answers = futures::future::join_all(hubs.iter().map(|hub| {
             let relayed = FederationRequest::RelayGroupRequest(RelayedGroupRequest {
                 sender: caller.clone(),
@@ -443,15 +448,21 @@ impl Services {
         for (hub, answer) in hubs.into_iter().zip(answers) {
             match answer {
                 Ok(FederationResponseBody::GroupResponse(ResponseBody::Groups(hosted))) => {
-                    list.groups.extend(hosted.groups);
+                    // A peer speaks only for the groups it hosts.
+                    list.groups.extend(
+                        hosted
+                            .groups
+                            .into_iter()
+                            .filter(|group| hosted_by.get(group.group_id.as_slice()) == Some(&hub)),
+                    );
                 }
                 Ok(other) => {
                     tracing::warn!(%hub, error = %unexpected_peer_answer(&other), "cannot list a hub's groups");
-                    list.unreachable_hubs.push(Text::truncated(&hub));
+                    list.unreachable_hubs.push(Text::truncated(hub));
                 }
                 Err(e) => {
                     tracing::warn!(%hub, error = %e, "cannot list a hub's groups");
-                    list.unreachable_hubs.push(Text::truncated(&hub));
+                    list.unreachable_hubs.push(Text::truncated(hub));
                 }
             }
         }

@@ -148,13 +148,22 @@ impl Store {
 
     /// Every peer hosting a group this server's clients were delivered to.
     pub async fn group_hubs(&self) -> Result<Vec<String>, StoreError> {
+        let routes = self.group_routes().await?;
+        let hubs: std::collections::BTreeSet<String> =
+            routes.into_iter().map(|(_, hub)| hub).collect();
+        Ok(hubs.into_iter().collect())
+    }
+
+    /// Every remote group this server's clients were delivered to, with the peer hosting it.
+    pub async fn group_routes(&self) -> Result<Vec<(Vec<u8>, String)>, StoreError> {
         self.read(|txn| {
             let routes = txn.open_table(GROUP_ROUTES)?;
-            let mut hubs = std::collections::BTreeSet::new();
+            let mut found = Vec::new();
             for entry in routes.iter()? {
-                hubs.insert(entry?.1.value().to_owned());
+                let (group_id, hub) = entry?;
+                found.push((group_id.value().to_vec(), hub.value().to_owned()));
             }
-            Ok(hubs.into_iter().collect())
+            Ok(found)
         })
         .await
     }
