@@ -40,14 +40,7 @@ async fn push_latency() {
 
     const ROUNDS: usize = 500;
     let dir = tempfile::tempdir().unwrap();
-    let config = ServerConfig::new(
-        "localhost".parse().unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-        dir.path().join("data"),
-    );
-    let server = Server::start(config).await.unwrap();
-    let client_config =
-        ClientConfig::new(server.local_addr(), "localhost", server.certificate_path()).unwrap();
+    let (server, client_config) = start_server(dir.path()).await;
     let connection = Connection::connect(&client_config).await.unwrap();
     let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
     let registered = connection
@@ -107,14 +100,7 @@ async fn group_messages() {
     const MEMBERS: usize = 20;
     const MESSAGES: usize = 500;
     let dir = tempfile::tempdir().unwrap();
-    let config = ServerConfig::new(
-        "localhost".parse().unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-        dir.path().join("data"),
-    );
-    let server = Server::start(config).await.unwrap();
-    let client_config =
-        ClientConfig::new(server.local_addr(), "localhost", server.certificate_path()).unwrap();
+    let (server, client_config) = start_server(dir.path()).await;
     let mut devices = Vec::new();
     for i in 0..MEMBERS {
         let connection = Connection::connect(&client_config).await.unwrap();
@@ -167,6 +153,19 @@ async fn group_messages() {
         (MESSAGES * (MEMBERS - 1)) as f64 / elapsed.as_secs_f64()
     );
     server.shutdown().await.unwrap();
+}
+
+/// A server for `localhost` on loopback with its data in `dir`, and how clients reach it.
+async fn start_server(dir: &std::path::Path) -> (Server, ClientConfig) {
+    let config = ServerConfig::new(
+        "localhost".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+        dir.join("data"),
+    );
+    let server = Server::start(config).await.unwrap();
+    let client_config =
+        ClientConfig::new(server.local_addr(), "localhost", server.certificate_path()).unwrap();
+    (server, client_config)
 }
 
 async fn register(store: &Store) -> Vec<String> {
@@ -275,14 +274,7 @@ async fn quic_requests() {
     const REQUESTS: usize = 20_000;
     const IN_FLIGHT: usize = 64;
     let dir = tempfile::tempdir().unwrap();
-    let config = ServerConfig::new(
-        "localhost".parse().unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-        dir.path().join("data"),
-    );
-    let server = Server::start(config).await.unwrap();
-    let client_config =
-        ClientConfig::new(server.local_addr(), "localhost", server.certificate_path()).unwrap();
+    let (server, client_config) = start_server(dir.path()).await;
     let connection = Arc::new(Connection::connect(&client_config).await.unwrap());
     let start = Instant::now();
     let tasks: Vec<_> = (0..IN_FLIGHT)
