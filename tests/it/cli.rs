@@ -170,6 +170,25 @@ fn serve_refuses_a_data_dir_made_for_another_domain() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("a.example"));
 }
 
+/// The `roost serve` flags for `domain` with the certificate `roost certs` wrote into `certs`.
+fn serve_as(certs: &Path, domain: &str) -> Vec<String> {
+    let file = |extension: &str| {
+        certs
+            .join(format!("{domain}.{extension}"))
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    vec![
+        "--domain".to_owned(),
+        domain.to_owned(),
+        "--cert".to_owned(),
+        file("pem"),
+        "--key".to_owned(),
+        file("key"),
+    ]
+}
+
 /// `roost certs --domain DOMAIN --out OUT`.
 fn roost_certs(out: &Path, domain: &str) {
     let status = Command::new(ROOST)
@@ -200,19 +219,9 @@ fn certs_share_one_ca_and_serve_with_it() {
     // Both certificates chain to the CA: a client trusting only ca.pem reaches either server.
     for domain in ["a.example", "b.example"] {
         let data_dir = dir.path().join(domain);
-        let cert = out.join(format!("{domain}.pem"));
-        let key = out.join(format!("{domain}.key"));
-        let server = ServerProcess::start(
-            &data_dir,
-            &[
-                "--domain",
-                domain,
-                "--cert",
-                cert.to_str().unwrap(),
-                "--key",
-                key.to_str().unwrap(),
-            ],
-        );
+        let args = serve_as(&out, domain);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let server = ServerProcess::start(&data_dir, &args);
         let info = client_json(server.addr, domain, &out.join("ca.pem"), &["info"]);
         assert_eq!(info["domain"], domain);
         assert!(server.terminate().success());
@@ -811,24 +820,15 @@ fn two_homeservers_carry_a_conversation_between_their_users() {
     let (a_addr, b_addr) = (free_port(), free_port());
     let ca = certs.join("ca.pem");
     let serve = |domain: &str, listen: SocketAddr, peer: &str, peer_addr: SocketAddr| {
-        let cert = certs.join(format!("{domain}.pem"));
-        let key = certs.join(format!("{domain}.key"));
-        ServerProcess::start_on(
-            &listen.to_string(),
-            &dir.path().join(domain),
-            &[
-                "--domain",
-                domain,
-                "--cert",
-                cert.to_str().unwrap(),
-                "--key",
-                key.to_str().unwrap(),
-                "--peer",
-                &format!("{peer}={peer_addr}"),
-                "--peer-ca",
-                ca.to_str().unwrap(),
-            ],
-        )
+        let mut args = serve_as(&certs, domain);
+        args.extend([
+            "--peer".to_owned(),
+            format!("{peer}={peer_addr}"),
+            "--peer-ca".to_owned(),
+            ca.to_str().unwrap().to_owned(),
+        ]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ServerProcess::start_on(&listen.to_string(), &dir.path().join(domain), &args)
     };
     let a = serve("a.example", a_addr, "b.example", b_addr);
     let b = serve("b.example", b_addr, "a.example", a_addr);
