@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use roost::client::{ClientConfig, Connection};
 use roost::config::ServerConfig;
 use roost::server::Server;
-use roost::store::{Envelope, NewUser, QueueLimits, Store};
+use roost::store::{Admission, Envelope, NewUser, QueueLimits, Store};
 
 const USERS: usize = 1000;
 const LIMITS: QueueLimits = QueueLimits {
@@ -217,8 +217,13 @@ async fn concurrent_enqueues(store: &Store, users: &[String]) {
                         device_id: 1,
                         kind: 0,
                         payload: payload.clone(),
+                        admission: Admission::Message,
                     };
-                    store.enqueue(vec![envelope], 0, LIMITS).await.unwrap();
+                    store
+                        .enqueue(vec![envelope], 0, LIMITS)
+                        .await
+                        .unwrap()
+                        .unwrap();
                 }
             })
         })
@@ -255,10 +260,11 @@ async fn fan_out_of(store: &Store, users: &[String], size: usize) {
                 device_id: 1,
                 kind: 0,
                 payload: payload.clone(),
+                admission: Admission::Message,
             })
             .collect();
         let start = Instant::now();
-        store.enqueue(envelopes, 0, LIMITS).await.unwrap();
+        store.enqueue(envelopes, 0, LIMITS).await.unwrap().unwrap();
         timings.push(start.elapsed());
     }
     timings.sort();

@@ -64,6 +64,27 @@ impl std::str::FromStr for Domain {
     }
 }
 
+/// Random bytes at the start of every group id.
+pub const GROUP_ID_RANDOM_LEN: usize = 16;
+
+/// A new group id for a group hosted by `hub`: [`GROUP_ID_RANDOM_LEN`] random bytes followed by
+/// the hub's domain. A group's hub is fixed when the group is created, and everyone can read it
+/// from the group id: no server can claim a group another one hosts.
+pub fn new_group_id(hub: &Domain) -> Vec<u8> {
+    let mut group_id = vec![0u8; GROUP_ID_RANDOM_LEN];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut group_id);
+    group_id.extend_from_slice(hub.as_str().as_bytes());
+    group_id
+}
+
+/// The domain of the homeserver hosting the group `group_id` (its hub), if the id names one in
+/// the form [`new_group_id`] makes (a lower-case domain after the random bytes).
+pub fn group_hub(group_id: &[u8]) -> Option<Domain> {
+    let domain = std::str::from_utf8(group_id.get(GROUP_ID_RANDOM_LEN..)?).ok()?;
+    let parsed: Domain = domain.parse().ok()?;
+    (parsed.as_str() == domain).then_some(parsed)
+}
+
 /// A user id, `localpart@domain`, normalised to lower case.
 ///
 /// Grammar: the local part is 1 to 64 characters from `a-z`, `0-9`, `.`, `_` and `-`, starting
@@ -250,6 +271,26 @@ pub fn ed25519_key(bytes: &[u8]) -> Result<VerifyingKey, InvalidKey> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("not a valid Ed25519 public key")]
 pub struct InvalidKey;
+
+#[cfg(test)]
+mod group_id_tests {
+    use super::*;
+
+    #[test]
+    fn a_group_id_names_its_hub() {
+        let hub: Domain = "a.example".parse().unwrap();
+        let group_id = new_group_id(&hub);
+        assert_eq!(group_hub(&group_id), Some(hub.clone()));
+        assert_ne!(new_group_id(&hub), group_id, "random part");
+        assert_eq!(group_hub(b"short"), None);
+        let mut upper = group_id[..GROUP_ID_RANDOM_LEN].to_vec();
+        upper.extend_from_slice(b"A.example");
+        assert_eq!(group_hub(&upper), None, "only the canonical form");
+        let mut bad = group_id[..GROUP_ID_RANDOM_LEN].to_vec();
+        bad.extend_from_slice(b"a..example");
+        assert_eq!(group_hub(&bad), None);
+    }
+}
 
 #[cfg(test)]
 mod tests {

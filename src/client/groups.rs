@@ -79,10 +79,16 @@ impl DeviceMls {
     /// A new group with this device alone, and the request that registers it with the server
     /// (whose keys are `server`).
     pub fn new_group(&self, server: &DomainKeys) -> anyhow::Result<(MlsGroup, CreateGroupRequest)> {
-        let group = MlsGroup::new(
+        // The group id names the server that hosts the group (protocol-spec/groups.md).
+        let hub: crate::identity::Domain = server
+            .domain
+            .parse()
+            .map_err(|e| anyhow!("the server's domain: {e}"))?;
+        let group = MlsGroup::new_with_group_id(
             self.provider(),
             self.signer(),
             &self.create_config(server)?,
+            GroupId::from_slice(&crate::identity::new_group_id(&hub)),
             self.credential().clone(),
         )
         .context("creating the MLS group")?;

@@ -141,6 +141,46 @@ error_codes! {
     NotIdentified = 50,
     /// (Federation) the peer may not speak for that domain, or is not allowed to federate.
     PeerRefused = 51,
+    /// The authenticated client was removed (or its user deleted) after its connection
+    /// authenticated; nothing was done. The connection is being closed.
+    ClientRemoved = 52,
+    /// A proposal about this member is pending already (or the proposal can never be committed
+    /// alongside those pending); commit the pending ones first.
+    ProposalConflict = 53,
+    /// The group id does not name this server as the group's hub (see groups.md).
+    InvalidGroupId = 54,
+}
+
+/// Whether a refused request may succeed if sent again unchanged, later.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Retry {
+    /// The refusal is transient (load, shutdown, a full queue, an unreachable peer): send the
+    /// same request again after a while, with backoff.
+    Later,
+    /// The refusal is final for this request: sending it again unchanged gets the same answer.
+    Never,
+}
+
+impl ErrorCode {
+    /// The retry classification of protocol-spec/core.md section 6. The federation outbox, the
+    /// transport and the client library all decide retries from it. A code this version does
+    /// not know is treated as retryable, so that nothing is dropped on a newer peer's word.
+    pub fn retry(self) -> Retry {
+        match self {
+            Self::RequestTimeout
+            | Self::ShuttingDown
+            | Self::Internal
+            | Self::RateLimited
+            | Self::QueueFull
+            | Self::PeerUnavailable
+            | Self::Unknown(_) => Retry::Later,
+            _ => Retry::Never,
+        }
+    }
+
+    pub fn is_retryable(self) -> bool {
+        self.retry() == Retry::Later
+    }
 }
 
 /// The body of an error response: `struct { uint16 code; opaque message<V>; }`.

@@ -34,7 +34,7 @@ pub use credential::{
     CredentialVerifyingKey, CREDENTIAL_SIGNATURE_LABEL, ED25519_PUBLIC_KEY_LEN,
     SUPPORTED_CIPHERSUITES,
 };
-pub use error::{DecodeError, ErrorCode, ErrorResponse};
+pub use error::{DecodeError, ErrorCode, ErrorResponse, Retry};
 pub use federation::{
     decode_federation_request, decode_federation_response, encode_federation_request,
     encode_federation_response, ClientsDepartedRequest, DeliverRequest, DeliveryItem,

@@ -2,9 +2,15 @@
 //! file per key (`<id>.key`, mode 0600), created on first start and added by
 //! `roost rotate-credential-key`. The newest key signs; older ones stay published until every
 //! credential they signed has expired.
+//!
+//! A running server picks up a key added by `rotate-credential-key` before it signs anything
+//! (it looks at the directory whenever it issues a credential), so no credential is ever signed
+//! by a key after its successor was created: a replaced key's published validity (its
+//! successor's creation time plus the credential lifetime) covers everything it signed.
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard};
 
 use anyhow::{bail, Context};
 use ed25519_dalek::SigningKey;
@@ -18,6 +24,7 @@ use crate::secret_files::{create_private, create_private_dir};
 pub const CREDENTIAL_KEYS_DIR: &str = "credential-keys";
 
 /// One credential-signing key.
+#[derive(Clone)]
 pub struct CredentialKey {
     pub id: u32,
     pub created_at: UnixTime,
@@ -26,7 +33,8 @@ pub struct CredentialKey {
 
 /// All of the server's credential-signing keys, oldest first; never empty.
 pub struct CredentialKeys {
-    keys: Vec<CredentialKey>,
+    dir: PathBuf,
+    keys: RwLock<Vec<CredentialKey>>,
 }
 
 impl CredentialKeys {
@@ -38,10 +46,14 @@ impl CredentialKeys {
             create_private_dir(&dir)?;
             keys.push(create_key(&dir, 1, now)?);
         }
-        Ok(Self { keys })
+        Ok(Self {
+            dir,
+            keys: RwLock::new(keys),
+        })
     }
 
-    /// Adds a new key (the next id) to `data_dir`; a running server uses it after a restart.
+    /// Adds a new key (the next id) to `data_dir`; a running server signs with it from the next
+    /// credential it issues.
     pub fn rotate(data_dir: &Path, now: UnixTime) -> anyhow::Result<u32> {
         let dir = data_dir.join(CREDENTIAL_KEYS_DIR);
         create_private_dir(&dir)?;
@@ -55,25 +67,55 @@ impl CredentialKeys {
         Ok(next)
     }
 
-    /// The key that signs new credentials: the newest.
-    pub fn active(&self) -> &CredentialKey {
-        // Never empty: `load_or_create` guarantees one key.
-        &self.keys[self.keys.len() - 1]
+    /// The key that signs new credentials: the newest, as of the last look at the directory.
+    pub fn active(&self) -> CredentialKey {
+        let keys = self.keys();
+        // Never empty: `load_or_create` guarantees one key, and a refresh never removes one.
+        keys[keys.len() - 1].clone()
     }
 
-    /// A signer holding a copy of the active key, to sign credentials away from `self`.
+    /// A signer holding a copy of the newest key, to sign credentials away from `self`. Looks
+    /// at the directory first, so a key added while the server runs signs at once.
     pub fn active_signer(&self) -> CredentialSigner {
+        self.refresh();
         let active = self.active();
         CredentialSigner {
             key_id: active.id,
-            signing_key: active.signing_key.clone(),
+            signing_key: active.signing_key,
         }
+    }
+
+    /// Takes in keys added to the directory since the last look. A key file that cannot be read
+    /// is logged and the keys known so far stay in use.
+    pub fn refresh(&self) {
+        let newest = self.active().id;
+        match load_all(&self.dir) {
+            Ok(found) if found.last().is_some_and(|key| key.id > newest) => {
+                let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
+                for key in found {
+                    if !keys.iter().any(|known| known.id == key.id) {
+                        tracing::info!(key_id = key.id, "signing credentials with a new key");
+                        keys.push(key);
+                    }
+                }
+                keys.sort_by_key(|key| key.id);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot read the credential keys"),
+        }
+    }
+
+    fn keys(&self) -> RwLockReadGuard<'_, Vec<CredentialKey>> {
+        // Every update leaves the list whole, even if a holder panicked.
+        self.keys
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The signing key whose public key is `public`, if it is one of ours (for signing as the
     /// group's external sender with the key the group lists).
     pub fn signer_for(&self, public: &[u8]) -> Option<SigningKey> {
-        self.keys
+        self.keys()
             .iter()
             .find(|key| key.signing_key.verifying_key().as_bytes() == public)
             .map(|key| key.signing_key.clone())
@@ -87,9 +129,10 @@ impl CredentialKeys {
         now: UnixTime,
         credential_lifetime: u64,
     ) -> Vec<CredentialVerifyingKey> {
+        let keys = self.keys();
         let mut published = Vec::new();
-        for (index, key) in self.keys.iter().enumerate().rev() {
-            let valid_until = self.keys.get(index + 1).map_or(u64::MAX, |successor| {
+        for (index, key) in keys.iter().enumerate().rev() {
+            let valid_until = keys.get(index + 1).map_or(u64::MAX, |successor| {
                 successor.created_at.saturating_add(credential_lifetime)
             });
             if valid_until >= now {
@@ -130,7 +173,11 @@ fn create_key(dir: &Path, id: u32, now: UnixTime) -> anyhow::Result<CredentialKe
          created {now}\nseed {}\n",
         hex::encode(signing_key.to_bytes())
     );
-    create_private(&key_path(dir, id), contents.as_bytes())?;
+    // Written aside and renamed into place, so a running server never reads half a key.
+    let written = dir.join(format!("{id}.key.new"));
+    create_private(&written, contents.as_bytes())?;
+    fs::rename(&written, key_path(dir, id))
+        .with_context(|| format!("installing credential key {id}"))?;
     Ok(CredentialKey {
         id,
         created_at: now,
@@ -221,6 +268,21 @@ mod tests {
             rotated.published(5_101, lifetime).len(),
             1,
             "key 1 outlived its credentials"
+        );
+
+        // A running server takes in a key added meanwhile, before it signs with the old one.
+        let running = CredentialKeys::load_or_create(dir.path(), 5_000).unwrap();
+        assert_eq!(CredentialKeys::rotate(dir.path(), 6_000).unwrap(), 3);
+        assert_eq!(running.active().id, 2, "nothing signed yet: not looked");
+        assert_eq!(running.active_signer().key_id, 3);
+        assert_eq!(
+            running
+                .published(6_050, lifetime)
+                .iter()
+                .map(|k| (k.key_id, k.valid_until))
+                .collect::<Vec<_>>(),
+            vec![(3, u64::MAX), (2, 6_100)],
+            "key 2's validity counts from key 3's creation, after which it signed nothing"
         );
 
         use std::os::unix::fs::PermissionsExt;

@@ -298,7 +298,7 @@ impl Federation {
                     let waiting = store.outbox_backlog().await.ok().and_then(|backlog| {
                         backlog.into_iter().find(|(p, _)| p == peer).map(|(_, n)| n)
                     });
-                    tracing::warn!(%peer, waiting, error = %e, retry_in = ?delay, "peer unreachable; deliveries wait in the outbox");
+                    tracing::warn!(%peer, waiting, error = %e, retry_in = ?delay, "the peer did not take a delivery; deliveries wait in the outbox");
                     tokio::select! {
                         _ = stop.cancelled() => return,
                         _ = tokio::time::sleep(delay) => {}
@@ -320,9 +320,12 @@ impl Federation {
                 .await
             {
                 Ok(FederationResponseBody::Delivered) => {}
-                // The peer refused it for good (not a transient failure): drop it, loudly.
-                Err(ServiceError::Peer(refusal)) => {
-                    tracing::error!(%peer, %refusal, "a peer refused a delivery; dropping it");
+                // Refused for good by the specification's classification (not a transient
+                // failure, nor a full queue the peer wants us to keep it for): drop it, loudly.
+                Err(ServiceError::Peer(refusal))
+                    if refusal.code().retry() == crate::protocol::Retry::Never =>
+                {
+                    tracing::error!(%peer, %refusal, "a peer refused a delivery for good; dropping it");
                 }
                 Ok(other) => {
                     return Err(ServiceError::PeerUnavailable(format!("answered {other:?}")));

@@ -6,9 +6,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use openmls::prelude::{
-    BasicCredential, ExternalProposal, ExternalSender, GroupId, LeafNode, LeafNodeIndex,
-    MlsMessageBodyIn, MlsMessageIn, ProcessedMessageContent, Proposal, ProposalStore,
-    ProtocolMessage, PublicGroup, PublicProcessMessageError, RatchetTreeIn, Sender,
+    BasicCredential, ExtensionType, ExternalProposal, ExternalSender, GroupId, LeafNode,
+    LeafNodeIndex, MlsMessageBodyIn, MlsMessageIn, ProcessedMessageContent, Proposal,
+    ProposalStore, ProtocolMessage, PublicGroup, PublicProcessMessageError, RatchetTreeIn, Sender,
     SenderExtensionIndex, SignatureScheme, ValidationError,
 };
 use openmls_basic_credential::SignatureKeyPair;
@@ -28,7 +28,7 @@ use crate::protocol::{
     ServerNotice, ROLES_EXTENSION_TYPE,
 };
 use crate::store::{
-    Enqueued, Envelope, GroupMemberRow, GroupRefusal, GroupTransition, OutgoingDelivery,
+    Admission, Enqueued, Envelope, GroupMemberRow, GroupRefusal, GroupTransition, OutgoingDelivery,
     PublicState, QueueLimits, Store, StoredGroup,
 };
 
@@ -101,11 +101,7 @@ impl Groups {
                 "a new group holds exactly one member: the creating client".into(),
             ));
         }
-        if self.server_sender(&public).is_none() {
-            return Err(invalid(
-                "the group must list this server as its external sender".into(),
-            ));
-        }
+        self.check_group_context(&public)?;
         let roles = group_roles(&public)?;
         if roles.admins.len() != 1 || !roles.is_admin(caller.user_id.as_str()) {
             return Err(invalid(
@@ -113,6 +109,13 @@ impl Groups {
             ));
         }
         let group_id = public.group_id().as_slice().to_vec();
+        if crate::identity::group_hub(&group_id)
+            .as_ref()
+            .map(|hub| hub.as_str())
+            != Some(self.domain.as_str())
+        {
+            return Err(ServiceError::InvalidGroupId);
+        }
         let stored = StoredGroup {
             epoch: 0,
             created_at: self.clock.now(),
@@ -181,12 +184,28 @@ impl Groups {
         };
         let admin = is_admin(&group.stored, caller);
 
-        // Every proposal pending for this epoch must be in the commit.
-        let pending: BTreeSet<Vec<u8>> = group
+        // Every proposal pending for this epoch must be in the commit, but those MLS itself
+        // leaves out (RFC 9420 section 12.2, as openmls does): the committer's own Updates and
+        // Updates of leaves that a pending Remove takes out.
+        let pending = group
             .public
             .queued_proposals(&group.storage)
-            .map_err(|e| corrupt(&format!("reading pending proposals: {e:?}")))?
+            .map_err(|e| corrupt(&format!("reading pending proposals: {e:?}")))?;
+        let removed: BTreeSet<LeafNodeIndex> = pending
+            .iter()
+            .filter_map(|(_, queued)| match queued.proposal() {
+                Proposal::Remove(remove) => Some(remove.removed()),
+                _ => None,
+            })
+            .collect();
+        let pending: BTreeSet<Vec<u8>> = pending
             .into_iter()
+            .filter(|(_, queued)| match (queued.proposal(), queued.sender()) {
+                (Proposal::Update(_), Sender::Member(proposer)) => {
+                    *proposer != sender_leaf && !removed.contains(proposer)
+                }
+                _ => true,
+            })
             .map(|(reference, _)| reference.as_slice().to_vec())
             .collect();
         let covered: BTreeSet<Vec<u8>> = staged
@@ -229,6 +248,24 @@ impl Groups {
                 .map_err(|e| invalid(e.to_string()))?;
             added.push((client, key_ref.as_slice().to_vec()));
         }
+        // Updates (proposed by reference; checked on arrival too): each new leaf's credential
+        // must still be its proposer's.
+        for queued in staged.queued_proposals() {
+            if let (Proposal::Update(update), Sender::Member(proposer)) =
+                (queued.proposal(), queued.sender())
+            {
+                let proposer = old_members
+                    .iter()
+                    .find(|(_, leaf)| *leaf == proposer.u32())
+                    .map(|(client, _)| client)
+                    .ok_or_else(|| invalid("an Update's proposer is not a member".into()))?;
+                if self.verify_leaf(update.leaf_node()).await? != *proposer {
+                    return Err(ServiceError::InvalidMemberCredential(
+                        "an Update's new leaf is for another client".into(),
+                    ));
+                }
+            }
+        }
         // A changed leaf of the committer: its credential must still vouch for the committer.
         if let Some(leaf) = staged.update_path_leaf_node() {
             if self.verify_leaf(leaf).await? != *caller {
@@ -243,6 +280,7 @@ impl Groups {
             .merge_commit(&group.storage, *staged)
             .map_err(|e| invalid(format!("the commit cannot be merged: {e:?}")))?;
         self.check_group_info(&group.public, request.group_info.as_slice())?;
+        self.check_group_context(&group.public)?;
         let new_epoch = group.public.group_context().epoch().as_u64();
 
         let welcome = match (&request.welcome, added.is_empty()) {
@@ -290,11 +328,19 @@ impl Groups {
 
         // The commit goes to everyone who was a member (removed ones learn of their removal)
         // but the committing client; the Welcome to exactly the added clients.
+        // A client this commit removes gets it only if its queue has room: it is out either way,
+        // and a removed client that never reads must not be able to stop its own removal.
         let commit_payload = Arc::new(request.commit.as_slice().to_vec());
         let mut envelopes: Vec<Envelope> = old_members
             .iter()
             .filter(|(client, _)| client != caller)
-            .map(|(client, _)| envelope(client, MessageKind::Mls, &commit_payload))
+            .map(|(client, _)| {
+                let mut envelope = envelope(client, MessageKind::Mls, &commit_payload);
+                if !members.iter().any(|(member, _)| member == client) {
+                    envelope.admission = Admission::HandshakeIfRoom;
+                }
+                envelope
+            })
             .collect();
         if let Some(welcome) = welcome {
             let welcome = Arc::new(welcome);
@@ -370,6 +416,15 @@ impl Groups {
         let ProcessedMessageContent::ProposalMessage(queued) = processed.into_content() else {
             return Err(invalid("the message is not a proposal".into()));
         };
+        // A proposal that could never be committed alongside those pending is refused now,
+        // rather than blocking every later commit: one proposal per member's leaf.
+        let pending = group
+            .public
+            .queued_proposals(&group.storage)
+            .map_err(|e| corrupt(&format!("reading pending proposals: {e:?}")))?;
+        if let Some(conflict) = conflicting_proposal(&pending, sender_leaf, queued.proposal()) {
+            return Err(ServiceError::ProposalConflict(conflict.into()));
+        }
         let mut leaving = group.stored.leaving.clone();
         match queued.proposal() {
             Proposal::Remove(remove) if remove.removed() == sender_leaf => {
@@ -388,7 +443,16 @@ impl Groups {
                     return Err(ServiceError::NotAnAdmin);
                 }
             }
-            Proposal::Update(_) => {}
+            Proposal::Update(update) => {
+                // The new leaf must carry the proposer's own valid credential: garbage would
+                // make every later commit fail, and another member's credential would let the
+                // proposer pass for that member.
+                if self.verify_leaf(update.leaf_node()).await? != *caller {
+                    return Err(ServiceError::InvalidMemberCredential(
+                        "an Update's new leaf must carry the proposer's own credential".into(),
+                    ));
+                }
+            }
             _ => {
                 return Err(invalid(
                     "only Remove and Update proposals are accepted on their own".into(),
@@ -517,6 +581,7 @@ impl Groups {
         let (envelopes, remote) = self.split(&group_id, envelopes);
         let recipients: Vec<ClientId> = envelopes.iter().map(super::envelope_client).collect();
         let accepted_at_ms = self.clock.now_ms();
+        // Application messages are refused queue by queue, never as a whole.
         let outcomes = self
             .store
             .deliver(
@@ -525,7 +590,8 @@ impl Groups {
                 accepted_at_ms,
                 self.queue_limits(),
             )
-            .await?;
+            .await?
+            .map_err(|full| group_refusal(GroupRefusal::QueueFull(full)))?;
         self.outbox_wake.send_replace(());
         super::announce_queued(&*self.sessions, &envelopes, &outcomes, accepted_at_ms);
         let queue_full = recipients
@@ -646,6 +712,18 @@ impl Groups {
             else {
                 return Ok(());
             };
+            // Its removal is pending already (it was leaving, or an Admin proposed it): a
+            // second Remove of the same leaf could never be committed.
+            let pending = group
+                .public
+                .queued_proposals(&group.storage)
+                .map_err(|e| corrupt(&format!("reading pending proposals: {e:?}")))?;
+            let removal_pending = pending.iter().any(|(_, queued)| {
+                matches!(queued.proposal(), Proposal::Remove(remove) if remove.removed().u32() == leaf)
+            });
+            if removal_pending {
+                return Ok(());
+            }
             let (sender_index, public_key) = self
                 .server_sender(&group.public)
                 .ok_or_else(|| invalid("the group lists no key of this server".into()))?;
@@ -720,6 +798,7 @@ impl Groups {
                 }
                 Err(GroupRefusal::WrongEpoch { .. }) => continue,
                 Err(GroupRefusal::Unknown | GroupRefusal::Exists) => return Ok(()),
+                Err(refusal @ GroupRefusal::QueueFull(_)) => return Err(group_refusal(refusal)),
             }
         }
         Err(ServiceError::WrongEpoch { current: 0 })
@@ -937,6 +1016,29 @@ impl Groups {
         Ok(client)
     }
 
+    /// What every group hosted here must keep in its context, from creation on: this server as
+    /// an external sender (so it can remove departed clients) and the roles extension, which
+    /// every member must support (`required_capabilities`), so that a member without it can
+    /// never be added and roles can always be changed.
+    fn check_group_context(&self, public: &PublicGroup) -> Result<(), ServiceError> {
+        if self.server_sender(public).is_none() {
+            return Err(invalid(
+                "the group must list this server as its external sender".into(),
+            ));
+        }
+        let roles_required = public.required_capabilities().is_some_and(|required| {
+            required
+                .extension_types()
+                .contains(&ExtensionType::Unknown(ROLES_EXTENSION_TYPE))
+        });
+        if !roles_required {
+            return Err(invalid(
+                "the group's required capabilities must include the roles extension".into(),
+            ));
+        }
+        group_roles(public).map(|_| ())
+    }
+
     /// The GroupInfo uploaded with a commit must describe exactly the merged state: the server
     /// cannot check confirmation tags itself, so a tampered one would otherwise pass.
     fn check_group_info(&self, merged: &PublicGroup, bytes: &[u8]) -> Result<(), ServiceError> {
@@ -990,6 +1092,39 @@ impl Groups {
     }
 }
 
+/// Why `proposal` from `sender` cannot join the proposals `pending` (a commit could never hold
+/// both: RFC 9420 section 12.2 allows one proposal per leaf, a Remove winning over an Update).
+fn conflicting_proposal(
+    pending: &[(
+        openmls::prelude::hash_ref::ProposalRef,
+        openmls::prelude::QueuedProposal,
+    )],
+    sender: LeafNodeIndex,
+    proposal: &Proposal,
+) -> Option<&'static str> {
+    let removal_pending = |leaf: LeafNodeIndex| {
+        pending.iter().any(|(_, queued)| {
+            matches!(queued.proposal(), Proposal::Remove(remove) if remove.removed() == leaf)
+        })
+    };
+    let update_pending = |leaf: LeafNodeIndex| {
+        pending.iter().any(|(_, queued)| {
+            matches!(queued.proposal(), Proposal::Update(_))
+                && *queued.sender() == Sender::Member(leaf)
+        })
+    };
+    match proposal {
+        Proposal::Remove(remove) if removal_pending(remove.removed()) => {
+            Some("the member's removal is proposed already")
+        }
+        Proposal::Update(_) if removal_pending(sender) => Some("the proposer's removal is pending"),
+        Proposal::Update(_) if update_pending(sender) => {
+            Some("the proposer has an Update pending already")
+        }
+        _ => None,
+    }
+}
+
 /// The roles extension of a group's context.
 fn group_roles(public: &PublicGroup) -> Result<GroupRoles, ServiceError> {
     let extension = public
@@ -1004,6 +1139,15 @@ fn group_roles(public: &PublicGroup) -> Result<GroupRoles, ServiceError> {
 fn group_refusal(refusal: GroupRefusal) -> ServiceError {
     match refusal {
         GroupRefusal::WrongEpoch { current } => ServiceError::WrongEpoch { current },
+        GroupRefusal::QueueFull(full) => ServiceError::QueueFull {
+            full: full
+                .into_iter()
+                .map(|(user_id, device_id)| ClientId {
+                    user_id: crate::protocol::Text::truncated(&user_id),
+                    device_id,
+                })
+                .collect(),
+        },
         GroupRefusal::Unknown | GroupRefusal::Exists => ServiceError::UnknownGroup,
     }
 }
@@ -1039,6 +1183,7 @@ fn envelope(client: &ClientId, kind: MessageKind, payload: &Arc<Vec<u8>>) -> Env
         user_id: client.user_id.as_str().to_owned(),
         device_id: client.device_id,
         kind: kind as u8,
+        admission: super::queues::admission(kind, payload),
         payload: payload.clone(),
     }
 }

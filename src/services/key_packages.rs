@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use openmls::prelude::{
-    BasicCredential, CredentialType, KeyPackageIn, KeyPackageVerifyError, ProtocolVersion,
+    BasicCredential, CredentialType, ExtensionType, KeyPackageIn, KeyPackageVerifyError,
+    ProtocolVersion,
 };
 use openmls_rust_crypto::RustCrypto;
 use tls_codec::Deserialize;
@@ -17,7 +18,7 @@ use crate::identity::UserId;
 use crate::protocol::{
     ClaimKeyPackagesRequest, ClaimOutcome, ClaimedKeyPackage, ClaimedKeyPackages, ClientId, Flag,
     KeyPackageStatus, KeyPackageStock, KeyPackagesLow, Notification, PublishKeyPackagesRequest,
-    ServerNotice, SUPPORTED_CIPHERSUITES,
+    ServerNotice, ROLES_EXTENSION_TYPE, SUPPORTED_CIPHERSUITES,
 };
 use crate::store::{Claimed, NewKeyPackage, PublishRefusal, Stock, Store, StoredClient};
 
@@ -42,6 +43,10 @@ pub enum KeyPackageRejection {
     UnsupportedCiphersuite(u16),
     #[error("it is a second KeyPackage marked last resort")]
     MultipleLastResort,
+    #[error("its leaf does not announce a capability every group requires: {0}")]
+    MissingCapability(&'static str),
+    #[error("its ciphersuite {key_package:#06x} is not its credential's ({credential:#06x})")]
+    CiphersuiteMismatch { key_package: u16, credential: u16 },
 }
 
 pub struct KeyPackages {
@@ -280,6 +285,32 @@ pub fn validate_key_package(
             .is_ok_and(|basic| basic.identity() == owner.credential.as_slice());
     if !current {
         return Err(KeyPackageRejection::CredentialMismatch);
+    }
+    let credential = <crate::protocol::ClientCredential as Deserialize>::tls_deserialize_exact(
+        owner.credential.as_slice(),
+    )
+    .map_err(|_| KeyPackageRejection::CredentialMismatch)?;
+    if credential.content.ciphersuite != ciphersuite {
+        return Err(KeyPackageRejection::CiphersuiteMismatch {
+            key_package: ciphersuite,
+            credential: credential.content.ciphersuite,
+        });
+    }
+    // What groups require of every member (protocol-spec/groups.md): refused now, rather than
+    // claimed (used up) and then refused in the invite.
+    let capabilities = leaf.capabilities();
+    if !capabilities
+        .extensions()
+        .contains(&ExtensionType::Unknown(ROLES_EXTENSION_TYPE))
+    {
+        return Err(KeyPackageRejection::MissingCapability(
+            "the roles extension (0xF0A1)",
+        ));
+    }
+    if !capabilities.credentials().contains(&CredentialType::Basic) {
+        return Err(KeyPackageRejection::MissingCapability(
+            "the basic credential type",
+        ));
     }
     let key_package_ref = key_package
         .hash_ref(crypto)

@@ -181,10 +181,35 @@ pub enum ServiceError {
     PeerRefused(String),
     #[error("the peer homeserver refused: {0}")]
     Peer(crate::protocol::ErrorResponse),
+    #[error("a proposal about this member is pending already: {0}")]
+    ProposalConflict(String),
+    #[error("the group id does not name this server as the group's hub")]
+    InvalidGroupId,
+    #[error("{} recipient queue(s) are full; nothing was accepted", full.len())]
+    QueueFull { full: Vec<ClientId> },
     #[error("operation {0:?} is handled by the transport, not a service")]
     NotAServiceOperation(Operation),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl ServiceError {
+    /// Whether the same request may succeed later, unchanged; the same classification as the
+    /// wire codes these errors become (`ErrorCode::retry`), checked by a transport test.
+    pub fn retry(&self) -> crate::protocol::Retry {
+        use crate::protocol::Retry;
+        match self {
+            Self::RateLimited { .. }
+            | Self::QueueFull { .. }
+            | Self::PeerUnavailable(_)
+            | Self::NotAServiceOperation(_) => Retry::Later,
+            Self::Store(StoreError::ActorRemoved)
+            | Self::Store(StoreError::DomainMismatch { .. }) => Retry::Never,
+            Self::Store(_) => Retry::Later,
+            Self::Peer(refusal) => refusal.code().retry(),
+            _ => Retry::Never,
+        }
+    }
 }
 
 /// The group a group operation is about (from its MLS framing, or its group id field).
@@ -374,12 +399,22 @@ impl Services {
     ) -> Result<ResponseBody, ServiceError> {
         if let Some(group_id) = request_group_id(&request) {
             if !self.groups.hosts(&group_id).await? {
-                if let Some(hub) = self.store.group_route(&group_id).await? {
+                // The group id names its hub; a group that would be hosted here but is not
+                // is answered below (`UnknownGroup`).
+                let hub = crate::identity::group_hub(&group_id)
+                    .filter(|hub| hub.as_str() != self.domain.as_str());
+                if let Some(hub) = hub {
+                    // The caller may have been removed since it authenticated; nothing is
+                    // written here, so look before acting for it elsewhere.
+                    if self.accounts.signature_key(caller).await?.is_none() {
+                        return Err(ServiceError::Store(StoreError::ActorRemoved));
+                    }
+                    let hub = hub.as_str();
                     let relayed = FederationRequest::RelayGroupRequest(RelayedGroupRequest {
                         sender: caller.clone(),
                         request,
                     });
-                    return match self.federated(&hub, relayed).await? {
+                    return match self.federated(hub, relayed).await? {
                         FederationResponseBody::GroupResponse(body) => Ok(body),
                         other => Err(unexpected_peer_answer(&other)),
                     };
@@ -572,8 +607,20 @@ impl Services {
         self.accounts.signature_key(client).await
     }
 
-    /// Handles a request for `caller`.
+    /// Handles a request for `caller`. Every store write it makes for an authenticated caller
+    /// checks, in its own transaction, that the caller still exists (`store::acting_for`).
     pub async fn handle(
+        &self,
+        caller: &Caller<'_>,
+        request: Request,
+    ) -> Result<ResponseBody, ServiceError> {
+        let actor = caller
+            .client
+            .map(|client| (client.user_id.as_str().to_owned(), client.device_id));
+        crate::store::acting_for(actor, self.handle_as_caller(caller, request)).await
+    }
+
+    async fn handle_as_caller(
         &self,
         caller: &Caller<'_>,
         request: Request,
@@ -602,9 +649,13 @@ impl Services {
                 self.accounts
                     .remove_client(authenticated()?, &request.client)
                     .await?;
-                self.groups.remove_departed(&request.client, &groups).await;
-                self.tell_hubs_of_departures(vec![request.client.clone()])
-                    .await;
+                // The server's own follow-up: it goes on even if the caller removed itself.
+                crate::store::acting_for(None, async {
+                    self.groups.remove_departed(&request.client, &groups).await;
+                    self.tell_hubs_of_departures(vec![request.client.clone()])
+                        .await;
+                })
+                .await;
                 ResponseBody::ClientRemoved
             }
             Request::RenewCredential => ResponseBody::CredentialRenewed(
@@ -658,12 +709,16 @@ impl Services {
                     departing.push((client, groups));
                 }
                 self.accounts.delete_user(caller).await?;
-                for (client, groups) in &departing {
-                    self.groups.remove_departed(client, groups).await;
-                }
-                self.tell_hubs_of_departures(
-                    departing.into_iter().map(|(client, _)| client).collect(),
-                )
+                // The server's own follow-up, now that the caller is gone.
+                crate::store::acting_for(None, async {
+                    for (client, groups) in &departing {
+                        self.groups.remove_departed(client, groups).await;
+                    }
+                    self.tell_hubs_of_departures(
+                        departing.into_iter().map(|(client, _)| client).collect(),
+                    )
+                    .await;
+                })
                 .await;
                 ResponseBody::UserDeleted
             }

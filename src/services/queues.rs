@@ -14,7 +14,7 @@ use crate::protocol::{
     MessageKind, MessagesExpired, QueuedMessage, ServerNotice, Text, MAX_FETCH_COUNT,
     MAX_RESPONSE_LEN,
 };
-use crate::store::{Enqueued, Envelope, QueueLimits, Store};
+use crate::store::{Admission, DeliveryRefusal, Enqueued, Envelope, QueueLimits, Store};
 
 /// Room kept in a fetch response for everything but the payloads.
 const FETCH_OVERHEAD_ALLOWANCE: usize = 64 * 1024;
@@ -68,6 +68,7 @@ impl Queues {
                     user_id: recipient.user_id.as_str().to_owned(),
                     device_id: recipient.device_id,
                     kind: delivery.kind as u8,
+                    admission: admission(delivery.kind, &payload),
                     payload: payload.clone(),
                 });
             }
@@ -76,7 +77,13 @@ impl Queues {
         let outcomes = self
             .store
             .enqueue(envelopes.clone(), now_ms, self.limits())
-            .await?;
+            .await?
+            .map_err(|full| ServiceError::QueueFull {
+                full: full
+                    .iter()
+                    .map(|(user, device)| client_id(user, *device))
+                    .collect(),
+            })?;
         super::announce_queued(&*self.sessions, &envelopes, &outcomes, now_ms);
         let mut outcomes = outcomes.into_iter();
         let mut report = Vec::with_capacity(deliveries.len());
@@ -123,8 +130,26 @@ impl Queues {
         local_domain: &str,
         delivery: DeliverRequest,
     ) -> Result<(), ServiceError> {
+        // A group's hub is the server its id names: a peer delivers only for groups it hosts.
+        let group_id = delivery.group_id.as_slice();
+        if crate::identity::group_hub(group_id)
+            .as_ref()
+            .map(|hub| hub.as_str())
+            != Some(peer)
+        {
+            return Err(ServiceError::PeerRefused(format!(
+                "{peer} does not host the group the delivery names"
+            )));
+        }
         let mut envelopes = Vec::new();
         for item in &delivery.items {
+            if item.kind == MessageKind::Mls
+                && mls_group_id(item.payload.as_slice()).as_deref() != Some(group_id)
+            {
+                return Err(ServiceError::PeerRefused(
+                    "a delivered MLS message is not for the delivery's group".into(),
+                ));
+            }
             let payload = Arc::new(item.payload.as_slice().to_vec());
             for recipient in &item.recipients {
                 let domain = recipient.user_id.as_str().rsplit_once('@').map(|(_, d)| d);
@@ -133,10 +158,16 @@ impl Queues {
                         "{recipient} is not a client of this homeserver"
                     )));
                 }
+                // An application message for a full queue waits in the hub's outbox.
+                let admission = match admission(item.kind, &payload) {
+                    Admission::Message => Admission::MessageOrRefuseAll,
+                    other => other,
+                };
                 envelopes.push(Envelope {
                     user_id: recipient.user_id.as_str().to_owned(),
                     device_id: recipient.device_id,
                     kind: item.kind as u8,
+                    admission,
                     payload: payload.clone(),
                 });
             }
@@ -153,9 +184,20 @@ impl Queues {
                 self.limits(),
             )
             .await?
-            .map_err(|hub| {
+            .map_err(|refusal| match refusal {
                 // A group has one hub: a second peer claiming it is refused.
-                ServiceError::PeerRefused(format!("that group is hosted by {hub}, not {peer}"))
+                DeliveryRefusal::OtherHub(hub) => {
+                    ServiceError::PeerRefused(format!("that group is hosted by {hub}, not {peer}"))
+                }
+                DeliveryRefusal::HostedHere => {
+                    ServiceError::PeerRefused("that group is hosted here".into())
+                }
+                DeliveryRefusal::QueueFull(full) => ServiceError::QueueFull {
+                    full: full
+                        .iter()
+                        .map(|(user, device)| client_id(user, *device))
+                        .collect(),
+                },
             })?;
         // `None`: a repeated delivery, queued the first time.
         let outcomes = outcomes.unwrap_or_default();
@@ -251,4 +293,49 @@ impl Queues {
         }
         Ok(purged)
     }
+}
+
+/// How a message is admitted into a queue (protocol-spec/queues.md, "Full queues"): handshake
+/// messages (MLS PublicMessages: commits and proposals) and Welcomes past the limits, within a
+/// reserve; application messages within them; KeyPackagesLow notices coalesced.
+pub(super) fn admission(kind: MessageKind, payload: &[u8]) -> Admission {
+    /// `MLSMessage.wire_format` (RFC 9420 section 6) of a PublicMessage, after the version.
+    const MLS_PUBLIC_MESSAGE: [u8; 2] = [0, 1];
+    /// The `ServerNotice` discriminant of `KeyPackagesLow`.
+    const KEY_PACKAGES_LOW: [u8; 2] = [0, 1];
+    match kind {
+        MessageKind::Welcome => Admission::Handshake,
+        MessageKind::Mls if payload.get(2..4) == Some(&MLS_PUBLIC_MESSAGE[..]) => {
+            Admission::Handshake
+        }
+        MessageKind::Mls => Admission::Message,
+        MessageKind::ServerNotice => Admission::Notice {
+            coalesce: (payload.get(..2) == Some(&KEY_PACKAGES_LOW[..])).then_some(1),
+        },
+    }
+}
+
+fn client_id(user_id: &str, device_id: u32) -> ClientId {
+    ClientId {
+        user_id: Text::truncated(user_id),
+        device_id,
+    }
+}
+
+/// The group id in an MLS message's framing (PublicMessage or PrivateMessage), without
+/// verifying anything else.
+fn mls_group_id(payload: &[u8]) -> Option<Vec<u8>> {
+    // MLSMessage: uint16 version; uint16 wire_format; then the message, which starts with
+    // opaque group_id<V> (RFC 9420 sections 6 and 6.2-6.3) for both framings.
+    const PUBLIC_MESSAGE: [u8; 2] = [0, 1];
+    const PRIVATE_MESSAGE: [u8; 2] = [0, 2];
+    let wire_format = payload.get(2..4)?;
+    if wire_format != PUBLIC_MESSAGE && wire_format != PRIVATE_MESSAGE {
+        return None;
+    }
+    let (group_id, _) = <tls_codec::VLBytes as tls_codec::DeserializeBytes>::tls_deserialize_bytes(
+        payload.get(4..)?,
+    )
+    .ok()?;
+    Some(group_id.as_slice().to_vec())
 }

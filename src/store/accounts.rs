@@ -83,6 +83,18 @@ pub enum RemoveClientRefusal {
     LastClient,
 }
 
+/// Whether the client `(user_id, device_id)` exists, as `txn` sees it.
+pub(super) fn client_exists(
+    txn: &WriteTransaction,
+    user_id: &str,
+    device_id: u32,
+) -> Result<bool, StoreError> {
+    Ok(txn
+        .open_table(CLIENTS)?
+        .get((user_id, device_id))?
+        .is_some())
+}
+
 /// The device id of a user's first client.
 pub const FIRST_DEVICE_ID: u32 = 1;
 

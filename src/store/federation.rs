@@ -4,7 +4,7 @@
 
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
-use super::queues::{enqueue_in, Enqueued, Envelope, QueueLimits};
+use super::queues::{enqueue_in, Enqueued, Envelope, FullQueues, QueueLimits};
 use super::{Store, StoreError};
 
 /// (peer domain, seq) -> encoded delivery, in the order it must be sent.
@@ -17,6 +17,17 @@ pub(super) const DELIVERIES_RECEIVED: TableDefinition<(&str, &[u8]), u64> =
 /// group id -> the domain of the homeserver hosting it (groups hosted elsewhere).
 pub(super) const GROUP_ROUTES: TableDefinition<&[u8], &str> =
     TableDefinition::new("group-routes-1");
+
+/// Why a delivery from a peer was refused (nothing of it was stored).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeliveryRefusal {
+    /// Another peer is known to host the group.
+    OtherHub(String),
+    /// This server hosts the group: no peer delivers into it.
+    HostedHere,
+    /// These recipients' queues are full; the peer keeps the delivery and sends it again.
+    QueueFull(FullQueues),
+}
 
 /// A delivery for a peer, to put into the outbox with the change that produced it.
 #[derive(Clone, Debug)]
@@ -50,11 +61,14 @@ impl Store {
         remote: Vec<OutgoingDelivery>,
         now_ms: u64,
         limits: QueueLimits,
-    ) -> Result<Vec<Enqueued>, StoreError> {
+    ) -> Result<Result<Vec<Enqueued>, FullQueues>, StoreError> {
         self.write(move |txn| {
-            let outcomes = enqueue_in(txn, &envelopes, now_ms, limits)?;
+            let outcomes = match enqueue_in(txn, &envelopes, now_ms, limits)? {
+                Ok(outcomes) => outcomes,
+                Err(full) => return Ok(Err(full)),
+            };
             outbox_in(txn, &remote)?;
-            Ok(outcomes)
+            Ok(Ok(outcomes))
         })
         .await
     }
@@ -106,7 +120,7 @@ impl Store {
 
     /// Stores a delivery from `peer` exactly once: queues its envelopes and records that `peer`
     /// hosts `group_id`, in one commit. `Ok(None)` if this delivery id was received before;
-    /// `Err(hub)` (nothing stored) if another peer, `hub`, is already known to host the group.
+    /// a refusal stores nothing (not even the delivery id, so the peer may send it again).
     pub async fn receive_delivery(
         &self,
         peer: &str,
@@ -115,33 +129,46 @@ impl Store {
         envelopes: Vec<Envelope>,
         now_ms: u64,
         limits: QueueLimits,
-    ) -> Result<Result<Option<Vec<Enqueued>>, String>, StoreError> {
+    ) -> Result<Result<Option<Vec<Enqueued>>, DeliveryRefusal>, StoreError> {
         let (peer, delivery_id, group_id) =
             (peer.to_owned(), delivery_id.to_vec(), group_id.to_vec());
         self.write(move |txn| {
             if !group_id.is_empty() {
+                if txn
+                    .open_table(super::groups::GROUPS)?
+                    .get(group_id.as_slice())?
+                    .is_some()
+                {
+                    return Ok(Err(DeliveryRefusal::HostedHere));
+                }
                 let hub = txn
                     .open_table(GROUP_ROUTES)?
                     .get(group_id.as_slice())?
                     .map(|hub| hub.value().to_owned());
                 if let Some(hub) = hub.filter(|hub| *hub != peer) {
-                    return Ok(Err(hub));
+                    return Ok(Err(DeliveryRefusal::OtherHub(hub)));
                 }
             }
-            let mut received = txn.open_table(DELIVERIES_RECEIVED)?;
+            let received = txn.open_table(DELIVERIES_RECEIVED)?;
             if received
                 .get((peer.as_str(), delivery_id.as_slice()))?
                 .is_some()
             {
                 return Ok(Ok(None));
             }
-            received.insert((peer.as_str(), delivery_id.as_slice()), now_ms)?;
             drop(received);
+            // Queued first: a refusal must leave nothing written.
+            let outcomes = match enqueue_in(txn, &envelopes, now_ms, limits)? {
+                Ok(outcomes) => outcomes,
+                Err(full) => return Ok(Err(DeliveryRefusal::QueueFull(full))),
+            };
+            txn.open_table(DELIVERIES_RECEIVED)?
+                .insert((peer.as_str(), delivery_id.as_slice()), now_ms)?;
             if !group_id.is_empty() {
                 txn.open_table(GROUP_ROUTES)?
                     .insert(group_id.as_slice(), peer.as_str())?;
             }
-            Ok(Ok(Some(enqueue_in(txn, &envelopes, now_ms, limits)?)))
+            Ok(Ok(Some(outcomes)))
         })
         .await
     }
@@ -209,7 +236,10 @@ mod tests {
             .receive_delivery("c.example", b"id-9", group, Vec::new(), 3, LIMITS)
             .await
             .unwrap();
-        assert_eq!(hijack, Err("a.example".to_owned()));
+        assert_eq!(
+            hijack,
+            Err(DeliveryRefusal::OtherHub("a.example".to_owned()))
+        );
         assert_eq!(
             store.group_route(group).await.unwrap().as_deref(),
             Some("a.example")
@@ -236,6 +266,7 @@ mod tests {
                 LIMITS,
             )
             .await
+            .unwrap()
             .unwrap();
         assert_eq!(
             store.outbox_backlog().await.unwrap(),

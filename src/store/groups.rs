@@ -5,7 +5,7 @@ use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use tls_codec::{Deserialize, Serialize, TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
 
 use super::federation::{outbox_in, OutgoingDelivery};
-use super::queues::{enqueue_in, Enqueued, Envelope, QueueLimits};
+use super::queues::{enqueue_in, Enqueued, Envelope, FullQueues, QueueLimits};
 use super::{Store, StoreError};
 
 /// group id -> [`GroupRecord`] encoding.
@@ -160,6 +160,9 @@ pub enum GroupRefusal {
     WrongEpoch {
         current: u64,
     },
+    /// These members' queues have no room left even for handshake messages (see
+    /// [`super::Admission::Handshake`]); nothing was written.
+    QueueFull(FullQueues),
 }
 
 impl Store {
@@ -224,10 +227,14 @@ impl Store {
             if current != from_epoch {
                 return Ok(Err(GroupRefusal::WrongEpoch { current }));
             }
+            // Queued first: a refusal must leave nothing written.
+            let outcomes = match enqueue_in(txn, &envelopes, now_ms, limits)? {
+                Ok(outcomes) => outcomes,
+                Err(full) => return Ok(Err(GroupRefusal::QueueFull(full))),
+            };
             groups.insert(group_id.as_slice(), encoded.as_slice())?;
             drop(groups);
             replace_members(txn, &group_id, &old_members, &members)?;
-            let outcomes = enqueue_in(txn, &envelopes, now_ms, limits)?;
             outbox_in(txn, &remote)?;
             Ok(Ok(outcomes))
         })
@@ -255,7 +262,8 @@ impl Store {
                 return Ok(Err(GroupRefusal::Unknown));
             }
             replace_members(txn, &group_id, &members, &[])?;
-            let outcomes = enqueue_in(txn, &envelopes, now_ms, limits)?;
+            // Notices are admitted whatever the queues hold: this enqueue is never refused.
+            let outcomes = enqueue_in(txn, &envelopes, now_ms, limits)?.unwrap_or_default();
             outbox_in(txn, &remote)?;
             Ok(Ok(outcomes))
         })

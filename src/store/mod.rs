@@ -23,10 +23,13 @@ pub use accounts::{
     AddClientRefusal, IssueCredential, NewUser, RegisterRefusal, RemoveClientRefusal, StoredClient,
     FIRST_DEVICE_ID,
 };
-pub use federation::OutgoingDelivery;
+pub use federation::{DeliveryRefusal, OutgoingDelivery};
 pub use groups::{GroupMemberRow, GroupRefusal, GroupTransition, PublicState, StoredGroup};
 pub use key_packages::{Claimed, ClientClaim, NewKeyPackage, PublishRefusal, Stock};
-pub use queues::{Enqueued, Envelope, ExpiredMessages, QueueLimits, StoredMessage, FIRST_SEQ};
+pub use queues::{
+    Admission, Enqueued, Envelope, ExpiredMessages, FullQueues, QueueLimits, StoredMessage,
+    FIRST_SEQ, HANDSHAKE_RESERVE_FACTOR,
+};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,6 +58,29 @@ pub enum StoreError {
     Closed,
     #[error("the data directory belongs to domain {stored:?}, not {requested:?}")]
     DomainMismatch { stored: String, requested: String },
+    /// The client a write was made for no longer exists: it was removed (or its user deleted)
+    /// after its connection authenticated. Nothing of the write was committed.
+    #[error("the acting client no longer exists")]
+    ActorRemoved,
+}
+
+tokio::task_local! {
+    /// The local client the current task writes for, as (user id, device id): set by the
+    /// services while they serve an authenticated client's request. Every write made meanwhile
+    /// first checks, in its own transaction, that this client still exists, so a removal that
+    /// lands between authentication and the write takes the client's authority with it.
+    static ACTING_CLIENT: Option<(String, u32)>;
+}
+
+/// Runs `work` with every store write in it made for the local client `(user_id, device_id)`:
+/// each write is refused with [`StoreError::ActorRemoved`] if the client no longer exists when
+/// its transaction runs. `None` runs `work` as the server itself (no such check), e.g. for the
+/// follow-up work of a removal, which must go on after the client is gone.
+pub async fn acting_for<F: std::future::Future>(
+    client: Option<(String, u32)>,
+    work: F,
+) -> F::Output {
+    ACTING_CLIENT.scope(client, work).await
 }
 
 impl<E: Into<redb::Error>> From<E> for StoreError {
@@ -151,14 +177,26 @@ impl Store {
     /// `op` may run more than once: when another write in the same batch fails, the batch is
     /// rolled back and the others run again in a new transaction. An `op` that returns `Err` has
     /// none of its writes committed.
-    async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
+    ///
+    /// Inside [`acting_for`], the acting client's existence is checked first, in the same
+    /// transaction.
+    async fn write<T, F>(&self, mut op: F) -> Result<T, StoreError>
     where
         F: FnMut(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
+        let actor = ACTING_CLIENT.try_with(Clone::clone).ok().flatten();
+        let checked = move |txn: &WriteTransaction| {
+            if let Some((user_id, device_id)) = &actor {
+                if !accounts::client_exists(txn, user_id, *device_id)? {
+                    return Err(StoreError::ActorRemoved);
+                }
+            }
+            op(txn)
+        };
         let (reply, answer) = oneshot::channel();
         self.writes
-            .send(Box::new(TypedWrite::new(op, reply)))
+            .send(Box::new(TypedWrite::new(checked, reply)))
             .await
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?

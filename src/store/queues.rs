@@ -21,6 +21,10 @@ pub(super) const SHARED_PAYLOADS: TableDefinition<u64, &[u8]> =
 /// Payload id -> how many queue records refer to it (always at least 1).
 pub(super) const SHARED_PAYLOAD_REFS: TableDefinition<u64, u64> =
     TableDefinition::new("shared-payload-refs-1");
+/// (user id, device id, notice kind) -> the seq of that client's notice of that kind, while it
+/// may still be queued: a coalesced notice is queued again only once the previous one is gone.
+pub(super) const PENDING_NOTICES: TableDefinition<(&str, u32, u8), u64> =
+    TableDefinition::new("pending-notices-1");
 /// (user id, device id) -> (next seq, messages queued, payload bytes queued).
 pub(super) const QUEUE_HEADS: TableDefinition<(&str, u32), (u64, u64, u64)> =
     TableDefinition::new("queue-heads-1");
@@ -35,6 +39,9 @@ pub struct QueueLimits {
     pub max_bytes: u64,
 }
 
+/// Handshake messages and Welcomes may fill a queue up to this many times its limits.
+pub const HANDSHAKE_RESERVE_FACTOR: u64 = 2;
+
 /// A message for one client.
 #[derive(Clone, Debug)]
 pub struct Envelope {
@@ -42,15 +49,45 @@ pub struct Envelope {
     pub device_id: u32,
     pub kind: u8,
     pub payload: std::sync::Arc<Vec<u8>>,
+    pub admission: Admission,
+}
+
+/// How an envelope is admitted into a queue: the rule of protocol-spec/queues.md, "Full queues".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// An application message, within the queue's limits. A full queue refuses this envelope
+    /// alone ([`Enqueued::QueueFull`]); the sender is told.
+    Message,
+    /// An application message relayed by a peer, within the queue's limits. A full queue
+    /// refuses the whole enqueue, so the delivery waits in the hub's outbox and comes again.
+    MessageOrRefuseAll,
+    /// A handshake message or a Welcome, which a member cannot do without: admitted past the
+    /// limits, up to [`HANDSHAKE_RESERVE_FACTOR`] times them. Beyond that the whole enqueue is
+    /// refused, naming the full queues: the commit does not happen.
+    Handshake,
+    /// A handshake message for a client the same commit removes: admitted as [`Self::Handshake`]
+    /// while there is room, skipped beyond the reserve (the client is out of the group anyway).
+    HandshakeIfRoom,
+    /// A server notice: admitted whatever the limits. With `coalesce`, at most one notice of
+    /// that kind waits per client; another is not queued ([`Enqueued::Coalesced`]) and does not
+    /// count against the limits while it waits.
+    Notice { coalesce: Option<u8> },
 }
 
 /// What became of one envelope.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Enqueued {
-    Queued { seq: u64 },
+    Queued {
+        seq: u64,
+    },
     QueueFull,
     UnknownClient,
+    /// A notice of the same kind is still queued for the client: this one was not added.
+    Coalesced,
 }
+
+/// An enqueue refused as a whole (nothing was written): the clients whose queues are full.
+pub type FullQueues = Vec<(String, u32)>;
 
 /// A stored message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,7 +115,7 @@ impl Store {
         envelopes: Vec<Envelope>,
         now_ms: u64,
         limits: QueueLimits,
-    ) -> Result<Vec<Enqueued>, StoreError> {
+    ) -> Result<Result<Vec<Enqueued>, FullQueues>, StoreError> {
         self.write(move |txn| enqueue_in(txn, &envelopes, now_ms, limits))
             .await
     }
@@ -249,38 +286,43 @@ impl Store {
 
 /// Queues envelopes inside an open write transaction; other store operations that must commit
 /// their own change together with a fan-out (a group commit, a federation delivery) call this.
+///
+/// Each envelope is admitted by its [`Admission`]. `Ok(Err(full))` refuses the whole enqueue
+/// before anything is written: an envelope that must not be dropped found no room.
 pub(super) fn enqueue_in(
     txn: &WriteTransaction,
     envelopes: &[Envelope],
     now_ms: u64,
     limits: QueueLimits,
-) -> Result<Vec<Enqueued>, StoreError> {
-    let clients = txn.open_table(CLIENTS)?;
+) -> Result<Result<Vec<Enqueued>, FullQueues>, StoreError> {
+    let plan = match admit(txn, envelopes, limits)? {
+        Ok(plan) => plan,
+        Err(full) => return Ok(Err(full)),
+    };
     let mut heads = txn.open_table(QUEUE_HEADS)?;
     let mut queue = txn.open_table(QUEUE)?;
     let mut shared = txn.open_table(SHARED_PAYLOADS)?;
+    let mut pending_notices = txn.open_table(PENDING_NOTICES)?;
     // A payload that several envelopes hold (the same `Arc`: one message fanned out) is stored
     // once, under an id given when its first envelope is queued.
     let mut holders: HashMap<*const Vec<u8>, usize> = HashMap::new();
-    for envelope in envelopes {
-        *holders.entry(Arc::as_ptr(&envelope.payload)).or_default() += 1;
+    for (envelope, verdict) in envelopes.iter().zip(&plan) {
+        if *verdict == Verdict::Admitted {
+            *holders.entry(Arc::as_ptr(&envelope.payload)).or_default() += 1;
+        }
     }
     let mut shared_ids: HashMap<*const Vec<u8>, (u64, u64)> = HashMap::new();
     let mut outcomes = Vec::with_capacity(envelopes.len());
-    for envelope in envelopes {
+    for (envelope, verdict) in envelopes.iter().zip(plan) {
         let client = (envelope.user_id.as_str(), envelope.device_id);
-        if clients.get(client)?.is_none() {
-            outcomes.push(Enqueued::UnknownClient);
+        if let Verdict::Refused(outcome) = verdict {
+            outcomes.push(outcome);
             continue;
         }
         let (next_seq, count, bytes) = heads
             .get(client)?
             .map_or((FIRST_SEQ, 0, 0), |head| head.value());
         let size = envelope.payload.len() as u64;
-        if count >= limits.max_messages || bytes.saturating_add(size) > limits.max_bytes {
-            outcomes.push(Enqueued::QueueFull);
-            continue;
-        }
         let key = Arc::as_ptr(&envelope.payload);
         let payload = if holders[&key] > 1 {
             let (id, references) = match shared_ids.get(&key) {
@@ -305,6 +347,15 @@ pub(super) fn enqueue_in(
             (envelope.user_id.as_str(), envelope.device_id, next_seq),
             record.encode().as_slice(),
         )?;
+        if let Admission::Notice {
+            coalesce: Some(notice_kind),
+        } = envelope.admission
+        {
+            pending_notices.insert(
+                (envelope.user_id.as_str(), envelope.device_id, notice_kind),
+                next_seq,
+            )?;
+        }
         let following = next_seq
             .checked_add(1)
             .ok_or_else(|| StoreError::Corrupt("queue sequence numbers exhausted".into()))?;
@@ -315,7 +366,114 @@ pub(super) fn enqueue_in(
     for (id, count) in shared_ids.into_values() {
         references.insert(id, count)?;
     }
-    Ok(outcomes)
+    Ok(Ok(outcomes))
+}
+
+/// Whether one envelope goes into its queue.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Admitted,
+    Refused(Enqueued),
+}
+
+/// Decides, without writing, which envelopes go in (counting the ones before them in the same
+/// enqueue), or refuses the whole enqueue.
+fn admit(
+    txn: &WriteTransaction,
+    envelopes: &[Envelope],
+    limits: QueueLimits,
+) -> Result<Result<Vec<Verdict>, FullQueues>, StoreError> {
+    let clients = txn.open_table(CLIENTS)?;
+    let heads = txn.open_table(QUEUE_HEADS)?;
+    let queue = txn.open_table(QUEUE)?;
+    let pending_notices = txn.open_table(PENDING_NOTICES)?;
+    // Per client: (messages, bytes) queued so far, counting this enqueue's admitted envelopes,
+    // and how many of the messages are coalesced notices (which do not count).
+    let mut sizes: HashMap<(&str, u32), (u64, u64, u64)> = HashMap::new();
+    let mut coalesced_now: Vec<(&str, u32, u8)> = Vec::new();
+    let mut verdicts = Vec::with_capacity(envelopes.len());
+    let mut full: FullQueues = Vec::new();
+    for envelope in envelopes {
+        let client = (envelope.user_id.as_str(), envelope.device_id);
+        if clients.get(client)?.is_none() {
+            verdicts.push(Verdict::Refused(Enqueued::UnknownClient));
+            continue;
+        }
+        let size = envelope.payload.len() as u64;
+        let (count, bytes, notices) = match sizes.get(&client) {
+            Some(known) => *known,
+            None => {
+                let (_, count, bytes) = heads.get(client)?.map_or((FIRST_SEQ, 0, 0), |h| h.value());
+                let mut notices = 0;
+                let first = (client.0, client.1, 0u8)..=(client.0, client.1, u8::MAX);
+                for entry in pending_notices.range(first)? {
+                    let (_, seq) = entry?;
+                    if queue.get((client.0, client.1, seq.value()))?.is_some() {
+                        notices += 1;
+                    }
+                }
+                (count, bytes, notices)
+            }
+        };
+        let counted = count.saturating_sub(notices);
+        let within = |factor: u64| {
+            counted < limits.max_messages.saturating_mul(factor)
+                && bytes.saturating_add(size) <= limits.max_bytes.saturating_mul(factor)
+        };
+        let verdict = match envelope.admission {
+            Admission::Message if !within(1) => Verdict::Refused(Enqueued::QueueFull),
+            Admission::MessageOrRefuseAll | Admission::Handshake
+                if !within(match envelope.admission {
+                    Admission::Handshake => HANDSHAKE_RESERVE_FACTOR,
+                    _ => 1,
+                }) =>
+            {
+                if !full.contains(&(client.0.to_owned(), client.1)) {
+                    full.push((client.0.to_owned(), client.1));
+                }
+                Verdict::Refused(Enqueued::QueueFull)
+            }
+            Admission::HandshakeIfRoom if !within(HANDSHAKE_RESERVE_FACTOR) => {
+                Verdict::Refused(Enqueued::QueueFull)
+            }
+            Admission::Notice {
+                coalesce: Some(kind),
+            } => {
+                let key = (client.0, client.1, kind);
+                let waiting = coalesced_now.contains(&key)
+                    || match pending_notices.get(key)? {
+                        Some(seq) => queue.get((client.0, client.1, seq.value()))?.is_some(),
+                        None => false,
+                    };
+                if waiting {
+                    Verdict::Refused(Enqueued::Coalesced)
+                } else {
+                    coalesced_now.push(key);
+                    Verdict::Admitted
+                }
+            }
+            _ => Verdict::Admitted,
+        };
+        if verdict == Verdict::Admitted {
+            let notice = matches!(envelope.admission, Admission::Notice { coalesce: Some(_) });
+            sizes.insert(
+                client,
+                (
+                    count + 1,
+                    bytes.saturating_add(size),
+                    notices + u64::from(notice),
+                ),
+            );
+        } else {
+            sizes.insert(client, (count, bytes, notices));
+        }
+        verdicts.push(verdict);
+    }
+    Ok(if full.is_empty() {
+        Ok(verdicts)
+    } else {
+        Err(full)
+    })
 }
 
 /// Deletes, in order, the client's messages up to `up_to_seq` while `take(seq, record)` says
@@ -395,6 +553,14 @@ pub(super) fn delete_client_queue(
 ) -> Result<(), StoreError> {
     delete_through(txn, user_id, device_id, u64::MAX, |_, _| true)?;
     txn.open_table(QUEUE_HEADS)?.remove((user_id, device_id))?;
+    let mut pending_notices = txn.open_table(PENDING_NOTICES)?;
+    let kinds: Vec<u8> = pending_notices
+        .range((user_id, device_id, 0u8)..=(user_id, device_id, u8::MAX))?
+        .map(|entry| entry.map(|(key, _)| key.value().2))
+        .collect::<Result<_, _>>()?;
+    for kind in kinds {
+        pending_notices.remove((user_id, device_id, kind))?;
+    }
     Ok(())
 }
 
@@ -544,6 +710,7 @@ mod tests {
                 device_id: *device_id,
                 kind: 0,
                 payload: payload.clone(),
+                admission: Admission::Message,
             })
             .collect()
     }
@@ -555,7 +722,7 @@ mod tests {
         let users = add_users(&store, 1000).await;
         let envelopes = envelopes_for(&users, &Arc::new(vec![7u8; 1024]));
         let commits = store.stats().commits();
-        let outcomes = store.enqueue(envelopes, 1, LIMITS).await.unwrap();
+        let outcomes = store.enqueue(envelopes, 1, LIMITS).await.unwrap().unwrap();
         assert_eq!(store.stats().commits() - commits, 1);
         assert!(outcomes
             .iter()
@@ -581,6 +748,7 @@ mod tests {
             device_id: 1,
             kind: 0,
             payload: Arc::new(vec![0; size]),
+            admission: Admission::Message,
         };
         let outcomes = store
             .enqueue(
@@ -594,6 +762,7 @@ mod tests {
                 limits,
             )
             .await
+            .unwrap()
             .unwrap();
         assert_eq!(
             outcomes,
@@ -610,7 +779,7 @@ mod tests {
         };
         assert_eq!(
             store.enqueue(vec![unknown], 1, limits).await.unwrap(),
-            [Enqueued::UnknownClient]
+            Ok(vec![Enqueued::UnknownClient])
         );
         assert_eq!(store.ack_messages(&users[0].0, 1, 3).await.unwrap(), Err(3));
         store
@@ -624,8 +793,126 @@ mod tests {
                 .enqueue(vec![envelope(0, 10)], 1, limits)
                 .await
                 .unwrap(),
-            [Enqueued::Queued { seq: 3 }],
+            Ok(vec![Enqueued::Queued { seq: 3 }]),
             "sequence numbers are never reused"
+        );
+    }
+
+    #[tokio::test]
+    async fn handshakes_use_the_reserve_and_refuse_the_whole_enqueue_beyond_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let users = add_users(&store, 2).await;
+        let limits = QueueLimits {
+            max_messages: 2,
+            max_bytes: 1000,
+        };
+        let envelope = |user: usize, admission| Envelope {
+            user_id: users[user].0.clone(),
+            device_id: 1,
+            kind: 0,
+            payload: Arc::new(vec![0; 10]),
+            admission,
+        };
+        let fill = vec![envelope(0, Admission::Message); 2];
+        store.enqueue(fill, 1, limits).await.unwrap().unwrap();
+        // Full for application messages, open for handshakes up to twice the limit.
+        assert_eq!(
+            store
+                .enqueue(vec![envelope(0, Admission::Message)], 1, limits)
+                .await
+                .unwrap(),
+            Ok(vec![Enqueued::QueueFull])
+        );
+        let handshakes = vec![envelope(0, Admission::Handshake); 2];
+        store.enqueue(handshakes, 1, limits).await.unwrap().unwrap();
+        // Beyond the reserve: the whole enqueue is refused and nothing is written, not even for
+        // the recipient with room.
+        let refused = store
+            .enqueue(
+                vec![
+                    envelope(1, Admission::Handshake),
+                    envelope(0, Admission::Handshake),
+                ],
+                1,
+                limits,
+            )
+            .await
+            .unwrap();
+        assert_eq!(refused, Err(vec![(users[0].0.clone(), 1)]));
+        assert_eq!(store.queue_size(&users[1].0, 1).await.unwrap(), (0, 0));
+        // A removed member's copy is skipped instead.
+        assert_eq!(
+            store
+                .enqueue(
+                    vec![
+                        envelope(1, Admission::Handshake),
+                        envelope(0, Admission::HandshakeIfRoom),
+                    ],
+                    1,
+                    limits,
+                )
+                .await
+                .unwrap(),
+            Ok(vec![Enqueued::Queued { seq: 1 }, Enqueued::QueueFull])
+        );
+        // A relayed application message refuses the whole delivery.
+        assert_eq!(
+            store
+                .enqueue(vec![envelope(0, Admission::MessageOrRefuseAll)], 1, limits)
+                .await
+                .unwrap(),
+            Err(vec![(users[0].0.clone(), 1)])
+        );
+    }
+
+    #[tokio::test]
+    async fn coalesced_notices_wait_once_and_do_not_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let users = add_users(&store, 1).await;
+        let limits = QueueLimits {
+            max_messages: 1,
+            max_bytes: 1000,
+        };
+        let envelope = |admission| Envelope {
+            user_id: users[0].0.clone(),
+            device_id: 1,
+            kind: 2,
+            payload: Arc::new(vec![0, 1, 2]),
+            admission,
+        };
+        let notice = envelope(Admission::Notice { coalesce: Some(1) });
+        let outcomes = store
+            .enqueue(vec![notice.clone(); 3], 1, limits)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            outcomes,
+            [
+                Enqueued::Queued { seq: 1 },
+                Enqueued::Coalesced,
+                Enqueued::Coalesced
+            ]
+        );
+        // The waiting notice leaves room for a real message.
+        assert_eq!(
+            store
+                .enqueue(vec![envelope(Admission::Message)], 1, limits)
+                .await
+                .unwrap(),
+            Ok(vec![Enqueued::Queued { seq: 2 }])
+        );
+        // Once it is acknowledged, the next one of its kind is queued again.
+        store
+            .ack_messages(&users[0].0, 1, 1)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            store.enqueue(vec![notice], 1, limits).await.unwrap(),
+            Ok(vec![Enqueued::Queued { seq: 3 }])
         );
     }
 
@@ -639,12 +926,18 @@ mod tests {
             device_id: 1,
             kind: 0,
             payload: Arc::new(vec![1, 2, 3]),
+            admission: Admission::Message,
         };
         store
             .enqueue(vec![envelope.clone(), envelope.clone()], 1_000, LIMITS)
             .await
+            .unwrap()
             .unwrap();
-        store.enqueue(vec![envelope], 5_000, LIMITS).await.unwrap();
+        store
+            .enqueue(vec![envelope], 5_000, LIMITS)
+            .await
+            .unwrap()
+            .unwrap();
         let report = store.purge_expired_messages(2_000).await.unwrap();
         assert_eq!(
             report,
@@ -682,14 +975,20 @@ mod tests {
         store
             .enqueue(envelopes(&fanned_out), 1_000, LIMITS)
             .await
+            .unwrap()
             .unwrap();
         let direct = Envelope {
             user_id: users[0].0.clone(),
             device_id: 1,
             kind: 1,
             payload: Arc::new(vec![5u8; 10]),
+            admission: Admission::Handshake,
         };
-        store.enqueue(vec![direct], 1_000, LIMITS).await.unwrap();
+        store
+            .enqueue(vec![direct], 1_000, LIMITS)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(
             shared_payloads(&store).await,
             1,
@@ -732,6 +1031,7 @@ mod tests {
         store
             .enqueue(envelopes(&fanned_out), 3_000, LIMITS)
             .await
+            .unwrap()
             .unwrap();
         store
             .write(|txn| {

@@ -20,6 +20,7 @@ macro_rules! for_each_table {
         $action!(super::key_packages::CLIENT_KEY_PACKAGE_REFS);
         $action!(super::queues::QUEUE);
         $action!(super::queues::QUEUE_HEADS);
+        $action!(super::queues::PENDING_NOTICES);
         $action!(super::queues::SHARED_PAYLOADS);
         $action!(super::queues::SHARED_PAYLOAD_REFS);
         $action!(super::groups::GROUPS);

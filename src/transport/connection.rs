@@ -259,6 +259,10 @@ pub(super) fn service_error(e: ServiceError) -> ErrorResponse {
             KeyPackageRejection::Duplicate => ErrorCode::DuplicateKeyPackage,
             KeyPackageRejection::UnsupportedCiphersuite(_) => ErrorCode::UnsupportedCiphersuite,
             KeyPackageRejection::MultipleLastResort => ErrorCode::MultipleLastResort,
+            KeyPackageRejection::MissingCapability(_) => ErrorCode::InvalidKeyPackage,
+            KeyPackageRejection::CiphersuiteMismatch { .. } => {
+                ErrorCode::KeyPackageCredentialMismatch
+            }
         },
         ServiceError::TooManyKeyPackages { .. } => ErrorCode::TooManyKeyPackages,
         ServiceError::RateLimited { .. } => ErrorCode::RateLimited,
@@ -279,7 +283,11 @@ pub(super) fn service_error(e: ServiceError) -> ErrorResponse {
         ServiceError::PeerRefused(_) => ErrorCode::PeerRefused,
         // A peer's refusal is passed on with the peer's code and message.
         ServiceError::Peer(refusal) => return refusal.clone(),
+        ServiceError::ProposalConflict(_) => ErrorCode::ProposalConflict,
+        ServiceError::InvalidGroupId => ErrorCode::InvalidGroupId,
+        ServiceError::QueueFull { .. } => ErrorCode::QueueFull,
         ServiceError::Store(StoreError::Closed) => ErrorCode::ShuttingDown,
+        ServiceError::Store(StoreError::ActorRemoved) => ErrorCode::ClientRemoved,
         ServiceError::NotAServiceOperation(_) | ServiceError::Store(_) => {
             error!(error = ?e, "request failed");
             return ErrorResponse::new(ErrorCode::Internal, "internal error");
@@ -338,34 +346,60 @@ impl Session {
                 "this connection is already authenticated",
             );
         }
-        if let Err(e) = self.open_push_stream(shared, &client).await {
-            // Authentication stands: everything pushed can also be fetched.
-            warn!(%client, "cannot open the push stream: {e}");
-        }
-        debug!(%client, "authenticated");
-        Response::Ok(ResponseBody::Authenticated(AuthenticateResponse { client }))
-    }
-
-    async fn open_push_stream(&self, shared: &Shared, client: &ClientId) -> anyhow::Result<()> {
-        let mut stream = tokio::time::timeout(shared.limits.request_timeout, async {
-            let mut stream = self.connection.open_uni().await?;
-            stream.write_all(&encode_push_header()).await?;
-            anyhow::Ok(stream)
-        })
-        .await??;
+        // Registered before anything else can happen to this connection, so that removing the
+        // client closes it whether or not a push stream ever opens.
         let feed =
             shared
                 .sessions
-                .register(client, self.connection.stable_id(), self.closing.clone());
+                .register(&client, self.connection.stable_id(), self.closing.clone());
+        // The removal may have committed between the key lookup above and the registration, and
+        // then its disconnect found nothing to close: look again now that a disconnect would.
+        match shared.services.client_signature_key(&client).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                self.closing.cancel();
+                return error_response(
+                    ErrorCode::AuthenticationFailed,
+                    "authentication failed: unknown client or bad signature",
+                );
+            }
+            Err(e) => {
+                self.closing.cancel();
+                return service_error_response(e);
+            }
+        }
+        // The push stream opens in the background: a client that grants the server no
+        // unidirectional stream is still authenticated (everything pushed can be fetched) and
+        // still closed when it is removed.
+        let connection = self.connection.clone();
+        let timeout = shared.limits.request_timeout;
+        let writer_client = client.clone();
         let writer = tokio::spawn(async move {
-            write_notifications(&mut stream, feed).await;
+            match open_push_stream(&connection, timeout).await {
+                Ok(mut stream) => write_notifications(&mut stream, feed).await,
+                Err(e) => debug!(client = %writer_client, "no push stream: {e}"),
+            }
         });
         *self
             .push_writer
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(writer);
-        Ok(())
+        debug!(%client, "authenticated");
+        Response::Ok(ResponseBody::Authenticated(AuthenticateResponse { client }))
     }
+}
+
+/// Opens the push stream and writes its header, within `timeout`.
+async fn open_push_stream(
+    connection: &quinn::Connection,
+    timeout: Duration,
+) -> anyhow::Result<SendStream> {
+    tokio::time::timeout(timeout, async {
+        let mut stream = connection.open_uni().await?;
+        stream.write_all(&encode_push_header()).await?;
+        anyhow::Ok(stream)
+    })
+    .await?
 }
 
 /// Writes pushed notifications, and a `NewMessages` hint whenever the client's queue grows,
