@@ -50,6 +50,9 @@ pub struct ClientConfig {
     pub trusted: Vec<CertificateDer<'static>>,
     /// The ALPN to offer; [`ALPN_CLIENT`] unless testing something else.
     pub alpn: Vec<u8>,
+    /// Whether to let the server open the push stream (one unidirectional stream). A client
+    /// that only fetches may grant none.
+    pub accept_push: bool,
 }
 
 impl ClientConfig {
@@ -64,6 +67,7 @@ impl ClientConfig {
             server_name: server_name.into(),
             trusted: tls::load_certificates(trusted)?,
             alpn: ALPN_CLIENT.to_vec(),
+            accept_push: true,
         })
     }
 }
@@ -118,7 +122,7 @@ impl Connection {
         transport
             .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL))
             // The server opens exactly one unidirectional stream: the push stream.
-            .max_concurrent_uni_streams(1u32.into());
+            .max_concurrent_uni_streams(u32::from(config.accept_push).into());
         quinn_config.transport_config(Arc::new(transport));
 
         let bind: SocketAddr = if config.server_addr.is_ipv4() {
@@ -192,6 +196,21 @@ impl Connection {
             .map_err(|e| ClientError::Stream(e.to_string()))?;
         decode_push_header(header)?;
         Ok(PushStream { stream })
+    }
+
+    /// Authenticates this connection as `client` without taking the push stream: for clients
+    /// that only fetch (a connection that grants the server no unidirectional stream is still
+    /// authenticated, protocol-spec/authentication.md).
+    pub async fn authenticate_without_push(
+        &self,
+        client: &ClientId,
+        key: &SigningKey,
+    ) -> Result<(), ClientError> {
+        let request = sign_authentication(key, &self.channel_binding()?, client);
+        match self.request(&Request::Authenticate(request)).await? {
+            ResponseBody::Authenticated(_) => Ok(()),
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// The client this connection is authenticated as.

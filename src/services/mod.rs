@@ -185,12 +185,26 @@ pub enum ServiceError {
     ProposalConflict(String),
     #[error("the group id does not name this server as the group's hub")]
     InvalidGroupId,
-    #[error("{} recipient queue(s) are full; nothing was accepted", full.len())]
+    #[error("full queues, nothing was accepted: {}", name_some(full))]
     QueueFull { full: Vec<ClientId> },
     #[error("operation {0:?} is handled by the transport, not a service")]
     NotAServiceOperation(Operation),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// The first few of `clients`, and how many more, for a message that must stay short.
+fn name_some(clients: &[ClientId]) -> String {
+    const NAMED: usize = 8;
+    let mut named: Vec<String> = clients
+        .iter()
+        .take(NAMED)
+        .map(ToString::to_string)
+        .collect();
+    if clients.len() > NAMED {
+        named.push(format!("and {} more", clients.len() - NAMED));
+    }
+    named.join(", ")
 }
 
 impl ServiceError {

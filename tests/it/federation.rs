@@ -43,6 +43,19 @@ impl Homeserver {
         peers: &[(&str, SocketAddr)],
         cert_domain: &str,
     ) -> anyhow::Result<Self> {
+        Self::start_with(dir, certs, domain, listen, peers, cert_domain, |_| {}).await
+    }
+
+    /// As [`Homeserver::start`], after `adjust` has changed the configuration.
+    async fn start_with(
+        dir: &Path,
+        certs: &Path,
+        domain: &str,
+        listen: SocketAddr,
+        peers: &[(&str, SocketAddr)],
+        cert_domain: &str,
+        adjust: impl FnOnce(&mut ServerConfig),
+    ) -> anyhow::Result<Self> {
         let issued = issue_development_certificate(certs, cert_domain).unwrap();
         let mut config = ServerConfig::new(domain.parse().unwrap(), listen, dir.join(domain));
         config.certificate = CertificateSource::Files {
@@ -58,6 +71,7 @@ impl Homeserver {
                 allowed_domains: Some(peers.iter().map(|(d, _)| (*d).to_owned()).collect()),
             },
         });
+        adjust(&mut config);
         Ok(Self {
             server: Server::start(config).await?,
             certificate_name: cert_domain.to_owned(),
@@ -580,4 +594,126 @@ async fn peers_can_trust_each_other_by_pinned_certificates_alone() {
     let keys = within(alice.domain_keys_of("b.example")).await.unwrap();
     assert_eq!(keys.domain, "b.example");
     assert!(!keys.keys.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_remote_queue_holds_deliveries_in_the_hubs_outbox_until_there_is_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let (a_addr, b_addr) = (free_port(), free_port());
+    let peers_of_a = [("b.example", b_addr)];
+    let a = Homeserver::start(
+        dir.path(),
+        &certs,
+        "a.example",
+        a_addr,
+        &peers_of_a,
+        "a.example",
+    )
+    .await
+    .unwrap();
+    let b = Homeserver::start_with(
+        dir.path(),
+        &certs,
+        "b.example",
+        b_addr,
+        &[("a.example", a_addr)],
+        "b.example",
+        |config| config.queues.max_messages = 2,
+    )
+    .await
+    .unwrap();
+    let (alice, bob, group_id) = alice_at_a_with_bob_at_b(&a, &b).await;
+
+    // Bob does not read; alice sends four. b.example takes two, then refuses (retryably) what
+    // does not fit: it waits in a.example's outbox instead of being dropped.
+    for i in 0..4 {
+        within(
+            alice
+                .groups()
+                .await
+                .send(&group_id, format!("m{i}").as_bytes()),
+        )
+        .await
+        .unwrap();
+    }
+    let bob_client = bob.identity.client.clone();
+    within(async {
+        loop {
+            let queued = b
+                .server
+                .store()
+                .queue_size(bob_client.user_id.as_str(), bob_client.device_id)
+                .await
+                .unwrap()
+                .0;
+            let backlog = a.server.store().outbox_backlog().await.unwrap();
+            if queued == 2 && backlog == [("b.example".to_owned(), 2)] {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    // Once bob reads, the rest arrives, in order and exactly once.
+    let mut heard = Vec::new();
+    within(async {
+        while heard.len() < 4 {
+            heard.extend(texts(&bob.receive().await));
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        heard
+            .iter()
+            .map(|(_, text)| text.as_str())
+            .collect::<Vec<_>>(),
+        ["m0", "m1", "m2", "m3"]
+    );
+    assert!(a.server.store().outbox_backlog().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_delivers_only_into_groups_its_own_id_says_it_hosts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_homeservers(dir.path()).await;
+    let (alice, bob, group_id) = alice_at_a_with_bob_at_b(&a, &b).await;
+    let deliver = |group_id: &[u8], recipient: &ClientId| {
+        roost::protocol::FederationRequest::Deliver(roost::protocol::DeliverRequest {
+            delivery_id: vec![7; 16].into(),
+            group_id: group_id.to_vec().into(),
+            items: vec![roost::protocol::DeliveryItem {
+                recipients: vec![recipient.clone()],
+                kind: roost::protocol::MessageKind::ServerNotice,
+                payload: vec![0, 3].into(),
+            }],
+        })
+    };
+    // b.example injecting into a group hosted at a.example, as if it were its hub: refused.
+    let injected = a
+        .server
+        .services()
+        .handle_federation("b.example", deliver(&group_id, &alice.identity.client))
+        .await;
+    assert!(
+        matches!(injected, Err(roost::services::ServiceError::PeerRefused(_))),
+        "{injected:?}"
+    );
+    // a.example pre-claiming a group id that names c.example: refused at b.example.
+    let mut foreign = group_id[..roost::identity::GROUP_ID_RANDOM_LEN].to_vec();
+    foreign.extend_from_slice(b"c.example");
+    let claimed = b
+        .server
+        .services()
+        .handle_federation("a.example", deliver(&foreign, &bob.identity.client))
+        .await;
+    assert!(
+        matches!(claimed, Err(roost::services::ServiceError::PeerRefused(_))),
+        "{claimed:?}"
+    );
+    // Neither reached a queue.
+    assert!(alice.receive().await.is_empty());
+    assert!(bob.receive().await.is_empty());
 }

@@ -6,7 +6,7 @@ use roost::protocol::{ClientId, ErrorCode, Role, SendCommitRequest};
 
 use crate::support::{within, Device, TestServer};
 
-async fn groups<'a>(server: &TestServer, device: &'a Device) -> GroupClient<'a> {
+pub(crate) async fn groups<'a>(server: &TestServer, device: &'a Device) -> GroupClient<'a> {
     GroupClient::new(
         &device.connection,
         &device.mls,
@@ -16,7 +16,7 @@ async fn groups<'a>(server: &TestServer, device: &'a Device) -> GroupClient<'a> 
 }
 
 /// Processes a device's queue; returns what happened, failing the test on any processing error.
-async fn receive(server: &TestServer, device: &Device) -> Vec<GroupEvent> {
+pub(crate) async fn receive(server: &TestServer, device: &Device) -> Vec<GroupEvent> {
     let client = groups(server, device).await;
     within(client.receive())
         .await
@@ -26,7 +26,7 @@ async fn receive(server: &TestServer, device: &Device) -> Vec<GroupEvent> {
         .collect()
 }
 
-async fn registered_with_key_packages(
+pub(crate) async fn registered_with_key_packages(
     server: &TestServer,
     user: &str,
     devices: usize,

@@ -12,3 +12,4 @@ mod queues;
 mod shutdown;
 mod support;
 mod transport;
+mod trust;
