@@ -152,11 +152,15 @@ fn main() -> ExitCode {
 
 fn fail(json: bool, error: &anyhow::Error) -> ExitCode {
     if json {
-        let code = error
-            .downcast_ref::<ClientError>()
+        let client_error = error.downcast_ref::<ClientError>();
+        let code = client_error
             .and_then(ClientError::code)
             .map(|code| code.to_u16());
-        println!("{}", json!({ "error": format!("{error:#}"), "code": code }));
+        let retryable = client_error.map(|e| e.retry() == roost::protocol::Retry::Later);
+        println!(
+            "{}",
+            json!({ "error": format!("{error:#}"), "code": code, "retryable": retryable })
+        );
     }
     eprintln!("roost-client: {error:#}");
     ExitCode::FAILURE

@@ -97,6 +97,17 @@ impl ClientError {
             _ => None,
         }
     }
+
+    /// Whether sending the same request again later may succeed: the server's classification
+    /// of its refusal (protocol-spec/core.md section 6), and yes for a lost connection.
+    pub fn retry(&self) -> crate::protocol::Retry {
+        use crate::protocol::Retry;
+        match self {
+            Self::Server(e) => e.code().retry(),
+            Self::Connect(_) | Self::Connection(_) | Self::Stream(_) => Retry::Later,
+            Self::Config(_) | Self::Protocol(_) => Retry::Never,
+        }
+    }
 }
 
 impl From<DecodeError> for ClientError {

@@ -181,6 +181,74 @@ impl ErrorCode {
     pub fn is_retryable(self) -> bool {
         self.retry() == Retry::Later
     }
+
+    /// The short meaning protocol-spec/core.md gives the code: what a server says when the
+    /// details are not its own to tell (a library's or a peer's text).
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Self::MalformedRequest => "the request could not be decoded",
+            Self::UnsupportedVersion => "the request's protocol version is not spoken here",
+            Self::UnknownOperation => "the operation code is unknown to this server",
+            Self::RequestTooLarge => "the request exceeds max_request_len",
+            Self::RequestTimeout => "the request was not received in time",
+            Self::NotAuthenticated => "the operation needs an authenticated connection",
+            Self::AuthenticationFailed => "authentication failed: unknown client or bad signature",
+            Self::AlreadyAuthenticated => "the connection has already authenticated",
+            Self::ShuttingDown => "the server is shutting down; retry later",
+            Self::Internal => "internal error; the request may be retried",
+            Self::InvalidUserId => "the user id does not follow the grammar",
+            Self::WrongDomain => "the user id's domain is not this server's",
+            Self::UserExists => "the user id is taken",
+            Self::UserQuarantined => "the user id belonged to a recently deleted account",
+            Self::RegistrationClosed => "the server takes no registrations",
+            Self::InviteRequired => "the server takes registrations by invitation only",
+            Self::InvalidInvite => "the invite code is forged, malformed, expired or used up",
+            Self::InvalidKey => "the signature key is not a valid Ed25519 public key",
+            Self::InvalidProof => "the proof of possession of the signature key does not verify",
+            Self::KeyInUse => "the signature key already belongs to a client",
+            Self::UnsupportedCiphersuite => "the MLS ciphersuite is not supported",
+            Self::UnknownUser => "no such user",
+            Self::UnknownClient => "no such client",
+            Self::LastClient => "a user's last client cannot be removed",
+            Self::TooManyClients => "the user has as many clients as allowed",
+            Self::Forbidden => "not allowed for this client",
+            Self::UnknownDomain => "the domain is not served here",
+            Self::InvalidKeyPackage => {
+                "a KeyPackage does not parse, verify or meet the requirements"
+            }
+            Self::KeyPackageExpired => {
+                "a KeyPackage's lifetime does not cover the present or is too long"
+            }
+            Self::KeyPackageCredentialMismatch => {
+                "a KeyPackage does not match the client's credential"
+            }
+            Self::KeyPackageNotOwned => "a KeyPackage's signature key is not the client's",
+            Self::DuplicateKeyPackage => "a KeyPackage was already published",
+            Self::TooManyKeyPackages => "too many KeyPackages for one client",
+            Self::MultipleLastResort => "more than one last-resort KeyPackage in the batch",
+            Self::RateLimited => "too many requests of this kind; retry later",
+            Self::QueueFull => "a recipient's queue is full",
+            Self::InvalidSequence => "the sequence number was not assigned yet",
+            Self::GroupExists => "a group with this id exists already",
+            Self::UnknownGroup => "no such group",
+            Self::NotAMember => "not a member of the group",
+            Self::WrongEpoch => "the message is for another epoch: catch up and retry",
+            Self::InvalidMlsMessage => "the MLS message is not valid",
+            Self::GroupInfoMismatch => "the GroupInfo does not match the commit",
+            Self::InvalidMemberCredential => "a member credential is not valid",
+            Self::WelcomeMismatch => "the Welcome does not match the commit",
+            Self::NotAnAdmin => "only an Admin of the group may do this",
+            Self::ProposalsNotCommitted => "the commit leaves out pending proposals",
+            Self::LastAdmin => "the group's last Admin cannot leave or be removed",
+            Self::PeerUnavailable => "the peer homeserver cannot be reached",
+            Self::NotIdentified => "identify the homeserver first",
+            Self::PeerRefused => "the peer may not speak for that domain or user",
+            Self::ClientRemoved => "the authenticated client was removed",
+            Self::ProposalConflict => "a proposal about this member is pending already",
+            Self::InvalidGroupId => "the group id does not name this server as its hub",
+            Self::Unknown(_) => "an error this version does not know",
+        }
+    }
 }
 
 /// The body of an error response: `struct { uint16 code; opaque message<V>; }`.
@@ -232,6 +300,16 @@ impl DecodeError {
             Self::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
             Self::UnknownOperation(_) => ErrorCode::UnknownOperation,
             Self::Malformed(_) => ErrorCode::MalformedRequest,
+        }
+    }
+}
+
+impl DecodeError {
+    /// The message a server answers with: the codec's own text stays out of it.
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::Malformed(_) => "malformed request: it does not decode".to_owned(),
+            other => other.to_string(),
         }
     }
 }

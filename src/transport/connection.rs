@@ -149,7 +149,7 @@ async fn handle_stream(
     let response = match read_request(&mut recv, shared.limits.request_timeout).await {
         Some(Ok(bytes)) => match decode_request(&bytes) {
             Ok(request) => session.dispatch(&shared, request).await,
-            Err(e) => error_response(e.code(), &e.to_string()),
+            Err(e) => error_response(e.code(), &e.public_message()),
         },
         Some(Err(refusal)) => Response::Error(refusal),
         None => return,
@@ -281,8 +281,8 @@ pub(super) fn service_error(e: ServiceError) -> ErrorResponse {
         ServiceError::PeerUnavailable(_) => ErrorCode::PeerUnavailable,
         ServiceError::NotIdentified => ErrorCode::NotIdentified,
         ServiceError::PeerRefused(_) => ErrorCode::PeerRefused,
-        // A peer's refusal is passed on with the peer's code and message.
-        ServiceError::Peer(refusal) => return refusal.clone(),
+        // A peer's refusal is passed on with the peer's code (its text stays in our log).
+        ServiceError::Peer(refusal) => refusal.code(),
         ServiceError::ProposalConflict(_) => ErrorCode::ProposalConflict,
         ServiceError::InvalidGroupId => ErrorCode::InvalidGroupId,
         ServiceError::QueueFull { .. } => ErrorCode::QueueFull,
@@ -293,7 +293,40 @@ pub(super) fn service_error(e: ServiceError) -> ErrorResponse {
             return ErrorResponse::new(ErrorCode::Internal, "internal error");
         }
     };
-    ErrorResponse::new(code, &e.to_string())
+    ErrorResponse::new(code, &public_message(code, &e))
+}
+
+/// The message sent with a refusal: only what this server composed. A library's error text
+/// (openmls, tls_codec) or a peer's message is logged, never passed on.
+fn public_message(code: ErrorCode, e: &ServiceError) -> String {
+    let with_details = || {
+        debug!(error = %e, "request refused");
+        // Our own description comes first, the library's text after the first ": ".
+        let text = e.to_string();
+        text.split_once(": ")
+            .map_or(text.clone(), |(ours, _)| ours.to_owned())
+    };
+    match e {
+        ServiceError::Peer(_) => {
+            debug!(error = %e, "a peer refused a relayed request");
+            format!("the peer homeserver refused: {}", code.meaning())
+        }
+        ServiceError::PeerUnavailable(_) => {
+            debug!(error = %e, "a peer could not be reached");
+            code.meaning().to_owned()
+        }
+        ServiceError::InvalidMlsMessage(_)
+        | ServiceError::GroupInfoMismatch(_)
+        | ServiceError::WelcomeMismatch(_) => with_details(),
+        ServiceError::KeyPackageRejected {
+            index,
+            reason: KeyPackageRejection::Invalid(_) | KeyPackageRejection::Expired(_),
+        } => {
+            debug!(error = %e, "KeyPackage refused");
+            format!("KeyPackage {index} refused: {}", code.meaning())
+        }
+        _ => e.to_string(),
+    }
 }
 
 impl Session {
@@ -430,4 +463,58 @@ async fn write_notifications(stream: &mut SendStream, mut feed: PushFeed) {
     }
     let _ = stream.finish();
     let _ = tokio::time::timeout(PUSH_FLUSH_TIMEOUT, stream.stopped()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{ClientId, Text};
+
+    fn samples() -> Vec<ServiceError> {
+        let client = ClientId {
+            user_id: Text::new("bob@localhost").unwrap(),
+            device_id: 1,
+        };
+        vec![
+            ServiceError::RateLimited {
+                retry_after: Duration::from_secs(1),
+            },
+            ServiceError::QueueFull { full: vec![client] },
+            ServiceError::PeerUnavailable("down".into()),
+            ServiceError::Peer(ErrorResponse::new(ErrorCode::QueueFull, "full")),
+            ServiceError::Peer(ErrorResponse::new(ErrorCode::UnknownUser, "who")),
+            ServiceError::Store(StoreError::Closed),
+            ServiceError::Store(StoreError::Corrupt("x".into())),
+            ServiceError::Store(StoreError::ActorRemoved),
+            ServiceError::WrongEpoch { current: 3 },
+            ServiceError::InvalidMlsMessage("the commit is not valid: openmls says X".into()),
+            ServiceError::UnknownGroup,
+            ServiceError::ProposalConflict("pending".into()),
+        ]
+    }
+
+    #[test]
+    fn a_service_error_and_its_wire_code_agree_on_retrying() {
+        for error in samples() {
+            let retry = error.retry();
+            let wire = service_error(error);
+            assert_eq!(wire.code().retry(), retry, "{wire}");
+        }
+    }
+
+    #[test]
+    fn library_and_peer_text_is_not_passed_on() {
+        let wire = service_error(ServiceError::InvalidMlsMessage(
+            "the commit is not valid: openmls says X".into(),
+        ));
+        assert_eq!(wire.message.as_str(), "the commit is not valid");
+        let wire = service_error(ServiceError::Peer(ErrorResponse::new(
+            ErrorCode::UnknownUser,
+            "secret peer detail",
+        )));
+        assert_eq!(wire.code(), ErrorCode::UnknownUser);
+        assert!(!wire.message.as_str().contains("secret"), "{wire}");
+        let wire = service_error(ServiceError::Store(StoreError::Corrupt("disk".into())));
+        assert_eq!(wire.message.as_str(), "internal error");
+    }
 }

@@ -82,7 +82,7 @@ async fn handle_peer_stream(
     let response = match read_request(&mut recv, shared.limits.request_timeout).await {
         Some(Ok(bytes)) => match decode_federation_request(&bytes) {
             Ok(request) => dispatch(&session, &shared, request).await,
-            Err(e) => error(e.code(), &e.to_string()),
+            Err(e) => error(e.code(), &e.public_message()),
         },
         Some(Err(refusal)) => FederationResponse::Error(refusal),
         None => return,
