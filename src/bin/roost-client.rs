@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use ed25519_dalek::SigningKey;
 use openmls::prelude::{BasicCredential, KeyPackageIn, ProtocolVersion};
 use openmls_rust_crypto::RustCrypto;
-use roost::client::groups::{is_wrong_epoch, GroupClient, GroupEvent};
+use roost::client::groups::{is_transient, is_wrong_epoch, GroupClient, GroupEvent};
 use roost::client::mls::DeviceMls;
 use roost::client::queue::{HintAction, QueuePosition};
 use roost::client::state::DeviceIdentity;
@@ -371,6 +371,12 @@ async fn execute(
                     }
                 }
             }
+            if reader.unprocessable > 0 {
+                bail!(
+                    "{} message(s) could never be processed and were dropped (see above)",
+                    reader.unprocessable
+                );
+            }
             Output::nothing()
         }
         Command::Listen => {
@@ -679,6 +685,8 @@ struct QueueReader<'a> {
     groups: GroupClient<'a>,
     groups_made: std::time::Instant,
     position: QueuePosition,
+    /// Messages dropped because they can never be processed.
+    unprocessable: usize,
 }
 
 impl<'a> QueueReader<'a> {
@@ -697,6 +705,7 @@ impl<'a> QueueReader<'a> {
             groups: device.groups(connection).await?,
             groups_made: std::time::Instant::now(),
             position: QueuePosition::default(),
+            unprocessable: 0,
         })
     }
 
@@ -709,11 +718,11 @@ impl<'a> QueueReader<'a> {
                 .fetch_messages(0, FETCH_BATCH, 1 << 20)
                 .await?;
             self.position.caught_up(&fetched);
-            let Some(last) = fetched.messages.last().map(|message| message.seq) else {
+            if fetched.messages.is_empty() {
                 return Ok(received);
-            };
+            }
             received += fetched.messages.len();
-            self.process(&fetched.messages, last).await?;
+            self.process(&fetched.messages).await?;
         }
     }
 
@@ -724,20 +733,25 @@ impl<'a> QueueReader<'a> {
         match self.position.on_hint(hint) {
             HintAction::Nothing => Ok(0),
             HintAction::Process(messages) => {
-                self.process(messages, hint.latest_seq).await?;
+                self.process(messages).await?;
                 Ok(messages.len())
             }
             HintAction::Fetch => self.catch_up().await,
         }
     }
 
-    /// Processes and prints `messages`, keeps the device's state, then acknowledges up to
-    /// `last`.
-    async fn process(&mut self, messages: &[QueuedMessage], last: u64) -> anyhow::Result<()> {
+    /// Processes and prints `messages`, keeps the device's state, then acknowledges
+    /// everything processed, and everything that can never be processed (reported on
+    /// stderr and as an `unprocessable` event, and counted in `self.unprocessable`). A failure
+    /// that may pass later (the server or network) stops before the message that met it, which
+    /// stays queued.
+    async fn process(&mut self, messages: &[QueuedMessage]) -> anyhow::Result<()> {
         if self.groups_made.elapsed() > Self::GROUPS_REFRESH {
             self.groups = self.device.groups(self.connection).await?;
             self.groups_made = std::time::Instant::now();
         }
+        let mut done = None;
+        let mut stopped = None;
         for message in messages {
             let group_notice = message.kind == MessageKind::ServerNotice
                 && matches!(
@@ -745,17 +759,46 @@ impl<'a> QueueReader<'a> {
                     Ok(ServerNotice::GroupDeleted(_))
                 );
             let (object, text) = if message.kind == MessageKind::ServerNotice && !group_notice {
-                notice_output(self.connection, self.device, message).await?
+                match notice_output(self.connection, self.device, message).await {
+                    Ok(output) => output,
+                    Err(e) => {
+                        stopped = Some(e);
+                        break;
+                    }
+                }
             } else {
-                group_event_output(message.seq, self.groups.process(message).await)
+                match self.groups.process(message).await {
+                    Err(e) if is_transient(&e) => {
+                        stopped = Some(e.context(format!(
+                            "message #{} stays queued; run recv again",
+                            message.seq
+                        )));
+                        break;
+                    }
+                    Err(e) => {
+                        self.unprocessable += 1;
+                        eprintln!(
+                            "roost-client: message #{} can never be processed and is dropped: {e:#}",
+                            message.seq
+                        );
+                        (
+                            json!({ "seq": message.seq, "event": "unprocessable", "reason": format!("{e:#}") }),
+                            format!("#{}: dropped, cannot be processed: {e:#}", message.seq),
+                        )
+                    }
+                    Ok(event) => group_event_output(message.seq, Ok(event)),
+                }
             };
             print_event(self.json, object, text);
+            done = Some(message.seq);
         }
         // Group state moves with what was processed: keep it before acknowledging.
         self.device.save()?;
-        self.connection.ack_messages(last).await?;
-        self.position.advance(last);
-        Ok(())
+        if let Some(done) = done {
+            self.connection.ack_messages(done).await?;
+            self.position.advance(done);
+        }
+        stopped.map_or(Ok(()), Err)
     }
 }
 
@@ -802,6 +845,14 @@ fn group_event_output(seq: u64, event: anyhow::Result<GroupEvent>) -> (serde_jso
             (
                 json!({ "seq": seq, "event": "group_deleted", "group": group, "by": by.to_string() }),
                 format!("group {group} was deleted by {by}"),
+            )
+        }
+        Ok(GroupEvent::Proposed { group_id, by, what }) => {
+            let group = hex::encode(group_id);
+            let by = by.map_or_else(|| "the server".to_owned(), |client| client.to_string());
+            (
+                json!({ "seq": seq, "event": "proposal", "group": group, "by": by, "what": what }),
+                format!("{by} proposes {what} in group {group} — run: commit {group}"),
             )
         }
         Ok(GroupEvent::Other) => (

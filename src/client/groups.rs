@@ -6,8 +6,8 @@ use anyhow::{anyhow, bail, Context};
 use openmls::prelude::{
     BasicCredential, Extension, ExtensionType, Extensions, ExternalSender, GroupContext, GroupId,
     KeyPackage, KeyPackageIn, LeafNodeIndex, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig,
-    MlsMessageBodyIn, MlsMessageIn, ProcessedMessageContent, ProtocolMessage, ProtocolVersion,
-    RequiredCapabilitiesExtension, Sender, StagedWelcome, UnknownExtension,
+    MlsMessageBodyIn, MlsMessageIn, ProcessedMessageContent, Proposal, ProtocolMessage,
+    ProtocolVersion, RequiredCapabilitiesExtension, Sender, StagedWelcome, UnknownExtension,
     PURE_PLAINTEXT_WIRE_FORMAT_POLICY,
 };
 use openmls_traits::OpenMlsProvider;
@@ -40,8 +40,27 @@ pub enum GroupEvent {
     Removed { group_id: Vec<u8> },
     /// An Admin deleted the group.
     Deleted { group_id: Vec<u8>, by: ClientId },
+    /// A proposal now waits for a commit (any member's `commit` includes it).
+    Proposed {
+        group_id: Vec<u8>,
+        /// Who proposed: a member, or `None` for the server (a departed client's removal).
+        by: Option<ClientId>,
+        /// What it proposes, for people: "to leave", "to remove bob@localhost/2", ...
+        what: String,
+    },
     /// Something that is not for this device's groups (or a server notice).
     Other,
+}
+
+/// Whether a failure to process a queued message may pass if tried again later (the server or
+/// the network failed meanwhile): such a message must not be acknowledged. Anything else can
+/// never be processed, and is acknowledged and reported.
+pub fn is_transient(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<ClientError>()
+            .is_some_and(|e| e.retry() == crate::protocol::Retry::Later)
+    })
 }
 
 impl DeviceMls {
@@ -555,6 +574,8 @@ impl<'a> GroupClient<'a> {
                             .merge_staged_commit(self.mls.provider(), *staged)
                             .context("merging a commit")?;
                         if removed {
+                            // Nothing more can happen in it; a later Welcome starts afresh.
+                            self.forget(&group_id)?;
                             return Ok(GroupEvent::Removed { group_id });
                         }
                         self.verify_members(&group).await?;
@@ -564,10 +585,46 @@ impl<'a> GroupClient<'a> {
                         })
                     }
                     ProcessedMessageContent::ProposalMessage(proposal) => {
+                        let by = match proposal.sender() {
+                            Sender::Member(_) => Some(
+                                self.verify(
+                                    &sender,
+                                    &sender_key.context("the proposer is not a member")?,
+                                )
+                                .await?,
+                            ),
+                            _ => None,
+                        };
+                        let what = match proposal.proposal() {
+                            Proposal::Remove(remove)
+                                if Sender::Member(remove.removed()) == *proposal.sender() =>
+                            {
+                                "to leave".to_owned()
+                            }
+                            Proposal::Remove(remove) => {
+                                let removed = group
+                                    .member_at(remove.removed())
+                                    .map(|member| member.credential)
+                                    .and_then(|credential| {
+                                        BasicCredential::try_from(credential).ok()
+                                    })
+                                    .and_then(|basic| {
+                                        ClientCredential::tls_deserialize_exact(basic.identity())
+                                            .ok()
+                                    })
+                                    .map_or_else(
+                                        || format!("leaf {}", remove.removed().u32()),
+                                        |credential| credential.content.client.to_string(),
+                                    );
+                                format!("to remove {removed}")
+                            }
+                            Proposal::Update(_) => "to update its keys".to_owned(),
+                            _ => "a change".to_owned(),
+                        };
                         group
                             .store_pending_proposal(self.mls.provider().storage(), *proposal)
                             .map_err(|e| anyhow!("storing a proposal: {e:?}"))?;
-                        Ok(GroupEvent::Other)
+                        Ok(GroupEvent::Proposed { group_id, by, what })
                     }
                     _ => Ok(GroupEvent::Other),
                 }
@@ -591,13 +648,18 @@ impl<'a> GroupClient<'a> {
 
     async fn join(&self, welcome: openmls::prelude::Welcome) -> anyhow::Result<GroupEvent> {
         // The Welcome's GroupInfo carries the tree of its epoch (the ratchet tree extension).
-        let group = StagedWelcome::new_from_welcome(
+        // The server routes a Welcome only to a KeyPackage a commit adds, so whatever this
+        // device still holds of the group (it was removed, or left, or missed its removal) is
+        // over: the Welcome replaces it.
+        let group = StagedWelcome::build_from_welcome(
             self.mls.provider(),
             &self.mls.join_config(),
             welcome,
-            None,
         )
         .context("decrypting the Welcome")?
+        .replace_old_group()
+        .build()
+        .context("checking the Welcome")?
         .into_group(self.mls.provider())
         .context("joining from the Welcome")?;
         self.verify_members(&group).await?;
@@ -606,18 +668,36 @@ impl<'a> GroupClient<'a> {
         })
     }
 
-    /// Fetches and processes the whole queue, acknowledging as it goes. Returns the events.
+    /// Fetches and processes the whole queue, acknowledging what was processed or can never
+    /// be processed (reported as an `Err` event). A transient failure ([`is_transient`]) stops
+    /// it: the messages from that one on stay queued, and the failure is returned.
     pub async fn receive(&self) -> anyhow::Result<Vec<(u64, anyhow::Result<GroupEvent>)>> {
         let mut events = Vec::new();
         loop {
             let fetched = self.connection.fetch_messages(0, 100, 1 << 20).await?;
-            let Some(last) = fetched.messages.last().map(|message| message.seq) else {
+            if fetched.messages.is_empty() {
                 return Ok(events);
-            };
-            for message in &fetched.messages {
-                events.push((message.seq, self.process(message).await));
             }
-            self.connection.ack_messages(last).await?;
+            let mut done = None;
+            for message in &fetched.messages {
+                let event = self.process(message).await;
+                if let Err(e) = &event {
+                    if is_transient(e) {
+                        if let Some(done) = done {
+                            self.connection.ack_messages(done).await?;
+                        }
+                        return Err(event.unwrap_err().context(format!(
+                            "message {} stays queued; processing it failed for now",
+                            message.seq
+                        )));
+                    }
+                }
+                events.push((message.seq, event));
+                done = Some(message.seq);
+            }
+            if let Some(done) = done {
+                self.connection.ack_messages(done).await?;
+            }
         }
     }
 }

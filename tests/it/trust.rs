@@ -448,3 +448,127 @@ async fn every_error_code_has_a_retry_class_and_service_errors_agree_with_their_
     }
     assert_eq!(ErrorCode::Unknown(9999).retry(), Retry::Later);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_member_can_be_added_back_and_hears_the_group_again() {
+    let server = TestServer::start().await;
+    let (alice, bob, group_id) = alice_and_bob(&server).await;
+    let admin = groups(&server, &alice).await;
+    bob.publish(2, false).await;
+    within(admin.remove_user(&group_id, "bob@localhost"))
+        .await
+        .unwrap();
+    let removed = receive(&server, &bob).await;
+    assert!(removed.contains(&GroupEvent::Removed {
+        group_id: group_id.clone()
+    }));
+    assert!(
+        bob.mls.group(&group_id).unwrap().is_none(),
+        "a removed member keeps no state for the group"
+    );
+
+    within(admin.invite(&group_id, "bob@localhost"))
+        .await
+        .unwrap();
+    within(admin.send(&group_id, b"welcome back"))
+        .await
+        .unwrap();
+    let events = receive(&server, &bob).await;
+    assert!(
+        events.contains(&GroupEvent::Joined {
+            group_id: group_id.clone()
+        }),
+        "{events:?}"
+    );
+    assert!(events.iter().any(|event| matches!(
+        event,
+        GroupEvent::Message { text, .. } if text == b"welcome back"
+    )));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_welcome_replaces_stale_state_of_a_group_the_device_missed_its_removal_from() {
+    let server = TestServer::start().await;
+    let (alice, bob, group_id) = alice_and_bob(&server).await;
+    let admin = groups(&server, &alice).await;
+    bob.publish(2, false).await;
+    within(admin.remove_user(&group_id, "bob@localhost"))
+        .await
+        .unwrap();
+    // Bob never sees his removal (acknowledged unread, as if lost): his state is stale.
+    let fetched = within(bob.connection.fetch_messages(0, 100, u32::MAX))
+        .await
+        .unwrap();
+    let last = fetched.messages.last().unwrap().seq;
+    within(bob.connection.ack_messages(last)).await.unwrap();
+    assert!(bob.mls.group(&group_id).unwrap().is_some());
+
+    within(admin.invite(&group_id, "bob@localhost"))
+        .await
+        .unwrap();
+    let events = receive(&server, &bob).await;
+    assert!(
+        events.contains(&GroupEvent::Joined {
+            group_id: group_id.clone()
+        }),
+        "{events:?}"
+    );
+    within(admin.send(&group_id, b"hello again")).await.unwrap();
+    let events = receive(&server, &bob).await;
+    assert!(events.iter().any(|event| matches!(
+        event,
+        GroupEvent::Message { text, .. } if text == b"hello again"
+    )));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_proposals_are_reported_with_who_proposes_what() {
+    let server = TestServer::start().await;
+    let (alice, bob, group_id) = alice_and_bob(&server).await;
+    within(groups(&server, &bob).await.leave(&group_id))
+        .await
+        .unwrap();
+    let events = receive(&server, &alice).await;
+    assert_eq!(
+        events,
+        [GroupEvent::Proposed {
+            group_id: group_id.clone(),
+            by: Some(bob.identity.client.clone()),
+            what: "to leave".into(),
+        }]
+    );
+    // Alice's next change (here a plain commit) carries it.
+    within(groups(&server, &alice).await.commit_pending(&group_id))
+        .await
+        .unwrap();
+    let state = within(alice.connection.get_group(&group_id)).await.unwrap();
+    assert_eq!(state.members.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_can_never_be_processed_is_reported_and_acknowledged_not_hidden() {
+    let server = TestServer::start().await;
+    let (alice, bob, group_id) = alice_and_bob(&server).await;
+    let delivery = roost::services::Delivery {
+        recipients: vec![bob.identity.client.clone()],
+        kind: MessageKind::Mls,
+        payload: b"not an MLS message".to_vec(),
+    };
+    within(server.server.services().queues().deliver(vec![delivery]))
+        .await
+        .unwrap();
+    within(groups(&server, &alice).await.send(&group_id, b"after"))
+        .await
+        .unwrap();
+    let events = within(groups(&server, &bob).await.receive()).await.unwrap();
+    assert_eq!(events.len(), 2);
+    assert!(events[0].1.is_err(), "reported: {:?}", events[0]);
+    assert!(matches!(
+        &events[1].1,
+        Ok(GroupEvent::Message { text, .. }) if text == b"after"
+    ));
+    let left = within(bob.connection.fetch_messages(0, 10, u32::MAX))
+        .await
+        .unwrap();
+    assert!(left.messages.is_empty(), "both acknowledged");
+}
