@@ -127,7 +127,12 @@ pub fn client_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(store)
         .with_no_client_auth();
-    config.alpn_protocols = vec![alpn.to_vec()];
+    // An empty ALPN offers none (an empty protocol name is not valid TLS).
+    config.alpn_protocols = [alpn]
+        .into_iter()
+        .filter(|alpn| !alpn.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect();
     Ok(config)
 }
 

@@ -34,6 +34,25 @@ async fn a_wrong_alpn_is_refused_in_the_handshake() {
 }
 
 #[tokio::test]
+async fn a_handshake_without_alpn_is_refused_in_the_handshake() {
+    let server = TestServer::start().await;
+    let mut config = server.client_config();
+    config.alpn = Vec::new();
+    let result = within(Connection::connect(&config)).await;
+    match result {
+        // QUIC CRYPTO_ERROR 0x100 + TLS alert no_application_protocol (120).
+        Err(ClientError::Connect(reason)) => assert!(
+            reason.contains("no_application_protocol")
+                || reason.contains("NoApplicationProtocol")
+                || reason.contains("0x178")
+                || reason.contains("120"),
+            "{reason}"
+        ),
+        other => panic!("a connection without ALPN was accepted: {:?}", other.err()),
+    }
+}
+
+#[tokio::test]
 async fn the_federation_alpn_is_closed_while_federation_is_off() {
     let server = TestServer::start().await;
     let mut config = server.client_config();
