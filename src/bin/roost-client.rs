@@ -439,19 +439,22 @@ async fn execute(
         Command::Invite { group, user } => {
             let (device, _push) = authenticate(connection, &cli.state).await?;
             let group_id = GroupNames::load(&cli.state)?.resolve(group)?;
-            let invited = with_catch_up(connection, &device, cli.json, || async {
-                device
-                    .groups(connection)
-                    .await?
-                    .invite(&group_id, user)
-                    .await
+            let (invited, pending) = with_catch_up(connection, &device, cli.json, || async {
+                let groups = device.groups(connection).await?;
+                let pending = groups.pending_proposals(&group_id)?;
+                Ok((groups.invite(&group_id, user).await?, pending))
             })
             .await?;
             device.save()?;
             let invited: Vec<String> = invited.iter().map(ToString::to_string).collect();
             Output::new(
-                json!({ "group": hex::encode(&group_id), "added": invited }),
-                format!("added {} to {}", invited.join(", "), hex::encode(&group_id)),
+                json!({ "group": hex::encode(&group_id), "added": invited, "pending_proposals_committed": pending }),
+                format!(
+                    "added {} to {}{}",
+                    invited.join(", "),
+                    hex::encode(&group_id),
+                    also_committed(pending)
+                ),
             )
         }
         Command::Send { group, text } => {
@@ -474,22 +477,21 @@ async fn execute(
         Command::Remove { group, user } => {
             let (device, _push) = authenticate(connection, &cli.state).await?;
             let group_id = GroupNames::load(&cli.state)?.resolve(group)?;
-            let removed = with_catch_up(connection, &device, cli.json, || async {
-                device
-                    .groups(connection)
-                    .await?
-                    .remove_user(&group_id, user)
-                    .await
+            let (removed, pending) = with_catch_up(connection, &device, cli.json, || async {
+                let groups = device.groups(connection).await?;
+                let pending = groups.pending_proposals(&group_id)?;
+                Ok((groups.remove_user(&group_id, user).await?, pending))
             })
             .await?;
             device.save()?;
             let removed: Vec<String> = removed.iter().map(ToString::to_string).collect();
             Output::new(
-                json!({ "group": hex::encode(&group_id), "removed": removed }),
+                json!({ "group": hex::encode(&group_id), "removed": removed, "pending_proposals_committed": pending }),
                 format!(
-                    "removed {} from {}",
+                    "removed {} from {}{}",
                     removed.join(", "),
-                    hex::encode(&group_id)
+                    hex::encode(&group_id),
+                    also_committed(pending)
                 ),
             )
         }
@@ -799,6 +801,15 @@ impl<'a> QueueReader<'a> {
             self.position.advance(done);
         }
         stopped.map_or(Ok(()), Err)
+    }
+}
+
+/// The note on a commit that carried pending proposals along with its own change.
+fn also_committed(pending: usize) -> String {
+    match pending {
+        0 => String::new(),
+        1 => " (and committed the pending proposal)".to_owned(),
+        n => format!(" (and committed the {n} pending proposals)"),
     }
 }
 

@@ -505,6 +505,15 @@ impl<'a> GroupClient<'a> {
         self.forget(group_id)
     }
 
+    /// How many proposals wait in `group_id` for a commit (any commit of this device includes
+    /// them all).
+    pub fn pending_proposals(&self, group_id: &[u8]) -> anyhow::Result<usize> {
+        Ok(self
+            .mls
+            .group(group_id)?
+            .map_or(0, |group| group.pending_proposals().count()))
+    }
+
     /// Forgets a group's local state (after leaving it, or after it was deleted).
     pub fn forget(&self, group_id: &[u8]) -> anyhow::Result<()> {
         if let Some(mut group) = self.mls.group(group_id)? {

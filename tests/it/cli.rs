@@ -771,7 +771,14 @@ fn client_cli_holds_a_group_conversation() {
     ]);
     assert_eq!(invited["added"][0], "carol@localhost/1");
     run(&["--state", &state("bob-phone"), "leave", &group]);
-    lines(&["--state", &state("alice"), "recv"]);
+    // The pending proposal is shown, with who proposes what.
+    let told = lines(&["--state", &state("alice"), "recv"]);
+    let proposal = told
+        .iter()
+        .find(|line| line["event"] == "proposal")
+        .unwrap_or_else(|| panic!("{told:?}"));
+    assert_eq!(proposal["by"], "bob@localhost/2");
+    assert_eq!(proposal["what"], "to leave");
     run(&["--state", &state("alice"), "commit", "team"]);
     let members = run(&["--state", &state("alice"), "members", "team"]);
     let members: Vec<_> = members["members"]
@@ -863,4 +870,112 @@ fn two_homeservers_carry_a_conversation_between_their_users() {
     // bob's own server lists the group hosted by a.example.
     let listed = at_b(&["--state", &state("bob"), "groups"]);
     assert_eq!(listed["groups"][0]["group"], group.as_str(), "{listed}");
+}
+
+/// `recv` acknowledges what it processed and what can never be processed, reports the latter
+/// (stderr, and an `unprocessable` JSON event) and exits non-zero; nothing is hidden.
+#[test]
+fn recv_reports_a_message_it_can_never_process_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let server = ServerProcess::start(&data_dir, &[]);
+    let ca = data_dir.join("server-cert.pem");
+    let state = |name: &str| dir.path().join(name);
+    let run = |command: &[&str]| client_json(server.addr, "localhost", &ca, command);
+    let alice = state("alice");
+    let bob = state("bob");
+    run(&[
+        "--state",
+        alice.to_str().unwrap(),
+        "register",
+        "alice@localhost",
+    ]);
+    run(&[
+        "--state",
+        bob.to_str().unwrap(),
+        "register",
+        "bob@localhost",
+    ]);
+    run(&["--state", alice.to_str().unwrap(), "create-group", "team"]);
+    run(&[
+        "--state",
+        alice.to_str().unwrap(),
+        "invite",
+        "team",
+        "bob@localhost",
+    ]);
+    let joined = client_command(
+        server.addr,
+        "localhost",
+        &ca,
+        &["--state", bob.to_str().unwrap(), "recv"],
+    );
+    assert!(joined.status.success());
+
+    // Alice's device sends a message whose ciphertext was damaged on the way: the server takes
+    // it (it cannot read ciphertexts), bob can never decrypt it.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let identity = roost::client::state::DeviceIdentity::load(&alice).unwrap();
+        let mls = roost::client::mls::DeviceMls::load(&identity, &alice).unwrap();
+        let config = roost::client::ClientConfig::new(server.addr, "localhost", &ca).unwrap();
+        let connection = roost::client::Connection::connect(&config).await.unwrap();
+        connection
+            .authenticate_without_push(&identity.client, &identity.signing_key)
+            .await
+            .unwrap();
+        let group_id = connection.list_groups().await.unwrap().groups[0]
+            .group_id
+            .as_slice()
+            .to_vec();
+        let mut group = mls.group(&group_id).unwrap().unwrap();
+        let request = mls.encrypt(&mut group, b"damaged").unwrap();
+        let mut bytes = request.message.as_slice().to_vec();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        connection
+            .send_message(roost::protocol::SendMessageRequest {
+                message: bytes.into(),
+            })
+            .await
+            .unwrap();
+        mls.save(&alice).unwrap();
+        connection.close().await;
+    });
+    run(&["--state", alice.to_str().unwrap(), "send", "team", "after"]);
+
+    let output = client_command(
+        server.addr,
+        "localhost",
+        &ca,
+        &["--state", bob.to_str().unwrap(), "recv"],
+    );
+    assert!(!output.status.success(), "recv must exit non-zero");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("can never be processed"), "{stderr}");
+    let lines: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|line| line["event"] == "unprocessable" && line["reason"].is_string()),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|line| line["text"] == "after"),
+        "{lines:?}"
+    );
+    // Both were acknowledged: nothing comes again.
+    let again = client_command(
+        server.addr,
+        "localhost",
+        &ca,
+        &["--state", bob.to_str().unwrap(), "recv"],
+    );
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stdout).trim().is_empty());
+    assert!(server.terminate().success());
 }
