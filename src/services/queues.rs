@@ -333,9 +333,69 @@ fn mls_group_id(payload: &[u8]) -> Option<Vec<u8>> {
     if wire_format != PUBLIC_MESSAGE && wire_format != PRIVATE_MESSAGE {
         return None;
     }
-    let (group_id, _) = <tls_codec::VLBytes as tls_codec::DeserializeBytes>::tls_deserialize_bytes(
-        payload.get(4..)?,
-    )
-    .ok()?;
-    Some(group_id.as_slice().to_vec())
+    // The vector's length prefix (RFC 9420 section 2.1.2): the top two bits of its first byte
+    // say whether it is 1, 2 or 4 bytes long. Read by hand: tls_codec's byte-slice reader
+    // debug-asserts on a short input, and this input comes from a peer.
+    let rest = payload.get(4..)?;
+    let first = *rest.first()?;
+    let prefix_len = match first >> 6 {
+        0 => 1,
+        1 => 2,
+        2 => 4,
+        _ => return None,
+    };
+    let prefix = rest.get(..prefix_len)?;
+    let len = prefix[1..]
+        .iter()
+        .fold(usize::from(first & 0x3f), |len, byte| {
+            (len << 8) | usize::from(*byte)
+        });
+    Some(rest.get(prefix_len..)?.get(..len)?.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_group_id_is_read_from_mls_framing_and_garbage_reads_as_none() {
+        // version 1, PublicMessage, group id "g1", then whatever follows.
+        assert_eq!(
+            mls_group_id(&[0, 1, 0, 1, 2, b'g', b'1', 9, 9]),
+            Some(b"g1".to_vec())
+        );
+        assert_eq!(mls_group_id(&[0, 1, 0, 2, 0]), Some(Vec::new()));
+        for garbage in [
+            &[][..],
+            &[0],
+            &[0, 1, 0],
+            &[0, 1, 0, 3, 2, b'g', b'1'],
+            &[0, 1, 0, 1, 5, b'g'],
+            &[0, 1, 0, 1, 0xff, 0xff],
+        ] {
+            assert_eq!(mls_group_id(garbage), None, "{garbage:?}");
+        }
+    }
+
+    #[test]
+    fn handshakes_and_welcomes_use_the_reserve_and_low_stock_notices_coalesce() {
+        assert_eq!(
+            admission(MessageKind::Mls, &[0, 1, 0, 1]),
+            Admission::Handshake
+        );
+        assert_eq!(
+            admission(MessageKind::Mls, &[0, 1, 0, 2]),
+            Admission::Message
+        );
+        assert_eq!(admission(MessageKind::Mls, &[]), Admission::Message);
+        assert_eq!(admission(MessageKind::Welcome, &[]), Admission::Handshake);
+        assert_eq!(
+            admission(MessageKind::ServerNotice, &[0, 1]),
+            Admission::Notice { coalesce: Some(1) }
+        );
+        assert_eq!(
+            admission(MessageKind::ServerNotice, &[0, 3]),
+            Admission::Notice { coalesce: None }
+        );
+    }
 }
