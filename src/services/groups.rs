@@ -1132,8 +1132,21 @@ fn group_roles(public: &PublicGroup) -> Result<GroupRoles, ServiceError> {
         .extensions()
         .unknown(ROLES_EXTENSION_TYPE)
         .ok_or_else(|| invalid("the group context has no roles extension".into()))?;
-    GroupRoles::tls_deserialize_exact(&extension.0)
-        .map_err(|e| invalid(format!("the roles extension does not parse: {e}")))
+    let roles = GroupRoles::tls_deserialize_exact(&extension.0)
+        .map_err(|e| invalid(format!("the roles extension does not parse: {e}")))?;
+    // Roles are compared byte for byte: only canonical (lower-case) user ids can name a user.
+    for admin in &roles.admins {
+        let canonical = admin
+            .as_str()
+            .parse::<crate::identity::UserId>()
+            .is_ok_and(|user| user.as_str() == admin.as_str());
+        if !canonical {
+            return Err(invalid(
+                "the roles extension names a user id not in its canonical lower-case form".into(),
+            ));
+        }
+    }
+    Ok(roles)
 }
 
 fn group_refusal(refusal: GroupRefusal) -> ServiceError {

@@ -365,6 +365,46 @@ fn rotating_the_credential_key_keeps_old_credentials_valid() {
     assert!(server.terminate().success());
 }
 
+/// The README calls rotation safe while the server runs: the running server signs with the new
+/// key at once, so the old key's published validity covers every credential it signed.
+#[test]
+fn a_key_rotated_while_the_server_runs_signs_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let ca = data_dir.join("server-cert.pem");
+    let state = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let server = ServerProcess::start(&data_dir, &[]);
+    client_json(
+        server.addr,
+        "localhost",
+        &ca,
+        &["--state", &state("alice"), "register", "alice@localhost"],
+    );
+    let status = Command::new(ROOST)
+        .args(["rotate-credential-key", "--data-dir"])
+        .arg(&data_dir)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let registered = client_json(
+        server.addr,
+        "localhost",
+        &ca,
+        &["--state", &state("bob"), "register", "bob@localhost"],
+    );
+    assert_eq!(registered["registered"]["issuer_key_id"], 2, "{registered}");
+    let listed = client_json(
+        server.addr,
+        "localhost",
+        &ca,
+        &["--state", &state("bob"), "lookup", "alice@localhost"],
+    );
+    assert_eq!(listed["clients"][0]["issuer_key_id"], 1);
+    assert_eq!(listed["clients"][0]["verified"], true, "{listed}");
+    assert!(server.terminate().success());
+}
+
 #[test]
 fn invite_codes_made_while_the_server_runs_admit_users() {
     let dir = tempfile::tempdir().unwrap();

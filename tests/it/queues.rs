@@ -356,3 +356,16 @@ async fn deleting_the_user_deletes_its_queues() {
         .unwrap()
         .is_empty());
 }
+
+#[tokio::test]
+async fn a_fetch_of_zero_messages_counts_as_one() {
+    let server = TestServer::start().await;
+    let bob = server.register("bob@localhost").await;
+    deliver(&server, &[&bob.identity.client], b"first").await;
+    deliver(&server, &[&bob.identity.client], b"second").await;
+    let fetched = within(bob.connection.fetch_messages(0, 0, u32::MAX))
+        .await
+        .unwrap();
+    assert_eq!(fetched.messages.len(), 1, "max_count 0 is read as 1");
+    assert_eq!(fetched.messages[0].payload.as_slice(), b"first");
+}
