@@ -194,18 +194,6 @@ impl Store {
         })
         .await
     }
-
-    /// The domain hosting a remote group, if this server knows it.
-    pub async fn group_route(&self, group_id: &[u8]) -> Result<Option<String>, StoreError> {
-        let group_id = group_id.to_vec();
-        self.read(move |txn| {
-            Ok(txn
-                .open_table(GROUP_ROUTES)?
-                .get(group_id.as_slice())?
-                .map(|hub| hub.value().to_owned()))
-        })
-        .await
-    }
 }
 
 #[cfg(test)]
@@ -241,8 +229,8 @@ mod tests {
             Err(DeliveryRefusal::OtherHub("a.example".to_owned()))
         );
         assert_eq!(
-            store.group_route(group).await.unwrap().as_deref(),
-            Some("a.example")
+            store.group_routes().await.unwrap(),
+            [(group.to_vec(), "a.example".to_owned())]
         );
     }
 
