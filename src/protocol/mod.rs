@@ -74,6 +74,9 @@ pub const ALPN_FEDERATION: &[u8] = b"roost-fed/1";
 
 /// Largest encoded request a server accepts, in bytes. Checked before decoding.
 pub const MAX_REQUEST_LEN: usize = 1024 * 1024;
+/// Largest encoded request a server accepts on a connection that has not authenticated, in bytes:
+/// enough for registration and authentication, little for a flood of unauthenticated streams.
+pub const MAX_UNAUTHENTICATED_REQUEST_LEN: usize = 64 * 1024;
 /// Largest encoded response a server sends and a client accepts, in bytes.
 pub const MAX_RESPONSE_LEN: usize = 4 * 1024 * 1024;
 /// Largest encoded notification record on the push stream, in bytes (the length prefix excluded).
@@ -96,4 +99,6 @@ pub mod close_code {
     pub const CLIENT_REMOVED: u32 = 3;
     /// A peer homeserver connected without a certificate.
     pub const PEER_REFUSED: u32 = 4;
+    /// The peer did not read the responses it asked for within the request timeout.
+    pub const NOT_READING: u32 = 5;
 }

@@ -9,13 +9,14 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, error, warn};
 
 use super::auth::{channel_binding, verify_authentication};
+use super::budget::{ConnectionBudget, Pool, Reservation};
 use super::sessions::PushFeed;
 use super::Shared;
 use crate::protocol::{
     close_code, decode_request, encode_notification_record, encode_push_header, encode_response,
     AuthenticateRequest, AuthenticateResponse, ClientId, ErrorCode, ErrorResponse, Notification,
     Request, Response, ResponseBody, ALPN_CLIENT, ALPN_FEDERATION, CHANNEL_BINDING_LEN,
-    MAX_REQUEST_LEN, MAX_RESPONSE_LEN, STREAM_REFUSED,
+    MAX_REQUEST_LEN, MAX_RESPONSE_LEN, MAX_UNAUTHENTICATED_REQUEST_LEN, STREAM_REFUSED,
 };
 use crate::services::{Caller, KeyPackageRejection, ServiceError};
 use crate::store::StoreError;
@@ -61,6 +62,8 @@ struct Session {
     /// Cancelled when the connection must wind down: server shutdown or client removed.
     closing: CancellationToken,
     push_writer: Mutex<Option<JoinHandle<()>>>,
+    /// Bytes of this connection's incomplete requests and unsent responses.
+    budget: ConnectionBudget,
 }
 
 async fn serve_client(connection: quinn::Connection, shared: Arc<Shared>) {
@@ -78,6 +81,7 @@ async fn serve_client(connection: quinn::Connection, shared: Arc<Shared>) {
         client: OnceLock::new(),
         closing: shared.shutdown.child_token(),
         push_writer: Mutex::new(None),
+        budget: shared.budget.connection(),
     });
     let mut streams = JoinSet::new();
     let closed_by_peer = loop {
@@ -146,25 +150,107 @@ async fn handle_stream(
     mut send: SendStream,
     mut recv: RecvStream,
 ) {
-    let response = match read_request(&mut recv, shared.limits.request_timeout).await {
-        Some(Ok(bytes)) => match decode_request(&bytes) {
-            Ok(request) => session.dispatch(&shared, request).await,
-            Err(e) => error_response(e.code(), &e.public_message()),
-        },
-        Some(Err(refusal)) => Response::Error(refusal),
-        None => return,
+    // Before authentication only small requests make sense (registration, authentication).
+    let max_len = if session.client.get().is_some() {
+        MAX_REQUEST_LEN
+    } else {
+        MAX_UNAUTHENTICATED_REQUEST_LEN
     };
-    write_response(&mut send, &response, shared.limits.request_timeout).await;
+    let timeout = shared.limits.request_timeout;
+    let (response, reservation) =
+        match read_request(&mut recv, timeout, max_len, &session.budget.requests).await {
+            Some(Ok((bytes, request_bytes))) => match decode_request(&bytes) {
+                Ok(request) => {
+                    drop((bytes, request_bytes));
+                    // Room for the answer is reserved before the work that makes it.
+                    let reservation = session
+                        .budget
+                        .responses
+                        .reserve(response_reservation(&request))
+                        .await;
+                    (session.dispatch(&shared, request).await, Some(reservation))
+                }
+                Err(e) => (error_response(e.code(), &e.public_message()), None),
+            },
+            Some(Err(refusal)) => (Response::Error(refusal), None),
+            None => return,
+        };
+    let bytes = encode_checked(&response);
+    drop(response);
+    if !write_encoded(
+        &mut send,
+        &bytes,
+        reservation,
+        timeout,
+        &session.budget.responses,
+    )
+    .await
+    {
+        // The client does not read what it asked for: it holds our memory for nothing.
+        debug!(remote = %session.connection.remote_address(), "client does not read its responses; closing");
+        session.connection.close(
+            close_code::NOT_READING.into(),
+            b"responses are not being read",
+        );
+    }
 }
 
-/// Reads a whole request within `timeout` and the size limit. A refusal (too slow, too large)
-/// stops the stream and is returned for the caller to answer; `None` means the peer reset the
-/// stream and gets no answer.
+/// Bytes to reserve for the answer to `request` before handling it: what the request can ask
+/// for at most, or a small default that is topped up after encoding if needed.
+fn response_reservation(request: &Request) -> usize {
+    /// Enough for every answer but the few that carry data sets.
+    const SMALL_RESPONSE: usize = 16 * 1024;
+    match request {
+        Request::FetchMessages(fetch) => (fetch.max_bytes as usize)
+            .saturating_add(SMALL_RESPONSE)
+            .min(MAX_RESPONSE_LEN),
+        Request::GetGroup(_)
+        | Request::ClaimKeyPackages(_)
+        | Request::LookupUser(_)
+        | Request::ListClients
+        | Request::ListGroups => MAX_RESPONSE_LEN,
+        _ => SMALL_RESPONSE,
+    }
+}
+
+/// Reads a whole request of at most `max_len` bytes within `timeout`, every byte reserved in
+/// `budget` first (so incomplete requests cannot pin unbounded memory). A refusal (too slow, too
+/// large) stops the stream and is returned for the caller to answer; `None` means the peer reset
+/// the stream and gets no answer.
 pub(super) async fn read_request(
     recv: &mut RecvStream,
     timeout: Duration,
-) -> Option<Result<Vec<u8>, ErrorResponse>> {
-    match tokio::time::timeout(timeout, recv.read_to_end(MAX_REQUEST_LEN)).await {
+    max_len: usize,
+    budget: &Pool,
+) -> Option<Result<(Vec<u8>, Vec<Reservation>), ErrorResponse>> {
+    /// Bytes read at a time.
+    const CHUNK: usize = 16 * 1024;
+    let read = async {
+        // A request's first chunk draws on the server's budget only; a request that grows
+        // beyond it reserves the rest of `max_len` at once, from its connection's budget too, so
+        // no two large requests ever wait on each other holding half their bytes.
+        let mut reserved = vec![budget.reserve_shared(CHUNK).await];
+        let mut reserved_len = CHUNK;
+        let mut bytes = Vec::new();
+        loop {
+            match recv.read_chunk(CHUNK, true).await {
+                Ok(Some(chunk)) => {
+                    let len = bytes.len() + chunk.bytes.len();
+                    if len > max_len {
+                        return Err(ReadToEndError::TooLong);
+                    }
+                    if len > reserved_len {
+                        reserved.push(budget.reserve(max_len - reserved_len).await);
+                        reserved_len = max_len;
+                    }
+                    bytes.extend_from_slice(&chunk.bytes);
+                }
+                Ok(None) => return Ok((bytes, reserved)),
+                Err(e) => return Err(ReadToEndError::Read(e)),
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, read).await {
         Err(_elapsed) => {
             let _ = recv.stop(STREAM_REFUSED.into());
             Some(Err(ErrorResponse::new(
@@ -176,19 +262,20 @@ pub(super) async fn read_request(
             let _ = recv.stop(STREAM_REFUSED.into());
             Some(Err(ErrorResponse::new(
                 ErrorCode::RequestTooLarge,
-                &format!("requests are limited to {MAX_REQUEST_LEN} bytes"),
+                &format!("requests are limited to {max_len} bytes here"),
             )))
         }
         Ok(Err(ReadToEndError::Read(e))) => {
             debug!("request stream failed: {e}");
             None
         }
-        Ok(Ok(bytes)) => Some(Ok(bytes)),
+        Ok(Ok(read)) => Some(Ok(read)),
     }
 }
 
-async fn write_response(send: &mut SendStream, response: &Response, timeout: Duration) {
-    let bytes = match encode_response(response) {
+/// The encoded response, or an internal error if it cannot be encoded within the limit.
+fn encode_checked(response: &Response) -> Vec<u8> {
+    match encode_response(response) {
         Ok(bytes) if bytes.len() <= MAX_RESPONSE_LEN => bytes,
         Ok(bytes) => {
             error!(
@@ -201,19 +288,44 @@ async fn write_response(send: &mut SendStream, response: &Response, timeout: Dur
             error!("cannot encode response: {e}");
             encode_internal_error()
         }
-    };
-    write_encoded(send, &bytes, timeout).await;
+    }
 }
 
-/// Writes an encoded response, finishes the stream, and waits (up to `timeout`) until the peer
-/// has it all, so that a graceful shutdown cannot cut it off.
-pub(super) async fn write_encoded(send: &mut SendStream, bytes: &[u8], timeout: Duration) {
-    if let Err(e) = send.write_all(bytes).await {
-        debug!("cannot write response: {e}");
-        return;
+/// Writes an encoded response within `timeout`, with its bytes reserved in `budget` (topping up
+/// `reservation` if the response came out larger), finishes the stream, and waits (up to
+/// `timeout`) until the peer has it all, so that a graceful shutdown cannot cut it off. Returns
+/// false if the peer did not take the response in time.
+pub(super) async fn write_encoded(
+    send: &mut SendStream,
+    bytes: &[u8],
+    reservation: Option<Reservation>,
+    timeout: Duration,
+    budget: &Pool,
+) -> bool {
+    let written = tokio::time::timeout(timeout, async {
+        // Only what the response needs beyond what was reserved before it was made.
+        let reserved = reservation.as_ref().map_or(0, Reservation::bytes);
+        let _extra = budget.reserve(bytes.len().saturating_sub(reserved)).await;
+        let result = send.write_all(bytes).await;
+        // Handed to quinn, whose send window bounds what it keeps: ours is free again.
+        drop(reservation);
+        result
+    })
+    .await;
+    match written {
+        Err(_elapsed) => {
+            let _ = send.reset(STREAM_REFUSED.into());
+            return false;
+        }
+        Ok(Err(e)) => {
+            debug!("cannot write response: {e}");
+            return true;
+        }
+        Ok(Ok(())) => {}
     }
     let _ = send.finish();
     let _ = tokio::time::timeout(timeout, send.stopped()).await;
+    true
 }
 
 fn encode_internal_error() -> Vec<u8> {

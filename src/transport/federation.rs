@@ -10,17 +10,21 @@ use rustls::pki_types::CertificateDer;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
+use super::budget::ConnectionBudget;
 use super::connection::{read_request, service_error, write_encoded};
 use super::Shared;
 use crate::protocol::{
     close_code, decode_federation_request, encode_federation_response, ErrorCode, ErrorResponse,
-    FederationRequest, FederationResponse, FederationResponseBody,
+    FederationRequest, FederationResponse, FederationResponseBody, MAX_REQUEST_LEN,
 };
 
 struct PeerSession {
+    connection: quinn::Connection,
     leaf: CertificateDer<'static>,
     /// Set once, by `Identify`.
     domain: OnceLock<String>,
+    /// Bytes of this connection's incomplete requests and unsent responses.
+    budget: ConnectionBudget,
 }
 
 pub(super) async fn serve_peer(connection: quinn::Connection, shared: Arc<Shared>) {
@@ -43,8 +47,10 @@ pub(super) async fn serve_peer(connection: quinn::Connection, shared: Arc<Shared
         return;
     };
     let session = Arc::new(PeerSession {
+        connection: connection.clone(),
         leaf,
         domain: OnceLock::new(),
+        budget: shared.budget.connection(),
     });
     let closing = shared.shutdown.child_token();
     let mut streams = JoinSet::new();
@@ -79,17 +85,30 @@ async fn handle_peer_stream(
     mut send: SendStream,
     mut recv: RecvStream,
 ) {
-    let response = match read_request(&mut recv, shared.limits.request_timeout).await {
-        Some(Ok(bytes)) => match decode_federation_request(&bytes) {
+    let timeout = shared.limits.request_timeout;
+    let requests = &session.budget.requests;
+    let response = match read_request(&mut recv, timeout, MAX_REQUEST_LEN, requests).await {
+        Some(Ok((bytes, _reserved))) => match decode_federation_request(&bytes) {
             Ok(request) => dispatch(&session, &shared, request).await,
             Err(e) => error(e.code(), &e.public_message()),
         },
         Some(Err(refusal)) => FederationResponse::Error(refusal),
         None => return,
     };
-    match encode_federation_response(&response) {
-        Ok(bytes) => write_encoded(&mut send, &bytes, shared.limits.request_timeout).await,
-        Err(e) => warn!("cannot encode a federation response: {e}"),
+    let bytes = match encode_federation_response(&response) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            warn!("cannot encode a federation response: {e}");
+            return;
+        }
+    };
+    drop(response);
+    if !write_encoded(&mut send, &bytes, None, timeout, &session.budget.responses).await {
+        debug!("a peer does not read its responses; closing");
+        session.connection.close(
+            close_code::NOT_READING.into(),
+            b"responses are not being read",
+        );
     }
 }
 

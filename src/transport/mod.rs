@@ -7,6 +7,7 @@
 //! message, never internal details.
 
 pub mod auth;
+pub mod budget;
 mod connection;
 mod federation;
 pub mod sessions;
@@ -27,6 +28,11 @@ use crate::protocol::{self, close_code, Notification, ServerShutdown, Text};
 use crate::services::Services;
 use crate::tls::{self, TlsIdentity};
 
+/// Bytes a peer may have in flight towards us on one connection (all streams together).
+const CONNECTION_RECEIVE_WINDOW: u32 = 2 * protocol::MAX_REQUEST_LEN as u32;
+/// Bytes quinn keeps for one connection until the peer acknowledges them.
+const CONNECTION_SEND_WINDOW: u64 = 2 * protocol::MAX_RESPONSE_LEN as u64;
+
 /// How long a closing endpoint waits for its peers to acknowledge the close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -36,6 +42,8 @@ pub(crate) struct Shared {
     pub(crate) sessions: Arc<SessionRegistry>,
     pub(crate) limits: ServerLimits,
     pub(crate) shutdown: CancellationToken,
+    /// The server-wide memory budgets of incomplete requests and unsent responses.
+    pub(crate) budget: budget::ServerBudget,
 }
 
 impl Shared {
@@ -49,6 +57,7 @@ impl Shared {
             sessions,
             limits,
             shutdown: CancellationToken::new(),
+            budget: budget::ServerBudget::default(),
         }
     }
 
@@ -81,6 +90,11 @@ pub(crate) fn endpoint_config(
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let transport = Arc::get_mut(&mut config.transport).context("fresh transport config")?;
     transport
+        // Flow control sized from the request limit: quinn buffers at most one request's worth
+        // per stream and a few per connection (what was read is held by the budgets instead).
+        .stream_receive_window(quinn::VarInt::from_u32(protocol::MAX_REQUEST_LEN as u32))
+        .receive_window(quinn::VarInt::from_u32(CONNECTION_RECEIVE_WINDOW))
+        .send_window(CONNECTION_SEND_WINDOW)
         .max_concurrent_bidi_streams(limits.max_concurrent_streams.into())
         // Clients never open unidirectional streams; the push stream goes server -> client.
         .max_concurrent_uni_streams(0u32.into())

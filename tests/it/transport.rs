@@ -3,7 +3,7 @@
 use roost::client::{ClientError, Connection};
 use roost::protocol::{
     close_code, encode_request, ErrorCode, Request, Response, ALPN_FEDERATION, MAX_REQUEST_LEN,
-    PROTOCOL_VERSION,
+    MAX_UNAUTHENTICATED_REQUEST_LEN, PROTOCOL_VERSION,
 };
 
 use crate::support::{within, TestServer};
@@ -83,14 +83,35 @@ async fn an_oversize_request_gets_the_size_error_and_the_server_stays_up() {
 #[tokio::test]
 async fn a_request_of_exactly_the_limit_is_read_and_decoded() {
     let server = TestServer::start().await;
-    let connection = server.connect().await;
+    let device = server.register("alice@localhost").await;
     let mut at_limit = encode_request(&Request::GetServerInfo).unwrap();
     at_limit.resize(MAX_REQUEST_LEN, 0);
-    match within(connection.request_raw(&at_limit)).await.unwrap() {
+    match within(device.connection.request_raw(&at_limit))
+        .await
+        .unwrap()
+    {
         // Read in full, then refused for its trailing bytes: not for its size.
         Response::Error(e) => assert_eq!(e.code(), ErrorCode::MalformedRequest),
         other => panic!("padded request answered with {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn before_authentication_only_small_requests_are_read() {
+    let server = TestServer::start().await;
+    let connection = server.connect().await;
+    let mut padded = encode_request(&Request::GetServerInfo).unwrap();
+    padded.resize(MAX_UNAUTHENTICATED_REQUEST_LEN, 0);
+    match within(connection.request_raw(&padded)).await.unwrap() {
+        Response::Error(e) => assert_eq!(e.code(), ErrorCode::MalformedRequest),
+        other => panic!("padded request answered with {other:?}"),
+    }
+    padded.push(0);
+    match within(connection.request_raw(&padded)).await.unwrap() {
+        Response::Error(e) => assert_eq!(e.code(), ErrorCode::RequestTooLarge),
+        other => panic!("oversize request answered with {other:?}"),
+    }
+    within(connection.server_info()).await.unwrap();
 }
 
 #[tokio::test]
