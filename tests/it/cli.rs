@@ -13,13 +13,13 @@ const ROOST: &str = env!("CARGO_BIN_EXE_roost");
 const ROOST_CLIENT: &str = env!("CARGO_BIN_EXE_roost-client");
 
 /// A `roost serve` process; killed if the test ends early.
-struct ServerProcess {
+pub(crate) struct ServerProcess {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
 }
 
 impl ServerProcess {
-    fn start(data_dir: &Path, extra: &[&str]) -> Self {
+    pub(crate) fn start(data_dir: &Path, extra: &[&str]) -> Self {
         Self::start_on("127.0.0.1:0", data_dir, extra)
     }
 
@@ -58,7 +58,19 @@ impl ServerProcess {
         Self { child, addr }
     }
 
-    fn terminate(mut self) -> std::process::ExitStatus {
+    /// The server's resident memory now, in bytes (Linux `/proc`).
+    pub(crate) fn rss(&self) -> usize {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib: usize = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+            .unwrap();
+        kib * 1024
+    }
+
+    pub(crate) fn terminate(mut self) -> std::process::ExitStatus {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()

@@ -5,6 +5,7 @@ mod accounts;
 mod auth;
 mod cli;
 mod federation;
+mod floods;
 mod groups;
 mod key_packages;
 mod push;
