@@ -34,6 +34,16 @@ pub struct ServerLimits {
     pub request_timeout: Duration,
     /// On shutdown, in-flight requests get this long to finish.
     pub shutdown_grace: Duration,
+    /// Connections served at once from one source (an IPv4 address, an IPv6 /64).
+    pub max_connections_per_source: usize,
+    /// New connections (TLS handshakes) accepted per second from one source, in bursts of as many.
+    pub handshakes_per_second_per_source: u32,
+    /// Requests per second one authenticated client may make (all its connections together).
+    pub requests_per_second_per_client: u32,
+    /// Requests per second from one source on connections that have not authenticated.
+    pub unauthenticated_requests_per_second_per_source: u32,
+    /// Users one source may register per hour (under open registration).
+    pub registrations_per_hour_per_source: u32,
 }
 
 impl Default for ServerLimits {
@@ -44,6 +54,11 @@ impl Default for ServerLimits {
             idle_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(15),
             shutdown_grace: Duration::from_secs(10),
+            max_connections_per_source: 100,
+            handshakes_per_second_per_source: 50,
+            requests_per_second_per_client: 1_000,
+            unauthenticated_requests_per_second_per_source: 100,
+            registrations_per_hour_per_source: 30,
         }
     }
 }

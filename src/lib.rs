@@ -16,7 +16,8 @@
 //! [`server`] wires the layers together; [`tls`] holds certificates and rustls configurations for
 //! both sides; [`config`] is the validated server configuration; [`identity`] holds user ids and
 //! client credentials (issued by the server, verified by clients); [`clock`] is the time services
-//! see, settable in tests.
+//! see, settable in tests; [`rate_limit`] the keyed rate limiters both the transport (per source,
+//! per client) and the services (per claimer, per target) use.
 //!
 //! `ARCHITECTURE.md` at the repository root is the map; `protocol-spec/` is the wire contract.
 
@@ -25,6 +26,7 @@ pub mod clock;
 pub mod config;
 pub mod identity;
 pub mod protocol;
+pub mod rate_limit;
 pub mod secret_files;
 pub mod server;
 pub mod services;

@@ -112,6 +112,21 @@ struct ServeArgs {
     /// Connections served at once.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: u32,
+    /// Connections served at once from one source address (IPv6: one /64).
+    #[arg(long, default_value_t = ServerLimits::default().max_connections_per_source as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections_per_source: u32,
+    /// New connections accepted per second from one source address.
+    #[arg(long, default_value_t = ServerLimits::default().handshakes_per_second_per_source, value_parser = clap::value_parser!(u32).range(1..))]
+    handshakes_per_second_per_source: u32,
+    /// Requests per second one authenticated client may make.
+    #[arg(long, default_value_t = ServerLimits::default().requests_per_second_per_client, value_parser = clap::value_parser!(u32).range(1..))]
+    requests_per_second_per_client: u32,
+    /// Requests per second from one source address before authentication.
+    #[arg(long, default_value_t = ServerLimits::default().unauthenticated_requests_per_second_per_source, value_parser = clap::value_parser!(u32).range(1..))]
+    unauthenticated_requests_per_second_per_source: u32,
+    /// Users one source address may register per hour (open registration).
+    #[arg(long, default_value_t = ServerLimits::default().registrations_per_hour_per_source)]
+    registrations_per_hour_per_source: u32,
     /// Requests in flight per connection.
     #[arg(long, default_value_t = ServerLimits::default().max_concurrent_streams, value_parser = clap::value_parser!(u32).range(1..=1024))]
     max_streams: u32,
@@ -241,6 +256,12 @@ impl ServeArgs {
                 idle_timeout: Duration::from_secs(self.idle_timeout_secs),
                 request_timeout: Duration::from_secs(self.request_timeout_secs),
                 shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+                max_connections_per_source: self.max_connections_per_source as usize,
+                handshakes_per_second_per_source: self.handshakes_per_second_per_source,
+                requests_per_second_per_client: self.requests_per_second_per_client,
+                unauthenticated_requests_per_second_per_source: self
+                    .unauthenticated_requests_per_second_per_source,
+                registrations_per_hour_per_source: self.registrations_per_hour_per_source,
             },
             registration: match self.registration {
                 Registration::Open => RegistrationMode::Open,

@@ -101,4 +101,6 @@ pub mod close_code {
     pub const PEER_REFUSED: u32 = 4;
     /// The peer did not read the responses it asked for within the request timeout.
     pub const NOT_READING: u32 = 5;
+    /// The source address holds as many connections as the server allows one source.
+    pub const TOO_MANY_CONNECTIONS: u32 = 6;
 }

@@ -35,6 +35,8 @@ pub struct Accounts {
     registration: RegistrationMode,
     credential_lifetime: u64,
     quarantine: u64,
+    /// Registrations per source per hour, under open registration.
+    registrations: crate::rate_limit::RateLimiter<crate::rate_limit::Source>,
 }
 
 impl Accounts {
@@ -54,6 +56,10 @@ impl Accounts {
             registration: config.registration,
             credential_lifetime: config.credential_lifetime.as_secs(),
             quarantine: config.deleted_user_quarantine.as_secs(),
+            registrations: crate::rate_limit::RateLimiter::new(
+                config.limits.registrations_per_hour_per_source,
+                std::time::Duration::from_secs(60 * 60),
+            ),
         })
     }
 
@@ -101,7 +107,13 @@ impl Accounts {
         let now = self.clock.now();
         let invite = match (self.registration, &request.invite) {
             (RegistrationMode::Closed, _) => return Err(ServiceError::RegistrationClosed),
-            (RegistrationMode::Open, _) => None,
+            (RegistrationMode::Open, _) => {
+                // Anyone may register: but one source only so many accounts an hour.
+                self.registrations
+                    .check(&caller.source)
+                    .map_err(|retry_after| ServiceError::RateLimited { retry_after })?;
+                None
+            }
             (RegistrationMode::Invite, None) => return Err(ServiceError::InviteRequired),
             (RegistrationMode::Invite, Some(code)) => {
                 let invite = self

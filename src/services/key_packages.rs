@@ -10,7 +10,6 @@ use openmls::prelude::{
 use openmls_rust_crypto::RustCrypto;
 use tls_codec::Deserialize;
 
-use super::rate_limit::RateLimiter;
 use super::{Queues, ServiceError, Sessions};
 use crate::clock::Clock;
 use crate::config::{Domain, ServerConfig};
@@ -20,6 +19,7 @@ use crate::protocol::{
     KeyPackageStatus, KeyPackageStock, KeyPackagesLow, Notification, PublishKeyPackagesRequest,
     ServerNotice, ROLES_EXTENSION_TYPE, SUPPORTED_CIPHERSUITES,
 };
+use crate::rate_limit::RateLimiter;
 use crate::store::{Claimed, NewKeyPackage, PublishRefusal, Stock, Store, StoredClient};
 
 /// Longest KeyPackage lifetime the server accepts (`not_after - not_before`), in seconds: a
@@ -57,8 +57,8 @@ pub struct KeyPackages {
     crypto: RustCrypto,
     low_watermark: u32,
     max_per_client: usize,
-    claims_per_claimer: RateLimiter,
-    claims_per_target: RateLimiter,
+    claims_per_claimer: RateLimiter<String>,
+    claims_per_target: RateLimiter<String>,
     queues: Arc<Queues>,
 }
 
@@ -77,8 +77,12 @@ impl KeyPackages {
             crypto: RustCrypto::default(),
             low_watermark: config.key_packages.low_watermark,
             max_per_client: config.key_packages.max_per_client as usize,
-            claims_per_claimer: RateLimiter::new(config.key_packages.claims_per_minute_per_claimer),
-            claims_per_target: RateLimiter::new(config.key_packages.claims_per_minute_per_target),
+            claims_per_claimer: RateLimiter::per_minute(
+                config.key_packages.claims_per_minute_per_claimer,
+            ),
+            claims_per_target: RateLimiter::per_minute(
+                config.key_packages.claims_per_minute_per_target,
+            ),
             queues,
         }
     }
@@ -162,7 +166,7 @@ impl KeyPackages {
         }
         self.claims_per_claimer
             .check(&caller.to_string())
-            .and_then(|()| self.claims_per_target.check(user.as_str()))
+            .and_then(|()| self.claims_per_target.check(&user.as_str().to_owned()))
             .map_err(|retry_after| ServiceError::RateLimited { retry_after })?;
         let claims = self
             .store

@@ -11,7 +11,6 @@ mod groups;
 pub mod invites;
 mod key_packages;
 mod queues;
-mod rate_limit;
 
 use std::sync::Arc;
 
@@ -99,6 +98,8 @@ fn announce_queued(
 pub struct Caller<'a> {
     pub client: Option<&'a ClientId>,
     pub channel_binding: &'a [u8; CHANNEL_BINDING_LEN],
+    /// Where the connection comes from (for per-source limits such as registrations).
+    pub source: crate::rate_limit::Source,
 }
 
 /// What a service can refuse or fail with.

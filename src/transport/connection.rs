@@ -11,6 +11,7 @@ use tracing::{debug, error, warn};
 use super::auth::{channel_binding, verify_authentication};
 use super::budget::{ConnectionBudget, Pool, Reservation};
 use super::sessions::PushFeed;
+use super::sources::{Source, SourceSlot};
 use super::Shared;
 use crate::protocol::{
     close_code, decode_request, encode_notification_record, encode_push_header, encode_response,
@@ -29,6 +30,7 @@ pub(super) async fn handle(
     incoming: quinn::Incoming,
     shared: Arc<Shared>,
     _permit: OwnedSemaphorePermit,
+    _source_slot: SourceSlot,
 ) {
     let remote = incoming.remote_address();
     let connection = match incoming.await {
@@ -64,6 +66,8 @@ struct Session {
     push_writer: Mutex<Option<JoinHandle<()>>>,
     /// Bytes of this connection's incomplete requests and unsent responses.
     budget: ConnectionBudget,
+    /// Where the connection comes from (for the per-source limits).
+    source: Source,
 }
 
 async fn serve_client(connection: quinn::Connection, shared: Arc<Shared>) {
@@ -82,6 +86,7 @@ async fn serve_client(connection: quinn::Connection, shared: Arc<Shared>) {
         closing: shared.shutdown.child_token(),
         push_writer: Mutex::new(None),
         budget: shared.budget.connection(),
+        source: Source::of(connection.remote_address().ip()),
     });
     let mut streams = JoinSet::new();
     let closed_by_peer = loop {
@@ -449,7 +454,15 @@ impl Session {
         let caller = Caller {
             client: self.client.get(),
             channel_binding: &self.channel_binding,
+            source: self.source,
         };
+        let allowed = match caller.client {
+            Some(client) => shared.client_requests.check(client),
+            None => shared.sources.allow_unauthenticated_request(self.source),
+        };
+        if let Err(retry_after) = allowed {
+            return service_error_response(ServiceError::RateLimited { retry_after });
+        }
         if request.operation().requires_authentication() && caller.client.is_none() {
             return error_response(
                 ErrorCode::NotAuthenticated,

@@ -11,6 +11,7 @@ pub mod budget;
 mod connection;
 mod federation;
 pub mod sessions;
+pub mod sources;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +20,7 @@ use anyhow::Context;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info};
 
 pub use sessions::SessionRegistry;
 
@@ -44,6 +45,10 @@ pub(crate) struct Shared {
     pub(crate) shutdown: CancellationToken,
     /// The server-wide memory budgets of incomplete requests and unsent responses.
     pub(crate) budget: budget::ServerBudget,
+    /// Connections, handshakes and unauthenticated requests per source.
+    pub(crate) sources: sources::SourceLimits,
+    /// Requests per authenticated client, over all its connections.
+    pub(crate) client_requests: crate::rate_limit::RateLimiter<crate::protocol::ClientId>,
 }
 
 impl Shared {
@@ -55,6 +60,11 @@ impl Shared {
         Self {
             services,
             sessions,
+            sources: sources::SourceLimits::new(&limits),
+            client_requests: crate::rate_limit::RateLimiter::new(
+                limits.requests_per_second_per_client,
+                Duration::from_secs(1),
+            ),
             limits,
             shutdown: CancellationToken::new(),
             budget: budget::ServerBudget::default(),
@@ -116,13 +126,34 @@ pub(crate) async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
             _ = shared.shutdown.cancelled() => break,
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                match permits.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        connections.spawn(connection::handle(incoming, shared.clone(), permit));
+                let source = sources::Source::of(incoming.remote_address().ip());
+                // Cheapest first: a refusal costs no handshake.
+                if !shared.sources.allow_handshake(source) {
+                    shared.sources.log_refusal(source, "too many new connections per second");
+                    incoming.refuse();
+                    continue;
+                }
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    shared.sources.log_refusal(source, "the server's connection limit is reached");
+                    incoming.refuse();
+                    continue;
+                };
+                match shared.sources.connection_slot(source) {
+                    Some(slot) => {
+                        connections.spawn(connection::handle(incoming, shared.clone(), permit, slot));
                     }
-                    Err(_) => {
-                        warn!(remote = %incoming.remote_address(), "connection limit reached, refusing");
-                        incoming.refuse();
+                    None => {
+                        shared.sources.log_refusal(source, "too many connections from this source");
+                        // Completed and closed, so the client learns why (handshakes are limited).
+                        connections.spawn(async move {
+                            if let Ok(connection) = incoming.await {
+                                connection.close(
+                                    close_code::TOO_MANY_CONNECTIONS.into(),
+                                    b"too many connections from this source",
+                                );
+                            }
+                            drop(permit);
+                        });
                     }
                 }
             }

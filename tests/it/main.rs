@@ -8,6 +8,7 @@ mod federation;
 mod floods;
 mod groups;
 mod key_packages;
+mod limits;
 mod push;
 mod queues;
 mod shutdown;

@@ -137,7 +137,8 @@ async fn garbage_gets_a_decode_error_and_the_server_stays_up() {
 #[tokio::test]
 async fn many_requests_run_concurrently_on_one_connection() {
     let server = TestServer::start().await;
-    let connection = server.connect().await;
+    let device = server.register("alice@localhost").await;
+    let connection = &device.connection;
     // More than the per-connection stream limit: the rest wait for a free stream, none fail.
     let requests = (0..200).map(|_| connection.server_info());
     for result in within(futures::future::join_all(requests)).await {

@@ -1,0 +1,96 @@
+//! Per-source and per-client limits: one source cannot take every connection slot, open
+//! connections or register accounts as fast as it likes, and one client cannot send requests
+//! without bound; each refusal has its own code or close reason.
+
+use roost::client::{ClientError, Connection};
+use roost::protocol::{close_code, ErrorCode};
+
+use crate::support::{code, new_key, within, TestServer, CIPHERSUITE};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_holds_only_so_many_connections() {
+    let server =
+        TestServer::start_with(|config| config.limits.max_connections_per_source = 2).await;
+    let first = server.connect().await;
+    let _second = server.connect().await;
+    let third = server.connect().await;
+    match within(third.closed()).await {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(close.error_code, close_code::TOO_MANY_CONNECTIONS.into())
+        }
+        other => panic!("expected TOO_MANY_CONNECTIONS, got {other:?}"),
+    }
+    // A slot freed is a slot for the same source again.
+    within(first.close()).await;
+    let again = within(async {
+        loop {
+            let connection = server.connect().await;
+            if connection.server_info().await.is_ok() {
+                return connection;
+            }
+        }
+    })
+    .await;
+    within(again.server_info()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_opens_only_so_many_connections_a_second() {
+    let server =
+        TestServer::start_with(|config| config.limits.handshakes_per_second_per_source = 3).await;
+    let mut refused = 0;
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        match within(Connection::connect(&server.client_config())).await {
+            Ok(connection) => held.push(connection),
+            Err(ClientError::Connect(_)) => refused += 1,
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert!(held.len() >= 3, "a burst of the limit gets through");
+    assert!(refused >= 5, "the rest of the burst is refused ({refused})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_registers_only_so_many_users_an_hour() {
+    let server =
+        TestServer::start_with(|config| config.limits.registrations_per_hour_per_source = 2).await;
+    for user in ["a@localhost", "b@localhost"] {
+        server.register(user).await;
+    }
+    let connection = server.connect().await;
+    let refused =
+        within(connection.register_user("c@localhost", &new_key(), CIPHERSUITE, None)).await;
+    assert_eq!(code(refused), ErrorCode::RateLimited);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_sends_only_so_many_requests_a_second() {
+    let server = TestServer::start_with(|config| {
+        config.limits.requests_per_second_per_client = 5;
+        config.limits.unauthenticated_requests_per_second_per_source = 5;
+    })
+    .await;
+    let device = server.register("alice@localhost").await;
+    let mut limited = None;
+    for _ in 0..20 {
+        if let Err(e) = within(device.connection.who_am_i()).await {
+            limited = Some(e);
+            break;
+        }
+    }
+    assert_eq!(
+        limited.expect("a burst over the limit is refused").code(),
+        Some(ErrorCode::RateLimited)
+    );
+    // Before authentication, the source is limited the same way.
+    let anonymous = server.connect().await;
+    let mut limited = None;
+    for _ in 0..20 {
+        if let Err(e) = within(anonymous.server_info()).await {
+            limited = Some(e);
+            break;
+        }
+    }
+    assert_eq!(limited.unwrap().code(), Some(ErrorCode::RateLimited));
+}
