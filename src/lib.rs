@@ -24,6 +24,7 @@
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod escape;
 pub mod identity;
 pub mod protocol;
 pub mod rate_limit;

@@ -298,7 +298,7 @@ impl Federation {
                     let waiting = store.outbox_backlog().await.ok().and_then(|backlog| {
                         backlog.into_iter().find(|(p, _)| p == peer).map(|(_, n)| n)
                     });
-                    tracing::warn!(%peer, waiting, error = %e, retry_in = ?delay, "the peer did not take a delivery; deliveries wait in the outbox");
+                    tracing::warn!(%peer, waiting, error = %crate::escape::Escaped(&e), retry_in = ?delay, "the peer did not take a delivery; deliveries wait in the outbox");
                     tokio::select! {
                         _ = stop.cancelled() => return,
                         _ = tokio::time::sleep(delay) => {}
@@ -325,7 +325,7 @@ impl Federation {
                 Err(ServiceError::Peer(refusal))
                     if refusal.code().retry() == crate::protocol::Retry::Never =>
                 {
-                    tracing::error!(%peer, %refusal, "a peer refused a delivery for good; dropping it");
+                    tracing::error!(%peer, refusal = %crate::escape::Escaped(&refusal), "a peer refused a delivery for good; dropping it");
                 }
                 Ok(other) => {
                     return Err(ServiceError::PeerUnavailable(format!("answered {other:?}")));

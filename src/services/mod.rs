@@ -507,11 +507,11 @@ impl Services {
                     );
                 }
                 Ok(other) => {
-                    tracing::warn!(%hub, error = %unexpected_peer_answer(&other), "cannot list a hub's groups");
+                    tracing::warn!(%hub, error = %crate::escape::Escaped(unexpected_peer_answer(&other)), "cannot list a hub's groups");
                     list.unreachable_hubs.push(Text::truncated(hub));
                 }
                 Err(e) => {
-                    tracing::warn!(%hub, error = %e, "cannot list a hub's groups");
+                    tracing::warn!(%hub, error = %crate::escape::Escaped(&e), "cannot list a hub's groups");
                     list.unreachable_hubs.push(Text::truncated(hub));
                 }
             }
@@ -535,7 +535,7 @@ impl Services {
         let request = FederationRequest::ClientsDeparted(ClientsDepartedRequest { clients });
         for hub in hubs {
             if let Err(e) = federation.request(&hub, &request).await {
-                tracing::warn!(%hub, error = %e, "cannot tell a group hub of departed clients");
+                tracing::warn!(%hub, error = %crate::escape::Escaped(&e), "cannot tell a group hub of departed clients");
             }
         }
     }

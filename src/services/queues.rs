@@ -9,6 +9,7 @@ use tls_codec::Serialize;
 use super::{ServiceError, Sessions};
 use crate::clock::Clock;
 use crate::config::{QueuePolicy, ServerConfig};
+use crate::escape::Escaped;
 use crate::protocol::{
     AckMessagesRequest, ClientId, DeliverRequest, FetchMessagesRequest, FetchedMessages,
     MessageKind, MessagesExpired, QueuedMessage, ServerNotice, Text, MAX_FETCH_COUNT,
@@ -201,11 +202,20 @@ impl Queues {
             })?;
         // `None`: a repeated delivery, queued the first time.
         let outcomes = outcomes.unwrap_or_default();
-        for (envelope, outcome) in envelopes.iter().zip(&outcomes) {
-            if !matches!(outcome, Enqueued::Queued { .. }) {
-                let client = format!("{}/{}", envelope.user_id, envelope.device_id);
-                tracing::warn!(%client, ?outcome, %peer, "a delivered message was not queued");
-            }
+        // One line per delivery, not per recipient: a peer naming 20,000 unknown clients must
+        // not write 20,000 lines (and what it named is escaped).
+        let mut not_queued = envelopes.iter().zip(&outcomes).filter(|(_, outcome)| {
+            !matches!(outcome, Enqueued::Queued { .. } | Enqueued::Coalesced)
+        });
+        if let Some((first, outcome)) = not_queued.next() {
+            let first = format!("{}/{}", first.user_id, first.device_id);
+            tracing::warn!(
+                peer = %Escaped(peer),
+                not_queued = 1 + not_queued.count(),
+                first = %Escaped(&first),
+                ?outcome,
+                "a delivery named recipients that are not clients here"
+            );
         }
         super::announce_queued(&*self.sessions, &envelopes, &outcomes, now_ms);
         Ok(())

@@ -13,6 +13,7 @@ use super::budget::{ConnectionBudget, Pool, Reservation};
 use super::sessions::PushFeed;
 use super::sources::{Source, SourceSlot};
 use super::Shared;
+use crate::escape::Escaped;
 use crate::protocol::{
     close_code, decode_request, encode_notification_record, encode_push_header, encode_response,
     AuthenticateRequest, AuthenticateResponse, ClientId, ErrorCode, ErrorResponse, Notification,
@@ -417,7 +418,7 @@ pub(super) fn service_error(e: ServiceError) -> ErrorResponse {
 /// (openmls, tls_codec) or a peer's message is logged, never passed on.
 fn public_message(code: ErrorCode, e: &ServiceError) -> String {
     let with_details = || {
-        debug!(error = %e, "request refused");
+        debug!(error = %Escaped(e), "request refused");
         // Our own description comes first, the library's text after the first ": ".
         let text = e.to_string();
         text.split_once(": ")
@@ -425,11 +426,11 @@ fn public_message(code: ErrorCode, e: &ServiceError) -> String {
     };
     match e {
         ServiceError::Peer(_) => {
-            debug!(error = %e, "a peer refused a relayed request");
+            debug!(error = %Escaped(e), "a peer refused a relayed request");
             format!("the peer homeserver refused: {}", code.meaning())
         }
         ServiceError::PeerUnavailable(_) => {
-            debug!(error = %e, "a peer could not be reached");
+            debug!(error = %Escaped(e), "a peer could not be reached");
             code.meaning().to_owned()
         }
         ServiceError::InvalidMlsMessage(_)
@@ -439,7 +440,7 @@ fn public_message(code: ErrorCode, e: &ServiceError) -> String {
             index,
             reason: KeyPackageRejection::Invalid(_) | KeyPackageRejection::Expired(_),
         } => {
-            debug!(error = %e, "KeyPackage refused");
+            debug!(error = %Escaped(e), "KeyPackage refused");
             format!("KeyPackage {index} refused: {}", code.meaning())
         }
         _ => e.to_string(),
@@ -491,7 +492,7 @@ impl Session {
             verify_authentication(&key, &self.channel_binding, &request).is_ok()
         });
         if !verified {
-            debug!(client = %request.client, "authentication failed");
+            debug!(client = %Escaped(&request.client), "authentication failed");
             return error_response(
                 ErrorCode::AuthenticationFailed,
                 "authentication failed: unknown client or bad signature",

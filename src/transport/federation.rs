@@ -127,7 +127,7 @@ async fn dispatch(
             .peer_trust()
             .is_some_and(|trust| trust.certificate_speaks_for(&session.leaf, &domain));
         if !shared.services.federation_allows(&domain) || !vouched {
-            warn!(%domain, "refused a peer that may not speak for this domain");
+            warn!(domain = %crate::escape::Escaped(&domain), "refused a peer that may not speak for this domain");
             return error(
                 ErrorCode::PeerRefused,
                 "this certificate may not speak for that domain here",

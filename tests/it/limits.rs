@@ -94,3 +94,74 @@ async fn a_client_sends_only_so_many_requests_a_second() {
     }
     assert_eq!(limited.unwrap().code(), Some(ErrorCode::RateLimited));
 }
+
+/// The log lines a test wrote, captured from the global subscriber.
+#[derive(Clone, Default)]
+struct CapturedLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_cannot_flood_or_forge_the_log() {
+    let log = CapturedLog::default();
+    let writer = log.clone();
+    let installed = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .try_init();
+    assert!(installed.is_ok(), "only this test installs a subscriber");
+
+    let server = TestServer::start().await;
+    let mut group_id = vec![1u8; roost::identity::GROUP_ID_RANDOM_LEN];
+    group_id.extend_from_slice(b"b.example");
+    let mut recipients: Vec<roost::protocol::ClientId> = (0..20_001)
+        .map(|i| roost::protocol::ClientId {
+            user_id: roost::protocol::Text::new(&format!("nobody{i}@localhost")).unwrap(),
+            device_id: 1,
+        })
+        .collect();
+    recipients[0].user_id =
+        roost::protocol::Text::new("x\nFORGED-LINE 2026 INFO all is well@localhost").unwrap();
+    let delivery = roost::protocol::FederationRequest::Deliver(roost::protocol::DeliverRequest {
+        delivery_id: vec![9; 16].into(),
+        group_id: group_id.into(),
+        items: vec![roost::protocol::DeliveryItem {
+            recipients,
+            kind: roost::protocol::MessageKind::ServerNotice,
+            payload: vec![0, 3].into(),
+        }],
+    });
+    within(
+        server
+            .server
+            .services()
+            .handle_federation("b.example", delivery),
+    )
+    .await
+    .unwrap();
+
+    let written = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let about_it: Vec<&str> = written
+        .lines()
+        .filter(|line| line.contains("named recipients that are not clients here"))
+        .collect();
+    assert_eq!(
+        about_it.len(),
+        1,
+        "one line for the whole delivery: {about_it:?}"
+    );
+    assert!(about_it[0].contains("not_queued=20001"), "{}", about_it[0]);
+    assert!(
+        !written.lines().any(|line| line.starts_with("FORGED-LINE")),
+        "a recipient id wrote its own line"
+    );
+}
