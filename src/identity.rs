@@ -66,6 +66,8 @@ impl std::str::FromStr for Domain {
 
 /// Random bytes at the start of every group id.
 pub const GROUP_ID_RANDOM_LEN: usize = 16;
+/// Longest group id: the random bytes and the longest domain.
+pub const MAX_GROUP_ID_LEN: usize = GROUP_ID_RANDOM_LEN + 253;
 
 /// A new group id for a group hosted by `hub`: [`GROUP_ID_RANDOM_LEN`] random bytes followed by
 /// the hub's domain. A group's hub is fixed when the group is created, and everyone can read it
@@ -80,6 +82,9 @@ pub fn new_group_id(hub: &Domain) -> Vec<u8> {
 /// The domain of the homeserver hosting the group `group_id` (its hub), if the id names one in
 /// the form [`new_group_id`] makes (a lower-case domain after the random bytes).
 pub fn group_hub(group_id: &[u8]) -> Option<Domain> {
+    if group_id.len() > MAX_GROUP_ID_LEN {
+        return None;
+    }
     let domain = std::str::from_utf8(group_id.get(GROUP_ID_RANDOM_LEN..)?).ok()?;
     let parsed: Domain = domain.parse().ok()?;
     (parsed.as_str() == domain).then_some(parsed)

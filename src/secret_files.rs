@@ -33,7 +33,7 @@ fn write_with(mut options: fs::OpenOptions, path: &Path, contents: &[u8]) -> any
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// Creates a directory (and its parents) with mode 0700.
+/// Creates a directory (and its parents) with mode 0700, or makes an existing one private.
 pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     let mut builder = fs::DirBuilder::new();
     builder.recursive(true);
@@ -41,5 +41,20 @@ pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder
         .create(dir)
-        .with_context(|| format!("creating directory {}", dir.display()))
+        .with_context(|| format!("creating directory {}", dir.display()))?;
+    // An existing directory keeps the mode it was made with: ours are private whoever made them.
+    make_private(dir, 0o700)
+}
+
+/// Restricts an existing file or directory to its owner (`mode`: 0600 or 0700).
+pub fn make_private(path: &Path, mode: u32) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+            .with_context(|| format!("making {} private", path.display()))?;
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
+    Ok(())
 }

@@ -4,6 +4,10 @@ use tls_codec::{TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
 
 use super::{ClientId, Flag, Text};
 
+/// Largest KeyPackage a server stores, in bytes: a KeyPackage of the supported ciphersuites is
+/// well under 1 KiB; the room is for larger keys of future ciphersuites, not for payloads.
+pub const MAX_KEY_PACKAGE_LEN: usize = 16 * 1024;
+
 /// `PublishKeyPackages` request body.
 #[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
 pub struct PublishKeyPackagesRequest {

@@ -49,7 +49,7 @@ pub use groups::{
 };
 pub use key_packages::{
     ClaimKeyPackagesRequest, ClaimOutcome, ClaimedKeyPackage, ClaimedKeyPackages, KeyPackageStatus,
-    KeyPackageStock, KeyPackagesLow, PublishKeyPackagesRequest,
+    KeyPackageStock, KeyPackagesLow, PublishKeyPackagesRequest, MAX_KEY_PACKAGE_LEN,
 };
 pub use notification::{
     decode_notification, decode_push_header, encode_notification_record, encode_push_header,

@@ -17,7 +17,7 @@ use crate::identity::UserId;
 use crate::protocol::{
     ClaimKeyPackagesRequest, ClaimOutcome, ClaimedKeyPackage, ClaimedKeyPackages, ClientId, Flag,
     KeyPackageStatus, KeyPackageStock, KeyPackagesLow, Notification, PublishKeyPackagesRequest,
-    ServerNotice, ROLES_EXTENSION_TYPE, SUPPORTED_CIPHERSUITES,
+    ServerNotice, MAX_KEY_PACKAGE_LEN, ROLES_EXTENSION_TYPE, SUPPORTED_CIPHERSUITES,
 };
 use crate::rate_limit::RateLimiter;
 use crate::store::{Claimed, NewKeyPackage, PublishRefusal, Stock, Store, StoredClient};
@@ -254,6 +254,11 @@ pub fn validate_key_package(
     owner: &StoredClient,
     now: u64,
 ) -> Result<NewKeyPackage, KeyPackageRejection> {
+    if bytes.len() > MAX_KEY_PACKAGE_LEN {
+        return Err(KeyPackageRejection::Invalid(format!(
+            "larger than {MAX_KEY_PACKAGE_LEN} bytes"
+        )));
+    }
     let key_package_in = KeyPackageIn::tls_deserialize_exact(bytes)
         .map_err(|e| KeyPackageRejection::Invalid(format!("does not parse: {e}")))?;
     let key_package = key_package_in

@@ -17,6 +17,9 @@ use crate::protocol::{
 };
 use crate::store::{Admission, DeliveryRefusal, Enqueued, Envelope, QueueLimits, Store};
 
+/// Length of a delivery id (federation.md): what the receiver keeps per delivery to dedupe.
+pub const DELIVERY_ID_LEN: usize = 16;
+
 /// Room kept in a fetch response for everything but the payloads.
 const FETCH_OVERHEAD_ALLOWANCE: usize = 64 * 1024;
 /// Per-message framing in a fetch response, counted against the byte budget.
@@ -131,6 +134,11 @@ impl Queues {
         local_domain: &str,
         delivery: DeliverRequest,
     ) -> Result<(), ServiceError> {
+        if delivery.delivery_id.as_slice().len() != DELIVERY_ID_LEN {
+            return Err(ServiceError::PeerRefused(format!(
+                "a delivery id is {DELIVERY_ID_LEN} bytes"
+            )));
+        }
         // A group's hub is the server its id names: a peer delivers only for groups it hosts.
         let group_id = delivery.group_id.as_slice();
         if crate::identity::group_hub(group_id)

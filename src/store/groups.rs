@@ -312,7 +312,8 @@ impl Store {
     }
 }
 
-/// Greater than any group id (at most 255 bytes, RFC 9420 `opaque group_id<V>` as used here).
+/// Greater than any group id hosted here: every group id has a domain after its random bytes
+/// (`identity::group_hub`), whose ASCII bytes are below 0xff, within the first 257 bytes.
 const GROUP_ID_UPPER_BOUND: &[u8] = &[0xff; 257];
 
 fn replace_members(

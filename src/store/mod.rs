@@ -122,6 +122,16 @@ impl Store {
     /// Opens (or creates) the database in `data_dir` and starts its writer thread.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         let path = data_dir.join(DATABASE_FILE);
+        // Everything the server stores is private to its user: a new file is made 0600 before
+        // redb fills it (redb would make it 0644), an existing one is made private.
+        let private = if path.exists() {
+            crate::secret_files::make_private(&path, 0o600)
+        } else {
+            crate::secret_files::create_private(&path, b"")
+        };
+        private.map_err(|e| {
+            StoreError::Backend(Arc::new(redb::Error::Io(std::io::Error::other(e))))
+        })?;
         let db = Arc::new(Database::create(&path)?);
         let stats = Arc::new(StoreStats::default());
         let (writes, queue) = mpsc::channel(WRITE_QUEUE_CAPACITY);

@@ -165,3 +165,82 @@ async fn a_peer_cannot_flood_or_forge_the_log() {
         "a recipient id wrote its own line"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_key_packages_and_malformed_delivery_ids_are_refused_before_storage() {
+    use openmls::prelude::{
+        Capabilities, Ciphersuite, Extension, ExtensionType, Extensions, KeyPackage,
+        UnknownExtension,
+    };
+    use tls_codec::Serialize;
+
+    let server = TestServer::start().await;
+    let device = server.register("bob@localhost").await;
+    // A genuine, valid KeyPackage carrying 20 KB of extension: over the limit.
+    let padding = 0xff00;
+    let capabilities = Capabilities::builder()
+        .extensions(vec![
+            ExtensionType::Unknown(roost::protocol::ROLES_EXTENSION_TYPE),
+            ExtensionType::Unknown(padding),
+        ])
+        .build();
+    let bundle = KeyPackage::builder()
+        .leaf_node_capabilities(capabilities)
+        .key_package_extensions(
+            Extensions::single(Extension::Unknown(
+                padding,
+                UnknownExtension(vec![0; 20_000]),
+            ))
+            .unwrap(),
+        )
+        .build(
+            Ciphersuite::try_from(CIPHERSUITE).unwrap(),
+            device.mls.provider(),
+            device.mls.signer(),
+            device.mls.credential().clone(),
+        )
+        .unwrap();
+    let bytes = bundle.key_package().tls_serialize_detached().unwrap();
+    assert!(bytes.len() > roost::protocol::MAX_KEY_PACKAGE_LEN);
+    let refused = within(device.connection.publish_key_packages(vec![bytes])).await;
+    assert_eq!(code(refused), ErrorCode::InvalidKeyPackage);
+
+    let mut group_id = vec![1u8; roost::identity::GROUP_ID_RANDOM_LEN];
+    group_id.extend_from_slice(b"b.example");
+    let delivery = roost::protocol::FederationRequest::Deliver(roost::protocol::DeliverRequest {
+        delivery_id: vec![9; 64].into(),
+        group_id: group_id.into(),
+        items: Vec::new(),
+    });
+    let refused = within(
+        server
+            .server
+            .services()
+            .handle_federation("b.example", delivery),
+    )
+    .await;
+    assert!(
+        matches!(refused, Err(roost::services::ServiceError::PeerRefused(_))),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_directory_and_database_are_private_even_if_the_directory_existed() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir(&data_dir).unwrap();
+    std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = roost::config::ServerConfig::new(
+        "localhost".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+        data_dir.clone(),
+    );
+    let server = within(roost::server::Server::start(config)).await.unwrap();
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data_dir), 0o700);
+    assert_eq!(mode(&data_dir.join(roost::store::DATABASE_FILE)), 0o600);
+    within(server.shutdown()).await.unwrap();
+}
