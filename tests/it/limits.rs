@@ -125,7 +125,7 @@ async fn a_peer_cannot_flood_or_forge_the_log() {
     group_id.extend_from_slice(b"b.example");
     let mut recipients: Vec<roost::protocol::ClientId> = (0..20_001)
         .map(|i| roost::protocol::ClientId {
-            user_id: roost::protocol::Text::new(&format!("nobody{i}@localhost")).unwrap(),
+            user_id: roost::protocol::Text::new(format!("nobody{i}@localhost")).unwrap(),
             device_id: 1,
         })
         .collect();
