@@ -481,12 +481,7 @@ impl Services {
         if self.federation.is_none() {
             return Ok(list);
         }
-        let routes = self.store.group_routes().await?;
-        let hosted_by: std::collections::HashMap<&[u8], &str> = routes
-            .iter()
-            .map(|(group_id, hub)| (group_id.as_slice(), hub.as_str()))
-            .collect();
-        let hubs: std::collections::BTreeSet<&str> = hosted_by.values().copied().collect();
+        let hubs = self.store.group_hubs().await?;
         let answers = futures::future::join_all(hubs.iter().map(|hub| {
             let relayed = FederationRequest::RelayGroupRequest(RelayedGroupRequest {
                 sender: caller.clone(),
@@ -495,16 +490,15 @@ impl Services {
             self.federated(hub, relayed)
         }))
         .await;
-        for (hub, answer) in hubs.into_iter().zip(answers) {
+        for (hub, answer) in hubs.iter().map(String::as_str).zip(answers) {
             match answer {
                 Ok(FederationResponseBody::GroupResponse(ResponseBody::Groups(hosted))) => {
-                    // A peer speaks only for the groups it hosts.
-                    list.groups.extend(
-                        hosted
-                            .groups
-                            .into_iter()
-                            .filter(|group| hosted_by.get(group.group_id.as_slice()) == Some(&hub)),
-                    );
+                    // A peer speaks only for the groups it hosts: those whose id names it.
+                    list.groups
+                        .extend(hosted.groups.into_iter().filter(|group| {
+                            crate::identity::group_hub(group.group_id.as_slice())
+                                .is_some_and(|named| named.as_str() == hub)
+                        }));
                 }
                 Ok(other) => {
                     tracing::warn!(%hub, error = %crate::escape::Escaped(unexpected_peer_answer(&other)), "cannot list a hub's groups");
@@ -607,6 +601,11 @@ impl Services {
             Ok(0) => {}
             Ok(purged) => tracing::info!(purged, "purged expired queued messages"),
             Err(e) => tracing::warn!(error = %e, "purging expired messages failed"),
+        }
+        match self.queues.purge_received_deliveries().await {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "forgot delivery ids past the dedupe window"),
+            Err(e) => tracing::warn!(error = %e, "purging received delivery ids failed"),
         }
     }
 

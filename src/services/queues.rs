@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use tls_codec::Serialize;
+use tls_codec::{Deserialize, Serialize};
 
 use super::{ServiceError, Sessions};
 use crate::clock::Clock;
@@ -19,6 +19,12 @@ use crate::store::{Admission, DeliveryRefusal, Enqueued, Envelope, QueueLimits, 
 
 /// Length of a delivery id (federation.md): what the receiver keeps per delivery to dedupe.
 pub const DELIVERY_ID_LEN: usize = 16;
+/// How long a received delivery id is kept to recognise a retry (federation.md): a hub retries
+/// an unacknowledged delivery within minutes, never after this long.
+pub const DELIVERY_DEDUPE_WINDOW: std::time::Duration =
+    std::time::Duration::from_secs(7 * 24 * 60 * 60);
+/// Delivery ids forgotten per maintenance run at most (bounds that write transaction).
+const DELIVERY_IDS_PURGED_PER_RUN: usize = 100_000;
 
 /// Room kept in a fetch response for everything but the payloads.
 const FETCH_OVERHEAD_ALLOWANCE: usize = 64 * 1024;
@@ -181,13 +187,22 @@ impl Queues {
                 });
             }
         }
+        // The hub telling of the group's deletion: its route goes with it.
+        let group_deleted = delivery.items.iter().any(|item| {
+            item.kind == MessageKind::ServerNotice
+                && matches!(
+                    ServerNotice::tls_deserialize_exact(item.payload.as_slice()),
+                    Ok(ServerNotice::GroupDeleted(deleted)) if deleted.group_id.as_slice() == group_id
+                )
+        });
         let now_ms = self.clock.now_ms();
         let outcomes = self
             .store
             .receive_delivery(
                 peer,
                 delivery.delivery_id.as_slice(),
-                delivery.group_id.as_slice(),
+                group_id,
+                group_deleted,
                 envelopes.clone(),
                 now_ms,
                 self.limits(),
@@ -285,6 +300,16 @@ impl Queues {
                 up_to_seq: request.up_to_seq,
                 next_seq,
             })
+    }
+
+    /// Forgets the ids of deliveries received longer ago than [`DELIVERY_DEDUPE_WINDOW`].
+    pub async fn purge_received_deliveries(&self) -> Result<usize, ServiceError> {
+        let window = u64::try_from(DELIVERY_DEDUPE_WINDOW.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = self.clock.now_ms().saturating_sub(window);
+        Ok(self
+            .store
+            .purge_received_deliveries(cutoff, DELIVERY_IDS_PURGED_PER_RUN)
+            .await?)
     }
 
     /// Deletes messages older than the retention and queues each affected client a

@@ -17,6 +17,22 @@ pub(super) const DELIVERIES_RECEIVED: TableDefinition<(&str, &[u8]), u64> =
 /// group id -> the domain of the homeserver hosting it (groups hosted elsewhere).
 pub(super) const GROUP_ROUTES: TableDefinition<&[u8], &str> =
     TableDefinition::new("group-routes-1");
+/// hub domain -> how many of [`GROUP_ROUTES`] name it: the hubs to ask, without a scan.
+pub(super) const ROUTE_HUBS: TableDefinition<&str, u64> = TableDefinition::new("route-hubs-1");
+
+/// Fills [`ROUTE_HUBS`] from [`GROUP_ROUTES`] (the schema 3 migration).
+pub(super) fn count_route_hubs(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+    for entry in txn.open_table(GROUP_ROUTES)?.iter()? {
+        let (_, hub) = entry?;
+        *counts.entry(hub.value().to_owned()).or_default() += 1;
+    }
+    let mut hubs = txn.open_table(ROUTE_HUBS)?;
+    for (hub, count) in counts {
+        hubs.insert(hub.as_str(), count)?;
+    }
+    Ok(())
+}
 
 /// Why a delivery from a peer was refused (nothing of it was stored).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,11 +137,15 @@ impl Store {
     /// Stores a delivery from `peer` exactly once: queues its envelopes and records that `peer`
     /// hosts `group_id`, in one commit. `Ok(None)` if this delivery id was received before;
     /// a refusal stores nothing (not even the delivery id, so the peer may send it again).
+    ///
+    /// A delivery that tells of the group's deletion (`group_deleted`) removes its route instead.
+    #[allow(clippy::too_many_arguments)]
     pub async fn receive_delivery(
         &self,
         peer: &str,
         delivery_id: &[u8],
         group_id: &[u8],
+        group_deleted: bool,
         envelopes: Vec<Envelope>,
         now_ms: u64,
         limits: QueueLimits,
@@ -165,20 +185,67 @@ impl Store {
             txn.open_table(DELIVERIES_RECEIVED)?
                 .insert((peer.as_str(), delivery_id.as_slice()), now_ms)?;
             if !group_id.is_empty() {
-                txn.open_table(GROUP_ROUTES)?
-                    .insert(group_id.as_slice(), peer.as_str())?;
+                let mut routes = txn.open_table(GROUP_ROUTES)?;
+                let mut hubs = txn.open_table(ROUTE_HUBS)?;
+                let known = routes.get(group_id.as_slice())?.is_some();
+                let count = hubs.get(peer.as_str())?.map_or(0, |count| count.value());
+                if group_deleted && known {
+                    // The route goes with its group.
+                    routes.remove(group_id.as_slice())?;
+                    if count <= 1 {
+                        hubs.remove(peer.as_str())?;
+                    } else {
+                        hubs.insert(peer.as_str(), count - 1)?;
+                    }
+                } else if !group_deleted && !known {
+                    routes.insert(group_id.as_slice(), peer.as_str())?;
+                    hubs.insert(peer.as_str(), count + 1)?;
+                }
             }
             Ok(Ok(Some(outcomes)))
         })
         .await
     }
 
-    /// Every peer hosting a group this server's clients were delivered to.
+    /// Every peer hosting a group this server's clients were delivered to (and not deleted).
     pub async fn group_hubs(&self) -> Result<Vec<String>, StoreError> {
-        let routes = self.group_routes().await?;
-        let hubs: std::collections::BTreeSet<String> =
-            routes.into_iter().map(|(_, hub)| hub).collect();
-        Ok(hubs.into_iter().collect())
+        self.read(|txn| {
+            let hubs = txn.open_table(ROUTE_HUBS)?;
+            let mut found = Vec::new();
+            for entry in hubs.iter()? {
+                found.push(entry?.0.value().to_owned());
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    /// Forgets delivery ids received before `cutoff_ms` (the dedupe window is over: their
+    /// sender has long had our acknowledgement); at most `limit` a call. Returns how many.
+    pub async fn purge_received_deliveries(
+        &self,
+        cutoff_ms: u64,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        self.write(move |txn| {
+            let mut received = txn.open_table(DELIVERIES_RECEIVED)?;
+            let mut expired: Vec<(String, Vec<u8>)> = Vec::new();
+            for entry in received.iter()? {
+                let (key, at) = entry?;
+                if at.value() < cutoff_ms {
+                    let (peer, id) = key.value();
+                    expired.push((peer.to_owned(), id.to_vec()));
+                    if expired.len() >= limit {
+                        break;
+                    }
+                }
+            }
+            for (peer, id) in &expired {
+                received.remove((peer.as_str(), id.as_slice()))?;
+            }
+            Ok(expired.len())
+        })
+        .await
     }
 
     /// Every remote group this server's clients were delivered to, with the peer hosting it.
@@ -211,17 +278,17 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let group = b"group-1".as_slice();
         let first = store
-            .receive_delivery("a.example", b"id-1", group, Vec::new(), 1, LIMITS)
+            .receive_delivery("a.example", b"id-1", group, false, Vec::new(), 1, LIMITS)
             .await
             .unwrap();
         assert_eq!(first, Ok(Some(Vec::new())));
         let repeated = store
-            .receive_delivery("a.example", b"id-1", group, Vec::new(), 2, LIMITS)
+            .receive_delivery("a.example", b"id-1", group, false, Vec::new(), 2, LIMITS)
             .await
             .unwrap();
         assert_eq!(repeated, Ok(None), "a retried delivery is stored once");
         let hijack = store
-            .receive_delivery("c.example", b"id-9", group, Vec::new(), 3, LIMITS)
+            .receive_delivery("c.example", b"id-9", group, false, Vec::new(), 3, LIMITS)
             .await
             .unwrap();
         assert_eq!(
@@ -231,6 +298,51 @@ mod tests {
         assert_eq!(
             store.group_routes().await.unwrap(),
             [(group.to_vec(), "a.example".to_owned())]
+        );
+    }
+
+    #[tokio::test]
+    async fn routes_go_with_their_group_and_delivery_ids_with_the_dedupe_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let receive = |id: &'static [u8], group: &'static [u8], deleted: bool, at: u64| {
+            store.receive_delivery("a.example", id, group, deleted, Vec::new(), at, LIMITS)
+        };
+        receive(b"id-1", b"g1", false, 1_000)
+            .await
+            .unwrap()
+            .unwrap();
+        receive(b"id-2", b"g2", false, 5_000)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.group_hubs().await.unwrap(), ["a.example"]);
+        receive(b"id-3", b"g1", true, 6_000).await.unwrap().unwrap();
+        assert_eq!(
+            store.group_routes().await.unwrap(),
+            [(b"g2".to_vec(), "a.example".to_owned())]
+        );
+        assert_eq!(
+            store.group_hubs().await.unwrap(),
+            ["a.example"],
+            "g2 remains"
+        );
+        receive(b"id-4", b"g2", true, 7_000).await.unwrap().unwrap();
+        assert!(store.group_hubs().await.unwrap().is_empty());
+
+        // Ids older than the cutoff are forgotten (a retry would be stored again); newer kept.
+        assert_eq!(
+            store.purge_received_deliveries(5_500, 100).await.unwrap(),
+            2
+        );
+        assert_eq!(
+            receive(b"id-3", b"g1", false, 8_000).await.unwrap(),
+            Ok(None)
+        );
+        assert_eq!(
+            receive(b"id-1", b"g1", false, 8_000).await.unwrap(),
+            Ok(Some(Vec::new())),
+            "forgotten after the window"
         );
     }
 

@@ -16,7 +16,9 @@ const DOMAIN_KEY: &str = "domain";
 /// - 1: the first layout.
 /// - 2: a payload fanned out to several queues is stored once (`queue-2`, `shared-payloads-1`,
 ///   `shared-payload-refs-1`).
-pub const SCHEMA_VERSION: u32 = 2;
+/// - 3: the hubs of remote groups are counted (`route-hubs-1`), and coalesced notices tracked
+///   (`pending-notices-1`, empty at migration).
+pub const SCHEMA_VERSION: u32 = 3;
 
 impl Store {
     /// Creates the tables of a new database, or checks that an existing one has our layout.
@@ -34,10 +36,13 @@ impl Store {
                     meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION.to_be_bytes().as_slice())?;
                 }
                 Some(SCHEMA_VERSION) => {}
-                Some(1) => {
-                    super::queues::migrate_queue_1(&txn)?;
+                Some(from @ (1 | 2)) => {
+                    if from == 1 {
+                        super::queues::migrate_queue_1(&txn)?;
+                    }
+                    super::federation::count_route_hubs(&txn)?;
                     meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION.to_be_bytes().as_slice())?;
-                    tracing::info!("database migrated from schema 1 to {SCHEMA_VERSION}");
+                    tracing::info!("database migrated from schema {from} to {SCHEMA_VERSION}");
                 }
                 Some(other) => {
                     return Err(StoreError::Corrupt(format!(

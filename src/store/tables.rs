@@ -29,6 +29,7 @@ macro_rules! for_each_table {
         $action!(super::federation::OUTBOX_HEADS);
         $action!(super::federation::DELIVERIES_RECEIVED);
         $action!(super::federation::GROUP_ROUTES);
+        $action!(super::federation::ROUTE_HUBS);
     }};
 }
 

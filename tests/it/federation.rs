@@ -717,3 +717,23 @@ async fn a_peer_delivers_only_into_groups_its_own_id_says_it_hosts() {
     assert!(alice.receive().await.is_empty());
     assert!(bob.receive().await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_remote_group_takes_its_route_along() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_homeservers(dir.path()).await;
+    let (alice, mut bob, group_id) = alice_at_a_with_bob_at_b(&a, &b).await;
+    assert_eq!(b.server.store().group_hubs().await.unwrap(), ["a.example"]);
+    within(alice.groups().await.delete_group(&group_id))
+        .await
+        .unwrap();
+    let events = bob.receive_pushed().await;
+    assert!(
+        events
+            .iter()
+            .any(|event| matches!(event, GroupEvent::Deleted { .. })),
+        "{events:?}"
+    );
+    assert!(b.server.store().group_routes().await.unwrap().is_empty());
+    assert!(b.server.store().group_hubs().await.unwrap().is_empty());
+}
