@@ -369,7 +369,8 @@ impl<'a> GroupClient<'a> {
         group: &mut MlsGroup,
         request: SendCommitRequest,
     ) -> anyhow::Result<()> {
-        match self.connection.send_commit(request).await {
+        let sent = super::with_retries(|| self.connection.send_commit(request.clone())).await;
+        match sent {
             Ok(_) => group
                 .merge_pending_commit(self.mls.provider())
                 .context("merging the accepted commit"),
@@ -475,12 +476,10 @@ impl<'a> GroupClient<'a> {
         let proposal = group
             .leave_group(self.mls.provider(), self.mls.signer())
             .context("proposing to leave")?;
-        let sent = self
-            .connection
-            .send_proposal(SendProposalRequest {
-                proposal: proposal.tls_serialize_detached()?.into(),
-            })
-            .await;
+        let request = SendProposalRequest {
+            proposal: proposal.tls_serialize_detached()?.into(),
+        };
+        let sent = super::with_retries(|| self.connection.send_proposal(request.clone())).await;
         if let Err(e) = sent {
             // The server refused it: it must not linger as a pending proposal of ours.
             let own = Sender::Member(group.own_leaf_index());
@@ -531,7 +530,7 @@ impl<'a> GroupClient<'a> {
             .group(group_id)?
             .context("no such group on this device")?;
         let request = self.mls.encrypt(&mut group, text)?;
-        self.connection.send_message(request).await?;
+        super::with_retries(|| self.connection.send_message(request.clone())).await?;
         Ok(())
     }
 

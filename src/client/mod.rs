@@ -110,6 +110,38 @@ impl ClientError {
     }
 }
 
+/// Sends a request until it is answered or refused for good: after a failure that may pass
+/// (`ClientError::retry`), the very same request is sent again, a few times, with growing
+/// pauses. Safe for group sends: the server recognises a retried commit, proposal or message by
+/// its bytes and answers it without acting twice (protocol-spec/groups.md, "Retries").
+pub async fn with_retries<T, F, Fut>(mut request: F) -> Result<T, ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    const PAUSES: [Duration; 3] = [
+        Duration::from_millis(100),
+        Duration::from_millis(400),
+        Duration::from_millis(1600),
+    ];
+    let mut pauses = PAUSES.iter();
+    loop {
+        match request().await {
+            // A full queue drains only when its owner reads: not within these pauses.
+            Err(e)
+                if e.retry() == crate::protocol::Retry::Later
+                    && e.code() != Some(ErrorCode::QueueFull) =>
+            {
+                match pauses.next() {
+                    Some(pause) => tokio::time::sleep(*pause).await,
+                    None => return Err(e),
+                }
+            }
+            answered => return answered,
+        }
+    }
+}
+
 impl From<DecodeError> for ClientError {
     fn from(e: DecodeError) -> Self {
         Self::Protocol(e.to_string())

@@ -29,7 +29,7 @@ use crate::protocol::{
 };
 use crate::store::{
     Admission, Enqueued, Envelope, GroupMemberRow, GroupRefusal, GroupTransition, OutgoingDelivery,
-    PublicState, QueueLimits, Store, StoredGroup,
+    PublicState, QueueLimits, RequestRecord, Store, StoredGroup,
 };
 
 pub struct Groups {
@@ -149,6 +149,15 @@ impl Groups {
         };
         let protocol_message = ProtocolMessage::from(public_message);
         let group_id = protocol_message.group_id().as_slice().to_vec();
+        // A retry of a commit that was accepted (its answer lost) gets the first answer.
+        let digest = request_digest(request.commit.as_slice());
+        let now_ms = self.clock.now_ms();
+        if let Some(epoch) = self.store.recent_request(&group_id, digest, now_ms).await? {
+            return Ok(GroupEpoch {
+                group_id: group_id.into(),
+                epoch,
+            });
+        }
         let mut group = self.load(&group_id).await?;
         let from_epoch = group.stored.epoch;
         if protocol_message.epoch().as_u64() != from_epoch {
@@ -358,22 +367,35 @@ impl Groups {
             group_info: request.group_info.as_slice().to_vec(),
             public_state: snapshot(&group.storage)?,
         };
-        self.store_transition(
-            &group_id,
-            GroupTransition {
-                from_epoch,
-                group: stored,
-                old_members: member_rows(&old_members),
-                members: delivery_rows(&members, &leaving),
-                envelopes,
-                remote: Vec::new(),
-            },
-        )
-        .await?
-        .map_err(group_refusal)?;
+        let request = RequestRecord {
+            group_id: group_id.clone(),
+            digest,
+            now_ms,
+            answer: new_epoch,
+        };
+        let epoch = match self
+            .store_transition(
+                &group_id,
+                GroupTransition {
+                    from_epoch,
+                    group: stored,
+                    old_members: member_rows(&old_members),
+                    members: delivery_rows(&members, &leaving),
+                    envelopes,
+                    remote: Vec::new(),
+                    request: Some(request),
+                },
+            )
+            .await?
+        {
+            Ok(()) => new_epoch,
+            // The same commit, retried while the first was being stored.
+            Err(GroupRefusal::Repeated(epoch)) => epoch,
+            Err(refusal) => return Err(group_refusal(refusal)),
+        };
         Ok(GroupEpoch {
             group_id: group_id.into(),
-            epoch: new_epoch,
+            epoch,
         })
     }
 
@@ -392,6 +414,16 @@ impl Groups {
         };
         let protocol_message = ProtocolMessage::from(public_message);
         let group_id = protocol_message.group_id().as_slice().to_vec();
+        let digest = request_digest(request.proposal.as_slice());
+        let now_ms = self.clock.now_ms();
+        if self
+            .store
+            .recent_request(&group_id, digest, now_ms)
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
         let mut group = self.load(&group_id).await?;
         let epoch = group.stored.epoch;
         if protocol_message.epoch().as_u64() != epoch {
@@ -474,20 +506,30 @@ impl Groups {
             public_state: snapshot(&group.storage)?,
             ..group.stored.clone()
         };
-        self.store_transition(
-            &group_id,
-            GroupTransition {
-                from_epoch: epoch,
-                group: stored,
-                old_members: member_rows(&members),
-                members: delivery_rows(&members, &leaving),
-                envelopes,
-                remote: Vec::new(),
-            },
-        )
-        .await?
-        .map_err(group_refusal)?;
-        Ok(())
+        let request = RequestRecord {
+            group_id: group_id.clone(),
+            digest,
+            now_ms,
+            answer: 0,
+        };
+        match self
+            .store_transition(
+                &group_id,
+                GroupTransition {
+                    from_epoch: epoch,
+                    group: stored,
+                    old_members: member_rows(&members),
+                    members: delivery_rows(&members, &leaving),
+                    envelopes,
+                    remote: Vec::new(),
+                    request: Some(request),
+                },
+            )
+            .await?
+        {
+            Ok(()) | Err(GroupRefusal::Repeated(_)) => Ok(()),
+            Err(refusal) => Err(group_refusal(refusal)),
+        }
     }
 
     /// Deletes a group (Admins only): its state is gone, every other member is told.
@@ -555,6 +597,19 @@ impl Groups {
         };
         let protocol_message = ProtocolMessage::from(private_message);
         let group_id = protocol_message.group_id().as_slice().to_vec();
+        // A retry of a message that was accepted (its answer lost) is not queued twice.
+        let digest = request_digest(request.message.as_slice());
+        let accepted_at_ms = self.clock.now_ms();
+        if let Some(first) = self
+            .store
+            .recent_request(&group_id, digest, accepted_at_ms)
+            .await?
+        {
+            return Ok(MessageAccepted {
+                accepted_at_ms: first,
+                queue_full: Vec::new(),
+            });
+        }
         let stored = self
             .store
             .group(&group_id)
@@ -580,18 +635,33 @@ impl Groups {
             .collect();
         let (envelopes, remote) = self.split(&group_id, envelopes);
         let recipients: Vec<ClientId> = envelopes.iter().map(super::envelope_client).collect();
-        let accepted_at_ms = self.clock.now_ms();
+        let request = RequestRecord {
+            group_id: group_id.clone(),
+            digest,
+            now_ms: accepted_at_ms,
+            answer: accepted_at_ms,
+        };
         // Application messages are refused queue by queue, never as a whole.
-        let outcomes = self
+        let outcomes = match self
             .store
             .deliver(
                 envelopes.clone(),
                 remote,
                 accepted_at_ms,
                 self.queue_limits(),
+                Some(request),
             )
             .await?
-            .map_err(|full| group_refusal(GroupRefusal::QueueFull(full)))?;
+        {
+            Ok(outcomes) => outcomes,
+            Err(GroupRefusal::Repeated(first)) => {
+                return Ok(MessageAccepted {
+                    accepted_at_ms: first,
+                    queue_full: Vec::new(),
+                })
+            }
+            Err(refusal) => return Err(group_refusal(refusal)),
+        };
         self.outbox_wake.send_replace(());
         super::announce_queued(&*self.sessions, &envelopes, &outcomes, accepted_at_ms);
         let queue_full = recipients
@@ -790,6 +860,7 @@ impl Groups {
                 members: delivery_rows(&members, &leaving),
                 envelopes,
                 remote: Vec::new(),
+                request: None,
             };
             match self.store_transition(group_id, transition).await? {
                 Ok(()) => {
@@ -798,7 +869,9 @@ impl Groups {
                 }
                 Err(GroupRefusal::WrongEpoch { .. }) => continue,
                 Err(GroupRefusal::Unknown | GroupRefusal::Exists) => return Ok(()),
-                Err(refusal @ GroupRefusal::QueueFull(_)) => return Err(group_refusal(refusal)),
+                Err(refusal @ (GroupRefusal::QueueFull(_) | GroupRefusal::Repeated(_))) => {
+                    return Err(group_refusal(refusal))
+                }
             }
         }
         Err(ServiceError::WrongEpoch { current: 0 })
@@ -1162,6 +1235,10 @@ fn group_refusal(refusal: GroupRefusal) -> ServiceError {
                 .collect(),
         },
         GroupRefusal::Unknown | GroupRefusal::Exists => ServiceError::UnknownGroup,
+        // Callers that remember requests answer a repeat themselves; others never meet one.
+        GroupRefusal::Repeated(_) => ServiceError::Store(crate::store::StoreError::Corrupt(
+            "an unexpected repeated request".into(),
+        )),
     }
 }
 
@@ -1246,6 +1323,15 @@ fn snapshot(storage: &MemoryStorage) -> Result<PublicState, ServiceError> {
         .collect();
     entries.sort();
     Ok(entries)
+}
+
+/// The digest a group request is remembered by (`RequestRecord::digest`).
+fn request_digest(mls_message: &[u8]) -> [u8; 32] {
+    sha2::Digest::finalize(sha2::Digest::chain_update(
+        sha2::Sha256::default(),
+        mls_message,
+    ))
+    .into()
 }
 
 fn invalid(reason: String) -> ServiceError {

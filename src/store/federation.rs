@@ -4,6 +4,7 @@
 
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
+use super::groups::{remember_request, repeated_answer, GroupRefusal, RequestRecord};
 use super::queues::{enqueue_in, Enqueued, Envelope, FullQueues, QueueLimits};
 use super::{Store, StoreError};
 
@@ -70,20 +71,30 @@ pub(super) fn outbox_in(
 }
 
 impl Store {
-    /// Queues `envelopes` locally and `remote` deliveries in their peers' outboxes, in one commit.
+    /// Queues `envelopes` locally and `remote` deliveries in their peers' outboxes, in one
+    /// commit; with `request`, remembers it, or answers a retry of it without queuing again.
     pub async fn deliver(
         &self,
         envelopes: Vec<Envelope>,
         remote: Vec<OutgoingDelivery>,
         now_ms: u64,
         limits: QueueLimits,
-    ) -> Result<Result<Vec<Enqueued>, FullQueues>, StoreError> {
+        request: Option<RequestRecord>,
+    ) -> Result<Result<Vec<Enqueued>, GroupRefusal>, StoreError> {
         self.write(move |txn| {
+            if let Some(request) = &request {
+                if let Some(answer) = repeated_answer(txn, request)? {
+                    return Ok(Err(GroupRefusal::Repeated(answer)));
+                }
+            }
             let outcomes = match enqueue_in(txn, &envelopes, now_ms, limits)? {
                 Ok(outcomes) => outcomes,
-                Err(full) => return Ok(Err(full)),
+                Err(full) => return Ok(Err(GroupRefusal::QueueFull(full))),
             };
             outbox_in(txn, &remote)?;
+            if let Some(request) = &request {
+                remember_request(txn, request)?;
+            }
             Ok(Ok(outcomes))
         })
         .await
@@ -364,6 +375,7 @@ mod tests {
                 ],
                 0,
                 LIMITS,
+                None,
             )
             .await
             .unwrap()

@@ -149,7 +149,29 @@ pub struct GroupTransition {
     pub envelopes: Vec<Envelope>,
     /// Deliveries for remote members, into their homeservers' outboxes.
     pub remote: Vec<OutgoingDelivery>,
+    /// The request that made this transition, remembered so that a retry is recognised.
+    pub request: Option<RequestRecord>,
 }
+
+/// A group request (commit, proposal, message) remembered for the dedupe window: a retry of the
+/// same MLS message gets the first answer and changes nothing.
+#[derive(Clone, Debug)]
+pub struct RequestRecord {
+    pub group_id: Vec<u8>,
+    /// SHA-256 of the request's MLS message: every MLS message is unique (fresh signatures,
+    /// per-message keys), so a retry is recognised by its bytes alone.
+    pub digest: [u8; 32],
+    pub now_ms: u64,
+    /// What the request was answered with: the new epoch of a commit, the acceptance time of
+    /// a message, 0 for a proposal.
+    pub answer: u64,
+}
+
+/// How long a group request is remembered to recognise its retries.
+pub const REQUEST_DEDUPE_WINDOW_MS: u64 = 10 * 60 * 1000;
+/// Remembered requests forgotten per write at most, oldest first (keeps the tables at about
+/// what the window holds, without a sweep).
+const REQUESTS_FORGOTTEN_PER_WRITE: usize = 8;
 
 /// Why a group change was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -163,6 +185,8 @@ pub enum GroupRefusal {
     /// These members' queues have no room left even for handshake messages (see
     /// [`super::Admission::Handshake`]); nothing was written.
     QueueFull(FullQueues),
+    /// The same request was accepted before, with this answer; nothing was written again.
+    Repeated(u64),
 }
 
 impl Store {
@@ -216,9 +240,15 @@ impl Store {
             members,
             envelopes,
             remote,
+            request,
             ..
         } = transition;
         self.write(move |txn| {
+            if let Some(request) = &request {
+                if let Some(answer) = repeated_answer(txn, request)? {
+                    return Ok(Err(GroupRefusal::Repeated(answer)));
+                }
+            }
             let mut groups = txn.open_table(GROUPS)?;
             let current = match groups.get(group_id.as_slice())? {
                 Some(record) => StoredGroup::decode(record.value())?.epoch,
@@ -236,6 +266,9 @@ impl Store {
             drop(groups);
             replace_members(txn, &group_id, &old_members, &members)?;
             outbox_in(txn, &remote)?;
+            if let Some(request) = &request {
+                remember_request(txn, request)?;
+            }
             Ok(Ok(outcomes))
         })
         .await
@@ -312,6 +345,78 @@ impl Store {
     }
 }
 
+/// (group id, request digest): the key a remembered request is found by.
+type RequestKey<'a> = (&'a [u8], &'a [u8]);
+/// (group id, request digest) -> (accepted at ms, answer): requests within the dedupe window.
+pub(super) const RECENT_REQUESTS: TableDefinition<RequestKey, (u64, u64)> =
+    TableDefinition::new("recent-requests-1");
+/// (accepted at ms, group id, request digest): [`RECENT_REQUESTS`] oldest first, to forget them.
+pub(super) const RECENT_REQUESTS_BY_TIME: TableDefinition<(u64, &[u8], &[u8]), ()> =
+    TableDefinition::new("recent-requests-by-time-1");
+
+/// The answer a request was given, if it was accepted within the dedupe window.
+pub(super) fn repeated_answer(
+    txn: &WriteTransaction,
+    record: &RequestRecord,
+) -> Result<Option<u64>, StoreError> {
+    Ok(txn
+        .open_table(RECENT_REQUESTS)?
+        .get((record.group_id.as_slice(), record.digest.as_slice()))?
+        .map(|entry| entry.value())
+        .filter(|(at, _)| record.now_ms.saturating_sub(*at) < REQUEST_DEDUPE_WINDOW_MS)
+        .map(|(_, answer)| answer))
+}
+
+/// Remembers an accepted request, and forgets a few that are past the window.
+pub(super) fn remember_request(
+    txn: &WriteTransaction,
+    record: &RequestRecord,
+) -> Result<(), StoreError> {
+    let mut recent = txn.open_table(RECENT_REQUESTS)?;
+    let mut by_time = txn.open_table(RECENT_REQUESTS_BY_TIME)?;
+    let cutoff = record.now_ms.saturating_sub(REQUEST_DEDUPE_WINDOW_MS);
+    let expired: Vec<(u64, Vec<u8>, Vec<u8>)> = by_time
+        .range((0u64, &[][..], &[][..])..(cutoff, &[][..], &[][..]))?
+        .take(REQUESTS_FORGOTTEN_PER_WRITE)
+        .map(|entry| {
+            entry.map(|(key, _)| {
+                let (at, group, digest) = key.value();
+                (at, group.to_vec(), digest.to_vec())
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    for (at, group, digest) in &expired {
+        by_time.remove((*at, group.as_slice(), digest.as_slice()))?;
+        recent.remove((group.as_slice(), digest.as_slice()))?;
+    }
+    let key = (record.group_id.as_slice(), record.digest.as_slice());
+    recent.insert(key, (record.now_ms, record.answer))?;
+    by_time.insert((record.now_ms, key.0, key.1), ())?;
+    Ok(())
+}
+
+impl Store {
+    /// The answer a group request with this digest was given, if it was accepted within the
+    /// dedupe window before `now_ms`.
+    pub async fn recent_request(
+        &self,
+        group_id: &[u8],
+        digest: [u8; 32],
+        now_ms: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let group_id = group_id.to_vec();
+        self.read(move |txn| {
+            Ok(txn
+                .open_table(RECENT_REQUESTS)?
+                .get((group_id.as_slice(), digest.as_slice()))?
+                .map(|entry| entry.value())
+                .filter(|(at, _)| now_ms.saturating_sub(*at) < REQUEST_DEDUPE_WINDOW_MS)
+                .map(|(_, answer)| answer))
+        })
+        .await
+    }
+}
+
 /// Greater than any group id hosted here: every group id has a domain after its random bytes
 /// (`identity::group_hub`), whose ASCII bytes are below 0xff, within the first 257 bytes.
 const GROUP_ID_UPPER_BOUND: &[u8] = &[0xff; 257];
@@ -347,4 +452,64 @@ pub(super) fn delete_client_memberships(
         |_, _| false,
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::ReadableTableMetadata;
+
+    #[tokio::test]
+    async fn requests_are_remembered_for_the_window_and_then_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let record = |digest: u8, now_ms: u64| RequestRecord {
+            group_id: b"group".to_vec(),
+            digest: [digest; 32],
+            now_ms,
+            answer: 7,
+        };
+        for (digest, at) in [(1, 1_000), (2, 2_000)] {
+            let request = record(digest, at);
+            store
+                .write(move |txn| remember_request(txn, &request))
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            store
+                .recent_request(b"group", [1; 32], 5_000)
+                .await
+                .unwrap(),
+            Some(7)
+        );
+        assert_eq!(
+            store
+                .recent_request(b"other", [1; 32], 5_000)
+                .await
+                .unwrap(),
+            None
+        );
+        let late = 1_000 + REQUEST_DEDUPE_WINDOW_MS;
+        assert_eq!(
+            store.recent_request(b"group", [1; 32], late).await.unwrap(),
+            None
+        );
+        // A later write forgets what is past the window: both tables shrink.
+        let request = record(3, 2_000 + REQUEST_DEDUPE_WINDOW_MS + 1);
+        store
+            .write(move |txn| remember_request(txn, &request))
+            .await
+            .unwrap();
+        let remembered = store
+            .read(|txn| {
+                Ok((
+                    txn.open_table(RECENT_REQUESTS)?.len()?,
+                    txn.open_table(RECENT_REQUESTS_BY_TIME)?.len()?,
+                ))
+            })
+            .await
+            .unwrap();
+        assert_eq!(remembered, (1, 1));
+    }
 }

@@ -24,7 +24,10 @@ pub use accounts::{
     FIRST_DEVICE_ID,
 };
 pub use federation::{DeliveryRefusal, OutgoingDelivery};
-pub use groups::{GroupMemberRow, GroupRefusal, GroupTransition, PublicState, StoredGroup};
+pub use groups::{
+    GroupMemberRow, GroupRefusal, GroupTransition, PublicState, RequestRecord, StoredGroup,
+    REQUEST_DEDUPE_WINDOW_MS,
+};
 pub use key_packages::{Claimed, ClientClaim, NewKeyPackage, PublishRefusal, Stock};
 pub use queues::{
     Admission, Enqueued, Envelope, ExpiredMessages, FullQueues, QueueLimits, StoredMessage,

@@ -25,6 +25,8 @@ macro_rules! for_each_table {
         $action!(super::queues::SHARED_PAYLOAD_REFS);
         $action!(super::groups::GROUPS);
         $action!(super::groups::GROUP_MEMBERS);
+        $action!(super::groups::RECENT_REQUESTS);
+        $action!(super::groups::RECENT_REQUESTS_BY_TIME);
         $action!(super::federation::OUTBOX);
         $action!(super::federation::OUTBOX_HEADS);
         $action!(super::federation::DELIVERIES_RECEIVED);

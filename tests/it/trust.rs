@@ -573,3 +573,44 @@ async fn a_message_that_can_never_be_processed_is_reported_and_acknowledged_not_
         .unwrap();
     assert!(left.messages.is_empty(), "both acknowledged");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_send_commit_or_proposal_is_answered_once_and_queued_once() {
+    let server = TestServer::start().await;
+    let (alice, bob, group_id) = alice_and_bob(&server).await;
+
+    // The same message twice (its first answer lost, say): one copy, the first answer.
+    let message = {
+        let mut group = alice.mls.group(&group_id).unwrap().unwrap();
+        alice.mls.encrypt(&mut group, b"once").unwrap()
+    };
+    let first = within(alice.connection.send_message(message.clone()))
+        .await
+        .unwrap();
+    server.clock.advance(5);
+    let again = within(alice.connection.send_message(message))
+        .await
+        .unwrap();
+    assert_eq!(again.accepted_at_ms, first.accepted_at_ms);
+
+    // The same commit twice: the second gets the first answer, not WrongEpoch.
+    let commit = {
+        let mut group = alice.mls.group(&group_id).unwrap().unwrap();
+        alice.mls.commit(&mut group, &[], &[], None).unwrap()
+    };
+    let accepted = within(alice.connection.send_commit(commit.clone()))
+        .await
+        .unwrap();
+    let retried = within(alice.connection.send_commit(commit)).await.unwrap();
+    assert_eq!(retried.epoch, accepted.epoch);
+
+    let fetched = within(bob.connection.fetch_messages(0, 100, u32::MAX))
+        .await
+        .unwrap();
+    assert_eq!(
+        fetched.messages.len(),
+        2,
+        "one message and one commit: {:?}",
+        fetched.messages.iter().map(|m| m.seq).collect::<Vec<_>>()
+    );
+}
