@@ -23,7 +23,7 @@ impl ServerProcess {
         Self::start_on("127.0.0.1:0", data_dir, extra)
     }
 
-    fn start_on(listen: &str, data_dir: &Path, extra: &[&str]) -> Self {
+    pub(crate) fn start_on(listen: &str, data_dir: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(ROOST)
             .args(["serve", "--listen", listen, "--data-dir"])
             .arg(data_dir)
@@ -56,6 +56,12 @@ impl ServerProcess {
             .parse()
             .unwrap();
         Self { child, addr }
+    }
+
+    /// Kills the server with SIGKILL: no shutdown, no flush beyond what it committed.
+    pub(crate) fn kill_9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// The server's resident memory now, in bytes (Linux `/proc`).

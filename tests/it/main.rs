@@ -4,6 +4,7 @@
 mod accounts;
 mod auth;
 mod cli;
+mod crash;
 mod federation;
 mod floods;
 mod groups;

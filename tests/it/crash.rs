@@ -1,0 +1,167 @@
+//! The crash harness: the real server binary under a send load, killed with SIGKILL at random
+//! moments and restarted on the same data directory, while its clients retry what was not
+//! answered. Every acknowledged message must be delivered exactly once and in order.
+//!
+//! `ROOST_CRASH_CYCLES` sets the number of kill/restart cycles (default 3, enough for CI;
+//! run `ROOST_CRASH_CYCLES=100 cargo test --test it crash -- --nocapture` for the full run).
+
+use std::time::Duration;
+
+use rand::Rng;
+use roost::client::groups::{GroupClient, GroupEvent};
+use roost::client::mls::DeviceMls;
+use roost::client::state::DeviceIdentity;
+use roost::client::{ClientConfig, Connection};
+use roost::clock::Clock;
+use roost::protocol::SendMessageRequest;
+
+use crate::cli::ServerProcess;
+use crate::support::{new_key, within, CIPHERSUITE};
+
+/// Connects and authenticates, retrying while the server restarts.
+async fn connect(config: &ClientConfig, identity: &DeviceIdentity) -> Connection {
+    within(async {
+        loop {
+            if let Ok(connection) = Connection::connect(config).await {
+                if connection
+                    .authenticate_without_push(&identity.client, &identity.signing_key)
+                    .await
+                    .is_ok()
+                {
+                    return connection;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+/// Sends `request` until the server answers it, reconnecting across restarts: the same bytes
+/// every time, so the server's dedupe makes it exactly once.
+async fn send_until_answered(
+    connection: &mut Connection,
+    config: &ClientConfig,
+    identity: &DeviceIdentity,
+    request: &SendMessageRequest,
+) {
+    /// A killed server answers nothing (not even a close): give up on the connection after this.
+    const ANSWER_TIMEOUT: Duration = Duration::from_millis(1000);
+    loop {
+        let answer = tokio::time::timeout(ANSWER_TIMEOUT, connection.send_message(request.clone()));
+        match answer.await {
+            Ok(Ok(_)) => return,
+            Ok(Err(e)) if e.code().is_some_and(|code| !code.is_retryable()) => {
+                panic!("a message was refused for good: {e}")
+            }
+            Ok(Err(_)) | Err(_) => *connection = connect(config, identity).await,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_messages_survive_kill_9_exactly_once_and_in_order() {
+    let cycles: usize = std::env::var("ROOST_CRASH_CYCLES")
+        .ok()
+        .and_then(|cycles| cycles.parse().ok())
+        .unwrap_or(3);
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let listen = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let mut server = ServerProcess::start_on(&listen, &data_dir, &[]);
+    let config =
+        ClientConfig::new(server.addr, "localhost", &data_dir.join("server-cert.pem")).unwrap();
+
+    // Alice and bob in one group, set up before the crashes.
+    let register = |user: &'static str| {
+        let config = config.clone();
+        async move {
+            let connection = within(Connection::connect(&config)).await.unwrap();
+            let key = new_key();
+            let registered = within(connection.register_user(user, &key, CIPHERSUITE, None))
+                .await
+                .unwrap();
+            let identity = DeviceIdentity::new(registered, key, CIPHERSUITE);
+            within(connection.authenticate_without_push(&identity.client, &identity.signing_key))
+                .await
+                .unwrap();
+            let mls = DeviceMls::new(&identity).unwrap();
+            within(connection.top_up_key_packages(&identity.client, &mls))
+                .await
+                .unwrap();
+            (connection, identity, mls)
+        }
+    };
+    let (mut alice, alice_identity, alice_mls) = register("alice@localhost").await;
+    let (bob, bob_identity, bob_mls) = register("bob@localhost").await;
+    let keys = within(alice.domain_keys()).await.unwrap();
+    let now = roost::clock::SystemClock.now();
+    let group_id = {
+        let admin = GroupClient::new(&alice, &alice_mls, keys.clone(), now);
+        let group_id = within(admin.create_group()).await.unwrap();
+        within(admin.invite(&group_id, "bob@localhost"))
+            .await
+            .unwrap();
+        group_id
+    };
+    drop(bob);
+
+    // The load: alice sends numbered messages one after another, each until answered; the
+    // server is killed at random moments and restarted on the same data directory.
+    let mut sent = 0u32;
+    let mut rng = rand::thread_rng();
+    for _ in 0..cycles {
+        let kill_at = tokio::time::Instant::now() + Duration::from_millis(rng.gen_range(20..300));
+        while tokio::time::Instant::now() < kill_at {
+            let request = {
+                let mut group = alice_mls.group(&group_id).unwrap().unwrap();
+                alice_mls
+                    .encrypt(&mut group, format!("m{sent}").as_bytes())
+                    .unwrap()
+            };
+            // The kill may land while this one is in flight: it is sent again after the restart.
+            let kill = tokio::time::sleep_until(kill_at);
+            tokio::pin!(kill);
+            tokio::select! {
+                () = send_until_answered(&mut alice, &config, &alice_identity, &request) => {
+                    sent += 1;
+                }
+                () = &mut kill => {
+                    server.kill_9();
+                    server = ServerProcess::start_on(&listen, &data_dir, &[]);
+                    send_until_answered(&mut alice, &config, &alice_identity, &request).await;
+                    sent += 1;
+                    break;
+                }
+            }
+        }
+        if tokio::time::Instant::now() >= kill_at {
+            server.kill_9();
+            server = ServerProcess::start_on(&listen, &data_dir, &[]);
+        }
+    }
+
+    // Bob reads everything: each message once, in the order alice sent them.
+    let bob = connect(&config, &bob_identity).await;
+    let reader = GroupClient::new(&bob, &bob_mls, keys, now);
+    let mut heard = Vec::new();
+    for (seq, event) in within(reader.receive()).await.unwrap() {
+        match event.unwrap_or_else(|e| panic!("message {seq}: {e:#}")) {
+            GroupEvent::Message { text, .. } => heard.push(String::from_utf8(text).unwrap()),
+            GroupEvent::Joined { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let expected: Vec<String> = (0..sent).map(|n| format!("m{n}")).collect();
+    let duplicates = heard.len().saturating_sub(expected.len());
+    println!(
+        "crash harness: {cycles} kill -9 cycles, {sent} messages acknowledged, {} delivered, {duplicates} duplicates",
+        heard.len()
+    );
+    assert_eq!(heard, expected, "exactly once, in order");
+    assert!(server.terminate().success());
+}
