@@ -8,6 +8,7 @@ mod crash;
 mod federation;
 mod floods;
 mod groups;
+mod hostile;
 mod key_packages;
 mod limits;
 mod push;
