@@ -513,18 +513,28 @@ impl Services {
         Ok(list)
     }
 
-    /// Tells every peer hosting a group of this server's clients that `clients` are gone, so
-    /// their hubs propose their removal. Best effort: an unreachable hub is logged.
-    async fn tell_hubs_of_departures(&self, clients: Vec<ClientId>) {
+    /// The hubs that welcomed any of `clients` into their groups (read before the clients go:
+    /// their records go with them).
+    async fn hubs_of(&self, clients: &[ClientId]) -> Vec<String> {
+        let mut hubs = std::collections::BTreeSet::new();
+        for client in clients {
+            match self
+                .store
+                .client_hubs(client.user_id.as_str(), client.device_id)
+                .await
+            {
+                Ok(found) => hubs.extend(found),
+                Err(e) => tracing::warn!(error = %e, "cannot read a client's hubs"),
+            }
+        }
+        hubs.into_iter().collect()
+    }
+
+    /// Tells the peers in `hubs` (those hosting groups of `clients`) that `clients` are gone, so
+    /// they propose their removal. Best effort: an unreachable hub is logged.
+    async fn tell_hubs_of_departures(&self, hubs: Vec<String>, clients: Vec<ClientId>) {
         let Some(federation) = &self.federation else {
             return;
-        };
-        let hubs = match self.store.group_hubs().await {
-            Ok(hubs) => hubs,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read group routes");
-                return;
-            }
         };
         let request = FederationRequest::ClientsDeparted(ClientsDepartedRequest { clients });
         for hub in hubs {
@@ -660,13 +670,14 @@ impl Services {
             }
             Request::RemoveClient(request) => {
                 let groups = self.groups.memberships(&request.client).await?;
+                let hubs = self.hubs_of(std::slice::from_ref(&request.client)).await;
                 self.accounts
                     .remove_client(authenticated()?, &request.client)
                     .await?;
                 // The server's own follow-up: it goes on even if the caller removed itself.
                 crate::store::acting_for(None, async {
                     self.groups.remove_departed(&request.client, &groups).await;
-                    self.tell_hubs_of_departures(vec![request.client.clone()])
+                    self.tell_hubs_of_departures(hubs, vec![request.client.clone()])
                         .await;
                 })
                 .await;
@@ -722,16 +733,16 @@ impl Services {
                     let groups = self.groups.memberships(&client).await?;
                     departing.push((client, groups));
                 }
+                let clients: Vec<ClientId> =
+                    departing.iter().map(|(client, _)| client.clone()).collect();
+                let hubs = self.hubs_of(&clients).await;
                 self.accounts.delete_user(caller).await?;
                 // The server's own follow-up, now that the caller is gone.
                 crate::store::acting_for(None, async {
                     for (client, groups) in &departing {
                         self.groups.remove_departed(client, groups).await;
                     }
-                    self.tell_hubs_of_departures(
-                        departing.into_iter().map(|(client, _)| client).collect(),
-                    )
-                    .await;
+                    self.tell_hubs_of_departures(hubs, clients).await;
                 })
                 .await;
                 ResponseBody::UserDeleted

@@ -18,6 +18,34 @@ pub(super) const DELIVERIES_RECEIVED: TableDefinition<(&str, &[u8]), u64> =
 /// group id -> the domain of the homeserver hosting it (groups hosted elsewhere).
 pub(super) const GROUP_ROUTES: TableDefinition<&[u8], &str> =
     TableDefinition::new("group-routes-1");
+/// (user id, device id, hub domain): a hub that welcomed this client into one of its groups,
+/// so that the client's departure is told to exactly those hubs.
+pub(super) const CLIENT_HUBS: TableDefinition<(&str, u32, &str), ()> =
+    TableDefinition::new("client-hubs-1");
+
+/// Forgets the hubs of a deleted client.
+pub(super) fn delete_client_hubs(
+    txn: &WriteTransaction,
+    user_id: &str,
+    device_id: u32,
+) -> Result<(), StoreError> {
+    let mut hubs = txn.open_table(CLIENT_HUBS)?;
+    let known: Vec<String> = hubs
+        .range((user_id, device_id, "")..)?
+        .map_while(|entry| match entry {
+            Ok((key, _)) => {
+                let (user, device, hub) = key.value();
+                (user == user_id && device == device_id).then(|| Ok(hub.to_owned()))
+            }
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<Result<_, _>>()?;
+    for hub in known {
+        hubs.remove((user_id, device_id, hub.as_str()))?;
+    }
+    Ok(())
+}
+
 /// hub domain -> how many of [`GROUP_ROUTES`] name it: the hubs to ask, without a scan.
 pub(super) const ROUTE_HUBS: TableDefinition<&str, u64> = TableDefinition::new("route-hubs-1");
 
@@ -29,11 +57,27 @@ pub(super) fn count_route_hubs(txn: &WriteTransaction) -> Result<(), StoreError>
         *counts.entry(hub.value().to_owned()).or_default() += 1;
     }
     let mut hubs = txn.open_table(ROUTE_HUBS)?;
-    for (hub, count) in counts {
-        hubs.insert(hub.as_str(), count)?;
+    for (hub, count) in &counts {
+        hubs.insert(hub.as_str(), *count)?;
+    }
+    // Which hub welcomed which client was not recorded before: assume every hub may host
+    // groups of every client, so no departure goes untold.
+    let clients: Vec<(String, u32)> = txn
+        .open_table(super::accounts::CLIENTS)?
+        .iter()?
+        .map(|entry| entry.map(|(key, _)| (key.value().0.to_owned(), key.value().1)))
+        .collect::<Result<_, _>>()?;
+    let mut client_hubs = txn.open_table(CLIENT_HUBS)?;
+    for (user_id, device_id) in &clients {
+        for hub in counts.keys() {
+            client_hubs.insert((user_id.as_str(), *device_id, hub.as_str()), ())?;
+        }
     }
     Ok(())
 }
+
+/// `MessageKind::Welcome` as stored in a queue record.
+const WELCOME_KIND: u8 = 1;
 
 /// Why a delivery from a peer was refused (nothing of it was stored).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -193,6 +237,17 @@ impl Store {
                 Ok(outcomes) => outcomes,
                 Err(full) => return Ok(Err(DeliveryRefusal::QueueFull(full))),
             };
+            // A Welcome makes its recipient a member of a group this peer hosts.
+            let mut client_hubs = txn.open_table(CLIENT_HUBS)?;
+            for (envelope, outcome) in envelopes.iter().zip(&outcomes) {
+                if envelope.kind == WELCOME_KIND && matches!(outcome, Enqueued::Queued { .. }) {
+                    client_hubs.insert(
+                        (envelope.user_id.as_str(), envelope.device_id, peer.as_str()),
+                        (),
+                    )?;
+                }
+            }
+            drop(client_hubs);
             txn.open_table(DELIVERIES_RECEIVED)?
                 .insert((peer.as_str(), delivery_id.as_slice()), now_ms)?;
             if !group_id.is_empty() {
@@ -225,6 +280,29 @@ impl Store {
             let mut found = Vec::new();
             for entry in hubs.iter()? {
                 found.push(entry?.0.value().to_owned());
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    /// The hubs that welcomed `(user_id, device_id)` into one of their groups.
+    pub async fn client_hubs(
+        &self,
+        user_id: &str,
+        device_id: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        let user_id = user_id.to_owned();
+        self.read(move |txn| {
+            let hubs = txn.open_table(CLIENT_HUBS)?;
+            let mut found = Vec::new();
+            for entry in hubs.range((user_id.as_str(), device_id, "")..)? {
+                let (key, _) = entry?;
+                let (user, device, hub) = key.value();
+                if user != user_id || device != device_id {
+                    break;
+                }
+                found.push(hub.to_owned());
             }
             Ok(found)
         })
@@ -355,6 +433,72 @@ mod tests {
             Ok(Some(Vec::new())),
             "forgotten after the window"
         );
+    }
+
+    #[tokio::test]
+    async fn a_welcome_records_its_hub_for_the_clients_departure_and_deletion_forgets_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .register_user(crate::store::NewUser {
+                user_id: "bob@b.example".into(),
+                signature_key: [7; 32],
+                now: 0,
+                quarantine_secs: 0,
+                invite: None,
+                issue_credential: Box::new(|_| vec![1]),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let envelope = |kind: u8| Envelope {
+            user_id: "bob@b.example".into(),
+            device_id: 1,
+            kind,
+            payload: std::sync::Arc::new(vec![1, 2, 3]),
+            admission: crate::store::Admission::Handshake,
+        };
+        store
+            .receive_delivery(
+                "a.example",
+                b"id-1",
+                b"g1",
+                false,
+                vec![envelope(0)],
+                1,
+                LIMITS,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(store
+            .client_hubs("bob@b.example", 1)
+            .await
+            .unwrap()
+            .is_empty());
+        store
+            .receive_delivery(
+                "a.example",
+                b"id-2",
+                b"g1",
+                false,
+                vec![envelope(1)],
+                1,
+                LIMITS,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            store.client_hubs("bob@b.example", 1).await.unwrap(),
+            ["a.example"]
+        );
+        store.delete_user("bob@b.example", 2).await.unwrap();
+        assert!(store
+            .client_hubs("bob@b.example", 1)
+            .await
+            .unwrap()
+            .is_empty());
     }
 
     #[tokio::test]

@@ -32,6 +32,7 @@ macro_rules! for_each_table {
         $action!(super::federation::DELIVERIES_RECEIVED);
         $action!(super::federation::GROUP_ROUTES);
         $action!(super::federation::ROUTE_HUBS);
+        $action!(super::federation::CLIENT_HUBS);
     }};
 }
 
