@@ -189,7 +189,7 @@ fn serve_refuses_a_data_dir_made_for_another_domain() {
 }
 
 /// The `roost serve` flags for `domain` with the certificate `roost certs` wrote into `certs`.
-fn serve_as(certs: &Path, domain: &str) -> Vec<String> {
+pub(crate) fn serve_as(certs: &Path, domain: &str) -> Vec<String> {
     let file = |extension: &str| {
         certs
             .join(format!("{domain}.{extension}"))
@@ -208,7 +208,7 @@ fn serve_as(certs: &Path, domain: &str) -> Vec<String> {
 }
 
 /// `roost certs --domain DOMAIN --out OUT`.
-fn roost_certs(out: &Path, domain: &str) {
+pub(crate) fn roost_certs(out: &Path, domain: &str) {
     let status = Command::new(ROOST)
         .args(["certs", "--domain", domain, "--out"])
         .arg(out)

@@ -165,3 +165,124 @@ async fn acknowledged_messages_survive_kill_9_exactly_once_and_in_order() {
     assert_eq!(heard, expected, "exactly once, in order");
     assert!(server.terminate().success());
 }
+
+/// Bob's homeserver is killed with SIGKILL again and again while alice's (the group's hub)
+/// keeps sending: its outbox delivers everything, and bob gets each message exactly once, in
+/// order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiving_homeserver_killed_again_and_again_gets_everything_exactly_once() {
+    let cycles: usize = std::env::var("ROOST_CRASH_CYCLES")
+        .ok()
+        .and_then(|cycles| cycles.parse().ok())
+        .unwrap_or(3);
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    for domain in ["a.example", "b.example"] {
+        crate::cli::roost_certs(&certs, domain);
+    }
+    let ca = certs.join("ca.pem");
+    let free = || {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (a_addr, b_addr) = (free(), free());
+    let serve = |domain: &str, listen: std::net::SocketAddr, peer: &str, peer_addr| {
+        let mut args = crate::cli::serve_as(&certs, domain);
+        args.extend([
+            "--peer".to_owned(),
+            format!("{peer}={peer_addr}"),
+            "--peer-ca".to_owned(),
+            ca.to_str().unwrap().to_owned(),
+        ]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ServerProcess::start_on(&listen.to_string(), &dir.path().join(domain), &args)
+    };
+    let a = serve("a.example", a_addr, "b.example", b_addr);
+    let mut b = serve("b.example", b_addr, "a.example", a_addr);
+    let a_config = ClientConfig::new(a_addr, "a.example", &ca).unwrap();
+    let b_config = ClientConfig::new(b_addr, "b.example", &ca).unwrap();
+
+    let register = |config: ClientConfig, user: &'static str| async move {
+        let connection = within(Connection::connect(&config)).await.unwrap();
+        let key = new_key();
+        let registered = within(connection.register_user(user, &key, CIPHERSUITE, None))
+            .await
+            .unwrap();
+        let identity = DeviceIdentity::new(registered, key, CIPHERSUITE);
+        within(connection.authenticate_without_push(&identity.client, &identity.signing_key))
+            .await
+            .unwrap();
+        let mls = DeviceMls::new(&identity).unwrap();
+        within(connection.top_up_key_packages(&identity.client, &mls))
+            .await
+            .unwrap();
+        (connection, identity, mls)
+    };
+    let (alice, _alice_identity, alice_mls) = register(a_config.clone(), "alice@a.example").await;
+    let (bob, bob_identity, bob_mls) = register(b_config.clone(), "bob@b.example").await;
+    let now = roost::clock::SystemClock.now();
+    let alice_keys = within(alice.domain_keys()).await.unwrap();
+    let admin = GroupClient::new(&alice, &alice_mls, alice_keys, now);
+    let group_id = within(admin.create_group()).await.unwrap();
+    within(admin.invite(&group_id, "bob@b.example"))
+        .await
+        .unwrap();
+    let bob_keys = within(bob.domain_keys()).await.unwrap();
+    let reader = GroupClient::new(&bob, &bob_mls, bob_keys.clone(), now);
+    within(async {
+        loop {
+            let events = reader.receive().await.unwrap();
+            if events
+                .iter()
+                .any(|(_, event)| matches!(event, Ok(GroupEvent::Joined { .. })))
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    drop(reader);
+    drop(bob);
+
+    // Alice keeps sending while b.example is killed and restarted at random moments.
+    let mut sent = 0u32;
+    let mut rng = rand::thread_rng();
+    for _ in 0..cycles {
+        let kill_at = tokio::time::Instant::now() + Duration::from_millis(rng.gen_range(20..300));
+        while tokio::time::Instant::now() < kill_at {
+            within(admin.send(&group_id, format!("m{sent}").as_bytes()))
+                .await
+                .unwrap();
+            sent += 1;
+        }
+        b.kill_9();
+        b = serve("b.example", b_addr, "a.example", a_addr);
+    }
+
+    // Bob gets everything from a.example's outbox, each once, in order (the outbox may be
+    // waiting out its backoff after the last kill: give it time).
+    let bob = connect(&b_config, &bob_identity).await;
+    let reader = GroupClient::new(&bob, &bob_mls, bob_keys, now);
+    let mut heard = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while heard.len() < sent as usize && tokio::time::Instant::now() < deadline {
+        for (seq, event) in reader.receive().await.unwrap() {
+            match event.unwrap_or_else(|e| panic!("message {seq}: {e:#}")) {
+                GroupEvent::Message { text, .. } => heard.push(String::from_utf8(text).unwrap()),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let expected: Vec<String> = (0..sent).map(|n| format!("m{n}")).collect();
+    println!(
+        "two-homeserver crash harness: {cycles} kill -9 cycles of the receiver, {sent} messages sent, {} delivered",
+        heard.len()
+    );
+    assert_eq!(heard, expected, "exactly once, in order");
+    assert!(b.terminate().success());
+    assert!(a.terminate().success());
+}
