@@ -14,10 +14,7 @@ use roost::server::Server;
 use roost::store::{Admission, Envelope, NewUser, QueueLimits, Store};
 
 const USERS: usize = 1000;
-const LIMITS: QueueLimits = QueueLimits {
-    max_messages: u64::MAX,
-    max_bytes: u64::MAX,
-};
+const LIMITS: QueueLimits = QueueLimits::per_client(u64::MAX, u64::MAX);
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {

@@ -132,6 +132,10 @@ pub struct QueuePolicy {
     pub max_messages: u64,
     /// Most payload bytes waiting in one client's queue.
     pub max_bytes: u64,
+    /// Most payload bytes waiting in the queues of all the clients of one user.
+    pub max_bytes_per_user: u64,
+    /// Most payload bytes waiting in all queues of the server.
+    pub max_bytes_total: u64,
     /// Messages not acknowledged within this time are deleted (and the client told).
     pub retention: Duration,
 }
@@ -141,6 +145,8 @@ impl Default for QueuePolicy {
         Self {
             max_messages: 10_000,
             max_bytes: 256 * 1024 * 1024,
+            max_bytes_per_user: 1024 * 1024 * 1024,
+            max_bytes_total: 64 * 1024 * 1024 * 1024,
             retention: Duration::from_secs(30 * SECONDS_PER_DAY),
         }
     }

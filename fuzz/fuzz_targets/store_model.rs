@@ -10,10 +10,7 @@ use libfuzzer_sys::fuzz_target;
 use roost::store::{Admission, Enqueued, Envelope, NewUser, QueueLimits, Store};
 
 const CLIENTS: usize = 3;
-const LIMITS: QueueLimits = QueueLimits {
-    max_messages: 4,
-    max_bytes: 64,
-};
+const LIMITS: QueueLimits = QueueLimits::per_client(4, 64);
 
 /// Each client's queue as the store must hold it: seq -> payload, and the next seq.
 #[derive(Default)]

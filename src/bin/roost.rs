@@ -163,6 +163,12 @@ struct ServeArgs {
     /// Most payload bytes waiting in one client's queue.
     #[arg(long, default_value_t = QueuePolicy::default().max_bytes, value_parser = clap::value_parser!(u64).range(1..))]
     max_queue_bytes: u64,
+    /// Most payload bytes waiting in the queues of all the clients of one user.
+    #[arg(long, default_value_t = QueuePolicy::default().max_bytes_per_user, value_parser = clap::value_parser!(u64).range(1..))]
+    max_queue_bytes_per_user: u64,
+    /// Most payload bytes waiting in all queues of this server.
+    #[arg(long, default_value_t = QueuePolicy::default().max_bytes_total, value_parser = clap::value_parser!(u64).range(1..))]
+    max_queue_bytes_total: u64,
     /// Days a message waits for its client before it is deleted unread (the client is told).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3650))]
     message_retention_days: u64,
@@ -283,6 +289,8 @@ impl ServeArgs {
             queues: QueuePolicy {
                 max_messages: self.max_queue_messages,
                 max_bytes: self.max_queue_bytes,
+                max_bytes_per_user: self.max_queue_bytes_per_user,
+                max_bytes_total: self.max_queue_bytes_total,
                 retention: Duration::from_secs(self.message_retention_days * SECONDS_PER_DAY),
             },
             maintenance_interval: Duration::from_secs(self.maintenance_interval_secs),

@@ -990,10 +990,7 @@ impl Groups {
     }
 
     fn queue_limits(&self) -> QueueLimits {
-        QueueLimits {
-            max_messages: self.queues.max_messages,
-            max_bytes: self.queues.max_bytes,
-        }
+        super::queues::queue_limits(&self.queues)
     }
 
     async fn load(&self, group_id: &[u8]) -> Result<LoadedGroup, ServiceError> {

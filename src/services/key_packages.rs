@@ -141,6 +141,9 @@ impl KeyPackages {
                     index,
                     reason: KeyPackageRejection::Duplicate,
                 },
+                PublishRefusal::TooManyBytes { bytes, limit } => {
+                    ServiceError::TooManyKeyPackageBytes { bytes, limit }
+                }
                 PublishRefusal::TooMany { stock, limit } => {
                     ServiceError::TooManyKeyPackages { stock, limit }
                 }

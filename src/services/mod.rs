@@ -148,6 +148,8 @@ pub enum ServiceError {
     },
     #[error("{stock} KeyPackages would exceed the limit of {limit} per client")]
     TooManyKeyPackages { stock: usize, limit: usize },
+    #[error("{bytes} bytes of KeyPackages would exceed the limit of {limit} per user")]
+    TooManyKeyPackageBytes { bytes: usize, limit: usize },
     #[error("cannot acknowledge up to {up_to_seq}: the queue has assigned only up to {}", next_seq.saturating_sub(1))]
     InvalidSequence { up_to_seq: u64, next_seq: u64 },
     #[error("too many requests; retry in {} ms", retry_after.as_millis())]

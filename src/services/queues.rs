@@ -56,10 +56,7 @@ impl Queues {
     }
 
     fn limits(&self) -> QueueLimits {
-        QueueLimits {
-            max_messages: self.policy.max_messages,
-            max_bytes: self.policy.max_bytes,
-        }
+        super::queues::queue_limits(&self.policy)
     }
 
     /// Queues every delivery for its recipients in one commit, then tells the connected ones.
@@ -394,6 +391,16 @@ fn mls_group_id(payload: &[u8]) -> Option<Vec<u8>> {
             (len << 8) | usize::from(*byte)
         });
     Some(rest.get(prefix_len..)?.get(..len)?.to_vec())
+}
+
+/// The store's queue limits from the operator's policy.
+pub(super) fn queue_limits(policy: &QueuePolicy) -> QueueLimits {
+    QueueLimits {
+        max_messages: policy.max_messages,
+        max_bytes: policy.max_bytes,
+        max_user_bytes: policy.max_bytes_per_user,
+        max_server_bytes: policy.max_bytes_total,
+    }
 }
 
 #[cfg(test)]

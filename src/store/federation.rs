@@ -356,10 +356,7 @@ impl Store {
 mod tests {
     use super::*;
 
-    const LIMITS: QueueLimits = QueueLimits {
-        max_messages: 100,
-        max_bytes: 1 << 20,
-    };
+    const LIMITS: QueueLimits = QueueLimits::per_client(100, 1 << 20);
 
     #[tokio::test]
     async fn deliveries_are_stored_once_and_a_group_keeps_its_hub() {

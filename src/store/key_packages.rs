@@ -17,6 +17,10 @@ pub(super) const KEY_PACKAGE_REFS: TableDefinition<&[u8], (&str, u32, u64)> =
 pub(super) const CLIENT_KEY_PACKAGE_REFS: TableDefinition<(&str, u32, &[u8]), u64> =
     TableDefinition::new("client-key-package-refs-1");
 
+/// Bytes of KeyPackages one user may keep, all its clients together: room for 100 KeyPackages of
+/// 1 KiB for each of `MAX_CLIENTS_PER_USER` clients, and more for larger ciphersuites' keys.
+pub const MAX_KEY_PACKAGE_BYTES_PER_USER: usize = 16 * 1024 * 1024;
+
 /// Greater than any KeyPackageRef (a hash of at most 64 bytes): the top of a range over refs.
 const REF_UPPER_BOUND: &[u8] = &[0xff; 65];
 
@@ -68,6 +72,11 @@ pub enum PublishRefusal {
     /// The stock would exceed the limit.
     TooMany {
         stock: usize,
+        limit: usize,
+    },
+    /// The bytes of all the user's KeyPackages would exceed the limit.
+    TooManyBytes {
+        bytes: usize,
         limit: usize,
     },
 }
@@ -132,6 +141,23 @@ impl Store {
                 return Ok(Err(PublishRefusal::TooMany {
                     stock: stock_after,
                     limit: max_per_client,
+                }));
+            }
+            // Bytes of the user's KeyPackages, all clients together (replaced last resorts
+            // counted: a bound, not an exact figure).
+            let stored: usize = txn
+                .open_table(KEY_PACKAGES)?
+                .range(
+                    (user_id.as_str(), 0, 0, &[][..])
+                        ..=(user_id.as_str(), u32::MAX, u16::MAX, REF_UPPER_BOUND),
+                )?
+                .map(|entry| entry.map(|(_, value)| value.value().len()))
+                .sum::<Result<usize, _>>()?;
+            let bytes = stored + batch.iter().map(|new| new.key_package.len()).sum::<usize>();
+            if bytes > MAX_KEY_PACKAGE_BYTES_PER_USER {
+                return Ok(Err(PublishRefusal::TooManyBytes {
+                    bytes,
+                    limit: MAX_KEY_PACKAGE_BYTES_PER_USER,
                 }));
             }
             for new in batch.iter().filter(|new| new.last_resort) {
@@ -413,4 +439,59 @@ fn claim_one(
         (None, Some(key_package)) => Claimed::LastResort(key_package),
         (None, None) => Claimed::Unavailable,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::NewUser;
+
+    #[tokio::test]
+    async fn a_user_keeps_only_so_many_bytes_of_key_packages() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .register_user(NewUser {
+                user_id: "bob@localhost".into(),
+                signature_key: [1; 32],
+                now: 0,
+                quarantine_secs: 0,
+                invite: None,
+                issue_credential: Box::new(|_| vec![1]),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let key_package = |i: u32| NewKeyPackage {
+            key_package_ref: i.to_be_bytes().to_vec(),
+            ciphersuite: 1,
+            not_after: u64::MAX,
+            last_resort: false,
+            key_package: vec![0; 16 * 1024],
+        };
+        let per_batch = 256;
+        let batches = MAX_KEY_PACKAGE_BYTES_PER_USER / (16 * 1024) / per_batch;
+        // Almost the limit (the records' own bytes count too), then a batch that crosses it.
+        for batch in 0..batches as u32 - 1 {
+            let batch: Vec<_> = (0..per_batch as u32)
+                .map(|i| key_package(batch * per_batch as u32 + i))
+                .collect();
+            store
+                .publish_key_packages("bob@localhost", 1, batch, usize::MAX, 0)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        let crossing: Vec<_> = (0..per_batch as u32)
+            .map(|i| key_package(u32::MAX - i))
+            .collect();
+        let over = store
+            .publish_key_packages("bob@localhost", 1, crossing, usize::MAX, 0)
+            .await
+            .unwrap();
+        assert!(
+            matches!(over, Err(PublishRefusal::TooManyBytes { .. })),
+            "{over:?}"
+        );
+    }
 }

@@ -16,8 +16,10 @@ const DOMAIN_KEY: &str = "domain";
 /// - 1: the first layout.
 /// - 2: a payload fanned out to several queues is stored once (`queue-2`, `shared-payloads-1`,
 ///   `shared-payload-refs-1`).
-/// - 3: the hubs of remote groups are counted (`route-hubs-1`), and coalesced notices tracked
-///   (`pending-notices-1`, empty at migration).
+/// - 3: the hubs of remote groups are counted (`route-hubs-1`), the hubs that welcomed each
+///   client recorded (`client-hubs-1`), the bytes of all queues counted (`queue-totals-1`),
+///   coalesced notices tracked (`pending-notices-1`) and group requests remembered
+///   (`recent-requests-1`), the last two empty at migration.
 pub const SCHEMA_VERSION: u32 = 3;
 
 impl Store {
@@ -41,6 +43,7 @@ impl Store {
                         super::queues::migrate_queue_1(&txn)?;
                     }
                     super::federation::count_route_hubs(&txn)?;
+                    super::queues::count_server_total(&txn)?;
                     meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION.to_be_bytes().as_slice())?;
                     tracing::info!("database migrated from schema {from} to {SCHEMA_VERSION}");
                 }

@@ -28,7 +28,9 @@ pub use groups::{
     GroupMemberRow, GroupRefusal, GroupTransition, PublicState, RequestRecord, StoredGroup,
     REQUEST_DEDUPE_WINDOW_MS,
 };
-pub use key_packages::{Claimed, ClientClaim, NewKeyPackage, PublishRefusal, Stock};
+pub use key_packages::{
+    Claimed, ClientClaim, NewKeyPackage, PublishRefusal, Stock, MAX_KEY_PACKAGE_BYTES_PER_USER,
+};
 pub use queues::{
     Admission, Enqueued, Envelope, ExpiredMessages, FullQueues, QueueLimits, StoredMessage,
     FIRST_SEQ, HANDSHAKE_RESERVE_FACTOR,

@@ -25,6 +25,52 @@ pub(super) const SHARED_PAYLOAD_REFS: TableDefinition<u64, u64> =
 /// may still be queued: a coalesced notice is queued again only once the previous one is gone.
 pub(super) const PENDING_NOTICES: TableDefinition<(&str, u32, u8), u64> =
     TableDefinition::new("pending-notices-1");
+/// "" -> payload bytes queued in all queues (kept by every enqueue and deletion).
+pub(super) const QUEUE_TOTALS: TableDefinition<&str, u64> = TableDefinition::new("queue-totals-1");
+const SERVER_TOTAL: &str = "";
+
+/// Payload bytes queued in all queues.
+fn server_total(txn: &WriteTransaction) -> Result<u64, StoreError> {
+    Ok(txn
+        .open_table(QUEUE_TOTALS)?
+        .get(SERVER_TOTAL)?
+        .map_or(0, |total| total.value()))
+}
+
+/// Moves the server's total by `added` bytes in and `removed` out.
+fn adjust_server_total(txn: &WriteTransaction, added: u64, removed: u64) -> Result<(), StoreError> {
+    if added == removed {
+        return Ok(());
+    }
+    let total = server_total(txn)?
+        .saturating_add(added)
+        .saturating_sub(removed);
+    txn.open_table(QUEUE_TOTALS)?.insert(SERVER_TOTAL, total)?;
+    Ok(())
+}
+
+/// Computes the server's total from every queue head (the schema 3 migration).
+pub(super) fn count_server_total(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let mut total = 0u64;
+    for entry in txn.open_table(QUEUE_HEADS)?.iter()? {
+        total = total.saturating_add(entry?.1.value().2);
+    }
+    txn.open_table(QUEUE_TOTALS)?.insert(SERVER_TOTAL, total)?;
+    Ok(())
+}
+
+/// Payload bytes queued for all the clients of `user_id`.
+fn user_total(
+    heads: &impl ReadableTable<(&'static str, u32), (u64, u64, u64)>,
+    user_id: &str,
+) -> Result<u64, StoreError> {
+    let mut total = 0u64;
+    for entry in heads.range((user_id, 0)..=(user_id, u32::MAX))? {
+        total = total.saturating_add(entry?.1.value().2);
+    }
+    Ok(total)
+}
+
 /// (user id, device id) -> (next seq, messages queued, payload bytes queued).
 pub(super) const QUEUE_HEADS: TableDefinition<(&str, u32), (u64, u64, u64)> =
     TableDefinition::new("queue-heads-1");
@@ -35,8 +81,26 @@ pub const FIRST_SEQ: u64 = 1;
 /// Per-client queue limits.
 #[derive(Clone, Copy, Debug)]
 pub struct QueueLimits {
+    /// Messages per client.
     pub max_messages: u64,
+    /// Payload bytes per client.
     pub max_bytes: u64,
+    /// Payload bytes of all the clients of one user.
+    pub max_user_bytes: u64,
+    /// Payload bytes of all queues of the server.
+    pub max_server_bytes: u64,
+}
+
+impl QueueLimits {
+    /// Per-client limits, with no total per user or server.
+    pub const fn per_client(max_messages: u64, max_bytes: u64) -> Self {
+        Self {
+            max_messages,
+            max_bytes,
+            max_user_bytes: u64::MAX,
+            max_server_bytes: u64::MAX,
+        }
+    }
 }
 
 /// Handshake messages and Welcomes may fill a queue up to this many times its limits.
@@ -366,6 +430,14 @@ pub(super) fn enqueue_in(
     for (id, count) in shared_ids.into_values() {
         references.insert(id, count)?;
     }
+    drop((references, heads, queue, shared, pending_notices));
+    let added: u64 = envelopes
+        .iter()
+        .zip(&outcomes)
+        .filter(|(_, outcome)| matches!(outcome, Enqueued::Queued { .. }))
+        .map(|(envelope, _)| envelope.payload.len() as u64)
+        .sum();
+    adjust_server_total(txn, added, 0)?;
     Ok(Ok(outcomes))
 }
 
@@ -390,6 +462,14 @@ fn admit(
     // Per client: (messages, bytes) queued so far, counting this enqueue's admitted envelopes,
     // and how many of the messages are coalesced notices (which do not count).
     let mut sizes: HashMap<(&str, u32), (u64, u64, u64)> = HashMap::new();
+    // Per user, and for the server: bytes queued so far, counting this enqueue's admitted ones.
+    // Read only when a total is configured.
+    let mut user_bytes: HashMap<&str, u64> = HashMap::new();
+    let mut server_bytes = if limits.max_server_bytes == u64::MAX {
+        0
+    } else {
+        server_total(txn)?
+    };
     let mut coalesced_now: Vec<(&str, u32, u8)> = Vec::new();
     let mut verdicts = Vec::with_capacity(envelopes.len());
     let mut full: FullQueues = Vec::new();
@@ -420,9 +500,17 @@ fn admit(
             }
         };
         let counted = count.saturating_sub(notices);
+        let user = match user_bytes.get(client.0) {
+            Some(known) => *known,
+            None if limits.max_user_bytes == u64::MAX => 0,
+            None => user_total(&heads, client.0)?,
+        };
         let within = |factor: u64| {
             counted < limits.max_messages.saturating_mul(factor)
                 && bytes.saturating_add(size) <= limits.max_bytes.saturating_mul(factor)
+                && user.saturating_add(size) <= limits.max_user_bytes.saturating_mul(factor)
+                && server_bytes.saturating_add(size)
+                    <= limits.max_server_bytes.saturating_mul(factor)
         };
         let verdict = match envelope.admission {
             Admission::Message if !within(1) => Verdict::Refused(Enqueued::QueueFull),
@@ -459,6 +547,8 @@ fn admit(
             _ => Verdict::Admitted,
         };
         if verdict == Verdict::Admitted {
+            user_bytes.insert(client.0, user.saturating_add(size));
+            server_bytes = server_bytes.saturating_add(size);
             let notice = matches!(envelope.admission, Admission::Notice { coalesce: Some(_) });
             sizes.insert(
                 client,
@@ -469,6 +559,7 @@ fn admit(
                 ),
             );
         } else {
+            user_bytes.insert(client.0, user);
             sizes.insert(client, (count, bytes, notices));
         }
         verdicts.push(verdict);
@@ -510,7 +601,9 @@ fn delete_through(
     for seq in &doomed {
         queue.remove((user_id, device_id, *seq))?;
     }
+    drop(queue);
     release_shared_payloads(txn, released)?;
+    adjust_server_total(txn, 0, bytes)?;
     Ok((doomed.len() as u64, bytes))
 }
 
@@ -671,10 +764,7 @@ mod tests {
     use crate::store::NewUser;
     use std::sync::Arc;
 
-    const LIMITS: QueueLimits = QueueLimits {
-        max_messages: 10_000,
-        max_bytes: 1 << 30,
-    };
+    const LIMITS: QueueLimits = QueueLimits::per_client(10_000, 1 << 30);
 
     async fn add_users(store: &Store, count: usize) -> Vec<(String, u32)> {
         let registrations = (0..count).map(|i| {
@@ -743,10 +833,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let users = add_users(&store, 2).await;
-        let limits = QueueLimits {
-            max_messages: 2,
-            max_bytes: 100,
-        };
+        let limits = QueueLimits::per_client(2, 100);
         let envelope = |user: usize, size: usize| Envelope {
             user_id: users[user].0.clone(),
             device_id: 1,
@@ -807,10 +894,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let users = add_users(&store, 2).await;
-        let limits = QueueLimits {
-            max_messages: 2,
-            max_bytes: 1000,
-        };
+        let limits = QueueLimits::per_client(2, 1000);
         let envelope = |user: usize, admission| Envelope {
             user_id: users[user].0.clone(),
             device_id: 1,
@@ -871,14 +955,68 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn totals_per_user_and_per_server_bound_what_queues_hold_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let users = add_users(&store, 3).await;
+        let (second_device, _) = store
+            .add_client(&users[0].0, [9; 32], 0, 10, Box::new(|_| vec![1]))
+            .await
+            .unwrap()
+            .unwrap();
+        let limits = QueueLimits {
+            max_user_bytes: 30,
+            max_server_bytes: 50,
+            ..QueueLimits::per_client(100, 1000)
+        };
+        let envelope = |user: usize, device: u32| Envelope {
+            user_id: users[user].0.clone(),
+            device_id: device,
+            kind: 0,
+            payload: Arc::new(vec![0; 20]),
+            admission: Admission::Message,
+        };
+        let enqueue = |store: &Store, envelopes: Vec<Envelope>| {
+            let store = store.clone();
+            async move { store.enqueue(envelopes, 1, limits).await.unwrap().unwrap() }
+        };
+        // User 0 has two devices: 20 bytes on one, and the second 20 would pass its own
+        // queue's limit but not the user's.
+        assert_eq!(
+            enqueue(&store, vec![envelope(0, 1), envelope(0, second_device)]).await,
+            [Enqueued::Queued { seq: 1 }, Enqueued::QueueFull]
+        );
+        // The server holds 20; 20 more for user 1 fit, then the server's 50 are reached.
+        assert_eq!(
+            enqueue(&store, vec![envelope(1, 1), envelope(2, 1)]).await,
+            [Enqueued::Queued { seq: 1 }, Enqueued::QueueFull]
+        );
+        // Acknowledging frees room, and the total is kept across a reopening.
+        store
+            .ack_messages(&users[0].0, 1, 1)
+            .await
+            .unwrap()
+            .unwrap();
+        store.close().await;
+        drop(store);
+        store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            enqueue(&store, vec![envelope(2, 1)]).await,
+            [Enqueued::Queued { seq: 1 }]
+        );
+        assert_eq!(
+            enqueue(&store, vec![envelope(0, 1)]).await,
+            [Enqueued::QueueFull],
+            "40 of 50 held: 20 more do not fit"
+        );
+    }
+
+    #[tokio::test]
     async fn coalesced_notices_wait_once_and_do_not_count() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let users = add_users(&store, 1).await;
-        let limits = QueueLimits {
-            max_messages: 1,
-            max_bytes: 1000,
-        };
+        let limits = QueueLimits::per_client(1, 1000);
         let envelope = |admission| Envelope {
             user_id: users[0].0.clone(),
             device_id: 1,

@@ -21,6 +21,7 @@ macro_rules! for_each_table {
         $action!(super::queues::QUEUE);
         $action!(super::queues::QUEUE_HEADS);
         $action!(super::queues::PENDING_NOTICES);
+        $action!(super::queues::QUEUE_TOTALS);
         $action!(super::queues::SHARED_PAYLOADS);
         $action!(super::queues::SHARED_PAYLOAD_REFS);
         $action!(super::groups::GROUPS);

@@ -382,7 +382,9 @@ pub(super) fn service_error(e: ServiceError) -> ErrorResponse {
                 ErrorCode::KeyPackageCredentialMismatch
             }
         },
-        ServiceError::TooManyKeyPackages { .. } => ErrorCode::TooManyKeyPackages,
+        ServiceError::TooManyKeyPackages { .. } | ServiceError::TooManyKeyPackageBytes { .. } => {
+            ErrorCode::TooManyKeyPackages
+        }
         ServiceError::RateLimited { .. } => ErrorCode::RateLimited,
         ServiceError::InvalidSequence { .. } => ErrorCode::InvalidSequence,
         ServiceError::GroupExists => ErrorCode::GroupExists,
