@@ -45,8 +45,6 @@ async fn send_until_answered(
     identity: &DeviceIdentity,
     request: &SendMessageRequest,
 ) {
-    /// A killed server answers nothing (not even a close): give up on the connection after this.
-    const ANSWER_TIMEOUT: Duration = Duration::from_millis(1000);
     loop {
         let answer = tokio::time::timeout(ANSWER_TIMEOUT, connection.send_message(request.clone()));
         match answer.await {
@@ -58,6 +56,97 @@ async fn send_until_answered(
         }
     }
 }
+
+/// A killed server answers nothing (not even a close): an attempt is given up after this.
+const ANSWER_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// One client action of the load.
+enum Step {
+    /// A group message, sent until answered (the same bytes each time).
+    Send(SendMessageRequest),
+    /// Registers this user, until answered (a lost answer shows as `UserExists` on the retry).
+    Register(String),
+    /// Claims one of bob's KeyPackages, until answered.
+    Claim,
+}
+
+/// What the load got acknowledged.
+#[derive(Default)]
+struct Acknowledged {
+    messages: u32,
+    users: Vec<String>,
+    /// Every KeyPackage a claim handed out (not last resorts, which are never used up).
+    claimed: Vec<Vec<u8>>,
+}
+
+async fn perform(
+    step: &Step,
+    alice: &mut Connection,
+    config: &ClientConfig,
+    identity: &DeviceIdentity,
+    acknowledged: &mut Acknowledged,
+) {
+    match step {
+        Step::Send(request) => {
+            send_until_answered(alice, config, identity, request).await;
+            acknowledged.messages += 1;
+        }
+        Step::Register(user) => {
+            let key = new_key();
+            loop {
+                let Ok(Ok(connection)) =
+                    tokio::time::timeout(ANSWER_TIMEOUT, Connection::connect(config)).await
+                else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                let registered = tokio::time::timeout(
+                    ANSWER_TIMEOUT,
+                    connection.register_user(user, &key, CIPHERSUITE, None),
+                )
+                .await;
+                match registered {
+                    Ok(Ok(_)) => break,
+                    Ok(Err(e)) if e.code() == Some(roost::protocol::ErrorCode::UserExists) => break,
+                    Ok(Err(e)) if e.code().is_some_and(|code| !code.is_retryable()) => {
+                        panic!("registering {user} was refused for good: {e}")
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+            acknowledged.users.push(user.clone());
+        }
+        Step::Claim => loop {
+            let claimed = tokio::time::timeout(
+                ANSWER_TIMEOUT,
+                alice.claim_key_packages("bob@localhost", CIPHERSUITE),
+            )
+            .await;
+            match claimed {
+                Ok(Ok(claimed)) => {
+                    for claim in claimed.claims {
+                        if let roost::protocol::ClaimOutcome::KeyPackage(bytes) = claim.outcome {
+                            acknowledged.claimed.push(bytes.as_slice().to_vec());
+                        }
+                    }
+                    break;
+                }
+                Ok(Err(e)) if e.code().is_some_and(|code| !code.is_retryable()) => {
+                    panic!("a claim was refused for good: {e}")
+                }
+                _ => *alice = connect(config, identity).await,
+            }
+        },
+    }
+}
+
+/// Flags for a server that one local source drives hard (many reconnects and registrations).
+const GENEROUS: [&str; 4] = [
+    "--registrations-per-hour-per-source",
+    "1000000",
+    "--handshakes-per-second-per-source",
+    "100000",
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_messages_survive_kill_9_exactly_once_and_in_order() {
@@ -72,7 +161,7 @@ async fn acknowledged_messages_survive_kill_9_exactly_once_and_in_order() {
         .local_addr()
         .unwrap()
         .to_string();
-    let mut server = ServerProcess::start_on(&listen, &data_dir, &[]);
+    let mut server = ServerProcess::start_on(&listen, &data_dir, &GENEROUS);
     let config =
         ClientConfig::new(server.addr, "localhost", &data_dir.join("server-cert.pem")).unwrap();
 
@@ -110,40 +199,67 @@ async fn acknowledged_messages_survive_kill_9_exactly_once_and_in_order() {
     };
     drop(bob);
 
-    // The load: alice sends numbered messages one after another, each until answered; the
-    // server is killed at random moments and restarted on the same data directory.
-    let mut sent = 0u32;
+    // The load: alice sends numbered messages one after another, registers users and claims
+    // bob's KeyPackages, each until answered; the server is killed at random moments (also in
+    // the middle of a step) and restarted on the same data directory.
+    let mut acknowledged = Acknowledged::default();
     let mut rng = rand::thread_rng();
+    let mut step_number = 0u32;
     for _ in 0..cycles {
         let kill_at = tokio::time::Instant::now() + Duration::from_millis(rng.gen_range(20..300));
-        while tokio::time::Instant::now() < kill_at {
-            let request = {
-                let mut group = alice_mls.group(&group_id).unwrap().unwrap();
-                alice_mls
-                    .encrypt(&mut group, format!("m{sent}").as_bytes())
-                    .unwrap()
+        loop {
+            step_number += 1;
+            let step = match step_number % 5 {
+                3 => Step::Register(format!("user{step_number}@localhost")),
+                4 => Step::Claim,
+                _ => {
+                    let mut group = alice_mls.group(&group_id).unwrap().unwrap();
+                    let text = format!("m{}", acknowledged.messages);
+                    Step::Send(alice_mls.encrypt(&mut group, text.as_bytes()).unwrap())
+                }
             };
-            // The kill may land while this one is in flight: it is sent again after the restart.
             let kill = tokio::time::sleep_until(kill_at);
             tokio::pin!(kill);
-            tokio::select! {
-                () = send_until_answered(&mut alice, &config, &alice_identity, &request) => {
-                    sent += 1;
-                }
-                () = &mut kill => {
-                    server.kill_9();
-                    server = ServerProcess::start_on(&listen, &data_dir, &[]);
-                    send_until_answered(&mut alice, &config, &alice_identity, &request).await;
-                    sent += 1;
-                    break;
-                }
+            let killed = tokio::select! {
+                () = perform(&step, &mut alice, &config, &alice_identity, &mut acknowledged) => false,
+                () = &mut kill => true,
+            };
+            if killed {
+                server.kill_9();
+                server = ServerProcess::start_on(&listen, &data_dir, &GENEROUS);
+                // What was in flight is done again until answered.
+                perform(
+                    &step,
+                    &mut alice,
+                    &config,
+                    &alice_identity,
+                    &mut acknowledged,
+                )
+                .await;
+                break;
+            }
+            if tokio::time::Instant::now() >= kill_at {
+                server.kill_9();
+                server = ServerProcess::start_on(&listen, &data_dir, &GENEROUS);
+                break;
             }
         }
-        if tokio::time::Instant::now() >= kill_at {
-            server.kill_9();
-            server = ServerProcess::start_on(&listen, &data_dir, &[]);
-        }
     }
+    let sent = acknowledged.messages;
+
+    // Every acknowledged registration exists; no claimed KeyPackage was handed out twice.
+    let alice = connect(&config, &alice_identity).await;
+    for user in &acknowledged.users {
+        within(alice.lookup_user(user)).await.unwrap();
+    }
+    let mut claimed = acknowledged.claimed.clone();
+    claimed.sort();
+    claimed.dedup();
+    assert_eq!(
+        claimed.len(),
+        acknowledged.claimed.len(),
+        "a claimed KeyPackage came back"
+    );
 
     // Bob reads everything: each message once, in the order alice sent them.
     let bob = connect(&config, &bob_identity).await;
@@ -152,15 +268,18 @@ async fn acknowledged_messages_survive_kill_9_exactly_once_and_in_order() {
     for (seq, event) in within(reader.receive()).await.unwrap() {
         match event.unwrap_or_else(|e| panic!("message {seq}: {e:#}")) {
             GroupEvent::Message { text, .. } => heard.push(String::from_utf8(text).unwrap()),
-            GroupEvent::Joined { .. } => {}
+            // Bob's Welcome, and his server's notices (his KeyPackages ran low).
+            GroupEvent::Joined { .. } | GroupEvent::Other => {}
             other => panic!("unexpected {other:?}"),
         }
     }
     let expected: Vec<String> = (0..sent).map(|n| format!("m{n}")).collect();
     let duplicates = heard.len().saturating_sub(expected.len());
     println!(
-        "crash harness: {cycles} kill -9 cycles, {sent} messages acknowledged, {} delivered, {duplicates} duplicates",
-        heard.len()
+        "crash harness: {cycles} kill -9 cycles, {sent} messages acknowledged, {} delivered, {duplicates} duplicates; {} registrations acknowledged, all present; {} KeyPackages claimed, none twice",
+        heard.len(),
+        acknowledged.users.len(),
+        acknowledged.claimed.len()
     );
     assert_eq!(heard, expected, "exactly once, in order");
     assert!(server.terminate().success());
