@@ -26,7 +26,10 @@ async fn main() {
     store.close().await;
     quic_requests().await;
     push_latency().await;
-    group_messages().await;
+    // Send cost at two sizes of group: it should not grow with the group.
+    for members in [2, 20, 100] {
+        group_messages(members).await;
+    }
 }
 
 /// From a message being queued to a connected client holding it: carried by the push hint,
@@ -87,19 +90,18 @@ async fn push_latency() {
     server.shutdown().await.unwrap();
 }
 
-/// End to end: one device sends application messages to a group of `MEMBERS` devices through a
+/// End to end: one device sends application messages to a group of `members` devices through a
 /// real server; each message is verified, fanned out in one commit, and pushed.
-async fn group_messages() {
+async fn group_messages(members: usize) {
     use roost::client::groups::GroupClient;
     use roost::client::mls::DeviceMls;
     use roost::client::state::DeviceIdentity;
 
-    const MEMBERS: usize = 20;
     const MESSAGES: usize = 500;
     let dir = tempfile::tempdir().unwrap();
     let (server, client_config) = start_server(dir.path()).await;
     let mut devices = Vec::new();
-    for i in 0..MEMBERS {
+    for i in 0..members {
         let connection = Connection::connect(&client_config).await.unwrap();
         let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
         let registered = connection
@@ -124,30 +126,35 @@ async fn group_messages() {
     let sender = GroupClient::new(sender_connection, sender_mls, keys, now);
     let start = Instant::now();
     let group_id = sender.create_group().await.unwrap();
-    for i in 1..MEMBERS {
+    for i in 1..members {
         sender
             .invite(&group_id, &format!("member{i}@localhost"))
             .await
             .unwrap();
     }
     println!(
-        "group of {MEMBERS} created and filled (one invite commit each) in {:.2?}",
+        "group of {members} created and filled (one invite commit each) in {:.2?}",
         start.elapsed()
     );
     let start = Instant::now();
+    let mut latencies = Vec::with_capacity(MESSAGES);
     for i in 0..MESSAGES {
+        let sent = Instant::now();
         sender
             .send(&group_id, format!("message {i}").as_bytes())
             .await
             .unwrap();
+        latencies.push(sent.elapsed());
     }
     let elapsed = start.elapsed();
+    latencies.sort();
     println!(
-        "{MESSAGES} application messages to {} members each, sent one after another: {:.2?} = {:.0} messages/s ({:.0} deliveries/s)",
-        MEMBERS - 1,
+        "{MESSAGES} application messages to {} members each, sent one after another: {:.2?} = {:.0} messages/s ({:.0} deliveries/s), send p50 {:.2?}",
+        members - 1,
         elapsed,
         MESSAGES as f64 / elapsed.as_secs_f64(),
-        (MESSAGES * (MEMBERS - 1)) as f64 / elapsed.as_secs_f64()
+        (MESSAGES * (members - 1)) as f64 / elapsed.as_secs_f64(),
+        latencies[latencies.len() / 2]
     );
     server.shutdown().await.unwrap();
 }
@@ -165,6 +172,7 @@ async fn start_server(dir: &std::path::Path) -> (Server, ClientConfig) {
     config.limits.unauthenticated_requests_per_second_per_source = u32::MAX;
     config.limits.registrations_per_hour_per_source = u32::MAX;
     config.limits.handshakes_per_second_per_source = u32::MAX;
+    config.limits.max_connections_per_source = usize::MAX;
     let server = Server::start(config).await.unwrap();
     let client_config =
         ClientConfig::new(server.local_addr(), "localhost", server.certificate_path()).unwrap();

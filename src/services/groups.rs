@@ -29,7 +29,7 @@ use crate::protocol::{
 };
 use crate::store::{
     Admission, Enqueued, Envelope, GroupMemberRow, GroupRefusal, GroupTransition, OutgoingDelivery,
-    PublicState, QueueLimits, RequestRecord, Store, StoredGroup,
+    PublicState, QueueLimits, RequestRecord, SendView, Store, StoredGroup,
 };
 
 pub struct Groups {
@@ -610,28 +610,36 @@ impl Groups {
                 queue_full: Vec::new(),
             });
         }
-        let stored = self
-            .store
-            .group(&group_id)
-            .await?
-            .ok_or(ServiceError::UnknownGroup)?;
-        self.store
-            .group_membership(caller.user_id.as_str(), caller.device_id, &group_id)
-            .await?
-            .ok_or(ServiceError::NotAMember)?;
-        if protocol_message.epoch().as_u64() != stored.epoch {
+        // What a send needs of its group is kept in a small record at every change of the group
+        // (its epoch and receiving members): no tree or credential is decoded here.
+        let view = match self.store.send_view(&group_id).await? {
+            Some(view) => view,
+            None => self.send_view_from_state(&group_id).await?,
+        };
+        let is_caller = |(user_id, device_id): &(String, u32)| {
+            user_id == caller.user_id.as_str() && *device_id == caller.device_id
+        };
+        // Leaving clients are not in the view: they send nothing more.
+        if !view.members.iter().any(is_caller) {
+            return Err(ServiceError::NotAMember);
+        }
+        if protocol_message.epoch().as_u64() != view.epoch {
             return Err(ServiceError::WrongEpoch {
-                current: stored.epoch,
+                current: view.epoch,
             });
         }
-        let group = self.load(&group_id).await?;
         let payload = Arc::new(request.message.as_slice().to_vec());
-        let envelopes: Vec<Envelope> = self
-            .verified_members(&group.public)
-            .await?
+        let envelopes: Vec<Envelope> = view
+            .members
             .iter()
-            .filter(|(client, _)| client != caller && !is_leaving(&group.stored, client))
-            .map(|(client, _)| envelope(client, MessageKind::Mls, &payload))
+            .filter(|member| !is_caller(member))
+            .map(|(user_id, device_id)| Envelope {
+                user_id: user_id.clone(),
+                device_id: *device_id,
+                kind: MessageKind::Mls as u8,
+                admission: Admission::Message,
+                payload: payload.clone(),
+            })
             .collect();
         let (envelopes, remote) = self.split(&group_id, envelopes);
         let recipients: Vec<ClientId> = envelopes.iter().map(super::envelope_client).collect();
@@ -673,6 +681,22 @@ impl Groups {
         Ok(MessageAccepted {
             accepted_at_ms,
             queue_full,
+        })
+    }
+
+    /// The send view of a group stored before send views were kept, from its full state.
+    async fn send_view_from_state(&self, group_id: &[u8]) -> Result<SendView, ServiceError> {
+        let group = self.load(group_id).await?;
+        let members = self
+            .verified_members(&group.public)
+            .await?
+            .into_iter()
+            .filter(|(client, _)| !is_leaving(&group.stored, client))
+            .map(|(client, _)| (client.user_id.as_str().to_owned(), client.device_id))
+            .collect();
+        Ok(SendView {
+            epoch: group.stored.epoch,
+            members,
         })
     }
 

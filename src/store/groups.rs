@@ -13,6 +13,50 @@ pub(super) const GROUPS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("g
 /// (user id, device id, group id) -> leaf index: the groups each client is in.
 pub(super) const GROUP_MEMBERS: TableDefinition<(&str, u32, &[u8]), u32> =
     TableDefinition::new("group-members-1");
+/// group id -> [`SendViewRecord`] encoding: what an application message needs of its group
+/// (epoch, who receives), kept beside the group's full state by every change of it, so that a
+/// send never decodes the group's tree.
+pub(super) const SEND_VIEWS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("send-views-1");
+
+#[derive(Debug, TlsSize, TlsSerialize, TlsDeserialize)]
+struct SendViewRecord {
+    epoch: u64,
+    /// The clients that receive the group's messages: its members but those leaving.
+    members: Vec<StoredClientRef>,
+}
+
+/// What sending an application message to a group needs to know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SendView {
+    pub epoch: u64,
+    /// (user id, device id) of every client that receives the group's messages.
+    pub members: Vec<(String, u32)>,
+}
+
+/// Writes a group's send view for `epoch` and its receiving `members`.
+fn write_send_view(
+    txn: &WriteTransaction,
+    group_id: &[u8],
+    epoch: u64,
+    members: &[GroupMemberRow],
+) -> Result<(), StoreError> {
+    let record = SendViewRecord {
+        epoch,
+        members: members
+            .iter()
+            .map(|row| StoredClientRef {
+                user_id: row.user_id.as_bytes().to_vec().into(),
+                device_id: row.device_id,
+            })
+            .collect(),
+    };
+    let encoded = record
+        .tls_serialize_detached()
+        .map_err(|e| StoreError::Corrupt(format!("encoding a send view: {e}")))?;
+    txn.open_table(SEND_VIEWS)?
+        .insert(group_id, encoded.as_slice())?;
+    Ok(())
+}
 
 #[derive(Debug, TlsSize, TlsSerialize, TlsDeserialize)]
 struct StoredEntry {
@@ -199,6 +243,7 @@ impl Store {
     ) -> Result<Result<(), GroupRefusal>, StoreError> {
         let group_id = group_id.to_vec();
         let encoded = group.encode()?;
+        let epoch = group.epoch;
         self.write(move |txn| {
             let mut groups = txn.open_table(GROUPS)?;
             if groups.get(group_id.as_slice())?.is_some() {
@@ -207,7 +252,35 @@ impl Store {
             groups.insert(group_id.as_slice(), encoded.as_slice())?;
             drop(groups);
             replace_members(txn, &group_id, &[], &members)?;
+            write_send_view(txn, &group_id, epoch, &members)?;
             Ok(Ok(()))
+        })
+        .await
+    }
+
+    /// What sending to `group_id` needs, without its full state; `None` for a group not
+    /// hosted here (or stored before send views existed: the caller falls back to the state).
+    pub async fn send_view(&self, group_id: &[u8]) -> Result<Option<SendView>, StoreError> {
+        let group_id = group_id.to_vec();
+        self.read(move |txn| {
+            let Some(encoded) = txn.open_table(SEND_VIEWS)?.get(group_id.as_slice())? else {
+                return Ok(None);
+            };
+            let record = SendViewRecord::tls_deserialize_exact(encoded.value())
+                .map_err(|e| StoreError::Corrupt(format!("send view: {e}")))?;
+            let members = record
+                .members
+                .into_iter()
+                .map(|member| {
+                    String::from_utf8(member.user_id.into())
+                        .map(|user_id| (user_id, member.device_id))
+                        .map_err(|e| StoreError::Corrupt(format!("send view: {e}")))
+                })
+                .collect::<Result<_, _>>()?;
+            Ok(Some(SendView {
+                epoch: record.epoch,
+                members,
+            }))
         })
         .await
     }
@@ -234,6 +307,7 @@ impl Store {
     ) -> Result<Result<Vec<Enqueued>, GroupRefusal>, StoreError> {
         let group_id = group_id.to_vec();
         let encoded = transition.group.encode()?;
+        let new_epoch = transition.group.epoch;
         let GroupTransition {
             from_epoch,
             old_members,
@@ -265,6 +339,7 @@ impl Store {
             groups.insert(group_id.as_slice(), encoded.as_slice())?;
             drop(groups);
             replace_members(txn, &group_id, &old_members, &members)?;
+            write_send_view(txn, &group_id, new_epoch, &members)?;
             outbox_in(txn, &remote)?;
             if let Some(request) = &request {
                 remember_request(txn, request)?;
@@ -295,6 +370,7 @@ impl Store {
                 return Ok(Err(GroupRefusal::Unknown));
             }
             replace_members(txn, &group_id, &members, &[])?;
+            txn.open_table(SEND_VIEWS)?.remove(group_id.as_slice())?;
             // Notices are admitted whatever the queues hold: this enqueue is never refused.
             let outcomes = enqueue_in(txn, &envelopes, now_ms, limits)?.unwrap_or_default();
             outbox_in(txn, &remote)?;

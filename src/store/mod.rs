@@ -25,8 +25,8 @@ pub use accounts::{
 };
 pub use federation::{DeliveryRefusal, OutgoingDelivery};
 pub use groups::{
-    GroupMemberRow, GroupRefusal, GroupTransition, PublicState, RequestRecord, StoredGroup,
-    REQUEST_DEDUPE_WINDOW_MS,
+    GroupMemberRow, GroupRefusal, GroupTransition, PublicState, RequestRecord, SendView,
+    StoredGroup, REQUEST_DEDUPE_WINDOW_MS,
 };
 pub use key_packages::{
     Claimed, ClientClaim, NewKeyPackage, PublishRefusal, Stock, MAX_KEY_PACKAGE_BYTES_PER_USER,
