@@ -23,6 +23,10 @@ use crate::tls::{self, TlsIdentity};
 
 /// How long connecting to a peer may take before it counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a peer connection may be silent before it counts as dead.
+const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often an idle peer connection proves it is alive.
+const PEER_KEEP_ALIVE: Duration = Duration::from_millis(500);
 /// How long a request to a peer may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -72,7 +76,11 @@ impl Federation {
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
         let mut client_config = quinn::ClientConfig::new(Arc::new(crypto));
         let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(Some(Duration::from_secs(10)));
+        // A peer that died is noticed within PEER_IDLE_TIMEOUT (not at the next request's
+        // 15 s timeout): keep-alives every fraction of it keep a live connection open.
+        transport
+            .keep_alive_interval(Some(PEER_KEEP_ALIVE))
+            .max_idle_timeout(Some(PEER_IDLE_TIMEOUT.try_into()?));
         client_config.transport_config(Arc::new(transport));
         let any_ipv6 = config.peers.values().any(SocketAddr::is_ipv6);
         let bind: SocketAddr = if any_ipv6 {

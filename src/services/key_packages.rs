@@ -54,7 +54,6 @@ pub struct KeyPackages {
     store: Store,
     clock: Arc<dyn Clock>,
     sessions: Arc<dyn Sessions>,
-    crypto: RustCrypto,
     low_watermark: u32,
     max_per_client: usize,
     claims_per_claimer: RateLimiter<String>,
@@ -74,7 +73,6 @@ impl KeyPackages {
             store,
             clock: config.clock.clone(),
             sessions,
-            crypto: RustCrypto::default(),
             low_watermark: config.key_packages.low_watermark,
             max_per_client: config.key_packages.max_per_client as usize,
             claims_per_claimer: RateLimiter::per_minute(
@@ -105,26 +103,11 @@ impl KeyPackages {
             .await?
             .ok_or(ServiceError::UnknownClient)?;
         let now = self.clock.now();
-        let mut validated: Vec<NewKeyPackage> = Vec::with_capacity(batch.len());
-        for (index, bytes) in batch.iter().enumerate() {
-            let rejected = |reason| ServiceError::KeyPackageRejected { index, reason };
-            let new = validate_key_package(&self.crypto, bytes.as_slice(), &owner, now)
-                .map_err(rejected)?;
-            if validated
-                .iter()
-                .any(|seen| seen.key_package_ref == new.key_package_ref)
-            {
-                return Err(rejected(KeyPackageRejection::Duplicate));
-            }
-            if new.last_resort
-                && validated
-                    .iter()
-                    .any(|seen| seen.last_resort && seen.ciphersuite == new.ciphersuite)
-            {
-                return Err(rejected(KeyPackageRejection::MultipleLastResort));
-            }
-            validated.push(new);
-        }
+        // Signature checks are CPU work: off the async workers, so that a batch of a hundred
+        // KeyPackages does not stall other connections' requests.
+        let validated = tokio::task::spawn_blocking(move || validate_batch(&batch, &owner, now))
+            .await
+            .map_err(|_| ServiceError::Store(crate::store::StoreError::Closed))??;
         let stock = self
             .store
             .publish_key_packages(
@@ -247,6 +230,35 @@ impl KeyPackages {
                 .collect(),
         }
     }
+}
+
+/// Checks a batch of uploaded KeyPackages, refusing it at the first that fails.
+fn validate_batch(
+    batch: &[tls_codec::VLBytes],
+    owner: &StoredClient,
+    now: u64,
+) -> Result<Vec<NewKeyPackage>, ServiceError> {
+    let crypto = RustCrypto::default();
+    let mut validated: Vec<NewKeyPackage> = Vec::with_capacity(batch.len());
+    for (index, bytes) in batch.iter().enumerate() {
+        let rejected = |reason| ServiceError::KeyPackageRejected { index, reason };
+        let new = validate_key_package(&crypto, bytes.as_slice(), owner, now).map_err(rejected)?;
+        if validated
+            .iter()
+            .any(|seen| seen.key_package_ref == new.key_package_ref)
+        {
+            return Err(rejected(KeyPackageRejection::Duplicate));
+        }
+        if new.last_resort
+            && validated
+                .iter()
+                .any(|seen| seen.last_resort && seen.ciphersuite == new.ciphersuite)
+        {
+            return Err(rejected(KeyPackageRejection::MultipleLastResort));
+        }
+        validated.push(new);
+    }
+    Ok(validated)
 }
 
 /// Checks one uploaded KeyPackage against MLS and against its uploader (`owner`) at `now`.
