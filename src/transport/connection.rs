@@ -206,15 +206,20 @@ async fn handle_stream(
 fn response_reservation(request: &Request) -> usize {
     /// Enough for every answer but the few that carry data sets.
     const SMALL_RESPONSE: usize = 16 * 1024;
+    /// Enough for a data set of a typical size (a group of a few hundred, a user's devices).
+    const DATA_SET_RESPONSE: usize = 256 * 1024;
     match request {
         Request::FetchMessages(fetch) => (fetch.max_bytes as usize)
             .saturating_add(SMALL_RESPONSE)
             .min(MAX_RESPONSE_LEN),
+        // Answers that carry data sets are usually far below the response limit: reserving the
+        // limit would let a few dozen of them hold the whole server budget. Larger ones are
+        // topped up once encoded.
         Request::GetGroup(_)
         | Request::ClaimKeyPackages(_)
         | Request::LookupUser(_)
         | Request::ListClients
-        | Request::ListGroups => MAX_RESPONSE_LEN,
+        | Request::ListGroups => DATA_SET_RESPONSE,
         _ => SMALL_RESPONSE,
     }
 }
