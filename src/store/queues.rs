@@ -29,24 +29,45 @@ pub(super) const PENDING_NOTICES: TableDefinition<(&str, u32, u8), u64> =
 pub(super) const QUEUE_TOTALS: TableDefinition<&str, u64> = TableDefinition::new("queue-totals-1");
 const SERVER_TOTAL: &str = "";
 
-/// Payload bytes queued in all queues.
-fn server_total(txn: &WriteTransaction) -> Result<u64, StoreError> {
-    Ok(txn
-        .open_table(QUEUE_TOTALS)?
-        .get(SERVER_TOTAL)?
-        .map_or(0, |total| total.value()))
+std::thread_local! {
+    /// Bytes the writes of the batch being applied on this (the writer) thread have added to
+    /// and removed from all queues: written to [`QUEUE_TOTALS`] once, just before the batch
+    /// commits, instead of once per write (one row every enqueue would touch).
+    static PENDING_SERVER_TOTAL: std::cell::Cell<i128> = const { std::cell::Cell::new(0) };
 }
 
-/// Moves the server's total by `added` bytes in and `removed` out.
-fn adjust_server_total(txn: &WriteTransaction, added: u64, removed: u64) -> Result<(), StoreError> {
-    if added == removed {
+/// Payload bytes queued in all queues, counting the batch being applied.
+fn server_total(txn: &WriteTransaction) -> Result<u64, StoreError> {
+    let stored = txn
+        .open_table(QUEUE_TOTALS)?
+        .get(SERVER_TOTAL)?
+        .map_or(0, |total| total.value());
+    let pending = PENDING_SERVER_TOTAL.with(std::cell::Cell::get);
+    Ok(u64::try_from((i128::from(stored) + pending).max(0)).unwrap_or(u64::MAX))
+}
+
+/// Moves the server's total by `added` bytes in and `removed` out (kept for the batch).
+fn adjust_server_total(_txn: &WriteTransaction, added: u64, removed: u64) -> Result<(), StoreError> {
+    PENDING_SERVER_TOTAL.with(|pending| {
+        pending.set(pending.get() + i128::from(added) - i128::from(removed))
+    });
+    Ok(())
+}
+
+/// Writes the batch's change of the server's total into `txn` (the writer, before it commits).
+pub(super) fn flush_server_total(txn: &WriteTransaction) -> Result<(), StoreError> {
+    if PENDING_SERVER_TOTAL.with(std::cell::Cell::get) == 0 {
         return Ok(());
     }
-    let total = server_total(txn)?
-        .saturating_add(added)
-        .saturating_sub(removed);
+    let total = server_total(txn)?;
     txn.open_table(QUEUE_TOTALS)?.insert(SERVER_TOTAL, total)?;
+    discard_server_total_delta();
     Ok(())
+}
+
+/// Forgets the batch's change of the server's total (the writer, when the batch is abandoned).
+pub(super) fn discard_server_total_delta() {
+    PENDING_SERVER_TOTAL.with(|pending| pending.set(0));
 }
 
 /// Computes the server's total from every queue head (the schema 3 migration).

@@ -132,9 +132,22 @@ fn commit_batch(db: &Database, mut batch: Vec<Box<dyn WriteJob>>, stats: &StoreS
             .iter_mut()
             .enumerate()
             .find_map(|(index, job)| job.apply(&txn).err().map(|e| (index, e)));
+        // Totals the writes keep for the whole batch are written once, now.
+        let failed = failed.or_else(|| {
+            super::queues::flush_server_total(&txn)
+                .err()
+                .map(|error| (usize::MAX, error))
+        });
         if let Some((index, error)) = failed {
             // Nothing of this batch may stand; a failing abort only means there was nothing to undo.
+            super::queues::discard_server_total_delta();
             let _ = txn.abort();
+            if index == usize::MAX {
+                for job in batch {
+                    job.complete(Err(error.clone()));
+                }
+                return;
+            }
             batch.remove(index).complete(Err(error));
             continue;
         }
