@@ -229,7 +229,9 @@ fn redb_ceiling(batch: usize) -> f64 {
             let mut table = txn.open_table(TABLE).unwrap();
             for _ in 0..batch {
                 let user = format!("user{}@localhost", written % 200);
-                table.insert((user.as_str(), 1, written), value.as_slice()).unwrap();
+                table
+                    .insert((user.as_str(), 1, written), value.as_slice())
+                    .unwrap();
                 written += 1;
             }
         }

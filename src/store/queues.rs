@@ -47,11 +47,9 @@ fn server_total(txn: &WriteTransaction) -> Result<u64, StoreError> {
 }
 
 /// Moves the server's total by `added` bytes in and `removed` out (kept for the batch).
-fn adjust_server_total(_txn: &WriteTransaction, added: u64, removed: u64) -> Result<(), StoreError> {
-    PENDING_SERVER_TOTAL.with(|pending| {
-        pending.set(pending.get() + i128::from(added) - i128::from(removed))
-    });
-    Ok(())
+fn adjust_server_total(added: u64, removed: u64) {
+    PENDING_SERVER_TOTAL
+        .with(|pending| pending.set(pending.get() + i128::from(added) - i128::from(removed)));
 }
 
 /// Writes the batch's change of the server's total into `txn` (the writer, before it commits).
@@ -458,7 +456,7 @@ pub(super) fn enqueue_in(
         .filter(|(_, outcome)| matches!(outcome, Enqueued::Queued { .. }))
         .map(|(envelope, _)| envelope.payload.len() as u64)
         .sum();
-    adjust_server_total(txn, added, 0)?;
+    adjust_server_total(added, 0);
     Ok(Ok(outcomes))
 }
 
@@ -624,7 +622,7 @@ fn delete_through(
     }
     drop(queue);
     release_shared_payloads(txn, released)?;
-    adjust_server_total(txn, 0, bytes)?;
+    adjust_server_total(0, bytes);
     Ok((doomed.len() as u64, bytes))
 }
 
