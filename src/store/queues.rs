@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
 use super::accounts::CLIENTS;
 use super::{Store, StoreError};
@@ -378,14 +378,29 @@ pub(super) fn enqueue_in(
     now_ms: u64,
     limits: QueueLimits,
 ) -> Result<Result<Vec<Enqueued>, FullQueues>, StoreError> {
-    let plan = match admit(txn, envelopes, limits)? {
+    // Every table is opened once for the whole enqueue (an enqueue is often one envelope, and
+    // the writer applies many of them per commit: opening tables is a large part of its work).
+    let server_bytes = if limits.max_server_bytes == u64::MAX {
+        0
+    } else {
+        server_total(txn)?
+    };
+    let clients = txn.open_table(CLIENTS)?;
+    let mut heads = txn.open_table(QUEUE_HEADS)?;
+    let mut queue = txn.open_table(QUEUE)?;
+    let mut pending_notices = txn.open_table(PENDING_NOTICES)?;
+    let tables = AdmissionTables {
+        clients: &clients,
+        heads: &heads,
+        queue: &queue,
+        pending_notices: &pending_notices,
+    };
+    let plan = match admit(&tables, server_bytes, envelopes, limits)? {
         Ok(plan) => plan,
         Err(full) => return Ok(Err(full)),
     };
-    let mut heads = txn.open_table(QUEUE_HEADS)?;
-    let mut queue = txn.open_table(QUEUE)?;
+    drop(clients);
     let mut shared = txn.open_table(SHARED_PAYLOADS)?;
-    let mut pending_notices = txn.open_table(PENDING_NOTICES)?;
     // A payload that several envelopes hold (the same `Arc`: one message fanned out) is stored
     // once, under an id given when its first envelope is queued.
     let mut holders: HashMap<*const Vec<u8>, usize> = HashMap::new();
@@ -469,26 +484,32 @@ enum Verdict {
 
 /// Decides, without writing, which envelopes go in (counting the ones before them in the same
 /// enqueue), or refuses the whole enqueue.
+/// The tables [`admit`] reads, opened by its caller.
+struct AdmissionTables<'a, 't> {
+    clients: &'a Table<'t, (&'static str, u32), &'static [u8]>,
+    heads: &'a Table<'t, (&'static str, u32), (u64, u64, u64)>,
+    queue: &'a Table<'t, (&'static str, u32, u64), &'static [u8]>,
+    pending_notices: &'a Table<'t, (&'static str, u32, u8), u64>,
+}
+
 fn admit(
-    txn: &WriteTransaction,
+    tables: &AdmissionTables,
+    mut server_bytes: u64,
     envelopes: &[Envelope],
     limits: QueueLimits,
 ) -> Result<Result<Vec<Verdict>, FullQueues>, StoreError> {
-    let clients = txn.open_table(CLIENTS)?;
-    let heads = txn.open_table(QUEUE_HEADS)?;
-    let queue = txn.open_table(QUEUE)?;
-    let pending_notices = txn.open_table(PENDING_NOTICES)?;
+    let AdmissionTables {
+        clients,
+        heads,
+        queue,
+        pending_notices,
+    } = *tables;
     // Per client: (messages, bytes) queued so far, counting this enqueue's admitted envelopes,
     // and how many of the messages are coalesced notices (which do not count).
     let mut sizes: HashMap<(&str, u32), (u64, u64, u64)> = HashMap::new();
     // Per user, and for the server: bytes queued so far, counting this enqueue's admitted ones.
     // Read only when a total is configured.
     let mut user_bytes: HashMap<&str, u64> = HashMap::new();
-    let mut server_bytes = if limits.max_server_bytes == u64::MAX {
-        0
-    } else {
-        server_total(txn)?
-    };
     let mut coalesced_now: Vec<(&str, u32, u8)> = Vec::new();
     let mut verdicts = Vec::with_capacity(envelopes.len());
     let mut full: FullQueues = Vec::new();
@@ -522,7 +543,7 @@ fn admit(
         let user = match user_bytes.get(client.0) {
             Some(known) => *known,
             None if limits.max_user_bytes == u64::MAX => 0,
-            None => user_total(&heads, client.0)?,
+            None => user_total(heads, client.0)?,
         };
         let within = |factor: u64| {
             counted < limits.max_messages.saturating_mul(factor)
