@@ -598,23 +598,24 @@ impl Groups {
         let protocol_message = ProtocolMessage::from(private_message);
         let group_id = protocol_message.group_id().as_slice().to_vec();
         // A retry of a message that was accepted (its answer lost) is not queued twice.
+        // What a send needs of its group is kept in a small record at every change of the group
+        // (its epoch and receiving members): no tree or credential is decoded here. The same
+        // read tells whether this very message was accepted before.
         let digest = request_digest(request.message.as_slice());
         let accepted_at_ms = self.clock.now_ms();
-        if let Some(first) = self
+        let view = match self
             .store
-            .recent_request(&group_id, digest, accepted_at_ms)
+            .prepare_send(&group_id, digest, accepted_at_ms)
             .await?
         {
-            return Ok(MessageAccepted {
-                accepted_at_ms: first,
-                queue_full: Vec::new(),
-            });
-        }
-        // What a send needs of its group is kept in a small record at every change of the group
-        // (its epoch and receiving members): no tree or credential is decoded here.
-        let view = match self.store.send_view(&group_id).await? {
-            Some(view) => view,
-            None => self.send_view_from_state(&group_id).await?,
+            (Some(first), _) => {
+                return Ok(MessageAccepted {
+                    accepted_at_ms: first,
+                    queue_full: Vec::new(),
+                })
+            }
+            (None, Some(view)) => view,
+            (None, None) => self.send_view_from_state(&group_id).await?,
         };
         let is_caller = |(user_id, device_id): &(String, u32)| {
             user_id == caller.user_id.as_str() && *device_id == caller.device_id

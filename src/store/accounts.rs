@@ -83,6 +83,24 @@ pub enum RemoveClientRefusal {
     LastClient,
 }
 
+#[cfg(test)]
+impl Store {
+    /// Registers `user_id` with signature key `key` (unit tests of the other tables).
+    pub(super) async fn register_for_test(&self, user_id: &str, key: [u8; ED25519_PUBLIC_KEY_LEN]) {
+        self.register_user(NewUser {
+            user_id: user_id.to_owned(),
+            signature_key: key,
+            now: 0,
+            quarantine_secs: 0,
+            invite: None,
+            issue_credential: Box::new(|_| vec![1]),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    }
+}
+
 /// Whether the client `(user_id, device_id)` exists, as `txn` sees it.
 pub(super) fn client_exists(
     txn: &WriteTransaction,

@@ -436,18 +436,7 @@ mod tests {
     async fn a_welcome_records_its_hub_for_the_clients_departure_and_deletion_forgets_it() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store
-            .register_user(crate::store::NewUser {
-                user_id: "bob@b.example".into(),
-                signature_key: [7; 32],
-                now: 0,
-                quarantine_secs: 0,
-                invite: None,
-                issue_credential: Box::new(|_| vec![1]),
-            })
-            .await
-            .unwrap()
-            .unwrap();
+        store.register_for_test("bob@b.example", [7; 32]).await;
         let envelope = |kind: u8| Envelope {
             user_id: "bob@b.example".into(),
             device_id: 1,

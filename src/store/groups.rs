@@ -258,13 +258,29 @@ impl Store {
         .await
     }
 
-    /// What sending to `group_id` needs, without its full state; `None` for a group not
-    /// hosted here (or stored before send views existed: the caller falls back to the state).
-    pub async fn send_view(&self, group_id: &[u8]) -> Result<Option<SendView>, StoreError> {
+    /// What sending an application message with `digest` to `group_id` needs, in one read:
+    /// the answer to the same message if it was accepted within the dedupe window before
+    /// `now_ms`, and the group's send view (`None` for a group not hosted here, or stored
+    /// before send views existed: the caller falls back to the state).
+    pub async fn prepare_send(
+        &self,
+        group_id: &[u8],
+        digest: [u8; 32],
+        now_ms: u64,
+    ) -> Result<(Option<u64>, Option<SendView>), StoreError> {
         let group_id = group_id.to_vec();
         self.read(move |txn| {
+            let repeated = recent_answer(
+                &txn.open_table(RECENT_REQUESTS)?,
+                &group_id,
+                &digest,
+                now_ms,
+            )?;
+            if repeated.is_some() {
+                return Ok((repeated, None));
+            }
             let Some(encoded) = txn.open_table(SEND_VIEWS)?.get(group_id.as_slice())? else {
-                return Ok(None);
+                return Ok((None, None));
             };
             let record = SendViewRecord::tls_deserialize_exact(encoded.value())
                 .map_err(|e| StoreError::Corrupt(format!("send view: {e}")))?;
@@ -277,10 +293,13 @@ impl Store {
                         .map_err(|e| StoreError::Corrupt(format!("send view: {e}")))
                 })
                 .collect::<Result<_, _>>()?;
-            Ok(Some(SendView {
-                epoch: record.epoch,
-                members,
-            }))
+            Ok((
+                None,
+                Some(SendView {
+                    epoch: record.epoch,
+                    members,
+                }),
+            ))
         })
         .await
     }
@@ -435,11 +454,26 @@ pub(super) fn repeated_answer(
     txn: &WriteTransaction,
     record: &RequestRecord,
 ) -> Result<Option<u64>, StoreError> {
-    Ok(txn
-        .open_table(RECENT_REQUESTS)?
-        .get((record.group_id.as_slice(), record.digest.as_slice()))?
+    recent_answer(
+        &txn.open_table(RECENT_REQUESTS)?,
+        &record.group_id,
+        &record.digest,
+        record.now_ms,
+    )
+}
+
+/// The answer remembered for the request `(group_id, digest)`, if still within the window at
+/// `now_ms`.
+fn recent_answer(
+    recent: &impl ReadableTable<RequestKey<'static>, (u64, u64)>,
+    group_id: &[u8],
+    digest: &[u8; 32],
+    now_ms: u64,
+) -> Result<Option<u64>, StoreError> {
+    Ok(recent
+        .get((group_id, digest.as_slice()))?
         .map(|entry| entry.value())
-        .filter(|(at, _)| record.now_ms.saturating_sub(*at) < REQUEST_DEDUPE_WINDOW_MS)
+        .filter(|(at, _)| now_ms.saturating_sub(*at) < REQUEST_DEDUPE_WINDOW_MS)
         .map(|(_, answer)| answer))
 }
 
@@ -482,12 +516,12 @@ impl Store {
     ) -> Result<Option<u64>, StoreError> {
         let group_id = group_id.to_vec();
         self.read(move |txn| {
-            Ok(txn
-                .open_table(RECENT_REQUESTS)?
-                .get((group_id.as_slice(), digest.as_slice()))?
-                .map(|entry| entry.value())
-                .filter(|(at, _)| now_ms.saturating_sub(*at) < REQUEST_DEDUPE_WINDOW_MS)
-                .map(|(_, answer)| answer))
+            recent_answer(
+                &txn.open_table(RECENT_REQUESTS)?,
+                &group_id,
+                &digest,
+                now_ms,
+            )
         })
         .await
     }

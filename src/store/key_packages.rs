@@ -444,24 +444,12 @@ fn claim_one(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::NewUser;
 
     #[tokio::test]
     async fn a_user_keeps_only_so_many_bytes_of_key_packages() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store
-            .register_user(NewUser {
-                user_id: "bob@localhost".into(),
-                signature_key: [1; 32],
-                now: 0,
-                quarantine_secs: 0,
-                invite: None,
-                issue_credential: Box::new(|_| vec![1]),
-            })
-            .await
-            .unwrap()
-            .unwrap();
+        store.register_for_test("bob@localhost", [1; 32]).await;
         let key_package = |i: u32| NewKeyPackage {
             key_package_ref: i.to_be_bytes().to_vec(),
             ciphersuite: 1,

@@ -801,7 +801,6 @@ pub(super) fn migrate_queue_1(txn: &WriteTransaction) -> Result<(), StoreError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::NewUser;
     use std::sync::Arc;
 
     const LIMITS: QueueLimits = QueueLimits::per_client(10_000, 1 << 30);
@@ -813,18 +812,7 @@ mod tests {
                 let user_id = format!("user{i}@localhost");
                 let mut key = [0u8; 32];
                 key[..8].copy_from_slice(&(i as u64).to_be_bytes());
-                store
-                    .register_user(NewUser {
-                        user_id: user_id.clone(),
-                        signature_key: key,
-                        now: 0,
-                        quarantine_secs: 0,
-                        invite: None,
-                        issue_credential: Box::new(|_| vec![1]),
-                    })
-                    .await
-                    .unwrap()
-                    .unwrap();
+                store.register_for_test(&user_id, key).await;
                 (user_id, 1)
             })
         });

@@ -45,14 +45,10 @@ impl ServerBudget {
         }
     }
 
-    /// Bytes of incomplete requests held now, server-wide (for tests and operators).
-    pub fn request_bytes_held(&self) -> usize {
+    /// Bytes of incomplete requests held now, server-wide.
+    #[cfg(test)]
+    fn request_bytes_held(&self) -> usize {
         SERVER_REQUEST_BUDGET - self.requests.available_permits()
-    }
-
-    /// Bytes of unsent responses held now, server-wide.
-    pub fn response_bytes_held(&self) -> usize {
-        SERVER_RESPONSE_BUDGET - self.responses.available_permits()
     }
 }
 

@@ -9,14 +9,13 @@ use std::time::Duration;
 
 use rand::Rng;
 use roost::client::groups::{GroupClient, GroupEvent};
-use roost::client::mls::DeviceMls;
 use roost::client::state::DeviceIdentity;
 use roost::client::{ClientConfig, Connection};
 use roost::clock::Clock;
 use roost::protocol::SendMessageRequest;
 
 use crate::cli::ServerProcess;
-use crate::support::{new_key, within, CIPHERSUITE};
+use crate::support::{new_key, register_device, within, CIPHERSUITE};
 
 /// Connects and authenticates, retrying while the server restarts.
 async fn connect(config: &ClientConfig, identity: &DeviceIdentity) -> Connection {
@@ -166,27 +165,8 @@ async fn acknowledged_messages_survive_kill_9_exactly_once_and_in_order() {
         ClientConfig::new(server.addr, "localhost", &data_dir.join("server-cert.pem")).unwrap();
 
     // Alice and bob in one group, set up before the crashes.
-    let register = |user: &'static str| {
-        let config = config.clone();
-        async move {
-            let connection = within(Connection::connect(&config)).await.unwrap();
-            let key = new_key();
-            let registered = within(connection.register_user(user, &key, CIPHERSUITE, None))
-                .await
-                .unwrap();
-            let identity = DeviceIdentity::new(registered, key, CIPHERSUITE);
-            within(connection.authenticate_without_push(&identity.client, &identity.signing_key))
-                .await
-                .unwrap();
-            let mls = DeviceMls::new(&identity).unwrap();
-            within(connection.top_up_key_packages(&identity.client, &mls))
-                .await
-                .unwrap();
-            (connection, identity, mls)
-        }
-    };
-    let (mut alice, alice_identity, alice_mls) = register("alice@localhost").await;
-    let (bob, bob_identity, bob_mls) = register("bob@localhost").await;
+    let (mut alice, alice_identity, alice_mls) = register_device(&config, "alice@localhost").await;
+    let (bob, bob_identity, bob_mls) = register_device(&config, "bob@localhost").await;
     let keys = within(alice.domain_keys()).await.unwrap();
     let now = roost::clock::SystemClock.now();
     let group_id = {
@@ -323,24 +303,8 @@ async fn a_receiving_homeserver_killed_again_and_again_gets_everything_exactly_o
     let a_config = ClientConfig::new(a_addr, "a.example", &ca).unwrap();
     let b_config = ClientConfig::new(b_addr, "b.example", &ca).unwrap();
 
-    let register = |config: ClientConfig, user: &'static str| async move {
-        let connection = within(Connection::connect(&config)).await.unwrap();
-        let key = new_key();
-        let registered = within(connection.register_user(user, &key, CIPHERSUITE, None))
-            .await
-            .unwrap();
-        let identity = DeviceIdentity::new(registered, key, CIPHERSUITE);
-        within(connection.authenticate_without_push(&identity.client, &identity.signing_key))
-            .await
-            .unwrap();
-        let mls = DeviceMls::new(&identity).unwrap();
-        within(connection.top_up_key_packages(&identity.client, &mls))
-            .await
-            .unwrap();
-        (connection, identity, mls)
-    };
-    let (alice, _alice_identity, alice_mls) = register(a_config.clone(), "alice@a.example").await;
-    let (bob, bob_identity, bob_mls) = register(b_config.clone(), "bob@b.example").await;
+    let (alice, _, alice_mls) = register_device(&a_config, "alice@a.example").await;
+    let (bob, bob_identity, bob_mls) = register_device(&b_config, "bob@b.example").await;
     let now = roost::clock::SystemClock.now();
     let alice_keys = within(alice.domain_keys()).await.unwrap();
     let admin = GroupClient::new(&alice, &alice_mls, alice_keys, now);

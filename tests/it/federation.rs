@@ -179,6 +179,15 @@ fn texts(events: &[GroupEvent]) -> Vec<(String, String)> {
 }
 
 async fn two_homeservers(dir: &Path) -> (Homeserver, Homeserver) {
+    two_homeservers_with(dir, |_| {}).await
+}
+
+/// a.example and b.example, peers of each other, b.example's configuration changed by
+/// `adjust_b`.
+async fn two_homeservers_with(
+    dir: &Path,
+    adjust_b: impl FnOnce(&mut ServerConfig),
+) -> (Homeserver, Homeserver) {
     let certs = dir.join("certs");
     let (a_addr, b_addr) = (free_port(), free_port());
     let a = Homeserver::start(
@@ -191,13 +200,14 @@ async fn two_homeservers(dir: &Path) -> (Homeserver, Homeserver) {
     )
     .await
     .unwrap();
-    let b = Homeserver::start(
+    let b = Homeserver::start_with(
         dir,
         &certs,
         "b.example",
         b_addr,
         &[("a.example", a_addr)],
         "b.example",
+        adjust_b,
     )
     .await
     .unwrap();
@@ -599,30 +609,7 @@ async fn peers_can_trust_each_other_by_pinned_certificates_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_remote_queue_holds_deliveries_in_the_hubs_outbox_until_there_is_room() {
     let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    let (a_addr, b_addr) = (free_port(), free_port());
-    let peers_of_a = [("b.example", b_addr)];
-    let a = Homeserver::start(
-        dir.path(),
-        &certs,
-        "a.example",
-        a_addr,
-        &peers_of_a,
-        "a.example",
-    )
-    .await
-    .unwrap();
-    let b = Homeserver::start_with(
-        dir.path(),
-        &certs,
-        "b.example",
-        b_addr,
-        &[("a.example", a_addr)],
-        "b.example",
-        |config| config.queues.max_messages = 2,
-    )
-    .await
-    .unwrap();
+    let (a, b) = two_homeservers_with(dir.path(), |config| config.queues.max_messages = 2).await;
     let (alice, bob, group_id) = alice_at_a_with_bob_at_b(&a, &b).await;
 
     // Bob does not read; alice sends four. b.example takes two, then refuses (retryably) what

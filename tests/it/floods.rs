@@ -5,31 +5,14 @@
 use std::time::Duration;
 
 use roost::client::groups::GroupClient;
-use roost::client::mls::DeviceMls;
-use roost::client::state::DeviceIdentity;
 use roost::client::{ClientConfig, Connection};
 use roost::clock::Clock;
 use roost::protocol::{close_code, encode_request, FetchMessagesRequest, Request, MAX_REQUEST_LEN};
 
 use crate::cli::ServerProcess;
-use crate::support::{new_key, within, CIPHERSUITE};
+use crate::support::{register_device, within};
 
 const MIB: usize = 1024 * 1024;
-
-/// Registers `user` and returns its connection, authenticated without a push stream, with the
-/// device's identity.
-async fn registered(config: &ClientConfig, user: &str) -> (Connection, DeviceIdentity) {
-    let connection = within(Connection::connect(config)).await.unwrap();
-    let key = new_key();
-    let registered = within(connection.register_user(user, &key, CIPHERSUITE, None))
-        .await
-        .unwrap();
-    let identity = DeviceIdentity::new(registered, key, CIPHERSUITE);
-    within(connection.authenticate_without_push(&identity.client, &identity.signing_key))
-        .await
-        .unwrap();
-    (connection, identity)
-}
 
 /// The highest resident memory of `server` over `period`, sampled every 50 ms (the flood keeps
 /// arriving meanwhile; there is no event to wait for).
@@ -54,7 +37,11 @@ async fn requests_that_never_finish_cannot_pin_the_servers_memory() {
     const STREAMS: usize = 64;
     let mut connections = Vec::new();
     for i in 0..CONNECTIONS {
-        connections.push(registered(&config, &format!("flood{i}@localhost")).await.0);
+        connections.push(
+            register_device(&config, &format!("flood{i}@localhost"))
+                .await
+                .0,
+        );
     }
     let baseline = server.rss();
 
@@ -106,13 +93,8 @@ async fn responses_never_read_cannot_pin_the_servers_memory_and_the_reader_is_cl
         ClientConfig::new(server.addr, "localhost", &data_dir.join("server-cert.pem")).unwrap();
 
     // Bob's queue holds 8 MiB: alice sends him 40 messages of 200 KiB in their group.
-    let (alice, alice_identity) = registered(&config, "alice@localhost").await;
-    let (bob, bob_identity) = registered(&config, "bob@localhost").await;
-    let alice_mls = DeviceMls::new(&alice_identity).unwrap();
-    let bob_mls = DeviceMls::new(&bob_identity).unwrap();
-    within(bob.top_up_key_packages(&bob_identity.client, &bob_mls))
-        .await
-        .unwrap();
+    let (alice, _, alice_mls) = register_device(&config, "alice@localhost").await;
+    let (bob, bob_identity, _) = register_device(&config, "bob@localhost").await;
     let now = roost::clock::SystemClock.now();
     let keys = within(alice.domain_keys()).await.unwrap();
     let admin = GroupClient::new(&alice, &alice_mls, keys.clone(), now);

@@ -148,6 +148,28 @@ impl TestServer {
     }
 }
 
+/// Registers `user` on the server `config` reaches (any server: in-process or a binary),
+/// authenticates the connection without a push stream, and publishes the device's KeyPackages.
+pub async fn register_device(
+    config: &ClientConfig,
+    user: &str,
+) -> (Connection, DeviceIdentity, DeviceMls) {
+    let connection = within(Connection::connect(config)).await.unwrap();
+    let key = new_key();
+    let registered = within(connection.register_user(user, &key, CIPHERSUITE, None))
+        .await
+        .unwrap();
+    let identity = DeviceIdentity::new(registered, key, CIPHERSUITE);
+    within(connection.authenticate_without_push(&identity.client, &identity.signing_key))
+        .await
+        .unwrap();
+    let mls = DeviceMls::new(&identity).unwrap();
+    within(connection.top_up_key_packages(&identity.client, &mls))
+        .await
+        .unwrap();
+    (connection, identity, mls)
+}
+
 /// The server's error code of a refused request (failing the test if it was not refused).
 pub fn code<T: std::fmt::Debug>(
     result: Result<T, roost::client::ClientError>,
