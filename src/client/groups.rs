@@ -316,46 +316,59 @@ impl<'a> GroupClient<'a> {
     /// credential, commits, and merges once the server accepted the commit. On `WrongEpoch` the
     /// pending commit is discarded and the error returned: process the queue and try again.
     pub async fn invite(&self, group_id: &[u8], user_id: &str) -> anyhow::Result<Vec<ClientId>> {
+        self.invite_many(group_id, &[user_id]).await
+    }
+
+    /// As [`GroupClient::invite`] for several users in one commit: fails if any of them has no
+    /// client to add.
+    pub async fn invite_many(
+        &self,
+        group_id: &[u8],
+        user_ids: &[&str],
+    ) -> anyhow::Result<Vec<ClientId>> {
         let mut group = self
             .mls
             .group(group_id)?
             .context("no such group on this device")?;
-        let claimed = self
-            .connection
-            .claim_key_packages(user_id, u16::from(self.mls.ciphersuite()))
-            .await?;
         let members = self.verify_members(&group).await?;
         let mut key_packages = Vec::new();
         let mut invited = Vec::new();
-        // Clients already in the group (this device itself, when inviting its own user) stay.
-        for claim in claimed
-            .claims
-            .iter()
-            .filter(|claim| !members.contains(&claim.client))
-        {
-            let bytes = match &claim.outcome {
-                ClaimOutcome::KeyPackage(bytes) | ClaimOutcome::LastResort(bytes) => bytes,
-                ClaimOutcome::Unavailable => continue,
-            };
-            let key_package = KeyPackageIn::tls_deserialize_exact(bytes.as_slice())
-                .context("a claimed KeyPackage does not parse")?
-                .validate(self.mls.provider().crypto(), ProtocolVersion::Mls10)
-                .context("a claimed KeyPackage is not valid")?;
-            let leaf = key_package.leaf_node();
-            let member = self
-                .verify(leaf.credential(), leaf.signature_key().as_slice())
+        for user_id in user_ids {
+            let claimed = self
+                .connection
+                .claim_key_packages(user_id, u16::from(self.mls.ciphersuite()))
                 .await?;
-            if member != claim.client {
-                bail!(
-                    "the KeyPackage offered for {} belongs to {member}",
-                    claim.client
-                );
+            let invited_before = invited.len();
+            // Clients already in the group (this device itself, when inviting its own user) stay.
+            for claim in claimed
+                .claims
+                .iter()
+                .filter(|claim| !members.contains(&claim.client))
+            {
+                let bytes = match &claim.outcome {
+                    ClaimOutcome::KeyPackage(bytes) | ClaimOutcome::LastResort(bytes) => bytes,
+                    ClaimOutcome::Unavailable => continue,
+                };
+                let key_package = KeyPackageIn::tls_deserialize_exact(bytes.as_slice())
+                    .context("a claimed KeyPackage does not parse")?
+                    .validate(self.mls.provider().crypto(), ProtocolVersion::Mls10)
+                    .context("a claimed KeyPackage is not valid")?;
+                let leaf = key_package.leaf_node();
+                let member = self
+                    .verify(leaf.credential(), leaf.signature_key().as_slice())
+                    .await?;
+                if member != claim.client {
+                    bail!(
+                        "the KeyPackage offered for {} belongs to {member}",
+                        claim.client
+                    );
+                }
+                key_packages.push(key_package);
+                invited.push(member);
             }
-            key_packages.push(key_package);
-            invited.push(member);
-        }
-        if key_packages.is_empty() {
-            bail!("{user_id} has no client to add: none has a KeyPackage, or all are members");
+            if invited.len() == invited_before {
+                bail!("{user_id} has no client to add: none has a KeyPackage, or all are members");
+            }
         }
         let request = self.mls.add_members(&mut group, &key_packages)?;
         self.send_commit(&mut group, request).await?;

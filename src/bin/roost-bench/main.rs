@@ -1,0 +1,150 @@
+//! `roost-bench`: Roost's figures beside this machine's ceilings.
+//!
+//! Starts fresh servers on loopback (or targets `--server` for the scenarios that only need a
+//! client), runs the named scenarios and prints every figure beside the ceiling it is measured
+//! against, measured in the same run: raw redb for what the store writes, raw quinn for what
+//! crosses the network, the smallest group for what should not grow with the group. See
+//! BENCHMARKS.md for what each scenario measures and what limits it.
+
+mod child;
+mod harness;
+mod report;
+mod scenarios;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clap::{Parser, ValueEnum};
+use roost::client::ClientConfig;
+
+use report::Report;
+use scenarios::{Ceilings, Scale};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "roost-bench",
+    version,
+    about = "Roost's figures beside this machine's ceilings"
+)]
+struct Cli {
+    /// Scenarios to run, in this order (all when none is named).
+    #[arg(value_enum)]
+    scenarios: Vec<Scenario>,
+    /// Less work per scenario: the whole bench in under a minute (a smoke test, not figures).
+    #[arg(long)]
+    quick: bool,
+    /// Print the report as one JSON document on standard output (the table still goes to
+    /// standard error unless --quiet).
+    #[arg(long)]
+    json: bool,
+    /// Print no table.
+    #[arg(long)]
+    quiet: bool,
+    /// Run everything this many times and report each figure's median.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    runs: u32,
+    /// Run `send` and `group-size` against this server instead of a fresh one (registration must
+    /// be open; the server's rate limits apply). Other scenarios need a local server and are
+    /// skipped.
+    #[arg(long, requires = "ca")]
+    server: Option<std::net::SocketAddr>,
+    /// The name the `--server`'s certificate carries (its domain).
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// PEM file with the certificate (or CA) that `--server` is trusted by.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    Baseline,
+    Enqueue,
+    Fanout,
+    Send,
+    GroupSize,
+    Federation,
+    Connections,
+}
+
+impl Scenario {
+    fn needs_local_server(self) -> bool {
+        !matches!(self, Scenario::Send | Scenario::GroupSize)
+    }
+}
+
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Whether figures are printed as they are measured.
+pub fn quiet() -> bool {
+    QUIET.load(Ordering::Relaxed)
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() == Some(child::CHILD_ARG) {
+        return child::run(&args.next().unwrap_or_default());
+    }
+    let cli = Cli::parse();
+    QUIET.store(cli.quiet, Ordering::Relaxed);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(run(&cli))?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
+}
+
+async fn run(cli: &Cli) -> anyhow::Result<Report> {
+    let remote = match (&cli.server, &cli.ca) {
+        (Some(addr), Some(ca)) => Some(ClientConfig::new(*addr, &cli.server_name, ca)?),
+        _ => None,
+    };
+    let scenarios = if cli.scenarios.is_empty() {
+        Scenario::value_variants().to_vec()
+    } else {
+        cli.scenarios.clone()
+    };
+    let scale = Scale { quick: cli.quick };
+    let mut runs = Vec::new();
+    for run in 0..cli.runs {
+        if cli.runs > 1 && !quiet() {
+            eprintln!("-- run {} of {}", run + 1, cli.runs);
+        }
+        let mut report = Report::default();
+        let mut ceilings = Ceilings::default();
+        for &scenario in &scenarios {
+            if remote.is_some() && scenario.needs_local_server() {
+                if !quiet() {
+                    eprintln!("{scenario:?}: skipped (needs a server this run starts)");
+                }
+                continue;
+            }
+            let remote = remote.as_ref();
+            let done = match scenario {
+                Scenario::Baseline => scenarios::baseline(&mut report, &mut ceilings, scale).await,
+                Scenario::Enqueue => scenarios::enqueue(&mut report, &mut ceilings, scale).await,
+                Scenario::Fanout => scenarios::fanout(&mut report, &mut ceilings, scale).await,
+                Scenario::Send => scenarios::send(&mut report, &mut ceilings, scale, remote).await,
+                Scenario::GroupSize => {
+                    scenarios::group_size(&mut report, &mut ceilings, scale, remote).await
+                }
+                Scenario::Federation => scenarios::federation(&mut report, scale).await,
+                Scenario::Connections => scenarios::connections(&mut report, scale).await,
+            };
+            if let Err(e) = done {
+                anyhow::bail!("scenario {scenario:?} failed: {e:#}");
+            }
+        }
+        runs.push(report);
+    }
+    let report = Report::median_of(runs);
+    if cli.runs > 1 && !quiet() {
+        eprintln!("-- median of {} runs", cli.runs);
+        report.print_table();
+    }
+    Ok(report)
+}

@@ -1,0 +1,825 @@
+//! The named scenarios. Each measures the server through the real client library (or the store
+//! directly, for `enqueue` and `fanout`) and records its figures beside a ceiling from the same run.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use roost::client::groups::GroupClient;
+use roost::client::{ClientConfig, Connection};
+use roost::clock::{Clock, SystemClock};
+use roost::protocol::Notification;
+use roost::store::{Admission, Envelope, NewUser, QueueLimits, Store};
+use tokio::sync::Mutex;
+
+use crate::harness::{self, BenchServer, FederatedPair, RawQuicServer};
+use crate::report::{percentile_ms, Better, Report, Series};
+
+/// How much work each scenario does: `--quick` (a smoke test, under a minute in all) or full.
+#[derive(Clone, Copy, Debug)]
+pub struct Scale {
+    pub quick: bool,
+}
+
+impl Scale {
+    fn pick<T>(self, quick: T, full: T) -> T {
+        if self.quick {
+            quick
+        } else {
+            full
+        }
+    }
+}
+
+/// Ceilings measured once per run and shared by the scenarios that compare against them.
+#[derive(Default)]
+pub struct Ceilings {
+    /// Raw redb: batch size -> (values per second, bytes written per value).
+    redb: BTreeMap<usize, (f64, Option<f64>)>,
+    /// Raw quinn: requests in flight -> (requests per second, sorted latencies).
+    quinn: BTreeMap<usize, (f64, Vec<Duration>)>,
+}
+
+impl Ceilings {
+    fn redb(&mut self, batch: usize, scale: Scale) -> anyhow::Result<(f64, Option<f64>)> {
+        if let Some(known) = self.redb.get(&batch) {
+            return Ok(*known);
+        }
+        // Enough values for a few hundred commits, at least.
+        let values = (batch * scale.pick(50, 300)).clamp(scale.pick(200, 1_000), 50_000);
+        let measured = harness::redb_ceiling(batch, values)?;
+        self.redb.insert(batch, measured);
+        Ok(measured)
+    }
+
+    async fn quinn(
+        &mut self,
+        in_flight: usize,
+        scale: Scale,
+    ) -> anyhow::Result<(f64, Vec<Duration>)> {
+        if let Some(known) = self.quinn.get(&in_flight) {
+            return Ok(known.clone());
+        }
+        let server = RawQuicServer::start()?;
+        let connection = Arc::new(Connection::connect(&server.client_config()?).await?);
+        let requests = (in_flight * scale.pick(200, 1_000)).min(scale.pick(5_000, 20_000));
+        let measured = harness::request_rate(requests, in_flight, move || {
+            let connection = connection.clone();
+            async move {
+                // The same steps as the client library's request, without Roost's codec.
+                let (mut send, mut recv) = connection.quic().open_bi().await?;
+                send.write_all(&[0u8; 16]).await?;
+                send.finish()?;
+                recv.read_to_end(64 * 1024).await?;
+                Ok(())
+            }
+        })
+        .await?;
+        server.stop();
+        self.quinn.insert(in_flight, measured.clone());
+        Ok(measured)
+    }
+}
+
+/// `baseline`: this machine's ceilings, and Roost's simplest request beside raw quinn.
+pub async fn baseline(
+    report: &mut Report,
+    ceilings: &mut Ceilings,
+    scale: Scale,
+) -> anyhow::Result<()> {
+    const S: &str = "baseline";
+    for batch in [1, 100] {
+        let (rate, bytes) = ceilings.redb(batch, scale)?;
+        report.figure(
+            S,
+            format!("raw redb, 1 KiB values, {batch} per commit"),
+            rate,
+            "values/s",
+            Better::Higher,
+        );
+        if let Some(bytes) = bytes {
+            report.figure(
+                S,
+                format!("raw redb, bytes written per value, {batch} per commit"),
+                bytes,
+                "B",
+                Better::Lower,
+            );
+        }
+    }
+    const IN_FLIGHT: usize = 64;
+    let (raw_rate, raw_latencies) = ceilings.quinn(IN_FLIGHT, scale).await?;
+    report.figure(
+        S,
+        format!("raw quinn, one stream per request, {IN_FLIGHT} in flight"),
+        raw_rate,
+        "requests/s",
+        Better::Higher,
+    );
+    let (_, single) = ceilings.quinn(1, scale).await?;
+    report.figure(
+        S,
+        "raw quinn, request round trip p50, 1 in flight",
+        percentile_ms(&single, 50),
+        "ms",
+        Better::Lower,
+    );
+
+    let server = BenchServer::start(None).await?;
+    let connection = Arc::new(Connection::connect(&server.client_config).await?);
+    let requests = scale.pick(5_000, 20_000);
+    let (rate, latencies) = harness::request_rate(requests, IN_FLIGHT, move || {
+        let connection = connection.clone();
+        async move { Ok(connection.server_info().await.map(|_| ())?) }
+    })
+    .await?;
+    report.against(
+        S,
+        format!("GetServerInfo over one connection, {IN_FLIGHT} in flight"),
+        rate,
+        "requests/s",
+        Better::Higher,
+        "raw quinn",
+        raw_rate,
+    );
+    report.against(
+        S,
+        format!("GetServerInfo p50, {IN_FLIGHT} in flight"),
+        percentile_ms(&latencies, 50),
+        "ms",
+        Better::Lower,
+        "raw quinn",
+        percentile_ms(&raw_latencies, 50),
+    );
+    server.stop().await;
+    Ok(())
+}
+
+/// Per-client limits that never refuse: the store scenarios measure writing, not admission.
+const UNLIMITED: QueueLimits = QueueLimits::per_client(u64::MAX, u64::MAX);
+
+/// Registers `count` users straight into `store` (one client each); returns their ids.
+async fn store_users(store: &Store, count: usize) -> anyhow::Result<Vec<String>> {
+    let mut users = Vec::with_capacity(count);
+    for i in 0..count {
+        let user_id = format!("user{i}@localhost");
+        let mut key = [0u8; 32];
+        key[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        store
+            .register_user(NewUser {
+                user_id: user_id.clone(),
+                signature_key: key,
+                now: 0,
+                quarantine_secs: 0,
+                invite: None,
+                issue_credential: Box::new(|_| vec![0; 200]),
+            })
+            .await?
+            .map_err(|refused| anyhow::anyhow!("registering {user_id}: {refused:?}"))?;
+        users.push(user_id);
+    }
+    Ok(users)
+}
+
+fn envelope(user_id: &str, payload: &Arc<Vec<u8>>) -> Envelope {
+    Envelope {
+        user_id: user_id.to_owned(),
+        device_id: 1,
+        kind: 0,
+        payload: payload.clone(),
+        admission: Admission::Message,
+    }
+}
+
+/// `enqueue`: many concurrent single-message enqueues through the group-commit writer, beside raw
+/// redb committing the same values in batches of the size the writer reached.
+pub async fn enqueue(
+    report: &mut Report,
+    ceilings: &mut Ceilings,
+    scale: Scale,
+) -> anyhow::Result<()> {
+    const S: &str = "enqueue";
+    const WRITERS: usize = 200;
+    let per_writer = scale.pick(20, 100);
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(dir.path())?;
+    let users = store_users(&store, 200).await?;
+    let payload = Arc::new(vec![0x5a; 1024]);
+    let commits = store.stats().commits();
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|writer| {
+            let store = store.clone();
+            let envelope = envelope(&users[writer % users.len()], &payload);
+            tokio::spawn(async move {
+                for _ in 0..per_writer {
+                    store
+                        .enqueue(vec![envelope.clone()], 0, UNLIMITED)
+                        .await?
+                        .map_err(|full| anyhow::anyhow!("refused: {full:?}"))?;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await??;
+    }
+    let elapsed = start.elapsed();
+    store.close().await;
+    let messages = WRITERS * per_writer;
+    let commits = store.stats().commits() - commits;
+    let rate = messages as f64 / elapsed.as_secs_f64();
+    let per_commit = messages as f64 / commits as f64;
+    let (ceiling, _) = ceilings.redb(per_commit.round().max(1.0) as usize, scale)?;
+    report.figure(
+        S,
+        "messages per commit reached",
+        per_commit,
+        "messages",
+        Better::Higher,
+    );
+    report.against(
+        S,
+        format!("{WRITERS} concurrent writers, 1 KiB messages"),
+        rate,
+        "messages/s",
+        Better::Higher,
+        "raw redb, same batch",
+        ceiling,
+    );
+    Ok(())
+}
+
+/// `fanout`: one message to 1,000 queues in one commit, at three sizes.
+pub async fn fanout(
+    report: &mut Report,
+    ceilings: &mut Ceilings,
+    scale: Scale,
+) -> anyhow::Result<()> {
+    const S: &str = "fanout";
+    const QUEUES: usize = 1_000;
+    let rounds = scale.pick(5, 20);
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(dir.path())?;
+    let users = store_users(&store, QUEUES).await?;
+    let (ceiling_rate, ceiling_bytes) = ceilings.redb(QUEUES, scale)?;
+    for size in [64, 1024, 16 * 1024] {
+        let payload = Arc::new(vec![0xa5; size]);
+        let mut timings = Vec::with_capacity(rounds);
+        let written = harness::bytes_written();
+        for _ in 0..rounds {
+            let envelopes = users.iter().map(|user| envelope(user, &payload)).collect();
+            let start = Instant::now();
+            store
+                .enqueue(envelopes, 0, UNLIMITED)
+                .await?
+                .map_err(|full| anyhow::anyhow!("refused: {full:?}"))?;
+            timings.push(start.elapsed());
+        }
+        let written = harness::bytes_written()
+            .zip(written)
+            .map(|(after, before)| after - before);
+        timings.sort();
+        let per_recipient_us = percentile_ms(&timings, 50) * 1000.0 / QUEUES as f64;
+        report.against(
+            S,
+            format!("{size}-byte message to {QUEUES} queues, per recipient (median)"),
+            per_recipient_us,
+            "µs",
+            Better::Lower,
+            "raw redb 1 KiB, 1,000 per commit",
+            1e6 / ceiling_rate,
+        );
+        if let (Some(written), Some(ceiling)) = (written, ceiling_bytes) {
+            let per_recipient = written as f64 / (rounds * QUEUES) as f64;
+            report.against(
+                S,
+                format!("{size}-byte message, bytes written per recipient"),
+                per_recipient,
+                "B",
+                Better::Lower,
+                "raw redb 1 KiB, 1,000 per commit",
+                ceiling,
+            );
+        }
+    }
+    store.close().await;
+    Ok(())
+}
+
+/// A device that waits on its push stream and records, for each message, how long after its
+/// sender started sending it arrived.
+struct Receiver {
+    latencies: Vec<Duration>,
+}
+
+/// `send`: pairs of devices in 1:1 groups, each sender sending one message after another while
+/// its peer takes them from the push stream and acknowledges them.
+pub async fn send(
+    report: &mut Report,
+    ceilings: &mut Ceilings,
+    scale: Scale,
+    remote: Option<&ClientConfig>,
+) -> anyhow::Result<()> {
+    const S: &str = "send";
+    let pairs = scale.pick(4, 16);
+    let messages = scale.pick(100, 500);
+    let server = BenchServer::start(remote).await?;
+    let config = server.client_config.clone();
+    let run = format!("{:x}", rand::random::<u32>());
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    for pair in 0..pairs {
+        let sender = harness::device(
+            &config,
+            &format!("s{pair}-{run}@{}", config.server_name),
+            false,
+            0,
+        )
+        .await?;
+        let receiver_name = format!("r{pair}-{run}@{}", config.server_name);
+        let mut receiver = harness::device(&config, &receiver_name, true, 2).await?;
+        let keys = sender.connection.domain_keys().await?;
+        let group_id = {
+            let groups = GroupClient::new(&sender.connection, &sender.mls, keys, SystemClock.now());
+            let group_id = groups.create_group().await?;
+            groups.invite(&group_id, &receiver_name).await?;
+            group_id
+        };
+        // The Welcome is waiting: take it off the queue so only the measured messages remain.
+        let waiting = receiver.connection.fetch_messages(0, 100, 1 << 20).await?;
+        if let Some(last) = waiting.messages.last() {
+            receiver.connection.ack_messages(last.seq).await?;
+        }
+        let push = receiver.push.take().context("no push stream")?;
+        senders.push((sender, group_id));
+        receivers.push((receiver.connection, push));
+    }
+    // Send start times per pair, in order: receivers match the n-th arrival to the n-th start.
+    let starts: Vec<Arc<Mutex<Vec<Instant>>>> = (0..pairs).map(|_| Default::default()).collect();
+    let receiving: Vec<_> = receivers
+        .into_iter()
+        .zip(starts.iter().cloned())
+        .map(|((connection, mut push), starts)| {
+            tokio::spawn(async move {
+                let mut receiver = Receiver {
+                    latencies: Vec::with_capacity(messages),
+                };
+                let mut first_seq = None;
+                while receiver.latencies.len() < messages {
+                    let Some(notification) = push.next().await else {
+                        anyhow::bail!("the push stream ended");
+                    };
+                    let Notification::NewMessages(hint) = notification? else {
+                        continue;
+                    };
+                    let arrived = Instant::now();
+                    let first = *first_seq.get_or_insert(
+                        hint.latest_seq
+                            .saturating_sub(hint.messages.len().max(1) as u64 - 1),
+                    );
+                    let received = (hint.latest_seq + 1 - first) as usize;
+                    let starts = starts.lock().await;
+                    while receiver.latencies.len() < received.min(starts.len()) {
+                        receiver
+                            .latencies
+                            .push(arrived - starts[receiver.latencies.len()]);
+                    }
+                    drop(starts);
+                    connection.ack_messages(hint.latest_seq).await?;
+                }
+                anyhow::Ok(receiver)
+            })
+        })
+        .collect();
+    let written = server.local().and(harness::bytes_written());
+    let start = Instant::now();
+    let sending: Vec<_> = senders
+        .into_iter()
+        .zip(starts)
+        .map(|((sender, group_id), starts)| {
+            tokio::spawn(async move {
+                let keys = sender.connection.domain_keys().await?;
+                let groups =
+                    GroupClient::new(&sender.connection, &sender.mls, keys, SystemClock.now());
+                for i in 0..messages {
+                    starts.lock().await.push(Instant::now());
+                    groups
+                        .send(&group_id, format!("message {i}").as_bytes())
+                        .await?;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for task in sending {
+        task.await??;
+    }
+    let elapsed = start.elapsed();
+    let written = harness::bytes_written()
+        .zip(written)
+        .map(|(after, before)| after - before);
+    let mut latencies = Vec::new();
+    for task in receiving {
+        let receiver = tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .context("receivers did not get every message within 30 s")???;
+        latencies.extend(receiver.latencies);
+    }
+    latencies.sort();
+    let total = pairs * messages;
+    let rate = total as f64 / elapsed.as_secs_f64();
+    let (quinn_rate, _) = ceilings.quinn(pairs, scale).await?;
+    let (_, quinn_single) = ceilings.quinn(1, scale).await?;
+    report.against(
+        S,
+        format!("{pairs} senders in 1:1 groups, acknowledged messages"),
+        rate,
+        "messages/s",
+        Better::Higher,
+        format!("raw quinn, {pairs} in flight"),
+        quinn_rate,
+    );
+    report.against(
+        S,
+        "send -> push latency p50",
+        percentile_ms(&latencies, 50),
+        "ms",
+        Better::Lower,
+        "raw quinn round trip",
+        percentile_ms(&quinn_single, 50),
+    );
+    report.against(
+        S,
+        "send -> push latency p99",
+        percentile_ms(&latencies, 99),
+        "ms",
+        Better::Lower,
+        "raw quinn round trip",
+        percentile_ms(&quinn_single, 99),
+    );
+    if let Some(written) = written {
+        let (_, ceiling) = ceilings.redb(pairs, scale)?;
+        let per_message = written as f64 / total as f64;
+        match ceiling {
+            Some(ceiling) => report.against(
+                S,
+                "bytes written per message, concurrent senders",
+                per_message,
+                "B",
+                Better::Lower,
+                format!("raw redb 1 KiB, {pairs} per commit"),
+                ceiling,
+            ),
+            None => report.figure(
+                S,
+                "bytes written per message, concurrent senders",
+                per_message,
+                "B",
+                Better::Lower,
+            ),
+        }
+    }
+    server.stop().await;
+    Ok(())
+}
+
+/// Figures of one group size, kept to compare the larger sizes against the smallest.
+#[derive(Clone, Copy)]
+struct GroupFigures {
+    send_p50: f64,
+    add_ms: f64,
+}
+
+/// `group-size`: one member sends to groups of growing size; the others are offline devices.
+pub async fn group_size(
+    report: &mut Report,
+    ceilings: &mut Ceilings,
+    scale: Scale,
+    remote: Option<&ClientConfig>,
+) -> anyhow::Result<()> {
+    const S: &str = "group-size";
+    let sizes: &[usize] = scale.pick(&[2, 100], &[2, 100, 1_000, 10_000]);
+    let mut smallest: Option<GroupFigures> = None;
+    for &size in sizes {
+        match group_of(report, ceilings, scale, remote, size, smallest).await {
+            Ok(figures) => {
+                smallest.get_or_insert(figures);
+            }
+            Err(e) => report.failed(S, format!("{size} members"), format!("{e:#}")),
+        }
+    }
+    Ok(())
+}
+
+async fn group_of(
+    report: &mut Report,
+    ceilings: &mut Ceilings,
+    scale: Scale,
+    remote: Option<&ClientConfig>,
+    size: usize,
+    smallest: Option<GroupFigures>,
+) -> anyhow::Result<GroupFigures> {
+    const S: &str = "group-size";
+    const ADDS_PER_COMMIT: usize = 100;
+    let messages = scale.pick(100, 300);
+    let server = BenchServer::start(remote).await?;
+    let config = server.client_config.clone();
+    let run = format!("{:x}", rand::random::<u32>());
+    let domain = config.server_name.clone();
+    let sender = harness::device(&config, &format!("sender-{run}@{domain}"), false, 0).await?;
+    // The members, and one more to measure an add commit at this size.
+    let names: Vec<String> = (0..size).map(|i| format!("m{i}-{run}@{domain}")).collect();
+    harness::offline_members(&config, &names).await?;
+    let keys = sender.connection.domain_keys().await?;
+    let groups = GroupClient::new(&sender.connection, &sender.mls, keys, SystemClock.now());
+    let group_id = groups.create_group().await?;
+    let filling = Instant::now();
+    let (members, extra) = names.split_at(size - 1);
+    let mut added = 1;
+    for batch in members.chunks(ADDS_PER_COMMIT) {
+        let batch: Vec<&str> = batch.iter().map(String::as_str).collect();
+        groups
+            .invite_many(&group_id, &batch)
+            .await
+            .with_context(|| format!("adding members beyond {added}"))?;
+        added += batch.len();
+    }
+    report.figure(
+        S,
+        format!("{size} members: filled ({ADDS_PER_COMMIT} adds per commit)"),
+        filling.elapsed().as_secs_f64(),
+        "s",
+        Better::Lower,
+    );
+
+    let mut latencies = Vec::with_capacity(messages);
+    let written = server.local().and(harness::bytes_written());
+    for i in 0..messages {
+        let start = Instant::now();
+        groups
+            .send(&group_id, format!("message {i}").as_bytes())
+            .await?;
+        latencies.push(start.elapsed());
+    }
+    let written = harness::bytes_written()
+        .zip(written)
+        .map(|(after, before)| after - before);
+    latencies.sort();
+    let send_p50 = percentile_ms(&latencies, 50);
+
+    // The last name joins now: one add commit to a group of `size - 1`.
+    let start = Instant::now();
+    groups
+        .invite(&group_id, &extra[0])
+        .await
+        .context("the measured add")?;
+    let add_ms = start.elapsed().as_secs_f64() * 1000.0;
+
+    let this = GroupFigures { send_p50, add_ms };
+    let base = smallest.unwrap_or(this);
+    report.against(
+        S,
+        format!("{size} members: send p50, one sender"),
+        send_p50,
+        "ms",
+        Better::Lower,
+        "2 members",
+        base.send_p50,
+    );
+    report.figure(
+        S,
+        format!("{size} members: send p99, one sender"),
+        percentile_ms(&latencies, 99),
+        "ms",
+        Better::Lower,
+    );
+    report.against(
+        S,
+        format!("{size} members: add commit"),
+        add_ms,
+        "ms",
+        Better::Lower,
+        "2 members",
+        base.add_ms,
+    );
+    if let Some(written) = written {
+        let (_, ceiling) = ceilings.redb(1, scale)?;
+        let per_message = written as f64 / messages as f64;
+        match ceiling {
+            Some(ceiling) => report.against(
+                S,
+                format!("{size} members: bytes written per message, one per commit"),
+                per_message,
+                "B",
+                Better::Lower,
+                "raw redb 1 KiB, 1 per commit",
+                ceiling,
+            ),
+            None => report.figure(
+                S,
+                format!("{size} members: bytes written per message, one per commit"),
+                per_message,
+                "B",
+                Better::Lower,
+            ),
+        }
+    }
+    server.stop().await;
+    Ok(this)
+}
+
+/// `federation`: senders at a.example in groups with members at b.example, sending without pause;
+/// how fast the hub accepts, how fast b.example receives, and the hub's outbox backlog over time.
+pub async fn federation(report: &mut Report, scale: Scale) -> anyhow::Result<()> {
+    const S: &str = "federation";
+    let pairs = scale.pick(2, 8);
+    let sending_for = Duration::from_secs(scale.pick(4, 20));
+    let pair = FederatedPair::start().await?;
+    let mut senders = Vec::new();
+    let mut receiving = Vec::new();
+    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    for i in 0..pairs {
+        let sender =
+            harness::device(&pair.a_client, &format!("alice{i}@a.example"), false, 0).await?;
+        let bob = format!("bob{i}@b.example");
+        let mut receiver = harness::device(&pair.b_client, &bob, true, 2).await?;
+        let keys = sender.connection.domain_keys().await?;
+        let group_id = {
+            let groups = GroupClient::new(&sender.connection, &sender.mls, keys, SystemClock.now());
+            let group_id = groups.create_group().await?;
+            groups.invite(&group_id, &bob).await?;
+            group_id
+        };
+        let mut push = receiver.push.take().context("no push stream")?;
+        let received = received.clone();
+        receiving.push(tokio::spawn(async move {
+            let mut acked = 0;
+            while let Some(notification) = push.next().await {
+                let Ok(Notification::NewMessages(hint)) = notification else {
+                    continue;
+                };
+                if hint.latest_seq > acked {
+                    received.fetch_add(
+                        hint.latest_seq - acked,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                    acked = hint.latest_seq;
+                    let _ = receiver.connection.ack_messages(acked).await;
+                }
+            }
+        }));
+        senders.push((sender, group_id));
+    }
+    // Everything before the measured traffic (Welcomes) is not counted.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let counted_from = received.load(std::sync::atomic::Ordering::Relaxed);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let start = Instant::now();
+    let sending: Vec<_> = senders
+        .into_iter()
+        .map(|(sender, group_id)| {
+            let (stop, accepted) = (stop.clone(), accepted.clone());
+            tokio::spawn(async move {
+                let keys = sender.connection.domain_keys().await?;
+                let groups =
+                    GroupClient::new(&sender.connection, &sender.mls, keys, SystemClock.now());
+                let mut i = 0u64;
+                while !stop.is_cancelled() {
+                    groups
+                        .send(&group_id, format!("message {i}").as_bytes())
+                        .await?;
+                    accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    i += 1;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    let mut backlog = Vec::new();
+    let store = pair.a.store().clone();
+    let outbox = || async {
+        let backlog = store.outbox_backlog().await?;
+        anyhow::Ok(backlog.iter().map(|(_, waiting)| *waiting).sum::<u64>())
+    };
+    while start.elapsed() < sending_for {
+        backlog.push((start.elapsed().as_secs_f64(), outbox().await? as f64));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    stop.cancel();
+    for task in sending {
+        task.await??;
+    }
+    let sent_for = start.elapsed();
+    let accepted = accepted.load(std::sync::atomic::Ordering::Relaxed);
+    let delivered_while_sending =
+        received.load(std::sync::atomic::Ordering::Relaxed) - counted_from;
+    let backlog_at_stop = outbox().await?;
+    // How long the hub needs to catch up once the senders stop.
+    let draining = Instant::now();
+    while received.load(std::sync::atomic::Ordering::Relaxed) - counted_from < accepted {
+        if draining.elapsed() > Duration::from_secs(120) {
+            anyhow::bail!(
+                "b.example did not receive every message within 120 s of the senders stopping"
+            );
+        }
+        backlog.push((start.elapsed().as_secs_f64(), outbox().await? as f64));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let drained_in = draining.elapsed();
+    let accept_rate = accepted as f64 / sent_for.as_secs_f64();
+    let delivery_rate = delivered_while_sending as f64 / sent_for.as_secs_f64();
+    report.figure(
+        S,
+        format!("{pairs} senders at the hub, accepted messages"),
+        accept_rate,
+        "messages/s",
+        Better::Higher,
+    );
+    report.against(
+        S,
+        "received at the peer while sending",
+        delivery_rate,
+        "messages/s",
+        Better::Higher,
+        "accepted at the hub",
+        accept_rate,
+    );
+    report.figure(
+        S,
+        "hub outbox backlog when the senders stopped",
+        backlog_at_stop as f64,
+        "deliveries",
+        Better::Lower,
+    );
+    report.figure(
+        S,
+        "time to drain after the senders stopped",
+        drained_in.as_secs_f64(),
+        "s",
+        Better::Lower,
+    );
+    report.series(Series {
+        scenario: S,
+        name: "hub outbox backlog".into(),
+        unit: "deliveries",
+        points: backlog,
+    });
+    for task in receiving {
+        task.abort();
+    }
+    pair.stop().await;
+    Ok(())
+}
+
+/// `connections`: resident memory per idle authenticated connection of a server in a child
+/// process, beside a raw quinn server holding as many idle connections.
+pub async fn connections(report: &mut Report, scale: Scale) -> anyhow::Result<()> {
+    const S: &str = "connections";
+    let count = scale.pick(200, 2_000);
+    let roost = crate::child::Child::spawn(crate::child::Kind::Roost)?;
+    let config = roost.client_config()?;
+    let mut held = Vec::with_capacity(count);
+    // A few first, so that what every server allocates once is in the baseline.
+    for i in 0..10 {
+        held.push(harness::device(&config, &format!("warm{i}@localhost"), true, 0).await?);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = harness::resident_bytes(roost.pid())?;
+    for i in 0..count {
+        held.push(harness::device(&config, &format!("idle{i}@localhost"), true, 0).await?);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let per_connection =
+        (harness::resident_bytes(roost.pid())?.saturating_sub(before)) as f64 / count as f64;
+    drop(held);
+
+    let raw = crate::child::Child::spawn(crate::child::Kind::RawQuic)?;
+    let raw_config = raw.client_config()?;
+    let mut held = Vec::with_capacity(count);
+    for _ in 0..10 {
+        held.push(Connection::connect(&raw_config).await?);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = harness::resident_bytes(raw.pid())?;
+    for _ in 0..count {
+        held.push(Connection::connect(&raw_config).await?);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let raw_per_connection =
+        (harness::resident_bytes(raw.pid())?.saturating_sub(before)) as f64 / count as f64;
+    drop(held);
+    report.against(
+        S,
+        format!("server memory per idle authenticated connection ({count})"),
+        per_connection / 1024.0,
+        "KiB",
+        Better::Lower,
+        "raw quinn idle connection",
+        raw_per_connection / 1024.0,
+    );
+    Ok(())
+}
