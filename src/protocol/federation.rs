@@ -60,6 +60,24 @@ pub struct DeliverRequest {
     pub items: Vec<DeliveryItem>,
 }
 
+/// Several deliveries in outbox order, stored by the receiver in that order in one disk commit.
+#[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
+pub struct DeliverBatchRequest {
+    pub deliveries: Vec<DeliverRequest>,
+}
+
+/// The receiver's answer to a [`DeliverBatchRequest`]: the first `accepted` deliveries are stored
+/// (or were stored before); with `refusal`, the next one was refused for that reason and none
+/// after it was looked at.
+#[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
+pub struct DeliveredBatch {
+    pub accepted: u32,
+    pub refusal: Option<ErrorResponse>,
+}
+
+/// Deliveries sent in one `DeliverBatch` at most.
+pub const MAX_DELIVERIES_PER_BATCH: usize = 256;
+
 /// A group operation of a client of the requesting homeserver, for a group hosted here.
 #[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
 pub struct RelayedGroupRequest {
@@ -104,6 +122,7 @@ pub enum FederationOperation {
     Deliver = 5,
     RelayGroupRequest = 6,
     ClientsDeparted = 7,
+    DeliverBatch = 8,
 }
 
 impl FederationOperation {
@@ -115,6 +134,7 @@ impl FederationOperation {
         Self::Deliver,
         Self::RelayGroupRequest,
         Self::ClientsDeparted,
+        Self::DeliverBatch,
     ];
 
     pub fn from_u16(value: u16) -> Option<Self> {
@@ -147,6 +167,9 @@ pub enum FederationRequest {
     /// Clients of the requesting homeserver that no longer exist (removed, or user deleted).
     #[tls_codec(discriminant = 7)]
     ClientsDeparted(ClientsDepartedRequest),
+    /// Several deliveries, in order (how a hub drains its outbox).
+    #[tls_codec(discriminant = 8)]
+    DeliverBatch(DeliverBatchRequest),
 }
 
 /// A successful federation response body, tagged with its request's operation code.
@@ -168,6 +191,8 @@ pub enum FederationResponseBody {
     GroupResponse(ResponseBody),
     #[tls_codec(discriminant = 7)]
     DeparturesNoted,
+    #[tls_codec(discriminant = 8)]
+    DeliveredBatch(DeliveredBatch),
 }
 
 /// A federation response: a body, or an error.
@@ -256,6 +281,13 @@ mod tests {
             FederationRequest::ClientsDeparted(ClientsDepartedRequest {
                 clients: vec![client()],
             }),
+            FederationRequest::DeliverBatch(DeliverBatchRequest {
+                deliveries: vec![DeliverRequest {
+                    delivery_id: vec![1; 16].into(),
+                    group_id: vec![2; 16].into(),
+                    items: Vec::new(),
+                }],
+            }),
         ];
         for request in requests {
             let bytes = encode_federation_request(&request).unwrap();
@@ -264,6 +296,25 @@ mod tests {
         // A relayed ListGroups carries the client operation code 20 and an empty body.
         let bytes = encode_federation_request(&relayed(GroupRequest::ListGroups)).unwrap();
         assert_eq!(&bytes[bytes.len() - 2..], &20u16.to_be_bytes());
+    }
+
+    #[test]
+    fn batch_answers_round_trip_with_and_without_a_refusal() {
+        for refusal in [
+            None,
+            Some(ErrorResponse::new(
+                super::super::ErrorCode::QueueFull,
+                "full",
+            )),
+        ] {
+            let response =
+                FederationResponse::Ok(FederationResponseBody::DeliveredBatch(DeliveredBatch {
+                    accepted: 3,
+                    refusal,
+                }));
+            let bytes = encode_federation_response(&response).unwrap();
+            assert_eq!(decode_federation_response(&bytes).unwrap(), response);
+        }
     }
 
     #[test]

@@ -37,10 +37,10 @@ pub use credential::{
 pub use error::{DecodeError, ErrorCode, ErrorResponse, Retry};
 pub use federation::{
     decode_federation_request, decode_federation_response, encode_federation_request,
-    encode_federation_response, ClientsDepartedRequest, DeliverRequest, DeliveryItem,
-    DomainKeysBody, FederatedClaimRequest, FederationOperation, FederationRequest,
-    FederationResponse, FederationResponseBody, GetDomainKeysRequest, GroupRequest,
-    IdentifyRequest, RelayedGroupRequest,
+    encode_federation_response, ClientsDepartedRequest, DeliverBatchRequest, DeliverRequest,
+    DeliveredBatch, DeliveryItem, DomainKeysBody, FederatedClaimRequest, FederationOperation,
+    FederationRequest, FederationResponse, FederationResponseBody, GetDomainKeysRequest,
+    GroupRequest, IdentifyRequest, RelayedGroupRequest, MAX_DELIVERIES_PER_BATCH,
 };
 pub use groups::{
     CreateGroupRequest, DeleteGroupRequest, GetGroupRequest, GroupDeleted, GroupEpoch, GroupList,

@@ -14,9 +14,10 @@ use tokio_util::sync::CancellationToken;
 use super::ServiceError;
 use crate::config::{Domain, FederationConfig};
 use crate::protocol::{
-    decode_federation_response, encode_federation_request, CredentialVerifyingKey, DeliverRequest,
-    FederationRequest, FederationResponse, FederationResponseBody, IdentifyRequest,
-    ALPN_FEDERATION, MAX_RESPONSE_LEN,
+    decode_federation_response, encode_federation_request, CredentialVerifyingKey,
+    DeliverBatchRequest, DeliverRequest, FederationRequest, FederationResponse,
+    FederationResponseBody, IdentifyRequest, ALPN_FEDERATION, MAX_DELIVERIES_PER_BATCH,
+    MAX_REQUEST_LEN, MAX_RESPONSE_LEN,
 };
 use crate::store::Store;
 use crate::tls::{self, TlsIdentity};
@@ -27,6 +28,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often an idle peer connection proves it is alive.
 const PEER_KEEP_ALIVE: Duration = Duration::from_millis(500);
+/// Delivery bytes sent in one batch at most, leaving room in the request limit for framing.
+const MAX_BATCH_BYTES: usize = MAX_REQUEST_LEN - 64 * 1024;
 /// How long a request to a peer may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -316,33 +319,80 @@ impl Federation {
         }
     }
 
-    /// Sends everything waiting for `peer`, in order, removing each once acknowledged.
+    /// Sends everything waiting for `peer`, in order, in batches (`DeliverBatch`: one round trip
+    /// and one commit on each side for up to `MAX_DELIVERIES_PER_BATCH` deliveries), removing
+    /// what the peer acknowledged. A peer that does not know batches gets one `Deliver` each.
     async fn drain_peer(&self, store: &Store, peer: &str) -> Result<(), ServiceError> {
-        while let Some((seq, bytes)) = store.outbox_next(peer).await? {
-            let delivery =
-                DeliverRequest::tls_deserialize_exact(bytes.as_slice()).map_err(|e| {
-                    ServiceError::Store(crate::store::StoreError::Corrupt(e.to_string()))
-                })?;
-            match self
-                .request(peer, &FederationRequest::Deliver(delivery))
-                .await
-            {
-                Ok(FederationResponseBody::Delivered) => {}
+        let mut batches = true;
+        loop {
+            let max_count = if batches { MAX_DELIVERIES_PER_BATCH } else { 1 };
+            let waiting = store.outbox_first(peer, max_count, MAX_BATCH_BYTES).await?;
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            let mut deliveries = Vec::with_capacity(waiting.len());
+            for (_, bytes) in &waiting {
+                deliveries.push(
+                    DeliverRequest::tls_deserialize_exact(bytes.as_slice()).map_err(|e| {
+                        ServiceError::Store(crate::store::StoreError::Corrupt(e.to_string()))
+                    })?,
+                );
+            }
+            let (accepted, refusal) = if batches {
+                let batch = FederationRequest::DeliverBatch(DeliverBatchRequest { deliveries });
+                match self.request(peer, &batch).await {
+                    Ok(FederationResponseBody::DeliveredBatch(answer)) => {
+                        (answer.accepted as usize, answer.refusal)
+                    }
+                    Err(ServiceError::Peer(refusal))
+                        if refusal.code() == crate::protocol::ErrorCode::UnknownOperation =>
+                    {
+                        tracing::info!(%peer, "the peer does not take delivery batches; sending one delivery at a time");
+                        batches = false;
+                        continue;
+                    }
+                    Ok(other) => {
+                        return Err(ServiceError::PeerUnavailable(format!("answered {other:?}")))
+                    }
+                    Err(e) => return Err(e),
+                }
+            } else {
+                let delivery = deliveries.into_iter().next().expect("one delivery waits");
+                match self
+                    .request(peer, &FederationRequest::Deliver(delivery))
+                    .await
+                {
+                    Ok(FederationResponseBody::Delivered) => (1, None),
+                    Err(ServiceError::Peer(refusal)) => (0, Some(refusal)),
+                    Ok(other) => {
+                        return Err(ServiceError::PeerUnavailable(format!("answered {other:?}")))
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            if accepted > waiting.len() || (accepted < waiting.len() && refusal.is_none()) {
+                return Err(ServiceError::PeerUnavailable(format!(
+                    "accepted {accepted} of a batch of {} without saying why not the rest",
+                    waiting.len()
+                )));
+            }
+            let mut done: Vec<u64> = waiting[..accepted].iter().map(|(seq, _)| *seq).collect();
+            let mut retry_later = None;
+            if let Some(refusal) = refusal {
                 // Refused for good by the specification's classification (not a transient
                 // failure, nor a full queue the peer wants us to keep it for): drop it, loudly.
-                Err(ServiceError::Peer(refusal))
-                    if refusal.code().retry() == crate::protocol::Retry::Never =>
-                {
+                if refusal.code().retry() == crate::protocol::Retry::Never {
                     tracing::error!(%peer, refusal = %crate::escape::Escaped(&refusal), "a peer refused a delivery for good; dropping it");
+                    done.push(waiting[accepted].0);
+                } else {
+                    retry_later = Some(ServiceError::Peer(refusal));
                 }
-                Ok(other) => {
-                    return Err(ServiceError::PeerUnavailable(format!("answered {other:?}")));
-                }
-                Err(e) => return Err(e),
             }
-            store.outbox_done(peer, seq).await?;
+            store.outbox_done(peer, done).await?;
+            if let Some(refusal) = retry_later {
+                return Err(refusal);
+            }
         }
-        Ok(())
     }
 
     /// Closes the connections to peers (on shutdown).

@@ -11,6 +11,7 @@ mod groups;
 pub mod invites;
 mod key_packages;
 mod queues;
+mod wire_error;
 
 use std::sync::Arc;
 
@@ -23,6 +24,7 @@ pub use key_packages::{
     validate_key_package, KeyPackageRejection, KeyPackages, MAX_KEY_PACKAGE_LIFETIME,
 };
 pub use queues::{Delivery, Queues};
+pub use wire_error::wire_error;
 
 use crate::clock::UnixTime;
 use crate::config::{ServerConfig, ServerLimits};
@@ -31,8 +33,9 @@ use crate::protocol::{
     CHANNEL_BINDING_LEN, PROTOCOL_VERSION,
 };
 use crate::protocol::{
-    ClientsDepartedRequest, DomainKeysBody, FederatedClaimRequest, FederationRequest,
-    FederationResponseBody, GroupRequest, RelayedGroupRequest,
+    ClientsDepartedRequest, DeliveredBatch, DomainKeysBody, FederatedClaimRequest,
+    FederationRequest, FederationResponseBody, GroupRequest, RelayedGroupRequest,
+    MAX_DELIVERIES_PER_BATCH,
 };
 use crate::store::{Store, StoreError};
 use invites::InviteError;
@@ -369,10 +372,29 @@ impl Services {
                 )
             }
             FederationRequest::Deliver(delivery) => {
-                self.queues
-                    .receive_delivery(peer, self.domain.as_str(), delivery)
+                let (_, refusal) = self
+                    .queues
+                    .receive_deliveries(peer, self.domain.as_str(), vec![delivery])
                     .await?;
+                if let Some(refusal) = refusal {
+                    return Err(refusal);
+                }
                 FederationResponseBody::Delivered
+            }
+            FederationRequest::DeliverBatch(batch) => {
+                if batch.deliveries.len() > MAX_DELIVERIES_PER_BATCH {
+                    return Err(ServiceError::PeerRefused(format!(
+                        "a batch carries at most {MAX_DELIVERIES_PER_BATCH} deliveries"
+                    )));
+                }
+                let (accepted, refusal) = self
+                    .queues
+                    .receive_deliveries(peer, self.domain.as_str(), batch.deliveries)
+                    .await?;
+                FederationResponseBody::DeliveredBatch(DeliveredBatch {
+                    accepted: accepted as u32,
+                    refusal: refusal.map(wire_error),
+                })
             }
             FederationRequest::RelayGroupRequest(relayed) => {
                 let sender = &relayed.sender;

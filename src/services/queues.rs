@@ -15,7 +15,9 @@ use crate::protocol::{
     MessageKind, MessagesExpired, QueuedMessage, ServerNotice, Text, MAX_FETCH_COUNT,
     MAX_RESPONSE_LEN,
 };
-use crate::store::{Admission, DeliveryRefusal, Enqueued, Envelope, QueueLimits, Store};
+use crate::store::{
+    Admission, DeliveryRefusal, Enqueued, Envelope, IncomingDelivery, QueueLimits, Store,
+};
 
 /// Length of a delivery id (federation.md): what the receiver keeps per delivery to dedupe.
 pub const DELIVERY_ID_LEN: usize = 16;
@@ -128,117 +130,72 @@ impl Queues {
             .map_or(Enqueued::UnknownClient, |(_, outcome)| *outcome))
     }
 
-    /// Stores a delivery from the homeserver of `peer` exactly once (a retried delivery id is
-    /// acknowledged and ignored), and tells the connected recipients. Every recipient must be a
-    /// client of this server (`local_domain`).
-    pub async fn receive_delivery(
+    /// Stores deliveries from the homeserver of `peer` in order, each exactly once (a retried
+    /// delivery id is acknowledged and ignored), in one commit, and tells the connected
+    /// recipients. Stops at the first delivery it refuses: returns how many before it were
+    /// stored (or had been) and why it refused that one. Every recipient must be a client of
+    /// this server (`local_domain`).
+    pub async fn receive_deliveries(
         &self,
         peer: &str,
         local_domain: &str,
-        delivery: DeliverRequest,
-    ) -> Result<(), ServiceError> {
-        if delivery.delivery_id.as_slice().len() != DELIVERY_ID_LEN {
-            return Err(ServiceError::PeerRefused(format!(
-                "a delivery id is {DELIVERY_ID_LEN} bytes"
-            )));
-        }
-        // A group's hub is the server its id names: a peer delivers only for groups it hosts.
-        let group_id = delivery.group_id.as_slice();
-        if crate::identity::group_hub(group_id)
-            .as_ref()
-            .map(|hub| hub.as_str())
-            != Some(peer)
-        {
-            return Err(ServiceError::PeerRefused(format!(
-                "{peer} does not host the group the delivery names"
-            )));
-        }
-        let mut envelopes = Vec::new();
-        for item in &delivery.items {
-            if item.kind == MessageKind::Mls
-                && mls_group_id(item.payload.as_slice()).as_deref() != Some(group_id)
-            {
-                return Err(ServiceError::PeerRefused(
-                    "a delivered MLS message is not for the delivery's group".into(),
-                ));
-            }
-            let payload = Arc::new(item.payload.as_slice().to_vec());
-            for recipient in &item.recipients {
-                let domain = recipient.user_id.as_str().rsplit_once('@').map(|(_, d)| d);
-                if domain != Some(local_domain) {
-                    return Err(ServiceError::PeerRefused(format!(
-                        "{recipient} is not a client of this homeserver"
-                    )));
+        deliveries: Vec<DeliverRequest>,
+    ) -> Result<(usize, Option<ServiceError>), ServiceError> {
+        let mut checked = Vec::with_capacity(deliveries.len());
+        let mut invalid = None;
+        for delivery in &deliveries {
+            match incoming_delivery(peer, local_domain, delivery) {
+                Ok(incoming) => checked.push(incoming),
+                Err(e) => {
+                    invalid = Some(e);
+                    break;
                 }
-                // An application message for a full queue waits in the hub's outbox.
-                let admission = match admission(item.kind, &payload) {
-                    Admission::Message => Admission::MessageOrRefuseAll,
-                    other => other,
-                };
-                envelopes.push(Envelope {
-                    user_id: recipient.user_id.as_str().to_owned(),
-                    device_id: recipient.device_id,
-                    kind: item.kind as u8,
-                    admission,
-                    payload: payload.clone(),
-                });
             }
         }
-        // The hub telling of the group's deletion: its route goes with it.
-        let group_deleted = delivery.items.iter().any(|item| {
-            item.kind == MessageKind::ServerNotice
-                && matches!(
-                    ServerNotice::tls_deserialize_exact(item.payload.as_slice()),
-                    Ok(ServerNotice::GroupDeleted(deleted)) if deleted.group_id.as_slice() == group_id
-                )
-        });
         let now_ms = self.clock.now_ms();
-        let outcomes = self
+        let (stored, refusal) = self
             .store
-            .receive_delivery(
-                peer,
-                delivery.delivery_id.as_slice(),
-                group_id,
-                group_deleted,
-                envelopes.clone(),
-                now_ms,
-                self.limits(),
-            )
-            .await?
-            .map_err(|refusal| match refusal {
-                // A group has one hub: a second peer claiming it is refused.
-                DeliveryRefusal::OtherHub(hub) => {
-                    ServiceError::PeerRefused(format!("that group is hosted by {hub}, not {peer}"))
-                }
-                DeliveryRefusal::HostedHere => {
-                    ServiceError::PeerRefused("that group is hosted here".into())
-                }
-                DeliveryRefusal::QueueFull(full) => ServiceError::QueueFull {
-                    full: full
-                        .iter()
-                        .map(|(user, device)| client_id(user, *device))
-                        .collect(),
-                },
-            })?;
-        // `None`: a repeated delivery, queued the first time.
-        let outcomes = outcomes.unwrap_or_default();
-        // One line per delivery, not per recipient: a peer naming 20,000 unknown clients must
-        // not write 20,000 lines (and what it named is escaped).
-        let mut not_queued = envelopes.iter().zip(&outcomes).filter(|(_, outcome)| {
-            !matches!(outcome, Enqueued::Queued { .. } | Enqueued::Coalesced)
-        });
-        if let Some((first, outcome)) = not_queued.next() {
-            let first = format!("{}/{}", first.user_id, first.device_id);
-            tracing::warn!(
-                peer = %Escaped(peer),
-                not_queued = 1 + not_queued.count(),
-                first = %Escaped(&first),
-                ?outcome,
-                "a delivery named recipients that are not clients here"
-            );
+            .receive_deliveries(peer, checked.clone(), now_ms, self.limits())
+            .await?;
+        for (incoming, outcomes) in checked.iter().zip(&stored) {
+            // `None`: a repeated delivery, queued the first time.
+            let Some(outcomes) = outcomes else {
+                continue;
+            };
+            let envelopes = &incoming.envelopes;
+            // One line per delivery, not per recipient: a peer naming 20,000 unknown clients
+            // must not write 20,000 lines (and what it named is escaped).
+            let mut not_queued = envelopes.iter().zip(outcomes).filter(|(_, outcome)| {
+                !matches!(outcome, Enqueued::Queued { .. } | Enqueued::Coalesced)
+            });
+            if let Some((first, outcome)) = not_queued.next() {
+                let first = format!("{}/{}", first.user_id, first.device_id);
+                tracing::warn!(
+                    peer = %Escaped(peer),
+                    not_queued = 1 + not_queued.count(),
+                    first = %Escaped(&first),
+                    ?outcome,
+                    "a delivery named recipients that are not clients here"
+                );
+            }
+            super::announce_queued(&*self.sessions, envelopes, outcomes, now_ms);
         }
-        super::announce_queued(&*self.sessions, &envelopes, &outcomes, now_ms);
-        Ok(())
+        let refusal = refusal.map(|refusal| match refusal {
+            // A group has one hub: a second peer claiming it is refused.
+            DeliveryRefusal::OtherHub(hub) => {
+                ServiceError::PeerRefused(format!("that group is hosted by {hub}, not {peer}"))
+            }
+            DeliveryRefusal::HostedHere => {
+                ServiceError::PeerRefused("that group is hosted here".into())
+            }
+            DeliveryRefusal::QueueFull(full) => ServiceError::QueueFull {
+                full: full
+                    .iter()
+                    .map(|(user, device)| client_id(user, *device))
+                    .collect(),
+            },
+        });
+        Ok((stored.len(), refusal.or(invalid)))
     }
 
     pub async fn fetch(
@@ -401,6 +358,76 @@ pub(super) fn queue_limits(policy: &QueuePolicy) -> QueueLimits {
         max_user_bytes: policy.max_bytes_per_user,
         max_server_bytes: policy.max_bytes_total,
     }
+}
+
+/// Checks a delivery from `peer` against what a peer may deliver here, and turns it into
+/// envelopes for its recipients.
+fn incoming_delivery(
+    peer: &str,
+    local_domain: &str,
+    delivery: &DeliverRequest,
+) -> Result<IncomingDelivery, ServiceError> {
+    if delivery.delivery_id.as_slice().len() != DELIVERY_ID_LEN {
+        return Err(ServiceError::PeerRefused(format!(
+            "a delivery id is {DELIVERY_ID_LEN} bytes"
+        )));
+    }
+    // A group's hub is the server its id names: a peer delivers only for groups it hosts.
+    let group_id = delivery.group_id.as_slice();
+    if crate::identity::group_hub(group_id)
+        .as_ref()
+        .map(|hub| hub.as_str())
+        != Some(peer)
+    {
+        return Err(ServiceError::PeerRefused(format!(
+            "{peer} does not host the group the delivery names"
+        )));
+    }
+    let mut envelopes = Vec::new();
+    for item in &delivery.items {
+        if item.kind == MessageKind::Mls
+            && mls_group_id(item.payload.as_slice()).as_deref() != Some(group_id)
+        {
+            return Err(ServiceError::PeerRefused(
+                "a delivered MLS message is not for the delivery's group".into(),
+            ));
+        }
+        let payload = Arc::new(item.payload.as_slice().to_vec());
+        for recipient in &item.recipients {
+            let domain = recipient.user_id.as_str().rsplit_once('@').map(|(_, d)| d);
+            if domain != Some(local_domain) {
+                return Err(ServiceError::PeerRefused(format!(
+                    "{recipient} is not a client of this homeserver"
+                )));
+            }
+            // An application message for a full queue waits in the hub's outbox.
+            let admission = match admission(item.kind, &payload) {
+                Admission::Message => Admission::MessageOrRefuseAll,
+                other => other,
+            };
+            envelopes.push(Envelope {
+                user_id: recipient.user_id.as_str().to_owned(),
+                device_id: recipient.device_id,
+                kind: item.kind as u8,
+                admission,
+                payload: payload.clone(),
+            });
+        }
+    }
+    // The hub telling of the group's deletion: its route goes with it.
+    let group_deleted = delivery.items.iter().any(|item| {
+        item.kind == MessageKind::ServerNotice
+            && matches!(
+                ServerNotice::tls_deserialize_exact(item.payload.as_slice()),
+                Ok(ServerNotice::GroupDeleted(deleted)) if deleted.group_id.as_slice() == group_id
+            )
+    });
+    Ok(IncomingDelivery {
+        delivery_id: delivery.delivery_id.as_slice().to_vec(),
+        group_id: group_id.to_vec(),
+        group_deleted,
+        envelopes,
+    })
 }
 
 #[cfg(test)]

@@ -162,113 +162,68 @@ impl Store {
         .await
     }
 
-    /// The oldest delivery waiting for `peer`.
-    pub async fn outbox_next(&self, peer: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+    /// The oldest deliveries waiting for `peer`, in order: at most `max_count`, and no more than
+    /// `max_bytes` together unless the first alone is larger (it is returned by itself).
+    pub async fn outbox_first(
+        &self,
+        peer: &str,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let peer = peer.to_owned();
         self.read(move |txn| {
             let outbox = txn.open_table(OUTBOX)?;
-            let mut range = outbox.range((peer.as_str(), 0)..=(peer.as_str(), u64::MAX))?;
-            Ok(match range.next() {
-                Some(entry) => {
-                    let (key, value) = entry?;
-                    Some((key.value().1, value.value().to_vec()))
+            let mut first = Vec::new();
+            let mut bytes = 0;
+            for entry in outbox.range((peer.as_str(), 0)..=(peer.as_str(), u64::MAX))? {
+                let (key, value) = entry?;
+                let len = value.value().len();
+                if first.len() == max_count || (!first.is_empty() && bytes + len > max_bytes) {
+                    break;
                 }
-                None => None,
-            })
+                bytes += len;
+                first.push((key.value().1, value.value().to_vec()));
+            }
+            Ok(first)
         })
         .await
     }
 
-    /// Removes a delivery the peer acknowledged.
-    pub async fn outbox_done(&self, peer: &str, seq: u64) -> Result<(), StoreError> {
+    /// Removes deliveries the peer acknowledged (or refused for good), in one commit.
+    pub async fn outbox_done(&self, peer: &str, seqs: Vec<u64>) -> Result<(), StoreError> {
         let peer = peer.to_owned();
         self.write(move |txn| {
-            txn.open_table(OUTBOX)?.remove((peer.as_str(), seq))?;
+            let mut outbox = txn.open_table(OUTBOX)?;
+            for &seq in &seqs {
+                outbox.remove((peer.as_str(), seq))?;
+            }
             Ok(())
         })
         .await
     }
 
-    /// Stores a delivery from `peer` exactly once: queues its envelopes and records that `peer`
-    /// hosts `group_id`, in one commit. `Ok(None)` if this delivery id was received before;
-    /// a refusal stores nothing (not even the delivery id, so the peer may send it again).
-    ///
-    /// A delivery that tells of the group's deletion (`group_deleted`) removes its route instead.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn receive_delivery(
+    /// Stores deliveries from `peer` in order, each exactly once, in one commit: queues each one's
+    /// envelopes and records that `peer` hosts its group. Stops at the first refusal: returns
+    /// the outcomes of the deliveries before it (`None` for one received before) and the
+    /// refusal, which stored nothing of its delivery (not even the delivery id, so the peer may
+    /// send it again).
+    pub async fn receive_deliveries(
         &self,
         peer: &str,
-        delivery_id: &[u8],
-        group_id: &[u8],
-        group_deleted: bool,
-        envelopes: Vec<Envelope>,
+        deliveries: Vec<IncomingDelivery>,
         now_ms: u64,
         limits: QueueLimits,
-    ) -> Result<Result<Option<Vec<Enqueued>>, DeliveryRefusal>, StoreError> {
-        let (peer, delivery_id, group_id) =
-            (peer.to_owned(), delivery_id.to_vec(), group_id.to_vec());
+    ) -> Result<ReceivedDeliveries, StoreError> {
+        let peer = peer.to_owned();
         self.write(move |txn| {
-            if !group_id.is_empty() {
-                if txn
-                    .open_table(super::groups::GROUPS)?
-                    .get(group_id.as_slice())?
-                    .is_some()
-                {
-                    return Ok(Err(DeliveryRefusal::HostedHere));
-                }
-                let hub = txn
-                    .open_table(GROUP_ROUTES)?
-                    .get(group_id.as_slice())?
-                    .map(|hub| hub.value().to_owned());
-                if let Some(hub) = hub.filter(|hub| *hub != peer) {
-                    return Ok(Err(DeliveryRefusal::OtherHub(hub)));
+            let mut stored = Vec::with_capacity(deliveries.len());
+            for delivery in &deliveries {
+                match receive_delivery_in(txn, &peer, delivery, now_ms, limits)? {
+                    Ok(outcomes) => stored.push(outcomes),
+                    Err(refusal) => return Ok((stored, Some(refusal))),
                 }
             }
-            let received = txn.open_table(DELIVERIES_RECEIVED)?;
-            if received
-                .get((peer.as_str(), delivery_id.as_slice()))?
-                .is_some()
-            {
-                return Ok(Ok(None));
-            }
-            drop(received);
-            // Queued first: a refusal must leave nothing written.
-            let outcomes = match enqueue_in(txn, &envelopes, now_ms, limits)? {
-                Ok(outcomes) => outcomes,
-                Err(full) => return Ok(Err(DeliveryRefusal::QueueFull(full))),
-            };
-            // A Welcome makes its recipient a member of a group this peer hosts.
-            let mut client_hubs = txn.open_table(CLIENT_HUBS)?;
-            for (envelope, outcome) in envelopes.iter().zip(&outcomes) {
-                if envelope.kind == WELCOME_KIND && matches!(outcome, Enqueued::Queued { .. }) {
-                    client_hubs.insert(
-                        (envelope.user_id.as_str(), envelope.device_id, peer.as_str()),
-                        (),
-                    )?;
-                }
-            }
-            drop(client_hubs);
-            txn.open_table(DELIVERIES_RECEIVED)?
-                .insert((peer.as_str(), delivery_id.as_slice()), now_ms)?;
-            if !group_id.is_empty() {
-                let mut routes = txn.open_table(GROUP_ROUTES)?;
-                let mut hubs = txn.open_table(ROUTE_HUBS)?;
-                let known = routes.get(group_id.as_slice())?.is_some();
-                let count = hubs.get(peer.as_str())?.map_or(0, |count| count.value());
-                if group_deleted && known {
-                    // The route goes with its group.
-                    routes.remove(group_id.as_slice())?;
-                    if count <= 1 {
-                        hubs.remove(peer.as_str())?;
-                    } else {
-                        hubs.insert(peer.as_str(), count - 1)?;
-                    }
-                } else if !group_deleted && !known {
-                    routes.insert(group_id.as_slice(), peer.as_str())?;
-                    hubs.insert(peer.as_str(), count + 1)?;
-                }
-            }
-            Ok(Ok(Some(outcomes)))
+            Ok((stored, None))
         })
         .await
     }
@@ -352,11 +307,182 @@ impl Store {
     }
 }
 
+/// A delivery from a peer, checked and turned into envelopes, ready to store.
+#[derive(Clone, Debug)]
+pub struct IncomingDelivery {
+    pub delivery_id: Vec<u8>,
+    pub group_id: Vec<u8>,
+    /// It carries the hub's notice that the group was deleted: the route goes with it.
+    pub group_deleted: bool,
+    pub envelopes: Vec<Envelope>,
+}
+
+/// What [`Store::receive_deliveries`] did: per stored delivery its outcomes (`None`: received
+/// before), then the refusal that stopped it, if one did.
+pub type ReceivedDeliveries = (Vec<Option<Vec<Enqueued>>>, Option<DeliveryRefusal>);
+
+/// Stores one delivery from `peer` exactly once inside an open write transaction (see
+/// [`Store::receive_deliveries`]).
+fn receive_delivery_in(
+    txn: &WriteTransaction,
+    peer: &str,
+    delivery: &IncomingDelivery,
+    now_ms: u64,
+    limits: QueueLimits,
+) -> Result<Result<Option<Vec<Enqueued>>, DeliveryRefusal>, StoreError> {
+    let (group_id, delivery_id) = (
+        delivery.group_id.as_slice(),
+        delivery.delivery_id.as_slice(),
+    );
+    if !group_id.is_empty() {
+        if txn
+            .open_table(super::groups::GROUPS)?
+            .get(group_id)?
+            .is_some()
+        {
+            return Ok(Err(DeliveryRefusal::HostedHere));
+        }
+        let hub = txn
+            .open_table(GROUP_ROUTES)?
+            .get(group_id)?
+            .map(|hub| hub.value().to_owned());
+        if let Some(hub) = hub.filter(|hub| hub != peer) {
+            return Ok(Err(DeliveryRefusal::OtherHub(hub)));
+        }
+    }
+    let received = txn.open_table(DELIVERIES_RECEIVED)?;
+    if received.get((peer, delivery_id))?.is_some() {
+        return Ok(Ok(None));
+    }
+    drop(received);
+    // Queued first: a refusal must leave nothing written.
+    let envelopes = &delivery.envelopes;
+    let outcomes = match enqueue_in(txn, envelopes, now_ms, limits)? {
+        Ok(outcomes) => outcomes,
+        Err(full) => return Ok(Err(DeliveryRefusal::QueueFull(full))),
+    };
+    // A Welcome makes its recipient a member of a group this peer hosts.
+    let mut client_hubs = txn.open_table(CLIENT_HUBS)?;
+    for (envelope, outcome) in envelopes.iter().zip(&outcomes) {
+        if envelope.kind == WELCOME_KIND && matches!(outcome, Enqueued::Queued { .. }) {
+            client_hubs.insert((envelope.user_id.as_str(), envelope.device_id, peer), ())?;
+        }
+    }
+    drop(client_hubs);
+    txn.open_table(DELIVERIES_RECEIVED)?
+        .insert((peer, delivery_id), now_ms)?;
+    if !group_id.is_empty() {
+        let mut routes = txn.open_table(GROUP_ROUTES)?;
+        let mut hubs = txn.open_table(ROUTE_HUBS)?;
+        let known = routes.get(group_id)?.is_some();
+        let count = hubs.get(peer)?.map_or(0, |count| count.value());
+        if delivery.group_deleted && known {
+            // The route goes with its group.
+            routes.remove(group_id)?;
+            if count <= 1 {
+                hubs.remove(peer)?;
+            } else {
+                hubs.insert(peer, count - 1)?;
+            }
+        } else if !delivery.group_deleted && !known {
+            routes.insert(group_id, peer)?;
+            hubs.insert(peer, count + 1)?;
+        }
+    }
+    Ok(Ok(Some(outcomes)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const LIMITS: QueueLimits = QueueLimits::per_client(100, 1 << 20);
+
+    impl Store {
+        /// One delivery, as a batch of one.
+        #[allow(clippy::too_many_arguments)]
+        async fn receive_delivery(
+            &self,
+            peer: &str,
+            delivery_id: &[u8],
+            group_id: &[u8],
+            group_deleted: bool,
+            envelopes: Vec<Envelope>,
+            now_ms: u64,
+            limits: QueueLimits,
+        ) -> Result<Result<Option<Vec<Enqueued>>, DeliveryRefusal>, StoreError> {
+            let delivery = IncomingDelivery {
+                delivery_id: delivery_id.to_vec(),
+                group_id: group_id.to_vec(),
+                group_deleted,
+                envelopes,
+            };
+            let (mut stored, refusal) = self
+                .receive_deliveries(peer, vec![delivery], now_ms, limits)
+                .await?;
+            Ok(match refusal {
+                Some(refusal) => Err(refusal),
+                None => Ok(stored.pop().expect("one delivery stored")),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_stored_in_order_up_to_its_first_refusal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.register_for_test("bob@b.example", [7; 32]).await;
+        let delivery = |id: &[u8], payload_len: usize| IncomingDelivery {
+            delivery_id: id.to_vec(),
+            group_id: b"g1".to_vec(),
+            group_deleted: false,
+            envelopes: vec![Envelope {
+                user_id: "bob@b.example".into(),
+                device_id: 1,
+                kind: 0,
+                payload: std::sync::Arc::new(vec![0; payload_len]),
+                admission: crate::store::Admission::MessageOrRefuseAll,
+            }],
+        };
+        let limits = QueueLimits::per_client(100, 1_000);
+        let batch = vec![
+            delivery(b"id-1", 400),
+            delivery(b"id-1", 400), // the same id again: acknowledged, not stored twice
+            delivery(b"id-2", 400),
+            delivery(b"id-3", 400), // beyond 1,000 bytes: refused
+            delivery(b"id-4", 10),  // would fit, but comes after the refusal
+        ];
+        let (stored, refusal) = store
+            .receive_deliveries("a.example", batch, 1, limits)
+            .await
+            .unwrap();
+        assert_eq!(stored.len(), 3);
+        assert!(stored[0].is_some() && stored[1].is_none() && stored[2].is_some());
+        assert!(
+            matches!(refusal, Some(DeliveryRefusal::QueueFull(_))),
+            "{refusal:?}"
+        );
+        let (messages, _) = store
+            .fetch_messages("bob@b.example", 1, 0, 100, 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(
+            messages.len(),
+            2,
+            "id-1 and id-2, nothing after the refusal"
+        );
+        // The refused delivery and the one behind it are taken when sent again with room.
+        let (stored, refusal) = store
+            .receive_deliveries(
+                "a.example",
+                vec![delivery(b"id-3", 400), delivery(b"id-4", 10)],
+                2,
+                QueueLimits::per_client(100, 10_000),
+            )
+            .await
+            .unwrap();
+        assert_eq!((stored.len(), refusal.is_none()), (2, true));
+    }
 
     #[tokio::test]
     async fn deliveries_are_stored_once_and_a_group_keeps_its_hub() {
@@ -514,12 +640,29 @@ mod tests {
             store.outbox_backlog().await.unwrap(),
             [("b.example".to_owned(), 2), ("c.example".to_owned(), 1)]
         );
-        let (seq, first) = store.outbox_next("b.example").await.unwrap().unwrap();
-        assert_eq!(first, [1]);
-        store.outbox_done("b.example", seq).await.unwrap();
+        let first = |count, bytes| store.outbox_first("b.example", count, bytes);
+        let waiting = first(10, 10).await.unwrap();
+        let bytes: Vec<&[u8]> = waiting.iter().map(|(_, bytes)| bytes.as_slice()).collect();
+        assert_eq!(bytes, [[1], [2]], "in order, this peer's only");
         assert_eq!(
-            store.outbox_next("b.example").await.unwrap().unwrap().1,
-            [2]
+            first(1, 10).await.unwrap().len(),
+            1,
+            "at most the count asked for"
         );
+        assert_eq!(
+            first(10, 1).await.unwrap().len(),
+            1,
+            "at most the bytes asked for"
+        );
+        assert_eq!(
+            first(10, 0).await.unwrap().len(),
+            1,
+            "the first, however large"
+        );
+        store
+            .outbox_done("b.example", vec![waiting[0].0])
+            .await
+            .unwrap();
+        assert_eq!(first(10, 10).await.unwrap()[0].1, [2]);
     }
 }

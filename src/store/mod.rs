@@ -23,7 +23,7 @@ pub use accounts::{
     AddClientRefusal, IssueCredential, NewUser, RegisterRefusal, RemoveClientRefusal, StoredClient,
     FIRST_DEVICE_ID,
 };
-pub use federation::{DeliveryRefusal, OutgoingDelivery};
+pub use federation::{DeliveryRefusal, IncomingDelivery, OutgoingDelivery, ReceivedDeliveries};
 pub use groups::{
     GroupMemberRow, GroupRefusal, GroupTransition, PublicState, RequestRecord, SendView,
     StoredGroup, REQUEST_DEDUPE_WINDOW_MS,

@@ -11,12 +11,13 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use super::budget::ConnectionBudget;
-use super::connection::{read_request, service_error, write_encoded};
+use super::connection::{read_request, write_encoded};
 use super::Shared;
 use crate::protocol::{
     close_code, decode_federation_request, encode_federation_response, ErrorCode, ErrorResponse,
     FederationRequest, FederationResponse, FederationResponseBody, MAX_REQUEST_LEN,
 };
+use crate::services::wire_error;
 
 struct PeerSession {
     connection: quinn::Connection,
@@ -144,7 +145,7 @@ async fn dispatch(
     };
     match shared.services.handle_federation(peer, request).await {
         Ok(body) => FederationResponse::Ok(body),
-        Err(e) => FederationResponse::Error(service_error(e)),
+        Err(e) => FederationResponse::Error(wire_error(e)),
     }
 }
 
