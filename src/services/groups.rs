@@ -17,7 +17,7 @@ use openmls_rust_crypto::OpenMlsRustCrypto;
 use openmls_rust_crypto::RustCrypto;
 use tls_codec::{Deserialize, Serialize};
 
-use super::{Accounts, ServiceError, Sessions};
+use super::{cpu_bound, Accounts, ServiceError, Sessions};
 use crate::clock::Clock;
 use crate::config::{QueuePolicy, ServerConfig};
 use crate::identity::{verify_member, DomainKeys};
@@ -166,9 +166,7 @@ impl Groups {
             });
         }
         let old_members = self.verified_members(&group.public).await?;
-        let processed = group
-            .public
-            .process_message(&self.crypto, protocol_message)
+        let processed = cpu_bound(|| group.public.process_message(&self.crypto, protocol_message))
             .map_err(|e| match e {
                 PublicProcessMessageError::ValidationError(ValidationError::WrongEpoch) => {
                     ServiceError::WrongEpoch {
@@ -284,18 +282,20 @@ impl Groups {
             }
         }
 
-        group
-            .public
-            .merge_commit(&group.storage, *staged)
-            .map_err(|e| invalid(format!("the commit cannot be merged: {e:?}")))?;
-        self.check_group_info(&group.public, request.group_info.as_slice())?;
-        self.check_group_context(&group.public)?;
+        cpu_bound(|| {
+            group
+                .public
+                .merge_commit(&group.storage, *staged)
+                .map_err(|e| invalid(format!("the commit cannot be merged: {e:?}")))?;
+            self.check_group_info(&group.public, request.group_info.as_slice())?;
+            self.check_group_context(&group.public)
+        })?;
         let new_epoch = group.public.group_context().epoch().as_u64();
 
         let welcome = match (&request.welcome, added.is_empty()) {
             (None, true) => None,
             (Some(welcome), false) => {
-                self.check_welcome(welcome.as_slice(), &added)?;
+                cpu_bound(|| self.check_welcome(welcome.as_slice(), &added))?;
                 Some(welcome.as_slice().to_vec())
             }
             (None, false) => {
@@ -430,9 +430,7 @@ impl Groups {
             return Err(ServiceError::WrongEpoch { current: epoch });
         }
         let members = self.verified_members(&group.public).await?;
-        let processed = group
-            .public
-            .process_message(&self.crypto, protocol_message)
+        let processed = cpu_bound(|| group.public.process_message(&self.crypto, protocol_message))
             .map_err(|e| invalid(format!("the proposal is not valid: {e}")))?;
         let Sender::Member(sender_leaf) = *processed.sender() else {
             return Err(invalid("only members propose here".into()));
@@ -851,10 +849,12 @@ impl Groups {
                     "an external proposal is not a PublicMessage".into(),
                 ));
             };
-            let processed = group
-                .public
-                .process_message(&self.crypto, ProtocolMessage::from(message))
-                .map_err(|e| invalid(format!("the server's own proposal: {e}")))?;
+            let processed = cpu_bound(|| {
+                group
+                    .public
+                    .process_message(&self.crypto, ProtocolMessage::from(message))
+            })
+            .map_err(|e| invalid(format!("the server's own proposal: {e}")))?;
             let ProcessedMessageContent::ProposalMessage(queued) = processed.into_content() else {
                 return Err(invalid(
                     "the server's own proposal is not a proposal".into(),
@@ -1024,15 +1024,18 @@ impl Groups {
             .group(group_id)
             .await?
             .ok_or(ServiceError::UnknownGroup)?;
-        let storage = MemoryStorage::default();
-        storage
-            .values
-            .write()
-            .map_err(|_| corrupt("group storage lock poisoned"))?
-            .extend(stored.public_state.iter().cloned());
-        let public = PublicGroup::load(&storage, &GroupId::from_slice(group_id))
-            .map_err(|e| corrupt(&format!("cannot load group state: {e:?}")))?
-            .ok_or_else(|| corrupt("stored group has no state"))?;
+        let (storage, public) = cpu_bound(|| {
+            let storage = MemoryStorage::default();
+            storage
+                .values
+                .write()
+                .map_err(|_| corrupt("group storage lock poisoned"))?
+                .extend(stored.public_state.iter().cloned());
+            let public = PublicGroup::load(&storage, &GroupId::from_slice(group_id))
+                .map_err(|e| corrupt(&format!("cannot load group state: {e:?}")))?
+                .ok_or_else(|| corrupt("stored group has no state"))?;
+            Ok::<_, ServiceError>((storage, public))
+        })?;
         Ok(LoadedGroup {
             stored,
             storage,
@@ -1335,6 +1338,10 @@ fn parse_group_info(
 }
 
 fn snapshot(storage: &MemoryStorage) -> Result<PublicState, ServiceError> {
+    cpu_bound(|| snapshot_now(storage))
+}
+
+fn snapshot_now(storage: &MemoryStorage) -> Result<PublicState, ServiceError> {
     let values = storage
         .values
         .read()

@@ -40,6 +40,20 @@ use crate::protocol::{
 use crate::store::{Store, StoreError};
 use invites::InviteError;
 
+/// Runs CPU-heavy work (openmls verification of commits and proposals, decoding and encoding a
+/// group's state: over 100 ms for a commit in a group of 1,000) without stalling the other
+/// tasks of the async worker thread it is called on: on the multi-thread runtime the worker
+/// hands its other tasks to another thread first (`block_in_place`); elsewhere it just runs.
+pub(crate) fn cpu_bound<T>(work: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
+
 /// The connected clients, as the services see them (implemented by the transport).
 pub trait Sessions: Send + Sync {
     /// Queues a notification for every connection of `client`; returns how many took it.

@@ -40,6 +40,9 @@ struct Cli {
     /// Print no table.
     #[arg(long)]
     quiet: bool,
+    /// Group sizes for `group-size` (default 2,100,1000,10000; with --quick 2,100).
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(2..=100_000))]
+    group_sizes: Vec<u32>,
     /// Run everything this many times and report each figure's median.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
     runs: u32,
@@ -108,7 +111,10 @@ async fn run(cli: &Cli) -> anyhow::Result<Report> {
     } else {
         cli.scenarios.clone()
     };
-    let scale = Scale { quick: cli.quick };
+    let scale = Scale {
+        quick: cli.quick,
+        group_sizes: cli.group_sizes.iter().map(|&size| size as usize).collect(),
+    };
     let mut runs = Vec::new();
     for run in 0..cli.runs {
         if cli.runs > 1 && !quiet() {
@@ -125,15 +131,15 @@ async fn run(cli: &Cli) -> anyhow::Result<Report> {
             }
             let remote = remote.as_ref();
             let done = match scenario {
-                Scenario::Baseline => scenarios::baseline(&mut report, &mut ceilings, scale).await,
-                Scenario::Enqueue => scenarios::enqueue(&mut report, &mut ceilings, scale).await,
-                Scenario::Fanout => scenarios::fanout(&mut report, &mut ceilings, scale).await,
-                Scenario::Send => scenarios::send(&mut report, &mut ceilings, scale, remote).await,
+                Scenario::Baseline => scenarios::baseline(&mut report, &mut ceilings, &scale).await,
+                Scenario::Enqueue => scenarios::enqueue(&mut report, &mut ceilings, &scale).await,
+                Scenario::Fanout => scenarios::fanout(&mut report, &mut ceilings, &scale).await,
+                Scenario::Send => scenarios::send(&mut report, &mut ceilings, &scale, remote).await,
                 Scenario::GroupSize => {
-                    scenarios::group_size(&mut report, &mut ceilings, scale, remote).await
+                    scenarios::group_size(&mut report, &mut ceilings, &scale, remote).await
                 }
-                Scenario::Federation => scenarios::federation(&mut report, scale).await,
-                Scenario::Connections => scenarios::connections(&mut report, scale).await,
+                Scenario::Federation => scenarios::federation(&mut report, &scale).await,
+                Scenario::Connections => scenarios::connections(&mut report, &scale).await,
             };
             if let Err(e) = done {
                 anyhow::bail!("scenario {scenario:?} failed: {e:#}");

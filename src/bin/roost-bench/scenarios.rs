@@ -17,13 +17,15 @@ use crate::harness::{self, BenchServer, FederatedPair, RawQuicServer};
 use crate::report::{percentile_ms, Better, Report, Series};
 
 /// How much work each scenario does: `--quick` (a smoke test, under a minute in all) or full.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Scale {
     pub quick: bool,
+    /// Group sizes for `group-size`; empty for the defaults.
+    pub group_sizes: Vec<usize>,
 }
 
 impl Scale {
-    fn pick<T>(self, quick: T, full: T) -> T {
+    fn pick<T>(&self, quick: T, full: T) -> T {
         if self.quick {
             quick
         } else {
@@ -42,7 +44,7 @@ pub struct Ceilings {
 }
 
 impl Ceilings {
-    fn redb(&mut self, batch: usize, scale: Scale) -> anyhow::Result<(f64, Option<f64>)> {
+    fn redb(&mut self, batch: usize, scale: &Scale) -> anyhow::Result<(f64, Option<f64>)> {
         if let Some(known) = self.redb.get(&batch) {
             return Ok(*known);
         }
@@ -56,7 +58,7 @@ impl Ceilings {
     async fn quinn(
         &mut self,
         in_flight: usize,
-        scale: Scale,
+        scale: &Scale,
     ) -> anyhow::Result<(f64, Vec<Duration>)> {
         if let Some(known) = self.quinn.get(&in_flight) {
             return Ok(known.clone());
@@ -86,7 +88,7 @@ impl Ceilings {
 pub async fn baseline(
     report: &mut Report,
     ceilings: &mut Ceilings,
-    scale: Scale,
+    scale: &Scale,
 ) -> anyhow::Result<()> {
     const S: &str = "baseline";
     for batch in [1, 100] {
@@ -197,7 +199,7 @@ fn envelope(user_id: &str, payload: &Arc<Vec<u8>>) -> Envelope {
 pub async fn enqueue(
     report: &mut Report,
     ceilings: &mut Ceilings,
-    scale: Scale,
+    scale: &Scale,
 ) -> anyhow::Result<()> {
     const S: &str = "enqueue";
     const WRITERS: usize = 200;
@@ -256,7 +258,7 @@ pub async fn enqueue(
 pub async fn fanout(
     report: &mut Report,
     ceilings: &mut Ceilings,
-    scale: Scale,
+    scale: &Scale,
 ) -> anyhow::Result<()> {
     const S: &str = "fanout";
     const QUEUES: usize = 1_000;
@@ -320,7 +322,7 @@ struct Receiver {
 pub async fn send(
     report: &mut Report,
     ceilings: &mut Ceilings,
-    scale: Scale,
+    scale: &Scale,
     remote: Option<&ClientConfig>,
 ) -> anyhow::Result<()> {
     const S: &str = "send";
@@ -497,13 +499,17 @@ struct GroupFigures {
 pub async fn group_size(
     report: &mut Report,
     ceilings: &mut Ceilings,
-    scale: Scale,
+    scale: &Scale,
     remote: Option<&ClientConfig>,
 ) -> anyhow::Result<()> {
     const S: &str = "group-size";
-    let sizes: &[usize] = scale.pick(&[2, 100], &[2, 100, 1_000, 10_000]);
+    let sizes: Vec<usize> = if scale.group_sizes.is_empty() {
+        scale.pick(vec![2, 100], vec![2, 100, 1_000, 10_000])
+    } else {
+        scale.group_sizes.clone()
+    };
     let mut smallest: Option<GroupFigures> = None;
-    for &size in sizes {
+    for size in sizes {
         match group_of(report, ceilings, scale, remote, size, smallest).await {
             Ok(figures) => {
                 smallest.get_or_insert(figures);
@@ -517,7 +523,7 @@ pub async fn group_size(
 async fn group_of(
     report: &mut Report,
     ceilings: &mut Ceilings,
-    scale: Scale,
+    scale: &Scale,
     remote: Option<&ClientConfig>,
     size: usize,
     smallest: Option<GroupFigures>,
@@ -633,7 +639,7 @@ async fn group_of(
 
 /// `federation`: senders at a.example in groups with members at b.example, sending without pause;
 /// how fast the hub accepts, how fast b.example receives, and the hub's outbox backlog over time.
-pub async fn federation(report: &mut Report, scale: Scale) -> anyhow::Result<()> {
+pub async fn federation(report: &mut Report, scale: &Scale) -> anyhow::Result<()> {
     const S: &str = "federation";
     let pairs = scale.pick(2, 8);
     let sending_for = Duration::from_secs(scale.pick(4, 20));
@@ -777,7 +783,7 @@ pub async fn federation(report: &mut Report, scale: Scale) -> anyhow::Result<()>
 
 /// `connections`: resident memory per idle authenticated connection of a server in a child
 /// process, beside a raw quinn server holding as many idle connections.
-pub async fn connections(report: &mut Report, scale: Scale) -> anyhow::Result<()> {
+pub async fn connections(report: &mut Report, scale: &Scale) -> anyhow::Result<()> {
     const S: &str = "connections";
     let count = scale.pick(200, 2_000);
     let roost = crate::child::Child::spawn(crate::child::Kind::Roost)?;
