@@ -392,3 +392,27 @@ where
     latencies.sort();
     Ok((rate, latencies))
 }
+
+/// Profiling one phase: with `ROOST_BENCH_PERF_CTL=FIFO` and `ROOST_BENCH_PROFILE=PHASE`, the
+/// phase named PHASE tells `perf record --control fifo:FIFO -D -1` when to record (see
+/// BENCHMARKS.md). Returns a guard that stops the recording when dropped.
+pub fn profile_phase(phase: &str) -> Option<ProfiledPhase> {
+    let wanted = std::env::var("ROOST_BENCH_PROFILE").ok()?;
+    if wanted != phase {
+        return None;
+    }
+    let control = std::env::var("ROOST_BENCH_PERF_CTL").ok()?;
+    let mut fifo = std::fs::OpenOptions::new().write(true).open(control).ok()?;
+    std::io::Write::write_all(&mut fifo, b"enable\n").ok()?;
+    Some(ProfiledPhase { fifo })
+}
+
+pub struct ProfiledPhase {
+    fifo: std::fs::File,
+}
+
+impl Drop for ProfiledPhase {
+    fn drop(&mut self) {
+        let _ = std::io::Write::write_all(&mut self.fifo, b"disable\n");
+    }
+}
