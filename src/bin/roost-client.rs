@@ -395,6 +395,8 @@ async fn execute(
                     Notification::NewMessages(hint) => {
                         reader.on_hint(&hint).await?;
                     }
+                    // This client reads its queue only: it never asks for group logs.
+                    Notification::GroupLogAppended(_) => {}
                     Notification::KeyPackagesLow(low) => {
                         let published = device.top_up(connection).await?;
                         print_event(

@@ -693,6 +693,71 @@ impl<'a> GroupClient<'a> {
     /// be processed (reported as an `Err` event). A transient failure ([`is_transient`]) stops
     /// it: the messages from that one on stay queued, and the failure is returned.
     pub async fn receive(&self) -> anyhow::Result<Vec<(u64, anyhow::Result<GroupEvent>)>> {
+        // The queue first: a Welcome there makes this device a member before it reads the
+        // group's log, and what was queued before the device read logs comes before them.
+        let mut events = self.receive_queue().await?;
+        let logs = self.connection.list_group_logs().await?;
+        for log in logs.logs {
+            let readable = match log.last_gseq {
+                0 => log.next_gseq - 1,
+                last => last.min(log.next_gseq - 1),
+            };
+            if readable > log.acked_gseq {
+                events.extend(self.receive_log(log.group_id.as_slice()).await?);
+            }
+        }
+        Ok(events)
+    }
+
+    /// Processes one group's log from this device's acknowledged position on, acknowledging
+    /// what it processed. Events carry log positions.
+    pub async fn receive_log(
+        &self,
+        group_id: &[u8],
+    ) -> anyhow::Result<Vec<(u64, anyhow::Result<GroupEvent>)>> {
+        let mut events = Vec::new();
+        loop {
+            let fetched = match self
+                .connection
+                .fetch_group_log(group_id, 0, 100, 1 << 20)
+                .await
+            {
+                Ok(fetched) => fetched,
+                // The window closed and was read to its end (by another connection, or just
+                // now): nothing left to read.
+                Err(e) if e.code() == Some(crate::protocol::ErrorCode::NotAMember) => {
+                    return Ok(events)
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if fetched.messages.is_empty() {
+                return Ok(events);
+            }
+            let mut done = None;
+            for message in &fetched.messages {
+                let event = self.process(message).await;
+                if let Err(e) = &event {
+                    if is_transient(e) {
+                        if let Some(done) = done {
+                            self.connection.ack_group_log(group_id, done).await?;
+                        }
+                        return Err(event.unwrap_err().context(format!(
+                            "log entry {} stays unacknowledged; processing it failed for now",
+                            message.seq
+                        )));
+                    }
+                }
+                events.push((message.seq, event));
+                done = Some(message.seq);
+            }
+            if let Some(done) = done {
+                self.connection.ack_group_log(group_id, done).await?;
+            }
+        }
+    }
+
+    /// Processes the queue until it is empty, acknowledging what it processed.
+    async fn receive_queue(&self) -> anyhow::Result<Vec<(u64, anyhow::Result<GroupEvent>)>> {
         let mut events = Vec::new();
         loop {
             let fetched = self.connection.fetch_messages(0, 100, 1 << 20).await?;

@@ -33,7 +33,10 @@ use crate::protocol::{
     ServerInfo, ALPN_CLIENT, CHANNEL_BINDING_LEN, MAX_NOTIFICATION_LEN, MAX_RESPONSE_LEN,
     NOTIFICATION_LENGTH_PREFIX_LEN, PUSH_HEADER_LEN,
 };
-use crate::protocol::{DeleteGroupRequest, GetDomainKeysRequest, SendProposalRequest};
+use crate::protocol::{
+    AckGroupLogRequest, DeleteGroupRequest, FetchGroupLogRequest, GetDomainKeysRequest,
+    GroupLogMessages, GroupLogs, SendProposalRequest,
+};
 use crate::tls;
 use crate::transport::auth::{channel_binding, sign_authentication};
 
@@ -452,6 +455,56 @@ impl Connection {
             .await?
         {
             ResponseBody::MessagesAcked => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// From now on, read the MLS messages of groups hosted on this server from their logs
+    /// (protocol-spec/queues.md, "Group logs") instead of the queue.
+    pub async fn use_group_logs(&self) -> Result<(), ClientError> {
+        match self.request(&Request::UseGroupLogs).await? {
+            ResponseBody::GroupLogsUsed => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The group logs this client may read, with its positions.
+    pub async fn list_group_logs(&self) -> Result<GroupLogs, ClientError> {
+        match self.request(&Request::ListGroupLogs).await? {
+            ResponseBody::GroupLogs(logs) => Ok(logs),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Up to `max_count` entries of a group's log from `from_gseq` on (0: after this client's
+    /// acknowledged position), within about `max_bytes` of payload.
+    pub async fn fetch_group_log(
+        &self,
+        group_id: &[u8],
+        from_gseq: u64,
+        max_count: u32,
+        max_bytes: u32,
+    ) -> Result<GroupLogMessages, ClientError> {
+        let request = FetchGroupLogRequest {
+            group_id: group_id.to_vec().into(),
+            from_gseq,
+            max_count,
+            max_bytes,
+        };
+        match self.request(&Request::FetchGroupLog(request)).await? {
+            ResponseBody::GroupLogMessages(messages) => Ok(messages),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Acknowledges a group log's entries up to and including `up_to_gseq`.
+    pub async fn ack_group_log(&self, group_id: &[u8], up_to_gseq: u64) -> Result<(), ClientError> {
+        let request = AckGroupLogRequest {
+            group_id: group_id.to_vec().into(),
+            up_to_gseq,
+        };
+        match self.request(&Request::AckGroupLog(request)).await? {
+            ResponseBody::GroupLogAcked => Ok(()),
             other => Err(unexpected(&other)),
         }
     }

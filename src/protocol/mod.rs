@@ -11,6 +11,7 @@ mod auth;
 mod credential;
 mod error;
 mod federation;
+mod group_logs;
 mod groups;
 mod key_packages;
 mod notification;
@@ -41,6 +42,10 @@ pub use federation::{
     DeliveredBatch, DeliveryItem, DomainKeysBody, FederatedClaimRequest, FederationOperation,
     FederationRequest, FederationResponse, FederationResponseBody, GetDomainKeysRequest,
     GroupRequest, IdentifyRequest, RelayedGroupRequest, MAX_DELIVERIES_PER_BATCH,
+};
+pub use group_logs::{
+    AckGroupLogRequest, FetchGroupLogRequest, GroupLogAppended, GroupLogCursor, GroupLogMessages,
+    GroupLogs,
 };
 pub use groups::{
     CreateGroupRequest, DeleteGroupRequest, GetGroupRequest, GroupDeleted, GroupEpoch, GroupList,

@@ -10,8 +10,8 @@
 use tls_codec::{Deserialize, Serialize, TlsDeserialize, TlsSerialize, TlsSize};
 
 use super::{
-    ClientId, DecodeError, KeyPackagesLow, NewMessages, Text, MAX_NOTIFICATION_LEN,
-    PROTOCOL_VERSION,
+    ClientId, DecodeError, GroupLogAppended, KeyPackagesLow, NewMessages, Text,
+    MAX_NOTIFICATION_LEN, PROTOCOL_VERSION,
 };
 
 /// Length of the push stream header, in bytes.
@@ -44,6 +44,9 @@ pub enum Notification {
     /// Messages are waiting in this client's queue.
     #[tls_codec(discriminant = 4)]
     NewMessages(NewMessages),
+    /// Entries were appended to a group log this client reads.
+    #[tls_codec(discriminant = 5)]
+    GroupLogAppended(GroupLogAppended),
 }
 
 /// The bytes that open a push stream.

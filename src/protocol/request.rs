@@ -3,11 +3,11 @@
 use tls_codec::{Deserialize, Serialize, TlsDeserialize, TlsSerialize, TlsSize};
 
 use super::{
-    AckMessagesRequest, AddClientRequest, AuthenticateRequest, ClaimKeyPackagesRequest,
-    CreateGroupRequest, DecodeError, DeleteGroupRequest, FetchMessagesRequest,
-    GetDomainKeysRequest, GetGroupRequest, LookupUserRequest, PublishKeyPackagesRequest,
-    RegisterUserRequest, RemoveClientRequest, SendCommitRequest, SendMessageRequest,
-    SendProposalRequest, MAX_REQUEST_LEN, PROTOCOL_VERSION,
+    AckGroupLogRequest, AckMessagesRequest, AddClientRequest, AuthenticateRequest,
+    ClaimKeyPackagesRequest, CreateGroupRequest, DecodeError, DeleteGroupRequest,
+    FetchGroupLogRequest, FetchMessagesRequest, GetDomainKeysRequest, GetGroupRequest,
+    LookupUserRequest, PublishKeyPackagesRequest, RegisterUserRequest, RemoveClientRequest,
+    SendCommitRequest, SendMessageRequest, SendProposalRequest, MAX_REQUEST_LEN, PROTOCOL_VERSION,
 };
 
 /// Operation codes: the `uint16` that selects a request body (and the matching response body).
@@ -37,6 +37,10 @@ pub enum Operation {
     SendProposal = 21,
     DeleteGroup = 22,
     GetDomainKeys = 23,
+    UseGroupLogs = 24,
+    ListGroupLogs = 25,
+    FetchGroupLog = 26,
+    AckGroupLog = 27,
 }
 
 impl Operation {
@@ -64,6 +68,10 @@ impl Operation {
         Self::SendProposal,
         Self::DeleteGroup,
         Self::GetDomainKeys,
+        Self::UseGroupLogs,
+        Self::ListGroupLogs,
+        Self::FetchGroupLog,
+        Self::AckGroupLog,
     ];
 
     pub fn from_u16(value: u16) -> Option<Self> {
@@ -93,7 +101,11 @@ impl Operation {
             | Self::ListGroups
             | Self::SendProposal
             | Self::DeleteGroup
-            | Self::GetDomainKeys => true,
+            | Self::GetDomainKeys
+            | Self::UseGroupLogs
+            | Self::ListGroupLogs
+            | Self::FetchGroupLog
+            | Self::AckGroupLog => true,
         }
     }
 }
@@ -171,6 +183,18 @@ pub enum Request {
     /// The credential-verifying keys of a domain (this server's, or a peer's through it).
     #[tls_codec(discriminant = 23)]
     GetDomainKeys(GetDomainKeysRequest),
+    /// From now on, read the MLS messages of groups hosted here from their group logs.
+    #[tls_codec(discriminant = 24)]
+    UseGroupLogs,
+    /// The group logs the authenticated client may read, with its positions.
+    #[tls_codec(discriminant = 25)]
+    ListGroupLogs,
+    /// Entries of one group's log.
+    #[tls_codec(discriminant = 26)]
+    FetchGroupLog(FetchGroupLogRequest),
+    /// Acknowledge a group log's entries up to a position.
+    #[tls_codec(discriminant = 27)]
+    AckGroupLog(AckGroupLogRequest),
 }
 
 impl Request {
@@ -199,6 +223,10 @@ impl Request {
             Self::SendProposal(_) => Operation::SendProposal,
             Self::DeleteGroup(_) => Operation::DeleteGroup,
             Self::GetDomainKeys(_) => Operation::GetDomainKeys,
+            Self::UseGroupLogs => Operation::UseGroupLogs,
+            Self::ListGroupLogs => Operation::ListGroupLogs,
+            Self::FetchGroupLog(_) => Operation::FetchGroupLog,
+            Self::AckGroupLog(_) => Operation::AckGroupLog,
         }
     }
 }
@@ -329,6 +357,18 @@ mod tests {
             }),
             Request::GetDomainKeys(GetDomainKeysRequest {
                 domain: Text::new("b.example").unwrap(),
+            }),
+            Request::UseGroupLogs,
+            Request::ListGroupLogs,
+            Request::FetchGroupLog(FetchGroupLogRequest {
+                group_id: vec![4; 20].into(),
+                from_gseq: 0,
+                max_count: 10,
+                max_bytes: 1024,
+            }),
+            Request::AckGroupLog(AckGroupLogRequest {
+                group_id: vec![4; 20].into(),
+                up_to_gseq: 3,
             }),
         ]
     }

@@ -7,8 +7,8 @@ use super::request::{encode_envelope, open_envelope};
 use super::{
     AuthenticateResponse, ClaimedKeyPackages, ClientCredential, ClientId, ClientRegistered,
     CredentialVerifyingKey, DecodeError, DomainKeysBody, ErrorResponse, FetchedMessages,
-    GroupEpoch, GroupList, GroupState, KeyPackageStatus, Limits, MessageAccepted, RegistrationMode,
-    Text, UserClients, MAX_RESPONSE_LEN,
+    GroupEpoch, GroupList, GroupLogMessages, GroupLogs, GroupState, KeyPackageStatus, Limits,
+    MessageAccepted, RegistrationMode, Text, UserClients, MAX_RESPONSE_LEN,
 };
 
 /// `GetServerInfo` response body.
@@ -75,6 +75,14 @@ pub enum ResponseBody {
     GroupDeleted,
     #[tls_codec(discriminant = 23)]
     DomainKeys(DomainKeysBody),
+    #[tls_codec(discriminant = 24)]
+    GroupLogsUsed,
+    #[tls_codec(discriminant = 25)]
+    GroupLogs(GroupLogs),
+    #[tls_codec(discriminant = 26)]
+    GroupLogMessages(GroupLogMessages),
+    #[tls_codec(discriminant = 27)]
+    GroupLogAcked,
 }
 
 /// A response: a body, or an error.

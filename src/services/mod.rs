@@ -64,6 +64,10 @@ pub trait Sessions: Send + Sync {
     /// hint, carrying the message when it is small). Never blocks; a connection that has not
     /// read the previous hint gets only the latest, with the newest messages that fit.
     fn new_message(&self, client: &ClientId, message: &PushedMessage);
+    /// Tells every connection of `client` that `message` was appended to the log of group
+    /// `group_id`, which the client reads (a `GroupLogAppended` hint, coalesced per group like
+    /// `NewMessages`). Never blocks.
+    fn log_appended(&self, client: &ClientId, group_id: &Arc<[u8]>, message: &PushedMessage);
 }
 
 /// The client an envelope is for.
@@ -92,22 +96,36 @@ fn announce_queued(
     outcomes: &[crate::store::Enqueued],
     enqueued_at_ms: u64,
 ) {
+    // The group a logged message belongs to, read once per message (not per recipient).
+    type GroupOfMessage = Option<(*const Vec<u8>, Option<Arc<[u8]>>)>;
+    let mut group_of: GroupOfMessage = None;
     for (envelope, outcome) in envelopes.iter().zip(outcomes) {
-        let crate::store::Enqueued::Queued { seq } = *outcome else {
-            continue;
-        };
         let Some(kind) = crate::protocol::MessageKind::from_u8(envelope.kind) else {
             continue;
         };
-        sessions.new_message(
-            &envelope_client(envelope),
-            &PushedMessage {
-                seq,
-                enqueued_at_ms,
-                kind,
-                payload: envelope.payload.clone(),
-            },
-        );
+        let (seq, logged) = match *outcome {
+            crate::store::Enqueued::Queued { seq } => (seq, false),
+            crate::store::Enqueued::Logged { gseq } => (gseq, true),
+            _ => continue,
+        };
+        let message = PushedMessage {
+            seq,
+            enqueued_at_ms,
+            kind,
+            payload: envelope.payload.clone(),
+        };
+        if !logged {
+            sessions.new_message(&envelope_client(envelope), &message);
+            continue;
+        }
+        let key = Arc::as_ptr(&envelope.payload);
+        if group_of.as_ref().is_none_or(|(known, _)| *known != key) {
+            let group_id = queues::mls_group_id(&envelope.payload).map(Arc::from);
+            group_of = Some((key, group_id));
+        }
+        if let Some((_, Some(group_id))) = &group_of {
+            sessions.log_appended(&envelope_client(envelope), group_id, &message);
+        }
     }
 }
 
@@ -817,6 +835,22 @@ impl Services {
             Request::AckMessages(request) => {
                 self.queues.ack(authenticated()?, request).await?;
                 ResponseBody::MessagesAcked
+            }
+            Request::UseGroupLogs => {
+                self.queues.use_group_logs(authenticated()?).await?;
+                ResponseBody::GroupLogsUsed
+            }
+            Request::ListGroupLogs => {
+                ResponseBody::GroupLogs(self.queues.list_group_logs(authenticated()?).await?)
+            }
+            Request::FetchGroupLog(request) => ResponseBody::GroupLogMessages(
+                self.queues
+                    .fetch_group_log(authenticated()?, request)
+                    .await?,
+            ),
+            Request::AckGroupLog(request) => {
+                self.queues.ack_group_log(authenticated()?, request).await?;
+                ResponseBody::GroupLogAcked
             }
             Request::CreateGroup(request) => {
                 ResponseBody::GroupCreated(self.groups.create(authenticated()?, request).await?)

@@ -11,12 +11,14 @@ use crate::clock::Clock;
 use crate::config::{QueuePolicy, ServerConfig};
 use crate::escape::Escaped;
 use crate::protocol::{
-    AckMessagesRequest, ClientId, DeliverRequest, FetchMessagesRequest, FetchedMessages,
+    AckGroupLogRequest, AckMessagesRequest, ClientId, DeliverRequest, FetchGroupLogRequest,
+    FetchMessagesRequest, FetchedMessages, GroupLogCursor, GroupLogMessages, GroupLogs,
     MessageKind, MessagesExpired, QueuedMessage, ServerNotice, Text, MAX_FETCH_COUNT,
     MAX_RESPONSE_LEN,
 };
 use crate::store::{
-    Admission, DeliveryRefusal, Enqueued, Envelope, IncomingDelivery, QueueLimits, Store,
+    Admission, DeliveryRefusal, Enqueued, Envelope, IncomingDelivery, LogRefusal, QueueLimits,
+    Store,
 };
 
 /// Length of a delivery id (federation.md): what the receiver keeps per delivery to dedupe.
@@ -256,6 +258,94 @@ impl Queues {
             })
     }
 
+    /// From now on the caller reads the MLS messages of groups hosted here from their logs.
+    pub async fn use_group_logs(&self, caller: &ClientId) -> Result<(), ServiceError> {
+        self.store
+            .use_group_logs(caller.user_id.as_str(), caller.device_id)
+            .await?;
+        Ok(())
+    }
+
+    /// The group logs the caller may read, with its positions.
+    pub async fn list_group_logs(&self, caller: &ClientId) -> Result<GroupLogs, ServiceError> {
+        let cursors = self
+            .store
+            .group_log_cursors(caller.user_id.as_str(), caller.device_id)
+            .await?;
+        Ok(GroupLogs {
+            logs: cursors
+                .into_iter()
+                .map(|cursor| GroupLogCursor {
+                    group_id: cursor.group_id.into(),
+                    acked_gseq: cursor.acked,
+                    next_gseq: cursor.next,
+                    last_gseq: cursor.last.unwrap_or(0),
+                })
+                .collect(),
+        })
+    }
+
+    /// Entries of a group log the caller may read, within the same bounds as a queue fetch.
+    pub async fn fetch_group_log(
+        &self,
+        caller: &ClientId,
+        request: FetchGroupLogRequest,
+    ) -> Result<GroupLogMessages, ServiceError> {
+        let max_count = request.max_count.clamp(1, MAX_FETCH_COUNT) as usize;
+        let budget = (request.max_bytes as usize).min(MAX_RESPONSE_LEN - FETCH_OVERHEAD_ALLOWANCE);
+        let max_bytes = budget.saturating_sub(max_count * PER_MESSAGE_OVERHEAD);
+        let read = self
+            .store
+            .fetch_group_log(
+                caller.user_id.as_str(),
+                caller.device_id,
+                request.group_id.as_slice(),
+                request.from_gseq,
+                max_count,
+                max_bytes,
+            )
+            .await?
+            .map_err(|_| ServiceError::NotAMember)?;
+        Ok(GroupLogMessages {
+            group_id: request.group_id,
+            messages: read
+                .entries
+                .into_iter()
+                .map(|(gseq, enqueued_at_ms, payload)| QueuedMessage {
+                    seq: gseq,
+                    enqueued_at_ms,
+                    kind: MessageKind::Mls,
+                    payload: payload.into(),
+                })
+                .collect(),
+            next_gseq: read.next,
+            last_gseq: read.last.unwrap_or(0),
+        })
+    }
+
+    /// Acknowledges a group log's entries up to a position for the caller.
+    pub async fn ack_group_log(
+        &self,
+        caller: &ClientId,
+        request: AckGroupLogRequest,
+    ) -> Result<(), ServiceError> {
+        self.store
+            .ack_group_log(
+                caller.user_id.as_str(),
+                caller.device_id,
+                request.group_id.as_slice(),
+                request.up_to_gseq,
+            )
+            .await?
+            .map_err(|refusal| match refusal {
+                LogRefusal::NotAReader => ServiceError::NotAMember,
+                LogRefusal::BeyondReadable { readable } => ServiceError::InvalidSequence {
+                    up_to_seq: request.up_to_gseq,
+                    next_seq: readable + 1,
+                },
+            })
+    }
+
     /// Forgets the ids of deliveries received longer ago than [`DELIVERY_DEDUPE_WINDOW`].
     pub async fn purge_received_deliveries(&self) -> Result<usize, ServiceError> {
         let window = u64::try_from(DELIVERY_DEDUPE_WINDOW.as_millis()).unwrap_or(u64::MAX);
@@ -272,7 +362,8 @@ impl Queues {
         let retention_ms = u64::try_from(self.policy.retention.as_millis()).unwrap_or(u64::MAX);
         let cutoff = self.clock.now_ms().saturating_sub(retention_ms);
         let report = self.store.purge_expired_messages(cutoff).await?;
-        let mut purged = 0;
+        // Log entries expire alike; their readers find the log starting later.
+        let mut purged = self.store.purge_expired_log_entries(cutoff).await?;
         for expired in report {
             purged += expired.count;
             let client = ClientId {
@@ -321,7 +412,7 @@ fn client_id(user_id: &str, device_id: u32) -> ClientId {
 
 /// The group id in an MLS message's framing (PublicMessage or PrivateMessage), without
 /// verifying anything else.
-fn mls_group_id(payload: &[u8]) -> Option<Vec<u8>> {
+pub(super) fn mls_group_id(payload: &[u8]) -> Option<Vec<u8>> {
     // MLSMessage: uint16 version; uint16 wire_format; then the message, which starts with
     // opaque group_id<V> (RFC 9420 sections 6 and 6.2-6.3) for both framings.
     const PUBLIC_MESSAGE: [u8; 2] = [0, 1];

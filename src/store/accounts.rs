@@ -342,6 +342,7 @@ fn delete_client(txn: &WriteTransaction, user_id: &str, device_id: u32) -> Resul
     super::key_packages::delete_client_key_packages(txn, user_id, device_id)?;
     super::queues::delete_client_queue(txn, user_id, device_id)?;
     super::groups::delete_client_memberships(txn, user_id, device_id)?;
+    super::group_logs::delete_client_windows(txn, user_id, device_id)?;
     super::federation::delete_client_hubs(txn, user_id, device_id)?;
     let removed = txn
         .open_table(CLIENTS)?

@@ -4,6 +4,7 @@
 
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
+use super::group_logs::enqueue_group_in;
 use super::groups::{remember_request, repeated_answer, GroupRefusal, RequestRecord};
 use super::queues::{enqueue_in, Enqueued, Envelope, FullQueues, QueueLimits};
 use super::{Store, StoreError};
@@ -116,7 +117,8 @@ pub(super) fn outbox_in(
 
 impl Store {
     /// Queues `envelopes` locally and `remote` deliveries in their peers' outboxes, in one
-    /// commit; with `request`, remembers it, or answers a retry of it without queuing again.
+    /// commit; with `request`, remembers it, or answers a retry of it without queuing again (and
+    /// the MLS messages of its group go to the group's log for the clients that read it).
     pub async fn deliver(
         &self,
         envelopes: Vec<Envelope>,
@@ -131,7 +133,14 @@ impl Store {
                     return Ok(Err(GroupRefusal::Repeated(answer)));
                 }
             }
-            let outcomes = match enqueue_in(txn, &envelopes, now_ms, limits)? {
+            // A group's own message goes to the readers of its log once, to the others' queues.
+            let queued = match &request {
+                Some(request) => {
+                    enqueue_group_in(txn, &request.group_id, &envelopes, now_ms, limits)?
+                }
+                None => enqueue_in(txn, &envelopes, now_ms, limits)?,
+            };
+            let outcomes = match queued {
                 Ok(outcomes) => outcomes,
                 Err(full) => return Ok(Err(GroupRefusal::QueueFull(full))),
             };

@@ -5,6 +5,7 @@ use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use tls_codec::{Deserialize, Serialize, TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
 
 use super::federation::{outbox_in, OutgoingDelivery};
+use super::group_logs::{delete_log, enqueue_group_in, update_windows};
 use super::queues::{enqueue_in, Enqueued, Envelope, FullQueues, QueueLimits};
 use super::{Store, StoreError};
 
@@ -252,6 +253,7 @@ impl Store {
             groups.insert(group_id.as_slice(), encoded.as_slice())?;
             drop(groups);
             replace_members(txn, &group_id, &[], &members)?;
+            update_windows(txn, &group_id, &[], &members)?;
             write_send_view(txn, &group_id, epoch, &members)?;
             Ok(Ok(()))
         })
@@ -351,13 +353,14 @@ impl Store {
                 return Ok(Err(GroupRefusal::WrongEpoch { current }));
             }
             // Queued first: a refusal must leave nothing written.
-            let outcomes = match enqueue_in(txn, &envelopes, now_ms, limits)? {
+            let outcomes = match enqueue_group_in(txn, &group_id, &envelopes, now_ms, limits)? {
                 Ok(outcomes) => outcomes,
                 Err(full) => return Ok(Err(GroupRefusal::QueueFull(full))),
             };
             groups.insert(group_id.as_slice(), encoded.as_slice())?;
             drop(groups);
             replace_members(txn, &group_id, &old_members, &members)?;
+            update_windows(txn, &group_id, &old_members, &members)?;
             write_send_view(txn, &group_id, new_epoch, &members)?;
             outbox_in(txn, &remote)?;
             if let Some(request) = &request {
@@ -389,6 +392,7 @@ impl Store {
                 return Ok(Err(GroupRefusal::Unknown));
             }
             replace_members(txn, &group_id, &members, &[])?;
+            delete_log(txn, &group_id)?;
             txn.open_table(SEND_VIEWS)?.remove(group_id.as_slice())?;
             // Notices are admitted whatever the queues hold: this enqueue is never refused.
             let outcomes = enqueue_in(txn, &envelopes, now_ms, limits)?.unwrap_or_default();

@@ -12,6 +12,7 @@
 
 mod accounts;
 mod federation;
+mod group_logs;
 mod groups;
 mod key_packages;
 mod meta;
@@ -24,6 +25,7 @@ pub use accounts::{
     FIRST_DEVICE_ID,
 };
 pub use federation::{DeliveryRefusal, IncomingDelivery, OutgoingDelivery, ReceivedDeliveries};
+pub use group_logs::{LogCursor, LogEntries, LogRefusal};
 pub use groups::{
     GroupMemberRow, GroupRefusal, GroupTransition, PublicState, RequestRecord, SendView,
     StoredGroup, REQUEST_DEDUPE_WINDOW_MS,

@@ -163,6 +163,10 @@ pub enum Enqueued {
     Queued {
         seq: u64,
     },
+    /// Appended to the group's log, which the client reads (`UseGroupLogs`), at this position.
+    Logged {
+        gseq: u64,
+    },
     QueueFull,
     UnknownClient,
     /// A notice of the same kind is still queued for the client: this one was not added.

@@ -29,6 +29,11 @@ macro_rules! for_each_table {
         $action!(super::groups::SEND_VIEWS);
         $action!(super::groups::RECENT_REQUESTS);
         $action!(super::groups::RECENT_REQUESTS_BY_TIME);
+        $action!(super::group_logs::GROUP_LOGS);
+        $action!(super::group_logs::GROUP_LOG);
+        $action!(super::group_logs::LOG_READERS);
+        $action!(super::group_logs::LOG_READERS_BY_ACKED);
+        $action!(super::group_logs::LOG_CLIENTS);
         $action!(super::federation::OUTBOX);
         $action!(super::federation::OUTBOX_HEADS);
         $action!(super::federation::DELIVERIES_RECEIVED);

@@ -469,26 +469,29 @@ async fn open_push_stream(
 /// until the registry drops the connection; then finishes the stream.
 async fn write_notifications(stream: &mut SendStream, mut feed: PushFeed) {
     loop {
-        let notification = tokio::select! {
+        let notifications = tokio::select! {
             // Drain explicit notifications first: a shutdown notice must not wait behind hints.
             biased;
             notification = feed.notifications.recv() => match notification {
-                Some(notification) => notification,
+                Some(notification) => vec![notification],
                 None => break,
             },
-            () = feed.hint.ready() => match feed.hint.take() {
-                Some(hint) => Notification::NewMessages(hint),
-                None => continue,
-            },
-        };
-        match encode_notification_record(&notification) {
-            Ok(record) => {
-                if let Err(e) = stream.write_all(&record).await {
-                    debug!("push stream closed: {e}");
-                    return;
-                }
+            () = feed.hint.ready() => {
+                let queue = feed.hint.take().map(Notification::NewMessages);
+                let logs = feed.hint.take_group_hints().into_iter().map(Notification::GroupLogAppended);
+                queue.into_iter().chain(logs).collect()
             }
-            Err(e) => error!("cannot encode notification: {e}"),
+        };
+        for notification in notifications {
+            match encode_notification_record(&notification) {
+                Ok(record) => {
+                    if let Err(e) = stream.write_all(&record).await {
+                        debug!("push stream closed: {e}");
+                        return;
+                    }
+                }
+                Err(e) => error!("cannot encode notification: {e}"),
+            }
         }
     }
     let _ = stream.finish();

@@ -11,7 +11,8 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{
-    ClientId, NewMessages, Notification, QueuedMessage, MAX_PUSHED_BYTES, MAX_PUSHED_MESSAGES,
+    ClientId, GroupLogAppended, NewMessages, Notification, QueuedMessage, MAX_PUSHED_BYTES,
+    MAX_PUSHED_MESSAGES,
 };
 use crate::services::{PushedMessage, Sessions};
 
@@ -46,8 +47,24 @@ pub struct HintSlot {
     ready: Notify,
 }
 
+/// Groups whose log hints may wait for one connection at once; beyond, one hint with an empty
+/// group id tells the client to list its logs.
+pub const MAX_PENDING_GROUP_HINTS: usize = 256;
+
+/// The newest entries of one group log, waiting to be hinted.
+#[derive(Default)]
+struct PendingGroupHint {
+    latest_gseq: u64,
+    messages: VecDeque<PushedMessage>,
+    bytes: usize,
+}
+
 #[derive(Default)]
 struct PendingHint {
+    /// Group logs with entries not hinted yet.
+    groups: HashMap<Arc<[u8]>, PendingGroupHint>,
+    /// More groups moved than [`MAX_PENDING_GROUP_HINTS`].
+    groups_overflowed: bool,
     /// The newest queued message's sequence number (hints only move forward).
     latest_seq: u64,
     /// The `latest_seq` of the last hint taken.
@@ -71,25 +88,58 @@ impl HintSlot {
             pending.bytes = 0;
         }
         pending.latest_seq = message.seq;
-        let size = message.payload.len();
-        if size > MAX_PUSHED_BYTES {
-            pending.messages.clear();
-            pending.bytes = 0;
-        } else {
-            // Keep the newest: make room by letting the oldest go (the client fetches them).
-            while pending.messages.len() >= MAX_PUSHED_MESSAGES
-                || pending.bytes + size > MAX_PUSHED_BYTES
-            {
-                let Some(oldest) = pending.messages.pop_front() else {
-                    break;
-                };
-                pending.bytes -= oldest.payload.len();
-            }
-            pending.bytes += size;
-            pending.messages.push_back(message.clone());
-        }
-        drop(pending);
+        let pending = &mut *pending;
+        keep_newest(&mut pending.messages, &mut pending.bytes, message);
         self.ready.notify_one();
+    }
+
+    /// Records that `message` was appended to `group_id`'s log; never waits.
+    fn offer_log(&self, group_id: &Arc<[u8]>, message: &PushedMessage) {
+        let mut pending = self.lock();
+        let pending = &mut *pending;
+        if !pending.groups.contains_key(group_id) && pending.groups.len() >= MAX_PENDING_GROUP_HINTS
+        {
+            pending.groups_overflowed = true;
+        } else {
+            let hint = pending.groups.entry(group_id.clone()).or_default();
+            if message.seq <= hint.latest_gseq {
+                return;
+            }
+            if message.seq != hint.latest_gseq + 1 {
+                hint.messages.clear();
+                hint.bytes = 0;
+            }
+            hint.latest_gseq = message.seq;
+            keep_newest(&mut hint.messages, &mut hint.bytes, message);
+        }
+        self.ready.notify_one();
+    }
+
+    /// The group log hints waiting, each group once (taking them).
+    pub fn take_group_hints(&self) -> Vec<GroupLogAppended> {
+        let (groups, overflowed) = {
+            let mut pending = self.lock();
+            (
+                std::mem::take(&mut pending.groups),
+                std::mem::take(&mut pending.groups_overflowed),
+            )
+        };
+        let mut hints: Vec<GroupLogAppended> = groups
+            .into_iter()
+            .map(|(group_id, hint)| GroupLogAppended {
+                group_id: group_id.to_vec().into(),
+                latest_gseq: hint.latest_gseq,
+                messages: hint.messages.into_iter().map(queued_message).collect(),
+            })
+            .collect();
+        if overflowed {
+            hints.push(GroupLogAppended {
+                group_id: Vec::new().into(),
+                latest_gseq: 0,
+                messages: Vec::new(),
+            });
+        }
+        hints
     }
 
     /// Waits until the slot may hold something newer than the last hint taken.
@@ -110,15 +160,7 @@ impl HintSlot {
         };
         Some(NewMessages {
             latest_seq,
-            messages: messages
-                .into_iter()
-                .map(|message| QueuedMessage {
-                    seq: message.seq,
-                    enqueued_at_ms: message.enqueued_at_ms,
-                    kind: message.kind,
-                    payload: message.payload.as_slice().into(),
-                })
-                .collect(),
+            messages: messages.into_iter().map(queued_message).collect(),
         })
     }
 
@@ -127,6 +169,35 @@ impl HintSlot {
         self.pending
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Adds `message` to the small messages a hint carries, keeping the newest that fit; a message
+/// too large to carry empties them (the hint then only announces).
+fn keep_newest(messages: &mut VecDeque<PushedMessage>, bytes: &mut usize, message: &PushedMessage) {
+    let size = message.payload.len();
+    if size > MAX_PUSHED_BYTES {
+        messages.clear();
+        *bytes = 0;
+        return;
+    }
+    // Make room by letting the oldest go (the client fetches them).
+    while messages.len() >= MAX_PUSHED_MESSAGES || *bytes + size > MAX_PUSHED_BYTES {
+        let Some(oldest) = messages.pop_front() else {
+            break;
+        };
+        *bytes -= oldest.payload.len();
+    }
+    *bytes += size;
+    messages.push_back(message.clone());
+}
+
+fn queued_message(message: PushedMessage) -> QueuedMessage {
+    QueuedMessage {
+        seq: message.seq,
+        enqueued_at_ms: message.enqueued_at_ms,
+        kind: message.kind,
+        payload: message.payload.as_slice().into(),
     }
 }
 
@@ -210,6 +281,14 @@ impl Sessions for SessionRegistry {
         if let Some(sessions) = self.lock().get(client) {
             for session in sessions {
                 session.hint.offer(message);
+            }
+        }
+    }
+
+    fn log_appended(&self, client: &ClientId, group_id: &Arc<[u8]>, message: &PushedMessage) {
+        if let Some(sessions) = self.lock().get(client) {
+            for session in sessions {
+                session.hint.offer_log(group_id, message);
             }
         }
     }

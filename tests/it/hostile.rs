@@ -46,6 +46,18 @@ fn authenticated_operations() -> Vec<Request> {
             max_bytes: 1024,
         }),
         Request::AckMessages(AckMessagesRequest { up_to_seq: 1 }),
+        Request::UseGroupLogs,
+        Request::ListGroupLogs,
+        Request::FetchGroupLog(roost::protocol::FetchGroupLogRequest {
+            group_id: vec![1; 20].into(),
+            from_gseq: 0,
+            max_count: 10,
+            max_bytes: 1024,
+        }),
+        Request::AckGroupLog(roost::protocol::AckGroupLogRequest {
+            group_id: vec![1; 20].into(),
+            up_to_gseq: 1,
+        }),
         Request::CreateGroup(CreateGroupRequest {
             group_info: vec![0; 4].into(),
             ratchet_tree: vec![0; 4].into(),

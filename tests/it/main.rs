@@ -7,6 +7,7 @@ mod cli;
 mod crash;
 mod federation;
 mod floods;
+mod group_logs;
 mod groups;
 mod hostile;
 mod key_packages;

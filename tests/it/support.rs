@@ -138,6 +138,9 @@ impl TestServer {
         let push = within(connection.authenticate(&identity.client, &identity.signing_key))
             .await
             .unwrap();
+        if std::env::var_os("ROOST_TEST_GROUP_LOGS").is_some() {
+            within(connection.use_group_logs()).await.unwrap();
+        }
         let mls = DeviceMls::new(&identity).unwrap();
         Device {
             connection,

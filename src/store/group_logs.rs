@@ -1,0 +1,633 @@
+//! Group logs: for clients that read them (`UseGroupLogs`), the MLS messages of a group hosted
+//! here are stored once, in the group's log, instead of once per recipient queue. Each reader has
+//! a window on the log (from the first entry after the commit that added it, to the commit that
+//! removed it) and an acknowledged position; entries every reader acknowledged are deleted.
+//!
+//! A send to a group of any size therefore writes one entry, not one queue record per member: the
+//! writes are those of the log's own pages, whatever the group's size.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
+
+use super::groups::GroupMemberRow;
+use super::queues::{
+    enqueue_in, Admission, Enqueued, Envelope, FullQueues, QueueLimits, HANDSHAKE_RESERVE_FACTOR,
+};
+use super::{Store, StoreError};
+
+/// (next position, first kept position, kept entries, kept payload bytes) of one log.
+type LogHead = (u64, u64, u64, u64);
+/// (group id, position) of a log entry.
+type EntryKey<'a> = (&'a [u8], u64);
+/// (accepted at ms, MLS message) of a log entry.
+type EntryValue<'a> = (u64, &'a [u8]);
+/// (user id, device id, group id) of a reader's window.
+type WindowKey<'a> = (&'a str, u32, &'a [u8]);
+/// (first readable, last readable (`OPEN` while a member), acknowledged position).
+type Window = (u64, u64, u64);
+
+/// group id -> [`LogHead`].
+pub(super) const GROUP_LOGS: TableDefinition<&[u8], LogHead> = TableDefinition::new("group-logs-1");
+/// [`EntryKey`] -> [`EntryValue`].
+pub(super) const GROUP_LOG: TableDefinition<EntryKey, EntryValue> =
+    TableDefinition::new("group-log-1");
+/// [`WindowKey`] -> [`Window`].
+pub(super) const LOG_READERS: TableDefinition<WindowKey, Window> =
+    TableDefinition::new("log-readers-1");
+/// (group id, acknowledged position, user id, device id): each log's readers, slowest first.
+pub(super) const LOG_READERS_BY_ACKED: TableDefinition<(&[u8], u64, &str, u32), ()> =
+    TableDefinition::new("log-readers-by-acked-1");
+/// (user id, device id): the clients that read group logs.
+pub(super) const LOG_CLIENTS: TableDefinition<(&str, u32), ()> =
+    TableDefinition::new("log-clients-1");
+
+/// `last` of a reader that is still a member.
+const OPEN: u64 = u64::MAX;
+/// The first position of every log.
+const FIRST_GSEQ: u64 = 1;
+
+/// Message kind of MLS messages (the only kind a log holds).
+const MLS_KIND: u8 = 0;
+
+/// One client's view of one group log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogCursor {
+    pub group_id: Vec<u8>,
+    pub acked: u64,
+    pub next: u64,
+    /// The last readable position once removed; `None` while a member.
+    pub last: Option<u64>,
+}
+
+/// Entries read from a log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogEntries {
+    /// (position, accepted at ms, MLS message)
+    pub entries: Vec<(u64, u64, Vec<u8>)>,
+    pub next: u64,
+    pub last: Option<u64>,
+}
+
+/// Why a log request was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogRefusal {
+    /// The client has no window on that group's log.
+    NotAReader,
+    /// Acknowledging beyond what the client can have read.
+    BeyondReadable { readable: u64 },
+}
+
+fn log_head(
+    logs: &impl ReadableTable<&'static [u8], LogHead>,
+    group_id: &[u8],
+) -> Result<LogHead, StoreError> {
+    Ok(logs
+        .get(group_id)?
+        .map_or((FIRST_GSEQ, FIRST_GSEQ, 0, 0), |head| head.value()))
+}
+
+/// Queues `envelopes` (messages of group `group_id`, hosted here): the MLS messages for clients
+/// that read the group's log are appended to it, each distinct message once; the rest go to their
+/// queues ([`enqueue_in`]). Outcomes are per envelope, in order; a refusal writes nothing.
+///
+/// Admission follows the queues' rule with the log's kept entries and bytes standing for a
+/// queue's: an application message beyond the limits is refused for its log readers
+/// (`QueueFull`), a handshake beyond twice the limits refuses the whole operation (the log
+/// readers named), unless it may be skipped (`HandshakeIfRoom`).
+pub(super) fn enqueue_group_in(
+    txn: &WriteTransaction,
+    group_id: &[u8],
+    envelopes: &[Envelope],
+    now_ms: u64,
+    limits: QueueLimits,
+) -> Result<Result<Vec<Enqueued>, FullQueues>, StoreError> {
+    let plan = match plan_log(txn, group_id, envelopes, limits)? {
+        Ok(plan) => plan,
+        Err(full) => return Ok(Err(full)),
+    };
+    if plan.verdicts.iter().all(Option::is_none) {
+        return enqueue_in(txn, envelopes, now_ms, limits);
+    }
+    let for_queues: Vec<Envelope> = envelopes
+        .iter()
+        .zip(&plan.verdicts)
+        .filter(|(_, verdict)| verdict.is_none())
+        .map(|(envelope, _)| envelope.clone())
+        .collect();
+    let queued = match enqueue_in(txn, &for_queues, now_ms, limits)? {
+        Ok(queued) => queued,
+        Err(full) => return Ok(Err(full)),
+    };
+    let positions = write_log(txn, group_id, envelopes, &plan, now_ms)?;
+    let mut queued = queued.into_iter();
+    Ok(Ok(plan
+        .verdicts
+        .iter()
+        .map(|verdict| match verdict {
+            None => queued.next().unwrap_or(Enqueued::UnknownClient),
+            Some(LogVerdict::Full) => Enqueued::QueueFull,
+            Some(LogVerdict::Append(entry)) => Enqueued::Logged {
+                gseq: positions[*entry],
+            },
+        })
+        .collect()))
+}
+
+/// What becomes of one envelope that a log reader receives.
+#[derive(Clone, Copy, Debug)]
+enum LogVerdict {
+    /// Appended as the log's n-th new entry of this operation.
+    Append(usize),
+    /// Refused: the log is full for messages of its kind.
+    Full,
+}
+
+struct LogPlan {
+    /// Per envelope: `None` for a queue.
+    verdicts: Vec<Option<LogVerdict>>,
+    /// The envelope holding each new entry's message, in order.
+    entries: Vec<usize>,
+}
+
+/// Decides, without writing, which envelopes the log takes and which it refuses.
+fn plan_log(
+    txn: &WriteTransaction,
+    group_id: &[u8],
+    envelopes: &[Envelope],
+    limits: QueueLimits,
+) -> Result<Result<LogPlan, FullQueues>, StoreError> {
+    let mut plan = LogPlan {
+        verdicts: vec![None; envelopes.len()],
+        entries: Vec::new(),
+    };
+    let readers = txn.open_table(LOG_READERS)?;
+    let mut logged: Vec<usize> = Vec::new();
+    for (index, envelope) in envelopes.iter().enumerate() {
+        if envelope.kind != MLS_KIND {
+            continue;
+        }
+        let window = readers.get((envelope.user_id.as_str(), envelope.device_id, group_id))?;
+        if window.is_some_and(|window| window.value().1 == OPEN) {
+            logged.push(index);
+        }
+    }
+    drop(readers);
+    if logged.is_empty() {
+        return Ok(Ok(plan));
+    }
+    let (_, _, mut count, mut bytes) = log_head(&txn.open_table(GROUP_LOGS)?, group_id)?;
+    let mut decided: HashMap<*const Vec<u8>, LogVerdict> = HashMap::new();
+    for &index in &logged {
+        let envelope = &envelopes[index];
+        let key = Arc::as_ptr(&envelope.payload);
+        if let Some(verdict) = decided.get(&key) {
+            plan.verdicts[index] = Some(*verdict);
+            continue;
+        }
+        let size = envelope.payload.len() as u64;
+        let fits = |factor: u64| {
+            count < limits.max_messages.saturating_mul(factor)
+                && bytes.saturating_add(size) <= limits.max_bytes.saturating_mul(factor)
+        };
+        let verdict = match envelope.admission {
+            Admission::Message if !fits(1) => LogVerdict::Full,
+            Admission::HandshakeIfRoom if !fits(HANDSHAKE_RESERVE_FACTOR) => LogVerdict::Full,
+            Admission::Handshake | Admission::MessageOrRefuseAll
+                if !fits(HANDSHAKE_RESERVE_FACTOR) =>
+            {
+                let mut full: FullQueues = logged
+                    .iter()
+                    .map(|&index| (envelopes[index].user_id.clone(), envelopes[index].device_id))
+                    .collect();
+                full.dedup();
+                return Ok(Err(full));
+            }
+            _ => {
+                count += 1;
+                bytes = bytes.saturating_add(size);
+                plan.entries.push(index);
+                LogVerdict::Append(plan.entries.len() - 1)
+            }
+        };
+        decided.insert(key, verdict);
+        plan.verdicts[index] = Some(verdict);
+    }
+    Ok(Ok(plan))
+}
+
+/// Appends the plan's new entries; returns their positions.
+fn write_log(
+    txn: &WriteTransaction,
+    group_id: &[u8],
+    envelopes: &[Envelope],
+    plan: &LogPlan,
+    now_ms: u64,
+) -> Result<Vec<u64>, StoreError> {
+    let mut logs = txn.open_table(GROUP_LOGS)?;
+    let (mut next, first_kept, mut count, mut bytes) = log_head(&logs, group_id)?;
+    let mut log = txn.open_table(GROUP_LOG)?;
+    let mut positions = Vec::with_capacity(plan.entries.len());
+    for &index in &plan.entries {
+        let payload = envelopes[index].payload.as_slice();
+        log.insert((group_id, next), (now_ms, payload))?;
+        positions.push(next);
+        next += 1;
+        count += 1;
+        bytes = bytes.saturating_add(payload.len() as u64);
+    }
+    logs.insert(group_id, (next, first_kept, count, bytes))?;
+    Ok(positions)
+}
+
+/// Opens and closes log windows for a group's membership change from `old` to `new` (after this
+/// transaction's entries were appended): a log client that joins reads from the next entry on; one
+/// that leaves may read up to the last entry (the commit that removed it).
+pub(super) fn update_windows(
+    txn: &WriteTransaction,
+    group_id: &[u8],
+    old: &[GroupMemberRow],
+    new: &[GroupMemberRow],
+) -> Result<(), StoreError> {
+    let is_in = |rows: &[GroupMemberRow], row: &GroupMemberRow| {
+        rows.iter()
+            .any(|other| other.user_id == row.user_id && other.device_id == row.device_id)
+    };
+    let clients = txn.open_table(LOG_CLIENTS)?;
+    let joined: Vec<&GroupMemberRow> = new.iter().filter(|row| !is_in(old, row)).collect();
+    let left: Vec<&GroupMemberRow> = old.iter().filter(|row| !is_in(new, row)).collect();
+    let mut joining_readers = Vec::new();
+    for row in joined {
+        if clients
+            .get((row.user_id.as_str(), row.device_id))?
+            .is_some()
+        {
+            joining_readers.push(row);
+        }
+    }
+    drop(clients);
+    let (next, ..) = log_head(&txn.open_table(GROUP_LOGS)?, group_id)?;
+    for row in joining_readers {
+        open_window(txn, group_id, &row.user_id, row.device_id, next)?;
+    }
+    for row in left {
+        close_window(txn, group_id, &row.user_id, row.device_id, next - 1)?;
+    }
+    trim(txn, group_id)
+}
+
+/// Gives a client a window on a group's log from position `first` on.
+fn open_window(
+    txn: &WriteTransaction,
+    group_id: &[u8],
+    user_id: &str,
+    device_id: u32,
+    first: u64,
+) -> Result<(), StoreError> {
+    let mut readers = txn.open_table(LOG_READERS)?;
+    if let Some(old) = readers.insert((user_id, device_id, group_id), (first, OPEN, first - 1))? {
+        // Rejoined before it had read all of its earlier window: that window is over.
+        let (_, _, acked) = old.value();
+        drop(old);
+        txn.open_table(LOG_READERS_BY_ACKED)?
+            .remove((group_id, acked, user_id, device_id))?;
+    }
+    txn.open_table(LOG_READERS_BY_ACKED)?
+        .insert((group_id, first - 1, user_id, device_id), ())?;
+    Ok(())
+}
+
+/// Ends a reader's open window at `last`; a window with nothing left to read goes at once.
+fn close_window(
+    txn: &WriteTransaction,
+    group_id: &[u8],
+    user_id: &str,
+    device_id: u32,
+    last: u64,
+) -> Result<(), StoreError> {
+    let mut readers = txn.open_table(LOG_READERS)?;
+    // Only an open window closes: one closed before (a client that proposed to leave, then
+    // was removed) keeps its end.
+    let Some((first, OPEN, acked)) = readers
+        .get((user_id, device_id, group_id))?
+        .map(|window| window.value())
+    else {
+        return Ok(());
+    };
+    if acked >= last || last < first {
+        readers.remove((user_id, device_id, group_id))?;
+        txn.open_table(LOG_READERS_BY_ACKED)?
+            .remove((group_id, acked, user_id, device_id))?;
+    } else {
+        readers.insert((user_id, device_id, group_id), (first, last, acked))?;
+    }
+    Ok(())
+}
+
+/// Deletes the entries every reader of the log has acknowledged (all of them if it has none).
+fn trim(txn: &WriteTransaction, group_id: &[u8]) -> Result<(), StoreError> {
+    let slowest = txn
+        .open_table(LOG_READERS_BY_ACKED)?
+        .range((group_id, 0, "", 0)..=(group_id, u64::MAX, "\u{10FFFF}", u32::MAX))?
+        .next()
+        .transpose()?
+        .map(|(key, _)| key.value().1);
+    let mut logs = txn.open_table(GROUP_LOGS)?;
+    let Some((next, first_kept, count, bytes)) = logs.get(group_id)?.map(|head| head.value())
+    else {
+        return Ok(());
+    };
+    let through = slowest.unwrap_or(next - 1);
+    if through < first_kept {
+        return Ok(());
+    }
+    let mut log = txn.open_table(GROUP_LOG)?;
+    let (mut removed, mut removed_bytes) = (0u64, 0u64);
+    for entry in log.extract_from_if((group_id, first_kept)..=(group_id, through), |_, _| true)? {
+        let (_, value) = entry?;
+        removed += 1;
+        removed_bytes += value.value().1.len() as u64;
+    }
+    logs.insert(
+        group_id,
+        (
+            next,
+            through + 1,
+            count.saturating_sub(removed),
+            bytes.saturating_sub(removed_bytes),
+        ),
+    )?;
+    Ok(())
+}
+
+/// Deletes a group's log and every window on it.
+pub(super) fn delete_log(txn: &WriteTransaction, group_id: &[u8]) -> Result<(), StoreError> {
+    txn.open_table(GROUP_LOGS)?.remove(group_id)?;
+    txn.open_table(GROUP_LOG)?
+        .retain_in((group_id, 0)..=(group_id, u64::MAX), |_, _| false)?;
+    let mut by_acked = txn.open_table(LOG_READERS_BY_ACKED)?;
+    let mut readers = txn.open_table(LOG_READERS)?;
+    for entry in by_acked.extract_from_if(
+        (group_id, 0, "", 0)..=(group_id, u64::MAX, "\u{10FFFF}", u32::MAX),
+        |_, _| true,
+    )? {
+        let (key, _) = entry?;
+        let (_, _, user_id, device_id) = key.value();
+        readers.remove((user_id, device_id, group_id))?;
+    }
+    Ok(())
+}
+
+/// Forgets a deleted client's windows and that it read logs (the logs it held back are trimmed).
+pub(super) fn delete_client_windows(
+    txn: &WriteTransaction,
+    user_id: &str,
+    device_id: u32,
+) -> Result<(), StoreError> {
+    txn.open_table(LOG_CLIENTS)?.remove((user_id, device_id))?;
+    let windows: Vec<(Vec<u8>, u64)> = {
+        let mut readers = txn.open_table(LOG_READERS)?;
+        let mut windows = Vec::new();
+        for entry in readers.extract_from_if(
+            (user_id, device_id, &[][..])..=(user_id, device_id, GROUP_ID_UPPER_BOUND),
+            |_, _| true,
+        )? {
+            let (key, value) = entry?;
+            windows.push((key.value().2.to_vec(), value.value().2));
+        }
+        windows
+    };
+    for (group_id, acked) in windows {
+        txn.open_table(LOG_READERS_BY_ACKED)?.remove((
+            group_id.as_slice(),
+            acked,
+            user_id,
+            device_id,
+        ))?;
+        trim(txn, &group_id)?;
+    }
+    Ok(())
+}
+
+/// Greater than any group id (see `groups::GROUP_ID_UPPER_BOUND`).
+const GROUP_ID_UPPER_BOUND: &[u8] = &[0xff; 257];
+
+impl Store {
+    /// Makes a client a reader of group logs: from the next entry of each group hosted here that
+    /// it is in. Returns `false` if it was one already.
+    pub async fn use_group_logs(&self, user_id: &str, device_id: u32) -> Result<bool, StoreError> {
+        let user_id = user_id.to_owned();
+        self.write(move |txn| {
+            if txn
+                .open_table(LOG_CLIENTS)?
+                .insert((user_id.as_str(), device_id), ())?
+                .is_some()
+            {
+                return Ok(false);
+            }
+            let groups: Vec<Vec<u8>> = {
+                let members = txn.open_table(super::groups::GROUP_MEMBERS)?;
+                let hosted = txn.open_table(super::groups::GROUPS)?;
+                let mut groups = Vec::new();
+                let range = (user_id.as_str(), device_id, &[][..])
+                    ..=(user_id.as_str(), device_id, GROUP_ID_UPPER_BOUND);
+                for entry in members.range(range)? {
+                    let group_id = entry?.0.value().2.to_vec();
+                    if hosted.get(group_id.as_slice())?.is_some() {
+                        groups.push(group_id);
+                    }
+                }
+                groups
+            };
+            for group_id in groups {
+                let (next, ..) = log_head(&txn.open_table(GROUP_LOGS)?, &group_id)?;
+                open_window(txn, &group_id, &user_id, device_id, next)?;
+            }
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Whether a client reads group logs.
+    pub async fn uses_group_logs(&self, user_id: &str, device_id: u32) -> Result<bool, StoreError> {
+        let user_id = user_id.to_owned();
+        self.read(move |txn| {
+            Ok(txn
+                .open_table(LOG_CLIENTS)?
+                .get((user_id.as_str(), device_id))?
+                .is_some())
+        })
+        .await
+    }
+
+    /// The logs a client may read, with its positions.
+    pub async fn group_log_cursors(
+        &self,
+        user_id: &str,
+        device_id: u32,
+    ) -> Result<Vec<LogCursor>, StoreError> {
+        let user_id = user_id.to_owned();
+        self.read(move |txn| {
+            let readers = txn.open_table(LOG_READERS)?;
+            let logs = txn.open_table(GROUP_LOGS)?;
+            let mut cursors = Vec::new();
+            let range = (user_id.as_str(), device_id, &[][..])
+                ..=(user_id.as_str(), device_id, GROUP_ID_UPPER_BOUND);
+            for entry in readers.range(range)? {
+                let (key, window) = entry?;
+                let group_id = key.value().2.to_vec();
+                let (_, last, acked) = window.value();
+                let (next, ..) = log_head(&logs, &group_id)?;
+                cursors.push(LogCursor {
+                    group_id,
+                    acked,
+                    next,
+                    last: (last != OPEN).then_some(last),
+                });
+            }
+            Ok(cursors)
+        })
+        .await
+    }
+
+    /// Entries of a group's log that the client may read, from `from` (0: after its
+    /// acknowledged position): at most `max_count`, and within `max_bytes` of payload but for the
+    /// first.
+    pub async fn fetch_group_log(
+        &self,
+        user_id: &str,
+        device_id: u32,
+        group_id: &[u8],
+        from: u64,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Result<LogEntries, LogRefusal>, StoreError> {
+        let (user_id, group_id) = (user_id.to_owned(), group_id.to_vec());
+        self.read(move |txn| {
+            let Some((first, last, acked)) = txn
+                .open_table(LOG_READERS)?
+                .get((user_id.as_str(), device_id, group_id.as_slice()))?
+                .map(|window| window.value())
+            else {
+                return Ok(Err(LogRefusal::NotAReader));
+            };
+            let (next, first_kept, ..) = log_head(&txn.open_table(GROUP_LOGS)?, &group_id)?;
+            let from = if from == 0 { acked + 1 } else { from };
+            let from = from.max(first).max(first_kept);
+            let to = last.min(next.saturating_sub(1));
+            let mut entries = Vec::new();
+            let mut bytes = 0;
+            if from <= to {
+                let log = txn.open_table(GROUP_LOG)?;
+                for entry in log.range((group_id.as_slice(), from)..=(group_id.as_slice(), to))? {
+                    let (key, value) = entry?;
+                    let (at, payload) = value.value();
+                    if entries.len() == max_count
+                        || (!entries.is_empty() && bytes + payload.len() > max_bytes)
+                    {
+                        break;
+                    }
+                    bytes += payload.len();
+                    entries.push((key.value().1, at, payload.to_vec()));
+                }
+            }
+            Ok(Ok(LogEntries {
+                entries,
+                next,
+                last: (last != OPEN).then_some(last),
+            }))
+        })
+        .await
+    }
+
+    /// Acknowledges a group log's entries up to `up_to` for a client: a window that is over and
+    /// read goes, and entries every reader acknowledged are deleted.
+    pub async fn ack_group_log(
+        &self,
+        user_id: &str,
+        device_id: u32,
+        group_id: &[u8],
+        up_to: u64,
+    ) -> Result<Result<(), LogRefusal>, StoreError> {
+        let (user_id, group_id) = (user_id.to_owned(), group_id.to_vec());
+        self.write(move |txn| {
+            let key = (user_id.as_str(), device_id, group_id.as_slice());
+            let Some((first, last, acked)) = txn
+                .open_table(LOG_READERS)?
+                .get(key)?
+                .map(|window| window.value())
+            else {
+                return Ok(Err(LogRefusal::NotAReader));
+            };
+            let (next, ..) = log_head(&txn.open_table(GROUP_LOGS)?, &group_id)?;
+            let readable = last.min(next - 1);
+            if up_to > readable {
+                return Ok(Err(LogRefusal::BeyondReadable { readable }));
+            }
+            if up_to <= acked {
+                return Ok(Ok(()));
+            }
+            let mut by_acked = txn.open_table(LOG_READERS_BY_ACKED)?;
+            by_acked.remove((group_id.as_slice(), acked, user_id.as_str(), device_id))?;
+            if up_to >= last {
+                txn.open_table(LOG_READERS)?.remove(key)?;
+            } else {
+                by_acked.insert(
+                    (group_id.as_slice(), up_to, user_id.as_str(), device_id),
+                    (),
+                )?;
+                txn.open_table(LOG_READERS)?
+                    .insert(key, (first, last, up_to))?;
+            }
+            drop(by_acked);
+            trim(txn, &group_id)?;
+            Ok(Ok(()))
+        })
+        .await
+    }
+
+    /// Deletes log entries accepted before `cutoff_ms` (the retention): readers behind them
+    /// find the log starting later. Returns how many were deleted.
+    pub async fn purge_expired_log_entries(&self, cutoff_ms: u64) -> Result<u64, StoreError> {
+        self.write(move |txn| {
+            let heads: Vec<(Vec<u8>, LogHead)> = txn
+                .open_table(GROUP_LOGS)?
+                .iter()?
+                .map(|entry| entry.map(|(key, head)| (key.value().to_vec(), head.value())))
+                .collect::<Result<_, _>>()?;
+            let mut purged = 0;
+            for (group_id, (next, first_kept, count, bytes)) in heads {
+                let mut log = txn.open_table(GROUP_LOG)?;
+                let mut kept_from = first_kept;
+                let (mut removed, mut removed_bytes) = (0u64, 0u64);
+                let expired: Vec<(u64, u64)> = log
+                    .range((group_id.as_slice(), first_kept)..(group_id.as_slice(), next))?
+                    .map(|entry| entry.map(|(key, value)| (key.value().1, value.value().0)))
+                    .take_while(|entry| matches!(entry, Ok((_, at)) if *at < cutoff_ms))
+                    .collect::<Result<_, _>>()?;
+                for (position, _) in expired {
+                    if let Some(value) = log.remove((group_id.as_slice(), position))? {
+                        removed_bytes += value.value().1.len() as u64;
+                    }
+                    removed += 1;
+                    kept_from = position + 1;
+                }
+                if removed > 0 {
+                    txn.open_table(GROUP_LOGS)?.insert(
+                        group_id.as_slice(),
+                        (
+                            next,
+                            kept_from,
+                            count.saturating_sub(removed),
+                            bytes.saturating_sub(removed_bytes),
+                        ),
+                    )?;
+                    purged += removed;
+                }
+            }
+            Ok(purged)
+        })
+        .await
+    }
+}
