@@ -628,18 +628,26 @@ impl Groups {
             });
         }
         let payload = Arc::new(request.message.as_slice().to_vec());
-        let envelopes: Vec<Envelope> = view
-            .members
-            .iter()
-            .filter(|member| !is_caller(member))
-            .map(|(user_id, device_id)| Envelope {
-                user_id: user_id.clone(),
-                device_id: *device_id,
+        // Members that read the group's log get the message once, in the log; the others a copy
+        // in their queues.
+        let mut log_readers = Vec::new();
+        let mut envelopes = Vec::new();
+        for (member, reads_log) in view.members.iter().zip(&view.log_readers) {
+            if is_caller(member) {
+                continue;
+            }
+            if *reads_log {
+                log_readers.push(member);
+                continue;
+            }
+            envelopes.push(Envelope {
+                user_id: member.0.clone(),
+                device_id: member.1,
                 kind: MessageKind::Mls as u8,
                 admission: Admission::Message,
                 payload: payload.clone(),
-            })
-            .collect();
+            });
+        }
         let (envelopes, remote) = self.split(&group_id, envelopes);
         let recipients: Vec<ClientId> = envelopes.iter().map(super::envelope_client).collect();
         let request = RequestRecord {
@@ -649,10 +657,12 @@ impl Groups {
             answer: accepted_at_ms,
         };
         // Application messages are refused queue by queue, never as a whole.
-        let outcomes = match self
+        let log = (!log_readers.is_empty()).then(|| payload.clone());
+        let (outcomes, logged) = match self
             .store
-            .deliver(
+            .deliver_to_log(
                 envelopes.clone(),
+                log,
                 remote,
                 accepted_at_ms,
                 self.queue_limits(),
@@ -671,12 +681,35 @@ impl Groups {
         };
         self.outbox_wake.send_replace(());
         super::announce_queued(&*self.sessions, &envelopes, &outcomes, accepted_at_ms);
-        let queue_full = recipients
+        let mut queue_full: Vec<ClientId> = recipients
             .iter()
             .zip(&outcomes)
             .filter(|(_, outcome)| **outcome == Enqueued::QueueFull)
             .map(|(client, _)| client.clone())
             .collect();
+        match logged {
+            Some(Enqueued::Logged { gseq }) => {
+                let group_id: Arc<[u8]> = Arc::from(group_id.as_slice());
+                let message = super::PushedMessage {
+                    seq: gseq,
+                    enqueued_at_ms: accepted_at_ms,
+                    kind: MessageKind::Mls,
+                    payload: payload.clone(),
+                };
+                for (user_id, device_id) in &log_readers {
+                    let client = ClientId {
+                        user_id: crate::protocol::Text::truncated(user_id),
+                        device_id: *device_id,
+                    };
+                    self.sessions.log_appended(&client, &group_id, &message);
+                }
+            }
+            Some(_) => queue_full.extend(log_readers.iter().map(|(user_id, device_id)| ClientId {
+                user_id: crate::protocol::Text::truncated(user_id),
+                device_id: *device_id,
+            })),
+            None => {}
+        }
         Ok(MessageAccepted {
             accepted_at_ms,
             queue_full,
@@ -686,15 +719,17 @@ impl Groups {
     /// The send view of a group stored before send views were kept, from its full state.
     async fn send_view_from_state(&self, group_id: &[u8]) -> Result<SendView, ServiceError> {
         let group = self.load(group_id).await?;
-        let members = self
+        let members: Vec<(String, u32)> = self
             .verified_members(&group.public)
             .await?
             .into_iter()
             .filter(|(client, _)| !is_leaving(&group.stored, client))
             .map(|(client, _)| (client.user_id.as_str().to_owned(), client.device_id))
             .collect();
+        // Groups this old have no log readers: a client's window opens with a group change.
         Ok(SendView {
             epoch: group.stored.epoch,
+            log_readers: vec![false; members.len()],
             members,
         })
     }

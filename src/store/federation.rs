@@ -4,10 +4,11 @@
 
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
-use super::group_logs::enqueue_group_in;
+use super::group_logs::append_message_in;
 use super::groups::{remember_request, repeated_answer, GroupRefusal, RequestRecord};
 use super::queues::{enqueue_in, Enqueued, Envelope, FullQueues, QueueLimits};
 use super::{Store, StoreError};
+use std::sync::Arc;
 
 /// (peer domain, seq) -> encoded delivery, in the order it must be sent.
 pub(super) const OUTBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("outbox-1");
@@ -127,28 +128,49 @@ impl Store {
         limits: QueueLimits,
         request: Option<RequestRecord>,
     ) -> Result<Result<Vec<Enqueued>, GroupRefusal>, StoreError> {
+        Ok(self
+            .deliver_to_log(envelopes, None, remote, now_ms, limits, request)
+            .await?
+            .map(|(outcomes, _)| outcomes))
+    }
+
+    /// As [`Store::deliver`], and with `log`, appends that application message once to the
+    /// log of the request's group, for readers the caller found in the group's send view; the
+    /// second outcome is the log's (`Logged`, or `QueueFull` for a full log).
+    pub async fn deliver_to_log(
+        &self,
+        envelopes: Vec<Envelope>,
+        log: Option<Arc<Vec<u8>>>,
+        remote: Vec<OutgoingDelivery>,
+        now_ms: u64,
+        limits: QueueLimits,
+        request: Option<RequestRecord>,
+    ) -> Result<Result<(Vec<Enqueued>, Option<Enqueued>), GroupRefusal>, StoreError> {
         self.write(move |txn| {
             if let Some(request) = &request {
                 if let Some(answer) = repeated_answer(txn, request)? {
                     return Ok(Err(GroupRefusal::Repeated(answer)));
                 }
             }
-            // A group's own message goes to the readers of its log once, to the others' queues.
-            let queued = match &request {
-                Some(request) => {
-                    enqueue_group_in(txn, &request.group_id, &envelopes, now_ms, limits)?
-                }
-                None => enqueue_in(txn, &envelopes, now_ms, limits)?,
-            };
-            let outcomes = match queued {
+            let outcomes = match enqueue_in(txn, &envelopes, now_ms, limits)? {
                 Ok(outcomes) => outcomes,
                 Err(full) => return Ok(Err(GroupRefusal::QueueFull(full))),
+            };
+            let logged = match (&log, &request) {
+                (Some(payload), Some(request)) => Some(append_message_in(
+                    txn,
+                    &request.group_id,
+                    payload,
+                    now_ms,
+                    limits,
+                )?),
+                _ => None,
             };
             outbox_in(txn, &remote)?;
             if let Some(request) = &request {
                 remember_request(txn, request)?;
             }
-            Ok(Ok(outcomes))
+            Ok(Ok((outcomes, logged)))
         })
         .await
     }

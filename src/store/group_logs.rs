@@ -241,6 +241,57 @@ fn write_log(
     Ok(positions)
 }
 
+/// Which of `members` (a group's receiving members) read its log: those with a window on it. A
+/// member's window that closed meanwhile is harmless (an entry beyond it cannot be read), so this
+/// may be read before the write that appends.
+pub(super) fn log_readers_among(
+    txn: &redb::ReadTransaction,
+    group_id: &[u8],
+    members: &[(String, u32)],
+) -> Result<Vec<bool>, StoreError> {
+    let by_acked = txn.open_table(LOG_READERS_BY_ACKED)?;
+    let mut readers = std::collections::HashSet::new();
+    for entry in
+        by_acked.range((group_id, 0, "", 0)..=(group_id, u64::MAX, "\u{10FFFF}", u32::MAX))?
+    {
+        let (key, _) = entry?;
+        let (_, _, user_id, device_id) = key.value();
+        readers.insert((user_id.to_owned(), device_id));
+    }
+    if readers.is_empty() {
+        return Ok(vec![false; members.len()]);
+    }
+    Ok(members
+        .iter()
+        .map(|member| readers.contains(member))
+        .collect())
+}
+
+/// Appends one message to a group's log for readers the caller found with
+/// [`log_readers_among`], by the queues' admission rule for application messages: `QueueFull` if
+/// the log is full.
+pub(super) fn append_message_in(
+    txn: &WriteTransaction,
+    group_id: &[u8],
+    payload: &[u8],
+    now_ms: u64,
+    limits: QueueLimits,
+) -> Result<Enqueued, StoreError> {
+    let mut logs = txn.open_table(GROUP_LOGS)?;
+    let (next, first_kept, count, bytes) = log_head(&logs, group_id)?;
+    let size = payload.len() as u64;
+    if count >= limits.max_messages || bytes.saturating_add(size) > limits.max_bytes {
+        return Ok(Enqueued::QueueFull);
+    }
+    txn.open_table(GROUP_LOG)?
+        .insert((group_id, next), (now_ms, payload))?;
+    logs.insert(
+        group_id,
+        (next + 1, first_kept, count + 1, bytes.saturating_add(size)),
+    )?;
+    Ok(Enqueued::Logged { gseq: next })
+}
+
 /// Opens and closes log windows for a group's membership change from `old` to `new` (after this
 /// transaction's entries were appended): a log client that joins reads from the next entry on; one
 /// that leaves may read up to the last entry (the commit that removed it).

@@ -32,6 +32,8 @@ pub struct SendView {
     pub epoch: u64,
     /// (user id, device id) of every client that receives the group's messages.
     pub members: Vec<(String, u32)>,
+    /// Which of `members` read the group's log (the others, their queues).
+    pub log_readers: Vec<bool>,
 }
 
 /// Writes a group's send view for `epoch` and its receiving `members`.
@@ -286,7 +288,7 @@ impl Store {
             };
             let record = SendViewRecord::tls_deserialize_exact(encoded.value())
                 .map_err(|e| StoreError::Corrupt(format!("send view: {e}")))?;
-            let members = record
+            let members: Vec<(String, u32)> = record
                 .members
                 .into_iter()
                 .map(|member| {
@@ -295,11 +297,13 @@ impl Store {
                         .map_err(|e| StoreError::Corrupt(format!("send view: {e}")))
                 })
                 .collect::<Result<_, _>>()?;
+            let log_readers = super::group_logs::log_readers_among(txn, &group_id, &members)?;
             Ok((
                 None,
                 Some(SendView {
                     epoch: record.epoch,
                     members,
+                    log_readers,
                 }),
             ))
         })

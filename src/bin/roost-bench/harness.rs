@@ -215,11 +215,18 @@ pub async fn device(
     })
 }
 
-/// Registers the users `names` with one KeyPackage each, several at once, and closes their
-/// connections: members that are offline.
-pub async fn offline_members(config: &ClientConfig, names: &[String]) -> anyhow::Result<()> {
+/// Registers the users `names` with one KeyPackage each, several at once (reading group logs
+/// when `logs`), and closes their connections: members that are offline.
+pub async fn offline_members(
+    config: &ClientConfig,
+    names: &[String],
+    logs: bool,
+) -> anyhow::Result<()> {
     let mut registering = futures::stream::iter(names.iter().map(|name| async move {
         let device = device(config, name, false, 1).await?;
+        if logs {
+            device.connection.use_group_logs().await?;
+        }
         device.connection.close().await;
         anyhow::Ok(())
     }))

@@ -508,16 +508,32 @@ pub async fn group_size(
     } else {
         scale.group_sizes.clone()
     };
-    let mut smallest: Option<GroupFigures> = None;
-    for size in sizes {
-        match group_of(report, ceilings, scale, remote, size, smallest).await {
-            Ok(figures) => {
-                smallest.get_or_insert(figures);
+    // Members reading their queues (one copy each), then members reading group logs (one copy).
+    for logs in [false, true] {
+        let mut smallest: Option<GroupFigures> = None;
+        for &size in &sizes {
+            match group_of(report, ceilings, scale, remote, size, logs, smallest).await {
+                Ok(figures) => {
+                    smallest.get_or_insert(figures);
+                }
+                Err(e) => report.failed(
+                    S,
+                    format!("{size} members{}", mode_name(logs)),
+                    format!("{e:#}"),
+                ),
             }
-            Err(e) => report.failed(S, format!("{size} members"), format!("{e:#}")),
         }
     }
     Ok(())
+}
+
+/// How a figure names the members' way of reading.
+fn mode_name(logs: bool) -> &'static str {
+    if logs {
+        " reading group logs"
+    } else {
+        ""
+    }
 }
 
 async fn group_of(
@@ -526,11 +542,13 @@ async fn group_of(
     scale: &Scale,
     remote: Option<&ClientConfig>,
     size: usize,
+    logs: bool,
     smallest: Option<GroupFigures>,
 ) -> anyhow::Result<GroupFigures> {
     const S: &str = "group-size";
     const ADDS_PER_COMMIT: usize = 100;
     let messages = scale.pick(100, 300);
+    let mode = mode_name(logs);
     let server = BenchServer::start(remote).await?;
     let config = server.client_config.clone();
     let run = format!("{:x}", rand::random::<u32>());
@@ -538,7 +556,7 @@ async fn group_of(
     let sender = harness::device(&config, &format!("sender-{run}@{domain}"), false, 0).await?;
     // The members, and one more to measure an add commit at this size.
     let names: Vec<String> = (0..size).map(|i| format!("m{i}-{run}@{domain}")).collect();
-    harness::offline_members(&config, &names).await?;
+    harness::offline_members(&config, &names, logs).await?;
     let keys = sender.connection.domain_keys().await?;
     let groups = GroupClient::new(&sender.connection, &sender.mls, keys, SystemClock.now());
     let group_id = groups.create_group().await?;
@@ -555,7 +573,7 @@ async fn group_of(
     }
     report.figure(
         S,
-        format!("{size} members: filled ({ADDS_PER_COMMIT} adds per commit)"),
+        format!("{size} members{mode}: filled ({ADDS_PER_COMMIT} adds per commit)"),
         filling.elapsed().as_secs_f64(),
         "s",
         Better::Lower,
@@ -575,7 +593,11 @@ async fn group_of(
     drop(group);
     let mut latencies = Vec::with_capacity(messages);
     let written = server.local().and(harness::bytes_written());
-    let profiled = harness::profile_phase("group-send");
+    let profiled = harness::profile_phase(if logs {
+        "group-send-logs"
+    } else {
+        "group-send"
+    });
     for request in requests {
         let start = Instant::now();
         sender.connection.send_message(request).await?;
@@ -611,7 +633,7 @@ async fn group_of(
     let base = smallest.unwrap_or(this);
     report.against(
         S,
-        format!("{size} members: send p50 at the server (pre-encrypted), one sender"),
+        format!("{size} members{mode}: send p50 at the server (pre-encrypted), one sender"),
         send_p50,
         "ms",
         Better::Lower,
@@ -620,21 +642,21 @@ async fn group_of(
     );
     report.figure(
         S,
-        format!("{size} members: send p50 end to end, the client encrypting each"),
+        format!("{size} members{mode}: send p50 end to end, the client encrypting each"),
         percentile_ms(&end_to_end, 50),
         "ms",
         Better::Lower,
     );
     report.figure(
         S,
-        format!("{size} members: send p99, one sender"),
+        format!("{size} members{mode}: send p99, one sender"),
         percentile_ms(&latencies, 99),
         "ms",
         Better::Lower,
     );
     report.against(
         S,
-        format!("{size} members: add commit"),
+        format!("{size} members{mode}: add commit"),
         add_ms,
         "ms",
         Better::Lower,
@@ -647,7 +669,7 @@ async fn group_of(
         match ceiling {
             Some(ceiling) => report.against(
                 S,
-                format!("{size} members: bytes written per message, one per commit"),
+                format!("{size} members{mode}: bytes written per message, one per commit"),
                 per_message,
                 "B",
                 Better::Lower,
@@ -656,7 +678,7 @@ async fn group_of(
             ),
             None => report.figure(
                 S,
-                format!("{size} members: bytes written per message, one per commit"),
+                format!("{size} members{mode}: bytes written per message, one per commit"),
                 per_message,
                 "B",
                 Better::Lower,
