@@ -249,22 +249,27 @@ pub(super) fn log_readers_among(
     group_id: &[u8],
     members: &[(String, u32)],
 ) -> Result<Vec<bool>, StoreError> {
+    let mut reads_log = vec![false; members.len()];
     let by_acked = txn.open_table(LOG_READERS_BY_ACKED)?;
-    let mut readers = std::collections::HashSet::new();
-    for entry in
-        by_acked.range((group_id, 0, "", 0)..=(group_id, u64::MAX, "\u{10FFFF}", u32::MAX))?
-    {
+    let mut readers =
+        by_acked.range((group_id, 0, "", 0)..=(group_id, u64::MAX, "\u{10FFFF}", u32::MAX))?;
+    let Some(first) = readers.next() else {
+        return Ok(reads_log);
+    };
+    // Members by name, borrowed: no allocation per member.
+    let positions: HashMap<(&str, u32), usize> = members
+        .iter()
+        .enumerate()
+        .map(|(index, (user_id, device_id))| ((user_id.as_str(), *device_id), index))
+        .collect();
+    for entry in std::iter::once(first).chain(readers) {
         let (key, _) = entry?;
         let (_, _, user_id, device_id) = key.value();
-        readers.insert((user_id.to_owned(), device_id));
+        if let Some(&index) = positions.get(&(user_id, device_id)) {
+            reads_log[index] = true;
+        }
     }
-    if readers.is_empty() {
-        return Ok(vec![false; members.len()]);
-    }
-    Ok(members
-        .iter()
-        .map(|member| readers.contains(member))
-        .collect())
+    Ok(reads_log)
 }
 
 /// Appends one message to a group's log for readers the caller found with
@@ -301,13 +306,18 @@ pub(super) fn update_windows(
     old: &[GroupMemberRow],
     new: &[GroupMemberRow],
 ) -> Result<(), StoreError> {
-    let is_in = |rows: &[GroupMemberRow], row: &GroupMemberRow| {
+    let names = |rows: &'_ [GroupMemberRow]| -> std::collections::HashSet<(String, u32)> {
         rows.iter()
-            .any(|other| other.user_id == row.user_id && other.device_id == row.device_id)
+            .map(|row| (row.user_id.clone(), row.device_id))
+            .collect()
+    };
+    let (old_names, new_names) = (names(old), names(new));
+    let is_in = |names: &std::collections::HashSet<(String, u32)>, row: &GroupMemberRow| {
+        names.contains(&(row.user_id.clone(), row.device_id))
     };
     let clients = txn.open_table(LOG_CLIENTS)?;
-    let joined: Vec<&GroupMemberRow> = new.iter().filter(|row| !is_in(old, row)).collect();
-    let left: Vec<&GroupMemberRow> = old.iter().filter(|row| !is_in(new, row)).collect();
+    let joined: Vec<&GroupMemberRow> = new.iter().filter(|row| !is_in(&old_names, row)).collect();
+    let left: Vec<&GroupMemberRow> = old.iter().filter(|row| !is_in(&new_names, row)).collect();
     let mut joining_readers = Vec::new();
     for row in joined {
         if clients
