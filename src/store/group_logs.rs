@@ -692,3 +692,104 @@ impl Store {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: QueueLimits = QueueLimits::per_client(100, 1 << 20);
+
+    /// A log for `group` with `readers` (user ids, device 1) whose windows open at the start.
+    async fn log_with_readers(store: &Store, group: &'static [u8], readers: &'static [&str]) {
+        store
+            .write(move |txn| {
+                for reader in readers {
+                    open_window(txn, group, reader, 1, FIRST_GSEQ)?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+    }
+
+    async fn append(store: &Store, group: &'static [u8], at_ms: u64) -> Enqueued {
+        store
+            .write(move |txn| append_message_in(txn, group, b"message", at_ms, LIMITS))
+            .await
+            .unwrap()
+    }
+
+    async fn positions(store: &Store, reader: &str, group: &[u8], from: u64) -> Vec<u64> {
+        store
+            .fetch_group_log(reader, 1, group, from, 100, 1 << 20)
+            .await
+            .unwrap()
+            .unwrap()
+            .entries
+            .iter()
+            .map(|(gseq, ..)| *gseq)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn entries_go_once_every_reader_acknowledged_them_or_they_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        log_with_readers(&store, b"g", &["a@x", "b@x"]).await;
+        for at in [10, 20, 30] {
+            append(&store, b"g", at).await;
+        }
+        assert_eq!(positions(&store, "a@x", b"g", 0).await, [1, 2, 3]);
+        store
+            .ack_group_log("a@x", 1, b"g", 2)
+            .await
+            .unwrap()
+            .unwrap();
+        // b has read nothing: everything stays, and a reads on from its position.
+        assert_eq!(positions(&store, "b@x", b"g", 1).await, [1, 2, 3]);
+        assert_eq!(positions(&store, "a@x", b"g", 0).await, [3]);
+        store
+            .ack_group_log("b@x", 1, b"g", 1)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(positions(&store, "b@x", b"g", 1).await, [2, 3], "1 is gone");
+        // Retention: entries accepted before 25 expire, whoever has not read them.
+        assert_eq!(store.purge_expired_log_entries(25).await.unwrap(), 1);
+        assert_eq!(positions(&store, "b@x", b"g", 1).await, [3]);
+        assert_eq!(
+            store.ack_group_log("b@x", 1, b"g", 4).await.unwrap(),
+            Err(LogRefusal::BeyondReadable { readable: 3 })
+        );
+        assert_eq!(
+            store
+                .fetch_group_log("c@x", 1, b"g", 0, 10, 10)
+                .await
+                .unwrap(),
+            Err(LogRefusal::NotAReader)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_log_refuses_further_messages_until_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        log_with_readers(&store, b"g", &["a@x"]).await;
+        for _ in 0..100 {
+            assert!(matches!(
+                append(&store, b"g", 1).await,
+                Enqueued::Logged { .. }
+            ));
+        }
+        assert_eq!(append(&store, b"g", 1).await, Enqueued::QueueFull);
+        store
+            .ack_group_log("a@x", 1, b"g", 50)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            append(&store, b"g", 1).await,
+            Enqueued::Logged { gseq: 101 }
+        );
+    }
+}
