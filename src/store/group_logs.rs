@@ -13,7 +13,8 @@ use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
 use super::groups::GroupMemberRow;
 use super::queues::{
-    enqueue_in, Admission, Enqueued, Envelope, FullQueues, QueueLimits, HANDSHAKE_RESERVE_FACTOR,
+    adjust_server_total, enqueue_in, server_total, Admission, Enqueued, Envelope, FullQueues,
+    QueueLimits, HANDSHAKE_RESERVE_FACTOR,
 };
 use super::{Store, StoreError};
 
@@ -178,6 +179,12 @@ fn plan_log(
         return Ok(Ok(plan));
     }
     let (_, _, mut count, mut bytes) = log_head(&txn.open_table(GROUP_LOGS)?, group_id)?;
+    // Logs count toward the server's total of queued bytes, like queues.
+    let mut server_bytes = if limits.max_server_bytes == u64::MAX {
+        0
+    } else {
+        server_total(txn)?
+    };
     let mut decided: HashMap<*const Vec<u8>, LogVerdict> = HashMap::new();
     for &index in &logged {
         let envelope = &envelopes[index];
@@ -190,6 +197,8 @@ fn plan_log(
         let fits = |factor: u64| {
             count < limits.max_messages.saturating_mul(factor)
                 && bytes.saturating_add(size) <= limits.max_bytes.saturating_mul(factor)
+                && server_bytes.saturating_add(size)
+                    <= limits.max_server_bytes.saturating_mul(factor)
         };
         let verdict = match envelope.admission {
             Admission::Message if !fits(1) => LogVerdict::Full,
@@ -207,6 +216,7 @@ fn plan_log(
             _ => {
                 count += 1;
                 bytes = bytes.saturating_add(size);
+                server_bytes = server_bytes.saturating_add(size);
                 plan.entries.push(index);
                 LogVerdict::Append(plan.entries.len() - 1)
             }
@@ -236,6 +246,7 @@ fn write_log(
         next += 1;
         count += 1;
         bytes = bytes.saturating_add(payload.len() as u64);
+        adjust_server_total(payload.len() as u64, 0);
     }
     logs.insert(group_id, (next, first_kept, count, bytes))?;
     Ok(positions)
@@ -285,9 +296,13 @@ pub(super) fn append_message_in(
     let mut logs = txn.open_table(GROUP_LOGS)?;
     let (next, first_kept, count, bytes) = log_head(&logs, group_id)?;
     let size = payload.len() as u64;
-    if count >= limits.max_messages || bytes.saturating_add(size) > limits.max_bytes {
+    let server_full = limits.max_server_bytes != u64::MAX
+        && server_total(txn)?.saturating_add(size) > limits.max_server_bytes;
+    if count >= limits.max_messages || bytes.saturating_add(size) > limits.max_bytes || server_full
+    {
         return Ok(Enqueued::QueueFull);
     }
+    adjust_server_total(size, 0);
     txn.open_table(GROUP_LOG)?
         .insert((group_id, next), (now_ms, payload))?;
     logs.insert(
@@ -410,6 +425,7 @@ fn trim(txn: &WriteTransaction, group_id: &[u8]) -> Result<(), StoreError> {
         removed += 1;
         removed_bytes += value.value().1.len() as u64;
     }
+    adjust_server_total(0, removed_bytes);
     logs.insert(
         group_id,
         (
@@ -424,7 +440,9 @@ fn trim(txn: &WriteTransaction, group_id: &[u8]) -> Result<(), StoreError> {
 
 /// Deletes a group's log and every window on it.
 pub(super) fn delete_log(txn: &WriteTransaction, group_id: &[u8]) -> Result<(), StoreError> {
-    txn.open_table(GROUP_LOGS)?.remove(group_id)?;
+    if let Some(head) = txn.open_table(GROUP_LOGS)?.remove(group_id)? {
+        adjust_server_total(0, head.value().3);
+    }
     txn.open_table(GROUP_LOG)?
         .retain_in((group_id, 0)..=(group_id, u64::MAX), |_, _| false)?;
     let mut by_acked = txn.open_table(LOG_READERS_BY_ACKED)?;
@@ -675,6 +693,7 @@ impl Store {
                     kept_from = position + 1;
                 }
                 if removed > 0 {
+                    adjust_server_total(0, removed_bytes);
                     txn.open_table(GROUP_LOGS)?.insert(
                         group_id.as_slice(),
                         (
@@ -767,6 +786,39 @@ mod tests {
                 .await
                 .unwrap(),
             Err(LogRefusal::NotAReader)
+        );
+    }
+
+    #[tokio::test]
+    async fn logs_count_toward_the_servers_total_of_queued_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        log_with_readers(&store, b"g", &["a@x"]).await;
+        let limits = QueueLimits {
+            max_server_bytes: 20,
+            ..LIMITS
+        };
+        let append =
+            |limits| store.write(move |txn| append_message_in(txn, b"g", b"message", 1, limits));
+        for _ in 0..2 {
+            assert!(matches!(
+                append(limits).await.unwrap(),
+                Enqueued::Logged { .. }
+            ));
+        }
+        assert_eq!(
+            append(limits).await.unwrap(),
+            Enqueued::QueueFull,
+            "21 bytes > 20"
+        );
+        store
+            .ack_group_log("a@x", 1, b"g", 2)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(append(limits).await.unwrap(), Enqueued::Logged { .. }),
+            "read entries no longer count"
         );
     }
 

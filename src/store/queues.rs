@@ -37,7 +37,7 @@ std::thread_local! {
 }
 
 /// Payload bytes queued in all queues, counting the batch being applied.
-fn server_total(txn: &WriteTransaction) -> Result<u64, StoreError> {
+pub(super) fn server_total(txn: &WriteTransaction) -> Result<u64, StoreError> {
     let stored = txn
         .open_table(QUEUE_TOTALS)?
         .get(SERVER_TOTAL)?
@@ -47,7 +47,7 @@ fn server_total(txn: &WriteTransaction) -> Result<u64, StoreError> {
 }
 
 /// Moves the server's total by `added` bytes in and `removed` out (kept for the batch).
-fn adjust_server_total(added: u64, removed: u64) {
+pub(super) fn adjust_server_total(added: u64, removed: u64) {
     PENDING_SERVER_TOTAL
         .with(|pending| pending.set(pending.get() + i128::from(added) - i128::from(removed)));
 }
