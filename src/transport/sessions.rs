@@ -350,6 +350,36 @@ mod tests {
     }
 
     #[test]
+    fn group_log_hints_coalesce_per_group_and_too_many_groups_become_one_list_hint() {
+        let slot = HintSlot::default();
+        let group = |n: u32| -> Arc<[u8]> { Arc::from(n.to_be_bytes().as_slice()) };
+        slot.offer_log(&group(0), &message(1, 10));
+        slot.offer_log(&group(0), &message(2, 10));
+        slot.offer_log(&group(0), &message(1, 10)); // late: never moves a hint back
+        let hints = slot.take_group_hints();
+        assert_eq!(hints.len(), 1);
+        assert_eq!(hints[0].latest_gseq, 2);
+        assert_eq!(
+            hints[0].messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        assert!(slot.take_group_hints().is_empty(), "taken");
+        for n in 0..MAX_PENDING_GROUP_HINTS as u32 + 10 {
+            slot.offer_log(&group(n), &message(5, 10));
+        }
+        let hints = slot.take_group_hints();
+        assert_eq!(hints.len(), MAX_PENDING_GROUP_HINTS + 1);
+        let list = hints
+            .iter()
+            .filter(|hint| hint.group_id.as_slice().is_empty());
+        assert_eq!(
+            list.count(),
+            1,
+            "one hint tells the client to list its logs"
+        );
+    }
+
+    #[test]
     fn only_small_consecutive_messages_ride_along() {
         let slot = HintSlot::default();
         slot.offer(&message(1, 100));
