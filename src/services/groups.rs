@@ -696,13 +696,11 @@ impl Groups {
                     kind: MessageKind::Mls,
                     payload: payload.clone(),
                 };
-                for (user_id, device_id) in &log_readers {
-                    let client = ClientId {
-                        user_id: crate::protocol::Text::truncated(user_id),
-                        device_id: *device_id,
-                    };
-                    self.sessions.log_appended(&client, &group_id, &message);
-                }
+                let readers: Vec<(&str, u32)> = log_readers
+                    .iter()
+                    .map(|(user_id, device_id)| (user_id.as_str(), *device_id))
+                    .collect();
+                self.sessions.log_appended(&readers, &group_id, &message);
             }
             Some(_) => queue_full.extend(log_readers.iter().map(|(user_id, device_id)| ClientId {
                 user_id: crate::protocol::Text::truncated(user_id),
@@ -792,7 +790,7 @@ impl Groups {
 
     /// Whether this server hosts the group.
     pub async fn hosts(&self, group_id: &[u8]) -> Result<bool, ServiceError> {
-        Ok(self.store.group(group_id).await?.is_some())
+        Ok(self.store.group_exists(group_id).await?)
     }
 
     /// The groups a client is a member of (before it goes, to propose its removal after).

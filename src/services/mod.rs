@@ -64,10 +64,10 @@ pub trait Sessions: Send + Sync {
     /// hint, carrying the message when it is small). Never blocks; a connection that has not
     /// read the previous hint gets only the latest, with the newest messages that fit.
     fn new_message(&self, client: &ClientId, message: &PushedMessage);
-    /// Tells every connection of `client` that `message` was appended to the log of group
-    /// `group_id`, which the client reads (a `GroupLogAppended` hint, coalesced per group like
+    /// Tells every connection of the `readers` (user id, device id) that `message` was appended
+    /// to the log of group `group_id` (a `GroupLogAppended` hint, coalesced per group like
     /// `NewMessages`). Never blocks.
-    fn log_appended(&self, client: &ClientId, group_id: &Arc<[u8]>, message: &PushedMessage);
+    fn log_appended(&self, readers: &[(&str, u32)], group_id: &Arc<[u8]>, message: &PushedMessage);
 }
 
 /// The client an envelope is for.
@@ -124,7 +124,8 @@ fn announce_queued(
             group_of = Some((key, group_id));
         }
         if let Some((_, Some(group_id))) = &group_of {
-            sessions.log_appended(&envelope_client(envelope), group_id, &message);
+            let reader = [(envelope.user_id.as_str(), envelope.device_id)];
+            sessions.log_appended(&reader, group_id, &message);
         }
     }
 }
@@ -469,11 +470,13 @@ impl Services {
         request: GroupRequest,
     ) -> Result<ResponseBody, ServiceError> {
         if let Some(group_id) = request_group_id(&request) {
-            if !self.groups.hosts(&group_id).await? {
-                // The group id names its hub; a group that would be hosted here but is not
-                // is answered below (`UnknownGroup`).
-                let hub = crate::identity::group_hub(&group_id)
-                    .filter(|hub| hub.as_str() != self.domain.as_str());
+            // The group id names its hub: a group naming another one is relayed there (unless
+            // it is hosted here all the same); one naming this server, or none, is answered
+            // below (`UnknownGroup` if there is no such group). Only the rare other case reads
+            // the store, and then without decoding the group.
+            let hub = crate::identity::group_hub(&group_id)
+                .filter(|hub| hub.as_str() != self.domain.as_str());
+            if hub.is_some() && !self.groups.hosts(&group_id).await? {
                 if let Some(hub) = hub {
                     // The caller may have been removed since it authenticated; nothing is
                     // written here, so look before acting for it elsewhere.

@@ -310,6 +310,19 @@ impl Store {
         .await
     }
 
+    /// Whether a group is hosted here (its record is not decoded).
+    pub async fn group_exists(&self, group_id: &[u8]) -> Result<bool, StoreError> {
+        let group_id = group_id.to_vec();
+        self.read(move |txn| {
+            Ok(txn
+                .open_table(SEND_VIEWS)?
+                .get(group_id.as_slice())?
+                .is_some()
+                || txn.open_table(GROUPS)?.get(group_id.as_slice())?.is_some())
+        })
+        .await
+    }
+
     pub async fn group(&self, group_id: &[u8]) -> Result<Option<StoredGroup>, StoreError> {
         let group_id = group_id.to_vec();
         self.read(move |txn| {
