@@ -291,6 +291,7 @@ impl Queues {
         caller: &ClientId,
         request: FetchGroupLogRequest,
     ) -> Result<GroupLogMessages, ServiceError> {
+        check_group_id_len(request.group_id.as_slice())?;
         let max_count = request.max_count.clamp(1, MAX_FETCH_COUNT) as usize;
         let budget = (request.max_bytes as usize).min(MAX_RESPONSE_LEN - FETCH_OVERHEAD_ALLOWANCE);
         let max_bytes = budget.saturating_sub(max_count * PER_MESSAGE_OVERHEAD);
@@ -329,6 +330,7 @@ impl Queues {
         caller: &ClientId,
         request: AckGroupLogRequest,
     ) -> Result<(), ServiceError> {
+        check_group_id_len(request.group_id.as_slice())?;
         self.store
             .ack_group_log(
                 caller.user_id.as_str(),
@@ -449,6 +451,14 @@ pub(super) fn queue_limits(policy: &QueuePolicy) -> QueueLimits {
         max_user_bytes: policy.max_bytes_per_user,
         max_server_bytes: policy.max_bytes_total,
     }
+}
+
+/// A group id longer than any group's is refused before it is looked up.
+fn check_group_id_len(group_id: &[u8]) -> Result<(), ServiceError> {
+    if group_id.len() > crate::identity::MAX_GROUP_ID_LEN {
+        return Err(ServiceError::InvalidGroupId);
+    }
+    Ok(())
 }
 
 /// Checks a delivery from `peer` against what a peer may deliver here, and turns it into

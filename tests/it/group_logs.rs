@@ -372,3 +372,48 @@ async fn a_member_that_proposed_to_leave_reads_nothing_sent_after() {
     let heard = texts(&receive(&server, &bob).await);
     assert!(heard.is_empty(), "{heard:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_requests_for_groups_a_client_may_not_read_are_refused() {
+    let server = TestServer::start().await;
+    let alice = log_reader(&server, "alice@localhost").await;
+    let mallory = log_reader(&server, "mallory@localhost").await;
+    let _bob = log_reader(&server, "bob@localhost").await;
+    let admin = groups(&server, &alice).await;
+    let group_id = within(admin.create_group()).await.unwrap();
+    within(admin.invite(&group_id, "bob@localhost"))
+        .await
+        .unwrap();
+    within(admin.send(&group_id, b"not for mallory"))
+        .await
+        .unwrap();
+    assert_eq!(
+        code(
+            mallory
+                .connection
+                .fetch_group_log(&group_id, 1, 10, 1024)
+                .await
+        ),
+        ErrorCode::NotAMember
+    );
+    assert_eq!(
+        code(mallory.connection.ack_group_log(&group_id, 1).await),
+        ErrorCode::NotAMember
+    );
+    let huge = vec![7u8; 100_000];
+    assert_eq!(
+        code(mallory.connection.fetch_group_log(&huge, 0, 10, 1024).await),
+        ErrorCode::InvalidGroupId
+    );
+    assert_eq!(
+        code(mallory.connection.ack_group_log(&huge, 1).await),
+        ErrorCode::InvalidGroupId
+    );
+    // Nothing of the above moved alice's log: her own message is still there for her (a
+    // sender reads its own messages in the log; the client library skips them).
+    let read = within(alice.connection.fetch_group_log(&group_id, 0, 10, 1024))
+        .await
+        .unwrap();
+    assert_eq!(read.messages.len(), 1);
+    assert!(texts(&receive(&server, &alice).await).is_empty());
+}
