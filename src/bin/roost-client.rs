@@ -22,8 +22,8 @@ use roost::clock::{format_utc, Clock, SystemClock};
 use roost::identity::verify_member;
 use roost::identity::{verify_credential, CredentialError, DomainKeys};
 use roost::protocol::{
-    ClaimOutcome, ClaimedKeyPackages, ClientCredential, ClientId, MessageKind, NewMessages,
-    Notification, QueuedMessage, ServerNotice, Text, UserClients,
+    ClaimOutcome, ClaimedKeyPackages, ClientCredential, ClientId, ErrorCode, GroupLogAppended,
+    MessageKind, NewMessages, Notification, QueuedMessage, ServerNotice, Text, UserClients,
 };
 use serde_json::json;
 use tls_codec::Deserialize as _;
@@ -213,6 +213,8 @@ async fn execute(
             connection
                 .authenticate(&identity.client, &identity.signing_key)
                 .await?;
+            // A new device reads the messages of groups hosted here from their logs.
+            connection.use_group_logs().await?;
             let device = Device::new(identity, &cli.state)?;
             let published = device.top_up(connection).await?;
             let identity = &device.identity;
@@ -256,6 +258,7 @@ async fn execute(
             let published = async {
                 own.authenticate(&identity.client, &identity.signing_key)
                     .await?;
+                own.use_group_logs().await?;
                 device.top_up(&own).await
             }
             .await;
@@ -364,10 +367,13 @@ async fn execute(
                 while let Ok(Some(notification)) =
                     tokio::time::timeout_at(deadline, push.next()).await
                 {
-                    if let Notification::NewMessages(hint) = notification? {
-                        if reader.on_hint(&hint).await? > 0 {
-                            break;
-                        }
+                    let received = match notification? {
+                        Notification::NewMessages(hint) => reader.on_hint(&hint).await?,
+                        Notification::GroupLogAppended(hint) => reader.on_log_hint(&hint).await?,
+                        _ => 0,
+                    };
+                    if received > 0 {
+                        break;
                     }
                 }
             }
@@ -395,8 +401,9 @@ async fn execute(
                     Notification::NewMessages(hint) => {
                         reader.on_hint(&hint).await?;
                     }
-                    // This client reads its queue only: it never asks for group logs.
-                    Notification::GroupLogAppended(_) => {}
+                    Notification::GroupLogAppended(hint) => {
+                        reader.on_log_hint(&hint).await?;
+                    }
                     Notification::KeyPackagesLow(low) => {
                         let published = device.top_up(connection).await?;
                         print_event(
@@ -723,7 +730,7 @@ impl<'a> QueueReader<'a> {
                 .await?;
             self.position.caught_up(&fetched);
             if fetched.messages.is_empty() {
-                return Ok(received);
+                return Ok(received + self.catch_up_logs().await?);
             }
             received += fetched.messages.len();
             self.process(&fetched.messages).await?;
@@ -750,6 +757,15 @@ impl<'a> QueueReader<'a> {
     /// that may pass later (the server or network) stops before the message that met it, which
     /// stays queued.
     async fn process(&mut self, messages: &[QueuedMessage]) -> anyhow::Result<()> {
+        self.process_from(messages, None).await
+    }
+
+    /// As [`QueueReader::process`], for messages of the queue (`log` `None`) or of a group's log.
+    async fn process_from(
+        &mut self,
+        messages: &[QueuedMessage],
+        log: Option<&[u8]>,
+    ) -> anyhow::Result<()> {
         if self.groups_made.elapsed() > Self::GROUPS_REFRESH {
             self.groups = self.device.groups(self.connection).await?;
             self.groups_made = std::time::Instant::now();
@@ -799,10 +815,62 @@ impl<'a> QueueReader<'a> {
         // Group state moves with what was processed: keep it before acknowledging.
         self.device.save()?;
         if let Some(done) = done {
-            self.connection.ack_messages(done).await?;
-            self.position.advance(done);
+            match log {
+                Some(group_id) => self.connection.ack_group_log(group_id, done).await?,
+                None => {
+                    self.connection.ack_messages(done).await?;
+                    self.position.advance(done);
+                }
+            }
         }
         stopped.map_or(Ok(()), Err)
+    }
+
+    /// Reads every group log with unread entries (after the queue: a Welcome there comes
+    /// first). Returns how many entries there were.
+    async fn catch_up_logs(&mut self) -> anyhow::Result<usize> {
+        let mut received = 0;
+        for log in self.connection.list_group_logs().await?.logs {
+            let readable = match log.last_gseq {
+                0 => log.next_gseq - 1,
+                last => last.min(log.next_gseq - 1),
+            };
+            if readable > log.acked_gseq {
+                received += self.read_log(log.group_id.as_slice()).await?;
+            }
+        }
+        Ok(received)
+    }
+
+    /// Reads one group's log from this device's position on.
+    async fn read_log(&mut self, group_id: &[u8]) -> anyhow::Result<usize> {
+        let mut received = 0;
+        loop {
+            let fetched = match self
+                .connection
+                .fetch_group_log(group_id, 0, FETCH_BATCH, 1 << 20)
+                .await
+            {
+                Ok(fetched) => fetched,
+                // The window closed and was read to its end: nothing left.
+                Err(e) if e.code() == Some(ErrorCode::NotAMember) => return Ok(received),
+                Err(e) => return Err(e.into()),
+            };
+            if fetched.messages.is_empty() {
+                return Ok(received);
+            }
+            received += fetched.messages.len();
+            self.process_from(&fetched.messages, Some(group_id)).await?;
+        }
+    }
+
+    /// Acts on a `GroupLogAppended` hint: reads that log (every log, for the hint that says
+    /// more groups moved than the server tracked).
+    async fn on_log_hint(&mut self, hint: &GroupLogAppended) -> anyhow::Result<usize> {
+        if hint.group_id.as_slice().is_empty() {
+            return self.catch_up_logs().await;
+        }
+        self.read_log(hint.group_id.as_slice()).await
     }
 }
 
