@@ -164,20 +164,23 @@ async fn acknowledged_messages_survive_kill_9_exactly_once_and_in_order() {
     let config =
         ClientConfig::new(server.addr, "localhost", &data_dir.join("server-cert.pem")).unwrap();
 
-    // Alice and bob in one group, set up before the crashes.
+    // Alice, bob and carol in one group, set up before the crashes: bob reads his queue, carol
+    // the group's log.
     let (mut alice, alice_identity, alice_mls) = register_device(&config, "alice@localhost").await;
     let (bob, bob_identity, bob_mls) = register_device(&config, "bob@localhost").await;
+    let (carol, carol_identity, carol_mls) = register_device(&config, "carol@localhost").await;
+    within(carol.use_group_logs()).await.unwrap();
     let keys = within(alice.domain_keys()).await.unwrap();
     let now = roost::clock::SystemClock.now();
     let group_id = {
         let admin = GroupClient::new(&alice, &alice_mls, keys.clone(), now);
         let group_id = within(admin.create_group()).await.unwrap();
-        within(admin.invite(&group_id, "bob@localhost"))
+        within(admin.invite_many(&group_id, &["bob@localhost", "carol@localhost"]))
             .await
             .unwrap();
         group_id
     };
-    drop(bob);
+    drop((bob, carol));
 
     // The load: alice sends numbered messages one after another, registers users and claims
     // bob's KeyPackages, each until answered; the server is killed at random moments (also in
@@ -241,27 +244,33 @@ async fn acknowledged_messages_survive_kill_9_exactly_once_and_in_order() {
         "a claimed KeyPackage came back"
     );
 
-    // Bob reads everything: each message once, in the order alice sent them.
-    let bob = connect(&config, &bob_identity).await;
-    let reader = GroupClient::new(&bob, &bob_mls, keys, now);
-    let mut heard = Vec::new();
-    for (seq, event) in within(reader.receive()).await.unwrap() {
-        match event.unwrap_or_else(|e| panic!("message {seq}: {e:#}")) {
-            GroupEvent::Message { text, .. } => heard.push(String::from_utf8(text).unwrap()),
-            // Bob's Welcome, and his server's notices (his KeyPackages ran low).
-            GroupEvent::Joined { .. } | GroupEvent::Other => {}
-            other => panic!("unexpected {other:?}"),
-        }
-    }
+    // Bob (from his queue) and carol (from the group's log) read everything: each message once,
+    // in the order alice sent them.
     let expected: Vec<String> = (0..sent).map(|n| format!("m{n}")).collect();
-    let duplicates = heard.len().saturating_sub(expected.len());
-    println!(
-        "crash harness: {cycles} kill -9 cycles, {sent} messages acknowledged, {} delivered, {duplicates} duplicates; {} registrations acknowledged, all present; {} KeyPackages claimed, none twice",
-        heard.len(),
-        acknowledged.users.len(),
-        acknowledged.claimed.len()
-    );
-    assert_eq!(heard, expected, "exactly once, in order");
+    for (identity, mls, reads) in [
+        (&bob_identity, &bob_mls, "queue"),
+        (&carol_identity, &carol_mls, "log"),
+    ] {
+        let connection = connect(&config, identity).await;
+        let reader = GroupClient::new(&connection, mls, keys.clone(), now);
+        let mut heard = Vec::new();
+        for (seq, event) in within(reader.receive()).await.unwrap() {
+            match event.unwrap_or_else(|e| panic!("message {seq}: {e:#}")) {
+                GroupEvent::Message { text, .. } => heard.push(String::from_utf8(text).unwrap()),
+                // The Welcome, and the server's notices (KeyPackages ran low).
+                GroupEvent::Joined { .. } | GroupEvent::Other => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let duplicates = heard.len().saturating_sub(expected.len());
+        println!(
+            "crash harness ({reads}): {cycles} kill -9 cycles, {sent} messages acknowledged, {} delivered, {duplicates} duplicates; {} registrations acknowledged, all present; {} KeyPackages claimed, none twice",
+            heard.len(),
+            acknowledged.users.len(),
+            acknowledged.claimed.len()
+        );
+        assert_eq!(heard, expected, "exactly once, in order, from the {reads}");
+    }
     assert!(server.terminate().success());
 }
 
