@@ -362,9 +362,8 @@ impl Store {
                 }
             }
             let mut groups = txn.open_table(GROUPS)?;
-            let current = match groups.get(group_id.as_slice())? {
-                Some(record) => StoredGroup::decode(record.value())?.epoch,
-                None => return Ok(Err(GroupRefusal::Unknown)),
+            let Some(current) = current_epoch(txn, &groups, &group_id)? else {
+                return Ok(Err(GroupRefusal::Unknown));
             };
             if current != from_epoch {
                 return Ok(Err(GroupRefusal::WrongEpoch { current }));
@@ -459,6 +458,28 @@ impl Store {
         })
         .await
     }
+}
+
+/// A group's epoch, from the first field of its send view (a `uint64`, so the view is not
+/// decoded), or, for a group stored before send views, from its record. `None`: no such group.
+fn current_epoch(
+    txn: &WriteTransaction,
+    groups: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    group_id: &[u8],
+) -> Result<Option<u64>, StoreError> {
+    if let Some(view) = txn.open_table(SEND_VIEWS)?.get(group_id)? {
+        let epoch = view
+            .value()
+            .get(..8)
+            .and_then(|bytes| bytes.try_into().ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(|| StoreError::Corrupt("a send view without its epoch".into()))?;
+        return Ok(Some(epoch));
+    }
+    groups
+        .get(group_id)?
+        .map(|record| StoredGroup::decode(record.value()).map(|group| group.epoch))
+        .transpose()
 }
 
 /// (group id, request digest): the key a remembered request is found by.
