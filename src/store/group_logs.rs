@@ -1,7 +1,9 @@
 //! Group logs: for clients that read them (`UseGroupLogs`), the MLS messages of a group hosted
 //! here are stored once, in the group's log, instead of once per recipient queue. Each reader has
 //! a window on the log (from the first entry after the commit that added it, to the commit that
-//! removed it) and an acknowledged position; entries every reader acknowledged are deleted.
+//! removed it) and an acknowledged position; entries every reader acknowledged are deleted, and a
+//! log keeps no more than a queue's limits (its oldest entries go first), so one reader that never
+//! reads cannot stop the others.
 //!
 //! A send to a group of any size therefore writes one entry, not one queue record per member: the
 //! writes are those of the log's own pages, whatever the group's size.
@@ -121,7 +123,7 @@ pub(super) fn enqueue_group_in(
         Ok(queued) => queued,
         Err(full) => return Ok(Err(full)),
     };
-    let positions = write_log(txn, group_id, envelopes, &plan, now_ms)?;
+    let positions = write_log(txn, group_id, envelopes, &plan, now_ms, limits)?;
     let mut queued = queued.into_iter();
     Ok(Ok(plan
         .verdicts
@@ -178,7 +180,6 @@ fn plan_log(
     if logged.is_empty() {
         return Ok(Ok(plan));
     }
-    let (_, _, mut count, mut bytes) = log_head(&txn.open_table(GROUP_LOGS)?, group_id)?;
     // Logs count toward the server's total of queued bytes, like queues.
     let mut server_bytes = if limits.max_server_bytes == u64::MAX {
         0
@@ -194,11 +195,11 @@ fn plan_log(
             continue;
         }
         let size = envelope.payload.len() as u64;
+        // The log itself never refuses: it keeps its newest entries within the queue limits
+        // (older ones go, as with retention). Only the server's total of queued bytes refuses,
+        // by the queues' rule.
         let fits = |factor: u64| {
-            count < limits.max_messages.saturating_mul(factor)
-                && bytes.saturating_add(size) <= limits.max_bytes.saturating_mul(factor)
-                && server_bytes.saturating_add(size)
-                    <= limits.max_server_bytes.saturating_mul(factor)
+            server_bytes.saturating_add(size) <= limits.max_server_bytes.saturating_mul(factor)
         };
         let verdict = match envelope.admission {
             Admission::Message if !fits(1) => LogVerdict::Full,
@@ -214,8 +215,6 @@ fn plan_log(
                 return Ok(Err(full));
             }
             _ => {
-                count += 1;
-                bytes = bytes.saturating_add(size);
                 server_bytes = server_bytes.saturating_add(size);
                 plan.entries.push(index);
                 LogVerdict::Append(plan.entries.len() - 1)
@@ -227,6 +226,31 @@ fn plan_log(
     Ok(Ok(plan))
 }
 
+/// Drops a log's oldest entries until one more of `size` bytes fits the queue limits: a log keeps
+/// its newest entries, so a reader that never reads cannot stop the others (it finds the entries
+/// it fell behind on gone, as after the retention).
+fn make_room(
+    log: &mut redb::Table<EntryKey, EntryValue>,
+    group_id: &[u8],
+    (next, first_kept, count, bytes): (u64, &mut u64, &mut u64, &mut u64),
+    size: u64,
+    limits: QueueLimits,
+) -> Result<(), StoreError> {
+    while *count > 0
+        && (*count >= limits.max_messages || bytes.saturating_add(size) > limits.max_bytes)
+        && *first_kept < next
+    {
+        if let Some(dropped) = log.remove((group_id, *first_kept))? {
+            let dropped = dropped.value().1.len() as u64;
+            *bytes = bytes.saturating_sub(dropped);
+            adjust_server_total(0, dropped);
+        }
+        *count -= 1;
+        *first_kept += 1;
+    }
+    Ok(())
+}
+
 /// Appends the plan's new entries; returns their positions.
 fn write_log(
     txn: &WriteTransaction,
@@ -234,13 +258,22 @@ fn write_log(
     envelopes: &[Envelope],
     plan: &LogPlan,
     now_ms: u64,
+    limits: QueueLimits,
 ) -> Result<Vec<u64>, StoreError> {
     let mut logs = txn.open_table(GROUP_LOGS)?;
     let (mut next, first_kept, mut count, mut bytes) = log_head(&logs, group_id)?;
     let mut log = txn.open_table(GROUP_LOG)?;
     let mut positions = Vec::with_capacity(plan.entries.len());
+    let mut first_kept = first_kept;
     for &index in &plan.entries {
         let payload = envelopes[index].payload.as_slice();
+        make_room(
+            &mut log,
+            group_id,
+            (next, &mut first_kept, &mut count, &mut bytes),
+            payload.len() as u64,
+            limits,
+        )?;
         log.insert((group_id, next), (now_ms, payload))?;
         positions.push(next);
         next += 1;
@@ -294,17 +327,23 @@ pub(super) fn append_message_in(
     limits: QueueLimits,
 ) -> Result<Enqueued, StoreError> {
     let mut logs = txn.open_table(GROUP_LOGS)?;
-    let (next, first_kept, count, bytes) = log_head(&logs, group_id)?;
+    let (next, mut first_kept, mut count, mut bytes) = log_head(&logs, group_id)?;
     let size = payload.len() as u64;
-    let server_full = limits.max_server_bytes != u64::MAX
-        && server_total(txn)?.saturating_add(size) > limits.max_server_bytes;
-    if count >= limits.max_messages || bytes.saturating_add(size) > limits.max_bytes || server_full
+    if limits.max_server_bytes != u64::MAX
+        && server_total(txn)?.saturating_add(size) > limits.max_server_bytes
     {
         return Ok(Enqueued::QueueFull);
     }
+    let mut log = txn.open_table(GROUP_LOG)?;
+    make_room(
+        &mut log,
+        group_id,
+        (next, &mut first_kept, &mut count, &mut bytes),
+        size,
+        limits,
+    )?;
     adjust_server_total(size, 0);
-    txn.open_table(GROUP_LOG)?
-        .insert((group_id, next), (now_ms, payload))?;
+    log.insert((group_id, next), (now_ms, payload))?;
     logs.insert(
         group_id,
         (next + 1, first_kept, count + 1, bytes.saturating_add(size)),
@@ -823,7 +862,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_full_log_refuses_further_messages_until_read() {
+    async fn a_full_log_keeps_its_newest_entries() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         log_with_readers(&store, b"g", &["a@x"]).await;
@@ -833,15 +872,12 @@ mod tests {
                 Enqueued::Logged { .. }
             ));
         }
-        assert_eq!(append(&store, b"g", 1).await, Enqueued::QueueFull);
-        store
-            .ack_group_log("a@x", 1, b"g", 50)
-            .await
-            .unwrap()
-            .unwrap();
+        // The 101st goes in; the oldest goes out (the reader that never read finds a gap).
         assert_eq!(
             append(&store, b"g", 1).await,
             Enqueued::Logged { gseq: 101 }
         );
+        let kept = positions(&store, "a@x", b"g", 0).await;
+        assert_eq!((kept.len(), kept[0], kept[99]), (100, 2, 101));
     }
 }

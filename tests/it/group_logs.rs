@@ -257,43 +257,35 @@ async fn unread_entries_survive_a_restart_and_read_entries_are_deleted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_log_refuses_application_messages_for_its_readers_but_takes_commits() {
+async fn a_reader_that_never_reads_cannot_stop_the_others() {
     let server = TestServer::start_with(|config| config.queues.max_messages = 3).await;
     let alice = log_reader(&server, "alice@localhost").await;
     let bob = log_reader(&server, "bob@localhost").await;
+    let carol = log_reader(&server, "carol@localhost").await;
     let admin = groups(&server, &alice).await;
     let group_id = within(admin.create_group()).await.unwrap();
-    within(admin.invite(&group_id, "bob@localhost"))
+    within(admin.invite_many(&group_id, &["bob@localhost", "carol@localhost"]))
         .await
         .unwrap();
-    // Bob never reads: the log keeps what he has not acknowledged.
-    let mut accepted = Vec::new();
-    for i in 0..4 {
-        let message = {
-            let mut group = alice.mls.group(&group_id).unwrap().unwrap();
-            alice
-                .mls
-                .encrypt(&mut group, format!("m{i}").as_bytes())
-                .unwrap()
-        };
-        accepted.push(
-            within(alice.connection.send_message(message))
-                .await
-                .unwrap(),
-        );
+    receive(&server, &carol).await;
+    // Bob never reads. Carol keeps up, and every message is accepted for everyone.
+    for i in 0..5 {
+        within(admin.send(&group_id, format!("m{i}").as_bytes()))
+            .await
+            .unwrap();
+        assert_eq!(texts(&receive(&server, &carol).await), [format!("m{i}")]);
     }
-    assert!(accepted[..3].iter().all(|a| a.queue_full.is_empty()));
-    assert_eq!(
-        accepted[3].queue_full,
-        std::slice::from_ref(&bob.identity.client),
-        "beyond the limit, refused for the log's reader and the sender told"
-    );
-    // A commit still goes in (the handshake reserve).
+    // A commit goes in too.
     within(admin.commit_pending(&group_id)).await.unwrap();
+    // The log kept its newest three entries: bob finds the older ones gone (a gap after his
+    // position) and can tell.
+    let cursor = within(bob.connection.list_group_logs()).await.unwrap().logs[0].clone();
     let read = within(bob.connection.fetch_group_log(&group_id, 0, 100, u32::MAX))
         .await
         .unwrap();
-    assert_eq!(read.messages.len(), 4, "three messages and the commit");
+    assert_eq!(read.messages.len(), 3);
+    assert!(read.messages[0].seq > cursor.acked_gseq + 1, "a gap");
+    assert_eq!(read.messages.last().unwrap().seq, cursor.next_gseq - 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
