@@ -252,6 +252,21 @@ async fn members_cannot_add_non_members_cannot_send_and_forgeries_change_nothing
         Some(ErrorCode::GroupInfoMismatch),
         "a GroupInfo of the old epoch"
     );
+    // The GroupInfo ends with `uint32 signer` and the Ed25519 signature (64 bytes after a
+    // two-byte length): another signer, or a broken signature, is refused.
+    for (what, from_end) in [("another signer", 67), ("a broken signature", 1)] {
+        let mut bytes = commit.group_info.as_slice().to_vec();
+        let at = bytes.len() - from_end;
+        bytes[at] ^= 1;
+        let tampered = SendCommitRequest {
+            group_info: bytes.into(),
+            ..commit.clone()
+        };
+        let error = within(alice[0].connection.send_commit(tampered))
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), Some(ErrorCode::GroupInfoMismatch), "{what}");
+    }
     let no_welcome = SendCommitRequest {
         welcome: None,
         ..commit.clone()
