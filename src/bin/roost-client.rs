@@ -831,11 +831,7 @@ impl<'a> QueueReader<'a> {
     async fn catch_up_logs(&mut self) -> anyhow::Result<usize> {
         let mut received = 0;
         for log in self.connection.list_group_logs().await?.logs {
-            let readable = match log.last_gseq {
-                0 => log.next_gseq - 1,
-                last => last.min(log.next_gseq - 1),
-            };
-            if readable > log.acked_gseq {
+            if log.has_unread() {
                 received += self.read_log(log.group_id.as_slice()).await?;
             }
         }

@@ -695,14 +695,9 @@ impl<'a> GroupClient<'a> {
     pub async fn receive(&self) -> anyhow::Result<Vec<(u64, anyhow::Result<GroupEvent>)>> {
         // The queue first: a Welcome there makes this device a member before it reads the
         // group's log, and what was queued before the device read logs comes before them.
-        let mut events = self.receive_queue().await?;
-        let logs = self.connection.list_group_logs().await?;
-        for log in logs.logs {
-            let readable = match log.last_gseq {
-                0 => log.next_gseq - 1,
-                last => last.min(log.next_gseq - 1),
-            };
-            if readable > log.acked_gseq {
+        let mut events = self.receive_from(ReadFrom::Queue).await?;
+        for log in self.connection.list_group_logs().await?.logs {
+            if log.has_unread() {
                 events.extend(self.receive_log(log.group_id.as_slice()).await?);
             }
         }
@@ -715,77 +710,83 @@ impl<'a> GroupClient<'a> {
         &self,
         group_id: &[u8],
     ) -> anyhow::Result<Vec<(u64, anyhow::Result<GroupEvent>)>> {
+        self.receive_from(ReadFrom::Log(group_id)).await
+    }
+
+    /// Fetches and processes `from` until nothing is left, acknowledging what was processed or
+    /// can never be processed; a transient failure stops it before the message that met it.
+    async fn receive_from(
+        &self,
+        from: ReadFrom<'_>,
+    ) -> anyhow::Result<Vec<(u64, anyhow::Result<GroupEvent>)>> {
         let mut events = Vec::new();
         loop {
-            let fetched = match self
-                .connection
-                .fetch_group_log(group_id, 0, 100, 1 << 20)
-                .await
-            {
-                Ok(fetched) => fetched,
-                // The window closed and was read to its end (by another connection, or just
-                // now): nothing left to read.
-                Err(e) if e.code() == Some(crate::protocol::ErrorCode::NotAMember) => {
-                    return Ok(events)
+            let messages = match from {
+                ReadFrom::Queue => {
+                    self.connection
+                        .fetch_messages(0, 100, 1 << 20)
+                        .await?
+                        .messages
                 }
-                Err(e) => return Err(e.into()),
+                ReadFrom::Log(group_id) => {
+                    match self
+                        .connection
+                        .fetch_group_log(group_id, 0, 100, 1 << 20)
+                        .await
+                    {
+                        Ok(fetched) => fetched.messages,
+                        // The window closed and was read to its end (by another connection,
+                        // or just now): nothing left to read.
+                        Err(e) if e.code() == Some(crate::protocol::ErrorCode::NotAMember) => {
+                            return Ok(events)
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
             };
-            if fetched.messages.is_empty() {
+            if messages.is_empty() {
                 return Ok(events);
             }
             let mut done = None;
-            for message in &fetched.messages {
+            for message in &messages {
                 let event = self.process(message).await;
-                if let Err(e) = &event {
-                    if is_transient(e) {
-                        if let Some(done) = done {
-                            self.connection.ack_group_log(group_id, done).await?;
-                        }
-                        return Err(event.unwrap_err().context(format!(
+                if matches!(&event, Err(e) if is_transient(e)) {
+                    if let Some(done) = done {
+                        self.acknowledge(from, done).await?;
+                    }
+                    return Err(event.unwrap_err().context(match from {
+                        ReadFrom::Queue => format!(
+                            "message {} stays queued; processing it failed for now",
+                            message.seq
+                        ),
+                        ReadFrom::Log(_) => format!(
                             "log entry {} stays unacknowledged; processing it failed for now",
                             message.seq
-                        )));
-                    }
+                        ),
+                    }));
                 }
                 events.push((message.seq, event));
                 done = Some(message.seq);
             }
             if let Some(done) = done {
-                self.connection.ack_group_log(group_id, done).await?;
+                self.acknowledge(from, done).await?;
             }
         }
     }
 
-    /// Processes the queue until it is empty, acknowledging what it processed.
-    async fn receive_queue(&self) -> anyhow::Result<Vec<(u64, anyhow::Result<GroupEvent>)>> {
-        let mut events = Vec::new();
-        loop {
-            let fetched = self.connection.fetch_messages(0, 100, 1 << 20).await?;
-            if fetched.messages.is_empty() {
-                return Ok(events);
-            }
-            let mut done = None;
-            for message in &fetched.messages {
-                let event = self.process(message).await;
-                if let Err(e) = &event {
-                    if is_transient(e) {
-                        if let Some(done) = done {
-                            self.connection.ack_messages(done).await?;
-                        }
-                        return Err(event.unwrap_err().context(format!(
-                            "message {} stays queued; processing it failed for now",
-                            message.seq
-                        )));
-                    }
-                }
-                events.push((message.seq, event));
-                done = Some(message.seq);
-            }
-            if let Some(done) = done {
-                self.connection.ack_messages(done).await?;
-            }
+    async fn acknowledge(&self, from: ReadFrom<'_>, up_to: u64) -> Result<(), ClientError> {
+        match from {
+            ReadFrom::Queue => self.connection.ack_messages(up_to).await,
+            ReadFrom::Log(group_id) => self.connection.ack_group_log(group_id, up_to).await,
         }
     }
+}
+
+/// Where a device reads its messages from: its queue, or one group's log.
+#[derive(Clone, Copy)]
+enum ReadFrom<'g> {
+    Queue,
+    Log(&'g [u8]),
 }
 
 /// The group context extensions: `roles`, the external senders (the homeserver), and the

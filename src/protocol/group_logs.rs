@@ -17,6 +17,18 @@ pub struct GroupLogCursor {
     pub last_gseq: u64,
 }
 
+impl GroupLogCursor {
+    /// Whether the log holds entries this client may read and has not acknowledged.
+    pub fn has_unread(&self) -> bool {
+        let newest = self.next_gseq.saturating_sub(1);
+        let readable = match self.last_gseq {
+            0 => newest,
+            last => last.min(newest),
+        };
+        readable > self.acked_gseq
+    }
+}
+
 /// `ListGroupLogs` response body: every group log the client may read.
 #[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
 pub struct GroupLogs {

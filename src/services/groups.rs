@@ -660,7 +660,7 @@ impl Groups {
         let log = (!log_readers.is_empty()).then(|| payload.clone());
         let (outcomes, logged) = match self
             .store
-            .deliver_to_log(
+            .deliver(
                 envelopes.clone(),
                 log,
                 remote,

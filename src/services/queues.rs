@@ -205,11 +205,7 @@ impl Queues {
         caller: &ClientId,
         request: FetchMessagesRequest,
     ) -> Result<FetchedMessages, ServiceError> {
-        let max_count = request.max_count.clamp(1, MAX_FETCH_COUNT) as usize;
-        let budget = (request.max_bytes as usize).min(MAX_RESPONSE_LEN - FETCH_OVERHEAD_ALLOWANCE);
-        // Count the framing of each message against the budget too, so the response stays
-        // within the response limit whatever the client asks for.
-        let max_bytes = budget.saturating_sub(max_count * PER_MESSAGE_OVERHEAD);
+        let (max_count, max_bytes) = fetch_bounds(request.max_count, request.max_bytes);
         let (messages, next_seq) = self
             .store
             .fetch_messages(
@@ -292,9 +288,7 @@ impl Queues {
         request: FetchGroupLogRequest,
     ) -> Result<GroupLogMessages, ServiceError> {
         check_group_id_len(request.group_id.as_slice())?;
-        let max_count = request.max_count.clamp(1, MAX_FETCH_COUNT) as usize;
-        let budget = (request.max_bytes as usize).min(MAX_RESPONSE_LEN - FETCH_OVERHEAD_ALLOWANCE);
-        let max_bytes = budget.saturating_sub(max_count * PER_MESSAGE_OVERHEAD);
+        let (max_count, max_bytes) = fetch_bounds(request.max_count, request.max_bytes);
         let read = self
             .store
             .fetch_group_log(
@@ -451,6 +445,18 @@ pub(super) fn queue_limits(policy: &QueuePolicy) -> QueueLimits {
         max_user_bytes: policy.max_bytes_per_user,
         max_server_bytes: policy.max_bytes_total,
     }
+}
+
+/// How many messages, and how many payload bytes, a fetch of the queue or of a log returns at
+/// most for what the client asked: the framing of each message counts against the bytes too,
+/// so the response stays within the response limit whatever the client asks for.
+fn fetch_bounds(max_count: u32, max_bytes: u32) -> (usize, usize) {
+    let max_count = max_count.clamp(1, MAX_FETCH_COUNT) as usize;
+    let budget = (max_bytes as usize).min(MAX_RESPONSE_LEN - FETCH_OVERHEAD_ALLOWANCE);
+    (
+        max_count,
+        budget.saturating_sub(max_count * PER_MESSAGE_OVERHEAD),
+    )
 }
 
 /// A group id longer than any group's is refused before it is looked up.

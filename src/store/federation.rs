@@ -118,26 +118,11 @@ pub(super) fn outbox_in(
 
 impl Store {
     /// Queues `envelopes` locally and `remote` deliveries in their peers' outboxes, in one
-    /// commit; with `request`, remembers it, or answers a retry of it without queuing again (and
-    /// the MLS messages of its group go to the group's log for the clients that read it).
+    /// commit; with `request`, remembers it, or answers a retry of it without queuing again.
+    /// With `log`, also appends that application message once to the log of the request's
+    /// group, for readers the caller found in the group's send view; the second outcome is the
+    /// log's (`Logged`, or `QueueFull` when the server's total is reached).
     pub async fn deliver(
-        &self,
-        envelopes: Vec<Envelope>,
-        remote: Vec<OutgoingDelivery>,
-        now_ms: u64,
-        limits: QueueLimits,
-        request: Option<RequestRecord>,
-    ) -> Result<Result<Vec<Enqueued>, GroupRefusal>, StoreError> {
-        Ok(self
-            .deliver_to_log(envelopes, None, remote, now_ms, limits, request)
-            .await?
-            .map(|(outcomes, _)| outcomes))
-    }
-
-    /// As [`Store::deliver`], and with `log`, appends that application message once to the
-    /// log of the request's group, for readers the caller found in the group's send view; the
-    /// second outcome is the log's (`Logged`, or `QueueFull` for a full log).
-    pub async fn deliver_to_log(
         &self,
         envelopes: Vec<Envelope>,
         log: Option<Arc<Vec<u8>>>,
@@ -655,6 +640,7 @@ mod tests {
         store
             .deliver(
                 Vec::new(),
+                None,
                 vec![
                     delivery("b.example", 1),
                     delivery("c.example", 9),

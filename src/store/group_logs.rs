@@ -351,6 +351,15 @@ pub(super) fn append_message_in(
     Ok(Enqueued::Logged { gseq: next })
 }
 
+/// (user id, device id) of member rows, borrowed.
+type MemberNames<'r> = std::collections::HashSet<(&'r str, u32)>;
+
+fn member_names(rows: &[GroupMemberRow]) -> MemberNames<'_> {
+    rows.iter()
+        .map(|row| (row.user_id.as_str(), row.device_id))
+        .collect()
+}
+
 /// Opens and closes log windows for a group's membership change from `old` to `new` (after this
 /// transaction's entries were appended): a log client that joins reads from the next entry on; one
 /// that leaves may read up to the last entry (the commit that removed it).
@@ -360,14 +369,9 @@ pub(super) fn update_windows(
     old: &[GroupMemberRow],
     new: &[GroupMemberRow],
 ) -> Result<(), StoreError> {
-    let names = |rows: &'_ [GroupMemberRow]| -> std::collections::HashSet<(String, u32)> {
-        rows.iter()
-            .map(|row| (row.user_id.clone(), row.device_id))
-            .collect()
-    };
-    let (old_names, new_names) = (names(old), names(new));
-    let is_in = |names: &std::collections::HashSet<(String, u32)>, row: &GroupMemberRow| {
-        names.contains(&(row.user_id.clone(), row.device_id))
+    let (old_names, new_names) = (member_names(old), member_names(new));
+    let is_in = |names: &MemberNames, row: &GroupMemberRow| {
+        names.contains(&(row.user_id.as_str(), row.device_id))
     };
     let clients = txn.open_table(LOG_CLIENTS)?;
     let joined: Vec<&GroupMemberRow> = new.iter().filter(|row| !is_in(&old_names, row)).collect();

@@ -726,3 +726,65 @@ async fn a_deleted_remote_group_takes_its_route_along() {
     assert!(b.server.store().group_routes().await.unwrap().is_empty());
     assert!(b.server.store().group_hubs().await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_taken_up_to_its_first_bad_delivery_and_an_oversize_batch_not_at_all() {
+    use roost::protocol::{
+        DeliverBatchRequest, DeliverRequest, DeliveryItem, ErrorCode, FederationRequest,
+        FederationResponseBody, MessageKind, MAX_DELIVERIES_PER_BATCH,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_homeservers(dir.path()).await;
+    let (_alice, bob, group_id) = alice_at_a_with_bob_at_b(&a, &b).await;
+    let notice = |id: u8, id_len: usize| DeliverRequest {
+        delivery_id: vec![id; id_len].into(),
+        group_id: group_id.clone().into(),
+        items: vec![DeliveryItem {
+            recipients: vec![bob.identity.client.clone()],
+            kind: MessageKind::ServerNotice,
+            payload: vec![0, 3].into(),
+        }],
+    };
+    let batch = |deliveries| FederationRequest::DeliverBatch(DeliverBatchRequest { deliveries });
+    let services = b.server.services();
+    // The second delivery's id is malformed: the first is stored, nothing after the refusal.
+    let answer = services
+        .handle_federation(
+            "a.example",
+            batch(vec![notice(1, 16), notice(2, 3), notice(3, 16)]),
+        )
+        .await
+        .unwrap();
+    let FederationResponseBody::DeliveredBatch(answer) = answer else {
+        panic!("{answer:?}")
+    };
+    assert_eq!(answer.accepted, 1);
+    assert_eq!(
+        answer.refusal.map(|refusal| refusal.code()),
+        Some(ErrorCode::PeerRefused)
+    );
+    // Sent again (the hub retries from the refused one on): the first is not stored twice.
+    let again = services
+        .handle_federation("a.example", batch(vec![notice(1, 16), notice(3, 16)]))
+        .await
+        .unwrap();
+    assert!(matches!(
+        again,
+        FederationResponseBody::DeliveredBatch(ref answer) if answer.accepted == 2 && answer.refusal.is_none()
+    ));
+    let queued = within(bob.connection.fetch_messages(0, 100, u32::MAX))
+        .await
+        .unwrap();
+    assert_eq!(queued.messages.len(), 2, "deliveries 1 and 3, once each");
+    // More than a batch may carry: refused as a whole.
+    let oversize = (0..=MAX_DELIVERIES_PER_BATCH)
+        .map(|n| notice((n % 200) as u8 + 10, 16))
+        .collect();
+    let refused = services
+        .handle_federation("a.example", batch(oversize))
+        .await;
+    assert!(
+        matches!(refused, Err(roost::services::ServiceError::PeerRefused(_))),
+        "{refused:?}"
+    );
+}

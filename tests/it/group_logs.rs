@@ -15,6 +15,21 @@ async fn log_reader(server: &TestServer, user: &str) -> Device {
     device
 }
 
+/// `device`'s entries of `group_id`'s log from `from_gseq` (0: after its position), all of them.
+async fn read_log(
+    device: &Device,
+    group_id: &[u8],
+    from_gseq: u64,
+) -> roost::protocol::GroupLogMessages {
+    within(
+        device
+            .connection
+            .fetch_group_log(group_id, from_gseq, 100, u32::MAX),
+    )
+    .await
+    .unwrap()
+}
+
 fn texts(events: &[GroupEvent]) -> Vec<String> {
     events
         .iter()
@@ -64,16 +79,8 @@ async fn a_group_message_is_logged_once_and_every_reader_reads_it_with_its_own_p
         .unwrap()
         .messages
         .is_empty());
-    let for_bob = within(bob.connection.fetch_group_log(&group_id, 0, 100, u32::MAX))
-        .await
-        .unwrap();
-    let for_carol = within(
-        carol
-            .connection
-            .fetch_group_log(&group_id, 0, 100, u32::MAX),
-    )
-    .await
-    .unwrap();
+    let for_bob = read_log(&bob, &group_id, 0).await;
+    let for_carol = read_log(&carol, &group_id, 0).await;
     assert_eq!(for_bob.messages.len(), 1, "bob read up to his join already");
     assert_eq!(
         for_bob.messages.last().map(|m| m.seq),
@@ -105,13 +112,7 @@ async fn a_window_starts_after_the_join_and_ends_with_the_removal() {
         .unwrap();
     within(admin.send(&group_id, b"with carol")).await.unwrap();
     // Carol reads nothing from before she joined, not even the commit that added her.
-    let read = within(
-        carol
-            .connection
-            .fetch_group_log(&group_id, 1, 100, u32::MAX),
-    )
-    .await
-    .unwrap();
+    let read = read_log(&carol, &group_id, 1).await;
     assert_eq!(read.messages.len(), 1);
     let events = receive(&server, &carol).await;
     assert_eq!(texts(&events), ["with carol"]);
@@ -121,13 +122,7 @@ async fn a_window_starts_after_the_join_and_ends_with_the_removal() {
         .unwrap();
     within(admin.send(&group_id, b"after carol")).await.unwrap();
     // Her window ends with the commit that removed her: she reads it, nothing after it.
-    let read = within(
-        carol
-            .connection
-            .fetch_group_log(&group_id, 0, 100, u32::MAX),
-    )
-    .await
-    .unwrap();
+    let read = read_log(&carol, &group_id, 0).await;
     assert_eq!(read.messages.len(), 1, "the removing commit only");
     let last = read.messages[0].seq;
     assert_eq!(read.last_gseq, last);
@@ -240,19 +235,12 @@ async fn unread_entries_survive_a_restart_and_read_entries_are_deleted() {
     let (identity, mls) = bob_identity;
     let mut bob = server.reconnect(&identity).await;
     bob.mls = mls;
-    let read = within(bob.connection.fetch_group_log(&group_id, 0, 100, u32::MAX))
-        .await
-        .unwrap();
+    let read = read_log(&bob, &group_id, 0).await;
     assert_eq!(read.messages.len(), 3, "kept across the restart");
     let first = read.messages[0].seq;
     assert_eq!(texts(&receive(&server, &bob).await), ["m0", "m1", "m2"]);
     // Every reader acknowledged them: the log no longer holds them.
-    let again = within(
-        bob.connection
-            .fetch_group_log(&group_id, first, 100, u32::MAX),
-    )
-    .await
-    .unwrap();
+    let again = read_log(&bob, &group_id, first).await;
     assert!(again.messages.is_empty(), "{:?}", again.messages);
 }
 
@@ -280,9 +268,7 @@ async fn a_reader_that_never_reads_cannot_stop_the_others() {
     // The log kept its newest three entries: bob finds the older ones gone (a gap after his
     // position) and can tell.
     let cursor = within(bob.connection.list_group_logs()).await.unwrap().logs[0].clone();
-    let read = within(bob.connection.fetch_group_log(&group_id, 0, 100, u32::MAX))
-        .await
-        .unwrap();
+    let read = read_log(&bob, &group_id, 0).await;
     assert_eq!(read.messages.len(), 3);
     assert!(read.messages[0].seq > cursor.acked_gseq + 1, "a gap");
     assert_eq!(read.messages.last().unwrap().seq, cursor.next_gseq - 1);
@@ -302,9 +288,8 @@ async fn deleting_a_log_reader_leaves_nothing_of_it_and_lets_the_log_go() {
         .await
         .unwrap();
     receive(&server, &alice).await;
-    let unread = within(bob.connection.fetch_group_log(&group_id, 0, 100, u32::MAX))
+    let unread = read_log(&bob, &group_id, 0)
         .await
-        .unwrap()
         .messages
         .last()
         .unwrap()
@@ -318,13 +303,7 @@ async fn deleting_a_log_reader_leaves_nothing_of_it_and_lets_the_log_go() {
     assert!(traces[0].starts_with("groups-1"), "{traces:?}");
     // Only bob held the entry back: with him gone it is deleted (what alice may still read
     // comes after it: the server's proposal to remove bob).
-    let read = within(
-        alice
-            .connection
-            .fetch_group_log(&group_id, unread, 100, u32::MAX),
-    )
-    .await
-    .unwrap();
+    let read = read_log(&alice, &group_id, unread).await;
     assert!(
         read.messages.iter().all(|m| m.seq > unread),
         "{:?}",
@@ -352,9 +331,7 @@ async fn a_member_that_proposed_to_leave_reads_nothing_sent_after() {
     // Alice takes in bob's proposal, then commits it.
     receive(&server, &alice).await;
     within(admin.commit_pending(&group_id)).await.unwrap();
-    let read = within(bob.connection.fetch_group_log(&group_id, 0, 100, u32::MAX))
-        .await
-        .unwrap();
+    let read = read_log(&bob, &group_id, 0).await;
     assert_ne!(read.last_gseq, 0, "his window ended with his proposal");
     assert!(
         read.messages.iter().all(|m| m.seq <= read.last_gseq),
