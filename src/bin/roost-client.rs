@@ -932,6 +932,15 @@ fn group_event_output(seq: u64, event: anyhow::Result<GroupEvent>) -> (serde_jso
                 format!("{by} proposes {what} in group {group} — run: commit {group}"),
             )
         }
+        Ok(GroupEvent::InvitationLapsed { group_id, reason }) => {
+            let group = hex::encode(group_id);
+            (
+                json!({ "seq": seq, "event": "invitation_lapsed", "group": group, "reason": reason }),
+                format!(
+                    "an invitation to group {group} lapsed before this device joined: {reason}"
+                ),
+            )
+        }
         Ok(GroupEvent::Other) => (
             json!({ "seq": seq, "event": "ignored" }),
             format!("#{seq}: nothing for this device"),

@@ -5,11 +5,13 @@
 use anyhow::{anyhow, bail, Context};
 use openmls::prelude::{
     BasicCredential, Extension, ExtensionType, Extensions, ExternalSender, GroupContext, GroupId,
-    KeyPackage, KeyPackageIn, LeafNodeIndex, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig,
-    MlsMessageBodyIn, MlsMessageIn, ProcessedMessageContent, Proposal, ProtocolMessage,
-    ProtocolVersion, RequiredCapabilitiesExtension, Sender, StagedWelcome, UnknownExtension,
+    KeyPackage, KeyPackageBundle, KeyPackageIn, KeyPackageRef, LeafNodeIndex, MlsGroup,
+    MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn,
+    ProcessedMessageContent, Proposal, ProtocolMessage, ProtocolVersion, RatchetTreeIn,
+    RequiredCapabilitiesExtension, Sender, StagedWelcome, UnknownExtension,
     PURE_PLAINTEXT_WIRE_FORMAT_POLICY,
 };
+use openmls_traits::storage::StorageProvider;
 use openmls_traits::OpenMlsProvider;
 use tls_codec::{Deserialize, Serialize};
 
@@ -48,6 +50,9 @@ pub enum GroupEvent {
         /// What it proposes, for people: "to leave", "to remove bob@localhost/2", ...
         what: String,
     },
+    /// This device was invited, but the group was deleted, or the device removed again, before
+    /// it could join (the server no longer gives it the group's tree).
+    InvitationLapsed { group_id: Vec<u8>, reason: String },
     /// Something that is not for this device's groups (or a server notice).
     Other,
 }
@@ -60,6 +65,20 @@ pub fn is_transient(error: &anyhow::Error) -> bool {
         cause
             .downcast_ref::<ClientError>()
             .is_some_and(|e| e.retry() == crate::protocol::Retry::Later)
+    })
+}
+
+/// Whether fetching a Welcome's tree failed because the invitation is over: the group is gone,
+/// or this device is no longer a member, or the tree outlived the server's retention.
+fn invitation_lapsed(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<ClientError>(),
+            Some(ClientError::Server(refusal)) if matches!(
+                refusal.code(),
+                ErrorCode::UnknownGroup | ErrorCode::NotAMember | ErrorCode::TreeNotKept
+            )
+        )
     })
 }
 
@@ -82,16 +101,16 @@ impl DeviceMls {
             .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
             .ciphersuite(self.ciphersuite())
             .capabilities(self.capabilities())
-            // Welcomes carry the tree of their epoch, so a device joins whenever it gets to its
-            // Welcome, however many commits came after.
-            .use_ratchet_tree_extension(true)
+            // Welcomes travel without the tree (at 10,000 members it is megabytes): the server
+            // keeps the tree of every epoch that adds members for its joiners.
+            .use_ratchet_tree_extension(false)
             .build())
     }
 
     fn join_config(&self) -> MlsGroupJoinConfig {
         MlsGroupJoinConfig::builder()
             .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
-            .use_ratchet_tree_extension(true)
+            .use_ratchet_tree_extension(false)
             .build()
     }
 
@@ -668,25 +687,84 @@ impl<'a> GroupClient<'a> {
     }
 
     async fn join(&self, welcome: openmls::prelude::Welcome) -> anyhow::Result<GroupEvent> {
-        // The Welcome's GroupInfo carries the tree of its epoch (the ratchet tree extension).
-        // The server routes a Welcome only to a KeyPackage a commit adds, so whatever this
-        // device still holds of the group (it was removed, or left, or missed its removal) is
-        // over: the Welcome replaces it.
-        let group = StagedWelcome::build_from_welcome(
+        // Decrypting the Welcome takes its KeyPackage out of the key store; it goes back if the
+        // tree cannot be fetched now, so that the Welcome (left queued) can be tried again.
+        let key_package = self.welcome_key_package(&welcome)?;
+        let joining = StagedWelcome::build_from_welcome(
             self.mls.provider(),
             &self.mls.join_config(),
             welcome,
         )
-        .context("decrypting the Welcome")?
-        .replace_old_group()
-        .build()
-        .context("checking the Welcome")?
-        .into_group(self.mls.provider())
-        .context("joining from the Welcome")?;
+        .context("decrypting the Welcome")?;
+        let info = joining.processed_welcome().unverified_group_info();
+        // A Welcome carries the tree of its epoch (the ratchet tree extension), or the server
+        // keeps it (protocol-spec/groups.md, "Trees for joiners").
+        let joining = if info.extensions().ratchet_tree().is_some() {
+            joining
+        } else {
+            let (group_id, epoch) = (info.group_id().as_slice().to_vec(), info.epoch().as_u64());
+            let fetched = self
+                .connection
+                .fetch_group_tree(&group_id, epoch)
+                .await
+                .with_context(|| format!("fetching the group's tree of epoch {epoch}"));
+            let tree = match fetched {
+                Ok(tree) => tree,
+                Err(e) if invitation_lapsed(&e) => {
+                    return Ok(GroupEvent::InvitationLapsed {
+                        group_id,
+                        reason: format!("{e:#}"),
+                    })
+                }
+                Err(e) => {
+                    if let (true, Some((reference, bundle))) = (is_transient(&e), key_package) {
+                        self.mls
+                            .provider()
+                            .storage()
+                            .write_key_package(&reference, &bundle)
+                            .map_err(|e| anyhow!("restoring a KeyPackage: {e:?}"))?;
+                    }
+                    return Err(e);
+                }
+            };
+            joining.with_ratchet_tree(
+                RatchetTreeIn::tls_deserialize_exact(tree)
+                    .context("the group's ratchet tree does not parse")?,
+            )
+        };
+        // The server routes a Welcome only to a KeyPackage a commit adds, so whatever this
+        // device still holds of the group (it was removed, or left, or missed its removal) is
+        // over: the Welcome replaces it.
+        let group = joining
+            .replace_old_group()
+            .build()
+            .context("checking the Welcome")?
+            .into_group(self.mls.provider())
+            .context("joining from the Welcome")?;
         self.verify_members(&group).await?;
         Ok(GroupEvent::Joined {
             group_id: group.group_id().as_slice().to_vec(),
         })
+    }
+
+    /// The KeyPackage (with its private keys) that `welcome` is for, if this device holds it.
+    fn welcome_key_package(
+        &self,
+        welcome: &openmls::prelude::Welcome,
+    ) -> anyhow::Result<Option<(KeyPackageRef, KeyPackageBundle)>> {
+        for secrets in welcome.secrets() {
+            let reference = secrets.new_member();
+            let bundle: Option<KeyPackageBundle> = self
+                .mls
+                .provider()
+                .storage()
+                .key_package(&reference)
+                .map_err(|e| anyhow!("reading the key store: {e:?}"))?;
+            if let Some(bundle) = bundle {
+                return Ok(Some((reference, bundle)));
+            }
+        }
+        Ok(None)
     }
 
     /// Fetches and processes the whole queue, acknowledging what was processed or can never

@@ -22,10 +22,10 @@ use crate::identity::{verify_credential, CredentialError, DomainKeys};
 use crate::protocol::{
     add_client_proof_content, register_proof_content, AckMessagesRequest, AddClientRequest,
     ClaimKeyPackagesRequest, ClaimedKeyPackages, ClientCredential, ClientEntry, ClientRegistered,
-    CreateGroupRequest, FetchMessagesRequest, FetchedMessages, GetGroupRequest, GroupEpoch,
-    GroupList, GroupState, KeyPackageStatus, LookupUserRequest, MessageAccepted,
-    PublishKeyPackagesRequest, RegisterUserRequest, RemoveClientRequest, SendCommitRequest,
-    SendMessageRequest, Text, UserClients,
+    CreateGroupRequest, FetchGroupTreeRequest, FetchMessagesRequest, FetchedMessages,
+    GetGroupRequest, GroupEpoch, GroupList, GroupState, KeyPackageStatus, LookupUserRequest,
+    MessageAccepted, PublishKeyPackagesRequest, RegisterUserRequest, RemoveClientRequest,
+    SendCommitRequest, SendMessageRequest, Text, UserClients,
 };
 use crate::protocol::{
     close_code, decode_notification, decode_push_header, decode_response, encode_request, ClientId,
@@ -547,6 +547,52 @@ impl Connection {
         match self.request(&Request::GetGroup(request)).await? {
             ResponseBody::Group(state) => Ok(state),
             other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The encoded `RatchetTree` of `group_id` at `epoch` (the epoch of a Welcome that came
+    /// without it, or the current one), fetched in chunks. Members only.
+    pub async fn fetch_group_tree(
+        &self,
+        group_id: &[u8],
+        epoch: u64,
+    ) -> Result<Vec<u8>, ClientError> {
+        /// A tree larger than this is refused rather than buffered (about 100,000 members).
+        const MAX_TREE_LEN: usize = 64 * 1024 * 1024;
+        let mut tree = Vec::new();
+        loop {
+            let request = FetchGroupTreeRequest {
+                group_id: group_id.to_vec().into(),
+                epoch,
+                offset: u32::try_from(tree.len())
+                    .map_err(|_| ClientError::Protocol("a ratchet tree too large".into()))?,
+            };
+            let chunk = match self.request(&Request::FetchGroupTree(request)).await? {
+                ResponseBody::GroupTree(chunk) => chunk,
+                other => return Err(unexpected(&other)),
+            };
+            let total_len = chunk.total_len as usize;
+            if chunk.epoch != epoch
+                || chunk.offset as usize != tree.len()
+                || total_len > MAX_TREE_LEN
+                || tree.len() + chunk.chunk.as_slice().len() > total_len
+                || (chunk.chunk.as_slice().is_empty() && tree.len() < total_len)
+            {
+                return Err(ClientError::Protocol(format!(
+                    "a ratchet tree chunk that does not fit: epoch {}, offset {}, {} of {} bytes",
+                    chunk.epoch,
+                    chunk.offset,
+                    chunk.chunk.as_slice().len(),
+                    chunk.total_len
+                )));
+            }
+            if tree.is_empty() {
+                tree.reserve_exact(total_len);
+            }
+            tree.extend_from_slice(chunk.chunk.as_slice());
+            if tree.len() == total_len {
+                return Ok(tree);
+            }
         }
     }
 

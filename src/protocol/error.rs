@@ -149,6 +149,9 @@ error_codes! {
     ProposalConflict = 53,
     /// The group id does not name this server as the group's hub (see groups.md).
     InvalidGroupId = 54,
+    /// The server keeps no ratchet tree for that epoch of the group (no Welcome was sent for
+    /// it, or it outlived the retention).
+    TreeNotKept = 55,
 }
 
 /// Whether a refused request may succeed if sent again unchanged, later.
@@ -246,6 +249,7 @@ impl ErrorCode {
             Self::ClientRemoved => "the authenticated client was removed",
             Self::ProposalConflict => "a proposal about this member is pending already",
             Self::InvalidGroupId => "the group id does not name this server as its hub",
+            Self::TreeNotKept => "no ratchet tree is kept for that epoch of the group",
             Self::Unknown(_) => "an error this version does not know",
         }
     }

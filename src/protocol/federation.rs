@@ -10,9 +10,9 @@ use tls_codec::VLBytes;
 
 use super::{
     ClaimKeyPackagesRequest, ClaimedKeyPackages, ClientId, CredentialVerifyingKey, DecodeError,
-    DeleteGroupRequest, ErrorResponse, GetGroupRequest, LookupUserRequest, MessageKind,
-    ResponseBody, SendCommitRequest, SendMessageRequest, SendProposalRequest, Text, UserClients,
-    MAX_REQUEST_LEN, MAX_RESPONSE_LEN,
+    DeleteGroupRequest, ErrorResponse, FetchGroupTreeRequest, GetGroupRequest, LookupUserRequest,
+    MessageKind, ResponseBody, SendCommitRequest, SendMessageRequest, SendProposalRequest, Text,
+    UserClients, MAX_REQUEST_LEN, MAX_RESPONSE_LEN,
 };
 
 /// `Identify` (federation) request body: the domain the connecting homeserver speaks for.
@@ -103,6 +103,8 @@ pub enum GroupRequest {
     SendProposal(SendProposalRequest),
     #[tls_codec(discriminant = 22)]
     DeleteGroup(DeleteGroupRequest),
+    #[tls_codec(discriminant = 28)]
+    FetchGroupTree(FetchGroupTreeRequest),
 }
 
 /// `ClientsDeparted` request body.
@@ -278,6 +280,11 @@ mod tests {
                 group_id: vec![5].into(),
             })),
             relayed(GroupRequest::ListGroups),
+            relayed(GroupRequest::FetchGroupTree(FetchGroupTreeRequest {
+                group_id: vec![5].into(),
+                epoch: 3,
+                offset: 0,
+            })),
             FederationRequest::ClientsDeparted(ClientsDepartedRequest {
                 clients: vec![client()],
             }),

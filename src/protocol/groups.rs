@@ -71,16 +71,44 @@ pub struct GroupMember {
     pub role: Role,
 }
 
+/// The most bytes of a ratchet tree one `FetchGroupTree` answer carries.
+pub const MAX_TREE_CHUNK_LEN: u32 = 1024 * 1024;
+
+/// `GetGroup` leaves out (sends empty) a ratchet tree whose encoding is longer than this: fetch
+/// it with `FetchGroupTree`.
+pub const MAX_INLINE_TREE_LEN: usize = 1024 * 1024;
+
 /// `GetGroup` response body: what a member or a joiner needs.
 #[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
 pub struct GroupState {
     pub group_id: VLBytes,
     pub epoch: u64,
     pub members: Vec<GroupMember>,
-    /// The current `RatchetTree`, TLS-encoded (what a joiner from a Welcome needs).
+    /// The current `RatchetTree`, TLS-encoded; empty if longer than [`MAX_INLINE_TREE_LEN`].
     pub ratchet_tree: VLBytes,
     /// An `MLSMessage` carrying the current epoch's `GroupInfo`.
     pub group_info: VLBytes,
+}
+
+/// `FetchGroupTree` request body: part of the ratchet tree of one epoch of a group.
+#[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
+pub struct FetchGroupTreeRequest {
+    pub group_id: VLBytes,
+    /// The epoch whose tree is wanted: a Welcome's epoch, or the current one.
+    pub epoch: u64,
+    /// The first byte of the tree's encoding wanted.
+    pub offset: u32,
+}
+
+/// `FetchGroupTree` response body: bytes `offset..offset + chunk.len()` of the encoding of the
+/// epoch's `RatchetTree` (RFC 9420 section 12.4.3.3), at most [`MAX_TREE_CHUNK_LEN`] of them.
+#[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
+pub struct GroupTreeChunk {
+    pub epoch: u64,
+    /// The length of the whole encoding.
+    pub total_len: u32,
+    pub offset: u32,
+    pub chunk: VLBytes,
 }
 
 /// `CreateGroup` and `SendCommit` response body.

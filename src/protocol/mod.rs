@@ -48,9 +48,10 @@ pub use group_logs::{
     GroupLogs,
 };
 pub use groups::{
-    CreateGroupRequest, DeleteGroupRequest, GetGroupRequest, GroupDeleted, GroupEpoch, GroupList,
-    GroupMember, GroupRoles, GroupState, MessageAccepted, Role, SendCommitRequest,
-    SendMessageRequest, SendProposalRequest, ROLES_EXTENSION_TYPE,
+    CreateGroupRequest, DeleteGroupRequest, FetchGroupTreeRequest, GetGroupRequest, GroupDeleted,
+    GroupEpoch, GroupList, GroupMember, GroupRoles, GroupState, GroupTreeChunk, MessageAccepted,
+    Role, SendCommitRequest, SendMessageRequest, SendProposalRequest, MAX_INLINE_TREE_LEN,
+    MAX_TREE_CHUNK_LEN, ROLES_EXTENSION_TYPE,
 };
 pub use key_packages::{
     ClaimKeyPackagesRequest, ClaimOutcome, ClaimedKeyPackage, ClaimedKeyPackages, KeyPackageStatus,

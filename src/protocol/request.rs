@@ -5,9 +5,10 @@ use tls_codec::{Deserialize, Serialize, TlsDeserialize, TlsSerialize, TlsSize};
 use super::{
     AckGroupLogRequest, AckMessagesRequest, AddClientRequest, AuthenticateRequest,
     ClaimKeyPackagesRequest, CreateGroupRequest, DecodeError, DeleteGroupRequest,
-    FetchGroupLogRequest, FetchMessagesRequest, GetDomainKeysRequest, GetGroupRequest,
-    LookupUserRequest, PublishKeyPackagesRequest, RegisterUserRequest, RemoveClientRequest,
-    SendCommitRequest, SendMessageRequest, SendProposalRequest, MAX_REQUEST_LEN, PROTOCOL_VERSION,
+    FetchGroupLogRequest, FetchGroupTreeRequest, FetchMessagesRequest, GetDomainKeysRequest,
+    GetGroupRequest, LookupUserRequest, PublishKeyPackagesRequest, RegisterUserRequest,
+    RemoveClientRequest, SendCommitRequest, SendMessageRequest, SendProposalRequest,
+    MAX_REQUEST_LEN, PROTOCOL_VERSION,
 };
 
 /// Operation codes: the `uint16` that selects a request body (and the matching response body).
@@ -41,6 +42,7 @@ pub enum Operation {
     ListGroupLogs = 25,
     FetchGroupLog = 26,
     AckGroupLog = 27,
+    FetchGroupTree = 28,
 }
 
 impl Operation {
@@ -72,6 +74,7 @@ impl Operation {
         Self::ListGroupLogs,
         Self::FetchGroupLog,
         Self::AckGroupLog,
+        Self::FetchGroupTree,
     ];
 
     pub fn from_u16(value: u16) -> Option<Self> {
@@ -105,7 +108,8 @@ impl Operation {
             | Self::UseGroupLogs
             | Self::ListGroupLogs
             | Self::FetchGroupLog
-            | Self::AckGroupLog => true,
+            | Self::AckGroupLog
+            | Self::FetchGroupTree => true,
         }
     }
 }
@@ -195,6 +199,9 @@ pub enum Request {
     /// Acknowledge a group log's entries up to a position.
     #[tls_codec(discriminant = 27)]
     AckGroupLog(AckGroupLogRequest),
+    /// Part of the ratchet tree of one epoch of a group (a joiner's, from a Welcome without it).
+    #[tls_codec(discriminant = 28)]
+    FetchGroupTree(FetchGroupTreeRequest),
 }
 
 impl Request {
@@ -227,6 +234,7 @@ impl Request {
             Self::ListGroupLogs => Operation::ListGroupLogs,
             Self::FetchGroupLog(_) => Operation::FetchGroupLog,
             Self::AckGroupLog(_) => Operation::AckGroupLog,
+            Self::FetchGroupTree(_) => Operation::FetchGroupTree,
         }
     }
 }
@@ -369,6 +377,11 @@ mod tests {
             Request::AckGroupLog(AckGroupLogRequest {
                 group_id: vec![4; 20].into(),
                 up_to_gseq: 3,
+            }),
+            Request::FetchGroupTree(FetchGroupTreeRequest {
+                group_id: vec![4; 20].into(),
+                epoch: 7,
+                offset: 1024,
             }),
         ]
     }

@@ -7,8 +7,9 @@ use super::request::{encode_envelope, open_envelope};
 use super::{
     AuthenticateResponse, ClaimedKeyPackages, ClientCredential, ClientId, ClientRegistered,
     CredentialVerifyingKey, DecodeError, DomainKeysBody, ErrorResponse, FetchedMessages,
-    GroupEpoch, GroupList, GroupLogMessages, GroupLogs, GroupState, KeyPackageStatus, Limits,
-    MessageAccepted, RegistrationMode, Text, UserClients, MAX_RESPONSE_LEN,
+    GroupEpoch, GroupList, GroupLogMessages, GroupLogs, GroupState, GroupTreeChunk,
+    KeyPackageStatus, Limits, MessageAccepted, RegistrationMode, Text, UserClients,
+    MAX_RESPONSE_LEN,
 };
 
 /// `GetServerInfo` response body.
@@ -83,6 +84,8 @@ pub enum ResponseBody {
     GroupLogMessages(GroupLogMessages),
     #[tls_codec(discriminant = 27)]
     GroupLogAcked,
+    #[tls_codec(discriminant = 28)]
+    GroupTree(GroupTreeChunk),
 }
 
 /// A response: a body, or an error.

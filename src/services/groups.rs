@@ -23,13 +23,14 @@ use crate::config::{QueuePolicy, ServerConfig};
 use crate::identity::{verify_member, DomainKeys};
 use crate::protocol::{
     ClientCredential, ClientId, CreateGroupRequest, DeleteGroupRequest, DeliverRequest,
-    DeliveryItem, GetGroupRequest, GroupDeleted, GroupEpoch, GroupMember, GroupRoles, GroupState,
-    MessageAccepted, MessageKind, Role, SendCommitRequest, SendMessageRequest, SendProposalRequest,
-    ServerNotice, ROLES_EXTENSION_TYPE,
+    DeliveryItem, FetchGroupTreeRequest, GetGroupRequest, GroupDeleted, GroupEpoch, GroupMember,
+    GroupRoles, GroupState, GroupTreeChunk, MessageAccepted, MessageKind, Role, SendCommitRequest,
+    SendMessageRequest, SendProposalRequest, ServerNotice, MAX_INLINE_TREE_LEN, MAX_TREE_CHUNK_LEN,
+    ROLES_EXTENSION_TYPE,
 };
 use crate::store::{
     Admission, Enqueued, Envelope, GroupMemberRow, GroupRefusal, GroupTransition, OutgoingDelivery,
-    PublicState, QueueLimits, RequestRecord, SendView, Store, StoredGroup,
+    PublicState, QueueLimits, RequestRecord, SendView, Store, StoredGroup, TreeChunk,
 };
 
 pub struct Groups {
@@ -351,6 +352,17 @@ impl Groups {
                 envelope
             })
             .collect();
+        // The joiners' tree is kept on the server: their Welcomes need not carry it.
+        let joiners_tree = match welcome {
+            Some(_) => Some(cpu_bound(|| {
+                group
+                    .public
+                    .export_ratchet_tree()
+                    .tls_serialize_detached()
+                    .map_err(|e| invalid(e.to_string()))
+            })?),
+            None => None,
+        };
         if let Some(welcome) = welcome {
             let welcome = Arc::new(welcome);
             envelopes.extend(
@@ -384,6 +396,7 @@ impl Groups {
                     envelopes,
                     remote: Vec::new(),
                     request: Some(request),
+                    joiners_tree,
                 },
             )
             .await?
@@ -521,6 +534,7 @@ impl Groups {
                     envelopes,
                     remote: Vec::new(),
                     request: Some(request),
+                    joiners_tree: None,
                 },
             )
             .await?
@@ -760,17 +774,78 @@ impl Groups {
                 }
             })
             .collect();
-        let ratchet_tree = group
-            .public
-            .export_ratchet_tree()
-            .tls_serialize_detached()
-            .map_err(|e| invalid(e.to_string()))?;
+        let mut ratchet_tree = cpu_bound(|| {
+            group
+                .public
+                .export_ratchet_tree()
+                .tls_serialize_detached()
+                .map_err(|e| invalid(e.to_string()))
+        })?;
+        if ratchet_tree.len() > MAX_INLINE_TREE_LEN {
+            // Fetched in chunks instead (FetchGroupTree), so that the answer stays small.
+            ratchet_tree.clear();
+        }
         Ok(GroupState {
             group_id: group_id.to_vec().into(),
             epoch: group.stored.epoch,
             members,
             ratchet_tree: ratchet_tree.into(),
             group_info: group.stored.group_info.into(),
+        })
+    }
+
+    /// Part of the ratchet tree of an epoch of a group, for a member: the tree kept for the
+    /// joiners of that epoch, or the current tree.
+    pub async fn tree(
+        &self,
+        caller: &ClientId,
+        request: FetchGroupTreeRequest,
+    ) -> Result<GroupTreeChunk, ServiceError> {
+        let group_id = request.group_id.as_slice();
+        if !self.store.group_exists(group_id).await? {
+            return Err(ServiceError::UnknownGroup);
+        }
+        self.store
+            .group_membership(caller.user_id.as_str(), caller.device_id, group_id)
+            .await?
+            .ok_or(ServiceError::NotAMember)?;
+        let offset = request.offset as usize;
+        let max_len = MAX_TREE_CHUNK_LEN as usize;
+        let chunk = match self
+            .store
+            .group_tree_chunk(group_id, request.epoch, offset, max_len)
+            .await?
+        {
+            Some(chunk) => chunk,
+            None => {
+                let group = self.load(group_id).await?;
+                if group.stored.epoch != request.epoch {
+                    return Err(ServiceError::TreeNotKept {
+                        epoch: request.epoch,
+                    });
+                }
+                let tree = cpu_bound(|| {
+                    group
+                        .public
+                        .export_ratchet_tree()
+                        .tls_serialize_detached()
+                        .map_err(|e| invalid(e.to_string()))
+                })?;
+                let start = offset.min(tree.len());
+                let end = start.saturating_add(max_len).min(tree.len());
+                TreeChunk {
+                    total_len: tree.len(),
+                    bytes: tree[start..end].to_vec(),
+                }
+            }
+        };
+        let total_len = u32::try_from(chunk.total_len)
+            .map_err(|_| corrupt("a ratchet tree longer than 4 GiB"))?;
+        Ok(GroupTreeChunk {
+            epoch: request.epoch,
+            total_len,
+            offset: request.offset,
+            chunk: chunk.bytes.into(),
         })
     }
 
@@ -919,6 +994,7 @@ impl Groups {
                 envelopes,
                 remote: Vec::new(),
                 request: None,
+                joiners_tree: None,
             };
             match self.store_transition(group_id, transition).await? {
                 Ok(()) => {

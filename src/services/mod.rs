@@ -224,6 +224,8 @@ pub enum ServiceError {
     ProposalConflict(String),
     #[error("the group id does not name this server as the group's hub")]
     InvalidGroupId,
+    #[error("no ratchet tree is kept for epoch {epoch} of the group")]
+    TreeNotKept { epoch: u64 },
     #[error("full queues, nothing was accepted: {}", name_some(full))]
     QueueFull { full: Vec<ClientId> },
     #[error("operation {0:?} is handled by the transport, not a service")]
@@ -284,6 +286,7 @@ fn request_group_id(request: &GroupRequest) -> Option<Vec<u8>> {
         GroupRequest::SendProposal(request) => from_message(request.proposal.as_slice()),
         GroupRequest::GetGroup(request) => Some(request.group_id.as_slice().to_vec()),
         GroupRequest::DeleteGroup(request) => Some(request.group_id.as_slice().to_vec()),
+        GroupRequest::FetchGroupTree(request) => Some(request.group_id.as_slice().to_vec()),
         GroupRequest::ListGroups => None,
     }
 }
@@ -525,6 +528,9 @@ impl Services {
             GroupRequest::DeleteGroup(request) => {
                 self.groups.delete(sender, request).await?;
                 ResponseBody::GroupDeleted
+            }
+            GroupRequest::FetchGroupTree(request) => {
+                ResponseBody::GroupTree(self.groups.tree(sender, request).await?)
             }
         })
     }
@@ -877,6 +883,10 @@ impl Services {
             }
             Request::DeleteGroup(request) => {
                 self.routed_group_request(authenticated()?, GroupRequest::DeleteGroup(request))
+                    .await?
+            }
+            Request::FetchGroupTree(request) => {
+                self.routed_group_request(authenticated()?, GroupRequest::FetchGroupTree(request))
                     .await?
             }
             Request::Authenticate(_) => {

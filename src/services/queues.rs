@@ -360,6 +360,8 @@ impl Queues {
         let report = self.store.purge_expired_messages(cutoff).await?;
         // Log entries expire alike; their readers find the log starting later.
         let mut purged = self.store.purge_expired_log_entries(cutoff).await?;
+        // The trees kept for Welcomes go with the Welcomes.
+        self.store.purge_expired_group_trees(cutoff).await?;
         for expired in report {
             purged += expired.count;
             let client = ClientId {

@@ -66,6 +66,7 @@ pub fn wire_error(e: ServiceError) -> ErrorResponse {
         ServiceError::Peer(refusal) => refusal.code(),
         ServiceError::ProposalConflict(_) => ErrorCode::ProposalConflict,
         ServiceError::InvalidGroupId => ErrorCode::InvalidGroupId,
+        ServiceError::TreeNotKept { .. } => ErrorCode::TreeNotKept,
         ServiceError::QueueFull { .. } => ErrorCode::QueueFull,
         ServiceError::Store(StoreError::Closed) => ErrorCode::ShuttingDown,
         ServiceError::Store(StoreError::ActorRemoved) => ErrorCode::ClientRemoved,

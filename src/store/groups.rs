@@ -6,6 +6,7 @@ use tls_codec::{Deserialize, Serialize, TlsDeserialize, TlsSerialize, TlsSize, V
 
 use super::federation::{outbox_in, OutgoingDelivery};
 use super::group_logs::{delete_log, enqueue_group_in, update_windows};
+use super::group_trees::{delete_trees_in, keep_tree_in};
 use super::queues::{enqueue_in, Enqueued, Envelope, FullQueues, QueueLimits};
 use super::{Store, StoreError};
 
@@ -198,6 +199,9 @@ pub struct GroupTransition {
     pub remote: Vec<OutgoingDelivery>,
     /// The request that made this transition, remembered so that a retry is recognised.
     pub request: Option<RequestRecord>,
+    /// The new epoch's TLS-encoded `RatchetTree`, kept for the joiners of a commit that adds
+    /// members (their Welcomes need not carry it).
+    pub joiners_tree: Option<Vec<u8>>,
 }
 
 /// A group request (commit, proposal, message) remembered for the dedupe window: a retry of the
@@ -353,6 +357,7 @@ impl Store {
             envelopes,
             remote,
             request,
+            joiners_tree,
             ..
         } = transition;
         self.write(move |txn| {
@@ -382,6 +387,9 @@ impl Store {
             if let Some(request) = &request {
                 remember_request(txn, request)?;
             }
+            if let Some(tree) = &joiners_tree {
+                keep_tree_in(txn, &group_id, new_epoch, now_ms, tree)?;
+            }
             Ok(Ok(outcomes))
         })
         .await
@@ -409,6 +417,7 @@ impl Store {
             }
             replace_members(txn, &group_id, &members, &[])?;
             delete_log(txn, &group_id)?;
+            delete_trees_in(txn, &group_id)?;
             txn.open_table(SEND_VIEWS)?.remove(group_id.as_slice())?;
             // Notices are admitted whatever the queues hold: this enqueue is never refused.
             let outcomes = enqueue_in(txn, &envelopes, now_ms, limits)?.unwrap_or_default();
@@ -444,13 +453,18 @@ impl Store {
         let user_id = user_id.to_owned();
         self.read(move |txn| {
             let members = txn.open_table(GROUP_MEMBERS)?;
+            let views = txn.open_table(SEND_VIEWS)?;
             let groups = txn.open_table(GROUPS)?;
             let mut found = Vec::new();
             let range = (user_id.as_str(), device_id, &[][..])
                 ..=(user_id.as_str(), device_id, GROUP_ID_UPPER_BOUND);
             for entry in members.range(range)? {
                 let group_id = entry?.0.value().2.to_vec();
-                if let Some(record) = groups.get(group_id.as_slice())? {
+                // The epoch from the small send view; the whole record only for a group stored
+                // before send views.
+                if let Some(view) = views.get(group_id.as_slice())? {
+                    found.push((group_id, view_epoch(view.value())?));
+                } else if let Some(record) = groups.get(group_id.as_slice())? {
                     found.push((group_id, StoredGroup::decode(record.value())?.epoch));
                 }
             }
@@ -458,6 +472,14 @@ impl Store {
         })
         .await
     }
+}
+
+/// The epoch of an encoded send view: its first field, a `uint64` (the view is not decoded).
+fn view_epoch(view: &[u8]) -> Result<u64, StoreError> {
+    view.get(..8)
+        .and_then(|bytes| bytes.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| StoreError::Corrupt("a send view without its epoch".into()))
 }
 
 /// A group's epoch, from the first field of its send view (a `uint64`, so the view is not
@@ -468,13 +490,7 @@ fn current_epoch(
     group_id: &[u8],
 ) -> Result<Option<u64>, StoreError> {
     if let Some(view) = txn.open_table(SEND_VIEWS)?.get(group_id)? {
-        let epoch = view
-            .value()
-            .get(..8)
-            .and_then(|bytes| bytes.try_into().ok())
-            .map(u64::from_be_bytes)
-            .ok_or_else(|| StoreError::Corrupt("a send view without its epoch".into()))?;
-        return Ok(Some(epoch));
+        return Ok(Some(view_epoch(view.value())?));
     }
     groups
         .get(group_id)?

@@ -13,6 +13,7 @@
 mod accounts;
 mod federation;
 mod group_logs;
+mod group_trees;
 mod groups;
 mod key_packages;
 mod meta;
@@ -26,6 +27,7 @@ pub use accounts::{
 };
 pub use federation::{DeliveryRefusal, IncomingDelivery, OutgoingDelivery, ReceivedDeliveries};
 pub use group_logs::{LogCursor, LogEntries, LogRefusal};
+pub use group_trees::TreeChunk;
 pub use groups::{
     GroupMemberRow, GroupRefusal, GroupTransition, PublicState, RequestRecord, SendView,
     StoredGroup, REQUEST_DEDUPE_WINDOW_MS,

@@ -29,6 +29,8 @@ macro_rules! for_each_table {
         $action!(super::groups::SEND_VIEWS);
         $action!(super::groups::RECENT_REQUESTS);
         $action!(super::groups::RECENT_REQUESTS_BY_TIME);
+        $action!(super::group_trees::GROUP_TREES);
+        $action!(super::group_trees::GROUP_TREES_BY_TIME);
         $action!(super::group_logs::GROUP_LOGS);
         $action!(super::group_logs::GROUP_LOG);
         $action!(super::group_logs::LOG_READERS);

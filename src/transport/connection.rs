@@ -214,6 +214,8 @@ fn response_reservation(request: &Request) -> usize {
         // Answers that carry data sets are usually far below the response limit: reserving the
         // limit would let a few dozen of them hold the whole server budget. Larger ones are
         // topped up once encoded.
+        // A tree chunk is about as large as it may be, but for a tree's last chunk.
+        Request::FetchGroupTree(_) => crate::protocol::MAX_TREE_CHUNK_LEN as usize + SMALL_RESPONSE,
         Request::GetGroup(_)
         | Request::ClaimKeyPackages(_)
         | Request::LookupUser(_)

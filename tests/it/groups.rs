@@ -639,3 +639,140 @@ async fn a_tampered_tree_or_a_foreign_creator_is_refused_at_creation() {
         .unwrap_err();
     assert_eq!(error.code(), Some(ErrorCode::GroupExists));
 }
+
+/// The encoded ratchet tree a device holds for a group.
+fn tree_of(device: &Device, group_id: &[u8]) -> Vec<u8> {
+    use tls_codec::Serialize;
+    device
+        .mls
+        .group(group_id)
+        .unwrap()
+        .expect("the device holds the group")
+        .export_ratchet_tree()
+        .tls_serialize_detached()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn welcomes_travel_without_the_tree_and_joiners_fetch_the_tree_of_their_epoch() {
+    use openmls::prelude::{MlsMessageBodyIn, MlsMessageIn, ProcessedWelcome};
+    use tls_codec::Deserialize;
+
+    let server = TestServer::start().await;
+    let alice = registered_with_key_packages(&server, "alice@localhost", 1).await;
+    let bob = registered_with_key_packages(&server, "bob@localhost", 1).await;
+    let _carol = registered_with_key_packages(&server, "carol@localhost", 1).await;
+    let dave = registered_with_key_packages(&server, "dave@localhost", 1).await;
+    let admin = groups(&server, &alice[0]).await;
+    let group_id = within(admin.create_group()).await.unwrap();
+    within(admin.invite(&group_id, "bob@localhost"))
+        .await
+        .unwrap();
+    let tree_at_1 = tree_of(&alice[0], &group_id);
+    // Two more commits before bob reads: his Welcome's epoch is long past when he joins.
+    within(admin.invite(&group_id, "carol@localhost"))
+        .await
+        .unwrap();
+    within(admin.remove_user(&group_id, "carol@localhost"))
+        .await
+        .unwrap();
+    let current = tree_of(&alice[0], &group_id);
+
+    // The Welcome in bob's queue does not carry the tree (decrypted on a copy of his keys).
+    let queued = within(bob[0].connection.fetch_messages(0, 10, 1 << 20))
+        .await
+        .unwrap();
+    let MlsMessageBodyIn::Welcome(welcome) =
+        MlsMessageIn::tls_deserialize_exact(queued.messages[0].payload.as_slice())
+            .unwrap()
+            .extract()
+    else {
+        panic!("bob's first message is not a Welcome");
+    };
+    let copy = bob[0].mls.snapshot().unwrap();
+    let processed = ProcessedWelcome::new_from_welcome(
+        copy.provider(),
+        &openmls::prelude::MlsGroupJoinConfig::default(),
+        welcome,
+    )
+    .unwrap();
+    let info = processed.unverified_group_info();
+    assert_eq!(info.epoch().as_u64(), 1);
+    assert!(info.extensions().ratchet_tree().is_none());
+
+    // The server kept the tree of the epoch that added bob; he joins with it and catches up.
+    let events = receive(&server, &bob[0]).await;
+    assert_eq!(
+        events[0],
+        GroupEvent::Joined {
+            group_id: group_id.clone()
+        }
+    );
+    assert_eq!(tree_of(&bob[0], &group_id), current);
+    assert_eq!(
+        within(bob[0].connection.fetch_group_tree(&group_id, 1))
+            .await
+            .unwrap(),
+        tree_at_1
+    );
+    // The current epoch's tree is served from the group's state (nobody joined at epoch 3).
+    assert_eq!(
+        within(bob[0].connection.fetch_group_tree(&group_id, 3))
+            .await
+            .unwrap(),
+        current
+    );
+    // Past the end: an empty chunk with the tree's length.
+    let request =
+        roost::protocol::Request::FetchGroupTree(roost::protocol::FetchGroupTreeRequest {
+            group_id: group_id.clone().into(),
+            epoch: 1,
+            offset: u32::MAX,
+        });
+    match within(bob[0].connection.request(&request)).await.unwrap() {
+        roost::protocol::ResponseBody::GroupTree(chunk) => {
+            assert!(chunk.chunk.as_slice().is_empty());
+            assert_eq!(chunk.total_len as usize, tree_at_1.len());
+        }
+        other => panic!("{other:?}"),
+    }
+    // No tree for an epoch that added nobody and is not current; none for non-members.
+    let refused = |result: Result<Vec<u8>, roost::client::ClientError>| result.unwrap_err().code();
+    assert_eq!(
+        refused(within(bob[0].connection.fetch_group_tree(&group_id, 0)).await),
+        Some(ErrorCode::TreeNotKept)
+    );
+    assert_eq!(
+        refused(within(dave[0].connection.fetch_group_tree(&group_id, 1)).await),
+        Some(ErrorCode::NotAMember)
+    );
+    assert_eq!(
+        refused(within(dave[0].connection.fetch_group_tree(b"no such group", 1)).await),
+        Some(ErrorCode::UnknownGroup)
+    );
+
+    // An invitation to a group deleted before the device read it lapses, and says so.
+    within(admin.invite(&group_id, "dave@localhost"))
+        .await
+        .unwrap();
+    within(admin.delete_group(&group_id)).await.unwrap();
+    let events = receive(&server, &dave[0]).await;
+    assert!(
+        matches!(&events[0], GroupEvent::InvitationLapsed { group_id: lapsed, .. } if *lapsed == group_id),
+        "{events:?}"
+    );
+    assert!(
+        matches!(events[1], GroupEvent::Deleted { .. }),
+        "{events:?}"
+    );
+    let store = server.server.store();
+    for epoch in 0..6 {
+        assert_eq!(
+            store
+                .group_tree_chunk(&group_id, epoch, 0, 16)
+                .await
+                .unwrap(),
+            None
+        );
+    }
+}

@@ -58,6 +58,11 @@ fn authenticated_operations() -> Vec<Request> {
             group_id: vec![1; 20].into(),
             up_to_gseq: 1,
         }),
+        Request::FetchGroupTree(roost::protocol::FetchGroupTreeRequest {
+            group_id: vec![1; 20].into(),
+            epoch: 1,
+            offset: 0,
+        }),
         Request::CreateGroup(CreateGroupRequest {
             group_info: vec![0; 4].into(),
             ratchet_tree: vec![0; 4].into(),
