@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use roost::client::groups::GroupClient;
+use roost::client::groups::{GroupClient, GroupEvent};
 use roost::client::{ClientConfig, Connection};
 use roost::clock::{Clock, SystemClock};
 use roost::protocol::Notification;
@@ -547,21 +547,27 @@ async fn group_of(
 ) -> anyhow::Result<GroupFigures> {
     const S: &str = "group-size";
     const ADDS_PER_COMMIT: usize = 100;
-    let messages = scale.pick(100, 300);
+    // Fewer messages to the largest groups read through queues: each writes a queue record per
+    // member (tens of MB per message at 10,000).
+    let messages = scale.pick(100, 300).min((300_000 / size).max(20));
     let mode = mode_name(logs);
     let server = BenchServer::start(remote).await?;
     let config = server.client_config.clone();
     let run = format!("{:x}", rand::random::<u32>());
     let domain = config.server_name.clone();
     let sender = harness::device(&config, &format!("sender-{run}@{domain}"), false, 0).await?;
-    // The members, and one more to measure an add commit at this size.
-    let names: Vec<String> = (0..size).map(|i| format!("m{i}-{run}@{domain}")).collect();
+    // The members, and one more, online, to measure an add commit and its join at this size.
+    let names: Vec<String> = (0..size - 1)
+        .map(|i| format!("m{i}-{run}@{domain}"))
+        .collect();
     harness::offline_members(&config, &names, logs).await?;
+    let joiner_name = format!("joiner-{run}@{domain}");
+    let joiner = harness::device(&config, &joiner_name, false, 1).await?;
     let keys = sender.connection.domain_keys().await?;
     let groups = GroupClient::new(&sender.connection, &sender.mls, keys, SystemClock.now());
     let group_id = groups.create_group().await?;
     let filling = Instant::now();
-    let (members, extra) = names.split_at(size - 1);
+    let members = &names[..];
     let mut added = 1;
     for batch in members.chunks(ADDS_PER_COMMIT) {
         let batch: Vec<&str> = batch.iter().map(String::as_str).collect();
@@ -623,11 +629,28 @@ async fn group_of(
     let profiled = harness::profile_phase("group-add");
     let start = Instant::now();
     groups
-        .invite(&group_id, &extra[0])
+        .invite(&group_id, &joiner_name)
         .await
         .context("the measured add")?;
     let add_ms = start.elapsed().as_secs_f64() * 1000.0;
     drop(profiled);
+    // It joins: the Welcome, the tree of its epoch fetched from the server, the tree verified.
+    let keys = joiner.connection.domain_keys().await?;
+    let joining = GroupClient::new(&joiner.connection, &joiner.mls, keys, SystemClock.now());
+    let start = Instant::now();
+    let events = joining.receive().await.context("the joiner's queue")?;
+    let join_ms = start.elapsed().as_secs_f64() * 1000.0;
+    match events.first() {
+        Some((_, Ok(GroupEvent::Joined { .. }))) => {}
+        other => anyhow::bail!("the joiner did not join: {other:?}"),
+    }
+    report.figure(
+        S,
+        format!("{size} members{mode}: join from a Welcome (tree fetched from the server)"),
+        join_ms,
+        "ms",
+        Better::Lower,
+    );
 
     let this = GroupFigures { send_p50, add_ms };
     let base = smallest.unwrap_or(this);
