@@ -258,7 +258,14 @@ pub struct GroupClient<'a> {
     pub now: UnixTime,
     /// Other homeservers' keys, fetched through this device's homeserver as members appear.
     remote_keys: tokio::sync::Mutex<std::collections::HashMap<String, DomainKeys>>,
+    /// Members verified so far, by the SHA-256 of their credential and leaf signature key: with
+    /// the same keys and the same `now` the answer cannot change, and an add to a group of
+    /// 10,000 would otherwise verify 10,000 signatures again.
+    verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], ClientId>>,
 }
+
+/// Verified members remembered by one [`GroupClient`] at most (then it starts afresh).
+const VERIFIED_MEMBERS_KEPT: usize = 200_000;
 
 impl<'a> GroupClient<'a> {
     pub fn new(
@@ -273,6 +280,7 @@ impl<'a> GroupClient<'a> {
             keys,
             now,
             remote_keys: Default::default(),
+            verified: Default::default(),
         }
     }
 
@@ -298,6 +306,14 @@ impl<'a> GroupClient<'a> {
     ) -> anyhow::Result<ClientId> {
         let basic = BasicCredential::try_from(credential.clone())
             .map_err(|_| anyhow!("the member's credential is not a basic credential"))?;
+        let digest: [u8; 32] = sha2::Digest::finalize(sha2::Digest::chain_update(
+            sha2::Digest::chain_update(sha2::Sha256::default(), basic.identity()),
+            signature_key,
+        ))
+        .into();
+        if let Some(client) = self.verified_lock().get(&digest) {
+            return Ok(client.clone());
+        }
         let parsed = ClientCredential::tls_deserialize_exact(basic.identity())
             .context("the member's credential is not a Roost client credential")?;
         let domain = parsed
@@ -309,7 +325,22 @@ impl<'a> GroupClient<'a> {
             .map(|(_, domain)| domain.to_owned())
             .context("the member's user id has no domain")?;
         let keys = self.keys_for(&domain).await?;
-        verify_leaf_member(credential, signature_key, &keys, self.now)
+        let client = verify_leaf_member(credential, signature_key, &keys, self.now)?;
+        let mut verified = self.verified_lock();
+        if verified.len() >= VERIFIED_MEMBERS_KEPT {
+            verified.clear();
+        }
+        verified.insert(digest, client.clone());
+        Ok(client)
+    }
+
+    fn verified_lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<[u8; 32], ClientId>> {
+        // The map holds only finished verifications: a panic elsewhere leaves it consistent.
+        self.verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Checks every member of `group`; returns them in leaf order.

@@ -6,17 +6,17 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use openmls::prelude::{
-    BasicCredential, ExtensionType, ExternalProposal, ExternalSender, GroupId, LeafNode,
-    LeafNodeIndex, MlsMessageBodyIn, MlsMessageIn, ProcessedMessageContent, Proposal,
-    ProposalStore, ProtocolMessage, PublicGroup, PublicProcessMessageError, RatchetTreeIn, Sender,
+    BasicCredential, ExtensionType, ExternalProposal, ExternalSender, LeafNode, LeafNodeIndex,
+    MlsMessageBodyIn, MlsMessageIn, ProcessedMessageContent, Proposal, ProposalStore,
+    ProtocolMessage, PublicGroup, PublicProcessMessageError, RatchetTreeIn, Sender,
     SenderExtensionIndex, SignatureScheme, ValidationError,
 };
 use openmls_basic_credential::SignatureKeyPair;
-use openmls_memory_storage::MemoryStorage;
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use openmls_rust_crypto::RustCrypto;
 use tls_codec::{Deserialize, Serialize};
 
+use super::group_state::GroupStateStorage;
 use super::{cpu_bound, Accounts, ServiceError, Sessions};
 use crate::clock::Clock;
 use crate::config::{QueuePolicy, ServerConfig};
@@ -50,7 +50,7 @@ pub struct Groups {
 /// A group loaded for processing.
 struct LoadedGroup {
     stored: StoredGroup,
-    storage: MemoryStorage,
+    storage: GroupStateStorage,
     public: PublicGroup,
 }
 
@@ -84,7 +84,7 @@ impl Groups {
         let group_info = parse_group_info(request.group_info.as_slice())?;
         let tree = RatchetTreeIn::tls_deserialize_exact(request.ratchet_tree.as_slice())
             .map_err(|e| invalid(format!("the ratchet tree does not parse: {e}")))?;
-        let storage = MemoryStorage::default();
+        let storage = GroupStateStorage::default();
         let (public, _) = PublicGroup::from_external(
             &self.crypto,
             &storage,
@@ -1134,14 +1134,11 @@ impl Groups {
             .await?
             .ok_or(ServiceError::UnknownGroup)?;
         let (storage, public) = cpu_bound(|| {
-            let storage = MemoryStorage::default();
-            storage
-                .values
-                .write()
-                .map_err(|_| corrupt("group storage lock poisoned"))?
-                .extend(stored.public_state.iter().cloned());
-            let public = PublicGroup::load(&storage, &GroupId::from_slice(group_id))
-                .map_err(|e| corrupt(&format!("cannot load group state: {e:?}")))?
+            let storage = GroupStateStorage::from_entries(group_id, &stored.public_state)
+                .map_err(|e| corrupt(&format!("cannot read group state: {e}")))?;
+            let public = storage
+                .load(group_id)
+                .map_err(|e| corrupt(&format!("cannot load group state: {e}")))?
                 .ok_or_else(|| corrupt("stored group has no state"))?;
             Ok::<_, ServiceError>((storage, public))
         })?;
@@ -1496,21 +1493,8 @@ fn parse_group_info(
     }
 }
 
-fn snapshot(storage: &MemoryStorage) -> Result<PublicState, ServiceError> {
-    cpu_bound(|| snapshot_now(storage))
-}
-
-fn snapshot_now(storage: &MemoryStorage) -> Result<PublicState, ServiceError> {
-    let values = storage
-        .values
-        .read()
-        .map_err(|_| corrupt("group storage lock poisoned"))?;
-    let mut entries: Vec<_> = values
-        .iter()
-        .map(|(key, value)| (key.clone(), value.clone()))
-        .collect();
-    entries.sort();
-    Ok(entries)
+fn snapshot(storage: &GroupStateStorage) -> Result<PublicState, ServiceError> {
+    Ok(cpu_bound(|| storage.to_entries()))
 }
 
 /// The digest a group request is remembered by (`RequestRecord::digest`).

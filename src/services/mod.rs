@@ -7,6 +7,7 @@
 mod accounts;
 pub mod credential_keys;
 mod federation;
+mod group_state;
 mod groups;
 pub mod invites;
 mod key_packages;
