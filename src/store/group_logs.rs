@@ -300,9 +300,8 @@ pub(super) fn log_readers_among(
     let Some(first) = readers.next() else {
         return Ok(reads_log);
     };
-    // Members by name, borrowed: no allocation per member; foldhash, as SipHash was a fifth of
-    // a send's server time at 10,000 members.
-    let positions: foldhash::HashMap<(&str, u32), usize> = members
+    // Members by name, borrowed: no allocation per member.
+    let positions: HashMap<(&str, u32), usize> = members
         .iter()
         .enumerate()
         .map(|(index, (user_id, device_id))| ((user_id.as_str(), *device_id), index))

@@ -15,6 +15,14 @@ pub(super) const GROUPS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("g
 /// (user id, device id, group id) -> leaf index: the groups each client is in.
 pub(super) const GROUP_MEMBERS: TableDefinition<(&str, u32, &[u8]), u32> =
     TableDefinition::new("group-members-1");
+/// (group id, part key) -> part: a group's public MLS state, one row per part (tree, context,
+/// each pending proposal, ...), each written only when it changed: a proposal does not rewrite the
+/// tree. (Records written before this table hold their state inside the record.)
+pub(super) const GROUP_STATE: TableDefinition<(&[u8], &[u8]), &[u8]> =
+    TableDefinition::new("group-state-1");
+/// Greater than any part key.
+const PART_KEY_UPPER_BOUND: &[u8] = &[0xff; 256];
+
 /// group id -> [`SendViewRecord`] encoding: what an application message needs of its group
 /// (epoch, who receives), kept beside the group's full state by every change of it, so that a
 /// send never decodes the group's tree.
@@ -139,14 +147,8 @@ impl StoredGroup {
                 })
                 .collect(),
             group_info: self.group_info.clone().into(),
-            public_state: self
-                .public_state
-                .iter()
-                .map(|(key, value)| StoredEntry {
-                    key: key.clone().into(),
-                    value: value.clone().into(),
-                })
-                .collect(),
+            // The state lives in its own rows (`GROUP_STATE`).
+            public_state: Vec::new(),
         }
         .tls_serialize_detached()
         .map_err(|e| StoreError::Corrupt(format!("cannot encode a group: {e}")))
@@ -251,6 +253,7 @@ impl Store {
         let group_id = group_id.to_vec();
         let encoded = group.encode()?;
         let epoch = group.epoch;
+        let state = group.public_state;
         self.write(move |txn| {
             let mut groups = txn.open_table(GROUPS)?;
             if groups.get(group_id.as_slice())?.is_some() {
@@ -258,6 +261,7 @@ impl Store {
             }
             groups.insert(group_id.as_slice(), encoded.as_slice())?;
             drop(groups);
+            write_state(txn, &group_id, &state)?;
             replace_members(txn, &group_id, &[], &members)?;
             update_windows(txn, &group_id, &[], &members)?;
             write_send_view(txn, &group_id, epoch, &members)?;
@@ -330,10 +334,22 @@ impl Store {
     pub async fn group(&self, group_id: &[u8]) -> Result<Option<StoredGroup>, StoreError> {
         let group_id = group_id.to_vec();
         self.read(move |txn| {
-            txn.open_table(GROUPS)?
-                .get(group_id.as_slice())?
-                .map(|record| StoredGroup::decode(record.value()))
-                .transpose()
+            let Some(record) = txn.open_table(GROUPS)?.get(group_id.as_slice())? else {
+                return Ok(None);
+            };
+            let mut group = StoredGroup::decode(record.value())?;
+            if group.public_state.is_empty() {
+                let parts = txn.open_table(GROUP_STATE)?;
+                let range =
+                    (group_id.as_slice(), &[][..])..=(group_id.as_slice(), PART_KEY_UPPER_BOUND);
+                for entry in parts.range(range)? {
+                    let (key, value) = entry?;
+                    group
+                        .public_state
+                        .push((key.value().1.to_vec(), value.value().to_vec()));
+                }
+            }
+            Ok(Some(group))
         })
         .await
     }
@@ -343,13 +359,14 @@ impl Store {
     pub async fn commit_group(
         &self,
         group_id: &[u8],
-        transition: GroupTransition,
+        mut transition: GroupTransition,
         now_ms: u64,
         limits: QueueLimits,
     ) -> Result<Result<Vec<Enqueued>, GroupRefusal>, StoreError> {
         let group_id = group_id.to_vec();
         let encoded = transition.group.encode()?;
         let new_epoch = transition.group.epoch;
+        let state = std::mem::take(&mut transition.group.public_state);
         let GroupTransition {
             from_epoch,
             old_members,
@@ -380,6 +397,7 @@ impl Store {
             };
             groups.insert(group_id.as_slice(), encoded.as_slice())?;
             drop(groups);
+            write_state(txn, &group_id, &state)?;
             replace_members(txn, &group_id, &old_members, &members)?;
             update_windows(txn, &group_id, &old_members, &members)?;
             write_send_view(txn, &group_id, new_epoch, &members)?;
@@ -418,6 +436,10 @@ impl Store {
             replace_members(txn, &group_id, &members, &[])?;
             delete_log(txn, &group_id)?;
             delete_trees_in(txn, &group_id)?;
+            txn.open_table(GROUP_STATE)?.retain_in(
+                (group_id.as_slice(), &[][..])..=(group_id.as_slice(), PART_KEY_UPPER_BOUND),
+                |_, _| false,
+            )?;
             txn.open_table(SEND_VIEWS)?.remove(group_id.as_slice())?;
             // Notices are admitted whatever the queues hold: this enqueue is never refused.
             let outcomes = enqueue_in(txn, &envelopes, now_ms, limits)?.unwrap_or_default();
@@ -472,6 +494,39 @@ impl Store {
         })
         .await
     }
+}
+
+/// Makes a group's state rows `entries`: a part whose bytes did not change is not written again
+/// (its pages stay as they are), a part no longer there is deleted.
+fn write_state(
+    txn: &WriteTransaction,
+    group_id: &[u8],
+    entries: &PublicState,
+) -> Result<(), StoreError> {
+    let mut parts = txn.open_table(GROUP_STATE)?;
+    let stored: Vec<Vec<u8>> = parts
+        .range((group_id, &[][..])..=(group_id, PART_KEY_UPPER_BOUND))?
+        .map(|entry| entry.map(|(key, _)| key.value().1.to_vec()))
+        .collect::<Result<_, _>>()?;
+    for key in &stored {
+        if !entries.iter().any(|(kept, _)| kept == key) {
+            parts.remove((group_id, key.as_slice()))?;
+        }
+    }
+    for (key, value) in entries {
+        if key.len() > PART_KEY_UPPER_BOUND.len() {
+            return Err(StoreError::Corrupt(
+                "a group state part key too long".into(),
+            ));
+        }
+        let unchanged = parts
+            .get((group_id, key.as_slice()))?
+            .is_some_and(|stored| stored.value() == value.as_slice());
+        if !unchanged {
+            parts.insert((group_id, key.as_slice()), value.as_slice())?;
+        }
+    }
+    Ok(())
 }
 
 /// The epoch of an encoded send view: its first field, a `uint64` (the view is not decoded).
@@ -679,5 +734,83 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(remembered, (1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_groups_state_parts_are_rows_changed_one_by_one_and_deleted_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let part = |key: &str, value: &[u8]| (key.as_bytes().to_vec(), value.to_vec());
+        let group = |epoch: u64, state: PublicState| StoredGroup {
+            epoch,
+            created_at: 1,
+            roles: vec![("a@x".into(), true)],
+            leaving: Vec::new(),
+            group_info: vec![9],
+            public_state: state,
+        };
+        let first = vec![part("roost:context", b"c0"), part("roost:tree", &[7; 5000])];
+        store
+            .create_group(b"g", group(0, first.clone()), Vec::new())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            store.group(b"g").await.unwrap().unwrap().public_state,
+            first
+        );
+
+        // A part changes, one is added, one goes; the record itself holds none of them.
+        let second = vec![
+            part("roost:context", b"c1"),
+            part("roost:proposal:\0", b"p"),
+        ];
+        let transition = GroupTransition {
+            from_epoch: 0,
+            group: group(1, second.clone()),
+            old_members: Vec::new(),
+            members: Vec::new(),
+            envelopes: Vec::new(),
+            remote: Vec::new(),
+            request: None,
+            joiners_tree: None,
+        };
+        store
+            .commit_group(b"g", transition, 5, QueueLimits::per_client(10, 1000))
+            .await
+            .unwrap()
+            .unwrap();
+        let stored = store.group(b"g").await.unwrap().unwrap();
+        assert_eq!((stored.epoch, stored.public_state), (1, second));
+        let record_len = store
+            .read(|txn| {
+                Ok(txn
+                    .open_table(GROUPS)?
+                    .get(&b"g"[..])?
+                    .unwrap()
+                    .value()
+                    .len())
+            })
+            .await
+            .unwrap();
+        assert!(record_len < 100, "{record_len} bytes");
+
+        store
+            .delete_group(
+                b"g",
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                6,
+                QueueLimits::per_client(10, 1000),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        let left = store
+            .read(|txn| Ok(txn.open_table(GROUP_STATE)?.len()?))
+            .await
+            .unwrap();
+        assert_eq!(left, 0);
     }
 }

@@ -25,6 +25,7 @@ macro_rules! for_each_table {
         $action!(super::queues::SHARED_PAYLOADS);
         $action!(super::queues::SHARED_PAYLOAD_REFS);
         $action!(super::groups::GROUPS);
+        $action!(super::groups::GROUP_STATE);
         $action!(super::groups::GROUP_MEMBERS);
         $action!(super::groups::SEND_VIEWS);
         $action!(super::groups::RECENT_REQUESTS);

@@ -295,9 +295,7 @@ impl Sessions for SessionRegistry {
         // Whichever side is smaller is walked: a large group with few members connected costs
         // the connected ones, not the members.
         if clients.len() <= readers.len() {
-            // foldhash: a send to 10,000 members hashes 10,000 names here (SipHash was a fifth
-            // of that send's server time).
-            let readers: foldhash::HashSet<&(&str, u32)> = readers.iter().collect();
+            let readers: std::collections::HashSet<&(&str, u32)> = readers.iter().collect();
             for (client, sessions) in clients.iter() {
                 if readers.contains(&(client.user_id.as_str(), client.device_id)) {
                     offer(sessions);

@@ -297,15 +297,15 @@ async fn deleting_a_log_reader_leaves_nothing_of_it_and_lets_the_log_go() {
     within(bob.connection.delete_user()).await.unwrap();
     let store = server.server.store();
     let traces = store.tables_containing(b"bob@localhost").await.unwrap();
-    // Nothing but the group's own state names him (his leaf stays in the tree until a commit
-    // removes it, and in the tree kept for the joiners of the epoch that added him): no window,
-    // no reader row, no queue.
+    // Nothing but the group's own state names him (his leaf stays in the tree and his user in
+    // the roles until a commit removes him, and he is in the tree kept for the joiners of the
+    // epoch that added him): no window, no reader row, no queue.
     let mut traces: Vec<&str> = traces
         .iter()
         .map(|table| table.split('<').next().unwrap())
         .collect();
     traces.sort();
-    assert_eq!(traces, ["group-trees-1", "groups-1"]);
+    assert_eq!(traces, ["group-state-1", "group-trees-1", "groups-1"]);
     // Only bob held the entry back: with him gone it is deleted (what alice may still read
     // comes after it: the server's proposal to remove bob).
     let read = read_log(&alice, &group_id, unread).await;
