@@ -354,13 +354,7 @@ impl Groups {
             .collect();
         // The joiners' tree is kept on the server: their Welcomes need not carry it.
         let joiners_tree = match welcome {
-            Some(_) => Some(cpu_bound(|| {
-                group
-                    .public
-                    .export_ratchet_tree()
-                    .tls_serialize_detached()
-                    .map_err(|e| invalid(e.to_string()))
-            })?),
+            Some(_) => Some(encoded_tree(&group.public)?),
             None => None,
         };
         if let Some(welcome) = welcome {
@@ -774,13 +768,7 @@ impl Groups {
                 }
             })
             .collect();
-        let mut ratchet_tree = cpu_bound(|| {
-            group
-                .public
-                .export_ratchet_tree()
-                .tls_serialize_detached()
-                .map_err(|e| invalid(e.to_string()))
-        })?;
+        let mut ratchet_tree = encoded_tree(&group.public)?;
         if ratchet_tree.len() > MAX_INLINE_TREE_LEN {
             // Fetched in chunks instead (FetchGroupTree), so that the answer stays small.
             ratchet_tree.clear();
@@ -824,19 +812,7 @@ impl Groups {
                         epoch: request.epoch,
                     });
                 }
-                let tree = cpu_bound(|| {
-                    group
-                        .public
-                        .export_ratchet_tree()
-                        .tls_serialize_detached()
-                        .map_err(|e| invalid(e.to_string()))
-                })?;
-                let start = offset.min(tree.len());
-                let end = start.saturating_add(max_len).min(tree.len());
-                TreeChunk {
-                    total_len: tree.len(),
-                    bytes: tree[start..end].to_vec(),
-                }
+                TreeChunk::of(&encoded_tree(&group.public)?, offset, max_len)
             }
         };
         let total_len = u32::try_from(chunk.total_len)
@@ -1491,6 +1467,16 @@ fn parse_group_info(
             "expected an MLSMessage carrying a GroupInfo".into(),
         )),
     }
+}
+
+/// The group's current `RatchetTree`, TLS-encoded.
+fn encoded_tree(public: &PublicGroup) -> Result<Vec<u8>, ServiceError> {
+    cpu_bound(|| {
+        public
+            .export_ratchet_tree()
+            .tls_serialize_detached()
+            .map_err(|e| invalid(e.to_string()))
+    })
 }
 
 fn snapshot(storage: &GroupStateStorage) -> Result<PublicState, ServiceError> {

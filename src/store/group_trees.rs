@@ -72,6 +72,18 @@ pub struct TreeChunk {
     pub bytes: Vec<u8>,
 }
 
+impl TreeChunk {
+    /// Up to `max_len` bytes of `tree` from `offset`.
+    pub fn of(tree: &[u8], offset: usize, max_len: usize) -> Self {
+        let start = offset.min(tree.len());
+        let end = start.saturating_add(max_len).min(tree.len());
+        Self {
+            total_len: tree.len(),
+            bytes: tree[start..end].to_vec(),
+        }
+    }
+}
+
 impl Store {
     /// Up to `max_len` bytes from `offset` of the tree kept for `group_id` at `epoch`, if one is.
     pub async fn group_tree_chunk(
@@ -88,13 +100,7 @@ impl Store {
                 return Ok(None);
             };
             accepted_at(value.value())?;
-            let tree = &value.value()[8..];
-            let start = offset.min(tree.len());
-            let end = start.saturating_add(max_len).min(tree.len());
-            Ok(Some(TreeChunk {
-                total_len: tree.len(),
-                bytes: tree[start..end].to_vec(),
-            }))
+            Ok(Some(TreeChunk::of(&value.value()[8..], offset, max_len)))
         })
         .await
     }
