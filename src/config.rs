@@ -99,6 +99,8 @@ pub struct ServerConfig {
     pub queues: QueuePolicy,
     /// Federation with other homeservers; `None` keeps this server to itself.
     pub federation: Option<FederationConfig>,
+    /// Offline push: waking clients that are not connected.
+    pub push: PushConfig,
     /// How often expired data (KeyPackages, ...) is purged.
     pub maintenance_interval: Duration,
     /// The time the services see; tests set it.
@@ -122,6 +124,51 @@ impl FederationConfig {
             .allowed_domains
             .as_ref()
             .is_none_or(|allowed| allowed.iter().any(|peer| peer == domain))
+    }
+}
+
+/// Offline push (protocol-spec/push.md "Offline push"): which targets clients may register and
+/// how often they are woken.
+#[derive(Clone, Debug)]
+pub struct PushConfig {
+    /// Whether clients may register Web Push subscriptions (the server then has a VAPID key).
+    pub web_push: bool,
+    /// Push gateways (Matrix push-gateway API) clients may name, by exact URL. Chosen by the
+    /// operator, so they may be internal addresses.
+    pub gateways: Vec<String>,
+    /// Whether Web Push endpoints may be on loopback addresses (tests and development); private,
+    /// link-local and other internal addresses are always refused.
+    pub allow_loopback: bool,
+    /// When set, Web Push endpoints must be on one of these hosts (`.example.com` also matches
+    /// every name under example.com).
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Wake-ups to one client are at least this far apart while it has not caught up.
+    pub wake_interval: Duration,
+    /// The VAPID `sub` claim: how a push service reaches the operator (`mailto:` or `https:`).
+    /// `None`: `mailto:postmaster@DOMAIN`.
+    pub contact: Option<String>,
+    /// Longest time one delivery attempt (connect, send, answer) may take.
+    pub request_timeout: Duration,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self {
+            web_push: true,
+            gateways: Vec::new(),
+            allow_loopback: false,
+            allowed_hosts: None,
+            wake_interval: Duration::from_secs(30),
+            contact: None,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl PushConfig {
+    /// Whether any kind of offline push is on.
+    pub fn enabled(&self) -> bool {
+        self.web_push || !self.gateways.is_empty()
     }
 }
 
@@ -196,6 +243,7 @@ impl ServerConfig {
             key_packages: KeyPackagePolicy::default(),
             queues: QueuePolicy::default(),
             federation: None,
+            push: PushConfig::default(),
             maintenance_interval: Duration::from_secs(600),
             clock: Arc::new(SystemClock),
         }

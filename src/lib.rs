@@ -34,3 +34,4 @@ pub mod services;
 pub mod store;
 pub mod tls;
 pub mod transport;
+pub mod web_push;

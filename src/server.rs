@@ -65,7 +65,8 @@ impl Server {
                 let stop = shared.shutdown.clone();
                 tokio::join!(
                     shared.services.run_maintenance(stop.clone()),
-                    shared.services.run_outbox(stop),
+                    shared.services.run_outbox(stop.clone()),
+                    shared.services.run_push(stop),
                 );
             }
         });

@@ -10,8 +10,8 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use roost::clock::{Clock, SystemClock, SECONDS_PER_DAY};
 use roost::config::{
-    CertificateSource, Domain, FederationConfig, KeyPackagePolicy, QueuePolicy, ServerConfig,
-    ServerLimits,
+    CertificateSource, Domain, FederationConfig, KeyPackagePolicy, PushConfig, QueuePolicy,
+    ServerConfig, ServerLimits,
 };
 use roost::protocol::RegistrationMode;
 use roost::server::Server;
@@ -187,6 +187,30 @@ struct ServeArgs {
     /// Seconds between purges of expired data.
     #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     maintenance_interval_secs: u64,
+    /// Turn offline push off: no Web Push, no gateways; clients cannot register push targets.
+    #[arg(long)]
+    no_offline_push: bool,
+    /// Turn Web Push off (gateways stay on if any are given).
+    #[arg(long)]
+    no_web_push: bool,
+    /// A push gateway (Matrix push-gateway API) clients may register devices with, by exact
+    /// URL, e.g. https://push.example.org/_matrix/push/v1/notify (repeatable).
+    #[arg(long = "push-gateway", value_parser = parse_gateway)]
+    push_gateways: Vec<String>,
+    /// Allow Web Push endpoints on loopback addresses (tests and development only).
+    #[arg(long)]
+    push_allow_loopback: bool,
+    /// Only allow Web Push endpoints on this host; `.example.com` allows every name under
+    /// example.com (repeatable). Default: any public host.
+    #[arg(long = "push-allowed-host")]
+    push_allowed_hosts: Vec<String>,
+    /// Seconds between two wake-ups of one client that has not caught up.
+    #[arg(long, default_value_t = PushConfig::default().wake_interval.as_secs(), value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    push_wake_interval_secs: u64,
+    /// The contact push services see in the VAPID token (mailto: or https: URL).
+    /// Default: mailto:postmaster@DOMAIN.
+    #[arg(long, value_parser = parse_contact)]
+    push_contact: Option<String>,
     /// Seconds in-flight requests get to finish on shutdown.
     #[arg(long, default_value_t = ServerLimits::default().shutdown_grace.as_secs(), value_parser = clap::value_parser!(u64).range(0..=600))]
     shutdown_grace_secs: u64,
@@ -202,6 +226,25 @@ fn parse_peer(text: &str) -> Result<(String, SocketAddr), String> {
         .next()
         .ok_or_else(|| format!("{address:?} has no address"))?;
     Ok((domain.as_str().to_owned(), address))
+}
+
+fn parse_gateway(text: &str) -> Result<String, String> {
+    let url = url::Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "https" | "http") || url.host().is_none() {
+        return Err(format!("{text:?} is not an http(s) URL"));
+    }
+    if text.len() > roost::protocol::MAX_PUSH_URL_LEN {
+        return Err(format!("{text:?} is too long"));
+    }
+    Ok(text.to_owned())
+}
+
+fn parse_contact(text: &str) -> Result<String, String> {
+    if text.starts_with("mailto:") || text.starts_with("https://") {
+        Ok(text.to_owned())
+    } else {
+        Err(format!("{text:?} is not a mailto: or https: URL"))
+    }
 }
 
 fn parse_pinned(text: &str) -> Result<(String, PathBuf), String> {
@@ -292,6 +335,20 @@ impl ServeArgs {
                 max_bytes_per_user: self.max_queue_bytes_per_user,
                 max_bytes_total: self.max_queue_bytes_total,
                 retention: Duration::from_secs(self.message_retention_days * SECONDS_PER_DAY),
+            },
+            push: PushConfig {
+                web_push: !self.no_offline_push && !self.no_web_push,
+                gateways: if self.no_offline_push {
+                    Vec::new()
+                } else {
+                    self.push_gateways
+                },
+                allow_loopback: self.push_allow_loopback,
+                allowed_hosts: (!self.push_allowed_hosts.is_empty())
+                    .then_some(self.push_allowed_hosts),
+                wake_interval: Duration::from_secs(self.push_wake_interval_secs),
+                contact: self.push_contact,
+                ..PushConfig::default()
             },
             maintenance_interval: Duration::from_secs(self.maintenance_interval_secs),
             federation,

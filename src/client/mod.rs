@@ -6,6 +6,7 @@
 
 pub mod groups;
 pub mod mls;
+pub mod push_receiver;
 pub mod queue;
 pub mod state;
 
@@ -505,6 +506,46 @@ impl Connection {
         };
         match self.request(&Request::AckGroupLog(request)).await? {
             ResponseBody::GroupLogAcked => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// What offline push the server offers: its VAPID key and the gateways it allows.
+    pub async fn push_info(&self) -> Result<crate::protocol::PushInfo, ClientError> {
+        match self.request(&Request::GetPushInfo).await? {
+            ResponseBody::PushInfo(info) => Ok(info),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Registers a push target that wakes this client while it is not connected (the same
+    /// endpoint again replaces the earlier registration).
+    pub async fn add_push_target(
+        &self,
+        target: crate::protocol::PushTarget,
+    ) -> Result<crate::protocol::PushTargetAdded, ClientError> {
+        let request = crate::protocol::AddPushTargetRequest { target };
+        match self.request(&Request::AddPushTarget(request)).await? {
+            ResponseBody::PushTargetAdded(added) => Ok(added),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// This client's push targets.
+    pub async fn list_push_targets(
+        &self,
+    ) -> Result<Vec<crate::protocol::RegisteredPushTarget>, ClientError> {
+        match self.request(&Request::ListPushTargets).await? {
+            ResponseBody::PushTargets(targets) => Ok(targets.targets),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Forgets one of this client's push targets.
+    pub async fn remove_push_target(&self, target_id: u64) -> Result<(), ClientError> {
+        let request = crate::protocol::RemovePushTargetRequest { target_id };
+        match self.request(&Request::RemovePushTarget(request)).await? {
+            ResponseBody::PushTargetRemoved => Ok(()),
             other => Err(unexpected(&other)),
         }
     }

@@ -152,6 +152,14 @@ error_codes! {
     /// The server keeps no ratchet tree for that epoch of the group (no Welcome was sent for
     /// it, or it outlived the retention).
     TreeNotKept = 55,
+    /// The push target is refused: a malformed or disallowed URL (not https, an internal
+    /// address, a host the operator does not allow, a gateway not announced), bad keys, or
+    /// offline push of that kind is off on this server.
+    PushTargetRefused = 56,
+    /// The client has as many push targets as allowed; remove one first.
+    TooManyPushTargets = 57,
+    /// The client has no push target with that id.
+    UnknownPushTarget = 58,
 }
 
 /// Whether a refused request may succeed if sent again unchanged, later.
@@ -250,6 +258,9 @@ impl ErrorCode {
             Self::ProposalConflict => "a proposal about this member is pending already",
             Self::InvalidGroupId => "the group id does not name this server as its hub",
             Self::TreeNotKept => "no ratchet tree is kept for that epoch of the group",
+            Self::PushTargetRefused => "the push target is refused",
+            Self::TooManyPushTargets => "the client has as many push targets as allowed",
+            Self::UnknownPushTarget => "the client has no push target with that id",
             Self::Unknown(_) => "an error this version does not know",
         }
     }

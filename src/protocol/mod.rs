@@ -15,6 +15,7 @@ mod group_logs;
 mod groups;
 mod key_packages;
 mod notification;
+mod push;
 mod queues;
 mod request;
 mod response;
@@ -60,6 +61,11 @@ pub use key_packages::{
 pub use notification::{
     decode_notification, decode_push_header, encode_notification_record, encode_push_header,
     Notification, ServerShutdown, NOTIFICATION_LENGTH_PREFIX_LEN, PUSH_HEADER_LEN,
+};
+pub use push::{
+    AddPushTargetRequest, GatewayPusher, PushInfo, PushTarget, PushTargetAdded, PushTargets,
+    RegisteredPushTarget, RemovePushTargetRequest, WebPushSubscription, MAX_PUSHKEY_LEN,
+    MAX_PUSH_TARGETS_PER_CLIENT, MAX_PUSH_URL_LEN, WEB_PUSH_AUTH_LEN, WEB_PUSH_KEY_LEN,
 };
 pub use queues::{
     AckMessagesRequest, FetchMessagesRequest, FetchedMessages, MessageKind, MessagesExpired,

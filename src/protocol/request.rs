@@ -3,12 +3,12 @@
 use tls_codec::{Deserialize, Serialize, TlsDeserialize, TlsSerialize, TlsSize};
 
 use super::{
-    AckGroupLogRequest, AckMessagesRequest, AddClientRequest, AuthenticateRequest,
-    ClaimKeyPackagesRequest, CreateGroupRequest, DecodeError, DeleteGroupRequest,
-    FetchGroupLogRequest, FetchGroupTreeRequest, FetchMessagesRequest, GetDomainKeysRequest,
-    GetGroupRequest, LookupUserRequest, PublishKeyPackagesRequest, RegisterUserRequest,
-    RemoveClientRequest, SendCommitRequest, SendMessageRequest, SendProposalRequest,
-    MAX_REQUEST_LEN, PROTOCOL_VERSION,
+    AckGroupLogRequest, AckMessagesRequest, AddClientRequest, AddPushTargetRequest,
+    AuthenticateRequest, ClaimKeyPackagesRequest, CreateGroupRequest, DecodeError,
+    DeleteGroupRequest, FetchGroupLogRequest, FetchGroupTreeRequest, FetchMessagesRequest,
+    GetDomainKeysRequest, GetGroupRequest, LookupUserRequest, PublishKeyPackagesRequest,
+    RegisterUserRequest, RemoveClientRequest, RemovePushTargetRequest, SendCommitRequest,
+    SendMessageRequest, SendProposalRequest, MAX_REQUEST_LEN, PROTOCOL_VERSION,
 };
 
 /// Operation codes: the `uint16` that selects a request body (and the matching response body).
@@ -43,6 +43,10 @@ pub enum Operation {
     FetchGroupLog = 26,
     AckGroupLog = 27,
     FetchGroupTree = 28,
+    GetPushInfo = 29,
+    AddPushTarget = 30,
+    ListPushTargets = 31,
+    RemovePushTarget = 32,
 }
 
 impl Operation {
@@ -75,6 +79,10 @@ impl Operation {
         Self::FetchGroupLog,
         Self::AckGroupLog,
         Self::FetchGroupTree,
+        Self::GetPushInfo,
+        Self::AddPushTarget,
+        Self::ListPushTargets,
+        Self::RemovePushTarget,
     ];
 
     pub fn from_u16(value: u16) -> Option<Self> {
@@ -84,7 +92,9 @@ impl Operation {
     /// Whether the operation needs an authenticated connection.
     pub fn requires_authentication(self) -> bool {
         match self {
-            Self::GetServerInfo | Self::Authenticate | Self::RegisterUser => false,
+            Self::GetServerInfo | Self::Authenticate | Self::RegisterUser | Self::GetPushInfo => {
+                false
+            }
             Self::WhoAmI
             | Self::AddClient
             | Self::ListClients
@@ -109,7 +119,10 @@ impl Operation {
             | Self::ListGroupLogs
             | Self::FetchGroupLog
             | Self::AckGroupLog
-            | Self::FetchGroupTree => true,
+            | Self::FetchGroupTree
+            | Self::AddPushTarget
+            | Self::ListPushTargets
+            | Self::RemovePushTarget => true,
         }
     }
 }
@@ -202,6 +215,18 @@ pub enum Request {
     /// Part of the ratchet tree of one epoch of a group (a joiner's, from a Welcome without it).
     #[tls_codec(discriminant = 28)]
     FetchGroupTree(FetchGroupTreeRequest),
+    /// What offline push the server offers (its VAPID key, the gateways it allows).
+    #[tls_codec(discriminant = 29)]
+    GetPushInfo,
+    /// Register a push target that wakes the authenticated client when it is not connected.
+    #[tls_codec(discriminant = 30)]
+    AddPushTarget(AddPushTargetRequest),
+    /// The authenticated client's push targets.
+    #[tls_codec(discriminant = 31)]
+    ListPushTargets,
+    /// Forget one of the authenticated client's push targets.
+    #[tls_codec(discriminant = 32)]
+    RemovePushTarget(RemovePushTargetRequest),
 }
 
 impl Request {
@@ -235,6 +260,10 @@ impl Request {
             Self::FetchGroupLog(_) => Operation::FetchGroupLog,
             Self::AckGroupLog(_) => Operation::AckGroupLog,
             Self::FetchGroupTree(_) => Operation::FetchGroupTree,
+            Self::GetPushInfo => Operation::GetPushInfo,
+            Self::AddPushTarget(_) => Operation::AddPushTarget,
+            Self::ListPushTargets => Operation::ListPushTargets,
+            Self::RemovePushTarget(_) => Operation::RemovePushTarget,
         }
     }
 }

@@ -8,8 +8,8 @@ use super::{
     AuthenticateResponse, ClaimedKeyPackages, ClientCredential, ClientId, ClientRegistered,
     CredentialVerifyingKey, DecodeError, DomainKeysBody, ErrorResponse, FetchedMessages,
     GroupEpoch, GroupList, GroupLogMessages, GroupLogs, GroupState, GroupTreeChunk,
-    KeyPackageStatus, Limits, MessageAccepted, RegistrationMode, Text, UserClients,
-    MAX_RESPONSE_LEN,
+    KeyPackageStatus, Limits, MessageAccepted, PushInfo, PushTargetAdded, PushTargets,
+    RegistrationMode, Text, UserClients, MAX_RESPONSE_LEN,
 };
 
 /// `GetServerInfo` response body.
@@ -86,6 +86,14 @@ pub enum ResponseBody {
     GroupLogAcked,
     #[tls_codec(discriminant = 28)]
     GroupTree(GroupTreeChunk),
+    #[tls_codec(discriminant = 29)]
+    PushInfo(PushInfo),
+    #[tls_codec(discriminant = 30)]
+    PushTargetAdded(PushTargetAdded),
+    #[tls_codec(discriminant = 31)]
+    PushTargets(PushTargets),
+    #[tls_codec(discriminant = 32)]
+    PushTargetRemoved,
 }
 
 /// A response: a body, or an error.

@@ -11,6 +11,8 @@ mod group_state;
 mod groups;
 pub mod invites;
 mod key_packages;
+mod push;
+mod push_delivery;
 mod queues;
 mod wire_error;
 
@@ -24,6 +26,8 @@ pub use groups::Groups;
 pub use key_packages::{
     validate_key_package, KeyPackageRejection, KeyPackages, MAX_KEY_PACKAGE_LIFETIME,
 };
+pub use push::{Push, PushStats, VAPID_KEY_FILE};
+pub use push_delivery::EndpointRules;
 pub use queues::{Delivery, Queues};
 pub use wire_error::wire_error;
 
@@ -61,10 +65,13 @@ pub trait Sessions: Send + Sync {
     fn notify(&self, client: &ClientId, notification: &Notification) -> usize;
     /// Closes every connection of `client` once its in-flight requests are answered.
     fn disconnect(&self, client: &ClientId);
+    /// Whether `client` has an authenticated connection.
+    fn connected(&self, client: &ClientId) -> bool;
     /// Tells every connection of `client` that `message` was queued for it (a `NewMessages`
     /// hint, carrying the message when it is small). Never blocks; a connection that has not
-    /// read the previous hint gets only the latest, with the newest messages that fit.
-    fn new_message(&self, client: &ClientId, message: &PushedMessage);
+    /// read the previous hint gets only the latest, with the newest messages that fit. Returns
+    /// how many connections it told.
+    fn new_message(&self, client: &ClientId, message: &PushedMessage) -> usize;
     /// Tells every connection of the `readers` (user id, device id) that `message` was appended
     /// to the log of group `group_id` (a `GroupLogAppended` hint, coalesced per group like
     /// `NewMessages`). Never blocks.
@@ -227,6 +234,12 @@ pub enum ServiceError {
     InvalidGroupId,
     #[error("no ratchet tree is kept for epoch {epoch} of the group")]
     TreeNotKept { epoch: u64 },
+    #[error("{0}")]
+    PushTargetRefused(String),
+    #[error("a client has at most {limit} push targets; remove one first")]
+    TooManyPushTargets { limit: usize },
+    #[error("no such push target")]
+    UnknownPushTarget,
     #[error("full queues, nothing was accepted: {}", name_some(full))]
     QueueFull { full: Vec<ClientId> },
     #[error("operation {0:?} is handled by the transport, not a service")]
@@ -308,6 +321,7 @@ pub struct Services {
     outbox_wake: federation::OutboxWake,
     key_packages: KeyPackages,
     queues: Arc<Queues>,
+    push: Arc<Push>,
     maintenance_interval: std::time::Duration,
 }
 
@@ -318,6 +332,19 @@ impl Services {
         store: Store,
         sessions: Arc<dyn Sessions>,
     ) -> anyhow::Result<Self> {
+        let push = Arc::new(Push::new(
+            &config.push,
+            &config.data_dir,
+            config.domain.as_str(),
+            store.clone(),
+            sessions.clone(),
+        )?);
+        // Every service reaches clients through these: what no connection takes wakes the
+        // client through its push targets.
+        let sessions: Arc<dyn Sessions> = Arc::new(push::PushingSessions {
+            inner: sessions,
+            push: push.clone(),
+        });
         let queues = Arc::new(Queues::new(config, store.clone(), sessions.clone()));
         let accounts = Arc::new(Accounts::new(config, store.clone(), sessions.clone())?);
         let federation = config
@@ -344,6 +371,7 @@ impl Services {
             accounts,
             key_packages: KeyPackages::new(config, store, sessions, queues.clone()),
             queues,
+            push,
             maintenance_interval: config.maintenance_interval,
         })
     }
@@ -610,6 +638,16 @@ impl Services {
         }
     }
 
+    /// Wakes clients that are not connected through their push targets until `stop`.
+    pub async fn run_push(&self, stop: tokio_util::sync::CancellationToken) {
+        self.push.clone().run(stop).await;
+    }
+
+    /// Offline push's counters.
+    pub fn push_stats(&self) -> &PushStats {
+        self.push.stats()
+    }
+
     /// Sends the federation outbox until `stop` (a no-op for a server that does not federate).
     pub async fn run_outbox(&self, stop: tokio_util::sync::CancellationToken) {
         if let Some(federation) = &self.federation {
@@ -844,7 +882,21 @@ impl Services {
             }
             Request::AckMessages(request) => {
                 self.queues.ack(authenticated()?, request).await?;
+                self.push.caught_up(authenticated()?);
                 ResponseBody::MessagesAcked
+            }
+            Request::GetPushInfo => ResponseBody::PushInfo(self.push.info()),
+            Request::AddPushTarget(request) => {
+                ResponseBody::PushTargetAdded(self.push.add(authenticated()?, request).await?)
+            }
+            Request::ListPushTargets => {
+                ResponseBody::PushTargets(self.push.list(authenticated()?).await?)
+            }
+            Request::RemovePushTarget(request) => {
+                self.push
+                    .remove(authenticated()?, request.target_id)
+                    .await?;
+                ResponseBody::PushTargetRemoved
             }
             Request::UseGroupLogs => {
                 self.queues.use_group_logs(authenticated()?).await?;
@@ -860,6 +912,7 @@ impl Services {
             ),
             Request::AckGroupLog(request) => {
                 self.queues.ack_group_log(authenticated()?, request).await?;
+                self.push.caught_up(authenticated()?);
                 ResponseBody::GroupLogAcked
             }
             Request::CreateGroup(request) => {

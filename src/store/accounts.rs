@@ -344,6 +344,7 @@ fn delete_client(txn: &WriteTransaction, user_id: &str, device_id: u32) -> Resul
     super::groups::delete_client_memberships(txn, user_id, device_id)?;
     super::group_logs::delete_client_windows(txn, user_id, device_id)?;
     super::federation::delete_client_hubs(txn, user_id, device_id)?;
+    super::push::delete_client_push(txn, user_id, device_id)?;
     let removed = txn
         .open_table(CLIENTS)?
         .remove((user_id, device_id))?

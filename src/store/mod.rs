@@ -17,6 +17,7 @@ mod group_trees;
 mod groups;
 mod key_packages;
 mod meta;
+mod push;
 mod queues;
 mod tables;
 mod writer;
@@ -35,6 +36,7 @@ pub use groups::{
 pub use key_packages::{
     Claimed, ClientClaim, NewKeyPackage, PublishRefusal, Stock, MAX_KEY_PACKAGE_BYTES_PER_USER,
 };
+pub use push::{AddTargetRefusal, PendingWake, WakeResult};
 pub use queues::{
     Admission, Enqueued, Envelope, ExpiredMessages, FullQueues, QueueLimits, StoredMessage,
     FIRST_SEQ, HANDSHAKE_RESERVE_FACTOR,

@@ -43,6 +43,9 @@ macro_rules! for_each_table {
         $action!(super::federation::GROUP_ROUTES);
         $action!(super::federation::ROUTE_HUBS);
         $action!(super::federation::CLIENT_HUBS);
+        $action!(super::push::PUSH_TARGETS);
+        $action!(super::push::PUSH_WAKES);
+        $action!(super::push::PUSH_WOKEN);
     }};
 }
 

@@ -277,12 +277,17 @@ impl Sessions for SessionRegistry {
         })
     }
 
-    fn new_message(&self, client: &ClientId, message: &PushedMessage) {
-        if let Some(sessions) = self.lock().get(client) {
+    fn connected(&self, client: &ClientId) -> bool {
+        self.lock().contains_key(client)
+    }
+
+    fn new_message(&self, client: &ClientId, message: &PushedMessage) -> usize {
+        self.lock().get(client).map_or(0, |sessions| {
             for session in sessions {
                 session.hint.offer(message);
             }
-        }
+            sessions.len()
+        })
     }
 
     fn log_appended(&self, readers: &[(&str, u32)], group_id: &Arc<[u8]>, message: &PushedMessage) {

@@ -1,0 +1,750 @@
+//! Offline push: clients register push targets (Web Push subscriptions, devices behind an
+//! operator's push gateway); when something is queued for a client that has no authenticated
+//! connection, the server wakes it through each target. Owns the push tables and the VAPID key.
+//!
+//! The send path only hands the client to this service ([`Push::wake`], a map insert under a
+//! lock, and nothing at all for clients without targets). One task, [`Push::run`], does the
+//! rest off the send path:
+//! - **coalescing**: at most one wake-up per client per `wake_interval` while it has not caught
+//!   up (acknowledged, or connected); messages in between are announced once, at the end of the
+//!   interval, if the client is still away;
+//! - **durability**: a wake-up is written to the outbox (`store::push`) before it is sent and
+//!   deleted when it was delivered or given up on, so a crash does not lose it; at start the
+//!   queues of clients with targets are compared with the last wake-up scheduled for them, which
+//!   covers messages queued just before a crash;
+//! - **delivery**: at most [`MAX_IN_FLIGHT`] HTTP requests at once, retries with exponential
+//!   backoff (or the service's `Retry-After`) for [`MAX_ATTEMPTS`], and a target the push service
+//!   reports gone is deleted.
+
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::push_delivery::{DeliveryOutcome, PushDelivery};
+use super::{PushedMessage, ServiceError, Sessions};
+use crate::clock::{Clock, SystemClock};
+use crate::config::PushConfig;
+use crate::escape::Escaped;
+use crate::protocol::{
+    AddPushTargetRequest, ClientId, Notification, PushInfo, PushTarget, PushTargetAdded,
+    PushTargets, Text, MAX_PUSHKEY_LEN, MAX_PUSH_TARGETS_PER_CLIENT,
+};
+use crate::secret_files::create_private;
+use crate::store::{AddTargetRefusal, PendingWake, Store, WakeResult};
+use crate::web_push::VapidKey;
+
+/// The server's VAPID key file in the data directory.
+pub const VAPID_KEY_FILE: &str = "vapid.key";
+/// Wake-up requests in flight at once.
+pub const MAX_IN_FLIGHT: usize = 64;
+/// Attempts at one wake-up before it is given up (its messages stay queued).
+pub const MAX_ATTEMPTS: u32 = 10;
+/// Longest wait between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
+
+/// A client as the push service keys it.
+type ClientKey = (String, u32);
+/// One target of one client.
+type TargetKey = (String, u32, u64);
+
+fn wall_ms() -> u64 {
+    SystemClock.now_ms()
+}
+
+/// What the send path hands over, taken by the worker in one go.
+#[derive(Default)]
+struct Inbox {
+    /// Clients to wake, with the newest queue sequence number to announce (0: none).
+    wake: HashMap<ClientKey, u64>,
+    /// Clients that caught up: their coalescing window and pending wake-ups end.
+    caught_up: HashSet<ClientKey>,
+}
+
+pub struct Push {
+    store: Store,
+    config: PushConfig,
+    /// The transport's sessions: who is connected.
+    sessions: Arc<dyn Sessions>,
+    vapid: Option<Arc<VapidKey>>,
+    delivery: Arc<PushDelivery>,
+    /// user id -> its devices with at least one target: the send path's only question.
+    registered: RwLock<HashMap<String, Vec<u32>>>,
+    inbox: Mutex<Inbox>,
+    ready: Notify,
+    stats: PushStats,
+}
+
+/// Counters an operator, a test or the benchmark can read.
+#[derive(Debug, Default)]
+pub struct PushStats {
+    pub delivered: std::sync::atomic::AtomicU64,
+    pub failed_attempts: std::sync::atomic::AtomicU64,
+    pub targets_gone: std::sync::atomic::AtomicU64,
+}
+
+/// Loads the server's VAPID key from `data_dir`, creating it on first start.
+fn load_or_create_vapid_key(data_dir: &Path) -> anyhow::Result<VapidKey> {
+    let path = data_dir.join(VAPID_KEY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let hex_secret = text
+                .lines()
+                .find_map(|line| line.strip_prefix("secret "))
+                .context("no `secret` line")
+                .and_then(|secret| Ok(hex::decode(secret.trim())?))
+                .with_context(|| format!("reading the VAPID key {}", path.display()))?;
+            VapidKey::from_bytes(&hex_secret)
+                .with_context(|| format!("reading the VAPID key {}", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = VapidKey::generate();
+            let contents = format!(
+                "# Roost VAPID key (RFC 8292): identifies this server to Web Push services.\n\
+                 # Private. Replacing it invalidates every Web Push subscription made for it.\n\
+                 secret {}\n",
+                hex::encode(key.secret_bytes())
+            );
+            create_private(&path, contents.as_bytes())?;
+            Ok(key)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+impl Push {
+    pub fn new(
+        config: &PushConfig,
+        data_dir: &Path,
+        domain: &str,
+        store: Store,
+        sessions: Arc<dyn Sessions>,
+    ) -> anyhow::Result<Self> {
+        let vapid = if config.web_push {
+            Some(Arc::new(load_or_create_vapid_key(data_dir)?))
+        } else {
+            None
+        };
+        let delivery = Arc::new(PushDelivery::new(config, vapid.clone(), domain)?);
+        Ok(Self {
+            store,
+            config: config.clone(),
+            sessions,
+            vapid,
+            delivery,
+            registered: RwLock::default(),
+            inbox: Mutex::default(),
+            ready: Notify::new(),
+            stats: PushStats::default(),
+        })
+    }
+
+    pub fn stats(&self) -> &PushStats {
+        &self.stats
+    }
+
+    /// `GetPushInfo`.
+    pub fn info(&self) -> PushInfo {
+        PushInfo {
+            vapid_public_key: self
+                .vapid
+                .as_ref()
+                .map_or_else(Vec::new, |key| key.public_key().to_vec())
+                .into(),
+            gateways: self
+                .config
+                .gateways
+                .iter()
+                .map(|url| Text::truncated(url))
+                .collect(),
+            max_targets_per_client: MAX_PUSH_TARGETS_PER_CLIENT as u32,
+            wake_interval_ms: u32::try_from(self.config.wake_interval.as_millis())
+                .unwrap_or(u32::MAX),
+        }
+    }
+
+    /// `AddPushTarget`: checks the target against the server's rules and keeps it.
+    pub async fn add(
+        &self,
+        caller: &ClientId,
+        request: AddPushTargetRequest,
+    ) -> Result<PushTargetAdded, ServiceError> {
+        let refused = |reason: String| Err(ServiceError::PushTargetRefused(reason));
+        match &request.target {
+            PushTarget::WebPush(subscription) => {
+                if self.vapid.is_none() {
+                    return refused("this server does not send Web Push".into());
+                }
+                if let Err(reason) = self
+                    .delivery
+                    .rules()
+                    .check_endpoint(subscription.endpoint.as_str())
+                {
+                    return refused(reason);
+                }
+                if let Err(e) = crate::web_push::check_subscription(
+                    subscription.p256dh.as_slice(),
+                    subscription.auth.as_slice(),
+                ) {
+                    return refused(e.to_string());
+                }
+            }
+            PushTarget::Gateway(pusher) => {
+                if !self
+                    .config
+                    .gateways
+                    .iter()
+                    .any(|url| url == pusher.gateway_url.as_str())
+                {
+                    return refused(format!(
+                        "{} is not a push gateway of this server (GetPushInfo lists them)",
+                        Escaped(pusher.gateway_url.as_str())
+                    ));
+                }
+                for (name, value) in [("app_id", &pusher.app_id), ("pushkey", &pusher.pushkey)] {
+                    if value.as_str().is_empty() || value.as_str().len() > MAX_PUSHKEY_LEN {
+                        return refused(format!("{name} must be 1 to {MAX_PUSHKEY_LEN} bytes"));
+                    }
+                }
+            }
+        }
+        let added = self
+            .store
+            .add_push_target(
+                caller.user_id.as_str(),
+                caller.device_id,
+                request.target,
+                SystemClock.now(),
+                MAX_PUSH_TARGETS_PER_CLIENT,
+            )
+            .await?
+            .map_err(
+                |AddTargetRefusal::TooMany { limit }| ServiceError::TooManyPushTargets { limit },
+            )?;
+        self.set_registered(caller.user_id.as_str(), caller.device_id, true);
+        Ok(added)
+    }
+
+    /// `ListPushTargets`.
+    pub async fn list(&self, caller: &ClientId) -> Result<PushTargets, ServiceError> {
+        Ok(PushTargets {
+            targets: self
+                .store
+                .push_targets(caller.user_id.as_str(), caller.device_id)
+                .await?,
+        })
+    }
+
+    /// `RemovePushTarget`.
+    pub async fn remove(&self, caller: &ClientId, target_id: u64) -> Result<(), ServiceError> {
+        let (user_id, device_id) = (caller.user_id.as_str(), caller.device_id);
+        if !self
+            .store
+            .remove_push_target(user_id, device_id, target_id)
+            .await?
+        {
+            return Err(ServiceError::UnknownPushTarget);
+        }
+        self.refresh_registered(user_id, device_id).await;
+        Ok(())
+    }
+
+    /// Re-reads whether the client still has targets.
+    async fn refresh_registered(&self, user_id: &str, device_id: u32) {
+        if let Ok(targets) = self.store.push_targets(user_id, device_id).await {
+            self.set_registered(user_id, device_id, !targets.is_empty());
+        }
+    }
+
+    fn set_registered(&self, user_id: &str, device_id: u32, has_targets: bool) {
+        let mut registered = self
+            .registered
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if has_targets {
+            let devices = registered.entry(user_id.to_owned()).or_default();
+            if !devices.contains(&device_id) {
+                devices.push(device_id);
+            }
+        } else if let Some(devices) = registered.get_mut(user_id) {
+            devices.retain(|device| *device != device_id);
+            if devices.is_empty() {
+                registered.remove(user_id);
+            }
+        }
+    }
+
+    /// Hands a client that was sent something while not connected to the worker. Never waits
+    /// for I/O; costs one map lookup for a client without targets.
+    pub fn wake(&self, client: &ClientId, seq: u64) {
+        if !self.has_targets(client.user_id.as_str(), client.device_id) {
+            return;
+        }
+        self.enqueue_wakes([(client.user_id.as_str(), client.device_id, seq)]);
+    }
+
+    fn has_targets(&self, user_id: &str, device_id: u32) -> bool {
+        let registered = self
+            .registered
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        registered
+            .get(user_id)
+            .is_some_and(|devices| devices.contains(&device_id))
+    }
+
+    /// The readers of a group log entry that have targets and no connection.
+    fn wake_readers(&self, readers: &[(&str, u32)]) {
+        let waking: Vec<(&str, u32, u64)> = {
+            let registered = self
+                .registered
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if registered.is_empty() {
+                return;
+            }
+            readers
+                .iter()
+                .filter(|(user_id, device_id)| {
+                    registered
+                        .get(*user_id)
+                        .is_some_and(|devices| devices.contains(device_id))
+                })
+                .map(|&(user_id, device_id)| (user_id, device_id, 0))
+                .collect()
+        };
+        let offline: Vec<(&str, u32, u64)> = waking
+            .into_iter()
+            .filter(|(user_id, device_id, _)| {
+                !self.sessions.connected(&ClientId {
+                    user_id: Text::truncated(user_id),
+                    device_id: *device_id,
+                })
+            })
+            .collect();
+        if !offline.is_empty() {
+            self.enqueue_wakes(offline);
+        }
+    }
+
+    fn enqueue_wakes<'a>(&self, clients: impl IntoIterator<Item = (&'a str, u32, u64)>) {
+        let mut inbox = self.lock_inbox();
+        for (user_id, device_id, seq) in clients {
+            let newest = inbox
+                .wake
+                .entry((user_id.to_owned(), device_id))
+                .or_insert(0);
+            *newest = (*newest).max(seq);
+        }
+        drop(inbox);
+        self.ready.notify_one();
+    }
+
+    /// The client acknowledged what it was sent: the next message wakes it at once.
+    pub fn caught_up(&self, client: &ClientId) {
+        if !self.has_targets(client.user_id.as_str(), client.device_id) {
+            return;
+        }
+        self.lock_inbox()
+            .caught_up
+            .insert((client.user_id.to_string(), client.device_id));
+        self.ready.notify_one();
+    }
+
+    fn lock_inbox(&self) -> std::sync::MutexGuard<'_, Inbox> {
+        self.inbox
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn is_connected(&self, (user_id, device_id): &ClientKey) -> bool {
+        self.sessions.connected(&ClientId {
+            user_id: Text::truncated(user_id),
+            device_id: *device_id,
+        })
+    }
+
+    /// Wakes clients until `stop` is cancelled (see the module doc).
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        if !self.config.enabled() {
+            return;
+        }
+        let mut worker = Worker::default();
+        match self.start_up().await {
+            Ok(pending) => {
+                for wake in pending {
+                    worker.schedule(wake);
+                }
+            }
+            Err(e) => warn!(error = %e, "offline push could not read its outbox"),
+        }
+        loop {
+            self.step(&mut worker).await;
+            let next = worker.next_due(self.config.wake_interval);
+            let sleep = next.map(|due_ms| Duration::from_millis(due_ms.saturating_sub(wall_ms())));
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = self.ready.notified() => {}
+                Some(result) = worker.in_flight.join_next(), if !worker.in_flight.is_empty() => {
+                    if let Ok(result) = result {
+                        worker.results.push(result);
+                    }
+                }
+                _ = tokio::time::sleep(sleep.unwrap_or(Duration::from_secs(3600))), if sleep.is_some() => {}
+            }
+        }
+        // Attempts in flight are dropped: their outbox rows stay for the next start.
+        worker.in_flight.abort_all();
+    }
+
+    /// Loads the clients with targets, the outbox, and what a crash may have left unannounced.
+    async fn start_up(&self) -> Result<Vec<PendingWake>, ServiceError> {
+        for (user_id, device_id) in self.store.clients_with_push_targets().await? {
+            self.set_registered(&user_id, device_id, true);
+        }
+        let pending = self.store.pending_wakes().await?;
+        let unannounced = self.store.unannounced_queues().await?;
+        if !pending.is_empty() || !unannounced.is_empty() {
+            info!(
+                pending = pending.len(),
+                unannounced = unannounced.len(),
+                "offline push resumes its wake-ups"
+            );
+        }
+        self.enqueue_wakes(
+            unannounced
+                .iter()
+                .map(|(user_id, device_id, seq)| (user_id.as_str(), *device_id, *seq)),
+        );
+        Ok(pending)
+    }
+
+    /// One round of the worker: results in, inbox in, due wake-ups out.
+    async fn step(&self, worker: &mut Worker) {
+        while let Some(Ok(result)) = worker.in_flight.try_join_next() {
+            worker.results.push(result);
+        }
+        let now = wall_ms();
+        let mut finished = Vec::new();
+        for (wake, outcome) in std::mem::take(&mut worker.results) {
+            finished.push(self.settle(worker, wake, outcome, now));
+        }
+
+        let inbox = std::mem::take(&mut *self.lock_inbox());
+        let interval = u64::try_from(self.config.wake_interval.as_millis()).unwrap_or(u64::MAX);
+        let mut cancelled = Vec::new();
+        for client in inbox.caught_up {
+            worker.gates.remove(&client);
+            if worker.drop_client(&client) {
+                cancelled.push(client);
+            }
+        }
+        let mut to_schedule: Vec<(String, u32, u64)> = Vec::new();
+        for (client, seq) in inbox.wake {
+            if self.is_connected(&client) {
+                continue;
+            }
+            match worker.gates.get_mut(&client) {
+                Some(gate) if now < gate.opened_ms.saturating_add(interval) => {
+                    gate.deferred = Some(gate.deferred.unwrap_or(0).max(seq));
+                }
+                _ => {
+                    worker.gates.insert(
+                        client.clone(),
+                        Gate {
+                            opened_ms: now,
+                            deferred: None,
+                        },
+                    );
+                    to_schedule.push((client.0, client.1, seq));
+                }
+            }
+        }
+        // Coalesced messages whose window ended while their client stayed away.
+        let mut closed = Vec::new();
+        for (client, gate) in &mut worker.gates {
+            if now < gate.opened_ms.saturating_add(interval) {
+                continue;
+            }
+            match gate.deferred.take() {
+                Some(seq) if !self.is_connected(client) => {
+                    gate.opened_ms = now;
+                    to_schedule.push((client.0.clone(), client.1, seq));
+                }
+                _ => closed.push(client.clone()),
+            }
+        }
+        for client in closed {
+            worker.gates.remove(&client);
+        }
+
+        if !finished.is_empty() {
+            if let Err(e) = self.store.finish_wakes(finished).await {
+                warn!(error = %e, "offline push could not record its deliveries");
+            }
+        }
+        for (user_id, device_id) in cancelled {
+            if let Err(e) = self.store.cancel_wakes(&user_id, device_id).await {
+                warn!(error = %e, "offline push could not cancel wake-ups");
+            }
+        }
+        if !to_schedule.is_empty() {
+            let clients: Vec<ClientKey> = to_schedule
+                .iter()
+                .map(|(user_id, device_id, _)| (user_id.clone(), *device_id))
+                .collect();
+            match self.store.schedule_wakes(to_schedule, now).await {
+                Ok(pending) => {
+                    let woken: HashSet<ClientKey> = pending
+                        .iter()
+                        .map(|wake| (wake.user_id.clone(), wake.device_id))
+                        .collect();
+                    for wake in pending {
+                        worker.schedule(wake);
+                    }
+                    // A client whose targets went meanwhile (removed, deleted) is forgotten.
+                    for (user_id, device_id) in clients.iter().filter(|c| !woken.contains(*c)) {
+                        self.set_registered(user_id, *device_id, false);
+                    }
+                }
+                Err(e) => warn!(error = %e, "offline push could not schedule wake-ups"),
+            }
+        }
+        self.launch_due(worker).await;
+        self.forget_gone_targets(worker).await;
+    }
+
+    /// Starts the attempts that are due, up to [`MAX_IN_FLIGHT`].
+    async fn launch_due(&self, worker: &mut Worker) {
+        let now = wall_ms();
+        let mut cancelled = Vec::new();
+        while worker.in_flight.len() < MAX_IN_FLIGHT {
+            let Some(key) = worker.pop_due(now) else {
+                break;
+            };
+            let Some(wake) = worker.pending.get(&key) else {
+                continue;
+            };
+            let client = (wake.user_id.clone(), wake.device_id);
+            if self.is_connected(&client) {
+                // It is reading its queue now: the wake-up is moot.
+                worker.pending.remove(&key);
+                cancelled.push((key.0, key.1, key.2, WakeResult::Done));
+                continue;
+            }
+            let wake = wake.clone();
+            worker.sending.insert(key);
+            let delivery = self.delivery.clone();
+            worker.in_flight.spawn(async move {
+                let outcome = delivery.deliver(&wake.target.target, wake.seq).await;
+                (wake, outcome)
+            });
+        }
+        if !cancelled.is_empty() {
+            if let Err(e) = self.store.finish_wakes(cancelled).await {
+                warn!(error = %e, "offline push could not record its deliveries");
+            }
+        }
+    }
+
+    /// What an attempt's outcome does to its wake-up: the outbox change to record.
+    fn settle(
+        &self,
+        worker: &mut Worker,
+        wake: PendingWake,
+        outcome: DeliveryOutcome,
+        now: u64,
+    ) -> (String, u32, u64, WakeResult) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let key: TargetKey = (wake.user_id.clone(), wake.device_id, wake.target.target_id);
+        worker.sending.remove(&key);
+        let client = || format!("{}/{}", Escaped(&wake.user_id), wake.device_id);
+        let result = match outcome {
+            DeliveryOutcome::Delivered => {
+                self.stats.delivered.fetch_add(1, Relaxed);
+                debug!(client = %client(), "woken");
+                WakeResult::Done
+            }
+            DeliveryOutcome::Gone(reason) => {
+                self.stats.targets_gone.fetch_add(1, Relaxed);
+                info!(client = %client(), %reason, "push target gone; forgotten");
+                WakeResult::TargetGone
+            }
+            DeliveryOutcome::Refused(reason) => {
+                self.stats.failed_attempts.fetch_add(1, Relaxed);
+                warn!(client = %client(), %reason, "wake-up refused by the push service");
+                WakeResult::Done
+            }
+            DeliveryOutcome::Retry { reason, after } => {
+                self.stats.failed_attempts.fetch_add(1, Relaxed);
+                let attempts = wake.attempts.saturating_add(1);
+                if attempts >= MAX_ATTEMPTS {
+                    warn!(client = %client(), %reason, attempts, "wake-up given up");
+                    WakeResult::Done
+                } else {
+                    let backoff = after.unwrap_or_else(|| {
+                        Duration::from_secs(1u64 << attempts.min(20)).min(MAX_BACKOFF)
+                    });
+                    let due_ms = now + u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX);
+                    debug!(client = %client(), %reason, attempts, "wake-up will be retried");
+                    WakeResult::Retry { due_ms, attempts }
+                }
+            }
+        };
+        match result {
+            WakeResult::Retry { due_ms, attempts } => {
+                let mut retried = wake.clone();
+                retried.due_ms = due_ms;
+                retried.attempts = attempts;
+                // A newer sequence number that arrived meanwhile goes with the retry.
+                if let Some(known) = worker.pending.get(&key) {
+                    retried.seq = retried.seq.max(known.seq);
+                }
+                worker.schedule(retried);
+            }
+            WakeResult::Done if worker.pending.get(&key).is_some_and(|w| w.seq > wake.seq) => {
+                // Something newer was scheduled while this attempt was out: it is still due.
+                if let Some(newer) = worker.pending.get(&key).cloned() {
+                    worker.schedule(newer);
+                }
+                return (
+                    key.0,
+                    key.1,
+                    key.2,
+                    WakeResult::Retry {
+                        due_ms: now,
+                        attempts: 0,
+                    },
+                );
+            }
+            WakeResult::Done | WakeResult::TargetGone => {
+                worker.pending.remove(&key);
+            }
+        }
+        if result == WakeResult::TargetGone {
+            worker
+                .targets_gone
+                .push((wake.user_id.clone(), wake.device_id));
+        }
+        (key.0, key.1, key.2, result)
+    }
+
+    /// After targets went: forget clients left without any.
+    async fn forget_gone_targets(&self, worker: &mut Worker) {
+        for (user_id, device_id) in std::mem::take(&mut worker.targets_gone) {
+            self.refresh_registered(&user_id, device_id).await;
+        }
+    }
+}
+
+/// One client's coalescing window.
+struct Gate {
+    /// When the last wake-up was scheduled (Unix ms).
+    opened_ms: u64,
+    /// The newest sequence number of what came during the window, to announce at its end.
+    deferred: Option<u64>,
+}
+
+/// The worker's own state: never shared, never locked.
+#[derive(Default)]
+pub(super) struct Worker {
+    /// Wake-ups waiting (for their due time, or for an attempt in flight).
+    pending: HashMap<TargetKey, PendingWake>,
+    /// (due, key), soonest first; entries whose wake-up moved on are skipped.
+    due: BinaryHeap<std::cmp::Reverse<(u64, TargetKey)>>,
+    /// Targets with an attempt in flight.
+    sending: HashSet<TargetKey>,
+    gates: HashMap<ClientKey, Gate>,
+    in_flight: JoinSet<(PendingWake, DeliveryOutcome)>,
+    results: Vec<(PendingWake, DeliveryOutcome)>,
+    targets_gone: Vec<ClientKey>,
+}
+
+impl Worker {
+    fn schedule(&mut self, wake: PendingWake) {
+        let key: TargetKey = (wake.user_id.clone(), wake.device_id, wake.target.target_id);
+        self.due.push(std::cmp::Reverse((wake.due_ms, key.clone())));
+        self.pending.insert(key, wake);
+    }
+
+    /// The next wake-up due by `now` that is not being sent.
+    fn pop_due(&mut self, now: u64) -> Option<TargetKey> {
+        while let Some(std::cmp::Reverse((due_ms, _))) = self.due.peek() {
+            if *due_ms > now {
+                return None;
+            }
+            let std::cmp::Reverse((due_ms, key)) = self.due.pop()?;
+            let current = self
+                .pending
+                .get(&key)
+                .is_some_and(|wake| wake.due_ms == due_ms);
+            if current && !self.sending.contains(&key) {
+                return Some(key);
+            }
+        }
+        None
+    }
+
+    /// When the worker must look again: the soonest wake-up or coalescing window end.
+    fn next_due(&self, interval: Duration) -> Option<u64> {
+        let interval = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+        let wake = self
+            .due
+            .peek()
+            .map(|std::cmp::Reverse((due_ms, _))| *due_ms);
+        let window = self
+            .gates
+            .values()
+            .map(|gate| gate.opened_ms.saturating_add(interval))
+            .min();
+        wake.into_iter().chain(window).min()
+    }
+
+    /// Forgets a client's pending wake-ups; whether it had any.
+    fn drop_client(&mut self, client: &ClientKey) -> bool {
+        let before = self.pending.len();
+        self.pending
+            .retain(|(user_id, device_id, _), _| (user_id, device_id) != (&client.0, &client.1));
+        before != self.pending.len()
+    }
+}
+
+/// The sessions the services use: the transport's, plus offline push for clients that have no
+/// connection when something is queued for them.
+pub struct PushingSessions {
+    pub inner: Arc<dyn Sessions>,
+    pub push: Arc<Push>,
+}
+
+impl Sessions for PushingSessions {
+    fn notify(&self, client: &ClientId, notification: &Notification) -> usize {
+        self.inner.notify(client, notification)
+    }
+
+    fn disconnect(&self, client: &ClientId) {
+        self.inner.disconnect(client)
+    }
+
+    fn connected(&self, client: &ClientId) -> bool {
+        self.inner.connected(client)
+    }
+
+    fn new_message(&self, client: &ClientId, message: &PushedMessage) -> usize {
+        let reached = self.inner.new_message(client, message);
+        if reached == 0 {
+            self.push.wake(client, message.seq);
+        }
+        reached
+    }
+
+    fn log_appended(&self, readers: &[(&str, u32)], group_id: &Arc<[u8]>, message: &PushedMessage) {
+        self.inner.log_appended(readers, group_id, message);
+        self.push.wake_readers(readers);
+    }
+}

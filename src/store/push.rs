@@ -1,0 +1,436 @@
+//! Offline push: each client's push targets, and the wake-up outbox (one row per target that
+//! must be woken, with its retry state), so that a crash between a message being queued and its
+//! wake-up being delivered does not lose the need to wake.
+
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use tls_codec::{Deserialize, Serialize};
+
+use super::queues::QUEUE_HEADS;
+use super::{Store, StoreError};
+use crate::protocol::{PushTarget, PushTargetAdded, RegisteredPushTarget};
+
+/// (user id, device id, target id) -> the encoded `RegisteredPushTarget`.
+pub(super) const PUSH_TARGETS: TableDefinition<(&str, u32, u64), &[u8]> =
+    TableDefinition::new("push-targets-1");
+
+/// (user id, device id, target id) -> (queue sequence number to announce, 0 if none; when the
+/// next attempt is due, Unix ms; attempts made). A row exists while the target must be woken.
+pub(super) const PUSH_WAKES: TableDefinition<(&str, u32, u64), (u64, u64, u32)> =
+    TableDefinition::new("push-wakes-1");
+
+/// (user id, device id) -> the newest queue sequence number a wake-up was scheduled for: what
+/// the start-up check compares the queue with, for messages queued just before a crash.
+pub(super) const PUSH_WOKEN: TableDefinition<(&str, u32), u64> =
+    TableDefinition::new("push-woken-1");
+
+/// Why a push target was not added.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddTargetRefusal {
+    TooMany { limit: usize },
+}
+
+/// A wake-up waiting to be delivered to one target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingWake {
+    pub user_id: String,
+    pub device_id: u32,
+    pub target: RegisteredPushTarget,
+    /// The queue's newest sequence number when the wake-up was scheduled (0: none to tell).
+    pub seq: u64,
+    pub due_ms: u64,
+    pub attempts: u32,
+}
+
+/// What became of one wake-up attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WakeResult {
+    /// Delivered, or given up on: the row goes.
+    Done,
+    /// Try again at `due_ms`.
+    Retry { due_ms: u64, attempts: u32 },
+    /// The push service says the target no longer exists: the target and its row go.
+    TargetGone,
+}
+
+fn client_range(user_id: &str, device_id: u32) -> std::ops::RangeInclusive<(&str, u32, u64)> {
+    (user_id, device_id, 0)..=(user_id, device_id, u64::MAX)
+}
+
+fn decode_target(bytes: &[u8]) -> Result<RegisteredPushTarget, StoreError> {
+    RegisteredPushTarget::tls_deserialize_exact(bytes)
+        .map_err(|e| StoreError::Corrupt(format!("bad push target: {e}")))
+}
+
+fn targets_in(
+    table: &impl ReadableTable<(&'static str, u32, u64), &'static [u8]>,
+    user_id: &str,
+    device_id: u32,
+) -> Result<Vec<RegisteredPushTarget>, StoreError> {
+    let mut targets = Vec::new();
+    for entry in table.range(client_range(user_id, device_id))? {
+        targets.push(decode_target(entry?.1.value())?);
+    }
+    Ok(targets)
+}
+
+/// Deletes a client's push targets and wake-ups (with the client).
+pub(super) fn delete_client_push(
+    txn: &WriteTransaction,
+    user_id: &str,
+    device_id: u32,
+) -> Result<(), StoreError> {
+    txn.open_table(PUSH_TARGETS)?
+        .retain_in(client_range(user_id, device_id), |_, _| false)?;
+    txn.open_table(PUSH_WAKES)?
+        .retain_in(client_range(user_id, device_id), |_, _| false)?;
+    txn.open_table(PUSH_WOKEN)?.remove((user_id, device_id))?;
+    Ok(())
+}
+
+impl Store {
+    /// Adds `target` for the client, or replaces the client's target with the same identity
+    /// (endpoint; gateway, app and pushkey), keeping its id. At most `limit` targets.
+    pub async fn add_push_target(
+        &self,
+        user_id: &str,
+        device_id: u32,
+        target: PushTarget,
+        registered_at: u64,
+        limit: usize,
+    ) -> Result<Result<PushTargetAdded, AddTargetRefusal>, StoreError> {
+        let user_id = user_id.to_owned();
+        self.write(move |txn| {
+            let mut table = txn.open_table(PUSH_TARGETS)?;
+            let existing = targets_in(&table, &user_id, device_id)?;
+            let same = existing
+                .iter()
+                .find(|known| known.target.identity() == target.identity());
+            let (target_id, replaced) = match same {
+                Some(known) => (known.target_id, true),
+                None if existing.len() >= limit => {
+                    return Ok(Err(AddTargetRefusal::TooMany { limit }))
+                }
+                None => {
+                    // Random, so that ids say nothing about other clients' targets.
+                    let mut id = 0;
+                    while id == 0 || existing.iter().any(|known| known.target_id == id) {
+                        id = rand::random::<u64>() >> 11; // exact in a JSON number
+                    }
+                    (id, false)
+                }
+            };
+            let record = RegisteredPushTarget {
+                target_id,
+                registered_at,
+                target: target.clone(),
+            };
+            let bytes = record
+                .tls_serialize_detached()
+                .map_err(|e| StoreError::Corrupt(format!("cannot encode a push target: {e}")))?;
+            table.insert((user_id.as_str(), device_id, target_id), bytes.as_slice())?;
+            Ok(Ok(PushTargetAdded {
+                target_id,
+                replaced: crate::protocol::Flag(replaced),
+            }))
+        })
+        .await
+    }
+
+    /// The client's push targets.
+    pub async fn push_targets(
+        &self,
+        user_id: &str,
+        device_id: u32,
+    ) -> Result<Vec<RegisteredPushTarget>, StoreError> {
+        let user_id = user_id.to_owned();
+        self.read(move |txn| targets_in(&txn.open_table(PUSH_TARGETS)?, &user_id, device_id))
+            .await
+    }
+
+    /// Removes one of the client's targets (and its wake-up); whether it existed.
+    pub async fn remove_push_target(
+        &self,
+        user_id: &str,
+        device_id: u32,
+        target_id: u64,
+    ) -> Result<bool, StoreError> {
+        let user_id = user_id.to_owned();
+        self.write(move |txn| {
+            let key = (user_id.as_str(), device_id, target_id);
+            txn.open_table(PUSH_WAKES)?.remove(key)?;
+            Ok(txn.open_table(PUSH_TARGETS)?.remove(key)?.is_some())
+        })
+        .await
+    }
+
+    /// Every client with at least one push target.
+    pub async fn clients_with_push_targets(&self) -> Result<Vec<(String, u32)>, StoreError> {
+        self.read(|txn| {
+            let mut clients: Vec<(String, u32)> = Vec::new();
+            for entry in txn.open_table(PUSH_TARGETS)?.iter()? {
+                let (key, _) = entry?;
+                let (user_id, device_id, _) = key.value();
+                if clients
+                    .last()
+                    .is_none_or(|(user, device)| user != user_id || *device != device_id)
+                {
+                    clients.push((user_id.to_owned(), device_id));
+                }
+            }
+            Ok(clients)
+        })
+        .await
+    }
+
+    /// Clients with push targets whose queue holds messages newer than the last wake-up
+    /// scheduled for them, with the queue's newest sequence number: what a crash may have left
+    /// unannounced.
+    pub async fn unannounced_queues(&self) -> Result<Vec<(String, u32, u64)>, StoreError> {
+        self.read(|txn| {
+            let heads = txn.open_table(QUEUE_HEADS)?;
+            let woken = txn.open_table(PUSH_WOKEN)?;
+            let mut found = Vec::new();
+            let mut last: Option<(String, u32)> = None;
+            for entry in txn.open_table(PUSH_TARGETS)?.iter()? {
+                let (key, _) = entry?;
+                let (user_id, device_id, _) = key.value();
+                if last
+                    .as_ref()
+                    .is_some_and(|(user, device)| user == user_id && *device == device_id)
+                {
+                    continue;
+                }
+                last = Some((user_id.to_owned(), device_id));
+                let Some(head) = heads.get((user_id, device_id))? else {
+                    continue;
+                };
+                let (next_seq, count, _) = head.value();
+                let newest = next_seq.saturating_sub(1);
+                let announced = woken.get((user_id, device_id))?.map_or(0, |v| v.value());
+                if count > 0 && newest > announced {
+                    found.push((user_id.to_owned(), device_id, newest));
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    /// Schedules a wake-up, due at `now_ms`, for every target of each client in `clients`
+    /// (user id, device id, queue sequence number or 0). A target with a wake-up pending keeps
+    /// its retry state and gets the newer sequence number. Returns the wake-ups now pending for
+    /// those clients.
+    pub async fn schedule_wakes(
+        &self,
+        clients: Vec<(String, u32, u64)>,
+        now_ms: u64,
+    ) -> Result<Vec<PendingWake>, StoreError> {
+        self.write(move |txn| {
+            let targets = txn.open_table(PUSH_TARGETS)?;
+            let mut wakes = txn.open_table(PUSH_WAKES)?;
+            let mut woken = txn.open_table(PUSH_WOKEN)?;
+            let mut pending = Vec::new();
+            for (user_id, device_id, seq) in &clients {
+                let (user_id, device_id, seq) = (user_id.as_str(), *device_id, *seq);
+                for target in targets_in(&targets, user_id, device_id)? {
+                    let key = (user_id, device_id, target.target_id);
+                    let (seq, due_ms, attempts) = match wakes.get(key)?.map(|v| v.value()) {
+                        Some((known, due_ms, attempts)) => (known.max(seq), due_ms, attempts),
+                        None => (seq, now_ms, 0),
+                    };
+                    wakes.insert(key, (seq, due_ms, attempts))?;
+                    pending.push(PendingWake {
+                        user_id: user_id.to_owned(),
+                        device_id,
+                        target,
+                        seq,
+                        due_ms,
+                        attempts,
+                    });
+                }
+                let announced = woken.get((user_id, device_id))?.map_or(0, |v| v.value());
+                if seq > announced {
+                    woken.insert((user_id, device_id), seq)?;
+                }
+            }
+            Ok(pending)
+        })
+        .await
+    }
+
+    /// Every wake-up pending (at start-up).
+    pub async fn pending_wakes(&self) -> Result<Vec<PendingWake>, StoreError> {
+        self.read(|txn| {
+            let targets = txn.open_table(PUSH_TARGETS)?;
+            let mut pending = Vec::new();
+            for entry in txn.open_table(PUSH_WAKES)?.iter()? {
+                let (key, value) = entry?;
+                let (user_id, device_id, target_id) = key.value();
+                let (seq, due_ms, attempts) = value.value();
+                let Some(target) = targets.get((user_id, device_id, target_id))? else {
+                    continue;
+                };
+                pending.push(PendingWake {
+                    user_id: user_id.to_owned(),
+                    device_id,
+                    target: decode_target(target.value())?,
+                    seq,
+                    due_ms,
+                    attempts,
+                });
+            }
+            Ok(pending)
+        })
+        .await
+    }
+
+    /// Records what became of wake-up attempts: (user id, device id, target id, result).
+    pub async fn finish_wakes(
+        &self,
+        results: Vec<(String, u32, u64, WakeResult)>,
+    ) -> Result<(), StoreError> {
+        self.write(move |txn| {
+            let mut wakes = txn.open_table(PUSH_WAKES)?;
+            let mut targets = txn.open_table(PUSH_TARGETS)?;
+            for (user_id, device_id, target_id, result) in &results {
+                let key = (user_id.as_str(), *device_id, *target_id);
+                match *result {
+                    WakeResult::Done => {
+                        wakes.remove(key)?;
+                    }
+                    WakeResult::Retry { due_ms, attempts } => {
+                        // Only a wake-up still pending is rescheduled: the client may have
+                        // caught up, or the target gone, meanwhile.
+                        let seq = wakes.get(key)?.map(|v| v.value().0);
+                        if let Some(seq) = seq {
+                            wakes.insert(key, (seq, due_ms, attempts))?;
+                        }
+                    }
+                    WakeResult::TargetGone => {
+                        wakes.remove(key)?;
+                        targets.remove(key)?;
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Drops the wake-ups pending for a client that caught up (connected, or acknowledged).
+    pub async fn cancel_wakes(&self, user_id: &str, device_id: u32) -> Result<(), StoreError> {
+        let user_id = user_id.to_owned();
+        self.write(move |txn| {
+            txn.open_table(PUSH_WAKES)?
+                .retain_in(client_range(&user_id, device_id), |_, _| false)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{GatewayPusher, Text, WebPushSubscription};
+
+    fn web(endpoint: &str) -> PushTarget {
+        PushTarget::WebPush(WebPushSubscription {
+            endpoint: Text::new(endpoint).unwrap(),
+            p256dh: vec![4; 65].into(),
+            auth: vec![1; 16].into(),
+        })
+    }
+
+    #[tokio::test]
+    async fn targets_are_bounded_replaced_by_endpoint_and_deleted_with_their_wakes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let first = store
+            .add_push_target("a@x", 1, web("https://p/1"), 10, 2)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!first.replaced.0);
+        let again = store
+            .add_push_target("a@x", 1, web("https://p/1"), 11, 2)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((again.target_id, again.replaced.0), (first.target_id, true));
+        let gateway = PushTarget::Gateway(GatewayPusher {
+            gateway_url: Text::new("https://gw").unwrap(),
+            app_id: Text::new("app").unwrap(),
+            pushkey: Text::new("key").unwrap(),
+        });
+        store
+            .add_push_target("a@x", 1, gateway, 12, 2)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            store
+                .add_push_target("a@x", 1, web("https://p/2"), 13, 2)
+                .await
+                .unwrap(),
+            Err(AddTargetRefusal::TooMany { limit: 2 })
+        );
+        assert_eq!(store.push_targets("a@x", 1).await.unwrap().len(), 2);
+        assert_eq!(store.push_targets("a@x", 2).await.unwrap(), vec![]);
+
+        let pending = store
+            .schedule_wakes(vec![("a@x".into(), 1, 5)], 1_000)
+            .await
+            .unwrap();
+        assert_eq!(pending.len(), 2);
+        assert!(pending
+            .iter()
+            .all(|wake| wake.seq == 5 && wake.attempts == 0));
+        let retry = WakeResult::Retry {
+            due_ms: 3_000,
+            attempts: 1,
+        };
+        store
+            .finish_wakes(vec![("a@x".into(), 1, first.target_id, retry)])
+            .await
+            .unwrap();
+        // A newer message keeps the retry schedule and raises the sequence number.
+        let pending = store
+            .schedule_wakes(vec![("a@x".into(), 1, 9)], 2_000)
+            .await
+            .unwrap();
+        let web_wake = pending
+            .iter()
+            .find(|wake| wake.target.target_id == first.target_id)
+            .unwrap();
+        assert_eq!(
+            (web_wake.seq, web_wake.due_ms, web_wake.attempts),
+            (9, 3_000, 1)
+        );
+        store
+            .finish_wakes(vec![(
+                "a@x".into(),
+                1,
+                first.target_id,
+                WakeResult::TargetGone,
+            )])
+            .await
+            .unwrap();
+        assert_eq!(store.push_targets("a@x", 1).await.unwrap().len(), 1);
+        assert_eq!(store.pending_wakes().await.unwrap().len(), 1);
+        store.cancel_wakes("a@x", 1).await.unwrap();
+        assert_eq!(store.pending_wakes().await.unwrap(), vec![]);
+        store
+            .schedule_wakes(vec![("a@x".into(), 1, 10)], 4_000)
+            .await
+            .unwrap();
+        store
+            .write(|txn| delete_client_push(txn, "a@x", 1))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.tables_containing(b"a@x").await.unwrap(),
+            Vec::<String>::new()
+        );
+    }
+}
