@@ -39,6 +39,16 @@ pub struct ReceivedWake {
     pub urgency: Option<String>,
     /// When it arrived (Unix ms).
     pub received_at_ms: u64,
+    /// The HTTP status the receiver answered: 201 for a wake-up taken; what
+    /// [`WebPushReceiver::answer_with`] set; 401 for a bad VAPID token.
+    pub answered_with: u16,
+}
+
+impl ReceivedWake {
+    /// Whether the receiver took it as a push service would (2xx, checked token).
+    pub fn accepted(&self) -> bool {
+        (200..300).contains(&self.answered_with)
+    }
 }
 
 impl ReceivedWake {
@@ -118,13 +128,13 @@ impl WebPushReceiver {
     }
 
     /// Answer push messages from now on with `status` (201 by default): 410 says the
-    /// subscription is gone, 429 or 5xx ask to retry. A message answered other than 2xx is not
-    /// handed to [`next`](Self::next).
+    /// subscription is gone, 429 or 5xx ask to retry. Every message is still handed to
+    /// [`next`](Self::next), with the status it was answered with.
     pub fn answer_with(&self, status: u16) {
         self.shared.status.store(status, Ordering::Relaxed);
     }
 
-    /// The next wake-up; `None` once the receiver stopped.
+    /// The next push message (answered with any status); `None` once the receiver stopped.
     pub async fn next(&mut self) -> Option<ReceivedWake> {
         self.wakes.recv().await
     }
@@ -187,11 +197,8 @@ async fn answer(shared: &Shared, request: Request<Incoming>) -> Response<Full<By
     };
     let status =
         StatusCode::from_u16(shared.status.load(Ordering::Relaxed)).unwrap_or(StatusCode::CREATED);
-    if !status.is_success() {
-        return reply(status);
-    }
     let now_ms = SystemClock.now_ms();
-    let wake = ReceivedWake {
+    let mut wake = ReceivedWake {
         payload: crate::web_push::decrypt(&shared.keys, &body.to_bytes()),
         vapid: crate::web_push::verify_authorization(
             &authorization,
@@ -204,14 +211,15 @@ async fn answer(shared: &Shared, request: Request<Incoming>) -> Response<Full<By
         topic,
         urgency,
         received_at_ms: now_ms,
+        answered_with: status.as_u16(),
     };
     if wake.vapid.is_err() {
         // A push service refuses what is not signed by the key the subscription names.
-        let _ = shared.wakes.try_send(wake);
-        return reply(StatusCode::UNAUTHORIZED);
+        wake.answered_with = StatusCode::UNAUTHORIZED.as_u16();
     }
+    let status = StatusCode::from_u16(wake.answered_with).unwrap_or(status);
     match shared.wakes.try_send(wake) {
-        Ok(()) => reply(StatusCode::CREATED),
+        Ok(()) => reply(status),
         Err(_) => reply(StatusCode::TOO_MANY_REQUESTS),
     }
 }

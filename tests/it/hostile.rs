@@ -88,6 +88,15 @@ fn authenticated_operations() -> Vec<Request> {
         Request::GetDomainKeys(GetDomainKeysRequest {
             domain: text("localhost"),
         }),
+        Request::AddPushTarget(roost::protocol::AddPushTargetRequest {
+            target: roost::protocol::PushTarget::WebPush(roost::protocol::WebPushSubscription {
+                endpoint: text("https://push.example.net/push"),
+                p256dh: vec![4; 65].into(),
+                auth: vec![1; 16].into(),
+            }),
+        }),
+        Request::ListPushTargets,
+        Request::RemovePushTarget(roost::protocol::RemovePushTargetRequest { target_id: 1 }),
     ]
 }
 

@@ -12,6 +12,7 @@ mod groups;
 mod hostile;
 mod key_packages;
 mod limits;
+mod offline_push;
 mod push;
 mod queues;
 mod shutdown;

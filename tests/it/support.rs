@@ -85,9 +85,14 @@ impl TestServer {
 
     /// Shuts the server down gracefully and starts a new one on the same data directory and clock.
     pub async fn restart(self) -> Self {
+        self.restart_with(|_| {}).await
+    }
+
+    /// [`restart`](Self::restart), the new server's configuration changed by `adjust`.
+    pub async fn restart_with(self, adjust: impl FnOnce(&mut ServerConfig)) -> Self {
         let Self { server, dir, clock } = self;
         within(server.shutdown()).await.unwrap();
-        Self::start_in(dir, clock, |_| {}).await
+        Self::start_in(dir, clock, adjust).await
     }
 
     pub fn client_config(&self) -> ClientConfig {
