@@ -21,6 +21,10 @@ pub const RECORD_SIZE: u32 = 4096;
 pub const HEADER_LEN: usize = 16 + 4 + 1 + WEB_PUSH_KEY_LEN;
 /// The longest plaintext [`encrypt`] takes: one record, with its delimiter and tag.
 pub const MAX_PLAINTEXT_LEN: usize = RECORD_SIZE as usize - 1 - TAG_LEN;
+/// The longest push message body [`decrypt`] reads: one record of [`RECORD_SIZE`].
+pub const MAX_MESSAGE_LEN: usize = HEADER_LEN + RECORD_SIZE as usize;
+/// The longest `Authorization` header [`verify_authorization`] reads.
+pub const MAX_AUTHORIZATION_LEN: usize = 4096;
 /// The longest VAPID token lifetime a push service accepts (RFC 8292 section 2).
 pub const MAX_VAPID_LIFETIME_SECS: u64 = 24 * 3600;
 
@@ -35,7 +39,7 @@ pub enum WebPushError {
     InvalidKey,
     #[error("the authentication secret is not {WEB_PUSH_AUTH_LEN} bytes")]
     InvalidAuthSecret,
-    #[error("the plaintext is longer than one record")]
+    #[error("longer than one record")]
     TooLong,
     #[error("the message is malformed: {0}")]
     Malformed(&'static str),
@@ -176,6 +180,9 @@ fn encrypt_with(
 
 /// Decrypts an `aes128gcm` push message body for `keys` (a single record, as Web Push sends).
 pub fn decrypt(keys: &SubscriptionKeys, body: &[u8]) -> Result<Vec<u8>, WebPushError> {
+    if body.len() > MAX_MESSAGE_LEN {
+        return Err(WebPushError::TooLong);
+    }
     if body.len() < HEADER_LEN + TAG_LEN + 1 {
         return Err(WebPushError::Malformed("shorter than its header"));
     }
@@ -287,6 +294,9 @@ pub fn verify_authorization(
     audience: &str,
     now: u64,
 ) -> Result<VapidClaims, WebPushError> {
+    if header.len() > MAX_AUTHORIZATION_LEN {
+        return Err(WebPushError::InvalidToken("longer than any token"));
+    }
     let params = header
         .strip_prefix("vapid ")
         .ok_or(WebPushError::InvalidToken("not the vapid scheme"))?;

@@ -13,6 +13,7 @@ use openmls::prelude::{BasicCredential, KeyPackageIn, ProtocolVersion};
 use openmls_rust_crypto::RustCrypto;
 use roost::client::groups::{is_transient, is_wrong_epoch, GroupClient, GroupEvent};
 use roost::client::mls::DeviceMls;
+use roost::client::push_receiver::WebPushReceiver;
 use roost::client::queue::{HintAction, QueuePosition};
 use roost::client::state::DeviceIdentity;
 use roost::client::{
@@ -23,7 +24,8 @@ use roost::identity::verify_member;
 use roost::identity::{verify_credential, CredentialError, DomainKeys};
 use roost::protocol::{
     ClaimOutcome, ClaimedKeyPackages, ClientCredential, ClientId, ErrorCode, GroupLogAppended,
-    MessageKind, NewMessages, Notification, QueuedMessage, ServerNotice, Text, UserClients,
+    MessageKind, NewMessages, Notification, PushTarget, QueuedMessage, ServerNotice, Text,
+    UserClients,
 };
 use serde_json::json;
 use tls_codec::Deserialize as _;
@@ -121,6 +123,21 @@ enum Command {
     Members { group: String },
     /// List the groups this device is in.
     Groups,
+    /// Run a Web Push receiver on this machine, register it as this device's push target, go
+    /// offline, and print each wake-up the server sends (until Ctrl-C, which unregisters it).
+    /// The server must allow loopback push targets (`roost serve --push-allow-loopback`).
+    PushListen {
+        /// Where the receiver listens (a loopback address; port 0 picks one).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// Leave the target registered on exit.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// List this device's push targets.
+    PushTargets,
+    /// Remove one of this device's push targets (its id, from `push-targets`).
+    PushRemove { target_id: u64 },
     /// Claim one KeyPackage per client of a user (consumes them; for scripts and debugging).
     Claim {
         user: String,
@@ -434,6 +451,44 @@ async fn execute(
                 }
             }
             Output::nothing()
+        }
+        Command::PushListen { listen, keep } => {
+            push_listen(cli, config, connection, *listen, *keep).await?
+        }
+        Command::PushTargets => {
+            let _ = authenticate(connection, &cli.state).await?;
+            let targets = connection.list_push_targets().await?;
+            let mut text = Vec::new();
+            let listed: Vec<serde_json::Value> = targets
+                .iter()
+                .map(|registered| {
+                    let (kind, place) = match &registered.target {
+                        PushTarget::WebPush(web) => ("web_push", web.endpoint.to_string()),
+                        PushTarget::Gateway(gateway) => (
+                            "gateway",
+                            format!("{} ({})", gateway.gateway_url, gateway.app_id),
+                        ),
+                    };
+                    let registered_at = format_utc(registered.registered_at);
+                    text.push(format!(
+                        "{}  {kind}  {place}  registered {registered_at}",
+                        registered.target_id
+                    ));
+                    json!({ "target_id": registered.target_id, "kind": kind, "target": place, "registered_at": registered_at })
+                })
+                .collect();
+            if text.is_empty() {
+                text.push("no push targets".into());
+            }
+            Output::new(json!({ "push_targets": listed }), text.join("\n"))
+        }
+        Command::PushRemove { target_id } => {
+            let _ = authenticate(connection, &cli.state).await?;
+            connection.remove_push_target(*target_id).await?;
+            Output::new(
+                json!({ "removed": target_id }),
+                format!("push target {target_id} removed"),
+            )
         }
         Command::CreateGroup { name } => {
             let (device, _push) = authenticate(connection, &cli.state).await?;
@@ -1120,6 +1175,86 @@ async fn authenticate(
         .with_context(|| format!("authenticating as {}", device.identity.client))?;
     device.top_up(connection).await?;
     Ok((device, push))
+}
+
+/// `push-listen`: a local Web Push receiver registered for this device, which then goes
+/// offline, printing each wake-up until Ctrl-C.
+async fn push_listen(
+    cli: &Cli,
+    config: &ClientConfig,
+    connection: &Connection,
+    listen: SocketAddr,
+    keep: bool,
+) -> anyhow::Result<Output> {
+    let (device, _push) = authenticate(connection, &cli.state).await?;
+    let info = connection.push_info().await?;
+    if info.vapid_public_key.as_slice().is_empty() {
+        bail!("the server sends no Web Push (it runs with --no-offline-push or --no-web-push)");
+    }
+    let mut receiver = WebPushReceiver::bind(listen, info.vapid_public_key.as_slice())
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let added = connection
+        .add_push_target(PushTarget::WebPush(receiver.subscription()))
+        .await
+        .context("registering the receiver (does the server allow loopback push targets? `roost serve --push-allow-loopback`)")?;
+    // Offline from here on: the server wakes this device through the receiver.
+    connection
+        .quic()
+        .close(roost::protocol::close_code::NORMAL.into(), b"offline");
+    print_event(
+        cli.json,
+        json!({ "event": "listening", "endpoint": receiver.endpoint(), "target_id": added.target_id }),
+        format!(
+            "listening for wake-ups at {} (push target {}); this device is now offline; Ctrl-C stops",
+            receiver.endpoint(),
+            added.target_id
+        ),
+    );
+    loop {
+        let wake = tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            wake = receiver.next() => match wake {
+                Some(wake) => wake,
+                None => break,
+            },
+        };
+        let at = format_utc(wake.received_at_ms / 1000);
+        let vapid = match &wake.vapid {
+            Ok(_) => "verified".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        match &wake.payload {
+            Ok(_) => print_event(
+                cli.json,
+                json!({ "event": "wake", "seq": wake.seq(), "received_at": at, "vapid": vapid }),
+                match wake.seq() {
+                    Some(seq) => {
+                        format!("{at}  woken: messages queued up to {seq} (VAPID {vapid})")
+                    }
+                    None => format!("{at}  woken: new messages (VAPID {vapid})"),
+                },
+            ),
+            Err(e) => print_event(
+                cli.json,
+                json!({ "event": "undecryptable", "error": e.to_string(), "received_at": at }),
+                format!("{at}  a push message that does not decrypt: {e}"),
+            ),
+        }
+    }
+    if keep {
+        return Ok(Output::nothing());
+    }
+    let connection = Connection::connect(config).await?;
+    connection
+        .authenticate_without_push(&device.identity.client, &device.identity.signing_key)
+        .await?;
+    connection.remove_push_target(added.target_id).await?;
+    connection.close().await;
+    Ok(Output::new(
+        json!({ "event": "stopped", "removed": added.target_id }),
+        format!("push target {} removed", added.target_id),
+    ))
 }
 
 /// A claim as JSON and text, each KeyPackage's leaf credential verified against `keys`.

@@ -412,14 +412,35 @@ mod tests {
                 epoch: 7,
                 offset: 1024,
             }),
+            Request::GetPushInfo,
+            Request::AddPushTarget(AddPushTargetRequest {
+                target: crate::protocol::PushTarget::WebPush(
+                    crate::protocol::WebPushSubscription {
+                        endpoint: Text::new("https://push.example.net/s/1").unwrap(),
+                        p256dh: vec![4; 65].into(),
+                        auth: vec![5; 16].into(),
+                    },
+                ),
+            }),
+            Request::AddPushTarget(AddPushTargetRequest {
+                target: crate::protocol::PushTarget::Gateway(crate::protocol::GatewayPusher {
+                    gateway_url: Text::new("https://gw.example.net/notify").unwrap(),
+                    app_id: Text::new("org.example.app").unwrap(),
+                    pushkey: Text::new("token").unwrap(),
+                }),
+            }),
+            Request::ListPushTargets,
+            Request::RemovePushTarget(RemovePushTargetRequest { target_id: 9 }),
         ]
     }
 
     #[test]
     fn every_request_round_trips_and_names_its_operation() {
         let requests = samples();
+        let operations: std::collections::BTreeSet<u16> =
+            requests.iter().map(|r| r.operation() as u16).collect();
         assert_eq!(
-            requests.len(),
+            operations.len(),
             Operation::ALL.len(),
             "a sample per operation"
         );

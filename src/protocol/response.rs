@@ -177,6 +177,30 @@ mod tests {
                 user_id: Text::new("bob@b.example").unwrap(),
                 device_id: 1,
             })),
+            Response::Ok(ResponseBody::PushInfo(crate::protocol::PushInfo {
+                vapid_public_key: vec![4; 65].into(),
+                gateways: vec![Text::new("https://gw.example.net/notify").unwrap()],
+                max_targets_per_client: 4,
+                wake_interval_ms: 30_000,
+            })),
+            Response::Ok(ResponseBody::PushTargetAdded(
+                crate::protocol::PushTargetAdded {
+                    target_id: 7,
+                    replaced: crate::protocol::Flag(true),
+                },
+            )),
+            Response::Ok(ResponseBody::PushTargets(crate::protocol::PushTargets {
+                targets: vec![crate::protocol::RegisteredPushTarget {
+                    target_id: 7,
+                    registered_at: 1_700_000_000,
+                    target: crate::protocol::PushTarget::Gateway(crate::protocol::GatewayPusher {
+                        gateway_url: Text::new("https://gw.example.net/notify").unwrap(),
+                        app_id: Text::new("app").unwrap(),
+                        pushkey: Text::new("key").unwrap(),
+                    }),
+                }],
+            })),
+            Response::Ok(ResponseBody::PushTargetRemoved),
             Response::Error(ErrorResponse::new(
                 ErrorCode::NotAuthenticated,
                 "log in first",

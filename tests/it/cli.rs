@@ -117,6 +117,29 @@ fn client_json(
     serde_json::from_str(stdout.trim().lines().last().unwrap_or_default()).unwrap()
 }
 
+/// Starts `roost-client` with `args` in the background; its stdout arrives line by line.
+fn spawn_client(
+    addr: SocketAddr,
+    ca: &Path,
+    args: &[&str],
+) -> (std::process::Child, mpsc::Receiver<String>) {
+    let mut child = Command::new(ROOST_CLIENT)
+        .args(["--server", &addr.to_string(), "--ca"])
+        .arg(ca)
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    (child, lines)
+}
+
 fn client_command(
     addr: SocketAddr,
     server_name: &str,
@@ -683,20 +706,11 @@ fn listen_prints_pushed_events_as_they_happen() {
         &["--state", &state("alice"), "register", "alice@localhost"],
     );
 
-    let mut listen = Command::new(ROOST_CLIENT)
-        .args(["--server", &server.addr.to_string(), "--ca"])
-        .arg(&ca)
-        .args(["--state", &state("bob"), "--json", "listen"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (lines_tx, lines) = mpsc::channel();
-    let stdout = listen.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
+    let (mut listen, lines) = spawn_client(
+        server.addr,
+        &ca,
+        &["--state", &state("bob"), "--json", "listen"],
+    );
     // Claim until the push arrives. Claims made before listen connected were queued instead, and
     // listen prints those first, as messages.
     let deadline = std::time::Instant::now() + TEST_TIMEOUT;
@@ -1036,4 +1050,58 @@ fn recv_reports_a_message_it_can_never_process_and_exits_non_zero() {
     assert!(again.status.success());
     assert!(String::from_utf8_lossy(&again.stdout).trim().is_empty());
     assert!(server.terminate().success());
+}
+
+#[test]
+fn push_listen_prints_the_wake_ups_of_an_offline_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let ca = data_dir.join("server-cert.pem");
+    let server = ServerProcess::start(&data_dir, &["--push-allow-loopback"]);
+    let state = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let run = |args: &[&str]| client_json(server.addr, "localhost", &ca, args);
+    run(&["--state", &state("bob"), "register", "bob@localhost"]);
+    run(&["--state", &state("alice"), "register", "alice@localhost"]);
+    run(&["--state", &state("alice"), "create-group", "friends"]);
+
+    let (mut listen, lines) = spawn_client(
+        server.addr,
+        &ca,
+        &["--state", &state("bob"), "--json", "push-listen"],
+    );
+    let next = || -> serde_json::Value {
+        serde_json::from_str(&lines.recv_timeout(TEST_TIMEOUT).expect("a line")).unwrap()
+    };
+    let listening = next();
+    assert_eq!(listening["event"], "listening", "{listening}");
+
+    // Alice adds bob to a group: his Welcome is queued, and he is woken.
+    run(&[
+        "--state",
+        &state("alice"),
+        "invite",
+        "friends",
+        "bob@localhost",
+    ]);
+    let wake = next();
+    assert_eq!(wake["event"], "wake", "{wake}");
+    assert_eq!(wake["vapid"], "verified");
+    assert!(wake["seq"].as_u64().is_some(), "{wake}");
+    let targets = run(&["--state", &state("bob"), "push-targets"]);
+    assert_eq!(
+        targets["push_targets"][0]["target"], listening["endpoint"],
+        "{targets}"
+    );
+
+    // Ctrl-C unregisters the receiver.
+    let status = Command::new("kill")
+        .args(["-INT", &listen.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let stopped = next();
+    assert_eq!(stopped["event"], "stopped", "{stopped}");
+    assert!(listen.wait().unwrap().success());
+    let targets = run(&["--state", &state("bob"), "push-targets"]);
+    assert_eq!(targets["push_targets"], serde_json::json!([]));
 }
