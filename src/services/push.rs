@@ -46,6 +46,8 @@ pub const VAPID_KEY_FILE: &str = "vapid.key";
 pub const MAX_IN_FLIGHT: usize = 64;
 /// Attempts at one wake-up before it is given up (its messages stay queued).
 pub const MAX_ATTEMPTS: u32 = 10;
+/// How long the worker lets hand-overs gather before it takes them in.
+const GATHER: Duration = Duration::from_millis(10);
 /// Longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
 
@@ -61,8 +63,9 @@ fn wall_ms() -> u64 {
 /// What the send path hands over, taken by the worker in one go.
 #[derive(Default)]
 struct Inbox {
-    /// Clients to wake, with the newest queue sequence number to announce (0: none).
-    wake: HashMap<ClientKey, u64>,
+    /// Clients to wake, by user id then device, with the newest queue sequence number to
+    /// announce (0: none). Keyed by user id so that the send path looks up without allocating.
+    wake: HashMap<String, Vec<(u32, u64)>>,
     /// Clients that caught up: their coalescing window and pending wake-ups end.
     caught_up: HashSet<ClientKey>,
 }
@@ -336,11 +339,14 @@ impl Push {
     fn enqueue_wakes<'a>(&self, clients: impl IntoIterator<Item = (&'a str, u32, u64)>) {
         let mut inbox = self.lock_inbox();
         for (user_id, device_id, seq) in clients {
-            let newest = inbox
-                .wake
-                .entry((user_id.to_owned(), device_id))
-                .or_insert(0);
-            *newest = (*newest).max(seq);
+            let devices = match inbox.wake.get_mut(user_id) {
+                Some(devices) => devices,
+                None => inbox.wake.entry(user_id.to_owned()).or_default(),
+            };
+            match devices.iter_mut().find(|(device, _)| *device == device_id) {
+                Some((_, newest)) => *newest = (*newest).max(seq),
+                None => devices.push((device_id, seq)),
+            }
         }
         drop(inbox);
         self.ready.notify_one();
@@ -354,6 +360,22 @@ impl Push {
         self.lock_inbox()
             .caught_up
             .insert((client.user_id.to_string(), client.device_id));
+        self.ready.notify_one();
+    }
+
+    /// The client was removed: no wake-up for it any more (its targets went with it).
+    pub fn forget(&self, client: &ClientId) {
+        if !self.has_targets(client.user_id.as_str(), client.device_id) {
+            return;
+        }
+        self.set_registered(client.user_id.as_str(), client.device_id, false);
+        let key = (client.user_id.to_string(), client.device_id);
+        let mut inbox = self.lock_inbox();
+        if let Some(devices) = inbox.wake.get_mut(client.user_id.as_str()) {
+            devices.retain(|(device, _)| *device != client.device_id);
+        }
+        inbox.caught_up.insert(key);
+        drop(inbox);
         self.ready.notify_one();
     }
 
@@ -386,11 +408,15 @@ impl Push {
         }
         loop {
             self.step(&mut worker).await;
-            let next = worker.next_due(self.config.wake_interval);
+            let next = worker.next_due();
             let sleep = next.map(|due_ms| Duration::from_millis(due_ms.saturating_sub(wall_ms())));
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = self.ready.notified() => {}
+                _ = self.ready.notified() => {
+                    // Let a burst gather: one round takes in a whole fan-out, however many
+                    // recipients it has, instead of a round per recipient.
+                    tokio::time::sleep(GATHER).await;
+                }
                 Some(result) = worker.in_flight.join_next(), if !worker.in_flight.is_empty() => {
                     if let Ok(result) = result {
                         worker.results.push(result);
@@ -446,42 +472,41 @@ impl Push {
             }
         }
         let mut to_schedule: Vec<(String, u32, u64)> = Vec::new();
-        for (client, seq) in inbox.wake {
+        let wakes = inbox.wake.into_iter().flat_map(|(user_id, devices)| {
+            devices
+                .into_iter()
+                .map(move |(device_id, seq)| ((user_id.clone(), device_id), seq))
+        });
+        for (client, seq) in wakes {
+            // A client within its window is only noted (the common case in a burst: no
+            // session lookup); one outside it is woken unless it connected meanwhile.
+            if let Some(gate) = worker.gates.get_mut(&client) {
+                if now < gate.opened_ms.saturating_add(interval) {
+                    gate.deferred = Some(gate.deferred.unwrap_or(0).max(seq));
+                    continue;
+                }
+            }
             if self.is_connected(&client) {
                 continue;
             }
-            match worker.gates.get_mut(&client) {
-                Some(gate) if now < gate.opened_ms.saturating_add(interval) => {
-                    gate.deferred = Some(gate.deferred.unwrap_or(0).max(seq));
-                }
-                _ => {
-                    worker.gates.insert(
-                        client.clone(),
-                        Gate {
-                            opened_ms: now,
-                            deferred: None,
-                        },
-                    );
+            worker.open_gate(client.clone(), now, interval);
+            to_schedule.push((client.0, client.1, seq));
+        }
+        // Windows that ended: their coalesced messages are announced if the client stayed away.
+        while let Some(client) = worker.pop_ended_gate(now, interval) {
+            let deferred = worker
+                .gates
+                .get_mut(&client)
+                .and_then(|gate| gate.deferred.take());
+            match deferred {
+                Some(seq) if !self.is_connected(&client) => {
+                    worker.open_gate(client.clone(), now, interval);
                     to_schedule.push((client.0, client.1, seq));
                 }
-            }
-        }
-        // Coalesced messages whose window ended while their client stayed away.
-        let mut closed = Vec::new();
-        for (client, gate) in &mut worker.gates {
-            if now < gate.opened_ms.saturating_add(interval) {
-                continue;
-            }
-            match gate.deferred.take() {
-                Some(seq) if !self.is_connected(client) => {
-                    gate.opened_ms = now;
-                    to_schedule.push((client.0.clone(), client.1, seq));
+                _ => {
+                    worker.gates.remove(&client);
                 }
-                _ => closed.push(client.clone()),
             }
-        }
-        for client in closed {
-            worker.gates.remove(&client);
         }
 
         if !finished.is_empty() {
@@ -661,6 +686,8 @@ pub(super) struct Worker {
     /// Targets with an attempt in flight.
     sending: HashSet<TargetKey>,
     gates: HashMap<ClientKey, Gate>,
+    /// (end of window, client), soonest first; entries of windows reopened since are skipped.
+    gate_ends: BinaryHeap<std::cmp::Reverse<(u64, ClientKey)>>,
     in_flight: JoinSet<(PendingWake, DeliveryOutcome)>,
     results: Vec<(PendingWake, DeliveryOutcome)>,
     targets_gone: Vec<ClientKey>,
@@ -691,19 +718,49 @@ impl Worker {
         None
     }
 
-    /// When the worker must look again: the soonest wake-up or coalescing window end.
-    fn next_due(&self, interval: Duration) -> Option<u64> {
-        let interval = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+    /// When the worker must look again: the soonest wake-up or end of a coalescing window.
+    fn next_due(&self) -> Option<u64> {
         let wake = self
             .due
             .peek()
             .map(|std::cmp::Reverse((due_ms, _))| *due_ms);
         let window = self
-            .gates
-            .values()
-            .map(|gate| gate.opened_ms.saturating_add(interval))
-            .min();
+            .gate_ends
+            .peek()
+            .map(|std::cmp::Reverse((end_ms, _))| *end_ms);
         wake.into_iter().chain(window).min()
+    }
+
+    /// Opens (or reopens) `client`'s coalescing window at `now`.
+    fn open_gate(&mut self, client: ClientKey, now: u64, interval: u64) {
+        let end = now.saturating_add(interval);
+        self.gate_ends
+            .push(std::cmp::Reverse((end, client.clone())));
+        self.gates.insert(
+            client,
+            Gate {
+                opened_ms: now,
+                deferred: None,
+            },
+        );
+    }
+
+    /// A client whose window ended by `now` (each window once).
+    fn pop_ended_gate(&mut self, now: u64, interval: u64) -> Option<ClientKey> {
+        while let Some(std::cmp::Reverse((end_ms, _))) = self.gate_ends.peek() {
+            if *end_ms > now {
+                return None;
+            }
+            let std::cmp::Reverse((end_ms, client)) = self.gate_ends.pop()?;
+            let current = self
+                .gates
+                .get(&client)
+                .is_some_and(|gate| gate.opened_ms.saturating_add(interval) == end_ms);
+            if current {
+                return Some(client);
+            }
+        }
+        None
     }
 
     /// Forgets a client's pending wake-ups; whether it had any.
@@ -728,6 +785,8 @@ impl Sessions for PushingSessions {
     }
 
     fn disconnect(&self, client: &ClientId) {
+        // Only a removed client is disconnected: its wake-ups go with it.
+        self.push.forget(client);
         self.inner.disconnect(client)
     }
 

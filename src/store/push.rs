@@ -433,4 +433,53 @@ mod tests {
             Vec::<String>::new()
         );
     }
+
+    #[tokio::test]
+    async fn queues_newer_than_their_last_wake_up_are_found_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.register_for_test("b@x", [7; 32]).await;
+        let device = crate::store::FIRST_DEVICE_ID;
+        store
+            .add_push_target("b@x", device, web("https://p/1"), 10, 4)
+            .await
+            .unwrap()
+            .unwrap();
+        let limits = crate::store::QueueLimits {
+            max_messages: 100,
+            max_bytes: 1 << 20,
+            max_user_bytes: 1 << 20,
+            max_server_bytes: 1 << 30,
+        };
+        let enqueue = |payload: &'static [u8]| {
+            let envelope = crate::store::Envelope {
+                user_id: "b@x".into(),
+                device_id: device,
+                kind: 1,
+                payload: std::sync::Arc::new(payload.to_vec()),
+                admission: crate::store::Admission::Message,
+            };
+            store.enqueue(vec![envelope], 1_000, limits)
+        };
+        assert_eq!(store.unannounced_queues().await.unwrap(), vec![]);
+        enqueue(b"one").await.unwrap().unwrap();
+        // Queued, and the server stopped before it scheduled the wake-up.
+        assert_eq!(
+            store.unannounced_queues().await.unwrap(),
+            vec![("b@x".to_owned(), device, 1)]
+        );
+        store
+            .schedule_wakes(vec![("b@x".into(), device, 1)], 2_000)
+            .await
+            .unwrap();
+        assert_eq!(store.unannounced_queues().await.unwrap(), vec![]);
+        enqueue(b"two").await.unwrap().unwrap();
+        assert_eq!(
+            store.unannounced_queues().await.unwrap(),
+            vec![("b@x".to_owned(), device, 2)]
+        );
+        // What the client acknowledged needs no wake-up.
+        store.ack_messages("b@x", device, 2).await.unwrap().unwrap();
+        assert_eq!(store.unannounced_queues().await.unwrap(), vec![]);
+    }
 }

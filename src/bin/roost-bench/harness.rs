@@ -247,6 +247,16 @@ pub fn bytes_written() -> Option<u64> {
         .and_then(|value| value.trim().parse().ok())
 }
 
+/// CPU seconds this process has used (user and system, all threads), from `/proc/self/stat`
+/// (in clock ticks of 10 ms).
+pub fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name (which may hold spaces) closed by ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |index: usize| fields.get(index)?.parse::<u64>().ok();
+    Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
+}
+
 /// Resident memory of process `pid` in bytes (`VmRSS` of `/proc/PID/status`).
 pub fn resident_bytes(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;

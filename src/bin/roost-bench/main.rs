@@ -8,6 +8,7 @@
 
 mod child;
 mod harness;
+mod offline_push;
 mod report;
 mod scenarios;
 
@@ -68,6 +69,7 @@ enum Scenario {
     GroupSize,
     Federation,
     Connections,
+    Push,
 }
 
 impl Scenario {
@@ -140,6 +142,7 @@ async fn run(cli: &Cli) -> anyhow::Result<Report> {
                 }
                 Scenario::Federation => scenarios::federation(&mut report, &scale).await,
                 Scenario::Connections => scenarios::connections(&mut report, &scale).await,
+                Scenario::Push => offline_push::push(&mut report, &scale).await,
             };
             if let Err(e) = done {
                 anyhow::bail!("scenario {scenario:?} failed: {e:#}");

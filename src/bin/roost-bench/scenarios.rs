@@ -25,7 +25,7 @@ pub struct Scale {
 }
 
 impl Scale {
-    fn pick<T>(&self, quick: T, full: T) -> T {
+    pub fn pick<T>(&self, quick: T, full: T) -> T {
         if self.quick {
             quick
         } else {
