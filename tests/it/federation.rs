@@ -788,3 +788,52 @@ async fn a_batch_is_taken_up_to_its_first_bad_delivery_and_an_oversize_batch_not
         "{refused:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_offline_is_woken_by_its_own_homeserver_for_messages_of_a_remote_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_homeservers_with(dir.path(), |config| config.push.allow_loopback = true).await;
+    let (alice, bob, group_id) = alice_at_a_with_bob_at_b(&a, &b).await;
+    let vapid_key = within(bob.connection.push_info())
+        .await
+        .unwrap()
+        .vapid_public_key;
+    let mut receiver = roost::client::push_receiver::WebPushReceiver::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        vapid_key.as_slice(),
+    )
+    .await
+    .unwrap();
+    within(
+        bob.connection
+            .add_push_target(roost::protocol::PushTarget::WebPush(
+                receiver.subscription(),
+            )),
+    )
+    .await
+    .unwrap();
+    let bob_client = bob.identity.client.clone();
+    bob.connection.close().await;
+    within(async {
+        while b.server.sessions().connections(&bob_client) > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+
+    // The hub (a.example) delivers to b.example, which wakes bob with its own VAPID key.
+    within(alice.groups().await.send(&group_id, b"are you there?"))
+        .await
+        .unwrap();
+    let wake = within(async {
+        loop {
+            let wake = receiver.next().await.unwrap();
+            if wake.accepted() {
+                return wake;
+            }
+        }
+    })
+    .await;
+    assert!(wake.vapid.is_ok(), "{:?}", wake.vapid);
+    assert!(wake.seq().is_some());
+}

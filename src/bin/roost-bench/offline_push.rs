@@ -33,32 +33,42 @@ async fn push_server(dir: &tempfile::TempDir) -> anyhow::Result<(Server, ClientC
     Ok((server, client))
 }
 
-/// Registers `count` devices; those given a receiver register its subscription. All go offline.
+/// Registers `count` pairs of devices, one of each pair with `receiver`'s subscription as its
+/// push target, the other without (registered in turn, so that neither set is the older in the
+/// store). All go offline. Returns (with targets, without).
 async fn offline_devices(
     server: &Server,
     config: &ClientConfig,
-    prefix: &str,
     count: usize,
-    receiver: Option<&WebPushReceiver>,
-) -> anyhow::Result<Vec<ClientId>> {
-    let mut clients = Vec::with_capacity(count);
+    receiver: &WebPushReceiver,
+) -> anyhow::Result<(Vec<ClientId>, Vec<ClientId>)> {
+    let (mut with_targets, mut without) = (Vec::new(), Vec::new());
     for i in 0..count {
-        let device = harness::device(config, &format!("{prefix}{i}@localhost"), false, 0).await?;
-        if let Some(receiver) = receiver {
-            device
-                .connection
-                .add_push_target(PushTarget::WebPush(receiver.subscription()))
-                .await?;
+        for targeted in [true, false] {
+            let prefix = if targeted { "w" } else { "u" };
+            let device =
+                harness::device(config, &format!("{prefix}{i}@localhost"), false, 0).await?;
+            if targeted {
+                device
+                    .connection
+                    .add_push_target(PushTarget::WebPush(receiver.subscription()))
+                    .await?;
+            }
+            let client = device.connection.who_am_i().await?;
+            device.connection.close().await;
+            if targeted {
+                with_targets.push(client);
+            } else {
+                without.push(client);
+            }
         }
-        clients.push(device.connection.who_am_i().await?);
-        device.connection.close().await;
     }
-    for client in &clients {
+    for client in with_targets.iter().chain(&without) {
         while server.sessions().connections(client) > 0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
-    Ok(clients)
+    Ok((with_targets, without))
 }
 
 /// Seconds, and CPU seconds of the whole process, to fan `messages` messages out, one commit
@@ -93,8 +103,7 @@ pub async fn push(report: &mut Report, scale: &Scale) -> anyhow::Result<()> {
         info.vapid_public_key.as_slice().to_vec()
     };
     let mut receiver = WebPushReceiver::bind("127.0.0.1:0".parse()?, &vapid).await?;
-    let woken = offline_devices(&server, &config, "w", devices, Some(&receiver)).await?;
-    let unwoken = offline_devices(&server, &config, "u", devices, None).await?;
+    let (woken, unwoken) = offline_devices(&server, &config, devices, &receiver).await?;
 
     // Wake-ups per second: one message queued for every device at once.
     let start = Instant::now();
@@ -108,6 +117,8 @@ pub async fn push(report: &mut Report, scale: &Scale) -> anyhow::Result<()> {
         arrived += 1;
     }
     let rate = devices as f64 / start.elapsed().as_secs_f64();
+    // The devices without targets get the same message: both sets' queues look alike.
+    fan_out(&server, &unwoken, 1).await?;
     let ceiling = raw_posts(devices).await?;
     report.against(
         S,
