@@ -48,6 +48,8 @@ pub const MAX_IN_FLIGHT: usize = 64;
 pub const MAX_ATTEMPTS: u32 = 10;
 /// How long the worker lets hand-overs gather before it takes them in.
 const GATHER: Duration = Duration::from_millis(10);
+/// How long the worker lets finished attempts gather before it records them.
+const SETTLE_GATHER: Duration = Duration::from_millis(2);
 /// Longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
 
@@ -421,6 +423,9 @@ impl Push {
                     if let Ok(result) = result {
                         worker.results.push(result);
                     }
+                    // Let the attempts finishing about now come in too: their outbox rows are
+                    // settled in one write rather than one write each.
+                    tokio::time::sleep(SETTLE_GATHER).await;
                 }
                 _ = tokio::time::sleep(sleep.unwrap_or(Duration::from_secs(3600))), if sleep.is_some() => {}
             }
@@ -627,11 +632,12 @@ impl Push {
                 let mut retried = wake.clone();
                 retried.due_ms = due_ms;
                 retried.attempts = attempts;
-                // A newer sequence number that arrived meanwhile goes with the retry.
+                // Retried only while still wanted: the client may have caught up (or been
+                // removed) during the attempt. A newer sequence number goes with the retry.
                 if let Some(known) = worker.pending.get(&key) {
                     retried.seq = retried.seq.max(known.seq);
+                    worker.schedule(retried);
                 }
-                worker.schedule(retried);
             }
             WakeResult::Done if worker.pending.get(&key).is_some_and(|w| w.seq > wake.seq) => {
                 // Something newer was scheduled while this attempt was out: it is still due.
