@@ -87,6 +87,22 @@ pub(super) fn delete_client_push(
     Ok(())
 }
 
+/// Every client with at least one push target, each once (the table is in client order).
+fn clients_with_targets(txn: &redb::ReadTransaction) -> Result<Vec<(String, u32)>, StoreError> {
+    let mut clients: Vec<(String, u32)> = Vec::new();
+    for entry in txn.open_table(PUSH_TARGETS)?.iter()? {
+        let (key, _) = entry?;
+        let (user_id, device_id, _) = key.value();
+        if clients
+            .last()
+            .is_none_or(|(user, device)| user != user_id || *device != device_id)
+        {
+            clients.push((user_id.to_owned(), device_id));
+        }
+    }
+    Ok(clients)
+}
+
 impl Store {
     /// Adds `target` for the client, or replaces the client's target with the same identity
     /// (endpoint; gateway, app and pushkey), keeping its id. At most `limit` targets.
@@ -165,21 +181,7 @@ impl Store {
 
     /// Every client with at least one push target.
     pub async fn clients_with_push_targets(&self) -> Result<Vec<(String, u32)>, StoreError> {
-        self.read(|txn| {
-            let mut clients: Vec<(String, u32)> = Vec::new();
-            for entry in txn.open_table(PUSH_TARGETS)?.iter()? {
-                let (key, _) = entry?;
-                let (user_id, device_id, _) = key.value();
-                if clients
-                    .last()
-                    .is_none_or(|(user, device)| user != user_id || *device != device_id)
-                {
-                    clients.push((user_id.to_owned(), device_id));
-                }
-            }
-            Ok(clients)
-        })
-        .await
+        self.read(clients_with_targets).await
     }
 
     /// Clients with push targets whose queue holds messages newer than the last wake-up
@@ -190,25 +192,16 @@ impl Store {
             let heads = txn.open_table(QUEUE_HEADS)?;
             let woken = txn.open_table(PUSH_WOKEN)?;
             let mut found = Vec::new();
-            let mut last: Option<(String, u32)> = None;
-            for entry in txn.open_table(PUSH_TARGETS)?.iter()? {
-                let (key, _) = entry?;
-                let (user_id, device_id, _) = key.value();
-                if last
-                    .as_ref()
-                    .is_some_and(|(user, device)| user == user_id && *device == device_id)
-                {
-                    continue;
-                }
-                last = Some((user_id.to_owned(), device_id));
-                let Some(head) = heads.get((user_id, device_id))? else {
+            for (user_id, device_id) in clients_with_targets(txn)? {
+                let key = (user_id.as_str(), device_id);
+                let Some(head) = heads.get(key)? else {
                     continue;
                 };
                 let (next_seq, count, _) = head.value();
                 let newest = next_seq.saturating_sub(1);
-                let announced = woken.get((user_id, device_id))?.map_or(0, |v| v.value());
+                let announced = woken.get(key)?.map_or(0, |v| v.value());
                 if count > 0 && newest > announced {
-                    found.push((user_id.to_owned(), device_id, newest));
+                    found.push((user_id, device_id, newest));
                 }
             }
             Ok(found)
