@@ -7,14 +7,33 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::{CertificateSource, ServerConfig};
 use crate::secret_files::create_private_dir;
 use crate::services::Services;
-use crate::store::Store;
+use crate::store::{Store, StoreError, DATABASE_FILE};
 use crate::tls::TlsIdentity;
 use crate::transport::{self, SessionRegistry, Shared};
+
+/// Checks that `dir` is the data directory of a Roost server: it exists and holds the database.
+/// The operator commands call it first, so a mistyped `--data-dir` is an error rather than a new,
+/// empty directory whose keys no server uses.
+pub fn require_data_dir(dir: &Path) -> anyhow::Result<()> {
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "the data directory {} does not exist (give the --data-dir of a server that has run)",
+            dir.display()
+        );
+    }
+    if !dir.join(DATABASE_FILE).is_file() {
+        anyhow::bail!(
+            "{} holds no Roost data (no {DATABASE_FILE}): give the --data-dir of a server that has run",
+            dir.display()
+        );
+    }
+    Ok(())
+}
 
 /// A server that is accepting connections.
 pub struct Server {
@@ -27,19 +46,62 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the data directory and the store, binds the endpoint and starts accepting.
+    /// Binds the endpoint, opens the data directory and the store, and starts accepting.
+    ///
+    /// The UDP port is bound before anything is written, and a data directory this call created
+    /// is removed again if the start fails, so a failed start leaves nothing half-made behind.
     pub async fn start(config: ServerConfig) -> anyhow::Result<Self> {
+        let socket = std::net::UdpSocket::bind(config.listen)
+            .with_context(|| format!("listening on {}", config.listen))?;
+        let created = !config.data_dir.exists();
+        let data_dir = config.data_dir.clone();
+        let started = Self::start_on(config, socket).await;
+        if started.is_err() && created {
+            if let Err(e) = std::fs::remove_dir_all(&data_dir) {
+                warn!(data_dir = %data_dir.display(), "could not remove the data directory made by the failed start: {e}");
+            }
+        }
+        started
+    }
+
+    async fn start_on(config: ServerConfig, socket: std::net::UdpSocket) -> anyhow::Result<Self> {
+        let identity = match &config.certificate {
+            CertificateSource::Files { cert, key } => {
+                Some((TlsIdentity::load(cert, key)?, cert.clone()))
+            }
+            CertificateSource::SelfSigned => None,
+        };
         create_private_dir(&config.data_dir)?;
-        let (identity, certificate) = match &config.certificate {
-            CertificateSource::Files { cert, key } => (TlsIdentity::load(cert, key)?, cert.clone()),
-            CertificateSource::SelfSigned => {
+        let (identity, certificate) = match identity {
+            Some(loaded) => loaded,
+            None => {
                 TlsIdentity::load_or_create_self_signed(&config.data_dir, config.domain.as_str())?
             }
         };
+        if !crate::tls::certificate_names(&identity.cert_chain[0], config.domain.as_str()) {
+            warn!(
+                certificate = %certificate.display(),
+                domain = %config.domain,
+                "the certificate does not name the domain: clients and peers that check it against the domain will refuse it"
+            );
+        }
         let data_dir = config.data_dir.clone();
         let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
             .await?
-            .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+            .map_err(|e| match e {
+                StoreError::Backend(ref backend)
+                    if matches!(**backend, redb::Error::DatabaseAlreadyOpen) =>
+                {
+                    anyhow::anyhow!(
+                        "another roost process is using the data directory {}",
+                        config.data_dir.display()
+                    )
+                }
+                other => anyhow::Error::new(other).context(format!(
+                    "opening the store in {}",
+                    config.data_dir.display()
+                )),
+            })?;
         store.bind_domain(config.domain.as_str()).await?;
         let sessions = Arc::new(SessionRegistry::default());
         let services = Arc::new(Services::new(
@@ -54,8 +116,13 @@ impl Server {
             .as_ref()
             .map(|federation| &federation.trust);
         let endpoint_config = transport::endpoint_config(&identity, &config.limits, peer_trust)?;
-        let endpoint = quinn::Endpoint::server(endpoint_config, config.listen)
-            .with_context(|| format!("listening on {}", config.listen))?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(endpoint_config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .with_context(|| format!("listening on {}", config.listen))?;
         let local_addr = endpoint.local_addr()?;
         let shared = Arc::new(Shared::new(services, sessions, config.limits.clone()));
         let accept_loop = tokio::spawn(transport::serve(endpoint, shared.clone()));

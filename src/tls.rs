@@ -79,6 +79,18 @@ impl TlsIdentity {
     }
 }
 
+/// Whether the certificate `leaf` is valid for the DNS name `domain` (its subject alternative
+/// names), as clients and peers will check it.
+pub fn certificate_names(leaf: &CertificateDer<'_>, domain: &str) -> bool {
+    let (Ok(parsed), Ok(name)) = (
+        rustls::server::ParsedCertificate::try_from(leaf),
+        rustls::pki_types::ServerName::try_from(domain.to_owned()),
+    ) else {
+        return false;
+    };
+    rustls::client::verify_server_name(&parsed, &name).is_ok()
+}
+
 /// Reads every certificate in a PEM file.
 pub fn load_certificates(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let pem = fs::read(path).with_context(|| format!("reading certificate {}", path.display()))?;
@@ -244,13 +256,7 @@ impl PeerTrust {
         if self.ca.is_empty() {
             return false;
         }
-        let (Ok(parsed), Ok(name)) = (
-            rustls::server::ParsedCertificate::try_from(leaf),
-            rustls::pki_types::ServerName::try_from(domain.to_owned()),
-        ) else {
-            return false;
-        };
-        rustls::client::verify_server_name(&parsed, &name).is_ok()
+        certificate_names(leaf, domain)
     }
 
     fn allows(&self, leaf: &CertificateDer<'_>) -> bool {

@@ -23,8 +23,18 @@ use tracing::{info, warn};
 #[command(name = "roost", version, about = "Roost: an MLS homeserver over QUIC")]
 struct Cli {
     /// Log filter (e.g. `info`, `debug`, `roost=trace`); RUST_LOG overrides it when set.
-    #[arg(long, global = true, default_value = "info")]
+    #[arg(long, global = true, env = "ROOST_LOG_LEVEL", default_value = "info")]
     log_level: String,
+    /// How log lines are written to stderr: `text` for people, `json` (one object per line) for
+    /// log collectors.
+    #[arg(
+        long,
+        global = true,
+        env = "ROOST_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -38,7 +48,7 @@ enum Command {
     /// Add a new credential-signing key to a data directory; the server signs with it from its
     /// next start, and keeps publishing the old one until the credentials it signed expire.
     RotateCredentialKey {
-        #[arg(long, default_value = "./roost-data")]
+        #[arg(long, env = "ROOST_DATA_DIR", default_value = "./roost-data")]
         data_dir: PathBuf,
     },
     /// Invite codes for `--registration invite`.
@@ -61,7 +71,7 @@ enum Command {
 enum InviteCommand {
     /// Print a new invite code (works while the server runs).
     Create {
-        #[arg(long, default_value = "./roost-data")]
+        #[arg(long, env = "ROOST_DATA_DIR", default_value = "./roost-data")]
         data_dir: PathBuf,
         /// How many users the code may register.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
@@ -70,6 +80,12 @@ enum InviteCommand {
         #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u64).range(1..=3650))]
         valid_days: u64,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Which peer homeservers may federate.
@@ -95,124 +111,133 @@ enum Registration {
 #[derive(Args)]
 struct ServeArgs {
     /// The domain this server's users belong to (alice@DOMAIN).
-    #[arg(long, default_value = "localhost")]
+    #[arg(long, env = "ROOST_DOMAIN", default_value = "localhost")]
     domain: Domain,
     /// UDP address to listen on.
-    #[arg(long, default_value = "127.0.0.1:4433")]
+    #[arg(long, env = "ROOST_LISTEN", default_value = "127.0.0.1:4433")]
     listen: SocketAddr,
     /// Directory for the database, keys and the generated certificate.
-    #[arg(long, default_value = "./roost-data")]
+    #[arg(long, env = "ROOST_DATA_DIR", default_value = "./roost-data")]
     data_dir: PathBuf,
     /// PEM certificate chain; without it a self-signed certificate is generated in the data dir.
-    #[arg(long, requires = "key")]
+    #[arg(long, env = "ROOST_CERT", requires = "key")]
     cert: Option<PathBuf>,
     /// PEM private key for --cert.
-    #[arg(long, requires = "cert")]
+    #[arg(long, env = "ROOST_KEY", requires = "cert")]
     key: Option<PathBuf>,
     /// Connections served at once.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "ROOST_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: u32,
     /// Connections served at once from one source address (IPv6: one /64).
-    #[arg(long, default_value_t = ServerLimits::default().max_connections_per_source as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "ROOST_MAX_CONNECTIONS_PER_SOURCE", default_value_t = ServerLimits::default().max_connections_per_source as u32, value_parser = clap::value_parser!(u32).range(1..))]
     max_connections_per_source: u32,
     /// New connections accepted per second from one source address.
-    #[arg(long, default_value_t = ServerLimits::default().handshakes_per_second_per_source, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "ROOST_HANDSHAKES_PER_SECOND_PER_SOURCE", default_value_t = ServerLimits::default().handshakes_per_second_per_source, value_parser = clap::value_parser!(u32).range(1..))]
     handshakes_per_second_per_source: u32,
     /// Requests per second one authenticated client may make.
-    #[arg(long, default_value_t = ServerLimits::default().requests_per_second_per_client, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "ROOST_REQUESTS_PER_SECOND_PER_CLIENT", default_value_t = ServerLimits::default().requests_per_second_per_client, value_parser = clap::value_parser!(u32).range(1..))]
     requests_per_second_per_client: u32,
     /// Requests per second from one source address before authentication.
-    #[arg(long, default_value_t = ServerLimits::default().unauthenticated_requests_per_second_per_source, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "ROOST_UNAUTHENTICATED_REQUESTS_PER_SECOND_PER_SOURCE", default_value_t = ServerLimits::default().unauthenticated_requests_per_second_per_source, value_parser = clap::value_parser!(u32).range(1..))]
     unauthenticated_requests_per_second_per_source: u32,
     /// Users one source address may register per hour (open registration).
-    #[arg(long, default_value_t = ServerLimits::default().registrations_per_hour_per_source)]
+    #[arg(long, env = "ROOST_REGISTRATIONS_PER_HOUR_PER_SOURCE", default_value_t = ServerLimits::default().registrations_per_hour_per_source)]
     registrations_per_hour_per_source: u32,
     /// Requests in flight per connection.
-    #[arg(long, default_value_t = ServerLimits::default().max_concurrent_streams, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, env = "ROOST_MAX_STREAMS", default_value_t = ServerLimits::default().max_concurrent_streams, value_parser = clap::value_parser!(u32).range(1..=1024))]
     max_streams: u32,
     /// Seconds without traffic before a connection is closed.
-    #[arg(long, default_value_t = ServerLimits::default().idle_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+    #[arg(long, env = "ROOST_IDLE_TIMEOUT_SECS", default_value_t = ServerLimits::default().idle_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
     idle_timeout_secs: u64,
     /// Seconds a client has to send a whole request.
-    #[arg(long, default_value_t = ServerLimits::default().request_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..=600))]
+    #[arg(long, env = "ROOST_REQUEST_TIMEOUT_SECS", default_value_t = ServerLimits::default().request_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..=600))]
     request_timeout_secs: u64,
     /// Who may register new users.
-    #[arg(long, value_enum, default_value = "open")]
+    #[arg(long, env = "ROOST_REGISTRATION", value_enum, default_value = "open")]
     registration: Registration,
     /// Days an issued client credential is valid.
-    #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..=3650))]
+    #[arg(long, env = "ROOST_CREDENTIAL_LIFETIME_DAYS", default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..=3650))]
     credential_lifetime_days: u64,
     /// Days a deleted user's id cannot be registered again.
-    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3650))]
+    #[arg(long, env = "ROOST_DELETED_USER_QUARANTINE_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3650))]
     deleted_user_quarantine_days: u64,
     /// Below this many KeyPackages a client is told to publish more.
-    #[arg(long, default_value_t = KeyPackagePolicy::default().low_watermark)]
+    #[arg(long, env = "ROOST_KEY_PACKAGE_LOW_WATERMARK", default_value_t = KeyPackagePolicy::default().low_watermark)]
     key_package_low_watermark: u32,
     /// Most KeyPackages kept per client (the last resort not counted).
-    #[arg(long, default_value_t = KeyPackagePolicy::default().max_per_client, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(long, env = "ROOST_MAX_KEY_PACKAGES_PER_CLIENT", default_value_t = KeyPackagePolicy::default().max_per_client, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     max_key_packages_per_client: u32,
     /// KeyPackage claims one client may make per minute.
-    #[arg(long, default_value_t = KeyPackagePolicy::default().claims_per_minute_per_claimer, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "ROOST_CLAIMS_PER_MINUTE", default_value_t = KeyPackagePolicy::default().claims_per_minute_per_claimer, value_parser = clap::value_parser!(u32).range(1..))]
     claims_per_minute: u32,
     /// Claims of one user's KeyPackages per minute, by anyone.
-    #[arg(long, default_value_t = KeyPackagePolicy::default().claims_per_minute_per_target, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "ROOST_CLAIMS_PER_MINUTE_PER_USER", default_value_t = KeyPackagePolicy::default().claims_per_minute_per_target, value_parser = clap::value_parser!(u32).range(1..))]
     claims_per_minute_per_user: u32,
     /// Most messages waiting in one client's queue.
-    #[arg(long, default_value_t = QueuePolicy::default().max_messages, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "ROOST_MAX_QUEUE_MESSAGES", default_value_t = QueuePolicy::default().max_messages, value_parser = clap::value_parser!(u64).range(1..))]
     max_queue_messages: u64,
     /// Most payload bytes waiting in one client's queue.
-    #[arg(long, default_value_t = QueuePolicy::default().max_bytes, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "ROOST_MAX_QUEUE_BYTES", default_value_t = QueuePolicy::default().max_bytes, value_parser = clap::value_parser!(u64).range(1..))]
     max_queue_bytes: u64,
     /// Most payload bytes waiting in the queues of all the clients of one user.
-    #[arg(long, default_value_t = QueuePolicy::default().max_bytes_per_user, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "ROOST_MAX_QUEUE_BYTES_PER_USER", default_value_t = QueuePolicy::default().max_bytes_per_user, value_parser = clap::value_parser!(u64).range(1..))]
     max_queue_bytes_per_user: u64,
     /// Most payload bytes waiting in all queues of this server.
-    #[arg(long, default_value_t = QueuePolicy::default().max_bytes_total, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "ROOST_MAX_QUEUE_BYTES_TOTAL", default_value_t = QueuePolicy::default().max_bytes_total, value_parser = clap::value_parser!(u64).range(1..))]
     max_queue_bytes_total: u64,
     /// Days a message waits for its client before it is deleted unread (the client is told).
-    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3650))]
+    #[arg(long, env = "ROOST_MESSAGE_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3650))]
     message_retention_days: u64,
     /// A peer homeserver: DOMAIN=HOST:PORT (repeatable). Also its entry in the allow-list.
-    #[arg(long = "peer", value_parser = parse_peer)]
+    #[arg(long = "peer", env = "ROOST_PEER", value_delimiter = ',', value_parser = parse_peer)]
     peers: Vec<(String, SocketAddr)>,
     /// PEM file of a CA that signs peer homeservers' certificates.
-    #[arg(long)]
+    #[arg(long, env = "ROOST_PEER_CA")]
     peer_ca: Option<PathBuf>,
     /// A peer's pinned certificate: DOMAIN=PEM-FILE (repeatable).
-    #[arg(long = "peer-cert", value_parser = parse_pinned)]
+    #[arg(long = "peer-cert", env = "ROOST_PEER_CERT", value_delimiter = ',', value_parser = parse_pinned)]
     pinned: Vec<(String, PathBuf)>,
     /// Which peers may federate.
-    #[arg(long, value_enum, default_value = "allow-list")]
+    #[arg(
+        long,
+        env = "ROOST_FEDERATION",
+        value_enum,
+        default_value = "allow-list"
+    )]
     federation: FederationMode,
     /// Seconds between purges of expired data.
-    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    #[arg(long, env = "ROOST_MAINTENANCE_INTERVAL_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     maintenance_interval_secs: u64,
     /// Turn offline push off: no Web Push, no gateways; clients cannot register push targets.
-    #[arg(long)]
+    #[arg(long, env = "ROOST_NO_OFFLINE_PUSH")]
     no_offline_push: bool,
     /// Turn Web Push off (gateways stay on if any are given).
-    #[arg(long)]
+    #[arg(long, env = "ROOST_NO_WEB_PUSH")]
     no_web_push: bool,
     /// A push gateway (Matrix push-gateway API) clients may register devices with, by exact
     /// URL, e.g. https://push.example.org/_matrix/push/v1/notify (repeatable).
-    #[arg(long = "push-gateway", value_parser = parse_gateway)]
+    #[arg(long = "push-gateway", env = "ROOST_PUSH_GATEWAY", value_delimiter = ',', value_parser = parse_gateway)]
     push_gateways: Vec<String>,
     /// Allow Web Push endpoints on loopback addresses (tests and development only).
-    #[arg(long)]
+    #[arg(long, env = "ROOST_PUSH_ALLOW_LOOPBACK")]
     push_allow_loopback: bool,
     /// Only allow Web Push endpoints on this host; `.example.com` allows every name under
     /// example.com (repeatable). Default: any public host.
-    #[arg(long = "push-allowed-host")]
+    #[arg(
+        long = "push-allowed-host",
+        env = "ROOST_PUSH_ALLOWED_HOST",
+        value_delimiter = ','
+    )]
     push_allowed_hosts: Vec<String>,
     /// Seconds between two wake-ups of one client that has not caught up.
-    #[arg(long, default_value_t = PushConfig::default().wake_interval.as_secs(), value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    #[arg(long, env = "ROOST_PUSH_WAKE_INTERVAL_SECS", default_value_t = PushConfig::default().wake_interval.as_secs(), value_parser = clap::value_parser!(u64).range(1..=86_400))]
     push_wake_interval_secs: u64,
     /// The contact push services see in the VAPID token (mailto: or https: URL).
     /// Default: mailto:postmaster@DOMAIN.
-    #[arg(long, value_parser = parse_contact)]
+    #[arg(long, env = "ROOST_PUSH_CONTACT", value_parser = parse_contact)]
     push_contact: Option<String>,
     /// Seconds in-flight requests get to finish on shutdown.
-    #[arg(long, default_value_t = ServerLimits::default().shutdown_grace.as_secs(), value_parser = clap::value_parser!(u64).range(0..=600))]
+    #[arg(long, env = "ROOST_SHUTDOWN_GRACE_SECS", default_value_t = ServerLimits::default().shutdown_grace.as_secs(), value_parser = clap::value_parser!(u64).range(0..=600))]
     shutdown_grace_secs: u64,
 }
 
@@ -357,15 +382,26 @@ impl ServeArgs {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_level)?;
-    match cli.command {
+    match init_logging(&cli.log_level, cli.log_format).and_then(|()| run(cli.command)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The chain of causes on one line, as an operator reads it; never a backtrace.
+            eprintln!("roost: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Serve(args) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
             runtime.block_on(serve(args.into_config()?))
         }
         Command::RotateCredentialKey { data_dir } => {
+            roost::server::require_data_dir(&data_dir)?;
             let id = CredentialKeys::rotate(&data_dir, SystemClock.now())?;
             println!("added credential-signing key {id}; restart the server to sign with it");
             Ok(())
@@ -378,7 +414,7 @@ fn main() -> anyhow::Result<()> {
                     valid_days,
                 },
         } => {
-            roost::secret_files::create_private_dir(&data_dir)?;
+            roost::server::require_data_dir(&data_dir)?;
             let key = InviteKey::load_or_create(&data_dir)?;
             let expires_at = SystemClock.now() + valid_days * SECONDS_PER_DAY;
             println!("{}", key.create(expires_at, uses));
@@ -424,16 +460,26 @@ async fn shutdown_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging(level: &str) -> anyhow::Result<()> {
+fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(from_env) if !from_env.is_empty() => tracing_subscriber::EnvFilter::try_new(from_env),
         _ => tracing_subscriber::EnvFilter::try_new(level),
     }
     .context("invalid log filter")?;
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // Timestamps in RFC 3339 UTC, the level, the target, the message and its fields as
+        // top-level keys: what Loki, Elasticsearch and journald's JSON readers expect.
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
     Ok(())
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use crate::support::TEST_TIMEOUT;
 
-const ROOST: &str = env!("CARGO_BIN_EXE_roost");
-const ROOST_CLIENT: &str = env!("CARGO_BIN_EXE_roost-client");
+pub(crate) const ROOST: &str = env!("CARGO_BIN_EXE_roost");
+pub(crate) const ROOST_CLIENT: &str = env!("CARGO_BIN_EXE_roost-client");
 
 /// A `roost serve` process; killed if the test ends early.
 pub(crate) struct ServerProcess {
@@ -100,7 +100,7 @@ impl Drop for ServerProcess {
     }
 }
 
-fn client_json(
+pub(crate) fn client_json(
     addr: SocketAddr,
     server_name: &str,
     ca: &Path,
@@ -140,7 +140,7 @@ fn spawn_client(
     (child, lines)
 }
 
-fn client_command(
+pub(crate) fn client_command(
     addr: SocketAddr,
     server_name: &str,
     ca: &Path,

@@ -13,6 +13,7 @@ mod hostile;
 mod key_packages;
 mod limits;
 mod offline_push;
+mod operators;
 mod push;
 mod queues;
 mod shutdown;
