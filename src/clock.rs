@@ -65,13 +65,28 @@ impl Clock for ManualClock {
 
 /// `time` as a UTC date and time for people to read: `2026-11-25 01:52:06 UTC`.
 pub fn format_utc(time: UnixTime) -> String {
+    let (date, clock) = date_and_time(time);
+    format!("{date} {clock} UTC")
+}
+
+/// `time` in RFC 3339 UTC, for machines that also want to be read: `2026-11-25T01:52:06Z`.
+pub fn format_rfc3339(time: UnixTime) -> String {
+    let (date, clock) = date_and_time(time);
+    format!("{date}T{clock}Z")
+}
+
+/// `YYYY-MM-DD` and `hh:mm:ss` of `time`, in UTC.
+fn date_and_time(time: UnixTime) -> (String, String) {
     let (days, second_of_day) = (time / SECONDS_PER_DAY, time % SECONDS_PER_DAY);
     let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        second_of_day / 3600,
-        second_of_day / 60 % 60,
-        second_of_day % 60
+    (
+        format!("{year:04}-{month:02}-{day:02}"),
+        format!(
+            "{:02}:{:02}:{:02}",
+            second_of_day / 3600,
+            second_of_day / 60 % 60,
+            second_of_day % 60
+        ),
     )
 }
 
@@ -97,7 +112,7 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 
 #[cfg(test)]
 mod tests {
-    use super::format_utc;
+    use super::{format_rfc3339, format_utc};
 
     #[test]
     fn unix_times_format_as_utc_dates() {
@@ -107,5 +122,6 @@ mod tests {
         assert_eq!(format_utc(4_107_542_399), "2100-02-28 23:59:59 UTC");
         assert_eq!(format_utc(1_803_348_026), "2027-02-23 02:00:26 UTC");
         assert_eq!(format_utc(1_709_208_000), "2024-02-29 12:00:00 UTC");
+        assert_eq!(format_rfc3339(1_709_208_000), "2024-02-29T12:00:00Z");
     }
 }

@@ -21,6 +21,7 @@
 //!
 //! `ARCHITECTURE.md` at the repository root is the map; `protocol-spec/` is the wire contract.
 
+pub mod admin;
 pub mod client;
 pub mod clock;
 pub mod config;

@@ -9,8 +9,10 @@ use anyhow::Context;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::clock::{Clock, SystemClock};
 use crate::config::{CertificateSource, ServerConfig};
 use crate::secret_files::create_private_dir;
+use crate::services::admin::{Admin, ServerFacts};
 use crate::services::Services;
 use crate::store::{Store, StoreError, DATABASE_FILE};
 use crate::tls::TlsIdentity;
@@ -124,16 +126,40 @@ impl Server {
         )
         .with_context(|| format!("listening on {}", config.listen))?;
         let local_addr = endpoint.local_addr()?;
+        let admin = Arc::new(Admin::new(
+            services.clone(),
+            ServerFacts {
+                listen: local_addr,
+                data_dir: config.data_dir.clone(),
+                started_at: SystemClock.now(),
+                started: std::time::Instant::now(),
+            },
+        ));
+        // The admin socket is a convenience: a server that cannot bind it (a data directory
+        // path longer than a socket address allows, say) serves clients without it.
+        let admin_socket = match transport::admin::bind(&config.data_dir) {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                warn!("no admin socket, `roost admin` will not reach this server: {e:#}");
+                None
+            }
+        };
         let shared = Arc::new(Shared::new(services, sessions, config.limits.clone()));
         let accept_loop = tokio::spawn(transport::serve(endpoint, shared.clone()));
         let maintenance = tokio::spawn({
             let shared = shared.clone();
             async move {
                 let stop = shared.shutdown.clone();
+                let admin = async {
+                    if let Some(listener) = admin_socket {
+                        transport::admin::serve(listener, admin, stop.clone()).await;
+                    }
+                };
                 tokio::join!(
                     shared.services.run_maintenance(stop.clone()),
                     shared.services.run_outbox(stop.clone()),
-                    shared.services.run_push(stop),
+                    shared.services.run_push(stop.clone()),
+                    admin,
                 );
             }
         });

@@ -7,6 +7,7 @@
 //! encodes; the two change together.
 
 mod accounts;
+pub mod admin;
 mod auth;
 mod credential;
 mod error;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use ed25519_dalek::{Signature, VerifyingKey};
 
 use super::{Caller, ServiceError, Sessions};
-use crate::clock::Clock;
+use crate::clock::{Clock, UnixTime};
 use crate::config::{Domain, ServerConfig};
 use crate::identity::{ed25519_key, UserId};
 use crate::protocol::{
@@ -61,6 +61,10 @@ impl Accounts {
                 std::time::Duration::from_secs(60 * 60),
             ),
         })
+    }
+
+    pub fn clock(&self) -> &dyn Clock {
+        self.clock.as_ref()
     }
 
     pub fn registration(&self) -> RegistrationMode {
@@ -153,6 +157,7 @@ impl Accounts {
             RegisterRefusal::Quarantined { until } => ServiceError::UserQuarantined { until },
             RegisterRefusal::KeyInUse => ServiceError::KeyInUse,
             RegisterRefusal::InviteUsedUp => ServiceError::InvalidInvite(InviteError::UsedUp),
+            RegisterRefusal::InviteRevoked => ServiceError::InvalidInvite(InviteError::Revoked),
         })?;
         tracing::info!(user = %user, "user registered");
         registered(&credential)
@@ -191,8 +196,29 @@ impl Accounts {
         registered(&credential)
     }
 
+    /// Issues an invite valid until `expires_at` for `max_uses` registrations: (code, id).
+    pub async fn issue_invite(
+        &self,
+        expires_at: UnixTime,
+        max_uses: u32,
+    ) -> Result<(String, String), ServiceError> {
+        Ok(crate::services::invites::issue(
+            &self.invites,
+            &self.store,
+            self.clock.now(),
+            expires_at,
+            max_uses,
+        )
+        .await?)
+    }
+
     pub async fn list_clients(&self, caller: &ClientId) -> Result<UserClients, ServiceError> {
-        self.user_clients(caller.user_id.as_str())
+        self.user(caller.user_id.as_str()).await
+    }
+
+    /// A local user's clients; `UnknownUser` if there is no such user.
+    pub async fn user(&self, user_id: &str) -> Result<UserClients, ServiceError> {
+        self.user_clients(user_id)
             .await?
             .ok_or(ServiceError::UnknownUser)
     }
@@ -249,15 +275,15 @@ impl Accounts {
         decode_credential(&encoded)
     }
 
-    pub async fn delete_user(&self, caller: &ClientId) -> Result<(), ServiceError> {
+    pub async fn delete_user(&self, user_id: &crate::protocol::Text) -> Result<(), ServiceError> {
         let removed = self
             .store
-            .delete_user(caller.user_id.as_str(), self.clock.now())
+            .delete_user(user_id.as_str(), self.clock.now())
             .await?;
-        tracing::info!(user = %caller.user_id, clients = removed.len(), "user deleted");
+        tracing::info!(user = %user_id, clients = removed.len(), "user deleted");
         for device_id in removed {
             self.evict(&ClientId {
-                user_id: caller.user_id.clone(),
+                user_id: user_id.clone(),
                 device_id,
             });
         }

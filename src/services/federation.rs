@@ -12,6 +12,7 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::ServiceError;
+use crate::clock::UnixTime;
 use crate::config::{Domain, FederationConfig};
 use crate::protocol::{
     decode_federation_response, encode_federation_request, CredentialVerifyingKey,
@@ -42,6 +43,18 @@ pub struct Federation {
     connections: Mutex<HashMap<String, Arc<Mutex<PeerSlot>>>>,
     /// Peers' credential-verifying keys, with when they were fetched.
     domain_keys: Mutex<HashMap<String, (std::time::Instant, Vec<CredentialVerifyingKey>)>>,
+    /// What each peer's outbox worker last saw, for the operator.
+    progress: std::sync::Mutex<HashMap<String, OutboxProgress>>,
+}
+
+/// What the outbox worker of one peer last saw (Unix seconds).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OutboxProgress {
+    pub last_delivery_at: Option<UnixTime>,
+    /// When the last attempt failed, and why.
+    pub last_error: Option<(UnixTime, String)>,
+    /// While the peer cannot be reached: when the worker tries again.
+    pub next_attempt_at: Option<UnixTime>,
 }
 
 /// What this server knows of its connection to one peer.
@@ -99,7 +112,40 @@ impl Federation {
             endpoint,
             connections: Mutex::new(HashMap::new()),
             domain_keys: Mutex::new(HashMap::new()),
+            progress: std::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The configured peers and their addresses.
+    pub fn peers(&self) -> impl Iterator<Item = (&String, &SocketAddr)> {
+        self.config.peers.iter()
+    }
+
+    /// Whether this server holds an open connection to `domain` now (a peer being connected to
+    /// counts as not connected).
+    pub async fn connected(&self, domain: &str) -> bool {
+        let Some(slot) = self.connections.lock().await.get(domain).cloned() else {
+            return false;
+        };
+        let Ok(slot) = slot.try_lock() else {
+            return false;
+        };
+        slot.connection
+            .as_ref()
+            .is_some_and(|connection| connection.close_reason().is_none())
+    }
+
+    /// What the outbox worker of `domain` last saw.
+    pub fn progress(&self, domain: &str) -> OutboxProgress {
+        self.progress_of(domain, |progress| progress.clone())
+    }
+
+    fn progress_of<T>(&self, domain: &str, f: impl FnOnce(&mut OutboxProgress) -> T) -> T {
+        let mut progress = self
+            .progress
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(progress.entry(domain.to_owned()).or_default())
     }
 
     /// Whether `domain` is a peer this server can reach.
@@ -297,6 +343,7 @@ impl Federation {
             match drained {
                 Ok(()) => {
                     retry_delay = None;
+                    self.progress_of(peer, |progress| progress.next_attempt_at = None);
                     tokio::select! {
                         _ = stop.cancelled() => return,
                         woken = wake.changed() => if woken.is_err() { return },
@@ -308,6 +355,11 @@ impl Federation {
                     retry_delay = Some(delay);
                     let waiting = store.outbox_backlog().await.ok().and_then(|backlog| {
                         backlog.into_iter().find(|(p, _)| p == peer).map(|(_, n)| n)
+                    });
+                    let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+                    self.progress_of(peer, |progress| {
+                        progress.last_error = Some((now, e.to_string()));
+                        progress.next_attempt_at = Some(now + delay.as_secs().max(1));
                     });
                     tracing::warn!(%peer, waiting, error = %crate::escape::Escaped(&e), retry_in = ?delay, "the peer did not take a delivery; deliveries wait in the outbox");
                     tokio::select! {
@@ -375,6 +427,10 @@ impl Federation {
                     "accepted {accepted} of a batch of {} without saying why not the rest",
                     waiting.len()
                 )));
+            }
+            if accepted > 0 {
+                let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+                self.progress_of(peer, |progress| progress.last_delivery_at = Some(now));
             }
             let mut done: Vec<u64> = waiting[..accepted].iter().map(|(seq, _)| *seq).collect();
             let mut retry_later = None;

@@ -1,8 +1,9 @@
 //! Invite codes for `--registration invite`.
 //!
-//! An invite is self-contained and authenticated with a key in the data directory
-//! (`invite-key`, mode 0600), so `roost invite create` can make one while the server runs, without
-//! touching the database. The server counts each invite's uses in the store.
+//! An invite is authenticated with a key in the data directory (`invite-key`, mode 0600) and
+//! recorded in the store when issued ([`issue`]), so the operator can list and revoke invites;
+//! registration accepts only a recorded, unrevoked, unexpired invite with uses left. The store
+//! counts each invite's uses.
 //!
 //! Format: `roost-invite-1.<expires_at>.<max_uses>.<nonce hex>.<mac hex>`, where the MAC is
 //! HMAC-SHA256 under the invite key over everything before the last dot.
@@ -17,6 +18,7 @@ use sha2::Sha256;
 
 use crate::clock::UnixTime;
 use crate::secret_files::create_private;
+use crate::store::{Store, StoreError};
 
 /// The invite key's file in the data directory.
 pub const INVITE_KEY_FILE: &str = "invite-key";
@@ -43,6 +45,8 @@ pub enum InviteError {
     Expired,
     #[error("the invite code has been used as often as it allows")]
     UsedUp,
+    #[error("the invite code was revoked")]
+    Revoked,
 }
 
 impl InviteKey {
@@ -68,13 +72,14 @@ impl InviteKey {
         Ok(Self(key))
     }
 
-    /// Makes an invite valid until `expires_at` for up to `max_uses` registrations.
-    pub fn create(&self, expires_at: UnixTime, max_uses: u32) -> String {
+    /// Makes an invite valid until `expires_at` for up to `max_uses` registrations (not yet
+    /// recorded: see [`issue`]). Returns the code and its nonce, the invite's id.
+    pub fn create(&self, expires_at: UnixTime, max_uses: u32) -> (String, Vec<u8>) {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let body = format!("{PREFIX}.{expires_at}.{max_uses}.{}", hex::encode(nonce));
         let mac = hex::encode(self.mac(&body));
-        format!("{body}.{mac}")
+        (format!("{body}.{mac}"), nonce.to_vec())
     }
 
     /// Checks an invite's authenticity and expiry (not its uses: the store counts those).
@@ -119,6 +124,23 @@ impl InviteKey {
     }
 }
 
+/// Issues an invite: makes its code and records it in `store`, so that it admits users.
+/// Returns the code and the invite's id (its nonce, in hex).
+pub async fn issue(
+    key: &InviteKey,
+    store: &Store,
+    now: UnixTime,
+    expires_at: UnixTime,
+    max_uses: u32,
+) -> Result<(String, String), StoreError> {
+    let (code, nonce) = key.create(expires_at, max_uses);
+    let id = hex::encode(&nonce);
+    store
+        .record_invite(nonce, now, expires_at, max_uses)
+        .await?;
+    Ok((code, id))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,9 +149,10 @@ mod tests {
     fn invites_verify_expire_and_cannot_be_forged() {
         let dir = tempfile::tempdir().unwrap();
         let key = InviteKey::load_or_create(dir.path()).unwrap();
-        let code = key.create(1_000, 3);
+        let (code, nonce) = key.create(1_000, 3);
         let invite = key.verify(&code, 999).unwrap();
         assert_eq!((invite.max_uses, invite.expires_at), (3, 1_000));
+        assert_eq!(invite.nonce, nonce);
         assert_eq!(key.verify(&code, 1_001), Err(InviteError::Expired));
 
         let more_uses = code.replacen(".3.", ".300.", 1);

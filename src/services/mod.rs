@@ -5,6 +5,7 @@
 //! They reach connected clients only through [`Sessions`], which the transport implements.
 
 mod accounts;
+pub mod admin;
 pub mod credential_keys;
 mod federation;
 mod group_state;
@@ -67,6 +68,8 @@ pub trait Sessions: Send + Sync {
     fn disconnect(&self, client: &ClientId);
     /// Whether `client` has an authenticated connection.
     fn connected(&self, client: &ClientId) -> bool;
+    /// How many clients have an authenticated connection.
+    fn connected_clients(&self) -> usize;
     /// Tells every connection of `client` that `message` was queued for it (a `NewMessages`
     /// hint, carrying the message when it is small). Never blocks; a connection that has not
     /// read the previous hint gets only the latest, with the newest messages that fit. Returns
@@ -322,10 +325,49 @@ pub struct Services {
     key_packages: KeyPackages,
     queues: Arc<Queues>,
     push: Arc<Push>,
+    sessions: Arc<dyn Sessions>,
     maintenance_interval: std::time::Duration,
 }
 
 impl Services {
+    /// The store the services share.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Deletes a local user and everything of it, then removes its clients from their groups
+    /// (here and at remote hubs). Acts as the user's own request while the user exists (so a
+    /// concurrent deletion wins cleanly), then as the server. Returns how many clients it had.
+    pub async fn delete_user(&self, user_id: &Text) -> Result<usize, ServiceError> {
+        let mut departing = Vec::new();
+        for client in self.accounts.user(user_id.as_str()).await?.clients {
+            let client = client.credential.content.client;
+            let groups = self.groups.memberships(&client).await?;
+            departing.push((client, groups));
+        }
+        let clients: Vec<ClientId> = departing.iter().map(|(client, _)| client.clone()).collect();
+        let hubs = self.hubs_of(&clients).await;
+        self.accounts.delete_user(user_id).await?;
+        // The server's own follow-up, now that the user is gone.
+        crate::store::acting_for(None, async {
+            for (client, groups) in &departing {
+                self.groups.remove_departed(client, groups).await;
+            }
+            self.tell_hubs_of_departures(hubs, clients).await;
+        })
+        .await;
+        Ok(departing.len())
+    }
+
+    /// Issues an invite valid until `expires_at` for `max_uses` registrations: (code, id).
+    pub async fn issue_invite(
+        &self,
+        expires_at: UnixTime,
+        max_uses: u32,
+    ) -> Result<(String, String), ServiceError> {
+        self.accounts.issue_invite(expires_at, max_uses).await
+    }
+
     pub fn new(
         config: &ServerConfig,
         identity: &crate::tls::TlsIdentity,
@@ -369,9 +411,10 @@ impl Services {
             store: store.clone(),
             outbox_wake,
             accounts,
-            key_packages: KeyPackages::new(config, store, sessions, queues.clone()),
+            key_packages: KeyPackages::new(config, store, sessions.clone(), queues.clone()),
             queues,
             push,
+            sessions,
             maintenance_interval: config.maintenance_interval,
         })
     }
@@ -723,7 +766,7 @@ impl Services {
         }
     }
 
-    pub fn queues(&self) -> &Queues {
+    pub fn queues(&self) -> &Arc<Queues> {
         &self.queues
     }
 
@@ -830,25 +873,7 @@ impl Services {
                 }
             }
             Request::DeleteUser => {
-                let caller = authenticated()?;
-                let mut departing = Vec::new();
-                for client in self.accounts.list_clients(caller).await?.clients {
-                    let client = client.credential.content.client;
-                    let groups = self.groups.memberships(&client).await?;
-                    departing.push((client, groups));
-                }
-                let clients: Vec<ClientId> =
-                    departing.iter().map(|(client, _)| client.clone()).collect();
-                let hubs = self.hubs_of(&clients).await;
-                self.accounts.delete_user(caller).await?;
-                // The server's own follow-up, now that the caller is gone.
-                crate::store::acting_for(None, async {
-                    for (client, groups) in &departing {
-                        self.groups.remove_departed(client, groups).await;
-                    }
-                    self.tell_hubs_of_departures(hubs, clients).await;
-                })
-                .await;
+                self.delete_user(&authenticated()?.user_id).await?;
                 ResponseBody::UserDeleted
             }
             Request::PublishKeyPackages(request) => ResponseBody::KeyPackagesPublished(

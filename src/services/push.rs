@@ -800,6 +800,10 @@ impl Sessions for PushingSessions {
         self.inner.connected(client)
     }
 
+    fn connected_clients(&self) -> usize {
+        self.inner.connected_clients()
+    }
+
     fn new_message(&self, client: &ClientId, message: &PushedMessage) -> usize {
         let reached = self.inner.new_message(client, message);
         if reached == 0 {

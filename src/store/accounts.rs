@@ -22,6 +22,29 @@ pub(super) const SIGNATURE_KEYS: TableDefinition<&[u8], (&str, u32)> =
 pub(super) const QUARANTINE: TableDefinition<&[u8], u64> = TableDefinition::new("quarantine-1");
 /// invite nonce -> times used.
 pub(super) const INVITES_USED: TableDefinition<&[u8], u32> = TableDefinition::new("invites-used-1");
+/// invite nonce -> [`InviteRecord`]: every invite this server issued. Registration accepts only
+/// invites found here and not revoked.
+pub(super) const INVITES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("invites-1");
+
+#[derive(Debug, TlsSize, TlsSerialize, TlsDeserialize)]
+struct InviteRecord {
+    created_at: u64,
+    expires_at: u64,
+    max_uses: u32,
+    /// 0 while the invite stands.
+    revoked_at: u64,
+}
+
+/// An invite the server issued, as the operator sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IssuedInvite {
+    pub nonce: Vec<u8>,
+    pub created_at: u64,
+    pub expires_at: u64,
+    pub max_uses: u32,
+    pub used: u32,
+    pub revoked_at: Option<u64>,
+}
 
 #[derive(Debug, TlsSize, TlsSerialize, TlsDeserialize)]
 struct UserRecord {
@@ -65,9 +88,14 @@ pub struct NewUser {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegisterRefusal {
     UserExists,
-    Quarantined { until: u64 },
+    Quarantined {
+        until: u64,
+    },
     KeyInUse,
     InviteUsedUp,
+    /// The invite is authentic but this server has no record of it (issued before invites were
+    /// recorded, or its record was lost) or the operator revoked it.
+    InviteRevoked,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +129,11 @@ impl Store {
     }
 }
 
+/// When the user whose [`USERS`] value is `record` was created.
+pub(super) fn user_created_at(record: &[u8]) -> Result<u64, StoreError> {
+    Ok(decode::<UserRecord>(record)?.created_at)
+}
+
 /// Whether the client `(user_id, device_id)` exists, as `txn` sees it.
 pub(super) fn client_exists(
     txn: &WriteTransaction,
@@ -117,6 +150,87 @@ pub(super) fn client_exists(
 pub const FIRST_DEVICE_ID: u32 = 1;
 
 impl Store {
+    /// Records an invite the server just issued, so that it admits users and can be revoked.
+    pub async fn record_invite(
+        &self,
+        nonce: Vec<u8>,
+        created_at: u64,
+        expires_at: u64,
+        max_uses: u32,
+    ) -> Result<(), StoreError> {
+        self.write(move |txn| {
+            let record = InviteRecord {
+                created_at,
+                expires_at,
+                max_uses,
+                revoked_at: 0,
+            };
+            txn.open_table(INVITES)?
+                .insert(nonce.as_slice(), encode(&record)?.as_slice())?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every invite issued, with its uses, oldest first.
+    pub async fn invites(&self) -> Result<Vec<IssuedInvite>, StoreError> {
+        self.read(|txn| {
+            let used = txn.open_table(INVITES_USED)?;
+            let mut invites = Vec::new();
+            for entry in txn.open_table(INVITES)?.iter()? {
+                let (nonce, record) = entry?;
+                let record: InviteRecord = decode(record.value())?;
+                invites.push(IssuedInvite {
+                    nonce: nonce.value().to_vec(),
+                    created_at: record.created_at,
+                    expires_at: record.expires_at,
+                    max_uses: record.max_uses,
+                    used: used.get(nonce.value())?.map_or(0, |n| n.value()),
+                    revoked_at: (record.revoked_at != 0).then_some(record.revoked_at),
+                });
+            }
+            invites.sort_by_key(|invite| (invite.created_at, invite.nonce.clone()));
+            Ok(invites)
+        })
+        .await
+    }
+
+    /// Revokes an invite: it admits nobody from now on. `None` if there is no such invite;
+    /// revoking twice keeps the first time.
+    pub async fn revoke_invite(
+        &self,
+        nonce: Vec<u8>,
+        now: u64,
+    ) -> Result<Option<IssuedInvite>, StoreError> {
+        self.write(move |txn| {
+            let mut invites = txn.open_table(INVITES)?;
+            let Some(mut record) = invites
+                .get(nonce.as_slice())?
+                .map(|record| decode::<InviteRecord>(record.value()))
+                .transpose()?
+            else {
+                return Ok(None);
+            };
+            if record.revoked_at == 0 {
+                record.revoked_at = now.max(1);
+                invites.insert(nonce.as_slice(), encode(&record)?.as_slice())?;
+            }
+            let used = txn
+                .open_table(INVITES_USED)?
+                .get(nonce.as_slice())?
+                .map_or(0, |n| n.value());
+            Ok(Some(IssuedInvite {
+                nonce: nonce.clone(),
+                created_at: record.created_at,
+                expires_at: record.expires_at,
+                max_uses: record.max_uses,
+                used,
+                revoked_at: Some(record.revoked_at),
+            }))
+        })
+        .await
+    }
+
     /// Creates a user and its first client (device [`FIRST_DEVICE_ID`]), returning the credential.
     pub async fn register_user(
         &self,
@@ -140,6 +254,13 @@ impl Store {
                 return Ok(Err(RegisterRefusal::KeyInUse));
             }
             if let Some((nonce, max_uses)) = &user.invite {
+                let standing = match txn.open_table(INVITES)?.get(nonce.as_slice())? {
+                    Some(record) => decode::<InviteRecord>(record.value())?.revoked_at == 0,
+                    None => false,
+                };
+                if !standing {
+                    return Ok(Err(RegisterRefusal::InviteRevoked));
+                }
                 let mut used = txn.open_table(INVITES_USED)?;
                 let uses = used.get(nonce.as_slice())?.map_or(0, |n| n.value());
                 if uses >= *max_uses {

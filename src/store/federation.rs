@@ -10,8 +10,61 @@ use super::queues::{enqueue_in, Enqueued, Envelope, FullQueues, QueueLimits};
 use super::{Store, StoreError};
 use std::sync::Arc;
 
-/// (peer domain, seq) -> encoded delivery, in the order it must be sent.
-pub(super) const OUTBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("outbox-1");
+/// (peer domain, seq) -> when it was put in the outbox (Unix ms, 8 bytes big-endian) followed by
+/// the encoded delivery; in the order it must be sent.
+pub(super) const OUTBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("outbox-2");
+/// Schema 3's outbox: the encoded delivery alone. Read once, by the migration to schema 4.
+const OUTBOX_1: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("outbox-1");
+/// Bytes of the enqueue time in front of each outbox value.
+const OUTBOX_TIME_LEN: usize = 8;
+
+/// Moves schema 3's outbox rows into `outbox-2`, stamped with `now_ms` (their real age was not
+/// recorded), and drops the old table. Part of the migration to schema 4, in its transaction.
+pub(super) fn migrate_outbox_1(txn: &WriteTransaction, now_ms: u64) -> Result<(), StoreError> {
+    let rows: Vec<((String, u64), Vec<u8>)> = match txn.open_table(OUTBOX_1) {
+        Ok(old) => old
+            .iter()?
+            .map(|entry| {
+                entry.map(|(key, value)| {
+                    let (peer, seq) = key.value();
+                    ((peer.to_owned(), seq), value.value().to_vec())
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        Err(e) => return Err(e.into()),
+    };
+    let mut outbox = txn.open_table(OUTBOX)?;
+    for ((peer, seq), delivery) in &rows {
+        outbox.insert((peer.as_str(), *seq), stamped(now_ms, delivery).as_slice())?;
+    }
+    drop(outbox);
+    txn.delete_table(OUTBOX_1)?;
+    Ok(())
+}
+
+fn stamped(now_ms: u64, delivery: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(OUTBOX_TIME_LEN + delivery.len());
+    value.extend_from_slice(&now_ms.to_be_bytes());
+    value.extend_from_slice(delivery);
+    value
+}
+
+/// Splits an outbox value into its enqueue time and the delivery.
+fn unstamped(value: &[u8]) -> Result<(u64, &[u8]), StoreError> {
+    let (time, delivery) = value
+        .split_first_chunk::<OUTBOX_TIME_LEN>()
+        .ok_or_else(|| StoreError::Corrupt("outbox value without its time".into()))?;
+    Ok((u64::from_be_bytes(*time), delivery))
+}
+
+/// The deliveries waiting for one peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerBacklog {
+    pub peer: String,
+    pub waiting: u64,
+    /// When the oldest of them was put in the outbox (Unix ms).
+    pub oldest_ms: u64,
+}
 /// peer domain -> the next outbox sequence number.
 pub(super) const OUTBOX_HEADS: TableDefinition<&str, u64> = TableDefinition::new("outbox-heads-1");
 /// (peer domain, delivery id) -> when it was received (Unix ms).
@@ -103,6 +156,7 @@ pub struct OutgoingDelivery {
 pub(super) fn outbox_in(
     txn: &WriteTransaction,
     deliveries: &[OutgoingDelivery],
+    now_ms: u64,
 ) -> Result<(), StoreError> {
     let mut heads = txn.open_table(OUTBOX_HEADS)?;
     let mut outbox = txn.open_table(OUTBOX)?;
@@ -110,7 +164,10 @@ pub(super) fn outbox_in(
         let seq = heads
             .get(delivery.peer.as_str())?
             .map_or(0, |seq| seq.value());
-        outbox.insert((delivery.peer.as_str(), seq), delivery.delivery.as_slice())?;
+        outbox.insert(
+            (delivery.peer.as_str(), seq),
+            stamped(now_ms, &delivery.delivery).as_slice(),
+        )?;
         heads.insert(delivery.peer.as_str(), seq + 1)?;
     }
     Ok(())
@@ -151,7 +208,7 @@ impl Store {
                 )?),
                 _ => None,
             };
-            outbox_in(txn, &remote)?;
+            outbox_in(txn, &remote, now_ms)?;
             if let Some(request) = &request {
                 remember_request(txn, request)?;
             }
@@ -178,6 +235,33 @@ impl Store {
         .await
     }
 
+    /// Every peer with deliveries waiting: how many, and since when. A scan of the outbox, for
+    /// the operator's `federation status`.
+    pub async fn outbox_status(&self) -> Result<Vec<PeerBacklog>, StoreError> {
+        self.read(|txn| {
+            let outbox = txn.open_table(OUTBOX)?;
+            let mut backlog: Vec<PeerBacklog> = Vec::new();
+            for entry in outbox.iter()? {
+                let (key, value) = entry?;
+                let peer = key.value().0;
+                let (enqueued_ms, _) = unstamped(value.value())?;
+                match backlog.last_mut() {
+                    Some(last) if last.peer == peer => {
+                        last.waiting += 1;
+                        last.oldest_ms = last.oldest_ms.min(enqueued_ms);
+                    }
+                    _ => backlog.push(PeerBacklog {
+                        peer: peer.to_owned(),
+                        waiting: 1,
+                        oldest_ms: enqueued_ms,
+                    }),
+                }
+            }
+            Ok(backlog)
+        })
+        .await
+    }
+
     /// The oldest deliveries waiting for `peer`, in order: at most `max_count`, and no more than
     /// `max_bytes` together unless the first alone is larger (it is returned by itself).
     pub async fn outbox_first(
@@ -193,12 +277,13 @@ impl Store {
             let mut bytes = 0;
             for entry in outbox.range((peer.as_str(), 0)..=(peer.as_str(), u64::MAX))? {
                 let (key, value) = entry?;
-                let len = value.value().len();
+                let (_, delivery) = unstamped(value.value())?;
+                let len = delivery.len();
                 if first.len() == max_count || (!first.is_empty() && bytes + len > max_bytes) {
                     break;
                 }
                 bytes += len;
-                first.push((key.value().1, value.value().to_vec()));
+                first.push((key.value().1, delivery.to_vec()));
             }
             Ok(first)
         })
@@ -681,5 +766,58 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(first(10, 10).await.unwrap()[0].1, [2]);
+    }
+
+    #[tokio::test]
+    async fn a_schema_3_outbox_is_stamped_at_migration_and_reports_its_age() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = redb::Database::create(dir.path().join(crate::store::DATABASE_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(crate::store::meta::META)
+                .unwrap()
+                .insert("schema-version", 3u32.to_be_bytes().as_slice())
+                .unwrap();
+            let mut old = txn.open_table(OUTBOX_1).unwrap();
+            old.insert(("b.example", 0), b"first".as_slice()).unwrap();
+            old.insert(("b.example", 1), b"second".as_slice()).unwrap();
+            drop(old);
+            txn.open_table(OUTBOX_HEADS)
+                .unwrap()
+                .insert("b.example", 2)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let before = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+        let store = Store::open(dir.path()).unwrap();
+        let first = store.outbox_first("b.example", 10, 1 << 20).await.unwrap();
+        assert_eq!(first, [(0, b"first".to_vec()), (1, b"second".to_vec())]);
+        let status = store.outbox_status().await.unwrap();
+        assert_eq!(status.len(), 1);
+        assert_eq!(
+            (status[0].peer.as_str(), status[0].waiting),
+            ("b.example", 2)
+        );
+        assert!(status[0].oldest_ms >= before, "not stamped at migration");
+        assert!(!store
+            .table_names()
+            .await
+            .unwrap()
+            .contains(&"outbox-1".to_owned()));
+
+        // New deliveries carry their own time; the oldest is what the status reports.
+        let groups_delivery = OutgoingDelivery {
+            peer: "c.example".into(),
+            delivery: b"third".to_vec(),
+        };
+        store
+            .write(move |txn| outbox_in(txn, std::slice::from_ref(&groups_delivery), 5_000))
+            .await
+            .unwrap();
+        let status = store.outbox_status().await.unwrap();
+        assert_eq!(status[1].peer, "c.example");
+        assert_eq!((status[1].waiting, status[1].oldest_ms), (1, 5_000));
+        store.outbox_done("b.example", vec![0, 1]).await.unwrap();
+        assert_eq!(store.outbox_status().await.unwrap().len(), 1);
     }
 }

@@ -401,7 +401,7 @@ impl Store {
             replace_members(txn, &group_id, &old_members, &members)?;
             update_windows(txn, &group_id, &old_members, &members)?;
             write_send_view(txn, &group_id, new_epoch, &members)?;
-            outbox_in(txn, &remote)?;
+            outbox_in(txn, &remote, now_ms)?;
             if let Some(request) = &request {
                 remember_request(txn, request)?;
             }
@@ -443,7 +443,7 @@ impl Store {
             txn.open_table(SEND_VIEWS)?.remove(group_id.as_slice())?;
             // Notices are admitted whatever the queues hold: this enqueue is never refused.
             let outcomes = enqueue_in(txn, &envelopes, now_ms, limits)?.unwrap_or_default();
-            outbox_in(txn, &remote)?;
+            outbox_in(txn, &remote, now_ms)?;
             Ok(Ok(outcomes))
         })
         .await

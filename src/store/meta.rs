@@ -20,7 +20,9 @@ const DOMAIN_KEY: &str = "domain";
 ///   client recorded (`client-hubs-1`), the bytes of all queues counted (`queue-totals-1`),
 ///   coalesced notices tracked (`pending-notices-1`) and group requests remembered
 ///   (`recent-requests-1`), the last two empty at migration.
-pub const SCHEMA_VERSION: u32 = 3;
+/// - 4: each outbox delivery carries the time it was queued (`outbox-2`), for the operator's
+///   view of how long deliveries to a peer have waited.
+pub const SCHEMA_VERSION: u32 = 4;
 
 impl Store {
     /// Creates the tables of a new database, or checks that an existing one has our layout.
@@ -38,12 +40,18 @@ impl Store {
                     meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION.to_be_bytes().as_slice())?;
                 }
                 Some(SCHEMA_VERSION) => {}
-                Some(from @ (1 | 2)) => {
+                Some(from @ (1..=3)) => {
                     if from == 1 {
                         super::queues::migrate_queue_1(&txn)?;
                     }
-                    super::federation::count_route_hubs(&txn)?;
-                    super::queues::count_server_total(&txn)?;
+                    if from < 3 {
+                        super::federation::count_route_hubs(&txn)?;
+                        super::queues::count_server_total(&txn)?;
+                    }
+                    super::federation::migrate_outbox_1(
+                        &txn,
+                        crate::clock::Clock::now_ms(&crate::clock::SystemClock),
+                    )?;
                     meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION.to_be_bytes().as_slice())?;
                     tracing::info!("database migrated from schema {from} to {SCHEMA_VERSION}");
                 }

@@ -11,6 +11,7 @@
 //! never leave this module.
 
 mod accounts;
+mod admin;
 mod federation;
 mod group_logs;
 mod group_trees;
@@ -23,10 +24,13 @@ mod tables;
 mod writer;
 
 pub use accounts::{
-    AddClientRefusal, IssueCredential, NewUser, RegisterRefusal, RemoveClientRefusal, StoredClient,
-    FIRST_DEVICE_ID,
+    AddClientRefusal, IssueCredential, IssuedInvite, NewUser, RegisterRefusal, RemoveClientRefusal,
+    StoredClient, FIRST_DEVICE_ID,
 };
-pub use federation::{DeliveryRefusal, IncomingDelivery, OutgoingDelivery, ReceivedDeliveries};
+pub use admin::{QueueRow, StoreCounts, UserRow};
+pub use federation::{
+    DeliveryRefusal, IncomingDelivery, OutgoingDelivery, PeerBacklog, ReceivedDeliveries,
+};
 pub use group_logs::{LogCursor, LogEntries, LogRefusal};
 pub use group_trees::TreeChunk;
 pub use groups::{

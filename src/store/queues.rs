@@ -371,6 +371,22 @@ impl Store {
     }
 }
 
+/// When the oldest message waiting for a client was queued (Unix ms), if any waits.
+pub(super) fn oldest_queued_at(
+    txn: &redb::ReadTransaction,
+    user_id: &str,
+    device_id: u32,
+) -> Result<Option<u64>, StoreError> {
+    let queue = txn.open_table(QUEUE)?;
+    let first = queue
+        .range((user_id, device_id, 0)..=(user_id, device_id, u64::MAX))?
+        .next()
+        .transpose()?;
+    first
+        .map(|(_, record)| QueueRecord::decode(record.value()).map(|r| r.enqueued_at_ms))
+        .transpose()
+}
+
 /// Queues envelopes inside an open write transaction; other store operations that must commit
 /// their own change together with a fan-out (a group commit, a federation delivery) call this.
 ///

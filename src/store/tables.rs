@@ -15,6 +15,7 @@ macro_rules! for_each_table {
         $action!(super::accounts::SIGNATURE_KEYS);
         $action!(super::accounts::QUARANTINE);
         $action!(super::accounts::INVITES_USED);
+        $action!(super::accounts::INVITES);
         $action!(super::key_packages::KEY_PACKAGES);
         $action!(super::key_packages::KEY_PACKAGE_REFS);
         $action!(super::key_packages::CLIENT_KEY_PACKAGE_REFS);
@@ -48,6 +49,8 @@ macro_rules! for_each_table {
         $action!(super::push::PUSH_WOKEN);
     }};
 }
+
+pub(super) use for_each_table;
 
 /// Creates every table that does not exist yet.
 pub(super) fn create_all(txn: &WriteTransaction) -> Result<(), StoreError> {

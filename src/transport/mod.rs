@@ -6,6 +6,7 @@
 //! errors into wire error codes; it logs the whole error and tells the peer a code and a short
 //! message, never internal details.
 
+pub(crate) mod admin;
 pub mod auth;
 pub mod budget;
 mod connection;

@@ -277,6 +277,10 @@ impl Sessions for SessionRegistry {
         })
     }
 
+    fn connected_clients(&self) -> usize {
+        self.lock().len()
+    }
+
     fn connected(&self, client: &ClientId) -> bool {
         self.lock().contains_key(client)
     }

@@ -187,14 +187,18 @@ async fn closed_registration_refuses_everyone() {
 }
 
 #[tokio::test]
-async fn invite_registration_needs_a_genuine_unexpired_unused_invite() {
+async fn invite_registration_needs_a_genuine_recorded_unrevoked_unexpired_unused_invite() {
     let server =
         TestServer::start_with(|config| config.registration = RegistrationMode::Invite).await;
     let invites = InviteKey::load_or_create(&server.dir.path().join("data")).unwrap();
     let now = server.clock.now();
-    let single_use = invites.create(now + 60, 1);
-    let short_lived = invites.create(now + 60, 5);
-    let forged = InviteKey::load_or_create(tempfile::tempdir().unwrap().path())
+    let issue = |uses| server.server.services().issue_invite(now + 60, uses);
+    let (single_use, _) = issue(1).await.unwrap();
+    let (short_lived, _) = issue(5).await.unwrap();
+    let (revoked, revoked_id) = issue(5).await.unwrap();
+    // Signed with this server's key, but never recorded: not an invite the operator can see.
+    let (unrecorded, _) = invites.create(now + 60, 1);
+    let (forged, _) = InviteKey::load_or_create(tempfile::tempdir().unwrap().path())
         .unwrap()
         .create(now + 60, 1);
     let connection = server.connect().await;
@@ -215,6 +219,23 @@ async fn invite_registration_needs_a_genuine_unexpired_unused_invite() {
     );
     assert_eq!(
         code(register("a@localhost", Some("garbage".into())).await),
+        ErrorCode::InvalidInvite
+    );
+    assert_eq!(
+        code(register("a@localhost", Some(unrecorded)).await),
+        ErrorCode::InvalidInvite
+    );
+    let revoked_at = server
+        .server
+        .store()
+        .revoke_invite(hex::decode(&revoked_id).unwrap(), now)
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at;
+    assert_eq!(revoked_at, Some(now));
+    assert_eq!(
+        code(register("a@localhost", Some(revoked)).await),
         ErrorCode::InvalidInvite
     );
     register("a@localhost", Some(single_use.clone()))

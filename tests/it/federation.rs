@@ -1,5 +1,6 @@
 //! Federation: two real homeservers on loopback, mutual TLS, remote discovery and KeyPackages.
 
+use roost::protocol::admin::{AdminRequest, FederationStatus};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -429,6 +430,36 @@ async fn a_group_spans_two_homeservers_and_survives_one_being_down() {
     let backlog = a.server.store().outbox_backlog().await.unwrap();
     assert_eq!(backlog, [("b.example".to_owned(), WHILE_AWAY as u64)]);
 
+    // The operator of a.example sees it: b.example not connected, the deliveries waiting since
+    // they were queued, why the last attempt failed and when the next one comes.
+    let admin = roost::admin::AdminClient::for_data_dir(&dir.path().join("a.example")).unwrap();
+    let peer = within(async {
+        loop {
+            let status: FederationStatus = admin
+                .request(&AdminRequest::FederationStatus)
+                .await
+                .unwrap();
+            assert!(status.enabled);
+            let peer = status.peers.into_iter().next().unwrap();
+            if peer.last_error.is_some() {
+                return peer;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        (peer.domain.as_str(), peer.waiting, peer.connected),
+        ("b.example", WHILE_AWAY as u64, false)
+    );
+    assert_eq!(peer.address, Some(b_addr.to_string()));
+    assert!(peer.oldest_waiting_since.is_some(), "{peer:?}");
+    assert!(peer.last_delivery_at.is_some(), "{peer:?}");
+    assert!(
+        peer.next_attempt_at.is_some() && peer.last_error_at.is_some(),
+        "{peer:?}"
+    );
+
     // b.example comes back on the same data; the outbox delivers everything, exactly once.
     let b = Homeserver::start(
         dir.path(),
@@ -472,6 +503,16 @@ async fn a_group_spans_two_homeservers_and_survives_one_being_down() {
     // Nothing more arrives (no duplicates), and the outbox is empty.
     assert!(bob.receive().await.is_empty());
     assert!(a.server.store().outbox_backlog().await.unwrap().is_empty());
+    let status: FederationStatus = within(admin.request(&AdminRequest::FederationStatus))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            status.peers[0].waiting,
+            status.peers[0].next_attempt_at.as_deref()
+        ),
+        (0, None)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

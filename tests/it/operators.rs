@@ -176,3 +176,375 @@ fn serve_flags_come_from_the_environment_and_a_certificate_for_another_name_is_w
     let _ = child.kill();
     let _ = child.wait();
 }
+
+mod admin {
+    use std::io::{Read, Write};
+
+    use roost::admin::{AdminClient, AdminClientError};
+    use roost::protocol::admin::{
+        AdminRequest, Backup, InviteCreated, InviteInfo, Invites, QueuesTop, Status, UserDeleted,
+        UserDetails, UsersPage, ADMIN_SOCKET_FILE, MAX_ADMIN_REQUEST_LEN,
+    };
+    use roost::protocol::{ClientId, MessageKind, Notification, MAX_FETCH_COUNT};
+    use roost::services::Delivery;
+
+    use crate::support::{within, TestServer};
+
+    fn admin_of(server: &TestServer) -> AdminClient {
+        AdminClient::for_data_dir(&server.dir.path().join("data")).unwrap()
+    }
+
+    async fn ask<T: serde::de::DeserializeOwned>(admin: &AdminClient, request: AdminRequest) -> T {
+        within(admin.request(&request)).await.unwrap()
+    }
+
+    async fn refusal(admin: &AdminClient, request: AdminRequest) -> String {
+        match within(admin.request::<serde_json::Value>(&request)).await {
+            Err(AdminClientError::Refused(refusal)) => refusal.code,
+            other => panic!("{request:?} was not refused: {other:?}"),
+        }
+    }
+
+    async fn deliver(server: &TestServer, to: &ClientId, payloads: impl Iterator<Item = Vec<u8>>) {
+        let deliveries = payloads
+            .map(|payload| Delivery {
+                recipients: vec![to.clone()],
+                kind: MessageKind::Mls,
+                payload,
+            })
+            .collect();
+        within(server.server.services().queues().deliver(deliveries))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_admin_socket_shows_and_manages_users_invites_and_queues() {
+        let server = TestServer::start().await;
+        let admin = admin_of(&server);
+        let alice = server.register("alice@localhost").await;
+        let _alice_phone = server.add_device(&alice).await;
+        let mut bob = server.register("bob@localhost").await;
+        deliver(
+            &server,
+            &bob.identity.client,
+            (0..3u8).map(|i| vec![i; 100]),
+        )
+        .await;
+        deliver(
+            &server,
+            &alice.identity.client,
+            std::iter::once(vec![9; 10]),
+        )
+        .await;
+
+        let status: Status = ask(&admin, AdminRequest::Status).await;
+        assert_eq!(
+            (
+                status.users,
+                status.clients,
+                status.queued_messages,
+                status.queued_bytes
+            ),
+            (2, 3, 4, 310)
+        );
+        assert_eq!(status.connected_clients, 3);
+        assert_eq!(status.domain, "localhost");
+        assert_eq!(status.version, env!("CARGO_PKG_VERSION"));
+        assert!(status.store_bytes > 0);
+
+        // Pages in id order.
+        let first: UsersPage = ask(
+            &admin,
+            AdminRequest::UsersList {
+                after: None,
+                limit: 1,
+            },
+        )
+        .await;
+        assert_eq!(first.users[0].user_id, "alice@localhost");
+        assert_eq!(first.users[0].clients, 2);
+        assert_eq!(first.next_after.as_deref(), Some("alice@localhost"));
+        let second: UsersPage = ask(
+            &admin,
+            AdminRequest::UsersList {
+                after: first.next_after,
+                limit: 1,
+            },
+        )
+        .await;
+        assert_eq!(second.users[0].user_id, "bob@localhost");
+        assert_eq!(second.next_after, None);
+
+        let shown: UserDetails = ask(
+            &admin,
+            AdminRequest::UserShow {
+                user_id: "bob@localhost".into(),
+            },
+        )
+        .await;
+        assert_eq!(shown.clients.len(), 1);
+        let device = &shown.clients[0];
+        assert_eq!((device.queued_messages, device.queued_bytes), (3, 300));
+        assert!(device.connected && device.oldest_queued_at.is_some());
+        assert!(device.credential_expires_at.ends_with('Z'));
+
+        let top: QueuesTop = ask(&admin, AdminRequest::QueuesTop { limit: 1 }).await;
+        assert_eq!(top.queues.len(), 1);
+        assert_eq!(
+            (top.queues[0].user_id.as_str(), top.queues[0].messages),
+            ("bob@localhost", 3)
+        );
+
+        // Invites: created, listed, revoked (twice keeps the first time), unknown ids refused.
+        let created: InviteCreated = ask(
+            &admin,
+            AdminRequest::InvitesCreate {
+                uses: 2,
+                valid_days: 1,
+            },
+        )
+        .await;
+        assert!(created.code.starts_with("roost-invite-1."));
+        let listed: Invites = ask(&admin, AdminRequest::InvitesList).await;
+        assert_eq!(listed.invites.len(), 1);
+        assert_eq!(
+            (
+                listed.invites[0].id.as_str(),
+                listed.invites[0].state.as_str()
+            ),
+            (created.id.as_str(), "active")
+        );
+        let revoked: InviteInfo = ask(
+            &admin,
+            AdminRequest::InvitesRevoke {
+                id: created.id.clone(),
+            },
+        )
+        .await;
+        assert_eq!(revoked.state, "revoked");
+        let again: InviteInfo = ask(
+            &admin,
+            AdminRequest::InvitesRevoke {
+                id: created.id.clone(),
+            },
+        )
+        .await;
+        assert_eq!(again.revoked_at, revoked.revoked_at);
+        for id in ["00ff", "not hex", ""] {
+            let request = AdminRequest::InvitesRevoke { id: id.into() };
+            assert_eq!(refusal(&admin, request).await, "unknown_invite");
+        }
+        for bad in [
+            AdminRequest::InvitesCreate {
+                uses: 0,
+                valid_days: 1,
+            },
+            AdminRequest::InvitesCreate {
+                uses: 1,
+                valid_days: 0,
+            },
+            AdminRequest::UserShow {
+                user_id: "no-domain".into(),
+            },
+        ] {
+            assert_eq!(refusal(&admin, bad).await, "bad_request");
+        }
+        let foreign = AdminRequest::UserShow {
+            user_id: "bob@elsewhere.example".into(),
+        };
+        assert_eq!(refusal(&admin, foreign).await, "not_local_user");
+
+        // Deleting bob is his own account deletion: he is told and disconnected, and nothing of
+        // him is left in any table.
+        let deleted: UserDeleted = ask(
+            &admin,
+            AdminRequest::UserDelete {
+                user_id: "bob@localhost".into(),
+            },
+        )
+        .await;
+        assert_eq!(deleted.clients, 1);
+        let told = within(async {
+            loop {
+                match bob.push.next().await {
+                    Some(Ok(Notification::ClientRemoved(client))) => return client,
+                    Some(Ok(_)) => continue,
+                    other => panic!("bob's push stream ended without the notice: {other:?}"),
+                }
+            }
+        })
+        .await;
+        assert_eq!(told, bob.identity.client);
+        assert!(
+            within(bob.connection.fetch_messages(0, MAX_FETCH_COUNT, u32::MAX))
+                .await
+                .is_err()
+        );
+        let left = server
+            .server
+            .store()
+            .tables_containing(b"bob@localhost")
+            .await
+            .unwrap();
+        assert!(left.is_empty(), "bob is still in {left:?}");
+        let gone = AdminRequest::UserShow {
+            user_id: "bob@localhost".into(),
+        };
+        assert_eq!(refusal(&admin, gone).await, "unknown_user");
+        let again = AdminRequest::UserDelete {
+            user_id: "bob@localhost".into(),
+        };
+        assert_eq!(refusal(&admin, again).await, "unknown_user");
+        let status: Status = ask(&admin, AdminRequest::Status).await;
+        assert_eq!(
+            (status.users, status.clients, status.queued_messages),
+            (1, 2, 1)
+        );
+    }
+
+    /// Sends `line` on a raw admin connection and returns the answer line.
+    fn raw_exchange(socket: &std::path::Path, line: &[u8]) -> serde_json::Value {
+        let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+        stream
+            .set_read_timeout(Some(crate::support::TEST_TIMEOUT))
+            .unwrap();
+        // A long line may be cut short by the server's answer: a write error is fine.
+        let _ = stream.write_all(line);
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        serde_json::from_str(answer.trim()).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_admin_requests_get_a_reason_and_the_server_goes_on() {
+        let server = TestServer::start().await;
+        let socket = server.dir.path().join("data").join(ADMIN_SOCKET_FILE);
+        let socket_mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&socket).unwrap().permissions(),
+        );
+        assert_eq!(socket_mode & 0o777, 0o600);
+        let mut too_long = vec![b'x'; MAX_ADMIN_REQUEST_LEN + 10];
+        too_long.push(b'\n');
+        let cases: [&[u8]; 5] = [
+            b"not json\n",
+            b"{\"op\":\"format_disk\"}\n",
+            b"{\"op\":\"user_delete\"}\n",
+            b"\n",
+            &too_long,
+        ];
+        for line in cases {
+            let socket = socket.clone();
+            let line = line.to_vec();
+            let answer = tokio::task::spawn_blocking(move || raw_exchange(&socket, &line))
+                .await
+                .unwrap();
+            assert_eq!(answer["error"]["code"], "bad_request", "{answer}");
+            assert!(answer.get("ok").is_none());
+        }
+        // A client that connects and says nothing holds nothing up.
+        let _silent = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        let status: Status = ask(&admin_of(&server), AdminRequest::Status).await;
+        assert_eq!(status.users, 0);
+        // The socket goes with the server.
+        within(server.server.shutdown()).await.unwrap();
+        assert!(!socket.exists());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_backup_taken_under_load_restores_every_message_acknowledged_before_it() {
+        let server = TestServer::start().await;
+        let bob = server.register("bob@localhost").await;
+        let bob_identity = bob.identity.clone();
+        drop(bob);
+        let acknowledged = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let stop = tokio_util::sync::CancellationToken::new();
+        // The load: messages for bob, each queued only after the previous was acknowledged,
+        // numbered in their payload; it goes on during the whole backup.
+        let load = tokio::spawn({
+            let queues = server.server.services().queues().clone();
+            let (acknowledged, stop, bob) = (
+                acknowledged.clone(),
+                stop.clone(),
+                bob_identity.client.clone(),
+            );
+            async move {
+                let mut next = 0u32;
+                while !stop.is_cancelled() {
+                    let delivery = Delivery {
+                        recipients: vec![bob.clone()],
+                        kind: MessageKind::Mls,
+                        payload: next.to_be_bytes().repeat(64),
+                    };
+                    queues.deliver(vec![delivery]).await.unwrap();
+                    next += 1;
+                    acknowledged.store(next, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        });
+        within(async {
+            while acknowledged.load(std::sync::atomic::Ordering::SeqCst) < 200 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        let before_backup = acknowledged.load(std::sync::atomic::Ordering::SeqCst);
+        let restored_dir = tempfile::tempdir().unwrap();
+        let target = restored_dir.path().join("data");
+        let backup: Backup = within(admin_of(&server).backup(&target)).await.unwrap();
+        let after_backup = acknowledged.load(std::sync::atomic::Ordering::SeqCst);
+        stop.cancel();
+        load.await.unwrap();
+        assert!(
+            after_backup > before_backup,
+            "the load did not go on during the backup"
+        );
+        let names: Vec<&str> = backup.files.iter().map(|f| f.name.as_str()).collect();
+        for expected in ["roost.redb", "invite-key", "vapid.key", "server-cert.pem"] {
+            assert!(
+                names.contains(&expected),
+                "{expected} missing from {names:?}"
+            );
+        }
+        assert!(names
+            .iter()
+            .any(|name| name.starts_with("credential-keys/")));
+        // The scratch copy is gone from the live data directory.
+        let leftovers: Vec<_> = std::fs::read_dir(server.dir.path().join("data"))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("backup"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        // A second backup into the same directory is refused, leaving the first intact.
+        assert!(within(admin_of(&server).backup(&target)).await.is_err());
+        within(server.server.shutdown()).await.unwrap();
+
+        // Restore: a server started on the backup has bob and every message acknowledged
+        // before the backup began, in order, and a prefix of the load without gaps.
+        let restored = TestServer::start_in(restored_dir, server.clock.clone(), |_| {}).await;
+        let bob = restored.reconnect(&bob_identity).await;
+        let mut numbers = Vec::new();
+        loop {
+            let fetched = within(bob.connection.fetch_messages(0, MAX_FETCH_COUNT, u32::MAX))
+                .await
+                .unwrap();
+            let Some(last) = fetched.messages.last().map(|m| m.seq) else {
+                break;
+            };
+            for message in &fetched.messages {
+                let payload: &[u8] = message.payload.as_ref();
+                numbers.push(u32::from_be_bytes(payload[..4].try_into().unwrap()));
+            }
+            within(bob.connection.ack_messages(last)).await.unwrap();
+        }
+        let expected: Vec<u32> = (0..numbers.len() as u32).collect();
+        assert_eq!(numbers, expected, "the restored queue has gaps or disorder");
+        assert!(
+            numbers.len() as u32 >= before_backup,
+            "{} messages restored, {before_backup} were acknowledged before the backup",
+            numbers.len()
+        );
+        assert!(numbers.len() as u32 <= after_backup);
+    }
+}

@@ -67,7 +67,7 @@ impl TestServer {
         Self::start_in(dir, clock, adjust).await
     }
 
-    async fn start_in(
+    pub async fn start_in(
         dir: TempDir,
         clock: Arc<ManualClock>,
         adjust: impl FnOnce(&mut ServerConfig),

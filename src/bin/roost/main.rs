@@ -16,8 +16,9 @@ use roost::config::{
 use roost::protocol::RegistrationMode;
 use roost::server::Server;
 use roost::services::credential_keys::CredentialKeys;
-use roost::services::invites::InviteKey;
 use tracing::{info, warn};
+
+mod admin;
 
 #[derive(Parser)]
 #[command(name = "roost", version, about = "Roost: an MLS homeserver over QUIC")]
@@ -51,11 +52,16 @@ enum Command {
         #[arg(long, env = "ROOST_DATA_DIR", default_value = "./roost-data")]
         data_dir: PathBuf,
     },
-    /// Invite codes for `--registration invite`.
+    /// Invite codes for `--registration invite` (the same as `roost admin invites`; `create`
+    /// also works while no server runs).
     Invite {
+        #[command(flatten)]
+        target: admin::OperatorTarget,
         #[command(subcommand)]
-        command: InviteCommand,
+        command: admin::InvitesCommand,
     },
+    /// Ask the running server: status, users, invites, federation, queues, backups.
+    Admin(admin::AdminArgs),
     /// Write a development CA and a certificate for a domain signed by it.
     Certs {
         /// The domain the certificate is for.
@@ -64,21 +70,6 @@ enum Command {
         /// Where to write ca.pem, ca.key, DOMAIN.pem and DOMAIN.key.
         #[arg(long, default_value = "certs")]
         out: PathBuf,
-    },
-}
-
-#[derive(Subcommand)]
-enum InviteCommand {
-    /// Print a new invite code (works while the server runs).
-    Create {
-        #[arg(long, env = "ROOST_DATA_DIR", default_value = "./roost-data")]
-        data_dir: PathBuf,
-        /// How many users the code may register.
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
-        uses: u32,
-        /// Days until the code expires.
-        #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u64).range(1..=3650))]
-        valid_days: u64,
     },
 }
 
@@ -406,20 +397,8 @@ fn run(command: Command) -> anyhow::Result<()> {
             println!("added credential-signing key {id}; restart the server to sign with it");
             Ok(())
         }
-        Command::Invite {
-            command:
-                InviteCommand::Create {
-                    data_dir,
-                    uses,
-                    valid_days,
-                },
-        } => {
-            roost::server::require_data_dir(&data_dir)?;
-            let key = InviteKey::load_or_create(&data_dir)?;
-            let expires_at = SystemClock.now() + valid_days * SECONDS_PER_DAY;
-            println!("{}", key.create(expires_at, uses));
-            Ok(())
-        }
+        Command::Invite { target, command } => invite(&target.data_dir, target.json, command),
+        Command::Admin(args) => admin::run(args),
         Command::Certs { domain, out } => {
             let written = roost::tls::issue_development_certificate(&out, domain.as_str())?;
             let ca = if written.ca_created {
@@ -431,6 +410,39 @@ fn run(command: Command) -> anyhow::Result<()> {
             println!("certificate: {}", written.cert.display());
             println!("key:         {}", written.key.display());
             Ok(())
+        }
+    }
+}
+
+/// `roost invite ...`: through the running server's admin socket; with no server running,
+/// `create` records the invite in the store itself.
+fn invite(
+    data_dir: &std::path::Path,
+    json: bool,
+    command: admin::InvitesCommand,
+) -> anyhow::Result<()> {
+    roost::server::require_data_dir(data_dir)?;
+    let running = data_dir
+        .join(roost::protocol::admin::ADMIN_SOCKET_FILE)
+        .exists()
+        && std::os::unix::net::UnixStream::connect(
+            data_dir.join(roost::protocol::admin::ADMIN_SOCKET_FILE),
+        )
+        .is_ok();
+    match command {
+        admin::InvitesCommand::Create { uses, valid_days } if !running => {
+            admin::create_invite_offline(data_dir, uses, valid_days, json)
+        }
+        command => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime
+                .block_on(async {
+                    let client = roost::admin::AdminClient::for_data_dir(data_dir)?;
+                    admin::run_invites(&client, command, json).await
+                })
+                .map_err(anyhow::Error::from)
         }
     }
 }
