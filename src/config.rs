@@ -103,6 +103,8 @@ pub struct ServerConfig {
     pub push: PushConfig,
     /// How often expired data (KeyPackages, ...) is purged.
     pub maintenance_interval: Duration,
+    /// Where Prometheus scrapes `/metrics` (and `/health`) over HTTP; `None`: not served.
+    pub metrics_listen: Option<SocketAddr>,
     /// The time the services see; tests set it.
     pub clock: Arc<dyn Clock>,
 }
@@ -245,6 +247,7 @@ impl ServerConfig {
             federation: None,
             push: PushConfig::default(),
             maintenance_interval: Duration::from_secs(600),
+            metrics_listen: None,
             clock: Arc::new(SystemClock),
         }
     }

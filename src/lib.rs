@@ -27,6 +27,7 @@ pub mod clock;
 pub mod config;
 pub mod escape;
 pub mod identity;
+pub mod metrics;
 pub mod protocol;
 pub mod rate_limit;
 pub mod secret_files;

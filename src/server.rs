@@ -11,6 +11,7 @@ use tracing::{info, warn};
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{CertificateSource, ServerConfig};
+use crate::metrics::Metrics;
 use crate::secret_files::create_private_dir;
 use crate::services::admin::{Admin, ServerFacts};
 use crate::services::Services;
@@ -40,6 +41,7 @@ pub fn require_data_dir(dir: &Path) -> anyhow::Result<()> {
 /// A server that is accepting connections.
 pub struct Server {
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     certificate: PathBuf,
     shared: Arc<Shared>,
     store: Store,
@@ -55,9 +57,13 @@ impl Server {
     pub async fn start(config: ServerConfig) -> anyhow::Result<Self> {
         let socket = std::net::UdpSocket::bind(config.listen)
             .with_context(|| format!("listening on {}", config.listen))?;
+        let metrics_listener = match config.metrics_listen {
+            Some(address) => Some(crate::metrics::bind(address).await?),
+            None => None,
+        };
         let created = !config.data_dir.exists();
         let data_dir = config.data_dir.clone();
-        let started = Self::start_on(config, socket).await;
+        let started = Self::start_on(config, socket, metrics_listener).await;
         if started.is_err() && created {
             if let Err(e) = std::fs::remove_dir_all(&data_dir) {
                 warn!(data_dir = %data_dir.display(), "could not remove the data directory made by the failed start: {e}");
@@ -66,7 +72,11 @@ impl Server {
         started
     }
 
-    async fn start_on(config: ServerConfig, socket: std::net::UdpSocket) -> anyhow::Result<Self> {
+    async fn start_on(
+        config: ServerConfig,
+        socket: std::net::UdpSocket,
+        metrics_listener: Option<tokio::net::TcpListener>,
+    ) -> anyhow::Result<Self> {
         let identity = match &config.certificate {
             CertificateSource::Files { cert, key } => {
                 Some((TlsIdentity::load(cert, key)?, cert.clone()))
@@ -144,7 +154,18 @@ impl Server {
                 None
             }
         };
-        let shared = Arc::new(Shared::new(services, sessions, config.limits.clone()));
+        let transport_metrics = crate::metrics::TransportMetrics::default();
+        let metrics = Arc::new(Metrics::new(services.clone(), &transport_metrics));
+        let metrics_addr = match &metrics_listener {
+            Some(listener) => Some(listener.local_addr()?),
+            None => None,
+        };
+        let shared = Arc::new(Shared::new(
+            services,
+            sessions,
+            config.limits.clone(),
+            transport_metrics,
+        ));
         let accept_loop = tokio::spawn(transport::serve(endpoint, shared.clone()));
         let maintenance = tokio::spawn({
             let shared = shared.clone();
@@ -155,14 +176,23 @@ impl Server {
                         transport::admin::serve(listener, admin, stop.clone()).await;
                     }
                 };
+                let metrics = async {
+                    if let Some(listener) = metrics_listener {
+                        crate::metrics::serve(listener, metrics, stop.clone()).await;
+                    }
+                };
                 tokio::join!(
                     shared.services.run_maintenance(stop.clone()),
                     shared.services.run_outbox(stop.clone()),
                     shared.services.run_push(stop.clone()),
                     admin,
+                    metrics,
                 );
             }
         });
+        if let Some(address) = metrics_addr {
+            info!(metrics = %address, "serving metrics at /metrics and /health");
+        }
         info!(
             domain = %config.domain,
             listen = %local_addr,
@@ -171,6 +201,7 @@ impl Server {
             "serving; clients must trust the certificate"
         );
         Ok(Self {
+            metrics_addr,
             local_addr,
             certificate,
             shared,
@@ -183,6 +214,11 @@ impl Server {
     /// The address the endpoint is bound to (with the real port when `:0` was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address the metrics endpoint is bound to, when it is served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The server's certificate file: what clients trust.

@@ -59,9 +59,16 @@ pub struct KeyPackages {
     claims_per_claimer: RateLimiter<String>,
     claims_per_target: RateLimiter<String>,
     queues: Arc<Queues>,
+    /// `KeyPackagesLow` notices sent (pushed or queued), for the metrics.
+    low_notices: std::sync::atomic::AtomicU64,
 }
 
 impl KeyPackages {
+    /// `KeyPackagesLow` notices sent since the server started.
+    pub fn low_notices(&self) -> u64 {
+        self.low_notices.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn new(
         config: &ServerConfig,
         store: Store,
@@ -82,6 +89,7 @@ impl KeyPackages {
                 config.key_packages.claims_per_minute_per_target,
             ),
             queues,
+            low_notices: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -167,6 +175,8 @@ impl KeyPackages {
                 device_id: claim.device_id,
             };
             if claim.stock.remaining < self.low_watermark {
+                self.low_notices
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let low = KeyPackagesLow {
                     client: client.clone(),
                     remaining: claim.stock.remaining,

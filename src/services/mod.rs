@@ -687,6 +687,21 @@ impl Services {
     }
 
     /// Offline push's counters.
+    /// `KeyPackagesLow` notices sent since the server started.
+    pub fn key_package_low_notices(&self) -> u64 {
+        self.key_packages.low_notices()
+    }
+
+    /// Clients with at least one authenticated connection.
+    pub fn connected_clients(&self) -> usize {
+        self.sessions.connected_clients()
+    }
+
+    /// This server as a client of its peers, when it federates.
+    pub fn federation(&self) -> Option<&Federation> {
+        self.federation.as_deref()
+    }
+
     pub fn push_stats(&self) -> &PushStats {
         self.push.stats()
     }

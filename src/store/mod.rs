@@ -104,11 +104,29 @@ impl<E: Into<redb::Error>> From<E> for StoreError {
     }
 }
 
-/// Counters an operator or a test can read.
-#[derive(Debug, Default)]
+/// Counters an operator or a test can read (the metrics endpoint exports them).
+#[derive(Debug)]
 pub struct StoreStats {
     commits: AtomicU64,
     writes: AtomicU64,
+    /// Writes per committed transaction (group commit's batch size).
+    pub batch_writes: prometheus_client::metrics::histogram::Histogram,
+    /// Seconds each commit took (its fsync, mostly).
+    pub commit_seconds: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for StoreStats {
+    fn default() -> Self {
+        use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+        Self {
+            commits: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            // 1, 2, 4 ... 1024 (MAX_BATCH).
+            batch_writes: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+            // 50 µs to ~1.6 s.
+            commit_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+        }
+    }
 }
 
 impl StoreStats {

@@ -151,8 +151,13 @@ fn commit_batch(db: &Database, mut batch: Vec<Box<dyn WriteJob>>, stats: &StoreS
             batch.remove(index).complete(Err(error));
             continue;
         }
+        let started = std::time::Instant::now();
         let outcome = txn.commit().map_err(StoreError::from);
         if outcome.is_ok() {
+            stats
+                .commit_seconds
+                .observe(started.elapsed().as_secs_f64());
+            stats.batch_writes.observe(batch.len() as f64);
             stats.commits.fetch_add(1, Ordering::Relaxed);
             stats
                 .writes

@@ -1,5 +1,6 @@
 //! One client connection: its streams, its authentication state and its push stream.
 
+use crate::metrics::{Outcome, PeerKind};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -45,8 +46,14 @@ pub(super) async fn handle(
         .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|data| data.protocol);
     match alpn.as_deref() {
-        Some(ALPN_CLIENT) => serve_client(connection, shared).await,
-        Some(ALPN_FEDERATION) => super::federation::serve_peer(connection, shared).await,
+        Some(ALPN_CLIENT) => {
+            let _counted = shared.metrics.connection(PeerKind::Client);
+            serve_client(connection, shared).await
+        }
+        Some(ALPN_FEDERATION) => {
+            let _counted = shared.metrics.connection(PeerKind::Peer);
+            super::federation::serve_peer(connection, shared).await
+        }
         _ => connection.close(
             close_code::UNSUPPORTED_ALPN.into(),
             b"unsupported application protocol",
@@ -167,13 +174,23 @@ async fn handle_stream(
             Some(Ok((bytes, request_bytes))) => match decode_request(&bytes) {
                 Ok(request) => {
                     drop((bytes, request_bytes));
+                    let started = std::time::Instant::now();
+                    let operation = request.operation();
                     // Room for the answer is reserved before the work that makes it.
                     let reservation = session
                         .budget
                         .responses
                         .reserve(response_reservation(&request))
                         .await;
-                    (session.dispatch(&shared, request).await, Some(reservation))
+                    let response = session.dispatch(&shared, request).await;
+                    let outcome = match &response {
+                        Response::Ok(_) => Outcome::Ok,
+                        Response::Error(error) => Outcome::Error(error.code()),
+                    };
+                    shared
+                        .metrics
+                        .request(operation, outcome, started.elapsed());
+                    (response, Some(reservation))
                 }
                 Err(e) => (error_response(e.code(), &e.public_message()), None),
             },

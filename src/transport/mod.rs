@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     pub(crate) sources: sources::SourceLimits,
     /// Requests per authenticated client, over all its connections.
     pub(crate) client_requests: crate::rate_limit::RateLimiter<crate::protocol::ClientId>,
+    /// Requests, connections and refusals, counted for the metrics endpoint.
+    pub(crate) metrics: crate::metrics::TransportMetrics,
 }
 
 impl Shared {
@@ -57,8 +59,10 @@ impl Shared {
         services: Arc<Services>,
         sessions: Arc<SessionRegistry>,
         limits: ServerLimits,
+        metrics: crate::metrics::TransportMetrics,
     ) -> Self {
         Self {
+            metrics,
             services,
             sessions,
             sources: sources::SourceLimits::new(&limits),
@@ -131,11 +135,13 @@ pub(crate) async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
                 // Cheapest first: a refusal costs no handshake.
                 if !shared.sources.allow_handshake(source) {
                     shared.sources.log_refusal(source, "too many new connections per second");
+                    shared.metrics.refused("handshake_rate");
                     incoming.refuse();
                     continue;
                 }
                 let Ok(permit) = permits.clone().try_acquire_owned() else {
                     shared.sources.log_refusal(source, "the server's connection limit is reached");
+                    shared.metrics.refused("server_connection_limit");
                     incoming.refuse();
                     continue;
                 };
@@ -145,6 +151,7 @@ pub(crate) async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
                     }
                     None => {
                         shared.sources.log_refusal(source, "too many connections from this source");
+                        shared.metrics.refused("source_connection_limit");
                         // Completed and closed, so the client learns why (handshakes are limited).
                         connections.spawn(async move {
                             if let Ok(connection) = incoming.await {

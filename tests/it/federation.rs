@@ -363,13 +363,14 @@ async fn a_group_spans_two_homeservers_and_survives_one_being_down() {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
     let (a_addr, b_addr) = (free_port(), free_port());
-    let a = Homeserver::start(
+    let a = Homeserver::start_with(
         dir.path(),
         &certs,
         "a.example",
         a_addr,
         &[("b.example", b_addr)],
         "a.example",
+        |config| config.metrics_listen = Some("127.0.0.1:0".parse().unwrap()),
     )
     .await
     .unwrap();
@@ -459,6 +460,31 @@ async fn a_group_spans_two_homeservers_and_survives_one_being_down() {
         peer.next_attempt_at.is_some() && peer.last_error_at.is_some(),
         "{peer:?}"
     );
+    // And Prometheus sees the backlog and the failure.
+    let metrics_addr = a.server.metrics_addr().unwrap();
+    let metrics = within(async {
+        reqwest::get(format!("http://{metrics_addr}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    })
+    .await;
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {series} in {metrics}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(
+        value(r#"roost_outbox_waiting{peer="b.example"}"#),
+        WHILE_AWAY as f64
+    );
+    assert_eq!(value(r#"roost_peer_connected{peer="b.example"}"#), 0.0);
+    assert!(value(r#"roost_peer_last_error_timestamp_seconds{peer="b.example"}"#) > 0.0);
 
     // b.example comes back on the same data; the outbox delivers everything, exactly once.
     let b = Homeserver::start(

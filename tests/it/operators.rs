@@ -548,3 +548,118 @@ mod admin {
         assert!(numbers.len() as u32 <= after_backup);
     }
 }
+
+mod metrics {
+    use roost::protocol::{ErrorCode, MessageKind};
+    use roost::services::Delivery;
+
+    use crate::support::{code, within, TestServer};
+
+    async fn get(server: &TestServer, path: &str) -> (u16, String, String) {
+        let address = server.server.metrics_addr().expect("metrics are served");
+        let response = within(reqwest::get(format!("http://{address}{path}")))
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|value| value.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        (status, content_type, within(response.text()).await.unwrap())
+    }
+
+    /// The value of the sample line starting with `series ` (name and labels as printed).
+    fn sample(text: &str, series: &str) -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
+            .parse()
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn metrics_count_requests_connections_and_what_the_store_holds() {
+        let server = TestServer::start_with(|config| {
+            config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        })
+        .await;
+        let alice = server.register("alice@localhost").await;
+        let bob = server.register("bob@localhost").await;
+        let delivery = Delivery {
+            recipients: vec![bob.identity.client.clone()],
+            kind: MessageKind::Mls,
+            payload: vec![7; 100],
+        };
+        within(server.server.services().queues().deliver(vec![delivery]))
+            .await
+            .unwrap();
+        // One refused request: a lookup of a user id that is not one.
+        let refused = within(alice.connection.lookup_user("not an id")).await;
+        assert_eq!(code(refused), ErrorCode::InvalidUserId);
+
+        let (status, content_type, text) = get(&server, "/metrics").await;
+        assert_eq!(status, 200);
+        assert!(
+            content_type.starts_with("application/openmetrics-text"),
+            "{content_type}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+        assert_eq!(sample(&text, "roost_users"), 2.0);
+        assert_eq!(sample(&text, "roost_clients"), 2.0);
+        assert_eq!(sample(&text, "roost_connected_clients"), 2.0);
+        assert_eq!(sample(&text, "roost_queued_messages"), 1.0);
+        assert_eq!(sample(&text, "roost_queued_bytes"), 100.0);
+        assert_eq!(
+            sample(
+                &text,
+                r#"roost_requests_total{operation="RegisterUser",outcome="ok"}"#
+            ),
+            2.0
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"roost_requests_total{operation="LookupUser",outcome="InvalidUserId"}"#
+            ),
+            1.0
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"roost_request_duration_seconds_count{operation="Authenticate"}"#
+            ),
+            2.0
+        );
+        assert_eq!(
+            sample(&text, r#"roost_connections_open{kind="client"}"#),
+            2.0
+        );
+        assert!(sample(&text, "roost_store_commits_total") >= 3.0);
+        assert!(sample(&text, "roost_store_commit_writes_count") >= 3.0);
+        assert!(sample(&text, "roost_store_file_bytes") > 0.0);
+
+        // A closed connection is no longer open.
+        drop(alice);
+        within(async {
+            loop {
+                let (_, _, text) = get(&server, "/metrics").await;
+                if sample(&text, r#"roost_connections_open{kind="client"}"#) == 1.0 {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+
+        let (status, _, body) = get(&server, "/health").await;
+        assert_eq!((status, body.as_str()), (200, "ok\n"));
+        assert_eq!(get(&server, "/nothing").await.0, 404);
+    }
+
+    #[tokio::test]
+    async fn metrics_are_off_unless_asked_for() {
+        let server = TestServer::start().await;
+        assert_eq!(server.server.metrics_addr(), None);
+    }
+}

@@ -227,6 +227,10 @@ struct ServeArgs {
     /// Default: mailto:postmaster@DOMAIN.
     #[arg(long, env = "ROOST_PUSH_CONTACT", value_parser = parse_contact)]
     push_contact: Option<String>,
+    /// Serve Prometheus metrics (`/metrics`) and a health check (`/health`) over plain HTTP on
+    /// this TCP address, e.g. 127.0.0.1:9464. Off by default; do not expose it publicly.
+    #[arg(long, env = "ROOST_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Seconds in-flight requests get to finish on shutdown.
     #[arg(long, env = "ROOST_SHUTDOWN_GRACE_SECS", default_value_t = ServerLimits::default().shutdown_grace.as_secs(), value_parser = clap::value_parser!(u64).range(0..=600))]
     shutdown_grace_secs: u64,
@@ -367,6 +371,7 @@ impl ServeArgs {
                 ..PushConfig::default()
             },
             maintenance_interval: Duration::from_secs(self.maintenance_interval_secs),
+            metrics_listen: self.metrics_listen,
             federation,
             clock: Arc::new(SystemClock),
         })
