@@ -357,12 +357,25 @@ impl rustls::server::danger::ClientCertVerifier for PeerClientVerifier {
             .iter()
             .any(|(_, pinned)| pinned == end_entity);
         if !pinned {
-            let ca = self.ca.as_ref().ok_or(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::UnknownIssuer,
-            ))?;
-            ca.verify_client_cert(end_entity, intermediates, now)?;
+            let Some(ca) = self.ca.as_ref() else {
+                log_peer_refusal(
+                    "its certificate is not pinned (--peer-cert) and no --peer-ca is set",
+                );
+                return Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::UnknownIssuer,
+                ));
+            };
+            if let Err(e) = ca.verify_client_cert(end_entity, intermediates, now) {
+                log_peer_refusal(&format!(
+                    "its certificate does not verify against --peer-ca and is not pinned: {e}"
+                ));
+                return Err(e);
+            }
         }
         if !self.trust.allows(end_entity) {
+            log_peer_refusal(
+                "its certificate names no domain of the allow-list (--peer; --federation open admits any)",
+            );
             return Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::NotValidForName,
             ));
@@ -371,6 +384,18 @@ impl rustls::server::danger::ClientCertVerifier for PeerClientVerifier {
     }
 
     handshake_signatures!();
+}
+
+/// Logs why a homeserver's connection was refused, at most once a second (anyone can try).
+fn log_peer_refusal(why: &str) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST_LOGGED_SECOND: AtomicU64 = AtomicU64::new(0);
+    let second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs());
+    if LAST_LOGGED_SECOND.swap(second, Ordering::Relaxed) != second {
+        tracing::warn!("refused a peer homeserver's connection: {why}");
+    }
 }
 
 /// Verifies a peer homeserver's server certificate when this server connects to it: the

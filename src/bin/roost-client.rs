@@ -38,17 +38,17 @@ use tls_codec::Deserialize as _;
 )]
 struct Cli {
     /// The homeserver's address, HOST:PORT.
-    #[arg(long, default_value = "127.0.0.1:4433")]
+    #[arg(long, global = true, default_value = "127.0.0.1:4433")]
     server: String,
     /// The name the server's certificate must carry (its domain).
-    #[arg(long, default_value = "localhost")]
+    #[arg(long, global = true, default_value = "localhost")]
     server_name: String,
     /// PEM file with the CA or server certificate to trust (the default is where `roost serve`
     /// writes its self-signed certificate).
-    #[arg(long, default_value = "roost-data/server-cert.pem")]
+    #[arg(long, global = true, default_value = "roost-data/server-cert.pem")]
     ca: PathBuf,
     /// Directory where this client keeps its identity and keys.
-    #[arg(long, default_value = "roost-client-state")]
+    #[arg(long, global = true, default_value = "roost-client-state")]
     state: PathBuf,
     /// Print machine-readable JSON.
     #[arg(long, global = true)]
@@ -138,6 +138,10 @@ enum Command {
     PushTargets,
     /// Remove one of this device's push targets (its id, from `push-targets`).
     PushRemove { target_id: u64 },
+    /// Forget the identity in --state (its keys, groups and group names), so that the directory
+    /// can register or be added again. Local only: the server still lists the device until it
+    /// is removed (`remove-client` from another device of the user).
+    Reset,
     /// Claim one KeyPackage per client of a user (consumes them; for scripts and debugging).
     Claim {
         user: String,
@@ -155,7 +159,10 @@ enum RoleArg {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let json = cli.json;
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -165,6 +172,32 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(json, &e),
     }
+}
+
+/// A command line clap refused: with `--json` anywhere on it, one JSON document on stdout too.
+fn usage_error(error: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let wants_json = std::env::args_os().any(|arg| arg == "--json");
+    if !wants_json
+        || matches!(
+            error.kind(),
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+        )
+    {
+        error.exit();
+    }
+    let rendered = error.render().to_string();
+    let summary = rendered
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ");
+    println!(
+        "{}",
+        json!({ "error": summary, "code": null, "retryable": false, "usage": true })
+    );
+    eprint!("{rendered}");
+    ExitCode::from(2)
 }
 
 fn fail(json: bool, error: &anyhow::Error) -> ExitCode {
@@ -184,26 +217,112 @@ fn fail(json: bool, error: &anyhow::Error) -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Reset = cli.command {
+        let output = reset(&cli.state)?;
+        output.print(cli.json);
+        return Ok(());
+    }
     let server_addr = tokio::net::lookup_host(&cli.server)
         .await
-        .with_context(|| format!("resolving {}", cli.server))?
+        .with_context(|| format!("cannot resolve the server address {:?}", cli.server))?
         .next()
         .with_context(|| format!("{} has no address", cli.server))?;
-    let config = ClientConfig::new(server_addr, &cli.server_name, &cli.ca)
-        .with_context(|| format!("loading trusted certificate {}", cli.ca.display()))?;
-    let connection = Connection::connect(&config).await?;
+    let config = ClientConfig::new(server_addr, &cli.server_name, &cli.ca).with_context(|| {
+        format!(
+            "cannot load the certificate to trust from {} (give the server's certificate or its CA with --ca FILE; a local `roost serve` writes DATA_DIR/server-cert.pem)",
+            cli.ca.display()
+        )
+    })?;
+    let connection = connect(&config, &cli).await?;
     let result = execute(&cli, &config, &connection, server_addr).await;
     // Close even after a failure, so the server need not wait for this client to time out.
     connection.close().await;
-    let output = result?;
-    if cli.json {
-        if !output.json.is_null() {
-            println!("{}", output.json);
-        }
-    } else if !output.text.is_empty() {
-        println!("{}", output.text);
-    }
+    result?.print(cli.json);
     Ok(())
+}
+
+/// How long connecting may take before the client gives up and says why.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connects to the server, turning the usual failures into what to do about them.
+async fn connect(config: &ClientConfig, cli: &Cli) -> anyhow::Result<Connection> {
+    let address = config.server_addr;
+    match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(config)).await {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(e)) => Err(explain_connect_error(&e, cli, address)),
+        Err(_) => bail!(
+            "no answer from {address} within {} s: is a Roost server running there? (choose the server with --server HOST:PORT)",
+            CONNECT_TIMEOUT.as_secs()
+        ),
+    }
+}
+
+/// A connection failure in words a user can act on.
+fn explain_connect_error(error: &ClientError, cli: &Cli, address: SocketAddr) -> anyhow::Error {
+    let text = error.to_string();
+    if text.contains("UnknownIssuer") || text.contains("unknown issuer") {
+        return anyhow::anyhow!(
+            "the certificate of the server at {address} is not signed by what {} holds: give the server's certificate or its CA with --ca FILE (a local `roost serve` writes DATA_DIR/server-cert.pem)",
+            cli.ca.display()
+        );
+    }
+    if text.contains("not valid for name") {
+        // rustls lists the names as `DnsName("a.example")`: keep the names only.
+        let names: Vec<&str> = text
+            .split("DnsName(\"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .collect();
+        let valid = if names.is_empty() {
+            String::new()
+        } else {
+            format!(" (it names {})", names.join(", "))
+        };
+        return anyhow::anyhow!(
+            "the certificate of the server at {address} is not valid for {:?}{valid}: set --server-name to the server's domain",
+            cli.server_name
+        );
+    }
+    if text.contains("Expired") || text.contains("expired") {
+        return anyhow::anyhow!("the certificate of the server at {address} has expired");
+    }
+    if text.contains("timed out") {
+        return anyhow::anyhow!(
+            "no answer from {address}: is a Roost server running there? (choose the server with --server HOST:PORT)"
+        );
+    }
+    anyhow::anyhow!("cannot connect to {address}: {text}")
+}
+
+/// `reset`: forgets the identity, keys and groups kept in `state`.
+fn reset(state: &Path) -> anyhow::Result<Output> {
+    let identity = DeviceIdentity::load(state).ok();
+    let mut removed = Vec::new();
+    for file in ["identity.json", "mls-storage.bin", GroupNames::FILE] {
+        let path = state.join(file);
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed.push(file),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+        }
+    }
+    if removed.is_empty() {
+        bail!("{} holds no identity to forget", state.display());
+    }
+    // The directory goes too if nothing else is in it.
+    let _ = std::fs::remove_dir(state);
+    let client = identity.map(|identity| identity.client.to_string());
+    let text = match &client {
+        Some(client) => format!(
+            "forgot {client} in {}; the server still lists this device until it is removed (remove-client from another device of the user)",
+            state.display()
+        ),
+        None => format!("forgot the identity in {}", state.display()),
+    };
+    Ok(Output::new(
+        json!({ "reset": state.display().to_string(), "client_id": client }),
+        text,
+    ))
 }
 
 async fn execute(
@@ -213,6 +332,8 @@ async fn execute(
     server_addr: SocketAddr,
 ) -> anyhow::Result<Output> {
     Ok(match &cli.command {
+        // Handled before connecting; here for completeness.
+        Command::Reset => reset(&cli.state)?,
         Command::Info => info(connection, server_addr).await?,
         Command::Register { user, invite } => {
             if DeviceIdentity::exists(&cli.state) {
@@ -378,13 +499,13 @@ async fn execute(
         Command::Recv { wait } => {
             let (device, mut push) = authenticate(connection, &cli.state).await?;
             let mut reader = QueueReader::new(connection, &device, cli.json).await?;
-            let received = reader.catch_up().await?;
+            let mut received = reader.catch_up().await?;
             if received == 0 && *wait > 0 {
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(*wait);
                 while let Ok(Some(notification)) =
                     tokio::time::timeout_at(deadline, push.next()).await
                 {
-                    let received = match notification? {
+                    received += match notification? {
                         Notification::NewMessages(hint) => reader.on_hint(&hint).await?,
                         Notification::GroupLogAppended(hint) => reader.on_log_hint(&hint).await?,
                         _ => 0,
@@ -400,58 +521,13 @@ async fn execute(
                     reader.unprocessable
                 );
             }
-            Output::nothing()
-        }
-        Command::Listen => {
-            let (device, mut push) = authenticate(connection, &cli.state).await?;
-            let mut reader = QueueReader::new(connection, &device, cli.json).await?;
-            reader.catch_up().await?;
-            loop {
-                let notification = tokio::select! {
-                    _ = tokio::signal::ctrl_c() => break,
-                    notification = push.next() => match notification {
-                        Some(notification) => notification?,
-                        None => break,
-                    },
-                };
-                match notification {
-                    Notification::NewMessages(hint) => {
-                        reader.on_hint(&hint).await?;
-                    }
-                    Notification::GroupLogAppended(hint) => {
-                        reader.on_log_hint(&hint).await?;
-                    }
-                    Notification::KeyPackagesLow(low) => {
-                        let published = device.top_up(connection).await?;
-                        print_event(
-                            cli.json,
-                            json!({ "event": "key_packages_low", "remaining": low.remaining, "published": published }),
-                            format!(
-                                "KeyPackages ran low ({} left); published {published}",
-                                low.remaining
-                            ),
-                        );
-                    }
-                    Notification::ClientRemoved(client) => {
-                        print_event(
-                            cli.json,
-                            json!({ "event": "client_removed", "client_id": client.to_string() }),
-                            format!("this device ({client}) was removed"),
-                        );
-                        break;
-                    }
-                    Notification::ServerShutdown(notice) => {
-                        print_event(
-                            cli.json,
-                            json!({ "event": "server_shutdown", "reason": notice.reason.as_str() }),
-                            format!("the server is shutting down: {}", notice.reason),
-                        );
-                        break;
-                    }
-                }
+            if received == 0 {
+                Output::new(json!({ "event": "no_messages" }), "no messages".to_owned())
+            } else {
+                Output::nothing()
             }
-            Output::nothing()
         }
+        Command::Listen => listen(cli, config, connection).await?,
         Command::PushListen { listen, keep } => {
             push_listen(cli, config, connection, *listen, *keep).await?
         }
@@ -636,13 +712,17 @@ async fn execute(
                     json!({
                         "client_id": member.client.to_string(),
                         "leaf_index": member.leaf_index,
-                        "role": format!("{:?}", member.role).to_lowercase(),
+                        "role": role_name(member.role),
                     })
                 })
                 .collect();
             let mut text = format!("group {} at epoch {}:", hex::encode(&group_id), state.epoch);
             for member in &state.members {
-                text.push_str(&format!("\n  {} ({:?})", member.client, member.role));
+                text.push_str(&format!(
+                    "\n  {} ({})",
+                    member.client,
+                    role_name(member.role)
+                ));
             }
             Output::new(
                 json!({ "group": hex::encode(&group_id), "epoch": state.epoch, "members": members }),
@@ -708,6 +788,16 @@ struct Output {
 impl Output {
     fn new(json: serde_json::Value, text: String) -> Self {
         Self { json, text }
+    }
+
+    fn print(&self, json: bool) {
+        if json {
+            if !self.json.is_null() {
+                println!("{}", self.json);
+            }
+        } else if !self.text.is_empty() {
+            println!("{}", self.text);
+        }
     }
 
     /// For commands that printed as they went.
@@ -1096,7 +1186,11 @@ impl GroupNames {
     /// A group id from a local name or a hex id.
     fn resolve(&self, group: &str) -> anyhow::Result<Vec<u8>> {
         let id = self.0.get(group).map_or(group, String::as_str);
-        hex::decode(id).with_context(|| format!("{group:?} is neither a group name nor a group id"))
+        hex::decode(id).map_err(|_| {
+            anyhow::anyhow!(
+                "{group:?} is neither a group name on this device nor a group id (the hex id `create-group` and `groups` print)"
+            )
+        })
     }
 
     fn name_of(&self, id: &str) -> Option<&str> {
@@ -1175,6 +1269,140 @@ async fn authenticate(
         .with_context(|| format!("authenticating as {}", device.identity.client))?;
     device.top_up(connection).await?;
     Ok((device, push))
+}
+
+/// Why one `listen` session on a connection ended.
+enum ListenEnd {
+    /// Ctrl-C, or this device was removed: stop.
+    Stop,
+    /// The connection went away (the server restarted, the network failed): reconnect.
+    Lost(String),
+}
+
+/// First and longest wait before `listen` connects again.
+const RECONNECT_FIRST: Duration = Duration::from_millis(500);
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
+
+/// `listen`: prints messages as they arrive until Ctrl-C or this device is removed; when the
+/// connection is lost (a server restart), connects again with growing pauses and catches up.
+async fn listen(cli: &Cli, config: &ClientConfig, first: &Connection) -> anyhow::Result<Output> {
+    let mut own: Option<Connection> = None;
+    loop {
+        let connection = own.as_ref().unwrap_or(first);
+        let reason = match listen_on(cli, connection).await? {
+            ListenEnd::Stop => break,
+            ListenEnd::Lost(reason) => reason,
+        };
+        let mut delay = RECONNECT_FIRST;
+        let mut reason = reason;
+        let reconnected = loop {
+            print_event(
+                cli.json,
+                json!({ "event": "reconnecting", "reason": reason, "retry_in_ms": delay.as_millis() as u64 }),
+                format!(
+                    "connection lost ({reason}); connecting again in {:.1} s",
+                    delay.as_secs_f64()
+                ),
+            );
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break None,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            match connect(config, cli).await {
+                Ok(connection) => break Some(connection),
+                Err(e) => {
+                    reason = format!("{e:#}");
+                    delay = (delay * 2).min(RECONNECT_MAX);
+                }
+            }
+        };
+        let Some(connection) = reconnected else { break };
+        if let Some(old) = own.replace(connection) {
+            old.close().await;
+        }
+        print_event(
+            cli.json,
+            json!({ "event": "reconnected" }),
+            "connected again".to_owned(),
+        );
+    }
+    if let Some(own) = own {
+        own.close().await;
+    }
+    Ok(Output::nothing())
+}
+
+/// Whether `error` is the connection going away (worth connecting again), not a refusal.
+fn is_connection_loss(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .filter_map(|cause| cause.downcast_ref::<ClientError>())
+        .any(|e| {
+            matches!(
+                e,
+                ClientError::Connection(_) | ClientError::Stream(_) | ClientError::Connect(_)
+            )
+        })
+}
+
+/// One `listen` session on `connection`: authenticate, catch up, print what is pushed.
+async fn listen_on(cli: &Cli, connection: &Connection) -> anyhow::Result<ListenEnd> {
+    let session = async {
+        let (device, mut push) = authenticate(connection, &cli.state).await?;
+        let mut reader = QueueReader::new(connection, &device, cli.json).await?;
+        reader.catch_up().await?;
+        loop {
+            let notification = tokio::select! {
+                _ = tokio::signal::ctrl_c() => return Ok(ListenEnd::Stop),
+                notification = push.next() => match notification {
+                    Some(notification) => notification?,
+                    None => return Ok(ListenEnd::Lost("the server closed the connection".into())),
+                },
+            };
+            match notification {
+                Notification::NewMessages(hint) => {
+                    reader.on_hint(&hint).await?;
+                }
+                Notification::GroupLogAppended(hint) => {
+                    reader.on_log_hint(&hint).await?;
+                }
+                Notification::KeyPackagesLow(low) => {
+                    let published = device.top_up(connection).await?;
+                    print_event(
+                        cli.json,
+                        json!({ "event": "key_packages_low", "remaining": low.remaining, "published": published }),
+                        format!(
+                            "KeyPackages ran low ({} left); published {published}",
+                            low.remaining
+                        ),
+                    );
+                }
+                Notification::ClientRemoved(client) => {
+                    print_event(
+                        cli.json,
+                        json!({ "event": "client_removed", "client_id": client.to_string() }),
+                        format!("this device ({client}) was removed"),
+                    );
+                    return Ok(ListenEnd::Stop);
+                }
+                Notification::ServerShutdown(notice) => {
+                    print_event(
+                        cli.json,
+                        json!({ "event": "server_shutdown", "reason": notice.reason.as_str() }),
+                        format!("the server is shutting down: {}", notice.reason),
+                    );
+                    return Ok(ListenEnd::Lost(format!(
+                        "the server shut down: {}",
+                        notice.reason
+                    )));
+                }
+            }
+        }
+    };
+    match session.await {
+        Err(e) if is_connection_loss(&e) => Ok(ListenEnd::Lost(format!("{e:#}"))),
+        other => other,
+    }
 }
 
 /// `push-listen`: a local Web Push receiver registered for this device, which then goes
@@ -1361,8 +1589,8 @@ fn credential_json(
         "verification_error": verified.as_ref().err().map(ToString::to_string),
         "signature_key": hex::encode(content.signature_key.as_slice()),
         "ciphersuite": content.ciphersuite,
-        "not_before": content.not_before,
-        "not_after": content.not_after,
+        "not_before": json_time(content.not_before),
+        "not_after": json_time(content.not_after),
         "issuer_key_id": content.issuer_key_id,
     })
 }
@@ -1373,7 +1601,7 @@ fn user_clients_output(clients: &UserClients, keys: &DomainKeys, me: Option<&Cli
         "user": clients.user_id.as_str(),
         "clients": verified.iter().map(|client| {
             let mut entry = credential_json(&client.entry.credential, &client.verified);
-            entry["added_at"] = json!(client.entry.added_at);
+            entry["added_at"] = json_time(client.entry.added_at);
             entry
         }).collect::<Vec<_>>(),
     });
@@ -1394,6 +1622,26 @@ fn user_clients_output(clients: &UserClients, keys: &DomainKeys, me: Option<&Cli
     Output::new(json, text)
 }
 
+fn role_name(role: roost::protocol::Role) -> &'static str {
+    match role {
+        roost::protocol::Role::Admin => "admin",
+        roost::protocol::Role::Member => "member",
+    }
+}
+
+fn registration_name(mode: roost::protocol::RegistrationMode) -> &'static str {
+    match mode {
+        roost::protocol::RegistrationMode::Open => "open",
+        roost::protocol::RegistrationMode::Closed => "closed",
+        roost::protocol::RegistrationMode::Invite => "invite",
+    }
+}
+
+/// A Unix time for JSON output: RFC 3339 UTC.
+fn json_time(time: u64) -> serde_json::Value {
+    json!(roost::clock::format_rfc3339(time))
+}
+
 async fn info(connection: &Connection, server_addr: SocketAddr) -> anyhow::Result<Output> {
     let info = connection.server_info().await?;
     let limits = info.limits;
@@ -1404,7 +1652,8 @@ async fn info(connection: &Connection, server_addr: SocketAddr) -> anyhow::Resul
             json!({
                 "key_id": key.key_id,
                 "public_key": hex::encode(key.public_key.as_slice()),
-                "valid_until": key.valid_until,
+                // `null` for the key that signs now.
+                "valid_until": (key.valid_until != u64::MAX).then(|| json_time(key.valid_until)),
             })
         })
         .collect();
@@ -1412,7 +1661,7 @@ async fn info(connection: &Connection, server_addr: SocketAddr) -> anyhow::Resul
         "server": server_addr.to_string(),
         "domain": info.domain.as_str(),
         "protocol_version": info.protocol_version,
-        "registration": format!("{:?}", info.registration).to_lowercase(),
+        "registration": registration_name(info.registration),
         "credential_keys": keys,
         "limits": {
             "max_request_len": limits.max_request_len,
@@ -1427,7 +1676,7 @@ async fn info(connection: &Connection, server_addr: SocketAddr) -> anyhow::Resul
         "server:                 {server_addr}\n\
          domain:                 {}\n\
          protocol version:       {}\n\
-         registration:           {:?}\n\
+         registration:           {}\n\
          max request:            {} bytes\n\
          max response:           {} bytes\n\
          max notification:       {} bytes\n\
@@ -1436,7 +1685,7 @@ async fn info(connection: &Connection, server_addr: SocketAddr) -> anyhow::Resul
          request timeout:        {} ms",
         info.domain,
         info.protocol_version,
-        info.registration,
+        registration_name(info.registration),
         limits.max_request_len,
         limits.max_response_len,
         limits.max_notification_len,

@@ -147,7 +147,7 @@ impl DeviceMls {
     /// A group this device is in, from its key store.
     pub fn group(&self, group_id: &[u8]) -> anyhow::Result<Option<MlsGroup>> {
         MlsGroup::load(self.provider().storage(), &GroupId::from_slice(group_id))
-            .map_err(|e| anyhow!("loading group state: {e:?}"))
+            .map_err(|e| anyhow!("loading group state: {e}"))
     }
 
     /// Stages a commit adding `key_packages` (already verified), and returns what to send.
@@ -181,11 +181,11 @@ impl DeviceMls {
         if let Some(roles) = roles {
             builder = builder
                 .propose_group_context_extensions(context_extensions(roles, external_senders)?)
-                .map_err(|e| anyhow!("proposing the new roles: {e:?}"))?;
+                .map_err(|e| anyhow!("proposing the new roles: {e}"))?;
         }
         let bundle = builder
             .load_psks(self.provider().storage())
-            .map_err(|e| anyhow!("building the commit: {e:?}"))?
+            .map_err(|e| anyhow!("building the commit: {e}"))?
             // The server checks every commit against the GroupInfo of the epoch it creates.
             .create_group_info(true)
             .build(
@@ -194,9 +194,9 @@ impl DeviceMls {
                 self.signer(),
                 |_| true,
             )
-            .map_err(|e| anyhow!("building the commit: {e:?}"))?
+            .map_err(|e| anyhow!("building the commit: {e}"))?
             .stage_commit(self.provider())
-            .map_err(|e| anyhow!("staging the commit: {e:?}"))?;
+            .map_err(|e| anyhow!("staging the commit: {e}"))?;
         let (commit, welcome, group_info) = bundle.into_messages();
         Ok(SendCommitRequest {
             commit: commit.tls_serialize_detached()?.into(),
@@ -440,7 +440,7 @@ impl<'a> GroupClient<'a> {
             Err(e) => {
                 group
                     .clear_pending_commit(self.mls.provider().storage())
-                    .map_err(|e| anyhow!("discarding the refused commit: {e:?}"))?;
+                    .map_err(|e| anyhow!("discarding the refused commit: {e}"))?;
                 Err(e.into())
             }
         }
@@ -554,7 +554,7 @@ impl<'a> GroupClient<'a> {
             for reference in refs {
                 group
                     .remove_pending_proposal(self.mls.provider().storage(), &reference)
-                    .map_err(|e| anyhow!("withdrawing the refused proposal: {e:?}"))?;
+                    .map_err(|e| anyhow!("withdrawing the refused proposal: {e}"))?;
             }
             return Err(e.into());
         }
@@ -581,7 +581,7 @@ impl<'a> GroupClient<'a> {
         if let Some(mut group) = self.mls.group(group_id)? {
             group
                 .delete(self.mls.provider().storage())
-                .map_err(|e| anyhow!("forgetting the group: {e:?}"))?;
+                .map_err(|e| anyhow!("forgetting the group: {e}"))?;
         }
         Ok(())
     }
@@ -694,7 +694,7 @@ impl<'a> GroupClient<'a> {
                         };
                         group
                             .store_pending_proposal(self.mls.provider().storage(), *proposal)
-                            .map_err(|e| anyhow!("storing a proposal: {e:?}"))?;
+                            .map_err(|e| anyhow!("storing a proposal: {e}"))?;
                         Ok(GroupEvent::Proposed { group_id, by, what })
                     }
                     _ => Ok(GroupEvent::Other),
@@ -753,7 +753,7 @@ impl<'a> GroupClient<'a> {
                             .provider()
                             .storage()
                             .write_key_package(&reference, &bundle)
-                            .map_err(|e| anyhow!("restoring a KeyPackage: {e:?}"))?;
+                            .map_err(|e| anyhow!("restoring a KeyPackage: {e}"))?;
                     }
                     return Err(e);
                 }
@@ -790,7 +790,7 @@ impl<'a> GroupClient<'a> {
                 .provider()
                 .storage()
                 .key_package(&reference)
-                .map_err(|e| anyhow!("reading the key store: {e:?}"))?;
+                .map_err(|e| anyhow!("reading the key store: {e}"))?;
             if let Some(bundle) = bundle {
                 return Ok(Some((reference, bundle)));
             }
@@ -917,7 +917,7 @@ fn context_extensions(
             UnknownExtension(roles.tls_serialize_detached()?),
         ),
     ])
-    .map_err(|e| anyhow!("the roles extension: {e:?}"))
+    .map_err(|e| anyhow!("the roles extension: {e}"))
 }
 
 /// The roles extension of a group's context.

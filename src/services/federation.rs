@@ -63,9 +63,17 @@ struct PeerSlot {
     connection: Option<quinn::Connection>,
     /// After a failed connection attempt: until when requests fail at once instead of each
     /// waiting out another connection timeout, and why.
-    unreachable: Option<(tokio::time::Instant, String)>,
+    unreachable: Option<(tokio::time::Instant, Unreachable)>,
     /// The wait after the last failed attempt (doubles on each failure, reset on success).
     backoff: Option<Duration>,
+}
+
+/// Why the last connection attempt to a peer failed.
+enum Unreachable {
+    /// It did not answer, or the connection broke.
+    Down(String),
+    /// It refused our certificate, or we refused its (said to the client as it is).
+    Declined(String),
 }
 
 /// How long a peer's credential-verifying keys are reused before they are fetched again.
@@ -77,6 +85,22 @@ const FIRST_UNREACHABLE_WINDOW: Duration = Duration::from_secs(1);
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(200);
 /// Longest wait between two attempts to deliver to an unreachable peer.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+
+/// The name of a TLS alert (RFC 8446 section 6), as the peer sent it.
+fn tls_alert_name(alert: u8) -> String {
+    match alert {
+        42 => "bad certificate".into(),
+        43 => "unsupported certificate".into(),
+        44 => "certificate revoked".into(),
+        45 => "certificate expired".into(),
+        46 => "certificate unknown".into(),
+        48 => "unknown CA".into(),
+        49 => "access denied".into(),
+        116 => "certificate required".into(),
+        120 => "no application protocol".into(),
+        other => format!("alert {other}"),
+    }
+}
 
 /// Wakes the outbox workers when deliveries were committed. Every worker sees every wake, and a
 /// wake that comes while a worker is busy is not lost: it finds it when it next waits.
@@ -199,10 +223,13 @@ impl Federation {
         if let Some((until, reason)) = &slot.unreachable {
             let now = tokio::time::Instant::now();
             if now < *until {
-                return Err(ServiceError::PeerUnavailable(format!(
-                    "{domain}: {reason}; next attempt in {:.1?}",
-                    *until - now
-                )));
+                return Err(match reason {
+                    Unreachable::Declined(text) => ServiceError::PeerDeclined(text.clone()),
+                    Unreachable::Down(text) => ServiceError::PeerUnavailable(format!(
+                        "{domain}: {text}; next attempt in {:.1} s",
+                        (*until - now).as_secs_f64()
+                    )),
+                });
             }
         }
         match self.connect(domain, address).await {
@@ -213,13 +240,29 @@ impl Federation {
                 };
                 Ok(connection)
             }
-            Err(ServiceError::PeerUnavailable(reason)) => {
+            Err(e @ (ServiceError::PeerUnavailable(_) | ServiceError::PeerDeclined(_))) => {
                 let backoff = slot
                     .backoff
                     .map_or(FIRST_UNREACHABLE_WINDOW, |d| (d * 2).min(MAX_RETRY_DELAY));
                 slot.backoff = Some(backoff);
-                slot.unreachable = Some((tokio::time::Instant::now() + backoff, reason.clone()));
-                Err(ServiceError::PeerUnavailable(format!("{domain}: {reason}")))
+                let (reason, error) = match e {
+                    ServiceError::PeerDeclined(text) => (
+                        Unreachable::Declined(text.clone()),
+                        ServiceError::PeerDeclined(text),
+                    ),
+                    other => {
+                        let text = match other {
+                            ServiceError::PeerUnavailable(text) => text,
+                            other => other.to_string(),
+                        };
+                        (
+                            Unreachable::Down(text.clone()),
+                            ServiceError::PeerUnavailable(format!("{domain}: {text}")),
+                        )
+                    }
+                };
+                slot.unreachable = Some((tokio::time::Instant::now() + backoff, reason));
+                Err(error)
             }
             // The peer answered and refused us: nothing to wait out, it is told as it is.
             Err(refused) => Err(refused),
@@ -240,13 +283,58 @@ impl Federation {
         let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
             .map_err(|_| unreachable("connection timed out".into()))?
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| {
+                self.handshake_failure(domain, &e)
+                    .unwrap_or_else(|| unreachable(e.to_string()))
+            })?;
         let identify = FederationRequest::Identify(IdentifyRequest {
             domain: self.domain.to_text(),
         });
-        match self.exchange(&connection, &identify).await? {
-            FederationResponseBody::Identified => Ok(connection),
-            other => Err(unreachable(format!("unexpected answer {other:?}"))),
+        match self.exchange(&connection, &identify).await {
+            Ok(FederationResponseBody::Identified) => Ok(connection),
+            Ok(other) => Err(unreachable(format!("unexpected answer {other:?}"))),
+            // In TLS 1.3 the peer checks our certificate after our side of the handshake is
+            // done: its refusal closes the connection under the first request.
+            Err(e) => Err(connection
+                .close_reason()
+                .and_then(|reason| self.handshake_failure(domain, &reason))
+                .unwrap_or(e)),
+        }
+    }
+
+    /// A TLS refusal, in words the operator can act on: `domain` refused our certificate (its
+    /// alert), or we refused its.
+    fn handshake_failure(
+        &self,
+        domain: &str,
+        error: &quinn::ConnectionError,
+    ) -> Option<ServiceError> {
+        let crypto_alert = |code: quinn::TransportErrorCode| {
+            let code = u64::from(code);
+            (0x100..0x200).contains(&code).then(|| (code - 0x100) as u8)
+        };
+        match error {
+            quinn::ConnectionError::ConnectionClosed(close) => {
+                let alert = crypto_alert(close.error_code)?;
+                tracing::warn!(
+                    peer = domain,
+                    alert = tls_alert_name(alert),
+                    "a peer homeserver refused this server's certificate"
+                );
+                Some(ServiceError::PeerDeclined(format!(
+                    "{domain} refused this server's connection (TLS alert: {}): its operator must accept {} as a peer (--peer or --federation open) and trust its certificate (--peer-ca or --peer-cert)",
+                    tls_alert_name(alert),
+                    self.domain
+                )))
+            }
+            quinn::ConnectionError::TransportError(e) => {
+                crypto_alert(e.code)?;
+                tracing::warn!(peer = domain, error = %e, "the certificate of a peer homeserver is not trusted here");
+                Some(ServiceError::PeerDeclined(format!(
+                    "this server does not trust the certificate of {domain} (check --peer-ca or --peer-cert)"
+                )))
+            }
+            _ => None,
         }
     }
 

@@ -225,6 +225,10 @@ pub enum ServiceError {
     LastAdmin,
     #[error("the peer homeserver is unavailable: {0}")]
     PeerUnavailable(String),
+    /// The peer and this server do not accept each other's certificates: a configuration
+    /// matter for their operators, said as such.
+    #[error("{0}")]
+    PeerDeclined(String),
     #[error("identify this homeserver first")]
     NotIdentified,
     #[error("refused: {0}")]
@@ -274,6 +278,7 @@ impl ServiceError {
             Self::RateLimited { .. }
             | Self::QueueFull { .. }
             | Self::PeerUnavailable(_)
+            | Self::PeerDeclined(_)
             | Self::NotAServiceOperation(_) => Retry::Later,
             Self::Store(StoreError::ActorRemoved)
             | Self::Store(StoreError::DomainMismatch { .. }) => Retry::Never,

@@ -59,7 +59,9 @@ pub fn wire_error(e: ServiceError) -> ErrorResponse {
         ServiceError::NotAnAdmin => ErrorCode::NotAnAdmin,
         ServiceError::ProposalsNotCommitted => ErrorCode::ProposalsNotCommitted,
         ServiceError::LastAdmin => ErrorCode::LastAdmin,
-        ServiceError::PeerUnavailable(_) => ErrorCode::PeerUnavailable,
+        ServiceError::PeerUnavailable(_) | ServiceError::PeerDeclined(_) => {
+            ErrorCode::PeerUnavailable
+        }
         ServiceError::NotIdentified => ErrorCode::NotIdentified,
         ServiceError::PeerRefused(_) => ErrorCode::PeerRefused,
         // A peer's refusal is passed on with the peer's code (its text stays in our log).

@@ -682,7 +682,10 @@ fn an_acknowledged_enqueue_survives_kill_9() {
         &["--state", &state("bob"), "recv"],
     );
     assert!(again.status.success());
-    assert!(again.stdout.is_empty());
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout).trim(),
+        r#"{"event":"no_messages"}"#
+    );
     assert!(server.terminate().success());
 }
 
@@ -731,12 +734,53 @@ fn listen_prints_pushed_events_as_they_happen() {
         }
     };
     assert_eq!(event["event"], "key_packages_low", "{event}");
+    let addr = server.addr;
     assert!(server.terminate().success());
-    let last: serde_json::Value =
-        serde_json::from_str(&lines.recv_timeout(TEST_TIMEOUT).unwrap()).unwrap();
-    assert_eq!(last["event"], "server_shutdown");
+    let next = |what: &str| -> serde_json::Value {
+        let line = lines
+            .recv_timeout(TEST_TIMEOUT)
+            .unwrap_or_else(|_| panic!("listen printed no {what}"));
+        serde_json::from_str(&line).unwrap()
+    };
+    assert_eq!(next("shutdown notice")["event"], "server_shutdown");
+    let reconnecting = next("reconnecting event");
+    assert_eq!(reconnecting["event"], "reconnecting", "{reconnecting}");
+    assert!(reconnecting["retry_in_ms"].as_u64().unwrap() > 0);
+
+    // The server comes back on the same address: listen connects again by itself, with
+    // growing pauses meanwhile, and goes on printing.
+    let server = ServerProcess::start_on(
+        &addr.to_string(),
+        &data_dir,
+        &["--key-package-low-watermark", "1000"],
+    );
+    let deadline = std::time::Instant::now() + TEST_TIMEOUT;
+    loop {
+        let event = next("reconnected event");
+        if event["event"] == "reconnected" {
+            break;
+        }
+        assert_eq!(event["event"], "reconnecting", "{event}");
+        assert!(std::time::Instant::now() < deadline);
+    }
+    client_json(
+        server.addr,
+        "localhost",
+        &ca,
+        &["--state", &state("alice"), "claim", "bob@localhost"],
+    );
+    assert_eq!(
+        next("pushed event after reconnecting")["event"],
+        "key_packages_low"
+    );
+    let interrupted = Command::new("kill")
+        .args(["-INT", &listen.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
     let status = listen.wait().unwrap();
     assert!(status.success());
+    assert!(server.terminate().success());
 }
 
 #[test]
@@ -1048,7 +1092,10 @@ fn recv_reports_a_message_it_can_never_process_and_exits_non_zero() {
         &["--state", bob.to_str().unwrap(), "recv"],
     );
     assert!(again.status.success());
-    assert!(String::from_utf8_lossy(&again.stdout).trim().is_empty());
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout).trim(),
+        r#"{"event":"no_messages"}"#
+    );
     assert!(server.terminate().success());
 }
 
@@ -1104,4 +1151,130 @@ fn push_listen_prints_the_wake_ups_of_an_offline_device() {
     assert!(listen.wait().unwrap().success());
     let targets = run(&["--state", &state("bob"), "push-targets"]);
     assert_eq!(targets["push_targets"], serde_json::json!([]));
+}
+
+/// Runs `roost-client ARGS` (no flags added) and returns (exit code, stdout, stderr).
+fn client_raw(args: &[&str]) -> (Option<i32>, String, String) {
+    let output = Command::new(ROOST_CLIENT).args(args).output().unwrap();
+    (
+        output.status.code(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn the_client_cli_fails_fast_and_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let ca = data_dir.join("server-cert.pem");
+    let ca = ca.to_str().unwrap();
+    let server = ServerProcess::start(&data_dir, &[]);
+    let addr = server.addr.to_string();
+    let state = dir.path().join("bob");
+    let state = state.to_str().unwrap();
+
+    // Nothing answers: a few seconds, the address and a hint, not a 30 s "timed out".
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    let started = std::time::Instant::now();
+    let (status, _, stderr) = client_raw(&["--server", &silent_addr, "--ca", ca, "info"]);
+    assert_eq!(status, Some(1));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        stderr.contains(&silent_addr) && stderr.contains("--server"),
+        "{stderr}"
+    );
+
+    // An issuer this client does not trust: the hint is --ca.
+    let certs = dir.path().join("certs");
+    roost_certs(&certs, "localhost");
+    let other_ca = certs.join("ca.pem");
+    let (_, _, stderr) = client_raw(&[
+        "--server",
+        &addr,
+        "--ca",
+        other_ca.to_str().unwrap(),
+        "info",
+    ]);
+    assert!(stderr.contains("--ca"), "{stderr}");
+    // A name the certificate does not carry: the names it does carry, no Rust debug text.
+    let (_, _, stderr) = client_raw(&[
+        "--server",
+        &addr,
+        "--ca",
+        ca,
+        "--server-name",
+        "wrong.example",
+        "info",
+    ]);
+    assert!(
+        stderr.contains("--server-name") && stderr.contains("it names localhost"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("DnsName"), "{stderr}");
+
+    // Global flags after the subcommand; JSON times are RFC 3339, not Unix seconds.
+    let (status, stdout, stderr) = client_raw(&[
+        "register",
+        "bob@localhost",
+        "--server",
+        &addr,
+        "--ca",
+        ca,
+        "--state",
+        state,
+        "--json",
+    ]);
+    assert_eq!(status, Some(0), "{stderr}");
+    let registered: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let not_after = registered["registered"]["not_after"].as_str().unwrap();
+    assert!(
+        not_after.ends_with('Z') && not_after.contains('T'),
+        "{not_after}"
+    );
+
+    // An empty queue is said, in text and in JSON.
+    let base = ["--server", &addr, "--ca", ca, "--state", state];
+    let (_, stdout, _) = client_raw(&[&base[..], &["recv"]].concat());
+    assert_eq!(stdout.trim(), "no messages");
+    let (_, stdout, _) = client_raw(&[&base[..], &["--json", "recv"]].concat());
+    assert_eq!(stdout.trim(), r#"{"event":"no_messages"}"#);
+
+    // A usage error with --json is one JSON document too (and exit status 2).
+    let (status, stdout, _) = client_raw(&["--json", "no-such-command"]);
+    assert_eq!(status, Some(2));
+    let usage: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(usage["usage"], true, "{usage}");
+    assert!(usage["error"].as_str().unwrap().contains("no-such-command"));
+
+    // A group that is neither a name nor an id: said without the hex decoder's words.
+    let (_, stdout, stderr) = client_raw(&[&base[..], &["--json", "send", "abc", "hi"]].concat());
+    assert!(!stderr.contains("Odd number"), "{stderr}");
+    let refused: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(
+        refused["error"].as_str().unwrap().contains("group"),
+        "{refused}"
+    );
+
+    // reset forgets the identity: the directory can register again.
+    let (status, stdout, _) = client_raw(&[&base[..], &["--json", "reset"]].concat());
+    assert_eq!(status, Some(0));
+    let reset: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(reset["client_id"], "bob@localhost/1");
+    assert!(!Path::new(state).join("identity.json").exists());
+    let (status, _, stderr) = client_raw(&[&base[..], &["register", "bob2@localhost"]].concat());
+    assert_eq!(status, Some(0), "{stderr}");
+    let (status, _, stderr) = client_raw(&[
+        "--state",
+        dir.path().join("nobody").to_str().unwrap(),
+        "reset",
+    ]);
+    assert_eq!(status, Some(1));
+    assert!(stderr.contains("no identity"), "{stderr}");
+    assert!(server.terminate().success());
 }

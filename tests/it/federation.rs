@@ -302,6 +302,14 @@ async fn peers_with_wrong_certificates_or_claims_are_refused() {
         .await
         .unwrap_err();
     assert_eq!(error.code(), Some(ErrorCode::PeerUnavailable), "{error}");
+    // Its user is told that the peer refused, and what its operator must change; not a bare
+    // TLS fault.
+    assert!(
+        error
+            .to_string()
+            .contains("a.example refused this server's connection (TLS alert: bad certificate)"),
+        "{error}"
+    );
 
     // A server whose certificate comes from a CA a.example does not trust.
     let other_certs = dir.path().join("other-certs");
@@ -320,6 +328,12 @@ async fn peers_with_wrong_certificates_or_claims_are_refused() {
         .await
         .unwrap_err();
     assert_eq!(error.code(), Some(ErrorCode::PeerUnavailable), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("this server does not trust the certificate of a.example"),
+        "{error}"
+    );
 
     // The genuine b.example may not claim for users of another domain, nor call itself c.example.
     let b_identity =

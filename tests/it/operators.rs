@@ -663,3 +663,103 @@ mod metrics {
         assert_eq!(server.server.metrics_addr(), None);
     }
 }
+
+#[test]
+fn roost_admin_reaches_the_running_server_through_its_data_dir_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let data = data_dir.to_str().unwrap();
+    // Before the server ever ran: refused, nothing created.
+    let output = roost(&["admin", "status", "--data-dir", data]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("does not exist"),
+        "{}",
+        stderr(&output)
+    );
+
+    let server = ServerProcess::start(&data_dir, &["--registration", "invite"]);
+    let output = roost(&["admin", "--json", "status", "--data-dir", data]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(status["registration"], "invite");
+    assert_eq!(status["listen"], server.addr.to_string());
+    // Text output is for people: times in UTC, counts in words.
+    let output = roost(&["admin", "status", "--data-dir", data]);
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains(" UTC") && text.contains("0 users"), "{text}");
+
+    let output = roost(&[
+        "admin",
+        "users",
+        "delete",
+        "bob@localhost",
+        "--data-dir",
+        data,
+    ]);
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("--yes"), "{}", stderr(&output));
+    let output = roost(&[
+        "admin",
+        "--json",
+        "users",
+        "show",
+        "bob@localhost",
+        "--data-dir",
+        data,
+    ]);
+    assert!(!output.status.success());
+    let refusal: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(refusal["error"]["code"], "unknown_user");
+    let output = roost(&["admin", "users", "list", "--data-dir", data]);
+    assert_eq!(String::from_utf8(output.stdout).unwrap().trim(), "no users");
+
+    // `roost invite` goes through the socket while the server runs.
+    let output = roost(&["invite", "create", "--data-dir", data]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let output = roost(&["invite", "--json", "list", "--data-dir", data]);
+    let listed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(listed["invites"].as_array().unwrap().len(), 1);
+    assert!(server.terminate().success());
+
+    // With the server stopped: admin commands say so; an invite is recorded directly and
+    // admits a user once the server is back.
+    let output = roost(&["admin", "status", "--data-dir", data]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("no server is running"),
+        "{}",
+        stderr(&output)
+    );
+    let output = roost(&["invite", "create", "--data-dir", data]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let code = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    let server = ServerProcess::start(&data_dir, &["--registration", "invite"]);
+    let state = dir.path().join("alice");
+    let registered = crate::cli::client_json(
+        server.addr,
+        "localhost",
+        &data_dir.join("server-cert.pem"),
+        &[
+            "--state",
+            state.to_str().unwrap(),
+            "register",
+            "alice@localhost",
+            "--invite",
+            &code,
+        ],
+    );
+    assert_eq!(registered["registered"]["verified"], true);
+    let output = roost(&["invite", "--json", "list", "--data-dir", data]);
+    let listed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let mut states: Vec<&str> = listed["invites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|invite| invite["state"].as_str().unwrap())
+        .collect();
+    // Two invites made within a second may list in either order.
+    states.sort_unstable();
+    assert_eq!(states, ["active", "used_up"]);
+    assert!(server.terminate().success());
+}
