@@ -762,6 +762,11 @@ async fn execute(
                     }))
                     .collect::<Vec<_>>()
                     .join("\n");
+            let text = if text.is_empty() {
+                "no groups".to_owned()
+            } else {
+                text
+            };
             Output::new(
                 json!({ "groups": groups, "unreachable_hubs": unreachable }),
                 text,

@@ -16,6 +16,7 @@ mod offline_push;
 mod operators;
 mod push;
 mod queues;
+mod readme;
 mod shutdown;
 mod support;
 mod transport;
