@@ -198,7 +198,7 @@ impl Groups {
         let pending = group
             .public
             .queued_proposals(&group.storage)
-            .map_err(|e| corrupt(&format!("reading pending proposals: {e:?}")))?;
+            .map_err(|e| corrupt(&format!("reading pending proposals: {e}")))?;
         let removed: BTreeSet<LeafNodeIndex> = pending
             .iter()
             .filter_map(|(_, queued)| match queued.proposal() {
@@ -287,7 +287,7 @@ impl Groups {
             group
                 .public
                 .merge_commit(&group.storage, *staged)
-                .map_err(|e| invalid(format!("the commit cannot be merged: {e:?}")))?;
+                .map_err(|e| invalid(format!("the commit cannot be merged: {e}")))?;
             self.check_group_info(&group.public, sender_leaf, request.group_info.as_slice())?;
             self.check_group_context(&group.public)
         })?;
@@ -458,7 +458,7 @@ impl Groups {
         let pending = group
             .public
             .queued_proposals(&group.storage)
-            .map_err(|e| corrupt(&format!("reading pending proposals: {e:?}")))?;
+            .map_err(|e| corrupt(&format!("reading pending proposals: {e}")))?;
         if let Some(conflict) = conflicting_proposal(&pending, sender_leaf, queued.proposal()) {
             return Err(ServiceError::ProposalConflict(conflict.into()));
         }
@@ -499,7 +499,7 @@ impl Groups {
         group
             .public
             .add_proposal(&group.storage, *queued)
-            .map_err(|e| corrupt(&format!("storing the proposal: {e:?}")))?;
+            .map_err(|e| corrupt(&format!("storing the proposal: {e}")))?;
         let payload = Arc::new(request.proposal.as_slice().to_vec());
         let envelopes: Vec<Envelope> = members
             .iter()
@@ -894,7 +894,7 @@ impl Groups {
             let pending = group
                 .public
                 .queued_proposals(&group.storage)
-                .map_err(|e| corrupt(&format!("reading pending proposals: {e:?}")))?;
+                .map_err(|e| corrupt(&format!("reading pending proposals: {e}")))?;
             let removal_pending = pending.iter().any(|(_, queued)| {
                 matches!(queued.proposal(), Proposal::Remove(remove) if remove.removed().u32() == leaf)
             });
@@ -920,7 +920,7 @@ impl Groups {
                 &signer,
                 SenderExtensionIndex::new(sender_index),
             )
-            .map_err(|e| invalid(format!("cannot make the proposal: {e:?}")))?
+            .map_err(|e| invalid(format!("cannot make the proposal: {e}")))?
             .tls_serialize_detached()
             .map_err(|e| invalid(e.to_string()))?;
             // The server records its own proposal like any other, so commits can cover it.
@@ -947,7 +947,7 @@ impl Groups {
             group
                 .public
                 .add_proposal(&group.storage, *queued)
-                .map_err(|e| corrupt(&format!("storing the proposal: {e:?}")))?;
+                .map_err(|e| corrupt(&format!("storing the proposal: {e}")))?;
             let mut leaving = group.stored.leaving.clone();
             leaving.push((departed.user_id.as_str().to_owned(), departed.device_id));
             let payload = Arc::new(proposal);
