@@ -30,12 +30,15 @@ use crate::store::DATABASE_FILE;
 const MAX_ADMIN_CONNECTIONS: usize = 8;
 /// A request line must arrive within this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// A write to an admin client that does not move for this long ends its connection.
+const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Prefix of the scratch directory a backup's database copy is made in (inside the data dir).
 const BACKUP_SCRATCH_PREFIX: &str = "backup-in-progress-";
 
 /// Binds the admin socket in `data_dir`, replacing one a dead server left (the caller holds the
 /// database lock, so no live server owns it).
 pub(crate) fn bind(data_dir: &Path) -> anyhow::Result<UnixListener> {
+    remove_stale_backup_copies(data_dir);
     let path = data_dir.join(ADMIN_SOCKET_FILE);
     match std::fs::remove_file(&path) {
         Ok(()) => debug!("removed a stale admin socket"),
@@ -46,6 +49,29 @@ pub(crate) fn bind(data_dir: &Path) -> anyhow::Result<UnixListener> {
         UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
     crate::secret_files::make_private(&path, 0o600)?;
     Ok(listener)
+}
+
+/// Removes the scratch copies of backups a server died during.
+fn remove_stale_backup_copies(data_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(BACKUP_SCRATCH_PREFIX)
+        {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => {
+                    info!(scratch = %entry.path().display(), "removed the copy of an unfinished backup")
+                }
+                Err(e) => {
+                    warn!(scratch = %entry.path().display(), "could not remove the copy of an unfinished backup: {e}")
+                }
+            }
+        }
+    }
 }
 
 /// Serves admin connections until `stop`, then removes the socket.
@@ -151,8 +177,12 @@ async fn write_line(
 ) -> anyhow::Result<()> {
     let mut line = serde_json::to_vec(response)?;
     line.push(b'\n');
-    writer.write_all(&line).await?;
-    writer.shutdown().await?;
+    tokio::time::timeout(STALL_TIMEOUT, async {
+        writer.write_all(&line).await?;
+        writer.shutdown().await
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("the admin client stopped reading"))??;
     Ok(())
 }
 
@@ -198,8 +228,20 @@ async fn stream_backup(
         writer.write_all(&line).await?;
         for ((_, path), file) in files.iter().zip(&listed) {
             // Exactly the announced length, even if a key file changed meanwhile.
-            let source = tokio::fs::File::open(path).await?;
-            let copied = tokio::io::copy(&mut source.take(file.bytes), writer).await?;
+            let mut source = tokio::fs::File::open(path).await?.take(file.bytes);
+            let mut buffer = vec![0u8; 64 * 1024];
+            let mut copied = 0;
+            loop {
+                let read = source.read(&mut buffer).await?;
+                if read == 0 {
+                    break;
+                }
+                // A reader that stops reading gives the backup up, rather than holding it.
+                tokio::time::timeout(STALL_TIMEOUT, writer.write_all(&buffer[..read]))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("the backup's reader stopped reading"))??;
+                copied += read as u64;
+            }
             anyhow::ensure!(
                 copied == file.bytes,
                 "{} shrank during the backup",

@@ -546,6 +546,18 @@ mod admin {
             numbers.len()
         );
         assert!(numbers.len() as u32 <= after_backup);
+
+        // The copy a backup was making when its server died is removed at the next start.
+        let scratch = restored
+            .dir
+            .path()
+            .join("data")
+            .join("backup-in-progress-0011223344556677");
+        std::fs::create_dir(&scratch).unwrap();
+        std::fs::write(scratch.join("roost.redb"), b"half a copy").unwrap();
+        let restored = restored.restart().await;
+        assert!(!scratch.exists());
+        drop(restored);
     }
 }
 
