@@ -38,6 +38,19 @@ pub fn require_data_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Removes everything inside `dir`, keeping `dir`.
+fn empty_directory(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 /// A server that is accepting connections.
 pub struct Server {
     local_addr: SocketAddr,
@@ -61,12 +74,22 @@ impl Server {
             Some(address) => Some(crate::metrics::bind(address).await?),
             None => None,
         };
+        // A directory that did not exist, or was empty (one a service manager made for us), is
+        // left as it was found if the start fails.
         let created = !config.data_dir.exists();
+        let was_empty = std::fs::read_dir(&config.data_dir)
+            .map(|mut entries| entries.next().is_none())
+            .unwrap_or(false);
         let data_dir = config.data_dir.clone();
         let started = Self::start_on(config, socket, metrics_listener).await;
-        if started.is_err() && created {
-            if let Err(e) = std::fs::remove_dir_all(&data_dir) {
-                warn!(data_dir = %data_dir.display(), "could not remove the data directory made by the failed start: {e}");
+        if started.is_err() && (created || was_empty) {
+            let undone = if created {
+                std::fs::remove_dir_all(&data_dir)
+            } else {
+                empty_directory(&data_dir)
+            };
+            if let Err(e) = undone {
+                warn!(data_dir = %data_dir.display(), "could not undo what the failed start wrote in the data directory: {e}");
             }
         }
         started
