@@ -453,28 +453,45 @@ fn invite(
 }
 
 async fn serve(config: ServerConfig) -> anyhow::Result<()> {
+    // The handlers are installed before anything starts: a SIGTERM that comes while the server
+    // starts (or just after it logged that it serves) shuts it down gracefully, not by the
+    // signal's default action.
+    let mut signals = ShutdownSignals::install()?;
     let server = Server::start(config).await?;
-    shutdown_signal().await?;
+    signals.next().await;
     // A second signal while shutting down gives up waiting for in-flight requests.
     tokio::select! {
         result = server.shutdown() => result,
-        _ = shutdown_signal() => {
+        _ = signals.next() => {
             warn!("second signal: exiting without waiting");
             std::process::exit(130);
         }
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() -> anyhow::Result<()> {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result.context("waiting for SIGINT")?,
-        _ = terminate.recv() => {}
+/// SIGINT and SIGTERM, caught from the moment they are installed.
+struct ShutdownSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            terminate: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        })
     }
-    info!("signal received");
-    Ok(())
+
+    /// Resolves on the next SIGINT or SIGTERM.
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        info!("signal received");
+    }
 }
 
 fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
