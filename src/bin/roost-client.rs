@@ -298,7 +298,11 @@ fn explain_connect_error(error: &ClientError, cli: &Cli, address: SocketAddr) ->
 fn reset(state: &Path) -> anyhow::Result<Output> {
     let identity = DeviceIdentity::load(state).ok();
     let mut removed = Vec::new();
-    for file in ["identity.json", "mls-storage.bin", GroupNames::FILE] {
+    for file in [
+        roost::client::state::IDENTITY_FILE,
+        roost::client::mls::MLS_STORAGE_FILE,
+        GroupNames::FILE,
+    ] {
         let path = state.join(file);
         match std::fs::remove_file(&path) {
             Ok(()) => removed.push(file),

@@ -20,7 +20,7 @@ use crate::protocol::{ClientId, ROLES_EXTENSION_TYPE};
 use crate::secret_files::write_private;
 
 /// The file in a device's state directory that holds its MLS key store.
-const MLS_STORAGE_FILE: &str = "mls-storage.bin";
+pub const MLS_STORAGE_FILE: &str = "mls-storage.bin";
 
 pub struct DeviceMls {
     client: ClientId,

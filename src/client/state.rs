@@ -11,7 +11,7 @@ use tls_codec::{Deserialize as _, Serialize as _};
 use crate::protocol::{ClientCredential, ClientId, ClientRegistered, Text};
 use crate::secret_files::{create_private_dir, write_private};
 
-const IDENTITY_FILE: &str = "identity.json";
+pub const IDENTITY_FILE: &str = "identity.json";
 
 /// A registered device.
 #[derive(Clone, Debug)]

@@ -164,11 +164,8 @@ impl Store {
         let target = target.to_owned();
         tokio::task::spawn_blocking(move || {
             let snapshot = db.begin_read()?;
-            crate::secret_files::create_private(&target, b"").map_err(|e| {
-                StoreError::Backend(std::sync::Arc::new(redb::Error::Io(std::io::Error::other(
-                    format!("{e:#}"),
-                ))))
-            })?;
+            crate::secret_files::create_private(&target, b"")
+                .map_err(|e| StoreError::io(format!("{e:#}")))?;
             let copy = Database::create(&target)?;
             let mut txn = copy.begin_write()?;
             txn.set_durability(Durability::Immediate)?;
@@ -180,9 +177,7 @@ impl Store {
             super::tables::for_each_table!(copy_table);
             txn.commit()?;
             drop(copy);
-            Ok(std::fs::metadata(&target)
-                .map_err(|e| StoreError::Backend(std::sync::Arc::new(redb::Error::Io(e))))?
-                .len())
+            Ok(std::fs::metadata(&target).map_err(StoreError::io)?.len())
         })
         .await
         .map_err(|_| StoreError::Closed)?

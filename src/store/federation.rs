@@ -235,26 +235,28 @@ impl Store {
         .await
     }
 
-    /// Every peer with deliveries waiting: how many, and since when. A scan of the outbox, for
-    /// the operator's `federation status`.
+    /// Every peer with deliveries waiting: how many, and since when (the operator's
+    /// `federation status` and the metrics).
     pub async fn outbox_status(&self) -> Result<Vec<PeerBacklog>, StoreError> {
         self.read(|txn| {
             let outbox = txn.open_table(OUTBOX)?;
-            let mut backlog: Vec<PeerBacklog> = Vec::new();
-            for entry in outbox.iter()? {
-                let (key, value) = entry?;
-                let peer = key.value().0;
-                let (enqueued_ms, _) = unstamped(value.value())?;
-                match backlog.last_mut() {
-                    Some(last) if last.peer == peer => {
-                        last.waiting += 1;
-                        last.oldest_ms = last.oldest_ms.min(enqueued_ms);
-                    }
-                    _ => backlog.push(PeerBacklog {
+            let mut backlog = Vec::new();
+            // A peer's deliveries are the seqs from its oldest up to its head, without gaps:
+            // only the oldest are ever removed. So one row per peer tells its whole backlog,
+            // whatever its length (this runs at every metrics scrape).
+            for head in txn.open_table(OUTBOX_HEADS)?.iter()? {
+                let (peer, next_seq) = head?;
+                let peer = peer.value();
+                let oldest = outbox
+                    .range((peer, 0)..=(peer, u64::MAX))?
+                    .next()
+                    .transpose()?;
+                if let Some((key, value)) = oldest {
+                    backlog.push(PeerBacklog {
                         peer: peer.to_owned(),
-                        waiting: 1,
-                        oldest_ms: enqueued_ms,
-                    }),
+                        waiting: next_seq.value() - key.value().1,
+                        oldest_ms: unstamped(value.value())?.0,
+                    });
                 }
             }
             Ok(backlog)

@@ -98,6 +98,15 @@ pub async fn acting_for<F: std::future::Future>(
     ACTING_CLIENT.scope(client, work).await
 }
 
+impl StoreError {
+    /// A file-system failure around the database (its file, a backup's copy).
+    pub(crate) fn io(error: impl std::fmt::Display) -> Self {
+        Self::Backend(Arc::new(redb::Error::Io(std::io::Error::other(
+            error.to_string(),
+        ))))
+    }
+}
+
 impl<E: Into<redb::Error>> From<E> for StoreError {
     fn from(e: E) -> Self {
         Self::Backend(Arc::new(e.into()))
@@ -162,9 +171,7 @@ impl Store {
         } else {
             crate::secret_files::create_private(&path, b"")
         };
-        private.map_err(|e| {
-            StoreError::Backend(Arc::new(redb::Error::Io(std::io::Error::other(e))))
-        })?;
+        private.map_err(|e| StoreError::io(format!("{e:#}")))?;
         let db = Arc::new(Database::create(&path)?);
         let stats = Arc::new(StoreStats::default());
         let (writes, queue) = mpsc::channel(WRITE_QUEUE_CAPACITY);

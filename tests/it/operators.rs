@@ -115,21 +115,29 @@ fn a_failed_start_leaves_no_data_dir_behind() {
     assert!(first.terminate().success());
 }
 
+/// `roost serve` configured by `ROOST_*` variables alone: domain a.example, the certificate
+/// `roost certs` made for b.example in `certs`, JSON logs.
+fn serve_from_environment(data_dir: &std::path::Path, certs: &std::path::Path) -> Command {
+    let mut command = Command::new(ROOST);
+    command
+        .arg("serve")
+        .env_remove("RUST_LOG")
+        .env("ROOST_DOMAIN", "a.example")
+        .env("ROOST_LISTEN", "127.0.0.1:0")
+        .env("ROOST_DATA_DIR", data_dir)
+        .env("ROOST_CERT", certs.join("b.example.pem"))
+        .env("ROOST_KEY", certs.join("b.example.key"))
+        .env("ROOST_LOG_FORMAT", "json");
+    command
+}
+
 #[test]
 fn serve_flags_come_from_the_environment_and_a_certificate_for_another_name_is_warned_about() {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
     crate::cli::roost_certs(&certs, "b.example");
     let data_dir = dir.path().join("data");
-    let output = Command::new(ROOST)
-        .arg("serve")
-        .env_remove("RUST_LOG")
-        .env("ROOST_DOMAIN", "a.example")
-        .env("ROOST_LISTEN", "127.0.0.1:0")
-        .env("ROOST_DATA_DIR", &data_dir)
-        .env("ROOST_CERT", certs.join("b.example.pem"))
-        .env("ROOST_KEY", certs.join("b.example.key"))
-        .env("ROOST_LOG_FORMAT", "json")
+    let output = serve_from_environment(&data_dir, &certs)
         // Not a number: the flag parser must have read it from the environment.
         .env("ROOST_MAX_CONNECTIONS", "many")
         .output()
@@ -137,15 +145,7 @@ fn serve_flags_come_from_the_environment_and_a_certificate_for_another_name_is_w
     assert!(!output.status.success());
     assert!(stderr(&output).contains("many"), "{}", stderr(&output));
 
-    let mut child = Command::new(ROOST)
-        .arg("serve")
-        .env_remove("RUST_LOG")
-        .env("ROOST_DOMAIN", "a.example")
-        .env("ROOST_LISTEN", "127.0.0.1:0")
-        .env("ROOST_DATA_DIR", &data_dir)
-        .env("ROOST_CERT", certs.join("b.example.pem"))
-        .env("ROOST_KEY", certs.join("b.example.key"))
-        .env("ROOST_LOG_FORMAT", "json")
+    let mut child = serve_from_environment(&data_dir, &certs)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();

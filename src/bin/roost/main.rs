@@ -427,13 +427,11 @@ fn invite(
     command: admin::InvitesCommand,
 ) -> anyhow::Result<()> {
     roost::server::require_data_dir(data_dir)?;
-    let running = data_dir
-        .join(roost::protocol::admin::ADMIN_SOCKET_FILE)
-        .exists()
-        && std::os::unix::net::UnixStream::connect(
-            data_dir.join(roost::protocol::admin::ADMIN_SOCKET_FILE),
-        )
-        .is_ok();
+    // A server runs if its socket takes a connection (a stale socket refuses one).
+    let running = std::os::unix::net::UnixStream::connect(
+        data_dir.join(roost::protocol::admin::ADMIN_SOCKET_FILE),
+    )
+    .is_ok();
     match command {
         admin::InvitesCommand::Create { uses, valid_days } if !running => {
             admin::create_invite_offline(data_dir, uses, valid_days, json)
