@@ -84,7 +84,12 @@ pub struct ServerConfig {
     /// The domain users of this server belong to (`alice@DOMAIN`).
     pub domain: Domain,
     pub listen: SocketAddr,
+    /// Keys, the generated certificate, the admin socket, and the redb database unless `store`
+    /// names another.
     pub data_dir: PathBuf,
+    /// Where the data lives: `None` is `roost.redb` in the data directory. A PostgreSQL store may
+    /// be shared by several nodes of the domain (each with a copy of the data directory's keys).
+    pub store: Option<crate::store::StoreLocation>,
     pub certificate: CertificateSource,
     pub limits: ServerLimits,
     /// Whether and how new users may register.
@@ -237,6 +242,7 @@ impl ServerConfig {
             domain,
             listen,
             data_dir,
+            store: None,
             certificate: CertificateSource::SelfSigned,
             limits: ServerLimits::default(),
             registration: RegistrationMode::Open,

@@ -335,7 +335,7 @@ async fn read_values(services: &Services) -> Vec<Value> {
         "store_file_bytes",
         "Size of the database file",
         vec![],
-        store.file_size() as f64,
+        store.stored_bytes().await as f64,
     );
     gauge(
         "connected_clients",
@@ -413,6 +413,11 @@ async fn read_values(services: &Services) -> Vec<Value> {
             "store_writes",
             "Store writes committed (several share a commit under load)",
             stats.writes(),
+        ),
+        (
+            "store_conflicts",
+            "Write batches run again after losing a race with another node's transaction",
+            stats.conflicts(),
         ),
     ];
     for (name, help, value) in counters {

@@ -15,7 +15,7 @@ use crate::metrics::Metrics;
 use crate::secret_files::create_private_dir;
 use crate::services::admin::{Admin, ServerFacts};
 use crate::services::Services;
-use crate::store::{Store, StoreError, DATABASE_FILE};
+use crate::store::{Store, StoreLocation, DATABASE_FILE};
 use crate::tls::TlsIdentity;
 use crate::transport::{self, SessionRegistry, Shared};
 
@@ -29,9 +29,11 @@ pub fn require_data_dir(dir: &Path) -> anyhow::Result<()> {
             dir.display()
         );
     }
-    if !dir.join(DATABASE_FILE).is_file() {
+    // A node of a shared (PostgreSQL) store keeps only its keys here.
+    let keys = crate::services::credential_keys::CREDENTIAL_KEYS_DIR;
+    if !dir.join(DATABASE_FILE).is_file() && !dir.join(keys).is_dir() {
         anyhow::bail!(
-            "{} holds no Roost data (no {DATABASE_FILE}): give the --data-dir of a server that has run",
+            "{} holds no Roost data (no {DATABASE_FILE}, no {keys}): give the --data-dir of a server that has run",
             dir.display()
         );
     }
@@ -120,30 +122,44 @@ impl Server {
                 "the certificate does not name the domain: clients and peers that check it against the domain will refuse it"
             );
         }
-        let data_dir = config.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
-            .await?
-            .map_err(|e| match e {
-                StoreError::Backend(ref backend)
-                    if matches!(**backend, redb::Error::DatabaseAlreadyOpen) =>
-                {
-                    anyhow::anyhow!(
-                        "another roost process is using the data directory {}",
-                        config.data_dir.display()
-                    )
+        let location = config
+            .store
+            .clone()
+            .unwrap_or_else(|| StoreLocation::Redb(config.data_dir.join(DATABASE_FILE)));
+        let store = tokio::task::spawn_blocking({
+            let location = location.clone();
+            move || Store::open_at(&location)
+        })
+        .await?
+        .map_err(|e| {
+            if e.is_database_in_use() {
+                match &location {
+                    StoreLocation::Redb(path) if path.parent() == Some(&*config.data_dir) => {
+                        anyhow::anyhow!(
+                            "another roost process is using the data directory {}",
+                            config.data_dir.display()
+                        )
+                    }
+                    _ => anyhow::anyhow!("another roost process is using the database {location}"),
                 }
-                other => anyhow::Error::new(other).context(format!(
-                    "opening the store in {}",
-                    config.data_dir.display()
-                )),
-            })?;
+            } else {
+                anyhow::Error::new(e).context(format!("opening the store {location}"))
+            }
+        })?;
         store.bind_domain(config.domain.as_str()).await?;
         let sessions = Arc::new(SessionRegistry::default());
+        // On a shared store, the bus to the other nodes of the domain (its own connection).
+        let bus = tokio::task::spawn_blocking({
+            let store = store.clone();
+            move || store.event_bus()
+        })
+        .await??;
         let services = Arc::new(Services::new(
             &config,
             &identity,
             store.clone(),
             sessions.clone(),
+            bus,
         )?);
 
         let peer_trust = config
@@ -208,6 +224,7 @@ impl Server {
                     shared.services.run_maintenance(stop.clone()),
                     shared.services.run_outbox(stop.clone()),
                     shared.services.run_push(stop.clone()),
+                    shared.services.run_cluster(stop.clone()),
                     admin,
                     metrics,
                 );

@@ -9,6 +9,7 @@
 mod accounts;
 pub mod admin;
 mod auth;
+pub mod cluster;
 mod credential;
 mod error;
 mod federation;

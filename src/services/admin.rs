@@ -109,7 +109,7 @@ impl Admin {
             queued_bytes: counts.queued_bytes,
             outbox_waiting: counts.outbox_waiting,
             invites_active,
-            store_bytes: store.file_size(),
+            store_bytes: store.stored_bytes().await,
         })
     }
 

@@ -102,9 +102,50 @@ fn tls_alert_name(alert: u8) -> String {
     }
 }
 
+/// How long a node's hold on a peer's outbox lasts unless renewed (each drain renews it).
+const OUTBOX_LEASE: Duration = Duration::from_secs(15);
+
+/// The lease of `peer`'s outbox.
+fn outbox_lease(peer: &str) -> String {
+    format!("outbox:{peer}")
+}
+
 /// Wakes the outbox workers when deliveries were committed. Every worker sees every wake, and a
 /// wake that comes while a worker is busy is not lost: it finds it when it next waits.
-pub type OutboxWake = Arc<tokio::sync::watch::Sender<()>>;
+pub type OutboxWake = Arc<OutboxSignal>;
+
+/// The outbox workers' wake-up: this node's workers, and on a shared store the other nodes' (one
+/// of which may hold a peer's outbox lease).
+pub struct OutboxSignal {
+    changed: tokio::sync::watch::Sender<()>,
+    cluster: Option<Arc<super::cluster::ClusterSessions>>,
+}
+
+impl OutboxSignal {
+    pub(crate) fn new(cluster: Option<Arc<super::cluster::ClusterSessions>>) -> Self {
+        Self {
+            changed: tokio::sync::watch::Sender::new(()),
+            cluster,
+        }
+    }
+
+    /// Deliveries were committed here: wake the workers of every node.
+    pub fn wake(&self) {
+        self.changed.send_replace(());
+        if let Some(cluster) = &self.cluster {
+            cluster.announce_outbox_work();
+        }
+    }
+
+    /// Another node committed deliveries: wake this node's workers.
+    pub(crate) fn wake_here(&self) {
+        self.changed.send_replace(());
+    }
+
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<()> {
+        self.changed.subscribe()
+    }
+}
 
 impl Federation {
     pub fn new(
@@ -392,7 +433,13 @@ impl Federation {
     /// Sends the outbox until `stop`: one worker per peer, so a peer that is down delays no
     /// other. Each sends its peer's deliveries in order and removes each once the peer
     /// acknowledged it; while the peer cannot be reached it retries with growing delays.
-    pub async fn run_outbox(&self, store: Store, wake: &OutboxWake, stop: CancellationToken) {
+    pub async fn run_outbox(
+        &self,
+        store: Store,
+        wake: &OutboxWake,
+        node: u64,
+        stop: CancellationToken,
+    ) {
         match store.outbox_backlog().await {
             Ok(backlog) => {
                 for (peer, waiting) in backlog.iter().filter(|(peer, _)| !self.knows(peer)) {
@@ -405,23 +452,42 @@ impl Federation {
             .config
             .peers
             .keys()
-            .map(|peer| self.run_peer_outbox(&store, peer, wake.subscribe(), &stop));
+            .map(|peer| self.run_peer_outbox(&store, peer, node, wake.subscribe(), &stop));
         futures::future::join_all(workers).await;
+        if store.is_shared() {
+            // Give the leases up, so that another node takes the outboxes over at once.
+            for peer in self.config.peers.keys() {
+                let _ = store.release_lease(&outbox_lease(peer), node).await;
+            }
+        }
     }
 
     /// The outbox worker of `peer`: drains, then waits to be woken; after a failure, waits
     /// `FIRST_RETRY_DELAY`, doubling up to `MAX_RETRY_DELAY`.
+    ///
+    /// On a shared store, the node holding the peer's outbox lease drains it; the others wait to
+    /// be woken or for the lease to run out (its holder stopped renewing it).
     async fn run_peer_outbox(
         &self,
         store: &Store,
         peer: &str,
+        node: u64,
         mut wake: tokio::sync::watch::Receiver<()>,
         stop: &CancellationToken,
     ) {
         let mut retry_delay: Option<Duration> = None;
+        let lease = outbox_lease(peer);
         loop {
             // Marked seen before draining: a wake that comes during the drain is kept for later.
             wake.borrow_and_update();
+            if !super::leases::hold(store, node, &lease, OUTBOX_LEASE.as_millis() as u64).await {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    woken = wake.changed() => if woken.is_err() { return },
+                    _ = tokio::time::sleep(OUTBOX_LEASE) => {}
+                }
+                continue;
+            }
             // Stopping mid-delivery is safe: a delivery not yet marked done is sent again at
             // the next start, and the peer stores it once (delivery ids).
             let drained = tokio::select! {

@@ -581,7 +581,7 @@ impl Groups {
             .await?
             .map_err(|_| ServiceError::UnknownGroup)?;
         super::announce_queued(&*self.sessions, &envelopes, &outcomes, now_ms);
-        self.outbox_wake.send_replace(());
+        self.outbox_wake.wake();
         tracing::info!(group = %hex::encode(group_id), by = %caller, "group deleted");
         Ok(())
     }
@@ -687,7 +687,7 @@ impl Groups {
             }
             Err(refusal) => return Err(group_refusal(refusal)),
         };
-        self.outbox_wake.send_replace(());
+        self.outbox_wake.wake();
         super::announce_queued(&*self.sessions, &envelopes, &outcomes, accepted_at_ms);
         let mut queue_full: Vec<ClientId> = recipients
             .iter()
@@ -702,6 +702,7 @@ impl Groups {
                     seq: gseq,
                     enqueued_at_ms: accepted_at_ms,
                     kind: MessageKind::Mls,
+                    carried: true,
                     payload: payload.clone(),
                 };
                 let readers: Vec<(&str, u32)> = log_readers
@@ -1030,7 +1031,7 @@ impl Groups {
             .await?;
         if let Ok(outcomes) = &outcome {
             super::announce_queued(&*self.sessions, &envelopes, outcomes, now_ms);
-            self.outbox_wake.send_replace(());
+            self.outbox_wake.wake();
         }
         Ok(outcome.map(|_| ()))
     }

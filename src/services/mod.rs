@@ -6,6 +6,7 @@
 
 mod accounts;
 pub mod admin;
+mod cluster;
 pub mod credential_keys;
 mod federation;
 mod group_state;
@@ -45,6 +46,33 @@ use crate::protocol::{
 };
 use crate::store::{Store, StoreError};
 use invites::InviteError;
+
+/// The lease of the maintenance purge (one node of a shared store runs it).
+const MAINTENANCE_LEASE: &str = "maintenance";
+
+/// Leases of jobs one node runs at a time.
+pub(crate) mod leases {
+    use crate::clock::{Clock, SystemClock};
+    use crate::store::Store;
+
+    /// Whether node `node` holds (took or renewed) the lease `name` for `duration_ms`. Always on
+    /// an unshared store. A store failure counts as not holding it (the job waits a round).
+    pub(crate) async fn hold(store: &Store, node: u64, name: &str, duration_ms: u64) -> bool {
+        if !store.is_shared() {
+            return true;
+        }
+        match store
+            .hold_lease(name, node, SystemClock.now_ms(), duration_ms)
+            .await
+        {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::warn!(lease = name, error = %e, "cannot take a lease");
+                false
+            }
+        }
+    }
+}
 
 /// Runs CPU-heavy work (openmls verification of commits and proposals, decoding and encoding a
 /// group's state: over 100 ms for a commit in a group of 1,000) without stalling the other
@@ -97,6 +125,9 @@ pub struct PushedMessage {
     pub kind: crate::protocol::MessageKind,
     /// Shared by every recipient of a fanned-out message.
     pub payload: Arc<Vec<u8>>,
+    /// Whether `payload` is the message; `false` when it was too large to pass between nodes
+    /// (the hint then only announces the message).
+    pub carried: bool,
 }
 
 /// Tells the connected recipients of `envelopes` what was queued for them (`outcomes`, in the
@@ -123,6 +154,7 @@ fn announce_queued(
             seq,
             enqueued_at_ms,
             kind,
+            carried: true,
             payload: envelope.payload.clone(),
         };
         if !logged {
@@ -332,6 +364,10 @@ pub struct Services {
     push: Arc<Push>,
     sessions: Arc<dyn Sessions>,
     maintenance_interval: std::time::Duration,
+    /// This node's id among the nodes sharing the store (leases, events).
+    node: u64,
+    /// The bus to the other nodes and this node's own connections, on a shared store.
+    cluster: Option<(Arc<crate::store::PgEventBus>, Arc<dyn Sessions>)>,
 }
 
 impl Services {
@@ -378,7 +414,22 @@ impl Services {
         identity: &crate::tls::TlsIdentity,
         store: Store,
         sessions: Arc<dyn Sessions>,
+        bus: Option<Arc<crate::store::PgEventBus>>,
     ) -> anyhow::Result<Self> {
+        let node = rand::random::<u64>();
+        // On a shared store, what the services tell clients also goes to the other nodes.
+        let local_sessions = sessions.clone();
+        let cluster_sessions = bus.as_ref().map(|bus| {
+            Arc::new(cluster::ClusterSessions::new(
+                sessions.clone(),
+                node,
+                bus.clone(),
+            ))
+        });
+        let sessions: Arc<dyn Sessions> = match &cluster_sessions {
+            Some(cluster) => cluster.clone(),
+            None => sessions,
+        };
         let push = Arc::new(Push::new(
             &config.push,
             &config.data_dir,
@@ -399,7 +450,7 @@ impl Services {
             .as_ref()
             .map(|federation| Federation::new(&config.domain, federation, identity).map(Arc::new))
             .transpose()?;
-        let outbox_wake = Arc::new(tokio::sync::watch::Sender::new(()));
+        let outbox_wake = Arc::new(federation::OutboxSignal::new(cluster_sessions));
         Ok(Self {
             domain: config.domain.to_text(),
             limits: ServerLimits::announced(&config.limits),
@@ -421,19 +472,55 @@ impl Services {
             push,
             sessions,
             maintenance_interval: config.maintenance_interval,
+            node,
+            cluster: bus.map(|bus| (bus, local_sessions)),
         })
     }
 
-    /// Purges expired data every maintenance interval until `stop` is cancelled.
+    /// Purges expired data every maintenance interval until `stop` is cancelled. On a shared
+    /// store one node does it: the one holding the maintenance lease.
     pub async fn run_maintenance(&self, stop: tokio_util::sync::CancellationToken) {
         let mut ticks = tokio::time::interval(self.maintenance_interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Held across two ticks, so the holder renews it before it runs out.
+        let lease_ms = (self.maintenance_interval.as_millis() as u64)
+            .saturating_mul(2)
+            .max(1_000);
         loop {
             tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => break,
                 _ = ticks.tick() => {}
             }
-            self.purge_expired().await;
+            if self.holds_lease(MAINTENANCE_LEASE, lease_ms).await {
+                self.purge_expired().await;
+            }
+        }
+        self.release_lease(MAINTENANCE_LEASE).await;
+    }
+
+    /// Whether this node holds (took or renewed) the lease `name` for `duration_ms`. Always on an
+    /// unshared store: its one node runs everything.
+    async fn holds_lease(&self, name: &str, duration_ms: u64) -> bool {
+        leases::hold(&self.store, self.node, name, duration_ms).await
+    }
+
+    async fn release_lease(&self, name: &str) {
+        if self.store.is_shared() {
+            if let Err(e) = self.store.release_lease(name, self.node).await {
+                tracing::debug!(lease = name, error = %e, "could not give a lease up");
+            }
+        }
+    }
+
+    /// Applies the other nodes' events to this node's connections until `stop` (nothing to do on
+    /// an unshared store).
+    pub async fn run_cluster(&self, stop: tokio_util::sync::CancellationToken) {
+        if let Some((bus, local)) = &self.cluster {
+            let targets = cluster::EventTargets {
+                local: local.clone(),
+                outbox_wake: self.outbox_wake.clone(),
+            };
+            cluster::run_cluster_events(bus.clone(), self.node, targets, stop).await;
         }
     }
 
@@ -715,7 +802,7 @@ impl Services {
     pub async fn run_outbox(&self, stop: tokio_util::sync::CancellationToken) {
         if let Some(federation) = &self.federation {
             federation
-                .run_outbox(self.store.clone(), &self.outbox_wake, stop)
+                .run_outbox(self.store.clone(), &self.outbox_wake, self.node, stop)
                 .await;
         }
     }

@@ -4,7 +4,7 @@
 //! Every operation that a rule can refuse checks before it writes, so a refusal (`Ok(Err(..))`)
 //! never leaves a partial write behind.
 
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use super::kv::{ReadableTable, TableDefinition, WriteTransaction};
 use sha2::{Digest, Sha256};
 use tls_codec::{Deserialize, Serialize, TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
 

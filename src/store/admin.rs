@@ -3,10 +3,9 @@
 
 use std::path::Path;
 
-use redb::{
-    Database, Durability, Key, ReadTransaction, ReadableDatabase, ReadableTable,
-    ReadableTableMetadata, Value,
-};
+use redb::{Database, Durability};
+
+use super::kv::{ReadTransaction, ReadableTable, SortKey, TableDefinition, Value};
 
 use super::accounts::{CLIENTS, USERS};
 use super::federation::OUTBOX;
@@ -156,14 +155,13 @@ impl Store {
             .await
     }
 
-    /// Writes a consistent copy of the database, as one read transaction sees it, into a new
-    /// database file at `target` (which must not exist). Writers go on meanwhile: redb's read
-    /// transactions are snapshots. Returns the file's size.
+    /// Writes a consistent copy of the store, as one read transaction sees it, into a new redb
+    /// database file at `target` (which must not exist). Writers go on meanwhile: read
+    /// transactions are snapshots (on PostgreSQL too, so a shared store can be copied into a
+    /// file that one node serves). Returns the file's size.
     pub async fn backup_into(&self, target: &Path) -> Result<u64, StoreError> {
-        let db = self.db.clone();
         let target = target.to_owned();
-        tokio::task::spawn_blocking(move || {
-            let snapshot = db.begin_read()?;
+        self.read(move |snapshot| {
             crate::secret_files::create_private(&target, b"")
                 .map_err(|e| StoreError::io(format!("{e:#}")))?;
             let copy = Database::create(&target)?;
@@ -171,7 +169,7 @@ impl Store {
             txn.set_durability(Durability::Immediate)?;
             macro_rules! copy_table {
                 ($table:expr) => {
-                    copy_rows(&snapshot, &txn, $table)?;
+                    copy_rows(snapshot, &txn, $table)?;
                 };
             }
             super::tables::for_each_table!(copy_table);
@@ -180,12 +178,23 @@ impl Store {
             Ok(std::fs::metadata(&target).map_err(StoreError::io)?.len())
         })
         .await
-        .map_err(|_| StoreError::Closed)?
     }
 
-    /// The database file's size in bytes.
-    pub fn file_size(&self) -> u64 {
-        std::fs::metadata(&self.path).map_or(0, |metadata| metadata.len())
+    /// The bytes the store takes: the database file, or the PostgreSQL database's size.
+    pub async fn stored_bytes(&self) -> u64 {
+        match &self.backend {
+            super::Backend::Redb { path, .. } => {
+                std::fs::metadata(path).map_or(0, |metadata| metadata.len())
+            }
+            super::Backend::Postgres(database) => {
+                let database = database.clone();
+                tokio::task::spawn_blocking(move || database.size())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or(0)
+            }
+        }
     }
 }
 
@@ -198,10 +207,10 @@ fn sort_queues(queues: &mut [QueueRow]) {
 }
 
 /// Copies every row of `table` from `from` into the same table in `to`.
-fn copy_rows<K: Key + 'static, V: Value + 'static>(
+fn copy_rows<K: SortKey, V: Value + 'static>(
     from: &ReadTransaction,
     to: &redb::WriteTransaction,
-    table: redb::TableDefinition<K, V>,
+    table: TableDefinition<K, V>,
 ) -> Result<(), StoreError> {
     let source = from.open_table(table)?;
     let mut target = to.open_table(table)?;

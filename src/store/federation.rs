@@ -2,7 +2,7 @@
 //! peer acknowledged), the deliveries received from peers (so a retried one is stored once), and
 //! which peer hosts each remote group this server's clients are in.
 
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use super::kv::{ReadableTable, TableDefinition, WriteTransaction};
 
 use super::group_logs::append_message_in;
 use super::groups::{remember_request, repeated_answer, GroupRefusal, RequestRecord};
@@ -31,7 +31,7 @@ pub(super) fn migrate_outbox_1(txn: &WriteTransaction, now_ms: u64) -> Result<()
                 })
             })
             .collect::<Result<_, _>>()?,
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(e),
     };
     let mut outbox = txn.open_table(OUTBOX)?;
     for ((peer, seq), delivery) in &rows {

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use super::kv::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
 use super::groups::GroupMemberRow;
 use super::queues::{
@@ -230,7 +230,7 @@ fn plan_log(
 /// its newest entries, so a reader that never reads cannot stop the others (it finds the entries
 /// it fell behind on gone, as after the retention).
 fn make_room(
-    log: &mut redb::Table<EntryKey, EntryValue>,
+    log: &mut Table<EntryKey<'static>, EntryValue<'static>>,
     group_id: &[u8],
     (next, first_kept, count, bytes): (u64, &mut u64, &mut u64, &mut u64),
     size: u64,
@@ -289,7 +289,7 @@ fn write_log(
 /// member's window that closed meanwhile is harmless (an entry beyond it cannot be read), so this
 /// may be read before the write that appends.
 pub(super) fn log_readers_among(
-    txn: &redb::ReadTransaction,
+    txn: &super::kv::ReadTransaction,
     group_id: &[u8],
     members: &[(String, u32)],
 ) -> Result<Vec<bool>, StoreError> {

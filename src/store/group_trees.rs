@@ -4,7 +4,7 @@
 //! chunks (`FetchGroupTree`). Kept for the queue retention (as long as the Welcome can wait in a
 //! queue) and deleted with the group.
 
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use super::kv::{ReadableTable, TableDefinition, WriteTransaction};
 
 use super::{Store, StoreError};
 

@@ -1,7 +1,7 @@
 //! Groups hosted here: each group's public MLS state (openmls `PublicGroup`, kept as the entries of
 //! its own key-value store), epoch, roles and latest GroupInfo; and which client is in which group.
 
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use super::kv::{ReadableTable, TableDefinition, WriteTransaction};
 use tls_codec::{Deserialize, Serialize, TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
 
 use super::federation::{outbox_in, OutgoingDelivery};
@@ -291,7 +291,8 @@ impl Store {
             if repeated.is_some() {
                 return Ok((repeated, None));
             }
-            let Some(encoded) = txn.open_table(SEND_VIEWS)?.get(group_id.as_slice())? else {
+            let views = txn.open_table(SEND_VIEWS)?;
+            let Some(encoded) = views.get(group_id.as_slice())? else {
                 return Ok((None, None));
             };
             let record = SendViewRecord::tls_deserialize_exact(encoded.value())
@@ -334,7 +335,8 @@ impl Store {
     pub async fn group(&self, group_id: &[u8]) -> Result<Option<StoredGroup>, StoreError> {
         let group_id = group_id.to_vec();
         self.read(move |txn| {
-            let Some(record) = txn.open_table(GROUPS)?.get(group_id.as_slice())? else {
+            let groups = txn.open_table(GROUPS)?;
+            let Some(record) = groups.get(group_id.as_slice())? else {
                 return Ok(None);
             };
             let mut group = StoredGroup::decode(record.value())?;
@@ -680,7 +682,6 @@ pub(super) fn delete_client_memberships(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use redb::ReadableTableMetadata;
 
     #[tokio::test]
     async fn requests_are_remembered_for_the_window_and_then_forgotten() {
@@ -808,7 +809,7 @@ mod tests {
             .unwrap()
             .unwrap();
         let left = store
-            .read(|txn| Ok(txn.open_table(GROUP_STATE)?.len()?))
+            .read(|txn| txn.open_table(GROUP_STATE)?.len())
             .await
             .unwrap();
         assert_eq!(left, 0);

@@ -2,7 +2,7 @@
 //! (claimed or not) until it expires, so that a Welcome can be routed to the client whose
 //! KeyPackage it uses.
 
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use super::kv::{ReadableTable, TableDefinition, WriteTransaction};
 
 use super::accounts::CLIENTS;
 use super::{Store, StoreError};

@@ -1,6 +1,7 @@
 //! The `meta` table: facts about the database itself (schema version, the domain it serves).
 
-use redb::{ReadableTable, TableDefinition};
+use super::kv::{ReadableTable, TableDefinition, WriteTransaction};
+use super::writer::WriterBackend;
 
 use super::{Store, StoreError};
 
@@ -26,9 +27,29 @@ pub const SCHEMA_VERSION: u32 = 4;
 
 impl Store {
     /// Creates the tables of a new database, or checks that an existing one has our layout.
-    pub(super) fn initialise_schema(&self) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
-        super::tables::create_all(&txn)?;
+    pub(super) fn initialise_schema(db: &mut WriterBackend) -> Result<(), StoreError> {
+        // Nodes starting together on one PostgreSQL database conflict here: the loser runs again.
+        let mut attempts = 0;
+        loop {
+            let txn = db.begin()?;
+            match Self::initialise_schema_in(&txn) {
+                Ok(()) => match db.finish(txn, true) {
+                    Err(e) if e.is_conflict() && attempts < 10 => attempts += 1,
+                    outcome => return outcome,
+                },
+                Err(e) => {
+                    let _ = db.finish(txn, false);
+                    if !(e.is_conflict() && attempts < 10) {
+                        return Err(e);
+                    }
+                    attempts += 1;
+                }
+            }
+        }
+    }
+
+    fn initialise_schema_in(txn: &WriteTransaction) -> Result<(), StoreError> {
+        super::tables::create_all(txn)?;
         {
             let mut meta = txn.open_table(META)?;
             let stored = meta
@@ -42,14 +63,14 @@ impl Store {
                 Some(SCHEMA_VERSION) => {}
                 Some(from @ (1..=3)) => {
                     if from == 1 {
-                        super::queues::migrate_queue_1(&txn)?;
+                        super::queues::migrate_queue_1(txn)?;
                     }
                     if from < 3 {
-                        super::federation::count_route_hubs(&txn)?;
-                        super::queues::count_server_total(&txn)?;
+                        super::federation::count_route_hubs(txn)?;
+                        super::queues::count_server_total(txn)?;
                     }
                     super::federation::migrate_outbox_1(
-                        &txn,
+                        txn,
                         crate::clock::Clock::now_ms(&crate::clock::SystemClock),
                     )?;
                     meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION.to_be_bytes().as_slice())?;
@@ -62,7 +83,6 @@ impl Store {
                 }
             }
         }
-        txn.commit()?;
         Ok(())
     }
 
@@ -94,9 +114,10 @@ impl Store {
     pub async fn bound_domain(&self) -> Result<Option<String>, StoreError> {
         self.read(|txn| {
             let meta = txn.open_table(META)?;
-            Ok(meta
+            let domain = meta
                 .get(DOMAIN_KEY)?
-                .map(|v| String::from_utf8_lossy(v.value()).into_owned()))
+                .map(|v| String::from_utf8_lossy(v.value()).into_owned());
+            Ok(domain)
         })
         .await
     }

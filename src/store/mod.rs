@@ -1,14 +1,16 @@
-//! The store: one redb database in the data directory. The only module that names redb.
+//! The store: one redb database in the data directory (the default), or a PostgreSQL database
+//! that several nodes of one domain share. The only module that names redb or PostgreSQL.
 //!
 //! Writes go through one writer thread that does group commit: the writes waiting at the moment it
-//! starts a transaction share that one `Durability::Immediate` commit, and each caller is answered
-//! only after the commit returned. One fsync costs about as much as a hundred small writes, so under
-//! load this multiplies throughput; an idle server commits each write at once.
+//! starts a transaction share that one durable commit, and each caller is answered only after the
+//! commit returned. One fsync costs about as much as a hundred small writes, so under load this
+//! multiplies throughput; an idle server commits each write at once.
 //!
 //! Reads run on tokio's blocking pool in read transactions, which never wait for the writer.
 //!
-//! Services use typed operations (`impl Store` blocks, one file per service's tables); redb types
-//! never leave this module.
+//! Services use typed operations (`impl Store` blocks, one file per service's tables), written
+//! once against [`kv`]'s tables, which are redb's or PostgreSQL's; backend types never leave
+//! this module.
 
 mod accounts;
 mod admin;
@@ -17,11 +19,16 @@ mod group_logs;
 mod group_trees;
 mod groups;
 mod key_packages;
+mod kv;
+mod leases;
 mod meta;
+mod postgres;
 mod push;
 mod queues;
 mod tables;
 mod writer;
+
+pub use postgres::{PgEventBus, ScratchDatabase};
 
 pub use accounts::{
     AddClientRefusal, IssueCredential, IssuedInvite, NewUser, RegisterRefusal, RemoveClientRefusal,
@@ -51,8 +58,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use redb::{Database, ReadTransaction, ReadableDatabase, WriteTransaction};
+use redb::{Database, ReadableDatabase};
 use tokio::sync::{mpsc, oneshot};
+
+use kv::{ReadTransaction, WriteTransaction};
 
 use writer::{TypedWrite, WriteJob};
 
@@ -67,6 +76,8 @@ const WRITE_QUEUE_CAPACITY: usize = 4096;
 pub enum StoreError {
     #[error("storage failure: {0}")]
     Backend(Arc<redb::Error>),
+    #[error("database failure: {0}")]
+    Postgres(Arc<::postgres::Error>),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("the store is closed")]
@@ -107,6 +118,18 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// A conflict with a concurrent transaction of another node: the transaction may run again.
+    pub(crate) fn is_conflict(&self) -> bool {
+        matches!(self, Self::Postgres(e) if postgres::is_conflict(e))
+    }
+
+    /// The redb database file is open in another process.
+    pub fn is_database_in_use(&self) -> bool {
+        matches!(self, Self::Backend(e) if matches!(**e, redb::Error::DatabaseAlreadyOpen))
+    }
+}
+
 impl<E: Into<redb::Error>> From<E> for StoreError {
     fn from(e: E) -> Self {
         Self::Backend(Arc::new(e.into()))
@@ -118,6 +141,7 @@ impl<E: Into<redb::Error>> From<E> for StoreError {
 pub struct StoreStats {
     commits: AtomicU64,
     writes: AtomicU64,
+    conflicts: AtomicU64,
     /// Writes per committed transaction (group commit's batch size).
     pub batch_writes: prometheus_client::metrics::histogram::Histogram,
     /// Seconds each commit took (its fsync, mostly).
@@ -130,6 +154,7 @@ impl Default for StoreStats {
         Self {
             commits: AtomicU64::new(0),
             writes: AtomicU64::new(0),
+            conflicts: AtomicU64::new(0),
             // 1, 2, 4 ... 1024 (MAX_BATCH).
             batch_writes: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             // 50 µs to ~1.6 s.
@@ -148,55 +173,129 @@ impl StoreStats {
     pub fn writes(&self) -> u64 {
         self.writes.load(Ordering::Relaxed)
     }
+
+    /// Write batches that lost a race with another node's transaction and ran again.
+    pub fn conflicts(&self) -> u64 {
+        self.conflicts.load(Ordering::Relaxed)
+    }
+}
+
+/// Where a store keeps its data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A redb database file (by default `roost.redb` in the data directory).
+    Redb(PathBuf),
+    /// A PostgreSQL database, by its connection URL (`postgres://...`).
+    Postgres(String),
+}
+
+impl std::str::FromStr for StoreLocation {
+    type Err = String;
+
+    /// `postgres://...` or `postgresql://...`, or `redb:PATH` (a database file).
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            return Ok(Self::Postgres(text.to_owned()));
+        }
+        match text.strip_prefix("redb:") {
+            Some(path) if !path.is_empty() => Ok(Self::Redb(PathBuf::from(path))),
+            _ => Err(format!(
+                "{text:?} is not a store: use postgres://USER@HOST/DATABASE or redb:PATH"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Redb(path) => write!(f, "redb:{}", path.display()),
+            Self::Postgres(url) => f.write_str(&postgres::redacted(url)),
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Backend {
+    Redb { db: Arc<Database>, path: PathBuf },
+    Postgres(Arc<postgres::PgDatabase>),
 }
 
 /// A handle to the database. Cheap to clone; [`Store::close`] waits for the writer to finish.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    backend: Backend,
     writes: mpsc::Sender<Box<dyn WriteJob>>,
     writer_thread: Arc<Mutex<Option<JoinHandle<()>>>>,
     stats: Arc<StoreStats>,
-    path: PathBuf,
 }
 
 impl Store {
-    /// Opens (or creates) the database in `data_dir` and starts its writer thread.
+    /// Opens (or creates) the redb database in `data_dir` and starts its writer thread.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        let path = data_dir.join(DATABASE_FILE);
-        // Everything the server stores is private to its user: a new file is made 0600 before
-        // redb fills it (redb would make it 0644), an existing one is made private.
-        let private = if path.exists() {
-            crate::secret_files::make_private(&path, 0o600)
-        } else {
-            crate::secret_files::create_private(&path, b"")
+        Self::open_at(&StoreLocation::Redb(data_dir.join(DATABASE_FILE)))
+    }
+
+    /// Opens (or creates) the store at `location` (blocking: call it off the async workers).
+    pub fn open_at(location: &StoreLocation) -> Result<Self, StoreError> {
+        let backend = match location {
+            StoreLocation::Redb(path) => Backend::Redb {
+                db: Arc::new(open_redb(path)?),
+                path: path.clone(),
+            },
+            StoreLocation::Postgres(url) => {
+                Backend::Postgres(Arc::new(postgres::PgDatabase::open(url)?))
+            }
         };
-        private.map_err(|e| StoreError::io(format!("{e:#}")))?;
-        let db = Arc::new(Database::create(&path)?);
         let stats = Arc::new(StoreStats::default());
         let (writes, queue) = mpsc::channel(WRITE_QUEUE_CAPACITY);
+        let mut writer_backend = match &backend {
+            Backend::Redb { db, .. } => writer::WriterBackend::Redb(db.clone()),
+            Backend::Postgres(database) => writer::WriterBackend::Postgres(database.writer()),
+        };
+        Self::initialise_schema(&mut writer_backend)?;
         let writer_thread = std::thread::Builder::new()
             .name("roost-store-writer".into())
             .spawn({
-                let db = db.clone();
                 let stats = stats.clone();
-                move || writer::run(&db, queue, &stats)
+                move || writer::run(writer_backend, queue, &stats)
             })
-            .map_err(|e| StoreError::Backend(Arc::new(redb::Error::Io(e))))?;
-        let store = Self {
-            db,
+            .map_err(StoreError::io)?;
+        Ok(Self {
+            backend,
             writes,
             writer_thread: Arc::new(Mutex::new(Some(writer_thread))),
             stats,
-            path,
-        };
-        store.initialise_schema()?;
-        Ok(store)
+        })
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where this store keeps its data.
+    pub fn location(&self) -> StoreLocation {
+        match &self.backend {
+            Backend::Redb { path, .. } => StoreLocation::Redb(path.clone()),
+            Backend::Postgres(database) => StoreLocation::Postgres(database.display.clone()),
+        }
+    }
+
+    /// The database file of a redb store; `None` on PostgreSQL.
+    pub fn redb_path(&self) -> Option<&Path> {
+        match &self.backend {
+            Backend::Redb { path, .. } => Some(path),
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    /// Whether several nodes may share this store (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// The cross-node event bus of a shared store (`None` on redb: one node, nothing to tell).
+    pub fn event_bus(&self) -> Result<Option<Arc<PgEventBus>>, StoreError> {
+        match &self.backend {
+            Backend::Redb { .. } => Ok(None),
+            Backend::Postgres(database) => database.event_bus().map(Some),
+        }
     }
 
     pub fn stats(&self) -> &StoreStats {
@@ -258,9 +357,42 @@ impl Store {
         F: FnOnce(&ReadTransaction) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || op(&db.begin_read()?))
-            .await
-            .map_err(|_| StoreError::Closed)?
+        match &self.backend {
+            Backend::Redb { db, .. } => {
+                let db = db.clone();
+                tokio::task::spawn_blocking(move || op(&ReadTransaction::Redb(db.begin_read()?)))
+                    .await
+                    .map_err(|_| StoreError::Closed)?
+            }
+            Backend::Postgres(database) => {
+                let database = database.clone();
+                let permit = database
+                    .read_permits
+                    .acquire()
+                    .await
+                    .map_err(|_| StoreError::Closed)?;
+                permit.forget();
+                tokio::task::spawn_blocking(move || {
+                    let outcome = database.read(op);
+                    database.read_permits.add_permits(1);
+                    outcome
+                })
+                .await
+                .map_err(|_| StoreError::Closed)?
+            }
+        }
     }
+}
+
+/// Opens (or creates) a redb database file, private to the server's user.
+fn open_redb(path: &Path) -> Result<Database, StoreError> {
+    // Everything the server stores is private to its user: a new file is made 0600 before
+    // redb fills it (redb would make it 0644), an existing one is made private.
+    let private = if path.exists() {
+        crate::secret_files::make_private(path, 0o600)
+    } else {
+        crate::secret_files::create_private(path, b"")
+    };
+    private.map_err(|e| StoreError::io(format!("{e:#}")))?;
+    Ok(Database::create(path)?)
 }

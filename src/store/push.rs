@@ -2,7 +2,7 @@
 //! must be woken, with its retry state), so that a crash between a message being queued and its
 //! wake-up being delivered does not lose the need to wake.
 
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use super::kv::{ReadableTable, TableDefinition, WriteTransaction};
 use tls_codec::{Deserialize, Serialize};
 
 use super::queues::QUEUE_HEADS;
@@ -88,7 +88,9 @@ pub(super) fn delete_client_push(
 }
 
 /// Every client with at least one push target, each once (the table is in client order).
-fn clients_with_targets(txn: &redb::ReadTransaction) -> Result<Vec<(String, u32)>, StoreError> {
+fn clients_with_targets(
+    txn: &super::kv::ReadTransaction,
+) -> Result<Vec<(String, u32)>, StoreError> {
     let mut clients: Vec<(String, u32)> = Vec::new();
     for entry in txn.open_table(PUSH_TARGETS)?.iter()? {
         let (key, _) = entry?;

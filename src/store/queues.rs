@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
+use super::kv::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
 use super::accounts::CLIENTS;
 use super::{Store, StoreError};
@@ -373,7 +373,7 @@ impl Store {
 
 /// When the oldest message waiting for a client was queued (Unix ms), if any waits.
 pub(super) fn oldest_queued_at(
-    txn: &redb::ReadTransaction,
+    txn: &super::kv::ReadTransaction,
     user_id: &str,
     device_id: u32,
 ) -> Result<Option<u64>, StoreError> {

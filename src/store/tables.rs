@@ -2,7 +2,9 @@
 //! table) and scanned by [`Store::tables_containing`], so that a test can prove what a deletion
 //! left behind. A new table goes into [`for_each_table!`] or those guarantees do not cover it.
 
-use redb::{Key, ReadTransaction, ReadableTable, TableDefinition, Value, WriteTransaction};
+use super::kv::{
+    ReadTransaction, ReadableTable, SortKey, TableDefinition, Value, WriteTransaction,
+};
 
 use super::{Store, StoreError};
 
@@ -47,6 +49,7 @@ macro_rules! for_each_table {
         $action!(super::push::PUSH_TARGETS);
         $action!(super::push::PUSH_WAKES);
         $action!(super::push::PUSH_WOKEN);
+        $action!(super::leases::LEASES);
     }};
 }
 
@@ -64,7 +67,7 @@ pub(super) fn create_all(txn: &WriteTransaction) -> Result<(), StoreError> {
 }
 
 /// Whether any key or value of `table` contains `needle`.
-fn contains<K: Key + 'static, V: Value + 'static>(
+fn contains<K: SortKey, V: Value + 'static>(
     txn: &ReadTransaction,
     table: TableDefinition<K, V>,
     needle: &[u8],
@@ -110,13 +113,7 @@ impl Store {
 
     /// The names of every table in the database file.
     pub async fn table_names(&self) -> Result<Vec<String>, StoreError> {
-        self.read(|txn| {
-            Ok(txn
-                .list_tables()?
-                .map(|handle| redb::TableHandle::name(&handle).to_owned())
-                .collect())
-        })
-        .await
+        self.read(|txn| txn.table_names()).await
     }
 
     /// The names of the tables this code knows (and scans).

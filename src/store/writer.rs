@@ -1,11 +1,59 @@
 //! The single writer thread and its group commit.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
 
-use redb::{Database, Durability, WriteTransaction};
+use redb::{Database, Durability};
 use tokio::sync::{mpsc, oneshot};
 
+use super::kv::WriteTransaction;
+use super::postgres::PgWriter;
 use super::{StoreError, StoreStats};
+
+/// Times a batch that lost to another node's concurrent transaction runs again before its
+/// writes are answered with the conflict.
+const MAX_CONFLICT_RETRIES: u32 = 100;
+
+/// Where the writer commits.
+#[allow(clippy::large_enum_variant)] // one, owned by the writer thread
+pub(super) enum WriterBackend {
+    Redb(Arc<Database>),
+    Postgres(PgWriter),
+}
+
+impl WriterBackend {
+    pub(super) fn begin(&mut self) -> Result<WriteTransaction, StoreError> {
+        match self {
+            Self::Redb(db) => {
+                let mut txn = db.begin_write()?;
+                txn.set_durability(Durability::Immediate)?;
+                Ok(WriteTransaction::Redb(txn))
+            }
+            Self::Postgres(writer) => writer.begin(),
+        }
+    }
+
+    pub(super) fn finish(&mut self, txn: WriteTransaction, commit: bool) -> Result<(), StoreError> {
+        match (self, txn) {
+            (Self::Redb(_), WriteTransaction::Redb(txn)) => {
+                if commit {
+                    txn.commit()?;
+                } else {
+                    // A failing abort only means there was nothing to undo.
+                    let _ = txn.abort();
+                }
+                Ok(())
+            }
+            (Self::Postgres(writer), WriteTransaction::Postgres(session)) => {
+                writer.finish(session, commit)
+            }
+            _ => Err(StoreError::Corrupt(
+                "a transaction of another backend".into(),
+            )),
+        }
+    }
+}
 
 /// Most writes that share one transaction; bounds the work redone when one of them fails.
 const MAX_BATCH: usize = 1024;
@@ -76,7 +124,11 @@ impl WriteJob for Shutdown {
 }
 
 /// The writer loop: take what is waiting, commit it as one transaction, answer, repeat.
-pub(super) fn run(db: &Database, mut queue: mpsc::Receiver<Box<dyn WriteJob>>, stats: &StoreStats) {
+pub(super) fn run(
+    mut db: WriterBackend,
+    mut queue: mpsc::Receiver<Box<dyn WriteJob>>,
+    stats: &StoreStats,
+) {
     let mut shutdown = None;
     while let Some(first) = queue.blocking_recv() {
         let mut batch = Vec::new();
@@ -91,7 +143,7 @@ pub(super) fn run(db: &Database, mut queue: mpsc::Receiver<Box<dyn WriteJob>>, s
                 next = queue.try_recv().ok();
             }
         }
-        commit_batch(db, batch, stats);
+        commit_batch(&mut db, batch, stats);
         if let Some(job) = shutdown.take() {
             queue.close();
             // Writes that raced with the shutdown request were accepted into the channel: commit
@@ -102,7 +154,7 @@ pub(super) fn run(db: &Database, mut queue: mpsc::Receiver<Box<dyn WriteJob>>, s
                     rest.push(job);
                 }
             }
-            commit_batch(db, rest, stats);
+            commit_batch(&mut db, rest, stats);
             job.complete(Ok(()));
             return;
         }
@@ -111,15 +163,12 @@ pub(super) fn run(db: &Database, mut queue: mpsc::Receiver<Box<dyn WriteJob>>, s
 
 /// Commits `batch` as one transaction. A write that fails is answered with its error and left
 /// out; the others are applied again in a fresh transaction, so no failed write is ever committed.
-fn commit_batch(db: &Database, mut batch: Vec<Box<dyn WriteJob>>, stats: &StoreStats) {
+/// A batch that lost to a concurrent transaction (another node's, on a shared store) runs again
+/// whole: its writes then see the winner's.
+fn commit_batch(db: &mut WriterBackend, mut batch: Vec<Box<dyn WriteJob>>, stats: &StoreStats) {
+    let mut conflicts = 0;
     while !batch.is_empty() {
-        let txn = match db
-            .begin_write()
-            .map_err(StoreError::from)
-            .and_then(|mut txn| {
-                txn.set_durability(Durability::Immediate)?;
-                Ok(txn)
-            }) {
+        let txn = match db.begin() {
             Ok(txn) => txn,
             Err(error) => {
                 for job in batch {
@@ -139,9 +188,15 @@ fn commit_batch(db: &Database, mut batch: Vec<Box<dyn WriteJob>>, stats: &StoreS
                 .map(|error| (usize::MAX, error))
         });
         if let Some((index, error)) = failed {
-            // Nothing of this batch may stand; a failing abort only means there was nothing to undo.
+            // Nothing of this batch may stand.
             super::queues::discard_server_total_delta();
-            let _ = txn.abort();
+            let _ = db.finish(txn, false);
+            if error.is_conflict() && conflicts < MAX_CONFLICT_RETRIES {
+                conflicts += 1;
+                stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                back_off(conflicts);
+                continue;
+            }
             if index == usize::MAX {
                 for job in batch {
                     job.complete(Err(error.clone()));
@@ -152,7 +207,15 @@ fn commit_batch(db: &Database, mut batch: Vec<Box<dyn WriteJob>>, stats: &StoreS
             continue;
         }
         let started = std::time::Instant::now();
-        let outcome = txn.commit().map_err(StoreError::from);
+        let outcome = db.finish(txn, true);
+        if let Err(error) = &outcome {
+            if error.is_conflict() && conflicts < MAX_CONFLICT_RETRIES {
+                conflicts += 1;
+                stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                back_off(conflicts);
+                continue;
+            }
+        }
         if outcome.is_ok() {
             stats
                 .commit_seconds
@@ -168,4 +231,14 @@ fn commit_batch(db: &Database, mut batch: Vec<Box<dyn WriteJob>>, stats: &StoreS
         }
         return;
     }
+}
+
+/// A short, growing, jittered pause before a batch that lost a conflict runs again, so that two
+/// nodes retrying the same rows do not collide in lockstep.
+fn back_off(attempt: u32) {
+    use rand::Rng as _;
+    let ceiling_us = 200u64 << attempt.min(6);
+    std::thread::sleep(Duration::from_micros(
+        rand::thread_rng().gen_range(ceiling_us / 2..=ceiling_us),
+    ));
 }

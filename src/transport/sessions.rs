@@ -176,7 +176,7 @@ impl HintSlot {
 /// too large to carry empties them (the hint then only announces).
 fn keep_newest(messages: &mut VecDeque<PushedMessage>, bytes: &mut usize, message: &PushedMessage) {
     let size = message.payload.len();
-    if size > MAX_PUSHED_BYTES {
+    if !message.carried || size > MAX_PUSHED_BYTES {
         messages.clear();
         *bytes = 0;
         return;
@@ -339,6 +339,7 @@ mod tests {
 
     fn message(seq: u64, size: usize) -> PushedMessage {
         PushedMessage {
+            carried: true,
             seq,
             enqueued_at_ms: 1,
             kind: MessageKind::Mls,

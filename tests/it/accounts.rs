@@ -13,7 +13,7 @@ use roost::services::invites::InviteKey;
 use crate::support::{code, new_key, within, Device, TestServer, CIPHERSUITE};
 
 /// Waits for the server to close `device`'s connection, and returns the close code.
-async fn closed_with(device: &Device) -> quinn::VarInt {
+pub(crate) async fn closed_with(device: &Device) -> quinn::VarInt {
     match within(device.connection.closed()).await {
         quinn::ConnectionError::ApplicationClosed(close) => close.error_code,
         other => panic!("unexpected close: {other}"),

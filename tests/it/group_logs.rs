@@ -30,7 +30,7 @@ async fn read_log(
     .unwrap()
 }
 
-fn texts(events: &[GroupEvent]) -> Vec<String> {
+pub(crate) fn texts(events: &[GroupEvent]) -> Vec<String> {
     events
         .iter()
         .filter_map(|event| match event {

@@ -1,5 +1,6 @@
 //! Integration tests: real servers on ephemeral loopback ports with real redb files in temp
-//! directories, driven through the real client library (and, in `cli`, the real binaries).
+//! directories (or, with `ROOST_TEST_STORE=postgres`, a fresh PostgreSQL database each), driven
+//! through the real client library (and, in `cli`, the real binaries).
 
 mod accounts;
 mod auth;
@@ -12,6 +13,7 @@ mod groups;
 mod hostile;
 mod key_packages;
 mod limits;
+mod nodes;
 mod offline_push;
 mod operators;
 mod push;

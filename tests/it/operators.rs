@@ -521,8 +521,17 @@ mod admin {
         within(server.server.shutdown()).await.unwrap();
 
         // Restore: a server started on the backup has bob and every message acknowledged
-        // before the backup began, in order, and a prefix of the load without gaps.
-        let restored = TestServer::start_in(restored_dir, server.clock.clone(), |_| {}).await;
+        // before the backup began, in order, and a prefix of the load without gaps. (A backup
+        // is a redb file whichever store it was taken from: a PostgreSQL store's restores into
+        // a single node.)
+        let restored_file = restored_dir
+            .path()
+            .join("data")
+            .join(roost::store::DATABASE_FILE);
+        let restored = TestServer::start_in(restored_dir, server.clock.clone(), |config| {
+            config.store = Some(roost::store::StoreLocation::Redb(restored_file))
+        })
+        .await;
         let bob = restored.reconnect(&bob_identity).await;
         let mut numbers = Vec::new();
         loop {

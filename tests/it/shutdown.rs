@@ -14,7 +14,12 @@ async fn shutdown_finishes_in_flight_requests_then_closes_everything() {
     let harness = TestServer::start().await;
     let alice = harness.register("alice@localhost").await;
     let config = harness.client_config();
-    let TestServer { server, dir, .. } = harness;
+    let TestServer {
+        server,
+        dir,
+        database,
+        ..
+    } = harness;
     let connection = alice.connection;
     let mut push = alice.push;
 
@@ -56,7 +61,14 @@ async fn shutdown_finishes_in_flight_requests_then_closes_everything() {
     within(shutdown).await.unwrap().unwrap();
 
     // The store was closed cleanly: the database opens again.
-    let reopened = Store::open(&data_dir).unwrap();
+    let location = match &database {
+        Some(database) => roost::store::StoreLocation::Postgres(database.url.clone()),
+        None => roost::store::StoreLocation::Redb(data_dir.join(roost::store::DATABASE_FILE)),
+    };
+    let reopened = tokio::task::spawn_blocking(move || Store::open_at(&location))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         reopened.bound_domain().await.unwrap().as_deref(),
         Some("localhost")

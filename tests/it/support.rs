@@ -1,4 +1,9 @@
 //! Test harness: a real server on `127.0.0.1:0` with a temporary data directory.
+//!
+//! The suite runs on either store backend: redb by default, and with `ROOST_TEST_STORE=postgres`
+//! every test server gets a fresh PostgreSQL database of its own (dropped at the end). Tests of
+//! several nodes sharing one database ([`TestServer::start_shared`], [`TestServer::start_node`])
+//! use PostgreSQL whatever the setting.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +15,7 @@ use roost::client::{add_client_request, ClientConfig, Connection, PushStream};
 use roost::clock::ManualClock;
 use roost::config::ServerConfig;
 use roost::server::Server;
+use roost::store::{ScratchDatabase, StoreLocation};
 use tempfile::TempDir;
 
 /// Upper bound for anything a test awaits, so that a bug fails the test instead of hanging it.
@@ -34,6 +40,24 @@ pub struct TestServer {
     pub dir: TempDir,
     /// The server's clock: tests move it.
     pub clock: Arc<ManualClock>,
+    /// The PostgreSQL database the server keeps its data in (shared by the nodes started from
+    /// it); `None` on redb.
+    pub database: Option<Arc<ScratchDatabase>>,
+}
+
+/// Whether this run of the suite keeps its servers' data in PostgreSQL (`ROOST_TEST_STORE`).
+pub fn on_postgres() -> bool {
+    match std::env::var("ROOST_TEST_STORE").as_deref() {
+        Ok("postgres") => true,
+        Ok("redb") | Err(_) => false,
+        Ok(other) => panic!("ROOST_TEST_STORE={other}: use redb or postgres"),
+    }
+}
+
+fn scratch_database() -> Arc<ScratchDatabase> {
+    Arc::new(ScratchDatabase::create().expect(
+        "a PostgreSQL server on 127.0.0.1:5432 that postgres may create databases on (.ci/run starts it)",
+    ))
 }
 
 /// A registered device, connected and authenticated.
@@ -72,15 +96,53 @@ impl TestServer {
         clock: Arc<ManualClock>,
         adjust: impl FnOnce(&mut ServerConfig),
     ) -> Self {
+        let database = on_postgres().then(scratch_database);
+        Self::start_on(dir, clock, database, adjust).await
+    }
+
+    /// Starts a server keeping its data in a new PostgreSQL database, whichever backend the
+    /// suite runs on: the first node of a domain that [`start_node`](Self::start_node) grows.
+    pub async fn start_shared(adjust: impl FnOnce(&mut ServerConfig)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::starting_now());
+        Self::start_on(dir, clock, Some(scratch_database()), adjust).await
+    }
+
+    /// Starts another node of this server's domain: the same PostgreSQL database and a copy of
+    /// its data directory's keys and certificate, as an operator would deploy it.
+    pub async fn start_node(&self, adjust: impl FnOnce(&mut ServerConfig)) -> Self {
+        let database = self
+            .database
+            .clone()
+            .expect("nodes share a PostgreSQL database: start the first with start_shared");
+        let dir = tempfile::tempdir().unwrap();
+        copy_keys(&self.dir.path().join("data"), &dir.path().join("data"));
+        Self::start_on(dir, self.clock.clone(), Some(database), adjust).await
+    }
+
+    async fn start_on(
+        dir: TempDir,
+        clock: Arc<ManualClock>,
+        database: Option<Arc<ScratchDatabase>>,
+        adjust: impl FnOnce(&mut ServerConfig),
+    ) -> Self {
         let mut config = ServerConfig::new(
             "localhost".parse().unwrap(),
             "127.0.0.1:0".parse().unwrap(),
             dir.path().join("data"),
         );
         config.clock = clock.clone();
+        config.store = database
+            .as_ref()
+            .map(|database| StoreLocation::Postgres(database.url.clone()));
         adjust(&mut config);
         let server = Server::start(config).await.unwrap();
-        Self { server, dir, clock }
+        Self {
+            server,
+            dir,
+            clock,
+            database,
+        }
     }
 
     /// Shuts the server down gracefully and starts a new one on the same data directory and clock.
@@ -90,9 +152,14 @@ impl TestServer {
 
     /// [`restart`](Self::restart), the new server's configuration changed by `adjust`.
     pub async fn restart_with(self, adjust: impl FnOnce(&mut ServerConfig)) -> Self {
-        let Self { server, dir, clock } = self;
+        let Self {
+            server,
+            dir,
+            clock,
+            database,
+        } = self;
         within(server.shutdown()).await.unwrap();
-        Self::start_in(dir, clock, adjust).await
+        Self::start_on(dir, clock, database, adjust).await
     }
 
     pub fn client_config(&self) -> ClientConfig {
@@ -187,5 +254,24 @@ pub fn code<T: std::fmt::Debug>(
             .code()
             .unwrap_or_else(|| panic!("not a server error: {e}")),
         Ok(value) => panic!("expected an error, got {value:?}"),
+    }
+}
+
+/// Copies a node's data directory (keys, certificate) to `to`: everything but its sockets.
+pub fn copy_keys(from: &std::path::Path, to: &std::path::Path) {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    std::fs::create_dir_all(to).unwrap();
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700)).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let kind = entry.file_type().unwrap();
+        let target = to.join(entry.file_name());
+        if kind.is_dir() {
+            copy_keys(&entry.path(), &target);
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), &target).unwrap();
+        } else if !kind.is_socket() {
+            panic!("unexpected file {}", entry.path().display());
+        }
     }
 }

@@ -110,6 +110,11 @@ struct ServeArgs {
     /// Directory for the database, keys and the generated certificate.
     #[arg(long, env = "ROOST_DATA_DIR", default_value = "./roost-data")]
     data_dir: PathBuf,
+    /// Where the data lives: `postgres://USER@HOST/DATABASE` (a database several nodes of the
+    /// domain share; each node needs a copy of the data directory's keys) or `redb:FILE`.
+    /// Default: roost.redb in the data directory.
+    #[arg(long, env = "ROOST_STORE")]
+    store: Option<roost::store::StoreLocation>,
     /// PEM certificate chain; without it a self-signed certificate is generated in the data dir.
     #[arg(long, env = "ROOST_CERT", requires = "key")]
     cert: Option<PathBuf>,
@@ -318,6 +323,7 @@ impl ServeArgs {
             domain: self.domain,
             listen: self.listen,
             data_dir: self.data_dir,
+            store: self.store,
             certificate,
             limits: ServerLimits {
                 max_connections: self.max_connections as usize,

@@ -1,0 +1,576 @@
+//! The tables the typed store operations read and write, on either backend.
+//!
+//! Every typed operation (the `impl Store` blocks of the sibling modules) is written once against
+//! the types here — [`WriteTransaction`], [`ReadTransaction`], [`Table`], [`ReadableTable`],
+//! [`AccessGuard`], [`Range`] — which mirror redb's API. On redb they are redb's own tables and
+//! transactions. On PostgreSQL ([`super::postgres`]) each table is a SQL table of (sort key,
+//! key, value) rows in one database transaction: the sort key is [`SortKey`]'s order-preserving
+//! encoding of the key, so that SQL's `ORDER BY k` on bytes is the order redb keeps, and range
+//! reads, first and last mean the same on both.
+//!
+//! Table definitions are redb's `TableDefinition<K, V>` (a name and two types); keys and values
+//! are encoded with redb's `Key`/`Value` traits on both backends, so a table has one format.
+
+use std::borrow::Borrow;
+use std::collections::VecDeque;
+use std::marker::PhantomData;
+use std::ops::{Bound, RangeBounds};
+
+pub(super) use redb::{Key, TableDefinition, TableHandle, Value};
+
+use super::postgres::{PgSession, PgStatement};
+use super::StoreError;
+
+/// A write transaction: every write of a batch (group commit) runs in one.
+#[allow(clippy::large_enum_variant)] // one per batch, never moved in a loop
+pub(crate) enum WriteTransaction {
+    Redb(redb::WriteTransaction),
+    Postgres(PgSession),
+}
+
+/// A read transaction: a consistent snapshot.
+#[allow(clippy::large_enum_variant)] // one per read
+pub(crate) enum ReadTransaction {
+    Redb(redb::ReadTransaction),
+    Postgres(PgSession),
+}
+
+/// An open table of either transaction.
+pub(crate) struct Table<'t, K: SortKey, V: Value + 'static> {
+    inner: Inner<'t, K, V>,
+}
+
+enum Inner<'t, K: SortKey, V: Value + 'static> {
+    RedbWrite(redb::Table<'t, K, V>),
+    RedbRead(redb::ReadOnlyTable<K, V>),
+    Postgres {
+        session: &'t PgSession,
+        name: String,
+        writable: bool,
+        types: PhantomData<(K, V)>,
+    },
+}
+
+impl<'t, K: SortKey, V: Value + 'static> Inner<'t, K, V> {
+    fn postgres(session: &'t PgSession, definition: TableDefinition<K, V>, writable: bool) -> Self {
+        Self::Postgres {
+            session,
+            name: definition.name().to_owned(),
+            writable,
+            types: PhantomData,
+        }
+    }
+}
+
+impl WriteTransaction {
+    pub(crate) fn open_table<K: SortKey, V: Value + 'static>(
+        &self,
+        definition: TableDefinition<K, V>,
+    ) -> Result<Table<'_, K, V>, StoreError> {
+        Ok(Table {
+            inner: match self {
+                Self::Redb(txn) => Inner::RedbWrite(txn.open_table(definition)?),
+                Self::Postgres(session) => Inner::postgres(session, definition, true),
+            },
+        })
+    }
+
+    /// Drops a table and everything in it (a finished migration's old table).
+    pub(crate) fn delete_table<K: SortKey, V: Value + 'static>(
+        &self,
+        definition: TableDefinition<K, V>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Self::Redb(txn) => {
+                txn.delete_table(definition)?;
+            }
+            Self::Postgres(session) => session.drop_table(definition.name())?,
+        }
+        Ok(())
+    }
+}
+
+impl ReadTransaction {
+    pub(crate) fn open_table<K: SortKey, V: Value + 'static>(
+        &self,
+        definition: TableDefinition<K, V>,
+    ) -> Result<Table<'_, K, V>, StoreError> {
+        Ok(Table {
+            inner: match self {
+                Self::Redb(txn) => Inner::RedbRead(txn.open_table(definition)?),
+                Self::Postgres(session) => Inner::postgres(session, definition, false),
+            },
+        })
+    }
+
+    /// The names of every table the database holds.
+    pub(crate) fn table_names(&self) -> Result<Vec<String>, StoreError> {
+        match self {
+            Self::Redb(txn) => Ok(txn
+                .list_tables()?
+                .map(|handle| handle.name().to_owned())
+                .collect()),
+            Self::Postgres(session) => session.table_names(),
+        }
+    }
+}
+
+/// The value of a key or value read from a table.
+pub(crate) enum AccessGuard<'a, V: Value + 'static> {
+    Redb(redb::AccessGuard<'a, V>),
+    Owned(Vec<u8>, PhantomData<V>),
+}
+
+impl<V: Value + 'static> AccessGuard<'_, V> {
+    pub(crate) fn value(&self) -> V::SelfType<'_> {
+        match self {
+            Self::Redb(guard) => guard.value(),
+            Self::Owned(bytes, _) => V::from_bytes(bytes),
+        }
+    }
+
+    fn owned(bytes: Vec<u8>) -> AccessGuard<'static, V> {
+        AccessGuard::Owned(bytes, PhantomData)
+    }
+
+    fn into_owned(self) -> AccessGuard<'static, V> {
+        match self {
+            Self::Redb(guard) => AccessGuard::owned(V::as_bytes(&guard.value()).as_ref().to_vec()),
+            Self::Owned(bytes, _) => AccessGuard::owned(bytes),
+        }
+    }
+}
+
+type Entry<'a, K, V> = (AccessGuard<'a, K>, AccessGuard<'a, V>);
+
+/// The rows [`Table::extract_from_if`] removed.
+pub(crate) type Extracted<K, V> = std::vec::IntoIter<Result<Entry<'static, K, V>, StoreError>>;
+
+/// Rows read in key order, lazily.
+pub(crate) enum Range<'a, K: SortKey, V: Value + 'static> {
+    Redb(redb::Range<'a, K, V>),
+    Postgres(PgRange<'a, K, V>),
+}
+
+impl<'a, K: SortKey, V: Value + 'static> Iterator for Range<'a, K, V> {
+    type Item = Result<Entry<'a, K, V>, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Self::Redb(range) => range.next().map(|entry| {
+                entry
+                    .map(|(key, value)| (AccessGuard::Redb(key), AccessGuard::Redb(value)))
+                    .map_err(StoreError::from)
+            }),
+            Self::Postgres(range) => range.next(),
+        }
+    }
+}
+
+/// A PostgreSQL range read: pages of rows fetched as the iteration reaches them (small at first,
+/// since many reads stop after a row or two, then growing), each page starting after the last
+/// sort key read.
+pub(crate) struct PgRange<'a, K, V> {
+    session: &'a PgSession,
+    table: String,
+    /// The next page starts at this sort key (inclusive).
+    from: Vec<u8>,
+    /// Rows end before this sort key; `None` reads to the end.
+    before: Option<Vec<u8>>,
+    page: i64,
+    buffered: VecDeque<(Vec<u8>, Vec<u8>)>,
+    exhausted: bool,
+    types: PhantomData<(K, V)>,
+}
+
+const FIRST_PAGE_ROWS: i64 = 8;
+const MAX_PAGE_ROWS: i64 = 512;
+
+impl<'a, K: SortKey, V: Value + 'static> PgRange<'a, K, V> {
+    fn fetch(&mut self) -> Result<(), StoreError> {
+        let rows =
+            self.session
+                .range(&self.table, &self.from, self.before.as_deref(), self.page)?;
+        self.exhausted = (rows.len() as i64) < self.page;
+        self.page = (self.page * 4).min(MAX_PAGE_ROWS);
+        if let Some((sort_key, _, _)) = rows.last() {
+            self.from = successor(sort_key.clone());
+        }
+        self.buffered
+            .extend(rows.into_iter().map(|(_, key, value)| (key, value)));
+        Ok(())
+    }
+
+    fn next(&mut self) -> Option<Result<Entry<'a, K, V>, StoreError>> {
+        if self.buffered.is_empty() && !self.exhausted {
+            if let Err(error) = self.fetch() {
+                self.exhausted = true;
+                return Some(Err(error));
+            }
+        }
+        let (key, value) = self.buffered.pop_front()?;
+        Some(Ok((AccessGuard::owned(key), AccessGuard::owned(value))))
+    }
+}
+
+/// The smallest byte string after `bytes`.
+fn successor(mut bytes: Vec<u8>) -> Vec<u8> {
+    bytes.push(0);
+    bytes
+}
+
+/// `range` as (first sort key, inclusive; end sort key, exclusive, if bounded).
+fn sort_bounds<'a, K: SortKey, KR: Borrow<K::SelfType<'a>>>(
+    range: &impl RangeBounds<KR>,
+) -> (Vec<u8>, Option<Vec<u8>>) {
+    let encode = |key: &KR| {
+        let mut out = Vec::new();
+        K::encode_sorted(key.borrow(), &mut out);
+        out
+    };
+    let from = match range.start_bound() {
+        Bound::Included(key) => encode(key),
+        Bound::Excluded(key) => successor(encode(key)),
+        Bound::Unbounded => Vec::new(),
+    };
+    let before = match range.end_bound() {
+        Bound::Included(key) => Some(successor(encode(key))),
+        Bound::Excluded(key) => Some(encode(key)),
+        Bound::Unbounded => None,
+    };
+    (from, before)
+}
+
+/// Reads of a table (of a read or a write transaction).
+pub(crate) trait ReadableTable<K: SortKey, V: Value + 'static> {
+    fn get<'a>(
+        &self,
+        key: impl Borrow<K::SelfType<'a>>,
+    ) -> Result<Option<AccessGuard<'_, V>>, StoreError>;
+
+    fn range<'a, KR>(
+        &self,
+        range: impl RangeBounds<KR> + 'a,
+    ) -> Result<Range<'_, K, V>, StoreError>
+    where
+        KR: Borrow<K::SelfType<'a>> + 'a;
+
+    fn iter(&self) -> Result<Range<'_, K, V>, StoreError> {
+        self.range::<K::SelfType<'_>>(..)
+    }
+
+    fn last(&self) -> Result<Option<Entry<'_, K, V>>, StoreError>;
+
+    fn len(&self) -> Result<u64, StoreError>;
+}
+
+impl<K: SortKey, V: Value + 'static> ReadableTable<K, V> for Table<'_, K, V> {
+    fn get<'a>(
+        &self,
+        key: impl Borrow<K::SelfType<'a>>,
+    ) -> Result<Option<AccessGuard<'_, V>>, StoreError> {
+        use redb::ReadableTable as _;
+        Ok(match &self.inner {
+            Inner::RedbWrite(table) => table.get(key)?.map(AccessGuard::Redb),
+            Inner::RedbRead(table) => table.get(key)?.map(AccessGuard::Redb),
+            Inner::Postgres { session, name, .. } => session
+                .get(name, &sort_key::<K>(key.borrow()))?
+                .map(AccessGuard::owned),
+        })
+    }
+
+    fn range<'a, KR>(&self, range: impl RangeBounds<KR> + 'a) -> Result<Range<'_, K, V>, StoreError>
+    where
+        KR: Borrow<K::SelfType<'a>> + 'a,
+    {
+        use redb::ReadableTable as _;
+        Ok(match &self.inner {
+            Inner::RedbWrite(table) => Range::Redb(table.range(range)?),
+            Inner::RedbRead(table) => Range::Redb(table.range(range)?),
+            Inner::Postgres { session, name, .. } => {
+                let (from, before) = sort_bounds::<K, KR>(&range);
+                Range::Postgres(PgRange {
+                    session,
+                    table: name.clone(),
+                    from,
+                    before,
+                    page: FIRST_PAGE_ROWS,
+                    buffered: VecDeque::new(),
+                    exhausted: false,
+                    types: PhantomData,
+                })
+            }
+        })
+    }
+
+    fn last(&self) -> Result<Option<Entry<'_, K, V>>, StoreError> {
+        use redb::ReadableTable as _;
+        let both = |(key, value)| (AccessGuard::Redb(key), AccessGuard::Redb(value));
+        Ok(match &self.inner {
+            Inner::RedbWrite(table) => table.last()?.map(both),
+            Inner::RedbRead(table) => table.last()?.map(both),
+            Inner::Postgres { session, name, .. } => session
+                .last(name)?
+                .map(|(key, value)| (AccessGuard::owned(key), AccessGuard::owned(value))),
+        })
+    }
+
+    fn len(&self) -> Result<u64, StoreError> {
+        use redb::ReadableTableMetadata as _;
+        Ok(match &self.inner {
+            Inner::RedbWrite(table) => table.len()?,
+            Inner::RedbRead(table) => table.len()?,
+            Inner::Postgres { session, name, .. } => session.count(name)?,
+        })
+    }
+}
+
+impl<K: SortKey, V: Value + 'static> Table<'_, K, V> {
+    /// The table of a write transaction on PostgreSQL, or a refusal to write through a read one.
+    fn writable_postgres(&self) -> Result<Option<(&PgSession, &str)>, StoreError> {
+        match &self.inner {
+            Inner::RedbWrite(_) => Ok(None),
+            Inner::Postgres {
+                session,
+                name,
+                writable: true,
+                ..
+            } => Ok(Some((session, name))),
+            _ => Err(StoreError::Corrupt(
+                "a write through a read transaction".into(),
+            )),
+        }
+    }
+
+    pub(crate) fn insert<'k, 'v>(
+        &mut self,
+        key: impl Borrow<K::SelfType<'k>>,
+        value: impl Borrow<V::SelfType<'v>>,
+    ) -> Result<Option<AccessGuard<'_, V>>, StoreError> {
+        if let Some((session, name)) = self.writable_postgres()? {
+            let key = key.borrow();
+            return Ok(session
+                .upsert(
+                    name,
+                    &sort_key::<K>(key),
+                    K::as_bytes(key).as_ref(),
+                    V::as_bytes(value.borrow()).as_ref(),
+                )?
+                .map(AccessGuard::owned));
+        }
+        let Inner::RedbWrite(table) = &mut self.inner else {
+            unreachable!("writable_postgres refuses every other table");
+        };
+        Ok(table.insert(key, value)?.map(AccessGuard::Redb))
+    }
+
+    pub(crate) fn remove<'a>(
+        &mut self,
+        key: impl Borrow<K::SelfType<'a>>,
+    ) -> Result<Option<AccessGuard<'_, V>>, StoreError> {
+        if let Some((session, name)) = self.writable_postgres()? {
+            return Ok(session
+                .remove(name, &sort_key::<K>(key.borrow()))?
+                .map(AccessGuard::owned));
+        }
+        let Inner::RedbWrite(table) = &mut self.inner else {
+            unreachable!("writable_postgres refuses every other table");
+        };
+        Ok(table.remove(key)?.map(AccessGuard::Redb))
+    }
+
+    /// Keeps the rows of `range` for which `keep` holds; removes the others.
+    pub(crate) fn retain_in<'a, KR, F>(
+        &mut self,
+        range: impl RangeBounds<KR> + 'a,
+        mut keep: F,
+    ) -> Result<(), StoreError>
+    where
+        KR: Borrow<K::SelfType<'a>> + 'a,
+        F: for<'f> FnMut(K::SelfType<'f>, V::SelfType<'f>) -> bool,
+    {
+        self.extract_from_if(range, |key, value| !keep(key, value))
+            .map(drop)
+    }
+
+    /// Removes the rows of `range` for which `extract` holds and returns them, in key order.
+    pub(crate) fn extract_from_if<'a, KR, F>(
+        &mut self,
+        range: impl RangeBounds<KR> + 'a,
+        mut extract: F,
+    ) -> Result<Extracted<K, V>, StoreError>
+    where
+        KR: Borrow<K::SelfType<'a>> + 'a,
+        F: for<'f> FnMut(K::SelfType<'f>, V::SelfType<'f>) -> bool,
+    {
+        let mut extracted = Vec::new();
+        if let Some((session, name)) = self.writable_postgres()? {
+            let mut doomed = Vec::new();
+            let (from, before) = sort_bounds::<K, KR>(&range);
+            let mut range = PgRange::<K, V> {
+                session,
+                table: name.to_owned(),
+                from,
+                before,
+                page: MAX_PAGE_ROWS,
+                buffered: VecDeque::new(),
+                exhausted: false,
+                types: PhantomData,
+            };
+            while let Some(entry) = range.next() {
+                let (key, value) = entry?;
+                if extract(key.value(), value.value()) {
+                    doomed.push(sort_key::<K>(&key.value()));
+                    extracted.push(Ok((key.into_owned(), value.into_owned())));
+                }
+            }
+            session.remove_all(name, &doomed)?;
+            return Ok(extracted.into_iter());
+        }
+        let Inner::RedbWrite(table) = &mut self.inner else {
+            unreachable!("writable_postgres refuses every other table");
+        };
+        for entry in table.extract_from_if(range, extract)? {
+            let (key, value) = entry?;
+            extracted.push(Ok((
+                AccessGuard::Redb(key).into_owned(),
+                AccessGuard::Redb(value).into_owned(),
+            )));
+        }
+        Ok(extracted.into_iter())
+    }
+}
+
+fn sort_key<K: SortKey>(key: &K::SelfType<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    K::encode_sorted(key, &mut out);
+    out
+}
+
+/// A key type with an order-preserving byte encoding: comparing two encodings byte by byte gives
+/// the order redb's `Key::compare` gives the keys. Integers are big-endian; byte strings and
+/// strings have every 0x00 escaped as 0x00 0xFF and end with 0x00 0x01, so that a prefix sorts
+/// before its extensions and a tuple's fields cannot run into each other.
+pub(crate) trait SortKey: Key + 'static {
+    fn encode_sorted(key: &Self::SelfType<'_>, out: &mut Vec<u8>);
+}
+
+fn encode_sorted_bytes(bytes: &[u8], out: &mut Vec<u8>) {
+    for &byte in bytes {
+        out.push(byte);
+        if byte == 0 {
+            out.push(0xFF);
+        }
+    }
+    out.extend_from_slice(&[0, 1]);
+}
+
+impl SortKey for &'static [u8] {
+    fn encode_sorted(key: &&[u8], out: &mut Vec<u8>) {
+        encode_sorted_bytes(key, out);
+    }
+}
+
+impl SortKey for &'static str {
+    fn encode_sorted(key: &&str, out: &mut Vec<u8>) {
+        encode_sorted_bytes(key.as_bytes(), out);
+    }
+}
+
+macro_rules! sort_key_integer {
+    ($($integer:ty),*) => {$(
+        impl SortKey for $integer {
+            fn encode_sorted(key: &$integer, out: &mut Vec<u8>) {
+                out.extend_from_slice(&key.to_be_bytes());
+            }
+        }
+    )*};
+}
+
+sort_key_integer!(u8, u16, u32, u64);
+
+macro_rules! sort_key_tuple {
+    ($($field:ident $index:tt),*) => {
+        impl<$($field: SortKey),*> SortKey for ($($field,)*) {
+            fn encode_sorted(key: &Self::SelfType<'_>, out: &mut Vec<u8>) {
+                $($field::encode_sorted(&key.$index, out);)*
+            }
+        }
+    };
+}
+
+sort_key_tuple!(A 0, B 1);
+sort_key_tuple!(A 0, B 1, C 2);
+sort_key_tuple!(A 0, B 1, C 2, D 3);
+
+/// The statements a [`PgSession`] prepares per table.
+impl PgStatement {
+    /// The SQL of this statement for `table` (a quoted identifier).
+    pub(super) fn sql(self, table: &str) -> String {
+        match self {
+            Self::Get => format!(r#"SELECT v FROM "{table}" WHERE k = $1"#),
+            Self::Upsert => format!(
+                r#"WITH old AS (SELECT v FROM "{table}" WHERE k = $1),
+                   new AS (INSERT INTO "{table}" (k, kr, v) VALUES ($1, $2, $3)
+                           ON CONFLICT (k) DO UPDATE SET kr = EXCLUDED.kr, v = EXCLUDED.v)
+                   SELECT v FROM old"#
+            ),
+            Self::Remove => format!(r#"DELETE FROM "{table}" WHERE k = $1 RETURNING v"#),
+            Self::RemoveAll => format!(r#"DELETE FROM "{table}" WHERE k = ANY($1)"#),
+            Self::RangeBefore => format!(
+                r#"SELECT k, kr, v FROM "{table}" WHERE k >= $1 AND k < $2 ORDER BY k LIMIT $3"#
+            ),
+            Self::RangeToEnd => {
+                format!(r#"SELECT k, kr, v FROM "{table}" WHERE k >= $1 ORDER BY k LIMIT $2"#)
+            }
+            Self::Last => format!(r#"SELECT kr, v FROM "{table}" ORDER BY k DESC LIMIT 1"#),
+            Self::Count => format!(r#"SELECT count(*) FROM "{table}""#),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded<K: SortKey>(key: K::SelfType<'_>) -> Vec<u8> {
+        sort_key::<K>(&key)
+    }
+
+    #[test]
+    fn sort_keys_order_as_redb_orders_the_keys() {
+        type K = (&'static str, u32, &'static [u8]);
+        let keys: Vec<(&str, u32, &[u8])> = vec![
+            ("", 0, b""),
+            ("a", 0, b""),
+            ("a", 0, b"\x00"),
+            ("a", 0, b"\x00\x00"),
+            ("a", 0, b"\x00\x01"),
+            ("a", 0, b"\x01"),
+            ("a", 1, b""),
+            ("a", u32::MAX, b"\xff\xff"),
+            ("a\u{0}", 0, b""),
+            ("ab", 0, b""),
+            ("b", 0, b""),
+            ("\u{10FFFF}", 0, b""),
+        ];
+        for pair in keys.windows(2) {
+            let (lower, upper) = (pair[0], pair[1]);
+            assert_eq!(
+                K::compare(K::as_bytes(&lower).as_ref(), K::as_bytes(&upper).as_ref()),
+                std::cmp::Ordering::Less,
+                "{lower:?} < {upper:?} for redb"
+            );
+            assert!(
+                encoded::<K>(lower) < encoded::<K>(upper),
+                "{lower:?} < {upper:?} encoded"
+            );
+        }
+    }
+
+    #[test]
+    fn integer_sort_keys_are_big_endian() {
+        assert!(encoded::<u64>(255) < encoded::<u64>(256));
+        assert!(encoded::<(u64, u8)>((1, 255)) < encoded::<(u64, u8)>((2, 0)));
+    }
+}
