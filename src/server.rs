@@ -40,6 +40,31 @@ pub fn require_data_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Copies the data directory of a node of a shared store (its keys and certificate) to `to`, the
+/// data directory of another node of the domain: everything but the admin socket and a redb
+/// database. What an operator does with `cp -r` on a stopped node, for tests and benchmarks.
+pub fn copy_node_keys(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    std::fs::create_dir_all(to)?;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700))?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        let target = to.join(entry.file_name());
+        if kind.is_dir() {
+            copy_node_keys(&entry.path(), &target)?;
+        } else if kind.is_file() && entry.file_name() != DATABASE_FILE {
+            std::fs::copy(entry.path(), &target)?;
+        } else if !kind.is_socket() && !kind.is_file() {
+            return Err(std::io::Error::other(format!(
+                "{} is neither a file nor a directory",
+                entry.path().display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Removes everything inside `dir`, keeping `dir`.
 fn empty_directory(dir: &Path) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {

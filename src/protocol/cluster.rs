@@ -42,6 +42,9 @@ pub enum ClusterEvent {
     /// Deliveries were queued for peer homeservers: whichever node drains the outbox sends them.
     #[tls_codec(discriminant = 5)]
     OutboxWork,
+    /// `client` added or removed a push target: nodes re-read whether it has any.
+    #[tls_codec(discriminant = 6)]
+    PushTargetsChanged(ClientId),
 }
 
 /// A message as a hint carries it; no `payload` when the message was too large for an event:
@@ -123,6 +126,7 @@ mod tests {
             }),
             ClusterEvent::Disconnect(client()),
             ClusterEvent::OutboxWork,
+            ClusterEvent::PushTargetsChanged(client()),
         ] {
             let envelope = ClusterEnvelope { origin: 42, event };
             let bytes = encode_cluster_event(&envelope).unwrap();

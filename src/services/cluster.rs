@@ -69,6 +69,11 @@ impl ClusterSessions {
         }));
     }
 
+    /// Tells the other nodes that `client`'s push targets changed.
+    pub(crate) fn announce_push_targets_changed(&self, client: &ClientId) {
+        self.publish(ClusterEvent::PushTargetsChanged(client.clone()));
+    }
+
     /// Tells the other nodes that deliveries wait in the outbox.
     pub(crate) fn announce_outbox_work(&self) {
         self.publish(ClusterEvent::OutboxWork);
@@ -172,6 +177,8 @@ pub(crate) struct EventTargets {
     /// This node's connections (not the cluster's: an event is applied here only).
     pub local: Arc<dyn Sessions>,
     pub outbox_wake: super::federation::OutboxWake,
+    /// Which clients have push targets, known per node.
+    pub push: Arc<super::push::Push>,
 }
 
 /// Applies the other nodes' events to this node until `stop`.
@@ -197,13 +204,13 @@ pub(crate) async fn run_cluster_events(
         };
         match decode_cluster_event(&bytes) {
             Ok(envelope) if envelope.origin == node => {}
-            Ok(envelope) => apply(&targets, envelope.event),
+            Ok(envelope) => apply(&targets, envelope.event).await,
             Err(e) => tracing::warn!(error = %e, "ignoring an event this node cannot read"),
         }
     }
 }
 
-fn apply(targets: &EventTargets, event: ClusterEvent) {
+async fn apply(targets: &EventTargets, event: ClusterEvent) {
     let pushed = |message: HintedMessage| PushedMessage {
         seq: message.seq,
         enqueued_at_ms: message.enqueued_at_ms,
@@ -233,5 +240,11 @@ fn apply(targets: &EventTargets, event: ClusterEvent) {
         }
         ClusterEvent::Disconnect(client) => targets.local.disconnect(&client),
         ClusterEvent::OutboxWork => targets.outbox_wake.wake_here(),
+        ClusterEvent::PushTargetsChanged(client) => {
+            targets
+                .push
+                .refresh_registered(client.user_id.as_str(), client.device_id)
+                .await
+        }
     }
 }

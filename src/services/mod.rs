@@ -436,6 +436,7 @@ impl Services {
             config.domain.as_str(),
             store.clone(),
             sessions.clone(),
+            cluster_sessions.clone(),
         )?);
         // Every service reaches clients through these: what no connection takes wakes the
         // client through its push targets.
@@ -519,6 +520,7 @@ impl Services {
             let targets = cluster::EventTargets {
                 local: local.clone(),
                 outbox_wake: self.outbox_wake.clone(),
+                push: self.push.clone(),
             };
             cluster::run_cluster_events(bus.clone(), self.node, targets, stop).await;
         }

@@ -81,6 +81,8 @@ pub struct Push {
     delivery: Arc<PushDelivery>,
     /// user id -> its devices with at least one target: the send path's only question.
     registered: RwLock<HashMap<String, Vec<u32>>>,
+    /// The other nodes of a shared store, told when a client's targets change here.
+    cluster: Option<Arc<super::cluster::ClusterSessions>>,
     inbox: Mutex<Inbox>,
     ready: Notify,
     stats: PushStats,
@@ -124,12 +126,13 @@ fn load_or_create_vapid_key(data_dir: &Path) -> anyhow::Result<VapidKey> {
 }
 
 impl Push {
-    pub fn new(
+    pub(crate) fn new(
         config: &PushConfig,
         data_dir: &Path,
         domain: &str,
         store: Store,
         sessions: Arc<dyn Sessions>,
+        cluster: Option<Arc<super::cluster::ClusterSessions>>,
     ) -> anyhow::Result<Self> {
         let vapid = if config.web_push {
             Some(Arc::new(load_or_create_vapid_key(data_dir)?))
@@ -144,6 +147,7 @@ impl Push {
             vapid,
             delivery,
             registered: RwLock::default(),
+            cluster,
             inbox: Mutex::default(),
             ready: Notify::new(),
             stats: PushStats::default(),
@@ -233,6 +237,7 @@ impl Push {
                 |AddTargetRefusal::TooMany { limit }| ServiceError::TooManyPushTargets { limit },
             )?;
         self.set_registered(caller.user_id.as_str(), caller.device_id, true);
+        self.tell_other_nodes(caller);
         Ok(added)
     }
 
@@ -257,11 +262,20 @@ impl Push {
             return Err(ServiceError::UnknownPushTarget);
         }
         self.refresh_registered(user_id, device_id).await;
+        self.tell_other_nodes(caller);
         Ok(())
     }
 
+    /// On a shared store, tells the other nodes that `client`'s targets changed (they wake the
+    /// clients they know to have targets).
+    fn tell_other_nodes(&self, client: &ClientId) {
+        if let Some(cluster) = &self.cluster {
+            cluster.announce_push_targets_changed(client);
+        }
+    }
+
     /// Re-reads whether the client still has targets.
-    async fn refresh_registered(&self, user_id: &str, device_id: u32) {
+    pub(super) async fn refresh_registered(&self, user_id: &str, device_id: u32) {
         if let Ok(targets) = self.store.push_targets(user_id, device_id).await {
             self.set_registered(user_id, device_id, !targets.is_empty());
         }

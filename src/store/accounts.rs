@@ -140,9 +140,11 @@ pub(super) fn client_exists(
     user_id: &str,
     device_id: u32,
 ) -> Result<bool, StoreError> {
+    // Held until the transaction ends: a removal committed meanwhile by another node makes
+    // this transaction fail and run again (when it finds the client gone).
     Ok(txn
         .open_table(CLIENTS)?
-        .get((user_id, device_id))?
+        .get_held((user_id, device_id))?
         .is_some())
 }
 
@@ -404,6 +406,17 @@ impl Store {
             if client_count(txn, &user_id)? <= 1 {
                 return Ok(Err(RemoveClientRefusal::LastClient));
             }
+            // Rewritten unchanged: two removals of a user's clients made at once (on two nodes
+            // of a shared store) change this row, so one waits for the other's outcome and
+            // cannot remove the last client on a stale count.
+            let mut users = txn.open_table(USERS)?;
+            let record = users
+                .get(user_id.as_str())?
+                .map(|record| record.value().to_vec());
+            if let Some(record) = record {
+                users.insert(user_id.as_str(), record.as_slice())?;
+            }
+            drop(users);
             delete_client(txn, &user_id, device_id)?;
             Ok(Ok(()))
         })

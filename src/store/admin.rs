@@ -10,7 +10,9 @@ use super::kv::{ReadTransaction, ReadableTable, SortKey, TableDefinition, Value}
 use super::accounts::{CLIENTS, USERS};
 use super::federation::OUTBOX;
 use super::groups::GROUPS;
-use super::queues::{oldest_queued_at, QUEUE_HEADS, QUEUE_TOTALS};
+use super::queues::{
+    oldest_queued_at, queue_state, stored_server_total, QUEUE_HEADS, QUEUE_REMOVED,
+};
 use super::{Store, StoreError};
 
 /// Row counts for the operator's status.
@@ -51,14 +53,13 @@ impl Store {
                 clients: txn.open_table(CLIENTS)?.len()?,
                 groups: txn.open_table(GROUPS)?.len()?,
                 outbox_waiting: txn.open_table(OUTBOX)?.len()?,
-                queued_bytes: txn
-                    .open_table(QUEUE_TOTALS)?
-                    .get("")?
-                    .map_or(0, |total| total.value()),
+                queued_bytes: stored_server_total(txn)?,
                 ..StoreCounts::default()
             };
-            for entry in txn.open_table(QUEUE_HEADS)?.iter()? {
-                counts.queued_messages += entry?.1.value().1;
+            let (heads, removed) = (txn.open_table(QUEUE_HEADS)?, txn.open_table(QUEUE_REMOVED)?);
+            for entry in heads.iter()? {
+                let (_, count, _) = queue_state(&heads, &removed, entry?.0.value())?;
+                counts.queued_messages += count;
             }
             Ok(counts)
         })
@@ -115,9 +116,11 @@ impl Store {
     pub async fn largest_queues(&self, limit: usize) -> Result<Vec<QueueRow>, StoreError> {
         self.read(move |txn| {
             let mut largest: Vec<QueueRow> = Vec::new();
-            for entry in txn.open_table(QUEUE_HEADS)?.iter()? {
-                let (key, head) = entry?;
-                let ((user_id, device_id), (_, messages, bytes)) = (key.value(), head.value());
+            let (heads, removed) = (txn.open_table(QUEUE_HEADS)?, txn.open_table(QUEUE_REMOVED)?);
+            for entry in heads.iter()? {
+                let (key, _) = entry?;
+                let (user_id, device_id) = key.value();
+                let (_, messages, bytes) = queue_state(&heads, &removed, (user_id, device_id))?;
                 if messages == 0 {
                     continue;
                 }

@@ -342,6 +342,21 @@ impl<K: SortKey, V: Value + 'static> Table<'_, K, V> {
         }
     }
 
+    /// Reads `key` and, on a shared store, holds it against change by other transactions until
+    /// this one ends (`FOR SHARE`): one that deletes or changes it and commits first makes this
+    /// transaction fail as a conflict. Only a write transaction's tables hold anything.
+    pub(crate) fn get_held<'a>(
+        &self,
+        key: impl Borrow<K::SelfType<'a>>,
+    ) -> Result<Option<AccessGuard<'_, V>>, StoreError> {
+        match self.writable_postgres()? {
+            Some((session, name)) => Ok(session
+                .get_held(name, &sort_key::<K>(key.borrow()))?
+                .map(AccessGuard::owned)),
+            None => self.get(key),
+        }
+    }
+
     pub(crate) fn insert<'k, 'v>(
         &mut self,
         key: impl Borrow<K::SelfType<'k>>,
@@ -509,6 +524,7 @@ impl PgStatement {
     pub(super) fn sql(self, table: &str) -> String {
         match self {
             Self::Get => format!(r#"SELECT v FROM "{table}" WHERE k = $1"#),
+            Self::GetHeld => format!(r#"SELECT v FROM "{table}" WHERE k = $1 FOR SHARE"#),
             Self::Upsert => format!(
                 r#"WITH old AS (SELECT v FROM "{table}" WHERE k = $1),
                    new AS (INSERT INTO "{table}" (k, kr, v) VALUES ($1, $2, $3)

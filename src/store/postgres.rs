@@ -4,12 +4,24 @@
 //! key's order-preserving encoding ([`super::kv::SortKey`]), `kr` and `v` the key and value as
 //! redb encodes them. The typed operations run unchanged ([`super::kv`]).
 //!
-//! Concurrency between nodes is the database's: every write batch is one `SERIALIZABLE`
-//! transaction, so two nodes' transactions that read and write the same rows (two commits for
-//! one epoch, two claims of one KeyPackage, two registrations with the last use of an invite)
-//! cannot both commit; the loser's batch fails with a serialization failure and the writer runs
-//! it again, when it sees the winner's rows and answers as a single node would. Reads are
-//! `REPEATABLE READ READ ONLY` snapshots.
+//! Concurrency between nodes is the database's: every write batch is one `REPEATABLE READ`
+//! transaction, and of two transactions that change the same row only the first to commit
+//! does; the other fails with a serialization failure and the writer runs its batch again, when
+//! it sees the winner's rows and answers as a single node would. Every rule that two nodes could
+//! break together is a change of one row both make:
+//! - first commit per epoch wins: both rewrite the group's record (its epoch);
+//! - a KeyPackage is handed out once: both delete its row;
+//! - an invite's uses: both rewrite its use count (or both create it);
+//! - a user id, a device id, a group id, a queue position, a log position, a federation
+//!   delivery id: both create or rewrite the same row;
+//! - the last client of a user is not removed: removals rewrite the user's record;
+//! - a removed client acts no more: every write for a client holds its row (`FOR SHARE`), which
+//!   its removal deletes.
+//!
+//! Limits that count rows (queue sizes, KeyPackages per client) may be overshot by what two nodes
+//! admit at the same moment. Rows two nodes change for unrelated reasons are kept apart: a queue's
+//! removals are counted apart from its head, and the server's queued bytes in one row per node.
+//! Reads are `REPEATABLE READ READ ONLY` snapshots.
 //!
 //! The schema is created and migrated at start by numbered migrations recorded in
 //! `roost_migrations`, under an advisory lock so that nodes starting together migrate once.
@@ -32,6 +44,7 @@ use super::StoreError;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum PgStatement {
     Get,
+    GetHeld,
     Upsert,
     Remove,
     RemoveAll,
@@ -41,7 +54,15 @@ pub(crate) enum PgStatement {
     Count,
 }
 
-const STATEMENT_KINDS: usize = 8;
+const STATEMENT_KINDS: usize = 9;
+
+/// How write batches begin. Snapshot isolation: a transaction that changes a row another
+/// transaction changed and committed since its snapshot fails and runs again. Every rule that
+/// spans nodes rests on such a row (see the module doc); rows a rule only reads are held with
+/// [`super::kv::Table::get_held`]. (`SERIALIZABLE` would also cover rules nobody wrote down,
+/// but its page-grained read tracking made half the batches of two busy nodes fail on rows
+/// they did not share.)
+const WRITE_ISOLATION: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ";
 
 /// Reads that may hold a connection at once (each a blocking thread).
 const MAX_READ_CONNECTIONS: usize = 8;
@@ -82,8 +103,14 @@ pub(crate) struct PgConn {
 
 impl PgConn {
     pub(super) fn connect(config: &Config) -> Result<Self, StoreError> {
+        let mut client = config.connect(NoTls).map_err(error)?;
+        // Index scans only: a sequential scan of a small table takes a predicate lock on the
+        // whole table, and every other node's write to it then conflicts with this transaction.
+        client
+            .batch_execute("SET enable_seqscan = off")
+            .map_err(error)?;
         Ok(Self {
-            client: config.connect(NoTls).map_err(error)?,
+            client,
             prepared: HashMap::new(),
         })
     }
@@ -163,6 +190,11 @@ impl PgSession {
 
     pub(super) fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let rows = self.query(table, PgStatement::Get, &[&key])?;
+        Ok(rows.first().map(|row| row.get(0)))
+    }
+
+    pub(super) fn get_held(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let rows = self.query(table, PgStatement::GetHeld, &[&key])?;
         Ok(rows.first().map(|row| row.get(0)))
     }
 
@@ -380,7 +412,7 @@ impl PgWriter {
             Some(conn) if !conn.is_closed() => *conn,
             _ => PgConn::connect(&self.config)?,
         };
-        match PgSession::begin(conn, "BEGIN ISOLATION LEVEL SERIALIZABLE") {
+        match PgSession::begin(conn, WRITE_ISOLATION) {
             Ok(session) => Ok(super::kv::WriteTransaction::Postgres(session)),
             Err(failed) => {
                 let (e, conn) = *failed;
@@ -388,6 +420,33 @@ impl PgWriter {
                 Err(e)
             }
         }
+    }
+
+    /// Runs `op` in a short read-only transaction on the writer's connection (between batches).
+    pub(super) fn read<T>(
+        &mut self,
+        op: impl FnOnce(&super::kv::ReadTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let conn = match self.conn.take() {
+            Some(conn) if !conn.is_closed() => *conn,
+            _ => PgConn::connect(&self.config)?,
+        };
+        let session = match PgSession::begin(conn, "BEGIN READ ONLY") {
+            Ok(session) => session,
+            Err(failed) => {
+                let (e, conn) = *failed;
+                self.conn = Some(Box::new(conn));
+                return Err(e);
+            }
+        };
+        let txn = super::kv::ReadTransaction::Postgres(session);
+        let outcome = op(&txn);
+        let super::kv::ReadTransaction::Postgres(session) = txn else {
+            unreachable!("made above");
+        };
+        let (_, conn) = session.finish(false);
+        self.conn = Some(Box::new(conn));
+        outcome
     }
 
     pub(super) fn finish(&mut self, session: PgSession, commit: bool) -> Result<(), StoreError> {
@@ -411,51 +470,58 @@ pub(super) fn redacted(url: &str) -> String {
 /// The numbered schema migrations: (version, what it does, the tables it creates). A table
 /// added to the store later comes with a new migration; a unit test checks that every table the
 /// code knows is created by one.
-const MIGRATIONS: &[(i32, &str, &[&str])] = &[(
-    1,
-    "the tables of store schema 4",
-    &[
-        "meta-1",
-        "users-1",
-        "clients-1",
-        "signature-keys-1",
-        "quarantine-1",
-        "invites-used-1",
-        "invites-1",
-        "key-packages-1",
-        "key-package-refs-1",
-        "client-key-package-refs-1",
-        "queue-2",
-        "queue-heads-1",
-        "pending-notices-1",
-        "queue-totals-1",
-        "shared-payloads-1",
-        "shared-payload-refs-1",
-        "groups-1",
-        "group-state-1",
-        "group-members-1",
-        "send-views-1",
-        "recent-requests-1",
-        "recent-requests-by-time-1",
-        "group-trees-1",
-        "group-trees-by-time-1",
-        "group-logs-1",
-        "group-log-1",
-        "log-readers-1",
-        "log-readers-by-acked-1",
-        "log-clients-1",
-        "outbox-2",
-        "outbox-heads-1",
-        "deliveries-received-1",
-        "group-routes-1",
-        "route-hubs-1",
-        "client-hubs-1",
-        "push-targets-1",
-        "push-wakes-1",
-        "push-woken-1",
-        "leases-1",
-    ],
-)];
+const MIGRATIONS: &[(i32, &str, &[&str])] = &[
+    (
+        1,
+        "the tables of store schema 4",
+        &[
+            "meta-1",
+            "users-1",
+            "clients-1",
+            "signature-keys-1",
+            "quarantine-1",
+            "invites-used-1",
+            "invites-1",
+            "key-packages-1",
+            "key-package-refs-1",
+            "client-key-package-refs-1",
+            "queue-2",
+            "queue-heads-1",
+            "pending-notices-1",
+            "queue-totals-1",
+            "shared-payloads-1",
+            "shared-payload-refs-1",
+            "groups-1",
+            "group-state-1",
+            "group-members-1",
+            "send-views-1",
+            "recent-requests-1",
+            "recent-requests-by-time-1",
+            "group-trees-1",
+            "group-trees-by-time-1",
+            "group-logs-1",
+            "group-log-1",
+            "log-readers-1",
+            "log-readers-by-acked-1",
+            "log-clients-1",
+            "outbox-2",
+            "outbox-heads-1",
+            "deliveries-received-1",
+            "group-routes-1",
+            "route-hubs-1",
+            "client-hubs-1",
+            "push-targets-1",
+            "push-wakes-1",
+            "push-woken-1",
+            "leases-1",
+        ],
+    ),
+    (
+        2,
+        "queue removals apart from queue heads",
+        &["queue-removed-1"],
+    ),
+];
 
 /// Applies the migrations this database has not had, one transaction each, holding an advisory
 /// lock so that nodes starting at once do not race.
@@ -496,7 +562,8 @@ fn apply_migrations(client: &mut Client) -> Result<(), StoreError> {
         let mut txn = client.transaction().map_err(error)?;
         for table in tables {
             txn.batch_execute(&format!(
-                r#"CREATE TABLE "{table}" (k bytea PRIMARY KEY, kr bytea NOT NULL, v bytea NOT NULL)"#
+                r#"CREATE TABLE "{table}" (k bytea PRIMARY KEY, kr bytea NOT NULL, v bytea NOT NULL)
+                   WITH (fillfactor = 80)"#
             ))
             .map_err(error)?;
         }

@@ -5,7 +5,7 @@
 use super::kv::{ReadableTable, TableDefinition, WriteTransaction};
 use tls_codec::{Deserialize, Serialize};
 
-use super::queues::QUEUE_HEADS;
+use super::queues::{queue_state, QUEUE_HEADS, QUEUE_REMOVED};
 use super::{Store, StoreError};
 use crate::protocol::{PushTarget, PushTargetAdded, RegisteredPushTarget};
 
@@ -192,14 +192,12 @@ impl Store {
     pub async fn unannounced_queues(&self) -> Result<Vec<(String, u32, u64)>, StoreError> {
         self.read(|txn| {
             let heads = txn.open_table(QUEUE_HEADS)?;
+            let removed = txn.open_table(QUEUE_REMOVED)?;
             let woken = txn.open_table(PUSH_WOKEN)?;
             let mut found = Vec::new();
             for (user_id, device_id) in clients_with_targets(txn)? {
                 let key = (user_id.as_str(), device_id);
-                let Some(head) = heads.get(key)? else {
-                    continue;
-                };
-                let (next_seq, count, _) = head.value();
+                let (next_seq, count, _) = queue_state(&heads, &removed, key)?;
                 let newest = next_seq.saturating_sub(1);
                 let announced = woken.get(key)?.map_or(0, |v| v.value());
                 if count > 0 && newest > announced {

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::kv::{ReadableTable, Table, TableDefinition, WriteTransaction};
+use super::kv::{ReadTransaction, ReadableTable, Table, TableDefinition, WriteTransaction};
 
 use super::accounts::CLIENTS;
 use super::{Store, StoreError};
@@ -29,21 +29,81 @@ pub(super) const PENDING_NOTICES: TableDefinition<(&str, u32, u8), u64> =
 pub(super) const QUEUE_TOTALS: TableDefinition<&str, u64> = TableDefinition::new("queue-totals-1");
 const SERVER_TOTAL: &str = "";
 
+/// The server's total on a shared store is kept in shards, one per writer (node run): a key
+/// starting with this, which no user id does. Each node changes only its own shard, so the
+/// total that every write batch moves is not one row that every node's transactions fight over.
+/// A shard holds its writer's net change as a wrapping `u64` (it may be negative).
+const SHARD_PREFIX: &str = "\u{1}";
+
 std::thread_local! {
     /// Bytes the writes of the batch being applied on this (the writer) thread have added to
     /// and removed from all queues: written to [`QUEUE_TOTALS`] once, just before the batch
     /// commits, instead of once per write (one row every enqueue would touch).
     static PENDING_SERVER_TOTAL: std::cell::Cell<i128> = const { std::cell::Cell::new(0) };
+    /// The row this writer keeps the server's total in: [`SERVER_TOTAL`], or its own shard on a
+    /// shared store.
+    static TOTAL_ROW: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    /// The other shards' sum as last read (outside the write transaction: reading them inside
+    /// would make every node's batches conflict), on a shared store.
+    static OTHER_SHARDS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Makes this (the writer) thread keep the server's total in a shard of its own: on a shared
+/// store, where other nodes' writers move it too.
+pub(super) fn use_own_total_shard() {
+    let shard = format!("{SHARD_PREFIX}{:016x}", rand::random::<u64>());
+    TOTAL_ROW.with(|row| *row.borrow_mut() = shard);
+}
+
+/// Re-reads the other writers' shards of the server's total (before a batch, on a shared
+/// store; an estimate: the queues' server-wide cap is a safety limit, not an exact quota).
+pub(super) fn refresh_other_shards(txn: &ReadTransaction) -> Result<(), StoreError> {
+    let own = TOTAL_ROW.with(|row| row.borrow().clone());
+    let mut others = 0u64;
+    for entry in txn.open_table(QUEUE_TOTALS)?.range(SERVER_TOTAL..)? {
+        let (key, value) = entry?;
+        let key = key.value();
+        if key != own && (key == SERVER_TOTAL || key.starts_with(SHARD_PREFIX)) {
+            others = others.wrapping_add(value.value());
+        } else if !key.is_empty() && !key.starts_with(SHARD_PREFIX) {
+            break;
+        }
+    }
+    OTHER_SHARDS.with(|cell| cell.set(others));
+    Ok(())
 }
 
 /// Payload bytes queued in all queues, counting the batch being applied.
 pub(super) fn server_total(txn: &WriteTransaction) -> Result<u64, StoreError> {
-    let stored = txn
-        .open_table(QUEUE_TOTALS)?
-        .get(SERVER_TOTAL)?
-        .map_or(0, |total| total.value());
+    let own = own_total(txn)?;
+    let stored = own.wrapping_add(OTHER_SHARDS.with(std::cell::Cell::get)) as i64;
     let pending = PENDING_SERVER_TOTAL.with(std::cell::Cell::get);
     Ok(u64::try_from((i128::from(stored) + pending).max(0)).unwrap_or(u64::MAX))
+}
+
+/// This writer's row of the server's total, as stored.
+fn own_total(txn: &WriteTransaction) -> Result<u64, StoreError> {
+    TOTAL_ROW.with(|row| {
+        Ok(txn
+            .open_table(QUEUE_TOTALS)?
+            .get(row.borrow().as_str())?
+            .map_or(0, |total| total.value()))
+    })
+}
+
+/// Payload bytes queued in all queues, as `txn` sees them (every shard).
+pub(super) fn stored_server_total(txn: &ReadTransaction) -> Result<u64, StoreError> {
+    let mut total = 0u64;
+    for entry in txn.open_table(QUEUE_TOTALS)?.range(SERVER_TOTAL..)? {
+        let (key, value) = entry?;
+        let key = key.value();
+        if key == SERVER_TOTAL || key.starts_with(SHARD_PREFIX) {
+            total = total.wrapping_add(value.value());
+        } else {
+            break;
+        }
+    }
+    Ok(total.min(i64::MAX as u64))
 }
 
 /// Moves the server's total by `added` bytes in and `removed` out (kept for the batch).
@@ -54,11 +114,23 @@ pub(super) fn adjust_server_total(added: u64, removed: u64) {
 
 /// Writes the batch's change of the server's total into `txn` (the writer, before it commits).
 pub(super) fn flush_server_total(txn: &WriteTransaction) -> Result<(), StoreError> {
-    if PENDING_SERVER_TOTAL.with(std::cell::Cell::get) == 0 {
+    let pending = PENDING_SERVER_TOTAL.with(std::cell::Cell::get);
+    if pending == 0 {
         return Ok(());
     }
-    let total = server_total(txn)?;
-    txn.open_table(QUEUE_TOTALS)?.insert(SERVER_TOTAL, total)?;
+    let own = own_total(txn)?;
+    let moved = TOTAL_ROW.with(|row| {
+        let row = row.borrow();
+        let total = if row.is_empty() {
+            // The one writer's total: never below zero.
+            u64::try_from((i128::from(own) + pending).max(0)).unwrap_or(u64::MAX)
+        } else {
+            own.wrapping_add(pending as u64)
+        };
+        txn.open_table(QUEUE_TOTALS)?.insert(row.as_str(), total)?;
+        Ok::<_, StoreError>(())
+    });
+    moved?;
     discard_server_total_delta();
     Ok(())
 }
@@ -81,18 +153,62 @@ pub(super) fn count_server_total(txn: &WriteTransaction) -> Result<(), StoreErro
 /// Payload bytes queued for all the clients of `user_id`.
 fn user_total(
     heads: &impl ReadableTable<(&'static str, u32), (u64, u64, u64)>,
+    removed: &impl ReadableTable<(&'static str, u32), (u64, u64)>,
     user_id: &str,
 ) -> Result<u64, StoreError> {
     let mut total = 0u64;
     for entry in heads.range((user_id, 0)..=(user_id, u32::MAX))? {
-        total = total.saturating_add(entry?.1.value().2);
+        let (key, head) = entry?;
+        let (_, gone_bytes) = removed.get(key.value())?.map_or((0, 0), |r| r.value());
+        total = total.saturating_add(head.value().2.saturating_sub(gone_bytes));
     }
     Ok(total)
 }
 
-/// (user id, device id) -> (next seq, messages queued, payload bytes queued).
+/// (user id, device id) -> (next seq, messages ever queued, payload bytes ever queued): written
+/// by enqueues only.
 pub(super) const QUEUE_HEADS: TableDefinition<(&str, u32), (u64, u64, u64)> =
     TableDefinition::new("queue-heads-1");
+
+/// (user id, device id) -> (messages, payload bytes) removed from the queue so far (acknowledged
+/// or purged): written by removals only. A queue holds its head's counts less these. Kept apart
+/// so that a message queued for a client and the client's acknowledgement, made by two nodes at
+/// once, write different rows and do not conflict.
+pub(super) const QUEUE_REMOVED: TableDefinition<(&str, u32), (u64, u64)> =
+    TableDefinition::new("queue-removed-1");
+
+/// A client's queue: (next seq, messages queued, payload bytes queued).
+pub(super) fn queue_state(
+    heads: &impl ReadableTable<(&'static str, u32), (u64, u64, u64)>,
+    removed: &impl ReadableTable<(&'static str, u32), (u64, u64)>,
+    client: (&str, u32),
+) -> Result<(u64, u64, u64), StoreError> {
+    let (next_seq, added, added_bytes) = heads
+        .get(client)?
+        .map_or((FIRST_SEQ, 0, 0), |head| head.value());
+    let (gone, gone_bytes) = removed.get(client)?.map_or((0, 0), |r| r.value());
+    Ok((
+        next_seq,
+        added.saturating_sub(gone),
+        added_bytes.saturating_sub(gone_bytes),
+    ))
+}
+
+/// Counts `count` messages of `bytes` as removed from `client`'s queue.
+fn record_removed(
+    txn: &WriteTransaction,
+    client: (&str, u32),
+    count: u64,
+    bytes: u64,
+) -> Result<(), StoreError> {
+    let mut removed = txn.open_table(QUEUE_REMOVED)?;
+    let (gone, gone_bytes) = removed.get(client)?.map_or((0, 0), |r| r.value());
+    removed.insert(
+        client,
+        (gone.saturating_add(count), gone_bytes.saturating_add(bytes)),
+    )?;
+    Ok(())
+}
 
 /// The sequence number of a client's first message.
 pub const FIRST_SEQ: u64 = 1;
@@ -271,24 +387,17 @@ impl Store {
     ) -> Result<Result<(), u64>, StoreError> {
         let user_id = user_id.to_owned();
         self.write(move |txn| {
-            let mut heads = txn.open_table(QUEUE_HEADS)?;
-            let (next_seq, count, bytes) = heads
+            let next_seq = txn
+                .open_table(QUEUE_HEADS)?
                 .get((user_id.as_str(), device_id))?
-                .map_or((FIRST_SEQ, 0, 0), |head| head.value());
+                .map_or(FIRST_SEQ, |head| head.value().0);
             if up_to_seq >= next_seq {
                 return Ok(Err(next_seq));
             }
             let (removed, removed_bytes) =
                 delete_through(txn, &user_id, device_id, up_to_seq, |_, _| true)?;
             if removed > 0 {
-                heads.insert(
-                    (user_id.as_str(), device_id),
-                    (
-                        next_seq,
-                        count.saturating_sub(removed),
-                        bytes.saturating_sub(removed_bytes),
-                    ),
-                )?;
+                record_removed(txn, (user_id.as_str(), device_id), removed, removed_bytes)?;
             }
             Ok(Ok(()))
         })
@@ -302,20 +411,21 @@ impl Store {
         cutoff_ms: u64,
     ) -> Result<Vec<ExpiredMessages>, StoreError> {
         self.write(move |txn| {
-            let clients: Vec<(String, u32, (u64, u64, u64))> = {
+            let clients: Vec<(String, u32)> = {
                 let heads = txn.open_table(QUEUE_HEADS)?;
+                let removed = txn.open_table(QUEUE_REMOVED)?;
                 let mut clients = Vec::new();
                 for entry in heads.iter()? {
-                    let (key, head) = entry?;
+                    let (key, _) = entry?;
                     let (user_id, device_id) = key.value();
-                    if head.value().1 > 0 {
-                        clients.push((user_id.to_owned(), device_id, head.value()));
+                    if queue_state(&heads, &removed, (user_id, device_id))?.1 > 0 {
+                        clients.push((user_id.to_owned(), device_id));
                     }
                 }
                 clients
             };
             let mut report = Vec::new();
-            for (user_id, device_id, (next_seq, count, bytes)) in clients {
+            for (user_id, device_id) in clients {
                 let mut first_seq = None;
                 let mut last_seq = 0;
                 let (removed, removed_bytes) =
@@ -330,14 +440,7 @@ impl Store {
                 if removed == 0 {
                     continue;
                 }
-                txn.open_table(QUEUE_HEADS)?.insert(
-                    (user_id.as_str(), device_id),
-                    (
-                        next_seq,
-                        count.saturating_sub(removed),
-                        bytes.saturating_sub(removed_bytes),
-                    ),
-                )?;
+                record_removed(txn, (user_id.as_str(), device_id), removed, removed_bytes)?;
                 report.push(ExpiredMessages {
                     user_id,
                     device_id,
@@ -359,13 +462,9 @@ impl Store {
     ) -> Result<(u64, u64), StoreError> {
         let user_id = user_id.to_owned();
         self.read(move |txn| {
-            Ok(txn
-                .open_table(QUEUE_HEADS)?
-                .get((user_id.as_str(), device_id))?
-                .map_or((0, 0), |head| {
-                    let (_, count, bytes) = head.value();
-                    (count, bytes)
-                }))
+            let (heads, removed) = (txn.open_table(QUEUE_HEADS)?, txn.open_table(QUEUE_REMOVED)?);
+            let (_, count, bytes) = queue_state(&heads, &removed, (user_id.as_str(), device_id))?;
+            Ok((count, bytes))
         })
         .await
     }
@@ -407,11 +506,13 @@ pub(super) fn enqueue_in(
     };
     let clients = txn.open_table(CLIENTS)?;
     let mut heads = txn.open_table(QUEUE_HEADS)?;
+    let removed = txn.open_table(QUEUE_REMOVED)?;
     let mut queue = txn.open_table(QUEUE)?;
     let mut pending_notices = txn.open_table(PENDING_NOTICES)?;
     let tables = AdmissionTables {
         clients: &clients,
         heads: &heads,
+        removed: &removed,
         queue: &queue,
         pending_notices: &pending_notices,
     };
@@ -419,7 +520,7 @@ pub(super) fn enqueue_in(
         Ok(plan) => plan,
         Err(full) => return Ok(Err(full)),
     };
-    drop(clients);
+    drop((clients, removed));
     let mut shared = txn.open_table(SHARED_PAYLOADS)?;
     // A payload that several envelopes hold (the same `Arc`: one message fanned out) is stored
     // once, under an id given when its first envelope is queued.
@@ -508,6 +609,7 @@ enum Verdict {
 struct AdmissionTables<'a, 't> {
     clients: &'a Table<'t, (&'static str, u32), &'static [u8]>,
     heads: &'a Table<'t, (&'static str, u32), (u64, u64, u64)>,
+    removed: &'a Table<'t, (&'static str, u32), (u64, u64)>,
     queue: &'a Table<'t, (&'static str, u32, u64), &'static [u8]>,
     pending_notices: &'a Table<'t, (&'static str, u32, u8), u64>,
 }
@@ -521,6 +623,7 @@ fn admit(
     let AdmissionTables {
         clients,
         heads,
+        removed,
         queue,
         pending_notices,
     } = *tables;
@@ -543,7 +646,7 @@ fn admit(
         let (count, bytes, notices) = match sizes.get(&client) {
             Some(known) => *known,
             None => {
-                let (_, count, bytes) = heads.get(client)?.map_or((FIRST_SEQ, 0, 0), |h| h.value());
+                let (_, count, bytes) = queue_state(heads, removed, client)?;
                 // Waiting coalesced notices matter only to a queue this enqueue can take to its
                 // message limit: look them up only then (the common enqueue reads nothing more).
                 let mut notices = 0;
@@ -563,7 +666,7 @@ fn admit(
         let user = match user_bytes.get(client.0) {
             Some(known) => *known,
             None if limits.max_user_bytes == u64::MAX => 0,
-            None => user_total(heads, client.0)?,
+            None => user_total(heads, removed, client.0)?,
         };
         let within = |factor: u64| {
             counted < limits.max_messages.saturating_mul(factor)
@@ -710,6 +813,8 @@ pub(super) fn delete_client_queue(
 ) -> Result<(), StoreError> {
     delete_through(txn, user_id, device_id, u64::MAX, |_, _| true)?;
     txn.open_table(QUEUE_HEADS)?.remove((user_id, device_id))?;
+    txn.open_table(QUEUE_REMOVED)?
+        .remove((user_id, device_id))?;
     let mut pending_notices = txn.open_table(PENDING_NOTICES)?;
     let kinds: Vec<u8> = pending_notices
         .range((user_id, device_id, 0u8)..=(user_id, device_id, u8::MAX))?

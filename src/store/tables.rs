@@ -23,6 +23,7 @@ macro_rules! for_each_table {
         $action!(super::key_packages::CLIENT_KEY_PACKAGE_REFS);
         $action!(super::queues::QUEUE);
         $action!(super::queues::QUEUE_HEADS);
+        $action!(super::queues::QUEUE_REMOVED);
         $action!(super::queues::PENDING_NOTICES);
         $action!(super::queues::QUEUE_TOTALS);
         $action!(super::queues::SHARED_PAYLOADS);

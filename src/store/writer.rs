@@ -129,6 +129,9 @@ pub(super) fn run(
     mut queue: mpsc::Receiver<Box<dyn WriteJob>>,
     stats: &StoreStats,
 ) {
+    if matches!(db, WriterBackend::Postgres(_)) {
+        super::queues::use_own_total_shard();
+    }
     let mut shutdown = None;
     while let Some(first) = queue.blocking_recv() {
         let mut batch = Vec::new();
@@ -168,6 +171,11 @@ pub(super) fn run(
 fn commit_batch(db: &mut WriterBackend, mut batch: Vec<Box<dyn WriteJob>>, stats: &StoreStats) {
     let mut conflicts = 0;
     while !batch.is_empty() {
+        if let WriterBackend::Postgres(writer) = db {
+            if let Err(e) = writer.read(super::queues::refresh_other_shards) {
+                tracing::warn!(error = %e, "cannot read the other nodes' queue totals");
+            }
+        }
         let txn = match db.begin() {
             Ok(txn) => txn,
             Err(error) => {
@@ -237,6 +245,10 @@ fn commit_batch(db: &mut WriterBackend, mut batch: Vec<Box<dyn WriteJob>>, stats
 /// nodes retrying the same rows do not collide in lockstep.
 fn back_off(attempt: u32) {
     use rand::Rng as _;
+    if attempt == 1 {
+        // The winner has usually committed by the time the loser hears of it.
+        return;
+    }
     let ceiling_us = 200u64 << attempt.min(6);
     std::thread::sleep(Duration::from_micros(
         rand::thread_rng().gen_range(ceiling_us / 2..=ceiling_us),

@@ -257,21 +257,7 @@ pub fn code<T: std::fmt::Debug>(
     }
 }
 
-/// Copies a node's data directory (keys, certificate) to `to`: everything but its sockets.
+/// Copies a node's data directory (keys, certificate) to `to`, for another node of its domain.
 pub fn copy_keys(from: &std::path::Path, to: &std::path::Path) {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    std::fs::create_dir_all(to).unwrap();
-    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700)).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let kind = entry.file_type().unwrap();
-        let target = to.join(entry.file_name());
-        if kind.is_dir() {
-            copy_keys(&entry.path(), &target);
-        } else if kind.is_file() {
-            std::fs::copy(entry.path(), &target).unwrap();
-        } else if !kind.is_socket() {
-            panic!("unexpected file {}", entry.path().display());
-        }
-    }
+    roost::server::copy_node_keys(from, to).unwrap();
 }

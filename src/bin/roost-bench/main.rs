@@ -8,6 +8,7 @@
 
 mod child;
 mod harness;
+mod nodes;
 mod offline_push;
 mod report;
 mod scenarios;
@@ -70,6 +71,7 @@ enum Scenario {
     Federation,
     Connections,
     Push,
+    Nodes,
 }
 
 impl Scenario {
@@ -143,6 +145,7 @@ async fn run(cli: &Cli) -> anyhow::Result<Report> {
                 Scenario::Federation => scenarios::federation(&mut report, &scale).await,
                 Scenario::Connections => scenarios::connections(&mut report, &scale).await,
                 Scenario::Push => offline_push::push(&mut report, &scale).await,
+                Scenario::Nodes => nodes::nodes(&mut report, &scale).await,
             };
             if let Err(e) = done {
                 anyhow::bail!("scenario {scenario:?} failed: {e:#}");

@@ -330,107 +330,15 @@ pub async fn send(
     let messages = scale.pick(100, 500);
     let server = BenchServer::start(remote).await?;
     let config = server.client_config.clone();
-    let run = format!("{:x}", rand::random::<u32>());
-    let mut senders = Vec::new();
-    let mut receivers = Vec::new();
-    for pair in 0..pairs {
-        let sender = harness::device(
-            &config,
-            &format!("s{pair}-{run}@{}", config.server_name),
-            false,
-            0,
-        )
-        .await?;
-        let receiver_name = format!("r{pair}-{run}@{}", config.server_name);
-        let mut receiver = harness::device(&config, &receiver_name, true, 2).await?;
-        let keys = sender.connection.domain_keys().await?;
-        let group_id = {
-            let groups = GroupClient::new(&sender.connection, &sender.mls, keys, SystemClock.now());
-            let group_id = groups.create_group().await?;
-            groups.invite(&group_id, &receiver_name).await?;
-            group_id
-        };
-        // The Welcome is waiting: take it off the queue so only the measured messages remain.
-        let waiting = receiver.connection.fetch_messages(0, 100, 1 << 20).await?;
-        if let Some(last) = waiting.messages.last() {
-            receiver.connection.ack_messages(last.seq).await?;
-        }
-        let push = receiver.push.take().context("no push stream")?;
-        senders.push((sender, group_id));
-        receivers.push((receiver.connection, push));
-    }
-    // Send start times per pair, in order: receivers match the n-th arrival to the n-th start.
-    let starts: Vec<Arc<Mutex<Vec<Instant>>>> = (0..pairs).map(|_| Default::default()).collect();
-    let receiving: Vec<_> = receivers
-        .into_iter()
-        .zip(starts.iter().cloned())
-        .map(|((connection, mut push), starts)| {
-            tokio::spawn(async move {
-                let mut receiver = Receiver {
-                    latencies: Vec::with_capacity(messages),
-                };
-                let mut first_seq = None;
-                while receiver.latencies.len() < messages {
-                    let Some(notification) = push.next().await else {
-                        anyhow::bail!("the push stream ended");
-                    };
-                    let Notification::NewMessages(hint) = notification? else {
-                        continue;
-                    };
-                    let arrived = Instant::now();
-                    let first = *first_seq.get_or_insert(
-                        hint.latest_seq
-                            .saturating_sub(hint.messages.len().max(1) as u64 - 1),
-                    );
-                    let received = (hint.latest_seq + 1 - first) as usize;
-                    let starts = starts.lock().await;
-                    while receiver.latencies.len() < received.min(starts.len()) {
-                        receiver
-                            .latencies
-                            .push(arrived - starts[receiver.latencies.len()]);
-                    }
-                    drop(starts);
-                    connection.ack_messages(hint.latest_seq).await?;
-                }
-                anyhow::Ok(receiver)
-            })
-        })
-        .collect();
-    let written = server.local().and(harness::bytes_written());
-    let start = Instant::now();
-    let sending: Vec<_> = senders
-        .into_iter()
-        .zip(starts)
-        .map(|((sender, group_id), starts)| {
-            tokio::spawn(async move {
-                let keys = sender.connection.domain_keys().await?;
-                let groups =
-                    GroupClient::new(&sender.connection, &sender.mls, keys, SystemClock.now());
-                for i in 0..messages {
-                    starts.lock().await.push(Instant::now());
-                    groups
-                        .send(&group_id, format!("message {i}").as_bytes())
-                        .await?;
-                }
-                anyhow::Ok(())
-            })
-        })
-        .collect();
-    for task in sending {
-        task.await??;
-    }
-    let elapsed = start.elapsed();
-    let written = harness::bytes_written()
-        .zip(written)
-        .map(|(after, before)| after - before);
-    let mut latencies = Vec::new();
-    for task in receiving {
-        let receiver = tokio::time::timeout(Duration::from_secs(30), task)
-            .await
-            .context("receivers did not get every message within 30 s")???;
-        latencies.extend(receiver.latencies);
-    }
-    latencies.sort();
+    let load = send_load(
+        pairs,
+        messages,
+        std::slice::from_ref(&config),
+        std::slice::from_ref(&config),
+    )
+    .await?;
+    let written = server.local().and(load.written);
+    let (elapsed, latencies) = (load.elapsed, load.latencies);
     let total = pairs * messages;
     let rate = total as f64 / elapsed.as_secs_f64();
     let (quinn_rate, _) = ceilings.quinn(pairs, scale).await?;
@@ -486,6 +394,141 @@ pub async fn send(
     }
     server.stop().await;
     Ok(())
+}
+
+/// What a send load measured.
+pub struct SendLoad {
+    /// From the first send to the last acknowledged one.
+    pub elapsed: Duration,
+    /// Send -> push hint at the receiver, sorted.
+    pub latencies: Vec<Duration>,
+    /// Bytes this process wrote to disk while the messages were sent (its servers' stores).
+    pub written: Option<u64>,
+}
+
+impl SendLoad {
+    pub fn rate(&self, pairs: usize, messages: usize) -> f64 {
+        (pairs * messages) as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// `pairs` senders each send `messages` messages, back to back, in a 1:1 group with a receiver
+/// that is told by push and acknowledges. Pair `i` connects its sender to `senders[i % len]`
+/// and its receiver to `receivers[i % len]` (the nodes of one domain, or one server).
+pub async fn send_load(
+    pairs: usize,
+    messages: usize,
+    senders_at: &[ClientConfig],
+    receivers_at: &[ClientConfig],
+) -> anyhow::Result<SendLoad> {
+    let run = format!("{:x}", rand::random::<u32>());
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    for pair in 0..pairs {
+        let config = &senders_at[pair % senders_at.len()];
+        let receiver_config = &receivers_at[pair % receivers_at.len()];
+        let sender = harness::device(
+            config,
+            &format!("s{pair}-{run}@{}", config.server_name),
+            false,
+            0,
+        )
+        .await?;
+        let receiver_name = format!("r{pair}-{run}@{}", receiver_config.server_name);
+        let mut receiver = harness::device(receiver_config, &receiver_name, true, 2).await?;
+        let keys = sender.connection.domain_keys().await?;
+        let group_id = {
+            let groups = GroupClient::new(&sender.connection, &sender.mls, keys, SystemClock.now());
+            let group_id = groups.create_group().await?;
+            groups.invite(&group_id, &receiver_name).await?;
+            group_id
+        };
+        // The Welcome is waiting: take it off the queue so only the measured messages remain.
+        let waiting = receiver.connection.fetch_messages(0, 100, 1 << 20).await?;
+        if let Some(last) = waiting.messages.last() {
+            receiver.connection.ack_messages(last.seq).await?;
+        }
+        let push = receiver.push.take().context("no push stream")?;
+        senders.push((sender, group_id));
+        receivers.push((receiver.connection, push));
+    }
+    // Send start times per pair, in order: receivers match the n-th arrival to the n-th start.
+    let starts: Vec<Arc<Mutex<Vec<Instant>>>> = (0..pairs).map(|_| Default::default()).collect();
+    let receiving: Vec<_> = receivers
+        .into_iter()
+        .zip(starts.iter().cloned())
+        .map(|((connection, mut push), starts)| {
+            tokio::spawn(async move {
+                let mut receiver = Receiver {
+                    latencies: Vec::with_capacity(messages),
+                };
+                let mut first_seq = None;
+                while receiver.latencies.len() < messages {
+                    let Some(notification) = push.next().await else {
+                        anyhow::bail!("the push stream ended");
+                    };
+                    let Notification::NewMessages(hint) = notification? else {
+                        continue;
+                    };
+                    let arrived = Instant::now();
+                    let first = *first_seq.get_or_insert(
+                        hint.latest_seq
+                            .saturating_sub(hint.messages.len().max(1) as u64 - 1),
+                    );
+                    let received = (hint.latest_seq + 1 - first) as usize;
+                    let starts = starts.lock().await;
+                    while receiver.latencies.len() < received.min(starts.len()) {
+                        receiver
+                            .latencies
+                            .push(arrived - starts[receiver.latencies.len()]);
+                    }
+                    drop(starts);
+                    connection.ack_messages(hint.latest_seq).await?;
+                }
+                anyhow::Ok(receiver)
+            })
+        })
+        .collect();
+    let written = harness::bytes_written();
+    let start = Instant::now();
+    let sending: Vec<_> = senders
+        .into_iter()
+        .zip(starts)
+        .map(|((sender, group_id), starts)| {
+            tokio::spawn(async move {
+                let keys = sender.connection.domain_keys().await?;
+                let groups =
+                    GroupClient::new(&sender.connection, &sender.mls, keys, SystemClock.now());
+                for i in 0..messages {
+                    starts.lock().await.push(Instant::now());
+                    groups
+                        .send(&group_id, format!("message {i}").as_bytes())
+                        .await?;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for task in sending {
+        task.await??;
+    }
+    let elapsed = start.elapsed();
+    let written = harness::bytes_written()
+        .zip(written)
+        .map(|(after, before)| after - before);
+    let mut latencies = Vec::new();
+    for task in receiving {
+        let receiver = tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .context("receivers did not get every message within 30 s")???;
+        latencies.extend(receiver.latencies);
+    }
+    latencies.sort();
+    Ok(SendLoad {
+        elapsed,
+        latencies,
+        written,
+    })
 }
 
 /// Figures of one group size, kept to compare the larger sizes against the smallest.

@@ -1,0 +1,153 @@
+//! `nodes`: the `send` load (1:1 groups, every message pushed to its receiver and acknowledged)
+//! on one node on redb, one node on PostgreSQL, and two nodes sharing one PostgreSQL database
+//! with each sender on one node and its receiver on the other (every message crosses nodes, its
+//! push through `LISTEN`/`NOTIFY`). Figures are ratios against one node on redb, measured in the
+//! same run; BENCHMARKS.md says what limits each.
+
+use roost::client::ClientConfig;
+use roost::config::ServerConfig;
+use roost::server::Server;
+use roost::store::{ScratchDatabase, StoreLocation};
+
+use crate::harness::{self, BenchServer};
+use crate::report::{percentile_ms, Better, Report};
+use crate::scenarios::{send_load, Scale, SendLoad};
+
+const S: &str = "nodes";
+
+/// A node of `localhost` keeping its data in `database`, with `data_dir` for its keys.
+async fn node(database: &ScratchDatabase, data_dir: std::path::PathBuf) -> anyhow::Result<Server> {
+    let mut config = ServerConfig::new(
+        "localhost".parse().map_err(anyhow::Error::msg)?,
+        "127.0.0.1:0".parse()?,
+        data_dir,
+    );
+    config.store = Some(StoreLocation::Postgres(database.url.clone()));
+    Server::start(harness::unthrottled(config)).await
+}
+
+fn client_config(server: &Server) -> anyhow::Result<ClientConfig> {
+    ClientConfig::new(server.local_addr(), "localhost", server.certificate_path())
+}
+
+pub async fn nodes(report: &mut Report, scale: &Scale) -> anyhow::Result<()> {
+    let pairs = scale.pick(4, 16);
+    let messages = scale.pick(50, 300);
+    let load = |load: &SendLoad| {
+        (
+            load.rate(pairs, messages),
+            percentile_ms(&load.latencies, 50),
+        )
+    };
+
+    let redb = BenchServer::start(None).await?;
+    let config = redb.client_config.clone();
+    let (redb_rate, redb_p50) = load(
+        &send_load(
+            pairs,
+            messages,
+            std::slice::from_ref(&config),
+            std::slice::from_ref(&config),
+        )
+        .await?,
+    );
+    redb.stop().await;
+    report.figure(
+        S,
+        format!("one node on redb, {pairs} senders: acknowledged messages"),
+        redb_rate,
+        "messages/s",
+        Better::Higher,
+    );
+
+    let databases = tokio::task::spawn_blocking(|| {
+        Ok::<_, roost::store::StoreError>((ScratchDatabase::create()?, ScratchDatabase::create()?))
+    })
+    .await?;
+    let (single_database, shared_database) = match databases {
+        Ok(databases) => databases,
+        Err(e) => {
+            report.failed(S, "PostgreSQL", format!("no PostgreSQL to measure on: {e}"));
+            return Ok(());
+        }
+    };
+    let dir = tempfile::tempdir()?;
+
+    let single = node(&single_database, dir.path().join("single")).await?;
+    let config = client_config(&single)?;
+    let (single_rate, single_p50) = load(
+        &send_load(
+            pairs,
+            messages,
+            std::slice::from_ref(&config),
+            std::slice::from_ref(&config),
+        )
+        .await?,
+    );
+    single.shutdown().await?;
+    report.against(
+        S,
+        format!("one node on PostgreSQL, {pairs} senders: acknowledged messages"),
+        single_rate,
+        "messages/s",
+        Better::Higher,
+        "one node on redb",
+        redb_rate,
+    );
+
+    let first = node(&shared_database, dir.path().join("node-1")).await?;
+    roost::server::copy_node_keys(&dir.path().join("node-1"), &dir.path().join("node-2"))?;
+    let second = node(&shared_database, dir.path().join("node-2")).await?;
+    let (at_first, at_second) = (client_config(&first)?, client_config(&second)?);
+    let crossing = send_load(
+        pairs,
+        messages,
+        &[at_first.clone(), at_second.clone()],
+        &[at_second, at_first],
+    )
+    .await?;
+    let (pair_rate, pair_p50) = load(&crossing);
+    let stats = |server: &Server| {
+        let stats = server.store().stats();
+        (stats.writes(), stats.conflicts())
+    };
+    let ((writes_1, conflicts_1), (writes_2, conflicts_2)) = (stats(&first), stats(&second));
+    report.figure(
+        S,
+        "two nodes: write batches run again after a conflict, per 100 writes",
+        100.0 * (conflicts_1 + conflicts_2) as f64 / (writes_1 + writes_2).max(1) as f64,
+        "",
+        Better::Lower,
+    );
+    first.shutdown().await?;
+    second.shutdown().await?;
+    report.against(
+        S,
+        format!("two nodes on one PostgreSQL, {pairs} senders, every message crossing nodes"),
+        pair_rate,
+        "messages/s",
+        Better::Higher,
+        "one node on PostgreSQL",
+        single_rate,
+    );
+    report.against(
+        S,
+        "send -> push latency p50, one node on PostgreSQL",
+        single_p50,
+        "ms",
+        Better::Lower,
+        "one node on redb",
+        redb_p50,
+    );
+    report.against(
+        S,
+        "send -> push latency p50, two nodes (push through NOTIFY)",
+        pair_p50,
+        "ms",
+        Better::Lower,
+        "one node on PostgreSQL",
+        single_p50,
+    );
+    drop((single_database, shared_database));
+    Ok(())
+}
