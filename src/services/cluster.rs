@@ -19,7 +19,7 @@ use crate::protocol::cluster::{
     HintedMessage, LogAppendedHint, QueuedHint, MAX_CLUSTER_EVENT_LEN,
 };
 use crate::protocol::{ClientId, Notification, Text};
-use crate::store::PgEventBus;
+use crate::store::EventBus;
 
 /// Events that may wait for the publisher before newer ones are dropped (and logged).
 const OUTGOING_CAPACITY: usize = 16_384;
@@ -34,7 +34,7 @@ pub(crate) struct ClusterSessions {
 impl ClusterSessions {
     /// Wraps `local` (this node's connections); events go out on `bus` from a thread of their own
     /// that ends when the last sender does.
-    pub(crate) fn new(local: Arc<dyn Sessions>, node: u64, bus: Arc<PgEventBus>) -> Self {
+    pub(crate) fn new(local: Arc<dyn Sessions>, node: u64, bus: Arc<dyn EventBus>) -> Self {
         let (outgoing, mut queue) = mpsc::channel::<Vec<u8>>(OUTGOING_CAPACITY);
         // Blocking I/O (the synchronous PostgreSQL client): a thread, not a task.
         let spawned = std::thread::Builder::new()
@@ -183,7 +183,7 @@ pub(crate) struct EventTargets {
 
 /// Applies the other nodes' events to this node until `stop`.
 pub(crate) async fn run_cluster_events(
-    bus: Arc<PgEventBus>,
+    bus: Arc<dyn EventBus>,
     node: u64,
     targets: EventTargets,
     stop: CancellationToken,

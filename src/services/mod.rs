@@ -367,7 +367,7 @@ pub struct Services {
     /// This node's id among the nodes sharing the store (leases, events).
     node: u64,
     /// The bus to the other nodes and this node's own connections, on a shared store.
-    cluster: Option<(Arc<crate::store::PgEventBus>, Arc<dyn Sessions>)>,
+    cluster: Option<(Arc<dyn crate::store::EventBus>, Arc<dyn Sessions>)>,
 }
 
 impl Services {
@@ -414,7 +414,7 @@ impl Services {
         identity: &crate::tls::TlsIdentity,
         store: Store,
         sessions: Arc<dyn Sessions>,
-        bus: Option<Arc<crate::store::PgEventBus>>,
+        bus: Option<Arc<dyn crate::store::EventBus>>,
     ) -> anyhow::Result<Self> {
         let node = rand::random::<u64>();
         // On a shared store, what the services tell clients also goes to the other nodes.

@@ -30,6 +30,17 @@ mod writer;
 
 pub use postgres::{PgEventBus, ScratchDatabase};
 
+/// How the nodes of a domain tell each other of events: every node hears every payload
+/// published, its own included. Best effort (events are hints; a node that lost its connection
+/// misses what was sent meanwhile). [`PgEventBus`] is the one on PostgreSQL; another bus (NATS,
+/// Redis) would implement the same two methods.
+pub trait EventBus: Send + Sync {
+    /// Sends `payload` to every node. Blocking: call it off the async workers.
+    fn publish(&self, payload: &[u8]) -> Result<(), StoreError>;
+    /// Every payload published from now on.
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Vec<u8>>;
+}
+
 pub use accounts::{
     AddClientRefusal, IssueCredential, IssuedInvite, NewUser, RegisterRefusal, RemoveClientRefusal,
     StoredClient, FIRST_DEVICE_ID,
@@ -291,10 +302,10 @@ impl Store {
     }
 
     /// The cross-node event bus of a shared store (`None` on redb: one node, nothing to tell).
-    pub fn event_bus(&self) -> Result<Option<Arc<PgEventBus>>, StoreError> {
+    pub fn event_bus(&self) -> Result<Option<Arc<dyn EventBus>>, StoreError> {
         match &self.backend {
             Backend::Redb { .. } => Ok(None),
-            Backend::Postgres(database) => database.event_bus().map(Some),
+            Backend::Postgres(database) => Ok(Some(database.event_bus()?)),
         }
     }
 

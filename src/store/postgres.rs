@@ -622,9 +622,11 @@ impl PgEventBus {
             .map_err(StoreError::io)?;
         Ok(bus)
     }
+}
 
+impl super::EventBus for PgEventBus {
     /// Sends `payload` (at most [`MAX_EVENT_BYTES`]) to every node, this one included. Blocking.
-    pub fn publish(&self, payload: &[u8]) -> Result<(), StoreError> {
+    fn publish(&self, payload: &[u8]) -> Result<(), StoreError> {
         use base64::Engine as _;
         if payload.len() > MAX_EVENT_BYTES {
             return Err(StoreError::Corrupt(format!(
@@ -660,7 +662,7 @@ impl PgEventBus {
     }
 
     /// Every event published from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Vec<u8>> {
+    fn subscribe(&self) -> broadcast::Receiver<Vec<u8>> {
         self.sender.subscribe()
     }
 }
@@ -712,8 +714,8 @@ fn listen(
             }
         }
         if conn.is_closed() {
-            // Events sent while no connection listened are lost: subscribers are told they
-            // lagged, so they can catch up (clients re-read their queues on a fresh hint).
+            // Events sent while no connection listened are lost. They are hints: what they
+            // announced is in the store, and a client finds it at its next fetch or hint.
             loop {
                 if stop.load(std::sync::atomic::Ordering::Relaxed) {
                     return;

@@ -918,3 +918,96 @@ async fn a_device_offline_is_woken_by_its_own_homeserver_for_messages_of_a_remot
     assert!(wake.vapid.is_ok(), "{:?}", wake.vapid);
     assert!(wake.seq().is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_of_two_nodes_delivers_through_whichever_node_holds_the_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = roost::store::ScratchDatabase::create().unwrap();
+    let shared = |config: &mut ServerConfig| {
+        config.store = Some(roost::store::StoreLocation::Postgres(database.url.clone()))
+    };
+    let certs = dir.path().join("certs");
+    let (a1_addr, a2_addr, b_addr) = (free_port(), free_port(), free_port());
+    // a.example's first node takes the outbox lease to b.example as it starts.
+    let a1 = Homeserver::start_with(
+        dir.path(),
+        &certs,
+        "a.example",
+        a1_addr,
+        &[("b.example", b_addr)],
+        "a.example",
+        shared,
+    )
+    .await
+    .unwrap();
+    let second = dir.path().join("second-node");
+    crate::support::copy_keys(&dir.path().join("a.example"), &second.join("a.example"));
+    let a2 = Homeserver::start_with(
+        &second,
+        &certs,
+        "a.example",
+        a2_addr,
+        &[("b.example", b_addr)],
+        "a.example",
+        shared,
+    )
+    .await
+    .unwrap();
+    let b = Homeserver::start(
+        dir.path(),
+        &certs,
+        "b.example",
+        b_addr,
+        // b.example reaches a.example through its second node (the one that stays).
+        &[("a.example", a2_addr)],
+        "b.example",
+    )
+    .await
+    .unwrap();
+
+    // Alice uses the second node: what she sends waits in the shared outbox, which the first
+    // node drains when the second tells it there is work.
+    let started = std::time::Instant::now();
+    let (alice, mut bob, group_id) = alice_at_a_with_bob_at_b(&a2, &b).await;
+    for i in 0..5 {
+        within(
+            alice
+                .groups()
+                .await
+                .send(&group_id, format!("m{i}").as_bytes()),
+        )
+        .await
+        .unwrap();
+    }
+    let mut heard = Vec::new();
+    while heard.len() < 5 {
+        heard.extend(texts(&bob.receive_pushed().await));
+    }
+    // Well before the first node's lease would have run out (15 s): the Welcome and the
+    // messages were sent by the node holding it, told of them at once.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "the node holding the outbox was not told of the deliveries ({:?})",
+        started.elapsed()
+    );
+    // The first node goes; the second takes the outbox over once it is released.
+    within(a1.server.shutdown()).await.unwrap();
+    for i in 5..10 {
+        within(
+            alice
+                .groups()
+                .await
+                .send(&group_id, format!("m{i}").as_bytes()),
+        )
+        .await
+        .unwrap();
+    }
+    while heard.len() < 10 {
+        heard.extend(texts(&bob.receive_pushed().await));
+    }
+    let expected: Vec<(String, String)> = (0..10)
+        .map(|i| (alice.identity.client.to_string(), format!("m{i}")))
+        .collect();
+    assert_eq!(heard, expected, "each message once, in order");
+    drop(a2);
+}

@@ -262,3 +262,32 @@ async fn when_a_node_is_killed_its_clients_carry_on_through_the_other_and_lose_n
     assert_eq!(texts(&events), expected);
     node_1.kill_9();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_devices_leaving_at_once_through_two_nodes_leave_their_user_one() {
+    let first = TestServer::start_shared(|_| {}).await;
+    let second = first.start_node(|_| {}).await;
+    let observer = first.register("olga@localhost").await;
+    for round in 0..3 {
+        let user = format!("erin{round}@localhost");
+        let laptop = first.register(&user).await;
+        let phone = second.add_device(&laptop).await;
+        // Each removes itself: alone, each removal is allowed (the other device remains).
+        let (a, b) = tokio::join!(
+            laptop.connection.remove_client(&laptop.identity.client),
+            phone.connection.remove_client(&phone.identity.client)
+        );
+        let outcomes = [a, b];
+        assert_eq!(
+            outcomes.iter().filter(|outcome| outcome.is_ok()).count(),
+            1,
+            "round {round}: {outcomes:?}"
+        );
+        let refused = outcomes.into_iter().find_map(Result::err).unwrap();
+        assert_eq!(refused.code(), Some(ErrorCode::LastClient), "round {round}");
+        let remaining = within(observer.connection.lookup_user(&user))
+            .await
+            .unwrap();
+        assert_eq!(remaining.clients.len(), 1, "round {round}");
+    }
+}
