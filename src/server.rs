@@ -262,6 +262,7 @@ impl Server {
             domain = %config.domain,
             listen = %local_addr,
             data_dir = %config.data_dir.display(),
+            store = %store.location(),
             certificate = %certificate.display(),
             "serving; clients must trust the certificate"
         );

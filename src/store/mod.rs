@@ -288,14 +288,6 @@ impl Store {
         }
     }
 
-    /// The database file of a redb store; `None` on PostgreSQL.
-    pub fn redb_path(&self) -> Option<&Path> {
-        match &self.backend {
-            Backend::Redb { path, .. } => Some(path),
-            Backend::Postgres(_) => None,
-        }
-    }
-
     /// Whether several nodes may share this store (PostgreSQL).
     pub fn is_shared(&self) -> bool {
         matches!(self.backend, Backend::Postgres(_))

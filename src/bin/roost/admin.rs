@@ -437,6 +437,7 @@ fn print_federation(status: &FederationStatus) {
 /// `roost invite create` with no server running: records the invite in the store directly.
 pub fn create_invite_offline(
     data_dir: &Path,
+    store: Option<roost::store::StoreLocation>,
     uses: u32,
     valid_days: u64,
     json: bool,
@@ -445,8 +446,18 @@ pub fn create_invite_offline(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let database = data_dir.join(roost::store::DATABASE_FILE);
+    let location = match store {
+        Some(location) => location,
+        None if database.is_file() => roost::store::StoreLocation::Redb(database),
+        None => anyhow::bail!(
+            "{} holds the keys of a node whose data is elsewhere: give its --store (or ROOST_STORE), or run this while a node serves",
+            data_dir.display()
+        ),
+    };
     runtime.block_on(async {
-        let store = roost::store::Store::open(data_dir)?;
+        let store =
+            tokio::task::spawn_blocking(move || roost::store::Store::open_at(&location)).await??;
         let key = roost::services::invites::InviteKey::load_or_create(data_dir)?;
         let now = SystemClock.now();
         let expires_at = now + valid_days * SECONDS_PER_DAY;

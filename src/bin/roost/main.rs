@@ -57,6 +57,10 @@ enum Command {
     Invite {
         #[command(flatten)]
         target: admin::OperatorTarget,
+        /// The store of a node whose data lives elsewhere than its data directory
+        /// (`postgres://...`): where `invite create` records the invite when no server runs.
+        #[arg(long, env = "ROOST_STORE", global = true)]
+        store: Option<roost::store::StoreLocation>,
         #[command(subcommand)]
         command: admin::InvitesCommand,
     },
@@ -408,7 +412,11 @@ fn run(command: Command) -> anyhow::Result<()> {
             println!("added credential-signing key {id}; restart the server to sign with it");
             Ok(())
         }
-        Command::Invite { target, command } => invite(&target.data_dir, target.json, command),
+        Command::Invite {
+            target,
+            store,
+            command,
+        } => invite(&target.data_dir, store, target.json, command),
         Command::Admin(args) => admin::run(args),
         Command::Certs { domain, out } => {
             let written = roost::tls::issue_development_certificate(&out, domain.as_str())?;
@@ -429,6 +437,7 @@ fn run(command: Command) -> anyhow::Result<()> {
 /// `create` records the invite in the store itself.
 fn invite(
     data_dir: &std::path::Path,
+    store: Option<roost::store::StoreLocation>,
     json: bool,
     command: admin::InvitesCommand,
 ) -> anyhow::Result<()> {
@@ -440,7 +449,7 @@ fn invite(
     .is_ok();
     match command {
         admin::InvitesCommand::Create { uses, valid_days } if !running => {
-            admin::create_invite_offline(data_dir, uses, valid_days, json)
+            admin::create_invite_offline(data_dir, store, uses, valid_days, json)
         }
         command => {
             let runtime = tokio::runtime::Builder::new_current_thread()
