@@ -28,7 +28,7 @@ mod queues;
 mod tables;
 mod writer;
 
-pub use postgres::{PgEventBus, ScratchDatabase};
+pub use postgres::{statements_run as postgres_statements_run, PgEventBus, ScratchDatabase};
 
 /// How the nodes of a domain tell each other of events: every node hears every payload
 /// published, its own included. Best effort (events are hints; a node that lost its connection

@@ -40,6 +40,15 @@ use tokio::sync::broadcast;
 
 use super::StoreError;
 
+/// Table statements run by this process's PostgreSQL stores (each one round trip), for the
+/// benchmark's account of where a write's time goes.
+static STATEMENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Table statements run so far by this process's PostgreSQL stores.
+pub fn statements_run() -> u64 {
+    STATEMENTS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The statements prepared per table (their SQL is in [`super::kv`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum PgStatement {
@@ -178,6 +187,7 @@ impl PgSession {
         kind: PgStatement,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<postgres::Row>, StoreError> {
+        STATEMENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut conn = self.conn.borrow_mut();
         let outcome = conn
             .statement(table, kind)

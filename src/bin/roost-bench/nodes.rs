@@ -75,6 +75,10 @@ pub async fn nodes(report: &mut Report, scale: &Scale) -> anyhow::Result<()> {
 
     let single = node(&single_database, dir.path().join("single")).await?;
     let config = client_config(&single)?;
+    let (statements, commits) = (
+        roost::store::postgres_statements_run(),
+        single.store().stats().commits(),
+    );
     let (single_rate, single_p50) = load(
         &send_load(
             pairs,
@@ -83,6 +87,22 @@ pub async fn nodes(report: &mut Report, scale: &Scale) -> anyhow::Result<()> {
             std::slice::from_ref(&config),
         )
         .await?,
+    );
+    // Setting the pairs up is a small part: per message, the send and its acknowledgement.
+    let sent = (pairs * messages) as f64;
+    report.figure(
+        S,
+        "one node on PostgreSQL: table statements (round trips) per message sent and acknowledged",
+        (roost::store::postgres_statements_run() - statements) as f64 / sent,
+        "",
+        Better::Lower,
+    );
+    report.figure(
+        S,
+        "one node on PostgreSQL: write transactions per message sent and acknowledged",
+        (single.store().stats().commits() - commits) as f64 / sent,
+        "",
+        Better::Lower,
     );
     single.shutdown().await?;
     report.against(
