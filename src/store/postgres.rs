@@ -76,6 +76,9 @@ const WRITE_ISOLATION: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ";
 /// Reads that may hold a connection at once (each a blocking thread).
 const MAX_READ_CONNECTIONS: usize = 8;
 
+/// How long connecting to the database may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The advisory lock key nodes take while they migrate the schema ("roost" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0072_6f6f_7374;
 
@@ -303,7 +306,13 @@ pub(super) struct PgDatabase {
 impl PgDatabase {
     /// Connects to `url`, creates or migrates the schema and returns the database handle.
     pub(super) fn open(url: &str) -> Result<Self, StoreError> {
-        let config: Config = url.parse().map_err(error)?;
+        let mut config: Config = url.parse().map_err(error)?;
+        // A database that does not answer fails the write (and the request) instead of holding
+        // the writer thread for the kernel's TCP timeout; a URL may set its own.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        config.keepalives(true);
         let display = redacted(url);
         let mut conn = PgConn::connect(&config)?;
         migrate(&mut conn.client)?;

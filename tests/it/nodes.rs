@@ -291,3 +291,33 @@ async fn two_devices_leaving_at_once_through_two_nodes_leave_their_user_one() {
         assert_eq!(remaining.clients.len(), 1, "round {round}");
     }
 }
+
+#[test]
+fn a_store_that_cannot_be_reached_or_read_is_refused_with_a_reason_and_no_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let serve = |store: &str| {
+        std::process::Command::new(crate::cli::ROOST)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data_dir)
+            .args(["--store", store])
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    };
+    // Nothing listens on port 1.
+    let output = serve("postgres://roost:hunter2@127.0.0.1:1/roost");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("opening the store postgres://roost:***@127.0.0.1:1/roost"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    assert!(!data_dir.exists(), "a failed start left its data directory");
+
+    let output = serve("mysql://127.0.0.1/roost");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("is not a store"), "{stderr}");
+}
