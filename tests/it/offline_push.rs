@@ -594,3 +594,26 @@ async fn a_push_gateway_is_told_which_device_to_wake_and_nothing_else() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_target_added_through_one_node_is_woken_for_messages_queued_by_another() {
+    let first = TestServer::start_shared(loopback_push).await;
+    let second = first.start_node(loopback_push).await;
+    // Bob's target is added through the second node, after the first started (and read which
+    // clients have targets): the first learns of it from the second's event.
+    let bob = second.register("bob@localhost").await;
+    let mut receiver = subscribe(&bob).await;
+    let bob = go_offline(&second, bob).await.client;
+    let wake = within(async {
+        loop {
+            let seq = deliver(&first, &bob, b"from the first node").await;
+            match tokio::time::timeout(Duration::from_millis(250), receiver.next()).await {
+                Ok(Some(wake)) if wake.accepted() => return (wake, seq),
+                Ok(None) => panic!("the receiver stopped"),
+                _ => continue,
+            }
+        }
+    })
+    .await;
+    assert!(wake.0.seq().is_some_and(|seq| seq <= wake.1));
+}
