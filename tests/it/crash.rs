@@ -2,6 +2,9 @@
 //! moments and restarted on the same data directory, while its clients retry what was not
 //! answered. Every acknowledged message must be delivered exactly once and in order.
 //!
+//! In the suite's PostgreSQL run (`ROOST_TEST_STORE=postgres`) the server keeps its data in a
+//! fresh PostgreSQL database.
+//!
 //! `ROOST_CRASH_CYCLES` sets the number of kill/restart cycles (default 3, enough for CI;
 //! run `ROOST_CRASH_CYCLES=100 cargo test --test it crash -- --nocapture` for the full run).
 
@@ -160,7 +163,15 @@ async fn acknowledged_messages_survive_kill_9_exactly_once_and_in_order() {
         .local_addr()
         .unwrap()
         .to_string();
-    let mut server = ServerProcess::start_on(&listen, &data_dir, &GENEROUS);
+    // In the suite's PostgreSQL run the killed server keeps its data there.
+    let database =
+        crate::support::on_postgres().then(|| roost::store::ScratchDatabase::create().unwrap());
+    let mut flags: Vec<&str> = GENEROUS.to_vec();
+    if let Some(database) = &database {
+        flags.extend(["--store", database.url.as_str()]);
+    }
+    let flags = flags.as_slice();
+    let mut server = ServerProcess::start_on(&listen, &data_dir, flags);
     let config =
         ClientConfig::new(server.addr, "localhost", &data_dir.join("server-cert.pem")).unwrap();
 
@@ -209,7 +220,7 @@ async fn acknowledged_messages_survive_kill_9_exactly_once_and_in_order() {
             };
             if killed {
                 server.kill_9();
-                server = ServerProcess::start_on(&listen, &data_dir, &GENEROUS);
+                server = ServerProcess::start_on(&listen, &data_dir, flags);
                 // What was in flight is done again until answered.
                 perform(
                     &step,
@@ -223,7 +234,7 @@ async fn acknowledged_messages_survive_kill_9_exactly_once_and_in_order() {
             }
             if tokio::time::Instant::now() >= kill_at {
                 server.kill_9();
-                server = ServerProcess::start_on(&listen, &data_dir, &GENEROUS);
+                server = ServerProcess::start_on(&listen, &data_dir, flags);
                 break;
             }
         }
