@@ -379,6 +379,7 @@ impl PgDatabase {
         PgWriter {
             config: self.config.clone(),
             conn: None,
+            shards_read_at: None,
         }
     }
 
@@ -423,7 +424,14 @@ impl Drop for PgDatabase {
 pub(super) struct PgWriter {
     config: Config,
     conn: Option<Box<PgConn>>,
+    /// When the other nodes' shares of the server's queued bytes were last read.
+    shards_read_at: Option<std::time::Instant>,
 }
+
+/// How often the writer re-reads the other nodes' shares of the server's queued bytes (an
+/// estimate for the server-wide cap: reading them before every batch would cost three round
+/// trips a batch).
+const SHARDS_READ_INTERVAL: Duration = Duration::from_millis(100);
 
 impl PgWriter {
     pub(super) fn begin(&mut self) -> Result<super::kv::WriteTransaction, StoreError> {
@@ -438,6 +446,21 @@ impl PgWriter {
                 self.conn = Some(Box::new(conn));
                 Err(e)
             }
+        }
+    }
+
+    /// Re-reads the other nodes' shares of the server's queued bytes, at most every
+    /// [`SHARDS_READ_INTERVAL`] (before a batch).
+    pub(super) fn refresh_other_shards(&mut self) {
+        if self
+            .shards_read_at
+            .is_some_and(|read_at| read_at.elapsed() < SHARDS_READ_INTERVAL)
+        {
+            return;
+        }
+        match self.read(super::queues::refresh_other_shards) {
+            Ok(()) => self.shards_read_at = Some(std::time::Instant::now()),
+            Err(e) => tracing::warn!(error = %e, "cannot read the other nodes' queue totals"),
         }
     }
 

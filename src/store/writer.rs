@@ -172,9 +172,7 @@ fn commit_batch(db: &mut WriterBackend, mut batch: Vec<Box<dyn WriteJob>>, stats
     let mut conflicts = 0;
     while !batch.is_empty() {
         if let WriterBackend::Postgres(writer) = db {
-            if let Err(e) = writer.read(super::queues::refresh_other_shards) {
-                tracing::warn!(error = %e, "cannot read the other nodes' queue totals");
-            }
+            writer.refresh_other_shards();
         }
         let txn = match db.begin() {
             Ok(txn) => txn,
