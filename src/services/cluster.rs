@@ -24,6 +24,9 @@ use crate::store::EventBus;
 /// Events that may wait for the publisher before newer ones are dropped (and logged).
 const OUTGOING_CAPACITY: usize = 16_384;
 
+/// Most events the publisher sends in one round trip.
+const EVENTS_PER_PUBLISH: usize = 256;
+
 /// This node's sessions, plus every other node's through the event bus.
 pub(crate) struct ClusterSessions {
     local: Arc<dyn Sessions>,
@@ -40,10 +43,14 @@ impl ClusterSessions {
         let spawned = std::thread::Builder::new()
             .name("roost-event-publisher".into())
             .spawn(move || {
-                while let Some(event) = queue.blocking_recv() {
-                    if let Err(e) = bus.publish(&event) {
-                        tracing::warn!(error = %e, "could not tell the other nodes of an event");
+                let mut waiting = Vec::new();
+                while queue.blocking_recv_many(&mut waiting, EVENTS_PER_PUBLISH) > 0 {
+                    // What gathered while the last batch went out goes out together (a fan-out
+                    // to a thousand queues is a thousand events).
+                    if let Err(e) = bus.publish(&waiting) {
+                        tracing::warn!(error = %e, events = waiting.len(), "could not tell the other nodes of events");
                     }
+                    waiting.clear();
                 }
             });
         if let Err(e) = spawned {

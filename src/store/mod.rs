@@ -35,8 +35,8 @@ pub use postgres::{statements_run as postgres_statements_run, PgEventBus, Scratc
 /// misses what was sent meanwhile). [`PgEventBus`] is the one on PostgreSQL; another bus (NATS,
 /// Redis) would implement the same two methods.
 pub trait EventBus: Send + Sync {
-    /// Sends `payload` to every node. Blocking: call it off the async workers.
-    fn publish(&self, payload: &[u8]) -> Result<(), StoreError>;
+    /// Sends `payloads`, in order, to every node. Blocking: call it off the async workers.
+    fn publish(&self, payloads: &[Vec<u8>]) -> Result<(), StoreError>;
     /// Every payload published from now on.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Vec<u8>>;
 }

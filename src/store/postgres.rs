@@ -131,6 +131,14 @@ impl PgConn {
         self.client.is_closed()
     }
 
+    /// `kept` if the server has not closed it since, else a new connection.
+    fn reuse_or_connect(kept: Option<Self>, config: &Config) -> Result<Self, StoreError> {
+        match kept {
+            Some(conn) if !conn.is_closed() => Ok(conn),
+            _ => Self::connect(config),
+        }
+    }
+
     fn statement(&mut self, table: &str, kind: PgStatement) -> Result<Statement, StoreError> {
         if let Some(statement) = self
             .prepared
@@ -162,6 +170,20 @@ impl PgSession {
             }),
             Err(e) => Err(Box::new((error(e), conn))),
         }
+    }
+
+    /// Runs `op` as a read transaction in this session, ends it and hands the connection back.
+    fn run_read<T>(
+        self,
+        op: impl FnOnce(&super::kv::ReadTransaction) -> Result<T, StoreError>,
+    ) -> (Result<T, StoreError>, PgConn) {
+        let txn = super::kv::ReadTransaction::Postgres(self);
+        let outcome = op(&txn);
+        let super::kv::ReadTransaction::Postgres(session) = txn else {
+            unreachable!("made above");
+        };
+        let (_, conn) = session.finish(false);
+        (outcome, conn)
     }
 
     /// Commits (or rolls back) and hands the connection back.
@@ -330,10 +352,7 @@ impl PgDatabase {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .pop();
-        match idle {
-            Some(conn) if !conn.is_closed() => Ok(conn),
-            _ => PgConn::connect(&self.config),
-        }
+        PgConn::reuse_or_connect(idle, &self.config)
     }
 
     fn give_back(&self, conn: PgConn) {
@@ -365,12 +384,7 @@ impl PgDatabase {
                     .map_err(|failed| failed.0)?
                 }
             };
-        let txn = super::kv::ReadTransaction::Postgres(session);
-        let outcome = op(&txn);
-        let super::kv::ReadTransaction::Postgres(session) = txn else {
-            unreachable!("made above");
-        };
-        let (_, conn) = session.finish(false);
+        let (outcome, conn) = session.run_read(op);
         self.give_back(conn);
         outcome
     }
@@ -435,18 +449,18 @@ const SHARDS_READ_INTERVAL: Duration = Duration::from_millis(100);
 
 impl PgWriter {
     pub(super) fn begin(&mut self) -> Result<super::kv::WriteTransaction, StoreError> {
-        let conn = match self.conn.take() {
-            Some(conn) if !conn.is_closed() => *conn,
-            _ => PgConn::connect(&self.config)?,
-        };
-        match PgSession::begin(conn, WRITE_ISOLATION) {
-            Ok(session) => Ok(super::kv::WriteTransaction::Postgres(session)),
-            Err(failed) => {
-                let (e, conn) = *failed;
-                self.conn = Some(Box::new(conn));
-                Err(e)
-            }
-        }
+        self.session(WRITE_ISOLATION)
+            .map(super::kv::WriteTransaction::Postgres)
+    }
+
+    /// A session begun with `begin` on the writer's connection (a new one if it was lost).
+    fn session(&mut self, begin: &str) -> Result<PgSession, StoreError> {
+        let conn = PgConn::reuse_or_connect(self.conn.take().map(|conn| *conn), &self.config)?;
+        PgSession::begin(conn, begin).map_err(|failed| {
+            let (e, conn) = *failed;
+            self.conn = Some(Box::new(conn));
+            e
+        })
     }
 
     /// Re-reads the other nodes' shares of the server's queued bytes, at most every
@@ -469,24 +483,7 @@ impl PgWriter {
         &mut self,
         op: impl FnOnce(&super::kv::ReadTransaction) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let conn = match self.conn.take() {
-            Some(conn) if !conn.is_closed() => *conn,
-            _ => PgConn::connect(&self.config)?,
-        };
-        let session = match PgSession::begin(conn, "BEGIN READ ONLY") {
-            Ok(session) => session,
-            Err(failed) => {
-                let (e, conn) = *failed;
-                self.conn = Some(Box::new(conn));
-                return Err(e);
-            }
-        };
-        let txn = super::kv::ReadTransaction::Postgres(session);
-        let outcome = op(&txn);
-        let super::kv::ReadTransaction::Postgres(session) = txn else {
-            unreachable!("made above");
-        };
-        let (_, conn) = session.finish(false);
+        let (outcome, conn) = self.session("BEGIN READ ONLY")?.run_read(op);
         self.conn = Some(Box::new(conn));
         outcome
     }
@@ -667,29 +664,31 @@ impl PgEventBus {
 }
 
 impl super::EventBus for PgEventBus {
-    /// Sends `payload` (at most [`MAX_EVENT_BYTES`]) to every node, this one included. Blocking.
-    fn publish(&self, payload: &[u8]) -> Result<(), StoreError> {
+    /// Sends `payloads` (each at most [`MAX_EVENT_BYTES`]), in order, to every node, this one
+    /// included. Blocking.
+    fn publish(&self, payloads: &[Vec<u8>]) -> Result<(), StoreError> {
         use base64::Engine as _;
-        if payload.len() > MAX_EVENT_BYTES {
+        if let Some(payload) = payloads.iter().find(|p| p.len() > MAX_EVENT_BYTES) {
             return Err(StoreError::Corrupt(format!(
                 "an event of {} bytes (at most {MAX_EVENT_BYTES})",
                 payload.len()
             )));
         }
-        let text = base64::engine::general_purpose::STANDARD_NO_PAD.encode(payload);
+        let texts: Vec<String> = payloads
+            .iter()
+            .map(|payload| base64::engine::general_purpose::STANDARD_NO_PAD.encode(payload))
+            .collect();
         let mut publisher = self
             .publisher
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         for attempt in 0..2 {
-            let mut conn = match publisher.take() {
-                Some(conn) if !conn.is_closed() => conn,
-                _ => PgConn::connect(&self.config)?,
-            };
-            match conn
-                .client
-                .execute("SELECT pg_notify($1, $2)", &[&EVENT_CHANNEL, &text])
-            {
+            let mut conn = PgConn::reuse_or_connect(publisher.take(), &self.config)?;
+            // One round trip for all of them; one statement's notifications arrive in order.
+            match conn.client.execute(
+                "SELECT pg_notify($1, event) FROM unnest($2::text[]) WITH ORDINALITY AS e(event, n) ORDER BY n",
+                &[&EVENT_CHANNEL, &texts],
+            ) {
                 Ok(_) => {
                     *publisher = Some(conn);
                     return Ok(());

@@ -59,18 +59,26 @@ pub(super) fn use_own_total_shard() {
 /// store; an estimate: the queues' server-wide cap is a safety limit, not an exact quota).
 pub(super) fn refresh_other_shards(txn: &ReadTransaction) -> Result<(), StoreError> {
     let own = TOTAL_ROW.with(|row| row.borrow().clone());
-    let mut others = 0u64;
-    for entry in txn.open_table(QUEUE_TOTALS)?.range(SERVER_TOTAL..)? {
-        let (key, value) = entry?;
-        let key = key.value();
-        if key != own && (key == SERVER_TOTAL || key.starts_with(SHARD_PREFIX)) {
-            others = others.wrapping_add(value.value());
-        } else if !key.is_empty() && !key.starts_with(SHARD_PREFIX) {
-            break;
-        }
-    }
+    let others = sum_total_rows(txn, Some(&own))?;
     OTHER_SHARDS.with(|cell| cell.set(others));
     Ok(())
+}
+
+/// The wrapping sum of the rows of the server's total (`""` and every shard), but `except`.
+fn sum_total_rows(txn: &ReadTransaction, except: Option<&str>) -> Result<u64, StoreError> {
+    // Every row of the total sorts before this; every user id after it.
+    const AFTER_SHARDS: &str = "\u{2}";
+    let mut total = 0u64;
+    for entry in txn
+        .open_table(QUEUE_TOTALS)?
+        .range(SERVER_TOTAL..AFTER_SHARDS)?
+    {
+        let (key, value) = entry?;
+        if Some(key.value()) != except {
+            total = total.wrapping_add(value.value());
+        }
+    }
+    Ok(total)
 }
 
 /// Payload bytes queued in all queues, counting the batch being applied.
@@ -93,17 +101,7 @@ fn own_total(txn: &WriteTransaction) -> Result<u64, StoreError> {
 
 /// Payload bytes queued in all queues, as `txn` sees them (every shard).
 pub(super) fn stored_server_total(txn: &ReadTransaction) -> Result<u64, StoreError> {
-    let mut total = 0u64;
-    for entry in txn.open_table(QUEUE_TOTALS)?.range(SERVER_TOTAL..)? {
-        let (key, value) = entry?;
-        let key = key.value();
-        if key == SERVER_TOTAL || key.starts_with(SHARD_PREFIX) {
-            total = total.wrapping_add(value.value());
-        } else {
-            break;
-        }
-    }
-    Ok(total.min(i64::MAX as u64))
+    Ok(sum_total_rows(txn, None)?.min(i64::MAX as u64))
 }
 
 /// Moves the server's total by `added` bytes in and `removed` out (kept for the batch).

@@ -11,7 +11,7 @@ use roost::store::{ScratchDatabase, StoreLocation};
 
 use crate::harness::{self, BenchServer};
 use crate::report::{percentile_ms, Better, Report};
-use crate::scenarios::{send_load, Scale, SendLoad};
+use crate::scenarios::{send_load, send_load_on, Scale, SendLoad};
 
 const S: &str = "nodes";
 
@@ -42,15 +42,7 @@ pub async fn nodes(report: &mut Report, scale: &Scale) -> anyhow::Result<()> {
 
     let redb = BenchServer::start(None).await?;
     let config = redb.client_config.clone();
-    let (redb_rate, redb_p50) = load(
-        &send_load(
-            pairs,
-            messages,
-            std::slice::from_ref(&config),
-            std::slice::from_ref(&config),
-        )
-        .await?,
-    );
+    let (redb_rate, redb_p50) = load(&send_load_on(pairs, messages, &config).await?);
     redb.stop().await;
     report.figure(
         S,
@@ -79,15 +71,7 @@ pub async fn nodes(report: &mut Report, scale: &Scale) -> anyhow::Result<()> {
         roost::store::postgres_statements_run(),
         single.store().stats().commits(),
     );
-    let (single_rate, single_p50) = load(
-        &send_load(
-            pairs,
-            messages,
-            std::slice::from_ref(&config),
-            std::slice::from_ref(&config),
-        )
-        .await?,
-    );
+    let (single_rate, single_p50) = load(&send_load_on(pairs, messages, &config).await?);
     // Setting the pairs up is a small part: per message, the send and its acknowledgement.
     let sent = (pairs * messages) as f64;
     report.figure(

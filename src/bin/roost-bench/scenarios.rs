@@ -330,17 +330,10 @@ pub async fn send(
     let messages = scale.pick(100, 500);
     let server = BenchServer::start(remote).await?;
     let config = server.client_config.clone();
-    let load = send_load(
-        pairs,
-        messages,
-        std::slice::from_ref(&config),
-        std::slice::from_ref(&config),
-    )
-    .await?;
+    let load = send_load_on(pairs, messages, &config).await?;
     let written = server.local().and(load.written);
-    let (elapsed, latencies) = (load.elapsed, load.latencies);
-    let total = pairs * messages;
-    let rate = total as f64 / elapsed.as_secs_f64();
+    let rate = load.rate(pairs, messages);
+    let (total, latencies) = (pairs * messages, load.latencies);
     let (quinn_rate, _) = ceilings.quinn(pairs, scale).await?;
     let (_, quinn_single) = ceilings.quinn(1, scale).await?;
     report.against(
@@ -410,6 +403,16 @@ impl SendLoad {
     pub fn rate(&self, pairs: usize, messages: usize) -> f64 {
         (pairs * messages) as f64 / self.elapsed.as_secs_f64()
     }
+}
+
+/// [`send_load`] with every sender and receiver on the one server `config` reaches.
+pub async fn send_load_on(
+    pairs: usize,
+    messages: usize,
+    config: &ClientConfig,
+) -> anyhow::Result<SendLoad> {
+    let one = std::slice::from_ref(config);
+    send_load(pairs, messages, one, one).await
 }
 
 /// `pairs` senders each send `messages` messages, back to back, in a 1:1 group with a receiver
