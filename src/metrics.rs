@@ -419,6 +419,11 @@ async fn read_values(services: &Services) -> Vec<Value> {
             "Write batches run again after losing a race with another node's transaction",
             stats.conflicts(),
         ),
+        (
+            "cluster_events_refused",
+            "Events on the node bus refused: not sealed by a node of this domain, stale or replayed",
+            services.cluster_events_refused(),
+        ),
     ];
     for (name, help, value) in counters {
         values.push(Value {

@@ -4,10 +4,15 @@
 //! event bus; [`run_cluster_events`] applies the other nodes' events to this node's connections
 //! and wakes this node's outbox workers.
 //!
+//! Events are sealed with a key every node of the domain derives from the invite key of the data
+//! directory they share: anyone who can connect to the database can `NOTIFY`, and a node acts
+//! only on what a node of its domain sealed (forgeries and replays are counted and dropped).
+//!
 //! Events are hints, like the push stream they feed: a client that misses one finds everything in
 //! its queue. They are published after the write they announce has committed, from a bounded
 //! queue drained by one publishing thread, so a request never waits for the bus.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -15,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{PushedMessage, Sessions};
 use crate::protocol::cluster::{
-    decode_cluster_event, encode_cluster_event, ClientNotification, ClusterEnvelope, ClusterEvent,
-    HintedMessage, LogAppendedHint, QueuedHint, MAX_CLUSTER_EVENT_LEN,
+    encode_cluster_event, seal_cluster_event, ClientNotification, ClusterEnvelope, ClusterEvent,
+    EventKey, EventOpener, HintedMessage, LogAppendedHint, QueuedHint, MAX_CLUSTER_EVENT_LEN,
 };
 use crate::protocol::{ClientId, Notification, Text};
 use crate::store::EventBus;
@@ -26,6 +31,18 @@ const OUTGOING_CAPACITY: usize = 16_384;
 
 /// Most events the publisher sends in one round trip.
 const EVENTS_PER_PUBLISH: usize = 256;
+
+/// The label the event key is derived with from the invite key.
+pub(crate) const EVENT_KEY_LABEL: &str = "roost cluster events 1";
+
+/// How often, at most, the node logs that it refused events (with how many since).
+const REFUSAL_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
+}
 
 /// This node's sessions, plus every other node's through the event bus.
 pub(crate) struct ClusterSessions {
@@ -37,20 +54,35 @@ pub(crate) struct ClusterSessions {
 impl ClusterSessions {
     /// Wraps `local` (this node's connections); events go out on `bus` from a thread of their own
     /// that ends when the last sender does.
-    pub(crate) fn new(local: Arc<dyn Sessions>, node: u64, bus: Arc<dyn EventBus>) -> Self {
+    pub(crate) fn new(
+        local: Arc<dyn Sessions>,
+        node: u64,
+        bus: Arc<dyn EventBus>,
+        key: EventKey,
+    ) -> Self {
         let (outgoing, mut queue) = mpsc::channel::<Vec<u8>>(OUTGOING_CAPACITY);
         // Blocking I/O (the synchronous PostgreSQL client): a thread, not a task.
         let spawned = std::thread::Builder::new()
             .name("roost-event-publisher".into())
             .spawn(move || {
                 let mut waiting = Vec::new();
+                // Sealed here, in the order they go out: receivers refuse a sequence number
+                // that is not above the last one they took from this node.
+                let mut seq = 0u64;
                 while queue.blocking_recv_many(&mut waiting, EVENTS_PER_PUBLISH) > 0 {
+                    let sent_at = now_ms();
+                    let sealed: Vec<Vec<u8>> = waiting
+                        .drain(..)
+                        .map(|event| {
+                            seq += 1;
+                            seal_cluster_event(&key, sent_at, seq, &event)
+                        })
+                        .collect();
                     // What gathered while the last batch went out goes out together (a fan-out
                     // to a thousand queues is a thousand events).
-                    if let Err(e) = bus.publish(&waiting) {
-                        tracing::warn!(error = %e, events = waiting.len(), "could not tell the other nodes of events");
+                    if let Err(e) = bus.publish(&sealed) {
+                        tracing::warn!(error = %e, events = sealed.len(), "could not tell the other nodes of events");
                     }
-                    waiting.clear();
                 }
             });
         if let Err(e) = spawned {
@@ -188,14 +220,19 @@ pub(crate) struct EventTargets {
     pub push: Arc<super::push::Push>,
 }
 
-/// Applies the other nodes' events to this node until `stop`.
+/// Applies the other nodes' events to this node until `stop`. Events not sealed by a node of this
+/// domain, stale or replayed are counted in `refused` and dropped.
 pub(crate) async fn run_cluster_events(
     bus: Arc<dyn EventBus>,
     node: u64,
+    key: EventKey,
     targets: EventTargets,
+    refused: Arc<AtomicU64>,
     stop: CancellationToken,
 ) {
     let mut events = bus.subscribe();
+    let mut opener = EventOpener::new(key);
+    let mut refusals = RefusalLog::default();
     loop {
         let received = tokio::select! {
             _ = stop.cancelled() => return,
@@ -209,11 +246,41 @@ pub(crate) async fn run_cluster_events(
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         };
-        match decode_cluster_event(&bytes) {
+        match opener.open(&bytes, now_ms()) {
             Ok(envelope) if envelope.origin == node => {}
             Ok(envelope) => apply(&targets, envelope.event).await,
-            Err(e) => tracing::warn!(error = %e, "ignoring an event this node cannot read"),
+            Err(refusal) => {
+                refused.fetch_add(1, Ordering::Relaxed);
+                refusals.note(&refusal);
+            }
         }
+    }
+}
+
+/// A log line about refused events at most every [`REFUSAL_LOG_INTERVAL`] (a flood of forged
+/// events must not become a flood of log lines).
+#[derive(Default)]
+struct RefusalLog {
+    since_last_line: u64,
+    last_line: Option<std::time::Instant>,
+}
+
+impl RefusalLog {
+    fn note(&mut self, refusal: &crate::protocol::cluster::RefusedEvent) {
+        self.since_last_line += 1;
+        if self
+            .last_line
+            .is_some_and(|at| at.elapsed() < REFUSAL_LOG_INTERVAL)
+        {
+            return;
+        }
+        tracing::warn!(
+            refused = self.since_last_line,
+            last = %refusal,
+            "refused events on the node bus that no node of this domain sent (counted in roost_cluster_events_refused_total)"
+        );
+        self.since_last_line = 0;
+        self.last_line = Some(std::time::Instant::now());
     }
 }
 

@@ -480,19 +480,21 @@ impl Federation {
         loop {
             // Marked seen before draining: a wake that comes during the drain is kept for later.
             wake.borrow_and_update();
-            if !super::leases::hold(store, node, &lease, OUTBOX_LEASE.as_millis() as u64).await {
+            let Some(fence) =
+                super::leases::hold(store, node, &lease, OUTBOX_LEASE.as_millis() as u64).await
+            else {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     woken = wake.changed() => if woken.is_err() { return },
                     _ = tokio::time::sleep(OUTBOX_LEASE) => {}
                 }
                 continue;
-            }
+            };
             // Stopping mid-delivery is safe: a delivery not yet marked done is sent again at
             // the next start, and the peer stores it once (delivery ids).
             let drained = tokio::select! {
                 _ = stop.cancelled() => return,
-                drained = self.drain_peer(store, peer) => drained,
+                drained = self.drain_peer(store, peer, fence.as_ref()) => drained,
             };
             match drained {
                 Ok(()) => {
@@ -528,9 +530,32 @@ impl Federation {
     /// Sends everything waiting for `peer`, in order, in batches (`DeliverBatch`: one round trip
     /// and one commit on each side for up to `MAX_DELIVERIES_PER_BATCH` deliveries), removing
     /// what the peer acknowledged. A peer that does not know batches gets one `Deliver` each.
-    async fn drain_peer(&self, store: &Store, peer: &str) -> Result<(), ServiceError> {
+    ///
+    /// On a shared store `fence` is the outbox lease this drain runs under: it is renewed before
+    /// each batch, and the drain stops once the lease is lost or changed hands; removals are
+    /// fenced in their own transaction. (A batch sent in the instant after a renewal by a node
+    /// that then lost the lease reaches the peer twice at most, and the peer stores it once.)
+    async fn drain_peer(
+        &self,
+        store: &Store,
+        peer: &str,
+        fence: Option<&crate::store::LeaseFence>,
+    ) -> Result<(), ServiceError> {
         let mut batches = true;
         loop {
+            if let Some(fence) = fence {
+                let renewed = super::leases::hold(
+                    store,
+                    fence.holder,
+                    &fence.lease,
+                    OUTBOX_LEASE.as_millis() as u64,
+                )
+                .await;
+                if renewed.as_ref().and_then(Option::as_ref) != Some(fence) {
+                    tracing::info!(%peer, "this node no longer holds the peer's outbox lease; it stops draining");
+                    return Ok(());
+                }
+            }
             let max_count = if batches { MAX_DELIVERIES_PER_BATCH } else { 1 };
             let waiting = store.outbox_first(peer, max_count, MAX_BATCH_BYTES).await?;
             if waiting.is_empty() {
@@ -598,7 +623,14 @@ impl Federation {
                     retry_later = Some(ServiceError::Peer(refusal));
                 }
             }
-            store.outbox_done(peer, done).await?;
+            let now_ms = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+            if !store
+                .outbox_done(peer, done, fence.cloned(), now_ms)
+                .await?
+            {
+                tracing::info!(%peer, "the peer's outbox lease changed hands during a delivery; the new holder goes on");
+                return Ok(());
+            }
             if let Some(refusal) = retry_later {
                 return Err(refusal);
             }

@@ -76,6 +76,14 @@ impl Groups {
         }
     }
 
+    /// Forgets the group requests remembered for longer than the dedupe window (maintenance).
+    pub async fn forget_expired_requests(&self) -> Result<u64, ServiceError> {
+        Ok(self
+            .store
+            .forget_expired_requests(self.clock.now_ms())
+            .await?)
+    }
+
     pub async fn create(
         &self,
         caller: &ClientId,
@@ -980,9 +988,11 @@ impl Groups {
                 }
                 Err(GroupRefusal::WrongEpoch { .. }) => continue,
                 Err(GroupRefusal::Unknown | GroupRefusal::Exists) => return Ok(()),
-                Err(refusal @ (GroupRefusal::QueueFull(_) | GroupRefusal::Repeated(_))) => {
-                    return Err(group_refusal(refusal))
-                }
+                Err(
+                    refusal @ (GroupRefusal::QueueFull(_)
+                    | GroupRefusal::Repeated(_)
+                    | GroupRefusal::MemberGone { .. }),
+                ) => return Err(group_refusal(refusal)),
             }
         }
         Err(ServiceError::WrongEpoch { current: 0 })
@@ -1393,6 +1403,9 @@ fn group_refusal(refusal: GroupRefusal) -> ServiceError {
                 .collect(),
         },
         GroupRefusal::Unknown | GroupRefusal::Exists => ServiceError::UnknownGroup,
+        GroupRefusal::MemberGone { user_id, device_id } => ServiceError::InvalidMemberCredential(
+            format!("{user_id} device {device_id} is not a registered client"),
+        ),
         // Callers that remember requests answer a repeat themselves; others never meet one.
         GroupRefusal::Repeated(_) => ServiceError::Store(crate::store::StoreError::Corrupt(
             "an unexpected repeated request".into(),

@@ -112,6 +112,15 @@ impl InviteKey {
         Ok(invite)
     }
 
+    /// A key for another purpose, derived from this one: HMAC-SHA256 of `label` (never the
+    /// body of an invite, which starts with its own prefix). Every node of a domain has the
+    /// invite key, so every node derives the same keys.
+    pub fn derive(&self, label: &str) -> [u8; 32] {
+        self.mac(label)
+            .try_into()
+            .expect("HMAC-SHA256 makes 32 bytes")
+    }
+
     fn hmac(&self) -> Hmac<Sha256> {
         // HMAC takes keys of any length.
         Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC accepts a 32-byte key")

@@ -53,22 +53,34 @@ const MAINTENANCE_LEASE: &str = "maintenance";
 /// Leases of jobs one node runs at a time.
 pub(crate) mod leases {
     use crate::clock::{Clock, SystemClock};
-    use crate::store::Store;
+    use crate::store::{LeaseFence, Store};
 
-    /// Whether node `node` holds (took or renewed) the lease `name` for `duration_ms`. Always on
-    /// an unshared store. A store failure counts as not holding it (the job waits a round).
-    pub(crate) async fn hold(store: &Store, node: u64, name: &str, duration_ms: u64) -> bool {
+    /// Whether node `node` holds (took or renewed) the lease `name` for `duration_ms`, with
+    /// the fence its job's writes carry (`None` on an unshared store, where the one node always
+    /// holds every lease). A store failure counts as not holding it (the job waits a round).
+    pub(crate) async fn hold(
+        store: &Store,
+        node: u64,
+        name: &str,
+        duration_ms: u64,
+    ) -> Option<Option<LeaseFence>> {
         if !store.is_shared() {
-            return true;
+            return Some(None);
         }
         match store
             .hold_lease(name, node, SystemClock.now_ms(), duration_ms)
             .await
         {
-            Ok(held) => held,
+            Ok(held) => held.map(|generation| {
+                Some(LeaseFence {
+                    lease: name.to_owned(),
+                    holder: node,
+                    generation,
+                })
+            }),
             Err(e) => {
                 tracing::warn!(lease = name, error = %e, "cannot take a lease");
-                false
+                None
             }
         }
     }
@@ -366,8 +378,19 @@ pub struct Services {
     maintenance_interval: std::time::Duration,
     /// This node's id among the nodes sharing the store (leases, events).
     node: u64,
-    /// The bus to the other nodes and this node's own connections, on a shared store.
-    cluster: Option<(Arc<dyn crate::store::EventBus>, Arc<dyn Sessions>)>,
+    /// The way to the other nodes, on a shared store.
+    cluster: Option<ClusterLink>,
+    /// Events on the bus refused as not sealed by a node of this domain, stale or replayed.
+    cluster_events_refused: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// What a node of a shared store needs to hear the other nodes.
+struct ClusterLink {
+    bus: Arc<dyn crate::store::EventBus>,
+    /// This node's own connections, which other nodes' events act on.
+    local: Arc<dyn Sessions>,
+    /// The key events are sealed with.
+    key: crate::protocol::cluster::EventKey,
 }
 
 impl Services {
@@ -419,11 +442,15 @@ impl Services {
         let node = rand::random::<u64>();
         // On a shared store, what the services tell clients also goes to the other nodes.
         let local_sessions = sessions.clone();
+        let event_key = crate::protocol::cluster::EventKey(
+            invites::InviteKey::load_or_create(&config.data_dir)?.derive(cluster::EVENT_KEY_LABEL),
+        );
         let cluster_sessions = bus.as_ref().map(|bus| {
             Arc::new(cluster::ClusterSessions::new(
                 sessions.clone(),
                 node,
                 bus.clone(),
+                event_key.clone(),
             ))
         });
         let sessions: Arc<dyn Sessions> = match &cluster_sessions {
@@ -474,7 +501,12 @@ impl Services {
             sessions,
             maintenance_interval: config.maintenance_interval,
             node,
-            cluster: bus.map(|bus| (bus, local_sessions)),
+            cluster: bus.map(|bus| ClusterLink {
+                bus,
+                local: local_sessions,
+                key: event_key,
+            }),
+            cluster_events_refused: Arc::default(),
         })
     }
 
@@ -502,7 +534,9 @@ impl Services {
     /// Whether this node holds (took or renewed) the lease `name` for `duration_ms`. Always on an
     /// unshared store: its one node runs everything.
     async fn holds_lease(&self, name: &str, duration_ms: u64) -> bool {
-        leases::hold(&self.store, self.node, name, duration_ms).await
+        leases::hold(&self.store, self.node, name, duration_ms)
+            .await
+            .is_some()
     }
 
     async fn release_lease(&self, name: &str) {
@@ -516,14 +550,23 @@ impl Services {
     /// Applies the other nodes' events to this node's connections until `stop` (nothing to do on
     /// an unshared store).
     pub async fn run_cluster(&self, stop: tokio_util::sync::CancellationToken) {
-        if let Some((bus, local)) = &self.cluster {
+        if let Some(link) = &self.cluster {
             let targets = cluster::EventTargets {
-                local: local.clone(),
+                local: link.local.clone(),
                 outbox_wake: self.outbox_wake.clone(),
                 push: self.push.clone(),
             };
-            cluster::run_cluster_events(bus.clone(), self.node, targets, stop).await;
+            let refused = self.cluster_events_refused.clone();
+            let (bus, key) = (link.bus.clone(), link.key.clone());
+            cluster::run_cluster_events(bus, self.node, key, targets, refused, stop).await;
         }
+    }
+
+    /// Events on the node bus refused since start: not sealed by a node of this domain, stale
+    /// or replayed.
+    pub fn cluster_events_refused(&self) -> u64 {
+        self.cluster_events_refused
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn accounts(&self) -> &Accounts {
@@ -856,7 +899,8 @@ impl Services {
         }
     }
 
-    /// Purges expired KeyPackages and queued messages (the maintenance task's work).
+    /// Purges expired KeyPackages, queued messages, delivery ids and remembered group requests
+    /// (the maintenance task's work).
     pub async fn purge_expired(&self) {
         match self.key_packages.purge_expired().await {
             Ok(0) => {}
@@ -872,6 +916,13 @@ impl Services {
             Ok(0) => {}
             Ok(purged) => tracing::info!(purged, "forgot delivery ids past the dedupe window"),
             Err(e) => tracing::warn!(error = %e, "purging received delivery ids failed"),
+        }
+        match self.groups.forget_expired_requests().await {
+            Ok(0) => {}
+            Ok(forgotten) => {
+                tracing::info!(forgotten, "forgot group requests past the dedupe window")
+            }
+            Err(e) => tracing::warn!(error = %e, "forgetting old group requests failed"),
         }
     }
 

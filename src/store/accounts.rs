@@ -140,11 +140,12 @@ pub(super) fn client_exists(
     user_id: &str,
     device_id: u32,
 ) -> Result<bool, StoreError> {
-    // Held until the transaction ends: a removal committed meanwhile by another node makes
-    // this transaction fail and run again (when it finds the client gone).
+    // On a shared store a removal committed meanwhile by another node makes this transaction
+    // (which read the row) or the removal (which read the rows this one writes for the client)
+    // fail as a serialization failure: the write runs again and finds the client gone.
     Ok(txn
         .open_table(CLIENTS)?
-        .get_held((user_id, device_id))?
+        .get((user_id, device_id))?
         .is_some())
 }
 
@@ -168,7 +169,7 @@ impl Store {
                 revoked_at: 0,
             };
             txn.open_table(INVITES)?
-                .insert(nonce.as_slice(), encode(&record)?.as_slice())?;
+                .put(nonce.as_slice(), encode(&record)?.as_slice())?;
             Ok(())
         })
         .await
@@ -215,7 +216,7 @@ impl Store {
             };
             if record.revoked_at == 0 {
                 record.revoked_at = now.max(1);
-                invites.insert(nonce.as_slice(), encode(&record)?.as_slice())?;
+                invites.put(nonce.as_slice(), encode(&record)?.as_slice())?;
             }
             let used = txn
                 .open_table(INVITES_USED)?
@@ -268,16 +269,16 @@ impl Store {
                 if uses >= *max_uses {
                     return Ok(Err(RegisterRefusal::InviteUsedUp));
                 }
-                used.insert(nonce.as_slice(), uses + 1)?;
+                used.put(nonce.as_slice(), uses + 1)?;
             }
             txn.open_table(QUARANTINE)?
-                .remove(user_id_hash(&user.user_id).as_slice())?;
+                .delete(user_id_hash(&user.user_id).as_slice())?;
             let record = UserRecord {
                 created_at: user.now,
                 next_device_id: FIRST_DEVICE_ID + 1,
             };
             txn.open_table(USERS)?
-                .insert(user.user_id.as_str(), encode(&record)?.as_slice())?;
+                .put(user.user_id.as_str(), encode(&record)?.as_slice())?;
             let credential = (user.issue_credential)(FIRST_DEVICE_ID);
             insert_client(
                 txn,
@@ -321,7 +322,7 @@ impl Store {
             user.next_device_id = device_id
                 .checked_add(1)
                 .ok_or_else(|| StoreError::Corrupt(format!("{user_id} ran out of device ids")))?;
-            users.insert(user_id.as_str(), encode(&user)?.as_slice())?;
+            users.put(user_id.as_str(), encode(&user)?.as_slice())?;
             drop(users);
             let credential = issue_credential(device_id);
             insert_client(txn, &user_id, device_id, &signature_key, &credential, now)?;
@@ -382,7 +383,7 @@ impl Store {
                 return Ok(Err(RemoveClientRefusal::UnknownClient));
             };
             record.credential = credential.clone().into();
-            clients.insert((user_id.as_str(), device_id), encode(&record)?.as_slice())?;
+            clients.put((user_id.as_str(), device_id), encode(&record)?.as_slice())?;
             Ok(Ok(()))
         })
         .await
@@ -406,17 +407,6 @@ impl Store {
             if client_count(txn, &user_id)? <= 1 {
                 return Ok(Err(RemoveClientRefusal::LastClient));
             }
-            // Rewritten unchanged: two removals of a user's clients made at once (on two nodes
-            // of a shared store) change this row, so one waits for the other's outcome and
-            // cannot remove the last client on a stale count.
-            let mut users = txn.open_table(USERS)?;
-            let record = users
-                .get(user_id.as_str())?
-                .map(|record| record.value().to_vec());
-            if let Some(record) = record {
-                users.insert(user_id.as_str(), record.as_slice())?;
-            }
-            drop(users);
             delete_client(txn, &user_id, device_id)?;
             Ok(Ok(()))
         })
@@ -445,7 +435,7 @@ impl Store {
             // `delete_client` also removed each client's KeyPackages and queue. Later capabilities
             // (group memberships) delete the user's rows here too, in this same transaction.
             txn.open_table(QUARANTINE)?
-                .insert(user_id_hash(&user_id).as_slice(), now)?;
+                .put(user_id_hash(&user_id).as_slice(), now)?;
             Ok(devices)
         })
         .await
@@ -466,9 +456,9 @@ fn insert_client(
         added_at: now,
     };
     txn.open_table(CLIENTS)?
-        .insert((user_id, device_id), encode(&record)?.as_slice())?;
+        .put((user_id, device_id), encode(&record)?.as_slice())?;
     txn.open_table(SIGNATURE_KEYS)?
-        .insert(signature_key.as_slice(), (user_id, device_id))?;
+        .put(signature_key.as_slice(), (user_id, device_id))?;
     Ok(())
 }
 
@@ -486,7 +476,7 @@ fn delete_client(txn: &WriteTransaction, user_id: &str, device_id: u32) -> Resul
         .transpose()?;
     if let Some(record) = removed {
         txn.open_table(SIGNATURE_KEYS)?
-            .remove(record.signature_key.as_slice())?;
+            .delete(record.signature_key.as_slice())?;
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ use super::kv::{ReadableTable, TableDefinition, WriteTransaction};
 
 use super::group_logs::append_message_in;
 use super::groups::{remember_request, repeated_answer, GroupRefusal, RequestRecord};
+use super::leases::{fence_holds, LeaseFence};
 use super::queues::{enqueue_in, Enqueued, Envelope, FullQueues, QueueLimits};
 use super::{Store, StoreError};
 use std::sync::Arc;
@@ -35,7 +36,7 @@ pub(super) fn migrate_outbox_1(txn: &WriteTransaction, now_ms: u64) -> Result<()
     };
     let mut outbox = txn.open_table(OUTBOX)?;
     for ((peer, seq), delivery) in &rows {
-        outbox.insert((peer.as_str(), *seq), stamped(now_ms, delivery).as_slice())?;
+        outbox.put((peer.as_str(), *seq), stamped(now_ms, delivery).as_slice())?;
     }
     drop(outbox);
     txn.delete_table(OUTBOX_1)?;
@@ -96,7 +97,7 @@ pub(super) fn delete_client_hubs(
         })
         .collect::<Result<_, _>>()?;
     for hub in known {
-        hubs.remove((user_id, device_id, hub.as_str()))?;
+        hubs.delete((user_id, device_id, hub.as_str()))?;
     }
     Ok(())
 }
@@ -113,7 +114,7 @@ pub(super) fn count_route_hubs(txn: &WriteTransaction) -> Result<(), StoreError>
     }
     let mut hubs = txn.open_table(ROUTE_HUBS)?;
     for (hub, count) in &counts {
-        hubs.insert(hub.as_str(), *count)?;
+        hubs.put(hub.as_str(), *count)?;
     }
     // Which hub welcomed which client was not recorded before: assume every hub may host
     // groups of every client, so no departure goes untold.
@@ -125,7 +126,7 @@ pub(super) fn count_route_hubs(txn: &WriteTransaction) -> Result<(), StoreError>
     let mut client_hubs = txn.open_table(CLIENT_HUBS)?;
     for (user_id, device_id) in &clients {
         for hub in counts.keys() {
-            client_hubs.insert((user_id.as_str(), *device_id, hub.as_str()), ())?;
+            client_hubs.put((user_id.as_str(), *device_id, hub.as_str()), ())?;
         }
     }
     Ok(())
@@ -164,11 +165,11 @@ pub(super) fn outbox_in(
         let seq = heads
             .get(delivery.peer.as_str())?
             .map_or(0, |seq| seq.value());
-        outbox.insert(
+        outbox.put(
             (delivery.peer.as_str(), seq),
             stamped(now_ms, &delivery.delivery).as_slice(),
         )?;
-        heads.insert(delivery.peer.as_str(), seq + 1)?;
+        heads.put(delivery.peer.as_str(), seq + 1)?;
     }
     Ok(())
 }
@@ -188,7 +189,11 @@ impl Store {
         limits: QueueLimits,
         request: Option<RequestRecord>,
     ) -> Result<Result<(Vec<Enqueued>, Option<Enqueued>), GroupRefusal>, StoreError> {
-        self.write(move |txn| {
+        let mut reads = super::queues::envelope_reads(&envelopes);
+        if let Some(request) = &request {
+            super::groups::request_reads(&mut reads, request);
+        }
+        self.write_reading(reads, move |txn| {
             if let Some(request) = &request {
                 if let Some(answer) = repeated_answer(txn, request)? {
                     return Ok(Err(GroupRefusal::Repeated(answer)));
@@ -292,15 +297,28 @@ impl Store {
         .await
     }
 
-    /// Removes deliveries the peer acknowledged (or refused for good), in one commit.
-    pub async fn outbox_done(&self, peer: &str, seqs: Vec<u64>) -> Result<(), StoreError> {
+    /// Removes deliveries the peer acknowledged (or refused for good), in one commit. With a
+    /// `fence` (on a shared store, the drainer's outbox lease), only while the lease is still
+    /// the drainer's at `now_ms`: returns whether they were removed.
+    pub async fn outbox_done(
+        &self,
+        peer: &str,
+        seqs: Vec<u64>,
+        fence: Option<LeaseFence>,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
         let peer = peer.to_owned();
         self.write(move |txn| {
+            if let Some(fence) = &fence {
+                if !fence_holds(txn, fence, now_ms)? {
+                    return Ok(false);
+                }
+            }
             let mut outbox = txn.open_table(OUTBOX)?;
             for &seq in &seqs {
-                outbox.remove((peer.as_str(), seq))?;
+                outbox.delete((peer.as_str(), seq))?;
             }
-            Ok(())
+            Ok(true)
         })
         .await
     }
@@ -388,7 +406,7 @@ impl Store {
                 }
             }
             for (peer, id) in &expired {
-                received.remove((peer.as_str(), id.as_slice()))?;
+                received.delete((peer.as_str(), id.as_slice()))?;
             }
             Ok(expired.len())
         })
@@ -468,12 +486,12 @@ fn receive_delivery_in(
     let mut client_hubs = txn.open_table(CLIENT_HUBS)?;
     for (envelope, outcome) in envelopes.iter().zip(&outcomes) {
         if envelope.kind == WELCOME_KIND && matches!(outcome, Enqueued::Queued { .. }) {
-            client_hubs.insert((envelope.user_id.as_str(), envelope.device_id, peer), ())?;
+            client_hubs.put((envelope.user_id.as_str(), envelope.device_id, peer), ())?;
         }
     }
     drop(client_hubs);
     txn.open_table(DELIVERIES_RECEIVED)?
-        .insert((peer, delivery_id), now_ms)?;
+        .put((peer, delivery_id), now_ms)?;
     if !group_id.is_empty() {
         let mut routes = txn.open_table(GROUP_ROUTES)?;
         let mut hubs = txn.open_table(ROUTE_HUBS)?;
@@ -481,15 +499,15 @@ fn receive_delivery_in(
         let count = hubs.get(peer)?.map_or(0, |count| count.value());
         if delivery.group_deleted && known {
             // The route goes with its group.
-            routes.remove(group_id)?;
+            routes.delete(group_id)?;
             if count <= 1 {
-                hubs.remove(peer)?;
+                hubs.delete(peer)?;
             } else {
-                hubs.insert(peer, count - 1)?;
+                hubs.put(peer, count - 1)?;
             }
         } else if !delivery.group_deleted && !known {
-            routes.insert(group_id, peer)?;
-            hubs.insert(peer, count + 1)?;
+            routes.put(group_id, peer)?;
+            hubs.put(peer, count + 1)?;
         }
     }
     Ok(Ok(Some(outcomes)))
@@ -764,7 +782,7 @@ mod tests {
             "the first, however large"
         );
         store
-            .outbox_done("b.example", vec![waiting[0].0])
+            .outbox_done("b.example", vec![waiting[0].0], None, 0)
             .await
             .unwrap();
         assert_eq!(first(10, 10).await.unwrap()[0].1, [2]);
@@ -819,7 +837,10 @@ mod tests {
         let status = store.outbox_status().await.unwrap();
         assert_eq!(status[1].peer, "c.example");
         assert_eq!((status[1].waiting, status[1].oldest_ms), (1, 5_000));
-        store.outbox_done("b.example", vec![0, 1]).await.unwrap();
+        store
+            .outbox_done("b.example", vec![0, 1], None, 0)
+            .await
+            .unwrap();
         assert_eq!(store.outbox_status().await.unwrap().len(), 1);
     }
 }

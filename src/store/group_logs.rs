@@ -274,14 +274,14 @@ fn write_log(
             payload.len() as u64,
             limits,
         )?;
-        log.insert((group_id, next), (now_ms, payload))?;
+        log.put((group_id, next), (now_ms, payload))?;
         positions.push(next);
         next += 1;
         count += 1;
         bytes = bytes.saturating_add(payload.len() as u64);
         adjust_server_total(payload.len() as u64, 0);
     }
-    logs.insert(group_id, (next, first_kept, count, bytes))?;
+    logs.put(group_id, (next, first_kept, count, bytes))?;
     Ok(positions)
 }
 
@@ -343,8 +343,8 @@ pub(super) fn append_message_in(
         limits,
     )?;
     adjust_server_total(size, 0);
-    log.insert((group_id, next), (now_ms, payload))?;
-    logs.insert(
+    log.put((group_id, next), (now_ms, payload))?;
+    logs.put(
         group_id,
         (next + 1, first_kept, count + 1, bytes.saturating_add(size)),
     )?;
@@ -410,10 +410,10 @@ fn open_window(
         let (_, _, acked) = old.value();
         drop(old);
         txn.open_table(LOG_READERS_BY_ACKED)?
-            .remove((group_id, acked, user_id, device_id))?;
+            .delete((group_id, acked, user_id, device_id))?;
     }
     txn.open_table(LOG_READERS_BY_ACKED)?
-        .insert((group_id, first - 1, user_id, device_id), ())?;
+        .put((group_id, first - 1, user_id, device_id), ())?;
     Ok(())
 }
 
@@ -435,11 +435,11 @@ fn close_window(
         return Ok(());
     };
     if acked >= last || last < first {
-        readers.remove((user_id, device_id, group_id))?;
+        readers.delete((user_id, device_id, group_id))?;
         txn.open_table(LOG_READERS_BY_ACKED)?
-            .remove((group_id, acked, user_id, device_id))?;
+            .delete((group_id, acked, user_id, device_id))?;
     } else {
-        readers.insert((user_id, device_id, group_id), (first, last, acked))?;
+        readers.put((user_id, device_id, group_id), (first, last, acked))?;
     }
     Ok(())
 }
@@ -469,7 +469,7 @@ fn trim(txn: &WriteTransaction, group_id: &[u8]) -> Result<(), StoreError> {
         removed_bytes += value.value().1.len() as u64;
     }
     adjust_server_total(0, removed_bytes);
-    logs.insert(
+    logs.put(
         group_id,
         (
             next,
@@ -496,7 +496,7 @@ pub(super) fn delete_log(txn: &WriteTransaction, group_id: &[u8]) -> Result<(), 
     )? {
         let (key, _) = entry?;
         let (_, _, user_id, device_id) = key.value();
-        readers.remove((user_id, device_id, group_id))?;
+        readers.delete((user_id, device_id, group_id))?;
     }
     Ok(())
 }
@@ -507,7 +507,7 @@ pub(super) fn delete_client_windows(
     user_id: &str,
     device_id: u32,
 ) -> Result<(), StoreError> {
-    txn.open_table(LOG_CLIENTS)?.remove((user_id, device_id))?;
+    txn.open_table(LOG_CLIENTS)?.delete((user_id, device_id))?;
     let windows: Vec<(Vec<u8>, u64)> = {
         let mut readers = txn.open_table(LOG_READERS)?;
         let mut windows = Vec::new();
@@ -521,7 +521,7 @@ pub(super) fn delete_client_windows(
         windows
     };
     for (group_id, acked) in windows {
-        txn.open_table(LOG_READERS_BY_ACKED)?.remove((
+        txn.open_table(LOG_READERS_BY_ACKED)?.delete((
             group_id.as_slice(),
             acked,
             user_id,
@@ -691,16 +691,16 @@ impl Store {
                 return Ok(Ok(()));
             }
             let mut by_acked = txn.open_table(LOG_READERS_BY_ACKED)?;
-            by_acked.remove((group_id.as_slice(), acked, user_id.as_str(), device_id))?;
+            by_acked.delete((group_id.as_slice(), acked, user_id.as_str(), device_id))?;
             if up_to >= last {
-                txn.open_table(LOG_READERS)?.remove(key)?;
+                txn.open_table(LOG_READERS)?.delete(key)?;
             } else {
-                by_acked.insert(
+                by_acked.put(
                     (group_id.as_slice(), up_to, user_id.as_str(), device_id),
                     (),
                 )?;
                 txn.open_table(LOG_READERS)?
-                    .insert(key, (first, last, up_to))?;
+                    .put(key, (first, last, up_to))?;
             }
             drop(by_acked);
             trim(txn, &group_id)?;
@@ -737,7 +737,7 @@ impl Store {
                 }
                 if removed > 0 {
                     adjust_server_total(0, removed_bytes);
-                    txn.open_table(GROUP_LOGS)?.insert(
+                    txn.open_table(GROUP_LOGS)?.put(
                         group_id.as_slice(),
                         (
                             next,

@@ -31,9 +31,9 @@ pub(super) fn keep_tree_in(
     value.extend_from_slice(&now_ms.to_be_bytes());
     value.extend_from_slice(tree);
     txn.open_table(GROUP_TREES)?
-        .insert((group_id, epoch), value.as_slice())?;
+        .put((group_id, epoch), value.as_slice())?;
     txn.open_table(GROUP_TREES_BY_TIME)?
-        .insert((now_ms, group_id, epoch), ())?;
+        .put((now_ms, group_id, epoch), ())?;
     Ok(())
 }
 
@@ -49,8 +49,8 @@ pub(super) fn delete_trees_in(txn: &WriteTransaction, group_id: &[u8]) -> Result
         })
         .collect::<Result<_, StoreError>>()?;
     for (epoch, at) in kept {
-        trees.remove((group_id, epoch))?;
-        by_time.remove((at, group_id, epoch))?;
+        trees.delete((group_id, epoch))?;
+        by_time.delete((at, group_id, epoch))?;
     }
     Ok(())
 }
@@ -122,8 +122,8 @@ impl Store {
                 .collect::<Result<_, _>>()?;
             let mut trees = txn.open_table(GROUP_TREES)?;
             for (at, group_id, epoch) in &expired {
-                by_time.remove((*at, group_id.as_slice(), *epoch))?;
-                trees.remove((group_id.as_slice(), *epoch))?;
+                by_time.delete((*at, group_id.as_slice(), *epoch))?;
+                trees.delete((group_id.as_slice(), *epoch))?;
             }
             Ok(expired.len() as u64)
         })

@@ -1,7 +1,7 @@
 //! Groups hosted here: each group's public MLS state (openmls `PublicGroup`, kept as the entries of
 //! its own key-value store), epoch, roles and latest GroupInfo; and which client is in which group.
 
-use super::kv::{ReadableTable, TableDefinition, WriteTransaction};
+use super::kv::{Prefetch, ReadableTable, TableDefinition, WriteTransaction};
 use tls_codec::{Deserialize, Serialize, TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
 
 use super::federation::{outbox_in, OutgoingDelivery};
@@ -66,7 +66,7 @@ fn write_send_view(
         .tls_serialize_detached()
         .map_err(|e| StoreError::Corrupt(format!("encoding a send view: {e}")))?;
     txn.open_table(SEND_VIEWS)?
-        .insert(group_id, encoded.as_slice())?;
+        .put(group_id, encoded.as_slice())?;
     Ok(())
 }
 
@@ -222,9 +222,8 @@ pub struct RequestRecord {
 
 /// How long a group request is remembered to recognise its retries.
 pub const REQUEST_DEDUPE_WINDOW_MS: u64 = 10 * 60 * 1000;
-/// Remembered requests forgotten per write at most, oldest first (keeps the tables at about
-/// what the window holds, without a sweep).
-const REQUESTS_FORGOTTEN_PER_WRITE: usize = 8;
+/// Remembered requests the maintenance purge forgets per write at most, oldest first.
+const REQUESTS_FORGOTTEN_PER_WRITE: usize = 4_096;
 
 /// Why a group change was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -240,6 +239,12 @@ pub enum GroupRefusal {
     QueueFull(FullQueues),
     /// The same request was accepted before, with this answer; nothing was written again.
     Repeated(u64),
+    /// A client of this server that the transition brings into the group no longer exists (it
+    /// was removed after the request was checked); nothing was written.
+    MemberGone {
+        user_id: String,
+        device_id: u32,
+    },
 }
 
 impl Store {
@@ -259,7 +264,7 @@ impl Store {
             if groups.get(group_id.as_slice())?.is_some() {
                 return Ok(Err(GroupRefusal::Exists));
             }
-            groups.insert(group_id.as_slice(), encoded.as_slice())?;
+            groups.put(group_id.as_slice(), encoded.as_slice())?;
             drop(groups);
             write_state(txn, &group_id, &state)?;
             replace_members(txn, &group_id, &[], &members)?;
@@ -392,12 +397,15 @@ impl Store {
             if current != from_epoch {
                 return Ok(Err(GroupRefusal::WrongEpoch { current }));
             }
+            if let Some(gone) = gone_joiner(txn, &old_members, &members)? {
+                return Ok(Err(gone));
+            }
             // Queued first: a refusal must leave nothing written.
             let outcomes = match enqueue_group_in(txn, &group_id, &envelopes, now_ms, limits)? {
                 Ok(outcomes) => outcomes,
                 Err(full) => return Ok(Err(GroupRefusal::QueueFull(full))),
             };
-            groups.insert(group_id.as_slice(), encoded.as_slice())?;
+            groups.put(group_id.as_slice(), encoded.as_slice())?;
             drop(groups);
             write_state(txn, &group_id, &state)?;
             replace_members(txn, &group_id, &old_members, &members)?;
@@ -442,7 +450,7 @@ impl Store {
                 (group_id.as_slice(), &[][..])..=(group_id.as_slice(), PART_KEY_UPPER_BOUND),
                 |_, _| false,
             )?;
-            txn.open_table(SEND_VIEWS)?.remove(group_id.as_slice())?;
+            txn.open_table(SEND_VIEWS)?.delete(group_id.as_slice())?;
             // Notices are admitted whatever the queues hold: this enqueue is never refused.
             let outcomes = enqueue_in(txn, &envelopes, now_ms, limits)?.unwrap_or_default();
             outbox_in(txn, &remote, now_ms)?;
@@ -512,7 +520,7 @@ fn write_state(
         .collect::<Result<_, _>>()?;
     for key in &stored {
         if !entries.iter().any(|(kept, _)| kept == key) {
-            parts.remove((group_id, key.as_slice()))?;
+            parts.delete((group_id, key.as_slice()))?;
         }
     }
     for (key, value) in entries {
@@ -525,7 +533,7 @@ fn write_state(
             .get((group_id, key.as_slice()))?
             .is_some_and(|stored| stored.value() == value.as_slice());
         if !unchanged {
-            parts.insert((group_id, key.as_slice()), value.as_slice())?;
+            parts.put((group_id, key.as_slice()), value.as_slice())?;
         }
     }
     Ok(())
@@ -564,6 +572,14 @@ pub(super) const RECENT_REQUESTS: TableDefinition<RequestKey, (u64, u64)> =
 pub(super) const RECENT_REQUESTS_BY_TIME: TableDefinition<(u64, &[u8], &[u8]), ()> =
     TableDefinition::new("recent-requests-by-time-1");
 
+/// Adds the row [`repeated_answer`] reads for `record` to `reads`.
+pub(super) fn request_reads(reads: &mut Prefetch, record: &RequestRecord) {
+    reads.key(
+        &RECENT_REQUESTS,
+        (record.group_id.as_slice(), record.digest.as_slice()),
+    );
+}
+
 /// The answer a request was given, if it was accepted within the dedupe window.
 pub(super) fn repeated_answer(
     txn: &WriteTransaction,
@@ -592,35 +608,56 @@ fn recent_answer(
         .map(|(_, answer)| answer))
 }
 
-/// Remembers an accepted request, and forgets a few that are past the window.
+/// Remembers an accepted request (the maintenance purge forgets it after the window:
+/// [`Store::forget_expired_requests`]).
 pub(super) fn remember_request(
     txn: &WriteTransaction,
     record: &RequestRecord,
 ) -> Result<(), StoreError> {
-    let mut recent = txn.open_table(RECENT_REQUESTS)?;
-    let mut by_time = txn.open_table(RECENT_REQUESTS_BY_TIME)?;
-    let cutoff = record.now_ms.saturating_sub(REQUEST_DEDUPE_WINDOW_MS);
-    let expired: Vec<(u64, Vec<u8>, Vec<u8>)> = by_time
-        .range((0u64, &[][..], &[][..])..(cutoff, &[][..], &[][..]))?
-        .take(REQUESTS_FORGOTTEN_PER_WRITE)
-        .map(|entry| {
-            entry.map(|(key, _)| {
-                let (at, group, digest) = key.value();
-                (at, group.to_vec(), digest.to_vec())
-            })
-        })
-        .collect::<Result<_, _>>()?;
-    for (at, group, digest) in &expired {
-        by_time.remove((*at, group.as_slice(), digest.as_slice()))?;
-        recent.remove((group.as_slice(), digest.as_slice()))?;
-    }
     let key = (record.group_id.as_slice(), record.digest.as_slice());
-    recent.insert(key, (record.now_ms, record.answer))?;
-    by_time.insert((record.now_ms, key.0, key.1), ())?;
+    txn.open_table(RECENT_REQUESTS)?
+        .put(key, (record.now_ms, record.answer))?;
+    txn.open_table(RECENT_REQUESTS_BY_TIME)?
+        .put((record.now_ms, key.0, key.1), ())?;
     Ok(())
 }
 
 impl Store {
+    /// Forgets the requests remembered before `now_ms` less the dedupe window, oldest first, in
+    /// writes of [`REQUESTS_FORGOTTEN_PER_WRITE`]. Returns how many it forgot. (Answers are
+    /// checked against the window when read, so one kept a little longer changes nothing.)
+    pub async fn forget_expired_requests(&self, now_ms: u64) -> Result<u64, StoreError> {
+        let cutoff = now_ms.saturating_sub(REQUEST_DEDUPE_WINDOW_MS);
+        let mut forgotten = 0;
+        loop {
+            let this_write = self
+                .write(move |txn| {
+                    let mut by_time = txn.open_table(RECENT_REQUESTS_BY_TIME)?;
+                    let expired: Vec<(u64, Vec<u8>, Vec<u8>)> = by_time
+                        .range((0u64, &[][..], &[][..])..(cutoff, &[][..], &[][..]))?
+                        .take(REQUESTS_FORGOTTEN_PER_WRITE)
+                        .map(|entry| {
+                            entry.map(|(key, _)| {
+                                let (at, group, digest) = key.value();
+                                (at, group.to_vec(), digest.to_vec())
+                            })
+                        })
+                        .collect::<Result<_, _>>()?;
+                    let mut recent = txn.open_table(RECENT_REQUESTS)?;
+                    for (at, group, digest) in &expired {
+                        by_time.delete((*at, group.as_slice(), digest.as_slice()))?;
+                        recent.delete((group.as_slice(), digest.as_slice()))?;
+                    }
+                    Ok(expired.len())
+                })
+                .await?;
+            forgotten += this_write as u64;
+            if this_write < REQUESTS_FORGOTTEN_PER_WRITE {
+                return Ok(forgotten);
+            }
+        }
+    }
+
     /// The answer a group request with this digest was given, if it was accepted within the
     /// dedupe window before `now_ms`.
     pub async fn recent_request(
@@ -646,6 +683,41 @@ impl Store {
 /// (`identity::group_hub`), whose ASCII bytes are below 0xff, within the first 257 bytes.
 const GROUP_ID_UPPER_BOUND: &[u8] = &[0xff; 257];
 
+/// The first client of this server among the rows `members` adds to `old` that does not exist:
+/// a membership is kept only for a client that exists, and a client's removal deletes them all,
+/// so a transition checked before a removal must not bring the removed client back.
+fn gone_joiner(
+    txn: &WriteTransaction,
+    old: &[GroupMemberRow],
+    members: &[GroupMemberRow],
+) -> Result<Option<GroupRefusal>, StoreError> {
+    let joiners: Vec<&GroupMemberRow> = members.iter().filter(|row| !old.contains(row)).collect();
+    if joiners.is_empty() {
+        return Ok(None);
+    }
+    let Some(domain) = super::meta::domain_in(txn)? else {
+        return Ok(None);
+    };
+    let clients = txn.open_table(super::accounts::CLIENTS)?;
+    for row in joiners {
+        let local = row
+            .user_id
+            .rsplit_once('@')
+            .is_some_and(|(_, of)| of == domain);
+        if local
+            && clients
+                .get((row.user_id.as_str(), row.device_id))?
+                .is_none()
+        {
+            return Ok(Some(GroupRefusal::MemberGone {
+                user_id: row.user_id.clone(),
+                device_id: row.device_id,
+            }));
+        }
+    }
+    Ok(None)
+}
+
 fn replace_members(
     txn: &WriteTransaction,
     group_id: &[u8],
@@ -654,10 +726,10 @@ fn replace_members(
 ) -> Result<(), StoreError> {
     let mut members = txn.open_table(GROUP_MEMBERS)?;
     for row in old {
-        members.remove((row.user_id.as_str(), row.device_id, group_id))?;
+        members.delete((row.user_id.as_str(), row.device_id, group_id))?;
     }
     for row in new {
-        members.insert(
+        members.put(
             (row.user_id.as_str(), row.device_id, group_id),
             row.leaf_index,
         )?;
@@ -719,12 +791,15 @@ mod tests {
             store.recent_request(b"group", [1; 32], late).await.unwrap(),
             None
         );
-        // A later write forgets what is past the window: both tables shrink.
-        let request = record(3, 2_000 + REQUEST_DEDUPE_WINDOW_MS + 1);
+        // The maintenance purge forgets what is past the window: both tables shrink.
+        let now = 2_000 + REQUEST_DEDUPE_WINDOW_MS + 1;
+        let request = record(3, now);
         store
             .write(move |txn| remember_request(txn, &request))
             .await
             .unwrap();
+        assert_eq!(store.forget_expired_requests(now).await.unwrap(), 2);
+        assert_eq!(store.forget_expired_requests(now).await.unwrap(), 0);
         let remembered = store
             .read(|txn| {
                 Ok((

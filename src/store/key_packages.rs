@@ -173,12 +173,12 @@ impl Store {
                     key_package: &new.key_package,
                 };
                 let key_ref = new.key_package_ref.as_slice();
-                key_packages.insert(
+                key_packages.put(
                     (user_id.as_str(), device_id, new.ciphersuite, key_ref),
                     record.encode().as_slice(),
                 )?;
-                refs.insert(key_ref, (user_id.as_str(), device_id, new.not_after))?;
-                client_refs.insert((user_id.as_str(), device_id, key_ref), new.not_after)?;
+                refs.put(key_ref, (user_id.as_str(), device_id, new.not_after))?;
+                client_refs.put((user_id.as_str(), device_id, key_ref), new.not_after)?;
             }
             drop((key_packages, refs, client_refs));
             Ok(Ok(stock(txn, &user_id, device_id, now)?))
@@ -281,8 +281,8 @@ impl Store {
             let mut refs = txn.open_table(KEY_PACKAGE_REFS)?;
             let mut client_refs = txn.open_table(CLIENT_KEY_PACKAGE_REFS)?;
             for (user_id, device_id, key_ref) in &expired {
-                refs.remove(key_ref.as_slice())?;
-                client_refs.remove((user_id.as_str(), *device_id, key_ref.as_slice()))?;
+                refs.delete(key_ref.as_slice())?;
+                client_refs.delete((user_id.as_str(), *device_id, key_ref.as_slice()))?;
             }
             // Stock rows of expired KeyPackages: found by scanning each affected client.
             let mut stale = Vec::new();
@@ -300,7 +300,7 @@ impl Store {
                 }
             }
             for (user_id, device_id, suite, key_ref) in &stale {
-                key_packages.remove((user_id.as_str(), *device_id, *suite, key_ref.as_slice()))?;
+                key_packages.delete((user_id.as_str(), *device_id, *suite, key_ref.as_slice()))?;
             }
             Ok(expired.len())
         })
@@ -324,7 +324,7 @@ pub(super) fn delete_client_key_packages(
         removed.push(entry?.0.value().2.to_vec());
     }
     for key_ref in &removed {
-        refs.remove(key_ref.as_slice())?;
+        refs.delete(key_ref.as_slice())?;
     }
     client_refs.retain_in(range, |_, _| false)?;
     Ok(())
@@ -414,21 +414,21 @@ fn claim_one(
         }
     }
     for key_ref in &expired {
-        key_packages.remove((user_id, device_id, ciphersuite, key_ref.as_slice()))?;
+        key_packages.delete((user_id, device_id, ciphersuite, key_ref.as_slice()))?;
     }
     drop(key_packages);
     if !expired.is_empty() {
         let mut refs = txn.open_table(KEY_PACKAGE_REFS)?;
         let mut client_refs = txn.open_table(CLIENT_KEY_PACKAGE_REFS)?;
         for key_ref in &expired {
-            refs.remove(key_ref.as_slice())?;
-            client_refs.remove((user_id, device_id, key_ref.as_slice()))?;
+            refs.delete(key_ref.as_slice())?;
+            client_refs.delete((user_id, device_id, key_ref.as_slice()))?;
         }
     }
     Ok(match (taken, last_resort) {
         (Some((key_ref, key_package)), _) => {
             // The reference stays in KEY_PACKAGE_REFS: the Welcome that uses it is routed by it.
-            txn.open_table(KEY_PACKAGES)?.remove((
+            txn.open_table(KEY_PACKAGES)?.delete((
                 user_id,
                 device_id,
                 ciphersuite,

@@ -18,7 +18,7 @@ use std::ops::{Bound, RangeBounds};
 
 pub(super) use redb::{Key, TableDefinition, TableHandle, Value};
 
-use super::postgres::{PgSession, PgStatement};
+use super::postgres::{PgSession, UnsentRow};
 use super::StoreError;
 
 /// A write transaction: every write of a batch (group commit) runs in one.
@@ -115,6 +115,39 @@ impl ReadTransaction {
     }
 }
 
+/// Rows a write will read, named before it runs: the writer reads those of a whole batch ahead,
+/// in one statement on PostgreSQL, so that each write's reads of them cost no round trip.
+#[derive(Default)]
+pub(crate) struct Prefetch {
+    keys: Vec<(&'static str, Vec<u8>)>,
+}
+
+impl Prefetch {
+    /// Adds the row `key` of `table`.
+    pub(crate) fn key<K: SortKey, V: Value + 'static>(
+        &mut self,
+        table: &'static TableDefinition<'static, K, V>,
+        key: K::SelfType<'_>,
+    ) {
+        self.keys.push((table.name(), sort_key::<K>(&key)));
+    }
+
+    /// Adds every row `other` names.
+    pub(crate) fn extend(&mut self, other: &Prefetch) {
+        self.keys.extend(other.keys.iter().cloned());
+    }
+}
+
+impl WriteTransaction {
+    /// Reads the rows `prefetch` names (nothing on redb, whose reads are local).
+    pub(crate) fn prefetch(&self, prefetch: Prefetch) -> Result<(), StoreError> {
+        match self {
+            Self::Redb(_) => Ok(()),
+            Self::Postgres(session) => session.prefetch_rows(prefetch.keys),
+        }
+    }
+}
+
 /// The value of a key or value read from a table.
 pub(crate) enum AccessGuard<'a, V: Value + 'static> {
     Redb(redb::AccessGuard<'a, V>),
@@ -169,7 +202,8 @@ impl<'a, K: SortKey, V: Value + 'static> Iterator for Range<'a, K, V> {
 
 /// A PostgreSQL range read: pages of rows fetched as the iteration reaches them (small at first,
 /// since many reads stop after a row or two, then growing), each page starting after the last
-/// sort key read.
+/// sort key read, merged with the transaction's own writes in the range that it has not sent
+/// yet (so a range read costs no flush of them).
 pub(crate) struct PgRange<'a, K, V> {
     session: &'a PgSession,
     table: String,
@@ -179,6 +213,9 @@ pub(crate) struct PgRange<'a, K, V> {
     before: Option<Vec<u8>>,
     page: i64,
     buffered: VecDeque<(Vec<u8>, Vec<u8>)>,
+    /// The transaction's unsent writes in the range, in key order: (sort key, the row written or
+    /// `None` for a deletion).
+    unsent: VecDeque<UnsentRow>,
     exhausted: bool,
     types: PhantomData<(K, V)>,
 }
@@ -187,22 +224,62 @@ const FIRST_PAGE_ROWS: i64 = 8;
 const MAX_PAGE_ROWS: i64 = 512;
 
 impl<'a, K: SortKey, V: Value + 'static> PgRange<'a, K, V> {
+    fn new(session: &'a PgSession, table: &str, from: Vec<u8>, before: Option<Vec<u8>>) -> Self {
+        let unsent = session.unsent_in(table, &from, before.as_deref());
+        Self {
+            session,
+            table: table.to_owned(),
+            from,
+            before,
+            page: FIRST_PAGE_ROWS,
+            buffered: VecDeque::new(),
+            unsent,
+            exhausted: false,
+            types: PhantomData,
+        }
+    }
+
     fn fetch(&mut self) -> Result<(), StoreError> {
-        let rows =
-            self.session
-                .range(&self.table, &self.from, self.before.as_deref(), self.page)?;
+        let rows = self.session.range_stored(
+            &self.table,
+            &self.from,
+            self.before.as_deref(),
+            self.page,
+        )?;
         self.exhausted = (rows.len() as i64) < self.page;
         self.page = (self.page * 4).min(MAX_PAGE_ROWS);
         if let Some((sort_key, _, _)) = rows.last() {
             self.from = successor(sort_key.clone());
         }
-        self.buffered
-            .extend(rows.into_iter().map(|(_, key, value)| (key, value)));
+        for (sort_key, key, value) in rows {
+            // The transaction's own writes before this row, then the row as the transaction
+            // sees it.
+            self.take_unsent(|unsent| unsent < sort_key.as_slice());
+            match self.unsent.front() {
+                Some((unsent, _)) if *unsent == sort_key => {
+                    let (_, written) = self.unsent.pop_front().expect("looked at");
+                    self.buffered.extend(written);
+                }
+                _ => self.buffered.push_back((key, value)),
+            }
+        }
+        if self.exhausted {
+            self.take_unsent(|_| true);
+        }
         Ok(())
     }
 
+    /// Moves the unsent rows at the front for which `before` holds into the buffer (deletions
+    /// yield nothing).
+    fn take_unsent(&mut self, before: impl Fn(&[u8]) -> bool) {
+        while self.unsent.front().is_some_and(|(key, _)| before(key)) {
+            let (_, written) = self.unsent.pop_front().expect("looked at");
+            self.buffered.extend(written);
+        }
+    }
+
     fn next(&mut self) -> Option<Result<Entry<'a, K, V>, StoreError>> {
-        if self.buffered.is_empty() && !self.exhausted {
+        while self.buffered.is_empty() && !self.exhausted {
             if let Err(error) = self.fetch() {
                 self.exhausted = true;
                 return Some(Err(error));
@@ -289,16 +366,7 @@ impl<K: SortKey, V: Value + 'static> ReadableTable<K, V> for Table<'_, K, V> {
             Inner::RedbRead(table) => Range::Redb(table.range(range)?),
             Inner::Postgres { session, name, .. } => {
                 let (from, before) = sort_bounds::<K, KR>(&range);
-                Range::Postgres(PgRange {
-                    session,
-                    table: name.clone(),
-                    from,
-                    before,
-                    page: FIRST_PAGE_ROWS,
-                    buffered: VecDeque::new(),
-                    exhausted: false,
-                    types: PhantomData,
-                })
+                Range::Postgres(PgRange::new(session, name, from, before))
             }
         })
     }
@@ -342,21 +410,47 @@ impl<K: SortKey, V: Value + 'static> Table<'_, K, V> {
         }
     }
 
-    /// Reads `key` and, on a shared store, holds it against change by other transactions until
-    /// this one ends (`FOR SHARE`): one that deletes or changes it and commits first makes this
-    /// transaction fail as a conflict. Only a write transaction's tables hold anything.
-    pub(crate) fn get_held<'a>(
-        &self,
-        key: impl Borrow<K::SelfType<'a>>,
-    ) -> Result<Option<AccessGuard<'_, V>>, StoreError> {
-        match self.writable_postgres()? {
-            Some((session, name)) => Ok(session
-                .get_held(name, &sort_key::<K>(key.borrow()))?
-                .map(AccessGuard::owned)),
-            None => self.get(key),
+    /// Writes `key`, not reading what it held (on PostgreSQL the write goes out with the
+    /// transaction's others, at commit).
+    pub(crate) fn put<'k, 'v>(
+        &mut self,
+        key: impl Borrow<K::SelfType<'k>>,
+        value: impl Borrow<V::SelfType<'v>>,
+    ) -> Result<(), StoreError> {
+        if let Some((session, name)) = self.writable_postgres()? {
+            let key = key.borrow();
+            return session.put(
+                name,
+                sort_key::<K>(key),
+                K::as_bytes(key).as_ref().to_vec(),
+                V::as_bytes(value.borrow()).as_ref().to_vec(),
+            );
         }
+        let Inner::RedbWrite(table) = &mut self.inner else {
+            unreachable!("writable_postgres refuses every other table");
+        };
+        table.insert(key, value)?;
+        Ok(())
     }
 
+    /// Deletes `key`, not reading what it held (see [`Self::put`]).
+    pub(crate) fn delete<'a>(
+        &mut self,
+        key: impl Borrow<K::SelfType<'a>>,
+    ) -> Result<(), StoreError> {
+        if let Some((session, name)) = self.writable_postgres()? {
+            return session.delete(name, sort_key::<K>(key.borrow()));
+        }
+        let Inner::RedbWrite(table) = &mut self.inner else {
+            unreachable!("writable_postgres refuses every other table");
+        };
+        table.remove(key)?;
+        Ok(())
+    }
+
+    /// Writes `key` and returns what it held (use [`Self::put`] when that is not needed: on
+    /// PostgreSQL this reads the row first).
+    #[must_use = "use put when the old value is not needed"]
     pub(crate) fn insert<'k, 'v>(
         &mut self,
         key: impl Borrow<K::SelfType<'k>>,
@@ -367,9 +461,9 @@ impl<K: SortKey, V: Value + 'static> Table<'_, K, V> {
             return Ok(session
                 .upsert(
                     name,
-                    &sort_key::<K>(key),
-                    K::as_bytes(key).as_ref(),
-                    V::as_bytes(value.borrow()).as_ref(),
+                    sort_key::<K>(key),
+                    K::as_bytes(key).as_ref().to_vec(),
+                    V::as_bytes(value.borrow()).as_ref().to_vec(),
                 )?
                 .map(AccessGuard::owned));
         }
@@ -379,13 +473,15 @@ impl<K: SortKey, V: Value + 'static> Table<'_, K, V> {
         Ok(table.insert(key, value)?.map(AccessGuard::Redb))
     }
 
+    /// Deletes `key` and returns what it held (use [`Self::delete`] when that is not needed).
+    #[must_use = "use delete when the old value is not needed"]
     pub(crate) fn remove<'a>(
         &mut self,
         key: impl Borrow<K::SelfType<'a>>,
     ) -> Result<Option<AccessGuard<'_, V>>, StoreError> {
         if let Some((session, name)) = self.writable_postgres()? {
             return Ok(session
-                .remove(name, &sort_key::<K>(key.borrow()))?
+                .remove(name, sort_key::<K>(key.borrow()))?
                 .map(AccessGuard::owned));
         }
         let Inner::RedbWrite(table) = &mut self.inner else {
@@ -422,16 +518,8 @@ impl<K: SortKey, V: Value + 'static> Table<'_, K, V> {
         if let Some((session, name)) = self.writable_postgres()? {
             let mut doomed = Vec::new();
             let (from, before) = sort_bounds::<K, KR>(&range);
-            let mut range = PgRange::<K, V> {
-                session,
-                table: name.to_owned(),
-                from,
-                before,
-                page: MAX_PAGE_ROWS,
-                buffered: VecDeque::new(),
-                exhausted: false,
-                types: PhantomData,
-            };
+            let mut range = PgRange::<K, V>::new(session, name, from, before);
+            range.page = MAX_PAGE_ROWS;
             while let Some(entry) = range.next() {
                 let (key, value) = entry?;
                 if extract(key.value(), value.value()) {
@@ -439,7 +527,9 @@ impl<K: SortKey, V: Value + 'static> Table<'_, K, V> {
                     extracted.push(Ok((key.into_owned(), value.into_owned())));
                 }
             }
-            session.remove_all(name, &doomed)?;
+            for key in doomed {
+                session.delete(name, key)?;
+            }
             return Ok(extracted.into_iter());
         }
         let Inner::RedbWrite(table) = &mut self.inner else {
@@ -517,33 +607,6 @@ macro_rules! sort_key_tuple {
 sort_key_tuple!(A 0, B 1);
 sort_key_tuple!(A 0, B 1, C 2);
 sort_key_tuple!(A 0, B 1, C 2, D 3);
-
-/// The statements a [`PgSession`] prepares per table.
-impl PgStatement {
-    /// The SQL of this statement for `table` (a quoted identifier).
-    pub(super) fn sql(self, table: &str) -> String {
-        match self {
-            Self::Get => format!(r#"SELECT v FROM "{table}" WHERE k = $1"#),
-            Self::GetHeld => format!(r#"SELECT v FROM "{table}" WHERE k = $1 FOR SHARE"#),
-            Self::Upsert => format!(
-                r#"WITH old AS (SELECT v FROM "{table}" WHERE k = $1),
-                   new AS (INSERT INTO "{table}" (k, kr, v) VALUES ($1, $2, $3)
-                           ON CONFLICT (k) DO UPDATE SET kr = EXCLUDED.kr, v = EXCLUDED.v)
-                   SELECT v FROM old"#
-            ),
-            Self::Remove => format!(r#"DELETE FROM "{table}" WHERE k = $1 RETURNING v"#),
-            Self::RemoveAll => format!(r#"DELETE FROM "{table}" WHERE k = ANY($1)"#),
-            Self::RangeBefore => format!(
-                r#"SELECT k, kr, v FROM "{table}" WHERE k >= $1 AND k < $2 ORDER BY k LIMIT $3"#
-            ),
-            Self::RangeToEnd => {
-                format!(r#"SELECT k, kr, v FROM "{table}" WHERE k >= $1 ORDER BY k LIMIT $2"#)
-            }
-            Self::Last => format!(r#"SELECT kr, v FROM "{table}" ORDER BY k DESC LIMIT 1"#),
-            Self::Count => format!(r#"SELECT count(*) FROM "{table}""#),
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -58,7 +58,7 @@ impl Store {
                 .transpose()?;
             match stored {
                 None => {
-                    meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION.to_be_bytes().as_slice())?;
+                    meta.put(SCHEMA_VERSION_KEY, SCHEMA_VERSION.to_be_bytes().as_slice())?;
                 }
                 Some(SCHEMA_VERSION) => {}
                 Some(from @ (1..=3)) => {
@@ -73,7 +73,7 @@ impl Store {
                         txn,
                         crate::clock::Clock::now_ms(&crate::clock::SystemClock),
                     )?;
-                    meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION.to_be_bytes().as_slice())?;
+                    meta.put(SCHEMA_VERSION_KEY, SCHEMA_VERSION.to_be_bytes().as_slice())?;
                     tracing::info!("database migrated from schema {from} to {SCHEMA_VERSION}");
                 }
                 Some(other) => {
@@ -97,7 +97,7 @@ impl Store {
                 .map(|v| String::from_utf8_lossy(v.value()).into_owned());
             match stored {
                 None => {
-                    meta.insert(DOMAIN_KEY, requested.as_bytes())?;
+                    meta.put(DOMAIN_KEY, requested.as_bytes())?;
                     Ok(())
                 }
                 Some(stored) if stored == requested => Ok(()),
@@ -123,6 +123,14 @@ impl Store {
     }
 }
 
+/// The domain the database is bound to, as the write transaction `txn` sees it.
+pub(super) fn domain_in(txn: &WriteTransaction) -> Result<Option<String>, StoreError> {
+    Ok(txn
+        .open_table(META)?
+        .get(DOMAIN_KEY)?
+        .map(|v| String::from_utf8_lossy(v.value()).into_owned()))
+}
+
 fn decode_u32(bytes: &[u8]) -> Result<u32, StoreError> {
     bytes
         .try_into()
@@ -138,8 +146,7 @@ mod tests {
     async fn put(store: &Store, key: String, value: Vec<u8>) -> Result<(), StoreError> {
         store
             .write(move |txn| {
-                txn.open_table(META)?
-                    .insert(key.as_str(), value.as_slice())?;
+                txn.open_table(META)?.put(key.as_str(), value.as_slice())?;
                 Ok(())
             })
             .await
@@ -197,7 +204,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let good = put(&store, "good".into(), b"1".to_vec());
         let bad = store.write(|txn| {
-            txn.open_table(META)?.insert("bad", b"1".as_slice())?;
+            txn.open_table(META)?.put("bad", b"1".as_slice())?;
             Err::<(), _>(StoreError::Corrupt("refused".into()))
         });
         let (good, bad) = tokio::join!(good, bad);

@@ -28,7 +28,10 @@ mod queues;
 mod tables;
 mod writer;
 
-pub use postgres::{statements_run as postgres_statements_run, PgEventBus, ScratchDatabase};
+pub use postgres::{
+    round_trips as postgres_round_trips, statements_run as postgres_statements_run, PgEventBus,
+    ScratchDatabase,
+};
 
 /// How the nodes of a domain tell each other of events: every node hears every payload
 /// published, its own included. Best effort (events are hints; a node that lost its connection
@@ -58,6 +61,7 @@ pub use groups::{
 pub use key_packages::{
     Claimed, ClientClaim, NewKeyPackage, PublishRefusal, Stock, MAX_KEY_PACKAGE_BYTES_PER_USER,
 };
+pub use leases::LeaseFence;
 pub use push::{AddTargetRefusal, PendingWake, WakeResult};
 pub use queues::{
     Admission, Enqueued, Envelope, ExpiredMessages, FullQueues, QueueLimits, StoredMessage,
@@ -332,23 +336,25 @@ impl Store {
     ///
     /// Inside [`acting_for`], the acting client's existence is checked first, in the same
     /// transaction.
-    async fn write<T, F>(&self, mut op: F) -> Result<T, StoreError>
+    async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: FnMut(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.write_reading(kv::Prefetch::default(), op).await
+    }
+
+    /// [`Self::write`], with the rows `op` will read named in `reads`: the writer reads them
+    /// ahead with the rest of its batch's.
+    async fn write_reading<T, F>(&self, reads: kv::Prefetch, op: F) -> Result<T, StoreError>
     where
         F: FnMut(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
         let actor = ACTING_CLIENT.try_with(Clone::clone).ok().flatten();
-        let checked = move |txn: &WriteTransaction| {
-            if let Some((user_id, device_id)) = &actor {
-                if !accounts::client_exists(txn, user_id, *device_id)? {
-                    return Err(StoreError::ActorRemoved);
-                }
-            }
-            op(txn)
-        };
         let (reply, answer) = oneshot::channel();
         self.writes
-            .send(Box::new(TypedWrite::new(checked, reply)))
+            .send(Box::new(TypedWrite::new(actor, reads, op, reply)))
             .await
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?

@@ -83,7 +83,7 @@ pub(super) fn delete_client_push(
         .retain_in(client_range(user_id, device_id), |_, _| false)?;
     txn.open_table(PUSH_WAKES)?
         .retain_in(client_range(user_id, device_id), |_, _| false)?;
-    txn.open_table(PUSH_WOKEN)?.remove((user_id, device_id))?;
+    txn.open_table(PUSH_WOKEN)?.delete((user_id, device_id))?;
     Ok(())
 }
 
@@ -145,7 +145,7 @@ impl Store {
             let bytes = record
                 .tls_serialize_detached()
                 .map_err(|e| StoreError::Corrupt(format!("cannot encode a push target: {e}")))?;
-            table.insert((user_id.as_str(), device_id, target_id), bytes.as_slice())?;
+            table.put((user_id.as_str(), device_id, target_id), bytes.as_slice())?;
             Ok(Ok(PushTargetAdded {
                 target_id,
                 replaced: crate::protocol::Flag(replaced),
@@ -175,7 +175,7 @@ impl Store {
         let user_id = user_id.to_owned();
         self.write(move |txn| {
             let key = (user_id.as_str(), device_id, target_id);
-            txn.open_table(PUSH_WAKES)?.remove(key)?;
+            txn.open_table(PUSH_WAKES)?.delete(key)?;
             Ok(txn.open_table(PUSH_TARGETS)?.remove(key)?.is_some())
         })
         .await
@@ -231,7 +231,7 @@ impl Store {
                         Some((known, due_ms, attempts)) => (known.max(seq), due_ms, attempts),
                         None => (seq, now_ms, 0),
                     };
-                    wakes.insert(key, (seq, due_ms, attempts))?;
+                    wakes.put(key, (seq, due_ms, attempts))?;
                     pending.push(PendingWake {
                         user_id: user_id.to_owned(),
                         device_id,
@@ -243,7 +243,7 @@ impl Store {
                 }
                 let announced = woken.get((user_id, device_id))?.map_or(0, |v| v.value());
                 if seq > announced {
-                    woken.insert((user_id, device_id), seq)?;
+                    woken.put((user_id, device_id), seq)?;
                 }
             }
             Ok(pending)
@@ -289,19 +289,19 @@ impl Store {
                 let key = (user_id.as_str(), *device_id, *target_id);
                 match *result {
                     WakeResult::Done => {
-                        wakes.remove(key)?;
+                        wakes.delete(key)?;
                     }
                     WakeResult::Retry { due_ms, attempts } => {
                         // Only a wake-up still pending is rescheduled: the client may have
                         // caught up, or the target gone, meanwhile.
                         let seq = wakes.get(key)?.map(|v| v.value().0);
                         if let Some(seq) = seq {
-                            wakes.insert(key, (seq, due_ms, attempts))?;
+                            wakes.put(key, (seq, due_ms, attempts))?;
                         }
                     }
                     WakeResult::TargetGone => {
-                        wakes.remove(key)?;
-                        targets.remove(key)?;
+                        wakes.delete(key)?;
+                        targets.delete(key)?;
                     }
                 }
             }

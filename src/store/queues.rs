@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::kv::{ReadTransaction, ReadableTable, Table, TableDefinition, WriteTransaction};
+use super::kv::{
+    Prefetch, ReadTransaction, ReadableTable, Table, TableDefinition, WriteTransaction,
+};
 
 use super::accounts::CLIENTS;
 use super::{Store, StoreError};
@@ -125,7 +127,7 @@ pub(super) fn flush_server_total(txn: &WriteTransaction) -> Result<(), StoreErro
         } else {
             own.wrapping_add(pending as u64)
         };
-        txn.open_table(QUEUE_TOTALS)?.insert(row.as_str(), total)?;
+        txn.open_table(QUEUE_TOTALS)?.put(row.as_str(), total)?;
         Ok::<_, StoreError>(())
     });
     moved?;
@@ -144,7 +146,7 @@ pub(super) fn count_server_total(txn: &WriteTransaction) -> Result<(), StoreErro
     for entry in txn.open_table(QUEUE_HEADS)?.iter()? {
         total = total.saturating_add(entry?.1.value().2);
     }
-    txn.open_table(QUEUE_TOTALS)?.insert(SERVER_TOTAL, total)?;
+    txn.open_table(QUEUE_TOTALS)?.put(SERVER_TOTAL, total)?;
     Ok(())
 }
 
@@ -201,7 +203,7 @@ fn record_removed(
 ) -> Result<(), StoreError> {
     let mut removed = txn.open_table(QUEUE_REMOVED)?;
     let (gone, gone_bytes) = removed.get(client)?.map_or((0, 0), |r| r.value());
-    removed.insert(
+    removed.put(
         client,
         (gone.saturating_add(count), gone_bytes.saturating_add(bytes)),
     )?;
@@ -317,8 +319,10 @@ impl Store {
         now_ms: u64,
         limits: QueueLimits,
     ) -> Result<Result<Vec<Enqueued>, FullQueues>, StoreError> {
-        self.write(move |txn| enqueue_in(txn, &envelopes, now_ms, limits))
-            .await
+        self.write_reading(envelope_reads(&envelopes), move |txn| {
+            enqueue_in(txn, &envelopes, now_ms, limits)
+        })
+        .await
     }
 
     /// Up to `max_count` messages from `from_seq` on, within `max_bytes` of payload (but at least
@@ -384,7 +388,10 @@ impl Store {
         up_to_seq: u64,
     ) -> Result<Result<(), u64>, StoreError> {
         let user_id = user_id.to_owned();
-        self.write(move |txn| {
+        let mut reads = Prefetch::default();
+        reads.key(&QUEUE_HEADS, (user_id.as_str(), device_id));
+        reads.key(&QUEUE_REMOVED, (user_id.as_str(), device_id));
+        self.write_reading(reads, move |txn| {
             let next_seq = txn
                 .open_table(QUEUE_HEADS)?
                 .get((user_id.as_str(), device_id))?
@@ -484,6 +491,18 @@ pub(super) fn oldest_queued_at(
         .transpose()
 }
 
+/// The rows [`enqueue_in`] reads for `envelopes` (each recipient's client row and queue head).
+pub(super) fn envelope_reads(envelopes: &[Envelope]) -> Prefetch {
+    let mut reads = Prefetch::default();
+    for envelope in envelopes {
+        let client = (envelope.user_id.as_str(), envelope.device_id);
+        reads.key(&CLIENTS, client);
+        reads.key(&QUEUE_HEADS, client);
+        reads.key(&QUEUE_REMOVED, client);
+    }
+    reads
+}
+
 /// Queues envelopes inside an open write transaction; other store operations that must commit
 /// their own change together with a fan-out (a group commit, a federation delivery) call this.
 ///
@@ -546,7 +565,7 @@ pub(super) fn enqueue_in(
                 Some(known) => *known,
                 None => {
                     let id = shared.last()?.map_or(1, |(last, _)| last.value() + 1);
-                    shared.insert(id, envelope.payload.as_slice())?;
+                    shared.put(id, envelope.payload.as_slice())?;
                     (id, 0)
                 }
             };
@@ -560,7 +579,7 @@ pub(super) fn enqueue_in(
             kind: envelope.kind,
             payload,
         };
-        queue.insert(
+        queue.put(
             (envelope.user_id.as_str(), envelope.device_id, next_seq),
             record.encode().as_slice(),
         )?;
@@ -568,7 +587,7 @@ pub(super) fn enqueue_in(
             coalesce: Some(notice_kind),
         } = envelope.admission
         {
-            pending_notices.insert(
+            pending_notices.put(
                 (envelope.user_id.as_str(), envelope.device_id, notice_kind),
                 next_seq,
             )?;
@@ -576,12 +595,12 @@ pub(super) fn enqueue_in(
         let following = next_seq
             .checked_add(1)
             .ok_or_else(|| StoreError::Corrupt("queue sequence numbers exhausted".into()))?;
-        heads.insert(client, (following, count + 1, bytes.saturating_add(size)))?;
+        heads.put(client, (following, count + 1, bytes.saturating_add(size)))?;
         outcomes.push(Enqueued::Queued { seq: next_seq });
     }
     let mut references = txn.open_table(SHARED_PAYLOAD_REFS)?;
     for (id, count) in shared_ids.into_values() {
-        references.insert(id, count)?;
+        references.put(id, count)?;
     }
     drop((references, heads, queue, shared, pending_notices));
     let added: u64 = envelopes
@@ -760,7 +779,7 @@ fn delete_through(
         doomed.push(seq);
     }
     for seq in &doomed {
-        queue.remove((user_id, device_id, *seq))?;
+        queue.delete((user_id, device_id, *seq))?;
     }
     drop(queue);
     release_shared_payloads(txn, released)?;
@@ -787,11 +806,11 @@ fn release_shared_payloads(
             })?;
         match held.checked_sub(count) {
             Some(0) => {
-                references.remove(id)?;
-                shared.remove(id)?;
+                references.delete(id)?;
+                shared.delete(id)?;
             }
             Some(left) => {
-                references.insert(id, left)?;
+                references.put(id, left)?;
             }
             None => {
                 return Err(StoreError::Corrupt(format!(
@@ -810,16 +829,16 @@ pub(super) fn delete_client_queue(
     device_id: u32,
 ) -> Result<(), StoreError> {
     delete_through(txn, user_id, device_id, u64::MAX, |_, _| true)?;
-    txn.open_table(QUEUE_HEADS)?.remove((user_id, device_id))?;
+    txn.open_table(QUEUE_HEADS)?.delete((user_id, device_id))?;
     txn.open_table(QUEUE_REMOVED)?
-        .remove((user_id, device_id))?;
+        .delete((user_id, device_id))?;
     let mut pending_notices = txn.open_table(PENDING_NOTICES)?;
     let kinds: Vec<u8> = pending_notices
         .range((user_id, device_id, 0u8)..=(user_id, device_id, u8::MAX))?
         .map(|entry| entry.map(|(key, _)| key.value().2))
         .collect::<Result<_, _>>()?;
     for kind in kinds {
-        pending_notices.remove((user_id, device_id, kind))?;
+        pending_notices.delete((user_id, device_id, kind))?;
     }
     Ok(())
 }
@@ -914,7 +933,7 @@ pub(super) fn migrate_queue_1(txn: &WriteTransaction) -> Result<(), StoreError> 
                 kind: *kind,
                 payload: Payload::Inline(payload),
             };
-            queue.insert((user_id, device_id, seq), record.encode().as_slice())?;
+            queue.put((user_id, device_id, seq), record.encode().as_slice())?;
         }
     }
     txn.delete_table(QUEUE_1)?;

@@ -51,6 +51,7 @@ macro_rules! for_each_table {
         $action!(super::push::PUSH_WAKES);
         $action!(super::push::PUSH_WOKEN);
         $action!(super::leases::LEASES);
+        $action!(super::leases::LEASE_GENERATIONS);
     }};
 }
 

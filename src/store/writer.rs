@@ -7,7 +7,7 @@ use std::time::Duration;
 use redb::{Database, Durability};
 use tokio::sync::{mpsc, oneshot};
 
-use super::kv::WriteTransaction;
+use super::kv::{Prefetch, WriteTransaction};
 use super::postgres::PgWriter;
 use super::{StoreError, StoreStats};
 
@@ -60,6 +60,8 @@ const MAX_BATCH: usize = 1024;
 
 /// A queued write, type-erased so that writes of any result type share a batch.
 pub(super) trait WriteJob: Send {
+    /// Adds the rows the write will read to `prefetch`, for the batch to read them ahead.
+    fn prefetch(&self, _prefetch: &mut Prefetch) {}
     /// Applies the write to `txn`. On `Err` the whole transaction is rolled back.
     fn apply(&mut self, txn: &WriteTransaction) -> Result<(), StoreError>;
     /// Answers the caller: `Ok` once the transaction holding this write is committed.
@@ -71,14 +73,23 @@ pub(super) trait WriteJob: Send {
 }
 
 pub(super) struct TypedWrite<F, T> {
+    actor: Option<(String, u32)>,
+    reads: Prefetch,
     op: F,
     output: Option<T>,
     reply: oneshot::Sender<Result<T, StoreError>>,
 }
 
 impl<F, T> TypedWrite<F, T> {
-    pub(super) fn new(op: F, reply: oneshot::Sender<Result<T, StoreError>>) -> Self {
+    pub(super) fn new(
+        actor: Option<(String, u32)>,
+        reads: Prefetch,
+        op: F,
+        reply: oneshot::Sender<Result<T, StoreError>>,
+    ) -> Self {
         Self {
+            actor,
+            reads,
             op,
             output: None,
             reply,
@@ -91,7 +102,19 @@ where
     F: FnMut(&WriteTransaction) -> Result<T, StoreError> + Send,
     T: Send,
 {
+    fn prefetch(&self, prefetch: &mut Prefetch) {
+        if let Some((user_id, device_id)) = &self.actor {
+            prefetch.key(&super::accounts::CLIENTS, (user_id.as_str(), *device_id));
+        }
+        prefetch.extend(&self.reads);
+    }
+
     fn apply(&mut self, txn: &WriteTransaction) -> Result<(), StoreError> {
+        if let Some((user_id, device_id)) = &self.actor {
+            if !super::accounts::client_exists(txn, user_id, *device_id)? {
+                return Err(StoreError::ActorRemoved);
+            }
+        }
         self.output = Some((self.op)(txn)?);
         Ok(())
     }
@@ -183,10 +206,22 @@ fn commit_batch(db: &mut WriterBackend, mut batch: Vec<Box<dyn WriteJob>>, stats
                 return;
             }
         };
-        let failed = batch
-            .iter_mut()
-            .enumerate()
-            .find_map(|(index, job)| job.apply(&txn).err().map(|e| (index, e)));
+        // What the whole batch reads first (its acting clients, the rows its writes named) is
+        // read in one statement (on PostgreSQL).
+        let mut prefetch = Prefetch::default();
+        for job in &batch {
+            job.prefetch(&mut prefetch);
+        }
+        let failed = txn
+            .prefetch(prefetch)
+            .err()
+            .map(|error| (usize::MAX, error));
+        let failed = failed.or_else(|| {
+            batch
+                .iter_mut()
+                .enumerate()
+                .find_map(|(index, job)| job.apply(&txn).err().map(|e| (index, e)))
+        });
         // Totals the writes keep for the whole batch are written once, now.
         let failed = failed.or_else(|| {
             super::queues::flush_server_total(&txn)

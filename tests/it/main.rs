@@ -18,6 +18,7 @@ mod offline_push;
 mod operators;
 mod push;
 mod queues;
+mod races;
 mod readme;
 mod shutdown;
 mod support;

@@ -198,6 +198,186 @@ async fn removing_a_client_through_one_node_closes_its_connection_on_the_other()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_message_racing_its_recipients_removal_on_the_other_node_never_reaches_it() {
+    let first = TestServer::start_shared(|_| {}).await;
+    let second = first.start_node(|_| {}).await;
+    let alice = registered_with_key_packages(&first, "alice@localhost", 1).await;
+    let admin = groups(&first, &alice[0]).await;
+    let conflicts = |server: &TestServer| server.server.store().stats().conflicts();
+    let before = conflicts(&first) + conflicts(&second);
+    let tries = 8;
+    for n in 0..tries {
+        let user = format!("bob{n}@localhost");
+        let bob = registered_with_key_packages(&second, &user, 2).await;
+        let group_id = within(admin.create_group()).await.unwrap();
+        within(admin.invite(&group_id, &user)).await.unwrap();
+        // Alice sends through the first node while bob removes his second device through the
+        // other.
+        let removed = bob[1].identity.client.clone();
+        let (sent, gone) = tokio::join!(
+            within(admin.send(&group_id, b"sent as the device goes")),
+            within(bob[0].connection.remove_client(&removed))
+        );
+        sent.unwrap();
+        gone.unwrap();
+        // Nothing waits for the removed device (not the message, not its Welcome), on either
+        // node, and it cannot come back for it.
+        for server in [&first, &second] {
+            let store = server.server.store();
+            assert_eq!(
+                store.queue_size(&user, removed.device_id).await.unwrap(),
+                (0, 0),
+                "try {n}"
+            );
+            let (waiting, _) = store
+                .fetch_messages(&user, removed.device_id, 0, 100, 1 << 20)
+                .await
+                .unwrap();
+            assert!(waiting.is_empty(), "try {n}: {} messages", waiting.len());
+        }
+        let again = second.connect().await;
+        let result = within(again.authenticate(&removed, &bob[1].identity.signing_key)).await;
+        assert_eq!(code(result.map(|_| ())), ErrorCode::AuthenticationFailed);
+        // The device that stays has the message.
+        assert!(messages_of(&receive(&second, &bob[0]).await)
+            .contains(&"sent as the device goes".to_owned()));
+    }
+    println!(
+        "{tries} tries, {} write batches ran again after a conflict",
+        conflicts(&first) + conflicts(&second) - before
+    );
+}
+
+/// Events on the node bus, as anyone who can connect to the database sees and sends them.
+struct BusTap {
+    client: postgres::Client,
+}
+
+impl BusTap {
+    /// Connects to `server`'s database and listens on the event channel (on a thread of its own:
+    /// the synchronous client blocks).
+    async fn connect(server: &TestServer) -> Self {
+        let url = server.database.as_ref().unwrap().url.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            client.batch_execute("LISTEN roost_events").unwrap();
+            Self { client }
+        })
+        .await
+        .unwrap()
+    }
+
+    /// The events heard so far (base64 text, as sent).
+    async fn heard(mut self) -> (Self, Vec<String>) {
+        tokio::task::spawn_blocking(move || {
+            use postgres::fallible_iterator::FallibleIterator as _;
+            let heard: Vec<String> = self
+                .client
+                .notifications()
+                .timeout_iter(std::time::Duration::from_millis(300))
+                .map(|notification| Ok(notification.payload().to_owned()))
+                .collect()
+                .unwrap();
+            (self, heard)
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Closes the connection (off the async workers, where the synchronous client may block).
+    async fn close(self) {
+        tokio::task::spawn_blocking(move || drop(self))
+            .await
+            .unwrap();
+    }
+
+    /// Sends `payloads` on the event channel.
+    async fn send(mut self, payloads: Vec<String>) -> Self {
+        tokio::task::spawn_blocking(move || {
+            for payload in payloads {
+                self.client
+                    .execute("SELECT pg_notify('roost_events', $1)", &[&payload])
+                    .unwrap();
+            }
+            self
+        })
+        .await
+        .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_replayed_events_on_the_node_bus_are_refused() {
+    use base64::Engine as _;
+    use roost::protocol::cluster::{
+        encode_cluster_event, seal_cluster_event, ClusterEnvelope, ClusterEvent, EventKey,
+    };
+
+    let first = TestServer::start_shared(|_| {}).await;
+    let second = first.start_node(|_| {}).await;
+    let alice = second.register("alice@localhost").await;
+    let client = alice.identity.client.clone();
+    // Genuine events to replay later: a device of alice's added through the first node and
+    // removed through the second (which tells the first to close its connection).
+    let tap = BusTap::connect(&first).await;
+    let spare = first.add_device(&alice).await;
+    within(alice.connection.remove_client(&spare.identity.client))
+        .await
+        .unwrap();
+    assert_eq!(closed_with(&spare).await, close_code::CLIENT_REMOVED.into());
+    let (tap, genuine) = tap.heard().await;
+    assert!(!genuine.is_empty(), "the removal was announced on the bus");
+
+    // What an attacker with a database login sends: alice's disconnection, unsealed (the old
+    // format), sealed with a key of its own, and the genuine events again.
+    let disconnect = encode_cluster_event(&ClusterEnvelope {
+        origin: 7,
+        event: ClusterEvent::Disconnect(client.clone()),
+    })
+    .unwrap();
+    let now_ms = roost::clock::Clock::now_ms(&roost::clock::SystemClock);
+    let base64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes);
+    let mut forged = vec![
+        base64(&disconnect),
+        base64(&seal_cluster_event(
+            &EventKey([0; 32]),
+            now_ms,
+            1,
+            &disconnect,
+        )),
+        "not even base64!".to_owned(),
+    ];
+    forged.extend(genuine.iter().cloned());
+    let refused_before = second.server.services().cluster_events_refused();
+    tap.send(forged.clone()).await.close().await;
+    // Alice's device stays connected and served, and the second node counted every forgery.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while second.server.services().cluster_events_refused()
+        < refused_before + forged.len() as u64 - 1
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the forgeries were not all refused"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // (A disconnection would have failed this request.)
+    within(alice.connection.fetch_messages(0, 10, 1 << 16))
+        .await
+        .unwrap();
+}
+
+fn messages_of(events: &[GroupEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|event| match event {
+            GroupEvent::Message { text, .. } => Some(String::from_utf8_lossy(text).into_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_a_node_is_killed_its_clients_carry_on_through_the_other_and_lose_nothing() {
     use roost::client::groups::GroupClient;
     use roost::client::{ClientConfig, Connection};

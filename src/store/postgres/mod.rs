@@ -1,0 +1,633 @@
+//! The PostgreSQL backend: several Roost nodes of one domain share one database.
+//!
+//! Each store table is a SQL table `"name" (k bytea PRIMARY KEY, kr bytea, v bytea)`: `k` is the
+//! key's order-preserving encoding ([`super::kv::SortKey`]), `kr` and `v` the key and value as
+//! redb encodes them. The typed operations run unchanged ([`super::kv`]); a write transaction
+//! reads each row once and sends its writes at commit, a statement per table ([`session`]).
+//!
+//! Concurrency between nodes is the database's: every write batch is one `SERIALIZABLE`
+//! transaction. PostgreSQL commits a set of concurrent transactions only if some serial order of
+//! them gives the same outcome, and fails the others with a serialization failure; the writer
+//! then runs that batch again whole, when it sees the winners' rows and answers as a single node
+//! would. So each rule that holds when one writer applies the writes one after the other holds
+//! across nodes too: no rule depends on which rows two transactions happen to share. The rules
+//! and what keeps each are listed in protocol-spec/nodes.md; `tests/it/races.rs` races each.
+//!
+//! Limits that count rows (queue sizes, KeyPackages per client) are exact for the same reason.
+//! The one estimate is the server-wide total of queued bytes: one row per node run, the other
+//! nodes' rows re-read every 100 ms outside the write transaction, so that a queue's enqueues on
+//! two nodes do not contend on one row. Reads are `REPEATABLE READ READ ONLY` snapshots: what a
+//! service reads there to prepare a write is checked again by the write.
+//!
+//! The schema is created and migrated at start by numbered migrations recorded in
+//! `roost_migrations`, under an advisory lock so that nodes starting together migrate once.
+//!
+//! Cross-node events go through `LISTEN`/`NOTIFY` ([`PgEventBus`], `events.rs`).
+
+mod events;
+mod session;
+
+pub use events::PgEventBus;
+pub use session::{round_trips, statements_run};
+pub(crate) use session::{PgSession, UnsentRow};
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use postgres::error::SqlState;
+use postgres::{Client, Config, NoTls};
+
+use session::PgConn;
+
+use super::StoreError;
+
+/// How write batches begin. `SERIALIZABLE`: PostgreSQL's serializable snapshot isolation
+/// fails one of any set of concurrent transactions whose outcome no serial order gives (a
+/// write skew, an upsert re-creating a row another deleted, a read of a row another deleted),
+/// and the writer runs that batch again whole. So every rule a single writer keeps holds
+/// across nodes too, without a list of rows the contending transactions must share.
+const WRITE_ISOLATION: &str = "BEGIN ISOLATION LEVEL SERIALIZABLE";
+
+/// How read transactions begin: a consistent snapshot.
+const READ_ISOLATION: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+
+/// Reads that may hold a connection at once (each a blocking thread).
+const MAX_READ_CONNECTIONS: usize = 8;
+
+/// How long connecting to the database may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The advisory lock key nodes take while they migrate the schema ("roost" in ASCII).
+const MIGRATION_LOCK: i64 = 0x0072_6f6f_7374;
+
+pub(super) fn error(e: postgres::Error) -> StoreError {
+    StoreError::Postgres(Arc::new(e))
+}
+
+/// Whether `error` is a conflict with a concurrent transaction, after which the transaction may
+/// simply run again.
+pub(super) fn is_conflict(error: &postgres::Error) -> bool {
+    matches!(
+        error.code(),
+        Some(&SqlState::T_R_SERIALIZATION_FAILURE | &SqlState::T_R_DEADLOCK_DETECTED)
+    )
+}
+
+/// The database a store on PostgreSQL uses: its connection settings and the idle connections of
+/// reads.
+pub(super) struct PgDatabase {
+    config: Config,
+    /// The URL without its password, for logs and status.
+    pub(super) display: String,
+    idle: Mutex<Vec<PgConn>>,
+    pub(super) read_permits: tokio::sync::Semaphore,
+}
+
+impl PgDatabase {
+    /// Connects to `url`, creates or migrates the schema and returns the database handle.
+    pub(super) fn open(url: &str) -> Result<Self, StoreError> {
+        let mut config: Config = url.parse().map_err(error)?;
+        // A database that does not answer fails the write (and the request) instead of holding
+        // the writer thread for the kernel's TCP timeout; a URL may set its own.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        config.keepalives(true);
+        let display = redacted(url);
+        let mut conn = PgConn::connect(&config)?;
+        migrate(&mut conn.client)?;
+        Ok(Self {
+            config,
+            display,
+            idle: Mutex::new(vec![conn]),
+            read_permits: tokio::sync::Semaphore::new(MAX_READ_CONNECTIONS),
+        })
+    }
+
+    fn take(&self) -> Result<PgConn, StoreError> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop();
+        PgConn::reuse_or_connect(idle, &self.config)
+    }
+
+    fn give_back(&self, conn: PgConn) {
+        if !conn.is_closed() {
+            self.idle
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(conn);
+        }
+    }
+
+    /// Runs `op` in a read-only snapshot (blocking; call it on the blocking pool with a read
+    /// permit held).
+    pub(super) fn read<T>(
+        &self,
+        op: impl FnOnce(&super::kv::ReadTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let conn = self.take()?;
+        let session = match PgSession::begin(conn, READ_ISOLATION, false) {
+            Ok(session) => session,
+            // A connection the server closed since it was last used: one fresh attempt.
+            Err(stale) => {
+                drop(stale);
+                PgSession::begin(PgConn::connect(&self.config)?, READ_ISOLATION, false)
+                    .map_err(|failed| failed.0)?
+            }
+        };
+        let (outcome, conn) = session.run_read(op);
+        self.give_back(conn);
+        outcome
+    }
+
+    pub(super) fn writer(&self) -> PgWriter {
+        PgWriter {
+            config: self.config.clone(),
+            conn: None,
+            shards_read_at: None,
+        }
+    }
+
+    /// The size of the database in bytes.
+    pub(super) fn size(&self) -> Result<u64, StoreError> {
+        let mut conn = self.take()?;
+        let size = conn
+            .client
+            .query_one("SELECT pg_database_size(current_database())", &[])
+            .map_err(error)
+            .map(|row| row.get::<_, i64>(0).max(0) as u64);
+        self.give_back(conn);
+        size
+    }
+
+    /// Starts the cross-node event bus on its own connection.
+    pub(super) fn event_bus(&self) -> Result<Arc<PgEventBus>, StoreError> {
+        PgEventBus::start(&self.config)
+    }
+}
+
+/// Drops connections on a thread of their own: the synchronous client's closing blocks, which it
+/// refuses to do on an async worker (where the last handle to a store may go).
+pub(crate) fn drop_off_runtime(connections: Vec<PgConn>) {
+    if !connections.is_empty() {
+        let _ = std::thread::spawn(move || drop(connections)).join();
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let idle = std::mem::take(
+            self.idle
+                .get_mut()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        drop_off_runtime(idle);
+    }
+}
+
+/// The writer thread's connection.
+pub(super) struct PgWriter {
+    config: Config,
+    conn: Option<Box<PgConn>>,
+    /// When the other nodes' shares of the server's queued bytes were last read.
+    shards_read_at: Option<std::time::Instant>,
+}
+
+/// How often the writer re-reads the other nodes' shares of the server's queued bytes (an
+/// estimate for the server-wide cap: reading them before every batch would cost three round
+/// trips a batch).
+const SHARDS_READ_INTERVAL: Duration = Duration::from_millis(100);
+
+impl PgWriter {
+    pub(super) fn begin(&mut self) -> Result<super::kv::WriteTransaction, StoreError> {
+        self.session(WRITE_ISOLATION, true)
+            .map(super::kv::WriteTransaction::Postgres)
+    }
+
+    /// A session begun with `begin` on the writer's connection (a new one if it was lost).
+    fn session(&mut self, begin: &str, writes: bool) -> Result<PgSession, StoreError> {
+        let conn = PgConn::reuse_or_connect(self.conn.take().map(|conn| *conn), &self.config)?;
+        PgSession::begin(conn, begin, writes).map_err(|failed| {
+            let (e, conn) = *failed;
+            self.conn = Some(Box::new(conn));
+            e
+        })
+    }
+
+    /// Re-reads the other nodes' shares of the server's queued bytes, at most every
+    /// [`SHARDS_READ_INTERVAL`] (before a batch).
+    pub(super) fn refresh_other_shards(&mut self) {
+        if self
+            .shards_read_at
+            .is_some_and(|read_at| read_at.elapsed() < SHARDS_READ_INTERVAL)
+        {
+            return;
+        }
+        match self.read(super::queues::refresh_other_shards) {
+            Ok(()) => self.shards_read_at = Some(std::time::Instant::now()),
+            Err(e) => tracing::warn!(error = %e, "cannot read the other nodes' queue totals"),
+        }
+    }
+
+    /// Runs `op` in a short read-only transaction on the writer's connection (between batches).
+    pub(super) fn read<T>(
+        &mut self,
+        op: impl FnOnce(&super::kv::ReadTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let (outcome, conn) = self.session("BEGIN READ ONLY", false)?.run_read(op);
+        self.conn = Some(Box::new(conn));
+        outcome
+    }
+
+    pub(super) fn finish(&mut self, session: PgSession, commit: bool) -> Result<(), StoreError> {
+        let (outcome, conn) = session.finish(commit);
+        self.conn = Some(Box::new(conn));
+        outcome
+    }
+}
+
+/// `url` with any password replaced by `***`.
+pub(super) fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// The numbered schema migrations: (version, what it does, the tables it creates). A table
+/// added to the store later comes with a new migration; a unit test checks that every table the
+/// code knows is created by one.
+const MIGRATIONS: &[(i32, &str, &[&str])] = &[
+    (
+        1,
+        "the tables of store schema 4",
+        &[
+            "meta-1",
+            "users-1",
+            "clients-1",
+            "signature-keys-1",
+            "quarantine-1",
+            "invites-used-1",
+            "invites-1",
+            "key-packages-1",
+            "key-package-refs-1",
+            "client-key-package-refs-1",
+            "queue-2",
+            "queue-heads-1",
+            "pending-notices-1",
+            "queue-totals-1",
+            "shared-payloads-1",
+            "shared-payload-refs-1",
+            "groups-1",
+            "group-state-1",
+            "group-members-1",
+            "send-views-1",
+            "recent-requests-1",
+            "recent-requests-by-time-1",
+            "group-trees-1",
+            "group-trees-by-time-1",
+            "group-logs-1",
+            "group-log-1",
+            "log-readers-1",
+            "log-readers-by-acked-1",
+            "log-clients-1",
+            "outbox-2",
+            "outbox-heads-1",
+            "deliveries-received-1",
+            "group-routes-1",
+            "route-hubs-1",
+            "client-hubs-1",
+            "push-targets-1",
+            "push-wakes-1",
+            "push-woken-1",
+            "leases-1",
+        ],
+    ),
+    (
+        2,
+        "queue removals apart from queue heads",
+        &["queue-removed-1"],
+    ),
+    (
+        3,
+        "lease generations, which fence a job's writes",
+        &["lease-generations-1"],
+    ),
+];
+
+/// Applies the migrations this database has not had, one transaction each, holding an advisory
+/// lock so that nodes starting at once do not race.
+fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .map_err(error)?;
+    let outcome = apply_migrations(client);
+    let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]);
+    outcome
+}
+
+fn apply_migrations(client: &mut Client) -> Result<(), StoreError> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS roost_migrations (
+                version integer PRIMARY KEY,
+                description text NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )",
+        )
+        .map_err(error)?;
+    let newest: i32 = client
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM roost_migrations",
+            &[],
+        )
+        .map_err(error)?
+        .get(0);
+    if let Some(&(latest, ..)) = MIGRATIONS.last() {
+        if newest > latest {
+            return Err(StoreError::Corrupt(format!(
+                "the database has schema migration {newest}; this server knows up to {latest}"
+            )));
+        }
+    }
+    for &(version, description, tables) in MIGRATIONS.iter().filter(|(v, ..)| *v > newest) {
+        let mut txn = client.transaction().map_err(error)?;
+        for table in tables {
+            txn.batch_execute(&format!(
+                r#"CREATE TABLE "{table}" (k bytea PRIMARY KEY, kr bytea NOT NULL, v bytea NOT NULL)
+                   WITH (fillfactor = 80)"#
+            ))
+            .map_err(error)?;
+        }
+        txn.execute(
+            "INSERT INTO roost_migrations (version, description) VALUES ($1, $2)",
+            &[&version, &description],
+        )
+        .map_err(error)?;
+        txn.commit().map_err(error)?;
+        tracing::info!(version, description, "applied a database migration");
+    }
+    Ok(())
+}
+
+/// The tables the migrations create.
+#[cfg(test)]
+fn migrated_tables() -> Vec<&'static str> {
+    MIGRATIONS
+        .iter()
+        .flat_map(|(_, _, tables)| tables.iter().copied())
+        .collect()
+}
+
+/// A new, empty database on the PostgreSQL server of `ROOST_TEST_POSTGRES` (default
+/// `postgres://postgres@127.0.0.1/postgres`, a role that may create databases), dropped with
+/// everything in it when this guard goes. For tests and benchmarks: each gets a store of its own.
+pub struct ScratchDatabase {
+    admin: String,
+    name: String,
+    pub url: String,
+}
+
+impl ScratchDatabase {
+    pub fn create() -> Result<Self, StoreError> {
+        let admin = std::env::var("ROOST_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1/postgres".into());
+        let mut url = url::Url::parse(&admin).map_err(StoreError::io)?;
+        let name = format!("roost_scratch_{:016x}", rand::random::<u64>());
+        url.set_path(&name);
+        // On a thread of its own: the synchronous client cannot run inside the runtime.
+        let (admin_url, create) = (admin.clone(), format!("CREATE DATABASE {name}"));
+        std::thread::spawn(move || {
+            postgres::Client::connect(&admin_url, NoTls)?.batch_execute(&create)
+        })
+        .join()
+        .map_err(|_| StoreError::io("creating a scratch database panicked"))?
+        .map_err(error)?;
+        Ok(Self {
+            admin,
+            name,
+            url: url.to_string(),
+        })
+    }
+}
+
+impl Drop for ScratchDatabase {
+    fn drop(&mut self) {
+        let (admin, drop) = (
+            self.admin.clone(),
+            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+        let _ = std::thread::spawn(move || {
+            if let Ok(mut client) = postgres::Client::connect(&admin, postgres::NoTls) {
+                let _ = client.batch_execute(&drop);
+            }
+        })
+        .join();
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use crate::store::{ScratchDatabase as FreshDatabase, Store, StoreLocation};
+
+    async fn open(url: &str) -> Store {
+        let location = StoreLocation::Postgres(url.to_owned());
+        tokio::task::spawn_blocking(move || Store::open_at(&location))
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn every_table_is_created_by_a_migration() {
+        let mut migrated = super::migrated_tables();
+        migrated.sort_unstable();
+        let mut known: Vec<String> = Store::known_tables()
+            .into_iter()
+            .map(|name| name.split('<').next().unwrap_or_default().to_owned())
+            .collect();
+        known.sort_unstable();
+        assert_eq!(migrated, known);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_stores_on_one_database_see_each_others_writes_and_one_lease_holder() {
+        let database = FreshDatabase::create().unwrap();
+        let (first, second) = tokio::join!(open(&database.url), open(&database.url));
+        first.bind_domain("a.example").await.unwrap();
+        assert!(matches!(
+            second.bind_domain("b.example").await,
+            Err(crate::store::StoreError::DomainMismatch { .. })
+        ));
+        assert_eq!(
+            second.bound_domain().await.unwrap().as_deref(),
+            Some("a.example")
+        );
+        // Leases race through both at once: exactly one holder.
+        let mut holders = 0;
+        for round in 0..20u64 {
+            let name = format!("job-{round}");
+            let (a, b) = tokio::join!(
+                first.hold_lease(&name, 1, 1_000, 60_000),
+                second.hold_lease(&name, 2, 1_000, 60_000)
+            );
+            let (a, b) = (a.unwrap(), b.unwrap());
+            assert!(
+                a.is_some() != b.is_some(),
+                "round {round}: both or neither held the lease"
+            );
+            holders += u32::from(a.is_some());
+        }
+        println!("node 1 won {holders} of 20 lease races");
+        let mut tables = second.table_names().await.unwrap();
+        tables.sort_unstable();
+        assert_eq!(tables, {
+            let mut migrated: Vec<String> = super::migrated_tables()
+                .into_iter()
+                .map(String::from)
+                .collect();
+            migrated.sort_unstable();
+            migrated
+        });
+        first.close().await;
+        second.close().await;
+    }
+
+    /// The overlay of a write transaction (rows read once, writes sent at commit, ranges merged
+    /// with what is unsent) against a model: every read inside the transaction and the database
+    /// after each commit must be what the model says.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_transaction_reads_its_unsent_writes_as_the_database_would() {
+        use std::collections::BTreeMap;
+
+        use rand::{Rng, SeedableRng};
+
+        use crate::store::kv::ReadableTable;
+        use crate::store::leases::LEASES;
+
+        type Model = BTreeMap<String, (u64, u64)>;
+        let database = FreshDatabase::create().unwrap();
+        let store = open(&database.url).await;
+        let key = |i: u64| format!("row-{i:03}");
+        let mut model: Model = (0..40).map(|i| (key(i), (i, 0))).collect();
+        let initial = model.clone();
+        store
+            .write(move |txn| {
+                let mut table = txn.open_table(LEASES)?;
+                for (k, v) in &initial {
+                    table.put(k.as_str(), *v)?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        for round in 0..30u64 {
+            let before = model.clone();
+            let after = store
+                .write(move |txn| {
+                    let mut rng = rand::rngs::StdRng::seed_from_u64(round);
+                    let mut model = before.clone();
+                    let mut table = txn.open_table(LEASES)?;
+                    for step in 0..60 {
+                        let k = key(rng.gen_range(0..70));
+                        let value = (round, step);
+                        match rng.gen_range(0..9) {
+                            0 | 1 => {
+                                table.put(k.as_str(), value)?;
+                                model.insert(k, value);
+                            }
+                            2 => {
+                                table.delete(k.as_str())?;
+                                model.remove(&k);
+                            }
+                            3 => {
+                                let old = table.insert(k.as_str(), value)?.map(|g| g.value());
+                                assert_eq!(old, model.insert(k, value), "insert's old value");
+                            }
+                            4 => {
+                                let old = table.remove(k.as_str())?.map(|g| g.value());
+                                assert_eq!(old, model.remove(&k), "remove's old value");
+                            }
+                            5 => {
+                                let got = table.get(k.as_str())?.map(|g| g.value());
+                                assert_eq!(got, model.get(&k).copied(), "get {k}");
+                            }
+                            6 | 7 => {
+                                let (a, b) = (key(rng.gen_range(0..70)), key(rng.gen_range(0..70)));
+                                let (low, high) = if a <= b { (a, b) } else { (b, a) };
+                                let take = rng.gen_range(1..80);
+                                let read: Vec<(String, (u64, u64))> = table
+                                    .range(low.as_str()..high.as_str())?
+                                    .take(take)
+                                    .map(|e| e.map(|(k, v)| (k.value().to_owned(), v.value())))
+                                    .collect::<Result<_, _>>()?;
+                                let expected: Vec<(String, (u64, u64))> = model
+                                    .range(low.clone()..high.clone())
+                                    .take(take)
+                                    .map(|(k, v)| (k.clone(), *v))
+                                    .collect();
+                                assert_eq!(read, expected, "range {low}..{high}, {take} rows");
+                            }
+                            _ => {
+                                let last = table
+                                    .last()?
+                                    .map(|(k, v)| (k.value().to_owned(), v.value()));
+                                let expected =
+                                    model.iter().next_back().map(|(k, v)| (k.clone(), *v));
+                                assert_eq!(last, expected, "last");
+                                assert_eq!(table.len()?, model.len() as u64, "len");
+                            }
+                        }
+                    }
+                    let odd = |_: &str, (_, step): (u64, u64)| step % 2 == 1;
+                    let extracted: Vec<String> = table
+                        .extract_from_if(key(10).as_str()..key(30).as_str(), odd)?
+                        .map(|e| e.map(|(k, _)| k.value().to_owned()))
+                        .collect::<Result<_, _>>()?;
+                    let expected: Vec<String> = model
+                        .range(key(10)..key(30))
+                        .filter(|(_, (_, step))| step % 2 == 1)
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    assert_eq!(extracted, expected, "extracted");
+                    for k in &expected {
+                        model.remove(k);
+                    }
+                    Ok(model)
+                })
+                .await
+                .unwrap();
+            let stored: Model = store
+                .read(|txn| {
+                    let table = txn.open_table(LEASES)?;
+                    table
+                        .iter()?
+                        .map(|e| e.map(|(k, v)| (k.value().to_owned(), v.value())))
+                        .collect()
+                })
+                .await
+                .unwrap();
+            assert_eq!(stored, after, "committed rows after round {round}");
+            model = after;
+        }
+        store.close().await;
+    }
+
+    #[test]
+    fn passwords_stay_out_of_logs() {
+        assert_eq!(
+            super::redacted("postgres://roost:secret@db.internal/roost"),
+            "postgres://roost:***@db.internal/roost"
+        );
+        assert_eq!(
+            super::redacted("postgres://127.0.0.1/roost"),
+            "postgres://127.0.0.1/roost"
+        );
+    }
+}
