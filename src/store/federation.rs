@@ -189,7 +189,7 @@ impl Store {
         limits: QueueLimits,
         request: Option<RequestRecord>,
     ) -> Result<Result<(Vec<Enqueued>, Option<Enqueued>), GroupRefusal>, StoreError> {
-        let mut reads = super::queues::envelope_reads(&envelopes);
+        let mut reads = super::queues::envelope_reads(&envelopes, limits);
         if let Some(request) = &request {
             super::groups::request_reads(&mut reads, request);
         }

@@ -288,6 +288,14 @@ fn write_log(
 /// Which of `members` (a group's receiving members) read its log: those with a window on it. A
 /// member's window that closed meanwhile is harmless (an entry beyond it cannot be read), so this
 /// may be read before the write that appends.
+/// Adds the rows [`log_readers_among`] reads for `group_id` to `reads`.
+pub(super) fn log_reader_reads(reads: &mut super::kv::Prefetch, group_id: &[u8]) {
+    reads.range(
+        &LOG_READERS_BY_ACKED,
+        (group_id, 0, "", 0)..=(group_id, u64::MAX, "\u{10FFFF}", u32::MAX),
+    );
+}
+
 pub(super) fn log_readers_among(
     txn: &super::kv::ReadTransaction,
     group_id: &[u8],

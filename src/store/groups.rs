@@ -286,7 +286,13 @@ impl Store {
         now_ms: u64,
     ) -> Result<(Option<u64>, Option<SendView>), StoreError> {
         let group_id = group_id.to_vec();
-        self.read(move |txn| {
+        // One statement on PostgreSQL: the remembered request, the send view and the group's
+        // log readers.
+        let mut reads = Prefetch::default();
+        reads.key(&RECENT_REQUESTS, (group_id.as_slice(), digest.as_slice()));
+        reads.key(&SEND_VIEWS, group_id.as_slice());
+        super::group_logs::log_reader_reads(&mut reads, &group_id);
+        self.read_reading(reads, move |txn| {
             let repeated = recent_answer(
                 &txn.open_table(RECENT_REQUESTS)?,
                 &group_id,

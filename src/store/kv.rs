@@ -18,7 +18,7 @@ use std::ops::{Bound, RangeBounds};
 
 pub(super) use redb::{Key, TableDefinition, TableHandle, Value};
 
-use super::postgres::{PgSession, UnsentRow};
+use super::postgres::{PgSession, SortRange, UnsentRow};
 use super::StoreError;
 
 /// A write transaction: every write of a batch (group commit) runs in one.
@@ -115,11 +115,14 @@ impl ReadTransaction {
     }
 }
 
-/// Rows a write will read, named before it runs: the writer reads those of a whole batch ahead,
-/// in one statement on PostgreSQL, so that each write's reads of them cost no round trip.
-#[derive(Default)]
+/// Rows an operation will read, named before it runs: by key, or whole key ranges (each small:
+/// a user's devices, a queue up to a position). The writer reads those of a whole batch in one
+/// statement on PostgreSQL, so that each write's reads of them cost no round trip; a read made
+/// only of them needs no transaction there ([`super::Store::read_reading`]).
+#[derive(Clone, Default)]
 pub(crate) struct Prefetch {
     keys: Vec<(&'static str, Vec<u8>)>,
+    ranges: Vec<(&'static str, SortRange)>,
 }
 
 impl Prefetch {
@@ -132,9 +135,22 @@ impl Prefetch {
         self.keys.push((table.name(), sort_key::<K>(&key)));
     }
 
+    /// Adds every row of `table` in `range`.
+    pub(crate) fn range<'a, K: SortKey, V: Value + 'static, KR>(
+        &mut self,
+        table: &'static TableDefinition<'static, K, V>,
+        range: impl RangeBounds<KR>,
+    ) where
+        KR: Borrow<K::SelfType<'a>>,
+    {
+        self.ranges
+            .push((table.name(), sort_bounds::<K, KR>(&range)));
+    }
+
     /// Adds every row `other` names.
     pub(crate) fn extend(&mut self, other: &Prefetch) {
         self.keys.extend(other.keys.iter().cloned());
+        self.ranges.extend(other.ranges.iter().cloned());
     }
 }
 
@@ -143,7 +159,17 @@ impl WriteTransaction {
     pub(crate) fn prefetch(&self, prefetch: Prefetch) -> Result<(), StoreError> {
         match self {
             Self::Redb(_) => Ok(()),
-            Self::Postgres(session) => session.prefetch_rows(prefetch.keys),
+            Self::Postgres(session) => session.prefetch_rows(prefetch.keys, prefetch.ranges),
+        }
+    }
+}
+
+impl ReadTransaction {
+    /// Reads the rows `prefetch` names (nothing on redb).
+    pub(crate) fn prefetch(&self, prefetch: Prefetch) -> Result<(), StoreError> {
+        match self {
+            Self::Redb(_) => Ok(()),
+            Self::Postgres(session) => session.prefetch_rows(prefetch.keys, prefetch.ranges),
         }
     }
 }
@@ -225,6 +251,20 @@ const MAX_PAGE_ROWS: i64 = 512;
 
 impl<'a, K: SortKey, V: Value + 'static> PgRange<'a, K, V> {
     fn new(session: &'a PgSession, table: &str, from: Vec<u8>, before: Option<Vec<u8>>) -> Self {
+        // A range the transaction read whole ahead is served from what it knows.
+        if let Some(rows) = session.known_range(table, &from, before.as_deref()) {
+            return Self {
+                session,
+                table: table.to_owned(),
+                from,
+                before,
+                page: FIRST_PAGE_ROWS,
+                buffered: rows,
+                unsent: VecDeque::new(),
+                exhausted: true,
+                types: PhantomData,
+            };
+        }
         let unsent = session.unsent_in(table, &from, before.as_deref());
         Self {
             session,

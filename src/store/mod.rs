@@ -103,6 +103,10 @@ pub enum StoreError {
     /// after its connection authenticated. Nothing of the write was committed.
     #[error("the acting client no longer exists")]
     ActorRemoved,
+    /// A read that was to be served by one statement read more (internal to the PostgreSQL
+    /// backend, which then reads again in a transaction; never returned by the store).
+    #[error("a read needs a snapshot")]
+    ReadNeedsSnapshot,
 }
 
 tokio::task_local! {
@@ -358,6 +362,34 @@ impl Store {
             .await
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `op` in a read transaction on the blocking pool, with the rows `reads` names read
+    /// ahead: on PostgreSQL, a read that needs nothing more is one statement.
+    async fn read_reading<T, F>(&self, reads: kv::Prefetch, op: F) -> Result<T, StoreError>
+    where
+        F: Fn(&ReadTransaction) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        match &self.backend {
+            Backend::Redb { .. } => self.read(op).await,
+            Backend::Postgres(database) => {
+                let database = database.clone();
+                let permit = database
+                    .read_permits
+                    .acquire()
+                    .await
+                    .map_err(|_| StoreError::Closed)?;
+                permit.forget();
+                tokio::task::spawn_blocking(move || {
+                    let outcome = database.read_reading(reads, op);
+                    database.read_permits.add_permits(1);
+                    outcome
+                })
+                .await
+                .map_err(|_| StoreError::Closed)?
+            }
+        }
     }
 
     /// Runs `op` in a read transaction on the blocking pool.

@@ -319,7 +319,7 @@ impl Store {
         now_ms: u64,
         limits: QueueLimits,
     ) -> Result<Result<Vec<Enqueued>, FullQueues>, StoreError> {
-        self.write_reading(envelope_reads(&envelopes), move |txn| {
+        self.write_reading(envelope_reads(&envelopes, limits), move |txn| {
             enqueue_in(txn, &envelopes, now_ms, limits)
         })
         .await
@@ -389,18 +389,27 @@ impl Store {
     ) -> Result<Result<(), u64>, StoreError> {
         let user_id = user_id.to_owned();
         let mut reads = Prefetch::default();
-        reads.key(&QUEUE_HEADS, (user_id.as_str(), device_id));
         reads.key(&QUEUE_REMOVED, (user_id.as_str(), device_id));
+        let client = (user_id.as_str(), device_id);
+        reads.range(
+            &QUEUE,
+            (client.0, client.1, 0)..=(client.0, client.1, up_to_seq),
+        );
         self.write_reading(reads, move |txn| {
-            let next_seq = txn
-                .open_table(QUEUE_HEADS)?
-                .get((user_id.as_str(), device_id))?
-                .map_or(FIRST_SEQ, |head| head.value().0);
-            if up_to_seq >= next_seq {
-                return Ok(Err(next_seq));
+            let through = QueuedThrough::read(txn, &user_id, device_id, up_to_seq)?;
+            // The head is read only when the acknowledged message is not in the queue: on a
+            // shared store, an acknowledgement that read the head would conflict with every
+            // message another node queues for the client meanwhile.
+            if through.last_seq != Some(up_to_seq) {
+                let next_seq = txn
+                    .open_table(QUEUE_HEADS)?
+                    .get((user_id.as_str(), device_id))?
+                    .map_or(FIRST_SEQ, |head| head.value().0);
+                if up_to_seq >= next_seq {
+                    return Ok(Err(next_seq));
+                }
             }
-            let (removed, removed_bytes) =
-                delete_through(txn, &user_id, device_id, up_to_seq, |_, _| true)?;
+            let (removed, removed_bytes) = through.delete(txn, &user_id, device_id)?;
             if removed > 0 {
                 record_removed(txn, (user_id.as_str(), device_id), removed, removed_bytes)?;
             }
@@ -491,14 +500,25 @@ pub(super) fn oldest_queued_at(
         .transpose()
 }
 
-/// The rows [`enqueue_in`] reads for `envelopes` (each recipient's client row and queue head).
-pub(super) fn envelope_reads(envelopes: &[Envelope]) -> Prefetch {
+/// The rows [`enqueue_in`] reads for `envelopes` under `limits`: each recipient's client row
+/// and queue head, and with a total per user, the heads of each recipient user's queues.
+pub(super) fn envelope_reads(envelopes: &[Envelope], limits: QueueLimits) -> Prefetch {
     let mut reads = Prefetch::default();
+    let mut users: Vec<&str> = Vec::new();
     for envelope in envelopes {
         let client = (envelope.user_id.as_str(), envelope.device_id);
         reads.key(&CLIENTS, client);
         reads.key(&QUEUE_HEADS, client);
         reads.key(&QUEUE_REMOVED, client);
+        if !users.contains(&client.0) {
+            users.push(client.0);
+        }
+    }
+    if limits.max_user_bytes != u64::MAX {
+        for user in users {
+            reads.range(&QUEUE_HEADS, (user, 0)..=(user, u32::MAX));
+            reads.range(&QUEUE_REMOVED, (user, 0)..=(user, u32::MAX));
+        }
     }
     reads
 }
@@ -759,32 +779,80 @@ fn delete_through(
     user_id: &str,
     device_id: u32,
     up_to_seq: u64,
-    mut take: impl FnMut(u64, &QueueRecord) -> bool,
+    take: impl FnMut(u64, &QueueRecord) -> bool,
 ) -> Result<(u64, u64), StoreError> {
-    let mut queue = txn.open_table(QUEUE)?;
-    let mut doomed = Vec::new();
-    let mut released: HashMap<u64, u64> = HashMap::new();
-    let mut bytes = 0u64;
-    for entry in queue.range((user_id, device_id, 0)..=(user_id, device_id, up_to_seq))? {
-        let (key, value) = entry?;
-        let seq = key.value().2;
-        let record = QueueRecord::decode(value.value())?;
-        if !take(seq, &record) {
-            break;
-        }
-        bytes = bytes.saturating_add(record.payload_len());
-        if let Payload::Shared { id, .. } = record.payload {
-            *released.entry(id).or_default() += 1;
-        }
-        doomed.push(seq);
+    QueuedThrough::read_taking(txn, user_id, device_id, up_to_seq, take)?
+        .delete(txn, user_id, device_id)
+}
+
+/// A client's messages from the start of its queue up to a position, read but not yet deleted.
+struct QueuedThrough {
+    seqs: Vec<u64>,
+    bytes: u64,
+    /// Shared payload id -> records of these that hold it.
+    released: HashMap<u64, u64>,
+    /// The last message read.
+    last_seq: Option<u64>,
+}
+
+impl QueuedThrough {
+    fn read(
+        txn: &WriteTransaction,
+        user_id: &str,
+        device_id: u32,
+        up_to_seq: u64,
+    ) -> Result<Self, StoreError> {
+        Self::read_taking(txn, user_id, device_id, up_to_seq, |_, _| true)
     }
-    for seq in &doomed {
-        queue.delete((user_id, device_id, *seq))?;
+
+    /// The messages up to `up_to_seq`, in order, while `take(seq, record)` says so.
+    fn read_taking(
+        txn: &WriteTransaction,
+        user_id: &str,
+        device_id: u32,
+        up_to_seq: u64,
+        mut take: impl FnMut(u64, &QueueRecord) -> bool,
+    ) -> Result<Self, StoreError> {
+        let queue = txn.open_table(QUEUE)?;
+        let mut through = Self {
+            seqs: Vec::new(),
+            bytes: 0,
+            released: HashMap::new(),
+            last_seq: None,
+        };
+        for entry in queue.range((user_id, device_id, 0)..=(user_id, device_id, up_to_seq))? {
+            let (key, value) = entry?;
+            let seq = key.value().2;
+            let record = QueueRecord::decode(value.value())?;
+            if !take(seq, &record) {
+                break;
+            }
+            through.bytes = through.bytes.saturating_add(record.payload_len());
+            if let Payload::Shared { id, .. } = record.payload {
+                *through.released.entry(id).or_default() += 1;
+            }
+            through.seqs.push(seq);
+            through.last_seq = Some(seq);
+        }
+        Ok(through)
     }
-    drop(queue);
-    release_shared_payloads(txn, released)?;
-    adjust_server_total(0, bytes);
-    Ok((doomed.len() as u64, bytes))
+
+    /// Deletes the messages and releases the shared payloads they held: (messages, bytes).
+    fn delete(
+        self,
+        txn: &WriteTransaction,
+        user_id: &str,
+        device_id: u32,
+    ) -> Result<(u64, u64), StoreError> {
+        let mut queue = txn.open_table(QUEUE)?;
+        for seq in &self.seqs {
+            queue.delete((user_id, device_id, *seq))?;
+        }
+        drop(queue);
+        release_shared_payloads(txn, self.released)?;
+        adjust_server_total(0, self.bytes);
+        Ok((self.seqs.len() as u64, self.bytes))
+    }
 }
 
 /// Drops `released[id]` references to each shared payload, deleting those no record holds.

@@ -187,77 +187,108 @@ pub(super) fn run(
     }
 }
 
-/// Commits `batch` as one transaction. A write that fails is answered with its error and left
-/// out; the others are applied again in a fresh transaction, so no failed write is ever committed.
-/// A batch that lost to a concurrent transaction (another node's, on a shared store) runs again
-/// whole: its writes then see the winner's.
-fn commit_batch(db: &mut WriterBackend, mut batch: Vec<Box<dyn WriteJob>>, stats: &StoreStats) {
+/// Commits `batch`, answering each write once its transaction committed. A write that fails is
+/// answered with its error and left out; the others are applied again in a fresh transaction, so
+/// no failed write is ever committed. A batch that lost to a concurrent transaction (another
+/// node's, on a shared store) runs again, split in two halves committed one after the other:
+/// a smaller transaction is less likely to meet a concurrent one again, and the writer's other
+/// work does not wait behind a large batch losing race after race.
+fn commit_batch(db: &mut WriterBackend, batch: Vec<Box<dyn WriteJob>>, stats: &StoreStats) {
+    let mut pending = std::collections::VecDeque::from([batch]);
     let mut conflicts = 0;
-    while !batch.is_empty() {
-        if let WriterBackend::Postgres(writer) = db {
-            writer.refresh_other_shards();
+    while let Some(mut batch) = pending.pop_front() {
+        if batch.is_empty() {
+            continue;
         }
-        let txn = match db.begin() {
-            Ok(txn) => txn,
-            Err(error) => {
+        match attempt(db, &mut batch, stats) {
+            Attempt::Committed => {
+                for job in batch {
+                    job.complete(Ok(()));
+                }
+            }
+            Attempt::Conflict(error) if conflicts >= MAX_CONFLICT_RETRIES => {
                 for job in batch {
                     job.complete(Err(error.clone()));
                 }
-                return;
             }
-        };
-        // What the whole batch reads first (its acting clients, the rows its writes named) is
-        // read in one statement (on PostgreSQL).
-        let mut prefetch = Prefetch::default();
-        for job in &batch {
-            job.prefetch(&mut prefetch);
+            Attempt::Conflict(_) => {
+                conflicts += 1;
+                stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                back_off(conflicts);
+                if batch.len() > 1 {
+                    let second = batch.split_off(batch.len() / 2);
+                    pending.push_front(second);
+                }
+                pending.push_front(batch);
+            }
+            Attempt::WriteFailed(index, error) => {
+                batch.remove(index).complete(Err(error));
+                pending.push_front(batch);
+            }
+            Attempt::Failed(error) => {
+                for job in batch {
+                    job.complete(Err(error.clone()));
+                }
+            }
         }
-        let failed = txn
-            .prefetch(prefetch)
-            .err()
-            .map(|error| (usize::MAX, error));
-        let failed = failed.or_else(|| {
+    }
+}
+
+/// How one transaction of a batch ended.
+enum Attempt {
+    Committed,
+    /// It lost to a concurrent transaction: nothing of it stands; it may run again.
+    Conflict(StoreError),
+    /// The write at this index failed: nothing of the batch stands.
+    WriteFailed(usize, StoreError),
+    /// The transaction could not begin, read ahead or commit.
+    Failed(StoreError),
+}
+
+/// Applies `batch` in one transaction and commits it.
+fn attempt(db: &mut WriterBackend, batch: &mut [Box<dyn WriteJob>], stats: &StoreStats) -> Attempt {
+    if let WriterBackend::Postgres(writer) = db {
+        writer.refresh_other_shards();
+    }
+    let txn = match db.begin() {
+        Ok(txn) => txn,
+        Err(error) => return Attempt::Failed(error),
+    };
+    // What the whole batch reads first (its acting clients, the rows its writes named) is read
+    // in one statement (on PostgreSQL).
+    let mut prefetch = Prefetch::default();
+    for job in batch.iter() {
+        job.prefetch(&mut prefetch);
+    }
+    let failed = txn
+        .prefetch(prefetch)
+        .err()
+        .map(|error| (usize::MAX, error))
+        .or_else(|| {
             batch
                 .iter_mut()
                 .enumerate()
                 .find_map(|(index, job)| job.apply(&txn).err().map(|e| (index, e)))
-        });
+        })
         // Totals the writes keep for the whole batch are written once, now.
-        let failed = failed.or_else(|| {
+        .or_else(|| {
             super::queues::flush_server_total(&txn)
                 .err()
                 .map(|error| (usize::MAX, error))
         });
-        if let Some((index, error)) = failed {
-            // Nothing of this batch may stand.
-            super::queues::discard_server_total_delta();
-            let _ = db.finish(txn, false);
-            if error.is_conflict() && conflicts < MAX_CONFLICT_RETRIES {
-                conflicts += 1;
-                stats.conflicts.fetch_add(1, Ordering::Relaxed);
-                back_off(conflicts);
-                continue;
-            }
-            if index == usize::MAX {
-                for job in batch {
-                    job.complete(Err(error.clone()));
-                }
-                return;
-            }
-            batch.remove(index).complete(Err(error));
-            continue;
-        }
-        let started = std::time::Instant::now();
-        let outcome = db.finish(txn, true);
-        if let Err(error) = &outcome {
-            if error.is_conflict() && conflicts < MAX_CONFLICT_RETRIES {
-                conflicts += 1;
-                stats.conflicts.fetch_add(1, Ordering::Relaxed);
-                back_off(conflicts);
-                continue;
-            }
-        }
-        if outcome.is_ok() {
+    if let Some((index, error)) = failed {
+        // Nothing of this batch may stand.
+        super::queues::discard_server_total_delta();
+        let _ = db.finish(txn, false);
+        return match index {
+            _ if error.is_conflict() => Attempt::Conflict(error),
+            usize::MAX => Attempt::Failed(error),
+            index => Attempt::WriteFailed(index, error),
+        };
+    }
+    let started = std::time::Instant::now();
+    match db.finish(txn, true) {
+        Ok(()) => {
             stats
                 .commit_seconds
                 .observe(started.elapsed().as_secs_f64());
@@ -266,11 +297,10 @@ fn commit_batch(db: &mut WriterBackend, mut batch: Vec<Box<dyn WriteJob>>, stats
             stats
                 .writes
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            Attempt::Committed
         }
-        for job in batch {
-            job.complete(outcome.clone());
-        }
-        return;
+        Err(error) if error.is_conflict() => Attempt::Conflict(error),
+        Err(error) => Attempt::Failed(error),
     }
 }
 
@@ -282,7 +312,7 @@ fn back_off(attempt: u32) {
         // The winner has usually committed by the time the loser hears of it.
         return;
     }
-    let ceiling_us = 200u64 << attempt.min(6);
+    let ceiling_us = 200u64 << attempt.min(4);
     std::thread::sleep(Duration::from_micros(
         rand::thread_rng().gen_range(ceiling_us / 2..=ceiling_us),
     ));

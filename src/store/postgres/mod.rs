@@ -25,11 +25,13 @@
 //! Cross-node events go through `LISTEN`/`NOTIFY` ([`PgEventBus`], `events.rs`).
 
 mod events;
+mod overlay;
 mod session;
 
 pub use events::PgEventBus;
+pub(crate) use overlay::{SortRange, UnsentRow};
+pub(crate) use session::PgSession;
 pub use session::{round_trips, statements_run};
-pub(crate) use session::{PgSession, UnsentRow};
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -141,6 +143,30 @@ impl PgDatabase {
         let (outcome, conn) = session.run_read(op);
         self.give_back(conn);
         outcome
+    }
+
+    /// Runs `op` after reading the rows `reads` names. When `op` reads nothing else, that one
+    /// statement is the whole read, with no transaction around it; else `op` runs again in a
+    /// read transaction ([`Self::read`]).
+    pub(super) fn read_reading<T>(
+        &self,
+        reads: super::kv::Prefetch,
+        op: impl Fn(&super::kv::ReadTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let session = PgSession::unbegun(self.take()?);
+        let ahead = reads.clone();
+        let (outcome, conn) = session.run_read(|txn| {
+            txn.prefetch(ahead)?;
+            op(txn)
+        });
+        self.give_back(conn);
+        match outcome {
+            Err(StoreError::ReadNeedsSnapshot) => self.read(|txn| {
+                txn.prefetch(reads)?;
+                op(txn)
+            }),
+            outcome => outcome,
+        }
     }
 
     pub(super) fn writer(&self) -> PgWriter {
@@ -533,6 +559,15 @@ pub(crate) mod tests {
                 .write(move |txn| {
                     let mut rng = rand::rngs::StdRng::seed_from_u64(round);
                     let mut model = before.clone();
+                    // Some rows and ranges read ahead, as a batch does.
+                    let mut ahead = crate::store::kv::Prefetch::default();
+                    for _ in 0..rng.gen_range(0..6) {
+                        ahead.key(&LEASES, key(rng.gen_range(0..70)).as_str());
+                        let low = rng.gen_range(0..70);
+                        let (from, to) = (key(low), key(low + rng.gen_range(0..20)));
+                        ahead.range(&LEASES, from.as_str()..to.as_str());
+                    }
+                    txn.prefetch(ahead)?;
                     let mut table = txn.open_table(LEASES)?;
                     for step in 0..60 {
                         let k = key(rng.gen_range(0..70));
@@ -614,6 +649,29 @@ pub(crate) mod tests {
                 .await
                 .unwrap();
             assert_eq!(stored, after, "committed rows after round {round}");
+            // A read served by its one read-ahead statement, and one that reads more (served
+            // in a transaction instead).
+            for (low, high, beyond) in [(5, 25, false), (5, 25, true)] {
+                let mut ahead = crate::store::kv::Prefetch::default();
+                ahead.range(&LEASES, key(low).as_str()..key(high).as_str());
+                let read: Vec<(String, (u64, u64))> = store
+                    .read_reading(ahead, move |txn| {
+                        let table = txn.open_table(LEASES)?;
+                        let to = if beyond { key(high + 10) } else { key(high) };
+                        table
+                            .range(key(low).as_str()..to.as_str())?
+                            .map(|e| e.map(|(k, v)| (k.value().to_owned(), v.value())))
+                            .collect()
+                    })
+                    .await
+                    .unwrap();
+                let to = if beyond { key(high + 10) } else { key(high) };
+                let expected: Vec<(String, (u64, u64))> = after
+                    .range(key(low)..to)
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect();
+                assert_eq!(read, expected, "read ahead, beyond it: {beyond}");
+            }
             model = after;
         }
         store.close().await;

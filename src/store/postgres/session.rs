@@ -1,22 +1,29 @@
 //! A connection and the transaction running on it: what a [`super::super::kv`] table of the
 //! PostgreSQL backend reads and writes through.
 //!
-//! A write transaction keeps what it knows of its rows in an overlay: rows it read (present or
-//! absent) and rows it wrote. A read of a known row costs no round trip; a write costs none until
-//! the transaction commits (or until it reads a range, the last row or the size of that table),
-//! when each table's writes go out in one multi-row statement. So a batch of writes that share a
-//! commit costs a few statements per table it changed, not one per row. Serializability is
-//! PostgreSQL's whatever the order writes reach it within the transaction: its checks are made
-//! against everything the transaction read and wrote, at the latest at `COMMIT`.
+//! A transaction keeps what it knows of its rows in an overlay ([`super::overlay`]): rows it
+//! read (present or absent), ranges it read whole, and rows it wrote. A read of a known row or
+//! within a range read whole costs no round trip. The rows a batch will read can be named ahead
+//! and read in one statement ([`PgSession::prefetch_rows`]). A write costs no round trip until
+//! the transaction commits (or reads the last row or the size of that table), when each table's
+//! writes go out in one multi-row statement; a range read merges them in. So a batch of writes
+//! that share a commit costs a few statements per table it changed, not one per row.
+//! Serializability is PostgreSQL's whatever the order writes reach it within the transaction:
+//! its checks are made against everything the transaction read and wrote, at the latest at
+//! `COMMIT`.
+//!
+//! A read whose rows are all named ahead needs no transaction: one statement sees one snapshot
+//! ([`PgSession::unbegun`]).
 
-use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use postgres::types::ToSql;
 use postgres::{Client, Config, NoTls, Statement};
 
 use super::error;
+use super::overlay::{Known, Row, SortRange, TableOverlay, UnsentRow};
 use crate::store::StoreError;
 
 /// Table statements run by this process's PostgreSQL stores, for the benchmark's account of
@@ -38,11 +45,6 @@ pub fn round_trips() -> u64 {
 
 /// A row of a range read: (sort key, key, value).
 pub(crate) type RangeRow = (Vec<u8>, Vec<u8>, Vec<u8>);
-/// A (key, value) row.
-pub(crate) type Row = (Vec<u8>, Vec<u8>);
-/// A row a write transaction wrote and has not sent: (sort key, the (key, value) written, or
-/// `None` for a deletion).
-pub(crate) type UnsentRow = (Vec<u8>, Option<Row>);
 
 /// The statements prepared per table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,7 +64,7 @@ impl PgStatement {
     /// The SQL of this statement for `table` (a quoted identifier).
     fn sql(self, table: &str) -> String {
         match self {
-            Self::Get => format!(r#"SELECT v FROM "{table}" WHERE k = $1"#),
+            Self::Get => format!(r#"SELECT kr, v FROM "{table}" WHERE k = $1"#),
             Self::PutAll => format!(
                 r#"INSERT INTO "{table}" (k, kr, v)
                    SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bytea[])
@@ -81,16 +83,24 @@ impl PgStatement {
     }
 }
 
+/// What one read-ahead statement reads of a table: rows by key, whole ranges, or both.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ReadShape {
+    table: String,
+    keys: bool,
+    ranges: bool,
+}
+
 /// One connection with the statements it prepared.
 pub(crate) struct PgConn {
     pub(super) client: Client,
     prepared: HashMap<String, [Option<Statement>; STATEMENT_KINDS]>,
-    /// Statements reading rows of several tables at once, by their list of tables.
-    prepared_reads: HashMap<Vec<String>, Statement>,
+    /// Read-ahead statements, by what they read of which tables.
+    prepared_reads: HashMap<Vec<ReadShape>, Statement>,
 }
 
-/// Most multi-table read statements a connection keeps prepared (each is one combination of
-/// tables a batch read ahead; there are few).
+/// Most read-ahead statements a connection keeps prepared (each is one combination of tables a
+/// batch read ahead; there are few).
 const MAX_PREPARED_READS: usize = 64;
 
 impl PgConn {
@@ -98,8 +108,10 @@ impl PgConn {
         let mut client = config.connect(NoTls).map_err(error)?;
         // Index scans only: a sequential scan of a small table takes a predicate lock on the
         // whole table, and every other node's write to it then conflicts with this transaction.
+        // Prepared statements are planned once: every statement here is a primary-key lookup
+        // or range, whose plan no parameter changes.
         client
-            .batch_execute("SET enable_seqscan = off")
+            .batch_execute("SET enable_seqscan = off; SET plan_cache_mode = force_generic_plan")
             .map_err(error)?;
         Ok(Self {
             client,
@@ -142,107 +154,55 @@ impl PgConn {
         self.prepared.entry(table.to_owned()).or_default()[kind as usize] = Some(statement.clone());
         Ok(statement)
     }
-}
 
-impl PgConn {
-    /// The statement reading the rows of `tables` whose keys are in its arrays `$1`, `$2`...
-    /// (one per table, in order): rows of (table index, sort key, value).
-    fn read_statement(&mut self, tables: &[String]) -> Result<Statement, StoreError> {
-        if let Some(statement) = self.prepared_reads.get(tables) {
+    /// The statement reading what `shapes` say, in order: a branch per table's keys (an array
+    /// parameter) and per table's ranges (two array parameters: froms, and befores or NULL),
+    /// giving rows of (branch, sort key, key, value).
+    fn read_statement(&mut self, shapes: &[ReadShape]) -> Result<Statement, StoreError> {
+        if let Some(statement) = self.prepared_reads.get(shapes) {
             return Ok(statement.clone());
         }
-        let sql = tables
-            .iter()
-            .enumerate()
-            .map(|(index, table)| {
-                format!(
-                    r#"SELECT {index}::int4, k, v FROM "{table}" WHERE k = ANY(${})"#,
-                    index + 1
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(" UNION ALL ");
+        let mut branches = Vec::new();
+        let mut parameter = 0;
+        for shape in shapes {
+            let table = &shape.table;
+            if shape.keys {
+                parameter += 1;
+                branches.push(format!(
+                    r#"SELECT {}::int4, k, kr, v FROM "{table}" WHERE k = ANY(${parameter})"#,
+                    branches.len()
+                ));
+            }
+            if shape.ranges {
+                let (froms, befores) = (parameter + 1, parameter + 2);
+                parameter += 2;
+                branches.push(format!(
+                    r#"SELECT {}::int4, t.k, t.kr, t.v FROM "{table}" t
+                       JOIN unnest(${froms}::bytea[], ${befores}::bytea[]) AS r(low, high)
+                       ON t.k >= r.low AND (r.high IS NULL OR t.k < r.high)"#,
+                    branches.len()
+                ));
+            }
+        }
         ROUND_TRIPS.fetch_add(1, Ordering::Relaxed);
-        let statement = self.client.prepare(&sql).map_err(error)?;
+        let statement = self
+            .client
+            .prepare(&branches.join(" UNION ALL "))
+            .map_err(error)?;
         if self.prepared_reads.len() >= MAX_PREPARED_READS {
             self.prepared_reads.clear();
         }
         self.prepared_reads
-            .insert(tables.to_vec(), statement.clone());
+            .insert(shapes.to_vec(), statement.clone());
         Ok(statement)
     }
 }
 
-/// What a write transaction knows of one row.
-enum Known {
-    /// Read: the table has no such row.
-    Absent,
-    /// Read: the row's value.
-    Present(Vec<u8>),
-    /// Written by this transaction and not sent yet: (key as redb encodes it, value).
-    Put(Vec<u8>, Vec<u8>),
-    /// Deleted by this transaction and not sent yet.
-    Deleted,
-}
-
-impl Known {
-    fn value(&self) -> Option<&[u8]> {
-        match self {
-            Self::Present(value) | Self::Put(_, value) => Some(value),
-            Self::Absent | Self::Deleted => None,
-        }
-    }
-
-    fn is_unsent(&self) -> bool {
-        matches!(self, Self::Put(..) | Self::Deleted)
-    }
-}
-
-/// A write transaction's rows of one table, by sort key.
+/// What a read-ahead asks of one table.
 #[derive(Default)]
-struct TableOverlay {
-    rows: HashMap<Vec<u8>, Known>,
-    unsent: usize,
-}
-
-impl TableOverlay {
-    fn record(&mut self, sort_key: Vec<u8>, known: Known) {
-        let now_unsent = known.is_unsent();
-        let was_unsent = self
-            .rows
-            .insert(sort_key, known)
-            .is_some_and(|old| old.is_unsent());
-        match (was_unsent, now_unsent) {
-            (false, true) => self.unsent += 1,
-            (true, false) => self.unsent -= 1,
-            _ => {}
-        }
-    }
-
-    /// The unsent writes, as (rows to upsert: sort keys, keys, values; sort keys to delete), now
-    /// marked as sent.
-    #[allow(clippy::type_complexity)]
-    fn take_unsent(&mut self) -> ((Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<Vec<u8>>), Vec<Vec<u8>>) {
-        let mut puts = (Vec::new(), Vec::new(), Vec::new());
-        let mut deletes = Vec::new();
-        if self.unsent == 0 {
-            return (puts, deletes);
-        }
-        for (sort_key, known) in &mut self.rows {
-            match std::mem::replace(known, Known::Absent) {
-                Known::Put(key, value) => {
-                    puts.0.push(sort_key.clone());
-                    puts.1.push(key);
-                    puts.2.push(value.clone());
-                    *known = Known::Present(value);
-                }
-                Known::Deleted => deletes.push(sort_key.clone()),
-                sent => *known = sent,
-            }
-        }
-        self.unsent = 0;
-        (puts, deletes)
-    }
+struct TableReads {
+    keys: Vec<Vec<u8>>,
+    ranges: Vec<SortRange>,
 }
 
 /// A connection inside a transaction.
@@ -250,24 +210,45 @@ pub(crate) struct PgSession {
     conn: RefCell<Box<PgConn>>,
     /// The first statement that failed: the transaction is aborted and must not report a commit.
     failed: RefCell<Option<StoreError>>,
-    /// A write transaction's rows, by table; `None` in a read transaction.
-    overlay: Option<RefCell<HashMap<String, TableOverlay>>>,
+    /// What the transaction knows of its rows, by table.
+    overlay: RefCell<HashMap<String, TableOverlay>>,
+    /// Whether it may write.
+    writes: bool,
+    /// Whether `BEGIN` was sent: a session that was not begun may run one read-ahead statement
+    /// and serve reads from it, nothing else.
+    begun: bool,
+    /// The one statement of a session not begun was run.
+    read_ahead: Cell<bool>,
 }
 
 impl PgSession {
-    /// Begins a transaction with `begin` on `conn`; `writes` keeps an overlay of its rows.
+    /// Begins a transaction with `begin` on `conn`; `writes` lets it write.
     pub(crate) fn begin(
         mut conn: PgConn,
         begin: &str,
         writes: bool,
     ) -> Result<Self, Box<(StoreError, PgConn)>> {
         match conn.execute_plain(begin) {
-            Ok(()) => Ok(Self {
-                conn: RefCell::new(Box::new(conn)),
-                failed: RefCell::new(None),
-                overlay: writes.then(Default::default),
-            }),
+            Ok(()) => Ok(Self::on(conn, writes, true)),
             Err(e) => Err(Box::new((e, conn))),
+        }
+    }
+
+    /// A read session with no transaction: it runs one read-ahead statement (its own snapshot)
+    /// and serves reads of what it read; any other read fails with
+    /// [`StoreError::ReadNeedsSnapshot`] (the caller reads again in a transaction).
+    pub(crate) fn unbegun(conn: PgConn) -> Self {
+        Self::on(conn, false, false)
+    }
+
+    fn on(conn: PgConn, writes: bool, begun: bool) -> Self {
+        Self {
+            conn: RefCell::new(Box::new(conn)),
+            failed: RefCell::new(None),
+            overlay: RefCell::default(),
+            writes,
+            begun,
+            read_ahead: Cell::new(false),
         }
     }
 
@@ -289,7 +270,11 @@ impl PgSession {
     pub(crate) fn finish(self, commit: bool) -> (Result<(), StoreError>, PgConn) {
         let sent = if commit { self.send_all() } else { Ok(()) };
         let failed = self.failed.borrow_mut().take();
+        let begun = self.begun;
         let mut conn = *self.conn.into_inner();
+        if !begun {
+            return (Ok(()), conn);
+        }
         if let Some(failure) = failed.or(sent.err()).filter(|_| commit) {
             let _ = conn.execute_plain("ROLLBACK");
             return (Err(failure), conn);
@@ -306,6 +291,9 @@ impl PgSession {
         kind: PgStatement,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<postgres::Row>, StoreError> {
+        if !self.begun {
+            return Err(StoreError::ReadNeedsSnapshot);
+        }
         STATEMENTS.fetch_add(1, Ordering::Relaxed);
         ROUND_TRIPS.fetch_add(1, Ordering::Relaxed);
         let mut conn = self.conn.borrow_mut();
@@ -318,99 +306,161 @@ impl PgSession {
         outcome
     }
 
-    fn overlay_writes(&self) -> Result<&RefCell<HashMap<String, TableOverlay>>, StoreError> {
-        self.overlay
-            .as_ref()
-            .ok_or_else(|| StoreError::Corrupt("a write through a read transaction".into()))
+    fn writable(&self) -> Result<(), StoreError> {
+        match self.writes {
+            true => Ok(()),
+            false => Err(StoreError::Corrupt(
+                "a write through a read transaction".into(),
+            )),
+        }
     }
 
     /// What this transaction knows of a row: `None` if it must ask the database.
-    fn known(&self, table: &str, key: &[u8]) -> Option<Option<Vec<u8>>> {
-        let overlay = self.overlay.as_ref()?.borrow();
-        let known = overlay.get(table)?.rows.get(key)?;
-        Some(known.value().map(<[u8]>::to_vec))
+    fn known(&self, table: &str, key: &[u8]) -> Option<Option<Row>> {
+        let overlay = self.overlay.borrow();
+        let known = overlay.get(table)?.get(key)?;
+        Some(known.row().cloned())
     }
 
     fn remember(&self, table: &str, key: Vec<u8>, known: Known) {
-        if let Some(overlay) = &self.overlay {
-            overlay
-                .borrow_mut()
-                .entry(table.to_owned())
-                .or_default()
-                .record(key, known);
-        }
+        self.overlay
+            .borrow_mut()
+            .entry(table.to_owned())
+            .or_default()
+            .record(key, known);
     }
 
     pub(crate) fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         if let Some(known) = self.known(table, key) {
-            return Ok(known);
+            return Ok(known.map(|(_, value)| value));
         }
         let rows = self.query(table, PgStatement::Get, &[&key])?;
-        let value: Option<Vec<u8>> = rows.first().map(|row| row.get(0));
-        let known = value.clone().map_or(Known::Absent, Known::Present);
-        self.remember(table, key.to_vec(), known);
+        let row: Option<Row> = rows.first().map(|row| (row.get(0), row.get(1)));
+        let value = row.as_ref().map(|(_, value)| value.clone());
+        self.remember(
+            table,
+            key.to_vec(),
+            row.map_or(Known::Absent, Known::Present),
+        );
         Ok(value)
     }
 
-    /// Reads the rows `keys` names, of any tables, that this transaction does not know yet, in
-    /// one statement.
+    /// Reads, in one statement, the rows `keys` names and every row of `ranges`, of any tables,
+    /// that this transaction does not know yet; a session not begun runs it as its one
+    /// statement.
     pub(crate) fn prefetch_rows(
         &self,
         keys: Vec<(&'static str, Vec<u8>)>,
+        ranges: Vec<(&'static str, SortRange)>,
     ) -> Result<(), StoreError> {
-        if self.overlay.is_none() {
-            return Ok(());
-        }
-        let mut by_table: std::collections::BTreeMap<&str, Vec<Vec<u8>>> = Default::default();
+        let mut by_table: BTreeMap<&str, TableReads> = BTreeMap::new();
         for (table, key) in keys {
             if self.known(table, &key).is_none() {
-                by_table.entry(table).or_default().push(key);
+                by_table.entry(table).or_default().keys.push(key);
+            }
+        }
+        for (table, range) in ranges {
+            let known = self
+                .overlay
+                .borrow()
+                .get(table)
+                .is_some_and(|rows| rows.rows_in(&range.0, range.1.as_deref()).is_some());
+            if !known {
+                by_table.entry(table).or_default().ranges.push(range);
             }
         }
         if by_table.is_empty() {
             return Ok(());
         }
-        for wanted in by_table.values_mut() {
-            wanted.sort_unstable();
-            wanted.dedup();
+        if !self.begun && self.read_ahead.replace(true) {
+            return Err(StoreError::ReadNeedsSnapshot);
         }
-        let tables: Vec<String> = by_table.keys().map(|table| (*table).to_owned()).collect();
-        let arrays: Vec<&Vec<Vec<u8>>> = by_table.values().collect();
-        let params: Vec<&(dyn ToSql + Sync)> = arrays
-            .iter()
-            .map(|keys| *keys as &(dyn ToSql + Sync))
-            .collect();
-        STATEMENTS.fetch_add(1, Ordering::Relaxed);
-        ROUND_TRIPS.fetch_add(1, Ordering::Relaxed);
-        let rows = {
-            let mut conn = self.conn.borrow_mut();
-            let outcome = conn
-                .read_statement(&tables)
-                .and_then(|statement| conn.client.query(&statement, &params).map_err(error));
-            if let Err(e) = &outcome {
-                self.failed.borrow_mut().get_or_insert_with(|| e.clone());
-            }
-            outcome?
-        };
-        let mut found: HashMap<(usize, Vec<u8>), Vec<u8>> = rows
-            .iter()
-            .map(|row| {
-                let index: i32 = row.get(0);
-                ((index as usize, row.get(1)), row.get(2))
-            })
-            .collect();
-        for (index, (table, keys)) in by_table.into_iter().enumerate() {
-            for key in keys {
-                let known = found
-                    .remove(&(index, key.clone()))
-                    .map_or(Known::Absent, Known::Present);
-                self.remember(table, key, known);
-            }
-        }
+        let rows = self.run_read_ahead(&mut by_table)?;
+        self.record_read_ahead(by_table, rows);
         Ok(())
     }
 
-    /// Writes a row (sent at commit, or before this table is next read in a range).
+    /// The read-ahead statement of `by_table` (its key lists sorted and deduplicated first):
+    /// rows of (branch, sort key, key, value).
+    fn run_read_ahead(
+        &self,
+        by_table: &mut BTreeMap<&str, TableReads>,
+    ) -> Result<Vec<postgres::Row>, StoreError> {
+        let mut shapes = Vec::new();
+        let mut arrays: Vec<Box<dyn ToSql + Sync>> = Vec::new();
+        for (table, reads) in by_table.iter_mut() {
+            reads.keys.sort_unstable();
+            reads.keys.dedup();
+            shapes.push(ReadShape {
+                table: (*table).to_owned(),
+                keys: !reads.keys.is_empty(),
+                ranges: !reads.ranges.is_empty(),
+            });
+            if !reads.keys.is_empty() {
+                arrays.push(Box::new(reads.keys.clone()));
+            }
+            if !reads.ranges.is_empty() {
+                let froms: Vec<Vec<u8>> = reads.ranges.iter().map(|r| r.0.clone()).collect();
+                let befores: Vec<Option<Vec<u8>>> =
+                    reads.ranges.iter().map(|r| r.1.clone()).collect();
+                arrays.push(Box::new(froms));
+                arrays.push(Box::new(befores));
+            }
+        }
+        let params: Vec<&(dyn ToSql + Sync)> = arrays.iter().map(|array| &**array).collect();
+        STATEMENTS.fetch_add(1, Ordering::Relaxed);
+        ROUND_TRIPS.fetch_add(1, Ordering::Relaxed);
+        let mut conn = self.conn.borrow_mut();
+        let outcome = conn
+            .read_statement(&shapes)
+            .and_then(|statement| conn.client.query(&statement, &params).map_err(error));
+        if let Err(e) = &outcome {
+            self.failed.borrow_mut().get_or_insert_with(|| e.clone());
+        }
+        outcome
+    }
+
+    /// Records what a read-ahead read: each key named (present or absent), each range whole.
+    fn record_read_ahead(&self, by_table: BTreeMap<&str, TableReads>, rows: Vec<postgres::Row>) {
+        // Branches in the statement's order: a table's keys, then its ranges.
+        let mut branch_tables = Vec::new();
+        for (table, reads) in &by_table {
+            if !reads.keys.is_empty() {
+                branch_tables.push(*table);
+            }
+            if !reads.ranges.is_empty() {
+                branch_tables.push(*table);
+            }
+        }
+        let mut overlay = self.overlay.borrow_mut();
+        let mut found: HashMap<(&str, Vec<u8>), Row> = HashMap::new();
+        for row in &rows {
+            let branch: i32 = row.get(0);
+            let table = branch_tables[branch as usize];
+            found.insert((table, row.get(1)), (row.get(2), row.get(3)));
+        }
+        for (table, reads) in by_table {
+            let rows = overlay.entry(table.to_owned()).or_default();
+            for key in reads.keys {
+                let known = found
+                    .remove(&(table, key.clone()))
+                    .map_or(Known::Absent, Known::Present);
+                rows.record_read(key, known);
+            }
+            for range in reads.ranges {
+                rows.record_complete(range);
+            }
+        }
+        // Rows of ranges (a key branch's rows were all taken above).
+        for ((table, key), row) in found {
+            overlay
+                .entry(table.to_owned())
+                .or_default()
+                .record_read(key, Known::Present(row));
+        }
+    }
+
+    /// Writes a row (sent at commit, or before this table's last row or size is read).
     pub(crate) fn put(
         &self,
         table: &str,
@@ -418,14 +468,14 @@ impl PgSession {
         encoded_key: Vec<u8>,
         value: Vec<u8>,
     ) -> Result<(), StoreError> {
-        self.overlay_writes()?;
-        self.remember(table, key, Known::Put(encoded_key, value));
+        self.writable()?;
+        self.remember(table, key, Known::Put((encoded_key, value)));
         Ok(())
     }
 
     /// Deletes a row (sent like [`Self::put`]).
     pub(crate) fn delete(&self, table: &str, key: Vec<u8>) -> Result<(), StoreError> {
-        self.overlay_writes()?;
+        self.writable()?;
         self.remember(table, key, Known::Deleted);
         Ok(())
     }
@@ -438,6 +488,7 @@ impl PgSession {
         encoded_key: Vec<u8>,
         value: Vec<u8>,
     ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.writable()?;
         let old = self.get(table, &key)?;
         self.put(table, key, encoded_key, value)?;
         Ok(old)
@@ -445,6 +496,7 @@ impl PgSession {
 
     /// Deletes a row and returns its value, if it had one.
     pub(crate) fn remove(&self, table: &str, key: Vec<u8>) -> Result<Option<Vec<u8>>, StoreError> {
+        self.writable()?;
         let old = self.get(table, &key)?;
         if old.is_some() {
             self.delete(table, key)?;
@@ -455,69 +507,62 @@ impl PgSession {
     /// Sends the unsent writes of `table`: one statement for its new and changed rows, one for
     /// its deleted rows.
     fn send(&self, table: &str) -> Result<(), StoreError> {
-        let Some(overlay) = &self.overlay else {
-            return Ok(());
-        };
-        let ((sort_keys, keys, values), deletes) = match overlay.borrow_mut().get_mut(table) {
+        let unsent = match self.overlay.borrow_mut().get_mut(table) {
             Some(rows) => rows.take_unsent(),
             None => return Ok(()),
         };
-        if !sort_keys.is_empty() {
-            self.query(table, PgStatement::PutAll, &[&sort_keys, &keys, &values])?;
+        if !unsent.sort_keys.is_empty() {
+            let params: [&(dyn ToSql + Sync); 3] =
+                [&unsent.sort_keys, &unsent.keys, &unsent.values];
+            self.query(table, PgStatement::PutAll, &params)?;
         }
-        if !deletes.is_empty() {
-            self.query(table, PgStatement::RemoveAll, &[&deletes])?;
+        if !unsent.deletes.is_empty() {
+            self.query(table, PgStatement::RemoveAll, &[&unsent.deletes])?;
         }
         Ok(())
     }
 
-    /// Sends every table's unsent writes (before `COMMIT`).
+    /// Sends every table's unsent writes (before `COMMIT`), tables in name order (see
+    /// [`super::overlay::TableOverlay::take_unsent`]).
     fn send_all(&self) -> Result<(), StoreError> {
-        let tables: Vec<String> = match &self.overlay {
-            Some(overlay) => overlay
-                .borrow()
-                .iter()
-                .filter(|(_, rows)| rows.unsent > 0)
-                .map(|(table, _)| table.clone())
-                .collect(),
-            None => return Ok(()),
-        };
+        let mut tables: Vec<String> = self
+            .overlay
+            .borrow()
+            .iter()
+            .filter(|(_, rows)| rows.has_unsent())
+            .map(|(table, _)| table.clone())
+            .collect();
+        tables.sort_unstable();
         for table in tables {
             self.send(&table)?;
         }
         Ok(())
     }
 
+    /// The rows from sort key `from` to `before` as this transaction sees them, if it read that
+    /// range whole ahead (see [`Self::prefetch_rows`]): no round trip.
+    pub(crate) fn known_range(
+        &self,
+        table: &str,
+        from: &[u8],
+        before: Option<&[u8]>,
+    ) -> Option<VecDeque<Row>> {
+        self.overlay.borrow().get(table)?.rows_in(from, before)
+    }
+
     /// This transaction's unsent writes to `table` from sort key `from` (inclusive) to `before`
-    /// (exclusive), in key order: (sort key, (key, value) written, or `None` if deleted).
+    /// (exclusive), in key order.
     pub(crate) fn unsent_in(
         &self,
         table: &str,
         from: &[u8],
         before: Option<&[u8]>,
     ) -> VecDeque<UnsentRow> {
-        let Some(overlay) = &self.overlay else {
-            return VecDeque::new();
-        };
-        let overlay = overlay.borrow();
-        let Some(rows) = overlay.get(table).filter(|rows| rows.unsent > 0) else {
-            return VecDeque::new();
-        };
-        let within = |key: &[u8]| key >= from && before.is_none_or(|before| key < before);
-        let mut unsent: Vec<UnsentRow> = rows
-            .rows
-            .iter()
-            .filter(|(key, _)| within(key))
-            .filter_map(|(key, known)| match known {
-                Known::Put(encoded_key, value) => {
-                    Some((key.clone(), Some((encoded_key.clone(), value.clone()))))
-                }
-                Known::Deleted => Some((key.clone(), None)),
-                Known::Absent | Known::Present(_) => None,
-            })
-            .collect();
-        unsent.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        unsent.into()
+        self.overlay
+            .borrow()
+            .get(table)
+            .map(|rows| rows.unsent_in(from, before))
+            .unwrap_or_default()
     }
 
     /// Up to `limit` rows from sort key `from` (inclusive) to `before` (exclusive) as the
@@ -555,9 +600,7 @@ impl PgSession {
     }
 
     pub(crate) fn drop_table(&self, table: &str) -> Result<(), StoreError> {
-        if let Some(overlay) = &self.overlay {
-            overlay.borrow_mut().remove(table);
-        }
+        self.overlay.borrow_mut().remove(table);
         let mut conn = self.conn.borrow_mut();
         conn.prepared.remove(table);
         let outcome = conn.execute_plain(&format!(r#"DROP TABLE IF EXISTS "{table}""#));
