@@ -135,7 +135,8 @@ impl Prefetch {
         self.keys.push((table.name(), sort_key::<K>(&key)));
     }
 
-    /// Adds every row of `table` in `range`.
+    /// Adds every row of `table` in `range` (which has an end: a range to the end of a table is
+    /// not read ahead).
     pub(crate) fn range<'a, K: SortKey, V: Value + 'static, KR>(
         &mut self,
         table: &'static TableDefinition<'static, K, V>,

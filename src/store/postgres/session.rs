@@ -156,7 +156,7 @@ impl PgConn {
     }
 
     /// The statement reading what `shapes` say, in order: a branch per table's keys (an array
-    /// parameter) and per table's ranges (two array parameters: froms, and befores or NULL),
+    /// parameter) and per table's ranges (two array parameters: froms and befores),
     /// giving rows of (branch, sort key, key, value).
     fn read_statement(&mut self, shapes: &[ReadShape]) -> Result<Statement, StoreError> {
         if let Some(statement) = self.prepared_reads.get(shapes) {
@@ -176,10 +176,12 @@ impl PgConn {
             if shape.ranges {
                 let (froms, befores) = (parameter + 1, parameter + 2);
                 parameter += 2;
+                // Both bounds in the index condition: the scan reads (and, for serializable
+                // checks, locks) the range and nothing past it.
                 branches.push(format!(
                     r#"SELECT {}::int4, t.k, t.kr, t.v FROM "{table}" t
                        JOIN unnest(${froms}::bytea[], ${befores}::bytea[]) AS r(low, high)
-                       ON t.k >= r.low AND (r.high IS NULL OR t.k < r.high)"#,
+                       ON t.k >= r.low AND t.k < r.high"#,
                     branches.len()
                 ));
             }
@@ -359,7 +361,9 @@ impl PgSession {
                 by_table.entry(table).or_default().keys.push(key);
             }
         }
-        for (table, range) in ranges {
+        // Only bounded ranges are read ahead (every one named is); an unbounded one is read when
+        // the operation reads it.
+        for (table, range) in ranges.into_iter().filter(|(_, range)| range.1.is_some()) {
             let known = self
                 .overlay
                 .borrow()
@@ -401,8 +405,11 @@ impl PgSession {
             }
             if !reads.ranges.is_empty() {
                 let froms: Vec<Vec<u8>> = reads.ranges.iter().map(|r| r.0.clone()).collect();
-                let befores: Vec<Option<Vec<u8>>> =
-                    reads.ranges.iter().map(|r| r.1.clone()).collect();
+                let befores: Vec<Vec<u8>> = reads
+                    .ranges
+                    .iter()
+                    .map(|r| r.1.clone().unwrap_or_default())
+                    .collect();
                 arrays.push(Box::new(froms));
                 arrays.push(Box::new(befores));
             }
