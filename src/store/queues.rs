@@ -150,16 +150,17 @@ pub(super) fn count_server_total(txn: &WriteTransaction) -> Result<(), StoreErro
     Ok(())
 }
 
-/// Payload bytes queued for all the clients of `user_id`.
+/// Payload bytes queued for all the clients of `user_id`, as counted by `removals` (exact with
+/// [`QUEUE_REMOVED`], an over-estimate with [`QUEUE_REMOVED_SEEN`]).
 fn user_total(
     heads: &impl ReadableTable<(&'static str, u32), (u64, u64, u64)>,
-    removed: &impl ReadableTable<(&'static str, u32), (u64, u64)>,
+    removals: &impl ReadableTable<(&'static str, u32), (u64, u64)>,
     user_id: &str,
 ) -> Result<u64, StoreError> {
     let mut total = 0u64;
     for entry in heads.range((user_id, 0)..=(user_id, u32::MAX))? {
         let (key, head) = entry?;
-        let (_, gone_bytes) = removed.get(key.value())?.map_or((0, 0), |r| r.value());
+        let (_, gone_bytes) = removals.get(key.value())?.map_or((0, 0), |r| r.value());
         total = total.saturating_add(head.value().2.saturating_sub(gone_bytes));
     }
     Ok(total)
@@ -176,6 +177,14 @@ pub(super) const QUEUE_HEADS: TableDefinition<(&str, u32), (u64, u64, u64)> =
 /// once, write different rows and do not conflict.
 pub(super) const QUEUE_REMOVED: TableDefinition<(&str, u32), (u64, u64)> =
     TableDefinition::new("queue-removed-1");
+
+/// (user id, device id) -> [`QUEUE_REMOVED`]'s row as an enqueue last read it: written by
+/// enqueues only. Removals only grow, so a head's counts less these are an over-estimate of what
+/// the queue holds, and an enqueue that fits under the limits by the over-estimate need not read
+/// the removals (on a shared store, reading them would conflict with every acknowledgement
+/// another node makes for the client meanwhile). Absent: nothing seen, a bound all the same.
+pub(super) const QUEUE_REMOVED_SEEN: TableDefinition<(&str, u32), (u64, u64)> =
+    TableDefinition::new("queue-removed-seen-1");
 
 /// A client's queue: (next seq, messages queued, payload bytes queued).
 pub(super) fn queue_state(
@@ -500,8 +509,9 @@ pub(super) fn oldest_queued_at(
         .transpose()
 }
 
-/// The rows [`enqueue_in`] reads for `envelopes` under `limits`: each recipient's client row
-/// and queue head, and with a total per user, the heads of each recipient user's queues.
+/// The rows [`enqueue_in`] reads for `envelopes` under `limits`: each recipient's client row,
+/// queue head and removals seen, and with a total per user, those of each recipient user's
+/// queues.
 pub(super) fn envelope_reads(envelopes: &[Envelope], limits: QueueLimits) -> Prefetch {
     let mut reads = Prefetch::default();
     let mut users: Vec<&str> = Vec::new();
@@ -509,7 +519,7 @@ pub(super) fn envelope_reads(envelopes: &[Envelope], limits: QueueLimits) -> Pre
         let client = (envelope.user_id.as_str(), envelope.device_id);
         reads.key(&CLIENTS, client);
         reads.key(&QUEUE_HEADS, client);
-        reads.key(&QUEUE_REMOVED, client);
+        reads.key(&QUEUE_REMOVED_SEEN, client);
         if !users.contains(&client.0) {
             users.push(client.0);
         }
@@ -517,7 +527,7 @@ pub(super) fn envelope_reads(envelopes: &[Envelope], limits: QueueLimits) -> Pre
     if limits.max_user_bytes != u64::MAX {
         for user in users {
             reads.range(&QUEUE_HEADS, (user, 0)..=(user, u32::MAX));
-            reads.range(&QUEUE_REMOVED, (user, 0)..=(user, u32::MAX));
+            reads.range(&QUEUE_REMOVED_SEEN, (user, 0)..=(user, u32::MAX));
         }
     }
     reads
@@ -544,20 +554,26 @@ pub(super) fn enqueue_in(
     let clients = txn.open_table(CLIENTS)?;
     let mut heads = txn.open_table(QUEUE_HEADS)?;
     let removed = txn.open_table(QUEUE_REMOVED)?;
+    let mut seen = txn.open_table(QUEUE_REMOVED_SEEN)?;
     let mut queue = txn.open_table(QUEUE)?;
     let mut pending_notices = txn.open_table(PENDING_NOTICES)?;
     let tables = AdmissionTables {
         clients: &clients,
         heads: &heads,
         removed: &removed,
+        seen: &seen,
         queue: &queue,
         pending_notices: &pending_notices,
     };
-    let plan = match admit(&tables, server_bytes, envelopes, limits)? {
-        Ok(plan) => plan,
+    let (plan, refreshed) = match admit(&tables, server_bytes, envelopes, limits)? {
+        Ok(admitted) => admitted,
         Err(full) => return Ok(Err(full)),
     };
     drop((clients, removed));
+    for (client, removals) in refreshed {
+        seen.put(client, removals)?;
+    }
+    drop(seen);
     let mut shared = txn.open_table(SHARED_PAYLOADS)?;
     // A payload that several envelopes hold (the same `Arc`: one message fanned out) is stored
     // once, under an id given when its first envelope is queued.
@@ -647,23 +663,38 @@ struct AdmissionTables<'a, 't> {
     clients: &'a Table<'t, (&'static str, u32), &'static [u8]>,
     heads: &'a Table<'t, (&'static str, u32), (u64, u64, u64)>,
     removed: &'a Table<'t, (&'static str, u32), (u64, u64)>,
+    seen: &'a Table<'t, (&'static str, u32), (u64, u64)>,
     queue: &'a Table<'t, (&'static str, u32, u64), &'static [u8]>,
     pending_notices: &'a Table<'t, (&'static str, u32, u8), u64>,
 }
 
-fn admit(
+/// The verdict on each envelope, and the queues whose removals were read exactly (to remember
+/// as seen).
+type Admitted<'e> = (Vec<Verdict>, Vec<((&'e str, u32), (u64, u64))>);
+
+fn admit<'e>(
     tables: &AdmissionTables,
     mut server_bytes: u64,
-    envelopes: &[Envelope],
+    envelopes: &'e [Envelope],
     limits: QueueLimits,
-) -> Result<Result<Vec<Verdict>, FullQueues>, StoreError> {
+) -> Result<Result<Admitted<'e>, FullQueues>, StoreError> {
     let AdmissionTables {
         clients,
         heads,
         removed,
+        seen,
         queue,
         pending_notices,
     } = *tables;
+    // What the whole enqueue adds, for the over-estimates below.
+    let incoming = (
+        envelopes.len() as u64,
+        envelopes
+            .iter()
+            .map(|envelope| envelope.payload.len() as u64)
+            .sum::<u64>(),
+    );
+    let mut refreshed = Vec::new();
     // Per client: (messages, bytes) queued so far, counting this enqueue's admitted envelopes,
     // and how many of the messages are coalesced notices (which do not count).
     let mut sizes: HashMap<(&str, u32), (u64, u64, u64)> = HashMap::new();
@@ -683,7 +714,16 @@ fn admit(
         let (count, bytes, notices) = match sizes.get(&client) {
             Some(known) => *known,
             None => {
-                let (_, count, bytes) = queue_state(heads, removed, client)?;
+                // By the removals last seen (an over-estimate) while that leaves room for the
+                // whole enqueue, else exact (and remembered as seen).
+                let (_, mut count, mut bytes) = queue_state(heads, seen, client)?;
+                if count.saturating_add(incoming.0) >= limits.max_messages
+                    || bytes.saturating_add(incoming.1) > limits.max_bytes
+                {
+                    (_, count, bytes) = queue_state(heads, removed, client)?;
+                    let removals = removed.get(client)?.map_or((0, 0), |r| r.value());
+                    refreshed.push((client, removals));
+                }
                 // Waiting coalesced notices matter only to a queue this enqueue can take to its
                 // message limit: look them up only then (the common enqueue reads nothing more).
                 let mut notices = 0;
@@ -703,7 +743,10 @@ fn admit(
         let user = match user_bytes.get(client.0) {
             Some(known) => *known,
             None if limits.max_user_bytes == u64::MAX => 0,
-            None => user_total(heads, removed, client.0)?,
+            None => match user_total(heads, seen, client.0)? {
+                bound if bound.saturating_add(incoming.1) <= limits.max_user_bytes => bound,
+                _ => user_total(heads, removed, client.0)?,
+            },
         };
         let within = |factor: u64| {
             counted < limits.max_messages.saturating_mul(factor)
@@ -765,7 +808,7 @@ fn admit(
         verdicts.push(verdict);
     }
     Ok(if full.is_empty() {
-        Ok(verdicts)
+        Ok((verdicts, refreshed))
     } else {
         Err(full)
     })
@@ -899,6 +942,8 @@ pub(super) fn delete_client_queue(
     delete_through(txn, user_id, device_id, u64::MAX, |_, _| true)?;
     txn.open_table(QUEUE_HEADS)?.delete((user_id, device_id))?;
     txn.open_table(QUEUE_REMOVED)?
+        .delete((user_id, device_id))?;
+    txn.open_table(QUEUE_REMOVED_SEEN)?
         .delete((user_id, device_id))?;
     let mut pending_notices = txn.open_table(PENDING_NOTICES)?;
     let kinds: Vec<u8> = pending_notices

@@ -24,6 +24,7 @@ macro_rules! for_each_table {
         $action!(super::queues::QUEUE);
         $action!(super::queues::QUEUE_HEADS);
         $action!(super::queues::QUEUE_REMOVED);
+        $action!(super::queues::QUEUE_REMOVED_SEEN);
         $action!(super::queues::PENDING_NOTICES);
         $action!(super::queues::QUEUE_TOTALS);
         $action!(super::queues::SHARED_PAYLOADS);

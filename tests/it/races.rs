@@ -781,3 +781,49 @@ async fn a_drainer_paused_past_its_lease_cannot_remove_what_the_next_holder_drai
         .outbox_done(peer, vec![seq], Some(fence(2, renewed)), 2_300);
     assert!(done.await.unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_queued_while_the_queue_is_acknowledged_is_counted_once() {
+    let nodes = Nodes::open().await;
+    let mut tally = Tally::new("message queued / queue acknowledged", &nodes);
+    for n in 0..tries() {
+        let user = format!("acking-{n}@{DOMAIN}");
+        nodes.register(&user).await;
+        let earlier: Vec<Envelope> = (0..3)
+            .map(|_| {
+                let payload = unique_payload("earlier");
+                envelope(&user, FIRST_DEVICE_ID, &payload, Admission::Message)
+            })
+            .collect();
+        nodes.a.enqueue(earlier, 1, LIMITS).await.unwrap().unwrap();
+        let payload = unique_payload("new");
+        let new = vec![envelope(
+            &user,
+            FIRST_DEVICE_ID,
+            &payload,
+            Admission::Message,
+        )];
+        let (queued, acked) = tokio::join!(
+            nodes.a.enqueue(new, 1, LIMITS),
+            nodes.b.ack_messages(&user, FIRST_DEVICE_ID, 3)
+        );
+        queued.unwrap().unwrap();
+        acked.unwrap().unwrap();
+        let (waiting, _) = nodes
+            .a
+            .fetch_messages(&user, FIRST_DEVICE_ID, 0, 100, 1 << 20)
+            .await
+            .unwrap();
+        let size = nodes.a.queue_size(&user, FIRST_DEVICE_ID).await.unwrap();
+        let exact = waiting.len() == 1
+            && waiting[0].payload == *payload
+            && size == (1, payload.len() as u64);
+        tally.check(exact, || {
+            format!(
+                "try {n}: {} messages waiting, the queue counts {size:?}",
+                waiting.len()
+            )
+        });
+    }
+    tally.finish(&nodes);
+}

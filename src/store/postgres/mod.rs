@@ -345,6 +345,11 @@ const MIGRATIONS: &[(i32, &str, &[&str])] = &[
         "lease generations, which fence a job's writes",
         &["lease-generations-1"],
     ),
+    (
+        4,
+        "queue removals as enqueues last saw them",
+        &["queue-removed-seen-1"],
+    ),
 ];
 
 /// Applies the migrations this database has not had, one transaction each, holding an advisory
