@@ -6,7 +6,7 @@ use std::time::Duration;
 use postgres::Config;
 use tokio::sync::broadcast;
 
-use super::session::PgConn;
+use super::conn::PgConn;
 use super::{drop_off_runtime, error};
 use crate::store::StoreError;
 
