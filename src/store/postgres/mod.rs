@@ -160,8 +160,15 @@ impl PgDatabase {
             txn.prefetch(ahead)?;
             op(txn)
         });
+        // A connection the server closed since it was last used fails the statement: the read
+        // runs again on a fresh one, as `read` does.
+        let stale = outcome.is_err() && conn.is_closed();
         self.give_back(conn);
         match outcome {
+            Err(_) if stale => self.read(|txn| {
+                txn.prefetch(reads)?;
+                op(txn)
+            }),
             Err(StoreError::ReadNeedsSnapshot) => self.read(|txn| {
                 txn.prefetch(reads)?;
                 op(txn)
