@@ -374,20 +374,7 @@ impl Store {
         match &self.backend {
             Backend::Redb { .. } => self.read(op).await,
             Backend::Postgres(database) => {
-                let database = database.clone();
-                let permit = database
-                    .read_permits
-                    .acquire()
-                    .await
-                    .map_err(|_| StoreError::Closed)?;
-                permit.forget();
-                tokio::task::spawn_blocking(move || {
-                    let outcome = database.read_reading(reads, op);
-                    database.read_permits.add_permits(1);
-                    outcome
-                })
-                .await
-                .map_err(|_| StoreError::Closed)?
+                on_read_connection(database, move |database| database.read_reading(reads, op)).await
             }
         }
     }
@@ -406,23 +393,31 @@ impl Store {
                     .map_err(|_| StoreError::Closed)?
             }
             Backend::Postgres(database) => {
-                let database = database.clone();
-                let permit = database
-                    .read_permits
-                    .acquire()
-                    .await
-                    .map_err(|_| StoreError::Closed)?;
-                permit.forget();
-                tokio::task::spawn_blocking(move || {
-                    let outcome = database.read(op);
-                    database.read_permits.add_permits(1);
-                    outcome
-                })
-                .await
-                .map_err(|_| StoreError::Closed)?
+                on_read_connection(database, move |database| database.read(op)).await
             }
         }
     }
+}
+
+/// Runs `read` on the blocking pool once one of the database's read connections is free.
+async fn on_read_connection<T: Send + 'static>(
+    database: &Arc<postgres::PgDatabase>,
+    read: impl FnOnce(&postgres::PgDatabase) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let database = database.clone();
+    let permit = database
+        .read_permits
+        .acquire()
+        .await
+        .map_err(|_| StoreError::Closed)?;
+    permit.forget();
+    tokio::task::spawn_blocking(move || {
+        let outcome = read(&database);
+        database.read_permits.add_permits(1);
+        outcome
+    })
+    .await
+    .map_err(|_| StoreError::Closed)?
 }
 
 /// Opens (or creates) a redb database file, private to the server's user.
