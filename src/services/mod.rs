@@ -442,15 +442,22 @@ impl Services {
         let node = rand::random::<u64>();
         // On a shared store, what the services tell clients also goes to the other nodes.
         let local_sessions = sessions.clone();
-        let event_key = crate::protocol::cluster::EventKey(
-            invites::InviteKey::load_or_create(&config.data_dir)?.derive(cluster::EVENT_KEY_LABEL),
-        );
-        let cluster_sessions = bus.as_ref().map(|bus| {
+        // Only nodes of a shared store seal events (with a key from the invite key they share).
+        let bus = match bus {
+            Some(bus) => {
+                let invite_key = invites::InviteKey::load_or_create(&config.data_dir)?;
+                let key =
+                    crate::protocol::cluster::EventKey(invite_key.derive(cluster::EVENT_KEY_LABEL));
+                Some((bus, key))
+            }
+            None => None,
+        };
+        let cluster_sessions = bus.as_ref().map(|(bus, key)| {
             Arc::new(cluster::ClusterSessions::new(
                 sessions.clone(),
                 node,
                 bus.clone(),
-                event_key.clone(),
+                key.clone(),
             ))
         });
         let sessions: Arc<dyn Sessions> = match &cluster_sessions {
@@ -501,10 +508,10 @@ impl Services {
             sessions,
             maintenance_interval: config.maintenance_interval,
             node,
-            cluster: bus.map(|bus| ClusterLink {
+            cluster: bus.map(|(bus, key)| ClusterLink {
                 bus,
                 local: local_sessions,
-                key: event_key,
+                key,
             }),
             cluster_events_refused: Arc::default(),
         })

@@ -155,23 +155,34 @@ impl Prefetch {
     }
 }
 
-impl WriteTransaction {
-    /// Reads the rows `prefetch` names (nothing on redb, whose reads are local).
-    pub(crate) fn prefetch(&self, prefetch: Prefetch) -> Result<(), StoreError> {
-        match self {
-            Self::Redb(_) => Ok(()),
-            Self::Postgres(session) => session.prefetch_rows(prefetch.keys, prefetch.ranges),
+impl Prefetch {
+    /// Reads the rows named in `session` (a PostgreSQL transaction's; redb's reads are local
+    /// and read nothing ahead).
+    fn read_in(self, session: Option<&PgSession>) -> Result<(), StoreError> {
+        match session {
+            Some(session) => session.prefetch_rows(self.keys, self.ranges),
+            None => Ok(()),
         }
     }
 }
 
-impl ReadTransaction {
-    /// Reads the rows `prefetch` names (nothing on redb).
+impl WriteTransaction {
+    /// Reads the rows `prefetch` names.
     pub(crate) fn prefetch(&self, prefetch: Prefetch) -> Result<(), StoreError> {
-        match self {
-            Self::Redb(_) => Ok(()),
-            Self::Postgres(session) => session.prefetch_rows(prefetch.keys, prefetch.ranges),
-        }
+        prefetch.read_in(match self {
+            Self::Redb(_) => None,
+            Self::Postgres(session) => Some(session),
+        })
+    }
+}
+
+impl ReadTransaction {
+    /// Reads the rows `prefetch` names.
+    pub(crate) fn prefetch(&self, prefetch: Prefetch) -> Result<(), StoreError> {
+        prefetch.read_in(match self {
+            Self::Redb(_) => None,
+            Self::Postgres(session) => Some(session),
+        })
     }
 }
 
@@ -252,30 +263,22 @@ const MAX_PAGE_ROWS: i64 = 512;
 
 impl<'a, K: SortKey, V: Value + 'static> PgRange<'a, K, V> {
     fn new(session: &'a PgSession, table: &str, from: Vec<u8>, before: Option<Vec<u8>>) -> Self {
-        // A range the transaction read whole ahead is served from what it knows.
-        if let Some(rows) = session.known_range(table, &from, before.as_deref()) {
-            return Self {
-                session,
-                table: table.to_owned(),
-                from,
-                before,
-                page: FIRST_PAGE_ROWS,
-                buffered: rows,
-                unsent: VecDeque::new(),
-                exhausted: true,
-                types: PhantomData,
-            };
-        }
-        let unsent = session.unsent_in(table, &from, before.as_deref());
+        // A range the transaction read whole ahead is served from what it knows; any other is
+        // read from the database, merged with the transaction's unsent writes.
+        let known = session.known_range(table, &from, before.as_deref());
+        let unsent = match known {
+            Some(_) => VecDeque::new(),
+            None => session.unsent_in(table, &from, before.as_deref()),
+        };
         Self {
             session,
             table: table.to_owned(),
+            exhausted: known.is_some(),
+            buffered: known.unwrap_or_default(),
+            unsent,
             from,
             before,
             page: FIRST_PAGE_ROWS,
-            buffered: VecDeque::new(),
-            unsent,
-            exhausted: false,
             types: PhantomData,
         }
     }

@@ -160,21 +160,21 @@ impl PgDatabase {
             txn.prefetch(ahead)?;
             op(txn)
         });
-        // A connection the server closed since it was last used fails the statement: the read
-        // runs again on a fresh one, as `read` does.
-        let stale = outcome.is_err() && conn.is_closed();
+        // A read that needed more than its one statement, or met a connection the server closed
+        // since it was last used, runs again in a transaction (on a fresh connection, if so).
+        let again = match &outcome {
+            Err(StoreError::ReadNeedsSnapshot) => true,
+            Err(_) => conn.is_closed(),
+            Ok(_) => false,
+        };
         self.give_back(conn);
-        match outcome {
-            Err(_) if stale => self.read(|txn| {
-                txn.prefetch(reads)?;
-                op(txn)
-            }),
-            Err(StoreError::ReadNeedsSnapshot) => self.read(|txn| {
-                txn.prefetch(reads)?;
-                op(txn)
-            }),
-            outcome => outcome,
+        if !again {
+            return outcome;
         }
+        self.read(|txn| {
+            txn.prefetch(reads)?;
+            op(txn)
+        })
     }
 
     pub(super) fn writer(&self) -> PgWriter {
