@@ -28,12 +28,21 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::protocol::{ErrorCode, Operation};
+use crate::rate_limit::{ConnectionSlots, Source};
 use crate::services::Services;
 
-/// Scrapes served at once; more wait for their TCP accept.
-const MAX_SCRAPES: usize = 4;
-/// A scrape's request must arrive within this.
+/// Connections held at once, in all and per source (an IPv4 address or IPv6 /64). Past either,
+/// a new connection is closed as soon as it is accepted: the listener never stops accepting,
+/// so connections that send their request slowly cannot keep a scraper waiting in the
+/// backlog, and one source cannot take every slot.
+const MAX_CONNECTIONS: usize = 512;
+const MAX_CONNECTIONS_PER_SOURCE: usize = 8;
+/// A scrape's request headers must arrive within this, and its whole exchange end within
+/// [`SCRAPE_DEADLINE`]: a slow sender or a reader that never reads holds its slot no longer.
 const SCRAPE_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+const SCRAPE_DEADLINE: Duration = Duration::from_secs(15);
+/// Answers rendered at once (each reads the store).
+const MAX_RENDERS: usize = 4;
 
 /// An operation, as a label value (its name).
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -448,32 +457,36 @@ pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
 
 /// Serves `GET /metrics` and `GET /health` until `stop`.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, stop: CancellationToken) {
-    let scrapes = Arc::new(Semaphore::new(MAX_SCRAPES));
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let sources = ConnectionSlots::new(MAX_CONNECTIONS_PER_SOURCE);
+    let renders = Arc::new(Semaphore::new(MAX_RENDERS));
     loop {
-        let permit = tokio::select! {
-            _ = stop.cancelled() => return,
-            permit = scrapes.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-        };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     debug!("metrics accept failed: {e}");
                     continue;
                 }
             },
         };
-        let metrics = metrics.clone();
-        let stop = stop.clone();
+        // Over either bound, the stream is dropped here: closed at once.
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            continue;
+        };
+        let Some(slot) = sources.slot(Source::of(peer.ip())) else {
+            continue;
+        };
+        let (metrics, renders, stop) = (metrics.clone(), renders.clone(), stop.clone());
         tokio::spawn(async move {
-            let _permit = permit;
+            let _held = (permit, slot);
             let service = hyper::service::service_fn(move |request| {
-                let metrics = metrics.clone();
-                async move { Ok::<_, std::convert::Infallible>(answer(&metrics, request).await) }
+                let (metrics, renders) = (metrics.clone(), renders.clone());
+                async move {
+                    let _rendering = renders.acquire_owned().await;
+                    Ok::<_, std::convert::Infallible>(answer(&metrics, request).await)
+                }
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
@@ -483,7 +496,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, stop: Cancellat
             let connection =
                 builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
             tokio::select! {
-                _ = connection => {}
+                _ = tokio::time::timeout(SCRAPE_DEADLINE, connection) => {}
                 _ = stop.cancelled() => {}
             }
         });

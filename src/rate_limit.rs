@@ -1,10 +1,13 @@
-//! Rate limits keyed by who (or whom) an action concerns: a source address, a client, a user.
+//! Rate limits keyed by who (or whom) an action concerns: a source address, a client, a user;
+//! and the count of connections each source holds.
 //! GCRA token buckets from `governor`, with the number of keys bounded so that a flood of new
 //! keys cannot grow memory without end.
 
+use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -36,6 +39,59 @@ impl std::fmt::Display for Source {
             IpAddr::V4(v4) => write!(f, "{v4}"),
             IpAddr::V6(v6) => write!(f, "{v6}/64"),
         }
+    }
+}
+
+/// How many connections each source holds, bounded per source.
+pub struct ConnectionSlots {
+    max_per_source: usize,
+    held: Arc<Mutex<HashMap<Source, usize>>>,
+}
+
+/// One connection counted against its source; the count drops with it.
+pub struct SourceSlot {
+    source: Source,
+    held: Arc<Mutex<HashMap<Source, usize>>>,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut held = self
+            .held
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = held.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.source);
+            }
+        }
+    }
+}
+
+impl ConnectionSlots {
+    pub fn new(max_per_source: usize) -> Self {
+        Self {
+            max_per_source,
+            held: Arc::default(),
+        }
+    }
+
+    /// Counts a connection of `source`, or `None` if it holds as many as allowed.
+    pub fn slot(&self, source: Source) -> Option<SourceSlot> {
+        let mut held = self
+            .held
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = held.entry(source).or_default();
+        if *count >= self.max_per_source {
+            return None;
+        }
+        *count += 1;
+        Some(SourceSlot {
+            source,
+            held: self.held.clone(),
+        })
     }
 }
 

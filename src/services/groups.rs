@@ -30,7 +30,7 @@ use crate::protocol::{
 };
 use crate::store::{
     Admission, Enqueued, Envelope, GroupMemberRow, GroupRefusal, GroupTransition, OutgoingDelivery,
-    PublicState, QueueLimits, RequestRecord, SendView, Store, StoredGroup, TreeChunk,
+    PublicState, QueueLimits, Remembered, RequestRecord, SendView, Store, StoredGroup, TreeChunk,
 };
 
 pub struct Groups {
@@ -73,6 +73,37 @@ impl Groups {
             crypto: RustCrypto::default(),
             queues: config.queues.clone(),
             domain: config.domain.as_str().to_owned(),
+        }
+    }
+
+    /// What the dedupe window remembers of `digest` in `group_id`, for `caller` sending it.
+    async fn remembered(
+        &self,
+        caller: &ClientId,
+        group_id: &[u8],
+        digest: [u8; 32],
+        now_ms: u64,
+    ) -> Result<Remembered, ServiceError> {
+        let asker = (caller.user_id.as_str(), caller.device_id);
+        Ok(self
+            .store
+            .recent_request(group_id, digest, asker, now_ms)
+            .await?)
+    }
+
+    /// The answer to `caller` sending bytes another client sent first (within the dedupe window):
+    /// what it would be told of any request it may not make, and nothing of the original's
+    /// answer. A member is refused as the bytes' sender is another client; a non-member learns
+    /// only that it is not a member.
+    async fn replay_refusal(&self, caller: &ClientId, group_id: &[u8]) -> ServiceError {
+        let membership = self
+            .store
+            .group_membership(caller.user_id.as_str(), caller.device_id, group_id)
+            .await;
+        match membership {
+            Ok(Some(_)) => ServiceError::Forbidden,
+            Ok(None) => ServiceError::NotAMember,
+            Err(e) => e.into(),
         }
     }
 
@@ -161,11 +192,15 @@ impl Groups {
         // A retry of a commit that was accepted (its answer lost) gets the first answer.
         let digest = request_digest(request.commit.as_slice());
         let now_ms = self.clock.now_ms();
-        if let Some(epoch) = self.store.recent_request(&group_id, digest, now_ms).await? {
-            return Ok(GroupEpoch {
-                group_id: group_id.into(),
-                epoch,
-            });
+        match self.remembered(caller, &group_id, digest, now_ms).await? {
+            Remembered::Retry(epoch) => {
+                return Ok(GroupEpoch {
+                    group_id: group_id.into(),
+                    epoch,
+                })
+            }
+            Remembered::Replay => return Err(self.replay_refusal(caller, &group_id).await),
+            Remembered::New => {}
         }
         let mut group = self.load(&group_id).await?;
         let from_epoch = group.stored.epoch;
@@ -386,6 +421,8 @@ impl Groups {
             digest,
             now_ms,
             answer: new_epoch,
+            user_id: caller.user_id.as_str().to_owned(),
+            device_id: caller.device_id,
         };
         let epoch = match self
             .store_transition(
@@ -431,13 +468,10 @@ impl Groups {
         let group_id = protocol_message.group_id().as_slice().to_vec();
         let digest = request_digest(request.proposal.as_slice());
         let now_ms = self.clock.now_ms();
-        if self
-            .store
-            .recent_request(&group_id, digest, now_ms)
-            .await?
-            .is_some()
-        {
-            return Ok(());
+        match self.remembered(caller, &group_id, digest, now_ms).await? {
+            Remembered::Retry(_) => return Ok(()),
+            Remembered::Replay => return Err(self.replay_refusal(caller, &group_id).await),
+            Remembered::New => {}
         }
         let mut group = self.load(&group_id).await?;
         let epoch = group.stored.epoch;
@@ -524,6 +558,8 @@ impl Groups {
             digest,
             now_ms,
             answer: 0,
+            user_id: caller.user_id.as_str().to_owned(),
+            device_id: caller.device_id,
         };
         match self
             .store_transition(
@@ -617,19 +653,21 @@ impl Groups {
         // read tells whether this very message was accepted before.
         let digest = request_digest(request.message.as_slice());
         let accepted_at_ms = self.clock.now_ms();
+        let asker = (caller.user_id.as_str(), caller.device_id);
         let view = match self
             .store
-            .prepare_send(&group_id, digest, accepted_at_ms)
+            .prepare_send(&group_id, digest, asker, accepted_at_ms)
             .await?
         {
-            (Some(first), _) => {
+            (Remembered::Retry(first), _) => {
                 return Ok(MessageAccepted {
                     accepted_at_ms: first,
                     queue_full: Vec::new(),
                 })
             }
-            (None, Some(view)) => view,
-            (None, None) => self.send_view_from_state(&group_id).await?,
+            (Remembered::Replay, _) => return Err(self.replay_refusal(caller, &group_id).await),
+            (Remembered::New, Some(view)) => view,
+            (Remembered::New, None) => self.send_view_from_state(&group_id).await?,
         };
         let is_caller = |(user_id, device_id): &(String, u32)| {
             user_id == caller.user_id.as_str() && *device_id == caller.device_id
@@ -671,6 +709,8 @@ impl Groups {
             digest,
             now_ms: accepted_at_ms,
             answer: accepted_at_ms,
+            user_id: caller.user_id.as_str().to_owned(),
+            device_id: caller.device_id,
         };
         // Application messages are refused queue by queue, never as a whole.
         let log = (!log_readers.is_empty()).then(|| payload.clone());
@@ -792,7 +832,9 @@ impl Groups {
     }
 
     /// Part of the ratchet tree of an epoch of a group, for a member: the tree kept for the
-    /// joiners of that epoch, or the current tree.
+    /// joiners of that epoch, or the current tree. A member gets the trees of the epoch it
+    /// joined at and later ones, never one from before it came (that would name members who
+    /// left before it).
     pub async fn tree(
         &self,
         caller: &ClientId,
@@ -802,10 +844,16 @@ impl Groups {
         if !self.store.group_exists(group_id).await? {
             return Err(ServiceError::UnknownGroup);
         }
-        self.store
+        let membership = self
+            .store
             .group_membership(caller.user_id.as_str(), caller.device_id, group_id)
             .await?
             .ok_or(ServiceError::NotAMember)?;
+        if request.epoch < membership.since_epoch {
+            return Err(ServiceError::TreeNotKept {
+                epoch: request.epoch,
+            });
+        }
         let offset = request.offset as usize;
         let max_len = MAX_TREE_CHUNK_LEN as usize;
         let chunk = match self
@@ -991,6 +1039,7 @@ impl Groups {
                 Err(
                     refusal @ (GroupRefusal::QueueFull(_)
                     | GroupRefusal::Repeated(_)
+                    | GroupRefusal::Replayed
                     | GroupRefusal::MemberGone { .. }),
                 ) => return Err(group_refusal(refusal)),
             }
@@ -1406,6 +1455,8 @@ fn group_refusal(refusal: GroupRefusal) -> ServiceError {
         GroupRefusal::MemberGone { user_id, device_id } => ServiceError::InvalidMemberCredential(
             format!("{user_id} device {device_id} is not a registered client"),
         ),
+        // Another client's bytes, sent again while the first was being stored.
+        GroupRefusal::Replayed => ServiceError::Forbidden,
         // Callers that remember requests answer a repeat themselves; others never meet one.
         GroupRefusal::Repeated(_) => ServiceError::Store(crate::store::StoreError::Corrupt(
             "an unexpected repeated request".into(),

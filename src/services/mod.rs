@@ -16,6 +16,7 @@ mod key_packages;
 mod push;
 mod push_delivery;
 mod queues;
+mod reach;
 mod wire_error;
 
 use std::sync::Arc;

@@ -8,13 +8,14 @@
 //! address after registration). Redirects are not followed and no proxy is used. Gateways are
 //! chosen by the operator and may be internal.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE};
 use reqwest::Url;
 
+use super::reach::{reach, Reach};
 use crate::config::PushConfig;
 use crate::escape::Escaped;
 use crate::protocol::{GatewayPusher, PushTarget, WebPushSubscription, MAX_PUSH_URL_LEN};
@@ -81,8 +82,8 @@ impl EndpointRules {
             .ok_or_else(|| "the endpoint has no host".to_owned())?;
         let loopback = match &host {
             url::Host::Domain(name) => is_loopback_name(name),
-            url::Host::Ipv4(ip) => ip.is_loopback(),
-            url::Host::Ipv6(ip) => canonical(IpAddr::V6(*ip)).is_loopback(),
+            url::Host::Ipv4(ip) => reach(IpAddr::V4(*ip)) == Reach::Loopback,
+            url::Host::Ipv6(ip) => reach(IpAddr::V6(*ip)) == Reach::Loopback,
         };
         match url.scheme() {
             "https" => {}
@@ -111,21 +112,15 @@ impl EndpointRules {
         Ok(url)
     }
 
-    /// Refuses internal addresses: private, loopback (unless allowed), link-local, shared,
-    /// multicast, documentation, reserved, and IPv6 forms embedding any of them.
+    /// Refuses every address but public ones ([`reach`]: the IANA special-purpose registries),
+    /// and loopback unless allowed.
     pub fn check_address(&self, ip: IpAddr) -> Result<(), String> {
-        let ip = canonical(ip);
-        if ip.is_loopback() {
-            return if self.allow_loopback {
-                Ok(())
-            } else {
-                Err(format!("{ip} is a loopback address; refused"))
-            };
+        match reach(ip) {
+            Reach::Public => Ok(()),
+            Reach::Loopback if self.allow_loopback => Ok(()),
+            Reach::Loopback => Err(format!("{ip} is a loopback address; refused")),
+            Reach::Internal => Err(format!("{ip} is an internal address; refused")),
         }
-        if is_internal(ip) {
-            return Err(format!("{ip} is an internal address; refused"));
-        }
-        Ok(())
     }
 }
 
@@ -144,85 +139,66 @@ fn host_matches(rule: &str, host: &str) -> bool {
     }
 }
 
-/// An IPv4 address written as IPv6 (mapped, compatible, NAT64, 6to4) as the IPv4 address.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return IpAddr::V4(v4);
-            }
-            let segments = v6.segments();
-            let embedded = |hi: u16, lo: u16| {
-                IpAddr::V4(Ipv4Addr::new(
-                    (hi >> 8) as u8,
-                    hi as u8,
-                    (lo >> 8) as u8,
-                    lo as u8,
-                ))
-            };
-            match segments {
-                // IPv4-compatible (deprecated), but not :: or ::1.
-                [0, 0, 0, 0, 0, 0, hi, lo] if hi != 0 => embedded(hi, lo),
-                // NAT64 well-known prefix 64:ff9b::/96.
-                [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => embedded(hi, lo),
-                // 6to4: 2002:AABB:CCDD::/48.
-                [0x2002, hi, lo, ..] => embedded(hi, lo),
-                _ => ip,
-            }
-        }
-        v4 => v4,
+/// A push host's name led to an address the rules refuse: its target is forgotten, as one that
+/// breaks the rules at registration would have been refused.
+#[derive(Debug)]
+struct RefusedAddress(String);
+
+impl std::fmt::Display for RefusedAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
-fn is_internal(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, c, _] = v4.octets();
-            v4.is_unspecified()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                || a == 0
-                || a >= 240
-                || (a == 100 && (64..128).contains(&b)) // shared address space (CGNAT)
-                || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
-                || (a == 198 && (18..20).contains(&b)) // benchmarking
+impl std::error::Error for RefusedAddress {}
+
+/// The refusal of our resolver, if that is why `error` happened.
+fn refused_address(error: &reqwest::Error) -> Option<&RefusedAddress> {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(refused) = cause.downcast_ref::<RefusedAddress>() {
+            return Some(refused);
         }
-        IpAddr::V6(v6) => {
-            let first = v6.segments()[0];
-            v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00 // unique local
-                || (first & 0xffc0) == 0xfe80 // link-local
-                || (first & 0xffc0) == 0xfec0 // site-local (deprecated)
-                || (first == 0x2001 && v6.segments()[1] == 0x0db8) // documentation
-                || (first == 0x2001 && v6.segments()[1] == 0) // Teredo
-                || v6 == Ipv6Addr::LOCALHOST
-        }
+        source = cause.source();
     }
+    None
 }
 
 /// Resolves push hosts for reqwest, refusing names that lead to an internal address.
 struct GuardedResolver {
     rules: EndpointRules,
+    lookup: Lookup,
+}
+
+/// Resolves a host name to its addresses: the system's resolver, or a test's table.
+type Lookup = Arc<
+    dyn Fn(String) -> futures::future::BoxFuture<'static, std::io::Result<Vec<SocketAddr>>>
+        + Send
+        + Sync,
+>;
+
+fn system_lookup() -> Lookup {
+    Arc::new(|host: String| {
+        Box::pin(async move { Ok(tokio::net::lookup_host((host.as_str(), 0)).await?.collect()) })
+    })
 }
 
 impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let rules = self.rules.clone();
+        let lookup = self.lookup.clone();
         Box::pin(async move {
             let host = name.as_str().to_owned();
             if is_loopback_name(&host) && !rules.allow_loopback {
-                return Err(format!("{host} is a loopback name; refused").into());
+                return Err(Box::new(RefusedAddress(format!(
+                    "{host} is a loopback name; refused"
+                ))) as _);
             }
-            let addresses: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let addresses = lookup(host.clone()).await?;
             for address in &addresses {
                 rules
                     .check_address(address.ip())
-                    .map_err(|e| format!("{host}: {e}"))?;
+                    .map_err(|e| RefusedAddress(format!("{host} resolves to {e}")))?;
             }
             let addresses: reqwest::dns::Addrs = Box::new(addresses.into_iter());
             Ok(addresses)
@@ -267,6 +243,16 @@ impl PushDelivery {
         vapid: Option<Arc<VapidKey>>,
         domain: &str,
     ) -> anyhow::Result<Self> {
+        Self::with_lookup(config, vapid, domain, system_lookup())
+    }
+
+    /// With `lookup` resolving Web Push hosts (the system's resolver in [`Self::new`]).
+    fn with_lookup(
+        config: &PushConfig,
+        vapid: Option<Arc<VapidKey>>,
+        domain: &str,
+        lookup: Lookup,
+    ) -> anyhow::Result<Self> {
         let rules = EndpointRules::new(config);
         let builder = || {
             reqwest::Client::builder()
@@ -281,6 +267,7 @@ impl PushDelivery {
         let web = builder()
             .dns_resolver(Arc::new(GuardedResolver {
                 rules: rules.clone(),
+                lookup,
             }))
             .build()?;
         let gateway = builder().build()?;
@@ -347,9 +334,12 @@ impl PushDelivery {
         };
         let answer = self.web.post(url).headers(headers).body(body).send().await;
         match answer {
-            Err(e) => DeliveryOutcome::Retry {
-                reason: transport_failure(&e),
-                after: None,
+            Err(e) => match refused_address(&e) {
+                Some(refused) => DeliveryOutcome::Gone(refused.to_string()),
+                None => DeliveryOutcome::Retry {
+                    reason: transport_failure(&e),
+                    after: None,
+                },
             },
             Ok(answer) => classify(answer.status(), retry_after(answer.headers())),
         }
@@ -541,6 +531,44 @@ mod tests {
         assert!(listed
             .check_endpoint("https://notpush.apple.com/a")
             .is_err());
+    }
+
+    /// A name that passed at registration but leads to an internal address at wake-up: the
+    /// wake-up is not sent and the target is reported gone (so it is forgotten). Resolution is
+    /// a table here, as the test machine's DNS is not ours to point.
+    #[tokio::test]
+    async fn a_name_resolving_to_an_internal_address_at_wake_up_is_gone() {
+        for (address, allow_loopback) in [
+            ("10.0.0.1:443", false),
+            ("[::ffff:0:7f00:1]:443", true),
+            ("127.0.0.1:443", false),
+        ] {
+            let address: SocketAddr = address.parse().unwrap();
+            let lookup: Lookup = Arc::new(move |_host| Box::pin(async move { Ok(vec![address]) }));
+            let config = PushConfig {
+                web_push: true,
+                allow_loopback,
+                ..PushConfig::default()
+            };
+            let vapid = Some(Arc::new(VapidKey::generate()));
+            let delivery = PushDelivery::with_lookup(&config, vapid, "a.example", lookup).unwrap();
+            let keys = crate::web_push::SubscriptionKeys::generate();
+            let target = PushTarget::WebPush(WebPushSubscription {
+                endpoint: crate::protocol::Text::new("https://push.example.net/w/1").unwrap(),
+                p256dh: keys.public.to_vec().into(),
+                auth: keys.auth.to_vec().into(),
+            });
+            assert!(delivery
+                .rules()
+                .check_endpoint("https://push.example.net/w/1")
+                .is_ok());
+            match delivery.deliver(&target, 3).await {
+                DeliveryOutcome::Gone(reason) => {
+                    assert!(reason.contains("push.example.net"), "{reason}")
+                }
+                other => panic!("{address}: {other:?}"),
+            }
+        }
     }
 
     #[test]

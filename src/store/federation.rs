@@ -5,7 +5,7 @@
 use super::kv::{ReadableTable, TableDefinition, WriteTransaction};
 
 use super::group_logs::append_message_in;
-use super::groups::{remember_request, repeated_answer, GroupRefusal, RequestRecord};
+use super::groups::{remember_request, repeat_refusal, GroupRefusal, RequestRecord};
 use super::leases::{fence_holds, LeaseFence};
 use super::queues::{enqueue_in, Enqueued, Envelope, FullQueues, QueueLimits};
 use super::{Store, StoreError};
@@ -195,8 +195,8 @@ impl Store {
         }
         self.write_reading(reads, move |txn| {
             if let Some(request) = &request {
-                if let Some(answer) = repeated_answer(txn, request)? {
-                    return Ok(Err(GroupRefusal::Repeated(answer)));
+                if let Some(refusal) = repeat_refusal(txn, request)? {
+                    return Ok(Err(refusal));
                 }
             }
             let outcomes = match enqueue_in(txn, &envelopes, now_ms, limits)? {

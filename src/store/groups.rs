@@ -1,6 +1,8 @@
 //! Groups hosted here: each group's public MLS state (openmls `PublicGroup`, kept as the entries of
 //! its own key-value store), epoch, roles and latest GroupInfo; and which client is in which group.
 
+use std::collections::HashSet;
+
 use super::kv::{Prefetch, ReadableTable, TableDefinition, WriteTransaction};
 use tls_codec::{Deserialize, Serialize, TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
 
@@ -12,8 +14,13 @@ use super::{Store, StoreError};
 
 /// group id -> [`GroupRecord`] encoding.
 pub(super) const GROUPS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("groups-1");
-/// (user id, device id, group id) -> leaf index: the groups each client is in.
-pub(super) const GROUP_MEMBERS: TableDefinition<(&str, u32, &[u8]), u32> =
+/// (user id, device id, group id) -> (leaf index, the epoch it joined at): the groups each
+/// client is in. The epoch bounds which kept trees it may fetch (0 for memberships older than
+/// schema 5, which knew no join epochs).
+pub(super) const GROUP_MEMBERS: TableDefinition<(&str, u32, &[u8]), (u32, u64)> =
+    TableDefinition::new("group-members-2");
+/// Schema 4's memberships, without join epochs (migrated to [`GROUP_MEMBERS`]).
+const GROUP_MEMBERS_4: TableDefinition<(&str, u32, &[u8]), u32> =
     TableDefinition::new("group-members-1");
 /// (group id, part key) -> part: a group's public MLS state, one row per part (tree, context,
 /// each pending proposal, ...), each written only when it changed: a proposal does not rewrite the
@@ -118,7 +125,7 @@ pub struct StoredGroup {
 }
 
 /// A client in a group, at a leaf.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct GroupMemberRow {
     pub user_id: String,
     pub device_id: u32,
@@ -190,6 +197,15 @@ impl StoredGroup {
     }
 }
 
+/// A client's place in a group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Membership {
+    pub leaf_index: u32,
+    /// The epoch of the commit that brought it in (0: the group's creation, or a membership
+    /// older than schema 5).
+    pub since_epoch: u64,
+}
+
 /// A group's move from one epoch to the next, with the messages that announce it.
 pub struct GroupTransition {
     pub from_epoch: u64,
@@ -207,7 +223,7 @@ pub struct GroupTransition {
 }
 
 /// A group request (commit, proposal, message) remembered for the dedupe window: a retry of the
-/// same MLS message gets the first answer and changes nothing.
+/// same MLS message by the client that sent it gets the first answer and changes nothing.
 #[derive(Clone, Debug)]
 pub struct RequestRecord {
     pub group_id: Vec<u8>,
@@ -218,6 +234,21 @@ pub struct RequestRecord {
     /// What the request was answered with: the new epoch of a commit, the acceptance time of
     /// a message, 0 for a proposal.
     pub answer: u64,
+    /// The client that sent it (as `user_id`, `device_id`): only it is answered from the record.
+    pub user_id: String,
+    pub device_id: u32,
+}
+
+/// What the dedupe window says of an MLS message a client sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Remembered {
+    /// Not accepted within the window: a new request.
+    New,
+    /// Accepted from this same client, with this answer: a retry, given the first answer.
+    Retry(u64),
+    /// Accepted from another client: a replay of someone else's bytes. The record's answer is
+    /// not for it, and the request must not be carried out again either.
+    Replay,
 }
 
 /// How long a group request is remembered to recognise its retries.
@@ -239,6 +270,8 @@ pub enum GroupRefusal {
     QueueFull(FullQueues),
     /// The same request was accepted before, with this answer; nothing was written again.
     Repeated(u64),
+    /// The same bytes were accepted before from another client; nothing was written.
+    Replayed,
     /// A client of this server that the transition brings into the group no longer exists (it
     /// was removed after the request was checked); nothing was written.
     MemberGone {
@@ -267,7 +300,7 @@ impl Store {
             groups.put(group_id.as_slice(), encoded.as_slice())?;
             drop(groups);
             write_state(txn, &group_id, &state)?;
-            replace_members(txn, &group_id, &[], &members)?;
+            replace_members(txn, &group_id, &[], &members, epoch)?;
             update_windows(txn, &group_id, &[], &members)?;
             write_send_view(txn, &group_id, epoch, &members)?;
             Ok(Ok(()))
@@ -275,17 +308,19 @@ impl Store {
         .await
     }
 
-    /// What sending an application message with `digest` to `group_id` needs, in one read:
-    /// the answer to the same message if it was accepted within the dedupe window before
-    /// `now_ms`, and the group's send view (`None` for a group not hosted here, or stored
-    /// before send views existed: the caller falls back to the state).
+    /// What `asker` sending an application message with `digest` to `group_id` needs, in one
+    /// read: whether the same message was accepted within the dedupe window before `now_ms`,
+    /// and if not the group's send view (`None` for a group not hosted here, or stored before
+    /// send views existed: the caller falls back to the state).
     pub async fn prepare_send(
         &self,
         group_id: &[u8],
         digest: [u8; 32],
+        asker: (&str, u32),
         now_ms: u64,
-    ) -> Result<(Option<u64>, Option<SendView>), StoreError> {
+    ) -> Result<(Remembered, Option<SendView>), StoreError> {
         let group_id = group_id.to_vec();
+        let asker = (asker.0.to_owned(), asker.1);
         // One statement on PostgreSQL: the remembered request, the send view and the group's
         // log readers.
         let mut reads = Prefetch::default();
@@ -293,18 +328,19 @@ impl Store {
         reads.key(&SEND_VIEWS, group_id.as_slice());
         super::group_logs::log_reader_reads(&mut reads, &group_id);
         self.read_reading(reads, move |txn| {
-            let repeated = recent_answer(
+            let remembered = recent_answer(
                 &txn.open_table(RECENT_REQUESTS)?,
                 &group_id,
                 &digest,
+                (asker.0.as_str(), asker.1),
                 now_ms,
             )?;
-            if repeated.is_some() {
-                return Ok((repeated, None));
+            if remembered != Remembered::New {
+                return Ok((remembered, None));
             }
             let views = txn.open_table(SEND_VIEWS)?;
             let Some(encoded) = views.get(group_id.as_slice())? else {
-                return Ok((None, None));
+                return Ok((Remembered::New, None));
             };
             let record = SendViewRecord::tls_deserialize_exact(encoded.value())
                 .map_err(|e| StoreError::Corrupt(format!("send view: {e}")))?;
@@ -319,7 +355,7 @@ impl Store {
                 .collect::<Result<_, _>>()?;
             let log_readers = super::group_logs::log_readers_among(txn, &group_id, &members)?;
             Ok((
-                None,
+                Remembered::New,
                 Some(SendView {
                     epoch: record.epoch,
                     members,
@@ -392,8 +428,8 @@ impl Store {
         } = transition;
         self.write(move |txn| {
             if let Some(request) = &request {
-                if let Some(answer) = repeated_answer(txn, request)? {
-                    return Ok(Err(GroupRefusal::Repeated(answer)));
+                if let Some(refusal) = repeat_refusal(txn, request)? {
+                    return Ok(Err(refusal));
                 }
             }
             let mut groups = txn.open_table(GROUPS)?;
@@ -414,7 +450,7 @@ impl Store {
             groups.put(group_id.as_slice(), encoded.as_slice())?;
             drop(groups);
             write_state(txn, &group_id, &state)?;
-            replace_members(txn, &group_id, &old_members, &members)?;
+            replace_members(txn, &group_id, &old_members, &members, new_epoch)?;
             update_windows(txn, &group_id, &old_members, &members)?;
             write_send_view(txn, &group_id, new_epoch, &members)?;
             outbox_in(txn, &remote, now_ms)?;
@@ -449,7 +485,7 @@ impl Store {
             {
                 return Ok(Err(GroupRefusal::Unknown));
             }
-            replace_members(txn, &group_id, &members, &[])?;
+            replace_members(txn, &group_id, &members, &[], 0)?;
             delete_log(txn, &group_id)?;
             delete_trees_in(txn, &group_id)?;
             txn.open_table(GROUP_STATE)?.retain_in(
@@ -465,19 +501,25 @@ impl Store {
         .await
     }
 
-    /// The leaf index of a client in a group, if it is a member.
+    /// A client's membership of a group, if it is a member.
     pub async fn group_membership(
         &self,
         user_id: &str,
         device_id: u32,
         group_id: &[u8],
-    ) -> Result<Option<u32>, StoreError> {
+    ) -> Result<Option<Membership>, StoreError> {
         let (user_id, group_id) = (user_id.to_owned(), group_id.to_vec());
         self.read(move |txn| {
             Ok(txn
                 .open_table(GROUP_MEMBERS)?
                 .get((user_id.as_str(), device_id, group_id.as_slice()))?
-                .map(|leaf| leaf.value()))
+                .map(|row| {
+                    let (leaf_index, since_epoch) = row.value();
+                    Membership {
+                        leaf_index,
+                        since_epoch,
+                    }
+                }))
         })
         .await
     }
@@ -571,14 +613,19 @@ fn current_epoch(
 
 /// (group id, request digest): the key a remembered request is found by.
 type RequestKey<'a> = (&'a [u8], &'a [u8]);
-/// (group id, request digest) -> (accepted at ms, answer): requests within the dedupe window.
-pub(super) const RECENT_REQUESTS: TableDefinition<RequestKey, (u64, u64)> =
+/// (group id, request digest) -> (accepted at ms, answer, sender's user id, sender's device
+/// id): requests within the dedupe window.
+pub(super) const RECENT_REQUESTS: TableDefinition<RequestKey, (u64, u64, &str, u32)> =
+    TableDefinition::new("recent-requests-2");
+/// Schema 4's remembered requests, without their senders (dropped by the migration to schema 5:
+/// a retry straddling that upgrade is taken as a new request).
+const RECENT_REQUESTS_4: TableDefinition<RequestKey, (u64, u64)> =
     TableDefinition::new("recent-requests-1");
 /// (accepted at ms, group id, request digest): [`RECENT_REQUESTS`] oldest first, to forget them.
 pub(super) const RECENT_REQUESTS_BY_TIME: TableDefinition<(u64, &[u8], &[u8]), ()> =
     TableDefinition::new("recent-requests-by-time-1");
 
-/// Adds the row [`repeated_answer`] reads for `record` to `reads`.
+/// Adds the row [`repeat_refusal`] reads for `record` to `reads`.
 pub(super) fn request_reads(reads: &mut Prefetch, record: &RequestRecord) {
     reads.key(
         &RECENT_REQUESTS,
@@ -586,32 +633,47 @@ pub(super) fn request_reads(reads: &mut Prefetch, record: &RequestRecord) {
     );
 }
 
-/// The answer a request was given, if it was accepted within the dedupe window.
-pub(super) fn repeated_answer(
+/// Why `record` must not be carried out, if the same bytes were accepted within the dedupe
+/// window: a retry by its sender ([`GroupRefusal::Repeated`], with the first answer) or a replay
+/// by another client ([`GroupRefusal::Replayed`]). Checked in the transaction that acts.
+pub(super) fn repeat_refusal(
     txn: &WriteTransaction,
     record: &RequestRecord,
-) -> Result<Option<u64>, StoreError> {
-    recent_answer(
+) -> Result<Option<GroupRefusal>, StoreError> {
+    let remembered = recent_answer(
         &txn.open_table(RECENT_REQUESTS)?,
         &record.group_id,
         &record.digest,
+        (record.user_id.as_str(), record.device_id),
         record.now_ms,
-    )
+    )?;
+    Ok(match remembered {
+        Remembered::New => None,
+        Remembered::Retry(answer) => Some(GroupRefusal::Repeated(answer)),
+        Remembered::Replay => Some(GroupRefusal::Replayed),
+    })
 }
 
-/// The answer remembered for the request `(group_id, digest)`, if still within the window at
-/// `now_ms`.
+/// What is remembered of the request `(group_id, digest)` within the window at `now_ms`, for
+/// `asker` (user id, device id) sending it.
 fn recent_answer(
-    recent: &impl ReadableTable<RequestKey<'static>, (u64, u64)>,
+    recent: &impl ReadableTable<RequestKey<'static>, (u64, u64, &'static str, u32)>,
     group_id: &[u8],
     digest: &[u8; 32],
+    asker: (&str, u32),
     now_ms: u64,
-) -> Result<Option<u64>, StoreError> {
-    Ok(recent
-        .get((group_id, digest.as_slice()))?
-        .map(|entry| entry.value())
-        .filter(|(at, _)| now_ms.saturating_sub(*at) < REQUEST_DEDUPE_WINDOW_MS)
-        .map(|(_, answer)| answer))
+) -> Result<Remembered, StoreError> {
+    let Some(entry) = recent.get((group_id, digest.as_slice()))? else {
+        return Ok(Remembered::New);
+    };
+    let (at, answer, user_id, device_id) = entry.value();
+    Ok(if now_ms.saturating_sub(at) >= REQUEST_DEDUPE_WINDOW_MS {
+        Remembered::New
+    } else if (user_id, device_id) == asker {
+        Remembered::Retry(answer)
+    } else {
+        Remembered::Replay
+    })
 }
 
 /// Remembers an accepted request (the maintenance purge forgets it after the window:
@@ -621,8 +683,15 @@ pub(super) fn remember_request(
     record: &RequestRecord,
 ) -> Result<(), StoreError> {
     let key = (record.group_id.as_slice(), record.digest.as_slice());
-    txn.open_table(RECENT_REQUESTS)?
-        .put(key, (record.now_ms, record.answer))?;
+    txn.open_table(RECENT_REQUESTS)?.put(
+        key,
+        (
+            record.now_ms,
+            record.answer,
+            record.user_id.as_str(),
+            record.device_id,
+        ),
+    )?;
     txn.open_table(RECENT_REQUESTS_BY_TIME)?
         .put((record.now_ms, key.0, key.1), ())?;
     Ok(())
@@ -664,25 +733,45 @@ impl Store {
         }
     }
 
-    /// The answer a group request with this digest was given, if it was accepted within the
-    /// dedupe window before `now_ms`.
+    /// Whether a group request with this digest was accepted within the dedupe window before
+    /// `now_ms`, and if so whether from `asker` (user id, device id).
     pub async fn recent_request(
         &self,
         group_id: &[u8],
         digest: [u8; 32],
+        asker: (&str, u32),
         now_ms: u64,
-    ) -> Result<Option<u64>, StoreError> {
+    ) -> Result<Remembered, StoreError> {
         let group_id = group_id.to_vec();
+        let asker = (asker.0.to_owned(), asker.1);
         self.read(move |txn| {
             recent_answer(
                 &txn.open_table(RECENT_REQUESTS)?,
                 &group_id,
                 &digest,
+                (asker.0.as_str(), asker.1),
                 now_ms,
             )
         })
         .await
     }
+}
+
+/// The migration to schema 5, in its transaction: memberships gain the epoch they joined at (0
+/// for those migrated, which may fetch every kept tree as before), and the requests remembered
+/// without their senders are forgotten (a retry straddling the upgrade is taken as new).
+pub(super) fn migrate_to_schema_5(txn: &WriteTransaction) -> Result<(), StoreError> {
+    {
+        let old = txn.open_table(GROUP_MEMBERS_4)?;
+        let mut members = txn.open_table(GROUP_MEMBERS)?;
+        for entry in old.iter()? {
+            let (key, leaf) = entry?;
+            members.put(key.value(), (leaf.value(), 0))?;
+        }
+    }
+    txn.delete_table(GROUP_MEMBERS_4)?;
+    txn.delete_table(RECENT_REQUESTS_4)?;
+    Ok(())
 }
 
 /// Greater than any group id hosted here: every group id has a domain after its random bytes
@@ -729,15 +818,20 @@ fn replace_members(
     group_id: &[u8],
     old: &[GroupMemberRow],
     new: &[GroupMemberRow],
+    epoch: u64,
 ) -> Result<(), StoreError> {
+    // A member in both keeps its row, and so the epoch it joined at; a client that comes in now
+    // joins at `epoch`.
+    let (old_rows, new_rows): (HashSet<_>, HashSet<_>) =
+        (old.iter().collect(), new.iter().collect());
     let mut members = txn.open_table(GROUP_MEMBERS)?;
-    for row in old {
+    for row in old.iter().filter(|row| !new_rows.contains(row)) {
         members.delete((row.user_id.as_str(), row.device_id, group_id))?;
     }
-    for row in new {
+    for row in new.iter().filter(|row| !old_rows.contains(row)) {
         members.put(
             (row.user_id.as_str(), row.device_id, group_id),
-            row.leaf_index,
+            (row.leaf_index, epoch),
         )?;
     }
     Ok(())
@@ -770,6 +864,8 @@ mod tests {
             digest: [digest; 32],
             now_ms,
             answer: 7,
+            user_id: "a@x".into(),
+            device_id: 1,
         };
         for (digest, at) in [(1, 1_000), (2, 2_000)] {
             let request = record(digest, at);
@@ -778,25 +874,33 @@ mod tests {
                 .await
                 .unwrap();
         }
+        let sender = ("a@x", 1);
+        let remembered = |group: &'static [u8], asker: (&'static str, u32), at: u64| {
+            let store = store.clone();
+            async move {
+                store
+                    .recent_request(group, [1; 32], asker, at)
+                    .await
+                    .unwrap()
+            }
+        };
         assert_eq!(
-            store
-                .recent_request(b"group", [1; 32], 5_000)
-                .await
-                .unwrap(),
-            Some(7)
+            remembered(b"group", sender, 5_000).await,
+            Remembered::Retry(7)
+        );
+        // Another client sending the same bytes (another device of the same user included) is
+        // not answered from the record.
+        assert_eq!(
+            remembered(b"group", ("b@x", 1), 5_000).await,
+            Remembered::Replay
         );
         assert_eq!(
-            store
-                .recent_request(b"other", [1; 32], 5_000)
-                .await
-                .unwrap(),
-            None
+            remembered(b"group", ("a@x", 2), 5_000).await,
+            Remembered::Replay
         );
+        assert_eq!(remembered(b"other", sender, 5_000).await, Remembered::New);
         let late = 1_000 + REQUEST_DEDUPE_WINDOW_MS;
-        assert_eq!(
-            store.recent_request(b"group", [1; 32], late).await.unwrap(),
-            None
-        );
+        assert_eq!(remembered(b"group", sender, late).await, Remembered::New);
         // The maintenance purge forgets what is past the window: both tables shrink.
         let now = 2_000 + REQUEST_DEDUPE_WINDOW_MS + 1;
         let request = record(3, now);
@@ -816,6 +920,88 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(remembered, (1, 1));
+    }
+
+    #[tokio::test]
+    async fn schema_4_memberships_keep_every_tree_and_its_remembered_requests_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = redb::Database::create(dir.path().join(crate::store::DATABASE_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(crate::store::meta::META)
+                .unwrap()
+                .insert("schema-version", 4u32.to_be_bytes().as_slice())
+                .unwrap();
+            txn.open_table(GROUP_MEMBERS_4)
+                .unwrap()
+                .insert(("a@x", 1, b"group".as_slice()), 3)
+                .unwrap();
+            txn.open_table(RECENT_REQUESTS_4)
+                .unwrap()
+                .insert((b"group".as_slice(), [1u8; 32].as_slice()), (1_000, 7))
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.group_membership("a@x", 1, b"group").await.unwrap(),
+            Some(Membership {
+                leaf_index: 3,
+                since_epoch: 0
+            })
+        );
+        assert_eq!(
+            store
+                .recent_request(b"group", [1; 32], ("a@x", 1), 2_000)
+                .await
+                .unwrap(),
+            Remembered::New
+        );
+        let tables = store.table_names().await.unwrap();
+        for retired in ["group-members-1", "recent-requests-1"] {
+            assert!(!tables.contains(&retired.to_owned()), "{retired} is left");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_member_keeps_the_epoch_it_joined_at_until_it_leaves() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let row = |user: &str, leaf| GroupMemberRow {
+            user_id: user.into(),
+            device_id: 1,
+            leaf_index: leaf,
+        };
+        let steps = [
+            (vec![], vec![row("a@x", 0)], 0),
+            (vec![row("a@x", 0)], vec![row("a@x", 0), row("b@x", 1)], 4),
+            (vec![row("a@x", 0), row("b@x", 1)], vec![row("b@x", 1)], 5),
+            (vec![row("b@x", 1)], vec![row("b@x", 1), row("a@x", 0)], 9),
+        ];
+        let mut seen = Vec::new();
+        for (old, new, epoch) in steps {
+            store
+                .write(move |txn| replace_members(txn, b"group", &old, &new, epoch))
+                .await
+                .unwrap();
+            let since = |user: &'static str| {
+                let store = store.clone();
+                async move {
+                    let membership = store.group_membership(user, 1, b"group").await.unwrap();
+                    membership.map(|membership| membership.since_epoch)
+                }
+            };
+            seen.push((since("a@x").await, since("b@x").await));
+        }
+        assert_eq!(
+            seen,
+            [
+                (Some(0), None),
+                (Some(0), Some(4)),
+                (None, Some(4)),
+                (Some(9), Some(4)),
+            ]
+        );
     }
 
     #[tokio::test]

@@ -23,7 +23,10 @@ const DOMAIN_KEY: &str = "domain";
 ///   (`recent-requests-1`), the last two empty at migration.
 /// - 4: each outbox delivery carries the time it was queued (`outbox-2`), for the operator's
 ///   view of how long deliveries to a peer have waited.
-pub const SCHEMA_VERSION: u32 = 4;
+/// - 5: each membership carries the epoch it joined at (`group-members-2`), which bounds the
+///   trees its client may fetch, and each remembered request its sender (`recent-requests-2`),
+///   so that only the sender is answered from it.
+pub const SCHEMA_VERSION: u32 = 5;
 
 impl Store {
     /// Creates the tables of a new database, or checks that an existing one has our layout.
@@ -58,10 +61,12 @@ impl Store {
                 .transpose()?;
             match stored {
                 None => {
+                    // A new PostgreSQL database's first migration made schema 4's tables.
+                    super::groups::migrate_to_schema_5(txn)?;
                     meta.put(SCHEMA_VERSION_KEY, SCHEMA_VERSION.to_be_bytes().as_slice())?;
                 }
                 Some(SCHEMA_VERSION) => {}
-                Some(from @ (1..=3)) => {
+                Some(from @ (1..=4)) => {
                     if from == 1 {
                         super::queues::migrate_queue_1(txn)?;
                     }
@@ -69,10 +74,13 @@ impl Store {
                         super::federation::count_route_hubs(txn)?;
                         super::queues::count_server_total(txn)?;
                     }
-                    super::federation::migrate_outbox_1(
-                        txn,
-                        crate::clock::Clock::now_ms(&crate::clock::SystemClock),
-                    )?;
+                    if from < 4 {
+                        super::federation::migrate_outbox_1(
+                            txn,
+                            crate::clock::Clock::now_ms(&crate::clock::SystemClock),
+                        )?;
+                    }
+                    super::groups::migrate_to_schema_5(txn)?;
                     meta.put(SCHEMA_VERSION_KEY, SCHEMA_VERSION.to_be_bytes().as_slice())?;
                     tracing::info!("database migrated from schema {from} to {SCHEMA_VERSION}");
                 }

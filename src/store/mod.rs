@@ -55,8 +55,8 @@ pub use federation::{
 pub use group_logs::{LogCursor, LogEntries, LogRefusal};
 pub use group_trees::TreeChunk;
 pub use groups::{
-    GroupMemberRow, GroupRefusal, GroupTransition, PublicState, RequestRecord, SendView,
-    StoredGroup, REQUEST_DEDUPE_WINDOW_MS,
+    GroupMemberRow, GroupRefusal, GroupTransition, Membership, PublicState, Remembered,
+    RequestRecord, SendView, StoredGroup, REQUEST_DEDUPE_WINDOW_MS,
 };
 pub use key_packages::{
     Claimed, ClientClaim, NewKeyPackage, PublishRefusal, Stock, MAX_KEY_PACKAGE_BYTES_PER_USER,
@@ -257,13 +257,15 @@ impl Store {
 
     /// Opens (or creates) the store at `location` (blocking: call it off the async workers).
     pub fn open_at(location: &StoreLocation) -> Result<Self, StoreError> {
-        let backend = match location {
-            StoreLocation::Redb(path) => Backend::Redb {
-                db: Arc::new(open_redb(path)?),
-                path: path.clone(),
-            },
+        let (backend, migration_lock) = match location {
+            StoreLocation::Redb(path) => {
+                let db = Arc::new(open_redb(path)?);
+                let path = path.clone();
+                (Backend::Redb { db, path }, None)
+            }
             StoreLocation::Postgres(url) => {
-                Backend::Postgres(Arc::new(postgres::PgDatabase::open(url)?))
+                let (database, lock) = postgres::PgDatabase::open(url)?;
+                (Backend::Postgres(Arc::new(database)), Some(lock))
             }
         };
         let stats = Arc::new(StoreStats::default());
@@ -273,6 +275,7 @@ impl Store {
             Backend::Postgres(database) => writer::WriterBackend::Postgres(database.writer()),
         };
         Self::initialise_schema(&mut writer_backend)?;
+        drop(migration_lock);
         let writer_thread = std::thread::Builder::new()
             .name("roost-store-writer".into())
             .spawn({

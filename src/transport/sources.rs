@@ -4,19 +4,16 @@
 //!
 //! A source ([`Source`]) is an IPv4 address, or an IPv6 /64 (what one host is usually given).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::ServerLimits;
-use crate::rate_limit::RateLimiter;
-pub use crate::rate_limit::Source;
+use crate::rate_limit::{ConnectionSlots, RateLimiter};
+pub use crate::rate_limit::{Source, SourceSlot};
 
 /// The per-source limits of one server.
 pub struct SourceLimits {
-    max_connections: usize,
-    connections: Arc<Mutex<HashMap<Source, usize>>>,
+    connections: ConnectionSlots,
     handshakes: RateLimiter<Source>,
     unauthenticated_requests: RateLimiter<Source>,
     /// Refusals are logged at most once a second, with how many went unlogged.
@@ -24,32 +21,10 @@ pub struct SourceLimits {
     unlogged_refusals: AtomicU64,
 }
 
-/// One connection counted against its source; the count drops with it.
-pub struct SourceSlot {
-    source: Source,
-    connections: Arc<Mutex<HashMap<Source, usize>>>,
-}
-
-impl Drop for SourceSlot {
-    fn drop(&mut self) {
-        let mut connections = self
-            .connections
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(count) = connections.get_mut(&self.source) {
-            *count -= 1;
-            if *count == 0 {
-                connections.remove(&self.source);
-            }
-        }
-    }
-}
-
 impl SourceLimits {
     pub fn new(limits: &ServerLimits) -> Self {
         Self {
-            max_connections: limits.max_connections_per_source,
-            connections: Arc::default(),
+            connections: ConnectionSlots::new(limits.max_connections_per_source),
             handshakes: RateLimiter::new(
                 limits.handshakes_per_second_per_source,
                 Duration::from_secs(1),
@@ -70,19 +45,7 @@ impl SourceLimits {
 
     /// Counts a connection of `source`, or `None` if it holds as many as allowed.
     pub fn connection_slot(&self, source: Source) -> Option<SourceSlot> {
-        let mut connections = self
-            .connections
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let count = connections.entry(source).or_default();
-        if *count >= self.max_connections {
-            return None;
-        }
-        *count += 1;
-        Some(SourceSlot {
-            source,
-            connections: self.connections.clone(),
-        })
+        self.connections.slot(source)
     }
 
     /// Whether `source` may make another request before authenticating, or how long to wait.

@@ -3,6 +3,7 @@
 //! through the real client library (and, in `cli`, the real binaries).
 
 mod accounts;
+mod attacks;
 mod auth;
 mod cli;
 mod crash;

@@ -678,6 +678,69 @@ mod metrics {
         assert_eq!(get(&server, "/nothing").await.0, 404);
     }
 
+    /// A connection from `source` that sends the start of a request and then nothing.
+    async fn slow_sender(
+        source: std::net::IpAddr,
+        to: std::net::SocketAddr,
+    ) -> tokio::net::TcpStream {
+        use tokio::io::AsyncWriteExt;
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((source, 0).into()).unwrap();
+        let mut stream = socket.connect(to).await.unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: roost\r\n")
+            .await
+            .unwrap();
+        stream
+    }
+
+    /// Reads until the server closes the connection.
+    async fn closed(mut stream: tokio::net::TcpStream) {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 256];
+        while !matches!(stream.read(&mut buf).await, Ok(0) | Err(_)) {}
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slow_senders_from_one_source_hold_few_slots_briefly_and_scrapes_go_on() {
+        let server = TestServer::start_with(|config| {
+            config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        })
+        .await;
+        let address = server.server.metrics_addr().unwrap();
+        let attacker: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+        let mut held = Vec::new();
+        for _ in 0..130 {
+            held.push(within(slow_sender(attacker, address)).await);
+        }
+        // All but the source's share are closed at once...
+        let (sender, mut closes) = tokio::sync::mpsc::unbounded_channel();
+        for stream in held {
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                closed(stream).await;
+                let _ = sender.send(());
+            });
+        }
+        within(async {
+            for _ in 0..122 {
+                closes.recv().await.unwrap();
+            }
+        })
+        .await;
+        // ...a scrape from elsewhere is answered while the rest are held...
+        let (status, _, text) = get(&server, "/metrics").await;
+        assert_eq!(status, 200);
+        assert!(text.ends_with("# EOF\n"));
+        // ...and those end at the header deadline.
+        within(async {
+            for _ in 0..8 {
+                closes.recv().await.unwrap();
+            }
+        })
+        .await;
+    }
+
     #[tokio::test]
     async fn metrics_are_off_unless_asked_for() {
         let server = TestServer::start().await;

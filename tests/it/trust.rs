@@ -19,7 +19,7 @@ use crate::groups::{groups, receive, registered_with_key_packages};
 use crate::support::{code, new_key, within, Device, TestServer, CIPHERSUITE};
 
 /// A group of alice (Admin) and bob (Member), both joined; returns its id.
-async fn alice_and_bob(server: &TestServer) -> (Device, Device, Vec<u8>) {
+pub(crate) async fn alice_and_bob(server: &TestServer) -> (Device, Device, Vec<u8>) {
     let alice = registered_with_key_packages(server, "alice@localhost", 1)
         .await
         .remove(0);
