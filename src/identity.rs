@@ -120,6 +120,19 @@ impl UserId {
     }
 }
 
+impl UserId {
+    /// Parses a user id that must already be in its canonical form (lowercase), as servers
+    /// write them: what a peer names is matched byte for byte, so `Bob@b.example` is not taken
+    /// for `bob@b.example`.
+    pub fn parse_canonical(s: &str) -> Result<Self, String> {
+        let user: Self = s.parse()?;
+        if user.id != s {
+            return Err(format!("user id {s:?} is not in canonical form ({user})"));
+        }
+        Ok(user)
+    }
+}
+
 impl std::fmt::Display for UserId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.id)

@@ -358,6 +358,19 @@ fn request_group_id(request: &GroupRequest) -> Option<Vec<u8>> {
     }
 }
 
+/// Checks that `client` is one `peer` may speak for: a well-formed user id in canonical form
+/// (`InvalidUserId` if not) of the peer's own domain (`PeerRefused` if another).
+fn check_peer_speaks_for(peer: &str, client: &ClientId) -> Result<(), ServiceError> {
+    let user = crate::identity::UserId::parse_canonical(client.user_id.as_str())
+        .map_err(ServiceError::InvalidUserId)?;
+    if user.domain() != peer {
+        return Err(ServiceError::PeerRefused(format!(
+            "{peer} cannot speak for {client}"
+        )));
+    }
+    Ok(())
+}
+
 fn unexpected_peer_answer(answer: &FederationResponseBody) -> ServiceError {
     ServiceError::PeerUnavailable(format!("the peer answered {answer:?}"))
 }
@@ -601,18 +614,7 @@ impl Services {
             }
             FederationRequest::ClaimKeyPackages(claim) => {
                 // A peer speaks only for its own users.
-                let claimer: crate::identity::UserId = claim
-                    .claimer
-                    .user_id
-                    .as_str()
-                    .parse()
-                    .map_err(ServiceError::InvalidUserId)?;
-                if claimer.domain() != peer {
-                    return Err(ServiceError::PeerRefused(format!(
-                        "{peer} cannot claim for a user of {}",
-                        claimer.domain()
-                    )));
-                }
+                check_peer_speaks_for(peer, &claim.claimer)?;
                 if self.remote_user(claim.request.user_id.as_str())?.is_some() {
                     return Err(ServiceError::UnknownDomain(
                         claim.request.user_id.to_string(),
@@ -651,24 +653,14 @@ impl Services {
             }
             FederationRequest::RelayGroupRequest(relayed) => {
                 let sender = &relayed.sender;
-                let sender_domain = sender.user_id.as_str().rsplit_once('@').map(|(_, d)| d);
-                if sender_domain != Some(peer) {
-                    return Err(ServiceError::PeerRefused(format!(
-                        "{peer} cannot act for {sender}"
-                    )));
-                }
+                check_peer_speaks_for(peer, sender)?;
                 FederationResponseBody::GroupResponse(
                     self.group_request(sender, relayed.request).await?,
                 )
             }
             FederationRequest::ClientsDeparted(departed) => {
                 for client in &departed.clients {
-                    let domain = client.user_id.as_str().rsplit_once('@').map(|(_, d)| d);
-                    if domain != Some(peer) {
-                        return Err(ServiceError::PeerRefused(format!(
-                            "{peer} cannot speak for {client}"
-                        )));
-                    }
+                    check_peer_speaks_for(peer, client)?;
                 }
                 for client in &departed.clients {
                     let groups = self.groups.memberships(client).await?;

@@ -10,6 +10,7 @@ use super::{ServiceError, Sessions};
 use crate::clock::Clock;
 use crate::config::{QueuePolicy, ServerConfig};
 use crate::escape::Escaped;
+use crate::identity::UserId;
 use crate::protocol::{
     AckGroupLogRequest, AckMessagesRequest, ClientId, DeliverRequest, FetchGroupLogRequest,
     FetchMessagesRequest, FetchedMessages, GroupLogCursor, GroupLogMessages, GroupLogs,
@@ -18,7 +19,7 @@ use crate::protocol::{
 };
 use crate::store::{
     Admission, DeliveryRefusal, Enqueued, Envelope, IncomingDelivery, LogRefusal, QueueLimits,
-    Store,
+    Store, MAX_ROUTES_PER_PEER,
 };
 
 /// Length of a delivery id (federation.md): what the receiver keeps per delivery to dedupe.
@@ -190,6 +191,9 @@ impl Queues {
             DeliveryRefusal::HostedHere => {
                 ServiceError::PeerRefused("that group is hosted here".into())
             }
+            DeliveryRefusal::TooManyGroups => ServiceError::PeerRefused(format!(
+                "{peer} already has {MAX_ROUTES_PER_PEER} groups that deliver here"
+            )),
             DeliveryRefusal::QueueFull(full) => ServiceError::QueueFull {
                 full: full
                     .iter()
@@ -503,8 +507,9 @@ fn incoming_delivery(
         }
         let payload = Arc::new(item.payload.as_slice().to_vec());
         for recipient in &item.recipients {
-            let domain = recipient.user_id.as_str().rsplit_once('@').map(|(_, d)| d);
-            if domain != Some(local_domain) {
+            let user = UserId::parse_canonical(recipient.user_id.as_str())
+                .map_err(ServiceError::InvalidUserId)?;
+            if user.domain() != local_domain {
                 return Err(ServiceError::PeerRefused(format!(
                     "{recipient} is not a client of this homeserver"
                 )));
@@ -522,6 +527,12 @@ fn incoming_delivery(
                 payload: payload.clone(),
             });
         }
+    }
+    // A delivery for nobody would only leave a route behind.
+    if envelopes.is_empty() {
+        return Err(ServiceError::PeerRefused(
+            "a delivery names at least one recipient".into(),
+        ));
     }
     // The hub telling of the group's deletion: its route goes with it.
     let group_deleted = delivery.items.iter().any(|item| {

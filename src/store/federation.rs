@@ -144,7 +144,14 @@ pub enum DeliveryRefusal {
     HostedHere,
     /// These recipients' queues are full; the peer keeps the delivery and sends it again.
     QueueFull(FullQueues),
+    /// The peer already hosts [`MAX_ROUTES_PER_PEER`] groups that deliver here; nothing was
+    /// written.
+    TooManyGroups,
 }
+
+/// Groups of one peer that deliver here, at most: each is a route kept until the hub deletes
+/// the group, so a peer inventing group ids cannot grow them without end.
+pub const MAX_ROUTES_PER_PEER: u64 = 100_000;
 
 /// A delivery for a peer, to put into the outbox with the change that produced it.
 #[derive(Clone, Debug)]
@@ -476,6 +483,12 @@ fn receive_delivery_in(
         return Ok(Ok(None));
     }
     drop(received);
+    let new_route = !group_id.is_empty()
+        && !delivery.group_deleted
+        && txn.open_table(GROUP_ROUTES)?.get(group_id)?.is_none();
+    if new_route && routes_of(txn, peer)? >= MAX_ROUTES_PER_PEER {
+        return Ok(Err(DeliveryRefusal::TooManyGroups));
+    }
     // Queued first: a refusal must leave nothing written.
     let envelopes = &delivery.envelopes;
     let outcomes = match enqueue_in(txn, envelopes, now_ms, limits)? {
@@ -494,10 +507,9 @@ fn receive_delivery_in(
         .put((peer, delivery_id), now_ms)?;
     if !group_id.is_empty() {
         let mut routes = txn.open_table(GROUP_ROUTES)?;
+        let count = routes_of(txn, peer)?;
         let mut hubs = txn.open_table(ROUTE_HUBS)?;
-        let known = routes.get(group_id)?.is_some();
-        let count = hubs.get(peer)?.map_or(0, |count| count.value());
-        if delivery.group_deleted && known {
+        if delivery.group_deleted && routes.get(group_id)?.is_some() {
             // The route goes with its group.
             routes.delete(group_id)?;
             if count <= 1 {
@@ -505,12 +517,20 @@ fn receive_delivery_in(
             } else {
                 hubs.put(peer, count - 1)?;
             }
-        } else if !delivery.group_deleted && !known {
+        } else if new_route {
             routes.put(group_id, peer)?;
             hubs.put(peer, count + 1)?;
         }
     }
     Ok(Ok(Some(outcomes)))
+}
+
+/// How many groups of `peer` deliver here.
+fn routes_of(txn: &WriteTransaction, peer: &str) -> Result<u64, StoreError> {
+    Ok(txn
+        .open_table(ROUTE_HUBS)?
+        .get(peer)?
+        .map_or(0, |count| count.value()))
 }
 
 #[cfg(test)]
@@ -632,6 +652,49 @@ mod tests {
             store.group_routes().await.unwrap(),
             [(group.to_vec(), "a.example".to_owned())]
         );
+    }
+
+    #[tokio::test]
+    async fn a_peer_has_only_so_many_routes_and_a_refused_delivery_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.register_for_test("bob@b.example", [7; 32]).await;
+        // The peer is one route short of the bound (as if it had delivered for that many).
+        store
+            .write(|txn| {
+                txn.open_table(ROUTE_HUBS)?
+                    .put("a.example", MAX_ROUTES_PER_PEER - 1)?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let notice = || Envelope {
+            user_id: "bob@b.example".into(),
+            device_id: 1,
+            kind: 3,
+            admission: crate::store::Admission::Handshake,
+            payload: std::sync::Arc::new(vec![0, 3]),
+        };
+        let receive = |id: &'static [u8], group: &'static [u8], deleted: bool| {
+            store.receive_delivery("a.example", id, group, deleted, vec![notice()], 1, LIMITS)
+        };
+        assert!(receive(b"id-1", b"g1", false).await.unwrap().is_ok());
+        assert_eq!(
+            receive(b"id-2", b"g2", false).await.unwrap(),
+            Err(DeliveryRefusal::TooManyGroups)
+        );
+        // A group it already has still delivers; the refused one left no route nor message.
+        assert!(receive(b"id-3", b"g1", false).await.unwrap().is_ok());
+        let routes = store.group_routes().await.unwrap();
+        assert_eq!(routes, [(b"g1".to_vec(), "a.example".to_owned())]);
+        let (messages, _) = store
+            .fetch_messages("bob@b.example", 1, 0, 100, 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(messages.len(), 2, "id-1 and id-3");
+        // A deleted group frees its route for another.
+        assert!(receive(b"id-4", b"g1", true).await.unwrap().is_ok());
+        assert!(receive(b"id-5", b"g2", false).await.unwrap().is_ok());
     }
 
     #[tokio::test]

@@ -51,6 +51,7 @@ pub use accounts::{
 pub use admin::{QueueRow, StoreCounts, UserRow};
 pub use federation::{
     DeliveryRefusal, IncomingDelivery, OutgoingDelivery, PeerBacklog, ReceivedDeliveries,
+    MAX_ROUTES_PER_PEER,
 };
 pub use group_logs::{LogCursor, LogEntries, LogRefusal};
 pub use group_trees::TreeChunk;

@@ -1,10 +1,17 @@
-//! What an attacker gets from the server's memory of past requests and trees: another client's
-//! accepted bytes sent again get no answer from the record, and a joiner gets no tree from before
-//! it came. Each test makes the attack, sees the refusal, and checks that nothing changed.
+//! What an attacker gets from what the server remembers: another client's accepted bytes sent
+//! again get no answer from the record, a joiner gets no tree from before it came, and a peer
+//! can leave no route behind with deliveries for nobody nor be answered for user ids that are
+//! not ones. Each test makes the attack, sees the refusal, and checks that nothing changed.
 
-use roost::protocol::{ErrorCode, SendProposalRequest};
+use roost::identity::GROUP_ID_RANDOM_LEN;
+use roost::protocol::{
+    ClientId, ClientsDepartedRequest, DeliverRequest, DeliveryItem, ErrorCode, FederationRequest,
+    GroupRequest, MessageKind, RelayedGroupRequest, SendProposalRequest, Text,
+};
+use roost::services::ServiceError;
 use tls_codec::Serialize;
 
+use crate::federation::{alice_at_a_with_bob_at_b, two_homeservers, FedDevice};
 use crate::groups::{groups, receive, registered_with_key_packages};
 use crate::support::{code, within, Device, TestServer};
 use crate::trust::alice_and_bob;
@@ -139,4 +146,107 @@ async fn a_joiner_gets_the_trees_of_its_own_epoch_and_later_never_earlier() {
             .await
             .unwrap()
     );
+}
+
+/// A delivery from a.example to b.example for a group it says it hosts.
+fn delivery(group_id: &[u8], items: Vec<DeliveryItem>) -> FederationRequest {
+    FederationRequest::Deliver(DeliverRequest {
+        delivery_id: vec![9; 16].into(),
+        group_id: group_id.to_vec().into(),
+        items,
+    })
+}
+
+fn client(user_id: &str) -> ClientId {
+    ClientId {
+        user_id: Text::new(user_id).unwrap(),
+        device_id: 1,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_leaves_no_route_with_empty_deliveries_and_is_refused_malformed_user_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_homeservers(dir.path()).await;
+    let (_alice, bob, _group_id) = alice_at_a_with_bob_at_b(&a, &b).await;
+    let services = b.server.services();
+    let routes = b.server.store().group_routes().await.unwrap();
+    assert_eq!(routes.len(), 1);
+
+    // Group ids a.example may claim, each delivered with nothing, or for nobody.
+    let invented = |n: u8| {
+        let mut id = vec![n; GROUP_ID_RANDOM_LEN];
+        id.extend_from_slice(b"a.example");
+        id
+    };
+    let for_nobody = DeliveryItem {
+        recipients: Vec::new(),
+        kind: MessageKind::ServerNotice,
+        payload: vec![0, 3].into(),
+    };
+    for (n, items) in [(1, Vec::new()), (2, vec![for_nobody])] {
+        let refused = services
+            .handle_federation("a.example", delivery(&invented(n), items))
+            .await;
+        assert!(
+            matches!(refused, Err(ServiceError::PeerRefused(_))),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(b.server.store().group_routes().await.unwrap(), routes);
+
+    // User ids that are not ones: as recipients, relayed senders, departed clients.
+    let malformed = ["Bob@b.example", "bob@@b.example", "@a.example", "bob@"];
+    for user_id in malformed {
+        let item = DeliveryItem {
+            recipients: vec![client(user_id)],
+            kind: MessageKind::ServerNotice,
+            payload: vec![0, 3].into(),
+        };
+        let refused = services
+            .handle_federation("a.example", delivery(&invented(3), vec![item]))
+            .await;
+        assert!(
+            matches!(refused, Err(ServiceError::InvalidUserId(_))),
+            "{user_id}: {refused:?}"
+        );
+    }
+    for user_id in ["Alice@a.example", "alice@@a.example", "@a.example"] {
+        let relayed = FederationRequest::RelayGroupRequest(RelayedGroupRequest {
+            sender: client(user_id),
+            request: GroupRequest::ListGroups,
+        });
+        let refused = a
+            .server
+            .services()
+            .handle_federation("b.example", relayed)
+            .await;
+        assert!(
+            matches!(refused, Err(ServiceError::InvalidUserId(_))),
+            "{user_id}: {refused:?}"
+        );
+        let departed = FederationRequest::ClientsDeparted(ClientsDepartedRequest {
+            clients: vec![client(user_id)],
+        });
+        let refused = b
+            .server
+            .services()
+            .handle_federation("a.example", departed)
+            .await;
+        assert!(
+            matches!(refused, Err(ServiceError::InvalidUserId(_))),
+            "{user_id}: {refused:?}"
+        );
+    }
+    // Nothing reached bob's queue, and no route was left.
+    assert_eq!(queued_at(&bob).await, 0);
+    assert_eq!(b.server.store().group_routes().await.unwrap(), routes);
+}
+
+async fn queued_at(device: &FedDevice) -> usize {
+    within(device.connection.fetch_messages(0, 100, u32::MAX))
+        .await
+        .unwrap()
+        .messages
+        .len()
 }

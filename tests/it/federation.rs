@@ -27,8 +27,8 @@ fn free_port() -> SocketAddr {
         .unwrap()
 }
 
-struct Homeserver {
-    server: Server,
+pub(crate) struct Homeserver {
+    pub(crate) server: Server,
     /// The name its certificate carries (what its clients check).
     certificate_name: String,
     ca: std::path::PathBuf,
@@ -128,9 +128,9 @@ impl Homeserver {
     }
 }
 
-struct FedDevice {
-    connection: Connection,
-    identity: roost::client::state::DeviceIdentity,
+pub(crate) struct FedDevice {
+    pub(crate) connection: Connection,
+    pub(crate) identity: roost::client::state::DeviceIdentity,
     mls: roost::client::mls::DeviceMls,
     push: roost::client::PushStream,
 }
@@ -147,7 +147,7 @@ impl FedDevice {
     }
 
     /// Processes the queue; fails the test on any processing error.
-    async fn receive(&self) -> Vec<GroupEvent> {
+    pub(crate) async fn receive(&self) -> Vec<GroupEvent> {
         within(self.groups().await.receive())
             .await
             .unwrap()
@@ -179,7 +179,7 @@ fn texts(events: &[GroupEvent]) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn two_homeservers(dir: &Path) -> (Homeserver, Homeserver) {
+pub(crate) async fn two_homeservers(dir: &Path) -> (Homeserver, Homeserver) {
     two_homeservers_with(dir, |_| {}).await
 }
 
@@ -216,7 +216,7 @@ async fn two_homeservers_with(
 }
 
 /// Alice of a.example and bob of b.example in a group hosted at a.example (bob has joined).
-async fn alice_at_a_with_bob_at_b(
+pub(crate) async fn alice_at_a_with_bob_at_b(
     a: &Homeserver,
     b: &Homeserver,
 ) -> (FedDevice, FedDevice, Vec<u8>) {

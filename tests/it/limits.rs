@@ -123,31 +123,41 @@ async fn a_peer_cannot_flood_or_forge_the_log() {
     let server = TestServer::start().await;
     let mut group_id = vec![1u8; roost::identity::GROUP_ID_RANDOM_LEN];
     group_id.extend_from_slice(b"b.example");
-    let mut recipients: Vec<roost::protocol::ClientId> = (0..20_001)
+    let recipients: Vec<roost::protocol::ClientId> = (0..20_001)
         .map(|i| roost::protocol::ClientId {
             user_id: roost::protocol::Text::new(format!("nobody{i}@localhost")).unwrap(),
             device_id: 1,
         })
         .collect();
-    recipients[0].user_id =
-        roost::protocol::Text::new("x\nFORGED-LINE 2026 INFO all is well@localhost").unwrap();
-    let delivery = roost::protocol::FederationRequest::Deliver(roost::protocol::DeliverRequest {
-        delivery_id: vec![9; 16].into(),
-        group_id: group_id.into(),
-        items: vec![roost::protocol::DeliveryItem {
-            recipients,
-            kind: roost::protocol::MessageKind::ServerNotice,
-            payload: vec![0, 3].into(),
-        }],
-    });
-    within(
-        server
-            .server
-            .services()
-            .handle_federation("b.example", delivery),
-    )
-    .await
-    .unwrap();
+    let delivery = |id: u8, recipients| {
+        roost::protocol::FederationRequest::Deliver(roost::protocol::DeliverRequest {
+            delivery_id: vec![id; 16].into(),
+            group_id: group_id.clone().into(),
+            items: vec![roost::protocol::DeliveryItem {
+                recipients,
+                kind: roost::protocol::MessageKind::ServerNotice,
+                payload: vec![0, 3].into(),
+            }],
+        })
+    };
+    let services = server.server.services();
+    within(services.handle_federation("b.example", delivery(9, recipients)))
+        .await
+        .unwrap();
+    // A recipient id that tries to write a line of its own is not a user id: refused, and
+    // what is said of it is escaped.
+    let forged = roost::protocol::ClientId {
+        user_id: roost::protocol::Text::new("x\nFORGED-LINE 2026 INFO all is well@localhost")
+            .unwrap(),
+        device_id: 1,
+    };
+    let refused = within(services.handle_federation("b.example", delivery(10, vec![forged]))).await;
+    match refused {
+        Err(refusal @ roost::services::ServiceError::InvalidUserId(_)) => {
+            assert!(!refusal.to_string().contains('\n'), "{refusal}")
+        }
+        other => panic!("{other:?}"),
+    }
 
     let written = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
     let about_it: Vec<&str> = written
