@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use ed25519_dalek::SigningKey;
 use openmls::prelude::{BasicCredential, KeyPackageIn, ProtocolVersion};
 use openmls_rust_crypto::RustCrypto;
-use roost::client::groups::{is_transient, is_wrong_epoch, GroupClient, GroupEvent};
+use roost::client::groups::{is_transient, GroupClient, GroupEvent};
 use roost::client::mls::DeviceMls;
 use roost::client::push_receiver::WebPushReceiver;
 use roost::client::queue::{HintAction, QueuePosition};
@@ -117,6 +117,12 @@ enum Command {
     Leave { group: String },
     /// Commit the proposals pending in a group (e.g. someone's leaving).
     Commit { group: String },
+    /// Join, by external commit, every group this device's user is in that the device is not
+    /// (`add-client` does this for a new device).
+    Sync,
+    /// Rejoin a group by external commit in place of this device's own leaf, after its state
+    /// for the group was lost or broke.
+    Resync { group: String },
     /// Delete a group (Admins only).
     DeleteGroup { group: String },
     /// Show a group's members with their roles, credentials verified.
@@ -194,25 +200,37 @@ fn usage_error(error: clap::Error) -> ExitCode {
         .trim_start_matches("error: ");
     println!(
         "{}",
-        json!({ "error": summary, "code": null, "retryable": false, "usage": true })
+        json!({
+            "error": summary,
+            "code": roost::client::local_error::USAGE_ERROR,
+            "name": "Usage",
+            "retryable": false,
+            "usage": true,
+            "hint": "`roost-client help COMMAND` shows how a command is written",
+        })
     );
     eprint!("{rendered}");
     ExitCode::from(2)
 }
 
 fn fail(json: bool, error: &anyhow::Error) -> ExitCode {
+    let failure = roost::client::local_error::failure(error);
     if json {
-        let client_error = error.downcast_ref::<ClientError>();
-        let code = client_error
-            .and_then(ClientError::code)
-            .map(|code| code.to_u16());
-        let retryable = client_error.map(|e| e.retry() == roost::protocol::Retry::Later);
         println!(
             "{}",
-            json!({ "error": format!("{error:#}"), "code": code, "retryable": retryable })
+            json!({
+                "error": format!("{error:#}"),
+                "code": failure.code,
+                "name": failure.name,
+                "retryable": failure.retryable,
+                "hint": failure.hint,
+            })
         );
     }
     eprintln!("roost-client: {error:#}");
+    if let Some(hint) = failure.hint {
+        eprintln!("roost-client: {hint}");
+    }
     ExitCode::FAILURE
 }
 
@@ -404,17 +422,31 @@ async fn execute(
                 device.top_up(&own).await
             }
             .await;
-            own.close().await;
             let published = published?;
+            // It joins the user's groups as it arrives.
+            let joined = async {
+                let groups = device.groups(&own).await?;
+                let joined = groups.join_user_groups().await?;
+                device.save()?;
+                Ok::<_, anyhow::Error>(joined)
+            }
+            .await;
+            own.close().await;
+            let (joined, not_joined) = joined_output(joined?);
             let keys = connection.domain_keys().await?;
             Output::new(
                 json!({
                     "added": client_json(&identity.credential, &keys),
                     "key_packages_published": published,
+                    "joined": joined,
+                    "not_joined": not_joined,
                 }),
                 format!(
-                    "added client {} (approved by {}) and published {published} KeyPackages",
-                    identity.client, approver.identity.client
+                    "added client {} (approved by {}), published {published} KeyPackages, joined {} group(s){}",
+                    identity.client,
+                    approver.identity.client,
+                    joined.len(),
+                    not_joined_text(&not_joined),
                 ),
             )
         }
@@ -583,12 +615,9 @@ async fn execute(
         Command::Invite { group, user } => {
             let (device, _push) = authenticate(connection, &cli.state).await?;
             let group_id = GroupNames::load(&cli.state)?.resolve(group)?;
-            let (invited, pending) = with_catch_up(connection, &device, cli.json, || async {
-                let groups = device.groups(connection).await?;
-                let pending = groups.pending_proposals(&group_id)?;
-                Ok((groups.invite(&group_id, user).await?, pending))
-            })
-            .await?;
+            let groups = device.groups(connection).await?;
+            let pending = groups.pending_proposals(&group_id)?;
+            let invited = caught_up(&groups, cli.json, groups.invite(&group_id, user).await)?;
             device.save()?;
             let invited: Vec<String> = invited.iter().map(ToString::to_string).collect();
             Output::new(
@@ -604,29 +633,29 @@ async fn execute(
         Command::Send { group, text } => {
             let (device, _push) = authenticate(connection, &cli.state).await?;
             let group_id = GroupNames::load(&cli.state)?.resolve(group)?;
-            with_catch_up(connection, &device, cli.json, || async {
-                device
-                    .groups(connection)
-                    .await?
-                    .send(&group_id, text.as_bytes())
-                    .await
-            })
-            .await?;
+            let groups = device.groups(connection).await?;
+            let sent = groups.send(&group_id, text.as_bytes()).await;
+            let committed = caught_up(&groups, cli.json, sent)?;
             device.save()?;
+            let group = hex::encode(&group_id);
             Output::new(
-                json!({ "group": hex::encode(&group_id), "sent": text }),
-                format!("sent to {}", hex::encode(&group_id)),
+                json!({ "group": group, "sent": text, "committed_epoch": committed }),
+                match committed {
+                    // MLS sends nothing over pending proposals: they went first.
+                    Some(epoch) => format!(
+                        "sent to {group}, after committing what was pending (epoch {epoch})"
+                    ),
+                    None => format!("sent to {group}"),
+                },
             )
         }
         Command::Remove { group, user } => {
             let (device, _push) = authenticate(connection, &cli.state).await?;
             let group_id = GroupNames::load(&cli.state)?.resolve(group)?;
-            let (removed, pending) = with_catch_up(connection, &device, cli.json, || async {
-                let groups = device.groups(connection).await?;
-                let pending = groups.pending_proposals(&group_id)?;
-                Ok((groups.remove_user(&group_id, user).await?, pending))
-            })
-            .await?;
+            let groups = device.groups(connection).await?;
+            let pending = groups.pending_proposals(&group_id)?;
+            let removed = groups.remove_user(&group_id, user).await;
+            let removed = caught_up(&groups, cli.json, removed)?;
             device.save()?;
             let removed: Vec<String> = removed.iter().map(ToString::to_string).collect();
             Output::new(
@@ -643,14 +672,9 @@ async fn execute(
             let (device, _push) = authenticate(connection, &cli.state).await?;
             let group_id = GroupNames::load(&cli.state)?.resolve(group)?;
             let admin = matches!(role, RoleArg::Admin);
-            with_catch_up(connection, &device, cli.json, || async {
-                device
-                    .groups(connection)
-                    .await?
-                    .set_role(&group_id, user, admin)
-                    .await
-            })
-            .await?;
+            let groups = device.groups(connection).await?;
+            let set = groups.set_role(&group_id, user, admin).await;
+            caught_up(&groups, cli.json, set)?;
             device.save()?;
             let role = if admin { "admin" } else { "member" };
             Output::new(
@@ -661,10 +685,9 @@ async fn execute(
         Command::Leave { group } => {
             let (device, _push) = authenticate(connection, &cli.state).await?;
             let group_id = GroupNames::load(&cli.state)?.resolve(group)?;
-            with_catch_up(connection, &device, cli.json, || async {
-                device.groups(connection).await?.leave(&group_id).await
-            })
-            .await?;
+            let groups = device.groups(connection).await?;
+            let left = groups.leave(&group_id).await;
+            caught_up(&groups, cli.json, left)?;
             device.save()?;
             Output::new(
                 json!({ "group": hex::encode(&group_id), "left": true }),
@@ -677,18 +700,40 @@ async fn execute(
         Command::Commit { group } => {
             let (device, _push) = authenticate(connection, &cli.state).await?;
             let group_id = GroupNames::load(&cli.state)?.resolve(group)?;
-            let epoch = with_catch_up(connection, &device, cli.json, || async {
-                device
-                    .groups(connection)
-                    .await?
-                    .commit_pending(&group_id)
-                    .await
-            })
-            .await?;
+            let groups = device.groups(connection).await?;
+            let epoch = groups.commit_pending(&group_id).await;
+            let epoch = caught_up(&groups, cli.json, epoch)?;
             device.save()?;
             Output::new(
                 json!({ "group": hex::encode(&group_id), "epoch": epoch }),
                 format!("group {} is at epoch {epoch}", hex::encode(&group_id)),
+            )
+        }
+        Command::Sync => {
+            let (device, _push) = authenticate(connection, &cli.state).await?;
+            let groups = device.groups(connection).await?;
+            let joined = groups.join_user_groups().await;
+            device.save()?;
+            let (joined, not_joined) = joined_output(joined?);
+            Output::new(
+                json!({ "joined": joined, "not_joined": not_joined }),
+                format!(
+                    "joined {} group(s){}",
+                    joined.len(),
+                    not_joined_text(&not_joined)
+                ),
+            )
+        }
+        Command::Resync { group } => {
+            let (device, _push) = authenticate(connection, &cli.state).await?;
+            let group_id = GroupNames::load(&cli.state)?.resolve(group)?;
+            let groups = device.groups(connection).await?;
+            let epoch = groups.resync(&group_id).await;
+            device.save()?;
+            let epoch = epoch?;
+            Output::new(
+                json!({ "group": hex::encode(&group_id), "epoch": epoch }),
+                format!("rejoined {} at epoch {epoch}", hex::encode(&group_id)),
             )
         }
         Command::DeleteGroup { group } => {
@@ -829,15 +874,6 @@ fn print_event(json: bool, object: serde_json::Value, text: String) {
 
 /// Messages fetched per request while draining the queue.
 const FETCH_BATCH: u32 = 100;
-
-/// Fetches every queued message, processes, prints and acknowledges it (see [`QueueReader`]).
-/// Returns how many messages there were.
-async fn receive(connection: &Connection, device: &Device, json: bool) -> anyhow::Result<usize> {
-    QueueReader::new(connection, device, json)
-        .await?
-        .catch_up()
-        .await
-}
 
 /// Reads this device's queue: processes what it fetches or is pushed (MLS messages and
 /// Welcomes through the device's groups, server notices as notices), prints it (one JSON object
@@ -1095,14 +1131,35 @@ fn group_event_output(seq: u64, event: anyhow::Result<GroupEvent>) -> (serde_jso
                 ),
             )
         }
+        Ok(GroupEvent::OwnMessage { group_id }) => {
+            let group = hex::encode(group_id);
+            (
+                json!({ "seq": seq, "event": "own_message", "group": group }),
+                format!("#{seq}: this device's own message to group {group}"),
+            )
+        }
         Ok(GroupEvent::Other) => (
             json!({ "seq": seq, "event": "ignored" }),
             format!("#{seq}: nothing for this device"),
         ),
-        Err(e) => (
-            json!({ "seq": seq, "event": "error", "error": format!("{e:#}") }),
-            format!("#{seq}: cannot process: {e:#}"),
-        ),
+        Err(e) => {
+            let failure = roost::client::local_error::failure(&e);
+            let hint = failure
+                .hint
+                .map(|hint| format!(" ({hint})"))
+                .unwrap_or_default();
+            (
+                json!({
+                    "seq": seq,
+                    "event": "error",
+                    "error": format!("{e:#}"),
+                    "code": failure.code,
+                    "name": failure.name,
+                    "hint": failure.hint,
+                }),
+                format!("#{seq}: cannot process: {e:#}{hint}"),
+            )
+        }
     }
 }
 
@@ -1142,29 +1199,48 @@ async fn notice_output(
     Ok((object, text))
 }
 
-/// Runs a group operation; if the server answers `WrongEpoch`, processes (and prints) the queue
-/// to catch up and tries again, a few times.
-async fn with_catch_up<T, F, Fut>(
-    connection: &Connection,
-    device: &Device,
-    json: bool,
-    operation: F,
-) -> anyhow::Result<T>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<T>>,
-{
-    const ATTEMPTS: usize = 5;
-    let mut attempt = 1;
-    loop {
-        match operation().await {
-            Err(e) if is_wrong_epoch(&e) && attempt < ATTEMPTS => {
-                attempt += 1;
-                receive(connection, device, json).await?;
+/// The groups an external join took (hex ids), and those it could not, with why.
+fn joined_output(
+    outcomes: Vec<(Vec<u8>, anyhow::Result<u64>)>,
+) -> (Vec<String>, Vec<serde_json::Value>) {
+    let mut joined = Vec::new();
+    let mut not_joined = Vec::new();
+    for (group_id, outcome) in outcomes {
+        match outcome {
+            Ok(_) => joined.push(hex::encode(group_id)),
+            Err(e) => {
+                let failure = roost::client::local_error::failure(&e);
+                not_joined.push(json!({
+                    "group": hex::encode(group_id),
+                    "error": format!("{e:#}"),
+                    "code": failure.code,
+                    "hint": failure.hint,
+                }))
             }
-            result => return result,
         }
     }
+    (joined, not_joined)
+}
+
+fn not_joined_text(not_joined: &[serde_json::Value]) -> String {
+    not_joined
+        .iter()
+        .map(|failed| format!("\n  not {}: {}", failed["group"], failed["error"]))
+        .collect()
+}
+
+/// Prints what `groups` processed while catching up inside an operation (the library does
+/// that when the server says the device is behind), then passes the operation's `result` on.
+fn caught_up<T>(
+    groups: &GroupClient<'_>,
+    json: bool,
+    result: anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    for (seq, event) in groups.take_caught_up() {
+        let (object, text) = group_event_output(seq, event);
+        print_event(json, object, text);
+    }
+    result
 }
 
 /// Local names of groups (`STATE_DIR/groups.json`), for people who prefer `team` to a hex id.

@@ -15,6 +15,7 @@ use openmls_traits::storage::StorageProvider;
 use openmls_traits::OpenMlsProvider;
 use tls_codec::{Deserialize, Serialize};
 
+use super::local_error::LocalError;
 use super::mls::DeviceMls;
 use super::{ClientError, Connection};
 use crate::clock::UnixTime;
@@ -24,6 +25,13 @@ use crate::protocol::{
     MessageKind, QueuedMessage, SendCommitRequest, SendMessageRequest, SendProposalRequest,
     ServerNotice, ROLES_EXTENSION_TYPE,
 };
+
+/// Epochs whose secrets a device keeps after moving on, so that an application message sent
+/// just before a commit overtook it (normal traffic in MLS: the sender had not seen the commit)
+/// is still read. Eight commits in the time a message is in flight is far more than a group
+/// sees; an older message is reported as unreadable. Each kept epoch costs its secret tree
+/// (about a kilobyte per hundred members), and is forward secrecy given up for that long.
+pub const MAX_PAST_EPOCHS: usize = 8;
 
 /// What processing one queued message produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +44,9 @@ pub enum GroupEvent {
         sender: ClientId,
         text: Vec<u8>,
     },
+    /// This device's own application message, as the group's log gives it to every reader
+    /// (its sender included): already known here, nothing to show.
+    OwnMessage { group_id: Vec<u8> },
     /// A commit moved a group to a new epoch.
     Committed { group_id: Vec<u8>, epoch: u64 },
     /// A commit removed this device from the group.
@@ -104,13 +115,15 @@ impl DeviceMls {
             // Welcomes travel without the tree (at 10,000 members it is megabytes): the server
             // keeps the tree of every epoch that adds members for its joiners.
             .use_ratchet_tree_extension(false)
+            .max_past_epochs(MAX_PAST_EPOCHS)
             .build())
     }
 
-    fn join_config(&self) -> MlsGroupJoinConfig {
+    pub(crate) fn join_config(&self) -> MlsGroupJoinConfig {
         MlsGroupJoinConfig::builder()
             .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
             .use_ratchet_tree_extension(false)
+            .max_past_epochs(MAX_PAST_EPOCHS)
             .build()
     }
 
@@ -144,10 +157,21 @@ impl DeviceMls {
         ))
     }
 
-    /// A group this device is in, from its key store.
+    /// A group this device is in, from its key store (a group stored under an older
+    /// configuration, e.g. keeping no past epochs, is given the current one).
     pub fn group(&self, group_id: &[u8]) -> anyhow::Result<Option<MlsGroup>> {
-        MlsGroup::load(self.provider().storage(), &GroupId::from_slice(group_id))
-            .map_err(|e| anyhow!("loading group state: {e}"))
+        let group = MlsGroup::load(self.provider().storage(), &GroupId::from_slice(group_id))
+            .map_err(|e| anyhow!("loading group state: {e}"))?;
+        let Some(mut group) = group else {
+            return Ok(None);
+        };
+        let config = self.join_config();
+        if *group.configuration() != config {
+            group
+                .set_configuration(self.provider().storage(), &config)
+                .map_err(|e| anyhow!("updating the group's configuration: {e}"))?;
+        }
+        Ok(Some(group))
     }
 
     /// Stages a commit adding `key_packages` (already verified), and returns what to send.
@@ -262,6 +286,28 @@ pub struct GroupClient<'a> {
     /// the same keys and the same `now` the answer cannot change, and an add to a group of
     /// 10,000 would otherwise verify 10,000 signatures again.
     verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], ClientId>>,
+    /// What catching up inside another operation processed (a send or a commit that found this
+    /// device behind), acknowledged and not yet shown: [`GroupClient::receive`] returns it first,
+    /// [`GroupClient::take_caught_up`] on its own.
+    caught_up: std::sync::Mutex<Vec<(u64, anyhow::Result<GroupEvent>)>>,
+}
+
+/// How many times an operation catches up and tries again when the server says this device is
+/// behind, before it gives up (each time, another member's commit came first).
+const CATCH_UP_ATTEMPTS: usize = 4;
+
+/// Whether the server refused because this device has not processed what it holds: another
+/// commit moved the group on (`WrongEpoch`), or proposals wait that the commit does not carry
+/// (`ProposalsNotCommitted`). Processing the queue, then building the request again, passes.
+pub fn is_behind(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        matches!(
+            cause
+                .downcast_ref::<ClientError>()
+                .and_then(ClientError::code),
+            Some(ErrorCode::WrongEpoch | ErrorCode::ProposalsNotCommitted)
+        )
+    })
 }
 
 /// Verified members remembered by one [`GroupClient`] at most (then it starts afresh).
@@ -281,7 +327,61 @@ impl<'a> GroupClient<'a> {
             now,
             remote_keys: Default::default(),
             verified: Default::default(),
+            caught_up: Default::default(),
         }
+    }
+
+    /// What catching up inside earlier operations processed and nobody was shown yet.
+    pub fn take_caught_up(&self) -> Vec<(u64, anyhow::Result<GroupEvent>)> {
+        std::mem::take(
+            &mut *self
+                .caught_up
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Processes the queue and logs (this device was behind), keeping what they held for the
+    /// caller to show.
+    async fn catch_up(&self) -> anyhow::Result<()> {
+        let events = self.receive_new().await?;
+        self.caught_up
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(events);
+        Ok(())
+    }
+
+    /// Builds a commit with `build` on the group's current state, sends it and merges it once
+    /// accepted. When the server says this device is behind ([`is_behind`]), it catches up and
+    /// builds the commit again on the new state. Returns the group at its new epoch.
+    async fn commit_caught_up(
+        &self,
+        group_id: &[u8],
+        build: impl Fn(&mut MlsGroup) -> anyhow::Result<SendCommitRequest>,
+    ) -> anyhow::Result<MlsGroup> {
+        let mut attempt = 1;
+        loop {
+            let mut group = self.member_group(group_id)?;
+            let request = build(&mut group)?;
+            match self.send_commit(&mut group, request).await {
+                Ok(()) => return Ok(group),
+                Err(e) if is_behind(&e) && attempt < CATCH_UP_ATTEMPTS => {
+                    attempt += 1;
+                    self.catch_up().await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The local state of a group this device is in.
+    fn member_group(&self, group_id: &[u8]) -> anyhow::Result<MlsGroup> {
+        self.mls.group(group_id)?.ok_or_else(|| {
+            anyhow::Error::new(LocalError::NoSuchGroup {
+                group: hex::encode(group_id),
+            })
+        })
     }
 
     /// The credential-verifying keys of `domain`.
@@ -344,7 +444,7 @@ impl<'a> GroupClient<'a> {
     }
 
     /// Checks every member of `group`; returns them in leaf order.
-    async fn verify_members(&self, group: &MlsGroup) -> anyhow::Result<Vec<ClientId>> {
+    pub(super) async fn verify_members(&self, group: &MlsGroup) -> anyhow::Result<Vec<ClientId>> {
         let mut members = Vec::new();
         for member in group.members() {
             members.push(
@@ -376,10 +476,7 @@ impl<'a> GroupClient<'a> {
         group_id: &[u8],
         user_ids: &[&str],
     ) -> anyhow::Result<Vec<ClientId>> {
-        let mut group = self
-            .mls
-            .group(group_id)?
-            .context("no such group on this device")?;
+        let group = self.member_group(group_id)?;
         let members = self.verify_members(&group).await?;
         let mut key_packages = Vec::new();
         let mut invited = Vec::new();
@@ -417,11 +514,17 @@ impl<'a> GroupClient<'a> {
                 invited.push(member);
             }
             if invited.len() == invited_before {
-                bail!("{user_id} has no client to add: none has a KeyPackage, or all are members");
+                return Err(LocalError::NothingToAdd {
+                    user: (*user_id).to_owned(),
+                }
+                .into());
             }
         }
-        let request = self.mls.add_members(&mut group, &key_packages)?;
-        self.send_commit(&mut group, request).await?;
+        drop(group);
+        // Behind, the commit is built again on the new state with the same KeyPackages (a client
+        // someone else added meanwhile makes the commit invalid: it is reported).
+        self.commit_caught_up(group_id, |group| self.mls.add_members(group, &key_packages))
+            .await?;
         Ok(invited)
     }
 
@@ -452,30 +555,38 @@ impl<'a> GroupClient<'a> {
         group_id: &[u8],
         user_id: &str,
     ) -> anyhow::Result<Vec<ClientId>> {
-        let mut group = self
-            .mls
-            .group(group_id)?
-            .context("no such group on this device")?;
+        let group = self.member_group(group_id)?;
         let mut removed = Vec::new();
-        let mut leaves = Vec::new();
+        let mut credentials = Vec::new();
         let members: Vec<_> = group.members().collect();
         for member in members {
             let client = self
                 .verify(&member.credential, &member.signature_key)
                 .await?;
             if client.user_id.as_str() == user_id {
-                leaves.push(member.index);
+                credentials.push(member.credential);
                 removed.push(client);
             }
         }
-        if leaves.is_empty() {
-            bail!("{user_id} is not in the group");
+        if credentials.is_empty() {
+            return Err(LocalError::NotInGroup {
+                user: user_id.to_owned(),
+            }
+            .into());
         }
-        // A removed Admin leaves the roles extension too.
-        let mut roles = group_roles(&group)?;
-        roles.admins.retain(|admin| admin.as_str() != user_id);
-        let request = self.mls.commit(&mut group, &[], &leaves, Some(&roles))?;
-        self.send_commit(&mut group, request).await?;
+        // Their leaves are found again on the state each attempt builds on.
+        self.commit_caught_up(group_id, |group| {
+            let leaves: Vec<LeafNodeIndex> = group
+                .members()
+                .filter(|member| credentials.contains(&member.credential))
+                .map(|member| member.index)
+                .collect();
+            // A removed Admin leaves the roles extension too.
+            let mut roles = group_roles(group)?;
+            roles.admins.retain(|admin| admin.as_str() != user_id);
+            self.mls.commit(group, &[], &leaves, Some(&roles))
+        })
+        .await?;
         Ok(removed)
     }
 
@@ -487,58 +598,67 @@ impl<'a> GroupClient<'a> {
         user_id: &str,
         admin: bool,
     ) -> anyhow::Result<()> {
-        let mut group = self
-            .mls
-            .group(group_id)?
-            .context("no such group on this device")?;
+        let group = self.member_group(group_id)?;
         let members = self.verify_members(&group).await?;
         if !members
             .iter()
             .any(|client| client.user_id.as_str() == user_id)
         {
-            bail!("{user_id} is not in the group");
+            return Err(LocalError::NotInGroup {
+                user: user_id.to_owned(),
+            }
+            .into());
         }
-        let mut roles = group_roles(&group)?;
-        roles.admins.retain(|listed| listed.as_str() != user_id);
-        if admin {
-            roles
-                .admins
-                .push(crate::protocol::Text::new(user_id).map_err(|e| anyhow!("{e}"))?);
-        }
-        let request = self.mls.commit(&mut group, &[], &[], Some(&roles))?;
-        self.send_commit(&mut group, request).await
+        let user = crate::protocol::Text::new(user_id).map_err(|e| anyhow!("{e}"))?;
+        self.commit_caught_up(group_id, |group| {
+            let mut roles = group_roles(group)?;
+            roles.admins.retain(|listed| *listed != user);
+            if admin {
+                roles.admins.push(user.clone());
+            }
+            self.mls.commit(group, &[], &[], Some(&roles))
+        })
+        .await?;
+        Ok(())
     }
 
     /// The roles the group context states, as this device sees them.
     pub fn roles(&self, group_id: &[u8]) -> anyhow::Result<GroupRoles> {
-        let group = self
-            .mls
-            .group(group_id)?
-            .context("no such group on this device")?;
-        group_roles(&group)
+        group_roles(&self.member_group(group_id)?)
     }
 
-    /// Commits the proposals pending in the group (e.g. a member's leaving).
+    /// Commits the proposals pending in the group (e.g. a member's leaving), catching up first
+    /// if proposals wait on the server that this device has not seen.
     pub async fn commit_pending(&self, group_id: &[u8]) -> anyhow::Result<u64> {
-        let mut group = self
-            .mls
-            .group(group_id)?
-            .context("no such group on this device")?;
-        let request = self.mls.commit(&mut group, &[], &[], None)?;
-        self.send_commit(&mut group, request).await?;
+        let group = self
+            .commit_caught_up(group_id, |group| self.mls.commit(group, &[], &[], None))
+            .await?;
         Ok(group.epoch().as_u64())
     }
 
     /// Proposes to leave the group; the next commit by any member removes this device. The server
     /// stops delivering the group's messages to it at once.
     pub async fn leave(&self, group_id: &[u8]) -> anyhow::Result<()> {
-        let mut group = self
-            .mls
-            .group(group_id)?
-            .context("no such group on this device")?;
+        let mut attempt = 1;
+        loop {
+            match self.propose_leaving(group_id).await {
+                Err(e) if is_behind(&e) && attempt < CATCH_UP_ATTEMPTS => {
+                    attempt += 1;
+                    self.catch_up().await?;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    /// One attempt of [`GroupClient::leave`] at the group's current epoch.
+    async fn propose_leaving(&self, group_id: &[u8]) -> anyhow::Result<()> {
+        let mut group = self.member_group(group_id)?;
         let proposal = group
             .leave_group(self.mls.provider(), self.mls.signer())
-            .context("proposing to leave")?;
+            .map_err(|e| LocalError::Mls {
+                detail: format!("proposing to leave: {e}"),
+            })?;
         let request = SendProposalRequest {
             proposal: proposal.tls_serialize_detached()?.into(),
         };
@@ -586,15 +706,33 @@ impl<'a> GroupClient<'a> {
         Ok(())
     }
 
-    /// Encrypts and sends `text` to `group_id`.
-    pub async fn send(&self, group_id: &[u8], text: &[u8]) -> anyhow::Result<()> {
-        let mut group = self
-            .mls
-            .group(group_id)?
-            .context("no such group on this device")?;
-        let request = self.mls.encrypt(&mut group, text)?;
-        super::with_retries(|| self.connection.send_message(request.clone())).await?;
-        Ok(())
+    /// Encrypts and sends `text` to `group_id`. MLS sends no application message while
+    /// proposals are pending (a member's leave, say): they are committed first, and the new
+    /// epoch returned. A send that a commit overtook (`WrongEpoch`) catches up and is encrypted
+    /// again for the new epoch: the message is never lost to a commit.
+    pub async fn send(&self, group_id: &[u8], text: &[u8]) -> anyhow::Result<Option<u64>> {
+        let mut committed = None;
+        let mut attempt = 1;
+        loop {
+            let mut group = self.member_group(group_id)?;
+            if group.pending_proposals().next().is_some() {
+                group = self
+                    .commit_caught_up(group_id, |group| self.mls.commit(group, &[], &[], None))
+                    .await?;
+                committed = Some(group.epoch().as_u64());
+            }
+            let request = self.mls.encrypt(&mut group, text)?;
+            match super::with_retries(|| self.connection.send_message(request.clone())).await {
+                Ok(_) => return Ok(committed),
+                Err(e)
+                    if e.code() == Some(ErrorCode::WrongEpoch) && attempt < CATCH_UP_ATTEMPTS =>
+                {
+                    attempt += 1;
+                    self.catch_up().await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Processes one queued message.
@@ -617,22 +755,53 @@ impl<'a> GroupClient<'a> {
                 let Some(mut group) = self.mls.group(&group_id)? else {
                     return Ok(GroupEvent::Other);
                 };
-                if protocol_message.epoch() < group.epoch() {
-                    // Our own commit echoed back, or one we already applied: nothing to do.
-                    return Ok(GroupEvent::Other);
+                let (epoch, current) = (protocol_message.epoch().as_u64(), group.epoch().as_u64());
+                // Application messages of the kept past epochs are read (a commit overtook
+                // them); a handshake of a past epoch was superseded by the commit that ended
+                // it, and one older than the kept epochs cannot be read: both are reported.
+                if let (true, ProtocolMessage::PublicMessage(handshake)) =
+                    (epoch < current, &protocol_message)
+                {
+                    // A group's log gives every reader every message, its own commits too. An
+                    // external commit of a past epoch can only be this device's own join: any
+                    // other would have taken it through that epoch.
+                    let sender = handshake.sender();
+                    if *sender == Sender::Member(group.own_leaf_index())
+                        || *sender == Sender::NewMemberCommit
+                    {
+                        return Ok(GroupEvent::OwnMessage { group_id });
+                    }
+                    return Err(LocalError::Unprocessable {
+                        detail: format!("a commit or proposal of epoch {epoch}, which this device has passed (it is at {current})"),
+                    }
+                    .into());
                 }
                 let processed = group
                     .process_message(self.mls.provider(), protocol_message)
-                    .context("processing an MLS message")?;
+                    .map_err(|e| LocalError::Unprocessable {
+                        detail: if epoch + MAX_PAST_EPOCHS as u64 <= current {
+                            format!("a message of epoch {epoch}: older than the {MAX_PAST_EPOCHS} past epochs this device keeps (it is at {current})")
+                        } else {
+                            format!("an MLS message of epoch {epoch}: {e}")
+                        },
+                    })?;
                 let sender = processed.credential().clone();
                 let sender_key = group
                     .members()
                     .find(|member| member.credential == sender)
                     .map(|member| member.signature_key);
                 match processed.into_content() {
+                    ProcessedMessageContent::OwnPrivateMessage => {
+                        Ok(GroupEvent::OwnMessage { group_id })
+                    }
                     ProcessedMessageContent::ApplicationMessage(application) => {
-                        let sender_key = sender_key.context("the sender is not a member")?;
-                        let sender = self.verify(&sender, &sender_key).await?;
+                        let sender = match sender_key {
+                            Some(key) => self.verify(&sender, &key).await?,
+                            // Sent in a past epoch by a member the commit since removed: openmls
+                            // checked the signature against that epoch's leaf; the credential
+                            // (checked when that leaf joined) vouches for its own key.
+                            None => self.verify(&sender, &credential_key(&sender)?).await?,
+                        };
                         Ok(GroupEvent::Message {
                             group_id,
                             sender,
@@ -802,6 +971,13 @@ impl<'a> GroupClient<'a> {
     /// be processed (reported as an `Err` event). A transient failure ([`is_transient`]) stops
     /// it: the messages from that one on stay queued, and the failure is returned.
     pub async fn receive(&self) -> anyhow::Result<Vec<(u64, anyhow::Result<GroupEvent>)>> {
+        let mut events = self.take_caught_up();
+        events.extend(self.receive_new().await?);
+        Ok(events)
+    }
+
+    /// What [`GroupClient::receive`] fetches and processes anew.
+    async fn receive_new(&self) -> anyhow::Result<Vec<(u64, anyhow::Result<GroupEvent>)>> {
         // The queue first: a Welcome there makes this device a member before it reads the
         // group's log, and what was queued before the device read logs comes before them.
         let mut events = self.receive_from(ReadFrom::Queue).await?;
@@ -920,6 +1096,15 @@ fn context_extensions(
     .map_err(|e| anyhow!("the roles extension: {e}"))
 }
 
+/// The signature key a Roost credential states.
+fn credential_key(credential: &openmls::prelude::Credential) -> anyhow::Result<Vec<u8>> {
+    let basic = BasicCredential::try_from(credential.clone())
+        .map_err(|_| anyhow!("the sender's credential is not a basic credential"))?;
+    let parsed = ClientCredential::tls_deserialize_exact(basic.identity())
+        .context("the sender's credential is not a Roost client credential")?;
+    Ok(parsed.content.signature_key.as_slice().to_vec())
+}
+
 /// The roles extension of a group's context.
 pub fn group_roles(group: &MlsGroup) -> anyhow::Result<GroupRoles> {
     let extension = group
@@ -927,12 +1112,4 @@ pub fn group_roles(group: &MlsGroup) -> anyhow::Result<GroupRoles> {
         .unknown(ROLES_EXTENSION_TYPE)
         .context("the group has no roles extension")?;
     GroupRoles::tls_deserialize_exact(&extension.0).context("the roles extension does not parse")
-}
-
-/// Whether a client error is the server's `WrongEpoch`.
-pub fn is_wrong_epoch(error: &anyhow::Error) -> bool {
-    error
-        .downcast_ref::<ClientError>()
-        .and_then(ClientError::code)
-        == Some(ErrorCode::WrongEpoch)
 }

@@ -5,9 +5,11 @@
 //! concurrently. [`state`] keeps a device's identity on disk for the command-line client.
 
 pub mod groups;
+pub mod local_error;
 pub mod mls;
 pub mod push_receiver;
 pub mod queue;
+mod rejoin;
 pub mod state;
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -659,6 +661,15 @@ impl Connection {
     /// The groups this client is in.
     pub async fn list_groups(&self) -> Result<GroupList, ClientError> {
         match self.request(&Request::ListGroups).await? {
+            ResponseBody::Groups(groups) => Ok(groups),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The groups any client of this device's user is in (here and at the hubs this server
+    /// hears from), for a new device to join them by external commit.
+    pub async fn list_user_groups(&self) -> Result<GroupList, ClientError> {
+        match self.request(&Request::ListUserGroups).await? {
             ResponseBody::Groups(groups) => Ok(groups),
             other => Err(unexpected(&other)),
         }

@@ -105,6 +105,9 @@ pub enum GroupRequest {
     DeleteGroup(DeleteGroupRequest),
     #[tls_codec(discriminant = 28)]
     FetchGroupTree(FetchGroupTreeRequest),
+    /// The groups hosted at the hub that any client of the sender's user is a member of.
+    #[tls_codec(discriminant = 33)]
+    ListUserGroups,
 }
 
 /// `ClientsDeparted` request body.
@@ -280,6 +283,7 @@ mod tests {
                 group_id: vec![5].into(),
             })),
             relayed(GroupRequest::ListGroups),
+            relayed(GroupRequest::ListUserGroups),
             relayed(GroupRequest::FetchGroupTree(FetchGroupTreeRequest {
                 group_id: vec![5].into(),
                 epoch: 3,

@@ -47,6 +47,7 @@ pub enum Operation {
     AddPushTarget = 30,
     ListPushTargets = 31,
     RemovePushTarget = 32,
+    ListUserGroups = 33,
 }
 
 impl Operation {
@@ -83,6 +84,7 @@ impl Operation {
         Self::AddPushTarget,
         Self::ListPushTargets,
         Self::RemovePushTarget,
+        Self::ListUserGroups,
     ];
 
     pub fn from_u16(value: u16) -> Option<Self> {
@@ -122,7 +124,8 @@ impl Operation {
             | Self::FetchGroupTree
             | Self::AddPushTarget
             | Self::ListPushTargets
-            | Self::RemovePushTarget => true,
+            | Self::RemovePushTarget
+            | Self::ListUserGroups => true,
         }
     }
 }
@@ -227,6 +230,10 @@ pub enum Request {
     /// Forget one of the authenticated client's push targets.
     #[tls_codec(discriminant = 32)]
     RemovePushTarget(RemovePushTargetRequest),
+    /// The groups any client of the authenticated client's user is a member of (a new device
+    /// joins them by external commit).
+    #[tls_codec(discriminant = 33)]
+    ListUserGroups,
 }
 
 impl Request {
@@ -264,6 +271,7 @@ impl Request {
             Self::AddPushTarget(_) => Operation::AddPushTarget,
             Self::ListPushTargets => Operation::ListPushTargets,
             Self::RemovePushTarget(_) => Operation::RemovePushTarget,
+            Self::ListUserGroups => Operation::ListUserGroups,
         }
     }
 }
@@ -431,6 +439,7 @@ mod tests {
             }),
             Request::ListPushTargets,
             Request::RemovePushTarget(RemovePushTargetRequest { target_id: 9 }),
+            Request::ListUserGroups,
         ]
     }
 

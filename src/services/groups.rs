@@ -9,7 +9,7 @@ use openmls::prelude::{
     BasicCredential, ExtensionType, ExternalProposal, ExternalSender, LeafNode, LeafNodeIndex,
     MlsMessageBodyIn, MlsMessageIn, ProcessedMessageContent, Proposal, ProposalStore,
     ProtocolMessage, PublicGroup, PublicProcessMessageError, RatchetTreeIn, Sender,
-    SenderExtensionIndex, SignatureScheme, ValidationError,
+    SenderExtensionIndex, SignatureScheme, StagedCommit, ValidationError,
 };
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::OpenMlsRustCrypto;
@@ -219,76 +219,38 @@ impl Groups {
                 }
                 other => invalid(format!("the commit is not valid: {other}")),
             })?;
-        let Sender::Member(sender_leaf) = *processed.sender() else {
-            return Err(invalid("only members commit here".into()));
-        };
-        let sender = old_members
-            .iter()
-            .find(|(_, leaf)| *leaf == sender_leaf.u32())
-            .map(|(client, _)| client.clone())
-            .ok_or_else(|| invalid("the committer is not a member".into()))?;
-        if sender != *caller {
-            return Err(ServiceError::Forbidden);
-        }
+        let sender = processed.sender().clone();
         let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
             return Err(invalid("the message is not a commit".into()));
         };
-        let admin = is_admin(&group.stored, caller);
-
-        // Every proposal pending for this epoch must be in the commit, but those MLS itself
-        // leaves out (RFC 9420 section 12.2, as openmls does): the committer's own Updates and
-        // Updates of leaves that a pending Remove takes out.
-        let pending = group
-            .public
-            .queued_proposals(&group.storage)
-            .map_err(|e| corrupt(&format!("reading pending proposals: {e}")))?;
-        let removed: BTreeSet<LeafNodeIndex> = pending
-            .iter()
-            .filter_map(|(_, queued)| match queued.proposal() {
-                Proposal::Remove(remove) => Some(remove.removed()),
-                _ => None,
-            })
-            .collect();
-        let pending: BTreeSet<Vec<u8>> = pending
-            .into_iter()
-            .filter(|(_, queued)| match (queued.proposal(), queued.sender()) {
-                (Proposal::Update(_), Sender::Member(proposer)) => {
-                    *proposer != sender_leaf && !removed.contains(proposer)
+        // The committer's leaf in the new epoch's tree, by its signature key once merged (a
+        // member keeps its leaf; a client joining by external commit takes a free one).
+        let committer_key = match sender {
+            Sender::Member(sender_leaf) => {
+                let sender = old_members
+                    .iter()
+                    .find(|(_, leaf)| *leaf == sender_leaf.u32())
+                    .map(|(client, _)| client.clone())
+                    .ok_or_else(|| invalid("the committer is not a member".into()))?;
+                if sender != *caller {
+                    return Err(ServiceError::Forbidden);
                 }
-                _ => true,
-            })
-            .map(|(reference, _)| reference.as_slice().to_vec())
-            .collect();
-        let covered: BTreeSet<Vec<u8>> = staged
-            .queued_proposals()
-            .map(|queued| queued.proposal_reference_ref().as_slice().to_vec())
-            .collect();
-        if !pending.is_subset(&covered) {
-            return Err(ServiceError::ProposalsNotCommitted);
-        }
-
-        // Roles: the committer's own proposals follow its role; proposals by reference were
-        // checked when they were proposed. Anyone may remove (or update) their own leaf.
-        let committer = Sender::Member(sender_leaf);
-        for queued in staged.queued_proposals() {
-            let own = *queued.sender() == committer;
-            match queued.proposal() {
-                Proposal::Add(_) | Proposal::GroupContextExtensions(_) if !admin => {
-                    return Err(ServiceError::NotAnAdmin)
-                }
-                Proposal::Remove(remove) => {
-                    let self_removal = matches!(
-                        queued.sender(),
-                        Sender::Member(proposer) if *proposer == remove.removed()
-                    );
-                    if own && !self_removal && !admin {
-                        return Err(ServiceError::NotAnAdmin);
-                    }
-                }
-                _ => {}
+                self.check_member_commit(caller, &group, sender_leaf, &staged)?;
+                group
+                    .public
+                    .leaf(sender_leaf)
+                    .map(|leaf| leaf.signature_key().as_slice().to_vec())
+                    .ok_or_else(|| invalid("the committer has no leaf".into()))?
             }
-        }
-
+            Sender::NewMemberCommit => {
+                self.check_external_commit(caller, &group, &old_members, &staged)?;
+                staged
+                    .update_path_leaf_node()
+                    .map(|leaf| leaf.signature_key().as_slice().to_vec())
+                    .ok_or_else(|| invalid("an external commit carries a path".into()))?
+            }
+            _ => return Err(invalid("only members commit here".into())),
+        };
         // Additions: each new member's credential checked, Welcome refs collected.
         let mut added = Vec::new();
         for add in staged.add_proposals() {
@@ -331,7 +293,13 @@ impl Groups {
                 .public
                 .merge_commit(&group.storage, *staged)
                 .map_err(|e| invalid(format!("the commit cannot be merged: {e}")))?;
-            self.check_group_info(&group.public, sender_leaf, request.group_info.as_slice())?;
+            let committer = group
+                .public
+                .members()
+                .find(|member| member.signature_key == committer_key)
+                .map(|member| member.index)
+                .ok_or_else(|| invalid("the committer has no leaf in the new epoch".into()))?;
+            self.check_group_info(&group.public, committer, request.group_info.as_slice())?;
             self.check_group_context(&group.public)
         })?;
         let new_epoch = group.public.group_context().epoch().as_u64();
@@ -449,6 +417,123 @@ impl Groups {
             group_id: group_id.into(),
             epoch,
         })
+    }
+
+    /// The rules of a member's commit: every pending proposal carried (but those MLS leaves
+    /// out), and each proposal within the committer's role.
+    fn check_member_commit(
+        &self,
+        caller: &ClientId,
+        group: &LoadedGroup,
+        sender_leaf: LeafNodeIndex,
+        staged: &StagedCommit,
+    ) -> Result<(), ServiceError> {
+        let admin = is_admin(&group.stored, caller);
+
+        // Every proposal pending for this epoch must be in the commit, but those MLS itself
+        // leaves out (RFC 9420 section 12.2, as openmls does): the committer's own Updates and
+        // Updates of leaves that a pending Remove takes out.
+        let pending = group
+            .public
+            .queued_proposals(&group.storage)
+            .map_err(|e| corrupt(&format!("reading pending proposals: {e}")))?;
+        let removed: BTreeSet<LeafNodeIndex> = pending
+            .iter()
+            .filter_map(|(_, queued)| match queued.proposal() {
+                Proposal::Remove(remove) => Some(remove.removed()),
+                _ => None,
+            })
+            .collect();
+        let pending: BTreeSet<Vec<u8>> = pending
+            .into_iter()
+            .filter(|(_, queued)| match (queued.proposal(), queued.sender()) {
+                (Proposal::Update(_), Sender::Member(proposer)) => {
+                    *proposer != sender_leaf && !removed.contains(proposer)
+                }
+                _ => true,
+            })
+            .map(|(reference, _)| reference.as_slice().to_vec())
+            .collect();
+        let covered: BTreeSet<Vec<u8>> = staged
+            .queued_proposals()
+            .map(|queued| queued.proposal_reference_ref().as_slice().to_vec())
+            .collect();
+        if !pending.is_subset(&covered) {
+            return Err(ServiceError::ProposalsNotCommitted);
+        }
+
+        // Roles: the committer's own proposals follow its role; proposals by reference were
+        // checked when they were proposed. Anyone may remove (or update) their own leaf.
+        let committer = Sender::Member(sender_leaf);
+        for queued in staged.queued_proposals() {
+            let own = *queued.sender() == committer;
+            match queued.proposal() {
+                Proposal::Add(_) | Proposal::GroupContextExtensions(_) if !admin => {
+                    return Err(ServiceError::NotAnAdmin)
+                }
+                Proposal::Remove(remove) => {
+                    let self_removal = matches!(
+                        queued.sender(),
+                        Sender::Member(proposer) if *proposer == remove.removed()
+                    );
+                    if own && !self_removal && !admin {
+                        return Err(ServiceError::NotAnAdmin);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The rules of an external commit (RFC 9420 section 12.4.3.2), which a client uses to join
+    /// a group its user is in (a new device) or to rejoin one whose state it lost (resync): its
+    /// user must have another client in the group, it may remove only its own old leaf, and it
+    /// changes nothing else (no additions, no roles). Pending proposals cannot ride in an
+    /// external commit, so one waits until a member has committed them.
+    fn check_external_commit(
+        &self,
+        caller: &ClientId,
+        group: &LoadedGroup,
+        old_members: &[(ClientId, u32)],
+        staged: &StagedCommit,
+    ) -> Result<(), ServiceError> {
+        // The caller itself (a resync), or another client of its user that stays.
+        let vouched = old_members.iter().any(|(client, _)| {
+            client == caller
+                || (client.user_id == caller.user_id && !is_leaving(&group.stored, client))
+        });
+        if !vouched {
+            return Err(ServiceError::Forbidden);
+        }
+        let pending = group
+            .public
+            .queued_proposals(&group.storage)
+            .map_err(|e| corrupt(&format!("reading pending proposals: {e}")))?;
+        if !pending.is_empty() {
+            return Err(ServiceError::ProposalsNotCommitted);
+        }
+        let own_leaves: Vec<u32> = old_members
+            .iter()
+            .filter(|(client, _)| client == caller)
+            .map(|(_, leaf)| *leaf)
+            .collect();
+        let mut removed_own = 0;
+        for queued in staged.queued_proposals() {
+            match queued.proposal() {
+                Proposal::ExternalInit(_) => {}
+                Proposal::Remove(remove) if own_leaves.contains(&remove.removed().u32()) => {
+                    removed_own += 1;
+                }
+                // Anything else would let a device's rejoin change the group: refused.
+                _ => return Err(ServiceError::Forbidden),
+            }
+        }
+        // A client still in the group rejoins only in place of its old leaf.
+        if removed_own != own_leaves.len() {
+            return Err(ServiceError::Forbidden);
+        }
+        Ok(())
     }
 
     /// A Remove or Update proposal on its own: stored until a commit covers it, fanned out so
@@ -796,13 +881,17 @@ impl Groups {
     ) -> Result<GroupState, ServiceError> {
         let group_id = request.group_id.as_slice();
         let group = self.load(group_id).await?;
-        self.store
+        let membership = self
+            .store
             .group_membership(caller.user_id.as_str(), caller.device_id, group_id)
-            .await?
-            .ok_or(ServiceError::NotAMember)?;
-        let members = self
-            .verified_members(&group.public)
-            .await?
+            .await?;
+        let verified = self.verified_members(&group.public).await?;
+        // A client of a user in the group reads it too: what it needs to join by external
+        // commit (its GroupInfo and tree).
+        if membership.is_none() && !own_user_in(caller, &group, &verified) {
+            return Err(ServiceError::NotAMember);
+        }
+        let members = verified
             .into_iter()
             .map(|(client, leaf_index)| {
                 let role = if is_admin(&group.stored, &client) {
@@ -847,8 +936,23 @@ impl Groups {
         let membership = self
             .store
             .group_membership(caller.user_id.as_str(), caller.device_id, group_id)
-            .await?
-            .ok_or(ServiceError::NotAMember)?;
+            .await?;
+        let Some(membership) = membership else {
+            // A client of a user in the group gets the current tree, to join by external commit.
+            let group = self.load(group_id).await?;
+            let verified = self.verified_members(&group.public).await?;
+            if !own_user_in(caller, &group, &verified) {
+                return Err(ServiceError::NotAMember);
+            }
+            if request.epoch != group.stored.epoch {
+                return Err(ServiceError::TreeNotKept {
+                    epoch: request.epoch,
+                });
+            }
+            let tree = encoded_tree(&group.public)?;
+            let chunk = TreeChunk::of(&tree, request.offset as usize, MAX_TREE_CHUNK_LEN as usize);
+            return tree_answer(request.epoch, request.offset, chunk);
+        };
         if request.epoch < membership.since_epoch {
             return Err(ServiceError::TreeNotKept {
                 epoch: request.epoch,
@@ -872,14 +976,7 @@ impl Groups {
                 TreeChunk::of(&encoded_tree(&group.public)?, offset, max_len)
             }
         };
-        let total_len = u32::try_from(chunk.total_len)
-            .map_err(|_| corrupt("a ratchet tree longer than 4 GiB"))?;
-        Ok(GroupTreeChunk {
-            epoch: request.epoch,
-            total_len,
-            offset: request.offset,
-            chunk: chunk.bytes.into(),
-        })
+        tree_answer(request.epoch, request.offset, chunk)
     }
 
     pub async fn list(&self, caller: &ClientId) -> Result<Vec<GroupEpoch>, ServiceError> {
@@ -887,6 +984,18 @@ impl Groups {
             .store
             .groups_of(caller.user_id.as_str(), caller.device_id)
             .await?;
+        Ok(groups
+            .into_iter()
+            .map(|(group_id, epoch)| GroupEpoch {
+                group_id: group_id.into(),
+                epoch,
+            })
+            .collect())
+    }
+
+    /// The groups hosted here that any client of `caller`'s user is a member of.
+    pub async fn list_of_user(&self, caller: &ClientId) -> Result<Vec<GroupEpoch>, ServiceError> {
+        let groups = self.store.groups_of_user(caller.user_id.as_str()).await?;
         Ok(groups
             .into_iter()
             .map(|(group_id, epoch)| GroupEpoch {
@@ -1462,6 +1571,27 @@ fn group_refusal(refusal: GroupRefusal) -> ServiceError {
             "an unexpected repeated request".into(),
         )),
     }
+}
+
+/// Whether another client of `caller`'s user is in the group (and not leaving it): what lets
+/// a new device of the user, or one that lost its state, read the group and join it by external
+/// commit.
+fn own_user_in(caller: &ClientId, group: &LoadedGroup, members: &[(ClientId, u32)]) -> bool {
+    members
+        .iter()
+        .any(|(client, _)| client.user_id == caller.user_id && !is_leaving(&group.stored, client))
+}
+
+/// The answer holding `chunk` of the tree of `epoch`, asked from `offset`.
+fn tree_answer(epoch: u64, offset: u32, chunk: TreeChunk) -> Result<GroupTreeChunk, ServiceError> {
+    let total_len =
+        u32::try_from(chunk.total_len).map_err(|_| corrupt("a ratchet tree longer than 4 GiB"))?;
+    Ok(GroupTreeChunk {
+        epoch,
+        total_len,
+        offset,
+        chunk: chunk.bytes.into(),
+    })
 }
 
 fn is_leaving(group: &StoredGroup, client: &ClientId) -> bool {

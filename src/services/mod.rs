@@ -354,7 +354,7 @@ fn request_group_id(request: &GroupRequest) -> Option<Vec<u8>> {
         GroupRequest::GetGroup(request) => Some(request.group_id.as_slice().to_vec()),
         GroupRequest::DeleteGroup(request) => Some(request.group_id.as_slice().to_vec()),
         GroupRequest::FetchGroupTree(request) => Some(request.group_id.as_slice().to_vec()),
-        GroupRequest::ListGroups => None,
+        GroupRequest::ListGroups | GroupRequest::ListUserGroups => None,
     }
 }
 
@@ -730,6 +730,10 @@ impl Services {
                 groups: self.groups.list(sender).await?,
                 unreachable_hubs: Vec::new(),
             }),
+            GroupRequest::ListUserGroups => ResponseBody::Groups(GroupList {
+                groups: self.groups.list_of_user(sender).await?,
+                unreachable_hubs: Vec::new(),
+            }),
             GroupRequest::SendProposal(request) => {
                 self.groups.propose(sender, request).await?;
                 ResponseBody::ProposalAccepted
@@ -744,12 +748,21 @@ impl Services {
         })
     }
 
-    /// The groups `caller` is a member of: those hosted here, and those hosted by the peers that
-    /// deliver groups to this server's clients, asked all at once. A hub that cannot be asked is
-    /// named in the answer instead of failing it.
-    async fn list_groups(&self, caller: &ClientId) -> Result<GroupList, ServiceError> {
+    /// The groups `caller` is a member of (`ListGroups`), or that any client of its user is
+    /// (`ListUserGroups`): those hosted here, and those hosted by the peers that deliver groups
+    /// to this server's clients, asked all at once. A hub that cannot be asked is named in the
+    /// answer instead of failing it.
+    async fn list_groups(
+        &self,
+        caller: &ClientId,
+        which: GroupRequest,
+    ) -> Result<GroupList, ServiceError> {
+        let here = match which {
+            GroupRequest::ListUserGroups => self.groups.list_of_user(caller).await?,
+            _ => self.groups.list(caller).await?,
+        };
         let mut list = GroupList {
-            groups: self.groups.list(caller).await?,
+            groups: here,
             unreachable_hubs: Vec::new(),
         };
         if self.federation.is_none() {
@@ -759,7 +772,7 @@ impl Services {
         let answers = futures::future::join_all(hubs.iter().map(|hub| {
             let relayed = FederationRequest::RelayGroupRequest(RelayedGroupRequest {
                 sender: caller.clone(),
-                request: GroupRequest::ListGroups,
+                request: which.clone(),
             });
             self.federated(hub, relayed)
         }))
@@ -1115,7 +1128,14 @@ impl Services {
                 self.routed_group_request(authenticated()?, GroupRequest::GetGroup(request))
                     .await?
             }
-            Request::ListGroups => ResponseBody::Groups(self.list_groups(authenticated()?).await?),
+            Request::ListGroups => ResponseBody::Groups(
+                self.list_groups(authenticated()?, GroupRequest::ListGroups)
+                    .await?,
+            ),
+            Request::ListUserGroups => ResponseBody::Groups(
+                self.list_groups(authenticated()?, GroupRequest::ListUserGroups)
+                    .await?,
+            ),
             Request::SendProposal(request) => {
                 self.routed_group_request(authenticated()?, GroupRequest::SendProposal(request))
                     .await?

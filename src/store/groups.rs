@@ -524,6 +524,32 @@ impl Store {
         .await
     }
 
+    /// The groups any client of `user_id` is a member of, each once, with their epochs.
+    pub async fn groups_of_user(&self, user_id: &str) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
+        let user_id = user_id.to_owned();
+        self.read(move |txn| {
+            let members = txn.open_table(GROUP_MEMBERS)?;
+            let views = txn.open_table(SEND_VIEWS)?;
+            let groups = txn.open_table(GROUPS)?;
+            let mut ids = std::collections::BTreeSet::new();
+            let range =
+                (user_id.as_str(), 0, &[][..])..=(user_id.as_str(), u32::MAX, GROUP_ID_UPPER_BOUND);
+            for entry in members.range(range)? {
+                ids.insert(entry?.0.value().2.to_vec());
+            }
+            let mut found = Vec::with_capacity(ids.len());
+            for group_id in ids {
+                if let Some(view) = views.get(group_id.as_slice())? {
+                    found.push((group_id, view_epoch(view.value())?));
+                } else if let Some(record) = groups.get(group_id.as_slice())? {
+                    found.push((group_id, StoredGroup::decode(record.value())?.epoch));
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
     /// The groups a client is a member of, with their epochs.
     pub async fn groups_of(
         &self,

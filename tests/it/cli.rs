@@ -1096,6 +1096,31 @@ fn recv_reports_a_message_it_can_never_process_and_exits_non_zero() {
         String::from_utf8_lossy(&again.stdout).trim(),
         r#"{"event":"no_messages"}"#
     );
+    // A failure on the device's own side has a stable code and says what to do.
+    let unknown_group = "ab".repeat(20);
+    let failed = client_command(
+        server.addr,
+        "localhost",
+        &ca,
+        &[
+            "--state",
+            bob.to_str().unwrap(),
+            "send",
+            &unknown_group,
+            "x",
+        ],
+    );
+    assert!(!failed.status.success());
+    let error: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&failed.stdout).trim()).unwrap();
+    assert_eq!(error["code"], 1001, "{error}");
+    assert_eq!(error["name"], "NoSuchGroup", "{error}");
+    assert!(
+        error["hint"]
+            .as_str()
+            .is_some_and(|hint| hint.contains("recv")),
+        "{error}"
+    );
     assert!(server.terminate().success());
 }
 

@@ -136,7 +136,7 @@ pub(crate) struct FedDevice {
 }
 
 impl FedDevice {
-    async fn groups(&self) -> GroupClient<'_> {
+    pub(crate) async fn groups(&self) -> GroupClient<'_> {
         let keys = within(self.connection.domain_keys()).await.unwrap();
         GroupClient::new(
             &self.connection,

@@ -97,6 +97,7 @@ fn authenticated_operations() -> Vec<Request> {
         }),
         Request::ListPushTargets,
         Request::RemovePushTarget(roost::protocol::RemovePushTargetRequest { target_id: 1 }),
+        Request::ListUserGroups,
     ]
 }
 

@@ -6,6 +6,7 @@ mod accounts;
 mod attacks;
 mod auth;
 mod cli;
+mod conversations;
 mod crash;
 mod federation;
 mod floods;

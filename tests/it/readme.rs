@@ -13,6 +13,8 @@ use std::process::Command;
 const PRELUDE: &str = r#"
 set -euo pipefail
 shopt -s expand_aliases
+# A block that fails half-way leaves no server behind to hold its port for the next run.
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
 cargo() {
     if [ "$1" != run ]; then echo "README test: only 'cargo run' is supported: cargo $*" >&2; return 1; fi
     shift
