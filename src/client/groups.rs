@@ -341,10 +341,19 @@ impl<'a> GroupClient<'a> {
         )
     }
 
-    /// Processes the queue and logs (this device was behind), keeping what they held for the
-    /// caller to show.
-    async fn catch_up(&self) -> anyhow::Result<()> {
-        let events = self.receive_new().await?;
+    /// Processes the queue and logs before attempt `attempt` (from 2) of an operation the
+    /// server found behind, keeping what they held for the caller to show. When nothing has
+    /// arrived yet (the commit that moved the group on is still on its way from the hub's
+    /// homeserver), it waits a little, longer at each attempt, and looks again.
+    async fn catch_up(&self, attempt: usize) -> anyhow::Result<()> {
+        let mut events = self.receive_new().await?;
+        if events.is_empty() {
+            let exponent = u32::try_from(attempt.saturating_sub(2))
+                .unwrap_or(u32::MAX)
+                .min(4);
+            tokio::time::sleep(std::time::Duration::from_millis(100 * 4u64.pow(exponent))).await;
+            events = self.receive_new().await?;
+        }
         self.caught_up
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -368,7 +377,7 @@ impl<'a> GroupClient<'a> {
                 Ok(()) => return Ok(group),
                 Err(e) if is_behind(&e) && attempt < CATCH_UP_ATTEMPTS => {
                     attempt += 1;
-                    self.catch_up().await?;
+                    self.catch_up(attempt).await?;
                 }
                 Err(e) => return Err(e),
             }
@@ -644,7 +653,7 @@ impl<'a> GroupClient<'a> {
             match self.propose_leaving(group_id).await {
                 Err(e) if is_behind(&e) && attempt < CATCH_UP_ATTEMPTS => {
                     attempt += 1;
-                    self.catch_up().await?;
+                    self.catch_up(attempt).await?;
                 }
                 outcome => return outcome,
             }
@@ -728,7 +737,7 @@ impl<'a> GroupClient<'a> {
                     if e.code() == Some(ErrorCode::WrongEpoch) && attempt < CATCH_UP_ATTEMPTS =>
                 {
                     attempt += 1;
-                    self.catch_up().await?;
+                    self.catch_up(attempt).await?;
                 }
                 Err(e) => return Err(e.into()),
             }

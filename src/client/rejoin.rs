@@ -50,7 +50,15 @@ impl GroupClient<'_> {
         let mut attempt = 1;
         loop {
             match self.join_externally_once(group_id).await {
-                Err(e) if is_behind(&e) && attempt < JOIN_ATTEMPTS => attempt += 1,
+                // Another commit came first (the next GetGroup has it), or proposals wait that
+                // a member's next commit clears: a pause, growing, then again.
+                Err(e) if is_behind(&e) && attempt < JOIN_ATTEMPTS => {
+                    tokio::time::sleep(std::time::Duration::from_millis(
+                        100 * 4u64.pow(attempt as u32 - 1),
+                    ))
+                    .await;
+                    attempt += 1;
+                }
                 outcome => return outcome,
             }
         }

@@ -227,14 +227,7 @@ impl Groups {
         // member keeps its leaf; a client joining by external commit takes a free one).
         let committer_key = match sender {
             Sender::Member(sender_leaf) => {
-                let sender = old_members
-                    .iter()
-                    .find(|(_, leaf)| *leaf == sender_leaf.u32())
-                    .map(|(client, _)| client.clone())
-                    .ok_or_else(|| invalid("the committer is not a member".into()))?;
-                if sender != *caller {
-                    return Err(ServiceError::Forbidden);
-                }
+                check_sender_is_caller(&old_members, sender_leaf, caller)?;
                 self.check_member_commit(caller, &group, sender_leaf, &staged)?;
                 group
                     .public
@@ -569,14 +562,7 @@ impl Groups {
         let Sender::Member(sender_leaf) = *processed.sender() else {
             return Err(invalid("only members propose here".into()));
         };
-        let sender = members
-            .iter()
-            .find(|(_, leaf)| *leaf == sender_leaf.u32())
-            .map(|(client, _)| client.clone())
-            .ok_or_else(|| invalid("the proposer is not a member".into()))?;
-        if sender != *caller {
-            return Err(ServiceError::Forbidden);
-        }
+        check_sender_is_caller(&members, sender_leaf, caller)?;
         let ProcessedMessageContent::ProposalMessage(queued) = processed.into_content() else {
             return Err(invalid("the message is not a proposal".into()));
         };
@@ -1571,6 +1557,24 @@ fn group_refusal(refusal: GroupRefusal) -> ServiceError {
             "an unexpected repeated request".into(),
         )),
     }
+}
+
+/// Checks that the member at `sender_leaf` (a handshake's signer) is `caller`: a member may
+/// not send another's commit or proposal as its own (`Forbidden`).
+fn check_sender_is_caller(
+    members: &[(ClientId, u32)],
+    sender_leaf: LeafNodeIndex,
+    caller: &ClientId,
+) -> Result<(), ServiceError> {
+    let sender = members
+        .iter()
+        .find(|(_, leaf)| *leaf == sender_leaf.u32())
+        .map(|(client, _)| client)
+        .ok_or_else(|| invalid("the sender is not a member".into()))?;
+    if sender != caller {
+        return Err(ServiceError::Forbidden);
+    }
+    Ok(())
 }
 
 /// Whether another client of `caller`'s user is in the group (and not leaving it): what lets

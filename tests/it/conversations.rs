@@ -412,3 +412,37 @@ async fn a_stranger_cannot_read_a_group_nor_join_it_by_external_commit() {
     let after = within(alice.connection.get_group(&group_id)).await.unwrap();
     assert_eq!((after.epoch, after.members.len()), (state.epoch, 2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_device_joins_its_users_groups_at_another_homeserver() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_homeservers(dir.path()).await;
+    let (alice, mut bob, group_id) = alice_at_a_with_bob_at_b(&a, &b).await;
+    // Bob's second device, at b.example, finds the group hosted at a.example and joins it
+    // through its own homeserver (the listing, the group's state and the commit all relayed).
+    let mut tablet = b.second_device(&bob).await;
+    let joined = within(tablet.groups().await.join_user_groups())
+        .await
+        .unwrap();
+    assert_eq!(joined.len(), 1);
+    assert_eq!(joined[0].0, group_id);
+    joined.into_iter().for_each(|(_, outcome)| {
+        outcome.unwrap();
+    });
+    within(alice.groups().await.send(&group_id, b"to both of bob's"))
+        .await
+        .unwrap();
+    // Delivered to b.example through the hub's outbox: each device reads as it is told, until
+    // the message is there (bob is told of the tablet's joining first).
+    for device in [&mut tablet, &mut bob] {
+        let mut events = Vec::new();
+        while messages(&events).is_empty() {
+            events.extend(device.receive_pushed().await);
+        }
+        assert_eq!(
+            messages(&events),
+            [("alice@a.example".to_owned(), "to both of bob's".to_owned())],
+            "{events:?}"
+        );
+    }
+}

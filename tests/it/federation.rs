@@ -93,10 +93,20 @@ impl Homeserver {
         let registered = within(connection.register_user(user, &key, CIPHERSUITE, None))
             .await
             .unwrap();
-        let push = within(connection.authenticate(&registered.client, &key))
+        Self::online(connection, registered, key).await
+    }
+
+    /// The device `added` with `key` (registered or added), authenticated on `connection`,
+    /// with KeyPackages published.
+    async fn online(
+        connection: Connection,
+        added: roost::protocol::ClientRegistered,
+        key: ed25519_dalek::SigningKey,
+    ) -> FedDevice {
+        let push = within(connection.authenticate(&added.client, &key))
             .await
             .unwrap();
-        let identity = roost::client::state::DeviceIdentity::new(registered, key, CIPHERSUITE);
+        let identity = roost::client::state::DeviceIdentity::new(added, key, CIPHERSUITE);
         let mls = roost::client::mls::DeviceMls::new(&identity).unwrap();
         within(connection.top_up_key_packages(&identity.client, &mls))
             .await
@@ -107,6 +117,21 @@ impl Homeserver {
             mls,
             push,
         }
+    }
+
+    /// Adds a device to the user of `approver` (a device of this homeserver), connected and
+    /// authenticated, with KeyPackages published.
+    pub(crate) async fn second_device(&self, approver: &FedDevice) -> FedDevice {
+        let key = new_key();
+        let request = roost::client::add_client_request(
+            approver.identity.client.user_id.as_str(),
+            &key,
+            CIPHERSUITE,
+        );
+        let added = within(approver.connection.add_client(request))
+            .await
+            .unwrap();
+        Self::online(self.connect().await, added, key).await
     }
 
     /// Registers `user` (publishing KeyPackages) and returns its authenticated connection.
@@ -157,7 +182,7 @@ impl FedDevice {
     }
 
     /// Waits for a NewMessages push, then processes the queue.
-    async fn receive_pushed(&mut self) -> Vec<GroupEvent> {
+    pub(crate) async fn receive_pushed(&mut self) -> Vec<GroupEvent> {
         loop {
             match within(self.push.next()).await.unwrap().unwrap() {
                 roost::protocol::Notification::NewMessages(_) => return self.receive().await,

@@ -42,6 +42,17 @@ pub(crate) async fn registered_with_key_packages(
     all
 }
 
+/// How many commits to `epoch` `client` processed while catching up inside its operations.
+pub(crate) fn caught_up_with_epoch(client: &GroupClient<'_>, epoch: u64) -> usize {
+    client
+        .take_caught_up()
+        .into_iter()
+        .filter(
+            |(_, event)| matches!(event, Ok(GroupEvent::Committed { epoch: e, .. }) if *e == epoch),
+        )
+        .count()
+}
+
 fn messages(events: &[GroupEvent]) -> Vec<(ClientId, String)> {
     events
         .iter()
@@ -142,15 +153,8 @@ async fn of_two_commits_for_one_epoch_the_first_wins_and_the_other_retries() {
     );
     first.unwrap();
     second.unwrap();
-    let caught_up = |client: &roost::client::groups::GroupClient<'_>| {
-        client
-            .take_caught_up()
-            .into_iter()
-            .filter(|(_, event)| matches!(event, Ok(GroupEvent::Committed { epoch: 2, .. })))
-            .count()
-    };
     assert_eq!(
-        caught_up(&laptop) + caught_up(&phone),
+        caught_up_with_epoch(&laptop, 2) + caught_up_with_epoch(&phone, 2),
         1,
         "exactly one lost the race and caught up with the winner's commit"
     );

@@ -11,7 +11,7 @@ use roost::protocol::{close_code, ClaimOutcome, ErrorCode, Notification};
 use crate::accounts::closed_with;
 use crate::cli::ServerProcess;
 use crate::group_logs::texts;
-use crate::groups::{groups, receive, registered_with_key_packages};
+use crate::groups::{caught_up_with_epoch, groups, receive, registered_with_key_packages};
 use crate::support::{code, copy_keys, register_device, within, Device, TestServer};
 
 /// Waits on `device`'s push stream for a `NewMessages` hint (skipping other notifications).
@@ -102,15 +102,8 @@ async fn of_two_commits_for_one_epoch_through_two_nodes_exactly_one_wins() {
     );
     a.unwrap();
     b.unwrap();
-    let caught_up = |client: &roost::client::groups::GroupClient<'_>| {
-        client
-            .take_caught_up()
-            .into_iter()
-            .filter(|(_, event)| matches!(event, Ok(GroupEvent::Committed { epoch: 2, .. })))
-            .count()
-    };
     assert_eq!(
-        caught_up(&on_first) + caught_up(&on_second),
+        caught_up_with_epoch(&on_first, 2) + caught_up_with_epoch(&on_second, 2),
         1,
         "exactly one commit of epoch 1 won"
     );
