@@ -9,6 +9,7 @@ pub mod local_error;
 pub mod mls;
 pub mod push_receiver;
 pub mod queue;
+mod receive;
 mod rejoin;
 pub mod state;
 
