@@ -1199,13 +1199,24 @@ async fn notice_output(
     Ok((object, text))
 }
 
-/// The groups an external join took (hex ids), and those it could not, with why.
+/// The groups an external join took (hex ids), and those it could not, with why (a hub that
+/// could not be asked among them).
 fn joined_output(
-    outcomes: Vec<(Vec<u8>, anyhow::Result<u64>)>,
+    outcomes: roost::client::rejoin::JoinedGroups,
 ) -> (Vec<String>, Vec<serde_json::Value>) {
     let mut joined = Vec::new();
-    let mut not_joined = Vec::new();
-    for (group_id, outcome) in outcomes {
+    let mut not_joined: Vec<serde_json::Value> = outcomes
+        .unreachable_hubs
+        .iter()
+        .map(|hub| {
+            json!({
+                "hub": hub,
+                "error": format!("the groups at {hub} could not be listed"),
+                "hint": "run `sync` again once it answers",
+            })
+        })
+        .collect();
+    for (group_id, outcome) in outcomes.groups {
         match outcome {
             Ok(_) => joined.push(hex::encode(group_id)),
             Err(e) => {
@@ -1225,7 +1236,10 @@ fn joined_output(
 fn not_joined_text(not_joined: &[serde_json::Value]) -> String {
     not_joined
         .iter()
-        .map(|failed| format!("\n  not {}: {}", failed["group"], failed["error"]))
+        .map(|failed| match failed["group"].as_str() {
+            Some(group) => format!("\n  not {group}: {}", failed["error"]),
+            None => format!("\n  {}", failed["error"]),
+        })
         .collect()
 }
 

@@ -10,7 +10,7 @@ pub mod mls;
 pub mod push_receiver;
 pub mod queue;
 mod receive;
-mod rejoin;
+pub mod rejoin;
 pub mod state;
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -14,6 +14,15 @@ use super::groups::{is_behind, GroupClient};
 use super::local_error::LocalError;
 use crate::protocol::SendCommitRequest;
 
+/// What [`GroupClient::join_user_groups`] did.
+#[derive(Debug)]
+pub struct JoinedGroups {
+    /// Each group of the user this device was not in: the epoch it joined at, or why not.
+    pub groups: Vec<(Vec<u8>, anyhow::Result<u64>)>,
+    /// Hubs that could not be asked for the user's groups: their groups wait for the next call.
+    pub unreachable_hubs: Vec<String>,
+}
+
 /// Attempts at an external join when another commit comes first each time.
 const JOIN_ATTEMPTS: usize = 4;
 
@@ -22,18 +31,25 @@ impl GroupClient<'_> {
     /// this device holds no state for: a new device's first step. Returns the groups joined; a
     /// group that could not be joined now (its hub unreachable, proposals pending there) is
     /// left for the next call and does not stop the others.
-    pub async fn join_user_groups(&self) -> anyhow::Result<Vec<(Vec<u8>, anyhow::Result<u64>)>> {
+    pub async fn join_user_groups(&self) -> anyhow::Result<JoinedGroups> {
         let listed = self.connection.list_user_groups().await?;
-        let mut joined = Vec::new();
+        let mut groups = Vec::new();
         for group in listed.groups {
             let group_id = group.group_id.as_slice().to_vec();
             if self.mls.group(&group_id)?.is_some() {
                 continue;
             }
             let outcome = self.join_externally(&group_id).await;
-            joined.push((group_id, outcome));
+            groups.push((group_id, outcome));
         }
-        Ok(joined)
+        Ok(JoinedGroups {
+            groups,
+            unreachable_hubs: listed
+                .unreachable_hubs
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        })
     }
 
     /// Rejoins `group_id` by external commit in place of this device's own leaf: for a device

@@ -259,7 +259,9 @@ async fn a_device_added_after_groups_exist_joins_them_and_receives_the_next_mess
     let phone = server.add_device(&alice).await;
     let phones = groups(&server, &phone).await;
     let joined = within(phones.join_user_groups()).await.unwrap();
+    assert!(joined.unreachable_hubs.is_empty());
     let mut joined_ids: Vec<Vec<u8>> = joined
+        .groups
         .into_iter()
         .map(|(group_id, outcome)| {
             outcome.unwrap();
@@ -298,7 +300,11 @@ async fn a_device_added_after_groups_exist_joins_them_and_receives_the_next_mess
         );
     }
     // Nothing left to join.
-    assert!(within(phones.join_user_groups()).await.unwrap().is_empty());
+    assert!(within(phones.join_user_groups())
+        .await
+        .unwrap()
+        .groups
+        .is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -364,6 +370,7 @@ async fn a_stranger_cannot_read_a_group_nor_join_it_by_external_commit() {
     assert!(within(groups(&server, &mallory).await.join_user_groups())
         .await
         .unwrap()
+        .groups
         .is_empty());
     // Handed the GroupInfo and tree by a member, her external commit is still refused.
     let state = within(alice.connection.get_group(&group_id)).await.unwrap();
@@ -424,9 +431,10 @@ async fn a_new_device_joins_its_users_groups_at_another_homeserver() {
     let joined = within(tablet.groups().await.join_user_groups())
         .await
         .unwrap();
-    assert_eq!(joined.len(), 1);
-    assert_eq!(joined[0].0, group_id);
-    joined.into_iter().for_each(|(_, outcome)| {
+    assert!(joined.unreachable_hubs.is_empty());
+    assert_eq!(joined.groups.len(), 1);
+    assert_eq!(joined.groups[0].0, group_id);
+    joined.groups.into_iter().for_each(|(_, outcome)| {
         outcome.unwrap();
     });
     within(alice.groups().await.send(&group_id, b"to both of bob's"))
@@ -445,4 +453,23 @@ async fn a_new_device_joins_its_users_groups_at_another_homeserver() {
             "{events:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_device_is_told_which_hubs_it_could_not_ask_and_joins_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_homeservers(dir.path()).await;
+    let (_alice, bob, _at_a) = alice_at_a_with_bob_at_b(&a, &b).await;
+    let at_b = within(bob.groups().await.create_group()).await.unwrap();
+    within(a.server.shutdown()).await.unwrap();
+    // The hub a.example is down: the tablet joins bob's group at b.example, and hears which hub
+    // to ask again.
+    let tablet = b.second_device(&bob).await;
+    let joined = within(tablet.groups().await.join_user_groups())
+        .await
+        .unwrap();
+    assert_eq!(joined.unreachable_hubs, ["a.example"]);
+    assert_eq!(joined.groups.len(), 1);
+    assert_eq!(joined.groups[0].0, at_b);
+    assert!(joined.groups[0].1.is_ok(), "{:?}", joined.groups[0].1);
 }
