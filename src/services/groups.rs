@@ -970,25 +970,13 @@ impl Groups {
             .store
             .groups_of(caller.user_id.as_str(), caller.device_id)
             .await?;
-        Ok(groups
-            .into_iter()
-            .map(|(group_id, epoch)| GroupEpoch {
-                group_id: group_id.into(),
-                epoch,
-            })
-            .collect())
+        Ok(group_epochs(groups))
     }
 
     /// The groups hosted here that any client of `caller`'s user is a member of.
     pub async fn list_of_user(&self, caller: &ClientId) -> Result<Vec<GroupEpoch>, ServiceError> {
         let groups = self.store.groups_of_user(caller.user_id.as_str()).await?;
-        Ok(groups
-            .into_iter()
-            .map(|(group_id, epoch)| GroupEpoch {
-                group_id: group_id.into(),
-                epoch,
-            })
-            .collect())
+        Ok(group_epochs(groups))
     }
 
     /// Whether this server hosts the group.
@@ -1575,6 +1563,17 @@ fn check_sender_is_caller(
         return Err(ServiceError::Forbidden);
     }
     Ok(())
+}
+
+/// Group ids with their epochs, as the wire lists them.
+fn group_epochs(groups: Vec<(Vec<u8>, u64)>) -> Vec<GroupEpoch> {
+    groups
+        .into_iter()
+        .map(|(group_id, epoch)| GroupEpoch {
+            group_id: group_id.into(),
+            epoch,
+        })
+        .collect()
 }
 
 /// Whether another client of `caller`'s user is in the group (and not leaving it): what lets

@@ -526,28 +526,7 @@ impl Store {
 
     /// The groups any client of `user_id` is a member of, each once, with their epochs.
     pub async fn groups_of_user(&self, user_id: &str) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
-        let user_id = user_id.to_owned();
-        self.read(move |txn| {
-            let members = txn.open_table(GROUP_MEMBERS)?;
-            let views = txn.open_table(SEND_VIEWS)?;
-            let groups = txn.open_table(GROUPS)?;
-            let mut ids = std::collections::BTreeSet::new();
-            let range =
-                (user_id.as_str(), 0, &[][..])..=(user_id.as_str(), u32::MAX, GROUP_ID_UPPER_BOUND);
-            for entry in members.range(range)? {
-                ids.insert(entry?.0.value().2.to_vec());
-            }
-            let mut found = Vec::with_capacity(ids.len());
-            for group_id in ids {
-                if let Some(view) = views.get(group_id.as_slice())? {
-                    found.push((group_id, view_epoch(view.value())?));
-                } else if let Some(record) = groups.get(group_id.as_slice())? {
-                    found.push((group_id, StoredGroup::decode(record.value())?.epoch));
-                }
-            }
-            Ok(found)
-        })
-        .await
+        self.groups_of_devices(user_id, 0..=u32::MAX).await
     }
 
     /// The groups a client is a member of, with their epochs.
@@ -556,16 +535,29 @@ impl Store {
         user_id: &str,
         device_id: u32,
     ) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
+        self.groups_of_devices(user_id, device_id..=device_id).await
+    }
+
+    /// The groups any of `devices` of `user_id` is a member of, each once, in group id order,
+    /// with their epochs.
+    async fn groups_of_devices(
+        &self,
+        user_id: &str,
+        devices: std::ops::RangeInclusive<u32>,
+    ) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
         let user_id = user_id.to_owned();
         self.read(move |txn| {
             let members = txn.open_table(GROUP_MEMBERS)?;
             let views = txn.open_table(SEND_VIEWS)?;
             let groups = txn.open_table(GROUPS)?;
-            let mut found = Vec::new();
-            let range = (user_id.as_str(), device_id, &[][..])
-                ..=(user_id.as_str(), device_id, GROUP_ID_UPPER_BOUND);
+            let mut ids = std::collections::BTreeSet::new();
+            let range = (user_id.as_str(), *devices.start(), &[][..])
+                ..=(user_id.as_str(), *devices.end(), GROUP_ID_UPPER_BOUND);
             for entry in members.range(range)? {
-                let group_id = entry?.0.value().2.to_vec();
+                ids.insert(entry?.0.value().2.to_vec());
+            }
+            let mut found = Vec::with_capacity(ids.len());
+            for group_id in ids {
                 // The epoch from the small send view; the whole record only for a group stored
                 // before send views.
                 if let Some(view) = views.get(group_id.as_slice())? {
