@@ -934,13 +934,10 @@ fn two_homeservers_carry_a_conversation_between_their_users() {
     for domain in ["a.example", "b.example"] {
         roost_certs(&certs, domain);
     }
-    let free_port = || {
-        std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    };
-    let (a_addr, b_addr) = (free_port(), free_port());
+    let (a_addr, b_addr) = (
+        crate::support::reserved_port(),
+        crate::support::reserved_port(),
+    );
     let ca = certs.join("ca.pem");
     let serve = |domain: &str, listen: SocketAddr, peer: &str, peer_addr: SocketAddr| {
         let mut args = serve_as(&certs, domain);

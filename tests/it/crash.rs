@@ -158,11 +158,7 @@ async fn acknowledged_messages_survive_kill_9_exactly_once_and_in_order() {
         .unwrap_or(3);
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let listen = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
+    let listen = crate::support::reserved_port().to_string();
     // In the suite's PostgreSQL run the killed server keeps its data there.
     let database =
         crate::support::on_postgres().then(|| roost::store::ScratchDatabase::create().unwrap());
@@ -300,13 +296,10 @@ async fn a_receiving_homeserver_killed_again_and_again_gets_everything_exactly_o
         crate::cli::roost_certs(&certs, domain);
     }
     let ca = certs.join("ca.pem");
-    let free = || {
-        std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    };
-    let (a_addr, b_addr) = (free(), free());
+    let (a_addr, b_addr) = (
+        crate::support::reserved_port(),
+        crate::support::reserved_port(),
+    );
     let serve = |domain: &str, listen: std::net::SocketAddr, peer: &str, peer_addr| {
         let mut args = crate::cli::serve_as(&certs, domain);
         args.extend([

@@ -20,12 +20,7 @@ use roost::tls::{issue_development_certificate, load_certificates, PeerTrust, Tl
 use crate::support::{new_key, within, CIPHERSUITE};
 
 /// A port free on loopback now (servers must know each other's address before they start).
-fn free_port() -> SocketAddr {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
+use crate::support::reserved_port as free_port;
 
 pub(crate) struct Homeserver {
     pub(crate) server: Server,

@@ -261,3 +261,24 @@ pub fn code<T: std::fmt::Debug>(
 pub fn copy_keys(from: &std::path::Path, to: &std::path::Path) {
     roost::server::copy_node_keys(from, to).unwrap();
 }
+
+/// A loopback address whose UDP port is free now and lies below the kernel's ephemeral range
+/// (32768 and up on Linux), for servers that must know each other's address before either
+/// starts, or that restart on the same address. A port taken from the ephemeral range could be
+/// handed to a parallel test's `:0` bind between this check and the server's own bind; ports
+/// here are only ever chosen by this function, which a counter keeps from repeating within the
+/// process and the process id spreads across processes.
+pub fn reserved_port() -> std::net::SocketAddr {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(1_009) % SPAN;
+    loop {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + (start + offset) % SPAN) as u16;
+        if let Ok(socket) = std::net::UdpSocket::bind(("127.0.0.1", port)) {
+            return socket.local_addr().unwrap();
+        }
+    }
+}
