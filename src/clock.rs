@@ -90,6 +90,23 @@ fn date_and_time(time: UnixTime) -> (String, String) {
     )
 }
 
+/// 00:00 UTC of the day `year`-`month`-`day` (from 1970 on), or `None` if there is no such day.
+pub fn unix_midnight(year: u64, month: u64, day: u64) -> Option<UnixTime> {
+    if !(1970..=9999).contains(&year) || !(1..=12).contains(&month) || day == 0 {
+        return None;
+    }
+    // Howard Hinnant's `days_from_civil`, the inverse of `civil_from_days`.
+    let year_from_march = if month <= 2 { year - 1 } else { year };
+    let era = year_from_march / 400;
+    let year_of_era = year_from_march % 400;
+    let month_from_march = (month + 9) % 12;
+    let day_of_year = (153 * month_from_march + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = (era * 146_097 + day_of_era).checked_sub(719_468)?;
+    // A day past the month's end (February 30th) comes back as another date: refused.
+    (civil_from_days(days) == (year, month, day)).then_some(days * SECONDS_PER_DAY)
+}
+
 /// The proleptic Gregorian date `days` after 1970-01-01 (Howard Hinnant's `civil_from_days`).
 fn civil_from_days(days: u64) -> (u64, u64, u64) {
     // Shift the epoch to 0000-03-01, so that leap days end each 400-year era's years.
@@ -112,7 +129,25 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 
 #[cfg(test)]
 mod tests {
-    use super::{format_rfc3339, format_utc};
+    use super::{format_rfc3339, format_utc, unix_midnight};
+
+    #[test]
+    fn days_give_their_midnight_and_impossible_days_none() {
+        assert_eq!(unix_midnight(1970, 1, 1), Some(0));
+        assert_eq!(unix_midnight(2000, 3, 1), Some(951_868_800));
+        assert_eq!(unix_midnight(2027, 7, 1), Some(1_814_400_000));
+        assert_eq!(
+            unix_midnight(2024, 2, 29).map(format_utc).as_deref(),
+            Some("2024-02-29 00:00:00 UTC")
+        );
+        for (year, month, day) in [(2023, 2, 29), (2027, 13, 1), (2027, 4, 31), (1969, 12, 31)] {
+            assert_eq!(
+                unix_midnight(year, month, day),
+                None,
+                "{year}-{month}-{day}"
+            );
+        }
+    }
 
     #[test]
     fn unix_times_format_as_utc_dates() {

@@ -112,7 +112,14 @@ pub struct ServerConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// The time the services see; tests set it.
     pub clock: Arc<dyn Clock>,
+    /// Until when (Unix seconds) `roost/1` connections are served; after it every request on one
+    /// is answered `UnsupportedVersion`, naming `roost/2`. `None`: served with no end.
+    pub roost1_served_until: Option<crate::clock::UnixTime>,
 }
+
+/// The end of `roost/1` unless the operator says otherwise: 2027-07-01 00:00 UTC, seven months
+/// after `roost/2` came (protocol-spec/core.md section 4).
+pub const DEFAULT_ROOST1_SERVED_UNTIL: crate::clock::UnixTime = 1_814_400_000;
 
 /// Which homeservers this one federates with, where they are, and how it trusts them.
 #[derive(Clone, Debug, Default)]
@@ -255,6 +262,7 @@ impl ServerConfig {
             maintenance_interval: Duration::from_secs(600),
             metrics_listen: None,
             clock: Arc::new(SystemClock),
+            roost1_served_until: Some(DEFAULT_ROOST1_SERVED_UNTIL),
         }
     }
 }

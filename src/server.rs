@@ -229,6 +229,10 @@ impl Server {
             sessions,
             config.limits.clone(),
             transport_metrics,
+            transport::VersionPolicy {
+                roost1_served_until: config.roost1_served_until,
+                clock: config.clock.clone(),
+            },
         ));
         let accept_loop = tokio::spawn(transport::serve(endpoint, shared.clone()));
         let maintenance = tokio::spawn({

@@ -124,10 +124,11 @@ pub fn server_config(
     Ok(config)
 }
 
-/// The rustls client configuration: TLS 1.3, trusting exactly `roots`, offering `alpn`.
+/// The rustls client configuration: TLS 1.3, trusting exactly `roots`, offering `alpns` in
+/// order of preference.
 pub fn client_config(
     roots: &[CertificateDer<'static>],
-    alpn: &[u8],
+    alpns: &[Vec<u8>],
 ) -> anyhow::Result<rustls::ClientConfig> {
     let mut store = rustls::RootCertStore::empty();
     for root in roots {
@@ -139,11 +140,11 @@ pub fn client_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(store)
         .with_no_client_auth();
-    // An empty ALPN offers none (an empty protocol name is not valid TLS).
-    config.alpn_protocols = [alpn]
-        .into_iter()
+    // An empty ALPN is left out (an empty protocol name is not valid TLS).
+    config.alpn_protocols = alpns
+        .iter()
         .filter(|alpn| !alpn.is_empty())
-        .map(<[u8]>::to_vec)
+        .cloned()
         .collect();
     Ok(config)
 }

@@ -5,12 +5,14 @@
 use libfuzzer_sys::fuzz_target;
 use roost::protocol::{
     decode_notification, decode_push_header, encode_notification_record,
-    NOTIFICATION_LENGTH_PREFIX_LEN, PUSH_HEADER_LEN,
+    Version, NOTIFICATION_LENGTH_PREFIX_LEN, PUSH_HEADER_LEN,
 };
 
 fuzz_target!(|data: &[u8]| {
     if let Some(header) = data.get(..PUSH_HEADER_LEN) {
-        let _ = decode_push_header(header.try_into().expect("two bytes"));
+        for version in Version::ALL {
+            let _ = decode_push_header(version, header.try_into().expect("two bytes"));
+        }
     }
     if let Ok(Some(notification)) = decode_notification(data) {
         let record = encode_notification_record(&notification).expect("encodes");

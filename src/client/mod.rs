@@ -34,7 +34,7 @@ use crate::protocol::{
 use crate::protocol::{
     close_code, decode_notification, decode_push_header, decode_response, encode_request, ClientId,
     DecodeError, ErrorCode, ErrorResponse, Notification, Request, Response, ResponseBody,
-    ServerInfo, ALPN_CLIENT, CHANNEL_BINDING_LEN, MAX_NOTIFICATION_LEN, MAX_RESPONSE_LEN,
+    ServerInfo, Version, CHANNEL_BINDING_LEN, MAX_NOTIFICATION_LEN, MAX_RESPONSE_LEN,
     NOTIFICATION_LENGTH_PREFIX_LEN, PUSH_HEADER_LEN,
 };
 use crate::protocol::{
@@ -55,8 +55,10 @@ pub struct ClientConfig {
     pub server_name: String,
     /// Certificates (CA or the server's own) the client trusts.
     pub trusted: Vec<CertificateDer<'static>>,
-    /// The ALPN to offer; [`ALPN_CLIENT`] unless testing something else.
-    pub alpn: Vec<u8>,
+    /// The ALPNs to offer, preferred first: every version this library speaks, newest first
+    /// ([`Version::ALL`]), unless testing something else. The server picks the newest it serves,
+    /// and the connection speaks that version.
+    pub alpns: Vec<Vec<u8>>,
     /// Whether to let the server open the push stream (one unidirectional stream). A client
     /// that only fetches may grant none.
     pub accept_push: bool,
@@ -73,7 +75,7 @@ impl ClientConfig {
             server_addr,
             server_name: server_name.into(),
             trusted: tls::load_certificates(trusted)?,
-            alpn: ALPN_CLIENT.to_vec(),
+            alpns: Version::ALL.iter().map(|v| v.alpn().to_vec()).collect(),
             accept_push: true,
         })
     }
@@ -110,7 +112,7 @@ impl ClientError {
     pub fn retry(&self) -> crate::protocol::Retry {
         use crate::protocol::Retry;
         match self {
-            Self::Server(e) => e.code().retry(),
+            Self::Server(e) => e.retry(),
             Self::Connect(_) | Self::Connection(_) | Self::Stream(_) => Retry::Later,
             Self::Config(_) | Self::Protocol(_) => Retry::Never,
         }
@@ -159,11 +161,13 @@ impl From<DecodeError> for ClientError {
 pub struct Connection {
     endpoint: quinn::Endpoint,
     connection: quinn::Connection,
+    /// The version the handshake chose: every envelope on the connection carries it.
+    version: Version,
 }
 
 impl Connection {
     pub async fn connect(config: &ClientConfig) -> Result<Self, ClientError> {
-        let tls = tls::client_config(&config.trusted, &config.alpn)
+        let tls = tls::client_config(&config.trusted, &config.alpns)
             .map_err(|e| ClientError::Config(format!("{e:#}")))?;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
             .map_err(|e| ClientError::Config(e.to_string()))?;
@@ -188,15 +192,29 @@ impl Connection {
             .map_err(|e| ClientError::Connect(e.to_string()))?
             .await
             .map_err(|e| ClientError::Connect(e.to_string()))?;
+        // A server that chose no client version (a test's other ALPN) is spoken to in the newest.
+        let version = connection
+            .handshake_data()
+            .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+            .and_then(|data| data.protocol)
+            .and_then(|alpn| Version::from_alpn(&alpn))
+            .unwrap_or(Version::LATEST);
         Ok(Self {
             endpoint,
             connection,
+            version,
         })
+    }
+
+    /// The protocol version this connection speaks (the newest both sides serve).
+    pub fn version(&self) -> Version {
+        self.version
     }
 
     /// Sends `request` on a new stream and returns the response body, or the server's error.
     pub async fn request(&self, request: &Request) -> Result<ResponseBody, ClientError> {
-        let bytes = encode_request(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let bytes = encode_request(self.version, request)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
         match self.request_raw(&bytes).await? {
             Response::Ok(body) => Ok(body),
             Response::Error(e) => Err(ClientError::Server(e)),
@@ -215,7 +233,7 @@ impl Connection {
             .read_to_end(MAX_RESPONSE_LEN)
             .await
             .map_err(|e| ClientError::Stream(e.to_string()))?;
-        Ok(decode_response(&response)?)
+        Ok(decode_response(self.version, &response)?)
     }
 
     /// The server's domain, protocol version and limits.
@@ -244,7 +262,7 @@ impl Connection {
             .read_exact(&mut header)
             .await
             .map_err(|e| ClientError::Stream(e.to_string()))?;
-        decode_push_header(header)?;
+        decode_push_header(self.version, header)?;
         Ok(PushStream { stream })
     }
 

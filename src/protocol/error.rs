@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use tls_codec::{TlsDeserialize, TlsSerialize, TlsSize};
+use tls_codec::{Deserialize, Serialize, Size};
 
 use super::Text;
 
@@ -266,12 +266,22 @@ impl ErrorCode {
     }
 }
 
-/// The body of an error response: `struct { uint16 code; opaque message<V>; }`.
+/// The last error code of `roost/1` (and of `roost-fed/1`): a code added after it reaches those
+/// connections as an older code of the same retry class ([`ErrorResponse::code_in`]).
+pub const V1_LAST_CODE: u16 = 58;
+
+/// An error response. On `roost/2`:
+/// `struct { uint16 code; RetryClass retry; uint32 retry_after_ms; opaque message<V>; }`; on
+/// `roost/1` and `roost-fed/1` (this type's `tls_codec` form): `struct { uint16 code; opaque
+/// message<V>; }`, the class then read from the code.
 ///
-/// The message is for people (logs, error output); programs decide on the code.
-#[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
+/// The message is for people (logs, error output); programs decide on the code and the class.
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub struct ErrorResponse {
     code: u16,
+    retry: Retry,
+    /// When to retry, at the soonest, in milliseconds; 0: no hint.
+    retry_after_ms: u32,
     pub message: Text,
 }
 
@@ -279,12 +289,116 @@ impl ErrorResponse {
     pub fn new(code: ErrorCode, message: &str) -> Self {
         Self {
             code: code.to_u16(),
+            retry: code.retry(),
+            retry_after_ms: 0,
             message: Text::truncated(message),
         }
     }
 
+    /// The same error with a hint of when to retry (a rate limit's wait).
+    pub fn retry_after(mut self, wait: std::time::Duration) -> Self {
+        self.retry_after_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX).max(1);
+        self
+    }
+
     pub fn code(&self) -> ErrorCode {
         ErrorCode::from_u16(self.code)
+    }
+
+    /// Whether the request may be sent again unchanged: as the sender said (`roost/2`), or as the
+    /// code's class says (`roost/1`; a code this version does not know is retryable).
+    pub fn retry(&self) -> Retry {
+        self.retry
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        self.retry == Retry::Later
+    }
+
+    /// The soonest time to retry that the server hinted, if any.
+    pub fn retry_after_hint(&self) -> Option<std::time::Duration> {
+        (self.retry_after_ms > 0)
+            .then(|| std::time::Duration::from_millis(self.retry_after_ms.into()))
+    }
+
+    /// Encodes the `roost/2` form.
+    pub(super) fn serialize_v2<W: std::io::Write>(
+        &self,
+        writer: &mut W,
+    ) -> Result<usize, tls_codec::Error> {
+        let class: u8 = match self.retry {
+            Retry::Never => 0,
+            Retry::Later => 1,
+        };
+        Ok(self.code.tls_serialize(writer)?
+            + class.tls_serialize(writer)?
+            + self.retry_after_ms.tls_serialize(writer)?
+            + self.message.tls_serialize(writer)?)
+    }
+
+    /// Decodes the `roost/2` form.
+    pub(super) fn deserialize_v2<R: std::io::Read>(
+        bytes: &mut R,
+    ) -> Result<Self, tls_codec::Error> {
+        let code = u16::tls_deserialize(bytes)?;
+        let retry = match u8::tls_deserialize(bytes)? {
+            0 => Retry::Never,
+            1 => Retry::Later,
+            other => {
+                return Err(tls_codec::Error::DecodingError(format!(
+                    "unknown retry class {other}"
+                )))
+            }
+        };
+        Ok(Self {
+            code,
+            retry,
+            retry_after_ms: u32::tls_deserialize(bytes)?,
+            message: Text::tls_deserialize(bytes)?,
+        })
+    }
+
+    /// The code a connection speaking `version` is sent. `roost/1` and `roost-fed/1` carry
+    /// codes up to [`V1_LAST_CODE`] only: their clients take an unknown code for a retryable one,
+    /// so a newer permanent refusal would be retried for ever. A newer code (one of ours, or one
+    /// a newer peer sent with its class) goes to them as `Forbidden` (permanent) or `Internal`
+    /// (retryable), its class kept; the message still names it. From `roost/2` on every code is
+    /// sent as it is, with its class.
+    pub fn code_in(&self, version: super::Version) -> u16 {
+        match version {
+            super::Version::V1 if self.code > V1_LAST_CODE => match self.retry {
+                Retry::Later => ErrorCode::Internal.to_u16(),
+                Retry::Never => ErrorCode::Forbidden.to_u16(),
+            },
+            _ => self.code,
+        }
+    }
+}
+
+impl Size for ErrorResponse {
+    fn tls_serialized_len(&self) -> usize {
+        2 + self.message.tls_serialized_len()
+    }
+}
+
+/// The `roost/1` and `roost-fed/1` form.
+impl Serialize for ErrorResponse {
+    fn tls_serialize<W: std::io::Write>(&self, writer: &mut W) -> Result<usize, tls_codec::Error> {
+        Ok(self.code_in(super::Version::V1).tls_serialize(writer)?
+            + self.message.tls_serialize(writer)?)
+    }
+}
+
+/// The `roost/1` and `roost-fed/1` form: the class is the code's.
+impl Deserialize for ErrorResponse {
+    fn tls_deserialize<R: std::io::Read>(bytes: &mut R) -> Result<Self, tls_codec::Error> {
+        let code = u16::tls_deserialize(bytes)?;
+        Ok(Self {
+            code,
+            retry: ErrorCode::from_u16(code).retry(),
+            retry_after_ms: 0,
+            message: Text::tls_deserialize(bytes)?,
+        })
     }
 }
 
@@ -347,5 +461,62 @@ mod tests {
             assert_eq!(ErrorCode::from_u16(code.to_u16()), code);
         }
         assert_eq!(ErrorCode::from_u16(60_000), ErrorCode::Unknown(60_000));
+    }
+
+    #[test]
+    fn the_specs_table_gives_every_code_its_name_and_class() {
+        let spec = include_str!("../../protocol-spec/core.md");
+        let table = &spec[spec.find("## 6. Error codes").unwrap()..spec.find("## 7.").unwrap()];
+        let rows: Vec<(u16, String, String)> = table
+            .lines()
+            .filter_map(|line| {
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                let code = cells.get(1)?.parse().ok()?;
+                Some((
+                    code,
+                    cells[2].trim_matches('`').to_owned(),
+                    cells[3].to_owned(),
+                ))
+            })
+            .collect();
+        assert_eq!(rows.len(), ErrorCode::ALL.len());
+        for (&code, (number, name, class)) in ErrorCode::ALL.iter().zip(&rows) {
+            assert_eq!(code.to_u16(), *number);
+            assert_eq!(format!("{code:?}"), *name);
+            let expected = if code.is_retryable() { "R" } else { "P" };
+            assert_eq!(class, expected, "{name}'s class");
+        }
+    }
+
+    #[test]
+    fn roost_1_is_sent_only_its_own_codes_with_their_class_kept() {
+        use crate::protocol::Version;
+        // Every code known today is a roost/1 code and goes to both versions unchanged.
+        for &code in ErrorCode::ALL {
+            let error = ErrorResponse::new(code, "x");
+            assert!(
+                code.to_u16() <= V1_LAST_CODE,
+                "{code:?} needs a roost/1 form"
+            );
+            assert_eq!(error.code_in(Version::V1), code.to_u16());
+            assert_eq!(error.code_in(Version::V2), code.to_u16());
+        }
+        // Codes from a newer peer, permanent and retryable, as roost/2 carries them.
+        for (class, v1_code) in [(0u8, ErrorCode::Forbidden), (1, ErrorCode::Internal)] {
+            let mut wire = 70u16.to_be_bytes().to_vec();
+            wire.push(class);
+            wire.extend_from_slice(&0u32.to_be_bytes());
+            wire.push(0);
+            let newer = ErrorResponse::deserialize_v2(&mut wire.as_slice()).unwrap();
+            assert_eq!(newer.code(), ErrorCode::Unknown(70));
+            assert_eq!(newer.code_in(Version::V2), 70);
+            let v1 = ErrorResponse::tls_deserialize_exact(newer.tls_serialize_detached().unwrap())
+                .unwrap();
+            assert_eq!(v1.code(), v1_code);
+            assert_eq!(v1.retry(), newer.retry(), "the class is kept");
+        }
+        // An unknown class is refused rather than guessed.
+        let wire = [0, 70, 2, 0, 0, 0, 0, 0];
+        assert!(ErrorResponse::deserialize_v2(&mut wire.as_slice()).is_err());
     }
 }

@@ -210,12 +210,16 @@ pub enum FederationResponse {
     Error(ErrorResponse),
 }
 
+/// The version number in every `roost-fed/1` envelope. Federation keeps version 1 and its error
+/// form (`code`, `message`; codes up to [`super::V1_LAST_CODE`]) until a `roost-fed/2`.
+pub const FEDERATION_VERSION: u16 = 1;
+
 pub fn encode_federation_request(request: &FederationRequest) -> Result<Vec<u8>, tls_codec::Error> {
-    encode_envelope(request)
+    encode_envelope(FEDERATION_VERSION, request)
 }
 
 pub fn decode_federation_request(bytes: &[u8]) -> Result<FederationRequest, DecodeError> {
-    let body = open_envelope(bytes, MAX_REQUEST_LEN)?;
+    let body = open_envelope(bytes, MAX_REQUEST_LEN, FEDERATION_VERSION)?;
     let (operation, _) = split_u16(body)?;
     if FederationOperation::from_u16(operation).is_none() {
         return Err(DecodeError::UnknownOperation(operation));
@@ -226,11 +230,11 @@ pub fn decode_federation_request(bytes: &[u8]) -> Result<FederationRequest, Deco
 pub fn encode_federation_response(
     response: &FederationResponse,
 ) -> Result<Vec<u8>, tls_codec::Error> {
-    encode_envelope(response)
+    encode_envelope(FEDERATION_VERSION, response)
 }
 
 pub fn decode_federation_response(bytes: &[u8]) -> Result<FederationResponse, DecodeError> {
-    let body = open_envelope(bytes, MAX_RESPONSE_LEN)?;
+    let body = open_envelope(bytes, MAX_RESPONSE_LEN, FEDERATION_VERSION)?;
     Ok(FederationResponse::tls_deserialize_exact(body)?)
 }
 

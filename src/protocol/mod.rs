@@ -1,5 +1,5 @@
-//! The wire protocol, version 1: every type that crosses the network, its encoding, the error codes
-//! and the limits.
+//! The wire protocol, versions `roost/1` and `roost/2` and `roost-fed/1`: every type that crosses
+//! the network, its encoding, the error codes and the limits.
 //!
 //! This module is pure. It does no I/O, knows nothing of tokio, quinn, redb or openmls group state,
 //! and every decoder in it checks the input size before decoding and consumes the whole input
@@ -22,6 +22,7 @@ mod queues;
 mod request;
 mod response;
 mod types;
+mod version;
 
 pub use accounts::{
     add_client_proof_content, register_proof_content, AddClientRequest, ClientEntry,
@@ -38,7 +39,7 @@ pub use credential::{
     CredentialVerifyingKey, CREDENTIAL_SIGNATURE_LABEL, ED25519_PUBLIC_KEY_LEN,
     SUPPORTED_CIPHERSUITES,
 };
-pub use error::{DecodeError, ErrorCode, ErrorResponse, Retry};
+pub use error::{DecodeError, ErrorCode, ErrorResponse, Retry, V1_LAST_CODE};
 pub use federation::{
     decode_federation_request, decode_federation_response, encode_federation_request,
     encode_federation_response, ClientsDepartedRequest, DeliverBatchRequest, DeliverRequest,
@@ -77,12 +78,8 @@ pub use queues::{
 pub use request::{decode_request, encode_request, Operation, Request};
 pub use response::{decode_response, encode_response, Response, ResponseBody, ServerInfo};
 pub use types::{ClientId, Flag, Limits, Text};
+pub use version::Version;
 
-/// The protocol version this code speaks. Carried in every request, response and push stream.
-pub const PROTOCOL_VERSION: u16 = 1;
-
-/// ALPN identifier of the client protocol.
-pub const ALPN_CLIENT: &[u8] = b"roost/1";
 /// ALPN identifier of the homeserver-to-homeserver protocol.
 pub const ALPN_FEDERATION: &[u8] = b"roost-fed/1";
 

@@ -10,8 +10,8 @@
 use tls_codec::{Deserialize, Serialize, TlsDeserialize, TlsSerialize, TlsSize};
 
 use super::{
-    ClientId, DecodeError, GroupLogAppended, KeyPackagesLow, NewMessages, Text,
-    MAX_NOTIFICATION_LEN, PROTOCOL_VERSION,
+    ClientId, DecodeError, GroupLogAppended, KeyPackagesLow, NewMessages, Text, Version,
+    MAX_NOTIFICATION_LEN,
 };
 
 /// Length of the push stream header, in bytes.
@@ -49,15 +49,18 @@ pub enum Notification {
     GroupLogAppended(GroupLogAppended),
 }
 
-/// The bytes that open a push stream.
-pub fn encode_push_header() -> [u8; PUSH_HEADER_LEN] {
-    PROTOCOL_VERSION.to_be_bytes()
+/// The bytes that open a push stream on a connection speaking `version`.
+pub fn encode_push_header(version: Version) -> [u8; PUSH_HEADER_LEN] {
+    version.number().to_be_bytes()
 }
 
-/// Checks a push stream header, returning its version.
-pub fn decode_push_header(header: [u8; PUSH_HEADER_LEN]) -> Result<u16, DecodeError> {
+/// Checks that a push stream header carries the connection's `version`.
+pub fn decode_push_header(
+    version: Version,
+    header: [u8; PUSH_HEADER_LEN],
+) -> Result<(), DecodeError> {
     match u16::from_be_bytes(header) {
-        PROTOCOL_VERSION => Ok(PROTOCOL_VERSION),
+        number if number == version.number() => Ok(()),
         other => Err(DecodeError::UnsupportedVersion(other)),
     }
 }
@@ -115,10 +118,10 @@ mod tests {
     fn unknown_kind_is_skipped_and_garbage_is_an_error() {
         assert_eq!(decode_notification(&[0xab, 0xcd, 1, 2, 3]).unwrap(), None);
         assert!(decode_notification(&[0, 1, 0xff]).is_err());
-        assert!(decode_push_header([0, 9]).is_err());
-        assert_eq!(
-            decode_push_header(encode_push_header()).unwrap(),
-            PROTOCOL_VERSION
-        );
+        assert!(decode_push_header(Version::V1, [0, 9]).is_err());
+        for version in Version::ALL {
+            assert!(decode_push_header(version, encode_push_header(version)).is_ok());
+        }
+        assert!(decode_push_header(Version::V1, encode_push_header(Version::V2)).is_err());
     }
 }

@@ -8,7 +8,7 @@ use super::{
     DeleteGroupRequest, FetchGroupLogRequest, FetchGroupTreeRequest, FetchMessagesRequest,
     GetDomainKeysRequest, GetGroupRequest, LookupUserRequest, PublishKeyPackagesRequest,
     RegisterUserRequest, RemoveClientRequest, RemovePushTargetRequest, SendCommitRequest,
-    SendMessageRequest, SendProposalRequest, MAX_REQUEST_LEN, PROTOCOL_VERSION,
+    SendMessageRequest, SendProposalRequest, Version, MAX_REQUEST_LEN,
 };
 
 /// Operation codes: the `uint16` that selects a request body (and the matching response body).
@@ -276,37 +276,45 @@ impl Request {
     }
 }
 
-/// Encodes a request envelope for the current protocol version.
-pub fn encode_request(request: &Request) -> Result<Vec<u8>, tls_codec::Error> {
-    encode_envelope(request)
+/// Encodes a request envelope for a connection speaking `version`.
+pub fn encode_request(version: Version, request: &Request) -> Result<Vec<u8>, tls_codec::Error> {
+    encode_envelope(version.number(), request)
 }
 
-/// Encodes an envelope: the protocol version, then `body`.
-pub(super) fn encode_envelope(body: &impl Serialize) -> Result<Vec<u8>, tls_codec::Error> {
-    let mut out = PROTOCOL_VERSION.tls_serialize_detached()?;
+/// Encodes an envelope: the version number, then `body`.
+pub(super) fn encode_envelope(
+    version: u16,
+    body: &impl Serialize,
+) -> Result<Vec<u8>, tls_codec::Error> {
+    let mut out = version.tls_serialize_detached()?;
     body.tls_serialize(&mut out)?;
     Ok(out)
 }
 
-/// Checks an envelope's size and version, returning the bytes after the version.
-pub(super) fn open_envelope(bytes: &[u8], limit: usize) -> Result<&[u8], DecodeError> {
+/// Checks an envelope's size and that it carries `version`, returning the bytes after it.
+pub(super) fn open_envelope(
+    bytes: &[u8],
+    limit: usize,
+    version: u16,
+) -> Result<&[u8], DecodeError> {
     if bytes.len() > limit {
         return Err(DecodeError::TooLarge {
             len: bytes.len(),
             limit,
         });
     }
-    let (version, body) = split_u16(bytes)?;
-    if version != PROTOCOL_VERSION {
-        return Err(DecodeError::UnsupportedVersion(version));
+    let (carried, body) = split_u16(bytes)?;
+    if carried != version {
+        return Err(DecodeError::UnsupportedVersion(carried));
     }
     Ok(body)
 }
 
-/// Decodes a request envelope, telling an oversize message, an unknown version and an unknown
-/// operation apart from a malformed body so that each gets its own error code.
-pub fn decode_request(bytes: &[u8]) -> Result<Request, DecodeError> {
-    let body = open_envelope(bytes, MAX_REQUEST_LEN)?;
+/// Decodes a request envelope that arrived on a connection speaking `version`, telling an
+/// oversize message, another version and an unknown operation apart from a malformed body so
+/// that each gets its own error code.
+pub fn decode_request(version: Version, bytes: &[u8]) -> Result<Request, DecodeError> {
+    let body = open_envelope(bytes, MAX_REQUEST_LEN, version.number())?;
     let (operation, _) = split_u16(body)?;
     if Operation::from_u16(operation).is_none() {
         return Err(DecodeError::UnknownOperation(operation));
@@ -454,40 +462,49 @@ mod tests {
             "a sample per operation"
         );
         for request in requests {
-            let bytes = encode_request(&request).unwrap();
-            assert_eq!(&bytes[2..4], &(request.operation() as u16).to_be_bytes());
-            assert_eq!(
-                bytes.len(),
-                2 + tls_codec::Size::tls_serialized_len(&request)
-            );
-            assert_eq!(decode_request(&bytes).unwrap(), request);
+            for version in Version::ALL {
+                let bytes = encode_request(version, &request).unwrap();
+                assert_eq!(&bytes[..2], &version.number().to_be_bytes());
+                assert_eq!(&bytes[2..4], &(request.operation() as u16).to_be_bytes());
+                assert_eq!(
+                    bytes.len(),
+                    2 + tls_codec::Size::tls_serialized_len(&request)
+                );
+                assert_eq!(decode_request(version, &bytes).unwrap(), request);
+            }
         }
     }
 
     #[test]
     fn decoding_tells_errors_apart() {
-        let good = encode_request(&Request::WhoAmI).unwrap();
+        let v1 = Version::V1;
+        let good = encode_request(v1, &Request::WhoAmI).unwrap();
         let mut trailing = good.clone();
         trailing.push(0);
         assert!(matches!(
-            decode_request(&trailing),
+            decode_request(v1, &trailing),
             Err(DecodeError::Malformed(_))
         ));
         assert!(matches!(
-            decode_request(&[0]),
+            decode_request(v1, &[0]),
             Err(DecodeError::Malformed(_))
         ));
+        // Another version's envelope, on a connection of roost/1 and of roost/2.
         assert_eq!(
-            decode_request(&[0, 2, 0, 1]),
+            decode_request(v1, &[0, 2, 0, 1]),
             Err(DecodeError::UnsupportedVersion(2))
         );
         assert_eq!(
-            decode_request(&[0, 1, 0xff, 0xff]),
+            decode_request(Version::V2, &good),
+            Err(DecodeError::UnsupportedVersion(1))
+        );
+        assert_eq!(
+            decode_request(v1, &[0, 1, 0xff, 0xff]),
             Err(DecodeError::UnknownOperation(0xffff))
         );
         let oversize = vec![0u8; MAX_REQUEST_LEN + 1];
         assert!(matches!(
-            decode_request(&oversize),
+            decode_request(v1, &oversize),
             Err(DecodeError::TooLarge { .. })
         ));
     }

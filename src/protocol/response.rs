@@ -1,15 +1,15 @@
 //! The response envelope:
 //! `struct { uint16 version; ResponseStatus status; select (status) { ... } }`.
 
-use tls_codec::{Deserialize, TlsDeserialize, TlsSerialize, TlsSize};
+use tls_codec::{Deserialize, Serialize, TlsDeserialize, TlsSerialize, TlsSize};
 
-use super::request::{encode_envelope, open_envelope};
+use super::request::open_envelope;
 use super::{
     AuthenticateResponse, ClaimedKeyPackages, ClientCredential, ClientId, ClientRegistered,
     CredentialVerifyingKey, DecodeError, DomainKeysBody, ErrorResponse, FetchedMessages,
     GroupEpoch, GroupList, GroupLogMessages, GroupLogs, GroupState, GroupTreeChunk,
     KeyPackageStatus, Limits, MessageAccepted, PushInfo, PushTargetAdded, PushTargets,
-    RegistrationMode, Text, UserClients, MAX_RESPONSE_LEN,
+    RegistrationMode, Text, UserClients, Version, MAX_RESPONSE_LEN,
 };
 
 /// `GetServerInfo` response body.
@@ -96,38 +96,73 @@ pub enum ResponseBody {
     PushTargetRemoved,
 }
 
-/// A response: a body, or an error.
-#[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
-#[repr(u8)]
+/// A response: a body, or an error. On the wire:
+/// `struct { ResponseStatus status; select (status) { case ok: ResponseBody; case error:
+/// ErrorResponse; } }`, the error in the form of the connection's version.
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Response {
-    #[tls_codec(discriminant = 0)]
     Ok(ResponseBody),
-    #[tls_codec(discriminant = 1)]
     Error(ErrorResponse),
 }
 
-/// Encodes a response envelope for the current protocol version.
-pub fn encode_response(response: &Response) -> Result<Vec<u8>, tls_codec::Error> {
-    encode_envelope(response)
+const STATUS_OK: u8 = 0;
+const STATUS_ERROR: u8 = 1;
+
+/// Encodes a response envelope for a connection speaking `version`.
+pub fn encode_response(version: Version, response: &Response) -> Result<Vec<u8>, tls_codec::Error> {
+    let mut out = version.number().tls_serialize_detached()?;
+    match response {
+        Response::Ok(body) => {
+            STATUS_OK.tls_serialize(&mut out)?;
+            body.tls_serialize(&mut out)?;
+        }
+        Response::Error(error) => {
+            STATUS_ERROR.tls_serialize(&mut out)?;
+            match version {
+                Version::V1 => error.tls_serialize(&mut out)?,
+                Version::V2 => error.serialize_v2(&mut out)?,
+            };
+        }
+    }
+    Ok(out)
 }
 
-/// Decodes a response envelope (the client side of [`encode_response`]).
-pub fn decode_response(bytes: &[u8]) -> Result<Response, DecodeError> {
-    let body = open_envelope(bytes, MAX_RESPONSE_LEN)?;
-    Ok(Response::tls_deserialize_exact(body)?)
+/// Decodes a response envelope on a connection speaking `version` (the client side of
+/// [`encode_response`]).
+pub fn decode_response(version: Version, bytes: &[u8]) -> Result<Response, DecodeError> {
+    let mut body = open_envelope(bytes, MAX_RESPONSE_LEN, version.number())?;
+    let response = match u8::tls_deserialize(&mut body)? {
+        STATUS_OK => Response::Ok(ResponseBody::tls_deserialize(&mut body)?),
+        STATUS_ERROR => Response::Error(match version {
+            Version::V1 => ErrorResponse::tls_deserialize(&mut body)?,
+            Version::V2 => ErrorResponse::deserialize_v2(&mut body)?,
+        }),
+        other => {
+            return Err(DecodeError::Malformed(format!(
+                "unknown response status {other}"
+            )))
+        }
+    };
+    if !body.is_empty() {
+        return Err(DecodeError::Malformed(format!(
+            "{} bytes after the response",
+            body.len()
+        )));
+    }
+    Ok(response)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{ErrorCode, PROTOCOL_VERSION};
+    use crate::protocol::ErrorCode;
 
     #[test]
     fn responses_round_trip() {
         let samples = [
             Response::Ok(ResponseBody::ServerInfo(ServerInfo {
                 domain: Text::new("a.example").unwrap(),
-                protocol_version: PROTOCOL_VERSION,
+                protocol_version: 2,
                 limits: Limits {
                     max_request_len: 1,
                     max_response_len: 2,
@@ -207,12 +242,16 @@ mod tests {
             )),
         ];
         for response in samples {
-            let bytes = encode_response(&response).unwrap();
-            assert_eq!(
-                bytes.len(),
-                2 + tls_codec::Size::tls_serialized_len(&response)
-            );
-            assert_eq!(decode_response(&bytes).unwrap(), response);
+            for version in Version::ALL {
+                let bytes = encode_response(version, &response).unwrap();
+                assert_eq!(&bytes[..2], &version.number().to_be_bytes());
+                assert_eq!(decode_response(version, &bytes).unwrap(), response);
+                let other = Version::ALL.into_iter().find(|v| *v != version).unwrap();
+                assert_eq!(
+                    decode_response(other, &bytes),
+                    Err(DecodeError::UnsupportedVersion(version.number()))
+                );
+            }
         }
     }
 
@@ -221,7 +260,43 @@ mod tests {
         let long = "é".repeat(crate::protocol::MAX_TEXT_LEN);
         let error = ErrorResponse::new(ErrorCode::Internal, &long);
         assert!(error.message.as_str().len() <= crate::protocol::MAX_TEXT_LEN);
-        let bytes = encode_response(&Response::Error(error.clone())).unwrap();
-        assert_eq!(decode_response(&bytes).unwrap(), Response::Error(error));
+        for version in Version::ALL {
+            let bytes = encode_response(version, &Response::Error(error.clone())).unwrap();
+            assert_eq!(
+                decode_response(version, &bytes).unwrap(),
+                Response::Error(error.clone())
+            );
+        }
+    }
+
+    #[test]
+    fn roost_2_errors_carry_their_class_and_hint_and_roost_1_errors_keep_their_form() {
+        let limited = ErrorResponse::new(ErrorCode::RateLimited, "slow down")
+            .retry_after(std::time::Duration::from_millis(1500));
+        let v2 = encode_response(Version::V2, &Response::Error(limited.clone())).unwrap();
+        // version 2, status error, code 35, class retryable, 1500 ms, the message.
+        let mut expected = vec![0, 2, 1, 0, 35, 1, 0, 0, 0x05, 0xdc, 9];
+        expected.extend_from_slice(b"slow down");
+        assert_eq!(v2, expected);
+        let Response::Error(decoded) = decode_response(Version::V2, &v2).unwrap() else {
+            panic!("an error")
+        };
+        assert!(decoded.is_retryable());
+        assert_eq!(
+            decoded.retry_after_hint(),
+            Some(std::time::Duration::from_millis(1500))
+        );
+        // The same error on roost/1: version 1, status, code, message; no class, no hint.
+        let v1 = encode_response(Version::V1, &Response::Error(limited)).unwrap();
+        let mut expected = vec![0, 1, 1, 0, 35, 9];
+        expected.extend_from_slice(b"slow down");
+        assert_eq!(v1, expected);
+        let permanent = ErrorResponse::new(ErrorCode::InvalidGroupId, "no");
+        let v2 = encode_response(Version::V2, &Response::Error(permanent)).unwrap();
+        assert_eq!(&v2[3..6], &[0, 54, 0], "InvalidGroupId is permanent");
+        assert_eq!(
+            decode_response(Version::V2, &[0, 2, 7]),
+            Err(DecodeError::Malformed("unknown response status 7".into()))
+        );
     }
 }

@@ -38,7 +38,7 @@ use crate::clock::UnixTime;
 use crate::config::{ServerConfig, ServerLimits};
 use crate::protocol::{
     ClientId, GroupList, Limits, Notification, Operation, Request, ResponseBody, ServerInfo, Text,
-    CHANNEL_BINDING_LEN, PROTOCOL_VERSION,
+    CHANNEL_BINDING_LEN,
 };
 use crate::protocol::{
     ClientsDepartedRequest, DeliveredBatch, DomainKeysBody, FederatedClaimRequest,
@@ -192,6 +192,8 @@ pub struct Caller<'a> {
     pub channel_binding: &'a [u8; CHANNEL_BINDING_LEN],
     /// Where the connection comes from (for per-source limits such as registrations).
     pub source: crate::rate_limit::Source,
+    /// The client protocol version the connection speaks.
+    pub version: crate::protocol::Version,
 }
 
 /// What a service can refuse or fail with.
@@ -973,7 +975,7 @@ impl Services {
         Ok(match request {
             Request::GetServerInfo => ResponseBody::ServerInfo(ServerInfo {
                 domain: self.domain.clone(),
-                protocol_version: PROTOCOL_VERSION,
+                protocol_version: caller.version.number(),
                 limits: self.limits,
                 registration: self.accounts.registration(),
                 credential_keys: self.accounts.published_keys(),

@@ -80,7 +80,12 @@ pub fn wire_error(e: ServiceError) -> ErrorResponse {
             return ErrorResponse::new(ErrorCode::Internal, "internal error");
         }
     };
-    ErrorResponse::new(code, &public_message(code, &e))
+    let response = ErrorResponse::new(code, &public_message(code, &e));
+    match e {
+        // roost/2 carries the wait in the response itself (roost/1 only in the message).
+        ServiceError::RateLimited { retry_after } => response.retry_after(retry_after),
+        _ => response,
+    }
 }
 
 /// The message sent with a refusal: only what this server composed. A library's error text

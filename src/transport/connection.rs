@@ -18,7 +18,7 @@ use crate::escape::Escaped;
 use crate::protocol::{
     close_code, decode_request, encode_notification_record, encode_push_header, encode_response,
     AuthenticateRequest, AuthenticateResponse, ClientId, ErrorCode, ErrorResponse, Notification,
-    Request, Response, ResponseBody, ALPN_CLIENT, ALPN_FEDERATION, CHANNEL_BINDING_LEN,
+    Request, Response, ResponseBody, Version, ALPN_FEDERATION, CHANNEL_BINDING_LEN,
     MAX_REQUEST_LEN, MAX_RESPONSE_LEN, MAX_UNAUTHENTICATED_REQUEST_LEN, STREAM_REFUSED,
 };
 use crate::services::{wire_error, Caller, ServiceError};
@@ -45,10 +45,11 @@ pub(super) async fn handle(
         .handshake_data()
         .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|data| data.protocol);
+    let version = alpn.as_deref().and_then(Version::from_alpn);
     match alpn.as_deref() {
-        Some(ALPN_CLIENT) => {
+        _ if version.is_some() => {
             let _counted = shared.metrics.connection(PeerKind::Client);
-            serve_client(connection, shared).await
+            serve_client(connection, shared, version.unwrap_or(Version::LATEST)).await
         }
         Some(ALPN_FEDERATION) => {
             let _counted = shared.metrics.connection(PeerKind::Peer);
@@ -64,6 +65,8 @@ pub(super) async fn handle(
 /// A client connection's state, shared by its stream tasks.
 struct Session {
     connection: quinn::Connection,
+    /// The client protocol version the handshake chose; every envelope on it carries it.
+    version: Version,
     /// The connection's TLS exporter value that authentication signatures cover.
     channel_binding: [u8; CHANNEL_BINDING_LEN],
     /// Set once, by a successful `Authenticate`; every later stream acts as this client.
@@ -77,7 +80,7 @@ struct Session {
     source: Source,
 }
 
-async fn serve_client(connection: quinn::Connection, shared: Arc<Shared>) {
+async fn serve_client(connection: quinn::Connection, shared: Arc<Shared>, version: Version) {
     let channel_binding = match channel_binding(&connection) {
         Ok(binding) => binding,
         Err(e) => {
@@ -88,6 +91,7 @@ async fn serve_client(connection: quinn::Connection, shared: Arc<Shared>) {
     };
     let session = Arc::new(Session {
         connection: connection.clone(),
+        version,
         channel_binding,
         client: OnceLock::new(),
         closing: shared.shutdown.child_token(),
@@ -171,7 +175,11 @@ async fn handle_stream(
     let timeout = shared.limits.request_timeout;
     let (response, reservation) =
         match read_request(&mut recv, timeout, max_len, &session.budget.requests).await {
-            Some(Ok((bytes, request_bytes))) => match decode_request(&bytes) {
+            Some(Ok(_)) if shared.versions.retired(session.version).is_some() => {
+                let why = shared.versions.retired(session.version).unwrap_or_default();
+                (error_response(ErrorCode::UnsupportedVersion, &why), None)
+            }
+            Some(Ok((bytes, request_bytes))) => match decode_request(session.version, &bytes) {
                 Ok(request) => {
                     drop((bytes, request_bytes));
                     let started = std::time::Instant::now();
@@ -197,7 +205,7 @@ async fn handle_stream(
             Some(Err(refusal)) => (Response::Error(refusal), None),
             None => return,
         };
-    let bytes = encode_checked(&response);
+    let bytes = encode_checked(session.version, &response);
     drop(response);
     if !write_encoded(
         &mut send,
@@ -303,19 +311,19 @@ pub(super) async fn read_request(
 }
 
 /// The encoded response, or an internal error if it cannot be encoded within the limit.
-fn encode_checked(response: &Response) -> Vec<u8> {
-    match encode_response(response) {
+fn encode_checked(version: Version, response: &Response) -> Vec<u8> {
+    match encode_response(version, response) {
         Ok(bytes) if bytes.len() <= MAX_RESPONSE_LEN => bytes,
         Ok(bytes) => {
             error!(
                 len = bytes.len(),
                 "response exceeds the response size limit"
             );
-            encode_internal_error()
+            encode_internal_error(version)
         }
         Err(e) => {
             error!("cannot encode response: {e}");
-            encode_internal_error()
+            encode_internal_error(version)
         }
     }
 }
@@ -357,9 +365,13 @@ pub(super) async fn write_encoded(
     true
 }
 
-fn encode_internal_error() -> Vec<u8> {
+fn encode_internal_error(version: Version) -> Vec<u8> {
     // An error response with a short fixed message always encodes.
-    encode_response(&error_response(ErrorCode::Internal, "internal error")).unwrap_or_default()
+    encode_response(
+        version,
+        &error_response(ErrorCode::Internal, "internal error"),
+    )
+    .unwrap_or_default()
 }
 
 fn error_response(code: ErrorCode, message: &str) -> Response {
@@ -379,6 +391,7 @@ impl Session {
             client: self.client.get(),
             channel_binding: &self.channel_binding,
             source: self.source,
+            version: self.version,
         };
         let allowed = match caller.client {
             Some(client) => shared.client_requests.check(client),
@@ -456,8 +469,9 @@ impl Session {
         let connection = self.connection.clone();
         let timeout = shared.limits.request_timeout;
         let writer_client = client.clone();
+        let version = self.version;
         let writer = tokio::spawn(async move {
-            match open_push_stream(&connection, timeout).await {
+            match open_push_stream(&connection, version, timeout).await {
                 Ok(mut stream) => write_notifications(&mut stream, feed).await,
                 Err(e) => debug!(client = %writer_client, "no push stream: {e}"),
             }
@@ -474,11 +488,12 @@ impl Session {
 /// Opens the push stream and writes its header, within `timeout`.
 async fn open_push_stream(
     connection: &quinn::Connection,
+    version: Version,
     timeout: Duration,
 ) -> anyhow::Result<SendStream> {
     tokio::time::timeout(timeout, async {
         let mut stream = connection.open_uni().await?;
-        stream.write_all(&encode_push_header()).await?;
+        stream.write_all(&encode_push_header(version)).await?;
         anyhow::Ok(stream)
     })
     .await?

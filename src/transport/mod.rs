@@ -52,6 +52,35 @@ pub(crate) struct Shared {
     pub(crate) client_requests: crate::rate_limit::RateLimiter<crate::protocol::ClientId>,
     /// Requests, connections and refusals, counted for the metrics endpoint.
     pub(crate) metrics: crate::metrics::TransportMetrics,
+    /// Which client protocol versions are still served.
+    pub(crate) versions: VersionPolicy,
+}
+
+/// How long each client protocol version is served (protocol-spec/core.md section 4).
+#[derive(Clone, Debug)]
+pub(crate) struct VersionPolicy {
+    /// The end of `roost/1`, in Unix seconds; `None`: no end.
+    pub(crate) roost1_served_until: Option<crate::clock::UnixTime>,
+    pub(crate) clock: Arc<dyn crate::clock::Clock>,
+}
+
+impl VersionPolicy {
+    /// Why requests on a connection of `version` are no longer served, if they are not: the
+    /// message of the `UnsupportedVersion` they get.
+    pub(crate) fn retired(&self, version: protocol::Version) -> Option<String> {
+        let until = match version {
+            protocol::Version::V1 => self.roost1_served_until?,
+            protocol::Version::V2 => return None,
+        };
+        (self.clock.now() >= until).then(|| {
+            format!(
+                "{version} was served here until {}; this server speaks {}: use a client \
+                 that offers it",
+                crate::clock::format_utc(until),
+                protocol::Version::LATEST
+            )
+        })
+    }
 }
 
 impl Shared {
@@ -60,9 +89,11 @@ impl Shared {
         sessions: Arc<SessionRegistry>,
         limits: ServerLimits,
         metrics: crate::metrics::TransportMetrics,
+        versions: VersionPolicy,
     ) -> Self {
         Self {
             metrics,
+            versions,
             services,
             sessions,
             sources: sources::SourceLimits::new(&limits),
@@ -89,17 +120,19 @@ impl Shared {
     }
 }
 
-/// The quinn server configuration: TLS 1.3 with both ALPNs, and the stream and idle limits.
+/// The quinn server configuration: TLS 1.3 with the client versions' ALPNs (newest first, so a
+/// client offering several gets the newest) and federation's, and the stream and idle limits.
 pub(crate) fn endpoint_config(
     identity: &TlsIdentity,
     limits: &ServerLimits,
     peers: Option<&tls::PeerTrust>,
 ) -> anyhow::Result<quinn::ServerConfig> {
-    let tls = tls::server_config(
-        identity,
-        &[protocol::ALPN_CLIENT, protocol::ALPN_FEDERATION],
-        peers,
-    )?;
+    let alpns: Vec<&[u8]> = protocol::Version::ALL
+        .iter()
+        .map(|version| version.alpn())
+        .chain([protocol::ALPN_FEDERATION])
+        .collect();
+    let tls = tls::server_config(identity, &alpns, peers)?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .context("TLS configuration unusable for QUIC")?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));

@@ -173,7 +173,7 @@ fn serve_answers_info_and_exits_cleanly_on_sigterm() {
         &["info"],
     );
     assert_eq!(info["domain"], "a.example");
-    assert_eq!(info["protocol_version"], 1);
+    assert_eq!(info["protocol_version"], 2);
     let status = server.terminate();
     assert!(status.success(), "roost exited with {status}");
 

@@ -112,11 +112,14 @@ async fn responses_never_read_cannot_pin_the_servers_memory_and_the_reader_is_cl
     // Two connections of bob's each ask for 4 MiB, 63 times, and read nothing.
     const CONNECTIONS: usize = 2;
     const REQUESTS: usize = 63;
-    let fetch = encode_request(&Request::FetchMessages(FetchMessagesRequest {
-        from_seq: 0,
-        max_count: 1000,
-        max_bytes: 4 * MIB as u32,
-    }))
+    let fetch = encode_request(
+        roost::protocol::Version::LATEST,
+        &Request::FetchMessages(FetchMessagesRequest {
+            from_seq: 0,
+            max_count: 1000,
+            max_bytes: 4 * MIB as u32,
+        }),
+    )
     .unwrap();
     let mut readers = Vec::new();
     let mut held = Vec::new();

@@ -26,3 +26,4 @@ mod shutdown;
 mod support;
 mod transport;
 mod trust;
+mod versions;

@@ -24,7 +24,8 @@ async fn shutdown_finishes_in_flight_requests_then_closes_everything() {
     let mut push = alice.push;
 
     // A request in flight: its stream is open and half written when shutdown begins.
-    let request = encode_request(&Request::GetServerInfo).unwrap();
+    let request =
+        encode_request(roost::protocol::Version::LATEST, &Request::GetServerInfo).unwrap();
     let (mut send, mut recv) = connection.quic().open_bi().await.unwrap();
     send.write_all(&request[..2]).await.unwrap();
     // Streams are accepted in order: once a later request is answered, the server has the
@@ -47,7 +48,7 @@ async fn shutdown_finishes_in_flight_requests_then_closes_everything() {
     send.finish().unwrap();
     let response = within(recv.read_to_end(MAX_RESPONSE_LEN)).await.unwrap();
     assert!(matches!(
-        decode_response(&response).unwrap(),
+        decode_response(roost::protocol::Version::LATEST, &response).unwrap(),
         Response::Ok(ResponseBody::ServerInfo(_))
     ));
 

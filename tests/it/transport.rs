@@ -2,8 +2,8 @@
 
 use roost::client::{ClientError, Connection};
 use roost::protocol::{
-    close_code, encode_request, ErrorCode, Request, Response, ALPN_FEDERATION, MAX_REQUEST_LEN,
-    MAX_UNAUTHENTICATED_REQUEST_LEN, PROTOCOL_VERSION,
+    close_code, encode_request, ErrorCode, Request, Response, Version, ALPN_FEDERATION,
+    MAX_REQUEST_LEN, MAX_UNAUTHENTICATED_REQUEST_LEN,
 };
 
 use crate::support::{within, TestServer};
@@ -14,7 +14,10 @@ async fn connect_and_get_server_info() {
     let connection = server.connect().await;
     let info = within(connection.server_info()).await.unwrap();
     assert_eq!(info.domain.as_str(), "localhost");
-    assert_eq!(info.protocol_version, PROTOCOL_VERSION);
+    assert_eq!(
+        info.protocol_version,
+        roost::protocol::Version::LATEST.number()
+    );
     assert_eq!(info.limits.max_request_len as usize, MAX_REQUEST_LEN);
     assert_eq!(info.limits.max_concurrent_streams, 64);
 }
@@ -23,7 +26,7 @@ async fn connect_and_get_server_info() {
 async fn a_wrong_alpn_is_refused_in_the_handshake() {
     let server = TestServer::start().await;
     let mut config = server.client_config();
-    config.alpn = b"h3".to_vec();
+    config.alpns = vec![b"h3".to_vec()];
     let result = within(Connection::connect(&config)).await;
     assert!(
         matches!(result, Err(ClientError::Connect(_))),
@@ -37,7 +40,7 @@ async fn a_wrong_alpn_is_refused_in_the_handshake() {
 async fn a_handshake_without_alpn_is_refused_in_the_handshake() {
     let server = TestServer::start().await;
     let mut config = server.client_config();
-    config.alpn = Vec::new();
+    config.alpns = Vec::new();
     let result = within(Connection::connect(&config)).await;
     match result {
         // QUIC CRYPTO_ERROR 0x100 + TLS alert no_application_protocol (120).
@@ -56,7 +59,7 @@ async fn a_handshake_without_alpn_is_refused_in_the_handshake() {
 async fn the_federation_alpn_is_closed_while_federation_is_off() {
     let server = TestServer::start().await;
     let mut config = server.client_config();
-    config.alpn = ALPN_FEDERATION.to_vec();
+    config.alpns = vec![ALPN_FEDERATION.to_vec()];
     let connection = within(Connection::connect(&config)).await.unwrap();
     match within(connection.closed()).await {
         quinn::ConnectionError::ApplicationClosed(close) => {
@@ -84,7 +87,7 @@ async fn an_oversize_request_gets_the_size_error_and_the_server_stays_up() {
 async fn a_request_of_exactly_the_limit_is_read_and_decoded() {
     let server = TestServer::start().await;
     let device = server.register("alice@localhost").await;
-    let mut at_limit = encode_request(&Request::GetServerInfo).unwrap();
+    let mut at_limit = encode_request(Version::LATEST, &Request::GetServerInfo).unwrap();
     at_limit.resize(MAX_REQUEST_LEN, 0);
     match within(device.connection.request_raw(&at_limit))
         .await
@@ -100,7 +103,7 @@ async fn a_request_of_exactly_the_limit_is_read_and_decoded() {
 async fn before_authentication_only_small_requests_are_read() {
     let server = TestServer::start().await;
     let connection = server.connect().await;
-    let mut padded = encode_request(&Request::GetServerInfo).unwrap();
+    let mut padded = encode_request(Version::LATEST, &Request::GetServerInfo).unwrap();
     padded.resize(MAX_UNAUTHENTICATED_REQUEST_LEN, 0);
     match within(connection.request_raw(&padded)).await.unwrap() {
         Response::Error(e) => assert_eq!(e.code(), ErrorCode::MalformedRequest),
@@ -118,12 +121,13 @@ async fn before_authentication_only_small_requests_are_read() {
 async fn garbage_gets_a_decode_error_and_the_server_stays_up() {
     let server = TestServer::start().await;
     let connection = server.connect().await;
-    let cases: [(&[u8], ErrorCode); 5] = [
+    let cases: [(&[u8], ErrorCode); 6] = [
         (b"", ErrorCode::MalformedRequest),
-        (b"\x00\x01\x00\x02\xff\xff\xff", ErrorCode::MalformedRequest),
-        (b"\x00\x01\x00\x01trailing", ErrorCode::MalformedRequest),
+        (b"\x00\x02\x00\x02\xff\xff\xff", ErrorCode::MalformedRequest),
+        (b"\x00\x02\x00\x01trailing", ErrorCode::MalformedRequest),
         (b"\x47\x45\x54\x20/", ErrorCode::UnsupportedVersion),
-        (b"\x00\x01\x7f\x00", ErrorCode::UnknownOperation),
+        (b"\x00\x02\x7f\x00", ErrorCode::UnknownOperation),
+        (b"\x00\x01\x00\x01", ErrorCode::UnsupportedVersion),
     ];
     for (bytes, expected) in cases {
         match within(connection.request_raw(bytes)).await.unwrap() {

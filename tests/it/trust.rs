@@ -51,6 +51,7 @@ fn caller<'a>(client: &'a ClientId, binding: &'a [u8; CHANNEL_BINDING_LEN]) -> C
         client: Some(client),
         channel_binding: binding,
         source: roost::rate_limit::Source::of("127.0.0.1".parse().unwrap()),
+        version: roost::protocol::Version::LATEST,
     }
 }
 

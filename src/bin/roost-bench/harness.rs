@@ -347,7 +347,7 @@ impl RawQuicServer {
     /// A client configuration for a raw server at `addr` with `certificate`.
     pub fn client_config_for(addr: SocketAddr, certificate: &Path) -> anyhow::Result<ClientConfig> {
         let mut config = ClientConfig::new(addr, "localhost", certificate)?;
-        config.alpn = RAW_ALPN.to_vec();
+        config.alpns = vec![RAW_ALPN.to_vec()];
         config.accept_push = false;
         Ok(config)
     }

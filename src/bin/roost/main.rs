@@ -240,9 +240,37 @@ struct ServeArgs {
     /// this TCP address, e.g. 127.0.0.1:9464. Off by default; do not expose it publicly.
     #[arg(long, env = "ROOST_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// The day (YYYY-MM-DD, from 00:00 UTC) from which clients of the protocol's version 1
+    /// (ALPN roost/1) get UnsupportedVersion for every request, naming roost/2; `never` keeps
+    /// serving them.
+    #[arg(long, env = "ROOST_ROOST1_UNTIL", default_value = "2027-07-01", value_parser = parse_served_until)]
+    roost1_until: ServedUntil,
     /// Seconds in-flight requests get to finish on shutdown.
     #[arg(long, env = "ROOST_SHUTDOWN_GRACE_SECS", default_value_t = ServerLimits::default().shutdown_grace.as_secs(), value_parser = clap::value_parser!(u64).range(0..=600))]
     shutdown_grace_secs: u64,
+}
+
+/// Until when a protocol version is served: a Unix time, or no end.
+#[derive(Clone, Copy, Debug)]
+struct ServedUntil(Option<roost::clock::UnixTime>);
+
+fn parse_served_until(text: &str) -> Result<ServedUntil, String> {
+    if text == "never" {
+        return Ok(ServedUntil(None));
+    }
+    let fields: Vec<&str> = text.split('-').collect();
+    let parsed = match fields[..] {
+        [year, month, day] if year.len() == 4 && month.len() == 2 && day.len() == 2 => {
+            match (year.parse(), month.parse(), day.parse()) {
+                (Ok(year), Ok(month), Ok(day)) => roost::clock::unix_midnight(year, month, day),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    parsed
+        .map(|time| ServedUntil(Some(time)))
+        .ok_or_else(|| format!("{text:?} is not a day (YYYY-MM-DD) or `never`"))
 }
 
 fn parse_peer(text: &str) -> Result<(String, SocketAddr), String> {
@@ -384,6 +412,7 @@ impl ServeArgs {
             metrics_listen: self.metrics_listen,
             federation,
             clock: Arc::new(SystemClock),
+            roost1_served_until: self.roost1_until.0,
         })
     }
 }
