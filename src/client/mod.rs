@@ -117,6 +117,14 @@ impl ClientError {
             Self::Config(_) | Self::Protocol(_) => Retry::Never,
         }
     }
+
+    /// The soonest time to retry that the server hinted (`roost/2`; a rate limit's wait).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Server(e) => e.retry_after_hint(),
+            _ => None,
+        }
+    }
 }
 
 /// Sends a request until it is answered or refused for good: after a failure that may pass
@@ -142,7 +150,12 @@ where
                     && e.code() != Some(ErrorCode::QueueFull) =>
             {
                 match pauses.next() {
-                    Some(pause) => tokio::time::sleep(*pause).await,
+                    // Not sooner than the server asked (at most our longest pause: a longer
+                    // wait is the caller's to decide).
+                    Some(pause) => {
+                        let asked = e.retry_after().unwrap_or_default().min(PAUSES[2]);
+                        tokio::time::sleep((*pause).max(asked)).await
+                    }
                     None => return Err(e),
                 }
             }

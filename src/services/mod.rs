@@ -330,7 +330,7 @@ impl ServiceError {
             Self::Store(StoreError::ActorRemoved)
             | Self::Store(StoreError::DomainMismatch { .. }) => Retry::Never,
             Self::Store(_) => Retry::Later,
-            Self::Peer(refusal) => refusal.code().retry(),
+            Self::Peer(refusal) => refusal.retry(),
             _ => Retry::Never,
         }
     }
