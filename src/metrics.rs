@@ -116,6 +116,13 @@ pub struct TransportMetrics {
     pub connections_open: Family<KindLabels, Gauge>,
     pub connections_accepted: Family<KindLabels, Counter>,
     pub connections_refused: Family<ReasonLabels, Counter>,
+    /// Client connections by the protocol version their handshake chose (when to retire one).
+    pub client_connections: Family<VersionLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub version: u16,
 }
 
 impl Default for TransportMetrics {
@@ -129,6 +136,7 @@ impl Default for TransportMetrics {
             connections_open: Family::default(),
             connections_accepted: Family::default(),
             connections_refused: Family::default(),
+            client_connections: Family::default(),
         }
     }
 }
@@ -152,6 +160,15 @@ impl TransportMetrics {
         let open = self.connections_open.get_or_create(&labels).clone();
         open.inc();
         ConnectionGuard(open)
+    }
+
+    /// Counts a client connection of `version`.
+    pub fn client_version(&self, version: crate::protocol::Version) {
+        self.client_connections
+            .get_or_create(&VersionLabels {
+                version: version.number(),
+            })
+            .inc();
     }
 
     pub fn refused(&self, reason: &'static str) {
@@ -200,6 +217,11 @@ impl Metrics {
             "connections_accepted",
             "QUIC connections accepted (handshake completed)",
             transport.connections_accepted.clone(),
+        );
+        registry.register(
+            "client_connections",
+            "Client connections accepted, by the protocol version they speak (1: roost/1, 2: roost/2)",
+            transport.client_connections.clone(),
         );
         registry.register(
             "connections_refused",

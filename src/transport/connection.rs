@@ -48,8 +48,10 @@ pub(super) async fn handle(
     let version = alpn.as_deref().and_then(Version::from_alpn);
     match alpn.as_deref() {
         _ if version.is_some() => {
+            let version = version.unwrap_or(Version::LATEST);
             let _counted = shared.metrics.connection(PeerKind::Client);
-            serve_client(connection, shared, version.unwrap_or(Version::LATEST)).await
+            shared.metrics.client_version(version);
+            serve_client(connection, shared, version).await
         }
         Some(ALPN_FEDERATION) => {
             let _counted = shared.metrics.connection(PeerKind::Peer);

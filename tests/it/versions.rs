@@ -15,7 +15,10 @@ fn speaking(server: &TestServer, versions: &[Version]) -> ClientConfig {
 
 #[tokio::test]
 async fn a_client_offering_both_versions_gets_the_newest_and_one_offering_roost_1_gets_roost_1() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with(|config| {
+        config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
     for (offer, expected) in [
         (&Version::ALL[..], Version::V2),
         (&[Version::V1][..], Version::V1),
@@ -29,6 +32,24 @@ async fn a_client_offering_both_versions_gets_the_newest_and_one_offering_roost_
         assert_eq!(connection.version(), expected, "offering {offer:?}");
         let info = within(connection.server_info()).await.unwrap();
         assert_eq!(info.protocol_version, expected.number());
+    }
+    // Operators see how many clients of each version connect (when to retire roost/1).
+    let address = server.server.metrics_addr().unwrap();
+    let text = within(async {
+        reqwest::get(format!("http://{address}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    })
+    .await;
+    for (version, count) in [(1, 1), (2, 3)] {
+        let series = format!("roost_client_connections_total{{version=\"{version}\"}} {count}");
+        assert!(
+            text.lines().any(|line| line == series),
+            "no {series} in:\n{text}"
+        );
     }
 }
 
