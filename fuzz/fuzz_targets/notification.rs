@@ -4,8 +4,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use roost::protocol::{
-    decode_notification, decode_push_header, encode_notification_record,
-    Version, NOTIFICATION_LENGTH_PREFIX_LEN, PUSH_HEADER_LEN,
+    decode_notification, decode_push_header, encode_notification_record, Version,
+    NOTIFICATION_LENGTH_PREFIX_LEN, PUSH_HEADER_LEN,
 };
 
 fuzz_target!(|data: &[u8]| {

@@ -1,10 +1,12 @@
 //! The previous release's client against this server (protocol-spec/core.md section 4).
 //!
-//! `roost-client` of the previous release is built from the source vendored beside this file
-//! (tests/compat/README.md says which commit and why) into the shared target directory, once per
-//! run, and then drives the current server as its users would: register, groups, join, send,
-//! receive, federation, in groups mixed with the current `roost-client`. It speaks `roost/1`;
-//! the current client speaks `roost/2` to the same servers.
+//! `roost-client` and `roost` of the previous release are built from the source vendored beside
+//! this file (tests/compat/README.md says which commit and why) into the shared target
+//! directory, once per run. The previous client then drives the current server as its users
+//! would: register, groups, join, send, receive, federation, in groups mixed with the current
+//! `roost-client`; it speaks `roost/1`, the current client `roost/2`. And the current server and
+//! client work with a homeserver of the previous release (federation, and `roost/1` spoken by
+//! the current client to the previous server).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,13 +24,18 @@ const PREVIOUS_RELEASE: &str = "ae07409";
 /// How long a device waits for what it expects to receive.
 const RECEIVE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The previous release's `roost-client`, built once for the whole run.
-fn previous_client() -> &'static Path {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| build_previous_client().unwrap_or_else(|e| panic!("{e}")))
+/// The previous release's binaries, built once for the whole run.
+struct PreviousRelease {
+    client: PathBuf,
+    server: PathBuf,
 }
 
-fn build_previous_client() -> Result<PathBuf, String> {
+fn previous() -> &'static PreviousRelease {
+    static BUILT: OnceLock<PreviousRelease> = OnceLock::new();
+    BUILT.get_or_init(|| build_previous_release().unwrap_or_else(|e| panic!("{e}")))
+}
+
+fn build_previous_release() -> Result<PreviousRelease, String> {
     // CARGO_TARGET_TMPDIR is `<target>/tmp`: the previous release shares the target directory,
     // so its dependencies (the same versions) are not built again.
     let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
@@ -36,30 +43,34 @@ fn build_previous_client() -> Result<PathBuf, String> {
         .ok_or("no target directory")?;
     let source = target.join("compat").join(PREVIOUS_RELEASE);
     let manifest = source.join("roost-previous").join("Cargo.toml");
-    if !manifest.exists() {
-        let tarball = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/compat")
-            .join(format!("roost-previous-{PREVIOUS_RELEASE}.tar.gz"));
+    let tarball = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/compat")
+        .join(format!("roost-previous-{PREVIOUS_RELEASE}.tar.gz"));
+    // Unpacked again whenever the vendored tarball is not the one unpacked last.
+    let vendored = std::fs::read(&tarball).map_err(|e| format!("{}: {e}", tarball.display()))?;
+    let unpacked_from = source.join("unpacked-from.tar.gz");
+    if std::fs::read(&unpacked_from).ok().as_deref() != Some(&vendored[..]) {
+        let _ = std::fs::remove_dir_all(&source);
         std::fs::create_dir_all(&source).map_err(|e| e.to_string())?;
         run(std::process::Command::new("tar")
             .arg("-xzf")
             .arg(&tarball)
             .arg("-C")
             .arg(&source))?;
+        std::fs::write(&unpacked_from, &vendored).map_err(|e| e.to_string())?;
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     run(std::process::Command::new(cargo)
-        .args([
-            "build",
-            "--quiet",
-            "--bin",
-            "roost-client-previous",
-            "--manifest-path",
-        ])
+        .args(["build", "--quiet", "--bin", "roost-client-previous"])
+        .args(["--bin", "roost-previous", "--manifest-path"])
         .arg(&manifest)
         .arg("--target-dir")
         .arg(target))?;
-    Ok(target.join("debug").join("roost-client-previous"))
+    let built = target.join("debug");
+    Ok(PreviousRelease {
+        client: built.join("roost-client-previous"),
+        server: built.join("roost-previous"),
+    })
 }
 
 fn run(command: &mut std::process::Command) -> Result<(), String> {
@@ -125,6 +136,84 @@ impl Homeserver {
     }
 }
 
+/// A homeserver of the previous release: its `roost serve` in a process of its own, killed when
+/// dropped.
+struct PreviousHomeserver {
+    child: std::process::Child,
+    addr: SocketAddr,
+    domain: String,
+    ca: PathBuf,
+}
+
+impl PreviousHomeserver {
+    fn start(dir: &Path, domain: &str, listen: SocketAddr, peer: (&str, SocketAddr)) -> Self {
+        use std::io::BufRead as _;
+        let issued = issue_development_certificate(&dir.join("certs"), domain).unwrap();
+        let mut child = std::process::Command::new(&previous().server)
+            .arg("serve")
+            .args([
+                "--domain",
+                domain,
+                "--listen",
+                &listen.to_string(),
+                "--data-dir",
+            ])
+            .arg(dir.join(domain))
+            .arg("--cert")
+            .arg(&issued.cert)
+            .arg("--key")
+            .arg(&issued.key)
+            .args(["--peer", &format!("{}={}", peer.0, peer.1), "--peer-ca"])
+            .arg(&issued.ca_cert)
+            .env_remove("RUST_LOG")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // It is serving once it logs the address it bound (`listen=ADDR`).
+        let stderr = child.stderr.take().unwrap();
+        let (bound, serving) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut bound = Some(bound);
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.contains("listen=") {
+                    if let Some(bound) = bound.take() {
+                        let _ = bound.send(());
+                    }
+                }
+            }
+        });
+        serving
+            .recv_timeout(RECEIVE_TIMEOUT)
+            .expect("the previous release's server never said it was serving");
+        Self {
+            child,
+            addr: listen,
+            domain: domain.to_owned(),
+            ca: issued.ca_cert,
+        }
+    }
+
+    fn device(&self, release: Release, state: PathBuf) -> Device {
+        Device {
+            release,
+            server: self.addr,
+            server_name: self.domain.clone(),
+            ca: self.ca.clone(),
+            state,
+        }
+    }
+}
+
+impl Drop for PreviousHomeserver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 enum Release {
     Previous,
@@ -145,7 +234,7 @@ impl Device {
     /// it failed.
     async fn run(&self, args: &[&str]) -> Vec<Value> {
         let program = match self.release {
-            Release::Previous => previous_client().to_owned(),
+            Release::Previous => previous().client.clone(),
             Release::Current => PathBuf::from(env!("CARGO_BIN_EXE_roost-client")),
         };
         let mut command = std::process::Command::new(program);
@@ -328,6 +417,58 @@ async fn the_previous_client_talks_across_federation_with_current_clients() {
         &message(&team, "bob@b.example", "hello from bob"),
     ])
     .await;
+    drop((a, b));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_current_homeserver_and_client_work_with_a_homeserver_of_the_previous_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a_addr, b_addr) = (reserved_port(), reserved_port());
+    let a = Homeserver::start(dir.path(), "a.example", a_addr, &[("b.example", b_addr)]).await;
+    let b = PreviousHomeserver::start(dir.path(), "b.example", b_addr, ("a.example", a_addr));
+    let alice = a.device(Release::Current, dir.path().join("alice"));
+    let bob = b.device(Release::Previous, dir.path().join("bob"));
+    // The current client on the previous server: it offers roost/2 and roost/1 and gets roost/1.
+    let dave = b.device(Release::Current, dir.path().join("dave"));
+    assert_eq!(dave.run(&["info"]).await[0]["protocol_version"], 1);
+    alice.register("alice@a.example").await;
+    bob.register("bob@b.example").await;
+    dave.register("dave@b.example").await;
+    let found = alice.run(&["lookup", "bob@b.example"]).await;
+    assert_eq!(found[0]["clients"][0]["verified"], true, "{found:?}");
+
+    // A group hosted by the current homeserver, with members on the previous one.
+    let team = alice.create_group("team").await;
+    alice.run(&["invite", "team", "bob@b.example"]).await;
+    alice.run(&["invite", "team", "dave@b.example"]).await;
+    bob.receive_until(&[&joined(&team)]).await;
+    dave.receive_until(&[&joined(&team)]).await;
+    alice.run(&["send", "team", "hello b"]).await;
+    bob.run(&["send", &team, "hello from bob"]).await;
+    dave.run(&["send", &team, "hello from dave"]).await;
+    alice
+        .receive_until(&[
+            &message(&team, "bob@b.example", "hello from bob"),
+            &message(&team, "dave@b.example", "hello from dave"),
+        ])
+        .await;
+    bob.receive_until(&[
+        &message(&team, "alice@a.example", "hello b"),
+        &message(&team, "dave@b.example", "hello from dave"),
+    ])
+    .await;
+
+    // A group hosted by the previous homeserver, with a member on the current one.
+    let club = dave.create_group("club").await;
+    dave.run(&["invite", "club", "alice@a.example"]).await;
+    alice.receive_until(&[&joined(&club)]).await;
+    dave.run(&["send", "club", "welcome alice"]).await;
+    alice
+        .receive_until(&[&message(&club, "dave@b.example", "welcome alice")])
+        .await;
+    alice.run(&["send", &club, "thanks dave"]).await;
+    dave.receive_until(&[&message(&club, "alice@a.example", "thanks dave")])
+        .await;
     drop((a, b));
 }
 

@@ -13,9 +13,9 @@ trap 'rm -rf "$work"' EXIT
 mkdir "$work/roost-previous"
 git archive "$commit" Cargo.toml Cargo.lock LICENSE-MIT LICENSE-APACHE src \
     | tar -x -C "$work/roost-previous"
-# Only the client is built: the server's binaries go, the client is renamed so that it never
-# replaces the current one in the shared target directory, and the crate is its own workspace.
-rm -rf "$work/roost-previous/src/bin/roost" "$work/roost-previous/src/bin/roost-bench"
+# The client and the server are built, renamed so that they never replace the current ones in
+# the shared target directory; the benchmark goes; the crate is its own workspace.
+rm -rf "$work/roost-previous/src/bin/roost-bench"
 python3 - "$work/roost-previous/Cargo.toml" "$short" <<'PY'
 import re, sys
 path, short = sys.argv[1], sys.argv[2]
@@ -26,11 +26,12 @@ manifest = re.sub(r'default-run = "roost"\n',
                   manifest)
 manifest = manifest.replace('[lib]\npath = "src/lib.rs"', '[lib]\nname = "roost"\npath = "src/lib.rs"')
 manifest = re.sub(r'(\[\[bin\]\]\n[^\[]*)+',
-                  '# The previous release\'s command-line client, renamed so that it never replaces the current one\n'
-                  '# in a shared target directory (tests/compat/README.md).\n'
+                  '# The previous release\'s server and command-line client, renamed so that they never replace\n'
+                  '# the current ones in a shared target directory (tests/compat/README.md).\n'
+                  '[[bin]]\nname = "roost-previous"\npath = "src/bin/roost/main.rs"\n\n'
                   '[[bin]]\nname = "roost-client-previous"\npath = "src/bin/roost-client.rs"\n\n',
                   manifest, count=1)
-manifest = (f'# Vendored from Roost commit {short} (tests/compat/README.md): the client alone; only this manifest changed.\n'
+manifest = (f'# Vendored from Roost commit {short} (tests/compat/README.md): server and client; only this manifest changed.\n'
             + manifest + '\n# Its own workspace, not a member of the crate that vendors it.\n[workspace]\n')
 open(path, 'w').write(manifest)
 PY
