@@ -46,14 +46,13 @@ pub(super) async fn handle(
         .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|data| data.protocol);
     let version = alpn.as_deref().and_then(Version::from_alpn);
-    match alpn.as_deref() {
-        _ if version.is_some() => {
-            let version = version.unwrap_or(Version::LATEST);
+    match (version, alpn.as_deref()) {
+        (Some(version), _) => {
             let _counted = shared.metrics.connection(PeerKind::Client);
             shared.metrics.client_version(version);
             serve_client(connection, shared, version).await
         }
-        Some(ALPN_FEDERATION) => {
+        (None, Some(ALPN_FEDERATION)) => {
             let _counted = shared.metrics.connection(PeerKind::Peer);
             super::federation::serve_peer(connection, shared).await
         }
@@ -175,38 +174,23 @@ async fn handle_stream(
         MAX_UNAUTHENTICATED_REQUEST_LEN
     };
     let timeout = shared.limits.request_timeout;
-    let (response, reservation) =
-        match read_request(&mut recv, timeout, max_len, &session.budget.requests).await {
-            Some(Ok(_)) if shared.versions.retired(session.version).is_some() => {
-                let why = shared.versions.retired(session.version).unwrap_or_default();
-                (error_response(ErrorCode::UnsupportedVersion, &why), None)
-            }
-            Some(Ok((bytes, request_bytes))) => match decode_request(session.version, &bytes) {
+    let read = read_request(&mut recv, timeout, max_len, &session.budget.requests).await;
+    let (response, reservation) = match (read, shared.versions.retired(session.version)) {
+        // A version past its end: every request gets the one refusal that says so.
+        (Some(Ok(_)), Some(why)) => (error_response(ErrorCode::UnsupportedVersion, &why), None),
+        (Some(Ok((bytes, request_bytes))), None) => {
+            match decode_request(session.version, &bytes) {
                 Ok(request) => {
+                    // The request's bytes (and their reservation) are not kept while it runs.
                     drop((bytes, request_bytes));
-                    let started = std::time::Instant::now();
-                    let operation = request.operation();
-                    // Room for the answer is reserved before the work that makes it.
-                    let reservation = session
-                        .budget
-                        .responses
-                        .reserve(response_reservation(&request))
-                        .await;
-                    let response = session.dispatch(&shared, request).await;
-                    let outcome = match &response {
-                        Response::Ok(_) => Outcome::Ok,
-                        Response::Error(error) => Outcome::Error(error.code()),
-                    };
-                    shared
-                        .metrics
-                        .request(operation, outcome, started.elapsed());
-                    (response, Some(reservation))
+                    answer(&session, &shared, request).await
                 }
                 Err(e) => (error_response(e.code(), &e.public_message()), None),
-            },
-            Some(Err(refusal)) => (Response::Error(refusal), None),
-            None => return,
-        };
+            }
+        }
+        (Some(Err(refusal)), _) => (Response::Error(refusal), None),
+        (None, _) => return,
+    };
     let bytes = encode_checked(session.version, &response);
     drop(response);
     if !write_encoded(
@@ -225,6 +209,31 @@ async fn handle_stream(
             b"responses are not being read",
         );
     }
+}
+
+/// Handles a decoded request, counting it, with room for its answer reserved before the work
+/// that makes it.
+async fn answer(
+    session: &Session,
+    shared: &Shared,
+    request: Request,
+) -> (Response, Option<Reservation>) {
+    let started = std::time::Instant::now();
+    let operation = request.operation();
+    let reservation = session
+        .budget
+        .responses
+        .reserve(response_reservation(&request))
+        .await;
+    let response = session.dispatch(shared, request).await;
+    let outcome = match &response {
+        Response::Ok(_) => Outcome::Ok,
+        Response::Error(error) => Outcome::Error(error.code()),
+    };
+    shared
+        .metrics
+        .request(operation, outcome, started.elapsed());
+    (response, Some(reservation))
 }
 
 /// Bytes to reserve for the answer to `request` before handling it: what the request can ask
