@@ -60,7 +60,31 @@ fn build_previous_release() -> Result<PreviousRelease, String> {
         std::fs::write(&unpacked_from, &vendored).map_err(|e| e.to_string())?;
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    run(std::process::Command::new(cargo)
+    let mut build = std::process::Command::new(cargo);
+    // What cargo set for this test process (CARGO_MANIFEST_DIR, CARGO_PKG_NAME, ...) is not
+    // passed on: build scripts watch some of these (`rerun-if-env-changed`), and seeing them
+    // change would rebuild shared dependencies for the next cargo run in this target directory.
+    const SET_FOR_TESTS: [&str; 9] = [
+        "CARGO_MANIFEST_DIR",
+        "CARGO_MANIFEST_PATH",
+        "CARGO_MANIFEST_LINKS",
+        "CARGO_CRATE_NAME",
+        "CARGO_BIN_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+        "OUT_DIR",
+    ];
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(|key| {
+            SET_FOR_TESTS.contains(&key)
+                || key.starts_with("CARGO_PKG_")
+                || key.starts_with("CARGO_BIN_EXE_")
+        }) {
+            build.env_remove(key);
+        }
+    }
+    run(build
         .args(["build", "--quiet", "--bin", "roost-client-previous"])
         .args(["--bin", "roost-previous", "--manifest-path"])
         .arg(&manifest)
