@@ -400,23 +400,9 @@ async fn the_previous_client_holds_groups_with_current_clients_on_one_server() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_previous_client_talks_across_federation_with_current_clients() {
-    let dir = tempfile::tempdir().unwrap();
-    let (a_addr, b_addr) = (reserved_port(), reserved_port());
-    let a = Homeserver::start(dir.path(), "a.example", a_addr, &[("b.example", b_addr)]).await;
-    let b = Homeserver::start(dir.path(), "b.example", b_addr, &[("a.example", a_addr)]).await;
-    let alice = a.device(Release::Previous, dir.path().join("alice"));
-    let bob = b.device(Release::Previous, dir.path().join("bob"));
-    let dave = b.device(Release::Current, dir.path().join("dave"));
-    alice.register("alice@a.example").await;
-    bob.register("bob@b.example").await;
-    dave.register("dave@b.example").await;
-
-    // Remote discovery and KeyPackages through the previous client's own server.
-    let found = alice.run(&["lookup", "bob@b.example"]).await;
-    assert_eq!(found[0]["clients"][0]["verified"], true, "{found:?}");
-
+/// alice@a.example makes a group and invites bob@b.example and dave@b.example; each of the three
+/// sends once and the other two read it.
+async fn team_across_two_homeservers(alice: &Device, bob: &Device, dave: &Device) {
     let team = alice.create_group("team").await;
     alice.run(&["invite", "team", "bob@b.example"]).await;
     alice.run(&["invite", "team", "dave@b.example"]).await;
@@ -441,6 +427,26 @@ async fn the_previous_client_talks_across_federation_with_current_clients() {
         &message(&team, "bob@b.example", "hello from bob"),
     ])
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_previous_client_talks_across_federation_with_current_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a_addr, b_addr) = (reserved_port(), reserved_port());
+    let a = Homeserver::start(dir.path(), "a.example", a_addr, &[("b.example", b_addr)]).await;
+    let b = Homeserver::start(dir.path(), "b.example", b_addr, &[("a.example", a_addr)]).await;
+    let alice = a.device(Release::Previous, dir.path().join("alice"));
+    let bob = b.device(Release::Previous, dir.path().join("bob"));
+    let dave = b.device(Release::Current, dir.path().join("dave"));
+    alice.register("alice@a.example").await;
+    bob.register("bob@b.example").await;
+    dave.register("dave@b.example").await;
+
+    // Remote discovery and KeyPackages through the previous client's own server.
+    let found = alice.run(&["lookup", "bob@b.example"]).await;
+    assert_eq!(found[0]["clients"][0]["verified"], true, "{found:?}");
+
+    team_across_two_homeservers(&alice, &bob, &dave).await;
     drop((a, b));
 }
 
@@ -462,25 +468,7 @@ async fn a_current_homeserver_and_client_work_with_a_homeserver_of_the_previous_
     assert_eq!(found[0]["clients"][0]["verified"], true, "{found:?}");
 
     // A group hosted by the current homeserver, with members on the previous one.
-    let team = alice.create_group("team").await;
-    alice.run(&["invite", "team", "bob@b.example"]).await;
-    alice.run(&["invite", "team", "dave@b.example"]).await;
-    bob.receive_until(&[&joined(&team)]).await;
-    dave.receive_until(&[&joined(&team)]).await;
-    alice.run(&["send", "team", "hello b"]).await;
-    bob.run(&["send", &team, "hello from bob"]).await;
-    dave.run(&["send", &team, "hello from dave"]).await;
-    alice
-        .receive_until(&[
-            &message(&team, "bob@b.example", "hello from bob"),
-            &message(&team, "dave@b.example", "hello from dave"),
-        ])
-        .await;
-    bob.receive_until(&[
-        &message(&team, "alice@a.example", "hello b"),
-        &message(&team, "dave@b.example", "hello from dave"),
-    ])
-    .await;
+    team_across_two_homeservers(&alice, &bob, &dave).await;
 
     // A group hosted by the previous homeserver, with a member on the current one.
     let club = dave.create_group("club").await;

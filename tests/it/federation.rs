@@ -495,16 +495,7 @@ async fn a_group_spans_two_homeservers_and_survives_one_being_down() {
         "{peer:?}"
     );
     // And Prometheus sees the backlog and the failure.
-    let metrics_addr = a.server.metrics_addr().unwrap();
-    let metrics = within(async {
-        reqwest::get(format!("http://{metrics_addr}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    })
-    .await;
+    let metrics = crate::support::scrape_metrics(&a.server).await;
     let value = |series: &str| -> f64 {
         metrics
             .lines()

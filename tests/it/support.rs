@@ -282,3 +282,17 @@ pub fn reserved_port() -> std::net::SocketAddr {
         }
     }
 }
+
+/// The text of `server`'s Prometheus endpoint (`metrics_listen` must be set).
+pub async fn scrape_metrics(server: &Server) -> String {
+    let address = server.metrics_addr().expect("metrics are served");
+    within(async {
+        reqwest::get(format!("http://{address}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    })
+    .await
+}

@@ -34,16 +34,7 @@ async fn a_client_offering_both_versions_gets_the_newest_and_one_offering_roost_
         assert_eq!(info.protocol_version, expected.number());
     }
     // Operators see how many clients of each version connect (when to retire roost/1).
-    let address = server.server.metrics_addr().unwrap();
-    let text = within(async {
-        reqwest::get(format!("http://{address}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    })
-    .await;
+    let text = crate::support::scrape_metrics(&server.server).await;
     for (version, count) in [(1, 1), (2, 3)] {
         let series = format!("roost_client_connections_total{{version=\"{version}\"}} {count}");
         assert!(
