@@ -1,0 +1,122 @@
+//! One file per subcommand, each with a `run` that does the command and returns what it prints.
+//! [`execute`] picks the file; [`Context`] carries what every command that talks to the server
+//! needs.
+
+mod add_client;
+mod claim;
+mod clients;
+mod commit;
+mod create_group;
+mod delete_account;
+mod delete_group;
+mod groups;
+mod info;
+mod invite;
+mod keypackages;
+mod leave;
+mod listen;
+mod lookup;
+mod members;
+mod push_listen;
+mod push_remove;
+mod push_targets;
+mod recv;
+mod register;
+mod remove;
+mod remove_client;
+mod renew_credential;
+pub mod reset;
+mod resync;
+mod send;
+mod set_role;
+mod sync;
+
+use std::net::SocketAddr;
+
+use roost::client::groups::GroupClient;
+use roost::client::{ClientConfig, Connection, PushStream};
+
+use crate::device::{authenticate, Device, GroupNames};
+use crate::output::Output;
+use crate::{Cli, Command};
+
+/// What a command that talks to the server works with.
+pub struct Context<'a> {
+    pub cli: &'a Cli,
+    pub config: &'a ClientConfig,
+    /// The connection `run` opened (not yet authenticated).
+    pub connection: &'a Connection,
+    pub server_addr: SocketAddr,
+}
+
+impl Context<'_> {
+    /// Authenticates the connection as the device in `--state` (topping up its KeyPackages).
+    async fn authenticate(&self) -> anyhow::Result<(Device, PushStream)> {
+        authenticate(self.connection, &self.cli.state).await
+    }
+
+    /// The group id that `group` names (a local name or a hex id).
+    fn group_id(&self, group: &str) -> anyhow::Result<Vec<u8>> {
+        GroupNames::load(&self.cli.state)?.resolve(group)
+    }
+}
+
+/// A command on a group of this device: authenticated, the group named, its flows ready.
+struct InGroup<'a> {
+    device: &'a Device,
+    group_id: Vec<u8>,
+    groups: GroupClient<'a>,
+}
+
+impl<'a> InGroup<'a> {
+    async fn new(
+        context: &Context<'a>,
+        device: &'a Device,
+        group: &str,
+    ) -> anyhow::Result<InGroup<'a>> {
+        Ok(Self {
+            device,
+            group_id: context.group_id(group)?,
+            groups: device.groups(context.connection).await?,
+        })
+    }
+
+    fn hex_id(&self) -> String {
+        hex::encode(&self.group_id)
+    }
+}
+
+/// Runs the command on the command line.
+pub async fn execute(context: &Context<'_>) -> anyhow::Result<Output> {
+    match &context.cli.command {
+        // Handled before connecting; here for completeness.
+        Command::Reset => reset::run(&context.cli.state),
+        Command::Info => info::run(context.connection, context.server_addr).await,
+        Command::Register { user, invite } => register::run(context, user, invite).await,
+        Command::Clients => clients::run(context).await,
+        Command::AddClient { approve_from } => add_client::run(context, approve_from).await,
+        Command::RemoveClient { client } => remove_client::run(context, client).await,
+        Command::RenewCredential => renew_credential::run(context).await,
+        Command::Lookup { user } => lookup::run(context, user).await,
+        Command::DeleteAccount => delete_account::run(context).await,
+        Command::Keypackages => keypackages::run(context).await,
+        Command::Recv { wait } => recv::run(context, *wait).await,
+        Command::Listen => listen::run(context.cli, context.config, context.connection).await,
+        Command::PushListen { listen, keep } => push_listen::run(context, *listen, *keep).await,
+        Command::PushTargets => push_targets::run(context).await,
+        Command::PushRemove { target_id } => push_remove::run(context, *target_id).await,
+        Command::CreateGroup { name } => create_group::run(context, name.as_deref()).await,
+        Command::Invite { group, user } => invite::run(context, group, user).await,
+        Command::Send { group, text } => send::run(context, group, text).await,
+        Command::Remove { group, user } => remove::run(context, group, user).await,
+        Command::SetRole { group, user, role } => set_role::run(context, group, user, *role).await,
+        Command::Leave { group } => leave::run(context, group).await,
+        Command::Commit { group } => commit::run(context, group).await,
+        Command::Sync => sync::run(context).await,
+        Command::Resync { group } => resync::run(context, group).await,
+        Command::DeleteGroup { group } => delete_group::run(context, group).await,
+        Command::Members { group } => members::run(context, group).await,
+        Command::Groups => groups::run(context).await,
+        Command::Claim { user, ciphersuite } => claim::run(context, user, *ciphersuite).await,
+    }
+}
