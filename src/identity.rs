@@ -111,7 +111,13 @@ impl UserId {
     }
 
     pub fn domain(&self) -> &str {
-        &self.id[self.at + 1..]
+        Self::domain_of(&self.id)
+    }
+
+    /// The domain of a user id held as text (what the store and the wire carry): what follows
+    /// its `@`, or nothing for text that is not a user id. The one place a user id is split.
+    pub fn domain_of(user_id: &str) -> &str {
+        user_id.rsplit_once('@').map_or("", |(_, domain)| domain)
     }
 
     /// The user id as wire text (always within the text limit).
