@@ -326,120 +326,150 @@ impl Collector for ScrapedValues {
 
 /// Reads what the scrape reports from the store and the services.
 async fn read_values(services: &Services) -> Vec<Value> {
-    let mut values = Vec::new();
-    let mut gauge = |name, help, labels: Vec<(&'static str, String)>, value: f64| {
-        values.push(Value {
+    let mut values = Values::default();
+    store_gauges(services, &mut values).await;
+    values.gauge(
+        "connected_clients",
+        "Clients with at least one authenticated connection",
+        vec![],
+        services.connected_clients() as f64,
+    );
+    federation_gauges(services, &mut values).await;
+    counters(services, &mut values);
+    values.0
+}
+
+/// The values of one scrape, as they are read.
+#[derive(Default)]
+struct Values(Vec<Value>);
+
+impl Values {
+    fn gauge(&mut self, name: &'static str, help: &'static str, labels: Labels, value: f64) {
+        self.0.push(Value {
             name,
             help,
             counter: false,
             labels,
             value,
         })
-    };
+    }
+
+    fn counter(&mut self, name: &'static str, help: &'static str, value: u64) {
+        self.0.push(Value {
+            name,
+            help,
+            counter: true,
+            labels: vec![],
+            value: value as f64,
+        })
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// What the store holds: users, clients, groups, queued messages, the file's size.
+async fn store_gauges(services: &Services, values: &mut Values) {
     let store = services.store();
     match store.counts().await {
         Ok(counts) => {
-            gauge("users", "Registered users", vec![], counts.users as f64);
-            gauge(
-                "clients",
-                "Registered clients (devices)",
-                vec![],
-                counts.clients as f64,
-            );
-            gauge("groups", "Groups hosted here", vec![], counts.groups as f64);
-            gauge(
-                "queued_messages",
-                "Messages waiting in client queues",
-                vec![],
-                counts.queued_messages as f64,
-            );
-            gauge(
-                "queued_bytes",
-                "Payload bytes waiting in client queues",
-                vec![],
-                counts.queued_bytes as f64,
-            );
+            let counted = [
+                ("users", "Registered users", counts.users),
+                ("clients", "Registered clients (devices)", counts.clients),
+                ("groups", "Groups hosted here", counts.groups),
+                (
+                    "queued_messages",
+                    "Messages waiting in client queues",
+                    counts.queued_messages,
+                ),
+                (
+                    "queued_bytes",
+                    "Payload bytes waiting in client queues",
+                    counts.queued_bytes,
+                ),
+            ];
+            for (name, help, count) in counted {
+                values.gauge(name, help, vec![], count as f64);
+            }
         }
         Err(e) => debug!("metrics: the store's counts are unavailable: {e}"),
     }
-    gauge(
+    values.gauge(
         "store_file_bytes",
         "Size of the database file",
         vec![],
         store.stored_bytes().await as f64,
     );
-    gauge(
-        "connected_clients",
-        "Clients with at least one authenticated connection",
-        vec![],
-        services.connected_clients() as f64,
-    );
+}
+
+/// Per peer homeserver: what waits in the outbox for it, and how its connection fares.
+async fn federation_gauges(services: &Services, values: &mut Values) {
+    let Some(federation) = services.federation() else {
+        return;
+    };
     let now_ms = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
-    if let Some(federation) = services.federation() {
-        let backlog = store.outbox_status().await.unwrap_or_default();
-        let peers: Vec<String> = federation
-            .peers()
-            .map(|(domain, _)| domain.clone())
-            .collect();
-        for peer in &peers {
-            let waiting = backlog.iter().find(|b| &b.peer == peer);
-            let progress = federation.progress(peer);
-            let label = || vec![("peer", peer.clone())];
-            gauge(
-                "outbox_waiting",
-                "Deliveries waiting in the outbox for a peer homeserver",
-                label(),
-                waiting.map_or(0.0, |b| b.waiting as f64),
-            );
-            gauge(
-                "outbox_oldest_age_seconds",
-                "Age of the oldest delivery waiting for a peer (0 when none waits)",
-                label(),
-                waiting.map_or(0.0, |b| now_ms.saturating_sub(b.oldest_ms) as f64 / 1000.0),
-            );
-            gauge(
-                "peer_connected",
-                "1 while this server holds an open connection to the peer",
-                label(),
-                f64::from(u8::from(federation.connected(peer).await)),
-            );
-            gauge(
-                "peer_last_error_timestamp_seconds",
-                "When delivering to the peer last failed (Unix time; 0: not since start)",
-                label(),
-                progress.last_error.map_or(0.0, |(at, _)| at as f64),
-            );
-        }
+    let backlog = services.store().outbox_status().await.unwrap_or_default();
+    let peers: Vec<String> = federation
+        .peers()
+        .map(|(domain, _)| domain.clone())
+        .collect();
+    for peer in &peers {
+        let waiting = backlog.iter().find(|b| &b.peer == peer);
+        let progress = federation.progress(peer);
+        let label = || vec![("peer", peer.clone())];
+        values.gauge(
+            "outbox_waiting",
+            "Deliveries waiting in the outbox for a peer homeserver",
+            label(),
+            waiting.map_or(0.0, |b| b.waiting as f64),
+        );
+        values.gauge(
+            "outbox_oldest_age_seconds",
+            "Age of the oldest delivery waiting for a peer (0 when none waits)",
+            label(),
+            waiting.map_or(0.0, |b| now_ms.saturating_sub(b.oldest_ms) as f64 / 1000.0),
+        );
+        values.gauge(
+            "peer_connected",
+            "1 while this server holds an open connection to the peer",
+            label(),
+            f64::from(u8::from(federation.connected(peer).await)),
+        );
+        values.gauge(
+            "peer_last_error_timestamp_seconds",
+            "When delivering to the peer last failed (Unix time; 0: not since start)",
+            label(),
+            progress.last_error.map_or(0.0, |(at, _)| at as f64),
+        );
     }
+}
+
+/// What the services and the store counted since the server started.
+fn counters(services: &Services, values: &mut Values) {
+    use std::sync::atomic::Ordering::Relaxed;
     let push = services.push_stats();
-    let stats = store.stats();
+    let stats = services.store().stats();
     let counters = [
         (
             "push_wakeups_delivered",
             "Wake-ups a push service or gateway accepted",
-            push.delivered.load(std::sync::atomic::Ordering::Relaxed),
+            push.delivered.load(Relaxed),
         ),
         (
             "push_attempts_failed",
             "Wake-up attempts that failed (retried later)",
-            push.failed_attempts
-                .load(std::sync::atomic::Ordering::Relaxed),
+            push.failed_attempts.load(Relaxed),
         ),
         (
             "push_targets_gone",
             "Push targets forgotten because their push service said they are gone",
-            push.targets_gone.load(std::sync::atomic::Ordering::Relaxed),
+            push.targets_gone.load(Relaxed),
         ),
         (
             "key_packages_low_notices",
             "KeyPackagesLow notices sent to clients whose stock ran low",
             services.key_package_low_notices(),
         ),
-        (
-            "store_commits",
-            "Store transactions committed",
-            stats.commits(),
-        ),
+        ("store_commits", "Store transactions committed", stats.commits()),
         (
             "store_writes",
             "Store writes committed (several share a commit under load)",
@@ -457,15 +487,8 @@ async fn read_values(services: &Services) -> Vec<Value> {
         ),
     ];
     for (name, help, value) in counters {
-        values.push(Value {
-            name,
-            help,
-            counter: true,
-            labels: vec![],
-            value: value as f64,
-        });
+        values.counter(name, help, value);
     }
-    values
 }
 
 /// Binds the metrics listener (before anything else is created, so a bad address fails the

@@ -127,51 +127,8 @@ impl Server {
         socket: std::net::UdpSocket,
         metrics_listener: Option<tokio::net::TcpListener>,
     ) -> anyhow::Result<Self> {
-        let identity = match &config.certificate {
-            CertificateSource::Files { cert, key } => {
-                Some((TlsIdentity::load(cert, key)?, cert.clone()))
-            }
-            CertificateSource::SelfSigned => None,
-        };
-        create_private_dir(&config.data_dir)?;
-        let (identity, certificate) = match identity {
-            Some(loaded) => loaded,
-            None => {
-                TlsIdentity::load_or_create_self_signed(&config.data_dir, config.domain.as_str())?
-            }
-        };
-        if !crate::tls::certificate_names(&identity.cert_chain[0], config.domain.as_str()) {
-            warn!(
-                certificate = %certificate.display(),
-                domain = %config.domain,
-                "the certificate does not name the domain: clients and peers that check it against the domain will refuse it"
-            );
-        }
-        let location = config
-            .store
-            .clone()
-            .unwrap_or_else(|| StoreLocation::Redb(config.data_dir.join(DATABASE_FILE)));
-        let store = tokio::task::spawn_blocking({
-            let location = location.clone();
-            move || Store::open_at(&location)
-        })
-        .await?
-        .map_err(|e| {
-            if e.is_database_in_use() {
-                match &location {
-                    StoreLocation::Redb(path) if path.parent() == Some(&*config.data_dir) => {
-                        anyhow::anyhow!(
-                            "another roost process is using the data directory {}",
-                            config.data_dir.display()
-                        )
-                    }
-                    _ => anyhow::anyhow!("another roost process is using the database {location}"),
-                }
-            } else {
-                anyhow::Error::new(e).context(format!("opening the store {location}"))
-            }
-        })?;
-        store.bind_domain(config.domain.as_str()).await?;
+        let (identity, certificate) = load_identity(&config)?;
+        let store = open_store(&config).await?;
         let sessions = Arc::new(SessionRegistry::default());
         // On a shared store, the bus to the other nodes of the domain (its own connection).
         let bus = tokio::task::spawn_blocking({
@@ -209,15 +166,6 @@ impl Server {
                 started: std::time::Instant::now(),
             },
         ));
-        // The admin socket is a convenience: a server that cannot bind it (a data directory
-        // path longer than a socket address allows, say) serves clients without it.
-        let admin_socket = match transport::admin::bind(&config.data_dir) {
-            Ok(listener) => Some(listener),
-            Err(e) => {
-                warn!("no admin socket, `roost admin` will not reach this server: {e:#}");
-                None
-            }
-        };
         let transport_metrics = crate::metrics::TransportMetrics::default();
         let metrics = Arc::new(Metrics::new(services.clone(), &transport_metrics));
         let metrics_addr = match &metrics_listener {
@@ -235,30 +183,13 @@ impl Server {
             },
         ));
         let accept_loop = tokio::spawn(transport::serve(endpoint, shared.clone()));
-        let maintenance = tokio::spawn({
-            let shared = shared.clone();
-            async move {
-                let stop = shared.shutdown.clone();
-                let admin = async {
-                    if let Some(listener) = admin_socket {
-                        transport::admin::serve(listener, admin, stop.clone()).await;
-                    }
-                };
-                let metrics = async {
-                    if let Some(listener) = metrics_listener {
-                        crate::metrics::serve(listener, metrics, stop.clone()).await;
-                    }
-                };
-                tokio::join!(
-                    shared.services.run_maintenance(stop.clone()),
-                    shared.services.run_outbox(stop.clone()),
-                    shared.services.run_push(stop.clone()),
-                    shared.services.run_cluster(stop.clone()),
-                    admin,
-                    metrics,
-                );
-            }
-        });
+        let side = SideServices {
+            admin_socket: bind_admin_socket(&config),
+            admin,
+            metrics_listener,
+            metrics,
+        };
+        let maintenance = tokio::spawn(side.run(shared.clone()));
         if let Some(address) = metrics_addr {
             info!(metrics = %address, "serving metrics at /metrics and /health");
         }
@@ -319,5 +250,105 @@ impl Server {
         self.store.close().await;
         info!("shut down");
         Ok(())
+    }
+}
+
+/// The TLS identity the server presents, with the certificate file it came from: the operator's
+/// files, or a self-signed certificate kept in the data directory (made on first start).
+fn load_identity(config: &ServerConfig) -> anyhow::Result<(TlsIdentity, PathBuf)> {
+    let identity = match &config.certificate {
+        CertificateSource::Files { cert, key } => {
+            Some((TlsIdentity::load(cert, key)?, cert.clone()))
+        }
+        CertificateSource::SelfSigned => None,
+    };
+    create_private_dir(&config.data_dir)?;
+    let (identity, certificate) = match identity {
+        Some(loaded) => loaded,
+        None => TlsIdentity::load_or_create_self_signed(&config.data_dir, config.domain.as_str())?,
+    };
+    if !crate::tls::certificate_names(&identity.cert_chain[0], config.domain.as_str()) {
+        warn!(
+            certificate = %certificate.display(),
+            domain = %config.domain,
+            "the certificate does not name the domain: clients and peers that check it against the domain will refuse it"
+        );
+    }
+    Ok((identity, certificate))
+}
+
+/// Opens the store (redb in the data directory unless another is configured) and binds it to
+/// the server's domain; a store another process holds is refused in words an operator can act on.
+async fn open_store(config: &ServerConfig) -> anyhow::Result<Store> {
+    let location = config
+        .store
+        .clone()
+        .unwrap_or_else(|| StoreLocation::Redb(config.data_dir.join(DATABASE_FILE)));
+    let store = tokio::task::spawn_blocking({
+        let location = location.clone();
+        move || Store::open_at(&location)
+    })
+    .await?
+    .map_err(|e| {
+        if !e.is_database_in_use() {
+            return anyhow::Error::new(e).context(format!("opening the store {location}"));
+        }
+        match &location {
+            StoreLocation::Redb(path) if path.parent() == Some(&*config.data_dir) => {
+                anyhow::anyhow!(
+                    "another roost process is using the data directory {}",
+                    config.data_dir.display()
+                )
+            }
+            _ => anyhow::anyhow!("another roost process is using the database {location}"),
+        }
+    })?;
+    store.bind_domain(config.domain.as_str()).await?;
+    Ok(store)
+}
+
+/// The admin socket is a convenience: a server that cannot bind it (a data directory path
+/// longer than a socket address allows, say) serves clients without it.
+fn bind_admin_socket(config: &ServerConfig) -> Option<tokio::net::UnixListener> {
+    match transport::admin::bind(&config.data_dir) {
+        Ok(listener) => Some(listener),
+        Err(e) => {
+            warn!("no admin socket, `roost admin` will not reach this server: {e:#}");
+            None
+        }
+    }
+}
+
+/// What runs beside the client endpoint until shutdown: the admin socket, the metrics endpoint.
+struct SideServices {
+    admin_socket: Option<tokio::net::UnixListener>,
+    admin: Arc<Admin>,
+    metrics_listener: Option<tokio::net::TcpListener>,
+    metrics: Arc<Metrics>,
+}
+
+impl SideServices {
+    /// Runs them, with the services' background work (maintenance, outbox, push, cluster),
+    /// until the server shuts down.
+    async fn run(self, shared: Arc<Shared>) {
+        let stop = shared.shutdown.clone();
+        let admin = async {
+            if let Some(listener) = self.admin_socket {
+                transport::admin::serve(listener, self.admin, stop.clone()).await;
+            }
+        };
+        let metrics = async {
+            if let Some(listener) = self.metrics_listener {
+                crate::metrics::serve(listener, self.metrics, stop.clone()).await;
+            }
+        };
+        tokio::join!(
+            shared.services.run_maintenance(stop.clone()),
+            shared.services.run_outbox(stop.clone()),
+            shared.services.run_push(stop.clone()),
+            shared.services.run_cluster(stop.clone()),
+            admin,
+            metrics,
+        );
     }
 }

@@ -17,6 +17,7 @@ mod push;
 mod push_delivery;
 mod queues;
 mod reach;
+mod routing;
 mod wire_error;
 
 use std::sync::Arc;
@@ -37,13 +38,8 @@ pub use wire_error::wire_error;
 use crate::clock::UnixTime;
 use crate::config::{ServerConfig, ServerLimits};
 use crate::protocol::{
-    ClientId, GroupList, Limits, Notification, Operation, Request, ResponseBody, ServerInfo, Text,
-    CHANNEL_BINDING_LEN,
-};
-use crate::protocol::{
-    ClientsDepartedRequest, DeliveredBatch, DomainKeysBody, FederatedClaimRequest,
-    FederationRequest, FederationResponseBody, GroupRequest, RelayedGroupRequest,
-    MAX_DELIVERIES_PER_BATCH,
+    ClientId, DomainKeysBody, GroupRequest, Limits, Notification, Operation, Request, ResponseBody,
+    ServerInfo, Text, CHANNEL_BINDING_LEN,
 };
 use crate::store::{Store, StoreError};
 use invites::InviteError;
@@ -336,47 +332,6 @@ impl ServiceError {
     }
 }
 
-/// The group a group operation is about (from its MLS framing, or its group id field).
-fn request_group_id(request: &GroupRequest) -> Option<Vec<u8>> {
-    use openmls::prelude::{MlsMessageBodyIn, MlsMessageIn, ProtocolMessage};
-    use tls_codec::Deserialize;
-    let from_message = |bytes: &[u8]| -> Option<Vec<u8>> {
-        let message: ProtocolMessage =
-            match MlsMessageIn::tls_deserialize_exact(bytes).ok()?.extract() {
-                MlsMessageBodyIn::PublicMessage(message) => message.into(),
-                MlsMessageBodyIn::PrivateMessage(message) => message.into(),
-                _ => return None,
-            };
-        Some(message.group_id().as_slice().to_vec())
-    };
-    match request {
-        GroupRequest::SendCommit(request) => from_message(request.commit.as_slice()),
-        GroupRequest::SendMessage(request) => from_message(request.message.as_slice()),
-        GroupRequest::SendProposal(request) => from_message(request.proposal.as_slice()),
-        GroupRequest::GetGroup(request) => Some(request.group_id.as_slice().to_vec()),
-        GroupRequest::DeleteGroup(request) => Some(request.group_id.as_slice().to_vec()),
-        GroupRequest::FetchGroupTree(request) => Some(request.group_id.as_slice().to_vec()),
-        GroupRequest::ListGroups | GroupRequest::ListUserGroups => None,
-    }
-}
-
-/// Checks that `client` is one `peer` may speak for: a well-formed user id in canonical form
-/// (`InvalidUserId` if not) of the peer's own domain (`PeerRefused` if another).
-fn check_peer_speaks_for(peer: &str, client: &ClientId) -> Result<(), ServiceError> {
-    let user = crate::identity::UserId::parse_canonical(client.user_id.as_str())
-        .map_err(ServiceError::InvalidUserId)?;
-    if user.domain() != peer {
-        return Err(ServiceError::PeerRefused(format!(
-            "{peer} cannot speak for {client}"
-        )));
-    }
-    Ok(())
-}
-
-fn unexpected_peer_answer(answer: &FederationResponseBody) -> ServiceError {
-    ServiceError::PeerUnavailable(format!("the peer answered {answer:?}"))
-}
-
 /// The services of one server.
 pub struct Services {
     domain: crate::protocol::Text,
@@ -596,243 +551,6 @@ impl Services {
         &self.accounts
     }
 
-    /// Handles a request from the peer homeserver of `peer` (already identified).
-    pub async fn handle_federation(
-        &self,
-        peer: &str,
-        request: FederationRequest,
-    ) -> Result<FederationResponseBody, ServiceError> {
-        Ok(match request {
-            FederationRequest::GetDomainKeys => {
-                FederationResponseBody::DomainKeys(self.own_domain_keys())
-            }
-            FederationRequest::LookupUser(request) => {
-                if self.remote_user(request.user_id.as_str())?.is_some() {
-                    return Err(ServiceError::UnknownDomain(request.user_id.to_string()));
-                }
-                FederationResponseBody::UserFound(
-                    self.accounts.lookup(request.user_id.as_str()).await?,
-                )
-            }
-            FederationRequest::ClaimKeyPackages(claim) => {
-                // A peer speaks only for its own users.
-                check_peer_speaks_for(peer, &claim.claimer)?;
-                if self.remote_user(claim.request.user_id.as_str())?.is_some() {
-                    return Err(ServiceError::UnknownDomain(
-                        claim.request.user_id.to_string(),
-                    ));
-                }
-                FederationResponseBody::KeyPackagesClaimed(
-                    self.key_packages
-                        .claim(&claim.claimer, claim.request)
-                        .await?,
-                )
-            }
-            FederationRequest::Deliver(delivery) => {
-                let (_, refusal) = self
-                    .queues
-                    .receive_deliveries(peer, self.domain.as_str(), vec![delivery])
-                    .await?;
-                if let Some(refusal) = refusal {
-                    return Err(refusal);
-                }
-                FederationResponseBody::Delivered
-            }
-            FederationRequest::DeliverBatch(batch) => {
-                if batch.deliveries.len() > MAX_DELIVERIES_PER_BATCH {
-                    return Err(ServiceError::PeerRefused(format!(
-                        "a batch carries at most {MAX_DELIVERIES_PER_BATCH} deliveries"
-                    )));
-                }
-                let (accepted, refusal) = self
-                    .queues
-                    .receive_deliveries(peer, self.domain.as_str(), batch.deliveries)
-                    .await?;
-                FederationResponseBody::DeliveredBatch(DeliveredBatch {
-                    accepted: accepted as u32,
-                    refusal: refusal.map(wire_error),
-                })
-            }
-            FederationRequest::RelayGroupRequest(relayed) => {
-                let sender = &relayed.sender;
-                check_peer_speaks_for(peer, sender)?;
-                FederationResponseBody::GroupResponse(
-                    self.group_request(sender, relayed.request).await?,
-                )
-            }
-            FederationRequest::ClientsDeparted(departed) => {
-                for client in &departed.clients {
-                    check_peer_speaks_for(peer, client)?;
-                }
-                for client in &departed.clients {
-                    let groups = self.groups.memberships(client).await?;
-                    self.groups.remove_departed(client, &groups).await;
-                }
-                FederationResponseBody::DeparturesNoted
-            }
-            FederationRequest::Identify(_) => {
-                return Err(ServiceError::NotAServiceOperation(Operation::Authenticate))
-            }
-        })
-    }
-
-    /// A group operation of `caller`: handled here if this server hosts the group, relayed to
-    /// the group's hub if it is hosted elsewhere.
-    async fn routed_group_request(
-        &self,
-        caller: &ClientId,
-        request: GroupRequest,
-    ) -> Result<ResponseBody, ServiceError> {
-        if let Some(group_id) = request_group_id(&request) {
-            // The group id names its hub: a group naming another one is relayed there (unless
-            // it is hosted here all the same); one naming this server, or none, is answered
-            // below (`UnknownGroup` if there is no such group). Only the rare other case reads
-            // the store, and then without decoding the group.
-            let hub = crate::identity::group_hub(&group_id)
-                .filter(|hub| hub.as_str() != self.domain.as_str());
-            if hub.is_some() && !self.groups.hosts(&group_id).await? {
-                if let Some(hub) = hub {
-                    // The caller may have been removed since it authenticated; nothing is
-                    // written here, so look before acting for it elsewhere.
-                    if self.accounts.signature_key(caller).await?.is_none() {
-                        return Err(ServiceError::Store(StoreError::ActorRemoved));
-                    }
-                    let hub = hub.as_str();
-                    let relayed = FederationRequest::RelayGroupRequest(RelayedGroupRequest {
-                        sender: caller.clone(),
-                        request,
-                    });
-                    return match self.federated(hub, relayed).await? {
-                        FederationResponseBody::GroupResponse(body) => Ok(body),
-                        other => Err(unexpected_peer_answer(&other)),
-                    };
-                }
-            }
-        }
-        self.group_request(caller, request).await
-    }
-
-    /// A group operation on a group hosted here, for `sender` (local, or relayed by its server).
-    async fn group_request(
-        &self,
-        sender: &ClientId,
-        request: GroupRequest,
-    ) -> Result<ResponseBody, ServiceError> {
-        Ok(match request {
-            GroupRequest::SendCommit(request) => {
-                ResponseBody::CommitAccepted(self.groups.commit(sender, request).await?)
-            }
-            GroupRequest::SendMessage(request) => {
-                ResponseBody::MessageAccepted(self.groups.send(sender, request).await?)
-            }
-            GroupRequest::GetGroup(request) => {
-                ResponseBody::Group(self.groups.get(sender, request).await?)
-            }
-            GroupRequest::ListGroups => ResponseBody::Groups(GroupList {
-                groups: self.groups.list(sender).await?,
-                unreachable_hubs: Vec::new(),
-            }),
-            GroupRequest::ListUserGroups => ResponseBody::Groups(GroupList {
-                groups: self.groups.list_of_user(sender).await?,
-                unreachable_hubs: Vec::new(),
-            }),
-            GroupRequest::SendProposal(request) => {
-                self.groups.propose(sender, request).await?;
-                ResponseBody::ProposalAccepted
-            }
-            GroupRequest::DeleteGroup(request) => {
-                self.groups.delete(sender, request).await?;
-                ResponseBody::GroupDeleted
-            }
-            GroupRequest::FetchGroupTree(request) => {
-                ResponseBody::GroupTree(self.groups.tree(sender, request).await?)
-            }
-        })
-    }
-
-    /// The groups `caller` is a member of (`ListGroups`), or that any client of its user is
-    /// (`ListUserGroups`): those hosted here, and those hosted by the peers that deliver groups
-    /// to this server's clients, asked all at once. A hub that cannot be asked is named in the
-    /// answer instead of failing it.
-    async fn list_groups(
-        &self,
-        caller: &ClientId,
-        which: GroupRequest,
-    ) -> Result<GroupList, ServiceError> {
-        let here = match which {
-            GroupRequest::ListUserGroups => self.groups.list_of_user(caller).await?,
-            _ => self.groups.list(caller).await?,
-        };
-        let mut list = GroupList {
-            groups: here,
-            unreachable_hubs: Vec::new(),
-        };
-        if self.federation.is_none() {
-            return Ok(list);
-        }
-        let hubs = self.store.group_hubs().await?;
-        let answers = futures::future::join_all(hubs.iter().map(|hub| {
-            let relayed = FederationRequest::RelayGroupRequest(RelayedGroupRequest {
-                sender: caller.clone(),
-                request: which.clone(),
-            });
-            self.federated(hub, relayed)
-        }))
-        .await;
-        for (hub, answer) in hubs.iter().map(String::as_str).zip(answers) {
-            match answer {
-                Ok(FederationResponseBody::GroupResponse(ResponseBody::Groups(hosted))) => {
-                    // A peer speaks only for the groups it hosts: those whose id names it.
-                    list.groups
-                        .extend(hosted.groups.into_iter().filter(|group| {
-                            crate::identity::group_hub(group.group_id.as_slice())
-                                .is_some_and(|named| named.as_str() == hub)
-                        }));
-                }
-                Ok(other) => {
-                    tracing::warn!(%hub, error = %crate::escape::Escaped(unexpected_peer_answer(&other)), "cannot list a hub's groups");
-                    list.unreachable_hubs.push(Text::truncated(hub));
-                }
-                Err(e) => {
-                    tracing::warn!(%hub, error = %crate::escape::Escaped(&e), "cannot list a hub's groups");
-                    list.unreachable_hubs.push(Text::truncated(hub));
-                }
-            }
-        }
-        Ok(list)
-    }
-
-    /// The hubs that welcomed any of `clients` into their groups (read before the clients go:
-    /// their records go with them).
-    async fn hubs_of(&self, clients: &[ClientId]) -> Vec<String> {
-        let mut hubs = std::collections::BTreeSet::new();
-        for client in clients {
-            match self
-                .store
-                .client_hubs(client.user_id.as_str(), client.device_id)
-                .await
-            {
-                Ok(found) => hubs.extend(found),
-                Err(e) => tracing::warn!(error = %e, "cannot read a client's hubs"),
-            }
-        }
-        hubs.into_iter().collect()
-    }
-
-    /// Tells the peers in `hubs` (those hosting groups of `clients`) that `clients` are gone, so
-    /// they propose their removal. Best effort: an unreachable hub is logged.
-    async fn tell_hubs_of_departures(&self, hubs: Vec<String>, clients: Vec<ClientId>) {
-        let Some(federation) = &self.federation else {
-            return;
-        };
-        let request = FederationRequest::ClientsDeparted(ClientsDepartedRequest { clients });
-        for hub in hubs {
-            if let Err(e) = federation.request(&hub, &request).await {
-                tracing::warn!(%hub, error = %crate::escape::Escaped(&e), "cannot tell a group hub of departed clients");
-            }
-        }
-    }
-
     /// Wakes clients that are not connected through their push targets until `stop`.
     pub async fn run_push(&self, stop: tokio_util::sync::CancellationToken) {
         self.push.clone().run(stop).await;
@@ -879,25 +597,6 @@ impl Services {
     /// The peer trust this server federates with, if it federates.
     pub fn peer_trust(&self) -> Option<&crate::tls::PeerTrust> {
         self.federation_config.as_ref().map(|config| &config.trust)
-    }
-
-    /// `Some(domain)` for a user of another homeserver, `None` for one of ours.
-    fn remote_user(&self, user_id: &str) -> Result<Option<String>, ServiceError> {
-        let user: crate::identity::UserId = user_id.parse().map_err(ServiceError::InvalidUserId)?;
-        Ok((user.domain() != self.domain.as_str()).then(|| user.domain().to_owned()))
-    }
-
-    async fn federated(
-        &self,
-        domain: &str,
-        request: FederationRequest,
-    ) -> Result<FederationResponseBody, ServiceError> {
-        match &self.federation {
-            Some(federation) if federation.knows(domain) => {
-                federation.request(domain, &request).await
-            }
-            _ => Err(ServiceError::UnknownDomain(domain.to_owned())),
-        }
     }
 
     fn own_domain_keys(&self) -> DomainKeysBody {
@@ -966,193 +665,83 @@ impl Services {
         crate::store::acting_for(actor, self.handle_as_caller(caller, request)).await
     }
 
+    /// The one place a client's request meets the service that serves it: a table, one arm a
+    /// request (kept unformatted so that it reads as one).
+    #[rustfmt::skip]
     async fn handle_as_caller(
         &self,
         caller: &Caller<'_>,
         request: Request,
     ) -> Result<ResponseBody, ServiceError> {
-        let authenticated = || caller.client.ok_or(ServiceError::NotAuthenticated);
+        use ResponseBody as Body;
+        let client = || caller.client.ok_or(ServiceError::NotAuthenticated);
+        let (accounts, key_packages, queues, push) = (&self.accounts, &self.key_packages, &self.queues, &self.push);
         Ok(match request {
-            Request::GetServerInfo => ResponseBody::ServerInfo(ServerInfo {
-                domain: self.domain.clone(),
-                protocol_version: caller.version.number(),
-                limits: self.limits,
-                registration: self.accounts.registration(),
-                credential_keys: self.accounts.published_keys(),
-            }),
-            Request::WhoAmI => ResponseBody::WhoAmI(authenticated()?.clone()),
-            Request::RegisterUser(request) => {
-                ResponseBody::UserRegistered(self.accounts.register(caller, request).await?)
-            }
-            Request::AddClient(request) => ResponseBody::ClientAdded(
-                self.accounts.add_client(authenticated()?, request).await?,
-            ),
-            Request::ListClients => {
-                ResponseBody::Clients(self.accounts.list_clients(authenticated()?).await?)
-            }
-            Request::RemoveClient(request) => {
-                let groups = self.groups.memberships(&request.client).await?;
-                let hubs = self.hubs_of(std::slice::from_ref(&request.client)).await;
-                self.accounts
-                    .remove_client(authenticated()?, &request.client)
-                    .await?;
-                // The server's own follow-up: it goes on even if the caller removed itself.
-                crate::store::acting_for(None, async {
-                    self.groups.remove_departed(&request.client, &groups).await;
-                    self.tell_hubs_of_departures(hubs, vec![request.client.clone()])
-                        .await;
-                })
-                .await;
-                ResponseBody::ClientRemoved
-            }
-            Request::RenewCredential => ResponseBody::CredentialRenewed(
-                self.accounts.renew_credential(authenticated()?).await?,
-            ),
-            Request::LookupUser(request) => {
-                authenticated()?;
-                let user = self.remote_user(request.user_id.as_str())?;
-                match user {
-                    Some(domain) => {
-                        match self
-                            .federated(&domain, FederationRequest::LookupUser(request))
-                            .await?
-                        {
-                            FederationResponseBody::UserFound(found) => {
-                                ResponseBody::UserFound(found)
-                            }
-                            other => return Err(unexpected_peer_answer(&other)),
-                        }
-                    }
-                    None => ResponseBody::UserFound(
-                        self.accounts.lookup(request.user_id.as_str()).await?,
-                    ),
-                }
-            }
-            Request::GetDomainKeys(request) => {
-                authenticated()?;
-                let domain = request.domain.as_str().to_ascii_lowercase();
-                if domain == self.domain.as_str() {
-                    ResponseBody::DomainKeys(self.own_domain_keys())
-                } else {
-                    match self
-                        .federated(&domain, FederationRequest::GetDomainKeys)
-                        .await?
-                    {
-                        FederationResponseBody::DomainKeys(keys)
-                            if keys.domain.as_str() == domain =>
-                        {
-                            ResponseBody::DomainKeys(keys)
-                        }
-                        other => return Err(unexpected_peer_answer(&other)),
-                    }
-                }
-            }
-            Request::DeleteUser => {
-                self.delete_user(&authenticated()?.user_id).await?;
-                ResponseBody::UserDeleted
-            }
-            Request::PublishKeyPackages(request) => ResponseBody::KeyPackagesPublished(
-                self.key_packages.publish(authenticated()?, request).await?,
-            ),
-            Request::ClaimKeyPackages(request) => {
-                let caller = authenticated()?;
-                match self.remote_user(request.user_id.as_str())? {
-                    Some(domain) => {
-                        let relayed = FederationRequest::ClaimKeyPackages(FederatedClaimRequest {
-                            claimer: caller.clone(),
-                            request,
-                        });
-                        match self.federated(&domain, relayed).await? {
-                            FederationResponseBody::KeyPackagesClaimed(claimed) => {
-                                ResponseBody::KeyPackagesClaimed(claimed)
-                            }
-                            other => return Err(unexpected_peer_answer(&other)),
-                        }
-                    }
-                    None => ResponseBody::KeyPackagesClaimed(
-                        self.key_packages.claim(caller, request).await?,
-                    ),
-                }
-            }
-            Request::KeyPackageStatus => {
-                ResponseBody::KeyPackageStatus(self.key_packages.status(authenticated()?).await?)
-            }
-            Request::FetchMessages(request) => {
-                ResponseBody::Messages(self.queues.fetch(authenticated()?, request).await?)
-            }
-            Request::AckMessages(request) => {
-                self.queues.ack(authenticated()?, request).await?;
-                self.push.caught_up(authenticated()?);
-                ResponseBody::MessagesAcked
-            }
-            Request::GetPushInfo => ResponseBody::PushInfo(self.push.info()),
-            Request::AddPushTarget(request) => {
-                ResponseBody::PushTargetAdded(self.push.add(authenticated()?, request).await?)
-            }
-            Request::ListPushTargets => {
-                ResponseBody::PushTargets(self.push.list(authenticated()?).await?)
-            }
-            Request::RemovePushTarget(request) => {
-                self.push
-                    .remove(authenticated()?, request.target_id)
-                    .await?;
-                ResponseBody::PushTargetRemoved
-            }
-            Request::UseGroupLogs => {
-                self.queues.use_group_logs(authenticated()?).await?;
-                ResponseBody::GroupLogsUsed
-            }
-            Request::ListGroupLogs => {
-                ResponseBody::GroupLogs(self.queues.list_group_logs(authenticated()?).await?)
-            }
-            Request::FetchGroupLog(request) => ResponseBody::GroupLogMessages(
-                self.queues
-                    .fetch_group_log(authenticated()?, request)
-                    .await?,
-            ),
-            Request::AckGroupLog(request) => {
-                self.queues.ack_group_log(authenticated()?, request).await?;
-                self.push.caught_up(authenticated()?);
-                ResponseBody::GroupLogAcked
-            }
-            Request::CreateGroup(request) => {
-                ResponseBody::GroupCreated(self.groups.create(authenticated()?, request).await?)
-            }
-            Request::SendCommit(request) => {
-                self.routed_group_request(authenticated()?, GroupRequest::SendCommit(request))
-                    .await?
-            }
-            Request::SendMessage(request) => {
-                self.routed_group_request(authenticated()?, GroupRequest::SendMessage(request))
-                    .await?
-            }
-            Request::GetGroup(request) => {
-                self.routed_group_request(authenticated()?, GroupRequest::GetGroup(request))
-                    .await?
-            }
-            Request::ListGroups => ResponseBody::Groups(
-                self.list_groups(authenticated()?, GroupRequest::ListGroups)
-                    .await?,
-            ),
-            Request::ListUserGroups => ResponseBody::Groups(
-                self.list_groups(authenticated()?, GroupRequest::ListUserGroups)
-                    .await?,
-            ),
-            Request::SendProposal(request) => {
-                self.routed_group_request(authenticated()?, GroupRequest::SendProposal(request))
-                    .await?
-            }
-            Request::DeleteGroup(request) => {
-                self.routed_group_request(authenticated()?, GroupRequest::DeleteGroup(request))
-                    .await?
-            }
-            Request::FetchGroupTree(request) => {
-                self.routed_group_request(authenticated()?, GroupRequest::FetchGroupTree(request))
-                    .await?
-            }
-            Request::Authenticate(_) => {
-                return Err(ServiceError::NotAServiceOperation(request.operation()))
-            }
+            Request::GetServerInfo => Body::ServerInfo(self.server_info(caller)),
+            Request::WhoAmI => Body::WhoAmI(client()?.clone()),
+            Request::RegisterUser(r) => Body::UserRegistered(accounts.register(caller, r).await?),
+            Request::AddClient(r) => Body::ClientAdded(accounts.add_client(client()?, r).await?),
+            Request::ListClients => Body::Clients(accounts.list_clients(client()?).await?),
+            Request::RemoveClient(r) => self.remove_client(client()?, &r.client).await?,
+            Request::RenewCredential => Body::CredentialRenewed(accounts.renew_credential(client()?).await?),
+            Request::LookupUser(r) => Body::UserFound(self.lookup_user(client()?, r).await?),
+            Request::GetDomainKeys(r) => Body::DomainKeys(self.domain_keys(client()?, &r.domain).await?),
+            Request::DeleteUser => self.delete_user(&client()?.user_id).await.map(|_| Body::UserDeleted)?,
+            Request::PublishKeyPackages(r) => Body::KeyPackagesPublished(key_packages.publish(client()?, r).await?),
+            Request::ClaimKeyPackages(r) => Body::KeyPackagesClaimed(self.claim_key_packages(client()?, r).await?),
+            Request::KeyPackageStatus => Body::KeyPackageStatus(key_packages.status(client()?).await?),
+            Request::FetchMessages(r) => Body::Messages(queues.fetch(client()?, r).await?),
+            Request::AckMessages(r) => self.ack_messages(client()?, r).await?,
+            Request::GetPushInfo => Body::PushInfo(push.info()),
+            Request::AddPushTarget(r) => Body::PushTargetAdded(push.add(client()?, r).await?),
+            Request::ListPushTargets => Body::PushTargets(push.list(client()?).await?),
+            Request::RemovePushTarget(r) => push.remove(client()?, r.target_id).await.map(|_| Body::PushTargetRemoved)?,
+            Request::UseGroupLogs => queues.use_group_logs(client()?).await.map(|_| Body::GroupLogsUsed)?,
+            Request::ListGroupLogs => Body::GroupLogs(queues.list_group_logs(client()?).await?),
+            Request::FetchGroupLog(r) => Body::GroupLogMessages(queues.fetch_group_log(client()?, r).await?),
+            Request::AckGroupLog(r) => self.ack_group_log(client()?, r).await?,
+            Request::CreateGroup(r) => Body::GroupCreated(self.groups.create(client()?, r).await?),
+            Request::ListGroups => Body::Groups(self.list_groups(client()?, GroupRequest::ListGroups).await?),
+            Request::ListUserGroups => Body::Groups(self.list_groups(client()?, GroupRequest::ListUserGroups).await?),
+            Request::SendCommit(r) => self.routed_group_request(client()?, GroupRequest::SendCommit(r)).await?,
+            Request::SendMessage(r) => self.routed_group_request(client()?, GroupRequest::SendMessage(r)).await?,
+            Request::GetGroup(r) => self.routed_group_request(client()?, GroupRequest::GetGroup(r)).await?,
+            Request::SendProposal(r) => self.routed_group_request(client()?, GroupRequest::SendProposal(r)).await?,
+            Request::DeleteGroup(r) => self.routed_group_request(client()?, GroupRequest::DeleteGroup(r)).await?,
+            Request::FetchGroupTree(r) => self.routed_group_request(client()?, GroupRequest::FetchGroupTree(r)).await?,
+            Request::Authenticate(_) => return Err(ServiceError::NotAServiceOperation(request.operation())),
         })
+    }
+
+    fn server_info(&self, caller: &Caller<'_>) -> ServerInfo {
+        ServerInfo {
+            domain: self.domain.clone(),
+            protocol_version: caller.version.number(),
+            limits: self.limits,
+            registration: self.accounts.registration(),
+            credential_keys: self.accounts.published_keys(),
+        }
+    }
+
+    /// Acknowledges queued messages; a client caught up needs no more wake-ups.
+    async fn ack_messages(
+        &self,
+        client: &ClientId,
+        request: crate::protocol::AckMessagesRequest,
+    ) -> Result<ResponseBody, ServiceError> {
+        self.queues.ack(client, request).await?;
+        self.push.caught_up(client);
+        Ok(ResponseBody::MessagesAcked)
+    }
+
+    /// Acknowledges a group log's entries; a client caught up needs no more wake-ups.
+    async fn ack_group_log(
+        &self,
+        client: &ClientId,
+        request: crate::protocol::AckGroupLogRequest,
+    ) -> Result<ResponseBody, ServiceError> {
+        self.queues.ack_group_log(client, request).await?;
+        self.push.caught_up(client);
+        Ok(ResponseBody::GroupLogAcked)
     }
 }
