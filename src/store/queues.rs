@@ -656,8 +656,6 @@ enum Verdict {
     Refused(Enqueued),
 }
 
-/// Decides, without writing, which envelopes go in (counting the ones before them in the same
-/// enqueue), or refuses the whole enqueue.
 /// The tables [`admit`] reads, opened by its caller.
 struct AdmissionTables<'a, 't> {
     clients: &'a Table<'t, (&'static str, u32), &'static [u8]>,
@@ -668,86 +666,99 @@ struct AdmissionTables<'a, 't> {
     pending_notices: &'a Table<'t, (&'static str, u32, u8), u64>,
 }
 
-/// The verdict on each envelope, and the queues whose removals were read exactly (to remember
-/// as seen).
-type Admitted<'e> = (Vec<Verdict>, Vec<((&'e str, u32), (u64, u64))>);
+/// Queues whose removals were read exactly, with those removals (to remember as seen).
+type Refreshed<'e> = Vec<((&'e str, u32), (u64, u64))>;
 
+/// The verdict on each envelope, and the queues refreshed.
+type Admitted<'e> = (Vec<Verdict>, Refreshed<'e>);
+
+/// Decides, without writing, which envelopes go in (counting the ones before them in the same
+/// enqueue), or refuses the whole enqueue.
 fn admit<'e>(
     tables: &AdmissionTables,
-    mut server_bytes: u64,
+    server_bytes: u64,
     envelopes: &'e [Envelope],
     limits: QueueLimits,
 ) -> Result<Result<Admitted<'e>, FullQueues>, StoreError> {
-    let AdmissionTables {
-        clients,
-        heads,
-        removed,
-        seen,
-        queue,
-        pending_notices,
-    } = *tables;
-    // What the whole enqueue adds, for the over-estimates below.
-    let incoming = (
-        envelopes.len() as u64,
-        envelopes
-            .iter()
-            .map(|envelope| envelope.payload.len() as u64)
-            .sum::<u64>(),
-    );
-    let mut refreshed = Vec::new();
-    // Per client: (messages, bytes) queued so far, counting this enqueue's admitted envelopes,
-    // and how many of the messages are coalesced notices (which do not count).
-    let mut sizes: HashMap<(&str, u32), (u64, u64, u64)> = HashMap::new();
-    // Per user, and for the server: bytes queued so far, counting this enqueue's admitted ones.
-    // Read only when a total is configured.
-    let mut user_bytes: HashMap<&str, u64> = HashMap::new();
-    let mut coalesced_now: Vec<(&str, u32, u8)> = Vec::new();
+    let mut admission = AdmissionRun::new(tables, server_bytes, envelopes, limits);
     let mut verdicts = Vec::with_capacity(envelopes.len());
-    let mut full: FullQueues = Vec::new();
     for envelope in envelopes {
         let client = (envelope.user_id.as_str(), envelope.device_id);
-        if clients.get(client)?.is_none() {
+        if tables.clients.get(client)?.is_none() {
             verdicts.push(Verdict::Refused(Enqueued::UnknownClient));
             continue;
         }
+        verdicts.push(admission.judge(envelope, client)?);
+    }
+    Ok(if admission.full.is_empty() {
+        Ok((verdicts, admission.refreshed))
+    } else {
+        Err(admission.full)
+    })
+}
+
+/// What one enqueue has admitted so far, queue by queue, user by user and for the server.
+struct AdmissionRun<'a, 't, 'e> {
+    tables: &'a AdmissionTables<'a, 't>,
+    limits: QueueLimits,
+    /// What the whole enqueue adds (messages, bytes), for the over-estimates below.
+    incoming: (u64, u64),
+    envelope_count: u64,
+    server_bytes: u64,
+    /// Per client: (messages, bytes) queued so far, counting this enqueue's admitted envelopes,
+    /// and how many of the messages are coalesced notices (which do not count).
+    sizes: HashMap<(&'e str, u32), (u64, u64, u64)>,
+    /// Per user: bytes queued so far, counting this enqueue's admitted ones. Read only when a
+    /// total is configured.
+    user_bytes: HashMap<&'e str, u64>,
+    coalesced_now: Vec<(&'e str, u32, u8)>,
+    refreshed: Refreshed<'e>,
+    full: FullQueues,
+}
+
+impl<'a, 't, 'e> AdmissionRun<'a, 't, 'e> {
+    fn new(
+        tables: &'a AdmissionTables<'a, 't>,
+        server_bytes: u64,
+        envelopes: &'e [Envelope],
+        limits: QueueLimits,
+    ) -> Self {
+        let bytes = envelopes
+            .iter()
+            .map(|envelope| envelope.payload.len() as u64)
+            .sum::<u64>();
+        Self {
+            tables,
+            limits,
+            incoming: (envelopes.len() as u64, bytes),
+            envelope_count: envelopes.len() as u64,
+            server_bytes,
+            sizes: HashMap::new(),
+            user_bytes: HashMap::new(),
+            coalesced_now: Vec::new(),
+            refreshed: Vec::new(),
+            full: Vec::new(),
+        }
+    }
+
+    /// The verdict on one envelope for an existing client, counted in if admitted.
+    fn judge(
+        &mut self,
+        envelope: &Envelope,
+        client: (&'e str, u32),
+    ) -> Result<Verdict, StoreError> {
         let size = envelope.payload.len() as u64;
-        let (count, bytes, notices) = match sizes.get(&client) {
+        let (count, bytes, notices) = match self.sizes.get(&client) {
             Some(known) => *known,
-            None => {
-                // By the removals last seen (an over-estimate) while that leaves room for the
-                // whole enqueue, else exact (and remembered as seen).
-                let (_, mut count, mut bytes) = queue_state(heads, seen, client)?;
-                if count.saturating_add(incoming.0) >= limits.max_messages
-                    || bytes.saturating_add(incoming.1) > limits.max_bytes
-                {
-                    (_, count, bytes) = queue_state(heads, removed, client)?;
-                    let removals = removed.get(client)?.map_or((0, 0), |r| r.value());
-                    refreshed.push((client, removals));
-                }
-                // Waiting coalesced notices matter only to a queue this enqueue can take to its
-                // message limit: look them up only then (the common enqueue reads nothing more).
-                let mut notices = 0;
-                if count.saturating_add(envelopes.len() as u64) >= limits.max_messages {
-                    let first = (client.0, client.1, 0u8)..=(client.0, client.1, u8::MAX);
-                    for entry in pending_notices.range(first)? {
-                        let (_, seq) = entry?;
-                        if queue.get((client.0, client.1, seq.value()))?.is_some() {
-                            notices += 1;
-                        }
-                    }
-                }
-                (count, bytes, notices)
-            }
+            None => self.queue_size(client)?,
         };
+        let user = match self.user_bytes.get(client.0) {
+            Some(known) => *known,
+            None => self.user_size(client.0)?,
+        };
+        let limits = self.limits;
         let counted = count.saturating_sub(notices);
-        let user = match user_bytes.get(client.0) {
-            Some(known) => *known,
-            None if limits.max_user_bytes == u64::MAX => 0,
-            None => match user_total(heads, seen, client.0)? {
-                bound if bound.saturating_add(incoming.1) <= limits.max_user_bytes => bound,
-                _ => user_total(heads, removed, client.0)?,
-            },
-        };
+        let server_bytes = self.server_bytes;
         let within = |factor: u64| {
             counted < limits.max_messages.saturating_mul(factor)
                 && bytes.saturating_add(size) <= limits.max_bytes.saturating_mul(factor)
@@ -757,61 +768,103 @@ fn admit<'e>(
         };
         let verdict = match envelope.admission {
             Admission::Message if !within(1) => Verdict::Refused(Enqueued::QueueFull),
-            Admission::MessageOrRefuseAll | Admission::Handshake
-                if !within(match envelope.admission {
-                    Admission::Handshake => HANDSHAKE_RESERVE_FACTOR,
-                    _ => 1,
-                }) =>
-            {
-                if !full.contains(&(client.0.to_owned(), client.1)) {
-                    full.push((client.0.to_owned(), client.1));
-                }
-                Verdict::Refused(Enqueued::QueueFull)
-            }
+            Admission::MessageOrRefuseAll if !within(1) => self.refuse_all(client),
+            Admission::Handshake if !within(HANDSHAKE_RESERVE_FACTOR) => self.refuse_all(client),
             Admission::HandshakeIfRoom if !within(HANDSHAKE_RESERVE_FACTOR) => {
                 Verdict::Refused(Enqueued::QueueFull)
             }
             Admission::Notice {
                 coalesce: Some(kind),
-            } => {
-                let key = (client.0, client.1, kind);
-                let waiting = coalesced_now.contains(&key)
-                    || match pending_notices.get(key)? {
-                        Some(seq) => queue.get((client.0, client.1, seq.value()))?.is_some(),
-                        None => false,
-                    };
-                if waiting {
-                    Verdict::Refused(Enqueued::Coalesced)
-                } else {
-                    coalesced_now.push(key);
-                    Verdict::Admitted
-                }
-            }
+            } => self.coalesce(client, kind)?,
             _ => Verdict::Admitted,
         };
         if verdict == Verdict::Admitted {
-            user_bytes.insert(client.0, user.saturating_add(size));
-            server_bytes = server_bytes.saturating_add(size);
+            self.user_bytes.insert(client.0, user.saturating_add(size));
+            self.server_bytes = server_bytes.saturating_add(size);
             let notice = matches!(envelope.admission, Admission::Notice { coalesce: Some(_) });
-            sizes.insert(
-                client,
-                (
-                    count + 1,
-                    bytes.saturating_add(size),
-                    notices + u64::from(notice),
-                ),
+            let grown = (
+                count + 1,
+                bytes.saturating_add(size),
+                notices + u64::from(notice),
             );
+            self.sizes.insert(client, grown);
         } else {
-            user_bytes.insert(client.0, user);
-            sizes.insert(client, (count, bytes, notices));
+            self.user_bytes.insert(client.0, user);
+            self.sizes.insert(client, (count, bytes, notices));
         }
-        verdicts.push(verdict);
+        Ok(verdict)
     }
-    Ok(if full.is_empty() {
-        Ok((verdicts, refreshed))
-    } else {
-        Err(full)
-    })
+
+    /// A queue's (messages, bytes, waiting coalesced notices) before this enqueue: by the
+    /// removals last seen (an over-estimate) while that leaves room for the whole enqueue, else
+    /// exact (and remembered as seen).
+    fn queue_size(&mut self, client: (&'e str, u32)) -> Result<(u64, u64, u64), StoreError> {
+        let (limits, tables) = (self.limits, self.tables);
+        let (_, mut count, mut bytes) = queue_state(tables.heads, tables.seen, client)?;
+        if count.saturating_add(self.incoming.0) >= limits.max_messages
+            || bytes.saturating_add(self.incoming.1) > limits.max_bytes
+        {
+            (_, count, bytes) = queue_state(tables.heads, tables.removed, client)?;
+            let removals = tables.removed.get(client)?.map_or((0, 0), |r| r.value());
+            self.refreshed.push((client, removals));
+        }
+        // Waiting coalesced notices matter only to a queue this enqueue can take to its message
+        // limit: look them up only then (the common enqueue reads nothing more).
+        let mut notices = 0;
+        if count.saturating_add(self.envelope_count) >= limits.max_messages {
+            let first = (client.0, client.1, 0u8)..=(client.0, client.1, u8::MAX);
+            for entry in tables.pending_notices.range(first)? {
+                let (_, seq) = entry?;
+                if tables
+                    .queue
+                    .get((client.0, client.1, seq.value()))?
+                    .is_some()
+                {
+                    notices += 1;
+                }
+            }
+        }
+        Ok((count, bytes, notices))
+    }
+
+    /// A user's queued bytes before this enqueue (0 when no per-user total is configured).
+    fn user_size(&self, user: &str) -> Result<u64, StoreError> {
+        let tables = self.tables;
+        if self.limits.max_user_bytes == u64::MAX {
+            return Ok(0);
+        }
+        Ok(match user_total(tables.heads, tables.seen, user)? {
+            bound if bound.saturating_add(self.incoming.1) <= self.limits.max_user_bytes => bound,
+            _ => user_total(tables.heads, tables.removed, user)?,
+        })
+    }
+
+    /// A full queue that refuses the whole enqueue.
+    fn refuse_all(&mut self, client: (&str, u32)) -> Verdict {
+        if !self.full.contains(&(client.0.to_owned(), client.1)) {
+            self.full.push((client.0.to_owned(), client.1));
+        }
+        Verdict::Refused(Enqueued::QueueFull)
+    }
+
+    /// A coalescing notice goes in unless one of its kind waits unread already.
+    fn coalesce(&mut self, client: (&'e str, u32), kind: u8) -> Result<Verdict, StoreError> {
+        let key = (client.0, client.1, kind);
+        let waiting = self.coalesced_now.contains(&key)
+            || match self.tables.pending_notices.get(key)? {
+                Some(seq) => self
+                    .tables
+                    .queue
+                    .get((client.0, client.1, seq.value()))?
+                    .is_some(),
+                None => false,
+            };
+        if waiting {
+            return Ok(Verdict::Refused(Enqueued::Coalesced));
+        }
+        self.coalesced_now.push(key);
+        Ok(Verdict::Admitted)
+    }
 }
 
 /// Deletes, in order, the client's messages up to `up_to_seq` while `take(seq, record)` says

@@ -31,18 +31,14 @@ fn client_config(server: &Server) -> anyhow::Result<ClientConfig> {
 }
 
 pub async fn nodes(report: &mut Report, scale: &Scale) -> anyhow::Result<()> {
-    let pairs = scale.pick(4, 16);
-    let messages = scale.pick(50, 300);
-    let load = |load: &SendLoad| {
-        (
-            load.rate(pairs, messages),
-            percentile_ms(&load.latencies, 50),
-        )
+    let load = LoadSize {
+        pairs: scale.pick(4, 16),
+        messages: scale.pick(50, 300),
     };
-
+    let pairs = load.pairs;
     let redb = BenchServer::start(None).await?;
     let config = redb.client_config.clone();
-    let (redb_rate, redb_p50) = load(&send_load_on(pairs, messages, &config).await?);
+    let (redb_rate, redb_p50) = load.figures(&send_load_on(pairs, load.messages, &config).await?);
     redb.stop().await;
     report.figure(
         S,
@@ -64,39 +60,7 @@ pub async fn nodes(report: &mut Report, scale: &Scale) -> anyhow::Result<()> {
         }
     };
     let dir = tempfile::tempdir()?;
-
-    let single = node(&single_database, dir.path().join("single")).await?;
-    let config = client_config(&single)?;
-    let (statements, round_trips, commits) = (
-        roost::store::postgres_statements_run(),
-        roost::store::postgres_round_trips(),
-        single.store().stats().commits(),
-    );
-    let (single_rate, single_p50) = load(&send_load_on(pairs, messages, &config).await?);
-    // Setting the pairs up is a small part: per message, the send and its acknowledgement.
-    let sent = (pairs * messages) as f64;
-    report.figure(
-        S,
-        "one node on PostgreSQL: table statements per message sent and acknowledged",
-        (roost::store::postgres_statements_run() - statements) as f64 / sent,
-        "",
-        Better::Lower,
-    );
-    report.figure(
-        S,
-        "one node on PostgreSQL: round trips (statements, BEGIN, COMMIT) per message sent and acknowledged",
-        (roost::store::postgres_round_trips() - round_trips) as f64 / sent,
-        "",
-        Better::Lower,
-    );
-    report.figure(
-        S,
-        "one node on PostgreSQL: write transactions per message sent and acknowledged",
-        (single.store().stats().commits() - commits) as f64 / sent,
-        "",
-        Better::Lower,
-    );
-    single.shutdown().await?;
+    let (single_rate, single_p50) = one_node(report, &load, &single_database, &dir).await?;
     report.against(
         S,
         format!("one node on PostgreSQL, {pairs} senders: acknowledged messages"),
@@ -106,33 +70,7 @@ pub async fn nodes(report: &mut Report, scale: &Scale) -> anyhow::Result<()> {
         "one node on redb",
         redb_rate,
     );
-
-    let first = node(&shared_database, dir.path().join("node-1")).await?;
-    roost::server::copy_node_keys(&dir.path().join("node-1"), &dir.path().join("node-2"))?;
-    let second = node(&shared_database, dir.path().join("node-2")).await?;
-    let (at_first, at_second) = (client_config(&first)?, client_config(&second)?);
-    let crossing = send_load(
-        pairs,
-        messages,
-        &[at_first.clone(), at_second.clone()],
-        &[at_second, at_first],
-    )
-    .await?;
-    let (pair_rate, pair_p50) = load(&crossing);
-    let stats = |server: &Server| {
-        let stats = server.store().stats();
-        (stats.writes(), stats.conflicts())
-    };
-    let ((writes_1, conflicts_1), (writes_2, conflicts_2)) = (stats(&first), stats(&second));
-    report.figure(
-        S,
-        "two nodes: write batches run again after a conflict, per 100 writes",
-        100.0 * (conflicts_1 + conflicts_2) as f64 / (writes_1 + writes_2).max(1) as f64,
-        "",
-        Better::Lower,
-    );
-    first.shutdown().await?;
-    second.shutdown().await?;
+    let (pair_rate, pair_p50) = two_nodes(report, &load, &shared_database, &dir).await?;
     report.against(
         S,
         format!("two nodes on one PostgreSQL, {pairs} senders, every message crossing nodes"),
@@ -162,4 +100,100 @@ pub async fn nodes(report: &mut Report, scale: &Scale) -> anyhow::Result<()> {
     );
     drop((single_database, shared_database));
     Ok(())
+}
+
+/// How much load each case carries: sender/receiver pairs, messages per sender.
+struct LoadSize {
+    pairs: usize,
+    messages: usize,
+}
+
+impl LoadSize {
+    /// (acknowledged messages per second, send -> push p50 in ms).
+    fn figures(&self, load: &SendLoad) -> (f64, f64) {
+        (
+            load.rate(self.pairs, self.messages),
+            percentile_ms(&load.latencies, 50),
+        )
+    }
+}
+
+/// One node on PostgreSQL: the load, and what each message cost in statements, round trips and
+/// transactions (reported). Returns the load's figures.
+async fn one_node(
+    report: &mut Report,
+    load: &LoadSize,
+    database: &ScratchDatabase,
+    dir: &tempfile::TempDir,
+) -> anyhow::Result<(f64, f64)> {
+    let single = node(database, dir.path().join("single")).await?;
+    let config = client_config(&single)?;
+    let (statements, round_trips, commits) = (
+        roost::store::postgres_statements_run(),
+        roost::store::postgres_round_trips(),
+        single.store().stats().commits(),
+    );
+    let figures = load.figures(&send_load_on(load.pairs, load.messages, &config).await?);
+    // Setting the pairs up is a small part: per message, the send and its acknowledgement.
+    let sent = (load.pairs * load.messages) as f64;
+    report.figure(
+        S,
+        "one node on PostgreSQL: table statements per message sent and acknowledged",
+        (roost::store::postgres_statements_run() - statements) as f64 / sent,
+        "",
+        Better::Lower,
+    );
+    report.figure(
+        S,
+        "one node on PostgreSQL: round trips (statements, BEGIN, COMMIT) per message sent and acknowledged",
+        (roost::store::postgres_round_trips() - round_trips) as f64 / sent,
+        "",
+        Better::Lower,
+    );
+    report.figure(
+        S,
+        "one node on PostgreSQL: write transactions per message sent and acknowledged",
+        (single.store().stats().commits() - commits) as f64 / sent,
+        "",
+        Better::Lower,
+    );
+    single.shutdown().await?;
+    Ok(figures)
+}
+
+/// Two nodes sharing one PostgreSQL database, each sender on one and its receiver on the other;
+/// the share of write batches that ran again after a conflict is reported. Returns the load's
+/// figures.
+async fn two_nodes(
+    report: &mut Report,
+    load: &LoadSize,
+    database: &ScratchDatabase,
+    dir: &tempfile::TempDir,
+) -> anyhow::Result<(f64, f64)> {
+    let first = node(database, dir.path().join("node-1")).await?;
+    roost::server::copy_node_keys(&dir.path().join("node-1"), &dir.path().join("node-2"))?;
+    let second = node(database, dir.path().join("node-2")).await?;
+    let (at_first, at_second) = (client_config(&first)?, client_config(&second)?);
+    let crossing = send_load(
+        load.pairs,
+        load.messages,
+        &[at_first.clone(), at_second.clone()],
+        &[at_second, at_first],
+    )
+    .await?;
+    let stats = |server: &Server| {
+        let stats = server.store().stats();
+        (stats.writes(), stats.conflicts())
+    };
+    let ((writes_1, conflicts_1), (writes_2, conflicts_2)) = (stats(&first), stats(&second));
+    report.figure(
+        S,
+        "two nodes: write batches run again after a conflict, per 100 writes",
+        100.0 * (conflicts_1 + conflicts_2) as f64 / (writes_1 + writes_2).max(1) as f64,
+        "",
+        Better::Lower,
+    );
+    first.shutdown().await?;
+    second.shutdown().await?;
+    Ok(load.figures(&crossing))
 }

@@ -591,12 +591,13 @@ async fn group_of(
     logs: bool,
     smallest: Option<GroupFigures>,
 ) -> anyhow::Result<GroupFigures> {
-    const S: &str = "group-size";
-    const ADDS_PER_COMMIT: usize = 100;
     // Fewer messages to the largest groups read through queues: each writes a queue record per
     // member (tens of MB per message at 10,000).
     let messages = scale.pick(100, 300).min((300_000 / size).max(20));
-    let mode = mode_name(logs);
+    let at = GroupSize {
+        size,
+        mode: mode_name(logs),
+    };
     let server = BenchServer::start(remote).await?;
     let config = server.client_config.clone();
     let run = format!("{:x}", rand::random::<u32>());
@@ -612,29 +613,88 @@ async fn group_of(
     let keys = sender.connection.domain_keys().await?;
     let groups = GroupClient::new(&sender.connection, &sender.mls, keys, SystemClock.now());
     let group_id = groups.create_group().await?;
+    fill_group(report, &at, &groups, &group_id, &names).await?;
+    let sends = measure_sends(&server, &sender, &groups, &group_id, messages, logs).await?;
+    let add_ms =
+        measure_add_and_join(report, &at, &groups, &group_id, &joiner, &joiner_name).await?;
+    let this = GroupFigures {
+        send_p50: percentile_ms(&sends.latencies, 50),
+        add_ms,
+    };
+    report_group(report, &at, &sends, this, smallest.unwrap_or(this));
+    if let Some(written) = sends.written {
+        let per_message = written as f64 / messages as f64;
+        report_bytes_written(report, ceilings, scale, &at, per_message)?;
+    }
+    server.stop().await;
+    Ok(this)
+}
+
+/// The group size a figure is for, and the members' way of reading.
+struct GroupSize {
+    size: usize,
+    mode: &'static str,
+}
+
+impl GroupSize {
+    /// A figure's name at this size.
+    fn name(&self, what: &str) -> String {
+        format!("{} members{}: {what}", self.size, self.mode)
+    }
+}
+
+/// Adds `names` to the group, a hundred per commit, and reports how long it took.
+async fn fill_group(
+    report: &mut Report,
+    at: &GroupSize,
+    groups: &GroupClient<'_>,
+    group_id: &[u8],
+    names: &[String],
+) -> anyhow::Result<()> {
+    const ADDS_PER_COMMIT: usize = 100;
     let filling = Instant::now();
-    let members = &names[..];
     let mut added = 1;
-    for batch in members.chunks(ADDS_PER_COMMIT) {
+    for batch in names.chunks(ADDS_PER_COMMIT) {
         let batch: Vec<&str> = batch.iter().map(String::as_str).collect();
         groups
-            .invite_many(&group_id, &batch)
+            .invite_many(group_id, &batch)
             .await
             .with_context(|| format!("adding members beyond {added}"))?;
         added += batch.len();
     }
     report.figure(
-        S,
-        format!("{size} members{mode}: filled ({ADDS_PER_COMMIT} adds per commit)"),
+        GROUP_SIZE,
+        at.name(&format!("filled ({ADDS_PER_COMMIT} adds per commit)")),
         filling.elapsed().as_secs_f64(),
         "s",
         Better::Lower,
     );
+    Ok(())
+}
 
+/// How long sends to one group took, sorted.
+struct SendTimes {
+    /// The server's part: messages encrypted beforehand.
+    latencies: Vec<Duration>,
+    /// End to end: the client encrypting each.
+    end_to_end: Vec<Duration>,
+    /// Bytes the server wrote to disk for the pre-encrypted messages (a local server only).
+    written: Option<u64>,
+}
+
+/// Times `messages` sends at the server, then a quarter as many end to end.
+async fn measure_sends(
+    server: &BenchServer,
+    sender: &harness::Device,
+    groups: &GroupClient<'_>,
+    group_id: &[u8],
+    messages: usize,
+    logs: bool,
+) -> anyhow::Result<SendTimes> {
     // The server's part: messages encrypted beforehand, so that what is timed is the request
     // (the client library loads the group's whole state for every message it encrypts, which at
     // 1,000 members costs the client as much again: see the end-to-end figure).
-    let mut group = sender.mls.group(&group_id)?.context("the sender's group")?;
+    let mut group = sender.mls.group(group_id)?.context("the sender's group")?;
     let requests = (0..messages)
         .map(|i| {
             sender
@@ -660,27 +720,38 @@ async fn group_of(
         .zip(written)
         .map(|(after, before)| after - before);
     latencies.sort();
-    let send_p50 = percentile_ms(&latencies, 50);
     let mut end_to_end = Vec::new();
     for i in 0..messages / 4 {
         let start = Instant::now();
-        groups
-            .send(&group_id, format!("e2e {i}").as_bytes())
-            .await?;
+        groups.send(group_id, format!("e2e {i}").as_bytes()).await?;
         end_to_end.push(start.elapsed());
     }
     end_to_end.sort();
+    Ok(SendTimes {
+        latencies,
+        end_to_end,
+        written,
+    })
+}
 
-    // The last name joins now: one add commit to a group of `size - 1`.
+/// One add commit to the group (the joiner), and the join from its Welcome (the tree of its
+/// epoch fetched from the server, then verified), which is reported. Returns the add's time.
+async fn measure_add_and_join(
+    report: &mut Report,
+    at: &GroupSize,
+    groups: &GroupClient<'_>,
+    group_id: &[u8],
+    joiner: &harness::Device,
+    joiner_name: &str,
+) -> anyhow::Result<f64> {
     let profiled = harness::profile_phase("group-add");
     let start = Instant::now();
     groups
-        .invite(&group_id, &joiner_name)
+        .invite(group_id, joiner_name)
         .await
         .context("the measured add")?;
     let add_ms = start.elapsed().as_secs_f64() * 1000.0;
     drop(profiled);
-    // It joins: the Welcome, the tree of its epoch fetched from the server, the tree verified.
     let keys = joiner.connection.domain_keys().await?;
     let joining = GroupClient::new(&joiner.connection, &joiner.mls, keys, SystemClock.now());
     let start = Instant::now();
@@ -691,83 +762,157 @@ async fn group_of(
         other => anyhow::bail!("the joiner did not join: {other:?}"),
     }
     report.figure(
-        S,
-        format!("{size} members{mode}: join from a Welcome (tree fetched from the server)"),
+        GROUP_SIZE,
+        at.name("join from a Welcome (tree fetched from the server)"),
         join_ms,
         "ms",
         Better::Lower,
     );
+    Ok(add_ms)
+}
 
-    let this = GroupFigures { send_p50, add_ms };
-    let base = smallest.unwrap_or(this);
+/// The send and add figures at this size, beside those of the smallest group (`base`).
+fn report_group(
+    report: &mut Report,
+    at: &GroupSize,
+    sends: &SendTimes,
+    this: GroupFigures,
+    base: GroupFigures,
+) {
     report.against(
-        S,
-        format!("{size} members{mode}: send p50 at the server (pre-encrypted), one sender"),
-        send_p50,
+        GROUP_SIZE,
+        at.name("send p50 at the server (pre-encrypted), one sender"),
+        this.send_p50,
         "ms",
         Better::Lower,
         "2 members",
         base.send_p50,
     );
     report.figure(
-        S,
-        format!("{size} members{mode}: send p50 end to end, the client encrypting each"),
-        percentile_ms(&end_to_end, 50),
+        GROUP_SIZE,
+        at.name("send p50 end to end, the client encrypting each"),
+        percentile_ms(&sends.end_to_end, 50),
         "ms",
         Better::Lower,
     );
     report.figure(
-        S,
-        format!("{size} members{mode}: send p99, one sender"),
-        percentile_ms(&latencies, 99),
+        GROUP_SIZE,
+        at.name("send p99, one sender"),
+        percentile_ms(&sends.latencies, 99),
         "ms",
         Better::Lower,
     );
     report.against(
-        S,
-        format!("{size} members{mode}: add commit"),
-        add_ms,
+        GROUP_SIZE,
+        at.name("add commit"),
+        this.add_ms,
         "ms",
         Better::Lower,
         "2 members",
         base.add_ms,
     );
-    if let Some(written) = written {
-        let (_, ceiling) = ceilings.redb(1, scale)?;
-        let per_message = written as f64 / messages as f64;
-        match ceiling {
-            Some(ceiling) => report.against(
-                S,
-                format!("{size} members{mode}: bytes written per message, one per commit"),
-                per_message,
-                "B",
-                Better::Lower,
-                "raw redb 1 KiB, 1 per commit",
-                ceiling,
-            ),
-            None => report.figure(
-                S,
-                format!("{size} members{mode}: bytes written per message, one per commit"),
-                per_message,
-                "B",
-                Better::Lower,
-            ),
-        }
-    }
-    server.stop().await;
-    Ok(this)
 }
+
+/// Bytes written to disk per message sent, beside raw redb writing 1 KiB per commit.
+fn report_bytes_written(
+    report: &mut Report,
+    ceilings: &mut Ceilings,
+    scale: &Scale,
+    at: &GroupSize,
+    per_message: f64,
+) -> anyhow::Result<()> {
+    let name = at.name("bytes written per message, one per commit");
+    match ceilings.redb(1, scale)?.1 {
+        Some(ceiling) => report.against(
+            GROUP_SIZE,
+            name,
+            per_message,
+            "B",
+            Better::Lower,
+            "raw redb 1 KiB, 1 per commit",
+            ceiling,
+        ),
+        None => report.figure(GROUP_SIZE, name, per_message, "B", Better::Lower),
+    }
+    Ok(())
+}
+
+/// The scenario the group-size figures belong to.
+const GROUP_SIZE: &str = "group-size";
 
 /// `federation`: senders at a.example in groups with members at b.example, sending without pause;
 /// how fast the hub accepts, how fast b.example receives, and the hub's outbox backlog over time.
 pub async fn federation(report: &mut Report, scale: &Scale) -> anyhow::Result<()> {
-    const S: &str = "federation";
     let pairs = scale.pick(2, 8);
     let sending_for = Duration::from_secs(scale.pick(4, 20));
     let pair = FederatedPair::start().await?;
+    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (senders, receiving) = federated_pairs(&pair, pairs, &received).await?;
+    // Everything before the measured traffic (Welcomes) is not counted.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let counted_from = received.load(std::sync::atomic::Ordering::Relaxed);
+    let received_since = || received.load(std::sync::atomic::Ordering::Relaxed) - counted_from;
+    let store = pair.a.store().clone();
+    let outbox = || async {
+        let backlog = store.outbox_backlog().await?;
+        anyhow::Ok(backlog.iter().map(|(_, waiting)| *waiting).sum::<u64>())
+    };
+    let start = Instant::now();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sending = send_without_pause(senders, &stop, &accepted);
+    let mut backlog = Vec::new();
+    while start.elapsed() < sending_for {
+        backlog.push((start.elapsed().as_secs_f64(), outbox().await? as f64));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    stop.cancel();
+    for task in sending {
+        task.await??;
+    }
+    let sent_for = start.elapsed();
+    let accepted = accepted.load(std::sync::atomic::Ordering::Relaxed);
+    let delivered_while_sending = received_since();
+    let backlog_at_stop = outbox().await?;
+    // How long the hub needs to catch up once the senders stop.
+    let draining = Instant::now();
+    while received_since() < accepted {
+        if draining.elapsed() > Duration::from_secs(120) {
+            anyhow::bail!(
+                "b.example did not receive every message within 120 s of the senders stopping"
+            );
+        }
+        backlog.push((start.elapsed().as_secs_f64(), outbox().await? as f64));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let figures = FederationFigures {
+        pairs,
+        accept_rate: accepted as f64 / sent_for.as_secs_f64(),
+        delivery_rate: delivered_while_sending as f64 / sent_for.as_secs_f64(),
+        backlog_at_stop,
+        drained_in: draining.elapsed(),
+        backlog,
+    };
+    report_federation(report, figures);
+    for task in receiving {
+        task.abort();
+    }
+    pair.stop().await;
+    Ok(())
+}
+
+/// A sender at a.example and its group.
+type FederatedSender = (harness::Device, Vec<u8>);
+
+/// `pairs` senders at a.example, each in a group with a receiver at b.example that counts what
+/// it is pushed into `received` and acknowledges it (the tasks returned).
+async fn federated_pairs(
+    pair: &FederatedPair,
+    pairs: usize,
+    received: &Arc<std::sync::atomic::AtomicU64>,
+) -> anyhow::Result<(Vec<FederatedSender>, Vec<tokio::task::JoinHandle<()>>)> {
     let mut senders = Vec::new();
     let mut receiving = Vec::new();
-    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
     for i in 0..pairs {
         let sender =
             harness::device(&pair.a_client, &format!("alice{i}@a.example"), false, 0).await?;
@@ -800,13 +945,16 @@ pub async fn federation(report: &mut Report, scale: &Scale) -> anyhow::Result<()
         }));
         senders.push((sender, group_id));
     }
-    // Everything before the measured traffic (Welcomes) is not counted.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let counted_from = received.load(std::sync::atomic::Ordering::Relaxed);
-    let stop = tokio_util::sync::CancellationToken::new();
-    let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let start = Instant::now();
-    let sending: Vec<_> = senders
+    Ok((senders, receiving))
+}
+
+/// Each sender sends to its group until `stop`, counting what the hub accepted.
+fn send_without_pause(
+    senders: Vec<FederatedSender>,
+    stop: &tokio_util::sync::CancellationToken,
+    accepted: &Arc<std::sync::atomic::AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<anyhow::Result<()>>> {
+    senders
         .into_iter()
         .map(|(sender, group_id)| {
             let (stop, accepted) = (stop.clone(), accepted.clone());
@@ -825,67 +973,49 @@ pub async fn federation(report: &mut Report, scale: &Scale) -> anyhow::Result<()
                 anyhow::Ok(())
             })
         })
-        .collect();
-    let mut backlog = Vec::new();
-    let store = pair.a.store().clone();
-    let outbox = || async {
-        let backlog = store.outbox_backlog().await?;
-        anyhow::Ok(backlog.iter().map(|(_, waiting)| *waiting).sum::<u64>())
-    };
-    while start.elapsed() < sending_for {
-        backlog.push((start.elapsed().as_secs_f64(), outbox().await? as f64));
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    stop.cancel();
-    for task in sending {
-        task.await??;
-    }
-    let sent_for = start.elapsed();
-    let accepted = accepted.load(std::sync::atomic::Ordering::Relaxed);
-    let delivered_while_sending =
-        received.load(std::sync::atomic::Ordering::Relaxed) - counted_from;
-    let backlog_at_stop = outbox().await?;
-    // How long the hub needs to catch up once the senders stop.
-    let draining = Instant::now();
-    while received.load(std::sync::atomic::Ordering::Relaxed) - counted_from < accepted {
-        if draining.elapsed() > Duration::from_secs(120) {
-            anyhow::bail!(
-                "b.example did not receive every message within 120 s of the senders stopping"
-            );
-        }
-        backlog.push((start.elapsed().as_secs_f64(), outbox().await? as f64));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let drained_in = draining.elapsed();
-    let accept_rate = accepted as f64 / sent_for.as_secs_f64();
-    let delivery_rate = delivered_while_sending as f64 / sent_for.as_secs_f64();
+        .collect()
+}
+
+/// What the federation scenario measured.
+struct FederationFigures {
+    pairs: usize,
+    accept_rate: f64,
+    delivery_rate: f64,
+    backlog_at_stop: u64,
+    drained_in: Duration,
+    /// The hub's outbox backlog over time: (seconds since the start, deliveries waiting).
+    backlog: Vec<(f64, f64)>,
+}
+
+fn report_federation(report: &mut Report, figures: FederationFigures) {
+    const S: &str = "federation";
     report.figure(
         S,
-        format!("{pairs} senders at the hub, accepted messages"),
-        accept_rate,
+        format!("{} senders at the hub, accepted messages", figures.pairs),
+        figures.accept_rate,
         "messages/s",
         Better::Higher,
     );
     report.against(
         S,
         "received at the peer while sending",
-        delivery_rate,
+        figures.delivery_rate,
         "messages/s",
         Better::Higher,
         "accepted at the hub",
-        accept_rate,
+        figures.accept_rate,
     );
     report.figure(
         S,
         "hub outbox backlog when the senders stopped",
-        backlog_at_stop as f64,
+        figures.backlog_at_stop as f64,
         "deliveries",
         Better::Lower,
     );
     report.figure(
         S,
         "time to drain after the senders stopped",
-        drained_in.as_secs_f64(),
+        figures.drained_in.as_secs_f64(),
         "s",
         Better::Lower,
     );
@@ -893,13 +1023,8 @@ pub async fn federation(report: &mut Report, scale: &Scale) -> anyhow::Result<()
         scenario: S,
         name: "hub outbox backlog".into(),
         unit: "deliveries",
-        points: backlog,
+        points: figures.backlog,
     });
-    for task in receiving {
-        task.abort();
-    }
-    pair.stop().await;
-    Ok(())
 }
 
 /// `connections`: resident memory per idle authenticated connection of a server in a child
