@@ -112,7 +112,7 @@ impl EndpointRules {
         Ok(url)
     }
 
-    /// Refuses every address but public ones ([`reach`]: the IANA special-purpose registries),
+    /// Refuses every address but public ones (`reach`: the IANA special-purpose registries),
     /// and loopback unless allowed.
     pub fn check_address(&self, ip: IpAddr) -> Result<(), String> {
         match reach(ip) {

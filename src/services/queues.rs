@@ -346,7 +346,7 @@ impl Queues {
             })
     }
 
-    /// Forgets the ids of deliveries received longer ago than [`DELIVERY_DEDUPE_WINDOW`].
+    /// Forgets the ids of deliveries received longer ago than `DELIVERY_DEDUPE_WINDOW`.
     pub async fn purge_received_deliveries(&self) -> Result<usize, ServiceError> {
         let window = u64::try_from(DELIVERY_DEDUPE_WINDOW.as_millis()).unwrap_or(u64::MAX);
         let cutoff = self.clock.now_ms().saturating_sub(window);

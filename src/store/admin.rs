@@ -7,12 +7,10 @@ use redb::{Database, Durability};
 
 use super::kv::{ReadTransaction, ReadableTable, SortKey, TableDefinition, Value};
 
-use super::accounts::{CLIENTS, USERS};
-use super::federation::OUTBOX;
-use super::groups::GROUPS;
-use super::queues::{
-    oldest_queued_at, queue_state, stored_server_total, QUEUE_HEADS, QUEUE_REMOVED,
-};
+use super::tables::accounts::{CLIENTS, USERS};
+use super::tables::federation::OUTBOX;
+use super::tables::groups::GROUPS;
+use super::tables::queues::{oldest_queued_at, queue_state, QUEUE_HEADS, QUEUE_REMOVED};
 use super::{Store, StoreError};
 
 /// Row counts for the operator's status.
@@ -53,7 +51,7 @@ impl Store {
                 clients: txn.open_table(CLIENTS)?.len()?,
                 groups: txn.open_table(GROUPS)?.len()?,
                 outbox_waiting: txn.open_table(OUTBOX)?.len()?,
-                queued_bytes: stored_server_total(txn)?,
+                queued_bytes: super::totals::stored_server_total(txn)?,
                 ..StoreCounts::default()
             };
             let (heads, removed) = (txn.open_table(QUEUE_HEADS)?, txn.open_table(QUEUE_REMOVED)?);
@@ -90,7 +88,7 @@ impl Store {
                     .range((user_id.as_str(), 0)..=(user_id.as_str(), u32::MAX))?
                     .count();
                 page.push(UserRow {
-                    created_at: super::accounts::user_created_at(record.value())?,
+                    created_at: super::tables::accounts::user_created_at(record.value())?,
                     clients: u32::try_from(count).unwrap_or(u32::MAX),
                     user_id,
                 });
@@ -106,7 +104,7 @@ impl Store {
         self.read(move |txn| {
             txn.open_table(USERS)?
                 .get(user_id.as_str())?
-                .map(|record| super::accounts::user_created_at(record.value()))
+                .map(|record| super::tables::accounts::user_created_at(record.value()))
                 .transpose()
         })
         .await
@@ -175,7 +173,7 @@ impl Store {
                     copy_rows(snapshot, &txn, $table)?;
                 };
             }
-            super::tables::for_each_table!(copy_table);
+            super::registry::for_each_table!(copy_table);
             txn.commit()?;
             drop(copy);
             Ok(std::fs::metadata(&target).map_err(StoreError::io)?.len())

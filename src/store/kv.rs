@@ -19,11 +19,20 @@ use std::ops::{Bound, RangeBounds};
 pub(super) use redb::{Key, TableDefinition, TableHandle, Value};
 
 use super::postgres::{PgSession, SortRange, UnsentRow};
+use super::totals::BatchTotals;
 use super::StoreError;
 
-/// A write transaction: every write of a batch (group commit) runs in one.
+/// A write transaction: every write of a batch (group commit) runs in one. It carries the
+/// batch's own state beside the backend's transaction: what its writes moved the server's queued
+/// bytes by, written once before it commits ([`BatchTotals`]).
+pub(crate) struct WriteTransaction {
+    backend: WriteBackend,
+    totals: BatchTotals,
+}
+
+/// The backend's transaction under a [`WriteTransaction`].
 #[allow(clippy::large_enum_variant)] // one per batch, never moved in a loop
-pub(crate) enum WriteTransaction {
+pub(crate) enum WriteBackend {
     Redb(redb::WriteTransaction),
     Postgres(PgSession),
 }
@@ -63,14 +72,29 @@ impl<'t, K: SortKey, V: Value + 'static> Inner<'t, K, V> {
 }
 
 impl WriteTransaction {
+    pub(crate) fn new(backend: WriteBackend, totals: BatchTotals) -> Self {
+        Self { backend, totals }
+    }
+
+    /// The backend's transaction, to commit or abort (the batch's totals were written or are
+    /// dropped with it).
+    pub(crate) fn into_backend(self) -> WriteBackend {
+        self.backend
+    }
+
+    /// The server's queued bytes as this batch moves them.
+    pub(crate) fn totals(&self) -> &BatchTotals {
+        &self.totals
+    }
+
     pub(crate) fn open_table<K: SortKey, V: Value + 'static>(
         &self,
         definition: TableDefinition<K, V>,
     ) -> Result<Table<'_, K, V>, StoreError> {
         Ok(Table {
-            inner: match self {
-                Self::Redb(txn) => Inner::RedbWrite(txn.open_table(definition)?),
-                Self::Postgres(session) => Inner::postgres(session, definition, true),
+            inner: match &self.backend {
+                WriteBackend::Redb(txn) => Inner::RedbWrite(txn.open_table(definition)?),
+                WriteBackend::Postgres(session) => Inner::postgres(session, definition, true),
             },
         })
     }
@@ -80,11 +104,11 @@ impl WriteTransaction {
         &self,
         definition: TableDefinition<K, V>,
     ) -> Result<(), StoreError> {
-        match self {
-            Self::Redb(txn) => {
+        match &self.backend {
+            WriteBackend::Redb(txn) => {
                 txn.delete_table(definition)?;
             }
-            Self::Postgres(session) => session.drop_table(definition.name())?,
+            WriteBackend::Postgres(session) => session.drop_table(definition.name())?,
         }
         Ok(())
     }
@@ -169,9 +193,9 @@ impl Prefetch {
 impl WriteTransaction {
     /// Reads the rows `prefetch` names.
     pub(crate) fn prefetch(&self, prefetch: Prefetch) -> Result<(), StoreError> {
-        prefetch.read_in(match self {
-            Self::Redb(_) => None,
-            Self::Postgres(session) => Some(session),
+        prefetch.read_in(match &self.backend {
+            WriteBackend::Redb(_) => None,
+            WriteBackend::Postgres(session) => Some(session),
         })
     }
 }

@@ -8,24 +8,42 @@
 //!
 //! Reads run on tokio's blocking pool in read transactions, which never wait for the writer.
 //!
-//! Services use typed operations (`impl Store` blocks, one file per service's tables), written
-//! once against [`kv`]'s tables, which are redb's or PostgreSQL's; backend types never leave
-//! this module.
+//! Services use typed operations (`impl Store` blocks), written once against `kv`'s tables,
+//! which are redb's or PostgreSQL's; backend types never leave this module. The operations stand
+//! on two floors:
+//!
+//! - `tables`, the ground floor: one file per family of tables, which owns its tables and the
+//!   primitives that read and write them inside a transaction, and the operations that touch
+//!   nothing else. No table file names another (`.ci/store-floors` checks it).
+//! - The transactions that span families, each in a file of its own here: a group send's fan-out
+//!   (`group_send`), a group's creation, commit and deletion (`group_change`), a delivery from a
+//!   peer (`federation_receipt`), a client's or user's removal (`removal`), KeyPackages as a
+//!   user's clients hold them (`key_package_claims`), a client's log windows
+//!   (`group_log_readers`), the outbox under its lease (`outbox_done`), what push left
+//!   unannounced (`unannounced`), the operator's listings and backups (`admin`) and schema
+//!   migrations (`migrations`); `fan_out` is the enqueue they share.
+//!
+//! Beneath both: the writer (`writer`) and its batch state (the server's queued bytes,
+//! `totals`), the backends (`kv`, `postgres`), the values that pass between floors
+//! (`rows`) and the list of every table (`registry`).
 
-mod accounts;
 mod admin;
-mod federation;
-mod group_logs;
-mod group_trees;
-mod groups;
-mod key_packages;
+mod fan_out;
+mod federation_receipt;
+mod group_change;
+mod group_log_readers;
+mod group_send;
+mod key_package_claims;
 mod kv;
-mod leases;
-mod meta;
+mod migrations;
+mod outbox_done;
 mod postgres;
-mod push;
-mod queues;
+mod registry;
+mod removal;
+mod rows;
 mod tables;
+mod totals;
+mod unannounced;
 mod writer;
 
 pub use postgres::{
@@ -44,30 +62,29 @@ pub trait EventBus: Send + Sync {
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Vec<u8>>;
 }
 
-pub use accounts::{
+pub use admin::{QueueRow, StoreCounts, UserRow};
+pub use federation_receipt::{IncomingDelivery, ReceivedDeliveries};
+pub use rows::{
+    Admission, Enqueued, Envelope, FullQueues, GroupMemberRow, OutgoingDelivery, QueueLimits,
+    HANDSHAKE_RESERVE_FACTOR,
+};
+pub use tables::accounts::{
     AddClientRefusal, IssueCredential, IssuedInvite, NewUser, RegisterRefusal, RemoveClientRefusal,
     StoredClient, FIRST_DEVICE_ID,
 };
-pub use admin::{QueueRow, StoreCounts, UserRow};
-pub use federation::{
-    DeliveryRefusal, IncomingDelivery, OutgoingDelivery, PeerBacklog, ReceivedDeliveries,
-    MAX_ROUTES_PER_PEER,
+pub use tables::federation::{DeliveryRefusal, PeerBacklog, MAX_ROUTES_PER_PEER};
+pub use tables::group_logs::{LogCursor, LogEntries, LogRefusal};
+pub use tables::group_trees::TreeChunk;
+pub use tables::groups::{
+    GroupRefusal, GroupTransition, Membership, PublicState, Remembered, RequestRecord, SendView,
+    StoredGroup, REQUEST_DEDUPE_WINDOW_MS,
 };
-pub use group_logs::{LogCursor, LogEntries, LogRefusal};
-pub use group_trees::TreeChunk;
-pub use groups::{
-    GroupMemberRow, GroupRefusal, GroupTransition, Membership, PublicState, Remembered,
-    RequestRecord, SendView, StoredGroup, REQUEST_DEDUPE_WINDOW_MS,
-};
-pub use key_packages::{
+pub use tables::key_packages::{
     Claimed, ClientClaim, NewKeyPackage, PublishRefusal, Stock, MAX_KEY_PACKAGE_BYTES_PER_USER,
 };
-pub use leases::LeaseFence;
-pub use push::{AddTargetRefusal, PendingWake, WakeResult};
-pub use queues::{
-    Admission, Enqueued, Envelope, ExpiredMessages, FullQueues, QueueLimits, StoredMessage,
-    FIRST_SEQ, HANDSHAKE_RESERVE_FACTOR,
-};
+pub use tables::leases::LeaseFence;
+pub use tables::push::{AddTargetRefusal, PendingWake, WakeResult};
+pub use tables::queues::{ExpiredMessages, StoredMessage, FIRST_SEQ};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -90,10 +107,9 @@ const WRITE_QUEUE_CAPACITY: usize = 4096;
 /// What went wrong in the store.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    #[error("storage failure: {0}")]
-    Backend(Arc<redb::Error>),
-    #[error("database failure: {0}")]
-    Postgres(Arc<::postgres::Error>),
+    /// The database underneath failed (its file, its server, a query).
+    #[error("{0}")]
+    Backend(BackendError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("the store is closed")]
@@ -129,30 +145,53 @@ pub async fn acting_for<F: std::future::Future>(
     ACTING_CLIENT.scope(client, work).await
 }
 
-impl StoreError {
-    /// A file-system failure around the database (its file, a backup's copy).
-    pub(crate) fn io(error: impl std::fmt::Display) -> Self {
-        Self::Backend(Arc::new(redb::Error::Io(std::io::Error::other(
-            error.to_string(),
-        ))))
+/// A failure of the database underneath, redb's or PostgreSQL's: opaque, so that the backends'
+/// own error types stay inside the store. It says what went wrong; [`StoreError`]'s methods say
+/// what may be done about it.
+#[derive(Debug, Clone)]
+pub struct BackendError(Arc<BackendFailure>);
+
+#[derive(Debug)]
+enum BackendFailure {
+    Redb(redb::Error),
+    Postgres(::postgres::Error),
+}
+
+impl std::fmt::Display for BackendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &*self.0 {
+            BackendFailure::Redb(e) => write!(f, "storage failure: {e}"),
+            BackendFailure::Postgres(e) => write!(f, "database failure: {e}"),
+        }
     }
 }
 
 impl StoreError {
+    /// A file-system failure around the database (its file, a backup's copy).
+    pub(crate) fn io(error: impl std::fmt::Display) -> Self {
+        redb::Error::Io(std::io::Error::other(error.to_string())).into()
+    }
+
+    fn postgres(error: ::postgres::Error) -> Self {
+        Self::Backend(BackendError(Arc::new(BackendFailure::Postgres(error))))
+    }
+
     /// A conflict with a concurrent transaction of another node: the transaction may run again.
     pub(crate) fn is_conflict(&self) -> bool {
-        matches!(self, Self::Postgres(e) if postgres::is_conflict(e))
+        matches!(self, Self::Backend(BackendError(e))
+            if matches!(&**e, BackendFailure::Postgres(e) if postgres::is_conflict(e)))
     }
 
     /// The redb database file is open in another process.
     pub fn is_database_in_use(&self) -> bool {
-        matches!(self, Self::Backend(e) if matches!(**e, redb::Error::DatabaseAlreadyOpen))
+        matches!(self, Self::Backend(BackendError(e))
+            if matches!(&**e, BackendFailure::Redb(redb::Error::DatabaseAlreadyOpen)))
     }
 }
 
 impl<E: Into<redb::Error>> From<E> for StoreError {
     fn from(e: E) -> Self {
-        Self::Backend(Arc::new(e.into()))
+        Self::Backend(BackendError(Arc::new(BackendFailure::Redb(e.into()))))
     }
 }
 
@@ -359,10 +398,24 @@ impl Store {
         F: FnMut(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
+        // A write for a local client first checks, in its transaction, that the client exists.
         let actor = ACTING_CLIENT.try_with(Clone::clone).ok().flatten();
+        let mut reads = reads;
+        if let Some((user_id, device_id)) = &actor {
+            tables::accounts::client_reads(&mut reads, (user_id, *device_id));
+        }
+        let mut op = op;
+        let op = move |txn: &WriteTransaction| {
+            if let Some((user_id, device_id)) = &actor {
+                if !tables::accounts::client_exists(txn, user_id, *device_id)? {
+                    return Err(StoreError::ActorRemoved);
+                }
+            }
+            op(txn)
+        };
         let (reply, answer) = oneshot::channel();
         self.writes
-            .send(Box::new(TypedWrite::new(actor, reads, op, reply)))
+            .send(Box::new(TypedWrite::new(reads, op, reply)))
             .await
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?

@@ -7,8 +7,9 @@ use std::time::Duration;
 use redb::{Database, Durability};
 use tokio::sync::{mpsc, oneshot};
 
-use super::kv::{Prefetch, WriteTransaction};
+use super::kv::{Prefetch, WriteBackend, WriteTransaction};
 use super::postgres::PgWriter;
+use super::totals::WriterTotals;
 use super::{StoreError, StoreStats};
 
 /// Times a batch that lost to another node's concurrent transaction runs again before its
@@ -23,20 +24,22 @@ pub(super) enum WriterBackend {
 }
 
 impl WriterBackend {
-    pub(super) fn begin(&mut self) -> Result<WriteTransaction, StoreError> {
-        match self {
+    /// A write transaction for one batch, which keeps the server's total in `totals`' row.
+    pub(super) fn begin(&mut self, totals: &WriterTotals) -> Result<WriteTransaction, StoreError> {
+        let backend = match self {
             Self::Redb(db) => {
                 let mut txn = db.begin_write()?;
                 txn.set_durability(Durability::Immediate)?;
-                Ok(WriteTransaction::Redb(txn))
+                WriteBackend::Redb(txn)
             }
-            Self::Postgres(writer) => writer.begin(),
-        }
+            Self::Postgres(writer) => writer.begin()?,
+        };
+        Ok(WriteTransaction::new(backend, totals.batch()))
     }
 
     pub(super) fn finish(&mut self, txn: WriteTransaction, commit: bool) -> Result<(), StoreError> {
-        match (self, txn) {
-            (Self::Redb(_), WriteTransaction::Redb(txn)) => {
+        match (self, txn.into_backend()) {
+            (Self::Redb(_), WriteBackend::Redb(txn)) => {
                 if commit {
                     txn.commit()?;
                 } else {
@@ -45,7 +48,7 @@ impl WriterBackend {
                 }
                 Ok(())
             }
-            (Self::Postgres(writer), WriteTransaction::Postgres(session)) => {
+            (Self::Postgres(writer), WriteBackend::Postgres(session)) => {
                 writer.finish(session, commit)
             }
             _ => Err(StoreError::Corrupt(
@@ -73,7 +76,6 @@ pub(super) trait WriteJob: Send {
 }
 
 pub(super) struct TypedWrite<F, T> {
-    actor: Option<(String, u32)>,
     reads: Prefetch,
     op: F,
     output: Option<T>,
@@ -82,13 +84,11 @@ pub(super) struct TypedWrite<F, T> {
 
 impl<F, T> TypedWrite<F, T> {
     pub(super) fn new(
-        actor: Option<(String, u32)>,
         reads: Prefetch,
         op: F,
         reply: oneshot::Sender<Result<T, StoreError>>,
     ) -> Self {
         Self {
-            actor,
             reads,
             op,
             output: None,
@@ -103,18 +103,10 @@ where
     T: Send,
 {
     fn prefetch(&self, prefetch: &mut Prefetch) {
-        if let Some((user_id, device_id)) = &self.actor {
-            prefetch.key(&super::accounts::CLIENTS, (user_id.as_str(), *device_id));
-        }
         prefetch.extend(&self.reads);
     }
 
     fn apply(&mut self, txn: &WriteTransaction) -> Result<(), StoreError> {
-        if let Some((user_id, device_id)) = &self.actor {
-            if !super::accounts::client_exists(txn, user_id, *device_id)? {
-                return Err(StoreError::ActorRemoved);
-            }
-        }
         self.output = Some((self.op)(txn)?);
         Ok(())
     }
@@ -152,9 +144,12 @@ pub(super) fn run(
     mut queue: mpsc::Receiver<Box<dyn WriteJob>>,
     stats: &StoreStats,
 ) {
-    if matches!(db, WriterBackend::Postgres(_)) {
-        super::queues::use_own_total_shard();
-    }
+    // On a shared store other nodes' writers move the server's total too: this one keeps its
+    // share in a row of its own.
+    let mut totals = match db {
+        WriterBackend::Postgres(_) => WriterTotals::sharded(),
+        WriterBackend::Redb(_) => WriterTotals::single(),
+    };
     let mut shutdown = None;
     while let Some(first) = queue.blocking_recv() {
         let mut batch = Vec::new();
@@ -169,7 +164,7 @@ pub(super) fn run(
                 next = queue.try_recv().ok();
             }
         }
-        commit_batch(&mut db, batch, stats);
+        commit_batch(&mut db, batch, stats, &mut totals);
         if let Some(job) = shutdown.take() {
             queue.close();
             // Writes that raced with the shutdown request were accepted into the channel: commit
@@ -180,7 +175,7 @@ pub(super) fn run(
                     rest.push(job);
                 }
             }
-            commit_batch(&mut db, rest, stats);
+            commit_batch(&mut db, rest, stats, &mut totals);
             job.complete(Ok(()));
             return;
         }
@@ -193,14 +188,19 @@ pub(super) fn run(
 /// node's, on a shared store) runs again, split in two halves committed one after the other:
 /// a smaller transaction is less likely to meet a concurrent one again, and the writer's other
 /// work does not wait behind a large batch losing race after race.
-fn commit_batch(db: &mut WriterBackend, batch: Vec<Box<dyn WriteJob>>, stats: &StoreStats) {
+fn commit_batch(
+    db: &mut WriterBackend,
+    batch: Vec<Box<dyn WriteJob>>,
+    stats: &StoreStats,
+    totals: &mut WriterTotals,
+) {
     let mut pending = std::collections::VecDeque::from([batch]);
     let mut conflicts = 0;
     while let Some(mut batch) = pending.pop_front() {
         if batch.is_empty() {
             continue;
         }
-        match attempt(db, &mut batch, stats) {
+        match attempt(db, &mut batch, stats, totals) {
             Attempt::Committed => {
                 for job in batch {
                     job.complete(Ok(()));
@@ -246,11 +246,16 @@ enum Attempt {
 }
 
 /// Applies `batch` in one transaction and commits it.
-fn attempt(db: &mut WriterBackend, batch: &mut [Box<dyn WriteJob>], stats: &StoreStats) -> Attempt {
+fn attempt(
+    db: &mut WriterBackend,
+    batch: &mut [Box<dyn WriteJob>],
+    stats: &StoreStats,
+    totals: &mut WriterTotals,
+) -> Attempt {
     if let WriterBackend::Postgres(writer) = db {
-        writer.refresh_other_shards();
+        writer.refresh_other_shards(totals);
     }
-    let txn = match db.begin() {
+    let txn = match db.begin(totals) {
         Ok(txn) => txn,
         Err(error) => return Attempt::Failed(error),
     };
@@ -272,13 +277,13 @@ fn attempt(db: &mut WriterBackend, batch: &mut [Box<dyn WriteJob>], stats: &Stor
         })
         // Totals the writes keep for the whole batch are written once, now.
         .or_else(|| {
-            super::queues::flush_server_total(&txn)
+            txn.totals()
+                .flush(&txn)
                 .err()
                 .map(|error| (usize::MAX, error))
         });
     if let Some((index, error)) = failed {
-        // Nothing of this batch may stand.
-        super::queues::discard_server_total_delta();
+        // Nothing of this batch may stand (its totals go with its transaction).
         let _ = db.finish(txn, false);
         return match index {
             _ if error.is_conflict() => Attempt::Conflict(error),

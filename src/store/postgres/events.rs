@@ -18,7 +18,7 @@ const EVENT_CHANNEL: &str = "roost_events";
 const MAX_EVENT_BYTES: usize = crate::protocol::cluster::MAX_SEALED_CLUSTER_EVENT_LEN;
 
 /// Cross-node events over `LISTEN`/`NOTIFY`: a listening thread forwards every notification on
-/// [`EVENT_CHANNEL`] to the subscribers; publishing sends one `NOTIFY` on a connection of its own.
+/// `EVENT_CHANNEL` to the subscribers; publishing sends one `NOTIFY` on a connection of its own.
 /// A node receives its own events too: events carry their origin so that it can skip them.
 pub struct PgEventBus {
     sender: broadcast::Sender<Vec<u8>>,
@@ -55,7 +55,7 @@ impl PgEventBus {
 }
 
 impl crate::store::EventBus for PgEventBus {
-    /// Sends `payloads` (each at most [`MAX_EVENT_BYTES`]), in order, to every node, this one
+    /// Sends `payloads` (each at most `MAX_EVENT_BYTES`), in order, to every node, this one
     /// included. Blocking.
     fn publish(&self, payloads: &[Vec<u8>]) -> Result<(), StoreError> {
         use base64::Engine as _;

@@ -64,7 +64,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MIGRATION_LOCK: i64 = 0x0072_6f6f_7374;
 
 pub(super) fn error(e: postgres::Error) -> StoreError {
-    StoreError::Postgres(Arc::new(e))
+    StoreError::postgres(e)
 }
 
 /// Whether `error` is a conflict with a concurrent transaction, after which the transaction may
@@ -241,9 +241,9 @@ pub(super) struct PgWriter {
 const SHARDS_READ_INTERVAL: Duration = Duration::from_millis(100);
 
 impl PgWriter {
-    pub(super) fn begin(&mut self) -> Result<super::kv::WriteTransaction, StoreError> {
+    pub(super) fn begin(&mut self) -> Result<super::kv::WriteBackend, StoreError> {
         self.session(WRITE_ISOLATION, true)
-            .map(super::kv::WriteTransaction::Postgres)
+            .map(super::kv::WriteBackend::Postgres)
     }
 
     /// A session begun with `begin` on the writer's connection (a new one if it was lost).
@@ -258,14 +258,14 @@ impl PgWriter {
 
     /// Re-reads the other nodes' shares of the server's queued bytes, at most every
     /// [`SHARDS_READ_INTERVAL`] (before a batch).
-    pub(super) fn refresh_other_shards(&mut self) {
+    pub(super) fn refresh_other_shards(&mut self, totals: &mut super::totals::WriterTotals) {
         if self
             .shards_read_at
             .is_some_and(|read_at| read_at.elapsed() < SHARDS_READ_INTERVAL)
         {
             return;
         }
-        match self.read(super::queues::refresh_other_shards) {
+        match self.read(|txn| totals.refresh_other_shards(txn)) {
             Ok(()) => self.shards_read_at = Some(std::time::Instant::now()),
             Err(e) => tracing::warn!(error = %e, "cannot read the other nodes' queue totals"),
         }

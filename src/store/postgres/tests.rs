@@ -75,7 +75,7 @@ async fn a_write_transaction_reads_its_unsent_writes_as_the_database_would() {
     use rand::{Rng, SeedableRng};
 
     use crate::store::kv::ReadableTable;
-    use crate::store::leases::LEASES;
+    use crate::store::tables::leases::LEASES;
 
     type Model = BTreeMap<String, (u64, u64)>;
     let database = FreshDatabase::create().unwrap();

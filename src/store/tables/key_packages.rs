@@ -2,19 +2,18 @@
 //! (claimed or not) until it expires, so that a Welcome can be routed to the client whose
 //! KeyPackage it uses.
 
-use super::kv::{ReadableTable, TableDefinition, WriteTransaction};
+use crate::store::kv::{ReadableTable, TableDefinition, WriteTransaction};
 
-use super::accounts::CLIENTS;
-use super::{Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// (user id, device id, ciphersuite, KeyPackageRef) -> [`StoredKeyPackage`] encoding.
-pub(super) const KEY_PACKAGES: TableDefinition<(&str, u32, u16, &[u8]), &[u8]> =
+pub(in crate::store) const KEY_PACKAGES: TableDefinition<(&str, u32, u16, &[u8]), &[u8]> =
     TableDefinition::new("key-packages-1");
 /// KeyPackageRef -> (user id, device id, not_after): every published KeyPackage until it expires.
-pub(super) const KEY_PACKAGE_REFS: TableDefinition<&[u8], (&str, u32, u64)> =
+pub(in crate::store) const KEY_PACKAGE_REFS: TableDefinition<&[u8], (&str, u32, u64)> =
     TableDefinition::new("key-package-refs-1");
 /// (user id, device id, KeyPackageRef) -> not_after: the same, by client, for deletion and purge.
-pub(super) const CLIENT_KEY_PACKAGE_REFS: TableDefinition<(&str, u32, &[u8]), u64> =
+pub(in crate::store) const CLIENT_KEY_PACKAGE_REFS: TableDefinition<(&str, u32, &[u8]), u64> =
     TableDefinition::new("client-key-package-refs-1");
 
 /// Bytes of KeyPackages one user may keep, all its clients together: room for 100 KeyPackages of
@@ -107,143 +106,6 @@ pub struct ClientClaim {
 }
 
 impl Store {
-    /// Adds a batch of validated KeyPackages to a client's stock, all or none. A last-resort
-    /// KeyPackage replaces the client's previous one for its ciphersuite.
-    pub async fn publish_key_packages(
-        &self,
-        user_id: &str,
-        device_id: u32,
-        batch: Vec<NewKeyPackage>,
-        max_per_client: usize,
-        now: u64,
-    ) -> Result<Result<Stock, PublishRefusal>, StoreError> {
-        let user_id = user_id.to_owned();
-        self.write(move |txn| {
-            if txn
-                .open_table(CLIENTS)?
-                .get((user_id.as_str(), device_id))?
-                .is_none()
-            {
-                return Ok(Err(PublishRefusal::UnknownClient));
-            }
-            {
-                let refs = txn.open_table(KEY_PACKAGE_REFS)?;
-                for (index, new) in batch.iter().enumerate() {
-                    if refs.get(new.key_package_ref.as_slice())?.is_some() {
-                        return Ok(Err(PublishRefusal::Duplicate { index }));
-                    }
-                }
-            }
-            let before = stock(txn, &user_id, device_id, now)?;
-            let added = batch.iter().filter(|new| !new.last_resort).count();
-            let stock_after = before.remaining as usize + added;
-            if stock_after > max_per_client {
-                return Ok(Err(PublishRefusal::TooMany {
-                    stock: stock_after,
-                    limit: max_per_client,
-                }));
-            }
-            // Bytes of the user's KeyPackages, all clients together (replaced last resorts
-            // counted: a bound, not an exact figure).
-            let stored: usize = txn
-                .open_table(KEY_PACKAGES)?
-                .range(
-                    (user_id.as_str(), 0, 0, &[][..])
-                        ..=(user_id.as_str(), u32::MAX, u16::MAX, REF_UPPER_BOUND),
-                )?
-                .map(|entry| entry.map(|(_, value)| value.value().len()))
-                .sum::<Result<usize, _>>()?;
-            let bytes = stored + batch.iter().map(|new| new.key_package.len()).sum::<usize>();
-            if bytes > MAX_KEY_PACKAGE_BYTES_PER_USER {
-                return Ok(Err(PublishRefusal::TooManyBytes {
-                    bytes,
-                    limit: MAX_KEY_PACKAGE_BYTES_PER_USER,
-                }));
-            }
-            for new in batch.iter().filter(|new| new.last_resort) {
-                remove_last_resort(txn, &user_id, device_id, new.ciphersuite)?;
-            }
-            let mut key_packages = txn.open_table(KEY_PACKAGES)?;
-            let mut refs = txn.open_table(KEY_PACKAGE_REFS)?;
-            let mut client_refs = txn.open_table(CLIENT_KEY_PACKAGE_REFS)?;
-            for new in &batch {
-                let record = StoredKeyPackage {
-                    not_after: new.not_after,
-                    last_resort: new.last_resort,
-                    key_package: &new.key_package,
-                };
-                let key_ref = new.key_package_ref.as_slice();
-                key_packages.put(
-                    (user_id.as_str(), device_id, new.ciphersuite, key_ref),
-                    record.encode().as_slice(),
-                )?;
-                refs.put(key_ref, (user_id.as_str(), device_id, new.not_after))?;
-                client_refs.put((user_id.as_str(), device_id, key_ref), new.not_after)?;
-            }
-            drop((key_packages, refs, client_refs));
-            Ok(Ok(stock(txn, &user_id, device_id, now)?))
-        })
-        .await
-    }
-
-    /// Takes one KeyPackage of `ciphersuite` from every client of `user_id`, in one transaction:
-    /// an unexpired ordinary one (removed), else the last resort (kept), else none. Expired
-    /// KeyPackages met on the way are purged. `None` if the user does not exist.
-    pub async fn claim_key_packages(
-        &self,
-        user_id: &str,
-        ciphersuite: u16,
-        now: u64,
-    ) -> Result<Option<Vec<ClientClaim>>, StoreError> {
-        let user_id = user_id.to_owned();
-        self.write(move |txn| {
-            let devices = client_devices(txn, &user_id)?;
-            if devices.is_empty() {
-                return Ok(None);
-            }
-            let mut claims = Vec::with_capacity(devices.len());
-            for device_id in devices {
-                let claimed = claim_one(txn, &user_id, device_id, ciphersuite, now)?;
-                claims.push(ClientClaim {
-                    device_id,
-                    claimed,
-                    stock: stock(txn, &user_id, device_id, now)?,
-                });
-            }
-            Ok(Some(claims))
-        })
-        .await
-    }
-
-    /// The stock of every client of `user_id` (empty for an unknown user).
-    pub async fn key_package_stock(
-        &self,
-        user_id: &str,
-        now: u64,
-    ) -> Result<Vec<Stock>, StoreError> {
-        let user_id = user_id.to_owned();
-        self.read(move |txn| {
-            let clients = txn.open_table(CLIENTS)?;
-            let key_packages = txn.open_table(KEY_PACKAGES)?;
-            let mut stocks = Vec::new();
-            for entry in clients.range((user_id.as_str(), 0)..=(user_id.as_str(), u32::MAX))? {
-                let device_id = entry?.0.value().1;
-                let mut stock = Stock {
-                    device_id,
-                    remaining: 0,
-                    has_last_resort: false,
-                };
-                for entry in key_packages.range(client_range(&user_id, device_id))? {
-                    let (_, value) = entry?;
-                    count(&mut stock, &StoredKeyPackage::decode(value.value())?, now);
-                }
-                stocks.push(stock);
-            }
-            Ok(stocks)
-        })
-        .await
-    }
-
     /// The client that published the KeyPackage with this reference, while it has not expired.
     pub async fn key_package_owner(
         &self,
@@ -309,7 +171,7 @@ impl Store {
 }
 
 /// Deletes every KeyPackage and reference of one client (it was removed, or its user deleted).
-pub(super) fn delete_client_key_packages(
+pub(in crate::store) fn delete_client_key_packages(
     txn: &WriteTransaction,
     user_id: &str,
     device_id: u32,
@@ -336,12 +198,6 @@ fn client_range(user_id: &str, device_id: u32) -> ClientRange<'_> {
     (user_id, device_id, 0, &[][..])..=(user_id, device_id, u16::MAX, REF_UPPER_BOUND)
 }
 
-fn client_devices(txn: &WriteTransaction, user_id: &str) -> Result<Vec<u32>, StoreError> {
-    let clients = txn.open_table(CLIENTS)?;
-    let range = clients.range((user_id, 0)..=(user_id, u32::MAX))?;
-    range.map(|entry| Ok(entry?.0.value().1)).collect()
-}
-
 fn count(stock: &mut Stock, key_package: &StoredKeyPackage<'_>, now: u64) {
     if now >= key_package.not_after {
         return;
@@ -353,7 +209,92 @@ fn count(stock: &mut Stock, key_package: &StoredKeyPackage<'_>, now: u64) {
     }
 }
 
-fn stock(
+/// Adds a batch of validated KeyPackages to an existing client's stock, all or none; returns
+/// the stock after. A last-resort KeyPackage replaces the client's previous one for its
+/// ciphersuite.
+pub(in crate::store) fn publish_in(
+    txn: &WriteTransaction,
+    (user_id, device_id): (&str, u32),
+    batch: &[NewKeyPackage],
+    max_per_client: usize,
+    now: u64,
+) -> Result<Result<Stock, PublishRefusal>, StoreError> {
+    {
+        let refs = txn.open_table(KEY_PACKAGE_REFS)?;
+        for (index, new) in batch.iter().enumerate() {
+            if refs.get(new.key_package_ref.as_slice())?.is_some() {
+                return Ok(Err(PublishRefusal::Duplicate { index }));
+            }
+        }
+    }
+    let before = stock(txn, user_id, device_id, now)?;
+    let added = batch.iter().filter(|new| !new.last_resort).count();
+    let stock_after = before.remaining as usize + added;
+    if stock_after > max_per_client {
+        return Ok(Err(PublishRefusal::TooMany {
+            stock: stock_after,
+            limit: max_per_client,
+        }));
+    }
+    // Bytes of the user's KeyPackages, all clients together (replaced last resorts
+    // counted: a bound, not an exact figure).
+    let stored: usize = txn
+        .open_table(KEY_PACKAGES)?
+        .range((user_id, 0, 0, &[][..])..=(user_id, u32::MAX, u16::MAX, REF_UPPER_BOUND))?
+        .map(|entry| entry.map(|(_, value)| value.value().len()))
+        .sum::<Result<usize, _>>()?;
+    let bytes = stored + batch.iter().map(|new| new.key_package.len()).sum::<usize>();
+    if bytes > MAX_KEY_PACKAGE_BYTES_PER_USER {
+        return Ok(Err(PublishRefusal::TooManyBytes {
+            bytes,
+            limit: MAX_KEY_PACKAGE_BYTES_PER_USER,
+        }));
+    }
+    for new in batch.iter().filter(|new| new.last_resort) {
+        remove_last_resort(txn, user_id, device_id, new.ciphersuite)?;
+    }
+    let mut key_packages = txn.open_table(KEY_PACKAGES)?;
+    let mut refs = txn.open_table(KEY_PACKAGE_REFS)?;
+    let mut client_refs = txn.open_table(CLIENT_KEY_PACKAGE_REFS)?;
+    for new in batch {
+        let record = StoredKeyPackage {
+            not_after: new.not_after,
+            last_resort: new.last_resort,
+            key_package: &new.key_package,
+        };
+        let key_ref = new.key_package_ref.as_slice();
+        key_packages.put(
+            (user_id, device_id, new.ciphersuite, key_ref),
+            record.encode().as_slice(),
+        )?;
+        refs.put(key_ref, (user_id, device_id, new.not_after))?;
+        client_refs.put((user_id, device_id, key_ref), new.not_after)?;
+    }
+    drop((key_packages, refs, client_refs));
+    Ok(Ok(stock(txn, user_id, device_id, now)?))
+}
+
+/// A client's stock, as a read transaction sees it.
+pub(in crate::store) fn stock_read(
+    txn: &crate::store::kv::ReadTransaction,
+    user_id: &str,
+    device_id: u32,
+    now: u64,
+) -> Result<Stock, StoreError> {
+    let key_packages = txn.open_table(KEY_PACKAGES)?;
+    let mut stock = Stock {
+        device_id,
+        remaining: 0,
+        has_last_resort: false,
+    };
+    for entry in key_packages.range(client_range(user_id, device_id))? {
+        let (_, value) = entry?;
+        count(&mut stock, &StoredKeyPackage::decode(value.value())?, now);
+    }
+    Ok(stock)
+}
+
+pub(in crate::store) fn stock(
     txn: &WriteTransaction,
     user_id: &str,
     device_id: u32,
@@ -387,7 +328,7 @@ fn remove_last_resort(
     Ok(())
 }
 
-fn claim_one(
+pub(in crate::store) fn claim_one(
     txn: &WriteTransaction,
     user_id: &str,
     device_id: u32,

@@ -4,27 +4,31 @@
 //! Every operation that a rule can refuse checks before it writes, so a refusal (`Ok(Err(..))`)
 //! never leaves a partial write behind.
 
-use super::kv::{ReadableTable, TableDefinition, WriteTransaction};
+use crate::store::kv::{ReadableTable, Table, TableDefinition, WriteTransaction};
 use sha2::{Digest, Sha256};
 use tls_codec::{Deserialize, Serialize, TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
 
-use super::{Store, StoreError};
 use crate::protocol::ED25519_PUBLIC_KEY_LEN;
+use crate::store::{Store, StoreError};
 
 /// user id -> [`UserRecord`].
-pub(super) const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users-1");
+pub(in crate::store) const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users-1");
 /// (user id, device id) -> [`ClientRecord`].
-pub(super) const CLIENTS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("clients-1");
+pub(in crate::store) const CLIENTS: TableDefinition<(&str, u32), &[u8]> =
+    TableDefinition::new("clients-1");
 /// signature public key -> (user id, device id): no key serves two clients.
-pub(super) const SIGNATURE_KEYS: TableDefinition<&[u8], (&str, u32)> =
+pub(in crate::store) const SIGNATURE_KEYS: TableDefinition<&[u8], (&str, u32)> =
     TableDefinition::new("signature-keys-1");
 /// SHA-256 of a deleted user id -> deletion time. A hash, so the id itself is gone.
-pub(super) const QUARANTINE: TableDefinition<&[u8], u64> = TableDefinition::new("quarantine-1");
+pub(in crate::store) const QUARANTINE: TableDefinition<&[u8], u64> =
+    TableDefinition::new("quarantine-1");
 /// invite nonce -> times used.
-pub(super) const INVITES_USED: TableDefinition<&[u8], u32> = TableDefinition::new("invites-used-1");
+pub(in crate::store) const INVITES_USED: TableDefinition<&[u8], u32> =
+    TableDefinition::new("invites-used-1");
 /// invite nonce -> [`InviteRecord`]: every invite this server issued. Registration accepts only
 /// invites found here and not revoked.
-pub(super) const INVITES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("invites-1");
+pub(in crate::store) const INVITES: TableDefinition<&[u8], &[u8]> =
+    TableDefinition::new("invites-1");
 
 #[derive(Debug, TlsSize, TlsSerialize, TlsDeserialize)]
 struct InviteRecord {
@@ -114,7 +118,11 @@ pub enum RemoveClientRefusal {
 #[cfg(test)]
 impl Store {
     /// Registers `user_id` with signature key `key` (unit tests of the other tables).
-    pub(super) async fn register_for_test(&self, user_id: &str, key: [u8; ED25519_PUBLIC_KEY_LEN]) {
+    pub(in crate::store) async fn register_for_test(
+        &self,
+        user_id: &str,
+        key: [u8; ED25519_PUBLIC_KEY_LEN],
+    ) {
         self.register_user(NewUser {
             user_id: user_id.to_owned(),
             signature_key: key,
@@ -130,12 +138,12 @@ impl Store {
 }
 
 /// When the user whose [`USERS`] value is `record` was created.
-pub(super) fn user_created_at(record: &[u8]) -> Result<u64, StoreError> {
+pub(in crate::store) fn user_created_at(record: &[u8]) -> Result<u64, StoreError> {
     Ok(decode::<UserRecord>(record)?.created_at)
 }
 
 /// Whether the client `(user_id, device_id)` exists, as `txn` sees it.
-pub(super) fn client_exists(
+pub(in crate::store) fn client_exists(
     txn: &WriteTransaction,
     user_id: &str,
     device_id: u32,
@@ -149,8 +157,36 @@ pub(super) fn client_exists(
         .is_some())
 }
 
+/// The client rows, open for many lookups (a fan-out's recipients).
+pub(in crate::store) struct ClientRows<'t>(Table<'t, (&'static str, u32), &'static [u8]>);
+
+impl<'t> ClientRows<'t> {
+    pub(in crate::store) fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Self(txn.open_table(CLIENTS)?))
+    }
+
+    pub(in crate::store) fn exists(&self, client: (&str, u32)) -> Result<bool, StoreError> {
+        Ok(self.0.get(client)?.is_some())
+    }
+}
+
+/// Adds a client's row to `reads` (what [`client_exists`] and [`ClientRows::exists`] read).
+pub(in crate::store) fn client_reads(reads: &mut crate::store::kv::Prefetch, client: (&str, u32)) {
+    reads.key(&CLIENTS, client);
+}
+
 /// The device id of a user's first client.
 pub const FIRST_DEVICE_ID: u32 = 1;
+
+/// Every client of every user (a migration's walk).
+pub(in crate::store) fn all_clients_in(
+    txn: &WriteTransaction,
+) -> Result<Vec<(String, u32)>, StoreError> {
+    txn.open_table(CLIENTS)?
+        .iter()?
+        .map(|entry| entry.map(|(key, _)| (key.value().0.to_owned(), key.value().1)))
+        .collect()
+}
 
 impl Store {
     /// Records an invite the server just issued, so that it admits users and can be revoked.
@@ -388,58 +424,6 @@ impl Store {
         })
         .await
     }
-
-    /// Removes one client, unless it is its user's last.
-    pub async fn remove_client(
-        &self,
-        user_id: &str,
-        device_id: u32,
-    ) -> Result<Result<(), RemoveClientRefusal>, StoreError> {
-        let user_id = user_id.to_owned();
-        self.write(move |txn| {
-            if txn
-                .open_table(CLIENTS)?
-                .get((user_id.as_str(), device_id))?
-                .is_none()
-            {
-                return Ok(Err(RemoveClientRefusal::UnknownClient));
-            }
-            if client_count(txn, &user_id)? <= 1 {
-                return Ok(Err(RemoveClientRefusal::LastClient));
-            }
-            delete_client(txn, &user_id, device_id)?;
-            Ok(Ok(()))
-        })
-        .await
-    }
-
-    /// Deletes a user and everything it owns in one transaction, and quarantines its id from
-    /// `now`. Returns the device ids that were removed; deleting a user that does not exist
-    /// changes nothing and returns none.
-    pub async fn delete_user(&self, user_id: &str, now: u64) -> Result<Vec<u32>, StoreError> {
-        let user_id = user_id.to_owned();
-        self.write(move |txn| {
-            if txn.open_table(USERS)?.remove(user_id.as_str())?.is_none() {
-                return Ok(Vec::new());
-            }
-            let devices = {
-                let clients = txn.open_table(CLIENTS)?;
-                let range = clients.range((user_id.as_str(), 0)..=(user_id.as_str(), u32::MAX))?;
-                range
-                    .map(|entry| entry.map(|(key, _)| key.value().1))
-                    .collect::<Result<Vec<_>, _>>()?
-            };
-            for &device_id in &devices {
-                delete_client(txn, &user_id, device_id)?;
-            }
-            // `delete_client` also removed each client's KeyPackages and queue. Later capabilities
-            // (group memberships) delete the user's rows here too, in this same transaction.
-            txn.open_table(QUARANTINE)?
-                .put(user_id_hash(&user_id).as_slice(), now)?;
-            Ok(devices)
-        })
-        .await
-    }
 }
 
 fn insert_client(
@@ -462,13 +446,13 @@ fn insert_client(
     Ok(())
 }
 
-fn delete_client(txn: &WriteTransaction, user_id: &str, device_id: u32) -> Result<(), StoreError> {
-    super::key_packages::delete_client_key_packages(txn, user_id, device_id)?;
-    super::queues::delete_client_queue(txn, user_id, device_id)?;
-    super::groups::delete_client_memberships(txn, user_id, device_id)?;
-    super::group_logs::delete_client_windows(txn, user_id, device_id)?;
-    super::federation::delete_client_hubs(txn, user_id, device_id)?;
-    super::push::delete_client_push(txn, user_id, device_id)?;
+/// Forgets a client's own rows (its record and its signature key). What other tables hold for
+/// it goes first (`store::removal`).
+pub(in crate::store) fn forget_client_in(
+    txn: &WriteTransaction,
+    user_id: &str,
+    device_id: u32,
+) -> Result<(), StoreError> {
     let removed = txn
         .open_table(CLIENTS)?
         .remove((user_id, device_id))?
@@ -481,11 +465,57 @@ fn delete_client(txn: &WriteTransaction, user_id: &str, device_id: u32) -> Resul
     Ok(())
 }
 
+/// The device ids of `user_id`'s clients.
+pub(in crate::store) fn devices_in(
+    txn: &WriteTransaction,
+    user_id: &str,
+) -> Result<Vec<u32>, StoreError> {
+    let clients = txn.open_table(CLIENTS)?;
+    let range = clients.range((user_id, 0)..=(user_id, u32::MAX))?;
+    range
+        .map(|entry| entry.map(|(key, _)| key.value().1))
+        .collect()
+}
+
+/// The device ids of `user_id`'s clients, as a read transaction sees them.
+pub(in crate::store) fn devices_read(
+    txn: &crate::store::kv::ReadTransaction,
+    user_id: &str,
+) -> Result<Vec<u32>, StoreError> {
+    let clients = txn.open_table(CLIENTS)?;
+    let range = clients.range((user_id, 0)..=(user_id, u32::MAX))?;
+    range
+        .map(|entry| entry.map(|(key, _)| key.value().1))
+        .collect()
+}
+
+/// Forgets a user's record; `false` if there was none.
+pub(in crate::store) fn forget_user_in(
+    txn: &WriteTransaction,
+    user_id: &str,
+) -> Result<bool, StoreError> {
+    Ok(txn.open_table(USERS)?.remove(user_id)?.is_some())
+}
+
+/// Keeps a deleted user's id from being registered again, from `now` (by its hash).
+pub(in crate::store) fn quarantine_in(
+    txn: &WriteTransaction,
+    user_id: &str,
+    now: u64,
+) -> Result<(), StoreError> {
+    txn.open_table(QUARANTINE)?
+        .put(user_id_hash(user_id).as_slice(), now)?;
+    Ok(())
+}
+
 fn key_in_use(txn: &WriteTransaction, key: &[u8]) -> Result<bool, StoreError> {
     Ok(txn.open_table(SIGNATURE_KEYS)?.get(key)?.is_some())
 }
 
-fn client_count(txn: &WriteTransaction, user_id: &str) -> Result<usize, StoreError> {
+pub(in crate::store) fn client_count(
+    txn: &WriteTransaction,
+    user_id: &str,
+) -> Result<usize, StoreError> {
     let clients = txn.open_table(CLIENTS)?;
     let range = clients.range((user_id, 0)..=(user_id, u32::MAX))?;
     Ok(range.count())

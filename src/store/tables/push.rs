@@ -2,25 +2,24 @@
 //! must be woken, with its retry state), so that a crash between a message being queued and its
 //! wake-up being delivered does not lose the need to wake.
 
-use super::kv::{ReadableTable, TableDefinition, WriteTransaction};
+use crate::store::kv::{ReadableTable, TableDefinition, WriteTransaction};
 use tls_codec::{Deserialize, Serialize};
 
-use super::queues::{queue_state, QUEUE_HEADS, QUEUE_REMOVED};
-use super::{Store, StoreError};
 use crate::protocol::{PushTarget, PushTargetAdded, RegisteredPushTarget};
+use crate::store::{Store, StoreError};
 
 /// (user id, device id, target id) -> the encoded `RegisteredPushTarget`.
-pub(super) const PUSH_TARGETS: TableDefinition<(&str, u32, u64), &[u8]> =
+pub(in crate::store) const PUSH_TARGETS: TableDefinition<(&str, u32, u64), &[u8]> =
     TableDefinition::new("push-targets-1");
 
 /// (user id, device id, target id) -> (queue sequence number to announce, 0 if none; when the
 /// next attempt is due, Unix ms; attempts made). A row exists while the target must be woken.
-pub(super) const PUSH_WAKES: TableDefinition<(&str, u32, u64), (u64, u64, u32)> =
+pub(in crate::store) const PUSH_WAKES: TableDefinition<(&str, u32, u64), (u64, u64, u32)> =
     TableDefinition::new("push-wakes-1");
 
 /// (user id, device id) -> the newest queue sequence number a wake-up was scheduled for: what
 /// the start-up check compares the queue with, for messages queued just before a crash.
-pub(super) const PUSH_WOKEN: TableDefinition<(&str, u32), u64> =
+pub(in crate::store) const PUSH_WOKEN: TableDefinition<(&str, u32), u64> =
     TableDefinition::new("push-woken-1");
 
 /// Why a push target was not added.
@@ -74,7 +73,7 @@ fn targets_in(
 }
 
 /// Deletes a client's push targets and wake-ups (with the client).
-pub(super) fn delete_client_push(
+pub(in crate::store) fn delete_client_push(
     txn: &WriteTransaction,
     user_id: &str,
     device_id: u32,
@@ -88,8 +87,19 @@ pub(super) fn delete_client_push(
 }
 
 /// Every client with at least one push target, each once (the table is in client order).
-fn clients_with_targets(
-    txn: &super::kv::ReadTransaction,
+/// The sequence number of the newest message a wake-up was scheduled for, for a client.
+pub(in crate::store) fn announced_read(
+    txn: &crate::store::kv::ReadTransaction,
+    client: (&str, u32),
+) -> Result<u64, StoreError> {
+    Ok(txn
+        .open_table(PUSH_WOKEN)?
+        .get(client)?
+        .map_or(0, |v| v.value()))
+}
+
+pub(in crate::store) fn clients_with_targets(
+    txn: &crate::store::kv::ReadTransaction,
 ) -> Result<Vec<(String, u32)>, StoreError> {
     let mut clients: Vec<(String, u32)> = Vec::new();
     for entry in txn.open_table(PUSH_TARGETS)?.iter()? {
@@ -184,29 +194,6 @@ impl Store {
     /// Every client with at least one push target.
     pub async fn clients_with_push_targets(&self) -> Result<Vec<(String, u32)>, StoreError> {
         self.read(clients_with_targets).await
-    }
-
-    /// Clients with push targets whose queue holds messages newer than the last wake-up
-    /// scheduled for them, with the queue's newest sequence number: what a crash may have left
-    /// unannounced.
-    pub async fn unannounced_queues(&self) -> Result<Vec<(String, u32, u64)>, StoreError> {
-        self.read(|txn| {
-            let heads = txn.open_table(QUEUE_HEADS)?;
-            let removed = txn.open_table(QUEUE_REMOVED)?;
-            let woken = txn.open_table(PUSH_WOKEN)?;
-            let mut found = Vec::new();
-            for (user_id, device_id) in clients_with_targets(txn)? {
-                let key = (user_id.as_str(), device_id);
-                let (next_seq, count, _) = queue_state(&heads, &removed, key)?;
-                let newest = next_seq.saturating_sub(1);
-                let announced = woken.get(key)?.map_or(0, |v| v.value());
-                if count > 0 && newest > announced {
-                    found.push((user_id, device_id, newest));
-                }
-            }
-            Ok(found)
-        })
-        .await
     }
 
     /// Schedules a wake-up, due at `now_ms`, for every target of each client in `clients`

@@ -1,99 +1,36 @@
 //! The `meta` table: facts about the database itself (schema version, the domain it serves).
 
-use super::kv::{ReadableTable, TableDefinition, WriteTransaction};
-use super::writer::WriterBackend;
+use crate::store::kv::{ReadableTable, TableDefinition, WriteTransaction};
 
-use super::{Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// Key-value facts about the database. Versioned name: a new layout gets a new table.
-pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta-1");
+pub(in crate::store) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta-1");
 
 const SCHEMA_VERSION_KEY: &str = "schema-version";
 const DOMAIN_KEY: &str = "domain";
 
-/// The layout this code reads and writes. An older database is migrated at open, in one
-/// transaction; a newer one is refused.
-///
-/// - 1: the first layout.
-/// - 2: a payload fanned out to several queues is stored once (`queue-2`, `shared-payloads-1`,
-///   `shared-payload-refs-1`).
-/// - 3: the hubs of remote groups are counted (`route-hubs-1`), the hubs that welcomed each
-///   client recorded (`client-hubs-1`), the bytes of all queues counted (`queue-totals-1`),
-///   coalesced notices tracked (`pending-notices-1`) and group requests remembered
-///   (`recent-requests-1`), the last two empty at migration.
-/// - 4: each outbox delivery carries the time it was queued (`outbox-2`), for the operator's
-///   view of how long deliveries to a peer have waited.
-/// - 5: each membership carries the epoch it joined at (`group-members-2`), which bounds the
-///   trees its client may fetch, and each remembered request its sender (`recent-requests-2`),
-///   so that only the sender is answered from it.
-pub const SCHEMA_VERSION: u32 = 5;
+/// The schema version the database holds (`None`: a new database).
+pub(in crate::store) fn schema_version_in(
+    txn: &WriteTransaction,
+) -> Result<Option<u32>, StoreError> {
+    txn.open_table(META)?
+        .get(SCHEMA_VERSION_KEY)?
+        .map(|v| decode_u32(v.value()))
+        .transpose()
+}
+
+/// Records that the database holds schema `version`.
+pub(in crate::store) fn set_schema_version_in(
+    txn: &WriteTransaction,
+    version: u32,
+) -> Result<(), StoreError> {
+    txn.open_table(META)?
+        .put(SCHEMA_VERSION_KEY, version.to_be_bytes().as_slice())?;
+    Ok(())
+}
 
 impl Store {
-    /// Creates the tables of a new database, or checks that an existing one has our layout.
-    pub(super) fn initialise_schema(db: &mut WriterBackend) -> Result<(), StoreError> {
-        // Nodes starting together on one PostgreSQL database conflict here: the loser runs again.
-        let mut attempts = 0;
-        loop {
-            let txn = db.begin()?;
-            match Self::initialise_schema_in(&txn) {
-                Ok(()) => match db.finish(txn, true) {
-                    Err(e) if e.is_conflict() && attempts < 10 => attempts += 1,
-                    outcome => return outcome,
-                },
-                Err(e) => {
-                    let _ = db.finish(txn, false);
-                    if !(e.is_conflict() && attempts < 10) {
-                        return Err(e);
-                    }
-                    attempts += 1;
-                }
-            }
-        }
-    }
-
-    fn initialise_schema_in(txn: &WriteTransaction) -> Result<(), StoreError> {
-        super::tables::create_all(txn)?;
-        {
-            let mut meta = txn.open_table(META)?;
-            let stored = meta
-                .get(SCHEMA_VERSION_KEY)?
-                .map(|v| decode_u32(v.value()))
-                .transpose()?;
-            match stored {
-                None => {
-                    // A new PostgreSQL database's first migration made schema 4's tables.
-                    super::groups::migrate_to_schema_5(txn)?;
-                    meta.put(SCHEMA_VERSION_KEY, SCHEMA_VERSION.to_be_bytes().as_slice())?;
-                }
-                Some(SCHEMA_VERSION) => {}
-                Some(from @ (1..=4)) => {
-                    if from == 1 {
-                        super::queues::migrate_queue_1(txn)?;
-                    }
-                    if from < 3 {
-                        super::federation::count_route_hubs(txn)?;
-                        super::queues::count_server_total(txn)?;
-                    }
-                    if from < 4 {
-                        super::federation::migrate_outbox_1(
-                            txn,
-                            crate::clock::Clock::now_ms(&crate::clock::SystemClock),
-                        )?;
-                    }
-                    super::groups::migrate_to_schema_5(txn)?;
-                    meta.put(SCHEMA_VERSION_KEY, SCHEMA_VERSION.to_be_bytes().as_slice())?;
-                    tracing::info!("database migrated from schema {from} to {SCHEMA_VERSION}");
-                }
-                Some(other) => {
-                    return Err(StoreError::Corrupt(format!(
-                        "database schema version {other}, this server reads {SCHEMA_VERSION}"
-                    )))
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Binds the database to `domain` on first use, and refuses a database made for another
     /// domain: its users, keys and groups would all name the wrong server.
     pub async fn bind_domain(&self, domain: &str) -> Result<(), StoreError> {
@@ -132,7 +69,7 @@ impl Store {
 }
 
 /// The domain the database is bound to, as the write transaction `txn` sees it.
-pub(super) fn domain_in(txn: &WriteTransaction) -> Result<Option<String>, StoreError> {
+pub(in crate::store) fn domain_in(txn: &WriteTransaction) -> Result<Option<String>, StoreError> {
     Ok(txn
         .open_table(META)?
         .get(DOMAIN_KEY)?

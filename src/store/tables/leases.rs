@@ -10,13 +10,14 @@
 //! process, a long drain, a clock running slow) cannot act on the job after another node took
 //! it over.
 
-use super::kv::{ReadableTable, TableDefinition, WriteTransaction};
-use super::{Store, StoreError};
+use crate::store::kv::{ReadableTable, TableDefinition, WriteTransaction};
+use crate::store::{Store, StoreError};
 
 /// lease name -> (holder node id, expires at ms).
-pub(super) const LEASES: TableDefinition<&str, (u64, u64)> = TableDefinition::new("leases-1");
+pub(in crate::store) const LEASES: TableDefinition<&str, (u64, u64)> =
+    TableDefinition::new("leases-1");
 /// lease name -> generation: how many times the lease changed hands (from 1).
-pub(super) const LEASE_GENERATIONS: TableDefinition<&str, u64> =
+pub(in crate::store) const LEASE_GENERATIONS: TableDefinition<&str, u64> =
     TableDefinition::new("lease-generations-1");
 
 /// What a job's writes are fenced with: the lease they act under, as its holder took it.
@@ -29,7 +30,7 @@ pub struct LeaseFence {
 
 /// Whether `fence` still holds at `now_ms`, as `txn` sees the lease: same holder, same
 /// generation, not expired.
-pub(super) fn fence_holds(
+pub(in crate::store) fn fence_holds(
     txn: &WriteTransaction,
     fence: &LeaseFence,
     now_ms: u64,

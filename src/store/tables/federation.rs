@@ -2,26 +2,27 @@
 //! peer acknowledged), the deliveries received from peers (so a retried one is stored once), and
 //! which peer hosts each remote group this server's clients are in.
 
-use super::kv::{ReadableTable, TableDefinition, WriteTransaction};
+use crate::store::kv::{ReadableTable, TableDefinition, WriteTransaction};
 
-use super::group_logs::append_message_in;
-use super::groups::{remember_request, repeat_refusal, GroupRefusal, RequestRecord};
-use super::leases::{fence_holds, LeaseFence};
-use super::queues::{enqueue_in, Enqueued, Envelope, FullQueues, QueueLimits};
-use super::{Store, StoreError};
-use std::sync::Arc;
+use crate::store::rows::{FullQueues, OutgoingDelivery};
+use crate::store::{Store, StoreError};
 
 /// (peer domain, seq) -> when it was put in the outbox (Unix ms, 8 bytes big-endian) followed by
 /// the encoded delivery; in the order it must be sent.
-pub(super) const OUTBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("outbox-2");
+pub(in crate::store) const OUTBOX: TableDefinition<(&str, u64), &[u8]> =
+    TableDefinition::new("outbox-2");
 /// Schema 3's outbox: the encoded delivery alone. Read once, by the migration to schema 4.
-const OUTBOX_1: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("outbox-1");
+pub(in crate::store) const OUTBOX_1: TableDefinition<(&str, u64), &[u8]> =
+    TableDefinition::new("outbox-1");
 /// Bytes of the enqueue time in front of each outbox value.
 const OUTBOX_TIME_LEN: usize = 8;
 
 /// Moves schema 3's outbox rows into `outbox-2`, stamped with `now_ms` (their real age was not
 /// recorded), and drops the old table. Part of the migration to schema 4, in its transaction.
-pub(super) fn migrate_outbox_1(txn: &WriteTransaction, now_ms: u64) -> Result<(), StoreError> {
+pub(in crate::store) fn migrate_outbox_1(
+    txn: &WriteTransaction,
+    now_ms: u64,
+) -> Result<(), StoreError> {
     let rows: Vec<((String, u64), Vec<u8>)> = match txn.open_table(OUTBOX_1) {
         Ok(old) => old
             .iter()?
@@ -67,20 +68,21 @@ pub struct PeerBacklog {
     pub oldest_ms: u64,
 }
 /// peer domain -> the next outbox sequence number.
-pub(super) const OUTBOX_HEADS: TableDefinition<&str, u64> = TableDefinition::new("outbox-heads-1");
+pub(in crate::store) const OUTBOX_HEADS: TableDefinition<&str, u64> =
+    TableDefinition::new("outbox-heads-1");
 /// (peer domain, delivery id) -> when it was received (Unix ms).
-pub(super) const DELIVERIES_RECEIVED: TableDefinition<(&str, &[u8]), u64> =
+pub(in crate::store) const DELIVERIES_RECEIVED: TableDefinition<(&str, &[u8]), u64> =
     TableDefinition::new("deliveries-received-1");
 /// group id -> the domain of the homeserver hosting it (groups hosted elsewhere).
-pub(super) const GROUP_ROUTES: TableDefinition<&[u8], &str> =
+pub(in crate::store) const GROUP_ROUTES: TableDefinition<&[u8], &str> =
     TableDefinition::new("group-routes-1");
 /// (user id, device id, hub domain): a hub that welcomed this client into one of its groups,
 /// so that the client's departure is told to exactly those hubs.
-pub(super) const CLIENT_HUBS: TableDefinition<(&str, u32, &str), ()> =
+pub(in crate::store) const CLIENT_HUBS: TableDefinition<(&str, u32, &str), ()> =
     TableDefinition::new("client-hubs-1");
 
 /// Forgets the hubs of a deleted client.
-pub(super) fn delete_client_hubs(
+pub(in crate::store) fn delete_client_hubs(
     txn: &WriteTransaction,
     user_id: &str,
     device_id: u32,
@@ -103,10 +105,14 @@ pub(super) fn delete_client_hubs(
 }
 
 /// hub domain -> how many of [`GROUP_ROUTES`] name it: the hubs to ask, without a scan.
-pub(super) const ROUTE_HUBS: TableDefinition<&str, u64> = TableDefinition::new("route-hubs-1");
+pub(in crate::store) const ROUTE_HUBS: TableDefinition<&str, u64> =
+    TableDefinition::new("route-hubs-1");
 
 /// Fills [`ROUTE_HUBS`] from [`GROUP_ROUTES`] (the schema 3 migration).
-pub(super) fn count_route_hubs(txn: &WriteTransaction) -> Result<(), StoreError> {
+pub(in crate::store) fn count_route_hubs(
+    txn: &WriteTransaction,
+    clients: &[(String, u32)],
+) -> Result<(), StoreError> {
     let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
     for entry in txn.open_table(GROUP_ROUTES)?.iter()? {
         let (_, hub) = entry?;
@@ -118,22 +124,14 @@ pub(super) fn count_route_hubs(txn: &WriteTransaction) -> Result<(), StoreError>
     }
     // Which hub welcomed which client was not recorded before: assume every hub may host
     // groups of every client, so no departure goes untold.
-    let clients: Vec<(String, u32)> = txn
-        .open_table(super::accounts::CLIENTS)?
-        .iter()?
-        .map(|entry| entry.map(|(key, _)| (key.value().0.to_owned(), key.value().1)))
-        .collect::<Result<_, _>>()?;
     let mut client_hubs = txn.open_table(CLIENT_HUBS)?;
-    for (user_id, device_id) in &clients {
+    for (user_id, device_id) in clients {
         for hub in counts.keys() {
             client_hubs.put((user_id.as_str(), *device_id, hub.as_str()), ())?;
         }
     }
     Ok(())
 }
-
-/// `MessageKind::Welcome` as stored in a queue record.
-const WELCOME_KIND: u8 = 1;
 
 /// Why a delivery from a peer was refused (nothing of it was stored).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,15 +151,8 @@ pub enum DeliveryRefusal {
 /// the group, so a peer inventing group ids cannot grow them without end.
 pub const MAX_ROUTES_PER_PEER: u64 = 100_000;
 
-/// A delivery for a peer, to put into the outbox with the change that produced it.
-#[derive(Clone, Debug)]
-pub struct OutgoingDelivery {
-    pub peer: String,
-    pub delivery: Vec<u8>,
-}
-
 /// Appends deliveries to their peers' outboxes inside an open write transaction.
-pub(super) fn outbox_in(
+pub(in crate::store) fn outbox_in(
     txn: &WriteTransaction,
     deliveries: &[OutgoingDelivery],
     now_ms: u64,
@@ -182,53 +173,6 @@ pub(super) fn outbox_in(
 }
 
 impl Store {
-    /// Queues `envelopes` locally and `remote` deliveries in their peers' outboxes, in one
-    /// commit; with `request`, remembers it, or answers a retry of it without queuing again.
-    /// With `log`, also appends that application message once to the log of the request's
-    /// group, for readers the caller found in the group's send view; the second outcome is the
-    /// log's (`Logged`, or `QueueFull` when the server's total is reached).
-    pub async fn deliver(
-        &self,
-        envelopes: Vec<Envelope>,
-        log: Option<Arc<Vec<u8>>>,
-        remote: Vec<OutgoingDelivery>,
-        now_ms: u64,
-        limits: QueueLimits,
-        request: Option<RequestRecord>,
-    ) -> Result<Result<(Vec<Enqueued>, Option<Enqueued>), GroupRefusal>, StoreError> {
-        let mut reads = super::queues::envelope_reads(&envelopes, limits);
-        if let Some(request) = &request {
-            super::groups::request_reads(&mut reads, request);
-        }
-        self.write_reading(reads, move |txn| {
-            if let Some(request) = &request {
-                if let Some(refusal) = repeat_refusal(txn, request)? {
-                    return Ok(Err(refusal));
-                }
-            }
-            let outcomes = match enqueue_in(txn, &envelopes, now_ms, limits)? {
-                Ok(outcomes) => outcomes,
-                Err(full) => return Ok(Err(GroupRefusal::QueueFull(full))),
-            };
-            let logged = match (&log, &request) {
-                (Some(payload), Some(request)) => Some(append_message_in(
-                    txn,
-                    &request.group_id,
-                    payload,
-                    now_ms,
-                    limits,
-                )?),
-                _ => None,
-            };
-            outbox_in(txn, &remote, now_ms)?;
-            if let Some(request) = &request {
-                remember_request(txn, request)?;
-            }
-            Ok(Ok((outcomes, logged)))
-        })
-        .await
-    }
-
     /// The peers with deliveries waiting, and how many each.
     pub async fn outbox_backlog(&self) -> Result<Vec<(String, u64)>, StoreError> {
         self.read(|txn| {
@@ -300,58 +244,6 @@ impl Store {
                 first.push((key.value().1, delivery.to_vec()));
             }
             Ok(first)
-        })
-        .await
-    }
-
-    /// Removes deliveries the peer acknowledged (or refused for good), in one commit. With a
-    /// `fence` (on a shared store, the drainer's outbox lease), only while the lease is still
-    /// the drainer's at `now_ms`: returns whether they were removed.
-    pub async fn outbox_done(
-        &self,
-        peer: &str,
-        seqs: Vec<u64>,
-        fence: Option<LeaseFence>,
-        now_ms: u64,
-    ) -> Result<bool, StoreError> {
-        let peer = peer.to_owned();
-        self.write(move |txn| {
-            if let Some(fence) = &fence {
-                if !fence_holds(txn, fence, now_ms)? {
-                    return Ok(false);
-                }
-            }
-            let mut outbox = txn.open_table(OUTBOX)?;
-            for &seq in &seqs {
-                outbox.delete((peer.as_str(), seq))?;
-            }
-            Ok(true)
-        })
-        .await
-    }
-
-    /// Stores deliveries from `peer` in order, each exactly once, in one commit: queues each one's
-    /// envelopes and records that `peer` hosts its group. Stops at the first refusal: returns
-    /// the outcomes of the deliveries before it (`None` for one received before) and the
-    /// refusal, which stored nothing of its delivery (not even the delivery id, so the peer may
-    /// send it again).
-    pub async fn receive_deliveries(
-        &self,
-        peer: &str,
-        deliveries: Vec<IncomingDelivery>,
-        now_ms: u64,
-        limits: QueueLimits,
-    ) -> Result<ReceivedDeliveries, StoreError> {
-        let peer = peer.to_owned();
-        self.write(move |txn| {
-            let mut stored = Vec::with_capacity(deliveries.len());
-            for delivery in &deliveries {
-                match receive_delivery_in(txn, &peer, delivery, now_ms, limits)? {
-                    Ok(outcomes) => stored.push(outcomes),
-                    Err(refusal) => return Ok((stored, Some(refusal))),
-                }
-            }
-            Ok((stored, None))
         })
         .await
     }
@@ -435,98 +327,107 @@ impl Store {
     }
 }
 
-/// A delivery from a peer, checked and turned into envelopes, ready to store.
-#[derive(Clone, Debug)]
-pub struct IncomingDelivery {
-    pub delivery_id: Vec<u8>,
-    pub group_id: Vec<u8>,
-    /// It carries the hub's notice that the group was deleted: the route goes with it.
-    pub group_deleted: bool,
-    pub envelopes: Vec<Envelope>,
-}
-
-/// What [`Store::receive_deliveries`] did: per stored delivery its outcomes (`None`: received
-/// before), then the refusal that stopped it, if one did.
-pub type ReceivedDeliveries = (Vec<Option<Vec<Enqueued>>>, Option<DeliveryRefusal>);
-
-/// Stores one delivery from `peer` exactly once inside an open write transaction (see
-/// [`Store::receive_deliveries`]).
-fn receive_delivery_in(
+/// Whether `peer` may deliver into `group_id` (not hosted here: the caller checked): another
+/// known hub is refused, as is a new route beyond [`MAX_ROUTES_PER_PEER`]. `Ok(true)` for a
+/// delivery that would open a new route.
+pub(in crate::store) fn route_check_in(
     txn: &WriteTransaction,
     peer: &str,
-    delivery: &IncomingDelivery,
-    now_ms: u64,
-    limits: QueueLimits,
-) -> Result<Result<Option<Vec<Enqueued>>, DeliveryRefusal>, StoreError> {
-    let (group_id, delivery_id) = (
-        delivery.group_id.as_slice(),
-        delivery.delivery_id.as_slice(),
-    );
-    if !group_id.is_empty() {
-        if txn
-            .open_table(super::groups::GROUPS)?
-            .get(group_id)?
-            .is_some()
-        {
-            return Ok(Err(DeliveryRefusal::HostedHere));
-        }
-        let hub = txn
-            .open_table(GROUP_ROUTES)?
-            .get(group_id)?
-            .map(|hub| hub.value().to_owned());
-        if let Some(hub) = hub.filter(|hub| hub != peer) {
-            return Ok(Err(DeliveryRefusal::OtherHub(hub)));
-        }
+    group_id: &[u8],
+    group_deleted: bool,
+) -> Result<Result<bool, DeliveryRefusal>, StoreError> {
+    if group_id.is_empty() {
+        return Ok(Ok(false));
     }
-    let received = txn.open_table(DELIVERIES_RECEIVED)?;
-    if received.get((peer, delivery_id))?.is_some() {
-        return Ok(Ok(None));
+    let hub = txn
+        .open_table(GROUP_ROUTES)?
+        .get(group_id)?
+        .map(|hub| hub.value().to_owned());
+    if let Some(hub) = hub.as_ref().filter(|hub| *hub != peer) {
+        return Ok(Err(DeliveryRefusal::OtherHub(hub.clone())));
     }
-    drop(received);
-    let new_route = !group_id.is_empty()
-        && !delivery.group_deleted
-        && txn.open_table(GROUP_ROUTES)?.get(group_id)?.is_none();
+    let new_route = !group_deleted && hub.is_none();
     if new_route && routes_of(txn, peer)? >= MAX_ROUTES_PER_PEER {
         return Ok(Err(DeliveryRefusal::TooManyGroups));
     }
-    // Queued first: a refusal must leave nothing written.
-    let envelopes = &delivery.envelopes;
-    let outcomes = match enqueue_in(txn, envelopes, now_ms, limits)? {
-        Ok(outcomes) => outcomes,
-        Err(full) => return Ok(Err(DeliveryRefusal::QueueFull(full))),
-    };
-    // A Welcome makes its recipient a member of a group this peer hosts.
+    Ok(Ok(new_route))
+}
+
+/// Whether the delivery `delivery_id` of `peer` was received before (within the dedupe window).
+pub(in crate::store) fn received_before_in(
+    txn: &WriteTransaction,
+    peer: &str,
+    delivery_id: &[u8],
+) -> Result<bool, StoreError> {
+    Ok(txn
+        .open_table(DELIVERIES_RECEIVED)?
+        .get((peer, delivery_id))?
+        .is_some())
+}
+
+/// Records a stored delivery of `peer`: its id (for the dedupe window), the hub of each client
+/// a Welcome in it made a member (`welcomed`), and the group's route (opened, or closed with a
+/// deleted group).
+pub(in crate::store) fn record_receipt_in(
+    txn: &WriteTransaction,
+    peer: &str,
+    receipt: Receipt<'_>,
+    now_ms: u64,
+) -> Result<(), StoreError> {
     let mut client_hubs = txn.open_table(CLIENT_HUBS)?;
-    for (envelope, outcome) in envelopes.iter().zip(&outcomes) {
-        if envelope.kind == WELCOME_KIND && matches!(outcome, Enqueued::Queued { .. }) {
-            client_hubs.put((envelope.user_id.as_str(), envelope.device_id, peer), ())?;
-        }
+    for (user_id, device_id) in receipt.welcomed {
+        client_hubs.put((user_id, device_id, peer), ())?;
     }
     drop(client_hubs);
     txn.open_table(DELIVERIES_RECEIVED)?
-        .put((peer, delivery_id), now_ms)?;
-    if !group_id.is_empty() {
-        let mut routes = txn.open_table(GROUP_ROUTES)?;
-        let count = routes_of(txn, peer)?;
-        let mut hubs = txn.open_table(ROUTE_HUBS)?;
-        if delivery.group_deleted && routes.get(group_id)?.is_some() {
-            // The route goes with its group.
-            routes.delete(group_id)?;
-            if count <= 1 {
-                hubs.delete(peer)?;
-            } else {
-                hubs.put(peer, count - 1)?;
-            }
-        } else if new_route {
-            routes.put(group_id, peer)?;
-            hubs.put(peer, count + 1)?;
-        }
+        .put((peer, receipt.delivery_id), now_ms)?;
+    let group_id = receipt.group_id;
+    if group_id.is_empty() {
+        return Ok(());
     }
-    Ok(Ok(Some(outcomes)))
+    let mut routes = txn.open_table(GROUP_ROUTES)?;
+    let count = routes_of(txn, peer)?;
+    let mut hubs = txn.open_table(ROUTE_HUBS)?;
+    if receipt.group_deleted && routes.get(group_id)?.is_some() {
+        // The route goes with its group.
+        routes.delete(group_id)?;
+        if count <= 1 {
+            hubs.delete(peer)?;
+        } else {
+            hubs.put(peer, count - 1)?;
+        }
+    } else if receipt.new_route {
+        routes.put(group_id, peer)?;
+        hubs.put(peer, count + 1)?;
+    }
+    Ok(())
+}
+
+/// What [`record_receipt_in`] records of one delivery.
+pub(in crate::store) struct Receipt<'a> {
+    pub delivery_id: &'a [u8],
+    pub group_id: &'a [u8],
+    pub group_deleted: bool,
+    pub new_route: bool,
+    /// The clients a Welcome in it was queued for.
+    pub welcomed: Vec<(&'a str, u32)>,
+}
+
+/// Removes deliveries the peer acknowledged (or refused for good).
+pub(in crate::store) fn outbox_delete_in(
+    txn: &WriteTransaction,
+    peer: &str,
+    seqs: &[u64],
+) -> Result<(), StoreError> {
+    let mut outbox = txn.open_table(OUTBOX)?;
+    for &seq in seqs {
+        outbox.delete((peer, seq))?;
+    }
+    Ok(())
 }
 
 /// How many groups of `peer` deliver here.
-fn routes_of(txn: &WriteTransaction, peer: &str) -> Result<u64, StoreError> {
+pub(in crate::store) fn routes_of(txn: &WriteTransaction, peer: &str) -> Result<u64, StoreError> {
     Ok(txn
         .open_table(ROUTE_HUBS)?
         .get(peer)?
@@ -536,6 +437,7 @@ fn routes_of(txn: &WriteTransaction, peer: &str) -> Result<u64, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{Enqueued, Envelope, IncomingDelivery, QueueLimits};
 
     const LIMITS: QueueLimits = QueueLimits::per_client(100, 1 << 20);
 
@@ -849,61 +751,5 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(first(10, 10).await.unwrap()[0].1, [2]);
-    }
-
-    #[tokio::test]
-    async fn a_schema_3_outbox_is_stamped_at_migration_and_reports_its_age() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let db = redb::Database::create(dir.path().join(crate::store::DATABASE_FILE)).unwrap();
-            let txn = db.begin_write().unwrap();
-            txn.open_table(crate::store::meta::META)
-                .unwrap()
-                .insert("schema-version", 3u32.to_be_bytes().as_slice())
-                .unwrap();
-            let mut old = txn.open_table(OUTBOX_1).unwrap();
-            old.insert(("b.example", 0), b"first".as_slice()).unwrap();
-            old.insert(("b.example", 1), b"second".as_slice()).unwrap();
-            drop(old);
-            txn.open_table(OUTBOX_HEADS)
-                .unwrap()
-                .insert("b.example", 2)
-                .unwrap();
-            txn.commit().unwrap();
-        }
-        let before = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
-        let store = Store::open(dir.path()).unwrap();
-        let first = store.outbox_first("b.example", 10, 1 << 20).await.unwrap();
-        assert_eq!(first, [(0, b"first".to_vec()), (1, b"second".to_vec())]);
-        let status = store.outbox_status().await.unwrap();
-        assert_eq!(status.len(), 1);
-        assert_eq!(
-            (status[0].peer.as_str(), status[0].waiting),
-            ("b.example", 2)
-        );
-        assert!(status[0].oldest_ms >= before, "not stamped at migration");
-        assert!(!store
-            .table_names()
-            .await
-            .unwrap()
-            .contains(&"outbox-1".to_owned()));
-
-        // New deliveries carry their own time; the oldest is what the status reports.
-        let groups_delivery = OutgoingDelivery {
-            peer: "c.example".into(),
-            delivery: b"third".to_vec(),
-        };
-        store
-            .write(move |txn| outbox_in(txn, std::slice::from_ref(&groups_delivery), 5_000))
-            .await
-            .unwrap();
-        let status = store.outbox_status().await.unwrap();
-        assert_eq!(status[1].peer, "c.example");
-        assert_eq!((status[1].waiting, status[1].oldest_ms), (1, 5_000));
-        store
-            .outbox_done("b.example", vec![0, 1], None, 0)
-            .await
-            .unwrap();
-        assert_eq!(store.outbox_status().await.unwrap().len(), 1);
     }
 }

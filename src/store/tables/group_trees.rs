@@ -4,23 +4,23 @@
 //! chunks (`FetchGroupTree`). Kept for the queue retention (as long as the Welcome can wait in a
 //! queue) and deleted with the group.
 
-use super::kv::{ReadableTable, TableDefinition, WriteTransaction};
+use crate::store::kv::{ReadableTable, TableDefinition, WriteTransaction};
 
-use super::{Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// (group id, epoch) -> accepted-at (Unix ms, big-endian `u64`) followed by the epoch's
 /// TLS-encoded `RatchetTree`.
-pub(super) const GROUP_TREES: TableDefinition<(&[u8], u64), &[u8]> =
+pub(in crate::store) const GROUP_TREES: TableDefinition<(&[u8], u64), &[u8]> =
     TableDefinition::new("group-trees-1");
 /// (accepted-at ms, group id, epoch) -> (): the trees in the order they expire.
-pub(super) const GROUP_TREES_BY_TIME: TableDefinition<(u64, &[u8], u64), ()> =
+pub(in crate::store) const GROUP_TREES_BY_TIME: TableDefinition<(u64, &[u8], u64), ()> =
     TableDefinition::new("group-trees-by-time-1");
 
 /// Trees deleted per maintenance run at most (bounds that write transaction).
 const TREES_PURGED_PER_RUN: usize = 256;
 
 /// Keeps `tree` as the tree of `group_id` at `epoch`, accepted at `now_ms`.
-pub(super) fn keep_tree_in(
+pub(in crate::store) fn keep_tree_in(
     txn: &WriteTransaction,
     group_id: &[u8],
     epoch: u64,
@@ -38,7 +38,10 @@ pub(super) fn keep_tree_in(
 }
 
 /// Deletes every tree kept for `group_id`.
-pub(super) fn delete_trees_in(txn: &WriteTransaction, group_id: &[u8]) -> Result<(), StoreError> {
+pub(in crate::store) fn delete_trees_in(
+    txn: &WriteTransaction,
+    group_id: &[u8],
+) -> Result<(), StoreError> {
     let mut trees = txn.open_table(GROUP_TREES)?;
     let mut by_time = txn.open_table(GROUP_TREES_BY_TIME)?;
     let kept: Vec<(u64, u64)> = trees

@@ -11,14 +11,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::kv::{ReadableTable, Table, TableDefinition, WriteTransaction};
+use crate::store::kv::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
-use super::groups::GroupMemberRow;
-use super::queues::{
-    adjust_server_total, enqueue_in, server_total, Admission, Enqueued, Envelope, FullQueues,
-    QueueLimits, HANDSHAKE_RESERVE_FACTOR,
+use crate::store::rows::{
+    Admission, Enqueued, Envelope, FullQueues, GroupMemberRow, QueueLimits,
+    HANDSHAKE_RESERVE_FACTOR,
 };
-use super::{Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// (next position, first kept position, kept entries, kept payload bytes) of one log.
 type LogHead = (u64, u64, u64, u64);
@@ -32,18 +31,19 @@ type WindowKey<'a> = (&'a str, u32, &'a [u8]);
 type Window = (u64, u64, u64);
 
 /// group id -> [`LogHead`].
-pub(super) const GROUP_LOGS: TableDefinition<&[u8], LogHead> = TableDefinition::new("group-logs-1");
+pub(in crate::store) const GROUP_LOGS: TableDefinition<&[u8], LogHead> =
+    TableDefinition::new("group-logs-1");
 /// [`EntryKey`] -> [`EntryValue`].
-pub(super) const GROUP_LOG: TableDefinition<EntryKey, EntryValue> =
+pub(in crate::store) const GROUP_LOG: TableDefinition<EntryKey, EntryValue> =
     TableDefinition::new("group-log-1");
 /// [`WindowKey`] -> [`Window`].
-pub(super) const LOG_READERS: TableDefinition<WindowKey, Window> =
+pub(in crate::store) const LOG_READERS: TableDefinition<WindowKey, Window> =
     TableDefinition::new("log-readers-1");
 /// (group id, acknowledged position, user id, device id): each log's readers, slowest first.
-pub(super) const LOG_READERS_BY_ACKED: TableDefinition<(&[u8], u64, &str, u32), ()> =
+pub(in crate::store) const LOG_READERS_BY_ACKED: TableDefinition<(&[u8], u64, &str, u32), ()> =
     TableDefinition::new("log-readers-by-acked-1");
 /// (user id, device id): the clients that read group logs.
-pub(super) const LOG_CLIENTS: TableDefinition<(&str, u32), ()> =
+pub(in crate::store) const LOG_CLIENTS: TableDefinition<(&str, u32), ()> =
     TableDefinition::new("log-clients-1");
 
 /// `last` of a reader that is still a member.
@@ -91,71 +91,24 @@ fn log_head(
         .map_or((FIRST_GSEQ, FIRST_GSEQ, 0, 0), |head| head.value()))
 }
 
-/// Queues `envelopes` (messages of group `group_id`, hosted here): the MLS messages for clients
-/// that read the group's log are appended to it, each distinct message once; the rest go to their
-/// queues ([`enqueue_in`]). Outcomes are per envelope, in order; a refusal writes nothing.
-///
-/// Admission follows the queues' rule with the log's kept entries and bytes standing for a
-/// queue's: an application message beyond the limits is refused for its log readers
-/// (`QueueFull`), a handshake beyond twice the limits refuses the whole operation (the log
-/// readers named), unless it may be skipped (`HandshakeIfRoom`).
-pub(super) fn enqueue_group_in(
-    txn: &WriteTransaction,
-    group_id: &[u8],
-    envelopes: &[Envelope],
-    now_ms: u64,
-    limits: QueueLimits,
-) -> Result<Result<Vec<Enqueued>, FullQueues>, StoreError> {
-    let plan = match plan_log(txn, group_id, envelopes, limits)? {
-        Ok(plan) => plan,
-        Err(full) => return Ok(Err(full)),
-    };
-    if plan.verdicts.iter().all(Option::is_none) {
-        return enqueue_in(txn, envelopes, now_ms, limits);
-    }
-    let for_queues: Vec<Envelope> = envelopes
-        .iter()
-        .zip(&plan.verdicts)
-        .filter(|(_, verdict)| verdict.is_none())
-        .map(|(envelope, _)| envelope.clone())
-        .collect();
-    let queued = match enqueue_in(txn, &for_queues, now_ms, limits)? {
-        Ok(queued) => queued,
-        Err(full) => return Ok(Err(full)),
-    };
-    let positions = write_log(txn, group_id, envelopes, &plan, now_ms, limits)?;
-    let mut queued = queued.into_iter();
-    Ok(Ok(plan
-        .verdicts
-        .iter()
-        .map(|verdict| match verdict {
-            None => queued.next().unwrap_or(Enqueued::UnknownClient),
-            Some(LogVerdict::Full) => Enqueued::QueueFull,
-            Some(LogVerdict::Append(entry)) => Enqueued::Logged {
-                gseq: positions[*entry],
-            },
-        })
-        .collect()))
-}
-
 /// What becomes of one envelope that a log reader receives.
 #[derive(Clone, Copy, Debug)]
-enum LogVerdict {
+pub(in crate::store) enum LogVerdict {
     /// Appended as the log's n-th new entry of this operation.
     Append(usize),
     /// Refused: the log is full for messages of its kind.
     Full,
 }
 
-struct LogPlan {
+pub(in crate::store) struct LogPlan {
     /// Per envelope: `None` for a queue.
-    verdicts: Vec<Option<LogVerdict>>,
+    pub verdicts: Vec<Option<LogVerdict>>,
     /// The envelope holding each new entry's message, in order.
-    entries: Vec<usize>,
+    pub entries: Vec<usize>,
 }
 
 /// Decides, without writing, which envelopes the log takes and which it refuses.
-fn plan_log(
+pub(in crate::store) fn plan_log(
     txn: &WriteTransaction,
     group_id: &[u8],
     envelopes: &[Envelope],
@@ -184,7 +137,7 @@ fn plan_log(
     let mut server_bytes = if limits.max_server_bytes == u64::MAX {
         0
     } else {
-        server_total(txn)?
+        txn.totals().server_total(txn)?
     };
     let mut decided: HashMap<*const Vec<u8>, LogVerdict> = HashMap::new();
     for &index in &logged {
@@ -235,6 +188,7 @@ fn make_room(
     (next, first_kept, count, bytes): (u64, &mut u64, &mut u64, &mut u64),
     size: u64,
     limits: QueueLimits,
+    totals: &crate::store::totals::BatchTotals,
 ) -> Result<(), StoreError> {
     while *count > 0
         && (*count >= limits.max_messages || bytes.saturating_add(size) > limits.max_bytes)
@@ -243,7 +197,7 @@ fn make_room(
         if let Some(dropped) = log.remove((group_id, *first_kept))? {
             let dropped = dropped.value().1.len() as u64;
             *bytes = bytes.saturating_sub(dropped);
-            adjust_server_total(0, dropped);
+            totals.adjust(0, dropped);
         }
         *count -= 1;
         *first_kept += 1;
@@ -252,7 +206,7 @@ fn make_room(
 }
 
 /// Appends the plan's new entries; returns their positions.
-fn write_log(
+pub(in crate::store) fn write_log(
     txn: &WriteTransaction,
     group_id: &[u8],
     envelopes: &[Envelope],
@@ -273,13 +227,14 @@ fn write_log(
             (next, &mut first_kept, &mut count, &mut bytes),
             payload.len() as u64,
             limits,
+            txn.totals(),
         )?;
         log.put((group_id, next), (now_ms, payload))?;
         positions.push(next);
         next += 1;
         count += 1;
         bytes = bytes.saturating_add(payload.len() as u64);
-        adjust_server_total(payload.len() as u64, 0);
+        txn.totals().adjust(payload.len() as u64, 0);
     }
     logs.put(group_id, (next, first_kept, count, bytes))?;
     Ok(positions)
@@ -289,15 +244,15 @@ fn write_log(
 /// member's window that closed meanwhile is harmless (an entry beyond it cannot be read), so this
 /// may be read before the write that appends.
 /// Adds the rows [`log_readers_among`] reads for `group_id` to `reads`.
-pub(super) fn log_reader_reads(reads: &mut super::kv::Prefetch, group_id: &[u8]) {
+pub(in crate::store) fn log_reader_reads(reads: &mut crate::store::kv::Prefetch, group_id: &[u8]) {
     reads.range(
         &LOG_READERS_BY_ACKED,
         (group_id, 0, "", 0)..=(group_id, u64::MAX, "\u{10FFFF}", u32::MAX),
     );
 }
 
-pub(super) fn log_readers_among(
-    txn: &super::kv::ReadTransaction,
+pub(in crate::store) fn log_readers_among(
+    txn: &crate::store::kv::ReadTransaction,
     group_id: &[u8],
     members: &[(String, u32)],
 ) -> Result<Vec<bool>, StoreError> {
@@ -327,7 +282,7 @@ pub(super) fn log_readers_among(
 /// Appends one message to a group's log for readers the caller found with
 /// [`log_readers_among`], by the queues' admission rule for application messages: `QueueFull` if
 /// the log is full.
-pub(super) fn append_message_in(
+pub(in crate::store) fn append_message_in(
     txn: &WriteTransaction,
     group_id: &[u8],
     payload: &[u8],
@@ -338,7 +293,7 @@ pub(super) fn append_message_in(
     let (next, mut first_kept, mut count, mut bytes) = log_head(&logs, group_id)?;
     let size = payload.len() as u64;
     if limits.max_server_bytes != u64::MAX
-        && server_total(txn)?.saturating_add(size) > limits.max_server_bytes
+        && txn.totals().server_total(txn)?.saturating_add(size) > limits.max_server_bytes
     {
         return Ok(Enqueued::QueueFull);
     }
@@ -349,8 +304,9 @@ pub(super) fn append_message_in(
         (next, &mut first_kept, &mut count, &mut bytes),
         size,
         limits,
+        txn.totals(),
     )?;
-    adjust_server_total(size, 0);
+    txn.totals().adjust(size, 0);
     log.put((group_id, next), (now_ms, payload))?;
     logs.put(
         group_id,
@@ -371,7 +327,7 @@ fn member_names(rows: &[GroupMemberRow]) -> MemberNames<'_> {
 /// Opens and closes log windows for a group's membership change from `old` to `new` (after this
 /// transaction's entries were appended): a log client that joins reads from the next entry on; one
 /// that leaves may read up to the last entry (the commit that removed it).
-pub(super) fn update_windows(
+pub(in crate::store) fn update_windows(
     txn: &WriteTransaction,
     group_id: &[u8],
     old: &[GroupMemberRow],
@@ -476,7 +432,7 @@ fn trim(txn: &WriteTransaction, group_id: &[u8]) -> Result<(), StoreError> {
         removed += 1;
         removed_bytes += value.value().1.len() as u64;
     }
-    adjust_server_total(0, removed_bytes);
+    txn.totals().adjust(0, removed_bytes);
     logs.put(
         group_id,
         (
@@ -490,9 +446,12 @@ fn trim(txn: &WriteTransaction, group_id: &[u8]) -> Result<(), StoreError> {
 }
 
 /// Deletes a group's log and every window on it.
-pub(super) fn delete_log(txn: &WriteTransaction, group_id: &[u8]) -> Result<(), StoreError> {
+pub(in crate::store) fn delete_log(
+    txn: &WriteTransaction,
+    group_id: &[u8],
+) -> Result<(), StoreError> {
     if let Some(head) = txn.open_table(GROUP_LOGS)?.remove(group_id)? {
-        adjust_server_total(0, head.value().3);
+        txn.totals().adjust(0, head.value().3);
     }
     txn.open_table(GROUP_LOG)?
         .retain_in((group_id, 0)..=(group_id, u64::MAX), |_, _| false)?;
@@ -510,7 +469,7 @@ pub(super) fn delete_log(txn: &WriteTransaction, group_id: &[u8]) -> Result<(), 
 }
 
 /// Forgets a deleted client's windows and that it read logs (the logs it held back are trimmed).
-pub(super) fn delete_client_windows(
+pub(in crate::store) fn delete_client_windows(
     txn: &WriteTransaction,
     user_id: &str,
     device_id: u32,
@@ -543,42 +502,30 @@ pub(super) fn delete_client_windows(
 /// Greater than any group id (see `groups::GROUP_ID_UPPER_BOUND`).
 const GROUP_ID_UPPER_BOUND: &[u8] = &[0xff; 257];
 
-impl Store {
-    /// Makes a client a reader of group logs: from the next entry of each group hosted here that
-    /// it is in. Returns `false` if it was one already.
-    pub async fn use_group_logs(&self, user_id: &str, device_id: u32) -> Result<bool, StoreError> {
-        let user_id = user_id.to_owned();
-        self.write(move |txn| {
-            if txn
-                .open_table(LOG_CLIENTS)?
-                .insert((user_id.as_str(), device_id), ())?
-                .is_some()
-            {
-                return Ok(false);
-            }
-            let groups: Vec<Vec<u8>> = {
-                let members = txn.open_table(super::groups::GROUP_MEMBERS)?;
-                let hosted = txn.open_table(super::groups::GROUPS)?;
-                let mut groups = Vec::new();
-                let range = (user_id.as_str(), device_id, &[][..])
-                    ..=(user_id.as_str(), device_id, GROUP_ID_UPPER_BOUND);
-                for entry in members.range(range)? {
-                    let group_id = entry?.0.value().2.to_vec();
-                    if hosted.get(group_id.as_slice())?.is_some() {
-                        groups.push(group_id);
-                    }
-                }
-                groups
-            };
-            for group_id in groups {
-                let (next, ..) = log_head(&txn.open_table(GROUP_LOGS)?, &group_id)?;
-                open_window(txn, &group_id, &user_id, device_id, next)?;
-            }
-            Ok(true)
-        })
-        .await
-    }
+/// Makes a client a reader of group logs (its mark); `false` if it was one already.
+pub(in crate::store) fn mark_log_client_in(
+    txn: &WriteTransaction,
+    user_id: &str,
+    device_id: u32,
+) -> Result<bool, StoreError> {
+    Ok(txn
+        .open_table(LOG_CLIENTS)?
+        .insert((user_id, device_id), ())?
+        .is_none())
+}
 
+/// Opens a client's window on a group's log from the log's next entry.
+pub(in crate::store) fn open_window_at_next(
+    txn: &WriteTransaction,
+    group_id: &[u8],
+    user_id: &str,
+    device_id: u32,
+) -> Result<(), StoreError> {
+    let (next, ..) = log_head(&txn.open_table(GROUP_LOGS)?, group_id)?;
+    open_window(txn, group_id, user_id, device_id, next)
+}
+
+impl Store {
     /// Whether a client reads group logs.
     pub async fn uses_group_logs(&self, user_id: &str, device_id: u32) -> Result<bool, StoreError> {
         let user_id = user_id.to_owned();
@@ -744,7 +691,7 @@ impl Store {
                     kept_from = position + 1;
                 }
                 if removed > 0 {
-                    adjust_server_total(0, removed_bytes);
+                    txn.totals().adjust(0, removed_bytes);
                     txn.open_table(GROUP_LOGS)?.put(
                         group_id.as_slice(),
                         (

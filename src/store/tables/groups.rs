@@ -3,29 +3,26 @@
 
 use std::collections::HashSet;
 
-use super::kv::{Prefetch, ReadableTable, TableDefinition, WriteTransaction};
+use crate::store::kv::{Prefetch, ReadableTable, TableDefinition, WriteTransaction};
 use tls_codec::{Deserialize, Serialize, TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
 
-use super::federation::{outbox_in, OutgoingDelivery};
-use super::group_logs::{delete_log, enqueue_group_in, update_windows};
-use super::group_trees::{delete_trees_in, keep_tree_in};
-use super::queues::{enqueue_in, Enqueued, Envelope, FullQueues, QueueLimits};
-use super::{Store, StoreError};
+use crate::store::rows::{Envelope, FullQueues, GroupMemberRow, OutgoingDelivery};
+use crate::store::{Store, StoreError};
 
 /// group id -> [`GroupRecord`] encoding.
-pub(super) const GROUPS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("groups-1");
+pub(in crate::store) const GROUPS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("groups-1");
 /// (user id, device id, group id) -> (leaf index, the epoch it joined at): the groups each
 /// client is in. The epoch bounds which kept trees it may fetch (0 for memberships older than
 /// schema 5, which knew no join epochs).
-pub(super) const GROUP_MEMBERS: TableDefinition<(&str, u32, &[u8]), (u32, u64)> =
+pub(in crate::store) const GROUP_MEMBERS: TableDefinition<(&str, u32, &[u8]), (u32, u64)> =
     TableDefinition::new("group-members-2");
 /// Schema 4's memberships, without join epochs (migrated to [`GROUP_MEMBERS`]).
-const GROUP_MEMBERS_4: TableDefinition<(&str, u32, &[u8]), u32> =
+pub(in crate::store) const GROUP_MEMBERS_4: TableDefinition<(&str, u32, &[u8]), u32> =
     TableDefinition::new("group-members-1");
 /// (group id, part key) -> part: a group's public MLS state, one row per part (tree, context,
 /// each pending proposal, ...), each written only when it changed: a proposal does not rewrite the
 /// tree. (Records written before this table hold their state inside the record.)
-pub(super) const GROUP_STATE: TableDefinition<(&[u8], &[u8]), &[u8]> =
+pub(in crate::store) const GROUP_STATE: TableDefinition<(&[u8], &[u8]), &[u8]> =
     TableDefinition::new("group-state-1");
 /// Greater than any part key.
 const PART_KEY_UPPER_BOUND: &[u8] = &[0xff; 256];
@@ -33,7 +30,8 @@ const PART_KEY_UPPER_BOUND: &[u8] = &[0xff; 256];
 /// group id -> [`SendViewRecord`] encoding: what an application message needs of its group
 /// (epoch, who receives), kept beside the group's full state by every change of it, so that a
 /// send never decodes the group's tree.
-pub(super) const SEND_VIEWS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("send-views-1");
+pub(in crate::store) const SEND_VIEWS: TableDefinition<&[u8], &[u8]> =
+    TableDefinition::new("send-views-1");
 
 #[derive(Debug, TlsSize, TlsSerialize, TlsDeserialize)]
 struct SendViewRecord {
@@ -53,7 +51,7 @@ pub struct SendView {
 }
 
 /// Writes a group's send view for `epoch` and its receiving `members`.
-fn write_send_view(
+pub(in crate::store) fn write_send_view(
     txn: &WriteTransaction,
     group_id: &[u8],
     epoch: u64,
@@ -124,16 +122,8 @@ pub struct StoredGroup {
     pub public_state: PublicState,
 }
 
-/// A client in a group, at a leaf.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct GroupMemberRow {
-    pub user_id: String,
-    pub device_id: u32,
-    pub leaf_index: u32,
-}
-
 impl StoredGroup {
-    fn encode(&self) -> Result<Vec<u8>, StoreError> {
+    pub(in crate::store) fn encode(&self) -> Result<Vec<u8>, StoreError> {
         GroupRecord {
             epoch: self.epoch,
             created_at: self.created_at,
@@ -266,7 +256,7 @@ pub enum GroupRefusal {
         current: u64,
     },
     /// These members' queues have no room left even for handshake messages (see
-    /// [`super::Admission::Handshake`]); nothing was written.
+    /// [`crate::store::Admission::Handshake`]); nothing was written.
     QueueFull(FullQueues),
     /// The same request was accepted before, with this answer; nothing was written again.
     Repeated(u64),
@@ -281,91 +271,6 @@ pub enum GroupRefusal {
 }
 
 impl Store {
-    /// Stores a new group and its members.
-    pub async fn create_group(
-        &self,
-        group_id: &[u8],
-        group: StoredGroup,
-        members: Vec<GroupMemberRow>,
-    ) -> Result<Result<(), GroupRefusal>, StoreError> {
-        let group_id = group_id.to_vec();
-        let encoded = group.encode()?;
-        let epoch = group.epoch;
-        let state = group.public_state;
-        self.write(move |txn| {
-            let mut groups = txn.open_table(GROUPS)?;
-            if groups.get(group_id.as_slice())?.is_some() {
-                return Ok(Err(GroupRefusal::Exists));
-            }
-            groups.put(group_id.as_slice(), encoded.as_slice())?;
-            drop(groups);
-            write_state(txn, &group_id, &state)?;
-            replace_members(txn, &group_id, &[], &members, epoch)?;
-            update_windows(txn, &group_id, &[], &members)?;
-            write_send_view(txn, &group_id, epoch, &members)?;
-            Ok(Ok(()))
-        })
-        .await
-    }
-
-    /// What `asker` sending an application message with `digest` to `group_id` needs, in one
-    /// read: whether the same message was accepted within the dedupe window before `now_ms`,
-    /// and if not the group's send view (`None` for a group not hosted here, or stored before
-    /// send views existed: the caller falls back to the state).
-    pub async fn prepare_send(
-        &self,
-        group_id: &[u8],
-        digest: [u8; 32],
-        asker: (&str, u32),
-        now_ms: u64,
-    ) -> Result<(Remembered, Option<SendView>), StoreError> {
-        let group_id = group_id.to_vec();
-        let asker = (asker.0.to_owned(), asker.1);
-        // One statement on PostgreSQL: the remembered request, the send view and the group's
-        // log readers.
-        let mut reads = Prefetch::default();
-        reads.key(&RECENT_REQUESTS, (group_id.as_slice(), digest.as_slice()));
-        reads.key(&SEND_VIEWS, group_id.as_slice());
-        super::group_logs::log_reader_reads(&mut reads, &group_id);
-        self.read_reading(reads, move |txn| {
-            let remembered = recent_answer(
-                &txn.open_table(RECENT_REQUESTS)?,
-                &group_id,
-                &digest,
-                (asker.0.as_str(), asker.1),
-                now_ms,
-            )?;
-            if remembered != Remembered::New {
-                return Ok((remembered, None));
-            }
-            let views = txn.open_table(SEND_VIEWS)?;
-            let Some(encoded) = views.get(group_id.as_slice())? else {
-                return Ok((Remembered::New, None));
-            };
-            let record = SendViewRecord::tls_deserialize_exact(encoded.value())
-                .map_err(|e| StoreError::Corrupt(format!("send view: {e}")))?;
-            let members: Vec<(String, u32)> = record
-                .members
-                .into_iter()
-                .map(|member| {
-                    String::from_utf8(member.user_id.into())
-                        .map(|user_id| (user_id, member.device_id))
-                        .map_err(|e| StoreError::Corrupt(format!("send view: {e}")))
-                })
-                .collect::<Result<_, _>>()?;
-            let log_readers = super::group_logs::log_readers_among(txn, &group_id, &members)?;
-            Ok((
-                Remembered::New,
-                Some(SendView {
-                    epoch: record.epoch,
-                    members,
-                    log_readers,
-                }),
-            ))
-        })
-        .await
-    }
-
     /// Whether a group is hosted here (its record is not decoded).
     pub async fn group_exists(&self, group_id: &[u8]) -> Result<bool, StoreError> {
         let group_id = group_id.to_vec();
@@ -399,104 +304,6 @@ impl Store {
                 }
             }
             Ok(Some(group))
-        })
-        .await
-    }
-
-    /// Moves a group to its new state, replaces its member rows and queues the transition's
-    /// envelopes, all in one commit. Refused if the group is no longer at `from_epoch`.
-    pub async fn commit_group(
-        &self,
-        group_id: &[u8],
-        mut transition: GroupTransition,
-        now_ms: u64,
-        limits: QueueLimits,
-    ) -> Result<Result<Vec<Enqueued>, GroupRefusal>, StoreError> {
-        let group_id = group_id.to_vec();
-        let encoded = transition.group.encode()?;
-        let new_epoch = transition.group.epoch;
-        let state = std::mem::take(&mut transition.group.public_state);
-        let GroupTransition {
-            from_epoch,
-            old_members,
-            members,
-            envelopes,
-            remote,
-            request,
-            joiners_tree,
-            ..
-        } = transition;
-        self.write(move |txn| {
-            if let Some(request) = &request {
-                if let Some(refusal) = repeat_refusal(txn, request)? {
-                    return Ok(Err(refusal));
-                }
-            }
-            let mut groups = txn.open_table(GROUPS)?;
-            let Some(current) = current_epoch(txn, &groups, &group_id)? else {
-                return Ok(Err(GroupRefusal::Unknown));
-            };
-            if current != from_epoch {
-                return Ok(Err(GroupRefusal::WrongEpoch { current }));
-            }
-            if let Some(gone) = gone_joiner(txn, &old_members, &members)? {
-                return Ok(Err(gone));
-            }
-            // Queued first: a refusal must leave nothing written.
-            let outcomes = match enqueue_group_in(txn, &group_id, &envelopes, now_ms, limits)? {
-                Ok(outcomes) => outcomes,
-                Err(full) => return Ok(Err(GroupRefusal::QueueFull(full))),
-            };
-            groups.put(group_id.as_slice(), encoded.as_slice())?;
-            drop(groups);
-            write_state(txn, &group_id, &state)?;
-            replace_members(txn, &group_id, &old_members, &members, new_epoch)?;
-            update_windows(txn, &group_id, &old_members, &members)?;
-            write_send_view(txn, &group_id, new_epoch, &members)?;
-            outbox_in(txn, &remote, now_ms)?;
-            if let Some(request) = &request {
-                remember_request(txn, request)?;
-            }
-            if let Some(tree) = &joiners_tree {
-                keep_tree_in(txn, &group_id, new_epoch, now_ms, tree)?;
-            }
-            Ok(Ok(outcomes))
-        })
-        .await
-    }
-
-    /// Deletes a group and its member rows, and queues `envelopes` (the members' notices), in one
-    /// commit.
-    pub async fn delete_group(
-        &self,
-        group_id: &[u8],
-        members: Vec<GroupMemberRow>,
-        envelopes: Vec<Envelope>,
-        remote: Vec<OutgoingDelivery>,
-        now_ms: u64,
-        limits: QueueLimits,
-    ) -> Result<Result<Vec<Enqueued>, GroupRefusal>, StoreError> {
-        let group_id = group_id.to_vec();
-        self.write(move |txn| {
-            if txn
-                .open_table(GROUPS)?
-                .remove(group_id.as_slice())?
-                .is_none()
-            {
-                return Ok(Err(GroupRefusal::Unknown));
-            }
-            replace_members(txn, &group_id, &members, &[], 0)?;
-            delete_log(txn, &group_id)?;
-            delete_trees_in(txn, &group_id)?;
-            txn.open_table(GROUP_STATE)?.retain_in(
-                (group_id.as_slice(), &[][..])..=(group_id.as_slice(), PART_KEY_UPPER_BOUND),
-                |_, _| false,
-            )?;
-            txn.open_table(SEND_VIEWS)?.delete(group_id.as_slice())?;
-            // Notices are admitted whatever the queues hold: this enqueue is never refused.
-            let outcomes = enqueue_in(txn, &envelopes, now_ms, limits)?.unwrap_or_default();
-            outbox_in(txn, &remote, now_ms)?;
-            Ok(Ok(outcomes))
         })
         .await
     }
@@ -574,7 +381,7 @@ impl Store {
 
 /// Makes a group's state rows `entries`: a part whose bytes did not change is not written again
 /// (its pages stay as they are), a part no longer there is deleted.
-fn write_state(
+pub(in crate::store) fn write_state(
     txn: &WriteTransaction,
     group_id: &[u8],
     entries: &PublicState,
@@ -615,7 +422,7 @@ fn view_epoch(view: &[u8]) -> Result<u64, StoreError> {
 
 /// A group's epoch, from the first field of its send view (a `uint64`, so the view is not
 /// decoded), or, for a group stored before send views, from its record. `None`: no such group.
-fn current_epoch(
+pub(in crate::store) fn current_epoch(
     txn: &WriteTransaction,
     groups: &impl ReadableTable<&'static [u8], &'static [u8]>,
     group_id: &[u8],
@@ -633,18 +440,18 @@ fn current_epoch(
 type RequestKey<'a> = (&'a [u8], &'a [u8]);
 /// (group id, request digest) -> (accepted at ms, answer, sender's user id, sender's device
 /// id): requests within the dedupe window.
-pub(super) const RECENT_REQUESTS: TableDefinition<RequestKey, (u64, u64, &str, u32)> =
+pub(in crate::store) const RECENT_REQUESTS: TableDefinition<RequestKey, (u64, u64, &str, u32)> =
     TableDefinition::new("recent-requests-2");
 /// Schema 4's remembered requests, without their senders (dropped by the migration to schema 5:
 /// a retry straddling that upgrade is taken as a new request).
-const RECENT_REQUESTS_4: TableDefinition<RequestKey, (u64, u64)> =
+pub(in crate::store) const RECENT_REQUESTS_4: TableDefinition<RequestKey, (u64, u64)> =
     TableDefinition::new("recent-requests-1");
 /// (accepted at ms, group id, request digest): [`RECENT_REQUESTS`] oldest first, to forget them.
-pub(super) const RECENT_REQUESTS_BY_TIME: TableDefinition<(u64, &[u8], &[u8]), ()> =
+pub(in crate::store) const RECENT_REQUESTS_BY_TIME: TableDefinition<(u64, &[u8], &[u8]), ()> =
     TableDefinition::new("recent-requests-by-time-1");
 
 /// Adds the row [`repeat_refusal`] reads for `record` to `reads`.
-pub(super) fn request_reads(reads: &mut Prefetch, record: &RequestRecord) {
+pub(in crate::store) fn request_reads(reads: &mut Prefetch, record: &RequestRecord) {
     reads.key(
         &RECENT_REQUESTS,
         (record.group_id.as_slice(), record.digest.as_slice()),
@@ -654,7 +461,7 @@ pub(super) fn request_reads(reads: &mut Prefetch, record: &RequestRecord) {
 /// Why `record` must not be carried out, if the same bytes were accepted within the dedupe
 /// window: a retry by its sender ([`GroupRefusal::Repeated`], with the first answer) or a replay
 /// by another client ([`GroupRefusal::Replayed`]). Checked in the transaction that acts.
-pub(super) fn repeat_refusal(
+pub(in crate::store) fn repeat_refusal(
     txn: &WriteTransaction,
     record: &RequestRecord,
 ) -> Result<Option<GroupRefusal>, StoreError> {
@@ -696,7 +503,7 @@ fn recent_answer(
 
 /// Remembers an accepted request (the maintenance purge forgets it after the window:
 /// [`Store::forget_expired_requests`]).
-pub(super) fn remember_request(
+pub(in crate::store) fn remember_request(
     txn: &WriteTransaction,
     record: &RequestRecord,
 ) -> Result<(), StoreError> {
@@ -717,7 +524,7 @@ pub(super) fn remember_request(
 
 impl Store {
     /// Forgets the requests remembered before `now_ms` less the dedupe window, oldest first, in
-    /// writes of [`REQUESTS_FORGOTTEN_PER_WRITE`]. Returns how many it forgot. (Answers are
+    /// writes of `REQUESTS_FORGOTTEN_PER_WRITE`. Returns how many it forgot. (Answers are
     /// checked against the window when read, so one kept a little longer changes nothing.)
     pub async fn forget_expired_requests(&self, now_ms: u64) -> Result<u64, StoreError> {
         let cutoff = now_ms.saturating_sub(REQUEST_DEDUPE_WINDOW_MS);
@@ -778,7 +585,7 @@ impl Store {
 /// The migration to schema 5, in its transaction: memberships gain the epoch they joined at (0
 /// for those migrated, which may fetch every kept tree as before), and the requests remembered
 /// without their senders are forgotten (a retry straddling the upgrade is taken as new).
-pub(super) fn migrate_to_schema_5(txn: &WriteTransaction) -> Result<(), StoreError> {
+pub(in crate::store) fn migrate_to_schema_5(txn: &WriteTransaction) -> Result<(), StoreError> {
     {
         let old = txn.open_table(GROUP_MEMBERS_4)?;
         let mut members = txn.open_table(GROUP_MEMBERS)?;
@@ -792,46 +599,134 @@ pub(super) fn migrate_to_schema_5(txn: &WriteTransaction) -> Result<(), StoreErr
     Ok(())
 }
 
+/// Whether a group is hosted here, as the write transaction `txn` sees it.
+pub(in crate::store) fn group_exists_in(
+    txn: &WriteTransaction,
+    group_id: &[u8],
+) -> Result<bool, StoreError> {
+    Ok(txn.open_table(GROUPS)?.get(group_id)?.is_some())
+}
+
+/// Stores a new group's record; `false` (nothing written) if the group exists.
+pub(in crate::store) fn insert_group_in(
+    txn: &WriteTransaction,
+    group_id: &[u8],
+    encoded: &[u8],
+) -> Result<bool, StoreError> {
+    let mut groups = txn.open_table(GROUPS)?;
+    if groups.get(group_id)?.is_some() {
+        return Ok(false);
+    }
+    groups.put(group_id, encoded)?;
+    Ok(true)
+}
+
+/// Replaces a group's record.
+pub(in crate::store) fn put_group_in(
+    txn: &WriteTransaction,
+    group_id: &[u8],
+    encoded: &[u8],
+) -> Result<(), StoreError> {
+    txn.open_table(GROUPS)?.put(group_id, encoded)?;
+    Ok(())
+}
+
+/// A group's epoch (`None`: no such group), as [`current_epoch`] reads it.
+pub(in crate::store) fn epoch_in(
+    txn: &WriteTransaction,
+    group_id: &[u8],
+) -> Result<Option<u64>, StoreError> {
+    current_epoch(txn, &txn.open_table(GROUPS)?, group_id)
+}
+
+/// Deletes a group's record, state and send view; `false` if there was no such group. Its
+/// member rows go with [`replace_members`].
+pub(in crate::store) fn delete_group_in(
+    txn: &WriteTransaction,
+    group_id: &[u8],
+) -> Result<bool, StoreError> {
+    if txn.open_table(GROUPS)?.remove(group_id)?.is_none() {
+        return Ok(false);
+    }
+    txn.open_table(GROUP_STATE)?.retain_in(
+        (group_id, &[][..])..=(group_id, PART_KEY_UPPER_BOUND),
+        |_, _| false,
+    )?;
+    txn.open_table(SEND_VIEWS)?.delete(group_id)?;
+    Ok(true)
+}
+
+/// A send view as stored: the epoch and the receiving members.
+pub(in crate::store) type ViewRows = (u64, Vec<(String, u32)>);
+
+/// Adds the rows [`prepared_send_in`] reads to `reads`.
+pub(in crate::store) fn send_view_reads(reads: &mut Prefetch, group_id: &[u8], digest: &[u8; 32]) {
+    reads.key(&RECENT_REQUESTS, (group_id, digest.as_slice()));
+    reads.key(&SEND_VIEWS, group_id);
+}
+
+/// Whether `asker` sent the message with `digest` to `group_id` within the dedupe window before
+/// `now_ms`, and if not the group's send view: its epoch and receiving members (`None` for a
+/// group not hosted here, or stored before send views existed).
+pub(in crate::store) fn prepared_send_in(
+    txn: &crate::store::kv::ReadTransaction,
+    group_id: &[u8],
+    digest: &[u8; 32],
+    asker: (&str, u32),
+    now_ms: u64,
+) -> Result<(Remembered, Option<ViewRows>), StoreError> {
+    let remembered = recent_answer(
+        &txn.open_table(RECENT_REQUESTS)?,
+        group_id,
+        digest,
+        asker,
+        now_ms,
+    )?;
+    if remembered != Remembered::New {
+        return Ok((remembered, None));
+    }
+    let views = txn.open_table(SEND_VIEWS)?;
+    let Some(encoded) = views.get(group_id)? else {
+        return Ok((Remembered::New, None));
+    };
+    let record = SendViewRecord::tls_deserialize_exact(encoded.value())
+        .map_err(|e| StoreError::Corrupt(format!("send view: {e}")))?;
+    let members: Vec<(String, u32)> = record
+        .members
+        .into_iter()
+        .map(|member| {
+            String::from_utf8(member.user_id.into())
+                .map(|user_id| (user_id, member.device_id))
+                .map_err(|e| StoreError::Corrupt(format!("send view: {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((Remembered::New, Some((record.epoch, members))))
+}
+
+/// The groups hosted here that a client is a member of.
+pub(in crate::store) fn hosted_groups_of_in(
+    txn: &WriteTransaction,
+    user_id: &str,
+    device_id: u32,
+) -> Result<Vec<Vec<u8>>, StoreError> {
+    let members = txn.open_table(GROUP_MEMBERS)?;
+    let hosted = txn.open_table(GROUPS)?;
+    let mut groups = Vec::new();
+    let range = (user_id, device_id, &[][..])..=(user_id, device_id, GROUP_ID_UPPER_BOUND);
+    for entry in members.range(range)? {
+        let group_id = entry?.0.value().2.to_vec();
+        if hosted.get(group_id.as_slice())?.is_some() {
+            groups.push(group_id);
+        }
+    }
+    Ok(groups)
+}
+
 /// Greater than any group id hosted here: every group id has a domain after its random bytes
 /// (`identity::group_hub`), whose ASCII bytes are below 0xff, within the first 257 bytes.
 const GROUP_ID_UPPER_BOUND: &[u8] = &[0xff; 257];
 
-/// The first client of this server among the rows `members` adds to `old` that does not exist:
-/// a membership is kept only for a client that exists, and a client's removal deletes them all,
-/// so a transition checked before a removal must not bring the removed client back.
-fn gone_joiner(
-    txn: &WriteTransaction,
-    old: &[GroupMemberRow],
-    members: &[GroupMemberRow],
-) -> Result<Option<GroupRefusal>, StoreError> {
-    let joiners: Vec<&GroupMemberRow> = members.iter().filter(|row| !old.contains(row)).collect();
-    if joiners.is_empty() {
-        return Ok(None);
-    }
-    let Some(domain) = super::meta::domain_in(txn)? else {
-        return Ok(None);
-    };
-    let clients = txn.open_table(super::accounts::CLIENTS)?;
-    for row in joiners {
-        let local = row
-            .user_id
-            .rsplit_once('@')
-            .is_some_and(|(_, of)| of == domain);
-        if local
-            && clients
-                .get((row.user_id.as_str(), row.device_id))?
-                .is_none()
-        {
-            return Ok(Some(GroupRefusal::MemberGone {
-                user_id: row.user_id.clone(),
-                device_id: row.device_id,
-            }));
-        }
-    }
-    Ok(None)
-}
-
-fn replace_members(
+pub(in crate::store) fn replace_members(
     txn: &WriteTransaction,
     group_id: &[u8],
     old: &[GroupMemberRow],
@@ -857,7 +752,7 @@ fn replace_members(
 
 /// Forgets a deleted client's memberships (its leaf stays in each tree until a commit removes
 /// it).
-pub(super) fn delete_client_memberships(
+pub(in crate::store) fn delete_client_memberships(
     txn: &WriteTransaction,
     user_id: &str,
     device_id: u32,
@@ -872,6 +767,7 @@ pub(super) fn delete_client_memberships(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::QueueLimits;
 
     #[tokio::test]
     async fn requests_are_remembered_for_the_window_and_then_forgotten() {
@@ -938,47 +834,6 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(remembered, (1, 1));
-    }
-
-    #[tokio::test]
-    async fn schema_4_memberships_keep_every_tree_and_its_remembered_requests_are_forgotten() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let db = redb::Database::create(dir.path().join(crate::store::DATABASE_FILE)).unwrap();
-            let txn = db.begin_write().unwrap();
-            txn.open_table(crate::store::meta::META)
-                .unwrap()
-                .insert("schema-version", 4u32.to_be_bytes().as_slice())
-                .unwrap();
-            txn.open_table(GROUP_MEMBERS_4)
-                .unwrap()
-                .insert(("a@x", 1, b"group".as_slice()), 3)
-                .unwrap();
-            txn.open_table(RECENT_REQUESTS_4)
-                .unwrap()
-                .insert((b"group".as_slice(), [1u8; 32].as_slice()), (1_000, 7))
-                .unwrap();
-            txn.commit().unwrap();
-        }
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(
-            store.group_membership("a@x", 1, b"group").await.unwrap(),
-            Some(Membership {
-                leaf_index: 3,
-                since_epoch: 0
-            })
-        );
-        assert_eq!(
-            store
-                .recent_request(b"group", [1; 32], ("a@x", 1), 2_000)
-                .await
-                .unwrap(),
-            Remembered::New
-        );
-        let tables = store.table_names().await.unwrap();
-        for retired in ["group-members-1", "recent-requests-1"] {
-            assert!(!tables.contains(&retired.to_owned()), "{retired} is left");
-        }
     }
 
     #[tokio::test]
