@@ -23,7 +23,7 @@ use crate::protocol::cluster::{
     encode_cluster_event, seal_cluster_event, ClientNotification, ClusterEnvelope, ClusterEvent,
     EventKey, EventOpener, HintedMessage, LogAppendedHint, QueuedHint, MAX_CLUSTER_EVENT_LEN,
 };
-use crate::protocol::{ClientId, Notification, Text};
+use crate::protocol::{ClientId, Notification};
 use crate::store::EventBus;
 
 /// Events that may wait for the publisher before newer ones are dropped (and logged).
@@ -186,7 +186,7 @@ impl Sessions for ClusterSessions {
         reached
     }
 
-    fn log_appended(&self, readers: &[(&str, u32)], group_id: &Arc<[u8]>, message: &PushedMessage) {
+    fn log_appended(&self, readers: &[&ClientId], group_id: &Arc<[u8]>, message: &PushedMessage) {
         self.local.log_appended(readers, group_id, message);
         let hinted = hinted(message, PAYLOAD_ROOM);
         let fixed = group_id.len() + hinted.payload.as_ref().map_or(0, |p| p.as_slice().len()) + 64;
@@ -194,16 +194,14 @@ impl Sessions for ClusterSessions {
         // As many readers per event as fit; a bigger fan-out is split over several events.
         let mut chunk: Vec<ClientId> = Vec::new();
         let mut spent = 0;
-        for &(user_id, device_id) in readers {
-            if !chunk.is_empty() && spent + reader_cost(user_id) > budget {
+        for &reader in readers {
+            let cost = reader_cost(reader.user_id.as_str());
+            if !chunk.is_empty() && spent + cost > budget {
                 self.publish_log_appended(std::mem::take(&mut chunk), group_id, &hinted);
                 spent = 0;
             }
-            spent += reader_cost(user_id);
-            chunk.push(ClientId {
-                user_id: Text::truncated(user_id),
-                device_id,
-            });
+            spent += cost;
+            chunk.push(reader.clone());
         }
         if !chunk.is_empty() {
             self.publish_log_appended(chunk, group_id, &hinted);
@@ -299,11 +297,7 @@ async fn apply(targets: &EventTargets, event: ClusterEvent) {
                 .new_message(&hint.client, &pushed(hint.message));
         }
         ClusterEvent::LogAppended(hint) => {
-            let readers: Vec<(&str, u32)> = hint
-                .readers
-                .iter()
-                .map(|reader| (reader.user_id.as_str(), reader.device_id))
-                .collect();
+            let readers: Vec<&ClientId> = hint.readers.iter().collect();
             let group_id: Arc<[u8]> = Arc::from(hint.group_id.as_slice());
             targets
                 .local

@@ -115,15 +115,7 @@ pub trait Sessions: Send + Sync {
     /// Tells every connection of the `readers` (user id, device id) that `message` was appended
     /// to the log of group `group_id` (a `GroupLogAppended` hint, coalesced per group like
     /// `NewMessages`). Never blocks.
-    fn log_appended(&self, readers: &[(&str, u32)], group_id: &Arc<[u8]>, message: &PushedMessage);
-}
-
-/// The client an envelope is for.
-fn envelope_client(envelope: &crate::store::Envelope) -> ClientId {
-    ClientId {
-        user_id: Text::truncated(&envelope.user_id),
-        device_id: envelope.device_id,
-    }
+    fn log_appended(&self, readers: &[&ClientId], group_id: &Arc<[u8]>, message: &PushedMessage);
 }
 
 /// A message just queued for one client, as a `NewMessages` hint may carry it.
@@ -151,9 +143,7 @@ fn announce_queued(
     type GroupOfMessage = Option<(*const Vec<u8>, Option<Arc<[u8]>>)>;
     let mut group_of: GroupOfMessage = None;
     for (envelope, outcome) in envelopes.iter().zip(outcomes) {
-        let Some(kind) = crate::protocol::MessageKind::from_u8(envelope.kind) else {
-            continue;
-        };
+        let kind = envelope.kind;
         let (seq, logged) = match *outcome {
             crate::store::Enqueued::Queued { seq } => (seq, false),
             crate::store::Enqueued::Logged { gseq } => (gseq, true),
@@ -167,7 +157,7 @@ fn announce_queued(
             payload: envelope.payload.clone(),
         };
         if !logged {
-            sessions.new_message(&envelope_client(envelope), &message);
+            sessions.new_message(&envelope.client, &message);
             continue;
         }
         let key = Arc::as_ptr(&envelope.payload);
@@ -176,7 +166,7 @@ fn announce_queued(
             group_of = Some((key, group_id));
         }
         if let Some((_, Some(group_id))) = &group_of {
-            let reader = [(envelope.user_id.as_str(), envelope.device_id)];
+            let reader = [&envelope.client];
             sessions.log_appended(&reader, group_id, &message);
         }
     }

@@ -319,7 +319,7 @@ impl Push {
     }
 
     /// The readers of a group log entry that have targets and no connection.
-    fn wake_readers(&self, readers: &[(&str, u32)]) {
+    fn wake_readers(&self, readers: &[&ClientId]) {
         let waking: Vec<(&str, u32, u64)> = {
             let registered = self
                 .registered
@@ -330,12 +330,12 @@ impl Push {
             }
             readers
                 .iter()
-                .filter(|(user_id, device_id)| {
+                .filter(|reader| {
                     registered
-                        .get(*user_id)
-                        .is_some_and(|devices| devices.contains(device_id))
+                        .get(reader.user_id.as_str())
+                        .is_some_and(|devices| devices.contains(&reader.device_id))
                 })
-                .map(|&(user_id, device_id)| (user_id, device_id, 0))
+                .map(|reader| (reader.user_id.as_str(), reader.device_id, 0))
                 .collect()
         };
         let offline: Vec<(&str, u32, u64)> = waking
@@ -826,7 +826,7 @@ impl Sessions for PushingSessions {
         reached
     }
 
-    fn log_appended(&self, readers: &[(&str, u32)], group_id: &Arc<[u8]>, message: &PushedMessage) {
+    fn log_appended(&self, readers: &[&ClientId], group_id: &Arc<[u8]>, message: &PushedMessage) {
         self.inner.log_appended(readers, group_id, message);
         self.push.wake_readers(readers);
     }

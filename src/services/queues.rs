@@ -77,9 +77,8 @@ impl Queues {
             shape.push(delivery.recipients.len());
             for recipient in &delivery.recipients {
                 envelopes.push(Envelope {
-                    user_id: recipient.user_id.as_str().to_owned(),
-                    device_id: recipient.device_id,
-                    kind: delivery.kind as u8,
+                    client: recipient.clone(),
+                    kind: delivery.kind,
                     admission: admission(delivery.kind, &payload),
                     payload: payload.clone(),
                 });
@@ -90,12 +89,7 @@ impl Queues {
             .store
             .enqueue(envelopes.clone(), now_ms, self.limits())
             .await?
-            .map_err(|full| ServiceError::QueueFull {
-                full: full
-                    .iter()
-                    .map(|(user, device)| client_id(user, *device))
-                    .collect(),
-            })?;
+            .map_err(|full| ServiceError::QueueFull { full })?;
         super::announce_queued(&*self.sessions, &envelopes, &outcomes, now_ms);
         let mut outcomes = outcomes.into_iter();
         let mut report = Vec::with_capacity(deliveries.len());
@@ -172,7 +166,7 @@ impl Queues {
                 !matches!(outcome, Enqueued::Queued { .. } | Enqueued::Coalesced)
             });
             if let Some((first, outcome)) = not_queued.next() {
-                let first = format!("{}/{}", first.user_id, first.device_id);
+                let first = first.client.to_string();
                 tracing::warn!(
                     peer = %Escaped(peer),
                     not_queued = 1 + not_queued.count(),
@@ -194,12 +188,7 @@ impl Queues {
             DeliveryRefusal::TooManyGroups => ServiceError::PeerRefused(format!(
                 "{peer} already has {MAX_ROUTES_PER_PEER} groups that deliver here"
             )),
-            DeliveryRefusal::QueueFull(full) => ServiceError::QueueFull {
-                full: full
-                    .iter()
-                    .map(|(user, device)| client_id(user, *device))
-                    .collect(),
-            },
+            DeliveryRefusal::QueueFull(full) => ServiceError::QueueFull { full },
         });
         Ok((stored.len(), refusal.or(invalid)))
     }
@@ -405,13 +394,6 @@ pub(super) fn admission(kind: MessageKind, payload: &[u8]) -> Admission {
     }
 }
 
-fn client_id(user_id: &str, device_id: u32) -> ClientId {
-    ClientId {
-        user_id: Text::truncated(user_id),
-        device_id,
-    }
-}
-
 /// The group id in an MLS message's framing (PublicMessage or PrivateMessage), without
 /// verifying anything else.
 pub(super) fn mls_group_id(payload: &[u8]) -> Option<Vec<u8>> {
@@ -520,9 +502,8 @@ fn incoming_delivery(
                 other => other,
             };
             envelopes.push(Envelope {
-                user_id: recipient.user_id.as_str().to_owned(),
-                device_id: recipient.device_id,
-                kind: item.kind as u8,
+                client: recipient.clone(),
+                kind: item.kind,
                 admission,
                 payload: payload.clone(),
             });

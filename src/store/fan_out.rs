@@ -40,7 +40,7 @@ pub(super) fn enqueue(
 pub(super) fn envelope_reads(envelopes: &[Envelope], limits: QueueLimits) -> Prefetch {
     let mut reads = queues::envelope_reads(envelopes, limits);
     for envelope in envelopes {
-        accounts::client_reads(&mut reads, (&envelope.user_id, envelope.device_id));
+        accounts::client_reads(&mut reads, envelope.key());
     }
     reads
 }

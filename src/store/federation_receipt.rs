@@ -8,9 +8,7 @@ use super::rows::{Enqueued, Envelope, QueueLimits};
 use super::tables::federation::{self, DeliveryRefusal, Receipt};
 use super::tables::groups;
 use super::{Store, StoreError};
-
-/// `MessageKind::Welcome` as stored in a queue record.
-const WELCOME_KIND: u8 = 1;
+use crate::protocol::MessageKind;
 
 impl Store {
     /// Stores deliveries from `peer` in order, each exactly once, in one commit: queues each one's
@@ -85,9 +83,9 @@ fn receive_delivery_in(
         .iter()
         .zip(&outcomes)
         .filter(|(envelope, outcome)| {
-            envelope.kind == WELCOME_KIND && matches!(outcome, Enqueued::Queued { .. })
+            envelope.kind == MessageKind::Welcome && matches!(outcome, Enqueued::Queued { .. })
         })
-        .map(|(envelope, _)| (envelope.user_id.as_str(), envelope.device_id))
+        .map(|(envelope, _)| envelope.key())
         .collect();
     let receipt = Receipt {
         delivery_id: &delivery.delivery_id,

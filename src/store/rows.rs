@@ -2,6 +2,8 @@
 //! admission and outcome, the limits they are held to), a group's member rows, a delivery for a
 //! peer's outbox. No tables and no transactions here: every table file may use them.
 
+use crate::protocol::{ClientId, MessageKind, Text};
+
 /// Per-client queue limits.
 #[derive(Clone, Copy, Debug)]
 pub struct QueueLimits {
@@ -33,11 +35,30 @@ pub const HANDSHAKE_RESERVE_FACTOR: u64 = 2;
 /// A message for one client.
 #[derive(Clone, Debug)]
 pub struct Envelope {
-    pub user_id: String,
-    pub device_id: u32,
-    pub kind: u8,
+    pub client: ClientId,
+    pub kind: MessageKind,
     pub payload: std::sync::Arc<Vec<u8>>,
     pub admission: Admission,
+}
+
+impl Envelope {
+    /// The recipient as the queue tables key it.
+    pub(crate) fn key(&self) -> (&str, u32) {
+        key(&self.client)
+    }
+}
+
+/// A client as the store's tables key it: (user id, device id).
+pub(crate) fn key(client: &ClientId) -> (&str, u32) {
+    (client.user_id.as_str(), client.device_id)
+}
+
+/// The client a table's key names (stored user ids are within the wire's text limit).
+pub(crate) fn client((user_id, device_id): (&str, u32)) -> ClientId {
+    ClientId {
+        user_id: Text::truncated(user_id),
+        device_id,
+    }
 }
 
 /// How an envelope is admitted into a queue: the rule of protocol-spec/queues.md, "Full queues".
@@ -79,7 +100,7 @@ pub enum Enqueued {
 }
 
 /// An enqueue refused as a whole (nothing was written): the clients whose queues are full.
-pub type FullQueues = Vec<(String, u32)>;
+pub type FullQueues = Vec<ClientId>;
 
 /// A delivery for a peer, to put into the outbox with the change that produced it.
 #[derive(Clone, Debug)]

@@ -294,7 +294,7 @@ impl Sessions for SessionRegistry {
         })
     }
 
-    fn log_appended(&self, readers: &[(&str, u32)], group_id: &Arc<[u8]>, message: &PushedMessage) {
+    fn log_appended(&self, readers: &[&ClientId], group_id: &Arc<[u8]>, message: &PushedMessage) {
         let clients = self.lock();
         let offer = |sessions: &Vec<SessionEntry>| {
             for session in sessions {
@@ -304,19 +304,15 @@ impl Sessions for SessionRegistry {
         // Whichever side is smaller is walked: a large group with few members connected costs
         // the connected ones, not the members.
         if clients.len() <= readers.len() {
-            let readers: std::collections::HashSet<&(&str, u32)> = readers.iter().collect();
+            let readers: std::collections::HashSet<&ClientId> = readers.iter().copied().collect();
             for (client, sessions) in clients.iter() {
-                if readers.contains(&(client.user_id.as_str(), client.device_id)) {
+                if readers.contains(client) {
                     offer(sessions);
                 }
             }
         } else {
-            for (user_id, device_id) in readers {
-                let client = ClientId {
-                    user_id: crate::protocol::Text::truncated(user_id),
-                    device_id: *device_id,
-                };
-                if let Some(sessions) = clients.get(&client) {
+            for client in readers {
+                if let Some(sessions) = clients.get(*client) {
                     offer(sessions);
                 }
             }

@@ -174,9 +174,11 @@ fn envelope(
     admission: Admission,
 ) -> Envelope {
     Envelope {
-        user_id: user_id.to_owned(),
-        device_id,
-        kind: 1,
+        client: roost::protocol::ClientId {
+            user_id: roost::protocol::Text::truncated(user_id),
+            device_id,
+        },
+        kind: roost::protocol::MessageKind::Welcome,
         payload: payload.clone(),
         admission,
     }

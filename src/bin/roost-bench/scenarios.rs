@@ -186,9 +186,11 @@ async fn store_users(store: &Store, count: usize) -> anyhow::Result<Vec<String>>
 
 fn envelope(user_id: &str, payload: &Arc<Vec<u8>>) -> Envelope {
     Envelope {
-        user_id: user_id.to_owned(),
-        device_id: 1,
-        kind: 0,
+        client: roost::protocol::ClientId {
+            user_id: roost::protocol::Text::truncated(user_id),
+            device_id: 1,
+        },
+        kind: roost::protocol::MessageKind::Mls,
         payload: payload.clone(),
         admission: Admission::Message,
     }

@@ -19,13 +19,13 @@ pub(super) fn split(
     let mut local = Vec::new();
     let mut per_peer: Vec<(String, Vec<DeliveryItem>)> = Vec::new();
     for envelope in envelopes {
-        let peer = crate::identity::UserId::domain_of(&envelope.user_id);
+        let peer = crate::identity::UserId::domain_of(envelope.client.user_id.as_str());
         if peer == domain {
             local.push(envelope);
             continue;
         }
-        let recipient = crate::services::envelope_client(&envelope);
-        let kind = MessageKind::from_u8(envelope.kind).unwrap_or(MessageKind::Mls);
+        let recipient = envelope.client.clone();
+        let kind = envelope.kind;
         let index = match per_peer.iter().position(|(known, _)| known == peer) {
             Some(index) => index,
             None => {
@@ -67,9 +67,8 @@ pub(super) fn split(
 
 pub(super) fn envelope(client: &ClientId, kind: MessageKind, payload: &Arc<Vec<u8>>) -> Envelope {
     Envelope {
-        user_id: client.user_id.as_str().to_owned(),
-        device_id: client.device_id,
-        kind: kind as u8,
+        client: client.clone(),
+        kind,
         admission: crate::services::queues::admission(kind, payload),
         payload: payload.clone(),
     }

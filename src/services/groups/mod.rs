@@ -495,15 +495,7 @@ impl Groups {
 fn group_refusal(refusal: GroupRefusal) -> ServiceError {
     match refusal {
         GroupRefusal::WrongEpoch { current } => ServiceError::WrongEpoch { current },
-        GroupRefusal::QueueFull(full) => ServiceError::QueueFull {
-            full: full
-                .into_iter()
-                .map(|(user_id, device_id)| ClientId {
-                    user_id: crate::protocol::Text::truncated(&user_id),
-                    device_id,
-                })
-                .collect(),
-        },
+        GroupRefusal::QueueFull(full) => ServiceError::QueueFull { full },
         GroupRefusal::Unknown | GroupRefusal::Exists => ServiceError::UnknownGroup,
         GroupRefusal::MemberGone { user_id, device_id } => ServiceError::InvalidMemberCredential(
             format!("{user_id} device {device_id} is not a registered client"),

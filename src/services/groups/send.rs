@@ -10,8 +10,8 @@ use tls_codec::Deserialize;
 use super::check::invalid;
 use super::rules::is_leaving;
 use super::{fan_out, members_of, Groups};
-use crate::protocol::{ClientId, MessageAccepted, MessageKind, SendMessageRequest, Text};
-use crate::services::{announce_queued, envelope_client, PushedMessage, ServiceError};
+use crate::protocol::{ClientId, MessageAccepted, MessageKind, SendMessageRequest};
+use crate::services::{announce_queued, PushedMessage, ServiceError};
 use crate::store::{
     Admission, Enqueued, Envelope, GroupRefusal, Remembered, RequestRecord, SendView,
 };
@@ -19,7 +19,7 @@ use crate::store::{
 /// Where one message goes: a copy in each of these queues, once in the log for the others.
 struct Recipients<'a> {
     envelopes: Vec<Envelope>,
-    log_readers: Vec<&'a (String, u32)>,
+    log_readers: Vec<&'a ClientId>,
 }
 
 impl Groups {
@@ -89,7 +89,7 @@ impl Groups {
             (Remembered::New, None) => self.send_view_from_state(group_id).await?,
         };
         // Leaving clients are not in the view: they send nothing more.
-        if !view.members.iter().any(|member| is_client(member, caller)) {
+        if !view.members.contains(caller) {
             return Err(ServiceError::NotAMember);
         }
         Ok(Ok(view))
@@ -107,7 +107,10 @@ impl Groups {
     ) -> Result<MessageAccepted, ServiceError> {
         let accepted_at_ms = request.now_ms;
         let (envelopes, remote) = fan_out::split(&self.domain, group_id, recipients.envelopes);
-        let queued: Vec<ClientId> = envelopes.iter().map(envelope_client).collect();
+        let queued: Vec<ClientId> = envelopes
+            .iter()
+            .map(|envelope| envelope.client.clone())
+            .collect();
         let log_readers = recipients.log_readers;
         let log = (!log_readers.is_empty()).then(|| payload.clone());
         let limits = self.queue_limits();
@@ -144,17 +147,11 @@ impl Groups {
                     carried: true,
                     payload,
                 };
-                let readers: Vec<(&str, u32)> = log_readers
-                    .iter()
-                    .map(|(user_id, device_id)| (user_id.as_str(), *device_id))
-                    .collect();
                 let group_id: Arc<[u8]> = Arc::from(group_id);
-                self.sessions.log_appended(&readers, &group_id, &message);
+                self.sessions
+                    .log_appended(&log_readers, &group_id, &message);
             }
-            Some(_) => queue_full.extend(log_readers.iter().map(|(user_id, device_id)| ClientId {
-                user_id: Text::truncated(user_id),
-                device_id: *device_id,
-            })),
+            Some(_) => queue_full.extend(log_readers.into_iter().cloned()),
             None => {}
         }
         Ok(accepted(accepted_at_ms, queue_full))
@@ -163,10 +160,10 @@ impl Groups {
     /// The send view of a group stored before send views were kept, from its full state.
     async fn send_view_from_state(&self, group_id: &[u8]) -> Result<SendView, ServiceError> {
         let group = self.load(group_id).await?;
-        let members: Vec<(String, u32)> = members_of(&group.public)?
+        let members: Vec<ClientId> = members_of(&group.public)?
             .into_iter()
             .filter(|(client, _)| !is_leaving(&group.stored, client))
-            .map(|(client, _)| (client.user_id.as_str().to_owned(), client.device_id))
+            .map(|(client, _)| client)
             .collect();
         // Groups this old have no log readers: a client's window opens with a group change.
         Ok(SendView {
@@ -185,7 +182,7 @@ fn recipients<'a>(caller: &ClientId, view: &'a SendView, payload: &Arc<Vec<u8>>)
         log_readers: Vec::new(),
     };
     for (member, reads_log) in view.members.iter().zip(&view.log_readers) {
-        if is_client(member, caller) {
+        if member == caller {
             continue;
         }
         if *reads_log {
@@ -193,18 +190,13 @@ fn recipients<'a>(caller: &ClientId, view: &'a SendView, payload: &Arc<Vec<u8>>)
             continue;
         }
         recipients.envelopes.push(Envelope {
-            user_id: member.0.clone(),
-            device_id: member.1,
-            kind: MessageKind::Mls as u8,
+            client: member.clone(),
+            kind: MessageKind::Mls,
             admission: Admission::Message,
             payload: payload.clone(),
         });
     }
     recipients
-}
-
-fn is_client((user_id, device_id): &(String, u32), client: &ClientId) -> bool {
-    user_id == client.user_id.as_str() && *device_id == client.device_id
 }
 
 fn accepted(accepted_at_ms: u64, queue_full: Vec<ClientId>) -> MessageAccepted {

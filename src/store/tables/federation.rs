@@ -480,9 +480,11 @@ mod tests {
             group_id: b"g1".to_vec(),
             group_deleted: false,
             envelopes: vec![Envelope {
-                user_id: "bob@b.example".into(),
-                device_id: 1,
-                kind: 0,
+                client: crate::protocol::ClientId {
+                    user_id: crate::protocol::Text::truncated("bob@b.example"),
+                    device_id: 1,
+                },
+                kind: crate::protocol::MessageKind::Mls,
                 payload: std::sync::Arc::new(vec![0; payload_len]),
                 admission: crate::store::Admission::MessageOrRefuseAll,
             }],
@@ -571,9 +573,11 @@ mod tests {
             .await
             .unwrap();
         let notice = || Envelope {
-            user_id: "bob@b.example".into(),
-            device_id: 1,
-            kind: 3,
+            client: crate::protocol::ClientId {
+                user_id: crate::protocol::Text::truncated("bob@b.example"),
+                device_id: 1,
+            },
+            kind: crate::protocol::MessageKind::ServerNotice,
             admission: crate::store::Admission::Handshake,
             payload: std::sync::Arc::new(vec![0, 3]),
         };
@@ -649,9 +653,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         store.register_for_test("bob@b.example", [7; 32]).await;
-        let envelope = |kind: u8| Envelope {
-            user_id: "bob@b.example".into(),
-            device_id: 1,
+        let envelope = |kind: crate::protocol::MessageKind| Envelope {
+            client: crate::store::rows::client(("bob@b.example", 1)),
             kind,
             payload: std::sync::Arc::new(vec![1, 2, 3]),
             admission: crate::store::Admission::Handshake,
@@ -662,7 +665,7 @@ mod tests {
                 b"id-1",
                 b"g1",
                 false,
-                vec![envelope(0)],
+                vec![envelope(crate::protocol::MessageKind::Mls)],
                 1,
                 LIMITS,
             )
@@ -680,7 +683,7 @@ mod tests {
                 b"id-2",
                 b"g1",
                 false,
-                vec![envelope(1)],
+                vec![envelope(crate::protocol::MessageKind::Welcome)],
                 1,
                 LIMITS,
             )

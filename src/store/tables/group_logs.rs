@@ -13,8 +13,9 @@ use std::sync::Arc;
 
 use crate::store::kv::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
+use crate::protocol::{ClientId, MessageKind};
 use crate::store::rows::{
-    Admission, Enqueued, Envelope, FullQueues, GroupMemberRow, QueueLimits,
+    key, Admission, Enqueued, Envelope, FullQueues, GroupMemberRow, QueueLimits,
     HANDSHAKE_RESERVE_FACTOR,
 };
 use crate::store::{Store, StoreError};
@@ -50,9 +51,6 @@ pub(in crate::store) const LOG_CLIENTS: TableDefinition<(&str, u32), ()> =
 const OPEN: u64 = u64::MAX;
 /// The first position of every log.
 const FIRST_GSEQ: u64 = 1;
-
-/// Message kind of MLS messages (the only kind a log holds).
-const MLS_KIND: u8 = 0;
 
 /// One client's view of one group log.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,10 +119,14 @@ pub(in crate::store) fn plan_log(
     let readers = txn.open_table(LOG_READERS)?;
     let mut logged: Vec<usize> = Vec::new();
     for (index, envelope) in envelopes.iter().enumerate() {
-        if envelope.kind != MLS_KIND {
+        if envelope.kind != MessageKind::Mls {
             continue;
         }
-        let window = readers.get((envelope.user_id.as_str(), envelope.device_id, group_id))?;
+        let window = readers.get((
+            envelope.client.user_id.as_str(),
+            envelope.client.device_id,
+            group_id,
+        ))?;
         if window.is_some_and(|window| window.value().1 == OPEN) {
             logged.push(index);
         }
@@ -162,7 +164,7 @@ pub(in crate::store) fn plan_log(
             {
                 let mut full: FullQueues = logged
                     .iter()
-                    .map(|&index| (envelopes[index].user_id.clone(), envelopes[index].device_id))
+                    .map(|&index| envelopes[index].client.clone())
                     .collect();
                 full.dedup();
                 return Ok(Err(full));
@@ -254,7 +256,7 @@ pub(in crate::store) fn log_reader_reads(reads: &mut crate::store::kv::Prefetch,
 pub(in crate::store) fn log_readers_among(
     txn: &crate::store::kv::ReadTransaction,
     group_id: &[u8],
-    members: &[(String, u32)],
+    members: &[ClientId],
 ) -> Result<Vec<bool>, StoreError> {
     let mut reads_log = vec![false; members.len()];
     let by_acked = txn.open_table(LOG_READERS_BY_ACKED)?;
@@ -267,7 +269,7 @@ pub(in crate::store) fn log_readers_among(
     let positions: HashMap<(&str, u32), usize> = members
         .iter()
         .enumerate()
-        .map(|(index, (user_id, device_id))| ((user_id.as_str(), *device_id), index))
+        .map(|(index, member)| (key(member), index))
         .collect();
     for entry in std::iter::once(first).chain(readers) {
         let (key, _) = entry?;

@@ -6,7 +6,8 @@ use std::collections::HashSet;
 use crate::store::kv::{Prefetch, ReadableTable, TableDefinition, WriteTransaction};
 use tls_codec::{Deserialize, Serialize, TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
 
-use crate::store::rows::{Envelope, FullQueues, GroupMemberRow, OutgoingDelivery};
+use crate::protocol::ClientId;
+use crate::store::rows::{client, Envelope, FullQueues, GroupMemberRow, OutgoingDelivery};
 use crate::store::{Store, StoreError};
 
 /// group id -> [`GroupRecord`] encoding.
@@ -44,8 +45,8 @@ struct SendViewRecord {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SendView {
     pub epoch: u64,
-    /// (user id, device id) of every client that receives the group's messages.
-    pub members: Vec<(String, u32)>,
+    /// Every client that receives the group's messages.
+    pub members: Vec<ClientId>,
     /// Which of `members` read the group's log (the others, their queues).
     pub log_readers: Vec<bool>,
 }
@@ -657,7 +658,7 @@ pub(in crate::store) fn delete_group_in(
 }
 
 /// A send view as stored: the epoch and the receiving members.
-pub(in crate::store) type ViewRows = (u64, Vec<(String, u32)>);
+pub(in crate::store) type ViewRows = (u64, Vec<ClientId>);
 
 /// Adds the rows [`prepared_send_in`] reads to `reads`.
 pub(in crate::store) fn send_view_reads(reads: &mut Prefetch, group_id: &[u8], digest: &[u8; 32]) {
@@ -691,12 +692,12 @@ pub(in crate::store) fn prepared_send_in(
     };
     let record = SendViewRecord::tls_deserialize_exact(encoded.value())
         .map_err(|e| StoreError::Corrupt(format!("send view: {e}")))?;
-    let members: Vec<(String, u32)> = record
+    let members: Vec<ClientId> = record
         .members
         .into_iter()
         .map(|member| {
             String::from_utf8(member.user_id.into())
-                .map(|user_id| (user_id, member.device_id))
+                .map(|user_id| client((&user_id, member.device_id)))
                 .map_err(|e| StoreError::Corrupt(format!("send view: {e}")))
         })
         .collect::<Result<_, _>>()?;

@@ -433,9 +433,11 @@ mod tests {
         };
         let enqueue = |payload: &'static [u8]| {
             let envelope = crate::store::Envelope {
-                user_id: "b@x".into(),
-                device_id: device,
-                kind: 1,
+                client: crate::protocol::ClientId {
+                    user_id: crate::protocol::Text::truncated("b@x"),
+                    device_id: device,
+                },
+                kind: crate::protocol::MessageKind::Welcome,
                 payload: std::sync::Arc::new(payload.to_vec()),
                 admission: crate::store::Admission::Message,
             };

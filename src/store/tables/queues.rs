@@ -324,7 +324,7 @@ pub(in crate::store) fn envelope_reads(envelopes: &[Envelope], limits: QueueLimi
     let mut reads = Prefetch::default();
     let mut users: Vec<&str> = Vec::new();
     for envelope in envelopes {
-        let client = (envelope.user_id.as_str(), envelope.device_id);
+        let client = envelope.key();
         reads.key(&QUEUE_HEADS, client);
         reads.key(&QUEUE_REMOVED_SEEN, client);
         if !users.contains(&client.0) {
@@ -394,7 +394,7 @@ pub(in crate::store) fn enqueue_in(
     let mut shared_ids: HashMap<*const Vec<u8>, (u64, u64)> = HashMap::new();
     let mut outcomes = Vec::with_capacity(envelopes.len());
     for (envelope, verdict) in envelopes.iter().zip(plan) {
-        let client = (envelope.user_id.as_str(), envelope.device_id);
+        let client = envelope.key();
         if let Verdict::Refused(outcome) = verdict {
             outcomes.push(outcome);
             continue;
@@ -420,11 +420,15 @@ pub(in crate::store) fn enqueue_in(
         };
         let record = QueueRecord {
             enqueued_at_ms: now_ms,
-            kind: envelope.kind,
+            kind: envelope.kind as u8,
             payload,
         };
         queue.put(
-            (envelope.user_id.as_str(), envelope.device_id, next_seq),
+            (
+                envelope.client.user_id.as_str(),
+                envelope.client.device_id,
+                next_seq,
+            ),
             record.encode().as_slice(),
         )?;
         if let Admission::Notice {
@@ -432,7 +436,11 @@ pub(in crate::store) fn enqueue_in(
         } = envelope.admission
         {
             pending_notices.put(
-                (envelope.user_id.as_str(), envelope.device_id, notice_kind),
+                (
+                    envelope.client.user_id.as_str(),
+                    envelope.client.device_id,
+                    notice_kind,
+                ),
                 next_seq,
             )?;
         }
@@ -494,7 +502,7 @@ fn admit<'e>(
     let mut admission = AdmissionRun::new(tables, server_bytes, envelopes, limits);
     let mut verdicts = Vec::with_capacity(envelopes.len());
     for envelope in envelopes {
-        let client = (envelope.user_id.as_str(), envelope.device_id);
+        let client = envelope.key();
         if !(tables.client_exists)(client)? {
             verdicts.push(Verdict::Refused(Enqueued::UnknownClient));
             continue;
@@ -652,8 +660,9 @@ impl<'a, 't, 'e> AdmissionRun<'a, 't, 'e> {
 
     /// A full queue that refuses the whole enqueue.
     fn refuse_all(&mut self, client: (&str, u32)) -> Verdict {
-        if !self.full.contains(&(client.0.to_owned(), client.1)) {
-            self.full.push((client.0.to_owned(), client.1));
+        let client = crate::store::rows::client(client);
+        if !self.full.contains(&client) {
+            self.full.push(client);
         }
         Verdict::Refused(Enqueued::QueueFull)
     }
@@ -947,9 +956,11 @@ mod tests {
         clients
             .iter()
             .map(|(user_id, device_id)| Envelope {
-                user_id: user_id.clone(),
-                device_id: *device_id,
-                kind: 0,
+                client: crate::protocol::ClientId {
+                    user_id: crate::protocol::Text::truncated(user_id),
+                    device_id: *device_id,
+                },
+                kind: crate::protocol::MessageKind::Mls,
                 payload: payload.clone(),
                 admission: Admission::Message,
             })
@@ -982,9 +993,11 @@ mod tests {
         let users = add_users(&store, 2).await;
         let limits = QueueLimits::per_client(2, 100);
         let envelope = |user: usize, size: usize| Envelope {
-            user_id: users[user].0.clone(),
-            device_id: 1,
-            kind: 0,
+            client: crate::protocol::ClientId {
+                user_id: crate::protocol::Text::truncated(&users[user].0),
+                device_id: 1,
+            },
+            kind: crate::protocol::MessageKind::Mls,
             payload: Arc::new(vec![0; size]),
             admission: Admission::Message,
         };
@@ -1012,7 +1025,7 @@ mod tests {
             ]
         );
         let unknown = Envelope {
-            user_id: "nobody@localhost".into(),
+            client: crate::store::rows::client(("nobody@localhost", 1)),
             ..envelope(0, 1)
         };
         assert_eq!(
@@ -1043,9 +1056,11 @@ mod tests {
         let users = add_users(&store, 2).await;
         let limits = QueueLimits::per_client(2, 1000);
         let envelope = |user: usize, admission| Envelope {
-            user_id: users[user].0.clone(),
-            device_id: 1,
-            kind: 0,
+            client: crate::protocol::ClientId {
+                user_id: crate::protocol::Text::truncated(&users[user].0),
+                device_id: 1,
+            },
+            kind: crate::protocol::MessageKind::Mls,
             payload: Arc::new(vec![0; 10]),
             admission,
         };
@@ -1074,7 +1089,10 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(refused, Err(vec![(users[0].0.clone(), 1)]));
+        assert_eq!(
+            refused,
+            Err(vec![crate::store::rows::client((&users[0].0, 1))])
+        );
         assert_eq!(store.queue_size(&users[1].0, 1).await.unwrap(), (0, 0));
         // A removed member's copy is skipped instead.
         assert_eq!(
@@ -1097,7 +1115,7 @@ mod tests {
                 .enqueue(vec![envelope(0, Admission::MessageOrRefuseAll)], 1, limits)
                 .await
                 .unwrap(),
-            Err(vec![(users[0].0.clone(), 1)])
+            Err(vec![crate::store::rows::client((&users[0].0, 1))])
         );
     }
 
@@ -1117,9 +1135,11 @@ mod tests {
             ..QueueLimits::per_client(100, 1000)
         };
         let envelope = |user: usize, device: u32| Envelope {
-            user_id: users[user].0.clone(),
-            device_id: device,
-            kind: 0,
+            client: crate::protocol::ClientId {
+                user_id: crate::protocol::Text::truncated(&users[user].0),
+                device_id: device,
+            },
+            kind: crate::protocol::MessageKind::Mls,
             payload: Arc::new(vec![0; 20]),
             admission: Admission::Message,
         };
@@ -1165,9 +1185,11 @@ mod tests {
         let users = add_users(&store, 1).await;
         let limits = QueueLimits::per_client(1, 1000);
         let envelope = |admission| Envelope {
-            user_id: users[0].0.clone(),
-            device_id: 1,
-            kind: 2,
+            client: crate::protocol::ClientId {
+                user_id: crate::protocol::Text::truncated(&users[0].0),
+                device_id: 1,
+            },
+            kind: crate::protocol::MessageKind::ServerNotice,
             payload: Arc::new(vec![0, 1, 2]),
             admission,
         };
@@ -1211,9 +1233,11 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let users = add_users(&store, 1).await;
         let envelope = Envelope {
-            user_id: users[0].0.clone(),
-            device_id: 1,
-            kind: 0,
+            client: crate::protocol::ClientId {
+                user_id: crate::protocol::Text::truncated(&users[0].0),
+                device_id: 1,
+            },
+            kind: crate::protocol::MessageKind::Mls,
             payload: Arc::new(vec![1, 2, 3]),
             admission: Admission::Message,
         };
@@ -1267,9 +1291,11 @@ mod tests {
             .unwrap()
             .unwrap();
         let direct = Envelope {
-            user_id: users[0].0.clone(),
-            device_id: 1,
-            kind: 1,
+            client: crate::protocol::ClientId {
+                user_id: crate::protocol::Text::truncated(&users[0].0),
+                device_id: 1,
+            },
+            kind: crate::protocol::MessageKind::Welcome,
             payload: Arc::new(vec![5u8; 10]),
             admission: Admission::Handshake,
         };
