@@ -66,9 +66,11 @@ async fn run(data: &[u8]) {
             0 | 1 => {
                 let payload = vec![b; (b % 40) as usize];
                 let envelope = Envelope {
-                    user_id: user(client),
-                    device_id: 1,
-                    kind: 0,
+                    client: roost::protocol::ClientId {
+                        user_id: roost::protocol::Text::truncated(&user(client)),
+                        device_id: 1,
+                    },
+                    kind: roost::protocol::MessageKind::Mls,
                     payload: Arc::new(payload.clone()),
                     admission: Admission::Message,
                 };
