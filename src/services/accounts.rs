@@ -92,11 +92,7 @@ impl Accounts {
         &self,
         client: &ClientId,
     ) -> Result<Option<VerifyingKey>, ServiceError> {
-        let Some(stored) = self
-            .store
-            .client(client.user_id.as_str(), client.device_id)
-            .await?
-        else {
+        let Some(stored) = self.store.client(client).await? else {
             return Ok(None);
         };
         Ok(ed25519_key(&stored.signature_key).ok())
@@ -242,7 +238,7 @@ impl Accounts {
             return Err(ServiceError::Forbidden);
         }
         self.store
-            .remove_client(target.user_id.as_str(), target.device_id)
+            .remove_client(target)
             .await?
             .map_err(|refusal| match refusal {
                 RemoveClientRefusal::UnknownClient => ServiceError::UnknownClient,
@@ -258,9 +254,13 @@ impl Accounts {
         caller: &ClientId,
     ) -> Result<ClientCredential, ServiceError> {
         let user = self.local_user_id(caller.user_id.as_str(), ServiceError::Forbidden)?;
+        let client = ClientId {
+            user_id: user.to_text(),
+            device_id: caller.device_id,
+        };
         let stored = self
             .store
-            .client(user.as_str(), caller.device_id)
+            .client(&client)
             .await?
             .ok_or(ServiceError::UnknownClient)?;
         let old = decode_credential(&stored.credential)?;
@@ -269,7 +269,7 @@ impl Accounts {
             self.credential_issuer(&user, stored.signature_key, old.content.ciphersuite, now);
         let encoded = issue(caller.device_id);
         self.store
-            .replace_credential(user.as_str(), caller.device_id, encoded.clone())
+            .replace_credential(&client, encoded.clone())
             .await?
             .map_err(|_| ServiceError::UnknownClient)?;
         decode_credential(&encoded)

@@ -182,17 +182,15 @@ impl Admin {
         for entry in clients.clients {
             let content = &entry.credential.content;
             let device_id = content.client.device_id;
-            let (queued_messages, queued_bytes) = store
-                .queue_size(user.as_str(), device_id)
-                .await
-                .map_err(internal)?;
+            let (queued_messages, queued_bytes) =
+                store.queue_size(&content.client).await.map_err(internal)?;
             let oldest = store
-                .oldest_queued(user.as_str(), device_id)
+                .oldest_queued(&content.client)
                 .await
                 .map_err(internal)?;
             let client_stock = stock.iter().find(|s| s.device_id == device_id);
             group_memberships += store
-                .groups_of(user.as_str(), device_id)
+                .groups_of(&content.client)
                 .await
                 .map_err(internal)?
                 .len() as u64;
@@ -207,7 +205,7 @@ impl Admin {
                 key_packages: client_stock.map_or(0, |s| u64::from(s.remaining)),
                 last_resort_key_package: client_stock.is_some_and(|s| s.has_last_resort),
                 push_targets: store
-                    .push_targets(user.as_str(), device_id)
+                    .push_targets(&content.client)
                     .await
                     .map_err(internal)?
                     .len() as u64,

@@ -107,7 +107,7 @@ impl KeyPackages {
         }
         let owner = self
             .store
-            .client(caller.user_id.as_str(), caller.device_id)
+            .client(caller)
             .await?
             .ok_or(ServiceError::UnknownClient)?;
         let now = self.clock.now();
@@ -118,13 +118,7 @@ impl KeyPackages {
             .map_err(|_| ServiceError::Store(crate::store::StoreError::Closed))??;
         let stock = self
             .store
-            .publish_key_packages(
-                caller.user_id.as_str(),
-                caller.device_id,
-                validated,
-                self.max_per_client,
-                now,
-            )
+            .publish_key_packages(caller, validated, self.max_per_client, now)
             .await?
             .map_err(|refusal| match refusal {
                 PublishRefusal::UnknownClient => ServiceError::UnknownClient,

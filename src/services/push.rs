@@ -226,8 +226,7 @@ impl Push {
         let added = self
             .store
             .add_push_target(
-                caller.user_id.as_str(),
-                caller.device_id,
+                caller,
                 request.target,
                 SystemClock.now(),
                 MAX_PUSH_TARGETS_PER_CLIENT,
@@ -244,21 +243,14 @@ impl Push {
     /// `ListPushTargets`.
     pub async fn list(&self, caller: &ClientId) -> Result<PushTargets, ServiceError> {
         Ok(PushTargets {
-            targets: self
-                .store
-                .push_targets(caller.user_id.as_str(), caller.device_id)
-                .await?,
+            targets: self.store.push_targets(caller).await?,
         })
     }
 
     /// `RemovePushTarget`.
     pub async fn remove(&self, caller: &ClientId, target_id: u64) -> Result<(), ServiceError> {
         let (user_id, device_id) = (caller.user_id.as_str(), caller.device_id);
-        if !self
-            .store
-            .remove_push_target(user_id, device_id, target_id)
-            .await?
-        {
+        if !self.store.remove_push_target(caller, target_id).await? {
             return Err(ServiceError::UnknownPushTarget);
         }
         self.refresh_registered(user_id, device_id).await;
@@ -276,7 +268,8 @@ impl Push {
 
     /// Re-reads whether the client still has targets.
     pub(super) async fn refresh_registered(&self, user_id: &str, device_id: u32) {
-        if let Ok(targets) = self.store.push_targets(user_id, device_id).await {
+        let client = client_id(user_id, device_id);
+        if let Ok(targets) = self.store.push_targets(&client).await {
             self.set_registered(user_id, device_id, !targets.is_empty());
         }
     }
@@ -534,7 +527,11 @@ impl Push {
             }
         }
         for (user_id, device_id) in cancelled {
-            if let Err(e) = self.store.cancel_wakes(&user_id, device_id).await {
+            if let Err(e) = self
+                .store
+                .cancel_wakes(&client_id(&user_id, device_id))
+                .await
+            {
                 warn!(error = %e, "offline push could not cancel wake-ups");
             }
         }
@@ -829,5 +826,13 @@ impl Sessions for PushingSessions {
     fn log_appended(&self, readers: &[&ClientId], group_id: &Arc<[u8]>, message: &PushedMessage) {
         self.inner.log_appended(readers, group_id, message);
         self.push.wake_readers(readers);
+    }
+}
+
+/// The client a push-keyed (user id, device id) names.
+fn client_id(user_id: &str, device_id: u32) -> ClientId {
+    ClientId {
+        user_id: Text::truncated(user_id),
+        device_id,
     }
 }

@@ -201,13 +201,7 @@ impl Queues {
         let (max_count, max_bytes) = fetch_bounds(request.max_count, request.max_bytes);
         let (messages, next_seq) = self
             .store
-            .fetch_messages(
-                caller.user_id.as_str(),
-                caller.device_id,
-                request.from_seq,
-                max_count,
-                max_bytes,
-            )
+            .fetch_messages(caller, request.from_seq, max_count, max_bytes)
             .await?;
         let messages = messages
             .into_iter()
@@ -239,7 +233,7 @@ impl Queues {
         request: AckMessagesRequest,
     ) -> Result<(), ServiceError> {
         self.store
-            .ack_messages(caller.user_id.as_str(), caller.device_id, request.up_to_seq)
+            .ack_messages(caller, request.up_to_seq)
             .await?
             .map_err(|next_seq| ServiceError::InvalidSequence {
                 up_to_seq: request.up_to_seq,
@@ -249,18 +243,13 @@ impl Queues {
 
     /// From now on the caller reads the MLS messages of groups hosted here from their logs.
     pub async fn use_group_logs(&self, caller: &ClientId) -> Result<(), ServiceError> {
-        self.store
-            .use_group_logs(caller.user_id.as_str(), caller.device_id)
-            .await?;
+        self.store.use_group_logs(caller).await?;
         Ok(())
     }
 
     /// The group logs the caller may read, with its positions.
     pub async fn list_group_logs(&self, caller: &ClientId) -> Result<GroupLogs, ServiceError> {
-        let cursors = self
-            .store
-            .group_log_cursors(caller.user_id.as_str(), caller.device_id)
-            .await?;
+        let cursors = self.store.group_log_cursors(caller).await?;
         Ok(GroupLogs {
             logs: cursors
                 .into_iter()
@@ -285,8 +274,7 @@ impl Queues {
         let read = self
             .store
             .fetch_group_log(
-                caller.user_id.as_str(),
-                caller.device_id,
+                caller,
                 request.group_id.as_slice(),
                 request.from_gseq,
                 max_count,
@@ -319,12 +307,7 @@ impl Queues {
     ) -> Result<(), ServiceError> {
         check_group_id_len(request.group_id.as_slice())?;
         self.store
-            .ack_group_log(
-                caller.user_id.as_str(),
-                caller.device_id,
-                request.group_id.as_slice(),
-                request.up_to_gseq,
-            )
+            .ack_group_log(caller, request.group_id.as_slice(), request.up_to_gseq)
             .await?
             .map_err(|refusal| match refusal {
                 LogRefusal::NotAReader => ServiceError::NotAMember,

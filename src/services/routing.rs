@@ -302,11 +302,7 @@ impl Services {
     pub(super) async fn hubs_of(&self, clients: &[ClientId]) -> Vec<String> {
         let mut hubs = std::collections::BTreeSet::new();
         for client in clients {
-            match self
-                .store
-                .client_hubs(client.user_id.as_str(), client.device_id)
-                .await
-            {
+            match self.store.client_hubs(client).await {
                 Ok(found) => hubs.extend(found),
                 Err(e) => tracing::warn!(error = %e, "cannot read a client's hubs"),
             }

@@ -6,6 +6,7 @@ use std::path::Path;
 use redb::{Database, Durability};
 
 use super::kv::{ReadTransaction, ReadableTable, SortKey, TableDefinition, Value};
+use crate::protocol::ClientId;
 
 use super::tables::accounts::{CLIENTS, USERS};
 use super::tables::federation::OUTBOX;
@@ -146,11 +147,8 @@ impl Store {
     }
 
     /// When the oldest message waiting for a client was queued (Unix ms).
-    pub async fn oldest_queued(
-        &self,
-        user_id: &str,
-        device_id: u32,
-    ) -> Result<Option<u64>, StoreError> {
+    pub async fn oldest_queued(&self, client: &ClientId) -> Result<Option<u64>, StoreError> {
+        let (user_id, device_id) = (client.user_id.as_str(), client.device_id);
         let user_id = user_id.to_owned();
         self.read(move |txn| oldest_queued_at(txn, &user_id, device_id))
             .await

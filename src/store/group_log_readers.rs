@@ -3,11 +3,13 @@
 
 use super::tables::{group_logs, groups};
 use super::{Store, StoreError};
+use crate::protocol::ClientId;
 
 impl Store {
     /// Makes a client a reader of group logs: from the next entry of each group hosted here that
     /// it is in. Returns `false` if it was one already.
-    pub async fn use_group_logs(&self, user_id: &str, device_id: u32) -> Result<bool, StoreError> {
+    pub async fn use_group_logs(&self, client: &ClientId) -> Result<bool, StoreError> {
+        let (user_id, device_id) = (client.user_id.as_str(), client.device_id);
         let user_id = user_id.to_owned();
         self.write(move |txn| {
             if !group_logs::mark_log_client_in(txn, &user_id, device_id)? {

@@ -4,18 +4,19 @@
 use super::tables::accounts;
 use super::tables::key_packages::{self, ClientClaim, NewKeyPackage, PublishRefusal, Stock};
 use super::{Store, StoreError};
+use crate::protocol::ClientId;
 
 impl Store {
     /// Adds a batch of validated KeyPackages to a client's stock, all or none. A last-resort
     /// KeyPackage replaces the client's previous one for its ciphersuite.
     pub async fn publish_key_packages(
         &self,
-        user_id: &str,
-        device_id: u32,
+        client: &ClientId,
         batch: Vec<NewKeyPackage>,
         max_per_client: usize,
         now: u64,
     ) -> Result<Result<Stock, PublishRefusal>, StoreError> {
+        let (user_id, device_id) = (client.user_id.as_str(), client.device_id);
         let user_id = user_id.to_owned();
         self.write(move |txn| {
             if !accounts::client_exists(txn, &user_id, device_id)? {

@@ -170,7 +170,10 @@ mod tests {
         });
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(
-            store.group_membership("a@x", 1, b"group").await.unwrap(),
+            store
+                .group_membership(&crate::store::rows::client_of("a@x", 1), b"group")
+                .await
+                .unwrap(),
             Some(Membership {
                 leaf_index: 3,
                 since_epoch: 0
@@ -202,7 +205,12 @@ mod tests {
         });
         let store = Store::open(dir.path()).unwrap();
         let (messages, _) = store
-            .fetch_messages("alice@localhost", 1, 0, 10, 1 << 20)
+            .fetch_messages(
+                &crate::store::rows::client_of("alice@localhost", 1),
+                0,
+                10,
+                1 << 20,
+            )
             .await
             .unwrap();
         assert_eq!(
@@ -224,7 +232,12 @@ mod tests {
         // Reopening finds schema 2 and changes nothing.
         let store = Store::open(dir.path()).unwrap();
         let (again, _) = store
-            .fetch_messages("alice@localhost", 1, 0, 10, 1 << 20)
+            .fetch_messages(
+                &crate::store::rows::client_of("alice@localhost", 1),
+                0,
+                10,
+                1 << 20,
+            )
             .await
             .unwrap();
         assert_eq!(again, messages);

@@ -5,14 +5,15 @@
 use super::kv::WriteTransaction;
 use super::tables::{accounts, federation, group_logs, groups, key_packages, push, queues};
 use super::{RemoveClientRefusal, Store, StoreError};
+use crate::protocol::ClientId;
 
 impl Store {
     /// Removes one client, unless it is its user's last.
     pub async fn remove_client(
         &self,
-        user_id: &str,
-        device_id: u32,
+        client: &ClientId,
     ) -> Result<Result<(), RemoveClientRefusal>, StoreError> {
+        let (user_id, device_id) = (client.user_id.as_str(), client.device_id);
         let user_id = user_id.to_owned();
         self.write(move |txn| {
             if !accounts::client_exists(txn, &user_id, device_id)? {

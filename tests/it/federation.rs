@@ -721,13 +721,7 @@ async fn a_full_remote_queue_holds_deliveries_in_the_hubs_outbox_until_there_is_
     let bob_client = bob.identity.client.clone();
     within(async {
         loop {
-            let queued = b
-                .server
-                .store()
-                .queue_size(bob_client.user_id.as_str(), bob_client.device_id)
-                .await
-                .unwrap()
-                .0;
+            let queued = b.server.store().queue_size(&bob_client).await.unwrap().0;
             let backlog = a.server.store().outbox_backlog().await.unwrap();
             if queued == 2 && backlog == [("b.example".to_owned(), 2)] {
                 break;

@@ -215,12 +215,20 @@ async fn a_group_message_racing_its_recipients_removal_on_the_other_node_never_r
         for server in [&first, &second] {
             let store = server.server.store();
             assert_eq!(
-                store.queue_size(&user, removed.device_id).await.unwrap(),
+                store
+                    .queue_size(&crate::support::client_of(&user, removed.device_id))
+                    .await
+                    .unwrap(),
                 (0, 0),
                 "try {n}"
             );
             let (waiting, _) = store
-                .fetch_messages(&user, removed.device_id, 0, 100, 1 << 20)
+                .fetch_messages(
+                    &crate::support::client_of(&user, removed.device_id),
+                    0,
+                    100,
+                    1 << 20,
+                )
                 .await
                 .unwrap();
             assert!(waiting.is_empty(), "try {n}: {} messages", waiting.len());

@@ -86,10 +86,9 @@ impl Nodes {
         write: impl std::future::Future<Output = Result<T, roost::store::StoreError>>,
     ) -> String {
         let actor = Some((user_id.to_owned(), device_id));
-        let (written, removed) = tokio::join!(
-            acting_for(actor, write),
-            self.b.remove_client(user_id, device_id)
-        );
+        let client_1 = crate::support::client_of(user_id, device_id);
+        let (written, removed) =
+            tokio::join!(acting_for(actor, write), self.b.remove_client(&client_1));
         removed.unwrap().unwrap();
         format!("{written:?}")
     }
@@ -280,7 +279,12 @@ async fn a_deleted_accounts_last_message_goes_with_it() {
         nodes.register(&user).await;
         let (inherited, _) = nodes
             .a
-            .fetch_messages(&user, FIRST_DEVICE_ID, 0, 100, 1 << 20)
+            .fetch_messages(
+                &crate::support::client_of(&user, FIRST_DEVICE_ID),
+                0,
+                100,
+                1 << 20,
+            )
             .await
             .unwrap();
         tally.check(left.is_empty() && inherited.is_empty(), || {
@@ -321,13 +325,18 @@ async fn a_commit_adding_a_device_that_is_being_removed_leaves_nothing_for_it() 
             joined,
             vec![envelope(&user, device, &welcome, Admission::Handshake)],
         );
+        let client_2 = crate::support::client_of(&user, device);
         let (committed, removed) = tokio::join!(
             nodes.a.commit_group(&group_id, commit, 1, LIMITS),
-            nodes.b.remove_client(&user, device)
+            nodes.b.remove_client(&client_2)
         );
         removed.unwrap().unwrap();
         let committed = committed.unwrap();
-        let memberships = nodes.a.groups_of(&user, device).await.unwrap();
+        let memberships = nodes
+            .a
+            .groups_of(&crate::support::client_of(&user, device))
+            .await
+            .unwrap();
         let welcomes = nodes.holding(&welcome).await;
         tally.check(memberships.is_empty() && welcomes.is_empty(), || {
             format!(
@@ -351,12 +360,14 @@ async fn a_device_being_removed_publishes_no_key_packages() {
         let batch = vec![key_package(u64::MAX), key_package(u64::MAX)];
         let reference = batch[0].key_package_ref.clone();
         let actor = Some((user.clone(), device));
+        let client_4 = crate::support::client_of(&user, device);
+        let client_3 = crate::support::client_of(&user, device);
         let (published, removed) = tokio::join!(
             acting_for(
                 actor,
-                nodes.a.publish_key_packages(&user, device, batch, 100, 1)
+                nodes.a.publish_key_packages(&client_3, batch, 100, 1)
             ),
-            nodes.b.remove_client(&user, device)
+            nodes.b.remove_client(&client_4)
         );
         removed.unwrap().unwrap();
         let outcome = format!("{published:?}");
@@ -483,9 +494,11 @@ async fn two_devices_leaving_at_once_leave_their_user_one() {
     for n in 0..tries() {
         let user = format!("leaving-{n}@{DOMAIN}");
         let (user, second) = nodes.second_device(&user).await;
+        let client_6 = crate::support::client_of(&user, second);
+        let client_5 = crate::support::client_of(&user, FIRST_DEVICE_ID);
         let (first_removed, second_removed) = tokio::join!(
-            nodes.a.remove_client(&user, FIRST_DEVICE_ID),
-            nodes.b.remove_client(&user, second)
+            nodes.a.remove_client(&client_5),
+            nodes.b.remove_client(&client_6)
         );
         let outcomes = [first_removed.unwrap(), second_removed.unwrap()];
         let clients = nodes.a.clients_of(&user).await.unwrap().unwrap_or_default();
@@ -510,7 +523,12 @@ async fn a_key_package_is_claimed_once() {
         let batch = vec![key_package(u64::MAX)];
         nodes
             .a
-            .publish_key_packages(&user, FIRST_DEVICE_ID, batch, 100, 1)
+            .publish_key_packages(
+                &crate::support::client_of(&user, FIRST_DEVICE_ID),
+                batch,
+                100,
+                1,
+            )
             .await
             .unwrap()
             .unwrap();
@@ -591,7 +609,12 @@ async fn a_federation_delivery_received_through_both_nodes_is_queued_once() {
         let (first, second) = (first.unwrap(), second.unwrap());
         let (messages, _) = nodes
             .a
-            .fetch_messages(&user, FIRST_DEVICE_ID, 0, 10_000, 1 << 24)
+            .fetch_messages(
+                &crate::support::client_of(&user, FIRST_DEVICE_ID),
+                0,
+                10_000,
+                1 << 24,
+            )
             .await
             .unwrap();
         let copies = messages
@@ -626,7 +649,11 @@ async fn a_queue_with_room_for_one_more_takes_one_of_two_messages_sent_at_once()
             nodes.a.enqueue(envelopes(), 1, limits),
             nodes.b.enqueue(envelopes(), 1, limits)
         );
-        let (count, _) = nodes.a.queue_size(&user, FIRST_DEVICE_ID).await.unwrap();
+        let (count, _) = nodes
+            .a
+            .queue_size(&crate::support::client_of(&user, FIRST_DEVICE_ID))
+            .await
+            .unwrap();
         let (first, second) = (first.unwrap(), second.unwrap());
         tally.check(count == 1, || {
             format!("try {n}: {count} messages in a queue of 1 ({first:?}, {second:?})")
@@ -647,7 +674,8 @@ async fn a_device_being_removed_keeps_no_push_target() {
             p256dh: vec![4; 65].into(),
             auth: vec![1; 16].into(),
         });
-        let add = nodes.a.add_push_target(&user, device, target, 1, 4);
+        let client_7 = crate::support::client_of(&user, device);
+        let add = nodes.a.add_push_target(&client_7, target, 1, 4);
         let outcome = nodes.against_removal((&user, device), add).await;
         let left = nodes.holding(endpoint.as_bytes()).await;
         tally.check(left.is_empty(), || {
@@ -665,9 +693,14 @@ async fn a_device_being_removed_keeps_no_group_log_reading() {
         let (user, device) = nodes
             .second_device(&format!("log-reader-{n}@{DOMAIN}"))
             .await;
-        let turn_on = nodes.a.use_group_logs(&user, device);
+        let client_8 = crate::support::client_of(&user, device);
+        let turn_on = nodes.a.use_group_logs(&client_8);
         let outcome = nodes.against_removal((&user, device), turn_on).await;
-        let reads_logs = nodes.a.uses_group_logs(&user, device).await.unwrap();
+        let reads_logs = nodes
+            .a
+            .uses_group_logs(&crate::support::client_of(&user, device))
+            .await
+            .unwrap();
         tally.check(!reads_logs, || {
             format!("try {n} ({outcome}): the removed device still reads group logs")
         });
@@ -805,18 +838,28 @@ async fn a_message_queued_while_the_queue_is_acknowledged_is_counted_once() {
             &payload,
             Admission::Message,
         )];
+        let client_9 = crate::support::client_of(&user, FIRST_DEVICE_ID);
         let (queued, acked) = tokio::join!(
             nodes.a.enqueue(new, 1, LIMITS),
-            nodes.b.ack_messages(&user, FIRST_DEVICE_ID, 3)
+            nodes.b.ack_messages(&client_9, 3)
         );
         queued.unwrap().unwrap();
         acked.unwrap().unwrap();
         let (waiting, _) = nodes
             .a
-            .fetch_messages(&user, FIRST_DEVICE_ID, 0, 100, 1 << 20)
+            .fetch_messages(
+                &crate::support::client_of(&user, FIRST_DEVICE_ID),
+                0,
+                100,
+                1 << 20,
+            )
             .await
             .unwrap();
-        let size = nodes.a.queue_size(&user, FIRST_DEVICE_ID).await.unwrap();
+        let size = nodes
+            .a
+            .queue_size(&crate::support::client_of(&user, FIRST_DEVICE_ID))
+            .await
+            .unwrap();
         let exact = waiting.len() == 1
             && waiting[0].payload == *payload
             && size == (1, payload.len() as u64);

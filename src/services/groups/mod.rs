@@ -99,10 +99,7 @@ impl Groups {
     /// answer. A member is refused as the bytes' sender is another client; a non-member learns
     /// only that it is not a member.
     async fn replay_refusal(&self, caller: &ClientId, group_id: &[u8]) -> ServiceError {
-        let membership = self
-            .store
-            .group_membership(caller.user_id.as_str(), caller.device_id, group_id)
-            .await;
+        let membership = self.store.group_membership(caller, group_id).await;
         match membership {
             Ok(Some(_)) => ServiceError::Forbidden,
             Ok(None) => ServiceError::NotAMember,
@@ -188,7 +185,7 @@ impl Groups {
         let group_id = request.group_id.as_slice();
         let group = self.load(group_id).await?;
         self.store
-            .group_membership(caller.user_id.as_str(), caller.device_id, group_id)
+            .group_membership(caller, group_id)
             .await?
             .ok_or(ServiceError::NotAMember)?;
         if !is_admin(&group.stored, caller) {
@@ -234,10 +231,7 @@ impl Groups {
     ) -> Result<GroupState, ServiceError> {
         let group_id = request.group_id.as_slice();
         let group = self.load(group_id).await?;
-        let membership = self
-            .store
-            .group_membership(caller.user_id.as_str(), caller.device_id, group_id)
-            .await?;
+        let membership = self.store.group_membership(caller, group_id).await?;
         let verified = members_of(&group.public)?;
         // A client of a user in the group reads it too: what it needs to join by external
         // commit (its GroupInfo and tree).
@@ -286,10 +280,7 @@ impl Groups {
         if !self.store.group_exists(group_id).await? {
             return Err(ServiceError::UnknownGroup);
         }
-        let membership = self
-            .store
-            .group_membership(caller.user_id.as_str(), caller.device_id, group_id)
-            .await?;
+        let membership = self.store.group_membership(caller, group_id).await?;
         let Some(membership) = membership else {
             // A client of a user in the group gets the current tree, to join by external commit.
             let group = self.load(group_id).await?;
@@ -333,10 +324,7 @@ impl Groups {
     }
 
     pub async fn list(&self, caller: &ClientId) -> Result<Vec<GroupEpoch>, ServiceError> {
-        let groups = self
-            .store
-            .groups_of(caller.user_id.as_str(), caller.device_id)
-            .await?;
+        let groups = self.store.groups_of(caller).await?;
         Ok(group_epochs(groups))
     }
 
@@ -355,7 +343,7 @@ impl Groups {
     pub async fn memberships(&self, client: &ClientId) -> Result<Vec<Vec<u8>>, ServiceError> {
         Ok(self
             .store
-            .groups_of(client.user_id.as_str(), client.device_id)
+            .groups_of(client)
             .await?
             .into_iter()
             .map(|(group_id, _)| group_id)

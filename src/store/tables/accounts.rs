@@ -8,6 +8,7 @@ use crate::store::kv::{ReadableTable, Table, TableDefinition, WriteTransaction};
 use sha2::{Digest, Sha256};
 use tls_codec::{Deserialize, Serialize, TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
 
+use crate::protocol::ClientId;
 use crate::protocol::ED25519_PUBLIC_KEY_LEN;
 use crate::store::{Store, StoreError};
 
@@ -386,11 +387,8 @@ impl Store {
     }
 
     /// One client, if it exists.
-    pub async fn client(
-        &self,
-        user_id: &str,
-        device_id: u32,
-    ) -> Result<Option<StoredClient>, StoreError> {
+    pub async fn client(&self, client: &ClientId) -> Result<Option<StoredClient>, StoreError> {
+        let (user_id, device_id) = (client.user_id.as_str(), client.device_id);
         let user_id = user_id.to_owned();
         self.read(move |txn| {
             txn.open_table(CLIENTS)?
@@ -404,10 +402,10 @@ impl Store {
     /// Replaces a client's credential (same key, new validity).
     pub async fn replace_credential(
         &self,
-        user_id: &str,
-        device_id: u32,
+        client: &ClientId,
         credential: Vec<u8>,
     ) -> Result<Result<(), RemoveClientRefusal>, StoreError> {
+        let (user_id, device_id) = (client.user_id.as_str(), client.device_id);
         let user_id = user_id.to_owned();
         self.write(move |txn| {
             let mut clients = txn.open_table(CLIENTS)?;

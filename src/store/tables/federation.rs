@@ -4,6 +4,7 @@
 
 use crate::store::kv::{ReadableTable, TableDefinition, WriteTransaction};
 
+use crate::protocol::ClientId;
 use crate::store::rows::{FullQueues, OutgoingDelivery};
 use crate::store::{Store, StoreError};
 
@@ -262,11 +263,8 @@ impl Store {
     }
 
     /// The hubs that welcomed `(user_id, device_id)` into one of their groups.
-    pub async fn client_hubs(
-        &self,
-        user_id: &str,
-        device_id: u32,
-    ) -> Result<Vec<String>, StoreError> {
+    pub async fn client_hubs(&self, client: &ClientId) -> Result<Vec<String>, StoreError> {
+        let (user_id, device_id) = (client.user_id.as_str(), client.device_id);
         let user_id = user_id.to_owned();
         self.read(move |txn| {
             let hubs = txn.open_table(CLIENT_HUBS)?;
@@ -508,7 +506,12 @@ mod tests {
             "{refusal:?}"
         );
         let (messages, _) = store
-            .fetch_messages("bob@b.example", 1, 0, 100, 1 << 20)
+            .fetch_messages(
+                &crate::store::rows::client_of("bob@b.example", 1),
+                0,
+                100,
+                1 << 20,
+            )
             .await
             .unwrap();
         assert_eq!(
@@ -594,7 +597,12 @@ mod tests {
         let routes = store.group_routes().await.unwrap();
         assert_eq!(routes, [(b"g1".to_vec(), "a.example".to_owned())]);
         let (messages, _) = store
-            .fetch_messages("bob@b.example", 1, 0, 100, 1 << 20)
+            .fetch_messages(
+                &crate::store::rows::client_of("bob@b.example", 1),
+                0,
+                100,
+                1 << 20,
+            )
             .await
             .unwrap();
         assert_eq!(messages.len(), 2, "id-1 and id-3");
@@ -673,7 +681,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(store
-            .client_hubs("bob@b.example", 1)
+            .client_hubs(&crate::store::rows::client_of("bob@b.example", 1))
             .await
             .unwrap()
             .is_empty());
@@ -691,12 +699,15 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(
-            store.client_hubs("bob@b.example", 1).await.unwrap(),
+            store
+                .client_hubs(&crate::store::rows::client_of("bob@b.example", 1))
+                .await
+                .unwrap(),
             ["a.example"]
         );
         store.delete_user("bob@b.example", 2).await.unwrap();
         assert!(store
-            .client_hubs("bob@b.example", 1)
+            .client_hubs(&crate::store::rows::client_of("bob@b.example", 1))
             .await
             .unwrap()
             .is_empty());

@@ -529,7 +529,8 @@ pub(in crate::store) fn open_window_at_next(
 
 impl Store {
     /// Whether a client reads group logs.
-    pub async fn uses_group_logs(&self, user_id: &str, device_id: u32) -> Result<bool, StoreError> {
+    pub async fn uses_group_logs(&self, client: &ClientId) -> Result<bool, StoreError> {
+        let (user_id, device_id) = (client.user_id.as_str(), client.device_id);
         let user_id = user_id.to_owned();
         self.read(move |txn| {
             Ok(txn
@@ -541,11 +542,8 @@ impl Store {
     }
 
     /// The logs a client may read, with its positions.
-    pub async fn group_log_cursors(
-        &self,
-        user_id: &str,
-        device_id: u32,
-    ) -> Result<Vec<LogCursor>, StoreError> {
+    pub async fn group_log_cursors(&self, client: &ClientId) -> Result<Vec<LogCursor>, StoreError> {
+        let (user_id, device_id) = (client.user_id.as_str(), client.device_id);
         let user_id = user_id.to_owned();
         self.read(move |txn| {
             let readers = txn.open_table(LOG_READERS)?;
@@ -575,13 +573,13 @@ impl Store {
     /// first.
     pub async fn fetch_group_log(
         &self,
-        user_id: &str,
-        device_id: u32,
+        client: &ClientId,
         group_id: &[u8],
         from: u64,
         max_count: usize,
         max_bytes: usize,
     ) -> Result<Result<LogEntries, LogRefusal>, StoreError> {
+        let (user_id, device_id) = (client.user_id.as_str(), client.device_id);
         let (user_id, group_id) = (user_id.to_owned(), group_id.to_vec());
         self.read(move |txn| {
             let Some((first, last, acked)) = txn
@@ -624,11 +622,11 @@ impl Store {
     /// read goes, and entries every reader acknowledged are deleted.
     pub async fn ack_group_log(
         &self,
-        user_id: &str,
-        device_id: u32,
+        client: &ClientId,
         group_id: &[u8],
         up_to: u64,
     ) -> Result<Result<(), LogRefusal>, StoreError> {
+        let (user_id, device_id) = (client.user_id.as_str(), client.device_id);
         let (user_id, group_id) = (user_id.to_owned(), group_id.to_vec());
         self.write(move |txn| {
             let key = (user_id.as_str(), device_id, group_id.as_slice());
@@ -740,7 +738,13 @@ mod tests {
 
     async fn positions(store: &Store, reader: &str, group: &[u8], from: u64) -> Vec<u64> {
         store
-            .fetch_group_log(reader, 1, group, from, 100, 1 << 20)
+            .fetch_group_log(
+                &crate::store::rows::client_of(reader, 1),
+                group,
+                from,
+                100,
+                1 << 20,
+            )
             .await
             .unwrap()
             .unwrap()
@@ -760,7 +764,7 @@ mod tests {
         }
         assert_eq!(positions(&store, "a@x", b"g", 0).await, [1, 2, 3]);
         store
-            .ack_group_log("a@x", 1, b"g", 2)
+            .ack_group_log(&crate::store::rows::client_of("a@x", 1), b"g", 2)
             .await
             .unwrap()
             .unwrap();
@@ -768,7 +772,7 @@ mod tests {
         assert_eq!(positions(&store, "b@x", b"g", 1).await, [1, 2, 3]);
         assert_eq!(positions(&store, "a@x", b"g", 0).await, [3]);
         store
-            .ack_group_log("b@x", 1, b"g", 1)
+            .ack_group_log(&crate::store::rows::client_of("b@x", 1), b"g", 1)
             .await
             .unwrap()
             .unwrap();
@@ -777,12 +781,15 @@ mod tests {
         assert_eq!(store.purge_expired_log_entries(25).await.unwrap(), 1);
         assert_eq!(positions(&store, "b@x", b"g", 1).await, [3]);
         assert_eq!(
-            store.ack_group_log("b@x", 1, b"g", 4).await.unwrap(),
+            store
+                .ack_group_log(&crate::store::rows::client_of("b@x", 1), b"g", 4)
+                .await
+                .unwrap(),
             Err(LogRefusal::BeyondReadable { readable: 3 })
         );
         assert_eq!(
             store
-                .fetch_group_log("c@x", 1, b"g", 0, 10, 10)
+                .fetch_group_log(&crate::store::rows::client_of("c@x", 1), b"g", 0, 10, 10)
                 .await
                 .unwrap(),
             Err(LogRefusal::NotAReader)
@@ -812,7 +819,7 @@ mod tests {
             "21 bytes > 20"
         );
         store
-            .ack_group_log("a@x", 1, b"g", 2)
+            .ack_group_log(&crate::store::rows::client_of("a@x", 1), b"g", 2)
             .await
             .unwrap()
             .unwrap();

@@ -312,10 +312,10 @@ impl Store {
     /// A client's membership of a group, if it is a member.
     pub async fn group_membership(
         &self,
-        user_id: &str,
-        device_id: u32,
+        client: &ClientId,
         group_id: &[u8],
     ) -> Result<Option<Membership>, StoreError> {
+        let (user_id, device_id) = (client.user_id.as_str(), client.device_id);
         let (user_id, group_id) = (user_id.to_owned(), group_id.to_vec());
         self.read(move |txn| {
             Ok(txn
@@ -338,11 +338,8 @@ impl Store {
     }
 
     /// The groups a client is a member of, with their epochs.
-    pub async fn groups_of(
-        &self,
-        user_id: &str,
-        device_id: u32,
-    ) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
+    pub async fn groups_of(&self, client: &ClientId) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
+        let (user_id, device_id) = (client.user_id.as_str(), client.device_id);
         self.groups_of_devices(user_id, device_id..=device_id).await
     }
 
@@ -861,7 +858,10 @@ mod tests {
             let since = |user: &'static str| {
                 let store = store.clone();
                 async move {
-                    let membership = store.group_membership(user, 1, b"group").await.unwrap();
+                    let membership = store
+                        .group_membership(&crate::store::rows::client_of(user, 1), b"group")
+                        .await
+                        .unwrap();
                     membership.map(|membership| membership.since_epoch)
                 }
             };

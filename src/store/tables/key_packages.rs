@@ -406,7 +406,12 @@ mod tests {
                 .map(|i| key_package(batch * per_batch as u32 + i))
                 .collect();
             store
-                .publish_key_packages("bob@localhost", 1, batch, usize::MAX, 0)
+                .publish_key_packages(
+                    &crate::store::rows::client_of("bob@localhost", 1),
+                    batch,
+                    usize::MAX,
+                    0,
+                )
                 .await
                 .unwrap()
                 .unwrap();
@@ -415,7 +420,12 @@ mod tests {
             .map(|i| key_package(u32::MAX - i))
             .collect();
         let over = store
-            .publish_key_packages("bob@localhost", 1, crossing, usize::MAX, 0)
+            .publish_key_packages(
+                &crate::store::rows::client_of("bob@localhost", 1),
+                crossing,
+                usize::MAX,
+                0,
+            )
             .await
             .unwrap();
         assert!(

@@ -5,6 +5,7 @@
 use crate::store::kv::{ReadableTable, TableDefinition, WriteTransaction};
 use tls_codec::{Deserialize, Serialize};
 
+use crate::protocol::ClientId;
 use crate::protocol::{PushTarget, PushTargetAdded, RegisteredPushTarget};
 use crate::store::{Store, StoreError};
 
@@ -120,12 +121,12 @@ impl Store {
     /// (endpoint; gateway, app and pushkey), keeping its id. At most `limit` targets.
     pub async fn add_push_target(
         &self,
-        user_id: &str,
-        device_id: u32,
+        client: &ClientId,
         target: PushTarget,
         registered_at: u64,
         limit: usize,
     ) -> Result<Result<PushTargetAdded, AddTargetRefusal>, StoreError> {
+        let (user_id, device_id) = (client.user_id.as_str(), client.device_id);
         let user_id = user_id.to_owned();
         self.write(move |txn| {
             let mut table = txn.open_table(PUSH_TARGETS)?;
@@ -167,9 +168,9 @@ impl Store {
     /// The client's push targets.
     pub async fn push_targets(
         &self,
-        user_id: &str,
-        device_id: u32,
+        client: &ClientId,
     ) -> Result<Vec<RegisteredPushTarget>, StoreError> {
+        let (user_id, device_id) = (client.user_id.as_str(), client.device_id);
         let user_id = user_id.to_owned();
         self.read(move |txn| targets_in(&txn.open_table(PUSH_TARGETS)?, &user_id, device_id))
             .await
@@ -178,10 +179,10 @@ impl Store {
     /// Removes one of the client's targets (and its wake-up); whether it existed.
     pub async fn remove_push_target(
         &self,
-        user_id: &str,
-        device_id: u32,
+        client: &ClientId,
         target_id: u64,
     ) -> Result<bool, StoreError> {
+        let (user_id, device_id) = (client.user_id.as_str(), client.device_id);
         let user_id = user_id.to_owned();
         self.write(move |txn| {
             let key = (user_id.as_str(), device_id, target_id);
@@ -298,7 +299,8 @@ impl Store {
     }
 
     /// Drops the wake-ups pending for a client that caught up (connected, or acknowledged).
-    pub async fn cancel_wakes(&self, user_id: &str, device_id: u32) -> Result<(), StoreError> {
+    pub async fn cancel_wakes(&self, client: &ClientId) -> Result<(), StoreError> {
+        let (user_id, device_id) = (client.user_id.as_str(), client.device_id);
         let user_id = user_id.to_owned();
         self.write(move |txn| {
             txn.open_table(PUSH_WAKES)?
@@ -327,13 +329,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let first = store
-            .add_push_target("a@x", 1, web("https://p/1"), 10, 2)
+            .add_push_target(
+                &crate::store::rows::client_of("a@x", 1),
+                web("https://p/1"),
+                10,
+                2,
+            )
             .await
             .unwrap()
             .unwrap();
         assert!(!first.replaced.0);
         let again = store
-            .add_push_target("a@x", 1, web("https://p/1"), 11, 2)
+            .add_push_target(
+                &crate::store::rows::client_of("a@x", 1),
+                web("https://p/1"),
+                11,
+                2,
+            )
             .await
             .unwrap()
             .unwrap();
@@ -344,19 +356,37 @@ mod tests {
             pushkey: Text::new("key").unwrap(),
         });
         store
-            .add_push_target("a@x", 1, gateway, 12, 2)
+            .add_push_target(&crate::store::rows::client_of("a@x", 1), gateway, 12, 2)
             .await
             .unwrap()
             .unwrap();
         assert_eq!(
             store
-                .add_push_target("a@x", 1, web("https://p/2"), 13, 2)
+                .add_push_target(
+                    &crate::store::rows::client_of("a@x", 1),
+                    web("https://p/2"),
+                    13,
+                    2
+                )
                 .await
                 .unwrap(),
             Err(AddTargetRefusal::TooMany { limit: 2 })
         );
-        assert_eq!(store.push_targets("a@x", 1).await.unwrap().len(), 2);
-        assert_eq!(store.push_targets("a@x", 2).await.unwrap(), vec![]);
+        assert_eq!(
+            store
+                .push_targets(&crate::store::rows::client_of("a@x", 1))
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(
+            store
+                .push_targets(&crate::store::rows::client_of("a@x", 2))
+                .await
+                .unwrap(),
+            vec![]
+        );
 
         let pending = store
             .schedule_wakes(vec![("a@x".into(), 1, 5)], 1_000)
@@ -396,9 +426,19 @@ mod tests {
             )])
             .await
             .unwrap();
-        assert_eq!(store.push_targets("a@x", 1).await.unwrap().len(), 1);
+        assert_eq!(
+            store
+                .push_targets(&crate::store::rows::client_of("a@x", 1))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
         assert_eq!(store.pending_wakes().await.unwrap().len(), 1);
-        store.cancel_wakes("a@x", 1).await.unwrap();
+        store
+            .cancel_wakes(&crate::store::rows::client_of("a@x", 1))
+            .await
+            .unwrap();
         assert_eq!(store.pending_wakes().await.unwrap(), vec![]);
         store
             .schedule_wakes(vec![("a@x".into(), 1, 10)], 4_000)
@@ -421,7 +461,12 @@ mod tests {
         store.register_for_test("b@x", [7; 32]).await;
         let device = crate::store::FIRST_DEVICE_ID;
         store
-            .add_push_target("b@x", device, web("https://p/1"), 10, 4)
+            .add_push_target(
+                &crate::store::rows::client_of("b@x", device),
+                web("https://p/1"),
+                10,
+                4,
+            )
             .await
             .unwrap()
             .unwrap();
@@ -461,7 +506,11 @@ mod tests {
             vec![("b@x".to_owned(), device, 2)]
         );
         // What the client acknowledged needs no wake-up.
-        store.ack_messages("b@x", device, 2).await.unwrap().unwrap();
+        store
+            .ack_messages(&crate::store::rows::client_of("b@x", device), 2)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(store.unannounced_queues().await.unwrap(), vec![]);
     }
 }

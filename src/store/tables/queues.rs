@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::store::kv::{Prefetch, ReadableTable, Table, TableDefinition, WriteTransaction};
 
+use crate::protocol::ClientId;
 use crate::store::rows::{
     Admission, Enqueued, Envelope, FullQueues, QueueLimits, HANDSHAKE_RESERVE_FACTOR,
 };
@@ -146,12 +147,12 @@ impl Store {
     /// one if there is one), and the next sequence number the queue will assign.
     pub async fn fetch_messages(
         &self,
-        user_id: &str,
-        device_id: u32,
+        client: &ClientId,
         from_seq: u64,
         max_count: usize,
         max_bytes: usize,
     ) -> Result<(Vec<StoredMessage>, u64), StoreError> {
+        let (user_id, device_id) = (client.user_id.as_str(), client.device_id);
         let user_id = user_id.to_owned();
         self.read(move |txn| {
             let next_seq = txn
@@ -200,10 +201,10 @@ impl Store {
     /// when `up_to_seq` has not been assigned yet.
     pub async fn ack_messages(
         &self,
-        user_id: &str,
-        device_id: u32,
+        client: &ClientId,
         up_to_seq: u64,
     ) -> Result<Result<(), u64>, StoreError> {
+        let (user_id, device_id) = (client.user_id.as_str(), client.device_id);
         let user_id = user_id.to_owned();
         let mut reads = Prefetch::default();
         reads.key(&QUEUE_REMOVED, (user_id.as_str(), device_id));
@@ -286,11 +287,8 @@ impl Store {
     }
 
     /// (messages, payload bytes) queued for a client.
-    pub async fn queue_size(
-        &self,
-        user_id: &str,
-        device_id: u32,
-    ) -> Result<(u64, u64), StoreError> {
+    pub async fn queue_size(&self, client: &ClientId) -> Result<(u64, u64), StoreError> {
+        let (user_id, device_id) = (client.user_id.as_str(), client.device_id);
         let user_id = user_id.to_owned();
         self.read(move |txn| {
             let (heads, removed) = (txn.open_table(QUEUE_HEADS)?, txn.open_table(QUEUE_REMOVED)?);
@@ -980,7 +978,12 @@ mod tests {
             .iter()
             .all(|o| *o == Enqueued::Queued { seq: FIRST_SEQ }));
         let (messages, next) = store
-            .fetch_messages("user999@localhost", 1, 0, 10, 1 << 20)
+            .fetch_messages(
+                &crate::store::rows::client_of("user999@localhost", 1),
+                0,
+                10,
+                1 << 20,
+            )
             .await
             .unwrap();
         assert_eq!((messages.len(), next), (1, FIRST_SEQ + 1));
@@ -1032,13 +1035,25 @@ mod tests {
             store.enqueue(vec![unknown], 1, limits).await.unwrap(),
             Ok(vec![Enqueued::UnknownClient])
         );
-        assert_eq!(store.ack_messages(&users[0].0, 1, 3).await.unwrap(), Err(3));
+        assert_eq!(
+            store
+                .ack_messages(&crate::store::rows::client_of(&users[0].0, 1), 3)
+                .await
+                .unwrap(),
+            Err(3)
+        );
         store
-            .ack_messages(&users[0].0, 1, 1)
+            .ack_messages(&crate::store::rows::client_of(&users[0].0, 1), 1)
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(store.queue_size(&users[0].0, 1).await.unwrap(), (1, 10));
+        assert_eq!(
+            store
+                .queue_size(&crate::store::rows::client_of(&users[0].0, 1))
+                .await
+                .unwrap(),
+            (1, 10)
+        );
         assert_eq!(
             store
                 .enqueue(vec![envelope(0, 10)], 1, limits)
@@ -1093,7 +1108,13 @@ mod tests {
             refused,
             Err(vec![crate::store::rows::client((&users[0].0, 1))])
         );
-        assert_eq!(store.queue_size(&users[1].0, 1).await.unwrap(), (0, 0));
+        assert_eq!(
+            store
+                .queue_size(&crate::store::rows::client_of(&users[1].0, 1))
+                .await
+                .unwrap(),
+            (0, 0)
+        );
         // A removed member's copy is skipped instead.
         assert_eq!(
             store
@@ -1160,7 +1181,7 @@ mod tests {
         );
         // Acknowledging frees room, and the total is kept across a reopening.
         store
-            .ack_messages(&users[0].0, 1, 1)
+            .ack_messages(&crate::store::rows::client_of(&users[0].0, 1), 1)
             .await
             .unwrap()
             .unwrap();
@@ -1217,7 +1238,7 @@ mod tests {
         );
         // Once it is acknowledged, the next one of its kind is queued again.
         store
-            .ack_messages(&users[0].0, 1, 1)
+            .ack_messages(&crate::store::rows::client_of(&users[0].0, 1), 1)
             .await
             .unwrap()
             .unwrap();
@@ -1263,11 +1284,22 @@ mod tests {
             }]
         );
         let (left, _) = store
-            .fetch_messages(&users[0].0, 1, 0, 10, 1 << 20)
+            .fetch_messages(
+                &crate::store::rows::client_of(&users[0].0, 1),
+                0,
+                10,
+                1 << 20,
+            )
             .await
             .unwrap();
         assert_eq!(left.iter().map(|m| m.seq).collect::<Vec<_>>(), [3]);
-        assert_eq!(store.queue_size(&users[0].0, 1).await.unwrap(), (1, 3));
+        assert_eq!(
+            store
+                .queue_size(&crate::store::rows::client_of(&users[0].0, 1))
+                .await
+                .unwrap(),
+            (1, 3)
+        );
     }
 
     /// How many payloads are stored once for several queues.
@@ -1312,14 +1344,31 @@ mod tests {
 
         for (user_id, device_id) in &users {
             let (messages, _) = store
-                .fetch_messages(user_id, *device_id, 0, 10, 1 << 20)
+                .fetch_messages(
+                    &crate::store::rows::client_of(user_id, *device_id),
+                    0,
+                    10,
+                    1 << 20,
+                )
                 .await
                 .unwrap();
             assert_eq!(messages[0].payload, *fanned_out);
-            assert!(store.queue_size(user_id, *device_id).await.unwrap().1 >= 4096);
+            assert!(
+                store
+                    .queue_size(&crate::store::rows::client_of(user_id, *device_id))
+                    .await
+                    .unwrap()
+                    .1
+                    >= 4096
+            );
         }
         let (messages, _) = store
-            .fetch_messages(&users[0].0, 1, 0, 10, 1 << 20)
+            .fetch_messages(
+                &crate::store::rows::client_of(&users[0].0, 1),
+                0,
+                10,
+                1 << 20,
+            )
             .await
             .unwrap();
         assert_eq!(
@@ -1329,11 +1378,17 @@ mod tests {
 
         // Acknowledged by one client; the other two copies expire and are purged.
         store
-            .ack_messages(&users[0].0, 1, 1)
+            .ack_messages(&crate::store::rows::client_of(&users[0].0, 1), 1)
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(store.queue_size(&users[0].0, 1).await.unwrap(), (1, 10));
+        assert_eq!(
+            store
+                .queue_size(&crate::store::rows::client_of(&users[0].0, 1))
+                .await
+                .unwrap(),
+            (1, 10)
+        );
         let purged = store.purge_expired_messages(2_000).await.unwrap();
         assert_eq!(purged.len(), 3, "{purged:?}");
         assert_eq!(
@@ -1357,7 +1412,12 @@ mod tests {
             .unwrap();
         assert_eq!(shared_payloads(&store).await, 1);
         let (messages, _) = store
-            .fetch_messages("user2@localhost", 1, 0, 10, 1 << 20)
+            .fetch_messages(
+                &crate::store::rows::client_of("user2@localhost", 1),
+                0,
+                10,
+                1 << 20,
+            )
             .await
             .unwrap();
         assert_eq!(messages[0].payload, *fanned_out);
