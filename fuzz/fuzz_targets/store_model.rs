@@ -23,6 +23,14 @@ fn user(index: usize) -> String {
     format!("user{index}@localhost")
 }
 
+/// The one device of user `index`.
+fn device(index: usize) -> roost::protocol::ClientId {
+    roost::protocol::ClientId {
+        user_id: roost::protocol::Text::truncated(&user(index)),
+        device_id: 1,
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -66,10 +74,7 @@ async fn run(data: &[u8]) {
             0 | 1 => {
                 let payload = vec![b; (b % 40) as usize];
                 let envelope = Envelope {
-                    client: roost::protocol::ClientId {
-                        user_id: roost::protocol::Text::truncated(&user(client)),
-                        device_id: 1,
-                    },
+                    client: device(client),
                     kind: roost::protocol::MessageKind::Mls,
                     payload: Arc::new(payload.clone()),
                     admission: Admission::Message,
@@ -91,7 +96,7 @@ async fn run(data: &[u8]) {
             // Acknowledge up to some sequence number.
             2 => {
                 let up_to = u64::from(b) % (model.next[client] + 2);
-                let acked = store.ack_messages(&user(client), 1, up_to).await.unwrap();
+                let acked = store.ack_messages(&device(client), up_to).await.unwrap();
                 if up_to >= model.next[client] {
                     assert_eq!(acked, Err(model.next[client]));
                 } else {
@@ -108,7 +113,7 @@ async fn run(data: &[u8]) {
         }
         for (index, queue) in model.queues.iter().enumerate() {
             let (messages, next) = store
-                .fetch_messages(&user(index), 1, 0, 100, 1 << 20)
+                .fetch_messages(&device(index), 0, 100, 1 << 20)
                 .await
                 .unwrap();
             assert_eq!(next, model.next[index]);
