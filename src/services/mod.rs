@@ -649,9 +649,7 @@ impl Services {
         caller: &Caller<'_>,
         request: Request,
     ) -> Result<ResponseBody, ServiceError> {
-        let actor = caller
-            .client
-            .map(|client| (client.user_id.as_str().to_owned(), client.device_id));
+        let actor = caller.client.cloned();
         crate::store::acting_for(actor, self.handle_as_caller(caller, request)).await
     }
 

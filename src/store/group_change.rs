@@ -140,12 +140,11 @@ fn gone_joiner(
         return Ok(None);
     };
     for row in joiners {
-        let local = crate::identity::UserId::domain_of(&row.user_id) == domain;
-        if local && !accounts::client_exists(txn, &row.user_id, row.device_id)? {
-            return Ok(Some(GroupRefusal::MemberGone {
-                user_id: row.user_id.clone(),
-                device_id: row.device_id,
-            }));
+        let local = crate::identity::UserId::domain_of(row.client.user_id.as_str()) == domain;
+        if local
+            && !accounts::client_exists(txn, row.client.user_id.as_str(), row.client.device_id)?
+        {
+            return Ok(Some(GroupRefusal::MemberGone(row.client.clone())));
         }
     }
     Ok(None)

@@ -10,6 +10,7 @@ use super::rows::{Enqueued, Envelope, OutgoingDelivery, QueueLimits};
 use super::tables::groups::{self, GroupRefusal, Remembered, RequestRecord, SendView};
 use super::tables::{federation, group_logs};
 use super::{Store, StoreError};
+use crate::protocol::ClientId;
 
 impl Store {
     /// What `asker` sending an application message with `digest` to `group_id` needs, in one
@@ -20,18 +21,18 @@ impl Store {
         &self,
         group_id: &[u8],
         digest: [u8; 32],
-        asker: (&str, u32),
+        asker: &ClientId,
         now_ms: u64,
     ) -> Result<(Remembered, Option<SendView>), StoreError> {
         let group_id = group_id.to_vec();
-        let asker = (asker.0.to_owned(), asker.1);
+        let asker = asker.clone();
         // One statement on PostgreSQL: the remembered request, the send view and the group's
         // log readers.
         let mut reads = Prefetch::default();
         groups::send_view_reads(&mut reads, &group_id, &digest);
         group_logs::log_reader_reads(&mut reads, &group_id);
         self.read_reading(reads, move |txn| {
-            let asker = (asker.0.as_str(), asker.1);
+            let asker = crate::store::rows::key(&asker);
             let (remembered, view) =
                 groups::prepared_send_in(txn, &group_id, &digest, asker, now_ms)?;
             let Some((epoch, members)) = view else {

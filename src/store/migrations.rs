@@ -181,7 +181,12 @@ mod tests {
         );
         assert_eq!(
             store
-                .recent_request(b"group", [1; 32], ("a@x", 1), 2_000)
+                .recent_request(
+                    b"group",
+                    [1; 32],
+                    &crate::store::rows::client_of("a@x", 1),
+                    2_000
+                )
                 .await
                 .unwrap(),
             Remembered::New

@@ -94,6 +94,7 @@ use std::thread::JoinHandle;
 use redb::{Database, ReadableDatabase};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::protocol::ClientId;
 use kv::{ReadTransaction, WriteTransaction};
 
 use writer::{TypedWrite, WriteJob};
@@ -127,21 +128,18 @@ pub enum StoreError {
 }
 
 tokio::task_local! {
-    /// The local client the current task writes for, as (user id, device id): set by the
+    /// The local client the current task writes for: set by the
     /// services while they serve an authenticated client's request. Every write made meanwhile
     /// first checks, in its own transaction, that this client still exists, so a removal that
     /// lands between authentication and the write takes the client's authority with it.
-    static ACTING_CLIENT: Option<(String, u32)>;
+    static ACTING_CLIENT: Option<ClientId>;
 }
 
-/// Runs `work` with every store write in it made for the local client `(user_id, device_id)`:
+/// Runs `work` with every store write in it made for the local client `client`:
 /// each write is refused with [`StoreError::ActorRemoved`] if the client no longer exists when
 /// its transaction runs. `None` runs `work` as the server itself (no such check), e.g. for the
 /// follow-up work of a removal, which must go on after the client is gone.
-pub async fn acting_for<F: std::future::Future>(
-    client: Option<(String, u32)>,
-    work: F,
-) -> F::Output {
+pub async fn acting_for<F: std::future::Future>(client: Option<ClientId>, work: F) -> F::Output {
     ACTING_CLIENT.scope(client, work).await
 }
 
@@ -401,13 +399,14 @@ impl Store {
         // A write for a local client first checks, in its transaction, that the client exists.
         let actor = ACTING_CLIENT.try_with(Clone::clone).ok().flatten();
         let mut reads = reads;
-        if let Some((user_id, device_id)) = &actor {
-            tables::accounts::client_reads(&mut reads, (user_id, *device_id));
+        if let Some(actor) = &actor {
+            tables::accounts::client_reads(&mut reads, rows::key(actor));
         }
         let mut op = op;
         let op = move |txn: &WriteTransaction| {
-            if let Some((user_id, device_id)) = &actor {
-                if !tables::accounts::client_exists(txn, user_id, *device_id)? {
+            if let Some(actor) = &actor {
+                let (user_id, device_id) = rows::key(actor);
+                if !tables::accounts::client_exists(txn, user_id, device_id)? {
                     return Err(StoreError::ActorRemoved);
                 }
             }

@@ -118,7 +118,6 @@ pub struct OutgoingDelivery {
 /// A client in a group, at a leaf.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct GroupMemberRow {
-    pub user_id: String,
-    pub device_id: u32,
+    pub client: ClientId,
     pub leaf_index: u32,
 }

@@ -85,7 +85,7 @@ impl Nodes {
         (user_id, device_id): (&str, u32),
         write: impl std::future::Future<Output = Result<T, roost::store::StoreError>>,
     ) -> String {
-        let actor = Some((user_id.to_owned(), device_id));
+        let actor = Some(crate::support::client_of(user_id, device_id));
         let client_1 = crate::support::client_of(user_id, device_id);
         let (written, removed) =
             tokio::join!(acting_for(actor, write), self.b.remove_client(&client_1));
@@ -207,8 +207,7 @@ fn group(epoch: u64) -> StoredGroup {
 
 fn member(user_id: &str, device_id: u32, leaf_index: u32) -> GroupMemberRow {
     GroupMemberRow {
-        user_id: user_id.to_owned(),
-        device_id,
+        client: crate::support::client_of(user_id, device_id),
         leaf_index,
     }
 }
@@ -359,7 +358,7 @@ async fn a_device_being_removed_publishes_no_key_packages() {
         let device = nodes.add_device(&user).await;
         let batch = vec![key_package(u64::MAX), key_package(u64::MAX)];
         let reference = batch[0].key_package_ref.clone();
-        let actor = Some((user.clone(), device));
+        let actor = Some(crate::support::client_of(&user, device));
         let client_4 = crate::support::client_of(&user, device);
         let client_3 = crate::support::client_of(&user, device);
         let (published, removed) = tokio::join!(

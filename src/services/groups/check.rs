@@ -219,15 +219,11 @@ pub(super) fn finish_commit(
     let welcome = checked_welcome(parts.welcome, &added)?;
     let members = super::members_of(&group.public)?;
     let roles = roles_of(&group.public, &members)?;
-    let leaving: Vec<(String, u32)> = group
+    let leaving: Vec<ClientId> = group
         .stored
         .leaving
         .iter()
-        .filter(|(user, device)| {
-            members
-                .iter()
-                .any(|(client, _)| client.user_id.as_str() == user && client.device_id == *device)
-        })
+        .filter(|leaving| members.iter().any(|(client, _)| client == *leaving))
         .cloned()
         .collect();
     let mut envelopes = commit_envelopes(caller, &old_members, &members, parts.commit);
@@ -332,7 +328,7 @@ fn commit_envelopes(
 pub(super) struct StagedProposalCheck {
     now: GroupNow,
     queued: Box<QueuedProposal>,
-    leaving: Vec<(String, u32)>,
+    leaving: Vec<ClientId>,
     /// An Update's new leaf, which must carry the proposer's own credential.
     update_leaf: Option<LeafNode>,
 }
@@ -383,7 +379,7 @@ pub(super) fn stage_proposal(
             if is_admin(stored, caller) && !admins_left {
                 return Err(ServiceError::LastAdmin);
             }
-            leaving.push((caller.user_id.as_str().to_owned(), caller.device_id));
+            leaving.push(caller.clone());
         }
         Proposal::Remove(_) if !is_admin(stored, caller) => return Err(ServiceError::NotAnAdmin),
         Proposal::Remove(_) => {}
@@ -475,7 +471,7 @@ pub(super) fn check_removal(
         return Err(invalid("the server's own proposal is not a proposal"));
     };
     let mut leaving = now.group.stored.leaving.clone();
-    leaving.push((departed.user_id.as_str().to_owned(), departed.device_id));
+    leaving.push(departed.clone());
     pending_transition(now, *queued, leaving, departed, &proposal).map(Some)
 }
 
@@ -484,7 +480,7 @@ pub(super) fn check_removal(
 fn pending_transition(
     now: GroupNow,
     queued: QueuedProposal,
-    leaving: Vec<(String, u32)>,
+    leaving: Vec<ClientId>,
     sender: &ClientId,
     proposal: &[u8],
 ) -> Result<Checked, ServiceError> {

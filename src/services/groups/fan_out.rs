@@ -78,21 +78,16 @@ pub(super) fn member_rows(members: &Members) -> Vec<GroupMemberRow> {
     members
         .iter()
         .map(|(client, leaf_index)| GroupMemberRow {
-            user_id: client.user_id.as_str().to_owned(),
-            device_id: client.device_id,
+            client: client.clone(),
             leaf_index: *leaf_index,
         })
         .collect()
 }
 
 /// The member rows that receive messages: the tree's members but those leaving.
-pub(super) fn delivery_rows(members: &Members, leaving: &[(String, u32)]) -> Vec<GroupMemberRow> {
+pub(super) fn delivery_rows(members: &Members, leaving: &[ClientId]) -> Vec<GroupMemberRow> {
     member_rows(members)
         .into_iter()
-        .filter(|row| {
-            !leaving
-                .iter()
-                .any(|(user, device)| *user == row.user_id && *device == row.device_id)
-        })
+        .filter(|row| !leaving.contains(&row.client))
         .collect()
 }

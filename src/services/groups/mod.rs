@@ -87,10 +87,9 @@ impl Groups {
         digest: [u8; 32],
         now_ms: u64,
     ) -> Result<Remembered, ServiceError> {
-        let asker = (caller.user_id.as_str(), caller.device_id);
         Ok(self
             .store
-            .recent_request(group_id, digest, asker, now_ms)
+            .recent_request(group_id, digest, caller, now_ms)
             .await?)
     }
 
@@ -485,9 +484,10 @@ fn group_refusal(refusal: GroupRefusal) -> ServiceError {
         GroupRefusal::WrongEpoch { current } => ServiceError::WrongEpoch { current },
         GroupRefusal::QueueFull(full) => ServiceError::QueueFull { full },
         GroupRefusal::Unknown | GroupRefusal::Exists => ServiceError::UnknownGroup,
-        GroupRefusal::MemberGone { user_id, device_id } => ServiceError::InvalidMemberCredential(
-            format!("{user_id} device {device_id} is not a registered client"),
-        ),
+        GroupRefusal::MemberGone(client) => ServiceError::InvalidMemberCredential(format!(
+            "{} device {} is not a registered client",
+            client.user_id, client.device_id
+        )),
         // Another client's bytes, sent again while the first was being stored.
         GroupRefusal::Replayed => ServiceError::Forbidden,
         // Callers that remember requests answer a repeat themselves; others never meet one.

@@ -121,8 +121,7 @@ impl Groups {
                 digest,
                 now_ms,
                 answer: checked.answer,
-                user_id: actor.user_id.as_str().to_owned(),
-                device_id: actor.device_id,
+                sender: actor.clone(),
             });
             match self.store_transition(group_id, checked.transition).await? {
                 Ok(()) => {

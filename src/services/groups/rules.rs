@@ -336,10 +336,7 @@ pub(super) fn own_user_in(caller: &ClientId, group: &LoadedGroup, members: &Memb
 }
 
 pub(super) fn is_leaving(group: &StoredGroup, client: &ClientId) -> bool {
-    group
-        .leaving
-        .iter()
-        .any(|(user, device)| user == client.user_id.as_str() && *device == client.device_id)
+    group.leaving.contains(client)
 }
 
 pub(super) fn is_admin(group: &StoredGroup, client: &ClientId) -> bool {

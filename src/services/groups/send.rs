@@ -62,8 +62,7 @@ impl Groups {
             digest,
             now_ms: accepted_at_ms,
             answer: accepted_at_ms,
-            user_id: caller.user_id.as_str().to_owned(),
-            device_id: caller.device_id,
+            sender: caller.clone(),
         };
         self.deliver(&group_id, recipients, payload, request).await
     }
@@ -77,10 +76,9 @@ impl Groups {
         digest: [u8; 32],
         now_ms: u64,
     ) -> Result<Result<SendView, u64>, ServiceError> {
-        let asker = (caller.user_id.as_str(), caller.device_id);
         let view = match self
             .store
-            .prepare_send(group_id, digest, asker, now_ms)
+            .prepare_send(group_id, digest, caller, now_ms)
             .await?
         {
             (Remembered::Retry(first), _) => return Ok(Err(first)),

@@ -322,7 +322,7 @@ type MemberNames<'r> = std::collections::HashSet<(&'r str, u32)>;
 
 fn member_names(rows: &[GroupMemberRow]) -> MemberNames<'_> {
     rows.iter()
-        .map(|row| (row.user_id.as_str(), row.device_id))
+        .map(|row| (row.client.user_id.as_str(), row.client.device_id))
         .collect()
 }
 
@@ -337,7 +337,7 @@ pub(in crate::store) fn update_windows(
 ) -> Result<(), StoreError> {
     let (old_names, new_names) = (member_names(old), member_names(new));
     let is_in = |names: &MemberNames, row: &GroupMemberRow| {
-        names.contains(&(row.user_id.as_str(), row.device_id))
+        names.contains(&(row.client.user_id.as_str(), row.client.device_id))
     };
     let clients = txn.open_table(LOG_CLIENTS)?;
     let joined: Vec<&GroupMemberRow> = new.iter().filter(|row| !is_in(&old_names, row)).collect();
@@ -345,7 +345,7 @@ pub(in crate::store) fn update_windows(
     let mut joining_readers = Vec::new();
     for row in joined {
         if clients
-            .get((row.user_id.as_str(), row.device_id))?
+            .get((row.client.user_id.as_str(), row.client.device_id))?
             .is_some()
         {
             joining_readers.push(row);
@@ -354,10 +354,22 @@ pub(in crate::store) fn update_windows(
     drop(clients);
     let (next, ..) = log_head(&txn.open_table(GROUP_LOGS)?, group_id)?;
     for row in joining_readers {
-        open_window(txn, group_id, &row.user_id, row.device_id, next)?;
+        open_window(
+            txn,
+            group_id,
+            row.client.user_id.as_str(),
+            row.client.device_id,
+            next,
+        )?;
     }
     for row in left {
-        close_window(txn, group_id, &row.user_id, row.device_id, next - 1)?;
+        close_window(
+            txn,
+            group_id,
+            row.client.user_id.as_str(),
+            row.client.device_id,
+            next - 1,
+        )?;
     }
     trim(txn, group_id)
 }

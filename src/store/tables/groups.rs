@@ -7,7 +7,7 @@ use crate::store::kv::{Prefetch, ReadableTable, TableDefinition, WriteTransactio
 use tls_codec::{Deserialize, Serialize, TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
 
 use crate::protocol::ClientId;
-use crate::store::rows::{client, Envelope, FullQueues, GroupMemberRow, OutgoingDelivery};
+use crate::store::rows::{client, key, Envelope, FullQueues, GroupMemberRow, OutgoingDelivery};
 use crate::store::{Store, StoreError};
 
 /// group id -> [`GroupRecord`] encoding.
@@ -63,8 +63,8 @@ pub(in crate::store) fn write_send_view(
         members: members
             .iter()
             .map(|row| StoredClientRef {
-                user_id: row.user_id.as_bytes().to_vec().into(),
-                device_id: row.device_id,
+                user_id: row.client.user_id.as_str().as_bytes().to_vec().into(),
+                device_id: row.client.device_id,
             })
             .collect(),
     };
@@ -116,7 +116,7 @@ pub struct StoredGroup {
     pub roles: Vec<(String, bool)>,
     /// Clients that proposed to leave: still in the tree until a commit removes them, but no
     /// longer members for delivery.
-    pub leaving: Vec<(String, u32)>,
+    pub leaving: Vec<ClientId>,
     /// The current epoch's GroupInfo (an encoded `MLSMessage`).
     pub group_info: Vec<u8>,
     /// The entries of the group's openmls public storage.
@@ -139,9 +139,9 @@ impl StoredGroup {
             leaving: self
                 .leaving
                 .iter()
-                .map(|(user_id, device_id)| StoredClientRef {
-                    user_id: user_id.as_bytes().to_vec().into(),
-                    device_id: *device_id,
+                .map(|client| StoredClientRef {
+                    user_id: client.user_id.as_str().as_bytes().to_vec().into(),
+                    device_id: client.device_id,
                 })
                 .collect(),
             group_info: self.group_info.clone().into(),
@@ -171,11 +171,9 @@ impl StoredGroup {
             leaving: record
                 .leaving
                 .into_iter()
-                .map(|client| {
-                    (
-                        String::from_utf8_lossy(client.user_id.as_slice()).into_owned(),
-                        client.device_id,
-                    )
+                .map(|stored| {
+                    let user_id = String::from_utf8_lossy(stored.user_id.as_slice());
+                    super::super::rows::client((&user_id, stored.device_id))
                 })
                 .collect(),
             group_info: record.group_info.into(),
@@ -225,9 +223,8 @@ pub struct RequestRecord {
     /// What the request was answered with: the new epoch of a commit, the acceptance time of
     /// a message, 0 for a proposal.
     pub answer: u64,
-    /// The client that sent it (as `user_id`, `device_id`): only it is answered from the record.
-    pub user_id: String,
-    pub device_id: u32,
+    /// The client that sent it: only it is answered from the record.
+    pub sender: ClientId,
 }
 
 /// What the dedupe window says of an MLS message a client sends.
@@ -265,10 +262,7 @@ pub enum GroupRefusal {
     Replayed,
     /// A client of this server that the transition brings into the group no longer exists (it
     /// was removed after the request was checked); nothing was written.
-    MemberGone {
-        user_id: String,
-        device_id: u32,
-    },
+    MemberGone(ClientId),
 }
 
 impl Store {
@@ -467,7 +461,7 @@ pub(in crate::store) fn repeat_refusal(
         &txn.open_table(RECENT_REQUESTS)?,
         &record.group_id,
         &record.digest,
-        (record.user_id.as_str(), record.device_id),
+        (record.sender.user_id.as_str(), record.sender.device_id),
         record.now_ms,
     )?;
     Ok(match remembered {
@@ -511,8 +505,8 @@ pub(in crate::store) fn remember_request(
         (
             record.now_ms,
             record.answer,
-            record.user_id.as_str(),
-            record.device_id,
+            record.sender.user_id.as_str(),
+            record.sender.device_id,
         ),
     )?;
     txn.open_table(RECENT_REQUESTS_BY_TIME)?
@@ -562,17 +556,17 @@ impl Store {
         &self,
         group_id: &[u8],
         digest: [u8; 32],
-        asker: (&str, u32),
+        asker: &ClientId,
         now_ms: u64,
     ) -> Result<Remembered, StoreError> {
         let group_id = group_id.to_vec();
-        let asker = (asker.0.to_owned(), asker.1);
+        let asker = asker.clone();
         self.read(move |txn| {
             recent_answer(
                 &txn.open_table(RECENT_REQUESTS)?,
                 &group_id,
                 &digest,
-                (asker.0.as_str(), asker.1),
+                key(&asker),
                 now_ms,
             )
         })
@@ -737,11 +731,11 @@ pub(in crate::store) fn replace_members(
         (old.iter().collect(), new.iter().collect());
     let mut members = txn.open_table(GROUP_MEMBERS)?;
     for row in old.iter().filter(|row| !new_rows.contains(row)) {
-        members.delete((row.user_id.as_str(), row.device_id, group_id))?;
+        members.delete((row.client.user_id.as_str(), row.client.device_id, group_id))?;
     }
     for row in new.iter().filter(|row| !old_rows.contains(row)) {
         members.put(
-            (row.user_id.as_str(), row.device_id, group_id),
+            (row.client.user_id.as_str(), row.client.device_id, group_id),
             (row.leaf_index, epoch),
         )?;
     }
@@ -776,8 +770,7 @@ mod tests {
             digest: [digest; 32],
             now_ms,
             answer: 7,
-            user_id: "a@x".into(),
-            device_id: 1,
+            sender: crate::store::rows::client_of("a@x", 1),
         };
         for (digest, at) in [(1, 1_000), (2, 2_000)] {
             let request = record(digest, at);
@@ -791,7 +784,7 @@ mod tests {
             let store = store.clone();
             async move {
                 store
-                    .recent_request(group, [1; 32], asker, at)
+                    .recent_request(group, [1; 32], &crate::store::rows::client(asker), at)
                     .await
                     .unwrap()
             }
@@ -839,8 +832,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let row = |user: &str, leaf| GroupMemberRow {
-            user_id: user.into(),
-            device_id: 1,
+            client: crate::store::rows::client_of(user, 1),
             leaf_index: leaf,
         };
         let steps = [
