@@ -422,14 +422,11 @@ impl<'a> GroupClient<'a> {
         }
         let parsed = ClientCredential::tls_deserialize_exact(basic.identity())
             .context("the member's credential is not a Roost client credential")?;
-        let domain = parsed
-            .content
-            .client
-            .user_id
-            .as_str()
-            .rsplit_once('@')
-            .map(|(_, domain)| domain.to_owned())
-            .context("the member's user id has no domain")?;
+        let domain = crate::identity::UserId::domain_of(parsed.content.client.user_id.as_str());
+        if domain.is_empty() {
+            anyhow::bail!("the member's user id has no domain");
+        }
+        let domain = domain.to_owned();
         let keys = self.keys_for(&domain).await?;
         let client = verify_leaf_member(credential, signature_key, &keys, self.now)?;
         let mut verified = self.verified_lock();

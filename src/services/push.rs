@@ -443,8 +443,8 @@ impl Push {
 
     /// Loads the clients with targets, the outbox, and what a crash may have left unannounced.
     async fn start_up(&self) -> Result<Vec<PendingWake>, ServiceError> {
-        for (user_id, device_id) in self.store.clients_with_push_targets().await? {
-            self.set_registered(&user_id, device_id, true);
+        for client in self.store.clients_with_push_targets().await? {
+            self.set_registered(client.user_id.as_str(), client.device_id, true);
         }
         let pending = self.store.pending_wakes().await?;
         let unannounced = self.store.unannounced_queues().await?;

@@ -148,7 +148,8 @@ pub fn parse_client(text: &str, me: &ClientId) -> anyhow::Result<ClientId> {
 
 /// The domain of a user id.
 pub fn user_domain(user: &str) -> anyhow::Result<&str> {
-    user.rsplit_once('@')
-        .map(|(_, domain)| domain)
-        .with_context(|| format!("{user:?} is not USER@DOMAIN"))
+    match roost::identity::UserId::domain_of(user) {
+        "" => anyhow::bail!("{user:?} is not USER@DOMAIN"),
+        domain => Ok(domain),
+    }
 }

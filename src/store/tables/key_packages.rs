@@ -4,6 +4,7 @@
 
 use crate::store::kv::{ReadableTable, TableDefinition, WriteTransaction};
 
+use crate::protocol::ClientId;
 use crate::store::{Store, StoreError};
 
 /// (user id, device id, ciphersuite, KeyPackageRef) -> [`StoredKeyPackage`] encoding.
@@ -111,13 +112,13 @@ impl Store {
         &self,
         key_package_ref: &[u8],
         now: u64,
-    ) -> Result<Option<(String, u32)>, StoreError> {
+    ) -> Result<Option<ClientId>, StoreError> {
         let key_package_ref = key_package_ref.to_vec();
         self.read(move |txn| {
             let refs = txn.open_table(KEY_PACKAGE_REFS)?;
             let owner = refs.get(key_package_ref.as_slice())?.and_then(|owner| {
                 let (user_id, device_id, not_after) = owner.value();
-                (now < not_after).then(|| (user_id.to_owned(), device_id))
+                (now < not_after).then(|| crate::store::rows::client((user_id, device_id)))
             });
             Ok(owner)
         })

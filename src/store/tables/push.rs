@@ -193,8 +193,12 @@ impl Store {
     }
 
     /// Every client with at least one push target.
-    pub async fn clients_with_push_targets(&self) -> Result<Vec<(String, u32)>, StoreError> {
-        self.read(clients_with_targets).await
+    pub async fn clients_with_push_targets(&self) -> Result<Vec<ClientId>, StoreError> {
+        let clients = self.read(clients_with_targets).await?;
+        Ok(clients
+            .iter()
+            .map(|(user_id, device_id)| crate::store::rows::client((user_id, *device_id)))
+            .collect())
     }
 
     /// Schedules a wake-up, due at `now_ms`, for every target of each client in `clients`
