@@ -87,6 +87,7 @@ fn initialise_schema_in(txn: &WriteTransaction) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::rows::client_of;
     use crate::store::{Membership, OutgoingDelivery, Remembered, StoredMessage};
 
     /// A data directory holding a redb database at schema `version`, with what `fill` writes.
@@ -171,7 +172,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(
             store
-                .group_membership(&crate::store::rows::client_of("a@x", 1), b"group")
+                .group_membership(&client_of("a@x", 1), b"group")
                 .await
                 .unwrap(),
             Some(Membership {
@@ -181,12 +182,7 @@ mod tests {
         );
         assert_eq!(
             store
-                .recent_request(
-                    b"group",
-                    [1; 32],
-                    &crate::store::rows::client_of("a@x", 1),
-                    2_000
-                )
+                .recent_request(b"group", [1; 32], &client_of("a@x", 1), 2_000)
                 .await
                 .unwrap(),
             Remembered::New
@@ -210,12 +206,7 @@ mod tests {
         });
         let store = Store::open(dir.path()).unwrap();
         let (messages, _) = store
-            .fetch_messages(
-                &crate::store::rows::client_of("alice@localhost", 1),
-                0,
-                10,
-                1 << 20,
-            )
+            .fetch_messages(&client_of("alice@localhost", 1), 0, 10, 1 << 20)
             .await
             .unwrap();
         assert_eq!(
@@ -237,12 +228,7 @@ mod tests {
         // Reopening finds schema 2 and changes nothing.
         let store = Store::open(dir.path()).unwrap();
         let (again, _) = store
-            .fetch_messages(
-                &crate::store::rows::client_of("alice@localhost", 1),
-                0,
-                10,
-                1 << 20,
-            )
+            .fetch_messages(&client_of("alice@localhost", 1), 0, 10, 1 << 20)
             .await
             .unwrap();
         assert_eq!(again, messages);

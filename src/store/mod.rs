@@ -488,3 +488,12 @@ fn open_redb(path: &Path) -> Result<Database, StoreError> {
     private.map_err(|e| StoreError::io(format!("{e:#}")))?;
     Ok(Database::create(path)?)
 }
+
+/// A store in a new temporary data directory (for the store's own tests; the directory goes
+/// with the returned guard).
+#[cfg(test)]
+pub(crate) fn test_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    (dir, store)
+}

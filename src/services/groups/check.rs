@@ -88,12 +88,7 @@ pub(super) fn stage_commit(
     now: GroupNow,
     message: ProtocolMessage,
 ) -> Result<StagedCommitCheck, ServiceError> {
-    let epoch = now.group.stored.epoch;
-    if message.epoch().as_u64() != epoch {
-        return Err(ServiceError::WrongEpoch { current: epoch });
-    }
-    let processed = cpu_bound(|| now.group.public.process_message(host.crypto, message))
-        .map_err(|e| processing_refusal("commit", e, epoch))?;
+    let processed = process(host, &now, message, "commit")?;
     let sender = processed.sender().clone();
     let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
         return Err(invalid("the message is not a commit"));
@@ -244,21 +239,18 @@ pub(super) fn finish_commit(
         epoch: new_epoch,
         created_at: group.stored.created_at,
         roles,
-        leaving: leaving.clone(),
+        leaving,
         group_info: parts.group_info.to_vec(),
         public_state: snapshot(&group.storage)?,
     };
     Ok(Checked {
-        transition: GroupTransition {
-            from_epoch: group.stored.epoch,
-            group: stored,
-            old_members: member_rows(&old_members),
-            members: delivery_rows(&members, &leaving),
+        transition: transition(
+            group.stored.epoch,
+            stored,
+            (&old_members, &members),
             envelopes,
-            remote: Vec::new(),
-            request: None,
             joiners_tree,
-        },
+        ),
         answer: new_epoch,
     })
 }
@@ -349,12 +341,7 @@ pub(super) fn stage_proposal(
     now: GroupNow,
     message: ProtocolMessage,
 ) -> Result<StagedProposalCheck, ServiceError> {
-    let epoch = now.group.stored.epoch;
-    if message.epoch().as_u64() != epoch {
-        return Err(ServiceError::WrongEpoch { current: epoch });
-    }
-    let processed = cpu_bound(|| now.group.public.process_message(host.crypto, message))
-        .map_err(|e| processing_refusal("proposal", e, epoch))?;
+    let processed = process(host, &now, message, "proposal")?;
     let Sender::Member(sender_leaf) = *processed.sender() else {
         return Err(invalid("only members propose here"));
     };
@@ -496,23 +483,41 @@ fn pending_transition(
         .map(|(client, _)| envelope(client, MessageKind::Mls, &payload))
         .collect();
     let stored = StoredGroup {
-        leaving: leaving.clone(),
+        leaving,
         public_state: snapshot(&group.storage)?,
         ..group.stored.clone()
     };
     Ok(Checked {
-        transition: GroupTransition {
-            from_epoch: group.stored.epoch,
-            group: stored,
-            old_members: member_rows(&members),
-            members: delivery_rows(&members, &leaving),
+        transition: transition(
+            group.stored.epoch,
+            stored,
+            (&members, &members),
             envelopes,
-            remote: Vec::new(),
-            request: None,
-            joiners_tree: None,
-        },
+            None,
+        ),
         answer: 0,
     })
+}
+
+/// The transition of a group from `from_epoch` to `group`, with its members before and after
+/// (`rows`; those the group lists as leaving receive nothing more) and what goes to their queues.
+fn transition(
+    from_epoch: u64,
+    group: StoredGroup,
+    (old_members, members): (&Members, &Members),
+    envelopes: Vec<Envelope>,
+    joiners_tree: Option<Vec<u8>>,
+) -> GroupTransition {
+    GroupTransition {
+        from_epoch,
+        old_members: member_rows(old_members),
+        members: delivery_rows(members, &group.leaving),
+        group,
+        envelopes,
+        remote: Vec::new(),
+        request: None,
+        joiners_tree,
+    }
 }
 
 /// This server's position in a group's external senders, and the public key it is listed with
@@ -564,6 +569,22 @@ pub(super) fn pending_proposals(
 /// The group state openmls keeps, as the store keeps it.
 pub(super) fn snapshot(storage: &GroupStateStorage) -> Result<PublicState, ServiceError> {
     Ok(cpu_bound(|| storage.to_entries()))
+}
+
+/// A client's message at the group's epoch, processed by openmls (its signature, membership
+/// tag and content checked against the group's state).
+fn process(
+    host: &Host<'_>,
+    now: &GroupNow,
+    message: ProtocolMessage,
+    what: &str,
+) -> Result<openmls::prelude::ProcessedMessage, ServiceError> {
+    let epoch = now.group.stored.epoch;
+    if message.epoch().as_u64() != epoch {
+        return Err(ServiceError::WrongEpoch { current: epoch });
+    }
+    cpu_bound(|| now.group.public.process_message(host.crypto, message))
+        .map_err(|e| processing_refusal(what, e, epoch))
 }
 
 /// A message openmls refused to process: at the wrong epoch (the sender is behind), or not

@@ -468,11 +468,7 @@ pub(in crate::store) fn devices_in(
     txn: &WriteTransaction,
     user_id: &str,
 ) -> Result<Vec<u32>, StoreError> {
-    let clients = txn.open_table(CLIENTS)?;
-    let range = clients.range((user_id, 0)..=(user_id, u32::MAX))?;
-    range
-        .map(|entry| entry.map(|(key, _)| key.value().1))
-        .collect()
+    devices(&txn.open_table(CLIENTS)?, user_id)
 }
 
 /// The device ids of `user_id`'s clients, as a read transaction sees them.
@@ -480,7 +476,13 @@ pub(in crate::store) fn devices_read(
     txn: &crate::store::kv::ReadTransaction,
     user_id: &str,
 ) -> Result<Vec<u32>, StoreError> {
-    let clients = txn.open_table(CLIENTS)?;
+    devices(&txn.open_table(CLIENTS)?, user_id)
+}
+
+fn devices(
+    clients: &impl ReadableTable<(&'static str, u32), &'static [u8]>,
+    user_id: &str,
+) -> Result<Vec<u32>, StoreError> {
     let range = clients.range((user_id, 0)..=(user_id, u32::MAX))?;
     range
         .map(|entry| entry.map(|(key, _)| key.value().1))

@@ -435,6 +435,7 @@ pub(in crate::store) fn routes_of(txn: &WriteTransaction, peer: &str) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::rows::client_of;
     use crate::store::{Enqueued, Envelope, IncomingDelivery, QueueLimits};
 
     const LIMITS: QueueLimits = QueueLimits::per_client(100, 1 << 20);
@@ -470,18 +471,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_is_stored_in_order_up_to_its_first_refusal() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = crate::store::test_store();
         store.register_for_test("bob@b.example", [7; 32]).await;
         let delivery = |id: &[u8], payload_len: usize| IncomingDelivery {
             delivery_id: id.to_vec(),
             group_id: b"g1".to_vec(),
             group_deleted: false,
             envelopes: vec![Envelope {
-                client: crate::protocol::ClientId {
-                    user_id: crate::protocol::Text::truncated("bob@b.example"),
-                    device_id: 1,
-                },
+                client: client_of("bob@b.example", 1),
                 kind: crate::protocol::MessageKind::Mls,
                 payload: std::sync::Arc::new(vec![0; payload_len]),
                 admission: crate::store::Admission::MessageOrRefuseAll,
@@ -506,12 +503,7 @@ mod tests {
             "{refusal:?}"
         );
         let (messages, _) = store
-            .fetch_messages(
-                &crate::store::rows::client_of("bob@b.example", 1),
-                0,
-                100,
-                1 << 20,
-            )
+            .fetch_messages(&client_of("bob@b.example", 1), 0, 100, 1 << 20)
             .await
             .unwrap();
         assert_eq!(
@@ -534,8 +526,7 @@ mod tests {
 
     #[tokio::test]
     async fn deliveries_are_stored_once_and_a_group_keeps_its_hub() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = crate::store::test_store();
         let group = b"group-1".as_slice();
         let first = store
             .receive_delivery("a.example", b"id-1", group, false, Vec::new(), 1, LIMITS)
@@ -563,8 +554,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_peer_has_only_so_many_routes_and_a_refused_delivery_writes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = crate::store::test_store();
         store.register_for_test("bob@b.example", [7; 32]).await;
         // The peer is one route short of the bound (as if it had delivered for that many).
         store
@@ -576,10 +566,7 @@ mod tests {
             .await
             .unwrap();
         let notice = || Envelope {
-            client: crate::protocol::ClientId {
-                user_id: crate::protocol::Text::truncated("bob@b.example"),
-                device_id: 1,
-            },
+            client: client_of("bob@b.example", 1),
             kind: crate::protocol::MessageKind::ServerNotice,
             admission: crate::store::Admission::Handshake,
             payload: std::sync::Arc::new(vec![0, 3]),
@@ -597,12 +584,7 @@ mod tests {
         let routes = store.group_routes().await.unwrap();
         assert_eq!(routes, [(b"g1".to_vec(), "a.example".to_owned())]);
         let (messages, _) = store
-            .fetch_messages(
-                &crate::store::rows::client_of("bob@b.example", 1),
-                0,
-                100,
-                1 << 20,
-            )
+            .fetch_messages(&client_of("bob@b.example", 1), 0, 100, 1 << 20)
             .await
             .unwrap();
         assert_eq!(messages.len(), 2, "id-1 and id-3");
@@ -613,8 +595,7 @@ mod tests {
 
     #[tokio::test]
     async fn routes_go_with_their_group_and_delivery_ids_with_the_dedupe_window() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = crate::store::test_store();
         let receive = |id: &'static [u8], group: &'static [u8], deleted: bool, at: u64| {
             store.receive_delivery("a.example", id, group, deleted, Vec::new(), at, LIMITS)
         };
@@ -658,8 +639,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_welcome_records_its_hub_for_the_clients_departure_and_deletion_forgets_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = crate::store::test_store();
         store.register_for_test("bob@b.example", [7; 32]).await;
         let envelope = |kind: crate::protocol::MessageKind| Envelope {
             client: crate::store::rows::client(("bob@b.example", 1)),
@@ -681,7 +661,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(store
-            .client_hubs(&crate::store::rows::client_of("bob@b.example", 1))
+            .client_hubs(&client_of("bob@b.example", 1))
             .await
             .unwrap()
             .is_empty());
@@ -700,14 +680,14 @@ mod tests {
             .unwrap();
         assert_eq!(
             store
-                .client_hubs(&crate::store::rows::client_of("bob@b.example", 1))
+                .client_hubs(&client_of("bob@b.example", 1))
                 .await
                 .unwrap(),
             ["a.example"]
         );
         store.delete_user("bob@b.example", 2).await.unwrap();
         assert!(store
-            .client_hubs(&crate::store::rows::client_of("bob@b.example", 1))
+            .client_hubs(&client_of("bob@b.example", 1))
             .await
             .unwrap()
             .is_empty());
@@ -715,8 +695,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_outbox_keeps_order_per_peer_until_acknowledged() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = crate::store::test_store();
         let delivery = |peer: &str, byte: u8| OutgoingDelivery {
             peer: peer.into(),
             delivery: vec![byte],

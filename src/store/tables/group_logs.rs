@@ -354,22 +354,10 @@ pub(in crate::store) fn update_windows(
     drop(clients);
     let (next, ..) = log_head(&txn.open_table(GROUP_LOGS)?, group_id)?;
     for row in joining_readers {
-        open_window(
-            txn,
-            group_id,
-            row.client.user_id.as_str(),
-            row.client.device_id,
-            next,
-        )?;
+        open_window(txn, group_id, key(&row.client), next)?;
     }
     for row in left {
-        close_window(
-            txn,
-            group_id,
-            row.client.user_id.as_str(),
-            row.client.device_id,
-            next - 1,
-        )?;
+        close_window(txn, group_id, key(&row.client), next - 1)?;
     }
     trim(txn, group_id)
 }
@@ -378,8 +366,7 @@ pub(in crate::store) fn update_windows(
 fn open_window(
     txn: &WriteTransaction,
     group_id: &[u8],
-    user_id: &str,
-    device_id: u32,
+    (user_id, device_id): (&str, u32),
     first: u64,
 ) -> Result<(), StoreError> {
     let mut readers = txn.open_table(LOG_READERS)?;
@@ -399,8 +386,7 @@ fn open_window(
 fn close_window(
     txn: &WriteTransaction,
     group_id: &[u8],
-    user_id: &str,
-    device_id: u32,
+    (user_id, device_id): (&str, u32),
     last: u64,
 ) -> Result<(), StoreError> {
     let mut readers = txn.open_table(LOG_READERS)?;
@@ -536,7 +522,7 @@ pub(in crate::store) fn open_window_at_next(
     device_id: u32,
 ) -> Result<(), StoreError> {
     let (next, ..) = log_head(&txn.open_table(GROUP_LOGS)?, group_id)?;
-    open_window(txn, group_id, user_id, device_id, next)
+    open_window(txn, group_id, (user_id, device_id), next)
 }
 
 impl Store {
@@ -725,6 +711,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::rows::client_of;
 
     const LIMITS: QueueLimits = QueueLimits::per_client(100, 1 << 20);
 
@@ -733,7 +720,7 @@ mod tests {
         store
             .write(move |txn| {
                 for reader in readers {
-                    open_window(txn, group, reader, 1, FIRST_GSEQ)?;
+                    open_window(txn, group, (reader, 1), FIRST_GSEQ)?;
                 }
                 Ok(())
             })
@@ -750,13 +737,7 @@ mod tests {
 
     async fn positions(store: &Store, reader: &str, group: &[u8], from: u64) -> Vec<u64> {
         store
-            .fetch_group_log(
-                &crate::store::rows::client_of(reader, 1),
-                group,
-                from,
-                100,
-                1 << 20,
-            )
+            .fetch_group_log(&client_of(reader, 1), group, from, 100, 1 << 20)
             .await
             .unwrap()
             .unwrap()
@@ -768,15 +749,14 @@ mod tests {
 
     #[tokio::test]
     async fn entries_go_once_every_reader_acknowledged_them_or_they_expired() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = crate::store::test_store();
         log_with_readers(&store, b"g", &["a@x", "b@x"]).await;
         for at in [10, 20, 30] {
             append(&store, b"g", at).await;
         }
         assert_eq!(positions(&store, "a@x", b"g", 0).await, [1, 2, 3]);
         store
-            .ack_group_log(&crate::store::rows::client_of("a@x", 1), b"g", 2)
+            .ack_group_log(&client_of("a@x", 1), b"g", 2)
             .await
             .unwrap()
             .unwrap();
@@ -784,7 +764,7 @@ mod tests {
         assert_eq!(positions(&store, "b@x", b"g", 1).await, [1, 2, 3]);
         assert_eq!(positions(&store, "a@x", b"g", 0).await, [3]);
         store
-            .ack_group_log(&crate::store::rows::client_of("b@x", 1), b"g", 1)
+            .ack_group_log(&client_of("b@x", 1), b"g", 1)
             .await
             .unwrap()
             .unwrap();
@@ -794,14 +774,14 @@ mod tests {
         assert_eq!(positions(&store, "b@x", b"g", 1).await, [3]);
         assert_eq!(
             store
-                .ack_group_log(&crate::store::rows::client_of("b@x", 1), b"g", 4)
+                .ack_group_log(&client_of("b@x", 1), b"g", 4)
                 .await
                 .unwrap(),
             Err(LogRefusal::BeyondReadable { readable: 3 })
         );
         assert_eq!(
             store
-                .fetch_group_log(&crate::store::rows::client_of("c@x", 1), b"g", 0, 10, 10)
+                .fetch_group_log(&client_of("c@x", 1), b"g", 0, 10, 10)
                 .await
                 .unwrap(),
             Err(LogRefusal::NotAReader)
@@ -810,8 +790,7 @@ mod tests {
 
     #[tokio::test]
     async fn logs_count_toward_the_servers_total_of_queued_bytes() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = crate::store::test_store();
         log_with_readers(&store, b"g", &["a@x"]).await;
         let limits = QueueLimits {
             max_server_bytes: 20,
@@ -831,7 +810,7 @@ mod tests {
             "21 bytes > 20"
         );
         store
-            .ack_group_log(&crate::store::rows::client_of("a@x", 1), b"g", 2)
+            .ack_group_log(&client_of("a@x", 1), b"g", 2)
             .await
             .unwrap()
             .unwrap();
@@ -843,8 +822,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_log_keeps_its_newest_entries() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = crate::store::test_store();
         log_with_readers(&store, b"g", &["a@x"]).await;
         for _ in 0..100 {
             assert!(matches!(

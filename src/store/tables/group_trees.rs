@@ -140,8 +140,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_kept_tree_is_read_in_chunks_and_goes_with_its_group_or_its_time() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = crate::store::test_store();
         let tree: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
         let (kept, other) = (tree.clone(), tree.clone());
         store

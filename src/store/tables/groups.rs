@@ -759,18 +759,18 @@ pub(in crate::store) fn delete_client_memberships(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::rows::client_of;
     use crate::store::QueueLimits;
 
     #[tokio::test]
     async fn requests_are_remembered_for_the_window_and_then_forgotten() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = crate::store::test_store();
         let record = |digest: u8, now_ms: u64| RequestRecord {
             group_id: b"group".to_vec(),
             digest: [digest; 32],
             now_ms,
             answer: 7,
-            sender: crate::store::rows::client_of("a@x", 1),
+            sender: client_of("a@x", 1),
         };
         for (digest, at) in [(1, 1_000), (2, 2_000)] {
             let request = record(digest, at);
@@ -829,10 +829,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_member_keeps_the_epoch_it_joined_at_until_it_leaves() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = crate::store::test_store();
         let row = |user: &str, leaf| GroupMemberRow {
-            client: crate::store::rows::client_of(user, 1),
+            client: client_of(user, 1),
             leaf_index: leaf,
         };
         let steps = [
@@ -851,7 +850,7 @@ mod tests {
                 let store = store.clone();
                 async move {
                     let membership = store
-                        .group_membership(&crate::store::rows::client_of(user, 1), b"group")
+                        .group_membership(&client_of(user, 1), b"group")
                         .await
                         .unwrap();
                     membership.map(|membership| membership.since_epoch)
@@ -872,8 +871,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_groups_state_parts_are_rows_changed_one_by_one_and_deleted_with_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = crate::store::test_store();
         let part = |key: &str, value: &[u8]| (key.as_bytes().to_vec(), value.to_vec());
         let group = |epoch: u64, state: PublicState| StoredGroup {
             epoch,

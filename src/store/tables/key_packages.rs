@@ -282,26 +282,24 @@ pub(in crate::store) fn stock_read(
     device_id: u32,
     now: u64,
 ) -> Result<Stock, StoreError> {
-    let key_packages = txn.open_table(KEY_PACKAGES)?;
-    let mut stock = Stock {
-        device_id,
-        remaining: 0,
-        has_last_resort: false,
-    };
-    for entry in key_packages.range(client_range(user_id, device_id))? {
-        let (_, value) = entry?;
-        count(&mut stock, &StoredKeyPackage::decode(value.value())?, now);
-    }
-    Ok(stock)
+    stock_in(&txn.open_table(KEY_PACKAGES)?, (user_id, device_id), now)
 }
 
+/// A client's stock, as a write transaction sees it.
 pub(in crate::store) fn stock(
     txn: &WriteTransaction,
     user_id: &str,
     device_id: u32,
     now: u64,
 ) -> Result<Stock, StoreError> {
-    let key_packages = txn.open_table(KEY_PACKAGES)?;
+    stock_in(&txn.open_table(KEY_PACKAGES)?, (user_id, device_id), now)
+}
+
+fn stock_in(
+    key_packages: &impl ReadableTable<(&'static str, u32, u16, &'static [u8]), &'static [u8]>,
+    (user_id, device_id): (&str, u32),
+    now: u64,
+) -> Result<Stock, StoreError> {
     let mut stock = Stock {
         device_id,
         remaining: 0,
@@ -386,11 +384,11 @@ pub(in crate::store) fn claim_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::rows::client_of;
 
     #[tokio::test]
     async fn a_user_keeps_only_so_many_bytes_of_key_packages() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = crate::store::test_store();
         store.register_for_test("bob@localhost", [1; 32]).await;
         let key_package = |i: u32| NewKeyPackage {
             key_package_ref: i.to_be_bytes().to_vec(),
@@ -407,12 +405,7 @@ mod tests {
                 .map(|i| key_package(batch * per_batch as u32 + i))
                 .collect();
             store
-                .publish_key_packages(
-                    &crate::store::rows::client_of("bob@localhost", 1),
-                    batch,
-                    usize::MAX,
-                    0,
-                )
+                .publish_key_packages(&client_of("bob@localhost", 1), batch, usize::MAX, 0)
                 .await
                 .unwrap()
                 .unwrap();
@@ -421,12 +414,7 @@ mod tests {
             .map(|i| key_package(u32::MAX - i))
             .collect();
         let over = store
-            .publish_key_packages(
-                &crate::store::rows::client_of("bob@localhost", 1),
-                crossing,
-                usize::MAX,
-                0,
-            )
+            .publish_key_packages(&client_of("bob@localhost", 1), crossing, usize::MAX, 0)
             .await
             .unwrap();
         assert!(

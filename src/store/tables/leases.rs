@@ -106,12 +106,9 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[tokio::test]
     async fn a_lease_has_one_holder_until_it_expires_or_is_released() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = crate::store::test_store();
         assert_eq!(
             store.hold_lease("outbox:b", 1, 1_000, 500).await.unwrap(),
             Some(1)

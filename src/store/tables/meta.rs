@@ -112,8 +112,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writes_share_commits_and_survive_reopening() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (dir, store) = crate::store::test_store();
         const N: usize = 500;
         let before = store.stats().commits();
         let writes = (0..N).map(|i| {
@@ -145,8 +144,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_write_is_not_committed_and_does_not_sink_its_batch() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = crate::store::test_store();
         let good = put(&store, "good".into(), b"1".to_vec());
         let bad = store.write(|txn| {
             txn.open_table(META)?.put("bad", b"1".as_slice())?;
@@ -161,8 +159,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_database_bound_to_one_domain_refuses_another() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = crate::store::test_store();
         store.bind_domain("a.example").await.unwrap();
         store.bind_domain("a.example").await.unwrap();
         assert!(matches!(
@@ -177,8 +174,7 @@ mod tests {
 
     #[tokio::test]
     async fn writes_after_close_fail_cleanly() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = crate::store::test_store();
         store.close().await;
         assert!(matches!(
             put(&store, "late".into(), vec![]).await,

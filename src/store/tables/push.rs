@@ -319,6 +319,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::protocol::{GatewayPusher, Text, WebPushSubscription};
+    use crate::store::rows::client_of;
 
     fn web(endpoint: &str) -> PushTarget {
         PushTarget::WebPush(WebPushSubscription {
@@ -330,26 +331,15 @@ mod tests {
 
     #[tokio::test]
     async fn targets_are_bounded_replaced_by_endpoint_and_deleted_with_their_wakes() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = crate::store::test_store();
         let first = store
-            .add_push_target(
-                &crate::store::rows::client_of("a@x", 1),
-                web("https://p/1"),
-                10,
-                2,
-            )
+            .add_push_target(&client_of("a@x", 1), web("https://p/1"), 10, 2)
             .await
             .unwrap()
             .unwrap();
         assert!(!first.replaced.0);
         let again = store
-            .add_push_target(
-                &crate::store::rows::client_of("a@x", 1),
-                web("https://p/1"),
-                11,
-                2,
-            )
+            .add_push_target(&client_of("a@x", 1), web("https://p/1"), 11, 2)
             .await
             .unwrap()
             .unwrap();
@@ -360,35 +350,27 @@ mod tests {
             pushkey: Text::new("key").unwrap(),
         });
         store
-            .add_push_target(&crate::store::rows::client_of("a@x", 1), gateway, 12, 2)
+            .add_push_target(&client_of("a@x", 1), gateway, 12, 2)
             .await
             .unwrap()
             .unwrap();
         assert_eq!(
             store
-                .add_push_target(
-                    &crate::store::rows::client_of("a@x", 1),
-                    web("https://p/2"),
-                    13,
-                    2
-                )
+                .add_push_target(&client_of("a@x", 1), web("https://p/2"), 13, 2)
                 .await
                 .unwrap(),
             Err(AddTargetRefusal::TooMany { limit: 2 })
         );
         assert_eq!(
             store
-                .push_targets(&crate::store::rows::client_of("a@x", 1))
+                .push_targets(&client_of("a@x", 1))
                 .await
                 .unwrap()
                 .len(),
             2
         );
         assert_eq!(
-            store
-                .push_targets(&crate::store::rows::client_of("a@x", 2))
-                .await
-                .unwrap(),
+            store.push_targets(&client_of("a@x", 2)).await.unwrap(),
             vec![]
         );
 
@@ -432,17 +414,14 @@ mod tests {
             .unwrap();
         assert_eq!(
             store
-                .push_targets(&crate::store::rows::client_of("a@x", 1))
+                .push_targets(&client_of("a@x", 1))
                 .await
                 .unwrap()
                 .len(),
             1
         );
         assert_eq!(store.pending_wakes().await.unwrap().len(), 1);
-        store
-            .cancel_wakes(&crate::store::rows::client_of("a@x", 1))
-            .await
-            .unwrap();
+        store.cancel_wakes(&client_of("a@x", 1)).await.unwrap();
         assert_eq!(store.pending_wakes().await.unwrap(), vec![]);
         store
             .schedule_wakes(vec![("a@x".into(), 1, 10)], 4_000)
@@ -460,17 +439,11 @@ mod tests {
 
     #[tokio::test]
     async fn queues_newer_than_their_last_wake_up_are_found_at_start() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = crate::store::test_store();
         store.register_for_test("b@x", [7; 32]).await;
         let device = crate::store::FIRST_DEVICE_ID;
         store
-            .add_push_target(
-                &crate::store::rows::client_of("b@x", device),
-                web("https://p/1"),
-                10,
-                4,
-            )
+            .add_push_target(&client_of("b@x", device), web("https://p/1"), 10, 4)
             .await
             .unwrap()
             .unwrap();
@@ -482,10 +455,7 @@ mod tests {
         };
         let enqueue = |payload: &'static [u8]| {
             let envelope = crate::store::Envelope {
-                client: crate::protocol::ClientId {
-                    user_id: crate::protocol::Text::truncated("b@x"),
-                    device_id: device,
-                },
+                client: client_of("b@x", device),
                 kind: crate::protocol::MessageKind::Welcome,
                 payload: std::sync::Arc::new(payload.to_vec()),
                 admission: crate::store::Admission::Message,
@@ -511,7 +481,7 @@ mod tests {
         );
         // What the client acknowledged needs no wake-up.
         store
-            .ack_messages(&crate::store::rows::client_of("b@x", device), 2)
+            .ack_messages(&client_of("b@x", device), 2)
             .await
             .unwrap()
             .unwrap();

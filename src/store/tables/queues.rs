@@ -927,11 +927,12 @@ pub(in crate::store) fn migrate_queue_1(txn: &WriteTransaction) -> Result<(), St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::rows::client_of;
     use std::sync::Arc;
 
     const LIMITS: QueueLimits = QueueLimits::per_client(10_000, 1 << 30);
 
-    async fn add_users(store: &Store, count: usize) -> Vec<(String, u32)> {
+    async fn add_users(store: &Store, count: usize) -> Vec<ClientId> {
         let registrations = (0..count).map(|i| {
             let store = store.clone();
             tokio::spawn(async move {
@@ -939,7 +940,7 @@ mod tests {
                 let mut key = [0u8; 32];
                 key[..8].copy_from_slice(&(i as u64).to_be_bytes());
                 store.register_for_test(&user_id, key).await;
-                (user_id, 1)
+                client_of(user_id, 1)
             })
         });
         let mut users = Vec::new();
@@ -950,14 +951,11 @@ mod tests {
     }
 
     /// One message (one shared `payload`) for every client in `clients`.
-    fn envelopes_for(clients: &[(String, u32)], payload: &Arc<Vec<u8>>) -> Vec<Envelope> {
+    fn envelopes_for(clients: &[ClientId], payload: &Arc<Vec<u8>>) -> Vec<Envelope> {
         clients
             .iter()
-            .map(|(user_id, device_id)| Envelope {
-                client: crate::protocol::ClientId {
-                    user_id: crate::protocol::Text::truncated(user_id),
-                    device_id: *device_id,
-                },
+            .map(|client| Envelope {
+                client: client.clone(),
                 kind: crate::protocol::MessageKind::Mls,
                 payload: payload.clone(),
                 admission: Admission::Message,
@@ -967,8 +965,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn fanning_one_message_out_to_a_thousand_queues_is_one_commit() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = crate::store::test_store();
         let users = add_users(&store, 1000).await;
         let envelopes = envelopes_for(&users, &Arc::new(vec![7u8; 1024]));
         let commits = store.stats().commits();
@@ -978,12 +975,7 @@ mod tests {
             .iter()
             .all(|o| *o == Enqueued::Queued { seq: FIRST_SEQ }));
         let (messages, next) = store
-            .fetch_messages(
-                &crate::store::rows::client_of("user999@localhost", 1),
-                0,
-                10,
-                1 << 20,
-            )
+            .fetch_messages(&client_of("user999@localhost", 1), 0, 10, 1 << 20)
             .await
             .unwrap();
         assert_eq!((messages.len(), next), (1, FIRST_SEQ + 1));
@@ -991,15 +983,11 @@ mod tests {
 
     #[tokio::test]
     async fn limits_refuse_per_recipient_and_acks_free_room() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = crate::store::test_store();
         let users = add_users(&store, 2).await;
         let limits = QueueLimits::per_client(2, 100);
         let envelope = |user: usize, size: usize| Envelope {
-            client: crate::protocol::ClientId {
-                user_id: crate::protocol::Text::truncated(&users[user].0),
-                device_id: 1,
-            },
+            client: users[user].clone(),
             kind: crate::protocol::MessageKind::Mls,
             payload: Arc::new(vec![0; size]),
             admission: Admission::Message,
@@ -1035,25 +1023,9 @@ mod tests {
             store.enqueue(vec![unknown], 1, limits).await.unwrap(),
             Ok(vec![Enqueued::UnknownClient])
         );
-        assert_eq!(
-            store
-                .ack_messages(&crate::store::rows::client_of(&users[0].0, 1), 3)
-                .await
-                .unwrap(),
-            Err(3)
-        );
-        store
-            .ack_messages(&crate::store::rows::client_of(&users[0].0, 1), 1)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            store
-                .queue_size(&crate::store::rows::client_of(&users[0].0, 1))
-                .await
-                .unwrap(),
-            (1, 10)
-        );
+        assert_eq!(store.ack_messages(&users[0], 3).await.unwrap(), Err(3));
+        store.ack_messages(&users[0], 1).await.unwrap().unwrap();
+        assert_eq!(store.queue_size(&users[0]).await.unwrap(), (1, 10));
         assert_eq!(
             store
                 .enqueue(vec![envelope(0, 10)], 1, limits)
@@ -1066,15 +1038,11 @@ mod tests {
 
     #[tokio::test]
     async fn handshakes_use_the_reserve_and_refuse_the_whole_enqueue_beyond_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = crate::store::test_store();
         let users = add_users(&store, 2).await;
         let limits = QueueLimits::per_client(2, 1000);
         let envelope = |user: usize, admission| Envelope {
-            client: crate::protocol::ClientId {
-                user_id: crate::protocol::Text::truncated(&users[user].0),
-                device_id: 1,
-            },
+            client: users[user].clone(),
             kind: crate::protocol::MessageKind::Mls,
             payload: Arc::new(vec![0; 10]),
             admission,
@@ -1104,17 +1072,8 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(
-            refused,
-            Err(vec![crate::store::rows::client((&users[0].0, 1))])
-        );
-        assert_eq!(
-            store
-                .queue_size(&crate::store::rows::client_of(&users[1].0, 1))
-                .await
-                .unwrap(),
-            (0, 0)
-        );
+        assert_eq!(refused, Err(vec![users[0].clone()]));
+        assert_eq!(store.queue_size(&users[1]).await.unwrap(), (0, 0));
         // A removed member's copy is skipped instead.
         assert_eq!(
             store
@@ -1136,7 +1095,7 @@ mod tests {
                 .enqueue(vec![envelope(0, Admission::MessageOrRefuseAll)], 1, limits)
                 .await
                 .unwrap(),
-            Err(vec![crate::store::rows::client((&users[0].0, 1))])
+            Err(vec![users[0].clone()])
         );
     }
 
@@ -1146,7 +1105,13 @@ mod tests {
         let mut store = Store::open(dir.path()).unwrap();
         let users = add_users(&store, 3).await;
         let (second_device, _) = store
-            .add_client(&users[0].0, [9; 32], 0, 10, Box::new(|_| vec![1]))
+            .add_client(
+                users[0].user_id.as_str(),
+                [9; 32],
+                0,
+                10,
+                Box::new(|_| vec![1]),
+            )
             .await
             .unwrap()
             .unwrap();
@@ -1156,10 +1121,7 @@ mod tests {
             ..QueueLimits::per_client(100, 1000)
         };
         let envelope = |user: usize, device: u32| Envelope {
-            client: crate::protocol::ClientId {
-                user_id: crate::protocol::Text::truncated(&users[user].0),
-                device_id: device,
-            },
+            client: client_of(users[user].user_id.as_str(), device),
             kind: crate::protocol::MessageKind::Mls,
             payload: Arc::new(vec![0; 20]),
             admission: Admission::Message,
@@ -1180,11 +1142,7 @@ mod tests {
             [Enqueued::Queued { seq: 1 }, Enqueued::QueueFull]
         );
         // Acknowledging frees room, and the total is kept across a reopening.
-        store
-            .ack_messages(&crate::store::rows::client_of(&users[0].0, 1), 1)
-            .await
-            .unwrap()
-            .unwrap();
+        store.ack_messages(&users[0], 1).await.unwrap().unwrap();
         store.close().await;
         drop(store);
         store = Store::open(dir.path()).unwrap();
@@ -1201,15 +1159,11 @@ mod tests {
 
     #[tokio::test]
     async fn coalesced_notices_wait_once_and_do_not_count() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = crate::store::test_store();
         let users = add_users(&store, 1).await;
         let limits = QueueLimits::per_client(1, 1000);
         let envelope = |admission| Envelope {
-            client: crate::protocol::ClientId {
-                user_id: crate::protocol::Text::truncated(&users[0].0),
-                device_id: 1,
-            },
+            client: users[0].clone(),
             kind: crate::protocol::MessageKind::ServerNotice,
             payload: Arc::new(vec![0, 1, 2]),
             admission,
@@ -1237,11 +1191,7 @@ mod tests {
             Ok(vec![Enqueued::Queued { seq: 2 }])
         );
         // Once it is acknowledged, the next one of its kind is queued again.
-        store
-            .ack_messages(&crate::store::rows::client_of(&users[0].0, 1), 1)
-            .await
-            .unwrap()
-            .unwrap();
+        store.ack_messages(&users[0], 1).await.unwrap().unwrap();
         assert_eq!(
             store.enqueue(vec![notice], 1, limits).await.unwrap(),
             Ok(vec![Enqueued::Queued { seq: 3 }])
@@ -1250,14 +1200,10 @@ mod tests {
 
     #[tokio::test]
     async fn expired_messages_are_purged_and_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = crate::store::test_store();
         let users = add_users(&store, 1).await;
         let envelope = Envelope {
-            client: crate::protocol::ClientId {
-                user_id: crate::protocol::Text::truncated(&users[0].0),
-                device_id: 1,
-            },
+            client: users[0].clone(),
             kind: crate::protocol::MessageKind::Mls,
             payload: Arc::new(vec![1, 2, 3]),
             admission: Admission::Message,
@@ -1276,7 +1222,7 @@ mod tests {
         assert_eq!(
             report,
             [ExpiredMessages {
-                user_id: users[0].0.clone(),
+                user_id: users[0].user_id.as_str().to_owned(),
                 device_id: 1,
                 count: 2,
                 first_seq: 1,
@@ -1284,22 +1230,11 @@ mod tests {
             }]
         );
         let (left, _) = store
-            .fetch_messages(
-                &crate::store::rows::client_of(&users[0].0, 1),
-                0,
-                10,
-                1 << 20,
-            )
+            .fetch_messages(&users[0], 0, 10, 1 << 20)
             .await
             .unwrap();
         assert_eq!(left.iter().map(|m| m.seq).collect::<Vec<_>>(), [3]);
-        assert_eq!(
-            store
-                .queue_size(&crate::store::rows::client_of(&users[0].0, 1))
-                .await
-                .unwrap(),
-            (1, 3)
-        );
+        assert_eq!(store.queue_size(&users[0]).await.unwrap(), (1, 3));
     }
 
     /// How many payloads are stored once for several queues.
@@ -1312,8 +1247,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_fanned_out_payload_is_stored_once_and_goes_with_its_last_reader() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = crate::store::test_store();
         let users = add_users(&store, 3).await;
         let fanned_out = Arc::new(vec![9u8; 4096]);
         let envelopes = |payload: &Arc<Vec<u8>>| envelopes_for(&users, payload);
@@ -1323,10 +1257,7 @@ mod tests {
             .unwrap()
             .unwrap();
         let direct = Envelope {
-            client: crate::protocol::ClientId {
-                user_id: crate::protocol::Text::truncated(&users[0].0),
-                device_id: 1,
-            },
+            client: users[0].clone(),
             kind: crate::protocol::MessageKind::Welcome,
             payload: Arc::new(vec![5u8; 10]),
             admission: Admission::Handshake,
@@ -1342,33 +1273,13 @@ mod tests {
             "one copy for three queues"
         );
 
-        for (user_id, device_id) in &users {
-            let (messages, _) = store
-                .fetch_messages(
-                    &crate::store::rows::client_of(user_id, *device_id),
-                    0,
-                    10,
-                    1 << 20,
-                )
-                .await
-                .unwrap();
+        for client in &users {
+            let (messages, _) = store.fetch_messages(client, 0, 10, 1 << 20).await.unwrap();
             assert_eq!(messages[0].payload, *fanned_out);
-            assert!(
-                store
-                    .queue_size(&crate::store::rows::client_of(user_id, *device_id))
-                    .await
-                    .unwrap()
-                    .1
-                    >= 4096
-            );
+            assert!(store.queue_size(client).await.unwrap().1 >= 4096);
         }
         let (messages, _) = store
-            .fetch_messages(
-                &crate::store::rows::client_of(&users[0].0, 1),
-                0,
-                10,
-                1 << 20,
-            )
+            .fetch_messages(&users[0], 0, 10, 1 << 20)
             .await
             .unwrap();
         assert_eq!(
@@ -1377,18 +1288,8 @@ mod tests {
         );
 
         // Acknowledged by one client; the other two copies expire and are purged.
-        store
-            .ack_messages(&crate::store::rows::client_of(&users[0].0, 1), 1)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            store
-                .queue_size(&crate::store::rows::client_of(&users[0].0, 1))
-                .await
-                .unwrap(),
-            (1, 10)
-        );
+        store.ack_messages(&users[0], 1).await.unwrap().unwrap();
+        assert_eq!(store.queue_size(&users[0]).await.unwrap(), (1, 10));
         let purged = store.purge_expired_messages(2_000).await.unwrap();
         assert_eq!(purged.len(), 3, "{purged:?}");
         assert_eq!(
@@ -1412,12 +1313,7 @@ mod tests {
             .unwrap();
         assert_eq!(shared_payloads(&store).await, 1);
         let (messages, _) = store
-            .fetch_messages(
-                &crate::store::rows::client_of("user2@localhost", 1),
-                0,
-                10,
-                1 << 20,
-            )
+            .fetch_messages(&client_of("user2@localhost", 1), 0, 10, 1 << 20)
             .await
             .unwrap();
         assert_eq!(messages[0].payload, *fanned_out);

@@ -86,6 +86,26 @@ impl<'a> InGroup<'a> {
     }
 }
 
+/// What `invite` and `remove` print: the clients added to (or removed from) the group, and the
+/// pending proposals the commit carried along.
+fn membership_output(
+    on: &InGroup<'_>,
+    changed: &[roost::protocol::ClientId],
+    pending: usize,
+    (key, done, preposition): (&str, &str, &str),
+) -> Output {
+    let changed: Vec<String> = changed.iter().map(ToString::to_string).collect();
+    Output::new(
+        serde_json::json!({ "group": on.hex_id(), key: changed, "pending_proposals_committed": pending }),
+        format!(
+            "{done} {} {preposition} {}{}",
+            changed.join(", "),
+            on.hex_id(),
+            crate::output::also_committed(pending)
+        ),
+    )
+}
+
 /// Runs the command on the command line.
 pub async fn execute(context: &Context<'_>) -> anyhow::Result<Output> {
     match &context.cli.command {
