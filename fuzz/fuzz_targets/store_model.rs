@@ -73,12 +73,12 @@ async fn run(data: &[u8]) {
             // Enqueue an application message (refused alone when full).
             0 | 1 => {
                 let payload = vec![b; (b % 40) as usize];
-                let envelope = Envelope {
-                    client: device(client),
-                    kind: roost::protocol::MessageKind::Mls,
-                    payload: Arc::new(payload.clone()),
-                    admission: Admission::Message,
-                };
+                let envelope = Envelope::new(
+                    device(client),
+                    roost::protocol::MessageKind::Mls,
+                    Arc::new(payload.clone()),
+                    Admission::Message,
+                );
                 let outcome = store.enqueue(vec![envelope], 0, LIMITS).await.unwrap();
                 let queue = &mut model.queues[client];
                 let bytes: usize = queue.values().map(Vec::len).sum();

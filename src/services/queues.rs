@@ -76,12 +76,12 @@ impl Queues {
             let payload = Arc::new(delivery.payload.clone());
             shape.push(delivery.recipients.len());
             for recipient in &delivery.recipients {
-                envelopes.push(Envelope {
-                    client: recipient.clone(),
-                    kind: delivery.kind,
-                    admission: admission(delivery.kind, &payload),
-                    payload: payload.clone(),
-                });
+                envelopes.push(Envelope::new(
+                    recipient.clone(),
+                    delivery.kind,
+                    payload.clone(),
+                    admission(delivery.kind, &payload),
+                ));
             }
         }
         let now_ms = self.clock.now_ms();
@@ -206,16 +206,12 @@ impl Queues {
         let messages = messages
             .into_iter()
             .map(|message| {
-                let kind = match message.kind {
-                    0 => MessageKind::Mls,
-                    1 => MessageKind::Welcome,
-                    2 => MessageKind::ServerNotice,
-                    other => {
-                        return Err(ServiceError::Store(crate::store::StoreError::Corrupt(
-                            format!("queued message of unknown kind {other}"),
-                        )))
-                    }
-                };
+                let kind = MessageKind::from_u8(message.kind).ok_or_else(|| {
+                    ServiceError::Store(crate::store::StoreError::Corrupt(format!(
+                        "queued message of unknown kind {}",
+                        message.kind
+                    )))
+                })?;
                 Ok(QueuedMessage {
                     seq: message.seq,
                     enqueued_at_ms: message.enqueued_at_ms,
@@ -484,12 +480,12 @@ fn incoming_delivery(
                 Admission::Message => Admission::MessageOrRefuseAll,
                 other => other,
             };
-            envelopes.push(Envelope {
-                client: recipient.clone(),
-                kind: item.kind,
+            envelopes.push(Envelope::new(
+                recipient.clone(),
+                item.kind,
+                payload.clone(),
                 admission,
-                payload: payload.clone(),
-            });
+            ));
         }
     }
     // A delivery for nobody would only leave a route behind.

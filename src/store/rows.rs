@@ -42,6 +42,20 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    pub fn new(
+        client: ClientId,
+        kind: MessageKind,
+        payload: std::sync::Arc<Vec<u8>>,
+        admission: Admission,
+    ) -> Self {
+        Self {
+            client,
+            kind,
+            payload,
+            admission,
+        }
+    }
+
     /// The recipient as the queue tables key it.
     pub(crate) fn key(&self) -> (&str, u32) {
         key(&self.client)

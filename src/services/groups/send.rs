@@ -187,12 +187,12 @@ fn recipients<'a>(caller: &ClientId, view: &'a SendView, payload: &Arc<Vec<u8>>)
             recipients.log_readers.push(member);
             continue;
         }
-        recipients.envelopes.push(Envelope {
-            client: member.clone(),
-            kind: MessageKind::Mls,
-            admission: Admission::Message,
-            payload: payload.clone(),
-        });
+        recipients.envelopes.push(Envelope::new(
+            member.clone(),
+            MessageKind::Mls,
+            payload.clone(),
+            Admission::Message,
+        ));
     }
     recipients
 }

@@ -477,12 +477,12 @@ mod tests {
             delivery_id: id.to_vec(),
             group_id: b"g1".to_vec(),
             group_deleted: false,
-            envelopes: vec![Envelope {
-                client: client_of("bob@b.example", 1),
-                kind: crate::protocol::MessageKind::Mls,
-                payload: std::sync::Arc::new(vec![0; payload_len]),
-                admission: crate::store::Admission::MessageOrRefuseAll,
-            }],
+            envelopes: vec![Envelope::new(
+                client_of("bob@b.example", 1),
+                crate::protocol::MessageKind::Mls,
+                std::sync::Arc::new(vec![0; payload_len]),
+                crate::store::Admission::MessageOrRefuseAll,
+            )],
         };
         let limits = QueueLimits::per_client(100, 1_000);
         let batch = vec![
@@ -565,11 +565,13 @@ mod tests {
             })
             .await
             .unwrap();
-        let notice = || Envelope {
-            client: client_of("bob@b.example", 1),
-            kind: crate::protocol::MessageKind::ServerNotice,
-            admission: crate::store::Admission::Handshake,
-            payload: std::sync::Arc::new(vec![0, 3]),
+        let notice = || {
+            Envelope::new(
+                client_of("bob@b.example", 1),
+                crate::protocol::MessageKind::ServerNotice,
+                std::sync::Arc::new(vec![0, 3]),
+                crate::store::Admission::Handshake,
+            )
         };
         let receive = |id: &'static [u8], group: &'static [u8], deleted: bool| {
             store.receive_delivery("a.example", id, group, deleted, vec![notice()], 1, LIMITS)
@@ -641,11 +643,13 @@ mod tests {
     async fn a_welcome_records_its_hub_for_the_clients_departure_and_deletion_forgets_it() {
         let (_dir, store) = crate::store::test_store();
         store.register_for_test("bob@b.example", [7; 32]).await;
-        let envelope = |kind: crate::protocol::MessageKind| Envelope {
-            client: crate::store::rows::client(("bob@b.example", 1)),
-            kind,
-            payload: std::sync::Arc::new(vec![1, 2, 3]),
-            admission: crate::store::Admission::Handshake,
+        let envelope = |kind: crate::protocol::MessageKind| {
+            Envelope::new(
+                crate::store::rows::client(("bob@b.example", 1)),
+                kind,
+                std::sync::Arc::new(vec![1, 2, 3]),
+                crate::store::Admission::Handshake,
+            )
         };
         store
             .receive_delivery(

@@ -454,12 +454,12 @@ mod tests {
             max_server_bytes: 1 << 30,
         };
         let enqueue = |payload: &'static [u8]| {
-            let envelope = crate::store::Envelope {
-                client: client_of("b@x", device),
-                kind: crate::protocol::MessageKind::Welcome,
-                payload: std::sync::Arc::new(payload.to_vec()),
-                admission: crate::store::Admission::Message,
-            };
+            let envelope = crate::store::Envelope::new(
+                client_of("b@x", device),
+                crate::protocol::MessageKind::Welcome,
+                std::sync::Arc::new(payload.to_vec()),
+                crate::store::Admission::Message,
+            );
             store.enqueue(vec![envelope], 1_000, limits)
         };
         assert_eq!(store.unannounced_queues().await.unwrap(), vec![]);

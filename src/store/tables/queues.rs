@@ -954,11 +954,13 @@ mod tests {
     fn envelopes_for(clients: &[ClientId], payload: &Arc<Vec<u8>>) -> Vec<Envelope> {
         clients
             .iter()
-            .map(|client| Envelope {
-                client: client.clone(),
-                kind: crate::protocol::MessageKind::Mls,
-                payload: payload.clone(),
-                admission: Admission::Message,
+            .map(|client| {
+                Envelope::new(
+                    client.clone(),
+                    crate::protocol::MessageKind::Mls,
+                    payload.clone(),
+                    Admission::Message,
+                )
             })
             .collect()
     }
@@ -986,11 +988,13 @@ mod tests {
         let (_dir, store) = crate::store::test_store();
         let users = add_users(&store, 2).await;
         let limits = QueueLimits::per_client(2, 100);
-        let envelope = |user: usize, size: usize| Envelope {
-            client: users[user].clone(),
-            kind: crate::protocol::MessageKind::Mls,
-            payload: Arc::new(vec![0; size]),
-            admission: Admission::Message,
+        let envelope = |user: usize, size: usize| {
+            Envelope::new(
+                users[user].clone(),
+                crate::protocol::MessageKind::Mls,
+                Arc::new(vec![0; size]),
+                Admission::Message,
+            )
         };
         let outcomes = store
             .enqueue(
@@ -1041,11 +1045,13 @@ mod tests {
         let (_dir, store) = crate::store::test_store();
         let users = add_users(&store, 2).await;
         let limits = QueueLimits::per_client(2, 1000);
-        let envelope = |user: usize, admission| Envelope {
-            client: users[user].clone(),
-            kind: crate::protocol::MessageKind::Mls,
-            payload: Arc::new(vec![0; 10]),
-            admission,
+        let envelope = |user: usize, admission| {
+            Envelope::new(
+                users[user].clone(),
+                crate::protocol::MessageKind::Mls,
+                Arc::new(vec![0; 10]),
+                admission,
+            )
         };
         let fill = vec![envelope(0, Admission::Message); 2];
         store.enqueue(fill, 1, limits).await.unwrap().unwrap();
@@ -1120,11 +1126,13 @@ mod tests {
             max_server_bytes: 50,
             ..QueueLimits::per_client(100, 1000)
         };
-        let envelope = |user: usize, device: u32| Envelope {
-            client: client_of(users[user].user_id.as_str(), device),
-            kind: crate::protocol::MessageKind::Mls,
-            payload: Arc::new(vec![0; 20]),
-            admission: Admission::Message,
+        let envelope = |user: usize, device: u32| {
+            Envelope::new(
+                client_of(users[user].user_id.as_str(), device),
+                crate::protocol::MessageKind::Mls,
+                Arc::new(vec![0; 20]),
+                Admission::Message,
+            )
         };
         let enqueue = |store: &Store, envelopes: Vec<Envelope>| {
             let store = store.clone();
@@ -1162,11 +1170,13 @@ mod tests {
         let (_dir, store) = crate::store::test_store();
         let users = add_users(&store, 1).await;
         let limits = QueueLimits::per_client(1, 1000);
-        let envelope = |admission| Envelope {
-            client: users[0].clone(),
-            kind: crate::protocol::MessageKind::ServerNotice,
-            payload: Arc::new(vec![0, 1, 2]),
-            admission,
+        let envelope = |admission| {
+            Envelope::new(
+                users[0].clone(),
+                crate::protocol::MessageKind::ServerNotice,
+                Arc::new(vec![0, 1, 2]),
+                admission,
+            )
         };
         let notice = envelope(Admission::Notice { coalesce: Some(1) });
         let outcomes = store
@@ -1202,12 +1212,12 @@ mod tests {
     async fn expired_messages_are_purged_and_reported() {
         let (_dir, store) = crate::store::test_store();
         let users = add_users(&store, 1).await;
-        let envelope = Envelope {
-            client: users[0].clone(),
-            kind: crate::protocol::MessageKind::Mls,
-            payload: Arc::new(vec![1, 2, 3]),
-            admission: Admission::Message,
-        };
+        let envelope = Envelope::new(
+            users[0].clone(),
+            crate::protocol::MessageKind::Mls,
+            Arc::new(vec![1, 2, 3]),
+            Admission::Message,
+        );
         store
             .enqueue(vec![envelope.clone(), envelope.clone()], 1_000, LIMITS)
             .await
@@ -1256,12 +1266,12 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let direct = Envelope {
-            client: users[0].clone(),
-            kind: crate::protocol::MessageKind::Welcome,
-            payload: Arc::new(vec![5u8; 10]),
-            admission: Admission::Handshake,
-        };
+        let direct = Envelope::new(
+            users[0].clone(),
+            crate::protocol::MessageKind::Welcome,
+            Arc::new(vec![5u8; 10]),
+            Admission::Handshake,
+        );
         store
             .enqueue(vec![direct], 1_000, LIMITS)
             .await
