@@ -220,13 +220,9 @@ impl EventOpener {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Text;
 
     fn client() -> ClientId {
-        ClientId {
-            user_id: Text::new("bob@b.example").unwrap(),
-            device_id: 3,
-        }
+        ClientId::of("bob@b.example", 3)
     }
 
     #[test]

@@ -244,10 +244,7 @@ mod tests {
     use crate::protocol::{GroupEpoch, GroupList};
 
     fn client() -> ClientId {
-        ClientId {
-            user_id: Text::new("bob@b.example").unwrap(),
-            device_id: 2,
-        }
+        ClientId::of("bob@b.example", 2)
     }
 
     fn relayed(request: GroupRequest) -> FederationRequest {

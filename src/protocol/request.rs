@@ -338,10 +338,7 @@ mod tests {
     use crate::protocol::{ClientId, SignatureScheme, Text};
 
     fn client() -> ClientId {
-        ClientId {
-            user_id: Text::new("alice@a.example").unwrap(),
-            device_id: 7,
-        }
+        ClientId::of("alice@a.example", 7)
     }
 
     fn samples() -> Vec<Request> {

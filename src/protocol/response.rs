@@ -183,17 +183,11 @@ mod tests {
                 user_id: Text::new("bob@b.example").unwrap(),
                 claims: vec![
                     crate::protocol::ClaimedKeyPackage {
-                        client: ClientId {
-                            user_id: Text::new("bob@b.example").unwrap(),
-                            device_id: 1,
-                        },
+                        client: ClientId::of("bob@b.example", 1),
                         outcome: crate::protocol::ClaimOutcome::LastResort(vec![7; 9].into()),
                     },
                     crate::protocol::ClaimedKeyPackage {
-                        client: ClientId {
-                            user_id: Text::new("bob@b.example").unwrap(),
-                            device_id: 2,
-                        },
+                        client: ClientId::of("bob@b.example", 2),
                         outcome: crate::protocol::ClaimOutcome::Unavailable,
                     },
                 ],
@@ -208,10 +202,7 @@ mod tests {
                 }],
                 next_seq: 4,
             })),
-            Response::Ok(ResponseBody::WhoAmI(ClientId {
-                user_id: Text::new("bob@b.example").unwrap(),
-                device_id: 1,
-            })),
+            Response::Ok(ResponseBody::WhoAmI(ClientId::of("bob@b.example", 1))),
             Response::Ok(ResponseBody::PushInfo(crate::protocol::PushInfo {
                 vapid_public_key: vec![4; 65].into(),
                 gateways: vec![Text::new("https://gw.example.net/notify").unwrap()],

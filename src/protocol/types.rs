@@ -89,6 +89,17 @@ pub struct ClientId {
     pub device_id: u32,
 }
 
+impl ClientId {
+    /// Device `device_id` of `user_id` (cut to the text limit, as [`Text::truncated`] does: a
+    /// user id that passed its checks is within it).
+    pub fn of(user_id: &str, device_id: u32) -> Self {
+        Self {
+            user_id: Text::truncated(user_id),
+            device_id,
+        }
+    }
+}
+
 impl fmt::Display for ClientId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.user_id, self.device_id)

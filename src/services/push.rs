@@ -334,10 +334,7 @@ impl Push {
         let offline: Vec<(&str, u32, u64)> = waking
             .into_iter()
             .filter(|(user_id, device_id, _)| {
-                !self.sessions.connected(&ClientId {
-                    user_id: Text::truncated(user_id),
-                    device_id: *device_id,
-                })
+                !self.sessions.connected(&ClientId::of(user_id, *device_id))
             })
             .collect();
         if !offline.is_empty() {
@@ -395,10 +392,7 @@ impl Push {
     }
 
     fn is_connected(&self, (user_id, device_id): &ClientKey) -> bool {
-        self.sessions.connected(&ClientId {
-            user_id: Text::truncated(user_id),
-            device_id: *device_id,
-        })
+        self.sessions.connected(&ClientId::of(user_id, *device_id))
     }
 
     /// Wakes clients until `stop` is cancelled (see the module doc).
@@ -831,8 +825,5 @@ impl Sessions for PushingSessions {
 
 /// The client a push-keyed (user id, device id) names.
 fn client_id(user_id: &str, device_id: u32) -> ClientId {
-    ClientId {
-        user_id: Text::truncated(user_id),
-        device_id,
-    }
+    ClientId::of(user_id, device_id)
 }

@@ -14,8 +14,7 @@ use crate::identity::UserId;
 use crate::protocol::{
     AckGroupLogRequest, AckMessagesRequest, ClientId, DeliverRequest, FetchGroupLogRequest,
     FetchMessagesRequest, FetchedMessages, GroupLogCursor, GroupLogMessages, GroupLogs,
-    MessageKind, MessagesExpired, QueuedMessage, ServerNotice, Text, MAX_FETCH_COUNT,
-    MAX_RESPONSE_LEN,
+    MessageKind, MessagesExpired, QueuedMessage, ServerNotice, MAX_FETCH_COUNT, MAX_RESPONSE_LEN,
 };
 use crate::store::{
     Admission, DeliveryRefusal, Enqueued, Envelope, IncomingDelivery, LogRefusal, QueueLimits,
@@ -336,10 +335,7 @@ impl Queues {
         self.store.purge_expired_group_trees(cutoff).await?;
         for expired in report {
             purged += expired.count;
-            let client = ClientId {
-                user_id: Text::truncated(&expired.user_id),
-                device_id: expired.device_id,
-            };
+            let client = ClientId::of(&expired.user_id, expired.device_id);
             let notice = ServerNotice::MessagesExpired(MessagesExpired {
                 count: expired.count,
                 first_seq: expired.first_seq,

@@ -126,13 +126,10 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::protocol::{ClientId, Text};
+    use crate::protocol::ClientId;
 
     fn samples() -> Vec<ServiceError> {
-        let client = ClientId {
-            user_id: Text::new("bob@localhost").unwrap(),
-            device_id: 1,
-        };
+        let client = ClientId::of("bob@localhost", 1);
         vec![
             ServiceError::RateLimited {
                 retry_after: Duration::from_secs(1),

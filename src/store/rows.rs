@@ -2,7 +2,7 @@
 //! admission and outcome, the limits they are held to), a group's member rows, a delivery for a
 //! peer's outbox. No tables and no transactions here: every table file may use them.
 
-use crate::protocol::{ClientId, MessageKind, Text};
+use crate::protocol::{ClientId, MessageKind};
 
 /// Per-client queue limits.
 #[derive(Clone, Copy, Debug)]
@@ -75,10 +75,7 @@ pub(crate) fn client_of(user_id: impl AsRef<str>, device_id: u32) -> ClientId {
 
 /// The client a table's key names (stored user ids are within the wire's text limit).
 pub(crate) fn client((user_id, device_id): (&str, u32)) -> ClientId {
-    ClientId {
-        user_id: Text::truncated(user_id),
-        device_id,
-    }
+    ClientId::of(user_id, device_id)
 }
 
 /// How an envelope is admitted into a queue: the rule of protocol-spec/queues.md, "Full queues".

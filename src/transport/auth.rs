@@ -67,13 +67,9 @@ pub fn verify_authentication(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Text;
 
     fn client() -> ClientId {
-        ClientId {
-            user_id: Text::new("alice@a.example").unwrap(),
-            device_id: 1,
-        }
+        ClientId::of("alice@a.example", 1)
     }
 
     #[test]

@@ -331,7 +331,7 @@ impl Sessions for SessionRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{MessageKind, Text};
+    use crate::protocol::MessageKind;
 
     fn message(seq: u64, size: usize) -> PushedMessage {
         PushedMessage {
@@ -350,10 +350,7 @@ mod tests {
     #[tokio::test]
     async fn new_message_hints_coalesce_to_the_latest_without_blocking() {
         let registry = SessionRegistry::default();
-        let client = ClientId {
-            user_id: Text::new("bob@localhost").unwrap(),
-            device_id: 1,
-        };
+        let client = ClientId::of("bob@localhost", 1);
         let feed = registry.register(&client, 7, CancellationToken::new());
         for seq in 1..=10_000 {
             registry.new_message(&client, &message(seq, 10));

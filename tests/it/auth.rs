@@ -1,6 +1,6 @@
 //! Channel-bound authentication.
 
-use roost::protocol::{ClientId, ErrorCode, Request, ResponseBody, Text};
+use roost::protocol::{ClientId, ErrorCode, Request, ResponseBody};
 use roost::transport::auth::sign_authentication;
 
 use crate::support::{new_key, within, TestServer};
@@ -34,10 +34,7 @@ async fn a_wrong_key_fails_and_leaves_the_connection_unauthenticated() {
 #[tokio::test]
 async fn an_unknown_client_fails_like_a_wrong_key() {
     let server = TestServer::start().await;
-    let stranger = ClientId {
-        user_id: Text::new("mallory@localhost").unwrap(),
-        device_id: 1,
-    };
+    let stranger = ClientId::of("mallory@localhost", 1);
     let connection = server.connect().await;
     let error = within(connection.authenticate(&stranger, &new_key()))
         .await

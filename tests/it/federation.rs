@@ -371,10 +371,7 @@ async fn peers_with_wrong_certificates_or_claims_are_refused() {
     };
     let as_b = Federation::new(&"b.example".parse().unwrap(), &config, &b_identity).unwrap();
     let claim = FederationRequest::ClaimKeyPackages(FederatedClaimRequest {
-        claimer: ClientId {
-            user_id: Text::new("carol@c.example").unwrap(),
-            device_id: 1,
-        },
+        claimer: ClientId::of("carol@c.example", 1),
         request: ClaimKeyPackagesRequest {
             user_id: Text::new("alice@a.example").unwrap(),
             ciphersuite: CIPHERSUITE,

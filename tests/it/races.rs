@@ -173,10 +173,7 @@ fn envelope(
     admission: Admission,
 ) -> Envelope {
     Envelope {
-        client: roost::protocol::ClientId {
-            user_id: roost::protocol::Text::truncated(user_id),
-            device_id,
-        },
+        client: roost::protocol::ClientId::of(user_id, device_id),
         kind: roost::protocol::MessageKind::Welcome,
         payload: payload.clone(),
         admission,

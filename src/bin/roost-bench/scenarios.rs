@@ -186,10 +186,7 @@ async fn store_users(store: &Store, count: usize) -> anyhow::Result<Vec<String>>
 
 fn envelope(user_id: &str, payload: &Arc<Vec<u8>>) -> Envelope {
     Envelope {
-        client: roost::protocol::ClientId {
-            user_id: roost::protocol::Text::truncated(user_id),
-            device_id: 1,
-        },
+        client: roost::protocol::ClientId::of(user_id, 1),
         kind: roost::protocol::MessageKind::Mls,
         payload: payload.clone(),
         admission: Admission::Message,
