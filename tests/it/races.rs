@@ -86,9 +86,9 @@ impl Nodes {
         write: impl std::future::Future<Output = Result<T, roost::store::StoreError>>,
     ) -> String {
         let actor = Some(crate::support::client_of(user_id, device_id));
-        let client_1 = crate::support::client_of(user_id, device_id);
+        let removed = crate::support::client_of(user_id, device_id);
         let (written, removed) =
-            tokio::join!(acting_for(actor, write), self.b.remove_client(&client_1));
+            tokio::join!(acting_for(actor, write), self.b.remove_client(&removed));
         removed.unwrap().unwrap();
         format!("{written:?}")
     }
@@ -321,10 +321,10 @@ async fn a_commit_adding_a_device_that_is_being_removed_leaves_nothing_for_it() 
             joined,
             vec![envelope(&user, device, &welcome, Admission::Handshake)],
         );
-        let client_2 = crate::support::client_of(&user, device);
+        let removed = crate::support::client_of(&user, device);
         let (committed, removed) = tokio::join!(
             nodes.a.commit_group(&group_id, commit, 1, LIMITS),
-            nodes.b.remove_client(&client_2)
+            nodes.b.remove_client(&removed)
         );
         removed.unwrap().unwrap();
         let committed = committed.unwrap();
@@ -356,14 +356,10 @@ async fn a_device_being_removed_publishes_no_key_packages() {
         let batch = vec![key_package(u64::MAX), key_package(u64::MAX)];
         let reference = batch[0].key_package_ref.clone();
         let actor = Some(crate::support::client_of(&user, device));
-        let client_4 = crate::support::client_of(&user, device);
-        let client_3 = crate::support::client_of(&user, device);
+        let client = crate::support::client_of(&user, device);
         let (published, removed) = tokio::join!(
-            acting_for(
-                actor,
-                nodes.a.publish_key_packages(&client_3, batch, 100, 1)
-            ),
-            nodes.b.remove_client(&client_4)
+            acting_for(actor, nodes.a.publish_key_packages(&client, batch, 100, 1)),
+            nodes.b.remove_client(&client)
         );
         removed.unwrap().unwrap();
         let outcome = format!("{published:?}");
@@ -490,11 +486,11 @@ async fn two_devices_leaving_at_once_leave_their_user_one() {
     for n in 0..tries() {
         let user = format!("leaving-{n}@{DOMAIN}");
         let (user, second) = nodes.second_device(&user).await;
-        let client_6 = crate::support::client_of(&user, second);
-        let client_5 = crate::support::client_of(&user, FIRST_DEVICE_ID);
+        let second_device = crate::support::client_of(&user, second);
+        let first_device = crate::support::client_of(&user, FIRST_DEVICE_ID);
         let (first_removed, second_removed) = tokio::join!(
-            nodes.a.remove_client(&client_5),
-            nodes.b.remove_client(&client_6)
+            nodes.a.remove_client(&first_device),
+            nodes.b.remove_client(&second_device)
         );
         let outcomes = [first_removed.unwrap(), second_removed.unwrap()];
         let clients = nodes.a.clients_of(&user).await.unwrap().unwrap_or_default();
@@ -670,8 +666,8 @@ async fn a_device_being_removed_keeps_no_push_target() {
             p256dh: vec![4; 65].into(),
             auth: vec![1; 16].into(),
         });
-        let client_7 = crate::support::client_of(&user, device);
-        let add = nodes.a.add_push_target(&client_7, target, 1, 4);
+        let client = crate::support::client_of(&user, device);
+        let add = nodes.a.add_push_target(&client, target, 1, 4);
         let outcome = nodes.against_removal((&user, device), add).await;
         let left = nodes.holding(endpoint.as_bytes()).await;
         tally.check(left.is_empty(), || {
@@ -689,8 +685,8 @@ async fn a_device_being_removed_keeps_no_group_log_reading() {
         let (user, device) = nodes
             .second_device(&format!("log-reader-{n}@{DOMAIN}"))
             .await;
-        let client_8 = crate::support::client_of(&user, device);
-        let turn_on = nodes.a.use_group_logs(&client_8);
+        let client = crate::support::client_of(&user, device);
+        let turn_on = nodes.a.use_group_logs(&client);
         let outcome = nodes.against_removal((&user, device), turn_on).await;
         let reads_logs = nodes
             .a
@@ -834,10 +830,10 @@ async fn a_message_queued_while_the_queue_is_acknowledged_is_counted_once() {
             &payload,
             Admission::Message,
         )];
-        let client_9 = crate::support::client_of(&user, FIRST_DEVICE_ID);
+        let client = crate::support::client_of(&user, FIRST_DEVICE_ID);
         let (queued, acked) = tokio::join!(
             nodes.a.enqueue(new, 1, LIMITS),
-            nodes.b.ack_messages(&client_9, 3)
+            nodes.b.ack_messages(&client, 3)
         );
         queued.unwrap().unwrap();
         acked.unwrap().unwrap();
