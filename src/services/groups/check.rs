@@ -178,33 +178,8 @@ pub(super) fn finish_commit(
         path_leaf,
     } = check;
     let (added_clients, rest) = clients.split_at(added.len());
-    let (update_clients, path_client) = rest.split_at(updates.len());
-    for ((_, proposer), client) in updates.iter().zip(update_clients) {
-        if client != proposer {
-            return Err(ServiceError::InvalidMemberCredential(
-                "an Update's new leaf is for another client".into(),
-            ));
-        }
-    }
-    if path_leaf.is_some() && path_client.first() != Some(caller) {
-        return Err(ServiceError::InvalidMemberCredential(
-            "the committer's new leaf is for another client".into(),
-        ));
-    }
-    cpu_bound(|| {
-        group
-            .public
-            .merge_commit(&group.storage, *staged)
-            .map_err(|e| invalid(&format!("the commit cannot be merged: {e}")))?;
-        let committer = group
-            .public
-            .members()
-            .find(|member| member.signature_key == committer_key)
-            .map(|member| member.index)
-            .ok_or_else(|| invalid("the committer has no leaf in the new epoch"))?;
-        check_group_info(host, &group.public, committer, parts.group_info)?;
-        check_group_context(host, &group.public)
-    })?;
+    check_changed_leaves(caller, &updates, rest, path_leaf.is_some())?;
+    merge(host, &mut group, staged, &committer_key, parts.group_info)?;
     let new_epoch = group.public.group_context().epoch().as_u64();
     let added: Vec<(ClientId, Vec<u8>)> = added_clients
         .iter()
@@ -252,6 +227,55 @@ pub(super) fn finish_commit(
             joiners_tree,
         ),
         answer: new_epoch,
+    })
+}
+
+/// Each Update's new leaf must still be its proposer's, and the committer's new leaf (if its
+/// path changed it) the committer's: `clients` are those leaves' verified clients, in that order.
+fn check_changed_leaves(
+    caller: &ClientId,
+    updates: &[(LeafNode, ClientId)],
+    clients: &[ClientId],
+    path_changed: bool,
+) -> Result<(), ServiceError> {
+    let (update_clients, path_client) = clients.split_at(updates.len());
+    for ((_, proposer), client) in updates.iter().zip(update_clients) {
+        if client != proposer {
+            return Err(ServiceError::InvalidMemberCredential(
+                "an Update's new leaf is for another client".into(),
+            ));
+        }
+    }
+    if path_changed && path_client.first() != Some(caller) {
+        return Err(ServiceError::InvalidMemberCredential(
+            "the committer's new leaf is for another client".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Merges the staged commit into the group, then checks what the new epoch must hold: the
+/// committer's GroupInfo for it, and this server's place in the group's context.
+fn merge(
+    host: &Host<'_>,
+    group: &mut LoadedGroup,
+    staged: Box<StagedCommit>,
+    committer_key: &[u8],
+    group_info: &[u8],
+) -> Result<(), ServiceError> {
+    cpu_bound(|| {
+        group
+            .public
+            .merge_commit(&group.storage, *staged)
+            .map_err(|e| invalid(&format!("the commit cannot be merged: {e}")))?;
+        let committer = group
+            .public
+            .members()
+            .find(|member| member.signature_key == committer_key)
+            .map(|member| member.index)
+            .ok_or_else(|| invalid("the committer has no leaf in the new epoch"))?;
+        check_group_info(host, &group.public, committer, group_info)?;
+        check_group_context(host, &group.public)
     })
 }
 
