@@ -251,10 +251,10 @@ impl Connection {
 
     /// The server's domain, protocol version and limits.
     pub async fn server_info(&self) -> Result<ServerInfo, ClientError> {
-        match self.request(&Request::GetServerInfo).await? {
-            ResponseBody::ServerInfo(info) => Ok(info),
-            other => Err(unexpected(&other)),
-        }
+        answer!(
+            self.request(&Request::GetServerInfo).await?,
+            ResponseBody::ServerInfo(info) => info
+        )
     }
 
     /// Authenticates this connection as `client` with its signature key, and returns the push
@@ -288,18 +288,15 @@ impl Connection {
         key: &SigningKey,
     ) -> Result<(), ClientError> {
         let request = sign_authentication(key, &self.channel_binding()?, client);
-        match self.request(&Request::Authenticate(request)).await? {
-            ResponseBody::Authenticated(_) => Ok(()),
-            other => Err(unexpected(&other)),
-        }
+        answer!(
+            self.request(&Request::Authenticate(request)).await?,
+            ResponseBody::Authenticated(_) => ()
+        )
     }
 
     /// The client this connection is authenticated as.
     pub async fn who_am_i(&self) -> Result<ClientId, ClientError> {
-        match self.request(&Request::WhoAmI).await? {
-            ResponseBody::WhoAmI(client) => Ok(client),
-            other => Err(unexpected(&other)),
-        }
+        answer!(self.request(&Request::WhoAmI).await?, ResponseBody::WhoAmI(client) => client)
     }
 
     /// Registers `user_id` with its first client, whose signature key is `key`. The proof of
@@ -329,10 +326,10 @@ impl Connection {
             invite,
             proof: proof.to_bytes().to_vec().into(),
         };
-        match self.request(&Request::RegisterUser(request)).await? {
-            ResponseBody::UserRegistered(registered) => Ok(registered),
-            other => Err(unexpected(&other)),
-        }
+        answer!(
+            self.request(&Request::RegisterUser(request)).await?,
+            ResponseBody::UserRegistered(registered) => registered
+        )
     }
 
     /// Adds a client to the authenticated user. `request` comes from [`add_client_request`], made
@@ -341,18 +338,18 @@ impl Connection {
         &self,
         request: AddClientRequest,
     ) -> Result<ClientRegistered, ClientError> {
-        match self.request(&Request::AddClient(request)).await? {
-            ResponseBody::ClientAdded(added) => Ok(added),
-            other => Err(unexpected(&other)),
-        }
+        answer!(
+            self.request(&Request::AddClient(request)).await?,
+            ResponseBody::ClientAdded(added) => added
+        )
     }
 
     /// The authenticated user's clients.
     pub async fn list_clients(&self) -> Result<UserClients, ClientError> {
-        match self.request(&Request::ListClients).await? {
-            ResponseBody::Clients(clients) => Ok(clients),
-            other => Err(unexpected(&other)),
-        }
+        answer!(
+            self.request(&Request::ListClients).await?,
+            ResponseBody::Clients(clients) => clients
+        )
     }
 
     /// Removes one of the authenticated user's clients.
@@ -360,18 +357,18 @@ impl Connection {
         let request = RemoveClientRequest {
             client: client.clone(),
         };
-        match self.request(&Request::RemoveClient(request)).await? {
-            ResponseBody::ClientRemoved => Ok(()),
-            other => Err(unexpected(&other)),
-        }
+        answer!(
+            self.request(&Request::RemoveClient(request)).await?,
+            ResponseBody::ClientRemoved => ()
+        )
     }
 
     /// A fresh credential for the authenticated client.
     pub async fn renew_credential(&self) -> Result<ClientCredential, ClientError> {
-        match self.request(&Request::RenewCredential).await? {
-            ResponseBody::CredentialRenewed(credential) => Ok(credential),
-            other => Err(unexpected(&other)),
-        }
+        answer!(
+            self.request(&Request::RenewCredential).await?,
+            ResponseBody::CredentialRenewed(credential) => credential
+        )
     }
 
     /// A user's clients with their credentials (unverified: see [`verify_user_clients`]).
@@ -379,19 +376,16 @@ impl Connection {
         let request = LookupUserRequest {
             user_id: Text::new(user_id).map_err(|e| ClientError::Config(e.to_string()))?,
         };
-        match self.request(&Request::LookupUser(request)).await? {
-            ResponseBody::UserFound(clients) => Ok(clients),
-            other => Err(unexpected(&other)),
-        }
+        answer!(
+            self.request(&Request::LookupUser(request)).await?,
+            ResponseBody::UserFound(clients) => clients
+        )
     }
 
     /// Deletes the authenticated user with all its clients and data. The server closes this
     /// connection afterwards.
     pub async fn delete_user(&self) -> Result<(), ClientError> {
-        match self.request(&Request::DeleteUser).await? {
-            ResponseBody::UserDeleted => Ok(()),
-            other => Err(unexpected(&other)),
-        }
+        answer!(self.request(&Request::DeleteUser).await?, ResponseBody::UserDeleted => ())
     }
 
     /// Publishes KeyPackages (TLS-encoded MLS KeyPackages) for the authenticated client.
@@ -402,10 +396,10 @@ impl Connection {
         let request = PublishKeyPackagesRequest {
             key_packages: key_packages.into_iter().map(Into::into).collect(),
         };
-        match self.request(&Request::PublishKeyPackages(request)).await? {
-            ResponseBody::KeyPackagesPublished(status) => Ok(status),
-            other => Err(unexpected(&other)),
-        }
+        answer!(
+            self.request(&Request::PublishKeyPackages(request)).await?,
+            ResponseBody::KeyPackagesPublished(status) => status
+        )
     }
 
     /// Takes one KeyPackage of `ciphersuite` for every client of `user_id`.
@@ -418,18 +412,18 @@ impl Connection {
             user_id: Text::new(user_id).map_err(|e| ClientError::Config(e.to_string()))?,
             ciphersuite,
         };
-        match self.request(&Request::ClaimKeyPackages(request)).await? {
-            ResponseBody::KeyPackagesClaimed(claimed) => Ok(claimed),
-            other => Err(unexpected(&other)),
-        }
+        answer!(
+            self.request(&Request::ClaimKeyPackages(request)).await?,
+            ResponseBody::KeyPackagesClaimed(claimed) => claimed
+        )
     }
 
     /// The KeyPackage stock of the authenticated user's clients.
     pub async fn key_package_status(&self) -> Result<KeyPackageStatus, ClientError> {
-        match self.request(&Request::KeyPackageStatus).await? {
-            ResponseBody::KeyPackageStatus(status) => Ok(status),
-            other => Err(unexpected(&other)),
-        }
+        answer!(
+            self.request(&Request::KeyPackageStatus).await?,
+            ResponseBody::KeyPackageStatus(status) => status
+        )
     }
 
     /// Publishes KeyPackages for `me` when its stock is below the server's low watermark (up to
@@ -477,10 +471,10 @@ impl Connection {
             max_count,
             max_bytes,
         };
-        match self.request(&Request::FetchMessages(request)).await? {
-            ResponseBody::Messages(messages) => Ok(messages),
-            other => Err(unexpected(&other)),
-        }
+        answer!(
+            self.request(&Request::FetchMessages(request)).await?,
+            ResponseBody::Messages(messages) => messages
+        )
     }
 
     /// Deletes the queued messages up to and including `up_to_seq`.
@@ -497,18 +491,12 @@ impl Connection {
     /// From now on, read the MLS messages of groups hosted on this server from their logs
     /// (protocol-spec/queues.md, "Group logs") instead of the queue.
     pub async fn use_group_logs(&self) -> Result<(), ClientError> {
-        match self.request(&Request::UseGroupLogs).await? {
-            ResponseBody::GroupLogsUsed => Ok(()),
-            other => Err(unexpected(&other)),
-        }
+        answer!(self.request(&Request::UseGroupLogs).await?, ResponseBody::GroupLogsUsed => ())
     }
 
     /// The group logs this client may read, with its positions.
     pub async fn list_group_logs(&self) -> Result<GroupLogs, ClientError> {
-        match self.request(&Request::ListGroupLogs).await? {
-            ResponseBody::GroupLogs(logs) => Ok(logs),
-            other => Err(unexpected(&other)),
-        }
+        answer!(self.request(&Request::ListGroupLogs).await?, ResponseBody::GroupLogs(logs) => logs)
     }
 
     /// Up to `max_count` entries of a group's log from `from_gseq` on (0: after this client's
@@ -526,10 +514,10 @@ impl Connection {
             max_count,
             max_bytes,
         };
-        match self.request(&Request::FetchGroupLog(request)).await? {
-            ResponseBody::GroupLogMessages(messages) => Ok(messages),
-            other => Err(unexpected(&other)),
-        }
+        answer!(
+            self.request(&Request::FetchGroupLog(request)).await?,
+            ResponseBody::GroupLogMessages(messages) => messages
+        )
     }
 
     /// Acknowledges a group log's entries up to and including `up_to_gseq`.
@@ -538,18 +526,15 @@ impl Connection {
             group_id: group_id.to_vec().into(),
             up_to_gseq,
         };
-        match self.request(&Request::AckGroupLog(request)).await? {
-            ResponseBody::GroupLogAcked => Ok(()),
-            other => Err(unexpected(&other)),
-        }
+        answer!(
+            self.request(&Request::AckGroupLog(request)).await?,
+            ResponseBody::GroupLogAcked => ()
+        )
     }
 
     /// What offline push the server offers: its VAPID key and the gateways it allows.
     pub async fn push_info(&self) -> Result<crate::protocol::PushInfo, ClientError> {
-        match self.request(&Request::GetPushInfo).await? {
-            ResponseBody::PushInfo(info) => Ok(info),
-            other => Err(unexpected(&other)),
-        }
+        answer!(self.request(&Request::GetPushInfo).await?, ResponseBody::PushInfo(info) => info)
     }
 
     /// Registers a push target that wakes this client while it is not connected (the same
@@ -559,29 +544,29 @@ impl Connection {
         target: crate::protocol::PushTarget,
     ) -> Result<crate::protocol::PushTargetAdded, ClientError> {
         let request = crate::protocol::AddPushTargetRequest { target };
-        match self.request(&Request::AddPushTarget(request)).await? {
-            ResponseBody::PushTargetAdded(added) => Ok(added),
-            other => Err(unexpected(&other)),
-        }
+        answer!(
+            self.request(&Request::AddPushTarget(request)).await?,
+            ResponseBody::PushTargetAdded(added) => added
+        )
     }
 
     /// This client's push targets.
     pub async fn list_push_targets(
         &self,
     ) -> Result<Vec<crate::protocol::RegisteredPushTarget>, ClientError> {
-        match self.request(&Request::ListPushTargets).await? {
-            ResponseBody::PushTargets(targets) => Ok(targets.targets),
-            other => Err(unexpected(&other)),
-        }
+        answer!(
+            self.request(&Request::ListPushTargets).await?,
+            ResponseBody::PushTargets(targets) => targets.targets
+        )
     }
 
     /// Forgets one of this client's push targets.
     pub async fn remove_push_target(&self, target_id: u64) -> Result<(), ClientError> {
         let request = crate::protocol::RemovePushTargetRequest { target_id };
-        match self.request(&Request::RemovePushTarget(request)).await? {
-            ResponseBody::PushTargetRemoved => Ok(()),
-            other => Err(unexpected(&other)),
-        }
+        answer!(
+            self.request(&Request::RemovePushTarget(request)).await?,
+            ResponseBody::PushTargetRemoved => ()
+        )
     }
 
     /// Registers a new group (this device alone) with the server.
@@ -589,18 +574,18 @@ impl Connection {
         &self,
         request: CreateGroupRequest,
     ) -> Result<GroupEpoch, ClientError> {
-        match self.request(&Request::CreateGroup(request)).await? {
-            ResponseBody::GroupCreated(created) => Ok(created),
-            other => Err(unexpected(&other)),
-        }
+        answer!(
+            self.request(&Request::CreateGroup(request)).await?,
+            ResponseBody::GroupCreated(created) => created
+        )
     }
 
     /// Sends a commit (with its Welcome and GroupInfo).
     pub async fn send_commit(&self, request: SendCommitRequest) -> Result<GroupEpoch, ClientError> {
-        match self.request(&Request::SendCommit(request)).await? {
-            ResponseBody::CommitAccepted(accepted) => Ok(accepted),
-            other => Err(unexpected(&other)),
-        }
+        answer!(
+            self.request(&Request::SendCommit(request)).await?,
+            ResponseBody::CommitAccepted(accepted) => accepted
+        )
     }
 
     /// Sends an application message.
@@ -608,10 +593,10 @@ impl Connection {
         &self,
         request: SendMessageRequest,
     ) -> Result<MessageAccepted, ClientError> {
-        match self.request(&Request::SendMessage(request)).await? {
-            ResponseBody::MessageAccepted(accepted) => Ok(accepted),
-            other => Err(unexpected(&other)),
-        }
+        answer!(
+            self.request(&Request::SendMessage(request)).await?,
+            ResponseBody::MessageAccepted(accepted) => accepted
+        )
     }
 
     /// A group's members, tree and GroupInfo (members only).
@@ -619,10 +604,10 @@ impl Connection {
         let request = GetGroupRequest {
             group_id: group_id.to_vec().into(),
         };
-        match self.request(&Request::GetGroup(request)).await? {
-            ResponseBody::Group(state) => Ok(state),
-            other => Err(unexpected(&other)),
-        }
+        answer!(
+            self.request(&Request::GetGroup(request)).await?,
+            ResponseBody::Group(state) => state
+        )
     }
 
     /// The encoded `RatchetTree` of `group_id` at `epoch` (the epoch of a Welcome that came
@@ -673,10 +658,10 @@ impl Connection {
 
     /// Sends a proposal on its own (leaving, or an Admin's removal).
     pub async fn send_proposal(&self, request: SendProposalRequest) -> Result<(), ClientError> {
-        match self.request(&Request::SendProposal(request)).await? {
-            ResponseBody::ProposalAccepted => Ok(()),
-            other => Err(unexpected(&other)),
-        }
+        answer!(
+            self.request(&Request::SendProposal(request)).await?,
+            ResponseBody::ProposalAccepted => ()
+        )
     }
 
     /// Deletes a group (Admins only).
@@ -684,27 +669,24 @@ impl Connection {
         let request = DeleteGroupRequest {
             group_id: group_id.to_vec().into(),
         };
-        match self.request(&Request::DeleteGroup(request)).await? {
-            ResponseBody::GroupDeleted => Ok(()),
-            other => Err(unexpected(&other)),
-        }
+        answer!(
+            self.request(&Request::DeleteGroup(request)).await?,
+            ResponseBody::GroupDeleted => ()
+        )
     }
 
     /// The groups this client is in.
     pub async fn list_groups(&self) -> Result<GroupList, ClientError> {
-        match self.request(&Request::ListGroups).await? {
-            ResponseBody::Groups(groups) => Ok(groups),
-            other => Err(unexpected(&other)),
-        }
+        answer!(self.request(&Request::ListGroups).await?, ResponseBody::Groups(groups) => groups)
     }
 
     /// The groups any client of this device's user is in (here and at the hubs this server
     /// hears from), for a new device to join them by external commit.
     pub async fn list_user_groups(&self) -> Result<GroupList, ClientError> {
-        match self.request(&Request::ListUserGroups).await? {
-            ResponseBody::Groups(groups) => Ok(groups),
-            other => Err(unexpected(&other)),
-        }
+        answer!(
+            self.request(&Request::ListUserGroups).await?,
+            ResponseBody::Groups(groups) => groups
+        )
     }
 
     /// The credential-verifying keys of any domain: this server's, or a peer's through it.
@@ -810,6 +792,18 @@ pub fn verify_user_clients(
         })
         .collect()
 }
+
+/// The value an expected answer carries, or a protocol error for any other answer:
+/// `answer!(response, ResponseBody::Pattern(value) => value)`.
+macro_rules! answer {
+    ($response:expr, $expected:pat => $value:expr) => {
+        match $response {
+            $expected => Ok($value),
+            other => Err(unexpected(&other)),
+        }
+    };
+}
+use answer;
 
 fn unexpected(body: &ResponseBody) -> ClientError {
     ClientError::Protocol(format!("unexpected response body {body:?}"))
