@@ -268,7 +268,7 @@ impl Push {
 
     /// Re-reads whether the client still has targets.
     pub(super) async fn refresh_registered(&self, user_id: &str, device_id: u32) {
-        let client = client_id(user_id, device_id);
+        let client = ClientId::of(user_id, device_id);
         if let Ok(targets) = self.store.push_targets(&client).await {
             self.set_registered(user_id, device_id, !targets.is_empty());
         }
@@ -523,7 +523,7 @@ impl Push {
         for (user_id, device_id) in cancelled {
             if let Err(e) = self
                 .store
-                .cancel_wakes(&client_id(&user_id, device_id))
+                .cancel_wakes(&ClientId::of(&user_id, device_id))
                 .await
             {
                 warn!(error = %e, "offline push could not cancel wake-ups");
@@ -821,9 +821,4 @@ impl Sessions for PushingSessions {
         self.inner.log_appended(readers, group_id, message);
         self.push.wake_readers(readers);
     }
-}
-
-/// The client a push-keyed (user id, device id) names.
-fn client_id(user_id: &str, device_id: u32) -> ClientId {
-    ClientId::of(user_id, device_id)
 }

@@ -87,7 +87,7 @@ fn initialise_schema_in(txn: &WriteTransaction) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::rows::client_of;
+    use crate::protocol::ClientId;
     use crate::store::{Membership, OutgoingDelivery, Remembered, StoredMessage};
 
     /// A data directory holding a redb database at schema `version`, with what `fill` writes.
@@ -172,7 +172,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(
             store
-                .group_membership(&client_of("a@x", 1), b"group")
+                .group_membership(&ClientId::of("a@x", 1), b"group")
                 .await
                 .unwrap(),
             Some(Membership {
@@ -182,7 +182,7 @@ mod tests {
         );
         assert_eq!(
             store
-                .recent_request(b"group", [1; 32], &client_of("a@x", 1), 2_000)
+                .recent_request(b"group", [1; 32], &ClientId::of("a@x", 1), 2_000)
                 .await
                 .unwrap(),
             Remembered::New
@@ -206,7 +206,7 @@ mod tests {
         });
         let store = Store::open(dir.path()).unwrap();
         let (messages, _) = store
-            .fetch_messages(&client_of("alice@localhost", 1), 0, 10, 1 << 20)
+            .fetch_messages(&ClientId::of("alice@localhost", 1), 0, 10, 1 << 20)
             .await
             .unwrap();
         assert_eq!(
@@ -228,7 +228,7 @@ mod tests {
         // Reopening finds schema 2 and changes nothing.
         let store = Store::open(dir.path()).unwrap();
         let (again, _) = store
-            .fetch_messages(&client_of("alice@localhost", 1), 0, 10, 1 << 20)
+            .fetch_messages(&ClientId::of("alice@localhost", 1), 0, 10, 1 << 20)
             .await
             .unwrap();
         assert_eq!(again, messages);

@@ -67,17 +67,6 @@ pub(crate) fn key(client: &ClientId) -> (&str, u32) {
     (client.user_id.as_str(), client.device_id)
 }
 
-/// A client by its user id and device id (the store's own tests name clients so).
-#[cfg(test)]
-pub(crate) fn client_of(user_id: impl AsRef<str>, device_id: u32) -> ClientId {
-    client((user_id.as_ref(), device_id))
-}
-
-/// The client a table's key names (stored user ids are within the wire's text limit).
-pub(crate) fn client((user_id, device_id): (&str, u32)) -> ClientId {
-    ClientId::of(user_id, device_id)
-}
-
 /// How an envelope is admitted into a queue: the rule of protocol-spec/queues.md, "Full queues".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Admission {

@@ -413,7 +413,7 @@ async fn claimed_references_route_welcomes_until_expiry_and_expired_stock_is_pur
             .key_package_owner(&key_ref, server.clock.now())
             .await
             .unwrap(),
-        Some(crate::support::client_of("bob@localhost", 1))
+        Some(roost::protocol::ClientId::of("bob@localhost", 1))
     );
 
     server.clock.advance(400 * SECONDS_PER_DAY);

@@ -216,7 +216,7 @@ async fn a_group_message_racing_its_recipients_removal_on_the_other_node_never_r
             let store = server.server.store();
             assert_eq!(
                 store
-                    .queue_size(&crate::support::client_of(&user, removed.device_id))
+                    .queue_size(&roost::protocol::ClientId::of(&user, removed.device_id))
                     .await
                     .unwrap(),
                 (0, 0),
@@ -224,7 +224,7 @@ async fn a_group_message_racing_its_recipients_removal_on_the_other_node_never_r
             );
             let (waiting, _) = store
                 .fetch_messages(
-                    &crate::support::client_of(&user, removed.device_id),
+                    &roost::protocol::ClientId::of(&user, removed.device_id),
                     0,
                     100,
                     1 << 20,

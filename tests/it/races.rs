@@ -85,8 +85,8 @@ impl Nodes {
         (user_id, device_id): (&str, u32),
         write: impl std::future::Future<Output = Result<T, roost::store::StoreError>>,
     ) -> String {
-        let actor = Some(crate::support::client_of(user_id, device_id));
-        let removed = crate::support::client_of(user_id, device_id);
+        let actor = Some(roost::protocol::ClientId::of(user_id, device_id));
+        let removed = roost::protocol::ClientId::of(user_id, device_id);
         let (written, removed) =
             tokio::join!(acting_for(actor, write), self.b.remove_client(&removed));
         removed.unwrap().unwrap();
@@ -204,7 +204,7 @@ fn group(epoch: u64) -> StoredGroup {
 
 fn member(user_id: &str, device_id: u32, leaf_index: u32) -> GroupMemberRow {
     GroupMemberRow {
-        client: crate::support::client_of(user_id, device_id),
+        client: roost::protocol::ClientId::of(user_id, device_id),
         leaf_index,
     }
 }
@@ -276,7 +276,7 @@ async fn a_deleted_accounts_last_message_goes_with_it() {
         let (inherited, _) = nodes
             .a
             .fetch_messages(
-                &crate::support::client_of(&user, FIRST_DEVICE_ID),
+                &roost::protocol::ClientId::of(&user, FIRST_DEVICE_ID),
                 0,
                 100,
                 1 << 20,
@@ -321,7 +321,7 @@ async fn a_commit_adding_a_device_that_is_being_removed_leaves_nothing_for_it() 
             joined,
             vec![envelope(&user, device, &welcome, Admission::Handshake)],
         );
-        let removed = crate::support::client_of(&user, device);
+        let removed = roost::protocol::ClientId::of(&user, device);
         let (committed, removed) = tokio::join!(
             nodes.a.commit_group(&group_id, commit, 1, LIMITS),
             nodes.b.remove_client(&removed)
@@ -330,7 +330,7 @@ async fn a_commit_adding_a_device_that_is_being_removed_leaves_nothing_for_it() 
         let committed = committed.unwrap();
         let memberships = nodes
             .a
-            .groups_of(&crate::support::client_of(&user, device))
+            .groups_of(&roost::protocol::ClientId::of(&user, device))
             .await
             .unwrap();
         let welcomes = nodes.holding(&welcome).await;
@@ -355,8 +355,8 @@ async fn a_device_being_removed_publishes_no_key_packages() {
         let device = nodes.add_device(&user).await;
         let batch = vec![key_package(u64::MAX), key_package(u64::MAX)];
         let reference = batch[0].key_package_ref.clone();
-        let actor = Some(crate::support::client_of(&user, device));
-        let client = crate::support::client_of(&user, device);
+        let actor = Some(roost::protocol::ClientId::of(&user, device));
+        let client = roost::protocol::ClientId::of(&user, device);
         let (published, removed) = tokio::join!(
             acting_for(actor, nodes.a.publish_key_packages(&client, batch, 100, 1)),
             nodes.b.remove_client(&client)
@@ -486,8 +486,8 @@ async fn two_devices_leaving_at_once_leave_their_user_one() {
     for n in 0..tries() {
         let user = format!("leaving-{n}@{DOMAIN}");
         let (user, second) = nodes.second_device(&user).await;
-        let second_device = crate::support::client_of(&user, second);
-        let first_device = crate::support::client_of(&user, FIRST_DEVICE_ID);
+        let second_device = roost::protocol::ClientId::of(&user, second);
+        let first_device = roost::protocol::ClientId::of(&user, FIRST_DEVICE_ID);
         let (first_removed, second_removed) = tokio::join!(
             nodes.a.remove_client(&first_device),
             nodes.b.remove_client(&second_device)
@@ -516,7 +516,7 @@ async fn a_key_package_is_claimed_once() {
         nodes
             .a
             .publish_key_packages(
-                &crate::support::client_of(&user, FIRST_DEVICE_ID),
+                &roost::protocol::ClientId::of(&user, FIRST_DEVICE_ID),
                 batch,
                 100,
                 1,
@@ -602,7 +602,7 @@ async fn a_federation_delivery_received_through_both_nodes_is_queued_once() {
         let (messages, _) = nodes
             .a
             .fetch_messages(
-                &crate::support::client_of(&user, FIRST_DEVICE_ID),
+                &roost::protocol::ClientId::of(&user, FIRST_DEVICE_ID),
                 0,
                 10_000,
                 1 << 24,
@@ -643,7 +643,7 @@ async fn a_queue_with_room_for_one_more_takes_one_of_two_messages_sent_at_once()
         );
         let (count, _) = nodes
             .a
-            .queue_size(&crate::support::client_of(&user, FIRST_DEVICE_ID))
+            .queue_size(&roost::protocol::ClientId::of(&user, FIRST_DEVICE_ID))
             .await
             .unwrap();
         let (first, second) = (first.unwrap(), second.unwrap());
@@ -666,7 +666,7 @@ async fn a_device_being_removed_keeps_no_push_target() {
             p256dh: vec![4; 65].into(),
             auth: vec![1; 16].into(),
         });
-        let client = crate::support::client_of(&user, device);
+        let client = roost::protocol::ClientId::of(&user, device);
         let add = nodes.a.add_push_target(&client, target, 1, 4);
         let outcome = nodes.against_removal((&user, device), add).await;
         let left = nodes.holding(endpoint.as_bytes()).await;
@@ -685,12 +685,12 @@ async fn a_device_being_removed_keeps_no_group_log_reading() {
         let (user, device) = nodes
             .second_device(&format!("log-reader-{n}@{DOMAIN}"))
             .await;
-        let client = crate::support::client_of(&user, device);
+        let client = roost::protocol::ClientId::of(&user, device);
         let turn_on = nodes.a.use_group_logs(&client);
         let outcome = nodes.against_removal((&user, device), turn_on).await;
         let reads_logs = nodes
             .a
-            .uses_group_logs(&crate::support::client_of(&user, device))
+            .uses_group_logs(&roost::protocol::ClientId::of(&user, device))
             .await
             .unwrap();
         tally.check(!reads_logs, || {
@@ -830,7 +830,7 @@ async fn a_message_queued_while_the_queue_is_acknowledged_is_counted_once() {
             &payload,
             Admission::Message,
         )];
-        let client = crate::support::client_of(&user, FIRST_DEVICE_ID);
+        let client = roost::protocol::ClientId::of(&user, FIRST_DEVICE_ID);
         let (queued, acked) = tokio::join!(
             nodes.a.enqueue(new, 1, LIMITS),
             nodes.b.ack_messages(&client, 3)
@@ -840,7 +840,7 @@ async fn a_message_queued_while_the_queue_is_acknowledged_is_counted_once() {
         let (waiting, _) = nodes
             .a
             .fetch_messages(
-                &crate::support::client_of(&user, FIRST_DEVICE_ID),
+                &roost::protocol::ClientId::of(&user, FIRST_DEVICE_ID),
                 0,
                 100,
                 1 << 20,
@@ -849,7 +849,7 @@ async fn a_message_queued_while_the_queue_is_acknowledged_is_counted_once() {
             .unwrap();
         let size = nodes
             .a
-            .queue_size(&crate::support::client_of(&user, FIRST_DEVICE_ID))
+            .queue_size(&roost::protocol::ClientId::of(&user, FIRST_DEVICE_ID))
             .await
             .unwrap();
         let exact = waiting.len() == 1

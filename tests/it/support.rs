@@ -296,8 +296,3 @@ pub async fn scrape_metrics(server: &Server) -> String {
     })
     .await
 }
-
-/// A client by its user id and device id, as the store names it.
-pub fn client_of(user_id: impl AsRef<str>, device_id: u32) -> roost::protocol::ClientId {
-    roost::protocol::ClientId::of(user_id.as_ref(), device_id)
-}

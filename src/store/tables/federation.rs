@@ -435,7 +435,6 @@ pub(in crate::store) fn routes_of(txn: &WriteTransaction, peer: &str) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::rows::client_of;
     use crate::store::{Enqueued, Envelope, IncomingDelivery, QueueLimits};
 
     const LIMITS: QueueLimits = QueueLimits::per_client(100, 1 << 20);
@@ -478,7 +477,7 @@ mod tests {
             group_id: b"g1".to_vec(),
             group_deleted: false,
             envelopes: vec![Envelope::new(
-                client_of("bob@b.example", 1),
+                ClientId::of("bob@b.example", 1),
                 crate::protocol::MessageKind::Mls,
                 std::sync::Arc::new(vec![0; payload_len]),
                 crate::store::Admission::MessageOrRefuseAll,
@@ -503,7 +502,7 @@ mod tests {
             "{refusal:?}"
         );
         let (messages, _) = store
-            .fetch_messages(&client_of("bob@b.example", 1), 0, 100, 1 << 20)
+            .fetch_messages(&ClientId::of("bob@b.example", 1), 0, 100, 1 << 20)
             .await
             .unwrap();
         assert_eq!(
@@ -567,7 +566,7 @@ mod tests {
             .unwrap();
         let notice = || {
             Envelope::new(
-                client_of("bob@b.example", 1),
+                ClientId::of("bob@b.example", 1),
                 crate::protocol::MessageKind::ServerNotice,
                 std::sync::Arc::new(vec![0, 3]),
                 crate::store::Admission::Handshake,
@@ -586,7 +585,7 @@ mod tests {
         let routes = store.group_routes().await.unwrap();
         assert_eq!(routes, [(b"g1".to_vec(), "a.example".to_owned())]);
         let (messages, _) = store
-            .fetch_messages(&client_of("bob@b.example", 1), 0, 100, 1 << 20)
+            .fetch_messages(&ClientId::of("bob@b.example", 1), 0, 100, 1 << 20)
             .await
             .unwrap();
         assert_eq!(messages.len(), 2, "id-1 and id-3");
@@ -645,7 +644,7 @@ mod tests {
         store.register_for_test("bob@b.example", [7; 32]).await;
         let envelope = |kind: crate::protocol::MessageKind| {
             Envelope::new(
-                crate::store::rows::client(("bob@b.example", 1)),
+                ClientId::of("bob@b.example", 1),
                 kind,
                 std::sync::Arc::new(vec![1, 2, 3]),
                 crate::store::Admission::Handshake,
@@ -665,7 +664,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(store
-            .client_hubs(&client_of("bob@b.example", 1))
+            .client_hubs(&ClientId::of("bob@b.example", 1))
             .await
             .unwrap()
             .is_empty());
@@ -684,14 +683,14 @@ mod tests {
             .unwrap();
         assert_eq!(
             store
-                .client_hubs(&client_of("bob@b.example", 1))
+                .client_hubs(&ClientId::of("bob@b.example", 1))
                 .await
                 .unwrap(),
             ["a.example"]
         );
         store.delete_user("bob@b.example", 2).await.unwrap();
         assert!(store
-            .client_hubs(&client_of("bob@b.example", 1))
+            .client_hubs(&ClientId::of("bob@b.example", 1))
             .await
             .unwrap()
             .is_empty());

@@ -711,7 +711,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::rows::client_of;
 
     const LIMITS: QueueLimits = QueueLimits::per_client(100, 1 << 20);
 
@@ -737,7 +736,7 @@ mod tests {
 
     async fn positions(store: &Store, reader: &str, group: &[u8], from: u64) -> Vec<u64> {
         store
-            .fetch_group_log(&client_of(reader, 1), group, from, 100, 1 << 20)
+            .fetch_group_log(&ClientId::of(reader, 1), group, from, 100, 1 << 20)
             .await
             .unwrap()
             .unwrap()
@@ -756,7 +755,7 @@ mod tests {
         }
         assert_eq!(positions(&store, "a@x", b"g", 0).await, [1, 2, 3]);
         store
-            .ack_group_log(&client_of("a@x", 1), b"g", 2)
+            .ack_group_log(&ClientId::of("a@x", 1), b"g", 2)
             .await
             .unwrap()
             .unwrap();
@@ -764,7 +763,7 @@ mod tests {
         assert_eq!(positions(&store, "b@x", b"g", 1).await, [1, 2, 3]);
         assert_eq!(positions(&store, "a@x", b"g", 0).await, [3]);
         store
-            .ack_group_log(&client_of("b@x", 1), b"g", 1)
+            .ack_group_log(&ClientId::of("b@x", 1), b"g", 1)
             .await
             .unwrap()
             .unwrap();
@@ -774,14 +773,14 @@ mod tests {
         assert_eq!(positions(&store, "b@x", b"g", 1).await, [3]);
         assert_eq!(
             store
-                .ack_group_log(&client_of("b@x", 1), b"g", 4)
+                .ack_group_log(&ClientId::of("b@x", 1), b"g", 4)
                 .await
                 .unwrap(),
             Err(LogRefusal::BeyondReadable { readable: 3 })
         );
         assert_eq!(
             store
-                .fetch_group_log(&client_of("c@x", 1), b"g", 0, 10, 10)
+                .fetch_group_log(&ClientId::of("c@x", 1), b"g", 0, 10, 10)
                 .await
                 .unwrap(),
             Err(LogRefusal::NotAReader)
@@ -810,7 +809,7 @@ mod tests {
             "21 bytes > 20"
         );
         store
-            .ack_group_log(&client_of("a@x", 1), b"g", 2)
+            .ack_group_log(&ClientId::of("a@x", 1), b"g", 2)
             .await
             .unwrap()
             .unwrap();

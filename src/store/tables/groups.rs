@@ -7,7 +7,7 @@ use crate::store::kv::{Prefetch, ReadableTable, TableDefinition, WriteTransactio
 use tls_codec::{Deserialize, Serialize, TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
 
 use crate::protocol::ClientId;
-use crate::store::rows::{client, key, Envelope, FullQueues, GroupMemberRow, OutgoingDelivery};
+use crate::store::rows::{key, Envelope, FullQueues, GroupMemberRow, OutgoingDelivery};
 use crate::store::{Store, StoreError};
 
 /// group id -> [`GroupRecord`] encoding.
@@ -173,7 +173,7 @@ impl StoredGroup {
                 .into_iter()
                 .map(|stored| {
                     let user_id = String::from_utf8_lossy(stored.user_id.as_slice());
-                    super::super::rows::client((&user_id, stored.device_id))
+                    ClientId::of(&user_id, stored.device_id)
                 })
                 .collect(),
             group_info: record.group_info.into(),
@@ -688,7 +688,7 @@ pub(in crate::store) fn prepared_send_in(
         .into_iter()
         .map(|member| {
             String::from_utf8(member.user_id.into())
-                .map(|user_id| client((&user_id, member.device_id)))
+                .map(|user_id| ClientId::of(&user_id, member.device_id))
                 .map_err(|e| StoreError::Corrupt(format!("send view: {e}")))
         })
         .collect::<Result<_, _>>()?;
@@ -759,7 +759,6 @@ pub(in crate::store) fn delete_client_memberships(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::rows::client_of;
     use crate::store::QueueLimits;
 
     #[tokio::test]
@@ -770,7 +769,7 @@ mod tests {
             digest: [digest; 32],
             now_ms,
             answer: 7,
-            sender: client_of("a@x", 1),
+            sender: ClientId::of("a@x", 1),
         };
         for (digest, at) in [(1, 1_000), (2, 2_000)] {
             let request = record(digest, at);
@@ -784,7 +783,7 @@ mod tests {
             let store = store.clone();
             async move {
                 store
-                    .recent_request(group, [1; 32], &crate::store::rows::client(asker), at)
+                    .recent_request(group, [1; 32], &ClientId::of(asker.0, asker.1), at)
                     .await
                     .unwrap()
             }
@@ -831,7 +830,7 @@ mod tests {
     async fn a_member_keeps_the_epoch_it_joined_at_until_it_leaves() {
         let (_dir, store) = crate::store::test_store();
         let row = |user: &str, leaf| GroupMemberRow {
-            client: client_of(user, 1),
+            client: ClientId::of(user, 1),
             leaf_index: leaf,
         };
         let steps = [
@@ -850,7 +849,7 @@ mod tests {
                 let store = store.clone();
                 async move {
                     let membership = store
-                        .group_membership(&client_of(user, 1), b"group")
+                        .group_membership(&ClientId::of(user, 1), b"group")
                         .await
                         .unwrap();
                     membership.map(|membership| membership.since_epoch)

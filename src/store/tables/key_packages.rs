@@ -118,7 +118,7 @@ impl Store {
             let refs = txn.open_table(KEY_PACKAGE_REFS)?;
             let owner = refs.get(key_package_ref.as_slice())?.and_then(|owner| {
                 let (user_id, device_id, not_after) = owner.value();
-                (now < not_after).then(|| crate::store::rows::client((user_id, device_id)))
+                (now < not_after).then(|| ClientId::of(user_id, device_id))
             });
             Ok(owner)
         })
@@ -384,7 +384,6 @@ pub(in crate::store) fn claim_one(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::rows::client_of;
 
     #[tokio::test]
     async fn a_user_keeps_only_so_many_bytes_of_key_packages() {
@@ -405,7 +404,7 @@ mod tests {
                 .map(|i| key_package(batch * per_batch as u32 + i))
                 .collect();
             store
-                .publish_key_packages(&client_of("bob@localhost", 1), batch, usize::MAX, 0)
+                .publish_key_packages(&ClientId::of("bob@localhost", 1), batch, usize::MAX, 0)
                 .await
                 .unwrap()
                 .unwrap();
@@ -414,7 +413,7 @@ mod tests {
             .map(|i| key_package(u32::MAX - i))
             .collect();
         let over = store
-            .publish_key_packages(&client_of("bob@localhost", 1), crossing, usize::MAX, 0)
+            .publish_key_packages(&ClientId::of("bob@localhost", 1), crossing, usize::MAX, 0)
             .await
             .unwrap();
         assert!(

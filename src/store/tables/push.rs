@@ -197,7 +197,7 @@ impl Store {
         let clients = self.read(clients_with_targets).await?;
         Ok(clients
             .iter()
-            .map(|(user_id, device_id)| crate::store::rows::client((user_id, *device_id)))
+            .map(|(user_id, device_id)| ClientId::of(user_id, *device_id))
             .collect())
     }
 
@@ -319,7 +319,6 @@ impl Store {
 mod tests {
     use super::*;
     use crate::protocol::{GatewayPusher, Text, WebPushSubscription};
-    use crate::store::rows::client_of;
 
     fn web(endpoint: &str) -> PushTarget {
         PushTarget::WebPush(WebPushSubscription {
@@ -333,13 +332,13 @@ mod tests {
     async fn targets_are_bounded_replaced_by_endpoint_and_deleted_with_their_wakes() {
         let (_dir, store) = crate::store::test_store();
         let first = store
-            .add_push_target(&client_of("a@x", 1), web("https://p/1"), 10, 2)
+            .add_push_target(&ClientId::of("a@x", 1), web("https://p/1"), 10, 2)
             .await
             .unwrap()
             .unwrap();
         assert!(!first.replaced.0);
         let again = store
-            .add_push_target(&client_of("a@x", 1), web("https://p/1"), 11, 2)
+            .add_push_target(&ClientId::of("a@x", 1), web("https://p/1"), 11, 2)
             .await
             .unwrap()
             .unwrap();
@@ -350,27 +349,27 @@ mod tests {
             pushkey: Text::new("key").unwrap(),
         });
         store
-            .add_push_target(&client_of("a@x", 1), gateway, 12, 2)
+            .add_push_target(&ClientId::of("a@x", 1), gateway, 12, 2)
             .await
             .unwrap()
             .unwrap();
         assert_eq!(
             store
-                .add_push_target(&client_of("a@x", 1), web("https://p/2"), 13, 2)
+                .add_push_target(&ClientId::of("a@x", 1), web("https://p/2"), 13, 2)
                 .await
                 .unwrap(),
             Err(AddTargetRefusal::TooMany { limit: 2 })
         );
         assert_eq!(
             store
-                .push_targets(&client_of("a@x", 1))
+                .push_targets(&ClientId::of("a@x", 1))
                 .await
                 .unwrap()
                 .len(),
             2
         );
         assert_eq!(
-            store.push_targets(&client_of("a@x", 2)).await.unwrap(),
+            store.push_targets(&ClientId::of("a@x", 2)).await.unwrap(),
             vec![]
         );
 
@@ -414,14 +413,14 @@ mod tests {
             .unwrap();
         assert_eq!(
             store
-                .push_targets(&client_of("a@x", 1))
+                .push_targets(&ClientId::of("a@x", 1))
                 .await
                 .unwrap()
                 .len(),
             1
         );
         assert_eq!(store.pending_wakes().await.unwrap().len(), 1);
-        store.cancel_wakes(&client_of("a@x", 1)).await.unwrap();
+        store.cancel_wakes(&ClientId::of("a@x", 1)).await.unwrap();
         assert_eq!(store.pending_wakes().await.unwrap(), vec![]);
         store
             .schedule_wakes(vec![("a@x".into(), 1, 10)], 4_000)
@@ -443,7 +442,7 @@ mod tests {
         store.register_for_test("b@x", [7; 32]).await;
         let device = crate::store::FIRST_DEVICE_ID;
         store
-            .add_push_target(&client_of("b@x", device), web("https://p/1"), 10, 4)
+            .add_push_target(&ClientId::of("b@x", device), web("https://p/1"), 10, 4)
             .await
             .unwrap()
             .unwrap();
@@ -455,7 +454,7 @@ mod tests {
         };
         let enqueue = |payload: &'static [u8]| {
             let envelope = crate::store::Envelope::new(
-                client_of("b@x", device),
+                ClientId::of("b@x", device),
                 crate::protocol::MessageKind::Welcome,
                 std::sync::Arc::new(payload.to_vec()),
                 crate::store::Admission::Message,
@@ -481,7 +480,7 @@ mod tests {
         );
         // What the client acknowledged needs no wake-up.
         store
-            .ack_messages(&client_of("b@x", device), 2)
+            .ack_messages(&ClientId::of("b@x", device), 2)
             .await
             .unwrap()
             .unwrap();

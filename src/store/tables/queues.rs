@@ -658,7 +658,7 @@ impl<'a, 't, 'e> AdmissionRun<'a, 't, 'e> {
 
     /// A full queue that refuses the whole enqueue.
     fn refuse_all(&mut self, client: (&str, u32)) -> Verdict {
-        let client = crate::store::rows::client(client);
+        let client = ClientId::of(client.0, client.1);
         if !self.full.contains(&client) {
             self.full.push(client);
         }
@@ -927,7 +927,6 @@ pub(in crate::store) fn migrate_queue_1(txn: &WriteTransaction) -> Result<(), St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::rows::client_of;
     use std::sync::Arc;
 
     const LIMITS: QueueLimits = QueueLimits::per_client(10_000, 1 << 30);
@@ -940,7 +939,7 @@ mod tests {
                 let mut key = [0u8; 32];
                 key[..8].copy_from_slice(&(i as u64).to_be_bytes());
                 store.register_for_test(&user_id, key).await;
-                client_of(user_id, 1)
+                ClientId::of(&user_id, 1)
             })
         });
         let mut users = Vec::new();
@@ -977,7 +976,7 @@ mod tests {
             .iter()
             .all(|o| *o == Enqueued::Queued { seq: FIRST_SEQ }));
         let (messages, next) = store
-            .fetch_messages(&client_of("user999@localhost", 1), 0, 10, 1 << 20)
+            .fetch_messages(&ClientId::of("user999@localhost", 1), 0, 10, 1 << 20)
             .await
             .unwrap();
         assert_eq!((messages.len(), next), (1, FIRST_SEQ + 1));
@@ -1020,7 +1019,7 @@ mod tests {
             ]
         );
         let unknown = Envelope {
-            client: crate::store::rows::client(("nobody@localhost", 1)),
+            client: ClientId::of("nobody@localhost", 1),
             ..envelope(0, 1)
         };
         assert_eq!(
@@ -1128,7 +1127,7 @@ mod tests {
         };
         let envelope = |user: usize, device: u32| {
             Envelope::new(
-                client_of(users[user].user_id.as_str(), device),
+                ClientId::of(users[user].user_id.as_str(), device),
                 crate::protocol::MessageKind::Mls,
                 Arc::new(vec![0; 20]),
                 Admission::Message,
@@ -1323,7 +1322,7 @@ mod tests {
             .unwrap();
         assert_eq!(shared_payloads(&store).await, 1);
         let (messages, _) = store
-            .fetch_messages(&client_of("user2@localhost", 1), 0, 10, 1 << 20)
+            .fetch_messages(&ClientId::of("user2@localhost", 1), 0, 10, 1 << 20)
             .await
             .unwrap();
         assert_eq!(messages[0].payload, *fanned_out);
