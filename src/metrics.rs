@@ -198,47 +198,31 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(services: Arc<Services>, transport: &TransportMetrics) -> Self {
         let mut registry = Registry::with_prefix("roost");
-        registry.register(
-            "requests",
-            "Client requests answered, by operation and outcome (ok or the error code)",
-            transport.requests.clone(),
-        );
-        registry.register(
-            "request_duration_seconds",
-            "Time from a client request's arrival to its answer, by operation",
-            transport.request_seconds.clone(),
-        );
-        registry.register(
-            "connections_open",
-            "QUIC connections open now, clients and peer homeservers",
-            transport.connections_open.clone(),
-        );
-        registry.register(
-            "connections_accepted",
-            "QUIC connections accepted (handshake completed)",
-            transport.connections_accepted.clone(),
-        );
-        registry.register(
-            "client_connections",
-            "Client connections accepted, by the protocol version they speak (1: roost/1, 2: roost/2)",
-            transport.client_connections.clone(),
-        );
-        registry.register(
-            "connections_refused",
-            "Connections refused by a limit, by reason",
-            transport.connections_refused.clone(),
-        );
         let stats = services.store().stats();
-        registry.register(
-            "store_commit_writes",
-            "Writes per committed store transaction (group-commit batch size)",
-            stats.batch_writes.clone(),
-        );
-        registry.register(
-            "store_commit_duration_seconds",
-            "Time each store commit took",
-            stats.commit_seconds.clone(),
-        );
+        // Each metric: its name, the handle the registry encodes, and its help text.
+        macro_rules! register {
+            ($($name:literal => $metric:expr, $help:literal;)*) => {
+                $(registry.register($name, $help, $metric.clone());)*
+            };
+        }
+        register! {
+            "requests" => transport.requests,
+                "Client requests answered, by operation and outcome (ok or the error code)";
+            "request_duration_seconds" => transport.request_seconds,
+                "Time from a client request's arrival to its answer, by operation";
+            "connections_open" => transport.connections_open,
+                "QUIC connections open now, clients and peer homeservers";
+            "connections_accepted" => transport.connections_accepted,
+                "QUIC connections accepted (handshake completed)";
+            "client_connections" => transport.client_connections,
+                "Client connections accepted, by the protocol version they speak (1: roost/1, 2: roost/2)";
+            "connections_refused" => transport.connections_refused,
+                "Connections refused by a limit, by reason";
+            "store_commit_writes" => stats.batch_writes,
+                "Writes per committed store transaction (group-commit batch size)";
+            "store_commit_duration_seconds" => stats.commit_seconds,
+                "Time each store commit took";
+        }
         let scraped = Arc::new(ScrapedValues::default());
         registry.register_collector(Box::new(scraped.clone()));
         Self {

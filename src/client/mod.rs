@@ -251,10 +251,7 @@ impl Connection {
 
     /// The server's domain, protocol version and limits.
     pub async fn server_info(&self) -> Result<ServerInfo, ClientError> {
-        answer!(
-            self.request(&Request::GetServerInfo).await?,
-            ResponseBody::ServerInfo(info) => info
-        )
+        answer!(self, Request::GetServerInfo, ResponseBody::ServerInfo(info) => info)
     }
 
     /// Authenticates this connection as `client` with its signature key, and returns the push
@@ -288,15 +285,12 @@ impl Connection {
         key: &SigningKey,
     ) -> Result<(), ClientError> {
         let request = sign_authentication(key, &self.channel_binding()?, client);
-        answer!(
-            self.request(&Request::Authenticate(request)).await?,
-            ResponseBody::Authenticated(_) => ()
-        )
+        answer!(self, Request::Authenticate(request), ResponseBody::Authenticated(_) => ())
     }
 
     /// The client this connection is authenticated as.
     pub async fn who_am_i(&self) -> Result<ClientId, ClientError> {
-        answer!(self.request(&Request::WhoAmI).await?, ResponseBody::WhoAmI(client) => client)
+        answer!(self, Request::WhoAmI, ResponseBody::WhoAmI(client) => client)
     }
 
     /// Registers `user_id` with its first client, whose signature key is `key`. The proof of
@@ -327,7 +321,8 @@ impl Connection {
             proof: proof.to_bytes().to_vec().into(),
         };
         answer!(
-            self.request(&Request::RegisterUser(request)).await?,
+            self,
+            Request::RegisterUser(request),
             ResponseBody::UserRegistered(registered) => registered
         )
     }
@@ -338,18 +333,12 @@ impl Connection {
         &self,
         request: AddClientRequest,
     ) -> Result<ClientRegistered, ClientError> {
-        answer!(
-            self.request(&Request::AddClient(request)).await?,
-            ResponseBody::ClientAdded(added) => added
-        )
+        answer!(self, Request::AddClient(request), ResponseBody::ClientAdded(added) => added)
     }
 
     /// The authenticated user's clients.
     pub async fn list_clients(&self) -> Result<UserClients, ClientError> {
-        answer!(
-            self.request(&Request::ListClients).await?,
-            ResponseBody::Clients(clients) => clients
-        )
+        answer!(self, Request::ListClients, ResponseBody::Clients(clients) => clients)
     }
 
     /// Removes one of the authenticated user's clients.
@@ -357,16 +346,14 @@ impl Connection {
         let request = RemoveClientRequest {
             client: client.clone(),
         };
-        answer!(
-            self.request(&Request::RemoveClient(request)).await?,
-            ResponseBody::ClientRemoved => ()
-        )
+        answer!(self, Request::RemoveClient(request), ResponseBody::ClientRemoved => ())
     }
 
     /// A fresh credential for the authenticated client.
     pub async fn renew_credential(&self) -> Result<ClientCredential, ClientError> {
         answer!(
-            self.request(&Request::RenewCredential).await?,
+            self,
+            Request::RenewCredential,
             ResponseBody::CredentialRenewed(credential) => credential
         )
     }
@@ -376,16 +363,13 @@ impl Connection {
         let request = LookupUserRequest {
             user_id: Text::new(user_id).map_err(|e| ClientError::Config(e.to_string()))?,
         };
-        answer!(
-            self.request(&Request::LookupUser(request)).await?,
-            ResponseBody::UserFound(clients) => clients
-        )
+        answer!(self, Request::LookupUser(request), ResponseBody::UserFound(clients) => clients)
     }
 
     /// Deletes the authenticated user with all its clients and data. The server closes this
     /// connection afterwards.
     pub async fn delete_user(&self) -> Result<(), ClientError> {
-        answer!(self.request(&Request::DeleteUser).await?, ResponseBody::UserDeleted => ())
+        answer!(self, Request::DeleteUser, ResponseBody::UserDeleted => ())
     }
 
     /// Publishes KeyPackages (TLS-encoded MLS KeyPackages) for the authenticated client.
@@ -397,7 +381,8 @@ impl Connection {
             key_packages: key_packages.into_iter().map(Into::into).collect(),
         };
         answer!(
-            self.request(&Request::PublishKeyPackages(request)).await?,
+            self,
+            Request::PublishKeyPackages(request),
             ResponseBody::KeyPackagesPublished(status) => status
         )
     }
@@ -413,17 +398,15 @@ impl Connection {
             ciphersuite,
         };
         answer!(
-            self.request(&Request::ClaimKeyPackages(request)).await?,
+            self,
+            Request::ClaimKeyPackages(request),
             ResponseBody::KeyPackagesClaimed(claimed) => claimed
         )
     }
 
     /// The KeyPackage stock of the authenticated user's clients.
     pub async fn key_package_status(&self) -> Result<KeyPackageStatus, ClientError> {
-        answer!(
-            self.request(&Request::KeyPackageStatus).await?,
-            ResponseBody::KeyPackageStatus(status) => status
-        )
+        answer!(self, Request::KeyPackageStatus, ResponseBody::KeyPackageStatus(status) => status)
     }
 
     /// Publishes KeyPackages for `me` when its stock is below the server's low watermark (up to
@@ -471,10 +454,7 @@ impl Connection {
             max_count,
             max_bytes,
         };
-        answer!(
-            self.request(&Request::FetchMessages(request)).await?,
-            ResponseBody::Messages(messages) => messages
-        )
+        answer!(self, Request::FetchMessages(request), ResponseBody::Messages(messages) => messages)
     }
 
     /// Deletes the queued messages up to and including `up_to_seq`.
@@ -491,12 +471,12 @@ impl Connection {
     /// From now on, read the MLS messages of groups hosted on this server from their logs
     /// (protocol-spec/queues.md, "Group logs") instead of the queue.
     pub async fn use_group_logs(&self) -> Result<(), ClientError> {
-        answer!(self.request(&Request::UseGroupLogs).await?, ResponseBody::GroupLogsUsed => ())
+        answer!(self, Request::UseGroupLogs, ResponseBody::GroupLogsUsed => ())
     }
 
     /// The group logs this client may read, with its positions.
     pub async fn list_group_logs(&self) -> Result<GroupLogs, ClientError> {
-        answer!(self.request(&Request::ListGroupLogs).await?, ResponseBody::GroupLogs(logs) => logs)
+        answer!(self, Request::ListGroupLogs, ResponseBody::GroupLogs(logs) => logs)
     }
 
     /// Up to `max_count` entries of a group's log from `from_gseq` on (0: after this client's
@@ -515,7 +495,8 @@ impl Connection {
             max_bytes,
         };
         answer!(
-            self.request(&Request::FetchGroupLog(request)).await?,
+            self,
+            Request::FetchGroupLog(request),
             ResponseBody::GroupLogMessages(messages) => messages
         )
     }
@@ -526,15 +507,12 @@ impl Connection {
             group_id: group_id.to_vec().into(),
             up_to_gseq,
         };
-        answer!(
-            self.request(&Request::AckGroupLog(request)).await?,
-            ResponseBody::GroupLogAcked => ()
-        )
+        answer!(self, Request::AckGroupLog(request), ResponseBody::GroupLogAcked => ())
     }
 
     /// What offline push the server offers: its VAPID key and the gateways it allows.
     pub async fn push_info(&self) -> Result<crate::protocol::PushInfo, ClientError> {
-        answer!(self.request(&Request::GetPushInfo).await?, ResponseBody::PushInfo(info) => info)
+        answer!(self, Request::GetPushInfo, ResponseBody::PushInfo(info) => info)
     }
 
     /// Registers a push target that wakes this client while it is not connected (the same
@@ -545,7 +523,8 @@ impl Connection {
     ) -> Result<crate::protocol::PushTargetAdded, ClientError> {
         let request = crate::protocol::AddPushTargetRequest { target };
         answer!(
-            self.request(&Request::AddPushTarget(request)).await?,
+            self,
+            Request::AddPushTarget(request),
             ResponseBody::PushTargetAdded(added) => added
         )
     }
@@ -555,7 +534,8 @@ impl Connection {
         &self,
     ) -> Result<Vec<crate::protocol::RegisteredPushTarget>, ClientError> {
         answer!(
-            self.request(&Request::ListPushTargets).await?,
+            self,
+            Request::ListPushTargets,
             ResponseBody::PushTargets(targets) => targets.targets
         )
     }
@@ -563,10 +543,7 @@ impl Connection {
     /// Forgets one of this client's push targets.
     pub async fn remove_push_target(&self, target_id: u64) -> Result<(), ClientError> {
         let request = crate::protocol::RemovePushTargetRequest { target_id };
-        answer!(
-            self.request(&Request::RemovePushTarget(request)).await?,
-            ResponseBody::PushTargetRemoved => ()
-        )
+        answer!(self, Request::RemovePushTarget(request), ResponseBody::PushTargetRemoved => ())
     }
 
     /// Registers a new group (this device alone) with the server.
@@ -574,16 +551,14 @@ impl Connection {
         &self,
         request: CreateGroupRequest,
     ) -> Result<GroupEpoch, ClientError> {
-        answer!(
-            self.request(&Request::CreateGroup(request)).await?,
-            ResponseBody::GroupCreated(created) => created
-        )
+        answer!(self, Request::CreateGroup(request), ResponseBody::GroupCreated(created) => created)
     }
 
     /// Sends a commit (with its Welcome and GroupInfo).
     pub async fn send_commit(&self, request: SendCommitRequest) -> Result<GroupEpoch, ClientError> {
         answer!(
-            self.request(&Request::SendCommit(request)).await?,
+            self,
+            Request::SendCommit(request),
             ResponseBody::CommitAccepted(accepted) => accepted
         )
     }
@@ -594,7 +569,8 @@ impl Connection {
         request: SendMessageRequest,
     ) -> Result<MessageAccepted, ClientError> {
         answer!(
-            self.request(&Request::SendMessage(request)).await?,
+            self,
+            Request::SendMessage(request),
             ResponseBody::MessageAccepted(accepted) => accepted
         )
     }
@@ -604,10 +580,7 @@ impl Connection {
         let request = GetGroupRequest {
             group_id: group_id.to_vec().into(),
         };
-        answer!(
-            self.request(&Request::GetGroup(request)).await?,
-            ResponseBody::Group(state) => state
-        )
+        answer!(self, Request::GetGroup(request), ResponseBody::Group(state) => state)
     }
 
     /// The encoded `RatchetTree` of `group_id` at `epoch` (the epoch of a Welcome that came
@@ -658,10 +631,7 @@ impl Connection {
 
     /// Sends a proposal on its own (leaving, or an Admin's removal).
     pub async fn send_proposal(&self, request: SendProposalRequest) -> Result<(), ClientError> {
-        answer!(
-            self.request(&Request::SendProposal(request)).await?,
-            ResponseBody::ProposalAccepted => ()
-        )
+        answer!(self, Request::SendProposal(request), ResponseBody::ProposalAccepted => ())
     }
 
     /// Deletes a group (Admins only).
@@ -669,24 +639,18 @@ impl Connection {
         let request = DeleteGroupRequest {
             group_id: group_id.to_vec().into(),
         };
-        answer!(
-            self.request(&Request::DeleteGroup(request)).await?,
-            ResponseBody::GroupDeleted => ()
-        )
+        answer!(self, Request::DeleteGroup(request), ResponseBody::GroupDeleted => ())
     }
 
     /// The groups this client is in.
     pub async fn list_groups(&self) -> Result<GroupList, ClientError> {
-        answer!(self.request(&Request::ListGroups).await?, ResponseBody::Groups(groups) => groups)
+        answer!(self, Request::ListGroups, ResponseBody::Groups(groups) => groups)
     }
 
     /// The groups any client of this device's user is in (here and at the hubs this server
     /// hears from), for a new device to join them by external commit.
     pub async fn list_user_groups(&self) -> Result<GroupList, ClientError> {
-        answer!(
-            self.request(&Request::ListUserGroups).await?,
-            ResponseBody::Groups(groups) => groups
-        )
+        answer!(self, Request::ListUserGroups, ResponseBody::Groups(groups) => groups)
     }
 
     /// The credential-verifying keys of any domain: this server's, or a peer's through it.
@@ -793,11 +757,11 @@ pub fn verify_user_clients(
         .collect()
 }
 
-/// The value an expected answer carries, or a protocol error for any other answer:
-/// `answer!(response, ResponseBody::Pattern(value) => value)`.
+/// Sends a request and returns the value its expected answer carries, or a protocol error for any
+/// other answer: `answer!(client, Request::Name(body), ResponseBody::Pattern(value) => value)`.
 macro_rules! answer {
-    ($response:expr, $expected:pat => $value:expr) => {
-        match $response {
+    ($client:expr, $request:expr, $expected:pat => $value:expr) => {
+        match $client.request(&$request).await? {
             $expected => Ok($value),
             other => Err(unexpected(&other)),
         }

@@ -196,57 +196,54 @@ impl GroupStateStorage {
     }
 }
 
+/// The three methods of [`PublicStorageProvider`] for a part kept whole (`$field` of [`Parts`],
+/// whose type is bound by `$bound`): write it, read it, delete it.
+macro_rules! whole_part {
+    ($field:ident: $bound:ident, $write:ident, $read:ident, $delete:ident) => {
+        fn $write<G: traits::GroupId<CURRENT_VERSION>, T: traits::$bound<CURRENT_VERSION>>(
+            &self,
+            _group_id: &G,
+            value: &T,
+        ) -> Result<(), GroupStateError> {
+            let encoded = encode(value)?;
+            self.write().$field = Some(encoded);
+            Ok(())
+        }
+
+        fn $read<G: traits::GroupId<CURRENT_VERSION>, T: traits::$bound<CURRENT_VERSION>>(
+            &self,
+            _group_id: &G,
+        ) -> Result<Option<T>, GroupStateError> {
+            decode_part(&self.read().$field)
+        }
+
+        fn $delete<G: traits::GroupId<CURRENT_VERSION>>(
+            &self,
+            _group_id: &G,
+        ) -> Result<(), GroupStateError> {
+            self.write().$field = None;
+            Ok(())
+        }
+    };
+}
+
 impl PublicStorageProvider<CURRENT_VERSION> for GroupStateStorage {
     type PublicError = GroupStateError;
 
-    fn write_tree<G: traits::GroupId<CURRENT_VERSION>, T: traits::TreeSync<CURRENT_VERSION>>(
-        &self,
-        _group_id: &G,
-        tree: &T,
-    ) -> Result<(), GroupStateError> {
-        let encoded = encode(tree)?;
-        self.write().tree = Some(encoded);
-        Ok(())
-    }
-
-    fn write_interim_transcript_hash<
-        G: traits::GroupId<CURRENT_VERSION>,
-        H: traits::InterimTranscriptHash<CURRENT_VERSION>,
-    >(
-        &self,
-        _group_id: &G,
-        hash: &H,
-    ) -> Result<(), GroupStateError> {
-        let encoded = encode(hash)?;
-        self.write().interim_transcript_hash = Some(encoded);
-        Ok(())
-    }
-
-    fn write_context<
-        G: traits::GroupId<CURRENT_VERSION>,
-        C: traits::GroupContext<CURRENT_VERSION>,
-    >(
-        &self,
-        _group_id: &G,
-        context: &C,
-    ) -> Result<(), GroupStateError> {
-        let encoded = encode(context)?;
-        self.write().context = Some(encoded);
-        Ok(())
-    }
-
-    fn write_confirmation_tag<
-        G: traits::GroupId<CURRENT_VERSION>,
-        C: traits::ConfirmationTag<CURRENT_VERSION>,
-    >(
-        &self,
-        _group_id: &G,
-        tag: &C,
-    ) -> Result<(), GroupStateError> {
-        let encoded = encode(tag)?;
-        self.write().confirmation_tag = Some(encoded);
-        Ok(())
-    }
+    whole_part!(tree: TreeSync, write_tree, tree, delete_tree);
+    whole_part!(context: GroupContext, write_context, group_context, delete_context);
+    whole_part!(
+        interim_transcript_hash: InterimTranscriptHash,
+        write_interim_transcript_hash,
+        interim_transcript_hash,
+        delete_interim_transcript_hash
+    );
+    whole_part!(
+        confirmation_tag: ConfirmationTag,
+        write_confirmation_tag,
+        confirmation_tag,
+        delete_confirmation_tag
+    );
 
     fn queue_proposal<
         G: traits::GroupId<CURRENT_VERSION>,
@@ -279,75 +276,6 @@ impl PublicStorageProvider<CURRENT_VERSION> for GroupStateStorage {
             .iter()
             .map(|(reference, proposal)| Ok((decode(reference)?, decode(proposal)?)))
             .collect()
-    }
-
-    fn tree<G: traits::GroupId<CURRENT_VERSION>, T: traits::TreeSync<CURRENT_VERSION>>(
-        &self,
-        _group_id: &G,
-    ) -> Result<Option<T>, GroupStateError> {
-        decode_part(&self.read().tree)
-    }
-
-    fn group_context<
-        G: traits::GroupId<CURRENT_VERSION>,
-        C: traits::GroupContext<CURRENT_VERSION>,
-    >(
-        &self,
-        _group_id: &G,
-    ) -> Result<Option<C>, GroupStateError> {
-        decode_part(&self.read().context)
-    }
-
-    fn interim_transcript_hash<
-        G: traits::GroupId<CURRENT_VERSION>,
-        H: traits::InterimTranscriptHash<CURRENT_VERSION>,
-    >(
-        &self,
-        _group_id: &G,
-    ) -> Result<Option<H>, GroupStateError> {
-        decode_part(&self.read().interim_transcript_hash)
-    }
-
-    fn confirmation_tag<
-        G: traits::GroupId<CURRENT_VERSION>,
-        C: traits::ConfirmationTag<CURRENT_VERSION>,
-    >(
-        &self,
-        _group_id: &G,
-    ) -> Result<Option<C>, GroupStateError> {
-        decode_part(&self.read().confirmation_tag)
-    }
-
-    fn delete_tree<G: traits::GroupId<CURRENT_VERSION>>(
-        &self,
-        _group_id: &G,
-    ) -> Result<(), GroupStateError> {
-        self.write().tree = None;
-        Ok(())
-    }
-
-    fn delete_confirmation_tag<G: traits::GroupId<CURRENT_VERSION>>(
-        &self,
-        _group_id: &G,
-    ) -> Result<(), GroupStateError> {
-        self.write().confirmation_tag = None;
-        Ok(())
-    }
-
-    fn delete_context<G: traits::GroupId<CURRENT_VERSION>>(
-        &self,
-        _group_id: &G,
-    ) -> Result<(), GroupStateError> {
-        self.write().context = None;
-        Ok(())
-    }
-
-    fn delete_interim_transcript_hash<G: traits::GroupId<CURRENT_VERSION>>(
-        &self,
-        _group_id: &G,
-    ) -> Result<(), GroupStateError> {
-        self.write().interim_transcript_hash = None;
-        Ok(())
     }
 
     fn remove_proposal<

@@ -1,6 +1,7 @@
 //! What the operator reads across tables (counts, pages of users, the largest queues) and the
 //! online backup: a copy of one read transaction into a fresh database file.
 
+use crate::store::rows::key;
 use std::path::Path;
 
 use redb::{Database, Durability};
@@ -148,10 +149,12 @@ impl Store {
 
     /// When the oldest message waiting for a client was queued (Unix ms).
     pub async fn oldest_queued(&self, client: &ClientId) -> Result<Option<u64>, StoreError> {
-        let (user_id, device_id) = (client.user_id.as_str(), client.device_id);
-        let user_id = user_id.to_owned();
-        self.read(move |txn| oldest_queued_at(txn, &user_id, device_id))
-            .await
+        let client = client.clone();
+        self.read(move |txn| {
+            let (user_id, device_id) = key(&client);
+            oldest_queued_at(txn, user_id, device_id)
+        })
+        .await
     }
 
     /// Writes a consistent copy of the store, as one read transaction sees it, into a new redb

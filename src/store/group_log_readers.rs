@@ -4,19 +4,20 @@
 use super::tables::{group_logs, groups};
 use super::{Store, StoreError};
 use crate::protocol::ClientId;
+use crate::store::rows::key;
 
 impl Store {
     /// Makes a client a reader of group logs: from the next entry of each group hosted here that
     /// it is in. Returns `false` if it was one already.
     pub async fn use_group_logs(&self, client: &ClientId) -> Result<bool, StoreError> {
-        let (user_id, device_id) = (client.user_id.as_str(), client.device_id);
-        let user_id = user_id.to_owned();
+        let client = client.clone();
         self.write(move |txn| {
-            if !group_logs::mark_log_client_in(txn, &user_id, device_id)? {
+            let (user_id, device_id) = key(&client);
+            if !group_logs::mark_log_client_in(txn, user_id, device_id)? {
                 return Ok(false);
             }
-            for group_id in groups::hosted_groups_of_in(txn, &user_id, device_id)? {
-                group_logs::open_window_at_next(txn, &group_id, &user_id, device_id)?;
+            for group_id in groups::hosted_groups_of_in(txn, user_id, device_id)? {
+                group_logs::open_window_at_next(txn, &group_id, user_id, device_id)?;
             }
             Ok(true)
         })

@@ -5,6 +5,7 @@ use super::tables::accounts;
 use super::tables::key_packages::{self, ClientClaim, NewKeyPackage, PublishRefusal, Stock};
 use super::{Store, StoreError};
 use crate::protocol::ClientId;
+use crate::store::rows::key;
 
 impl Store {
     /// Adds a batch of validated KeyPackages to a client's stock, all or none. A last-resort
@@ -16,13 +17,13 @@ impl Store {
         max_per_client: usize,
         now: u64,
     ) -> Result<Result<Stock, PublishRefusal>, StoreError> {
-        let (user_id, device_id) = (client.user_id.as_str(), client.device_id);
-        let user_id = user_id.to_owned();
+        let client = client.clone();
         self.write(move |txn| {
-            if !accounts::client_exists(txn, &user_id, device_id)? {
+            let (user_id, device_id) = key(&client);
+            if !accounts::client_exists(txn, user_id, device_id)? {
                 return Ok(Err(PublishRefusal::UnknownClient));
             }
-            let client = (user_id.as_str(), device_id);
+            let client = (user_id, device_id);
             key_packages::publish_in(txn, client, &batch, max_per_client, now)
         })
         .await

@@ -6,6 +6,7 @@ use super::kv::WriteTransaction;
 use super::tables::{accounts, federation, group_logs, groups, key_packages, push, queues};
 use super::{RemoveClientRefusal, Store, StoreError};
 use crate::protocol::ClientId;
+use crate::store::rows::key;
 
 impl Store {
     /// Removes one client, unless it is its user's last.
@@ -13,16 +14,16 @@ impl Store {
         &self,
         client: &ClientId,
     ) -> Result<Result<(), RemoveClientRefusal>, StoreError> {
-        let (user_id, device_id) = (client.user_id.as_str(), client.device_id);
-        let user_id = user_id.to_owned();
+        let client = client.clone();
         self.write(move |txn| {
-            if !accounts::client_exists(txn, &user_id, device_id)? {
+            let (user_id, device_id) = key(&client);
+            if !accounts::client_exists(txn, user_id, device_id)? {
                 return Ok(Err(RemoveClientRefusal::UnknownClient));
             }
-            if accounts::client_count(txn, &user_id)? <= 1 {
+            if accounts::client_count(txn, user_id)? <= 1 {
                 return Ok(Err(RemoveClientRefusal::LastClient));
             }
-            delete_client_in(txn, &user_id, device_id)?;
+            delete_client_in(txn, user_id, device_id)?;
             Ok(Ok(()))
         })
         .await

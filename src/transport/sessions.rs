@@ -51,45 +51,80 @@ pub struct HintSlot {
 /// group id tells the client to list its logs.
 pub const MAX_PENDING_GROUP_HINTS: usize = 256;
 
-/// The newest entries of one group log, waiting to be hinted.
+/// The newest sequence number announced on a queue or a log, with the newest small messages
+/// that ride along with its hint: consecutive sequence numbers ending at `latest`.
 #[derive(Default)]
-struct PendingGroupHint {
-    latest_gseq: u64,
+struct NewestRun {
+    latest: u64,
     messages: VecDeque<PushedMessage>,
     bytes: usize,
+}
+
+impl NewestRun {
+    /// Records `message`; one no newer than `latest` is stale and changes nothing.
+    fn offer(&mut self, message: &PushedMessage) {
+        if message.seq <= self.latest {
+            return;
+        }
+        if message.seq != self.latest + 1 {
+            // Something queued in between was announced out of order (or not at all): the
+            // messages held no longer end where the new one starts.
+            self.clear();
+        }
+        self.latest = message.seq;
+        self.keep_newest(message);
+    }
+
+    /// Adds `message` to the small messages the hint carries, keeping the newest that fit; a
+    /// message too large to carry empties them (the hint then only announces).
+    fn keep_newest(&mut self, message: &PushedMessage) {
+        let size = message.payload.len();
+        if !message.carried || size > MAX_PUSHED_BYTES {
+            self.clear();
+            return;
+        }
+        // Make room by letting the oldest go (the client fetches them).
+        while self.messages.len() >= MAX_PUSHED_MESSAGES || self.bytes + size > MAX_PUSHED_BYTES {
+            let Some(oldest) = self.messages.pop_front() else {
+                break;
+            };
+            self.bytes -= oldest.payload.len();
+        }
+        self.bytes += size;
+        self.messages.push_back(message.clone());
+    }
+
+    fn clear(&mut self) {
+        self.messages.clear();
+        self.bytes = 0;
+    }
+
+    /// The messages held, as the hint carries them (taking them).
+    fn take_messages(&mut self) -> Vec<QueuedMessage> {
+        self.bytes = 0;
+        std::mem::take(&mut self.messages)
+            .into_iter()
+            .map(queued_message)
+            .collect()
+    }
 }
 
 #[derive(Default)]
 struct PendingHint {
     /// Group logs with entries not hinted yet.
-    groups: HashMap<Arc<[u8]>, PendingGroupHint>,
+    groups: HashMap<Arc<[u8]>, NewestRun>,
     /// More groups moved than [`MAX_PENDING_GROUP_HINTS`].
     groups_overflowed: bool,
-    /// The newest queued message's sequence number (hints only move forward).
-    latest_seq: u64,
-    /// The `latest_seq` of the last hint taken.
+    /// The queue's newest message (hints only move forward), with the small ones riding along.
+    queue: NewestRun,
+    /// The `queue.latest` of the last hint taken.
     taken_seq: u64,
-    /// The newest messages, if small: consecutive sequence numbers ending at `latest_seq`.
-    messages: VecDeque<PushedMessage>,
-    bytes: usize,
 }
 
 impl HintSlot {
     /// Records that `message` was queued; never waits.
     fn offer(&self, message: &PushedMessage) {
-        let mut pending = self.lock();
-        if message.seq <= pending.latest_seq {
-            return;
-        }
-        if message.seq != pending.latest_seq + 1 {
-            // Something queued in between was announced out of order (or not at all): the
-            // messages held no longer end where the new one starts.
-            pending.messages.clear();
-            pending.bytes = 0;
-        }
-        pending.latest_seq = message.seq;
-        let pending = &mut *pending;
-        keep_newest(&mut pending.messages, &mut pending.bytes, message);
+        self.lock().queue.offer(message);
         self.ready.notify_one();
     }
 
@@ -101,16 +136,11 @@ impl HintSlot {
         {
             pending.groups_overflowed = true;
         } else {
-            let hint = pending.groups.entry(group_id.clone()).or_default();
-            if message.seq <= hint.latest_gseq {
-                return;
-            }
-            if message.seq != hint.latest_gseq + 1 {
-                hint.messages.clear();
-                hint.bytes = 0;
-            }
-            hint.latest_gseq = message.seq;
-            keep_newest(&mut hint.messages, &mut hint.bytes, message);
+            pending
+                .groups
+                .entry(group_id.clone())
+                .or_default()
+                .offer(message);
         }
         self.ready.notify_one();
     }
@@ -126,10 +156,10 @@ impl HintSlot {
         };
         let mut hints: Vec<GroupLogAppended> = groups
             .into_iter()
-            .map(|(group_id, hint)| GroupLogAppended {
+            .map(|(group_id, mut run)| GroupLogAppended {
                 group_id: group_id.to_vec().into(),
-                latest_gseq: hint.latest_gseq,
-                messages: hint.messages.into_iter().map(queued_message).collect(),
+                latest_gseq: run.latest,
+                messages: run.take_messages(),
             })
             .collect();
         if overflowed {
@@ -149,18 +179,14 @@ impl HintSlot {
 
     /// The hint to send, if the queue moved on since the last one was taken.
     pub fn take(&self) -> Option<NewMessages> {
-        let (latest_seq, messages) = {
-            let mut pending = self.lock();
-            if pending.latest_seq <= pending.taken_seq {
-                return None;
-            }
-            pending.taken_seq = pending.latest_seq;
-            pending.bytes = 0;
-            (pending.latest_seq, std::mem::take(&mut pending.messages))
-        };
+        let mut pending = self.lock();
+        if pending.queue.latest <= pending.taken_seq {
+            return None;
+        }
+        pending.taken_seq = pending.queue.latest;
         Some(NewMessages {
-            latest_seq,
-            messages: messages.into_iter().map(queued_message).collect(),
+            latest_seq: pending.queue.latest,
+            messages: pending.queue.take_messages(),
         })
     }
 
@@ -170,26 +196,6 @@ impl HintSlot {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
-}
-
-/// Adds `message` to the small messages a hint carries, keeping the newest that fit; a message
-/// too large to carry empties them (the hint then only announces).
-fn keep_newest(messages: &mut VecDeque<PushedMessage>, bytes: &mut usize, message: &PushedMessage) {
-    let size = message.payload.len();
-    if !message.carried || size > MAX_PUSHED_BYTES {
-        messages.clear();
-        *bytes = 0;
-        return;
-    }
-    // Make room by letting the oldest go (the client fetches them).
-    while messages.len() >= MAX_PUSHED_MESSAGES || *bytes + size > MAX_PUSHED_BYTES {
-        let Some(oldest) = messages.pop_front() else {
-            break;
-        };
-        *bytes -= oldest.payload.len();
-    }
-    *bytes += size;
-    messages.push_back(message.clone());
 }
 
 fn queued_message(message: PushedMessage) -> QueuedMessage {

@@ -20,7 +20,7 @@ use clap::{Parser, ValueEnum};
 use roost::client::ClientConfig;
 
 use report::Report;
-use scenarios::{Ceilings, Scale};
+use scenarios::{Ceilings, Run, Scale};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -120,12 +120,16 @@ async fn run(cli: &Cli) -> anyhow::Result<Report> {
         group_sizes: cli.group_sizes.iter().map(|&size| size as usize).collect(),
     };
     let mut runs = Vec::new();
-    for run in 0..cli.runs {
+    for number in 1..=cli.runs {
         if cli.runs > 1 && !quiet() {
-            eprintln!("-- run {} of {}", run + 1, cli.runs);
+            eprintln!("-- run {number} of {}", cli.runs);
         }
-        let mut report = Report::default();
-        let mut ceilings = Ceilings::default();
+        let mut run = Run {
+            report: Report::default(),
+            ceilings: Ceilings::default(),
+            scale: &scale,
+            remote: remote.as_ref(),
+        };
         for &scenario in &scenarios {
             if remote.is_some() && scenario.needs_local_server() {
                 if !quiet() {
@@ -133,25 +137,22 @@ async fn run(cli: &Cli) -> anyhow::Result<Report> {
                 }
                 continue;
             }
-            let remote = remote.as_ref();
             let done = match scenario {
-                Scenario::Baseline => scenarios::baseline(&mut report, &mut ceilings, &scale).await,
-                Scenario::Enqueue => scenarios::enqueue(&mut report, &mut ceilings, &scale).await,
-                Scenario::Fanout => scenarios::fanout(&mut report, &mut ceilings, &scale).await,
-                Scenario::Send => scenarios::send(&mut report, &mut ceilings, &scale, remote).await,
-                Scenario::GroupSize => {
-                    scenarios::group_size(&mut report, &mut ceilings, &scale, remote).await
-                }
-                Scenario::Federation => scenarios::federation(&mut report, &scale).await,
-                Scenario::Connections => scenarios::connections(&mut report, &scale).await,
-                Scenario::Push => offline_push::push(&mut report, &scale).await,
-                Scenario::Nodes => nodes::nodes(&mut report, &scale).await,
+                Scenario::Baseline => scenarios::baseline(&mut run).await,
+                Scenario::Enqueue => scenarios::enqueue(&mut run).await,
+                Scenario::Fanout => scenarios::fanout(&mut run).await,
+                Scenario::Send => scenarios::send(&mut run).await,
+                Scenario::GroupSize => scenarios::group_size(&mut run).await,
+                Scenario::Federation => scenarios::federation(&mut run).await,
+                Scenario::Connections => scenarios::connections(&mut run).await,
+                Scenario::Push => offline_push::push(&mut run).await,
+                Scenario::Nodes => nodes::nodes(&mut run).await,
             };
             if let Err(e) = done {
                 anyhow::bail!("scenario {scenario:?} failed: {e:#}");
             }
         }
-        runs.push(report);
+        runs.push(run.report);
     }
     let report = Report::median_of(runs);
     if cli.runs > 1 && !quiet() {

@@ -10,8 +10,8 @@ use roost::server::Server;
 use roost::store::{ScratchDatabase, StoreLocation};
 
 use crate::harness::{self, BenchServer};
-use crate::report::{percentile_ms, Better, Report};
-use crate::scenarios::{send_load, send_load_on, Scale, SendLoad};
+use crate::report::{percentile_ms, Better, Figure, Report};
+use crate::scenarios::{send_load, send_load_on, Run, SendLoad};
 
 const S: &str = "nodes";
 
@@ -30,7 +30,8 @@ fn client_config(server: &Server) -> anyhow::Result<ClientConfig> {
     ClientConfig::new(server.local_addr(), "localhost", server.certificate_path())
 }
 
-pub async fn nodes(report: &mut Report, scale: &Scale) -> anyhow::Result<()> {
+pub async fn nodes(run: &mut Run<'_>) -> anyhow::Result<()> {
+    let Run { report, scale, .. } = run;
     let load = LoadSize {
         pairs: scale.pick(4, 16),
         messages: scale.pick(50, 300),
@@ -40,13 +41,13 @@ pub async fn nodes(report: &mut Report, scale: &Scale) -> anyhow::Result<()> {
     let config = redb.client_config.clone();
     let (redb_rate, redb_p50) = load.figures(&send_load_on(pairs, load.messages, &config).await?);
     redb.stop().await;
-    report.figure(
+    report.record(Figure::new(
         S,
         format!("one node on redb, {pairs} senders: acknowledged messages"),
         redb_rate,
         "messages/s",
         Better::Higher,
-    );
+    ));
 
     let databases = tokio::task::spawn_blocking(|| {
         Ok::<_, roost::store::StoreError>((ScratchDatabase::create()?, ScratchDatabase::create()?))
@@ -61,42 +62,46 @@ pub async fn nodes(report: &mut Report, scale: &Scale) -> anyhow::Result<()> {
     };
     let dir = tempfile::tempdir()?;
     let (single_rate, single_p50) = one_node(report, &load, &single_database, &dir).await?;
-    report.against(
-        S,
-        format!("one node on PostgreSQL, {pairs} senders: acknowledged messages"),
-        single_rate,
-        "messages/s",
-        Better::Higher,
-        "one node on redb",
-        redb_rate,
+    report.record(
+        Figure::new(
+            S,
+            format!("one node on PostgreSQL, {pairs} senders: acknowledged messages"),
+            single_rate,
+            "messages/s",
+            Better::Higher,
+        )
+        .against("one node on redb", redb_rate),
     );
     let (pair_rate, pair_p50) = two_nodes(report, &load, &shared_database, &dir).await?;
-    report.against(
-        S,
-        format!("two nodes on one PostgreSQL, {pairs} senders, every message crossing nodes"),
-        pair_rate,
-        "messages/s",
-        Better::Higher,
-        "one node on PostgreSQL",
-        single_rate,
+    report.record(
+        Figure::new(
+            S,
+            format!("two nodes on one PostgreSQL, {pairs} senders, every message crossing nodes"),
+            pair_rate,
+            "messages/s",
+            Better::Higher,
+        )
+        .against("one node on PostgreSQL", single_rate),
     );
-    report.against(
-        S,
-        "send -> push latency p50, one node on PostgreSQL",
-        single_p50,
-        "ms",
-        Better::Lower,
-        "one node on redb",
-        redb_p50,
+    report.record(
+        Figure::new(
+            S,
+            "send -> push latency p50, one node on PostgreSQL",
+            single_p50,
+            "ms",
+            Better::Lower,
+        )
+        .against("one node on redb", redb_p50),
     );
-    report.against(
-        S,
-        "send -> push latency p50, two nodes (push through NOTIFY)",
-        pair_p50,
-        "ms",
-        Better::Lower,
-        "one node on PostgreSQL",
-        single_p50,
+    report.record(
+        Figure::new(
+            S,
+            "send -> push latency p50, two nodes (push through NOTIFY)",
+            pair_p50,
+            "ms",
+            Better::Lower,
+        )
+        .against("one node on PostgreSQL", single_p50),
     );
     drop((single_database, shared_database));
     Ok(())
@@ -136,27 +141,21 @@ async fn one_node(
     let figures = load.figures(&send_load_on(load.pairs, load.messages, &config).await?);
     // Setting the pairs up is a small part: per message, the send and its acknowledgement.
     let sent = (load.pairs * load.messages) as f64;
-    report.figure(
+    report.record(Figure::new(
         S,
         "one node on PostgreSQL: table statements per message sent and acknowledged",
         (roost::store::postgres_statements_run() - statements) as f64 / sent,
         "",
         Better::Lower,
-    );
-    report.figure(
-        S,
-        "one node on PostgreSQL: round trips (statements, BEGIN, COMMIT) per message sent and acknowledged",
-        (roost::store::postgres_round_trips() - round_trips) as f64 / sent,
-        "",
-        Better::Lower,
-    );
-    report.figure(
+    ));
+    report.record(Figure::new(S, "one node on PostgreSQL: round trips (statements, BEGIN, COMMIT) per message sent and acknowledged", (roost::store::postgres_round_trips() - round_trips) as f64 / sent, "", Better::Lower));
+    report.record(Figure::new(
         S,
         "one node on PostgreSQL: write transactions per message sent and acknowledged",
         (single.store().stats().commits() - commits) as f64 / sent,
         "",
         Better::Lower,
-    );
+    ));
     single.shutdown().await?;
     Ok(figures)
 }
@@ -186,13 +185,13 @@ async fn two_nodes(
         (stats.writes(), stats.conflicts())
     };
     let ((writes_1, conflicts_1), (writes_2, conflicts_2)) = (stats(&first), stats(&second));
-    report.figure(
+    report.record(Figure::new(
         S,
         "two nodes: write batches run again after a conflict, per 100 writes",
         100.0 * (conflicts_1 + conflicts_2) as f64 / (writes_1 + writes_2).max(1) as f64,
         "",
         Better::Lower,
-    );
+    ));
     first.shutdown().await?;
     second.shutdown().await?;
     Ok(load.figures(&crossing))

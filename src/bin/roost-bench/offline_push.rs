@@ -13,8 +13,8 @@ use roost::server::Server;
 use roost::services::Delivery;
 
 use crate::harness;
-use crate::report::{Better, Report};
-use crate::scenarios::Scale;
+use crate::report::{Better, Figure};
+use crate::scenarios::Run;
 
 const S: &str = "push";
 /// Requests the raw HTTP ceiling keeps in flight: as many as the server's push worker.
@@ -92,7 +92,8 @@ async fn fan_out(
     Ok((start.elapsed().as_secs_f64(), cpu))
 }
 
-pub async fn push(report: &mut Report, scale: &Scale) -> anyhow::Result<()> {
+pub async fn push(run: &mut Run<'_>) -> anyhow::Result<()> {
+    let Run { report, scale, .. } = run;
     let devices = scale.pick(100, 1_000);
     let dir = tempfile::tempdir()?;
     let (server, config) = push_server(&dir).await?;
@@ -120,14 +121,18 @@ pub async fn push(report: &mut Report, scale: &Scale) -> anyhow::Result<()> {
     // The devices without targets get the same message: both sets' queues look alike.
     fan_out(&server, &unwoken, 1).await?;
     let ceiling = raw_posts(devices).await?;
-    report.against(
-        S,
-        format!("wake-ups of {devices} offline devices, queued at once"),
-        rate,
-        "wake-ups/s",
-        Better::Higher,
-        format!("raw HTTP POSTs to the same receiver, {RAW_IN_FLIGHT} in flight"),
-        ceiling,
+    report.record(
+        Figure::new(
+            S,
+            format!("wake-ups of {devices} offline devices, queued at once"),
+            rate,
+            "wake-ups/s",
+            Better::Higher,
+        )
+        .against(
+            format!("raw HTTP POSTs to the same receiver, {RAW_IN_FLIGHT} in flight"),
+            ceiling,
+        ),
     );
 
     // The send path: fan-outs to offline devices with push targets (each woken once, then
@@ -154,23 +159,31 @@ pub async fn push(report: &mut Report, scale: &Scale) -> anyhow::Result<()> {
         }
     }
     let per_message = |seconds: f64| seconds * 1000.0 / (ROUNDS * messages) as f64;
-    report.against(
-        S,
-        format!("fan-out to {recipients} offline devices with push targets, per message"),
-        per_message(with_push.0),
-        "ms",
-        Better::Lower,
-        "the same to devices without push targets",
-        per_message(without.0),
+    report.record(
+        Figure::new(
+            S,
+            format!("fan-out to {recipients} offline devices with push targets, per message"),
+            per_message(with_push.0),
+            "ms",
+            Better::Lower,
+        )
+        .against(
+            "the same to devices without push targets",
+            per_message(without.0),
+        ),
     );
-    report.against(
-        S,
-        "CPU time per message, the same fan-outs",
-        per_message(with_push.1),
-        "ms",
-        Better::Lower,
-        "the same to devices without push targets",
-        per_message(without.1),
+    report.record(
+        Figure::new(
+            S,
+            "CPU time per message, the same fan-outs",
+            per_message(with_push.1),
+            "ms",
+            Better::Lower,
+        )
+        .against(
+            "the same to devices without push targets",
+            per_message(without.1),
+        ),
     );
     server.shutdown().await?;
     Ok(())

@@ -53,83 +53,63 @@ pub struct Report {
     pub series: Vec<Series>,
 }
 
-impl Report {
-    /// Records `value` for `scenario`/`name` with no ceiling.
-    pub fn figure(
-        &mut self,
+impl Figure {
+    /// `value`, measured for `scenario`/`name`, with no ceiling.
+    pub fn new(
         scenario: &'static str,
         name: impl Into<String>,
         value: f64,
         unit: &'static str,
         better: Better,
-    ) {
-        self.push(scenario, name.into(), value, unit, better, None);
+    ) -> Self {
+        Self {
+            scenario,
+            name: name.into(),
+            value,
+            unit,
+            better,
+            ceiling: None,
+            ratio: None,
+            failure: None,
+        }
     }
 
-    /// Records `value` beside `ceiling` (named `ceiling_name`).
-    #[allow(clippy::too_many_arguments)]
-    pub fn against(
-        &mut self,
-        scenario: &'static str,
-        name: impl Into<String>,
-        value: f64,
-        unit: &'static str,
-        better: Better,
-        ceiling_name: impl Into<String>,
-        ceiling: f64,
-    ) {
-        let ceiling = Ceiling {
-            name: ceiling_name.into(),
+    /// The figure beside `ceiling` (named `name`), measured in the same run.
+    pub fn against(mut self, name: impl Into<String>, ceiling: f64) -> Self {
+        self.ratio = Some(self.ratio_to(ceiling));
+        self.ceiling = Some(Ceiling {
+            name: name.into(),
             value: ceiling,
-        };
-        self.push(scenario, name.into(), value, unit, better, Some(ceiling));
+        });
+        self
+    }
+
+    /// `value / ceiling` for rates, `ceiling / value` for costs.
+    fn ratio_to(&self, ceiling: f64) -> f64 {
+        match self.better {
+            Better::Higher => self.value / ceiling,
+            Better::Lower => ceiling / self.value,
+        }
+    }
+}
+
+impl Report {
+    /// Records `figure`, and prints it.
+    pub fn record(&mut self, figure: Figure) {
+        print_figure(&figure);
+        self.figures.push(figure);
     }
 
     /// Records that `scenario`/`name` could not be measured, and why.
     pub fn failed(&mut self, scenario: &'static str, name: impl Into<String>, why: String) {
-        let figure = Figure {
-            scenario,
-            name: name.into(),
-            value: f64::NAN,
-            unit: "",
-            better: Better::Higher,
-            ceiling: None,
-            ratio: None,
+        self.record(Figure {
             failure: Some(why),
-        };
-        print_figure(&figure);
-        self.figures.push(figure);
+            ..Figure::new(scenario, name, f64::NAN, "", Better::Higher)
+        });
     }
 
     pub fn series(&mut self, series: Series) {
         self.series.push(series);
-    }
-
-    fn push(
-        &mut self,
-        scenario: &'static str,
-        name: String,
-        value: f64,
-        unit: &'static str,
-        better: Better,
-        ceiling: Option<Ceiling>,
-    ) {
-        let ratio = ceiling.as_ref().map(|ceiling| match better {
-            Better::Higher => value / ceiling.value,
-            Better::Lower => ceiling.value / value,
-        });
-        let figure = Figure {
-            scenario,
-            name,
-            value,
-            unit,
-            better,
-            ceiling,
-            ratio,
-            failure: None,
-        };
-        print_figure(&figure);
-        self.figures.push(figure);
     }
 
     /// The median of several runs' reports, figure by figure (figures are matched by scenario and
@@ -167,10 +147,7 @@ impl Report {
             }
             if let (Some(ceiling), Some(value)) = (&mut figure.ceiling, median(&mut ceilings)) {
                 ceiling.value = value;
-                figure.ratio = Some(match figure.better {
-                    Better::Higher => figure.value / value,
-                    Better::Lower => value / figure.value,
-                });
+                figure.ratio = Some(figure.ratio_to(value));
             }
         }
         merged

@@ -14,7 +14,7 @@ use roost::store::{Admission, Envelope, NewUser, QueueLimits, Store};
 use tokio::sync::Mutex;
 
 use crate::harness::{self, BenchServer, FederatedPair, RawQuicServer};
-use crate::report::{percentile_ms, Better, Report, Series};
+use crate::report::{percentile_ms, Better, Figure, Report, Series};
 
 /// How much work each scenario does: `--quick` (a smoke test, under a minute in all) or full.
 #[derive(Clone, Debug)]
@@ -32,6 +32,15 @@ impl Scale {
             full
         }
     }
+}
+
+/// What every scenario of one run shares: the report it adds its figures to, the ceilings
+/// measured so far, how much work to do, and the server to measure if it is not started here.
+pub struct Run<'a> {
+    pub report: Report,
+    pub ceilings: Ceilings,
+    pub scale: &'a Scale,
+    pub remote: Option<&'a ClientConfig>,
 }
 
 /// Ceilings measured once per run and shared by the scenarios that compare against them.
@@ -85,48 +94,50 @@ impl Ceilings {
 }
 
 /// `baseline`: this machine's ceilings, and Roost's simplest request beside raw quinn.
-pub async fn baseline(
-    report: &mut Report,
-    ceilings: &mut Ceilings,
-    scale: &Scale,
-) -> anyhow::Result<()> {
+pub async fn baseline(run: &mut Run<'_>) -> anyhow::Result<()> {
+    let Run {
+        report,
+        ceilings,
+        scale,
+        ..
+    } = run;
     const S: &str = "baseline";
     for batch in [1, 100] {
         let (rate, bytes) = ceilings.redb(batch, scale)?;
-        report.figure(
+        report.record(Figure::new(
             S,
             format!("raw redb, 1 KiB values, {batch} per commit"),
             rate,
             "values/s",
             Better::Higher,
-        );
+        ));
         if let Some(bytes) = bytes {
-            report.figure(
+            report.record(Figure::new(
                 S,
                 format!("raw redb, bytes written per value, {batch} per commit"),
                 bytes,
                 "B",
                 Better::Lower,
-            );
+            ));
         }
     }
     const IN_FLIGHT: usize = 64;
     let (raw_rate, raw_latencies) = ceilings.quinn(IN_FLIGHT, scale).await?;
-    report.figure(
+    report.record(Figure::new(
         S,
         format!("raw quinn, one stream per request, {IN_FLIGHT} in flight"),
         raw_rate,
         "requests/s",
         Better::Higher,
-    );
+    ));
     let (_, single) = ceilings.quinn(1, scale).await?;
-    report.figure(
+    report.record(Figure::new(
         S,
         "raw quinn, request round trip p50, 1 in flight",
         percentile_ms(&single, 50),
         "ms",
         Better::Lower,
-    );
+    ));
 
     let server = BenchServer::start(None).await?;
     let connection = Arc::new(Connection::connect(&server.client_config).await?);
@@ -136,23 +147,25 @@ pub async fn baseline(
         async move { Ok(connection.server_info().await.map(|_| ())?) }
     })
     .await?;
-    report.against(
-        S,
-        format!("GetServerInfo over one connection, {IN_FLIGHT} in flight"),
-        rate,
-        "requests/s",
-        Better::Higher,
-        "raw quinn",
-        raw_rate,
+    report.record(
+        Figure::new(
+            S,
+            format!("GetServerInfo over one connection, {IN_FLIGHT} in flight"),
+            rate,
+            "requests/s",
+            Better::Higher,
+        )
+        .against("raw quinn", raw_rate),
     );
-    report.against(
-        S,
-        format!("GetServerInfo p50, {IN_FLIGHT} in flight"),
-        percentile_ms(&latencies, 50),
-        "ms",
-        Better::Lower,
-        "raw quinn",
-        percentile_ms(&raw_latencies, 50),
+    report.record(
+        Figure::new(
+            S,
+            format!("GetServerInfo p50, {IN_FLIGHT} in flight"),
+            percentile_ms(&latencies, 50),
+            "ms",
+            Better::Lower,
+        )
+        .against("raw quinn", percentile_ms(&raw_latencies, 50)),
     );
     server.stop().await;
     Ok(())
@@ -161,8 +174,10 @@ pub async fn baseline(
 /// Per-client limits that never refuse: the store scenarios measure writing, not admission.
 const UNLIMITED: QueueLimits = QueueLimits::per_client(u64::MAX, u64::MAX);
 
-/// Registers `count` users straight into `store` (one client each); returns their ids.
-async fn store_users(store: &Store, count: usize) -> anyhow::Result<Vec<String>> {
+/// A store in a temporary directory with `count` users (one client each), and their ids.
+async fn store_with_users(count: usize) -> anyhow::Result<(tempfile::TempDir, Store, Vec<String>)> {
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(dir.path())?;
     let mut users = Vec::with_capacity(count);
     for i in 0..count {
         let user_id = format!("user{i}@localhost");
@@ -181,7 +196,7 @@ async fn store_users(store: &Store, count: usize) -> anyhow::Result<Vec<String>>
             .map_err(|refused| anyhow::anyhow!("registering {user_id}: {refused:?}"))?;
         users.push(user_id);
     }
-    Ok(users)
+    Ok((dir, store, users))
 }
 
 fn envelope(user_id: &str, payload: &Arc<Vec<u8>>) -> Envelope {
@@ -195,17 +210,17 @@ fn envelope(user_id: &str, payload: &Arc<Vec<u8>>) -> Envelope {
 
 /// `enqueue`: many concurrent single-message enqueues through the group-commit writer, beside raw
 /// redb committing the same values in batches of the size the writer reached.
-pub async fn enqueue(
-    report: &mut Report,
-    ceilings: &mut Ceilings,
-    scale: &Scale,
-) -> anyhow::Result<()> {
+pub async fn enqueue(run: &mut Run<'_>) -> anyhow::Result<()> {
+    let Run {
+        report,
+        ceilings,
+        scale,
+        ..
+    } = run;
     const S: &str = "enqueue";
     const WRITERS: usize = 200;
     let per_writer = scale.pick(20, 100);
-    let dir = tempfile::tempdir()?;
-    let store = Store::open(dir.path())?;
-    let users = store_users(&store, 200).await?;
+    let (_dir, store, users) = store_with_users(200).await?;
     let payload = Arc::new(vec![0x5a; 1024]);
     let commits = store.stats().commits();
     let start = Instant::now();
@@ -234,37 +249,38 @@ pub async fn enqueue(
     let rate = messages as f64 / elapsed.as_secs_f64();
     let per_commit = messages as f64 / commits as f64;
     let (ceiling, _) = ceilings.redb(per_commit.round().max(1.0) as usize, scale)?;
-    report.figure(
+    report.record(Figure::new(
         S,
         "messages per commit reached",
         per_commit,
         "messages",
         Better::Higher,
-    );
-    report.against(
-        S,
-        format!("{WRITERS} concurrent writers, 1 KiB messages"),
-        rate,
-        "messages/s",
-        Better::Higher,
-        "raw redb, same batch",
-        ceiling,
+    ));
+    report.record(
+        Figure::new(
+            S,
+            format!("{WRITERS} concurrent writers, 1 KiB messages"),
+            rate,
+            "messages/s",
+            Better::Higher,
+        )
+        .against("raw redb, same batch", ceiling),
     );
     Ok(())
 }
 
 /// `fanout`: one message to 1,000 queues in one commit, at three sizes.
-pub async fn fanout(
-    report: &mut Report,
-    ceilings: &mut Ceilings,
-    scale: &Scale,
-) -> anyhow::Result<()> {
+pub async fn fanout(run: &mut Run<'_>) -> anyhow::Result<()> {
+    let Run {
+        report,
+        ceilings,
+        scale,
+        ..
+    } = run;
     const S: &str = "fanout";
     const QUEUES: usize = 1_000;
     let rounds = scale.pick(5, 20);
-    let dir = tempfile::tempdir()?;
-    let store = Store::open(dir.path())?;
-    let users = store_users(&store, QUEUES).await?;
+    let (_dir, store, users) = store_with_users(QUEUES).await?;
     let (ceiling_rate, ceiling_bytes) = ceilings.redb(QUEUES, scale)?;
     for size in [64, 1024, 16 * 1024] {
         let payload = Arc::new(vec![0xa5; size]);
@@ -284,25 +300,27 @@ pub async fn fanout(
             .map(|(after, before)| after - before);
         timings.sort();
         let per_recipient_us = percentile_ms(&timings, 50) * 1000.0 / QUEUES as f64;
-        report.against(
-            S,
-            format!("{size}-byte message to {QUEUES} queues, per recipient (median)"),
-            per_recipient_us,
-            "µs",
-            Better::Lower,
-            "raw redb 1 KiB, 1,000 per commit",
-            1e6 / ceiling_rate,
+        report.record(
+            Figure::new(
+                S,
+                format!("{size}-byte message to {QUEUES} queues, per recipient (median)"),
+                per_recipient_us,
+                "µs",
+                Better::Lower,
+            )
+            .against("raw redb 1 KiB, 1,000 per commit", 1e6 / ceiling_rate),
         );
         if let (Some(written), Some(ceiling)) = (written, ceiling_bytes) {
             let per_recipient = written as f64 / (rounds * QUEUES) as f64;
-            report.against(
-                S,
-                format!("{size}-byte message, bytes written per recipient"),
-                per_recipient,
-                "B",
-                Better::Lower,
-                "raw redb 1 KiB, 1,000 per commit",
-                ceiling,
+            report.record(
+                Figure::new(
+                    S,
+                    format!("{size}-byte message, bytes written per recipient"),
+                    per_recipient,
+                    "B",
+                    Better::Lower,
+                )
+                .against("raw redb 1 KiB, 1,000 per commit", ceiling),
             );
         }
     }
@@ -318,16 +336,17 @@ struct Receiver {
 
 /// `send`: pairs of devices in 1:1 groups, each sender sending one message after another while
 /// its peer takes them from the push stream and acknowledges them.
-pub async fn send(
-    report: &mut Report,
-    ceilings: &mut Ceilings,
-    scale: &Scale,
-    remote: Option<&ClientConfig>,
-) -> anyhow::Result<()> {
+pub async fn send(run: &mut Run<'_>) -> anyhow::Result<()> {
+    let Run {
+        report,
+        ceilings,
+        scale,
+        remote,
+    } = run;
     const S: &str = "send";
     let pairs = scale.pick(4, 16);
     let messages = scale.pick(100, 500);
-    let server = BenchServer::start(remote).await?;
+    let server = BenchServer::start(*remote).await?;
     let config = server.client_config.clone();
     let load = send_load_on(pairs, messages, &config).await?;
     let written = server.local().and(load.written);
@@ -335,53 +354,57 @@ pub async fn send(
     let (total, latencies) = (pairs * messages, load.latencies);
     let (quinn_rate, _) = ceilings.quinn(pairs, scale).await?;
     let (_, quinn_single) = ceilings.quinn(1, scale).await?;
-    report.against(
-        S,
-        format!("{pairs} senders in 1:1 groups, acknowledged messages"),
-        rate,
-        "messages/s",
-        Better::Higher,
-        format!("raw quinn, {pairs} in flight"),
-        quinn_rate,
+    report.record(
+        Figure::new(
+            S,
+            format!("{pairs} senders in 1:1 groups, acknowledged messages"),
+            rate,
+            "messages/s",
+            Better::Higher,
+        )
+        .against(format!("raw quinn, {pairs} in flight"), quinn_rate),
     );
-    report.against(
-        S,
-        "send -> push latency p50",
-        percentile_ms(&latencies, 50),
-        "ms",
-        Better::Lower,
-        "raw quinn round trip",
-        percentile_ms(&quinn_single, 50),
+    report.record(
+        Figure::new(
+            S,
+            "send -> push latency p50",
+            percentile_ms(&latencies, 50),
+            "ms",
+            Better::Lower,
+        )
+        .against("raw quinn round trip", percentile_ms(&quinn_single, 50)),
     );
-    report.against(
-        S,
-        "send -> push latency p99",
-        percentile_ms(&latencies, 99),
-        "ms",
-        Better::Lower,
-        "raw quinn round trip",
-        percentile_ms(&quinn_single, 99),
+    report.record(
+        Figure::new(
+            S,
+            "send -> push latency p99",
+            percentile_ms(&latencies, 99),
+            "ms",
+            Better::Lower,
+        )
+        .against("raw quinn round trip", percentile_ms(&quinn_single, 99)),
     );
     if let Some(written) = written {
         let (_, ceiling) = ceilings.redb(pairs, scale)?;
         let per_message = written as f64 / total as f64;
         match ceiling {
-            Some(ceiling) => report.against(
+            Some(ceiling) => report.record(
+                Figure::new(
+                    S,
+                    "bytes written per message, concurrent senders",
+                    per_message,
+                    "B",
+                    Better::Lower,
+                )
+                .against(format!("raw redb 1 KiB, {pairs} per commit"), ceiling),
+            ),
+            None => report.record(Figure::new(
                 S,
                 "bytes written per message, concurrent senders",
                 per_message,
                 "B",
                 Better::Lower,
-                format!("raw redb 1 KiB, {pairs} per commit"),
-                ceiling,
-            ),
-            None => report.figure(
-                S,
-                "bytes written per message, concurrent senders",
-                per_message,
-                "B",
-                Better::Lower,
-            ),
+            )),
         }
     }
     server.stop().await;
@@ -541,12 +564,13 @@ struct GroupFigures {
 }
 
 /// `group-size`: one member sends to groups of growing size; the others are offline devices.
-pub async fn group_size(
-    report: &mut Report,
-    ceilings: &mut Ceilings,
-    scale: &Scale,
-    remote: Option<&ClientConfig>,
-) -> anyhow::Result<()> {
+pub async fn group_size(run: &mut Run<'_>) -> anyhow::Result<()> {
+    let Run {
+        report,
+        ceilings,
+        scale,
+        remote,
+    } = run;
     const S: &str = "group-size";
     let sizes: Vec<usize> = if scale.group_sizes.is_empty() {
         scale.pick(vec![2, 100], vec![2, 100, 1_000, 10_000])
@@ -557,7 +581,7 @@ pub async fn group_size(
     for logs in [false, true] {
         let mut smallest: Option<GroupFigures> = None;
         for &size in &sizes {
-            match group_of(report, ceilings, scale, remote, size, logs, smallest).await {
+            match group_of(report, ceilings, scale, *remote, size, logs, smallest).await {
                 Ok(figures) => {
                     smallest.get_or_insert(figures);
                 }
@@ -661,13 +685,13 @@ async fn fill_group(
             .with_context(|| format!("adding members beyond {added}"))?;
         added += batch.len();
     }
-    report.figure(
+    report.record(Figure::new(
         GROUP_SIZE,
         at.name(&format!("filled ({ADDS_PER_COMMIT} adds per commit)")),
         filling.elapsed().as_secs_f64(),
         "s",
         Better::Lower,
-    );
+    ));
     Ok(())
 }
 
@@ -760,13 +784,13 @@ async fn measure_add_and_join(
         Some((_, Ok(GroupEvent::Joined { .. }))) => {}
         other => anyhow::bail!("the joiner did not join: {other:?}"),
     }
-    report.figure(
+    report.record(Figure::new(
         GROUP_SIZE,
         at.name("join from a Welcome (tree fetched from the server)"),
         join_ms,
         "ms",
         Better::Lower,
-    );
+    ));
     Ok(add_ms)
 }
 
@@ -778,37 +802,39 @@ fn report_group(
     this: GroupFigures,
     base: GroupFigures,
 ) {
-    report.against(
-        GROUP_SIZE,
-        at.name("send p50 at the server (pre-encrypted), one sender"),
-        this.send_p50,
-        "ms",
-        Better::Lower,
-        "2 members",
-        base.send_p50,
+    report.record(
+        Figure::new(
+            GROUP_SIZE,
+            at.name("send p50 at the server (pre-encrypted), one sender"),
+            this.send_p50,
+            "ms",
+            Better::Lower,
+        )
+        .against("2 members", base.send_p50),
     );
-    report.figure(
+    report.record(Figure::new(
         GROUP_SIZE,
         at.name("send p50 end to end, the client encrypting each"),
         percentile_ms(&sends.end_to_end, 50),
         "ms",
         Better::Lower,
-    );
-    report.figure(
+    ));
+    report.record(Figure::new(
         GROUP_SIZE,
         at.name("send p99, one sender"),
         percentile_ms(&sends.latencies, 99),
         "ms",
         Better::Lower,
-    );
-    report.against(
-        GROUP_SIZE,
-        at.name("add commit"),
-        this.add_ms,
-        "ms",
-        Better::Lower,
-        "2 members",
-        base.add_ms,
+    ));
+    report.record(
+        Figure::new(
+            GROUP_SIZE,
+            at.name("add commit"),
+            this.add_ms,
+            "ms",
+            Better::Lower,
+        )
+        .against("2 members", base.add_ms),
     );
 }
 
@@ -822,16 +848,17 @@ fn report_bytes_written(
 ) -> anyhow::Result<()> {
     let name = at.name("bytes written per message, one per commit");
     match ceilings.redb(1, scale)?.1 {
-        Some(ceiling) => report.against(
+        Some(ceiling) => report.record(
+            Figure::new(GROUP_SIZE, name, per_message, "B", Better::Lower)
+                .against("raw redb 1 KiB, 1 per commit", ceiling),
+        ),
+        None => report.record(Figure::new(
             GROUP_SIZE,
             name,
             per_message,
             "B",
             Better::Lower,
-            "raw redb 1 KiB, 1 per commit",
-            ceiling,
-        ),
-        None => report.figure(GROUP_SIZE, name, per_message, "B", Better::Lower),
+        )),
     }
     Ok(())
 }
@@ -841,7 +868,8 @@ const GROUP_SIZE: &str = "group-size";
 
 /// `federation`: senders at a.example in groups with members at b.example, sending without pause;
 /// how fast the hub accepts, how fast b.example receives, and the hub's outbox backlog over time.
-pub async fn federation(report: &mut Report, scale: &Scale) -> anyhow::Result<()> {
+pub async fn federation(run: &mut Run<'_>) -> anyhow::Result<()> {
+    let Run { report, scale, .. } = run;
     let pairs = scale.pick(2, 8);
     let sending_for = Duration::from_secs(scale.pick(4, 20));
     let pair = FederatedPair::start().await?;
@@ -988,36 +1016,37 @@ struct FederationFigures {
 
 fn report_federation(report: &mut Report, figures: FederationFigures) {
     const S: &str = "federation";
-    report.figure(
+    report.record(Figure::new(
         S,
         format!("{} senders at the hub, accepted messages", figures.pairs),
         figures.accept_rate,
         "messages/s",
         Better::Higher,
+    ));
+    report.record(
+        Figure::new(
+            S,
+            "received at the peer while sending",
+            figures.delivery_rate,
+            "messages/s",
+            Better::Higher,
+        )
+        .against("accepted at the hub", figures.accept_rate),
     );
-    report.against(
-        S,
-        "received at the peer while sending",
-        figures.delivery_rate,
-        "messages/s",
-        Better::Higher,
-        "accepted at the hub",
-        figures.accept_rate,
-    );
-    report.figure(
+    report.record(Figure::new(
         S,
         "hub outbox backlog when the senders stopped",
         figures.backlog_at_stop as f64,
         "deliveries",
         Better::Lower,
-    );
-    report.figure(
+    ));
+    report.record(Figure::new(
         S,
         "time to drain after the senders stopped",
         figures.drained_in.as_secs_f64(),
         "s",
         Better::Lower,
-    );
+    ));
     report.series(Series {
         scenario: S,
         name: "hub outbox backlog".into(),
@@ -1028,7 +1057,8 @@ fn report_federation(report: &mut Report, figures: FederationFigures) {
 
 /// `connections`: resident memory per idle authenticated connection of a server in a child
 /// process, beside a raw quinn server holding as many idle connections.
-pub async fn connections(report: &mut Report, scale: &Scale) -> anyhow::Result<()> {
+pub async fn connections(run: &mut Run<'_>) -> anyhow::Result<()> {
+    let Run { report, scale, .. } = run;
     const S: &str = "connections";
     let count = scale.pick(200, 2_000);
     let roost = crate::child::Child::spawn(crate::child::Kind::Roost)?;
@@ -1063,14 +1093,15 @@ pub async fn connections(report: &mut Report, scale: &Scale) -> anyhow::Result<(
     let raw_per_connection =
         (harness::resident_bytes(raw.pid())?.saturating_sub(before)) as f64 / count as f64;
     drop(held);
-    report.against(
-        S,
-        format!("server memory per idle authenticated connection ({count})"),
-        per_connection / 1024.0,
-        "KiB",
-        Better::Lower,
-        "raw quinn idle connection",
-        raw_per_connection / 1024.0,
+    report.record(
+        Figure::new(
+            S,
+            format!("server memory per idle authenticated connection ({count})"),
+            per_connection / 1024.0,
+            "KiB",
+            Better::Lower,
+        )
+        .against("raw quinn idle connection", raw_per_connection / 1024.0),
     );
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! never leaves a partial write behind.
 
 use crate::store::kv::{ReadableTable, Table, TableDefinition, WriteTransaction};
+use crate::store::rows::key;
 use sha2::{Digest, Sha256};
 use tls_codec::{Deserialize, Serialize, TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
 
@@ -388,11 +389,11 @@ impl Store {
 
     /// One client, if it exists.
     pub async fn client(&self, client: &ClientId) -> Result<Option<StoredClient>, StoreError> {
-        let (user_id, device_id) = (client.user_id.as_str(), client.device_id);
-        let user_id = user_id.to_owned();
+        let client = client.clone();
         self.read(move |txn| {
+            let (user_id, device_id) = key(&client);
             txn.open_table(CLIENTS)?
-                .get((user_id.as_str(), device_id))?
+                .get((user_id, device_id))?
                 .map(|record| stored_client(device_id, record.value()))
                 .transpose()
         })
@@ -405,19 +406,19 @@ impl Store {
         client: &ClientId,
         credential: Vec<u8>,
     ) -> Result<Result<(), RemoveClientRefusal>, StoreError> {
-        let (user_id, device_id) = (client.user_id.as_str(), client.device_id);
-        let user_id = user_id.to_owned();
+        let client = client.clone();
         self.write(move |txn| {
+            let (user_id, device_id) = key(&client);
             let mut clients = txn.open_table(CLIENTS)?;
             let Some(mut record) = clients
-                .get((user_id.as_str(), device_id))?
+                .get((user_id, device_id))?
                 .map(|record| decode::<ClientRecord>(record.value()))
                 .transpose()?
             else {
                 return Ok(Err(RemoveClientRefusal::UnknownClient));
             };
             record.credential = credential.clone().into();
-            clients.put((user_id.as_str(), device_id), encode(&record)?.as_slice())?;
+            clients.put((user_id, device_id), encode(&record)?.as_slice())?;
             Ok(Ok(()))
         })
         .await

@@ -3,6 +3,7 @@
 //! which peer hosts each remote group this server's clients are in.
 
 use crate::store::kv::{ReadableTable, TableDefinition, WriteTransaction};
+use crate::store::rows::key;
 
 use crate::protocol::ClientId;
 use crate::store::rows::{FullQueues, OutgoingDelivery};
@@ -264,12 +265,12 @@ impl Store {
 
     /// The hubs that welcomed `(user_id, device_id)` into one of their groups.
     pub async fn client_hubs(&self, client: &ClientId) -> Result<Vec<String>, StoreError> {
-        let (user_id, device_id) = (client.user_id.as_str(), client.device_id);
-        let user_id = user_id.to_owned();
+        let client = client.clone();
         self.read(move |txn| {
+            let (user_id, device_id) = key(&client);
             let hubs = txn.open_table(CLIENT_HUBS)?;
             let mut found = Vec::new();
-            for entry in hubs.range((user_id.as_str(), device_id, "")..)? {
+            for entry in hubs.range((user_id, device_id, "")..)? {
                 let (key, _) = entry?;
                 let (user, device, hub) = key.value();
                 if user != user_id || device != device_id {

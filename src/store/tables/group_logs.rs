@@ -528,12 +528,12 @@ pub(in crate::store) fn open_window_at_next(
 impl Store {
     /// Whether a client reads group logs.
     pub async fn uses_group_logs(&self, client: &ClientId) -> Result<bool, StoreError> {
-        let (user_id, device_id) = (client.user_id.as_str(), client.device_id);
-        let user_id = user_id.to_owned();
+        let client = client.clone();
         self.read(move |txn| {
+            let (user_id, device_id) = key(&client);
             Ok(txn
                 .open_table(LOG_CLIENTS)?
-                .get((user_id.as_str(), device_id))?
+                .get((user_id, device_id))?
                 .is_some())
         })
         .await
@@ -541,14 +541,13 @@ impl Store {
 
     /// The logs a client may read, with its positions.
     pub async fn group_log_cursors(&self, client: &ClientId) -> Result<Vec<LogCursor>, StoreError> {
-        let (user_id, device_id) = (client.user_id.as_str(), client.device_id);
-        let user_id = user_id.to_owned();
+        let client = client.clone();
         self.read(move |txn| {
+            let (user_id, device_id) = key(&client);
             let readers = txn.open_table(LOG_READERS)?;
             let logs = txn.open_table(GROUP_LOGS)?;
             let mut cursors = Vec::new();
-            let range = (user_id.as_str(), device_id, &[][..])
-                ..=(user_id.as_str(), device_id, GROUP_ID_UPPER_BOUND);
+            let range = (user_id, device_id, &[][..])..=(user_id, device_id, GROUP_ID_UPPER_BOUND);
             for entry in readers.range(range)? {
                 let (key, window) = entry?;
                 let group_id = key.value().2.to_vec();

@@ -3,6 +3,7 @@
 //! wake-up being delivered does not lose the need to wake.
 
 use crate::store::kv::{ReadableTable, TableDefinition, WriteTransaction};
+use crate::store::rows::key;
 use tls_codec::{Deserialize, Serialize};
 
 use crate::protocol::ClientId;
@@ -126,11 +127,11 @@ impl Store {
         registered_at: u64,
         limit: usize,
     ) -> Result<Result<PushTargetAdded, AddTargetRefusal>, StoreError> {
-        let (user_id, device_id) = (client.user_id.as_str(), client.device_id);
-        let user_id = user_id.to_owned();
+        let client = client.clone();
         self.write(move |txn| {
+            let (user_id, device_id) = key(&client);
             let mut table = txn.open_table(PUSH_TARGETS)?;
-            let existing = targets_in(&table, &user_id, device_id)?;
+            let existing = targets_in(&table, user_id, device_id)?;
             let same = existing
                 .iter()
                 .find(|known| known.target.identity() == target.identity());
@@ -156,7 +157,7 @@ impl Store {
             let bytes = record
                 .tls_serialize_detached()
                 .map_err(|e| StoreError::Corrupt(format!("cannot encode a push target: {e}")))?;
-            table.put((user_id.as_str(), device_id, target_id), bytes.as_slice())?;
+            table.put((user_id, device_id, target_id), bytes.as_slice())?;
             Ok(Ok(PushTargetAdded {
                 target_id,
                 replaced: crate::protocol::Flag(replaced),
@@ -170,10 +171,12 @@ impl Store {
         &self,
         client: &ClientId,
     ) -> Result<Vec<RegisteredPushTarget>, StoreError> {
-        let (user_id, device_id) = (client.user_id.as_str(), client.device_id);
-        let user_id = user_id.to_owned();
-        self.read(move |txn| targets_in(&txn.open_table(PUSH_TARGETS)?, &user_id, device_id))
-            .await
+        let client = client.clone();
+        self.read(move |txn| {
+            let (user_id, device_id) = key(&client);
+            targets_in(&txn.open_table(PUSH_TARGETS)?, user_id, device_id)
+        })
+        .await
     }
 
     /// Removes one of the client's targets (and its wake-up); whether it existed.
@@ -182,10 +185,10 @@ impl Store {
         client: &ClientId,
         target_id: u64,
     ) -> Result<bool, StoreError> {
-        let (user_id, device_id) = (client.user_id.as_str(), client.device_id);
-        let user_id = user_id.to_owned();
+        let client = client.clone();
         self.write(move |txn| {
-            let key = (user_id.as_str(), device_id, target_id);
+            let (user_id, device_id) = key(&client);
+            let key = (user_id, device_id, target_id);
             txn.open_table(PUSH_WAKES)?.delete(key)?;
             Ok(txn.open_table(PUSH_TARGETS)?.remove(key)?.is_some())
         })
@@ -304,11 +307,11 @@ impl Store {
 
     /// Drops the wake-ups pending for a client that caught up (connected, or acknowledged).
     pub async fn cancel_wakes(&self, client: &ClientId) -> Result<(), StoreError> {
-        let (user_id, device_id) = (client.user_id.as_str(), client.device_id);
-        let user_id = user_id.to_owned();
+        let client = client.clone();
         self.write(move |txn| {
+            let (user_id, device_id) = key(&client);
             txn.open_table(PUSH_WAKES)?
-                .retain_in(client_range(&user_id, device_id), |_, _| false)?;
+                .retain_in(client_range(user_id, device_id), |_, _| false)?;
             Ok(())
         })
         .await
@@ -331,47 +334,28 @@ mod tests {
     #[tokio::test]
     async fn targets_are_bounded_replaced_by_endpoint_and_deleted_with_their_wakes() {
         let (_dir, store) = crate::store::test_store();
-        let first = store
-            .add_push_target(&ClientId::of("a@x", 1), web("https://p/1"), 10, 2)
-            .await
-            .unwrap()
-            .unwrap();
+        let alice = ClientId::of("a@x", 1);
+        let add = |target, at| store.add_push_target(&alice, target, at, 2);
+        let targets = |device| {
+            let (store, client) = (&store, ClientId::of("a@x", device));
+            async move { store.push_targets(&client).await.unwrap().len() }
+        };
+        let first = add(web("https://p/1"), 10).await.unwrap().unwrap();
         assert!(!first.replaced.0);
-        let again = store
-            .add_push_target(&ClientId::of("a@x", 1), web("https://p/1"), 11, 2)
-            .await
-            .unwrap()
-            .unwrap();
+        let again = add(web("https://p/1"), 11).await.unwrap().unwrap();
         assert_eq!((again.target_id, again.replaced.0), (first.target_id, true));
         let gateway = PushTarget::Gateway(GatewayPusher {
             gateway_url: Text::new("https://gw").unwrap(),
             app_id: Text::new("app").unwrap(),
             pushkey: Text::new("key").unwrap(),
         });
-        store
-            .add_push_target(&ClientId::of("a@x", 1), gateway, 12, 2)
-            .await
-            .unwrap()
-            .unwrap();
+        add(gateway, 12).await.unwrap().unwrap();
         assert_eq!(
-            store
-                .add_push_target(&ClientId::of("a@x", 1), web("https://p/2"), 13, 2)
-                .await
-                .unwrap(),
+            add(web("https://p/2"), 13).await.unwrap(),
             Err(AddTargetRefusal::TooMany { limit: 2 })
         );
-        assert_eq!(
-            store
-                .push_targets(&ClientId::of("a@x", 1))
-                .await
-                .unwrap()
-                .len(),
-            2
-        );
-        assert_eq!(
-            store.push_targets(&ClientId::of("a@x", 2)).await.unwrap(),
-            vec![]
-        );
+        assert_eq!(targets(1).await, 2);
+        assert_eq!(targets(2).await, 0);
 
         let pending = store
             .schedule_wakes(vec![("a@x".into(), 1, 5)], 1_000)
@@ -411,14 +395,7 @@ mod tests {
             )])
             .await
             .unwrap();
-        assert_eq!(
-            store
-                .push_targets(&ClientId::of("a@x", 1))
-                .await
-                .unwrap()
-                .len(),
-            1
-        );
+        assert_eq!(targets(1).await, 1);
         assert_eq!(store.pending_wakes().await.unwrap().len(), 1);
         store.cancel_wakes(&ClientId::of("a@x", 1)).await.unwrap();
         assert_eq!(store.pending_wakes().await.unwrap(), vec![]);
@@ -461,29 +438,24 @@ mod tests {
             );
             store.enqueue(vec![envelope], 1_000, limits)
         };
-        assert_eq!(store.unannounced_queues().await.unwrap(), vec![]);
+        let unannounced = || async { store.unannounced_queues().await.unwrap() };
+        assert_eq!(unannounced().await, vec![]);
         enqueue(b"one").await.unwrap().unwrap();
         // Queued, and the server stopped before it scheduled the wake-up.
-        assert_eq!(
-            store.unannounced_queues().await.unwrap(),
-            vec![("b@x".to_owned(), device, 1)]
-        );
+        assert_eq!(unannounced().await, vec![("b@x".to_owned(), device, 1)]);
         store
             .schedule_wakes(vec![("b@x".into(), device, 1)], 2_000)
             .await
             .unwrap();
-        assert_eq!(store.unannounced_queues().await.unwrap(), vec![]);
+        assert_eq!(unannounced().await, vec![]);
         enqueue(b"two").await.unwrap().unwrap();
-        assert_eq!(
-            store.unannounced_queues().await.unwrap(),
-            vec![("b@x".to_owned(), device, 2)]
-        );
+        assert_eq!(unannounced().await, vec![("b@x".to_owned(), device, 2)]);
         // What the client acknowledged needs no wake-up.
         store
             .ack_messages(&ClientId::of("b@x", device), 2)
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(store.unannounced_queues().await.unwrap(), vec![]);
+        assert_eq!(unannounced().await, vec![]);
     }
 }

@@ -1,6 +1,7 @@
 //! Client queues: per-client, gap-free sequence numbers; messages stay until acknowledged or
 //! expired. One enqueue puts one or many messages into many queues in one commit.
 
+use crate::store::rows::key;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -152,19 +153,18 @@ impl Store {
         max_count: usize,
         max_bytes: usize,
     ) -> Result<(Vec<StoredMessage>, u64), StoreError> {
-        let (user_id, device_id) = (client.user_id.as_str(), client.device_id);
-        let user_id = user_id.to_owned();
+        let client = client.clone();
         self.read(move |txn| {
+            let (user_id, device_id) = key(&client);
             let next_seq = txn
                 .open_table(QUEUE_HEADS)?
-                .get((user_id.as_str(), device_id))?
+                .get((user_id, device_id))?
                 .map_or(FIRST_SEQ, |head| head.value().0);
             let queue = txn.open_table(QUEUE)?;
             let shared = txn.open_table(SHARED_PAYLOADS)?;
             let mut messages = Vec::new();
             let mut bytes = 0u64;
-            let range =
-                (user_id.as_str(), device_id, from_seq)..=(user_id.as_str(), device_id, u64::MAX);
+            let range = (user_id, device_id, from_seq)..=(user_id, device_id, u64::MAX);
             for entry in queue.range(range)? {
                 if messages.len() >= max_count {
                     break;
@@ -288,11 +288,11 @@ impl Store {
 
     /// (messages, payload bytes) queued for a client.
     pub async fn queue_size(&self, client: &ClientId) -> Result<(u64, u64), StoreError> {
-        let (user_id, device_id) = (client.user_id.as_str(), client.device_id);
-        let user_id = user_id.to_owned();
+        let client = client.clone();
         self.read(move |txn| {
+            let (user_id, device_id) = key(&client);
             let (heads, removed) = (txn.open_table(QUEUE_HEADS)?, txn.open_table(QUEUE_REMOVED)?);
-            let (_, count, bytes) = queue_state(&heads, &removed, (user_id.as_str(), device_id))?;
+            let (_, count, bytes) = queue_state(&heads, &removed, (user_id, device_id))?;
             Ok((count, bytes))
         })
         .await
@@ -927,9 +927,17 @@ pub(in crate::store) fn migrate_queue_1(txn: &WriteTransaction) -> Result<(), St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::MessageKind;
     use std::sync::Arc;
 
     const LIMITS: QueueLimits = QueueLimits::per_client(10_000, 1 << 30);
+
+    /// A store in a temporary directory, with `count` users of one client each.
+    async fn store_with_users(count: usize) -> (tempfile::TempDir, Store, Vec<ClientId>) {
+        let (dir, store) = crate::store::test_store();
+        let users = add_users(&store, count).await;
+        (dir, store, users)
+    }
 
     async fn add_users(store: &Store, count: usize) -> Vec<ClientId> {
         let registrations = (0..count).map(|i| {
@@ -949,6 +957,16 @@ mod tests {
         users
     }
 
+    /// A message of `kind` for `client`, admitted as `admission`.
+    fn envelope_of(
+        client: &ClientId,
+        kind: MessageKind,
+        payload: &[u8],
+        admission: Admission,
+    ) -> Envelope {
+        Envelope::new(client.clone(), kind, Arc::new(payload.to_vec()), admission)
+    }
+
     /// One message (one shared `payload`) for every client in `clients`.
     fn envelopes_for(clients: &[ClientId], payload: &Arc<Vec<u8>>) -> Vec<Envelope> {
         clients
@@ -956,7 +974,7 @@ mod tests {
             .map(|client| {
                 Envelope::new(
                     client.clone(),
-                    crate::protocol::MessageKind::Mls,
+                    MessageKind::Mls,
                     payload.clone(),
                     Admission::Message,
                 )
@@ -966,8 +984,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn fanning_one_message_out_to_a_thousand_queues_is_one_commit() {
-        let (_dir, store) = crate::store::test_store();
-        let users = add_users(&store, 1000).await;
+        let (_dir, store, users) = store_with_users(1000).await;
         let envelopes = envelopes_for(&users, &Arc::new(vec![7u8; 1024]));
         let commits = store.stats().commits();
         let outcomes = store.enqueue(envelopes, 1, LIMITS).await.unwrap().unwrap();
@@ -984,14 +1001,13 @@ mod tests {
 
     #[tokio::test]
     async fn limits_refuse_per_recipient_and_acks_free_room() {
-        let (_dir, store) = crate::store::test_store();
-        let users = add_users(&store, 2).await;
+        let (_dir, store, users) = store_with_users(2).await;
         let limits = QueueLimits::per_client(2, 100);
         let envelope = |user: usize, size: usize| {
-            Envelope::new(
-                users[user].clone(),
-                crate::protocol::MessageKind::Mls,
-                Arc::new(vec![0; size]),
+            envelope_of(
+                &users[user],
+                MessageKind::Mls,
+                &vec![0; size],
                 Admission::Message,
             )
         };
@@ -1041,63 +1057,46 @@ mod tests {
 
     #[tokio::test]
     async fn handshakes_use_the_reserve_and_refuse_the_whole_enqueue_beyond_it() {
-        let (_dir, store) = crate::store::test_store();
-        let users = add_users(&store, 2).await;
+        let (_dir, store, users) = store_with_users(2).await;
         let limits = QueueLimits::per_client(2, 1000);
         let envelope = |user: usize, admission| {
-            Envelope::new(
-                users[user].clone(),
-                crate::protocol::MessageKind::Mls,
-                Arc::new(vec![0; 10]),
-                admission,
-            )
+            envelope_of(&users[user], MessageKind::Mls, &[0; 10], admission)
         };
+        let enqueue = |envelopes: Vec<Envelope>| store.enqueue(envelopes, 1, limits);
         let fill = vec![envelope(0, Admission::Message); 2];
-        store.enqueue(fill, 1, limits).await.unwrap().unwrap();
+        enqueue(fill).await.unwrap().unwrap();
         // Full for application messages, open for handshakes up to twice the limit.
         assert_eq!(
-            store
-                .enqueue(vec![envelope(0, Admission::Message)], 1, limits)
+            enqueue(vec![envelope(0, Admission::Message)])
                 .await
                 .unwrap(),
             Ok(vec![Enqueued::QueueFull])
         );
         let handshakes = vec![envelope(0, Admission::Handshake); 2];
-        store.enqueue(handshakes, 1, limits).await.unwrap().unwrap();
+        enqueue(handshakes).await.unwrap().unwrap();
         // Beyond the reserve: the whole enqueue is refused and nothing is written, not even for
         // the recipient with room.
-        let refused = store
-            .enqueue(
-                vec![
-                    envelope(1, Admission::Handshake),
-                    envelope(0, Admission::Handshake),
-                ],
-                1,
-                limits,
-            )
-            .await
-            .unwrap();
+        let refused = enqueue(vec![
+            envelope(1, Admission::Handshake),
+            envelope(0, Admission::Handshake),
+        ])
+        .await
+        .unwrap();
         assert_eq!(refused, Err(vec![users[0].clone()]));
         assert_eq!(store.queue_size(&users[1]).await.unwrap(), (0, 0));
         // A removed member's copy is skipped instead.
         assert_eq!(
-            store
-                .enqueue(
-                    vec![
-                        envelope(1, Admission::Handshake),
-                        envelope(0, Admission::HandshakeIfRoom),
-                    ],
-                    1,
-                    limits,
-                )
-                .await
-                .unwrap(),
+            enqueue(vec![
+                envelope(1, Admission::Handshake),
+                envelope(0, Admission::HandshakeIfRoom),
+            ])
+            .await
+            .unwrap(),
             Ok(vec![Enqueued::Queued { seq: 1 }, Enqueued::QueueFull])
         );
         // A relayed application message refuses the whole delivery.
         assert_eq!(
-            store
-                .enqueue(vec![envelope(0, Admission::MessageOrRefuseAll)], 1, limits)
+            enqueue(vec![envelope(0, Admission::MessageOrRefuseAll)])
                 .await
                 .unwrap(),
             Err(vec![users[0].clone()])
@@ -1126,10 +1125,10 @@ mod tests {
             ..QueueLimits::per_client(100, 1000)
         };
         let envelope = |user: usize, device: u32| {
-            Envelope::new(
-                ClientId::of(users[user].user_id.as_str(), device),
-                crate::protocol::MessageKind::Mls,
-                Arc::new(vec![0; 20]),
+            envelope_of(
+                &ClientId::of(users[user].user_id.as_str(), device),
+                MessageKind::Mls,
+                &[0; 20],
                 Admission::Message,
             )
         };
@@ -1166,17 +1165,10 @@ mod tests {
 
     #[tokio::test]
     async fn coalesced_notices_wait_once_and_do_not_count() {
-        let (_dir, store) = crate::store::test_store();
-        let users = add_users(&store, 1).await;
+        let (_dir, store, users) = store_with_users(1).await;
         let limits = QueueLimits::per_client(1, 1000);
-        let envelope = |admission| {
-            Envelope::new(
-                users[0].clone(),
-                crate::protocol::MessageKind::ServerNotice,
-                Arc::new(vec![0, 1, 2]),
-                admission,
-            )
-        };
+        let envelope =
+            |admission| envelope_of(&users[0], MessageKind::ServerNotice, &[0, 1, 2], admission);
         let notice = envelope(Admission::Notice { coalesce: Some(1) });
         let outcomes = store
             .enqueue(vec![notice.clone(); 3], 1, limits)
@@ -1209,14 +1201,8 @@ mod tests {
 
     #[tokio::test]
     async fn expired_messages_are_purged_and_reported() {
-        let (_dir, store) = crate::store::test_store();
-        let users = add_users(&store, 1).await;
-        let envelope = Envelope::new(
-            users[0].clone(),
-            crate::protocol::MessageKind::Mls,
-            Arc::new(vec![1, 2, 3]),
-            Admission::Message,
-        );
+        let (_dir, store, users) = store_with_users(1).await;
+        let envelope = envelope_of(&users[0], MessageKind::Mls, &[1, 2, 3], Admission::Message);
         store
             .enqueue(vec![envelope.clone(), envelope.clone()], 1_000, LIMITS)
             .await
@@ -1256,8 +1242,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_fanned_out_payload_is_stored_once_and_goes_with_its_last_reader() {
-        let (_dir, store) = crate::store::test_store();
-        let users = add_users(&store, 3).await;
+        let (_dir, store, users) = store_with_users(3).await;
         let fanned_out = Arc::new(vec![9u8; 4096]);
         let envelopes = |payload: &Arc<Vec<u8>>| envelopes_for(&users, payload);
         store
@@ -1265,10 +1250,10 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let direct = Envelope::new(
-            users[0].clone(),
-            crate::protocol::MessageKind::Welcome,
-            Arc::new(vec![5u8; 10]),
+        let direct = envelope_of(
+            &users[0],
+            MessageKind::Welcome,
+            &[5u8; 10],
             Admission::Handshake,
         );
         store

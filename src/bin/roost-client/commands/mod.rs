@@ -86,24 +86,44 @@ impl<'a> InGroup<'a> {
     }
 }
 
-/// What `invite` and `remove` print: the clients added to (or removed from) the group, and the
-/// pending proposals the commit carried along.
-fn membership_output(
-    on: &InGroup<'_>,
-    changed: &[roost::protocol::ClientId],
-    pending: usize,
-    (key, done, preposition): (&str, &str, &str),
-) -> Output {
+/// What `invite` and `remove` do to a user's devices in a group.
+#[derive(Clone, Copy)]
+enum MembershipChange {
+    Add,
+    Remove,
+}
+
+/// `invite` and `remove`: adds every device of `user` to `group`, or removes them, committing the
+/// pending proposals along; prints the clients changed.
+async fn change_membership(
+    context: &Context<'_>,
+    group: &str,
+    user: &str,
+    change: MembershipChange,
+) -> anyhow::Result<Output> {
+    let (device, _push) = context.authenticate().await?;
+    let on = InGroup::new(context, &device, group).await?;
+    let pending = on.groups.pending_proposals(&on.group_id)?;
+    let changed = match change {
+        MembershipChange::Add => on.groups.invite(&on.group_id, user).await,
+        MembershipChange::Remove => on.groups.remove_user(&on.group_id, user).await,
+    };
+    let changed = crate::output::caught_up(&on.groups, context.cli.json, changed)?;
+    on.device.save()?;
+    let (key, preposition) = match change {
+        MembershipChange::Add => ("added", "to"),
+        MembershipChange::Remove => ("removed", "from"),
+    };
     let changed: Vec<String> = changed.iter().map(ToString::to_string).collect();
-    Output::new(
+    Ok(Output::new(
         serde_json::json!({ "group": on.hex_id(), key: changed, "pending_proposals_committed": pending }),
         format!(
-            "{done} {} {preposition} {}{}",
+            "{key} {} {preposition} {}{}",
             changed.join(", "),
             on.hex_id(),
             crate::output::also_committed(pending)
         ),
-    )
+    ))
 }
 
 /// Runs the command on the command line.
