@@ -251,7 +251,7 @@ impl Connection {
 
     /// The server's domain, protocol version and limits.
     pub async fn server_info(&self) -> Result<ServerInfo, ClientError> {
-        answer!(self, Request::GetServerInfo, ResponseBody::ServerInfo(info) => info)
+        answer!(self, Request::GetServerInfo, ServerInfo)
     }
 
     /// Authenticates this connection as `client` with its signature key, and returns the push
@@ -290,7 +290,7 @@ impl Connection {
 
     /// The client this connection is authenticated as.
     pub async fn who_am_i(&self) -> Result<ClientId, ClientError> {
-        answer!(self, Request::WhoAmI, ResponseBody::WhoAmI(client) => client)
+        answer!(self, Request::WhoAmI, WhoAmI)
     }
 
     /// Registers `user_id` with its first client, whose signature key is `key`. The proof of
@@ -320,11 +320,7 @@ impl Connection {
             invite,
             proof: proof.to_bytes().to_vec().into(),
         };
-        answer!(
-            self,
-            Request::RegisterUser(request),
-            ResponseBody::UserRegistered(registered) => registered
-        )
+        answer!(self, Request::RegisterUser(request), UserRegistered)
     }
 
     /// Adds a client to the authenticated user. `request` comes from [`add_client_request`], made
@@ -333,12 +329,12 @@ impl Connection {
         &self,
         request: AddClientRequest,
     ) -> Result<ClientRegistered, ClientError> {
-        answer!(self, Request::AddClient(request), ResponseBody::ClientAdded(added) => added)
+        answer!(self, Request::AddClient(request), ClientAdded)
     }
 
     /// The authenticated user's clients.
     pub async fn list_clients(&self) -> Result<UserClients, ClientError> {
-        answer!(self, Request::ListClients, ResponseBody::Clients(clients) => clients)
+        answer!(self, Request::ListClients, Clients)
     }
 
     /// Removes one of the authenticated user's clients.
@@ -351,11 +347,7 @@ impl Connection {
 
     /// A fresh credential for the authenticated client.
     pub async fn renew_credential(&self) -> Result<ClientCredential, ClientError> {
-        answer!(
-            self,
-            Request::RenewCredential,
-            ResponseBody::CredentialRenewed(credential) => credential
-        )
+        answer!(self, Request::RenewCredential, CredentialRenewed)
     }
 
     /// A user's clients with their credentials (unverified: see [`verify_user_clients`]).
@@ -363,7 +355,7 @@ impl Connection {
         let request = LookupUserRequest {
             user_id: Text::new(user_id).map_err(|e| ClientError::Config(e.to_string()))?,
         };
-        answer!(self, Request::LookupUser(request), ResponseBody::UserFound(clients) => clients)
+        answer!(self, Request::LookupUser(request), UserFound)
     }
 
     /// Deletes the authenticated user with all its clients and data. The server closes this
@@ -383,7 +375,7 @@ impl Connection {
         answer!(
             self,
             Request::PublishKeyPackages(request),
-            ResponseBody::KeyPackagesPublished(status) => status
+            KeyPackagesPublished
         )
     }
 
@@ -397,16 +389,12 @@ impl Connection {
             user_id: Text::new(user_id).map_err(|e| ClientError::Config(e.to_string()))?,
             ciphersuite,
         };
-        answer!(
-            self,
-            Request::ClaimKeyPackages(request),
-            ResponseBody::KeyPackagesClaimed(claimed) => claimed
-        )
+        answer!(self, Request::ClaimKeyPackages(request), KeyPackagesClaimed)
     }
 
     /// The KeyPackage stock of the authenticated user's clients.
     pub async fn key_package_status(&self) -> Result<KeyPackageStatus, ClientError> {
-        answer!(self, Request::KeyPackageStatus, ResponseBody::KeyPackageStatus(status) => status)
+        answer!(self, Request::KeyPackageStatus, KeyPackageStatus)
     }
 
     /// Publishes KeyPackages for `me` when its stock is below the server's low watermark (up to
@@ -454,7 +442,7 @@ impl Connection {
             max_count,
             max_bytes,
         };
-        answer!(self, Request::FetchMessages(request), ResponseBody::Messages(messages) => messages)
+        answer!(self, Request::FetchMessages(request), Messages)
     }
 
     /// Deletes the queued messages up to and including `up_to_seq`.
@@ -476,7 +464,7 @@ impl Connection {
 
     /// The group logs this client may read, with its positions.
     pub async fn list_group_logs(&self) -> Result<GroupLogs, ClientError> {
-        answer!(self, Request::ListGroupLogs, ResponseBody::GroupLogs(logs) => logs)
+        answer!(self, Request::ListGroupLogs, GroupLogs)
     }
 
     /// Up to `max_count` entries of a group's log from `from_gseq` on (0: after this client's
@@ -494,11 +482,7 @@ impl Connection {
             max_count,
             max_bytes,
         };
-        answer!(
-            self,
-            Request::FetchGroupLog(request),
-            ResponseBody::GroupLogMessages(messages) => messages
-        )
+        answer!(self, Request::FetchGroupLog(request), GroupLogMessages)
     }
 
     /// Acknowledges a group log's entries up to and including `up_to_gseq`.
@@ -512,7 +496,7 @@ impl Connection {
 
     /// What offline push the server offers: its VAPID key and the gateways it allows.
     pub async fn push_info(&self) -> Result<crate::protocol::PushInfo, ClientError> {
-        answer!(self, Request::GetPushInfo, ResponseBody::PushInfo(info) => info)
+        answer!(self, Request::GetPushInfo, PushInfo)
     }
 
     /// Registers a push target that wakes this client while it is not connected (the same
@@ -522,11 +506,7 @@ impl Connection {
         target: crate::protocol::PushTarget,
     ) -> Result<crate::protocol::PushTargetAdded, ClientError> {
         let request = crate::protocol::AddPushTargetRequest { target };
-        answer!(
-            self,
-            Request::AddPushTarget(request),
-            ResponseBody::PushTargetAdded(added) => added
-        )
+        answer!(self, Request::AddPushTarget(request), PushTargetAdded)
     }
 
     /// This client's push targets.
@@ -551,16 +531,12 @@ impl Connection {
         &self,
         request: CreateGroupRequest,
     ) -> Result<GroupEpoch, ClientError> {
-        answer!(self, Request::CreateGroup(request), ResponseBody::GroupCreated(created) => created)
+        answer!(self, Request::CreateGroup(request), GroupCreated)
     }
 
     /// Sends a commit (with its Welcome and GroupInfo).
     pub async fn send_commit(&self, request: SendCommitRequest) -> Result<GroupEpoch, ClientError> {
-        answer!(
-            self,
-            Request::SendCommit(request),
-            ResponseBody::CommitAccepted(accepted) => accepted
-        )
+        answer!(self, Request::SendCommit(request), CommitAccepted)
     }
 
     /// Sends an application message.
@@ -568,11 +544,7 @@ impl Connection {
         &self,
         request: SendMessageRequest,
     ) -> Result<MessageAccepted, ClientError> {
-        answer!(
-            self,
-            Request::SendMessage(request),
-            ResponseBody::MessageAccepted(accepted) => accepted
-        )
+        answer!(self, Request::SendMessage(request), MessageAccepted)
     }
 
     /// A group's members, tree and GroupInfo (members only).
@@ -580,7 +552,7 @@ impl Connection {
         let request = GetGroupRequest {
             group_id: group_id.to_vec().into(),
         };
-        answer!(self, Request::GetGroup(request), ResponseBody::Group(state) => state)
+        answer!(self, Request::GetGroup(request), Group)
     }
 
     /// The encoded `RatchetTree` of `group_id` at `epoch` (the epoch of a Welcome that came
@@ -644,13 +616,13 @@ impl Connection {
 
     /// The groups this client is in.
     pub async fn list_groups(&self) -> Result<GroupList, ClientError> {
-        answer!(self, Request::ListGroups, ResponseBody::Groups(groups) => groups)
+        answer!(self, Request::ListGroups, Groups)
     }
 
     /// The groups any client of this device's user is in (here and at the hubs this server
     /// hears from), for a new device to join them by external commit.
     pub async fn list_user_groups(&self) -> Result<GroupList, ClientError> {
-        answer!(self, Request::ListUserGroups, ResponseBody::Groups(groups) => groups)
+        answer!(self, Request::ListUserGroups, Groups)
     }
 
     /// The credential-verifying keys of any domain: this server's, or a peer's through it.
@@ -758,8 +730,12 @@ pub fn verify_user_clients(
 }
 
 /// Sends a request and returns the value its expected answer carries, or a protocol error for any
-/// other answer: `answer!(client, Request::Name(body), ResponseBody::Pattern(value) => value)`.
+/// other answer: `answer!(client, Request::Name(body), Variant)` for the value of
+/// `ResponseBody::Variant`, or `answer!(client, request, ResponseBody::Pattern => value)`.
 macro_rules! answer {
+    ($client:expr, $request:expr, $variant:ident) => {
+        answer!($client, $request, ResponseBody::$variant(value) => value)
+    };
     ($client:expr, $request:expr, $expected:pat => $value:expr) => {
         match $client.request(&$request).await? {
             $expected => Ok($value),

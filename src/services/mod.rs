@@ -606,27 +606,30 @@ impl Services {
     /// Purges expired KeyPackages, queued messages, delivery ids and remembered group requests
     /// (the maintenance task's work).
     pub async fn purge_expired(&self) {
-        match self.key_packages.purge_expired().await {
-            Ok(0) => {}
-            Ok(purged) => tracing::info!(purged, "purged expired KeyPackages"),
-            Err(e) => tracing::warn!(error = %e, "purging expired KeyPackages failed"),
-        }
-        match self.queues.purge_expired().await {
-            Ok(0) => {}
-            Ok(purged) => tracing::info!(purged, "purged expired queued messages"),
-            Err(e) => tracing::warn!(error = %e, "purging expired messages failed"),
-        }
-        match self.queues.purge_received_deliveries().await {
-            Ok(0) => {}
-            Ok(purged) => tracing::info!(purged, "forgot delivery ids past the dedupe window"),
-            Err(e) => tracing::warn!(error = %e, "purging received delivery ids failed"),
-        }
-        match self.groups.forget_expired_requests().await {
-            Ok(0) => {}
-            Ok(forgotten) => {
-                tracing::info!(forgotten, "forgot group requests past the dedupe window")
+        let purged = [
+            (
+                "expired KeyPackages",
+                self.key_packages.purge_expired().await.map(|n| n as u64),
+            ),
+            ("expired queued messages", self.queues.purge_expired().await),
+            (
+                "delivery ids past the dedupe window",
+                self.queues
+                    .purge_received_deliveries()
+                    .await
+                    .map(|n| n as u64),
+            ),
+            (
+                "group requests past the dedupe window",
+                self.groups.forget_expired_requests().await,
+            ),
+        ];
+        for (what, outcome) in purged {
+            match outcome {
+                Ok(0) => {}
+                Ok(purged) => tracing::info!(purged, "purged {what}"),
+                Err(e) => tracing::warn!(error = %e, "purging {what} failed"),
             }
-            Err(e) => tracing::warn!(error = %e, "forgetting old group requests failed"),
         }
     }
 
@@ -679,7 +682,7 @@ impl Services {
             Request::ClaimKeyPackages(r) => Body::KeyPackagesClaimed(self.claim_key_packages(client()?, r).await?),
             Request::KeyPackageStatus => Body::KeyPackageStatus(key_packages.status(client()?).await?),
             Request::FetchMessages(r) => Body::Messages(queues.fetch(client()?, r).await?),
-            Request::AckMessages(r) => self.ack_messages(client()?, r).await?,
+            Request::AckMessages(r) => self.caught_up(client()?, queues.ack(client()?, r).await).map(|_| Body::MessagesAcked)?,
             Request::GetPushInfo => Body::PushInfo(push.info()),
             Request::AddPushTarget(r) => Body::PushTargetAdded(push.add(client()?, r).await?),
             Request::ListPushTargets => Body::PushTargets(push.list(client()?).await?),
@@ -687,7 +690,7 @@ impl Services {
             Request::UseGroupLogs => queues.use_group_logs(client()?).await.map(|_| Body::GroupLogsUsed)?,
             Request::ListGroupLogs => Body::GroupLogs(queues.list_group_logs(client()?).await?),
             Request::FetchGroupLog(r) => Body::GroupLogMessages(queues.fetch_group_log(client()?, r).await?),
-            Request::AckGroupLog(r) => self.ack_group_log(client()?, r).await?,
+            Request::AckGroupLog(r) => self.caught_up(client()?, queues.ack_group_log(client()?, r).await).map(|_| Body::GroupLogAcked)?,
             Request::CreateGroup(r) => Body::GroupCreated(self.groups.create(client()?, r).await?),
             Request::ListGroups => Body::Groups(self.list_groups(client()?, GroupRequest::ListGroups).await?),
             Request::ListUserGroups => Body::Groups(self.list_groups(client()?, GroupRequest::ListUserGroups).await?),
@@ -711,25 +714,15 @@ impl Services {
         }
     }
 
-    /// Acknowledges queued messages; a client caught up needs no more wake-ups.
-    async fn ack_messages(
+    /// What an acknowledgement leaves behind once `acked` succeeded: a client caught up needs no
+    /// more wake-ups.
+    fn caught_up(
         &self,
         client: &ClientId,
-        request: crate::protocol::AckMessagesRequest,
-    ) -> Result<ResponseBody, ServiceError> {
-        self.queues.ack(client, request).await?;
+        acked: Result<(), ServiceError>,
+    ) -> Result<(), ServiceError> {
+        acked?;
         self.push.caught_up(client);
-        Ok(ResponseBody::MessagesAcked)
-    }
-
-    /// Acknowledges a group log's entries; a client caught up needs no more wake-ups.
-    async fn ack_group_log(
-        &self,
-        client: &ClientId,
-        request: crate::protocol::AckGroupLogRequest,
-    ) -> Result<ResponseBody, ServiceError> {
-        self.queues.ack_group_log(client, request).await?;
-        self.push.caught_up(client);
-        Ok(ResponseBody::GroupLogAcked)
+        Ok(())
     }
 }

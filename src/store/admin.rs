@@ -1,7 +1,6 @@
 //! What the operator reads across tables (counts, pages of users, the largest queues) and the
 //! online backup: a copy of one read transaction into a fresh database file.
 
-use crate::store::rows::key;
 use std::path::Path;
 
 use redb::{Database, Durability};
@@ -9,6 +8,7 @@ use redb::{Database, Durability};
 use super::kv::{ReadTransaction, ReadableTable, SortKey, TableDefinition, Value};
 use crate::protocol::ClientId;
 
+use super::rows::key;
 use super::tables::accounts::{CLIENTS, USERS};
 use super::tables::federation::OUTBOX;
 use super::tables::groups::GROUPS;

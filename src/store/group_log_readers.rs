@@ -1,10 +1,10 @@
 //! A client becoming a reader of group logs: its mark, and a window from the next entry of each
 //! log of a group hosted here that it is in.
 
+use super::rows::key;
 use super::tables::{group_logs, groups};
 use super::{Store, StoreError};
 use crate::protocol::ClientId;
-use crate::store::rows::key;
 
 impl Store {
     /// Makes a client a reader of group logs: from the next entry of each group hosted here that

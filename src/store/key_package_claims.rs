@@ -1,11 +1,11 @@
 //! KeyPackages as a client's user holds them: published by an existing client, claimed one per
 //! client of a user, and the stock of each (the client list is the accounts' tables).
 
+use super::rows::key;
 use super::tables::accounts;
 use super::tables::key_packages::{self, ClientClaim, NewKeyPackage, PublishRefusal, Stock};
 use super::{Store, StoreError};
 use crate::protocol::ClientId;
-use crate::store::rows::key;
 
 impl Store {
     /// Adds a batch of validated KeyPackages to a client's stock, all or none. A last-resort

@@ -3,10 +3,10 @@
 //! hubs, push targets) before its own rows go.
 
 use super::kv::WriteTransaction;
+use super::rows::key;
 use super::tables::{accounts, federation, group_logs, groups, key_packages, push, queues};
 use super::{RemoveClientRefusal, Store, StoreError};
 use crate::protocol::ClientId;
-use crate::store::rows::key;
 
 impl Store {
     /// Removes one client, unless it is its user's last.

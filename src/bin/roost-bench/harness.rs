@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures::StreamExt;
+use roost::client::groups::GroupClient;
 use roost::client::mls::DeviceMls;
 use roost::client::state::DeviceIdentity;
 use roost::client::{ClientConfig, Connection, PushStream};
+use roost::clock::{Clock, SystemClock};
 use roost::config::{CertificateSource, FederationConfig, ServerConfig};
 use roost::server::Server;
 
@@ -173,6 +175,27 @@ pub struct Device {
     pub connection: Connection,
     pub mls: DeviceMls,
     pub push: Option<PushStream>,
+}
+
+impl Device {
+    /// This device's group flows, with its homeserver's credential keys.
+    pub async fn groups(&self) -> anyhow::Result<GroupClient<'_>> {
+        let keys = self.connection.domain_keys().await?;
+        Ok(GroupClient::new(
+            &self.connection,
+            &self.mls,
+            keys,
+            SystemClock.now(),
+        ))
+    }
+
+    /// A group this device creates with `peer` invited: a 1:1 conversation. Returns its id.
+    pub async fn one_to_one(&self, peer: &str) -> anyhow::Result<Vec<u8>> {
+        let groups = self.groups().await?;
+        let group_id = groups.create_group().await?;
+        groups.invite(&group_id, peer).await?;
+        Ok(group_id)
+    }
 }
 
 /// Registers `user`, authenticates (taking the push stream when `push`), and publishes

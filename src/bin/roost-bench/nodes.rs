@@ -61,7 +61,12 @@ pub async fn nodes(run: &mut Run<'_>) -> anyhow::Result<()> {
         }
     };
     let dir = tempfile::tempdir()?;
-    let (single_rate, single_p50) = one_node(report, &load, &single_database, &dir).await?;
+    let (single_rate, single_p50) = one_node(
+        report,
+        &load,
+        node(&single_database, dir.path().join("single")).await?,
+    )
+    .await?;
     report.record(
         Figure::new(
             S,
@@ -84,22 +89,18 @@ pub async fn nodes(run: &mut Run<'_>) -> anyhow::Result<()> {
         .against("one node on PostgreSQL", single_rate),
     );
     report.record(
-        Figure::new(
+        Figure::ms(
             S,
             "send -> push latency p50, one node on PostgreSQL",
             single_p50,
-            "ms",
-            Better::Lower,
         )
         .against("one node on redb", redb_p50),
     );
     report.record(
-        Figure::new(
+        Figure::ms(
             S,
             "send -> push latency p50, two nodes (push through NOTIFY)",
             pair_p50,
-            "ms",
-            Better::Lower,
         )
         .against("one node on PostgreSQL", single_p50),
     );
@@ -123,15 +124,13 @@ impl LoadSize {
     }
 }
 
-/// One node on PostgreSQL: the load, and what each message cost in statements, round trips and
-/// transactions (reported). Returns the load's figures.
+/// The load on `single`, one node on PostgreSQL, and what each message cost in statements,
+/// round trips and transactions (reported). Returns the load's figures.
 async fn one_node(
     report: &mut Report,
     load: &LoadSize,
-    database: &ScratchDatabase,
-    dir: &tempfile::TempDir,
+    single: Server,
 ) -> anyhow::Result<(f64, f64)> {
-    let single = node(database, dir.path().join("single")).await?;
     let config = client_config(&single)?;
     let (statements, round_trips, commits) = (
         roost::store::postgres_statements_run(),
@@ -141,21 +140,29 @@ async fn one_node(
     let figures = load.figures(&send_load_on(load.pairs, load.messages, &config).await?);
     // Setting the pairs up is a small part: per message, the send and its acknowledgement.
     let sent = (load.pairs * load.messages) as f64;
-    report.record(Figure::new(
-        S,
-        "one node on PostgreSQL: table statements per message sent and acknowledged",
-        (roost::store::postgres_statements_run() - statements) as f64 / sent,
-        "",
-        Better::Lower,
-    ));
-    report.record(Figure::new(S, "one node on PostgreSQL: round trips (statements, BEGIN, COMMIT) per message sent and acknowledged", (roost::store::postgres_round_trips() - round_trips) as f64 / sent, "", Better::Lower));
-    report.record(Figure::new(
-        S,
-        "one node on PostgreSQL: write transactions per message sent and acknowledged",
-        (single.store().stats().commits() - commits) as f64 / sent,
-        "",
-        Better::Lower,
-    ));
+    let per_message = [
+        (
+            "table statements",
+            roost::store::postgres_statements_run() - statements,
+        ),
+        (
+            "round trips (statements, BEGIN, COMMIT)",
+            roost::store::postgres_round_trips() - round_trips,
+        ),
+        (
+            "write transactions",
+            single.store().stats().commits() - commits,
+        ),
+    ];
+    for (what, count) in per_message {
+        report.record(Figure::new(
+            S,
+            format!("one node on PostgreSQL: {what} per message sent and acknowledged"),
+            count as f64 / sent,
+            "",
+            Better::Lower,
+        ));
+    }
     single.shutdown().await?;
     Ok(figures)
 }

@@ -160,12 +160,10 @@ pub async fn push(run: &mut Run<'_>) -> anyhow::Result<()> {
     }
     let per_message = |seconds: f64| seconds * 1000.0 / (ROUNDS * messages) as f64;
     report.record(
-        Figure::new(
+        Figure::ms(
             S,
             format!("fan-out to {recipients} offline devices with push targets, per message"),
             per_message(with_push.0),
-            "ms",
-            Better::Lower,
         )
         .against(
             "the same to devices without push targets",
@@ -173,12 +171,10 @@ pub async fn push(run: &mut Run<'_>) -> anyhow::Result<()> {
         ),
     );
     report.record(
-        Figure::new(
+        Figure::ms(
             S,
             "CPU time per message, the same fan-outs",
             per_message(with_push.1),
-            "ms",
-            Better::Lower,
         )
         .against(
             "the same to devices without push targets",

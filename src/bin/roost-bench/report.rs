@@ -74,6 +74,11 @@ impl Figure {
         }
     }
 
+    /// A time in milliseconds (less is better).
+    pub fn ms(scenario: &'static str, name: impl Into<String>, ms: f64) -> Self {
+        Self::new(scenario, name, ms, "ms", Better::Lower)
+    }
+
     /// The figure beside `ceiling` (named `name`), measured in the same run.
     pub fn against(mut self, name: impl Into<String>, ceiling: f64) -> Self {
         self.ratio = Some(self.ratio_to(ceiling));

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use roost::client::groups::{GroupClient, GroupEvent};
 use roost::client::{ClientConfig, Connection};
-use roost::clock::{Clock, SystemClock};
 use roost::protocol::Notification;
 use roost::store::{Admission, Envelope, NewUser, QueueLimits, Store};
 use tokio::sync::Mutex;
@@ -95,16 +94,10 @@ impl Ceilings {
 
 /// `baseline`: this machine's ceilings, and Roost's simplest request beside raw quinn.
 pub async fn baseline(run: &mut Run<'_>) -> anyhow::Result<()> {
-    let Run {
-        report,
-        ceilings,
-        scale,
-        ..
-    } = run;
     const S: &str = "baseline";
     for batch in [1, 100] {
-        let (rate, bytes) = ceilings.redb(batch, scale)?;
-        report.record(Figure::new(
+        let (rate, bytes) = run.ceilings.redb(batch, run.scale)?;
+        run.report.record(Figure::new(
             S,
             format!("raw redb, 1 KiB values, {batch} per commit"),
             rate,
@@ -112,7 +105,7 @@ pub async fn baseline(run: &mut Run<'_>) -> anyhow::Result<()> {
             Better::Higher,
         ));
         if let Some(bytes) = bytes {
-            report.record(Figure::new(
+            run.report.record(Figure::new(
                 S,
                 format!("raw redb, bytes written per value, {batch} per commit"),
                 bytes,
@@ -122,32 +115,30 @@ pub async fn baseline(run: &mut Run<'_>) -> anyhow::Result<()> {
         }
     }
     const IN_FLIGHT: usize = 64;
-    let (raw_rate, raw_latencies) = ceilings.quinn(IN_FLIGHT, scale).await?;
-    report.record(Figure::new(
+    let (raw_rate, raw_latencies) = run.ceilings.quinn(IN_FLIGHT, run.scale).await?;
+    run.report.record(Figure::new(
         S,
         format!("raw quinn, one stream per request, {IN_FLIGHT} in flight"),
         raw_rate,
         "requests/s",
         Better::Higher,
     ));
-    let (_, single) = ceilings.quinn(1, scale).await?;
-    report.record(Figure::new(
+    let (_, single) = run.ceilings.quinn(1, run.scale).await?;
+    run.report.record(Figure::ms(
         S,
         "raw quinn, request round trip p50, 1 in flight",
         percentile_ms(&single, 50),
-        "ms",
-        Better::Lower,
     ));
 
     let server = BenchServer::start(None).await?;
     let connection = Arc::new(Connection::connect(&server.client_config).await?);
-    let requests = scale.pick(5_000, 20_000);
+    let requests = run.scale.pick(5_000, 20_000);
     let (rate, latencies) = harness::request_rate(requests, IN_FLIGHT, move || {
         let connection = connection.clone();
         async move { Ok(connection.server_info().await.map(|_| ())?) }
     })
     .await?;
-    report.record(
+    run.report.record(
         Figure::new(
             S,
             format!("GetServerInfo over one connection, {IN_FLIGHT} in flight"),
@@ -157,13 +148,11 @@ pub async fn baseline(run: &mut Run<'_>) -> anyhow::Result<()> {
         )
         .against("raw quinn", raw_rate),
     );
-    report.record(
-        Figure::new(
+    run.report.record(
+        Figure::ms(
             S,
             format!("GetServerInfo p50, {IN_FLIGHT} in flight"),
             percentile_ms(&latencies, 50),
-            "ms",
-            Better::Lower,
         )
         .against("raw quinn", percentile_ms(&raw_latencies, 50)),
     );
@@ -211,15 +200,9 @@ fn envelope(user_id: &str, payload: &Arc<Vec<u8>>) -> Envelope {
 /// `enqueue`: many concurrent single-message enqueues through the group-commit writer, beside raw
 /// redb committing the same values in batches of the size the writer reached.
 pub async fn enqueue(run: &mut Run<'_>) -> anyhow::Result<()> {
-    let Run {
-        report,
-        ceilings,
-        scale,
-        ..
-    } = run;
     const S: &str = "enqueue";
     const WRITERS: usize = 200;
-    let per_writer = scale.pick(20, 100);
+    let per_writer = run.scale.pick(20, 100);
     let (_dir, store, users) = store_with_users(200).await?;
     let payload = Arc::new(vec![0x5a; 1024]);
     let commits = store.stats().commits();
@@ -248,15 +231,17 @@ pub async fn enqueue(run: &mut Run<'_>) -> anyhow::Result<()> {
     let commits = store.stats().commits() - commits;
     let rate = messages as f64 / elapsed.as_secs_f64();
     let per_commit = messages as f64 / commits as f64;
-    let (ceiling, _) = ceilings.redb(per_commit.round().max(1.0) as usize, scale)?;
-    report.record(Figure::new(
+    let (ceiling, _) = run
+        .ceilings
+        .redb(per_commit.round().max(1.0) as usize, run.scale)?;
+    run.report.record(Figure::new(
         S,
         "messages per commit reached",
         per_commit,
         "messages",
         Better::Higher,
     ));
-    report.record(
+    run.report.record(
         Figure::new(
             S,
             format!("{WRITERS} concurrent writers, 1 KiB messages"),
@@ -271,17 +256,11 @@ pub async fn enqueue(run: &mut Run<'_>) -> anyhow::Result<()> {
 
 /// `fanout`: one message to 1,000 queues in one commit, at three sizes.
 pub async fn fanout(run: &mut Run<'_>) -> anyhow::Result<()> {
-    let Run {
-        report,
-        ceilings,
-        scale,
-        ..
-    } = run;
     const S: &str = "fanout";
     const QUEUES: usize = 1_000;
-    let rounds = scale.pick(5, 20);
+    let rounds = run.scale.pick(5, 20);
     let (_dir, store, users) = store_with_users(QUEUES).await?;
-    let (ceiling_rate, ceiling_bytes) = ceilings.redb(QUEUES, scale)?;
+    let (ceiling_rate, ceiling_bytes) = run.ceilings.redb(QUEUES, run.scale)?;
     for size in [64, 1024, 16 * 1024] {
         let payload = Arc::new(vec![0xa5; size]);
         let mut timings = Vec::with_capacity(rounds);
@@ -300,7 +279,7 @@ pub async fn fanout(run: &mut Run<'_>) -> anyhow::Result<()> {
             .map(|(after, before)| after - before);
         timings.sort();
         let per_recipient_us = percentile_ms(&timings, 50) * 1000.0 / QUEUES as f64;
-        report.record(
+        run.report.record(
             Figure::new(
                 S,
                 format!("{size}-byte message to {QUEUES} queues, per recipient (median)"),
@@ -312,7 +291,7 @@ pub async fn fanout(run: &mut Run<'_>) -> anyhow::Result<()> {
         );
         if let (Some(written), Some(ceiling)) = (written, ceiling_bytes) {
             let per_recipient = written as f64 / (rounds * QUEUES) as f64;
-            report.record(
+            run.report.record(
                 Figure::new(
                     S,
                     format!("{size}-byte message, bytes written per recipient"),
@@ -337,24 +316,18 @@ struct Receiver {
 /// `send`: pairs of devices in 1:1 groups, each sender sending one message after another while
 /// its peer takes them from the push stream and acknowledges them.
 pub async fn send(run: &mut Run<'_>) -> anyhow::Result<()> {
-    let Run {
-        report,
-        ceilings,
-        scale,
-        remote,
-    } = run;
     const S: &str = "send";
-    let pairs = scale.pick(4, 16);
-    let messages = scale.pick(100, 500);
-    let server = BenchServer::start(*remote).await?;
+    let pairs = run.scale.pick(4, 16);
+    let messages = run.scale.pick(100, 500);
+    let server = BenchServer::start(run.remote).await?;
     let config = server.client_config.clone();
     let load = send_load_on(pairs, messages, &config).await?;
     let written = server.local().and(load.written);
     let rate = load.rate(pairs, messages);
     let (total, latencies) = (pairs * messages, load.latencies);
-    let (quinn_rate, _) = ceilings.quinn(pairs, scale).await?;
-    let (_, quinn_single) = ceilings.quinn(1, scale).await?;
-    report.record(
+    let (quinn_rate, _) = run.ceilings.quinn(pairs, run.scale).await?;
+    let (_, quinn_single) = run.ceilings.quinn(1, run.scale).await?;
+    run.report.record(
         Figure::new(
             S,
             format!("{pairs} senders in 1:1 groups, acknowledged messages"),
@@ -364,31 +337,21 @@ pub async fn send(run: &mut Run<'_>) -> anyhow::Result<()> {
         )
         .against(format!("raw quinn, {pairs} in flight"), quinn_rate),
     );
-    report.record(
-        Figure::new(
-            S,
-            "send -> push latency p50",
-            percentile_ms(&latencies, 50),
-            "ms",
-            Better::Lower,
-        )
-        .against("raw quinn round trip", percentile_ms(&quinn_single, 50)),
-    );
-    report.record(
-        Figure::new(
-            S,
-            "send -> push latency p99",
-            percentile_ms(&latencies, 99),
-            "ms",
-            Better::Lower,
-        )
-        .against("raw quinn round trip", percentile_ms(&quinn_single, 99)),
-    );
+    for p in [50, 99] {
+        run.report.record(
+            Figure::ms(
+                S,
+                format!("send -> push latency p{p}"),
+                percentile_ms(&latencies, p),
+            )
+            .against("raw quinn round trip", percentile_ms(&quinn_single, p)),
+        );
+    }
     if let Some(written) = written {
-        let (_, ceiling) = ceilings.redb(pairs, scale)?;
+        let (_, ceiling) = run.ceilings.redb(pairs, run.scale)?;
         let per_message = written as f64 / total as f64;
         match ceiling {
-            Some(ceiling) => report.record(
+            Some(ceiling) => run.report.record(
                 Figure::new(
                     S,
                     "bytes written per message, concurrent senders",
@@ -398,7 +361,7 @@ pub async fn send(run: &mut Run<'_>) -> anyhow::Result<()> {
                 )
                 .against(format!("raw redb 1 KiB, {pairs} per commit"), ceiling),
             ),
-            None => report.record(Figure::new(
+            None => run.report.record(Figure::new(
                 S,
                 "bytes written per message, concurrent senders",
                 per_message,
@@ -461,13 +424,7 @@ pub async fn send_load(
         .await?;
         let receiver_name = format!("r{pair}-{run}@{}", receiver_config.server_name);
         let mut receiver = harness::device(receiver_config, &receiver_name, true, 2).await?;
-        let keys = sender.connection.domain_keys().await?;
-        let group_id = {
-            let groups = GroupClient::new(&sender.connection, &sender.mls, keys, SystemClock.now());
-            let group_id = groups.create_group().await?;
-            groups.invite(&group_id, &receiver_name).await?;
-            group_id
-        };
+        let group_id = sender.one_to_one(&receiver_name).await?;
         // The Welcome is waiting: take it off the queue so only the measured messages remain.
         let waiting = receiver.connection.fetch_messages(0, 100, 1 << 20).await?;
         if let Some(last) = waiting.messages.last() {
@@ -521,9 +478,7 @@ pub async fn send_load(
         .zip(starts)
         .map(|((sender, group_id), starts)| {
             tokio::spawn(async move {
-                let keys = sender.connection.domain_keys().await?;
-                let groups =
-                    GroupClient::new(&sender.connection, &sender.mls, keys, SystemClock.now());
+                let groups = sender.groups().await?;
                 for i in 0..messages {
                     starts.lock().await.push(Instant::now());
                     groups
@@ -565,27 +520,21 @@ struct GroupFigures {
 
 /// `group-size`: one member sends to groups of growing size; the others are offline devices.
 pub async fn group_size(run: &mut Run<'_>) -> anyhow::Result<()> {
-    let Run {
-        report,
-        ceilings,
-        scale,
-        remote,
-    } = run;
     const S: &str = "group-size";
-    let sizes: Vec<usize> = if scale.group_sizes.is_empty() {
-        scale.pick(vec![2, 100], vec![2, 100, 1_000, 10_000])
+    let sizes: Vec<usize> = if run.scale.group_sizes.is_empty() {
+        run.scale.pick(vec![2, 100], vec![2, 100, 1_000, 10_000])
     } else {
-        scale.group_sizes.clone()
+        run.scale.group_sizes.clone()
     };
     // Members reading their queues (one copy each), then members reading group logs (one copy).
     for logs in [false, true] {
         let mut smallest: Option<GroupFigures> = None;
         for &size in &sizes {
-            match group_of(report, ceilings, scale, *remote, size, logs, smallest).await {
+            match group_of(run, size, logs, smallest).await {
                 Ok(figures) => {
                     smallest.get_or_insert(figures);
                 }
-                Err(e) => report.failed(
+                Err(e) => run.report.failed(
                     S,
                     format!("{size} members{}", mode_name(logs)),
                     format!("{e:#}"),
@@ -606,48 +555,51 @@ fn mode_name(logs: bool) -> &'static str {
 }
 
 async fn group_of(
-    report: &mut Report,
-    ceilings: &mut Ceilings,
-    scale: &Scale,
-    remote: Option<&ClientConfig>,
+    run: &mut Run<'_>,
     size: usize,
     logs: bool,
     smallest: Option<GroupFigures>,
 ) -> anyhow::Result<GroupFigures> {
     // Fewer messages to the largest groups read through queues: each writes a queue record per
     // member (tens of MB per message at 10,000).
-    let messages = scale.pick(100, 300).min((300_000 / size).max(20));
+    let messages = run.scale.pick(100, 300).min((300_000 / size).max(20));
     let at = GroupSize {
         size,
         mode: mode_name(logs),
     };
-    let server = BenchServer::start(remote).await?;
+    let server = BenchServer::start(run.remote).await?;
     let config = server.client_config.clone();
-    let run = format!("{:x}", rand::random::<u32>());
+    let tag = format!("{:x}", rand::random::<u32>());
     let domain = config.server_name.clone();
-    let sender = harness::device(&config, &format!("sender-{run}@{domain}"), false, 0).await?;
+    let sender = harness::device(&config, &format!("sender-{tag}@{domain}"), false, 0).await?;
     // The members, and one more, online, to measure an add commit and its join at this size.
     let names: Vec<String> = (0..size - 1)
-        .map(|i| format!("m{i}-{run}@{domain}"))
+        .map(|i| format!("m{i}-{tag}@{domain}"))
         .collect();
     harness::offline_members(&config, &names, logs).await?;
-    let joiner_name = format!("joiner-{run}@{domain}");
+    let joiner_name = format!("joiner-{tag}@{domain}");
     let joiner = harness::device(&config, &joiner_name, false, 1).await?;
-    let keys = sender.connection.domain_keys().await?;
-    let groups = GroupClient::new(&sender.connection, &sender.mls, keys, SystemClock.now());
+    let groups = sender.groups().await?;
     let group_id = groups.create_group().await?;
-    fill_group(report, &at, &groups, &group_id, &names).await?;
+    fill_group(&mut run.report, &at, &groups, &group_id, &names).await?;
     let sends = measure_sends(&server, &sender, &groups, &group_id, messages, logs).await?;
-    let add_ms =
-        measure_add_and_join(report, &at, &groups, &group_id, &joiner, &joiner_name).await?;
+    let add_ms = measure_add_and_join(
+        &mut run.report,
+        &at,
+        &groups,
+        &group_id,
+        &joiner,
+        &joiner_name,
+    )
+    .await?;
     let this = GroupFigures {
         send_p50: percentile_ms(&sends.latencies, 50),
         add_ms,
     };
-    report_group(report, &at, &sends, this, smallest.unwrap_or(this));
+    report_group(&mut run.report, &at, &sends, this, smallest.unwrap_or(this));
     if let Some(written) = sends.written {
         let per_message = written as f64 / messages as f64;
-        report_bytes_written(report, ceilings, scale, &at, per_message)?;
+        report_bytes_written(run, &at, per_message)?;
     }
     server.stop().await;
     Ok(this)
@@ -775,8 +727,7 @@ async fn measure_add_and_join(
         .context("the measured add")?;
     let add_ms = start.elapsed().as_secs_f64() * 1000.0;
     drop(profiled);
-    let keys = joiner.connection.domain_keys().await?;
-    let joining = GroupClient::new(&joiner.connection, &joiner.mls, keys, SystemClock.now());
+    let joining = joiner.groups().await?;
     let start = Instant::now();
     let events = joining.receive().await.context("the joiner's queue")?;
     let join_ms = start.elapsed().as_secs_f64() * 1000.0;
@@ -784,12 +735,10 @@ async fn measure_add_and_join(
         Some((_, Ok(GroupEvent::Joined { .. }))) => {}
         other => anyhow::bail!("the joiner did not join: {other:?}"),
     }
-    report.record(Figure::new(
+    report.record(Figure::ms(
         GROUP_SIZE,
         at.name("join from a Welcome (tree fetched from the server)"),
         join_ms,
-        "ms",
-        Better::Lower,
     ));
     Ok(add_ms)
 }
@@ -803,63 +752,42 @@ fn report_group(
     base: GroupFigures,
 ) {
     report.record(
-        Figure::new(
+        Figure::ms(
             GROUP_SIZE,
             at.name("send p50 at the server (pre-encrypted), one sender"),
             this.send_p50,
-            "ms",
-            Better::Lower,
         )
         .against("2 members", base.send_p50),
     );
-    report.record(Figure::new(
+    report.record(Figure::ms(
         GROUP_SIZE,
         at.name("send p50 end to end, the client encrypting each"),
         percentile_ms(&sends.end_to_end, 50),
-        "ms",
-        Better::Lower,
     ));
-    report.record(Figure::new(
+    report.record(Figure::ms(
         GROUP_SIZE,
         at.name("send p99, one sender"),
         percentile_ms(&sends.latencies, 99),
-        "ms",
-        Better::Lower,
     ));
     report.record(
-        Figure::new(
-            GROUP_SIZE,
-            at.name("add commit"),
-            this.add_ms,
-            "ms",
-            Better::Lower,
-        )
-        .against("2 members", base.add_ms),
+        Figure::ms(GROUP_SIZE, at.name("add commit"), this.add_ms)
+            .against("2 members", base.add_ms),
     );
 }
 
 /// Bytes written to disk per message sent, beside raw redb writing 1 KiB per commit.
-fn report_bytes_written(
-    report: &mut Report,
-    ceilings: &mut Ceilings,
-    scale: &Scale,
-    at: &GroupSize,
-    per_message: f64,
-) -> anyhow::Result<()> {
-    let name = at.name("bytes written per message, one per commit");
-    match ceilings.redb(1, scale)?.1 {
-        Some(ceiling) => report.record(
-            Figure::new(GROUP_SIZE, name, per_message, "B", Better::Lower)
-                .against("raw redb 1 KiB, 1 per commit", ceiling),
-        ),
-        None => report.record(Figure::new(
-            GROUP_SIZE,
-            name,
-            per_message,
-            "B",
-            Better::Lower,
-        )),
-    }
+fn report_bytes_written(run: &mut Run<'_>, at: &GroupSize, per_message: f64) -> anyhow::Result<()> {
+    let figure = Figure::new(
+        GROUP_SIZE,
+        at.name("bytes written per message, one per commit"),
+        per_message,
+        "B",
+        Better::Lower,
+    );
+    run.report.record(match run.ceilings.redb(1, run.scale)?.1 {
+        Some(ceiling) => figure.against("raw redb 1 KiB, 1 per commit", ceiling),
+        None => figure,
+    });
     Ok(())
 }
 
@@ -945,13 +873,7 @@ async fn federated_pairs(
             harness::device(&pair.a_client, &format!("alice{i}@a.example"), false, 0).await?;
         let bob = format!("bob{i}@b.example");
         let mut receiver = harness::device(&pair.b_client, &bob, true, 2).await?;
-        let keys = sender.connection.domain_keys().await?;
-        let group_id = {
-            let groups = GroupClient::new(&sender.connection, &sender.mls, keys, SystemClock.now());
-            let group_id = groups.create_group().await?;
-            groups.invite(&group_id, &bob).await?;
-            group_id
-        };
+        let group_id = sender.one_to_one(&bob).await?;
         let mut push = receiver.push.take().context("no push stream")?;
         let received = received.clone();
         receiving.push(tokio::spawn(async move {
@@ -986,9 +908,7 @@ fn send_without_pause(
         .map(|(sender, group_id)| {
             let (stop, accepted) = (stop.clone(), accepted.clone());
             tokio::spawn(async move {
-                let keys = sender.connection.domain_keys().await?;
-                let groups =
-                    GroupClient::new(&sender.connection, &sender.mls, keys, SystemClock.now());
+                let groups = sender.groups().await?;
                 let mut i = 0u64;
                 while !stop.is_cancelled() {
                     groups

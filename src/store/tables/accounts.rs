@@ -5,12 +5,12 @@
 //! never leaves a partial write behind.
 
 use crate::store::kv::{ReadableTable, Table, TableDefinition, WriteTransaction};
-use crate::store::rows::key;
 use sha2::{Digest, Sha256};
 use tls_codec::{Deserialize, Serialize, TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
 
 use crate::protocol::ClientId;
 use crate::protocol::ED25519_PUBLIC_KEY_LEN;
+use crate::store::rows::key;
 use crate::store::{Store, StoreError};
 
 /// user id -> [`UserRecord`].
@@ -217,19 +217,22 @@ impl Store {
     pub async fn invites(&self) -> Result<Vec<IssuedInvite>, StoreError> {
         self.read(|txn| {
             let used = txn.open_table(INVITES_USED)?;
-            let mut invites = Vec::new();
-            for entry in txn.open_table(INVITES)?.iter()? {
-                let (nonce, record) = entry?;
-                let record: InviteRecord = decode(record.value())?;
-                invites.push(IssuedInvite {
-                    nonce: nonce.value().to_vec(),
-                    created_at: record.created_at,
-                    expires_at: record.expires_at,
-                    max_uses: record.max_uses,
-                    used: used.get(nonce.value())?.map_or(0, |n| n.value()),
-                    revoked_at: (record.revoked_at != 0).then_some(record.revoked_at),
-                });
-            }
+            let mut invites = txn
+                .open_table(INVITES)?
+                .iter()?
+                .map(|entry| {
+                    let (nonce, record) = entry?;
+                    let record: InviteRecord = decode(record.value())?;
+                    Ok(IssuedInvite {
+                        nonce: nonce.value().to_vec(),
+                        created_at: record.created_at,
+                        expires_at: record.expires_at,
+                        max_uses: record.max_uses,
+                        used: used.get(nonce.value())?.map_or(0, |n| n.value()),
+                        revoked_at: (record.revoked_at != 0).then_some(record.revoked_at),
+                    })
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
             invites.sort_by_key(|invite| (invite.created_at, invite.nonce.clone()));
             Ok(invites)
         })

@@ -3,10 +3,9 @@
 //! which peer hosts each remote group this server's clients are in.
 
 use crate::store::kv::{ReadableTable, TableDefinition, WriteTransaction};
-use crate::store::rows::key;
 
 use crate::protocol::ClientId;
-use crate::store::rows::{FullQueues, OutgoingDelivery};
+use crate::store::rows::{key, FullQueues, OutgoingDelivery};
 use crate::store::{Store, StoreError};
 
 /// (peer domain, seq) -> when it was put in the outbox (Unix ms, 8 bytes big-endian) followed by
@@ -174,6 +173,23 @@ pub(in crate::store) fn outbox_in(
     Ok(())
 }
 
+/// The backlog of `peer`, whose next delivery will take `next_seq`: none if nothing waits.
+fn peer_backlog(
+    outbox: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    peer: &str,
+    next_seq: u64,
+) -> Result<Option<PeerBacklog>, StoreError> {
+    let Some(oldest) = outbox.range((peer, 0)..=(peer, u64::MAX))?.next() else {
+        return Ok(None);
+    };
+    let (key, value) = oldest?;
+    Ok(Some(PeerBacklog {
+        peer: peer.to_owned(),
+        waiting: next_seq - key.value().1,
+        oldest_ms: unstamped(value.value())?.0,
+    }))
+}
+
 impl Store {
     /// The peers with deliveries waiting, and how many each.
     pub async fn outbox_backlog(&self) -> Result<Vec<(String, u64)>, StoreError> {
@@ -204,18 +220,7 @@ impl Store {
             // whatever its length (this runs at every metrics scrape).
             for head in txn.open_table(OUTBOX_HEADS)?.iter()? {
                 let (peer, next_seq) = head?;
-                let peer = peer.value();
-                let oldest = outbox
-                    .range((peer, 0)..=(peer, u64::MAX))?
-                    .next()
-                    .transpose()?;
-                if let Some((key, value)) = oldest {
-                    backlog.push(PeerBacklog {
-                        peer: peer.to_owned(),
-                        waiting: next_seq.value() - key.value().1,
-                        oldest_ms: unstamped(value.value())?.0,
-                    });
-                }
+                backlog.extend(peer_backlog(&outbox, peer.value(), next_seq.value())?);
             }
             Ok(backlog)
         })
@@ -253,12 +258,10 @@ impl Store {
     /// Every peer hosting a group this server's clients were delivered to (and not deleted).
     pub async fn group_hubs(&self) -> Result<Vec<String>, StoreError> {
         self.read(|txn| {
-            let hubs = txn.open_table(ROUTE_HUBS)?;
-            let mut found = Vec::new();
-            for entry in hubs.iter()? {
-                found.push(entry?.0.value().to_owned());
-            }
-            Ok(found)
+            txn.open_table(ROUTE_HUBS)?
+                .iter()?
+                .map(|entry| Ok(entry?.0.value().to_owned()))
+                .collect()
         })
         .await
     }
@@ -643,58 +646,29 @@ mod tests {
     async fn a_welcome_records_its_hub_for_the_clients_departure_and_deletion_forgets_it() {
         let (_dir, store) = crate::store::test_store();
         store.register_for_test("bob@b.example", [7; 32]).await;
-        let envelope = |kind: crate::protocol::MessageKind| {
-            Envelope::new(
-                ClientId::of("bob@b.example", 1),
+        let bob = ClientId::of("bob@b.example", 1);
+        let receive = |id: &'static [u8], kind| {
+            let envelope = Envelope::new(
+                bob.clone(),
                 kind,
                 std::sync::Arc::new(vec![1, 2, 3]),
                 crate::store::Admission::Handshake,
-            )
+            );
+            store.receive_delivery("a.example", id, b"g1", false, vec![envelope], 1, LIMITS)
         };
-        store
-            .receive_delivery(
-                "a.example",
-                b"id-1",
-                b"g1",
-                false,
-                vec![envelope(crate::protocol::MessageKind::Mls)],
-                1,
-                LIMITS,
-            )
+        let hubs = || async { store.client_hubs(&bob).await.unwrap() };
+        receive(b"id-1", crate::protocol::MessageKind::Mls)
             .await
             .unwrap()
             .unwrap();
-        assert!(store
-            .client_hubs(&ClientId::of("bob@b.example", 1))
-            .await
-            .unwrap()
-            .is_empty());
-        store
-            .receive_delivery(
-                "a.example",
-                b"id-2",
-                b"g1",
-                false,
-                vec![envelope(crate::protocol::MessageKind::Welcome)],
-                1,
-                LIMITS,
-            )
+        assert!(hubs().await.is_empty());
+        receive(b"id-2", crate::protocol::MessageKind::Welcome)
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(
-            store
-                .client_hubs(&ClientId::of("bob@b.example", 1))
-                .await
-                .unwrap(),
-            ["a.example"]
-        );
+        assert_eq!(hubs().await, ["a.example"]);
         store.delete_user("bob@b.example", 2).await.unwrap();
-        assert!(store
-            .client_hubs(&ClientId::of("bob@b.example", 1))
-            .await
-            .unwrap()
-            .is_empty());
+        assert!(hubs().await.is_empty());
     }
 
     #[tokio::test]

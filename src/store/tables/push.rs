@@ -3,11 +3,11 @@
 //! wake-up being delivered does not lose the need to wake.
 
 use crate::store::kv::{ReadableTable, TableDefinition, WriteTransaction};
-use crate::store::rows::key;
 use tls_codec::{Deserialize, Serialize};
 
 use crate::protocol::ClientId;
 use crate::protocol::{PushTarget, PushTargetAdded, RegisteredPushTarget};
+use crate::store::rows::key;
 use crate::store::{Store, StoreError};
 
 /// (user id, device id, target id) -> the encoded `RegisteredPushTarget`.
@@ -250,24 +250,27 @@ impl Store {
     pub async fn pending_wakes(&self) -> Result<Vec<PendingWake>, StoreError> {
         self.read(|txn| {
             let targets = txn.open_table(PUSH_TARGETS)?;
-            let mut pending = Vec::new();
-            for entry in txn.open_table(PUSH_WAKES)?.iter()? {
-                let (key, value) = entry?;
-                let (user_id, device_id, target_id) = key.value();
-                let (seq, due_ms, attempts) = value.value();
-                let Some(target) = targets.get((user_id, device_id, target_id))? else {
-                    continue;
-                };
-                pending.push(PendingWake {
-                    user_id: user_id.to_owned(),
-                    device_id,
-                    target: decode_target(target.value())?,
-                    seq,
-                    due_ms,
-                    attempts,
-                });
-            }
-            Ok(pending)
+            txn.open_table(PUSH_WAKES)?
+                .iter()?
+                .map(|entry| {
+                    let (key, value) = entry?;
+                    let (user_id, device_id, target_id) = key.value();
+                    let (seq, due_ms, attempts) = value.value();
+                    // A wake-up whose target went meanwhile is not pending.
+                    let Some(target) = targets.get((user_id, device_id, target_id))? else {
+                        return Ok(None);
+                    };
+                    Ok(Some(PendingWake {
+                        user_id: user_id.to_owned(),
+                        device_id,
+                        target: decode_target(target.value())?,
+                        seq,
+                        due_ms,
+                        attempts,
+                    }))
+                })
+                .filter_map(Result::transpose)
+                .collect()
         })
         .await
     }

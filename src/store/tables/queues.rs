@@ -1,7 +1,6 @@
 //! Client queues: per-client, gap-free sequence numbers; messages stay until acknowledged or
 //! expired. One enqueue puts one or many messages into many queues in one commit.
 
-use crate::store::rows::key;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -9,7 +8,7 @@ use crate::store::kv::{Prefetch, ReadableTable, Table, TableDefinition, WriteTra
 
 use crate::protocol::ClientId;
 use crate::store::rows::{
-    Admission, Enqueued, Envelope, FullQueues, QueueLimits, HANDSHAKE_RESERVE_FACTOR,
+    key, Admission, Enqueued, Envelope, FullQueues, QueueLimits, HANDSHAKE_RESERVE_FACTOR,
 };
 use crate::store::{Store, StoreError};
 
