@@ -713,20 +713,11 @@ impl Worker {
 
     /// The next wake-up due by `now` that is not being sent.
     fn pop_due(&mut self, now: u64) -> Option<TargetKey> {
-        while let Some(std::cmp::Reverse((due_ms, _))) = self.due.peek() {
-            if *due_ms > now {
-                return None;
-            }
-            let std::cmp::Reverse((due_ms, key)) = self.due.pop()?;
-            let current = self
-                .pending
-                .get(&key)
-                .is_some_and(|wake| wake.due_ms == due_ms);
-            if current && !self.sending.contains(&key) {
-                return Some(key);
-            }
-        }
-        None
+        let (pending, sending) = (&self.pending, &self.sending);
+        pop_current(&mut self.due, now, |due_ms, key| {
+            let current = pending.get(key).is_some_and(|wake| wake.due_ms == due_ms);
+            current && !sending.contains(key)
+        })
     }
 
     /// When the worker must look again: the soonest wake-up or end of a coalescing window.
@@ -758,20 +749,12 @@ impl Worker {
 
     /// A client whose window ended by `now` (each window once).
     fn pop_ended_gate(&mut self, now: u64, interval: u64) -> Option<ClientKey> {
-        while let Some(std::cmp::Reverse((end_ms, _))) = self.gate_ends.peek() {
-            if *end_ms > now {
-                return None;
-            }
-            let std::cmp::Reverse((end_ms, client)) = self.gate_ends.pop()?;
-            let current = self
-                .gates
-                .get(&client)
-                .is_some_and(|gate| gate.opened_ms.saturating_add(interval) == end_ms);
-            if current {
-                return Some(client);
-            }
-        }
-        None
+        let gates = &self.gates;
+        pop_current(&mut self.gate_ends, now, |end_ms, client| {
+            gates
+                .get(client)
+                .is_some_and(|gate| gate.opened_ms.saturating_add(interval) == end_ms)
+        })
     }
 
     /// Forgets a client's pending wake-ups; whether it had any.
@@ -781,6 +764,25 @@ impl Worker {
             .retain(|(user_id, device_id, _), _| (user_id, device_id) != (&client.0, &client.1));
         before != self.pending.len()
     }
+}
+
+/// Pops the soonest entry of `heap` due by `now` that `current` still wants, skipping (and
+/// dropping) those it does not: entries are never updated in place, only superseded.
+fn pop_current<K: Ord>(
+    heap: &mut BinaryHeap<std::cmp::Reverse<(u64, K)>>,
+    now: u64,
+    current: impl Fn(u64, &K) -> bool,
+) -> Option<K> {
+    while heap
+        .peek()
+        .is_some_and(|std::cmp::Reverse((due, _))| *due <= now)
+    {
+        let std::cmp::Reverse((due, key)) = heap.pop()?;
+        if current(due, &key) {
+            return Some(key);
+        }
+    }
+    None
 }
 
 /// The sessions the services use: the transport's, plus offline push for clients that have no

@@ -221,7 +221,7 @@ impl Services {
                 ResponseBody::MessageAccepted(self.groups.send(sender, request).await?)
             }
             GroupRequest::GetGroup(request) => {
-                ResponseBody::Group(self.groups.get(sender, request).await?)
+                ResponseBody::Group(self.groups.get(sender, request.group_id.as_slice()).await?)
             }
             GroupRequest::ListGroups => ResponseBody::Groups(GroupList {
                 groups: self.groups.list(sender).await?,

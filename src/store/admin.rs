@@ -8,7 +8,6 @@ use redb::{Database, Durability};
 use super::kv::{ReadTransaction, ReadableTable, SortKey, TableDefinition, Value};
 use crate::protocol::ClientId;
 
-use super::rows::key;
 use super::tables::accounts::{CLIENTS, USERS};
 use super::tables::federation::OUTBOX;
 use super::tables::groups::GROUPS;
@@ -149,9 +148,7 @@ impl Store {
 
     /// When the oldest message waiting for a client was queued (Unix ms).
     pub async fn oldest_queued(&self, client: &ClientId) -> Result<Option<u64>, StoreError> {
-        let client = client.clone();
-        self.read(move |txn| {
-            let (user_id, device_id) = key(&client);
+        self.read_for(client, move |txn, (user_id, device_id)| {
             oldest_queued_at(txn, user_id, device_id)
         })
         .await

@@ -1,7 +1,6 @@
 //! A client becoming a reader of group logs: its mark, and a window from the next entry of each
 //! log of a group hosted here that it is in.
 
-use super::rows::key;
 use super::tables::{group_logs, groups};
 use super::{Store, StoreError};
 use crate::protocol::ClientId;
@@ -10,9 +9,7 @@ impl Store {
     /// Makes a client a reader of group logs: from the next entry of each group hosted here that
     /// it is in. Returns `false` if it was one already.
     pub async fn use_group_logs(&self, client: &ClientId) -> Result<bool, StoreError> {
-        let client = client.clone();
-        self.write(move |txn| {
-            let (user_id, device_id) = key(&client);
+        self.write_for(client, move |txn, (user_id, device_id)| {
             if !group_logs::mark_log_client_in(txn, user_id, device_id)? {
                 return Ok(false);
             }

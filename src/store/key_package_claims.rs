@@ -1,7 +1,6 @@
 //! KeyPackages as a client's user holds them: published by an existing client, claimed one per
 //! client of a user, and the stock of each (the client list is the accounts' tables).
 
-use super::rows::key;
 use super::tables::accounts;
 use super::tables::key_packages::{self, ClientClaim, NewKeyPackage, PublishRefusal, Stock};
 use super::{Store, StoreError};
@@ -17,9 +16,7 @@ impl Store {
         max_per_client: usize,
         now: u64,
     ) -> Result<Result<Stock, PublishRefusal>, StoreError> {
-        let client = client.clone();
-        self.write(move |txn| {
-            let (user_id, device_id) = key(&client);
+        self.write_for(client, move |txn, (user_id, device_id)| {
             if !accounts::client_exists(txn, user_id, device_id)? {
                 return Ok(Err(PublishRefusal::UnknownClient));
             }

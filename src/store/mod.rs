@@ -389,6 +389,28 @@ impl Store {
         self.write_reading(kv::Prefetch::default(), op).await
     }
 
+    /// [`Self::write`] for an operation on one client's rows: `op` gets the client as the tables
+    /// key it.
+    async fn write_for<T, F>(&self, client: &ClientId, mut op: F) -> Result<T, StoreError>
+    where
+        F: FnMut(&WriteTransaction, (&str, u32)) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let client = client.clone();
+        self.write(move |txn| op(txn, rows::key(&client))).await
+    }
+
+    /// [`Self::read`] for an operation on one client's rows: `op` gets the client as the tables
+    /// key it.
+    async fn read_for<T, F>(&self, client: &ClientId, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&ReadTransaction, (&str, u32)) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let client = client.clone();
+        self.read(move |txn| op(txn, rows::key(&client))).await
+    }
+
     /// [`Self::write`], with the rows `op` will read named in `reads`: the writer reads them
     /// ahead with the rest of its batch's.
     async fn write_reading<T, F>(&self, reads: kv::Prefetch, op: F) -> Result<T, StoreError>

@@ -3,7 +3,6 @@
 //! hubs, push targets) before its own rows go.
 
 use super::kv::WriteTransaction;
-use super::rows::key;
 use super::tables::{accounts, federation, group_logs, groups, key_packages, push, queues};
 use super::{RemoveClientRefusal, Store, StoreError};
 use crate::protocol::ClientId;
@@ -14,9 +13,7 @@ impl Store {
         &self,
         client: &ClientId,
     ) -> Result<Result<(), RemoveClientRefusal>, StoreError> {
-        let client = client.clone();
-        self.write(move |txn| {
-            let (user_id, device_id) = key(&client);
+        self.write_for(client, move |txn, (user_id, device_id)| {
             if !accounts::client_exists(txn, user_id, device_id)? {
                 return Ok(Err(RemoveClientRefusal::UnknownClient));
             }

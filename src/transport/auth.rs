@@ -68,15 +68,12 @@ pub fn verify_authentication(
 mod tests {
     use super::*;
 
-    fn client() -> ClientId {
-        ClientId::of("alice@a.example", 1)
-    }
-
     #[test]
     fn a_signature_verifies_only_for_its_binding_client_and_key() {
         let key = SigningKey::generate(&mut rand::rngs::OsRng);
         let binding = [7u8; CHANNEL_BINDING_LEN];
-        let request = sign_authentication(&key, &binding, &client());
+        let alice = ClientId::of("alice@a.example", 1);
+        let request = sign_authentication(&key, &binding, &alice);
         verify_authentication(&key.verifying_key(), &binding, &request).unwrap();
 
         let other_binding = [8u8; CHANNEL_BINDING_LEN];

@@ -218,10 +218,7 @@ async fn run_command(args: AdminArgs) -> Result<(), AdminClientError> {
                     println!("no messages are waiting");
                 }
                 for queue in &top.queues {
-                    let oldest = queue
-                        .oldest_queued_at
-                        .as_deref()
-                        .map_or(String::new(), |at| format!("  oldest {}", human(at)));
+                    let oldest = when("  ", "oldest", queue.oldest_queued_at.as_deref());
                     println!(
                         "{} device {}  {}  {} bytes{oldest}",
                         queue.user_id,
@@ -303,6 +300,13 @@ fn human(rfc3339: &str) -> String {
     }
 }
 
+/// `{label} {time}` after `separator` when there is a time, else nothing: `, oldest 2026-...`.
+fn when(separator: &str, label: &str, time: Option<&str>) -> String {
+    time.map_or(String::new(), |at| {
+        format!("{separator}{label} {}", human(at))
+    })
+}
+
 fn plural(count: u64, noun: &str) -> String {
     if count == 1 {
         format!("1 {noun}")
@@ -359,10 +363,7 @@ fn print_user(user: &UserDetails) {
                 "not connected"
             }
         );
-        let oldest = client
-            .oldest_queued_at
-            .as_deref()
-            .map_or(String::new(), |at| format!(", oldest {}", human(at)));
+        let oldest = when(", ", "oldest", client.oldest_queued_at.as_deref());
         println!(
             "    queue: {} ({} bytes){oldest}",
             plural(client.queued_messages, "message"),
@@ -382,10 +383,7 @@ fn print_user(user: &UserDetails) {
 }
 
 fn print_invite(invite: &InviteInfo) {
-    let revoked = invite
-        .revoked_at
-        .as_deref()
-        .map_or(String::new(), |at| format!(", revoked {}", human(at)));
+    let revoked = when(", ", "revoked", invite.revoked_at.as_deref());
     println!(
         "{}  {}  used {} of {}, created {}, expires {}{revoked}",
         invite.id,

@@ -20,9 +20,9 @@ use crate::clock::Clock;
 use crate::config::{QueuePolicy, ServerConfig};
 use crate::identity::{verify_member, DomainKeys, UserId};
 use crate::protocol::{
-    ClientId, CreateGroupRequest, DeleteGroupRequest, FetchGroupTreeRequest, GetGroupRequest,
-    GroupDeleted, GroupEpoch, GroupMember, GroupState, GroupTreeChunk, MessageKind, Role,
-    ServerNotice, MAX_INLINE_TREE_LEN, MAX_TREE_CHUNK_LEN,
+    ClientId, CreateGroupRequest, DeleteGroupRequest, FetchGroupTreeRequest, GroupDeleted,
+    GroupEpoch, GroupMember, GroupState, GroupTreeChunk, MessageKind, Role, ServerNotice,
+    MAX_INLINE_TREE_LEN, MAX_TREE_CHUNK_LEN,
 };
 use crate::store::{
     Envelope, GroupRefusal, GroupTransition, QueueLimits, Remembered, Store, StoredGroup, TreeChunk,
@@ -223,12 +223,12 @@ impl Groups {
         Ok(())
     }
 
+    /// A group's members, tree and GroupInfo, for a member (or a client of a member's user).
     pub async fn get(
         &self,
         caller: &ClientId,
-        request: GetGroupRequest,
+        group_id: &[u8],
     ) -> Result<GroupState, ServiceError> {
-        let group_id = request.group_id.as_slice();
         let group = self.load(group_id).await?;
         let membership = self.store.group_membership(caller, group_id).await?;
         let verified = members_of(&group.public)?;

@@ -31,14 +31,7 @@ impl Groups {
         request: SendMessageRequest,
     ) -> Result<MessageAccepted, ServiceError> {
         let bytes = request.message.as_slice();
-        let message = MlsMessageIn::tls_deserialize_exact(bytes)
-            .map_err(|e| invalid(&format!("the message does not parse: {e}")))?;
-        let MlsMessageBodyIn::PrivateMessage(message) = message.extract() else {
-            return Err(invalid(
-                "an application message travels as a PrivateMessage",
-            ));
-        };
-        let message = ProtocolMessage::from(message);
+        let message = application_message(bytes)?;
         let group_id = message.group_id().as_slice().to_vec();
         let digest = super::request_digest(bytes);
         let accepted_at_ms = self.clock.now_ms();
@@ -66,7 +59,22 @@ impl Groups {
         };
         self.deliver(&group_id, recipients, payload, request).await
     }
+}
 
+/// An application message's bytes as openmls reads them: an MLS message carrying a
+/// PrivateMessage.
+fn application_message(bytes: &[u8]) -> Result<ProtocolMessage, ServiceError> {
+    let message = MlsMessageIn::tls_deserialize_exact(bytes)
+        .map_err(|e| invalid(&format!("the message does not parse: {e}")))?;
+    let MlsMessageBodyIn::PrivateMessage(message) = message.extract() else {
+        return Err(invalid(
+            "an application message travels as a PrivateMessage",
+        ));
+    };
+    Ok(ProtocolMessage::from(message))
+}
+
+impl Groups {
     /// The send view of the group, for a member that may send (`Err`: the time this very
     /// message was accepted before).
     async fn send_view(

@@ -4,13 +4,12 @@
 //! Every operation that a rule can refuse checks before it writes, so a refusal (`Ok(Err(..))`)
 //! never leaves a partial write behind.
 
-use crate::store::kv::{ReadableTable, Table, TableDefinition, WriteTransaction};
+use crate::store::kv::{ReadableTable, SortKey, Table, TableDefinition, WriteTransaction};
 use sha2::{Digest, Sha256};
 use tls_codec::{Deserialize, Serialize, TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
 
 use crate::protocol::ClientId;
 use crate::protocol::ED25519_PUBLIC_KEY_LEN;
-use crate::store::rows::key;
 use crate::store::{Store, StoreError};
 
 /// user id -> [`UserRecord`].
@@ -248,11 +247,7 @@ impl Store {
     ) -> Result<Option<IssuedInvite>, StoreError> {
         self.write(move |txn| {
             let mut invites = txn.open_table(INVITES)?;
-            let Some(mut record) = invites
-                .get(nonce.as_slice())?
-                .map(|record| decode::<InviteRecord>(record.value()))
-                .transpose()?
-            else {
+            let Some(mut record) = decoded::<_, InviteRecord>(&invites, nonce.as_slice())? else {
                 return Ok(None);
             };
             if record.revoked_at == 0 {
@@ -346,11 +341,7 @@ impl Store {
         let user_id = user_id.to_owned();
         self.write(move |txn| {
             let mut users = txn.open_table(USERS)?;
-            let Some(mut user) = users
-                .get(user_id.as_str())?
-                .map(|record| decode::<UserRecord>(record.value()))
-                .transpose()?
-            else {
+            let Some(mut user) = decoded::<_, UserRecord>(&users, user_id.as_str())? else {
                 return Ok(Err(AddClientRefusal::UnknownUser));
             };
             if key_in_use(txn, &signature_key)? {
@@ -392,9 +383,7 @@ impl Store {
 
     /// One client, if it exists.
     pub async fn client(&self, client: &ClientId) -> Result<Option<StoredClient>, StoreError> {
-        let client = client.clone();
-        self.read(move |txn| {
-            let (user_id, device_id) = key(&client);
+        self.read_for(client, move |txn, (user_id, device_id)| {
             txn.open_table(CLIENTS)?
                 .get((user_id, device_id))?
                 .map(|record| stored_client(device_id, record.value()))
@@ -409,14 +398,9 @@ impl Store {
         client: &ClientId,
         credential: Vec<u8>,
     ) -> Result<Result<(), RemoveClientRefusal>, StoreError> {
-        let client = client.clone();
-        self.write(move |txn| {
-            let (user_id, device_id) = key(&client);
+        self.write_for(client, move |txn, (user_id, device_id)| {
             let mut clients = txn.open_table(CLIENTS)?;
-            let Some(mut record) = clients
-                .get((user_id, device_id))?
-                .map(|record| decode::<ClientRecord>(record.value()))
-                .transpose()?
+            let Some(mut record) = decoded::<_, ClientRecord>(&clients, (user_id, device_id))?
             else {
                 return Ok(Err(RemoveClientRefusal::UnknownClient));
             };
@@ -552,6 +536,17 @@ fn encode(record: &impl Serialize) -> Result<Vec<u8>, StoreError> {
     record
         .tls_serialize_detached()
         .map_err(|e| StoreError::Corrupt(format!("cannot encode a record: {e}")))
+}
+
+/// The record `table` holds under `key`, decoded; `None` if it holds none.
+fn decoded<'k, K: SortKey, T: Deserialize>(
+    table: &impl ReadableTable<K, &'static [u8]>,
+    key: impl std::borrow::Borrow<K::SelfType<'k>>,
+) -> Result<Option<T>, StoreError> {
+    table
+        .get(key)?
+        .map(|record| decode(record.value()))
+        .transpose()
 }
 
 fn decode<T: Deserialize>(bytes: &[u8]) -> Result<T, StoreError> {

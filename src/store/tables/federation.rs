@@ -5,7 +5,7 @@
 use crate::store::kv::{ReadableTable, TableDefinition, WriteTransaction};
 
 use crate::protocol::ClientId;
-use crate::store::rows::{key, FullQueues, OutgoingDelivery};
+use crate::store::rows::{FullQueues, OutgoingDelivery};
 use crate::store::{Store, StoreError};
 
 /// (peer domain, seq) -> when it was put in the outbox (Unix ms, 8 bytes big-endian) followed by
@@ -268,9 +268,7 @@ impl Store {
 
     /// The hubs that welcomed `(user_id, device_id)` into one of their groups.
     pub async fn client_hubs(&self, client: &ClientId) -> Result<Vec<String>, StoreError> {
-        let client = client.clone();
-        self.read(move |txn| {
-            let (user_id, device_id) = key(&client);
+        self.read_for(client, move |txn, (user_id, device_id)| {
             let hubs = txn.open_table(CLIENT_HUBS)?;
             let mut found = Vec::new();
             for entry in hubs.range((user_id, device_id, "")..)? {

@@ -528,9 +528,7 @@ pub(in crate::store) fn open_window_at_next(
 impl Store {
     /// Whether a client reads group logs.
     pub async fn uses_group_logs(&self, client: &ClientId) -> Result<bool, StoreError> {
-        let client = client.clone();
-        self.read(move |txn| {
-            let (user_id, device_id) = key(&client);
+        self.read_for(client, move |txn, (user_id, device_id)| {
             Ok(txn
                 .open_table(LOG_CLIENTS)?
                 .get((user_id, device_id))?
@@ -541,9 +539,7 @@ impl Store {
 
     /// The logs a client may read, with its positions.
     pub async fn group_log_cursors(&self, client: &ClientId) -> Result<Vec<LogCursor>, StoreError> {
-        let client = client.clone();
-        self.read(move |txn| {
-            let (user_id, device_id) = key(&client);
+        self.read_for(client, move |txn, (user_id, device_id)| {
             let readers = txn.open_table(LOG_READERS)?;
             let logs = txn.open_table(GROUP_LOGS)?;
             let mut cursors = Vec::new();

@@ -152,6 +152,14 @@ mod tests {
             .await
             .unwrap();
 
+        // The bytes of a tree from `offset`, 4 KiB at most; `None` if that tree is not kept.
+        let chunk = |group: &'static [u8], epoch, offset| {
+            let store = &store;
+            async move {
+                let chunk = store.group_tree_chunk(group, epoch, offset, 4096).await;
+                chunk.unwrap().map(|chunk| chunk.bytes)
+            }
+        };
         let first = store
             .group_tree_chunk(b"group-a", 3, 0, 4096)
             .await
@@ -161,47 +169,22 @@ mod tests {
             (first.total_len, first.bytes.as_slice()),
             (10_000, &tree[..4096])
         );
-        let last = store
-            .group_tree_chunk(b"group-a", 3, 8192, 4096)
-            .await
-            .unwrap();
-        assert_eq!(last.unwrap().bytes, tree[8192..]);
-        let past = store
-            .group_tree_chunk(b"group-a", 3, 20_000, 4096)
-            .await
-            .unwrap();
-        assert!(past.unwrap().bytes.is_empty());
-        assert_eq!(
-            store.group_tree_chunk(b"group-a", 4, 0, 10).await.unwrap(),
-            None
-        );
+        assert_eq!(chunk(b"group-a", 3, 8192).await.unwrap(), tree[8192..]);
+        assert!(chunk(b"group-a", 3, 20_000).await.unwrap().is_empty());
+        assert_eq!(chunk(b"group-a", 4, 0).await, None);
 
         // Expiry goes by time: only the tree kept before the cutoff goes.
         assert_eq!(store.purge_expired_group_trees(1_500).await.unwrap(), 1);
-        assert_eq!(
-            store.group_tree_chunk(b"group-a", 3, 0, 10).await.unwrap(),
-            None
-        );
-        assert!(store
-            .group_tree_chunk(b"group-a", 5, 0, 10)
-            .await
-            .unwrap()
-            .is_some());
+        assert_eq!(chunk(b"group-a", 3, 0).await, None);
+        assert!(chunk(b"group-a", 5, 0).await.is_some());
 
         // Deleting a group's trees leaves the others' and no time index behind.
         store
             .write(|txn| delete_trees_in(txn, b"group-a"))
             .await
             .unwrap();
-        assert_eq!(
-            store.group_tree_chunk(b"group-a", 5, 0, 10).await.unwrap(),
-            None
-        );
-        assert!(store
-            .group_tree_chunk(b"group-b", 1, 0, 10)
-            .await
-            .unwrap()
-            .is_some());
+        assert_eq!(chunk(b"group-a", 5, 0).await, None);
+        assert!(chunk(b"group-b", 1, 0).await.is_some());
         assert_eq!(store.purge_expired_group_trees(u64::MAX).await.unwrap(), 1);
         assert!(store.tables_containing(b"group-").await.unwrap().is_empty());
     }

@@ -109,42 +109,28 @@ mod tests {
     #[tokio::test]
     async fn a_lease_has_one_holder_until_it_expires_or_is_released() {
         let (_dir, store) = crate::store::test_store();
+        // The generation `holder` holds `name` in at `now`, for 500 ms; `None` if another holds it.
+        let hold = |name, holder, now| {
+            let store = &store;
+            async move { store.hold_lease(name, holder, now, 500).await.unwrap() }
+        };
+        assert_eq!(hold("outbox:b", 1, 1_000).await, Some(1));
+        assert_eq!(hold("outbox:b", 2, 1_200).await, None);
+        assert_eq!(hold("outbox:c", 2, 1_200).await, Some(1));
         assert_eq!(
-            store.hold_lease("outbox:b", 1, 1_000, 500).await.unwrap(),
-            Some(1)
-        );
-        assert_eq!(
-            store.hold_lease("outbox:b", 2, 1_200, 500).await.unwrap(),
-            None
-        );
-        assert_eq!(
-            store.hold_lease("outbox:c", 2, 1_200, 500).await.unwrap(),
-            Some(1)
-        );
-        assert_eq!(
-            store.hold_lease("outbox:b", 1, 1_400, 500).await.unwrap(),
+            hold("outbox:b", 1, 1_400).await,
             Some(1),
             "renewed: the same generation"
         );
+        assert_eq!(hold("outbox:b", 2, 1_800).await, None);
         assert_eq!(
-            store.hold_lease("outbox:b", 2, 1_800, 500).await.unwrap(),
-            None
-        );
-        assert_eq!(
-            store.hold_lease("outbox:b", 2, 1_901, 500).await.unwrap(),
+            hold("outbox:b", 2, 1_901).await,
             Some(2),
             "expired: taken over, the next generation"
         );
         store.release_lease("outbox:b", 1).await.unwrap();
-        assert_eq!(
-            store.hold_lease("outbox:b", 1, 1_950, 500).await.unwrap(),
-            None,
-            "not 1's to give"
-        );
+        assert_eq!(hold("outbox:b", 1, 1_950).await, None, "not 1's to give");
         store.release_lease("outbox:b", 2).await.unwrap();
-        assert_eq!(
-            store.hold_lease("outbox:b", 1, 1_960, 500).await.unwrap(),
-            Some(3)
-        );
+        assert_eq!(hold("outbox:b", 1, 1_960).await, Some(3));
     }
 }

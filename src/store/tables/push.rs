@@ -7,7 +7,6 @@ use tls_codec::{Deserialize, Serialize};
 
 use crate::protocol::ClientId;
 use crate::protocol::{PushTarget, PushTargetAdded, RegisteredPushTarget};
-use crate::store::rows::key;
 use crate::store::{Store, StoreError};
 
 /// (user id, device id, target id) -> the encoded `RegisteredPushTarget`.
@@ -127,9 +126,7 @@ impl Store {
         registered_at: u64,
         limit: usize,
     ) -> Result<Result<PushTargetAdded, AddTargetRefusal>, StoreError> {
-        let client = client.clone();
-        self.write(move |txn| {
-            let (user_id, device_id) = key(&client);
+        self.write_for(client, move |txn, (user_id, device_id)| {
             let mut table = txn.open_table(PUSH_TARGETS)?;
             let existing = targets_in(&table, user_id, device_id)?;
             let same = existing
@@ -171,9 +168,7 @@ impl Store {
         &self,
         client: &ClientId,
     ) -> Result<Vec<RegisteredPushTarget>, StoreError> {
-        let client = client.clone();
-        self.read(move |txn| {
-            let (user_id, device_id) = key(&client);
+        self.read_for(client, move |txn, (user_id, device_id)| {
             targets_in(&txn.open_table(PUSH_TARGETS)?, user_id, device_id)
         })
         .await
@@ -185,9 +180,7 @@ impl Store {
         client: &ClientId,
         target_id: u64,
     ) -> Result<bool, StoreError> {
-        let client = client.clone();
-        self.write(move |txn| {
-            let (user_id, device_id) = key(&client);
+        self.write_for(client, move |txn, (user_id, device_id)| {
             let key = (user_id, device_id, target_id);
             txn.open_table(PUSH_WAKES)?.delete(key)?;
             Ok(txn.open_table(PUSH_TARGETS)?.remove(key)?.is_some())
@@ -310,9 +303,7 @@ impl Store {
 
     /// Drops the wake-ups pending for a client that caught up (connected, or acknowledged).
     pub async fn cancel_wakes(&self, client: &ClientId) -> Result<(), StoreError> {
-        let client = client.clone();
-        self.write(move |txn| {
-            let (user_id, device_id) = key(&client);
+        self.write_for(client, move |txn, (user_id, device_id)| {
             txn.open_table(PUSH_WAKES)?
                 .retain_in(client_range(user_id, device_id), |_, _| false)?;
             Ok(())

@@ -8,7 +8,7 @@ use crate::store::kv::{Prefetch, ReadableTable, Table, TableDefinition, WriteTra
 
 use crate::protocol::ClientId;
 use crate::store::rows::{
-    key, Admission, Enqueued, Envelope, FullQueues, QueueLimits, HANDSHAKE_RESERVE_FACTOR,
+    Admission, Enqueued, Envelope, FullQueues, QueueLimits, HANDSHAKE_RESERVE_FACTOR,
 };
 use crate::store::{Store, StoreError};
 
@@ -152,9 +152,7 @@ impl Store {
         max_count: usize,
         max_bytes: usize,
     ) -> Result<(Vec<StoredMessage>, u64), StoreError> {
-        let client = client.clone();
-        self.read(move |txn| {
-            let (user_id, device_id) = key(&client);
+        self.read_for(client, move |txn, (user_id, device_id)| {
             let next_seq = txn
                 .open_table(QUEUE_HEADS)?
                 .get((user_id, device_id))?
@@ -287,9 +285,7 @@ impl Store {
 
     /// (messages, payload bytes) queued for a client.
     pub async fn queue_size(&self, client: &ClientId) -> Result<(u64, u64), StoreError> {
-        let client = client.clone();
-        self.read(move |txn| {
-            let (user_id, device_id) = key(&client);
+        self.read_for(client, move |txn, (user_id, device_id)| {
             let (heads, removed) = (txn.open_table(QUEUE_HEADS)?, txn.open_table(QUEUE_REMOVED)?);
             let (_, count, bytes) = queue_state(&heads, &removed, (user_id, device_id))?;
             Ok((count, bytes))
@@ -956,6 +952,15 @@ mod tests {
         users
     }
 
+    /// Enqueues `envelopes` at time 1 within `limits`: what became of each (none refused them all).
+    async fn enqueued(
+        store: &Store,
+        envelopes: Vec<Envelope>,
+        limits: QueueLimits,
+    ) -> Vec<Enqueued> {
+        store.enqueue(envelopes, 1, limits).await.unwrap().unwrap()
+    }
+
     /// A message of `kind` for `client`, admitted as `admission`.
     fn envelope_of(
         client: &ClientId,
@@ -986,7 +991,7 @@ mod tests {
         let (_dir, store, users) = store_with_users(1000).await;
         let envelopes = envelopes_for(&users, &Arc::new(vec![7u8; 1024]));
         let commits = store.stats().commits();
-        let outcomes = store.enqueue(envelopes, 1, LIMITS).await.unwrap().unwrap();
+        let outcomes = enqueued(&store, envelopes, LIMITS).await;
         assert_eq!(store.stats().commits() - commits, 1);
         assert!(outcomes
             .iter()
@@ -1010,20 +1015,17 @@ mod tests {
                 Admission::Message,
             )
         };
-        let outcomes = store
-            .enqueue(
-                vec![
-                    envelope(0, 10),
-                    envelope(0, 10),
-                    envelope(0, 10),
-                    envelope(1, 101),
-                ],
-                1,
-                limits,
-            )
-            .await
-            .unwrap()
-            .unwrap();
+        let outcomes = enqueued(
+            &store,
+            vec![
+                envelope(0, 10),
+                envelope(0, 10),
+                envelope(0, 10),
+                envelope(1, 101),
+            ],
+            limits,
+        )
+        .await;
         assert_eq!(
             outcomes,
             [
@@ -1131,19 +1133,20 @@ mod tests {
                 Admission::Message,
             )
         };
-        let enqueue = |store: &Store, envelopes: Vec<Envelope>| {
-            let store = store.clone();
-            async move { store.enqueue(envelopes, 1, limits).await.unwrap().unwrap() }
-        };
         // User 0 has two devices: 20 bytes on one, and the second 20 would pass its own
         // queue's limit but not the user's.
         assert_eq!(
-            enqueue(&store, vec![envelope(0, 1), envelope(0, second_device)]).await,
+            enqueued(
+                &store,
+                vec![envelope(0, 1), envelope(0, second_device)],
+                limits
+            )
+            .await,
             [Enqueued::Queued { seq: 1 }, Enqueued::QueueFull]
         );
         // The server holds 20; 20 more for user 1 fit, then the server's 50 are reached.
         assert_eq!(
-            enqueue(&store, vec![envelope(1, 1), envelope(2, 1)]).await,
+            enqueued(&store, vec![envelope(1, 1), envelope(2, 1)], limits).await,
             [Enqueued::Queued { seq: 1 }, Enqueued::QueueFull]
         );
         // Acknowledging frees room, and the total is kept across a reopening.
@@ -1152,11 +1155,11 @@ mod tests {
         drop(store);
         store = Store::open(dir.path()).unwrap();
         assert_eq!(
-            enqueue(&store, vec![envelope(2, 1)]).await,
+            enqueued(&store, vec![envelope(2, 1)], limits).await,
             [Enqueued::Queued { seq: 1 }]
         );
         assert_eq!(
-            enqueue(&store, vec![envelope(0, 1)]).await,
+            enqueued(&store, vec![envelope(0, 1)], limits).await,
             [Enqueued::QueueFull],
             "40 of 50 held: 20 more do not fit"
         );
@@ -1169,11 +1172,7 @@ mod tests {
         let envelope =
             |admission| envelope_of(&users[0], MessageKind::ServerNotice, &[0, 1, 2], admission);
         let notice = envelope(Admission::Notice { coalesce: Some(1) });
-        let outcomes = store
-            .enqueue(vec![notice.clone(); 3], 1, limits)
-            .await
-            .unwrap()
-            .unwrap();
+        let outcomes = enqueued(&store, vec![notice.clone(); 3], limits).await;
         assert_eq!(
             outcomes,
             [
