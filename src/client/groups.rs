@@ -65,6 +65,23 @@ pub enum GroupEvent {
     Other,
 }
 
+impl GroupEvent {
+    /// The group the event is about (`None` for [`GroupEvent::Other`]).
+    pub fn group_id(&self) -> Option<&[u8]> {
+        match self {
+            Self::Joined { group_id }
+            | Self::Message { group_id, .. }
+            | Self::OwnMessage { group_id }
+            | Self::Committed { group_id, .. }
+            | Self::Removed { group_id }
+            | Self::Deleted { group_id, .. }
+            | Self::Proposed { group_id, .. }
+            | Self::InvitationLapsed { group_id, .. } => Some(group_id),
+            Self::Other => None,
+        }
+    }
+}
+
 /// Whether a failure to process a queued message may pass if tried again later (the server or
 /// the network failed meanwhile): such a message must not be acknowledged. Anything else can
 /// never be processed, and is acknowledged and reported.

@@ -10,7 +10,7 @@ use openmls::prelude::{
 use openmls_rust_crypto::RustCrypto;
 use tls_codec::Deserialize;
 
-use super::{Queues, ServiceError, Sessions};
+use super::{Queues, ServiceError};
 use crate::clock::Clock;
 use crate::config::{Domain, ServerConfig};
 use crate::identity::UserId;
@@ -53,7 +53,6 @@ pub struct KeyPackages {
     domain: Domain,
     store: Store,
     clock: Arc<dyn Clock>,
-    sessions: Arc<dyn Sessions>,
     low_watermark: u32,
     max_per_client: usize,
     claims_per_claimer: RateLimiter<String>,
@@ -69,17 +68,11 @@ impl KeyPackages {
         self.low_notices.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    pub fn new(
-        config: &ServerConfig,
-        store: Store,
-        sessions: Arc<dyn Sessions>,
-        queues: Arc<Queues>,
-    ) -> Self {
+    pub fn new(config: &ServerConfig, store: Store, queues: Arc<Queues>) -> Self {
         Self {
             domain: config.domain.clone(),
             store,
             clock: config.clock.clone(),
-            sessions,
             low_watermark: config.key_packages.low_watermark,
             max_per_client: config.key_packages.max_per_client as usize,
             claims_per_claimer: RateLimiter::per_minute(
@@ -175,15 +168,10 @@ impl KeyPackages {
                     client: client.clone(),
                     remaining: claim.stock.remaining,
                 };
-                let pushed = self
-                    .sessions
-                    .notify(&client, &Notification::KeyPackagesLow(low.clone()));
-                if pushed == 0 {
-                    // Not connected (or not reading): the notice waits in its queue.
-                    self.queues
-                        .notice(&client, &ServerNotice::KeyPackagesLow(low))
-                        .await?;
-                }
+                let notification = Notification::KeyPackagesLow(low.clone());
+                self.queues
+                    .tell(&client, notification, ServerNotice::KeyPackagesLow(low))
+                    .await?;
             }
             let outcome = match claim.claimed {
                 Claimed::KeyPackage(bytes) => ClaimOutcome::KeyPackage(bytes.into()),

@@ -463,7 +463,7 @@ impl Services {
             store: store.clone(),
             outbox_wake,
             accounts,
-            key_packages: KeyPackages::new(config, store, sessions.clone(), queues.clone()),
+            key_packages: KeyPackages::new(config, store, queues.clone()),
             queues,
             push,
             sessions,

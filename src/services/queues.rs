@@ -104,6 +104,21 @@ impl Queues {
         Ok(report)
     }
 
+    /// Tells `client` `notification` on its push stream, or queues `notice` for it when no
+    /// connection took the notification.
+    pub async fn tell(
+        &self,
+        client: &ClientId,
+        notification: crate::protocol::Notification,
+        notice: ServerNotice,
+    ) -> Result<(), ServiceError> {
+        if self.sessions.notify(client, &notification) == 0 {
+            // Not connected (or not reading): the notice waits in its queue.
+            self.notice(client, &notice).await?;
+        }
+        Ok(())
+    }
+
     /// Queues a server notice for one client.
     pub async fn notice(
         &self,

@@ -54,96 +54,78 @@ pub fn group_event_output(
     seq: u64,
     event: anyhow::Result<GroupEvent>,
 ) -> (serde_json::Value, String) {
-    match event {
-        Ok(GroupEvent::Message {
-            group_id,
-            sender,
-            text,
-        }) => {
-            let (group, text) = (
-                hex::encode(group_id),
-                String::from_utf8_lossy(&text).into_owned(),
-            );
-            (
+    let event = match event {
+        Ok(event) => event,
+        Err(e) => return failure_output(seq, &e),
+    };
+    let group = event.group_id().map(hex::encode).unwrap_or_default();
+    // The event's name, what its JSON object adds to `seq`, `event` and `group`, and its text.
+    let (name, fields, text) = match event {
+        GroupEvent::Message { sender, text, .. } => {
+            let text = String::from_utf8_lossy(&text).into_owned();
+            return (
                 json!({ "seq": seq, "group": group, "sender": sender.to_string(), "text": text }),
                 format!("{group} {sender} {text}"),
-            )
+            );
         }
-        Ok(GroupEvent::Joined { group_id }) => {
-            let group = hex::encode(group_id);
-            (
-                json!({ "seq": seq, "event": "joined", "group": group }),
-                format!("joined group {group}"),
-            )
+        GroupEvent::Other => {
+            let text = format!("#{seq}: nothing for this device");
+            return (json!({ "seq": seq, "event": "ignored" }), text);
         }
-        Ok(GroupEvent::Committed { group_id, epoch }) => {
-            let group = hex::encode(group_id);
-            (
-                json!({ "seq": seq, "event": "commit", "group": group, "epoch": epoch }),
-                format!("group {group} moved to epoch {epoch}"),
-            )
+        GroupEvent::Joined { .. } => ("joined", json!({}), format!("joined group {group}")),
+        GroupEvent::Committed { epoch, .. } => {
+            let text = format!("group {group} moved to epoch {epoch}");
+            ("commit", json!({ "epoch": epoch }), text)
         }
-        Ok(GroupEvent::Removed { group_id }) => {
-            let group = hex::encode(group_id);
-            (
-                json!({ "seq": seq, "event": "removed", "group": group }),
-                format!("this device was removed from group {group}"),
-            )
+        GroupEvent::Removed { .. } => {
+            let text = format!("this device was removed from group {group}");
+            ("removed", json!({}), text)
         }
-        Ok(GroupEvent::Deleted { group_id, by }) => {
-            let group = hex::encode(group_id);
-            (
-                json!({ "seq": seq, "event": "group_deleted", "group": group, "by": by.to_string() }),
-                format!("group {group} was deleted by {by}"),
-            )
+        GroupEvent::Deleted { by, .. } => {
+            let text = format!("group {group} was deleted by {by}");
+            ("group_deleted", json!({ "by": by.to_string() }), text)
         }
-        Ok(GroupEvent::Proposed { group_id, by, what }) => {
-            let group = hex::encode(group_id);
+        GroupEvent::Proposed { by, what, .. } => {
             let by = by.map_or_else(|| "the server".to_owned(), |client| client.to_string());
-            (
-                json!({ "seq": seq, "event": "proposal", "group": group, "by": by, "what": what }),
-                format!("{by} proposes {what} in group {group} — run: commit {group}"),
-            )
+            let text = format!("{by} proposes {what} in group {group} — run: commit {group}");
+            ("proposal", json!({ "by": by, "what": what }), text)
         }
-        Ok(GroupEvent::InvitationLapsed { group_id, reason }) => {
-            let group = hex::encode(group_id);
-            (
-                json!({ "seq": seq, "event": "invitation_lapsed", "group": group, "reason": reason }),
-                format!(
-                    "an invitation to group {group} lapsed before this device joined: {reason}"
-                ),
-            )
+        GroupEvent::InvitationLapsed { reason, .. } => {
+            let text = format!(
+                "an invitation to group {group} lapsed before this device joined: {reason}"
+            );
+            ("invitation_lapsed", json!({ "reason": reason }), text)
         }
-        Ok(GroupEvent::OwnMessage { group_id }) => {
-            let group = hex::encode(group_id);
-            (
-                json!({ "seq": seq, "event": "own_message", "group": group }),
-                format!("#{seq}: this device's own message to group {group}"),
-            )
+        GroupEvent::OwnMessage { .. } => {
+            let text = format!("#{seq}: this device's own message to group {group}");
+            ("own_message", json!({}), text)
         }
-        Ok(GroupEvent::Other) => (
-            json!({ "seq": seq, "event": "ignored" }),
-            format!("#{seq}: nothing for this device"),
-        ),
-        Err(e) => {
-            let failure = roost::client::local_error::failure(&e);
-            let hint = failure
-                .hint
-                .map(|hint| format!(" ({hint})"))
-                .unwrap_or_default();
-            (
-                json!({
-                    "seq": seq,
-                    "event": "error",
-                    "error": format!("{e:#}"),
-                    "code": failure.code,
-                    "name": failure.name,
-                    "hint": failure.hint,
-                }),
-                format!("#{seq}: cannot process: {e:#}{hint}"),
-            )
-        }
+    };
+    let mut object = json!({ "seq": seq, "event": name, "group": group });
+    if let (Some(object), serde_json::Value::Object(fields)) = (object.as_object_mut(), fields) {
+        object.extend(fields);
     }
+    (object, text)
+}
+
+/// How a message that could not be processed prints: the error, its code and what to do.
+fn failure_output(seq: u64, e: &anyhow::Error) -> (serde_json::Value, String) {
+    let failure = roost::client::local_error::failure(e);
+    let hint = failure
+        .hint
+        .map(|hint| format!(" ({hint})"))
+        .unwrap_or_default();
+    (
+        json!({
+            "seq": seq,
+            "event": "error",
+            "error": format!("{e:#}"),
+            "code": failure.code,
+            "name": failure.name,
+            "hint": failure.hint,
+        }),
+        format!("#{seq}: cannot process: {e:#}{hint}"),
+    )
 }
 
 /// The groups an external join took (hex ids), and those it could not, with why (a hub that
