@@ -104,7 +104,7 @@ impl Admin {
             users: counts.users,
             clients: counts.clients,
             groups: counts.groups,
-            connected_clients: self.services.sessions.connected_clients() as u64,
+            connected_clients: self.services.sessions.connections().connected_clients() as u64,
             queued_messages: counts.queued_messages,
             queued_bytes: counts.queued_bytes,
             outbox_waiting: counts.outbox_waiting,
@@ -198,7 +198,11 @@ impl Admin {
                 device_id,
                 added_at: format_rfc3339(entry.added_at),
                 credential_expires_at: format_rfc3339(content.not_after),
-                connected: self.services.sessions.connected(&content.client),
+                connected: self
+                    .services
+                    .sessions
+                    .connections()
+                    .connected(&content.client),
                 queued_messages,
                 queued_bytes,
                 oldest_queued_at: oldest.map(|ms| format_rfc3339(ms / 1000)),

@@ -169,12 +169,8 @@ impl Sessions for ClusterSessions {
     }
 
     /// Connected to this node (another node's connections are not known here).
-    fn connected(&self, client: &ClientId) -> bool {
-        self.local.connected(client)
-    }
-
-    fn connected_clients(&self) -> usize {
-        self.local.connected_clients()
+    fn connections(&self) -> &dyn super::Connections {
+        self.local.connections()
     }
 
     fn new_message(&self, client: &ClientId, message: &PushedMessage) -> usize {

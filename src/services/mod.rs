@@ -103,10 +103,9 @@ pub trait Sessions: Send + Sync {
     fn notify(&self, client: &ClientId, notification: &Notification) -> usize;
     /// Closes every connection of `client` once its in-flight requests are answered.
     fn disconnect(&self, client: &ClientId);
-    /// Whether `client` has an authenticated connection.
-    fn connected(&self, client: &ClientId) -> bool;
-    /// How many clients have an authenticated connection.
-    fn connected_clients(&self) -> usize;
+    /// This node's connections: what layers over the sessions (the cluster's events, offline
+    /// push) add to delivery does not change who is connected here.
+    fn connections(&self) -> &dyn Connections;
     /// Tells every connection of `client` that `message` was queued for it (a `NewMessages`
     /// hint, carrying the message when it is small). Never blocks; a connection that has not
     /// read the previous hint gets only the latest, with the newest messages that fit. Returns
@@ -116,6 +115,14 @@ pub trait Sessions: Send + Sync {
     /// to the log of group `group_id` (a `GroupLogAppended` hint, coalesced per group like
     /// `NewMessages`). Never blocks.
     fn log_appended(&self, readers: &[&ClientId], group_id: &Arc<[u8]>, message: &PushedMessage);
+}
+
+/// Who is connected to this node.
+pub trait Connections: Send + Sync {
+    /// Whether `client` has an authenticated connection.
+    fn connected(&self, client: &ClientId) -> bool;
+    /// How many clients have an authenticated connection.
+    fn connected_clients(&self) -> usize;
 }
 
 /// A message just queued for one client, as a `NewMessages` hint may carry it.
@@ -554,7 +561,7 @@ impl Services {
 
     /// Clients with at least one authenticated connection.
     pub fn connected_clients(&self) -> usize {
-        self.sessions.connected_clients()
+        self.sessions.connections().connected_clients()
     }
 
     /// This server as a client of its peers, when it federates.

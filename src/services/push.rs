@@ -334,7 +334,10 @@ impl Push {
         let offline: Vec<(&str, u32, u64)> = waking
             .into_iter()
             .filter(|(user_id, device_id, _)| {
-                !self.sessions.connected(&ClientId::of(user_id, *device_id))
+                !self
+                    .sessions
+                    .connections()
+                    .connected(&ClientId::of(user_id, *device_id))
             })
             .collect();
         if !offline.is_empty() {
@@ -392,7 +395,9 @@ impl Push {
     }
 
     fn is_connected(&self, (user_id, device_id): &ClientKey) -> bool {
-        self.sessions.connected(&ClientId::of(user_id, *device_id))
+        self.sessions
+            .connections()
+            .connected(&ClientId::of(user_id, *device_id))
     }
 
     /// Wakes clients until `stop` is cancelled (see the module doc).
@@ -803,12 +808,8 @@ impl Sessions for PushingSessions {
         self.inner.disconnect(client)
     }
 
-    fn connected(&self, client: &ClientId) -> bool {
-        self.inner.connected(client)
-    }
-
-    fn connected_clients(&self) -> usize {
-        self.inner.connected_clients()
+    fn connections(&self) -> &dyn super::Connections {
+        self.inner.connections()
     }
 
     fn new_message(&self, client: &ClientId, message: &PushedMessage) -> usize {

@@ -39,15 +39,15 @@ impl Services {
         _caller: &ClientId,
         request: LookupUserRequest,
     ) -> Result<UserClients, ServiceError> {
-        let Some(domain) = self.remote_user(request.user_id.as_str())? else {
-            return self.accounts.lookup(request.user_id.as_str()).await;
-        };
-        match self
-            .federated(&domain, FederationRequest::LookupUser(request))
-            .await?
-        {
-            FederationResponseBody::UserFound(found) => Ok(found),
-            other => Err(unexpected_peer_answer(&other)),
+        match self.remote_user(request.user_id.as_str())? {
+            None => self.accounts.lookup(request.user_id.as_str()).await,
+            Some(domain) => match self
+                .federated(&domain, FederationRequest::LookupUser(request))
+                .await?
+            {
+                FederationResponseBody::UserFound(found) => Ok(found),
+                other => Err(unexpected_peer_answer(&other)),
+            },
         }
     }
 
@@ -240,7 +240,7 @@ impl Services {
                 ResponseBody::GroupDeleted
             }
             GroupRequest::FetchGroupTree(request) => {
-                ResponseBody::GroupTree(self.groups.tree(sender, request).await?)
+                ResponseBody::GroupTree(self.groups.tree(sender, &request).await?)
             }
         })
     }

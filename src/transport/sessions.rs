@@ -14,7 +14,7 @@ use crate::protocol::{
     ClientId, GroupLogAppended, NewMessages, Notification, QueuedMessage, MAX_PUSHED_BYTES,
     MAX_PUSHED_MESSAGES,
 };
-use crate::services::{PushedMessage, Sessions};
+use crate::services::{Connections, PushedMessage, Sessions};
 
 /// Notifications that may wait for one slow connection before newer ones are dropped.
 pub const PUSH_QUEUE_CAPACITY: usize = 64;
@@ -272,6 +272,16 @@ impl SessionRegistry {
     }
 }
 
+impl Connections for SessionRegistry {
+    fn connected_clients(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn connected(&self, client: &ClientId) -> bool {
+        self.lock().contains_key(client)
+    }
+}
+
 impl Sessions for SessionRegistry {
     fn notify(&self, client: &ClientId, notification: &Notification) -> usize {
         let clients = self.lock();
@@ -283,12 +293,8 @@ impl Sessions for SessionRegistry {
         })
     }
 
-    fn connected_clients(&self) -> usize {
-        self.lock().len()
-    }
-
-    fn connected(&self, client: &ClientId) -> bool {
-        self.lock().contains_key(client)
+    fn connections(&self) -> &dyn Connections {
+        self
     }
 
     fn new_message(&self, client: &ClientId, message: &PushedMessage) -> usize {

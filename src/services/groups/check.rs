@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use openmls::prelude::{
     BasicCredential, ExternalProposal, ExternalSender, LeafNode, LeafNodeIndex, MlsMessageBodyIn,
-    MlsMessageIn, ProcessedMessageContent, Proposal, ProtocolMessage, PublicGroup,
-    PublicProcessMessageError, QueuedProposal, Sender, SenderExtensionIndex, SignatureScheme,
-    StagedCommit, ValidationError,
+    MlsMessageIn, ProcessedMessage, ProcessedMessageContent, Proposal, ProtocolMessage,
+    PublicGroup, PublicProcessMessageError, QueuedProposal, Sender, SenderExtensionIndex,
+    SignatureScheme, StagedCommit, ValidationError,
 };
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::{OpenMlsRustCrypto, RustCrypto};
@@ -80,15 +80,14 @@ impl StagedCommitCheck {
     }
 }
 
-/// The first half of a commit's check: the epoch, openmls' validation, the sender, and the
-/// rules of a member's or an external commit.
+/// The first half of a commit's check, once [`process`] has checked its epoch and openmls has
+/// validated it: the sender, and the rules of a member's or an external commit.
 pub(super) fn stage_commit(
     host: &Host<'_>,
     caller: &ClientId,
     now: GroupNow,
-    message: ProtocolMessage,
+    processed: ProcessedMessage,
 ) -> Result<StagedCommitCheck, ServiceError> {
-    let processed = process(host, &now, message, "commit")?;
     let sender = processed.sender().clone();
     let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
         return Err(invalid("the message is not a commit"));
@@ -356,16 +355,15 @@ impl StagedProposalCheck {
     }
 }
 
-/// The first half of a proposal's check: the epoch, openmls' validation, the sender, that it can
-/// be committed beside what is pending, and the proposer's role. A self-removal (leaving) takes
-/// the proposer out of delivery at once, unless it is the last Admin.
+/// The first half of a proposal's check, once [`process`] has checked its epoch and openmls has
+/// validated it: the sender, that it can be committed beside what is pending, and the proposer's
+/// role. A self-removal (leaving) takes the proposer out of delivery at once, unless it is the
+/// last Admin.
 pub(super) fn stage_proposal(
-    host: &Host<'_>,
     caller: &ClientId,
     now: GroupNow,
-    message: ProtocolMessage,
+    processed: ProcessedMessage,
 ) -> Result<StagedProposalCheck, ServiceError> {
-    let processed = process(host, &now, message, "proposal")?;
     let Sender::Member(sender_leaf) = *processed.sender() else {
         return Err(invalid("only members propose here"));
     };
@@ -596,13 +594,14 @@ pub(super) fn snapshot(storage: &GroupStateStorage) -> Result<PublicState, Servi
 }
 
 /// A client's message at the group's epoch, processed by openmls (its signature, membership
-/// tag and content checked against the group's state).
-fn process(
+/// tag and content checked against the group's state): the first step of every commit's and
+/// proposal's check.
+pub(super) fn process(
     host: &Host<'_>,
     now: &GroupNow,
     message: ProtocolMessage,
     what: &str,
-) -> Result<openmls::prelude::ProcessedMessage, ServiceError> {
+) -> Result<ProcessedMessage, ServiceError> {
     let epoch = now.group.stored.epoch;
     if message.epoch().as_u64() != epoch {
         return Err(ServiceError::WrongEpoch { current: epoch });

@@ -273,7 +273,7 @@ impl Groups {
     pub async fn tree(
         &self,
         caller: &ClientId,
-        request: FetchGroupTreeRequest,
+        request: &FetchGroupTreeRequest,
     ) -> Result<GroupTreeChunk, ServiceError> {
         let group_id = request.group_id.as_slice();
         if !self.store.group_exists(group_id).await? {

@@ -157,7 +157,8 @@ impl Groups {
         let message = || message.ok_or_else(|| invalid("the request carries no message"));
         Ok(Some(match operation {
             Operation::Commit(request) => {
-                let staged = check::stage_commit(&host, actor, now, message()?)?;
+                let processed = check::process(&host, &now, message()?, "commit")?;
+                let staged = check::stage_commit(&host, actor, now, processed)?;
                 let clients = self.verify_leaves(&staged.leaves()).await?;
                 let parts = CommitParts {
                     commit: request.commit.as_slice(),
@@ -167,7 +168,8 @@ impl Groups {
                 check::finish_commit(&host, actor, staged, &clients, parts)?
             }
             Operation::Proposal(request) => {
-                let staged = check::stage_proposal(&host, actor, now, message()?)?;
+                let processed = check::process(&host, &now, message()?, "proposal")?;
+                let staged = check::stage_proposal(actor, now, processed)?;
                 let clients = self.verify_leaves(&staged.leaves()).await?;
                 check::finish_proposal(actor, staged, &clients, request.proposal.as_slice())?
             }

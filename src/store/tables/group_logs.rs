@@ -353,59 +353,66 @@ pub(in crate::store) fn update_windows(
     }
     drop(clients);
     let (next, ..) = log_head(&txn.open_table(GROUP_LOGS)?, group_id)?;
+    let mut windows = Windows::of(txn)?;
     for row in joining_readers {
-        open_window(txn, group_id, key(&row.client), next)?;
+        windows.open(group_id, key(&row.client), next)?;
     }
     for row in left {
-        close_window(txn, group_id, key(&row.client), next - 1)?;
+        windows.close(group_id, key(&row.client), next - 1)?;
     }
+    drop(windows);
     trim(txn, group_id)
 }
 
-/// Gives a client a window on a group's log from position `first` on.
-fn open_window(
-    txn: &WriteTransaction,
-    group_id: &[u8],
-    (user_id, device_id): (&str, u32),
-    first: u64,
-) -> Result<(), StoreError> {
-    let mut readers = txn.open_table(LOG_READERS)?;
-    if let Some(old) = readers.insert((user_id, device_id, group_id), (first, OPEN, first - 1))? {
-        // Rejoined before it had read all of its earlier window: that window is over.
-        let (_, _, acked) = old.value();
-        drop(old);
-        txn.open_table(LOG_READERS_BY_ACKED)?
-            .delete((group_id, acked, user_id, device_id))?;
-    }
-    txn.open_table(LOG_READERS_BY_ACKED)?
-        .put((group_id, first - 1, user_id, device_id), ())?;
-    Ok(())
+/// The readers' windows on group logs, both of their tables open for one transaction's changes.
+struct Windows<'t> {
+    readers: Table<'t, WindowKey<'static>, Window>,
+    by_acked: Table<'t, (&'static [u8], u64, &'static str, u32), ()>,
 }
 
-/// Ends a reader's open window at `last`; a window with nothing left to read goes at once.
-fn close_window(
-    txn: &WriteTransaction,
-    group_id: &[u8],
-    (user_id, device_id): (&str, u32),
-    last: u64,
-) -> Result<(), StoreError> {
-    let mut readers = txn.open_table(LOG_READERS)?;
-    // Only an open window closes: one closed before (a client that proposed to leave, then
-    // was removed) keeps its end.
-    let Some((first, OPEN, acked)) = readers
-        .get((user_id, device_id, group_id))?
-        .map(|window| window.value())
-    else {
-        return Ok(());
-    };
-    if acked >= last || last < first {
-        readers.delete((user_id, device_id, group_id))?;
-        txn.open_table(LOG_READERS_BY_ACKED)?
-            .delete((group_id, acked, user_id, device_id))?;
-    } else {
-        readers.put((user_id, device_id, group_id), (first, last, acked))?;
+impl<'t> Windows<'t> {
+    fn of(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Self {
+            readers: txn.open_table(LOG_READERS)?,
+            by_acked: txn.open_table(LOG_READERS_BY_ACKED)?,
+        })
     }
-    Ok(())
+
+    /// Gives `client` a window on `group_id`'s log from position `first` on.
+    fn open(&mut self, group_id: &[u8], client: (&str, u32), first: u64) -> Result<(), StoreError> {
+        let (user_id, device_id) = client;
+        let window = (first, OPEN, first - 1);
+        if let Some(old) = self
+            .readers
+            .insert((user_id, device_id, group_id), window)?
+        {
+            // Rejoined before it had read all of its earlier window: that window is over.
+            let (_, _, acked) = old.value();
+            drop(old);
+            self.by_acked
+                .delete((group_id, acked, user_id, device_id))?;
+        }
+        self.by_acked
+            .put((group_id, first - 1, user_id, device_id), ())
+    }
+
+    /// Ends `client`'s open window at `last`; a window with nothing left to read goes at once.
+    fn close(&mut self, group_id: &[u8], client: (&str, u32), last: u64) -> Result<(), StoreError> {
+        let (user_id, device_id) = client;
+        // Only an open window closes: one closed before (a client that proposed to leave, then
+        // was removed) keeps its end.
+        let window = self.readers.get((user_id, device_id, group_id))?;
+        let Some((first, OPEN, acked)) = window.map(|window| window.value()) else {
+            return Ok(());
+        };
+        if acked >= last || last < first {
+            self.readers.delete((user_id, device_id, group_id))?;
+            self.by_acked.delete((group_id, acked, user_id, device_id))
+        } else {
+            self.readers
+                .put((user_id, device_id, group_id), (first, last, acked))
+        }
+    }
 }
 
 /// Deletes the entries every reader of the log has acknowledged (all of them if it has none).
@@ -522,7 +529,7 @@ pub(in crate::store) fn open_window_at_next(
     device_id: u32,
 ) -> Result<(), StoreError> {
     let (next, ..) = log_head(&txn.open_table(GROUP_LOGS)?, group_id)?;
-    open_window(txn, group_id, (user_id, device_id), next)
+    Windows::of(txn)?.open(group_id, (user_id, device_id), next)
 }
 
 impl Store {
@@ -713,8 +720,9 @@ mod tests {
     async fn log_with_readers(store: &Store, group: &'static [u8], readers: &'static [&str]) {
         store
             .write(move |txn| {
+                let mut windows = Windows::of(txn)?;
                 for reader in readers {
-                    open_window(txn, group, (reader, 1), FIRST_GSEQ)?;
+                    windows.open(group, (reader, 1), FIRST_GSEQ)?;
                 }
                 Ok(())
             })

@@ -86,33 +86,32 @@ impl<'a> InGroup<'a> {
     }
 }
 
-/// What `invite` and `remove` do to a user's devices in a group.
+/// What `invite` and `remove` do: add every device of a user to a group, or remove them.
 #[derive(Clone, Copy)]
-enum MembershipChange {
-    Add,
-    Remove,
+enum MembershipChange<'a> {
+    Add { user: &'a str },
+    Remove { user: &'a str },
 }
 
-/// `invite` and `remove`: adds every device of `user` to `group`, or removes them, committing the
-/// pending proposals along; prints the clients changed.
+/// `invite` and `remove`: changes who is in `group`, committing the pending proposals along;
+/// prints the clients added or removed.
 async fn change_membership(
     context: &Context<'_>,
     group: &str,
-    user: &str,
-    change: MembershipChange,
+    change: MembershipChange<'_>,
 ) -> anyhow::Result<Output> {
     let (device, _push) = context.authenticate().await?;
     let on = InGroup::new(context, &device, group).await?;
     let pending = on.groups.pending_proposals(&on.group_id)?;
     let changed = match change {
-        MembershipChange::Add => on.groups.invite(&on.group_id, user).await,
-        MembershipChange::Remove => on.groups.remove_user(&on.group_id, user).await,
+        MembershipChange::Add { user } => on.groups.invite(&on.group_id, user).await,
+        MembershipChange::Remove { user } => on.groups.remove_user(&on.group_id, user).await,
     };
     let changed = crate::output::caught_up(&on.groups, context.cli.json, changed)?;
     on.device.save()?;
     let (key, preposition) = match change {
-        MembershipChange::Add => ("added", "to"),
-        MembershipChange::Remove => ("removed", "from"),
+        MembershipChange::Add { .. } => ("added", "to"),
+        MembershipChange::Remove { .. } => ("removed", "from"),
     };
     let changed: Vec<String> = changed.iter().map(ToString::to_string).collect();
     Ok(Output::new(

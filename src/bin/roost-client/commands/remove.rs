@@ -4,5 +4,5 @@ use super::{change_membership, Context, MembershipChange};
 use crate::output::Output;
 
 pub async fn run(context: &Context<'_>, group: &str, user: &str) -> anyhow::Result<Output> {
-    change_membership(context, group, user, MembershipChange::Remove).await
+    change_membership(context, group, MembershipChange::Remove { user }).await
 }
