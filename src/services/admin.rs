@@ -119,7 +119,7 @@ impl Admin {
         let mut rows = self
             .services
             .store
-            .users_page(after, limit + 1)
+            .users_page(after.as_deref(), limit + 1)
             .await
             .map_err(internal)?;
         let more = rows.len() > limit;

@@ -304,11 +304,6 @@ async fn apply(targets: &EventTargets, event: ClusterEvent) {
         }
         ClusterEvent::Disconnect(client) => targets.local.disconnect(&client),
         ClusterEvent::OutboxWork => targets.outbox_wake.wake_here(),
-        ClusterEvent::PushTargetsChanged(client) => {
-            targets
-                .push
-                .refresh_registered(client.user_id.as_str(), client.device_id)
-                .await
-        }
+        ClusterEvent::PushTargetsChanged(client) => targets.push.refresh_registered(&client).await,
     }
 }

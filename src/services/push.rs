@@ -37,7 +37,7 @@ use crate::protocol::{
     PushTargets, Text, MAX_PUSHKEY_LEN, MAX_PUSH_TARGETS_PER_CLIENT,
 };
 use crate::secret_files::create_private;
-use crate::store::{AddTargetRefusal, PendingWake, Store, WakeResult};
+use crate::store::{AddTargetRefusal, PendingWake, QueueSeq, Store, WakeFinished, WakeResult};
 use crate::web_push::VapidKey;
 
 /// The server's VAPID key file in the data directory.
@@ -53,10 +53,30 @@ const SETTLE_GATHER: Duration = Duration::from_millis(2);
 /// Longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
 
-/// A client as the push service keys it.
-type ClientKey = (String, u32);
 /// One target of one client.
-type TargetKey = (String, u32, u64);
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct TargetKey {
+    client: ClientId,
+    target_id: u64,
+}
+
+impl TargetKey {
+    fn of(wake: &PendingWake) -> Self {
+        Self {
+            client: wake.client.clone(),
+            target_id: wake.target.target_id,
+        }
+    }
+
+    /// What became of the wake-up of this target.
+    fn finished(self, result: WakeResult) -> WakeFinished {
+        WakeFinished {
+            client: self.client,
+            target_id: self.target_id,
+            result,
+        }
+    }
+}
 
 fn wall_ms() -> u64 {
     SystemClock.now_ms()
@@ -65,11 +85,10 @@ fn wall_ms() -> u64 {
 /// What the send path hands over, taken by the worker in one go.
 #[derive(Default)]
 struct Inbox {
-    /// Clients to wake, by user id then device, with the newest queue sequence number to
-    /// announce (0: none). Keyed by user id so that the send path looks up without allocating.
-    wake: HashMap<String, Vec<(u32, u64)>>,
+    /// Clients to wake, with the newest queue sequence number to announce (0: none).
+    wake: HashMap<ClientId, u64>,
     /// Clients that caught up: their coalescing window and pending wake-ups end.
-    caught_up: HashSet<ClientKey>,
+    caught_up: HashSet<ClientId>,
 }
 
 pub struct Push {
@@ -79,8 +98,8 @@ pub struct Push {
     sessions: Arc<dyn Sessions>,
     vapid: Option<Arc<VapidKey>>,
     delivery: Arc<PushDelivery>,
-    /// user id -> its devices with at least one target: the send path's only question.
-    registered: RwLock<HashMap<String, Vec<u32>>>,
+    /// The clients with at least one target: the send path's only question.
+    registered: RwLock<HashSet<ClientId>>,
     /// The other nodes of a shared store, told when a client's targets change here.
     cluster: Option<Arc<super::cluster::ClusterSessions>>,
     inbox: Mutex<Inbox>,
@@ -235,7 +254,7 @@ impl Push {
             .map_err(
                 |AddTargetRefusal::TooMany { limit }| ServiceError::TooManyPushTargets { limit },
             )?;
-        self.set_registered(caller.user_id.as_str(), caller.device_id, true);
+        self.set_registered(caller, true);
         self.tell_other_nodes(caller);
         Ok(added)
     }
@@ -249,11 +268,10 @@ impl Push {
 
     /// `RemovePushTarget`.
     pub async fn remove(&self, caller: &ClientId, target_id: u64) -> Result<(), ServiceError> {
-        let (user_id, device_id) = (caller.user_id.as_str(), caller.device_id);
         if !self.store.remove_push_target(caller, target_id).await? {
             return Err(ServiceError::UnknownPushTarget);
         }
-        self.refresh_registered(user_id, device_id).await;
+        self.refresh_registered(caller).await;
         self.tell_other_nodes(caller);
         Ok(())
     }
@@ -267,53 +285,42 @@ impl Push {
     }
 
     /// Re-reads whether the client still has targets.
-    pub(super) async fn refresh_registered(&self, user_id: &str, device_id: u32) {
-        let client = ClientId::of(user_id, device_id);
-        if let Ok(targets) = self.store.push_targets(&client).await {
-            self.set_registered(user_id, device_id, !targets.is_empty());
+    pub(super) async fn refresh_registered(&self, client: &ClientId) {
+        if let Ok(targets) = self.store.push_targets(client).await {
+            self.set_registered(client, !targets.is_empty());
         }
     }
 
-    fn set_registered(&self, user_id: &str, device_id: u32, has_targets: bool) {
+    fn set_registered(&self, client: &ClientId, has_targets: bool) {
         let mut registered = self
             .registered
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if has_targets {
-            let devices = registered.entry(user_id.to_owned()).or_default();
-            if !devices.contains(&device_id) {
-                devices.push(device_id);
-            }
-        } else if let Some(devices) = registered.get_mut(user_id) {
-            devices.retain(|device| *device != device_id);
-            if devices.is_empty() {
-                registered.remove(user_id);
-            }
+        if !has_targets {
+            registered.remove(client);
+        } else if !registered.contains(client) {
+            registered.insert(client.clone());
         }
     }
 
     /// Hands a client that was sent something while not connected to the worker. Never waits
-    /// for I/O; costs one map lookup for a client without targets.
+    /// for I/O; costs one set lookup for a client without targets.
     pub fn wake(&self, client: &ClientId, seq: u64) {
-        if !self.has_targets(client.user_id.as_str(), client.device_id) {
-            return;
+        if self.has_targets(client) {
+            self.enqueue_wakes([(client, seq)]);
         }
-        self.enqueue_wakes([(client.user_id.as_str(), client.device_id, seq)]);
     }
 
-    fn has_targets(&self, user_id: &str, device_id: u32) -> bool {
-        let registered = self
-            .registered
+    fn has_targets(&self, client: &ClientId) -> bool {
+        self.registered
             .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        registered
-            .get(user_id)
-            .is_some_and(|devices| devices.contains(&device_id))
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains(client)
     }
 
     /// The readers of a group log entry that have targets and no connection.
     fn wake_readers(&self, readers: &[&ClientId]) {
-        let waking: Vec<(&str, u32, u64)> = {
+        let waking: Vec<&ClientId> = {
             let registered = self
                 .registered
                 .read()
@@ -323,38 +330,28 @@ impl Push {
             }
             readers
                 .iter()
-                .filter(|reader| {
-                    registered
-                        .get(reader.user_id.as_str())
-                        .is_some_and(|devices| devices.contains(&reader.device_id))
-                })
-                .map(|reader| (reader.user_id.as_str(), reader.device_id, 0))
+                .copied()
+                .filter(|reader| registered.contains(*reader))
                 .collect()
         };
-        let offline: Vec<(&str, u32, u64)> = waking
+        let offline: Vec<(&ClientId, u64)> = waking
             .into_iter()
-            .filter(|(user_id, device_id, _)| {
-                !self
-                    .sessions
-                    .connections()
-                    .connected(&ClientId::of(user_id, *device_id))
-            })
+            .filter(|reader| !self.is_connected(reader))
+            .map(|reader| (reader, 0))
             .collect();
         if !offline.is_empty() {
             self.enqueue_wakes(offline);
         }
     }
 
-    fn enqueue_wakes<'a>(&self, clients: impl IntoIterator<Item = (&'a str, u32, u64)>) {
+    fn enqueue_wakes<'a>(&self, clients: impl IntoIterator<Item = (&'a ClientId, u64)>) {
         let mut inbox = self.lock_inbox();
-        for (user_id, device_id, seq) in clients {
-            let devices = match inbox.wake.get_mut(user_id) {
-                Some(devices) => devices,
-                None => inbox.wake.entry(user_id.to_owned()).or_default(),
-            };
-            match devices.iter_mut().find(|(device, _)| *device == device_id) {
-                Some((_, newest)) => *newest = (*newest).max(seq),
-                None => devices.push((device_id, seq)),
+        for (client, seq) in clients {
+            match inbox.wake.get_mut(client) {
+                Some(newest) => *newest = (*newest).max(seq),
+                None => {
+                    inbox.wake.insert(client.clone(), seq);
+                }
             }
         }
         drop(inbox);
@@ -363,27 +360,22 @@ impl Push {
 
     /// The client acknowledged what it was sent: the next message wakes it at once.
     pub fn caught_up(&self, client: &ClientId) {
-        if !self.has_targets(client.user_id.as_str(), client.device_id) {
+        if !self.has_targets(client) {
             return;
         }
-        self.lock_inbox()
-            .caught_up
-            .insert((client.user_id.to_string(), client.device_id));
+        self.lock_inbox().caught_up.insert(client.clone());
         self.ready.notify_one();
     }
 
     /// The client was removed: no wake-up for it any more (its targets went with it).
     pub fn forget(&self, client: &ClientId) {
-        if !self.has_targets(client.user_id.as_str(), client.device_id) {
+        if !self.has_targets(client) {
             return;
         }
-        self.set_registered(client.user_id.as_str(), client.device_id, false);
-        let key = (client.user_id.to_string(), client.device_id);
+        self.set_registered(client, false);
         let mut inbox = self.lock_inbox();
-        if let Some(devices) = inbox.wake.get_mut(client.user_id.as_str()) {
-            devices.retain(|(device, _)| *device != client.device_id);
-        }
-        inbox.caught_up.insert(key);
+        inbox.wake.remove(client);
+        inbox.caught_up.insert(client.clone());
         drop(inbox);
         self.ready.notify_one();
     }
@@ -394,10 +386,8 @@ impl Push {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn is_connected(&self, (user_id, device_id): &ClientKey) -> bool {
-        self.sessions
-            .connections()
-            .connected(&ClientId::of(user_id, *device_id))
+    fn is_connected(&self, client: &ClientId) -> bool {
+        self.sessions.connections().connected(client)
     }
 
     /// Wakes clients until `stop` is cancelled (see the module doc).
@@ -443,7 +433,7 @@ impl Push {
     /// Loads the clients with targets, the outbox, and what a crash may have left unannounced.
     async fn start_up(&self) -> Result<Vec<PendingWake>, ServiceError> {
         for client in self.store.clients_with_push_targets().await? {
-            self.set_registered(client.user_id.as_str(), client.device_id, true);
+            self.set_registered(&client, true);
         }
         let pending = self.store.pending_wakes().await?;
         let unannounced = self.store.unannounced_queues().await?;
@@ -454,11 +444,7 @@ impl Push {
                 "offline push resumes its wake-ups"
             );
         }
-        self.enqueue_wakes(
-            unannounced
-                .iter()
-                .map(|(user_id, device_id, seq)| (user_id.as_str(), *device_id, *seq)),
-        );
+        self.enqueue_wakes(unannounced.iter().map(|queue| (&queue.client, queue.seq)));
         Ok(pending)
     }
 
@@ -482,13 +468,8 @@ impl Push {
                 cancelled.push(client);
             }
         }
-        let mut to_schedule: Vec<(String, u32, u64)> = Vec::new();
-        let wakes = inbox.wake.into_iter().flat_map(|(user_id, devices)| {
-            devices
-                .into_iter()
-                .map(move |(device_id, seq)| ((user_id.clone(), device_id), seq))
-        });
-        for (client, seq) in wakes {
+        let mut to_schedule: Vec<QueueSeq> = Vec::new();
+        for (client, seq) in inbox.wake {
             // A client within its window is only noted (the common case in a burst: no
             // session lookup); one outside it is woken unless it connected meanwhile.
             if let Some(gate) = worker.gates.get_mut(&client) {
@@ -501,7 +482,7 @@ impl Push {
                 continue;
             }
             worker.open_gate(client.clone(), now, interval);
-            to_schedule.push((client.0, client.1, seq));
+            to_schedule.push(QueueSeq { client, seq });
         }
         // Windows that ended: their coalesced messages are announced if the client stayed away.
         while let Some(client) = worker.pop_ended_gate(now, interval) {
@@ -512,7 +493,7 @@ impl Push {
             match deferred {
                 Some(seq) if !self.is_connected(&client) => {
                     worker.open_gate(client.clone(), now, interval);
-                    to_schedule.push((client.0, client.1, seq));
+                    to_schedule.push(QueueSeq { client, seq });
                 }
                 _ => {
                     worker.gates.remove(&client);
@@ -525,32 +506,26 @@ impl Push {
                 warn!(error = %e, "offline push could not record its deliveries");
             }
         }
-        for (user_id, device_id) in cancelled {
-            if let Err(e) = self
-                .store
-                .cancel_wakes(&ClientId::of(&user_id, device_id))
-                .await
-            {
+        for client in cancelled {
+            if let Err(e) = self.store.cancel_wakes(&client).await {
                 warn!(error = %e, "offline push could not cancel wake-ups");
             }
         }
         if !to_schedule.is_empty() {
-            let clients: Vec<ClientKey> = to_schedule
+            let clients: Vec<ClientId> = to_schedule
                 .iter()
-                .map(|(user_id, device_id, _)| (user_id.clone(), *device_id))
+                .map(|queue| queue.client.clone())
                 .collect();
             match self.store.schedule_wakes(to_schedule, now).await {
                 Ok(pending) => {
-                    let woken: HashSet<ClientKey> = pending
-                        .iter()
-                        .map(|wake| (wake.user_id.clone(), wake.device_id))
-                        .collect();
+                    let woken: HashSet<&ClientId> =
+                        pending.iter().map(|wake| &wake.client).collect();
+                    // A client whose targets went meanwhile (removed, deleted) is forgotten.
+                    for client in clients.iter().filter(|client| !woken.contains(client)) {
+                        self.set_registered(client, false);
+                    }
                     for wake in pending {
                         worker.schedule(wake);
-                    }
-                    // A client whose targets went meanwhile (removed, deleted) is forgotten.
-                    for (user_id, device_id) in clients.iter().filter(|c| !woken.contains(*c)) {
-                        self.set_registered(user_id, *device_id, false);
                     }
                 }
                 Err(e) => warn!(error = %e, "offline push could not schedule wake-ups"),
@@ -571,11 +546,10 @@ impl Push {
             let Some(wake) = worker.pending.get(&key) else {
                 continue;
             };
-            let client = (wake.user_id.clone(), wake.device_id);
-            if self.is_connected(&client) {
+            if self.is_connected(&wake.client) {
                 // It is reading its queue now: the wake-up is moot.
                 worker.pending.remove(&key);
-                cancelled.push((key.0, key.1, key.2, WakeResult::Done));
+                cancelled.push(key.finished(WakeResult::Done));
                 continue;
             }
             let wake = wake.clone();
@@ -600,11 +574,14 @@ impl Push {
         wake: PendingWake,
         outcome: DeliveryOutcome,
         now: u64,
-    ) -> (String, u32, u64, WakeResult) {
+    ) -> WakeFinished {
         use std::sync::atomic::Ordering::Relaxed;
-        let key: TargetKey = (wake.user_id.clone(), wake.device_id, wake.target.target_id);
+        let key = TargetKey::of(&wake);
         worker.sending.remove(&key);
-        let client = || format!("{}/{}", Escaped(&wake.user_id), wake.device_id);
+        let client = || {
+            let user_id = wake.client.user_id.as_str();
+            format!("{}/{}", Escaped(user_id), wake.client.device_id)
+        };
         let result = match outcome {
             DeliveryOutcome::Delivered => {
                 self.stats.delivered.fetch_add(1, Relaxed);
@@ -654,32 +631,25 @@ impl Push {
                 if let Some(newer) = worker.pending.get(&key).cloned() {
                     worker.schedule(newer);
                 }
-                return (
-                    key.0,
-                    key.1,
-                    key.2,
-                    WakeResult::Retry {
-                        due_ms: now,
-                        attempts: 0,
-                    },
-                );
+                return key.finished(WakeResult::Retry {
+                    due_ms: now,
+                    attempts: 0,
+                });
             }
             WakeResult::Done | WakeResult::TargetGone => {
                 worker.pending.remove(&key);
             }
         }
         if result == WakeResult::TargetGone {
-            worker
-                .targets_gone
-                .push((wake.user_id.clone(), wake.device_id));
+            worker.targets_gone.push(wake.client.clone());
         }
-        (key.0, key.1, key.2, result)
+        key.finished(result)
     }
 
     /// After targets went: forget clients left without any.
     async fn forget_gone_targets(&self, worker: &mut Worker) {
-        for (user_id, device_id) in std::mem::take(&mut worker.targets_gone) {
-            self.refresh_registered(&user_id, device_id).await;
+        for client in std::mem::take(&mut worker.targets_gone) {
+            self.refresh_registered(&client).await;
         }
     }
 }
@@ -701,17 +671,17 @@ pub(super) struct Worker {
     due: BinaryHeap<std::cmp::Reverse<(u64, TargetKey)>>,
     /// Targets with an attempt in flight.
     sending: HashSet<TargetKey>,
-    gates: HashMap<ClientKey, Gate>,
+    gates: HashMap<ClientId, Gate>,
     /// (end of window, client), soonest first; entries of windows reopened since are skipped.
-    gate_ends: BinaryHeap<std::cmp::Reverse<(u64, ClientKey)>>,
+    gate_ends: BinaryHeap<std::cmp::Reverse<(u64, ClientId)>>,
     in_flight: JoinSet<(PendingWake, DeliveryOutcome)>,
     results: Vec<(PendingWake, DeliveryOutcome)>,
-    targets_gone: Vec<ClientKey>,
+    targets_gone: Vec<ClientId>,
 }
 
 impl Worker {
     fn schedule(&mut self, wake: PendingWake) {
-        let key: TargetKey = (wake.user_id.clone(), wake.device_id, wake.target.target_id);
+        let key = TargetKey::of(&wake);
         self.due.push(std::cmp::Reverse((wake.due_ms, key.clone())));
         self.pending.insert(key, wake);
     }
@@ -739,7 +709,7 @@ impl Worker {
     }
 
     /// Opens (or reopens) `client`'s coalescing window at `now`.
-    fn open_gate(&mut self, client: ClientKey, now: u64, interval: u64) {
+    fn open_gate(&mut self, client: ClientId, now: u64, interval: u64) {
         let end = now.saturating_add(interval);
         self.gate_ends
             .push(std::cmp::Reverse((end, client.clone())));
@@ -753,7 +723,7 @@ impl Worker {
     }
 
     /// A client whose window ended by `now` (each window once).
-    fn pop_ended_gate(&mut self, now: u64, interval: u64) -> Option<ClientKey> {
+    fn pop_ended_gate(&mut self, now: u64, interval: u64) -> Option<ClientId> {
         let gates = &self.gates;
         pop_current(&mut self.gate_ends, now, |end_ms, client| {
             gates
@@ -763,10 +733,9 @@ impl Worker {
     }
 
     /// Forgets a client's pending wake-ups; whether it had any.
-    fn drop_client(&mut self, client: &ClientKey) -> bool {
+    fn drop_client(&mut self, client: &ClientId) -> bool {
         let before = self.pending.len();
-        self.pending
-            .retain(|(user_id, device_id, _), _| (user_id, device_id) != (&client.0, &client.1));
+        self.pending.retain(|key, _| key.client != *client);
         before != self.pending.len()
     }
 }

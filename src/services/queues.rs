@@ -350,7 +350,7 @@ impl Queues {
         self.store.purge_expired_group_trees(cutoff).await?;
         for expired in report {
             purged += expired.count;
-            let client = ClientId::of(&expired.user_id, expired.device_id);
+            let client = expired.client;
             let notice = ServerNotice::MessagesExpired(MessagesExpired {
                 count: expired.count,
                 first_seq: expired.first_seq,

@@ -68,9 +68,10 @@ impl Store {
     /// At most `limit` users in id order, after `after` when given.
     pub async fn users_page(
         &self,
-        after: Option<String>,
+        after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<UserRow>, StoreError> {
+        let after = after.map(str::to_owned);
         self.read(move |txn| {
             let users = txn.open_table(USERS)?;
             let clients = txn.open_table(CLIENTS)?;

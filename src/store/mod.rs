@@ -83,7 +83,7 @@ pub use tables::key_packages::{
     Claimed, ClientClaim, NewKeyPackage, PublishRefusal, Stock, MAX_KEY_PACKAGE_BYTES_PER_USER,
 };
 pub use tables::leases::LeaseFence;
-pub use tables::push::{AddTargetRefusal, PendingWake, WakeResult};
+pub use tables::push::{AddTargetRefusal, PendingWake, QueueSeq, WakeFinished, WakeResult};
 pub use tables::queues::{ExpiredMessages, StoredMessage, FIRST_SEQ};
 
 use std::path::{Path, PathBuf};

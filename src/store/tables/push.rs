@@ -7,6 +7,7 @@ use tls_codec::{Deserialize, Serialize};
 
 use crate::protocol::ClientId;
 use crate::protocol::{PushTarget, PushTargetAdded, RegisteredPushTarget};
+use crate::store::rows::key as key_of;
 use crate::store::{Store, StoreError};
 
 /// (user id, device id, target id) -> the encoded `RegisteredPushTarget`.
@@ -32,13 +33,27 @@ pub enum AddTargetRefusal {
 /// A wake-up waiting to be delivered to one target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingWake {
-    pub user_id: String,
-    pub device_id: u32,
+    pub client: ClientId,
     pub target: RegisteredPushTarget,
     /// The queue's newest sequence number when the wake-up was scheduled (0: none to tell).
     pub seq: u64,
     pub due_ms: u64,
     pub attempts: u32,
+}
+
+/// The newest sequence number of a client's queue, to announce in a wake-up (0: none to tell).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSeq {
+    pub client: ClientId,
+    pub seq: u64,
+}
+
+/// What became of a wake-up of one of a client's targets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WakeFinished {
+    pub client: ClientId,
+    pub target_id: u64,
+    pub result: WakeResult,
 }
 
 /// What became of one wake-up attempt.
@@ -99,18 +114,19 @@ pub(in crate::store) fn announced_read(
         .map_or(0, |v| v.value()))
 }
 
+/// Every client with at least one push target, in key order.
 pub(in crate::store) fn clients_with_targets(
     txn: &crate::store::kv::ReadTransaction,
-) -> Result<Vec<(String, u32)>, StoreError> {
-    let mut clients: Vec<(String, u32)> = Vec::new();
+) -> Result<Vec<ClientId>, StoreError> {
+    let mut clients: Vec<ClientId> = Vec::new();
     for entry in txn.open_table(PUSH_TARGETS)?.iter()? {
         let (key, _) = entry?;
         let (user_id, device_id, _) = key.value();
         if clients
             .last()
-            .is_none_or(|(user, device)| user != user_id || *device != device_id)
+            .is_none_or(|last| key_of(last) != (user_id, device_id))
         {
-            clients.push((user_id.to_owned(), device_id));
+            clients.push(ClientId::of(user_id, device_id));
         }
     }
     Ok(clients)
@@ -190,20 +206,16 @@ impl Store {
 
     /// Every client with at least one push target.
     pub async fn clients_with_push_targets(&self) -> Result<Vec<ClientId>, StoreError> {
-        let clients = self.read(clients_with_targets).await?;
-        Ok(clients
-            .iter()
-            .map(|(user_id, device_id)| ClientId::of(user_id, *device_id))
-            .collect())
+        self.read(clients_with_targets).await
     }
 
-    /// Schedules a wake-up, due at `now_ms`, for every target of each client in `clients`
-    /// (user id, device id, queue sequence number or 0). A target with a wake-up pending keeps
+    /// Schedules a wake-up, due at `now_ms`, for every target of each client in `clients`,
+    /// announcing its queue's sequence number. A target with a wake-up pending keeps
     /// its retry state and gets the newer sequence number. Returns the wake-ups now pending for
     /// those clients.
     pub async fn schedule_wakes(
         &self,
-        clients: Vec<(String, u32, u64)>,
+        clients: Vec<QueueSeq>,
         now_ms: u64,
     ) -> Result<Vec<PendingWake>, StoreError> {
         self.write(move |txn| {
@@ -211,8 +223,8 @@ impl Store {
             let mut wakes = txn.open_table(PUSH_WAKES)?;
             let mut woken = txn.open_table(PUSH_WOKEN)?;
             let mut pending = Vec::new();
-            for (user_id, device_id, seq) in &clients {
-                let (user_id, device_id, seq) = (user_id.as_str(), *device_id, *seq);
+            for QueueSeq { client, seq } in &clients {
+                let ((user_id, device_id), seq) = (key_of(client), *seq);
                 for target in targets_in(&targets, user_id, device_id)? {
                     let key = (user_id, device_id, target.target_id);
                     let (seq, due_ms, attempts) = match wakes.get(key)?.map(|v| v.value()) {
@@ -221,8 +233,7 @@ impl Store {
                     };
                     wakes.put(key, (seq, due_ms, attempts))?;
                     pending.push(PendingWake {
-                        user_id: user_id.to_owned(),
-                        device_id,
+                        client: client.clone(),
                         target,
                         seq,
                         due_ms,
@@ -254,8 +265,7 @@ impl Store {
                         return Ok(None);
                     };
                     Ok(Some(PendingWake {
-                        user_id: user_id.to_owned(),
-                        device_id,
+                        client: ClientId::of(user_id, device_id),
                         target: decode_target(target.value())?,
                         seq,
                         due_ms,
@@ -268,17 +278,15 @@ impl Store {
         .await
     }
 
-    /// Records what became of wake-up attempts: (user id, device id, target id, result).
-    pub async fn finish_wakes(
-        &self,
-        results: Vec<(String, u32, u64, WakeResult)>,
-    ) -> Result<(), StoreError> {
+    /// Records what became of wake-up attempts.
+    pub async fn finish_wakes(&self, results: Vec<WakeFinished>) -> Result<(), StoreError> {
         self.write(move |txn| {
             let mut wakes = txn.open_table(PUSH_WAKES)?;
             let mut targets = txn.open_table(PUSH_TARGETS)?;
-            for (user_id, device_id, target_id, result) in &results {
-                let key = (user_id.as_str(), *device_id, *target_id);
-                match *result {
+            for finished in &results {
+                let (user_id, device_id) = key_of(&finished.client);
+                let key = (user_id, device_id, finished.target_id);
+                match finished.result {
                     WakeResult::Done => {
                         wakes.delete(key)?;
                     }
@@ -317,6 +325,14 @@ mod tests {
     use super::*;
     use crate::protocol::{GatewayPusher, Text, WebPushSubscription};
 
+    /// `client`'s queue at `seq`, the one client to wake.
+    fn at_seq(client: &ClientId, seq: u64) -> Vec<QueueSeq> {
+        vec![QueueSeq {
+            client: client.clone(),
+            seq,
+        }]
+    }
+
     fn web(endpoint: &str) -> PushTarget {
         PushTarget::WebPush(WebPushSubscription {
             endpoint: Text::new(endpoint).unwrap(),
@@ -352,7 +368,7 @@ mod tests {
         assert_eq!(targets(2).await, 0);
 
         let pending = store
-            .schedule_wakes(vec![("a@x".into(), 1, 5)], 1_000)
+            .schedule_wakes(at_seq(&alice, 5), 1_000)
             .await
             .unwrap();
         assert_eq!(pending.len(), 2);
@@ -364,12 +380,16 @@ mod tests {
             attempts: 1,
         };
         store
-            .finish_wakes(vec![("a@x".into(), 1, first.target_id, retry)])
+            .finish_wakes(vec![WakeFinished {
+                client: alice.clone(),
+                target_id: first.target_id,
+                result: retry,
+            }])
             .await
             .unwrap();
         // A newer message keeps the retry schedule and raises the sequence number.
         let pending = store
-            .schedule_wakes(vec![("a@x".into(), 1, 9)], 2_000)
+            .schedule_wakes(at_seq(&alice, 9), 2_000)
             .await
             .unwrap();
         let web_wake = pending
@@ -381,12 +401,11 @@ mod tests {
             (9, 3_000, 1)
         );
         store
-            .finish_wakes(vec![(
-                "a@x".into(),
-                1,
-                first.target_id,
-                WakeResult::TargetGone,
-            )])
+            .finish_wakes(vec![WakeFinished {
+                client: alice.clone(),
+                target_id: first.target_id,
+                result: WakeResult::TargetGone,
+            }])
             .await
             .unwrap();
         assert_eq!(targets(1).await, 1);
@@ -394,7 +413,7 @@ mod tests {
         store.cancel_wakes(&ClientId::of("a@x", 1)).await.unwrap();
         assert_eq!(store.pending_wakes().await.unwrap(), vec![]);
         store
-            .schedule_wakes(vec![("a@x".into(), 1, 10)], 4_000)
+            .schedule_wakes(at_seq(&alice, 10), 4_000)
             .await
             .unwrap();
         store
@@ -412,6 +431,7 @@ mod tests {
         let (_dir, store) = crate::store::test_store();
         store.register_for_test("b@x", [7; 32]).await;
         let device = crate::store::FIRST_DEVICE_ID;
+        let bob = ClientId::of("b@x", device);
         store
             .add_push_target(&ClientId::of("b@x", device), web("https://p/1"), 10, 4)
             .await
@@ -436,14 +456,11 @@ mod tests {
         assert_eq!(unannounced().await, vec![]);
         enqueue(b"one").await.unwrap().unwrap();
         // Queued, and the server stopped before it scheduled the wake-up.
-        assert_eq!(unannounced().await, vec![("b@x".to_owned(), device, 1)]);
-        store
-            .schedule_wakes(vec![("b@x".into(), device, 1)], 2_000)
-            .await
-            .unwrap();
+        assert_eq!(unannounced().await, at_seq(&bob, 1));
+        store.schedule_wakes(at_seq(&bob, 1), 2_000).await.unwrap();
         assert_eq!(unannounced().await, vec![]);
         enqueue(b"two").await.unwrap().unwrap();
-        assert_eq!(unannounced().await, vec![("b@x".to_owned(), device, 2)]);
+        assert_eq!(unannounced().await, at_seq(&bob, 2));
         // What the client acknowledged needs no wake-up.
         store
             .ack_messages(&ClientId::of("b@x", device), 2)

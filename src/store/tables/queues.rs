@@ -135,8 +135,7 @@ pub struct StoredMessage {
 /// Messages deleted unread from one client's queue because they outlived the retention.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExpiredMessages {
-    pub user_id: String,
-    pub device_id: u32,
+    pub client: ClientId,
     pub count: u64,
     pub first_seq: u64,
     pub last_seq: u64,
@@ -271,8 +270,7 @@ impl Store {
                 }
                 record_removed(txn, (user_id.as_str(), device_id), removed, removed_bytes)?;
                 report.push(ExpiredMessages {
-                    user_id,
-                    device_id,
+                    client: ClientId::of(&user_id, device_id),
                     count: removed,
                     first_seq: first_seq.unwrap_or(last_seq),
                     last_seq,
@@ -1215,8 +1213,7 @@ mod tests {
         assert_eq!(
             report,
             [ExpiredMessages {
-                user_id: users[0].user_id.as_str().to_owned(),
-                device_id: 1,
+                client: users[0].clone(),
                 count: 2,
                 first_seq: 1,
                 last_seq: 2
