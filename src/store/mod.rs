@@ -23,6 +23,9 @@
 //!   unannounced (`unannounced`), the operator's listings and backups (`admin`) and schema
 //!   migrations (`migrations`); `fan_out` is the enqueue they share.
 //!
+//! An operation on one client's rows runs in `write_for` or `read_for`, which hand it the client
+//! as the tables key it (user id, device id); services only ever pass a `ClientId`.
+//!
 //! Beneath both: the writer (`writer`) and its batch state (the server's queued bytes,
 //! `totals`), the backends (`kv`, `postgres`), the values that pass between floors
 //! (`rows`) and the list of every table (`registry`).
