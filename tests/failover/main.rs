@@ -1,0 +1,169 @@
+//! High availability: two Roost nodes on a PostgreSQL primary with a synchronous standby, kept
+//! by pg_auto_failover (Debian's `postgresql-15-auto-failover` and `pg-auto-failover-cli`), all
+//! on loopback ports of this machine. Clients of both nodes converse while the primary is killed
+//! with SIGKILL; after the standby takes over, every message a sender had acknowledged is
+//! delivered exactly once, in order, and the old primary comes back as a standby.
+
+mod cluster;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use roost::client::groups::{GroupClient, GroupEvent};
+use roost::client::state::DeviceIdentity;
+use roost::client::{ClientConfig, Connection};
+use roost::clock::{Clock, SystemClock};
+use roost::config::ServerConfig;
+use roost::protocol::Retry;
+use roost::server::Server;
+use roost::store::StoreLocation;
+
+use cluster::PgCluster;
+
+const CIPHERSUITE: u16 = 1;
+/// How long a client keeps resending the same request through a failover.
+const PATIENCE: Duration = Duration::from_secs(90);
+
+/// A node of `localhost` on `url`, keeping its keys in `dir`.
+async fn node(url: &str, dir: &std::path::Path) -> Server {
+    let mut config = ServerConfig::new(
+        "localhost".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+        dir.join("data"),
+    );
+    config.store = Some(StoreLocation::Postgres(url.to_owned()));
+    Server::start(config).await.unwrap()
+}
+
+fn client_config(server: &Server) -> ClientConfig {
+    ClientConfig::new(server.local_addr(), "localhost", server.certificate_path()).unwrap()
+}
+
+/// A device of `user` on `server`, authenticated (without a push stream) and with KeyPackages.
+async fn device(server: &Server, user: &str) -> (Connection, roost::client::mls::DeviceMls) {
+    let connection = Connection::connect(&client_config(server)).await.unwrap();
+    let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let registered = connection
+        .register_user(user, &key, CIPHERSUITE, None)
+        .await
+        .unwrap();
+    let identity = DeviceIdentity::new(registered, key, CIPHERSUITE);
+    connection
+        .authenticate_without_push(&identity.client, &identity.signing_key)
+        .await
+        .unwrap();
+    let mls = roost::client::mls::DeviceMls::new(&identity).unwrap();
+    connection
+        .publish_key_packages(mls.key_packages(2, false).unwrap())
+        .await
+        .unwrap();
+    (connection, mls)
+}
+
+/// Runs `request` until it is answered, as long as the server says to try again later (or the
+/// connection fails, as it may while a node's database changes hands), for at most [`PATIENCE`].
+async fn patiently<T, F, Fut>(mut request: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match request().await {
+            Ok(answer) => return answer,
+            Err(e) if Instant::now() < deadline => {
+                let retryable = e
+                    .downcast_ref::<roost::client::ClientError>()
+                    .is_none_or(|e| e.retry() == Retry::Later);
+                assert!(retryable, "refused for good: {e:#}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("no answer within {PATIENCE:?}: {e:#}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_messages_survive_the_primary_killed_exactly_once_and_in_order() {
+    let cluster = Arc::new(tokio::task::spawn_blocking(PgCluster::start).await.unwrap());
+    let url = cluster.url();
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = node(&url, dirs.0.path()).await;
+    roost::server::copy_node_keys(&dirs.0.path().join("data"), &dirs.1.path().join("data"))
+        .unwrap();
+    let second = node(&url, dirs.1.path()).await;
+
+    // Alice on the first node writes to bob on the second, in a group of the two.
+    let (alice, alice_mls) = device(&first, "alice@localhost").await;
+    let (bob, bob_mls) = device(&second, "bob@localhost").await;
+    let now = SystemClock.now();
+    let alice_keys = alice.domain_keys().await.unwrap();
+    let alice_groups = GroupClient::new(&alice, &alice_mls, alice_keys, now);
+    let group_id = alice_groups.create_group().await.unwrap();
+    alice_groups
+        .invite(&group_id, "bob@localhost")
+        .await
+        .unwrap();
+    let bob_keys = bob.domain_keys().await.unwrap();
+    let bob_groups = GroupClient::new(&bob, &bob_mls, bob_keys, now);
+    let joined = bob_groups.receive().await.unwrap();
+    assert!(joined
+        .iter()
+        .any(|(_, event)| matches!(event, Ok(GroupEvent::Joined { .. }))));
+
+    const MESSAGES: usize = 60;
+    const KILL_AFTER: usize = 20;
+    let mut killed_at = None;
+    let mut recovered_after = None;
+    for i in 0..MESSAGES {
+        if i == KILL_AFTER {
+            let cluster = cluster.clone();
+            tokio::task::spawn_blocking(move || cluster.kill_primary())
+                .await
+                .unwrap();
+            killed_at = Some(Instant::now());
+            // The senders carry on at once: what they send waits for the standby to take over.
+        }
+        // Encrypted once, and the same bytes sent until the server takes them: a resend of a
+        // message the server had taken is recognised, so it is never delivered twice.
+        let mut group = alice_mls.group(&group_id).unwrap().unwrap();
+        let request = alice_mls
+            .encrypt(&mut group, format!("message {i}").as_bytes())
+            .unwrap();
+        patiently(|| async { Ok(alice.send_message(request.clone()).await?) }).await;
+        if let (Some(killed), None) = (killed_at, recovered_after) {
+            recovered_after = Some(killed.elapsed());
+        }
+    }
+    let recovered_after = recovered_after.unwrap();
+    eprintln!("from SIGKILL of the primary to the first acknowledged write: {recovered_after:?}");
+
+    let mut texts = Vec::new();
+    while texts.len() < MESSAGES {
+        let events = patiently(|| bob_groups.receive()).await;
+        for (_, event) in events {
+            if let Ok(GroupEvent::Message { text, .. }) = event {
+                texts.push(String::from_utf8(text).unwrap());
+            }
+        }
+    }
+    let sent: Vec<String> = (0..MESSAGES).map(|i| format!("message {i}")).collect();
+    assert_eq!(texts, sent, "every acknowledged message, once, in order");
+
+    // The old primary comes back as a standby of the new one: no second primary.
+    let cluster_ = cluster.clone();
+    tokio::task::spawn_blocking(move || cluster_.restart_killed_as_standby())
+        .await
+        .unwrap();
+    let mut group = alice_mls.group(&group_id).unwrap().unwrap();
+    let after = alice_mls
+        .encrypt(&mut group, b"after the old primary returned")
+        .unwrap();
+    patiently(|| async { Ok(alice.send_message(after.clone()).await?) }).await;
+    tokio::task::spawn_blocking(move || cluster.expect_one_primary())
+        .await
+        .unwrap();
+    for server in [first, second] {
+        server.shutdown().await.unwrap();
+    }
+}
