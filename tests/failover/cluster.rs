@@ -46,23 +46,7 @@ impl PgCluster {
             chown_to_postgres(dir.path());
         }
         let mut monitor = Instance::new(dir.path(), "monitor");
-        monitor.keeper = Some(pg_autoctl(
-            dir.path(),
-            &[
-                "create",
-                "monitor",
-                "--pgdata",
-                path(&monitor.pgdata),
-                "--pgport",
-                &monitor.port.to_string(),
-                "--hostname",
-                "127.0.0.1",
-                "--auth",
-                "trust",
-                "--no-ssl",
-                "--run",
-            ],
-        ));
+        monitor.keeper = Some(pg_autoctl(dir.path(), &monitor.create_args("monitor", &[])));
         let cluster = Self {
             monitor: std::sync::Mutex::new(monitor),
             nodes: std::sync::Mutex::new(Vec::new()),
@@ -152,28 +136,17 @@ impl PgCluster {
             "postgres://autoctl_node@127.0.0.1:{}/pg_auto_failover",
             self.monitor.lock().unwrap().port
         );
+        let node_args = [
+            "--name",
+            name,
+            "--dbname",
+            "roost",
+            "--monitor",
+            &monitor_url,
+        ];
         node.keeper = Some(pg_autoctl(
             self.dir.path(),
-            &[
-                "create",
-                "postgres",
-                "--name",
-                name,
-                "--pgdata",
-                path(&node.pgdata),
-                "--pgport",
-                &node.port.to_string(),
-                "--hostname",
-                "127.0.0.1",
-                "--auth",
-                "trust",
-                "--no-ssl",
-                "--dbname",
-                "roost",
-                "--monitor",
-                &monitor_url,
-                "--run",
-            ],
+            &node.create_args("postgres", &node_args),
         ));
         node
     }
@@ -263,6 +236,24 @@ impl Instance {
         }
     }
 
+    /// `pg_autoctl create KIND` for this instance on loopback, trusting local connections, with
+    /// `more`, staying in the foreground (`--run`) as its keeper.
+    fn create_args<'a>(&'a self, kind: &'a str, more: &[&'a str]) -> Vec<String> {
+        let mut args = vec!["create", kind, "--pgdata", path(&self.pgdata)];
+        args.extend([
+            "--hostname",
+            "127.0.0.1",
+            "--auth",
+            "trust",
+            "--no-ssl",
+            "--run",
+        ]);
+        args.extend_from_slice(more);
+        let mut args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+        args.extend(["--pgport".to_owned(), self.port.to_string()]);
+        args
+    }
+
     /// SIGKILL to the keeper's whole process group, then to the postmaster (which pg_ctl may
     /// have started in a group of its own).
     fn kill(&mut self) {
@@ -287,8 +278,9 @@ impl Instance {
 }
 
 /// Runs `pg_autoctl args` in the background, its configuration and state kept under `dir`.
-fn pg_autoctl(dir: &Path, args: &[&str]) -> Child {
+fn pg_autoctl(dir: &Path, args: &[impl AsRef<str>]) -> Child {
     use std::os::unix::process::CommandExt;
+    let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
     let pgdata = args.iter().skip_while(|arg| **arg != "--pgdata").nth(1);
     let name = pgdata.map_or("pg_autoctl", |pgdata| {
         pgdata.rsplit('/').next().unwrap_or("pg_autoctl")
@@ -307,7 +299,7 @@ fn pg_autoctl(dir: &Path, args: &[&str]) -> Child {
         Command::new("pg_autoctl")
     };
     command
-        .args(args)
+        .args(&args)
         .env("PATH", format!("{PG_BIN}:/usr/sbin:/usr/bin:/sbin:/bin"))
         .env("XDG_CONFIG_HOME", dir.join("config"))
         .env("XDG_DATA_HOME", dir.join("data"))
