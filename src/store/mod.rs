@@ -124,6 +124,10 @@ pub enum StoreError {
     /// after its connection authenticated. Nothing of the write was committed.
     #[error("the acting client no longer exists")]
     ActorRemoved,
+    /// A commit the database could not confirm on its synchronous standby in time: it may be
+    /// on the primary alone, so it is not acknowledged. The same request may be sent again.
+    #[error("the commit was not confirmed by the synchronous standby")]
+    Unconfirmed,
     /// A read that was to be served by one statement read more (internal to the PostgreSQL
     /// backend, which then reads again in a transaction; never returned by the store).
     #[error("a read needs a snapshot")]

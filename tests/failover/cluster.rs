@@ -89,6 +89,71 @@ impl PgCluster {
         node.kill();
     }
 
+    /// Takes the synchronous standby away while the primary waits for it: the standby is
+    /// killed, and so is the primary's keeper, so that nobody tells the primary to stop waiting
+    /// (its PostgreSQL keeps running, still asking for the standby's confirmation).
+    pub fn stall_synchronous_replication(&self) {
+        let (primary, standby) = (self.node_in("primary"), self.node_in("secondary"));
+        let mut nodes = self.nodes.lock().unwrap();
+        let mut primary_port = 0;
+        for node in nodes.iter_mut() {
+            if node.name == standby {
+                node.kill();
+            } else if node.name == primary {
+                node.kill_keeper_only();
+                primary_port = node.port;
+            }
+        }
+        drop(nodes);
+        let mut client = connect(primary_port, "postgres", "roost").unwrap();
+        let waits_for: String = client
+            .query_one("SHOW synchronous_standby_names", &[])
+            .unwrap()
+            .get(0);
+        assert!(!waits_for.is_empty(), "the primary waits for no standby");
+        self.wait_until_streaming(primary_port, false);
+    }
+
+    /// Waits until the PostgreSQL on `port` streams to a standby (`true`) or to none.
+    fn wait_until_streaming(&self, port: u16, streaming: bool) {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let now = connect(port, "postgres", "roost").is_ok_and(|mut client| {
+                client
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+                        &[],
+                    )
+                    .is_ok_and(|row| row.get::<_, i64>(0) > 0)
+            });
+            if now == streaming {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "streaming never became {streaming}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Starts the killed standby again and waits until the primary streams to it.
+    pub fn restart_standby(&self) {
+        let mut nodes = self.nodes.lock().unwrap();
+        let standby = nodes.iter_mut().find(|node| node.keeper.is_none()).unwrap();
+        standby.keeper = Some(pg_autoctl(
+            self.dir.path(),
+            &["run", "--pgdata", path(&standby.pgdata)],
+        ));
+        let primary_port = nodes
+            .iter()
+            .find(|node| node.keeper.is_some())
+            .unwrap()
+            .port;
+        drop(nodes);
+        self.wait_until_streaming(primary_port, true);
+    }
+
     /// Starts the killed node again: it must come back as the new primary's standby.
     pub fn restart_killed_as_standby(&self) {
         let killed = {
@@ -254,6 +319,38 @@ impl Instance {
         args
     }
 
+    /// SIGKILL to the keeper's processes, its PostgreSQL left running (it is in the keeper's
+    /// process group; its own children are not).
+    fn kill_keeper_only(&mut self) {
+        let Some(keeper) = &self.keeper else {
+            return;
+        };
+        let postmaster = self.postmaster_pid();
+        let group = keeper.id().to_string();
+        let listed = Command::new("ps")
+            .args(["-e", "-o", "pid=,pgid="])
+            .output()
+            .unwrap();
+        for line in String::from_utf8_lossy(&listed.stdout).lines() {
+            let mut fields = line.split_whitespace();
+            let (Some(pid), Some(pgid)) = (fields.next(), fields.next()) else {
+                continue;
+            };
+            let pid: u32 = pid.parse().unwrap();
+            if pgid == group && Some(pid) != postmaster && pid > 1 {
+                let _ = Command::new("/usr/bin/kill")
+                    .args(["-s", "KILL", "--", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
+
+    fn postmaster_pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.pgdata.join("postmaster.pid")).ok()?;
+        let pid: u32 = text.lines().next()?.trim().parse().ok()?;
+        (pid > 1).then_some(pid)
+    }
+
     /// SIGKILL to the keeper's whole process group, then to the postmaster (which pg_ctl may
     /// have started in a group of its own).
     fn kill(&mut self) {
@@ -264,12 +361,7 @@ impl Instance {
                 .status();
             let _ = keeper.wait();
         }
-        let pid_file = self.pgdata.join("postmaster.pid");
-        let postmaster = std::fs::read_to_string(pid_file).ok().and_then(|text| {
-            let pid: u32 = text.lines().next()?.trim().parse().ok()?;
-            (pid > 1).then_some(pid)
-        });
-        if let Some(pid) = postmaster {
+        if let Some(pid) = self.postmaster_pid() {
             let _ = Command::new("/usr/bin/kill")
                 .args(["-s", "KILL", "--", &pid.to_string()])
                 .status();

@@ -167,3 +167,99 @@ async fn acknowledged_messages_survive_the_primary_killed_exactly_once_and_in_or
         server.shutdown().await.unwrap();
     }
 }
+
+/// A group of alice (on the first node) and bob (on the second), ready to converse.
+struct Pair {
+    _servers: (Server, Server),
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+    alice: Connection,
+    alice_mls: roost::client::mls::DeviceMls,
+    bob: Connection,
+    bob_mls: roost::client::mls::DeviceMls,
+    group_id: Vec<u8>,
+}
+
+impl Pair {
+    async fn start(url: &str) -> Self {
+        let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let first = node(url, dirs.0.path()).await;
+        roost::server::copy_node_keys(&dirs.0.path().join("data"), &dirs.1.path().join("data"))
+            .unwrap();
+        let second = node(url, dirs.1.path()).await;
+        let (alice, alice_mls) = device(&first, "alice@localhost").await;
+        let (bob, bob_mls) = device(&second, "bob@localhost").await;
+        let keys = alice.domain_keys().await.unwrap();
+        let groups = GroupClient::new(&alice, &alice_mls, keys, SystemClock.now());
+        let group_id = groups.create_group().await.unwrap();
+        groups.invite(&group_id, "bob@localhost").await.unwrap();
+        let pair = Self {
+            _servers: (first, second),
+            _dirs: dirs,
+            alice,
+            alice_mls,
+            bob,
+            bob_mls,
+            group_id,
+        };
+        pair.bob_receives().await;
+        pair
+    }
+
+    /// Alice's next message, encrypted (to be sent, and resent, as these bytes).
+    fn seal(&self, text: &str) -> roost::protocol::SendMessageRequest {
+        let mut group = self.alice_mls.group(&self.group_id).unwrap().unwrap();
+        self.alice_mls.encrypt(&mut group, text.as_bytes()).unwrap()
+    }
+
+    /// The texts of what bob's queue holds now (processed and acknowledged).
+    async fn bob_receives(&self) -> Vec<String> {
+        let keys = self.bob.domain_keys().await.unwrap();
+        let groups = GroupClient::new(&self.bob, &self.bob_mls, keys, SystemClock.now());
+        let events = patiently(|| groups.receive()).await;
+        events
+            .into_iter()
+            .filter_map(|(_, event)| match event {
+                Ok(GroupEvent::Message { text, .. }) => Some(String::from_utf8(text).unwrap()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_the_standby_never_confirms_is_refused_for_a_retry_not_acknowledged() {
+    let cluster = Arc::new(tokio::task::spawn_blocking(PgCluster::start).await.unwrap());
+    let pair = Pair::start(&cluster.url()).await;
+    let before = pair.seal("before");
+    pair.alice.send_message(before).await.unwrap();
+
+    let stalling = cluster.clone();
+    tokio::task::spawn_blocking(move || stalling.stall_synchronous_replication())
+        .await
+        .unwrap();
+    // The commit waits for a standby that is gone: refused once the store gives up waiting
+    // (30 s), as a failure to try again later, never acknowledged and never a hang.
+    let stalled = pair.seal("stalled");
+    let refused = tokio::time::timeout(
+        Duration::from_secs(60),
+        pair.alice.send_message(stalled.clone()),
+    )
+    .await
+    .expect("a commit the standby cannot confirm does not hang")
+    .unwrap_err();
+    assert_eq!(refused.retry(), Retry::Later, "{refused}");
+
+    let restarting = cluster.clone();
+    tokio::task::spawn_blocking(move || restarting.restart_standby())
+        .await
+        .unwrap();
+    // The same bytes again: the server took them on the primary before, so this is a resend of
+    // one message, delivered once.
+    patiently(|| async { Ok(pair.alice.send_message(stalled.clone()).await?) }).await;
+    let mut received = Vec::new();
+    while received.len() < 2 {
+        received.extend(pair.bob_receives().await);
+    }
+    assert_eq!(received, ["before", "stalled"]);
+    assert!(pair.bob_receives().await.is_empty(), "nothing twice");
+}

@@ -2,7 +2,8 @@
 //! this process's connections sent.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use postgres::{Client, Config, NoTls, Statement};
 
@@ -74,9 +75,21 @@ pub(super) struct ReadShape {
     pub(super) ranges: bool,
 }
 
+/// Whether `notice` is PostgreSQL's warning that a commit stopped waiting for synchronous
+/// replication (`syncrep.c`): the transaction is committed locally but maybe not on a standby.
+fn is_unreplicated_commit(notice: &postgres::error::DbError) -> bool {
+    notice.message().contains("synchronous replication")
+        || notice
+            .detail()
+            .is_some_and(|detail| detail.contains("committed locally"))
+}
+
 /// One connection with the statements it prepared.
 pub(crate) struct PgConn {
     pub(super) client: Client,
+    /// Set when the server warned that a commit stopped waiting for the synchronous standby:
+    /// the transaction committed on the primary alone.
+    unconfirmed: Arc<AtomicBool>,
     pub(super) prepared: HashMap<String, [Option<Statement>; STATEMENT_KINDS]>,
     /// Read-ahead statements, by what they read of which tables.
     prepared_reads: HashMap<Vec<ReadShape>, Statement>,
@@ -88,6 +101,19 @@ const MAX_PREPARED_READS: usize = 64;
 
 impl PgConn {
     pub(crate) fn connect(config: &Config) -> Result<Self, StoreError> {
+        let unconfirmed = Arc::new(AtomicBool::new(false));
+        let mut config = config.clone();
+        let warned = unconfirmed.clone();
+        config.notice_callback(move |notice| {
+            if is_unreplicated_commit(&notice) {
+                warned.store(true, Ordering::Relaxed);
+            }
+            tracing::debug!(
+                severity = notice.severity(),
+                message = notice.message(),
+                "database notice"
+            );
+        });
         let mut client = config.connect(NoTls).map_err(error)?;
         // Index scans only: a sequential scan of a small table takes a predicate lock on the
         // whole table, and every other node's write to it then conflicts with this transaction.
@@ -98,9 +124,27 @@ impl PgConn {
             .map_err(error)?;
         Ok(Self {
             client,
+            unconfirmed,
             prepared: HashMap::new(),
             prepared_reads: HashMap::new(),
         })
+    }
+
+    /// Commits the transaction. A commit still waiting for the synchronous standby after
+    /// [`super::commit_watch::COMMIT_CONFIRMATION_TIMEOUT`] is cancelled: the server then keeps
+    /// it on the primary alone, and it is reported as [`StoreError::Unconfirmed`], so that
+    /// nothing of it is acknowledged (a retry of the same request finds it done, as after a lost
+    /// answer).
+    pub(super) fn commit(&mut self) -> Result<(), StoreError> {
+        self.unconfirmed.store(false, Ordering::Relaxed);
+        let watching = super::commit_watch::watching(self.client.cancel_token());
+        let committed = self.execute_plain("COMMIT");
+        drop(watching);
+        committed?;
+        if self.unconfirmed.swap(false, Ordering::Relaxed) {
+            return Err(StoreError::Unconfirmed);
+        }
+        Ok(())
     }
 
     pub(crate) fn is_closed(&self) -> bool {

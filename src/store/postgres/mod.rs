@@ -24,6 +24,7 @@
 //!
 //! Cross-node events go through `LISTEN`/`NOTIFY` ([`PgEventBus`], `events.rs`).
 
+mod commit_watch;
 mod conn;
 mod events;
 mod overlay;

@@ -107,7 +107,11 @@ impl PgSession {
             let _ = conn.execute_plain("ROLLBACK");
             return (Err(failure), conn);
         }
-        let outcome = conn.execute_plain(if commit { "COMMIT" } else { "ROLLBACK" });
+        let outcome = if commit {
+            conn.commit()
+        } else {
+            conn.execute_plain("ROLLBACK")
+        };
         (outcome, conn)
     }
 
