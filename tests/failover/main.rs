@@ -86,30 +86,8 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_messages_survive_the_primary_killed_exactly_once_and_in_order() {
     let cluster = Arc::new(tokio::task::spawn_blocking(PgCluster::start).await.unwrap());
-    let url = cluster.url();
-    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let first = node(&url, dirs.0.path()).await;
-    roost::server::copy_node_keys(&dirs.0.path().join("data"), &dirs.1.path().join("data"))
-        .unwrap();
-    let second = node(&url, dirs.1.path()).await;
-
     // Alice on the first node writes to bob on the second, in a group of the two.
-    let (alice, alice_mls) = device(&first, "alice@localhost").await;
-    let (bob, bob_mls) = device(&second, "bob@localhost").await;
-    let now = SystemClock.now();
-    let alice_keys = alice.domain_keys().await.unwrap();
-    let alice_groups = GroupClient::new(&alice, &alice_mls, alice_keys, now);
-    let group_id = alice_groups.create_group().await.unwrap();
-    alice_groups
-        .invite(&group_id, "bob@localhost")
-        .await
-        .unwrap();
-    let bob_keys = bob.domain_keys().await.unwrap();
-    let bob_groups = GroupClient::new(&bob, &bob_mls, bob_keys, now);
-    let joined = bob_groups.receive().await.unwrap();
-    assert!(joined
-        .iter()
-        .any(|(_, event)| matches!(event, Ok(GroupEvent::Joined { .. }))));
+    let pair = Pair::start(&cluster.url()).await;
 
     const MESSAGES: usize = 60;
     const KILL_AFTER: usize = 20;
@@ -126,11 +104,8 @@ async fn acknowledged_messages_survive_the_primary_killed_exactly_once_and_in_or
         }
         // Encrypted once, and the same bytes sent until the server takes them: a resend of a
         // message the server had taken is recognised, so it is never delivered twice.
-        let mut group = alice_mls.group(&group_id).unwrap().unwrap();
-        let request = alice_mls
-            .encrypt(&mut group, format!("message {i}").as_bytes())
-            .unwrap();
-        patiently(|| async { Ok(alice.send_message(request.clone()).await?) }).await;
+        let request = pair.seal(&format!("message {i}"));
+        patiently(|| async { Ok(pair.alice.send_message(request.clone()).await?) }).await;
         if let (Some(killed), None) = (killed_at, recovered_after) {
             recovered_after = Some(killed.elapsed());
         }
@@ -140,12 +115,7 @@ async fn acknowledged_messages_survive_the_primary_killed_exactly_once_and_in_or
 
     let mut texts = Vec::new();
     while texts.len() < MESSAGES {
-        let events = patiently(|| bob_groups.receive()).await;
-        for (_, event) in events {
-            if let Ok(GroupEvent::Message { text, .. }) = event {
-                texts.push(String::from_utf8(text).unwrap());
-            }
-        }
+        texts.extend(pair.bob_receives().await);
     }
     let sent: Vec<String> = (0..MESSAGES).map(|i| format!("message {i}")).collect();
     assert_eq!(texts, sent, "every acknowledged message, once, in order");
@@ -155,22 +125,17 @@ async fn acknowledged_messages_survive_the_primary_killed_exactly_once_and_in_or
     tokio::task::spawn_blocking(move || cluster_.restart_killed_as_standby())
         .await
         .unwrap();
-    let mut group = alice_mls.group(&group_id).unwrap().unwrap();
-    let after = alice_mls
-        .encrypt(&mut group, b"after the old primary returned")
-        .unwrap();
-    patiently(|| async { Ok(alice.send_message(after.clone()).await?) }).await;
+    let after = pair.seal("after the old primary returned");
+    patiently(|| async { Ok(pair.alice.send_message(after.clone()).await?) }).await;
     tokio::task::spawn_blocking(move || cluster.expect_one_primary())
         .await
         .unwrap();
-    for server in [first, second] {
-        server.shutdown().await.unwrap();
-    }
+    pair.shutdown().await;
 }
 
 /// A group of alice (on the first node) and bob (on the second), ready to converse.
 struct Pair {
-    _servers: (Server, Server),
+    servers: (Server, Server),
     _dirs: (tempfile::TempDir, tempfile::TempDir),
     alice: Connection,
     alice_mls: roost::client::mls::DeviceMls,
@@ -193,7 +158,7 @@ impl Pair {
         let group_id = groups.create_group().await.unwrap();
         groups.invite(&group_id, "bob@localhost").await.unwrap();
         let pair = Self {
-            _servers: (first, second),
+            servers: (first, second),
             _dirs: dirs,
             alice,
             alice_mls,
@@ -201,8 +166,18 @@ impl Pair {
             bob_mls,
             group_id,
         };
-        pair.bob_receives().await;
+        let keys = pair.bob.domain_keys().await.unwrap();
+        let bob_groups = GroupClient::new(&pair.bob, &pair.bob_mls, keys, SystemClock.now());
+        let joined = bob_groups.receive().await.unwrap();
+        assert!(joined
+            .iter()
+            .any(|(_, event)| matches!(event, Ok(GroupEvent::Joined { .. }))));
         pair
+    }
+
+    async fn shutdown(self) {
+        self.servers.0.shutdown().await.unwrap();
+        self.servers.1.shutdown().await.unwrap();
     }
 
     /// Alice's next message, encrypted (to be sent, and resent, as these bytes).
