@@ -51,7 +51,7 @@ mod writer;
 
 pub use postgres::{
     round_trips as postgres_round_trips, statements_run as postgres_statements_run, PgEventBus,
-    ScratchDatabase,
+    ScratchCluster, ScratchDatabase,
 };
 
 /// How the nodes of a domain tell each other of events: every node hears every payload

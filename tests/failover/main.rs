@@ -4,8 +4,6 @@
 //! with SIGKILL; after the standby takes over, every message a sender had acknowledged is
 //! delivered exactly once, in order, and the old primary comes back as a standby.
 
-mod cluster;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,9 +14,7 @@ use roost::clock::{Clock, SystemClock};
 use roost::config::ServerConfig;
 use roost::protocol::Retry;
 use roost::server::Server;
-use roost::store::StoreLocation;
-
-use cluster::PgCluster;
+use roost::store::{ScratchCluster, StoreLocation};
 
 const CIPHERSUITE: u16 = 1;
 /// How long a client keeps resending the same request through a failover.
@@ -85,7 +81,12 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_messages_survive_the_primary_killed_exactly_once_and_in_order() {
-    let cluster = Arc::new(tokio::task::spawn_blocking(PgCluster::start).await.unwrap());
+    let cluster = Arc::new(
+        tokio::task::spawn_blocking(ScratchCluster::start)
+            .await
+            .unwrap()
+            .unwrap(),
+    );
     // Alice on the first node writes to bob on the second, in a group of the two.
     let pair = Pair::start(&cluster.url()).await;
 
@@ -96,7 +97,7 @@ async fn acknowledged_messages_survive_the_primary_killed_exactly_once_and_in_or
     for i in 0..MESSAGES {
         if i == KILL_AFTER {
             let cluster = cluster.clone();
-            tokio::task::spawn_blocking(move || cluster.kill_primary())
+            tokio::task::spawn_blocking(move || cluster.kill_primary().unwrap())
                 .await
                 .unwrap();
             killed_at = Some(Instant::now());
@@ -122,14 +123,16 @@ async fn acknowledged_messages_survive_the_primary_killed_exactly_once_and_in_or
 
     // The old primary comes back as a standby of the new one: no second primary.
     let cluster_ = cluster.clone();
-    tokio::task::spawn_blocking(move || cluster_.restart_killed_as_standby())
+    tokio::task::spawn_blocking(move || cluster_.restart_killed_as_standby().unwrap())
         .await
         .unwrap();
     let after = pair.seal("after the old primary returned");
     patiently(|| async { Ok(pair.alice.send_message(after.clone()).await?) }).await;
-    tokio::task::spawn_blocking(move || cluster.expect_one_primary())
+    let writable = tokio::task::spawn_blocking(move || cluster.writable_nodes())
         .await
+        .unwrap()
         .unwrap();
+    assert_eq!(writable.len(), 1, "nodes taking writes: {writable:?}");
     pair.shutdown().await;
 }
 
@@ -203,13 +206,18 @@ impl Pair {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_the_standby_never_confirms_is_refused_for_a_retry_not_acknowledged() {
-    let cluster = Arc::new(tokio::task::spawn_blocking(PgCluster::start).await.unwrap());
+    let cluster = Arc::new(
+        tokio::task::spawn_blocking(ScratchCluster::start)
+            .await
+            .unwrap()
+            .unwrap(),
+    );
     let pair = Pair::start(&cluster.url()).await;
     let before = pair.seal("before");
     pair.alice.send_message(before).await.unwrap();
 
     let stalling = cluster.clone();
-    tokio::task::spawn_blocking(move || stalling.stall_synchronous_replication())
+    tokio::task::spawn_blocking(move || stalling.stall_synchronous_replication().unwrap())
         .await
         .unwrap();
     // The commit waits for a standby that is gone: refused once the store gives up waiting
@@ -225,7 +233,7 @@ async fn a_commit_the_standby_never_confirms_is_refused_for_a_retry_not_acknowle
     assert_eq!(refused.retry(), Retry::Later, "{refused}");
 
     let restarting = cluster.clone();
-    tokio::task::spawn_blocking(move || restarting.restart_standby())
+    tokio::task::spawn_blocking(move || restarting.restart_standby().unwrap())
         .await
         .unwrap();
     // The same bytes again: the server took them on the primary before, so this is a resend of

@@ -380,6 +380,8 @@ pub struct SendLoad {
     pub elapsed: Duration,
     /// Send -> push hint at the receiver, sorted.
     pub latencies: Vec<Duration>,
+    /// Send -> the server's acknowledgement at the sender (the message durable), sorted.
+    pub acknowledgements: Vec<Duration>,
     /// Bytes this process wrote to disk while the messages were sent (its servers' stores).
     pub written: Option<u64>,
 }
@@ -479,20 +481,25 @@ pub async fn send_load(
         .map(|((sender, group_id), starts)| {
             tokio::spawn(async move {
                 let groups = sender.groups().await?;
+                let mut acknowledgements = Vec::with_capacity(messages);
                 for i in 0..messages {
-                    starts.lock().await.push(Instant::now());
+                    let sent = Instant::now();
+                    starts.lock().await.push(sent);
                     groups
                         .send(&group_id, format!("message {i}").as_bytes())
                         .await?;
+                    acknowledgements.push(sent.elapsed());
                 }
-                anyhow::Ok(())
+                anyhow::Ok(acknowledgements)
             })
         })
         .collect();
+    let mut acknowledgements = Vec::with_capacity(pairs * messages);
     for task in sending {
-        task.await??;
+        acknowledgements.extend(task.await??);
     }
     let elapsed = start.elapsed();
+    acknowledgements.sort();
     let written = harness::bytes_written()
         .zip(written)
         .map(|(after, before)| after - before);
@@ -507,6 +514,7 @@ pub async fn send_load(
     Ok(SendLoad {
         elapsed,
         latencies,
+        acknowledgements,
         written,
     })
 }
