@@ -137,39 +137,38 @@ impl ScratchCluster {
 
     /// Starts the killed standby again and waits until the primary streams to it.
     pub fn restart_standby(&self) -> anyhow::Result<()> {
-        let primary_port = {
-            let mut nodes = lock(&self.nodes);
-            let standby = nodes
-                .iter_mut()
-                .find(|node| node.keeper.is_none())
-                .context("no node was killed")?;
-            standby.keeper = Some(self.rerun(standby)?);
-            nodes
-                .iter()
-                .find(|node| node.keeper.is_some())
-                .context("no node runs")?
-                .port
-        };
-        wait_until_streaming(primary_port, true)
+        let standby = self.restart_killed()?;
+        let primary_port = lock(&self.nodes)
+            .iter()
+            .find(|node| node.name != standby)
+            .map(|node| node.port);
+        wait_until_streaming(primary_port.context("no primary")?, true)
     }
 
     /// Starts the killed node again: it must come back as the new primary's standby.
     pub fn restart_killed_as_standby(&self) -> anyhow::Result<()> {
-        let killed = {
-            let mut nodes = lock(&self.nodes);
-            let node = nodes
-                .iter_mut()
-                .find(|node| node.keeper.is_none())
-                .context("no node was killed")?;
-            node.keeper = Some(self.rerun(node)?);
-            node.name
-        };
+        let killed = self.restart_killed()?;
         self.wait_for("the old primary to rejoin as a standby", |states| {
             let rejoined = states
                 .iter()
                 .any(|(node, state)| node == killed && state == "secondary");
             rejoined && count(states, "primary") == 1
         })
+    }
+
+    /// Runs the killed node's keeper again (`pg_autoctl run` on its data directory): the node
+    /// rejoins as whatever the monitor says it is. Returns its name.
+    fn restart_killed(&self) -> anyhow::Result<&'static str> {
+        let mut nodes = lock(&self.nodes);
+        let node = nodes
+            .iter_mut()
+            .find(|node| node.keeper.is_none())
+            .context("no node was killed")?;
+        node.keeper = Some(pg_autoctl(
+            self.dir.path(),
+            &["run", "--pgdata", path(&node.pgdata)?],
+        )?);
+        Ok(node.name)
     }
 
     /// The names of the nodes that take writes (the others are in recovery: standbys).
@@ -184,11 +183,6 @@ impl ScratchCluster {
             }
         }
         Ok(writable)
-    }
-
-    /// The `pg_autoctl run` that brings an existing node back.
-    fn rerun(&self, node: &Instance) -> anyhow::Result<Child> {
-        pg_autoctl(self.dir.path(), &["run", "--pgdata", path(&node.pgdata)?])
     }
 
     fn start_node(&self, name: &'static str) -> anyhow::Result<Instance> {
