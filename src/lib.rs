@@ -40,5 +40,6 @@ pub mod server;
 pub mod services;
 pub mod store;
 pub mod tls;
+pub mod transparency;
 pub mod transport;
 pub mod web_push;

@@ -21,6 +21,7 @@ mod push;
 mod queues;
 mod request;
 mod response;
+mod transparency;
 mod types;
 mod version;
 
@@ -77,6 +78,12 @@ pub use queues::{
 };
 pub use request::{decode_request, encode_request, Operation, Request};
 pub use response::{decode_response, encode_response, Response, ResponseBody, ServerInfo};
+pub use transparency::{
+    tree_head_signature_content, BindingChange, BindingsProof, ConsistencyProof,
+    FetchHistoryRequest, FetchLogEntriesRequest, GetTreeHeadRequest, LogEntries, LogEntry, MapLeaf,
+    MapPathEnd, MapProof, ProveBindingsRequest, ProveConsistencyRequest, ProvedEntry,
+    SignedTreeHead, TreeHead, UserBindings, UserHistory, MAX_HISTORY_ENTRIES, MAX_LOG_ENTRIES,
+};
 pub use types::{ClientId, Flag, Limits, Text};
 pub use version::Version;
 

@@ -1,0 +1,102 @@
+//! Key transparency: the verifiable log of every credential the server signs. Pure: the trees,
+//! their proofs and what a verifier checks, shared by the server (which builds and proves) and
+//! clients and auditors (which verify). `protocol-spec/transparency.md` is the contract.
+//!
+//! Two trees, both in every signed tree head:
+//! - the **log** ([`log_tree`]): RFC 9162's Merkle tree over every [`LogEntry`] in order (a
+//!   credential issued, renewed or revoked), with inclusion and consistency proofs;
+//! - the **map** ([`prefix_tree`]): one leaf per user, keyed by a hash of the user id, whose value
+//!   commits to the user's current credentials and a hash chain over all of the user's entries
+//!   ([`UserBindings`]). It is a function of the log: an auditor replays the log and must find
+//!   the map root of every head.
+//!
+//! A lookup proves a user's current credentials (or that the user has none) against a head; a
+//! consistency proof shows a head extends an earlier one, so a server cannot show one user
+//! two different logs without two inconsistent heads, which any client or auditor holding both
+//! detects.
+
+pub mod log_tree;
+pub mod prefix_tree;
+pub mod verify;
+
+use sha2::{Digest, Sha256};
+use tls_codec::{Serialize, VLByteSlice};
+
+use crate::protocol::{BindingChange, ClientCredential, LogEntry, Text, UserBindings};
+
+/// A SHA-256 hash.
+pub type Hash = [u8; 32];
+
+/// Domain-separation label of a user's key in the map.
+pub const USER_KEY_LABEL: &[u8] = b"roost/1 transparency user";
+/// Domain-separation label of a signed tree head.
+pub const TREE_HEAD_LABEL: &[u8] = b"roost/1 tree head";
+
+/// Why a proof does not hold.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProofError {
+    #[error("malformed proof: {0}")]
+    Malformed(&'static str),
+    #[error("the proof does not hold: {0}")]
+    Inconsistent(&'static str),
+}
+
+/// A user's key in the map: SHA-256 of
+/// `struct { opaque label<V> = "roost/1 transparency user"; opaque user_id<V>; }`.
+pub fn user_key(user_id: &str) -> Hash {
+    let mut content = Vec::with_capacity(64);
+    let _ = VLByteSlice(USER_KEY_LABEL).tls_serialize(&mut content);
+    let _ = VLByteSlice(user_id.as_bytes()).tls_serialize(&mut content);
+    Sha256::digest(&content).into()
+}
+
+/// The log's leaf hash of an encoded entry.
+pub fn entry_hash(encoded_entry: &[u8]) -> Hash {
+    log_tree::leaf_hash(encoded_entry)
+}
+
+/// The value hash of a user's leaf in the map: SHA-256 of the encoded [`UserBindings`].
+pub fn bindings_hash(bindings: &UserBindings) -> Hash {
+    Sha256::digest(bindings.tls_serialize_detached().unwrap_or_default()).into()
+}
+
+/// The next link of a user's history chain: SHA-256(previous || uint64 index || entry hash).
+pub fn chain(previous: &Hash, index: u64, entry_hash: &Hash) -> Hash {
+    let mut hasher = Sha256::new();
+    hasher.update(previous);
+    hasher.update(index.to_be_bytes());
+    hasher.update(entry_hash);
+    hasher.finalize().into()
+}
+
+/// A user's state before any entry: no credentials, an empty history.
+pub fn no_bindings(user_id: &str) -> UserBindings {
+    UserBindings {
+        user_id: Text::truncated(user_id),
+        entries: 0,
+        history: [0; 32],
+        credentials: Vec::new(),
+    }
+}
+
+/// `bindings` after log entry `index` (one of this user's): the credential it issues or renews
+/// takes its device's place, the one it revokes leaves, and the history grows by the entry.
+pub fn apply(bindings: &mut UserBindings, index: u64, entry: &LogEntry, entry_hash: &Hash) {
+    let device = entry.credential.content.client.device_id;
+    bindings
+        .credentials
+        .retain(|held| held.content.client.device_id != device);
+    if entry.change != BindingChange::Revoked {
+        let at = bindings
+            .credentials
+            .partition_point(|held| held.content.client.device_id < device);
+        bindings.credentials.insert(at, entry.credential.clone());
+    }
+    bindings.entries += 1;
+    bindings.history = chain(&bindings.history, index, entry_hash);
+}
+
+/// Whether `credential` is one of `bindings`' current credentials, byte for byte.
+pub fn binds(bindings: &UserBindings, credential: &ClientCredential) -> bool {
+    bindings.credentials.iter().any(|held| held == credential)
+}
