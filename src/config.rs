@@ -108,6 +108,9 @@ pub struct ServerConfig {
     pub push: PushConfig,
     /// How often expired data (KeyPackages, ...) is purged.
     pub maintenance_interval: Duration,
+    /// How often a transparency tree head is published while the credential log grows (one is
+    /// also published at once when a client asks about a user no head covers yet).
+    pub tree_head_interval: Duration,
     /// Where Prometheus scrapes `/metrics` (and `/health`) over HTTP; `None`: not served.
     pub metrics_listen: Option<SocketAddr>,
     /// The time the services see; tests set it.
@@ -116,6 +119,9 @@ pub struct ServerConfig {
     /// is answered `UnsupportedVersion`, naming `roost/2`. `None`: served with no end.
     pub roost1_served_until: Option<crate::clock::UnixTime>,
 }
+
+/// How often tree heads are published unless the operator says otherwise.
+pub const DEFAULT_TREE_HEAD_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The end of `roost/1` unless the operator says otherwise: 2027-07-01 00:00 UTC, seven months
 /// after `roost/2` came (protocol-spec/core.md section 4).
@@ -260,6 +266,7 @@ impl ServerConfig {
             federation: None,
             push: PushConfig::default(),
             maintenance_interval: Duration::from_secs(600),
+            tree_head_interval: DEFAULT_TREE_HEAD_INTERVAL,
             metrics_listen: None,
             clock: Arc::new(SystemClock),
             roost1_served_until: Some(DEFAULT_ROOST1_SERVED_UNTIL),

@@ -344,6 +344,7 @@ impl SideServices {
         };
         tokio::join!(
             shared.services.run_maintenance(stop.clone()),
+            shared.services.run_transparency(stop.clone()),
             shared.services.run_outbox(stop.clone()),
             shared.services.run_push(stop.clone()),
             shared.services.run_cluster(stop.clone()),

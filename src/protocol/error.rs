@@ -160,6 +160,8 @@ error_codes! {
     TooManyPushTargets = 57,
     /// The client has no push target with that id.
     UnknownPushTarget = 58,
+    /// No tree head of that size was published, or the sizes asked for are out of order.
+    UnknownTreeHead = 59,
 }
 
 /// Whether a refused request may succeed if sent again unchanged, later.
@@ -261,6 +263,7 @@ impl ErrorCode {
             Self::PushTargetRefused => "the push target is refused",
             Self::TooManyPushTargets => "the client has as many push targets as allowed",
             Self::UnknownPushTarget => "the client has no push target with that id",
+            Self::UnknownTreeHead => "no tree head of that size was published",
             Self::Unknown(_) => "an error this version does not know",
         }
     }
@@ -491,16 +494,22 @@ mod tests {
     #[test]
     fn roost_1_is_sent_only_its_own_codes_with_their_class_kept() {
         use crate::protocol::Version;
-        // Every code known today is a roost/1 code and goes to both versions unchanged.
+        // A roost/1 code goes to both versions unchanged; a later one goes to roost/1 as the
+        // roost/1 code of its class.
         for &code in ErrorCode::ALL {
             let error = ErrorResponse::new(code, "x");
-            assert!(
-                code.to_u16() <= V1_LAST_CODE,
-                "{code:?} needs a roost/1 form"
-            );
-            assert_eq!(error.code_in(Version::V1), code.to_u16());
+            let v1 = match (code.to_u16() <= V1_LAST_CODE, code.retry()) {
+                (true, _) => code,
+                (false, Retry::Later) => ErrorCode::Internal,
+                (false, Retry::Never) => ErrorCode::Forbidden,
+            };
+            assert_eq!(error.code_in(Version::V1), v1.to_u16(), "{code:?}");
             assert_eq!(error.code_in(Version::V2), code.to_u16());
         }
+        assert_eq!(
+            ErrorResponse::new(ErrorCode::UnknownTreeHead, "x").code_in(Version::V1),
+            ErrorCode::Forbidden.to_u16()
+        );
         // Codes from a newer peer, permanent and retryable, as roost/2 carries them.
         for (class, v1_code) in [(0u8, ErrorCode::Forbidden), (1, ErrorCode::Internal)] {
             let mut wire = 70u16.to_be_bytes().to_vec();

@@ -10,9 +10,10 @@ use tls_codec::VLBytes;
 
 use super::{
     ClaimKeyPackagesRequest, ClaimedKeyPackages, ClientId, CredentialVerifyingKey, DecodeError,
-    DeleteGroupRequest, ErrorResponse, FetchGroupTreeRequest, GetGroupRequest, LookupUserRequest,
-    MessageKind, ResponseBody, SendCommitRequest, SendMessageRequest, SendProposalRequest, Text,
-    UserClients, MAX_REQUEST_LEN, MAX_RESPONSE_LEN,
+    DeleteGroupRequest, ErrorResponse, FetchGroupTreeRequest, GetGroupRequest, GetTreeHeadRequest,
+    LookupUserRequest, MessageKind, ProveBindingsRequest, ProveConsistencyRequest, ResponseBody,
+    SendCommitRequest, SendMessageRequest, SendProposalRequest, Text, UserClients, MAX_REQUEST_LEN,
+    MAX_RESPONSE_LEN,
 };
 
 /// `Identify` (federation) request body: the domain the connecting homeserver speaks for.
@@ -110,6 +111,20 @@ pub enum GroupRequest {
     ListUserGroups,
 }
 
+/// A question about this homeserver's transparency log, relayed for a client of the peer (who
+/// verifies the answer against this server's keys: the peer only carries it). The client
+/// operation codes and bodies.
+#[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
+#[repr(u16)]
+pub enum TransparencyQuery {
+    #[tls_codec(discriminant = 34)]
+    GetTreeHead(GetTreeHeadRequest),
+    #[tls_codec(discriminant = 35)]
+    ProveBindings(ProveBindingsRequest),
+    #[tls_codec(discriminant = 36)]
+    ProveConsistency(ProveConsistencyRequest),
+}
+
 /// `ClientsDeparted` request body.
 #[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
 pub struct ClientsDepartedRequest {
@@ -128,6 +143,7 @@ pub enum FederationOperation {
     RelayGroupRequest = 6,
     ClientsDeparted = 7,
     DeliverBatch = 8,
+    Transparency = 9,
 }
 
 impl FederationOperation {
@@ -140,6 +156,7 @@ impl FederationOperation {
         Self::RelayGroupRequest,
         Self::ClientsDeparted,
         Self::DeliverBatch,
+        Self::Transparency,
     ];
 
     pub fn from_u16(value: u16) -> Option<Self> {
@@ -175,6 +192,9 @@ pub enum FederationRequest {
     /// Several deliveries, in order (how a hub drains its outbox).
     #[tls_codec(discriminant = 8)]
     DeliverBatch(DeliverBatchRequest),
+    /// A question about this homeserver's transparency log.
+    #[tls_codec(discriminant = 9)]
+    Transparency(TransparencyQuery),
 }
 
 /// A successful federation response body, tagged with its request's operation code.
@@ -198,6 +218,9 @@ pub enum FederationResponseBody {
     DeparturesNoted,
     #[tls_codec(discriminant = 8)]
     DeliveredBatch(DeliveredBatch),
+    /// The answer to a transparency question: the client response body.
+    #[tls_codec(discriminant = 9)]
+    Transparency(ResponseBody),
 }
 
 /// A federation response: a body, or an error.
@@ -300,6 +323,21 @@ mod tests {
                     items: Vec::new(),
                 }],
             }),
+            FederationRequest::Transparency(TransparencyQuery::ProveBindings(
+                ProveBindingsRequest {
+                    user_id: Text::new("alice@a.example").unwrap(),
+                },
+            )),
+            FederationRequest::Transparency(TransparencyQuery::GetTreeHead(GetTreeHeadRequest {
+                domain: Text::new("a.example").unwrap(),
+            })),
+            FederationRequest::Transparency(TransparencyQuery::ProveConsistency(
+                ProveConsistencyRequest {
+                    domain: Text::new("a.example").unwrap(),
+                    old_size: 3,
+                    new_size: 9,
+                },
+            )),
         ];
         for request in requests {
             let bytes = encode_federation_request(&request).unwrap();

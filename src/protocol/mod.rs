@@ -46,7 +46,8 @@ pub use federation::{
     encode_federation_response, ClientsDepartedRequest, DeliverBatchRequest, DeliverRequest,
     DeliveredBatch, DeliveryItem, DomainKeysBody, FederatedClaimRequest, FederationOperation,
     FederationRequest, FederationResponse, FederationResponseBody, GetDomainKeysRequest,
-    GroupRequest, IdentifyRequest, RelayedGroupRequest, MAX_DELIVERIES_PER_BATCH,
+    GroupRequest, IdentifyRequest, RelayedGroupRequest, TransparencyQuery,
+    MAX_DELIVERIES_PER_BATCH,
 };
 pub use group_logs::{
     AckGroupLogRequest, FetchGroupLogRequest, GroupLogAppended, GroupLogCursor, GroupLogMessages,
@@ -80,9 +81,10 @@ pub use request::{decode_request, encode_request, Operation, Request};
 pub use response::{decode_response, encode_response, Response, ResponseBody, ServerInfo};
 pub use transparency::{
     tree_head_signature_content, BindingChange, BindingsProof, ConsistencyProof,
-    FetchHistoryRequest, FetchLogEntriesRequest, GetTreeHeadRequest, LogEntries, LogEntry, MapLeaf,
-    MapPathEnd, MapProof, ProveBindingsRequest, ProveConsistencyRequest, ProvedEntry,
-    SignedTreeHead, TreeHead, UserBindings, UserHistory, MAX_HISTORY_ENTRIES, MAX_LOG_ENTRIES,
+    FetchHistoryRequest, FetchLogEntriesRequest, GetTreeHeadRequest, LogEntry, LogPage, LogRecord,
+    MapLeaf, MapPathEnd, MapProof, ProveBindingsRequest, ProveConsistencyRequest, ProvedEntry,
+    RedactedEntry, SignedTreeHead, TreeHead, UserBindings, UserHistory, UserRemoved,
+    MAX_HISTORY_ENTRIES, MAX_LOG_ENTRIES,
 };
 pub use types::{ClientId, Flag, Limits, Text};
 pub use version::Version;

@@ -5,10 +5,11 @@ use tls_codec::{Deserialize, Serialize, TlsDeserialize, TlsSerialize, TlsSize};
 use super::{
     AckGroupLogRequest, AckMessagesRequest, AddClientRequest, AddPushTargetRequest,
     AuthenticateRequest, ClaimKeyPackagesRequest, CreateGroupRequest, DecodeError,
-    DeleteGroupRequest, FetchGroupLogRequest, FetchGroupTreeRequest, FetchMessagesRequest,
-    GetDomainKeysRequest, GetGroupRequest, LookupUserRequest, PublishKeyPackagesRequest,
-    RegisterUserRequest, RemoveClientRequest, RemovePushTargetRequest, SendCommitRequest,
-    SendMessageRequest, SendProposalRequest, Version, MAX_REQUEST_LEN,
+    DeleteGroupRequest, FetchGroupLogRequest, FetchGroupTreeRequest, FetchHistoryRequest,
+    FetchLogEntriesRequest, FetchMessagesRequest, GetDomainKeysRequest, GetGroupRequest,
+    GetTreeHeadRequest, LookupUserRequest, ProveBindingsRequest, ProveConsistencyRequest,
+    PublishKeyPackagesRequest, RegisterUserRequest, RemoveClientRequest, RemovePushTargetRequest,
+    SendCommitRequest, SendMessageRequest, SendProposalRequest, Version, MAX_REQUEST_LEN,
 };
 
 /// Operation codes: the `uint16` that selects a request body (and the matching response body).
@@ -48,6 +49,11 @@ pub enum Operation {
     ListPushTargets = 31,
     RemovePushTarget = 32,
     ListUserGroups = 33,
+    GetTreeHead = 34,
+    ProveBindings = 35,
+    ProveConsistency = 36,
+    FetchHistory = 37,
+    FetchLogEntries = 38,
 }
 
 impl Operation {
@@ -85,6 +91,11 @@ impl Operation {
         Self::ListPushTargets,
         Self::RemovePushTarget,
         Self::ListUserGroups,
+        Self::GetTreeHead,
+        Self::ProveBindings,
+        Self::ProveConsistency,
+        Self::FetchHistory,
+        Self::FetchLogEntries,
     ];
 
     pub fn from_u16(value: u16) -> Option<Self> {
@@ -125,7 +136,12 @@ impl Operation {
             | Self::AddPushTarget
             | Self::ListPushTargets
             | Self::RemovePushTarget
-            | Self::ListUserGroups => true,
+            | Self::ListUserGroups
+            | Self::GetTreeHead
+            | Self::ProveBindings
+            | Self::ProveConsistency
+            | Self::FetchHistory
+            | Self::FetchLogEntries => true,
         }
     }
 }
@@ -234,6 +250,21 @@ pub enum Request {
     /// joins them by external commit).
     #[tls_codec(discriminant = 33)]
     ListUserGroups,
+    /// The newest signed head of a domain's transparency log (this server's, or a peer's).
+    #[tls_codec(discriminant = 34)]
+    GetTreeHead(GetTreeHeadRequest),
+    /// A user's bindings at the newest head of its domain's log, with their proof.
+    #[tls_codec(discriminant = 35)]
+    ProveBindings(ProveBindingsRequest),
+    /// The consistency proof between two heads of a domain's log.
+    #[tls_codec(discriminant = 36)]
+    ProveConsistency(ProveConsistencyRequest),
+    /// A local user's entries in the log, each with its inclusion proof.
+    #[tls_codec(discriminant = 37)]
+    FetchHistory(FetchHistoryRequest),
+    /// The log's records, for auditors.
+    #[tls_codec(discriminant = 38)]
+    FetchLogEntries(FetchLogEntriesRequest),
 }
 
 impl Request {
@@ -272,6 +303,11 @@ impl Request {
             Self::ListPushTargets => Operation::ListPushTargets,
             Self::RemovePushTarget(_) => Operation::RemovePushTarget,
             Self::ListUserGroups => Operation::ListUserGroups,
+            Self::GetTreeHead(_) => Operation::GetTreeHead,
+            Self::ProveBindings(_) => Operation::ProveBindings,
+            Self::ProveConsistency(_) => Operation::ProveConsistency,
+            Self::FetchHistory(_) => Operation::FetchHistory,
+            Self::FetchLogEntries(_) => Operation::FetchLogEntries,
         }
     }
 }
@@ -445,6 +481,25 @@ mod tests {
             Request::ListPushTargets,
             Request::RemovePushTarget(RemovePushTargetRequest { target_id: 9 }),
             Request::ListUserGroups,
+            Request::GetTreeHead(GetTreeHeadRequest {
+                domain: Text::new("a.example").unwrap(),
+            }),
+            Request::ProveBindings(ProveBindingsRequest {
+                user_id: Text::new("alice@a.example").unwrap(),
+            }),
+            Request::ProveConsistency(ProveConsistencyRequest {
+                domain: Text::new("a.example").unwrap(),
+                old_size: 2,
+                new_size: 5,
+            }),
+            Request::FetchHistory(FetchHistoryRequest {
+                user_id: Text::new("alice@a.example").unwrap(),
+                from: 0,
+            }),
+            Request::FetchLogEntries(FetchLogEntriesRequest {
+                start: 0,
+                count: 100,
+            }),
         ]
     }
 

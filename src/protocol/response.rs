@@ -5,11 +5,12 @@ use tls_codec::{Deserialize, Serialize, TlsDeserialize, TlsSerialize, TlsSize};
 
 use super::request::open_envelope;
 use super::{
-    AuthenticateResponse, ClaimedKeyPackages, ClientCredential, ClientId, ClientRegistered,
-    CredentialVerifyingKey, DecodeError, DomainKeysBody, ErrorResponse, FetchedMessages,
-    GroupEpoch, GroupList, GroupLogMessages, GroupLogs, GroupState, GroupTreeChunk,
-    KeyPackageStatus, Limits, MessageAccepted, PushInfo, PushTargetAdded, PushTargets,
-    RegistrationMode, Text, UserClients, Version, MAX_RESPONSE_LEN,
+    AuthenticateResponse, BindingsProof, ClaimedKeyPackages, ClientCredential, ClientId,
+    ClientRegistered, ConsistencyProof, CredentialVerifyingKey, DecodeError, DomainKeysBody,
+    ErrorResponse, FetchedMessages, GroupEpoch, GroupList, GroupLogMessages, GroupLogs, GroupState,
+    GroupTreeChunk, KeyPackageStatus, Limits, LogPage, MessageAccepted, PushInfo, PushTargetAdded,
+    PushTargets, RegistrationMode, SignedTreeHead, Text, UserClients, UserHistory, Version,
+    MAX_RESPONSE_LEN,
 };
 
 /// `GetServerInfo` response body.
@@ -94,6 +95,17 @@ pub enum ResponseBody {
     PushTargets(PushTargets),
     #[tls_codec(discriminant = 32)]
     PushTargetRemoved,
+    // The transparency bodies are boxed: a tree head alone outweighs every other body.
+    #[tls_codec(discriminant = 34)]
+    TreeHead(Box<SignedTreeHead>),
+    #[tls_codec(discriminant = 35)]
+    Bindings(Box<BindingsProof>),
+    #[tls_codec(discriminant = 36)]
+    Consistency(ConsistencyProof),
+    #[tls_codec(discriminant = 37)]
+    History(Box<UserHistory>),
+    #[tls_codec(discriminant = 38)]
+    LogPage(Box<LogPage>),
 }
 
 /// A response: a body, or an error. On the wire:
@@ -227,6 +239,37 @@ mod tests {
                 }],
             })),
             Response::Ok(ResponseBody::PushTargetRemoved),
+            Response::Ok(ResponseBody::TreeHead(Box::new(sample_head()))),
+            Response::Ok(ResponseBody::Bindings(Box::new(sample_bindings()))),
+            Response::Ok(ResponseBody::Consistency(
+                crate::protocol::ConsistencyProof {
+                    hashes: vec![[3; 32], [4; 32]],
+                },
+            )),
+            Response::Ok(ResponseBody::History(Box::new(
+                crate::protocol::UserHistory {
+                    bindings: sample_bindings(),
+                    entries: vec![crate::protocol::ProvedEntry {
+                        index: 4,
+                        entry: sample_entry(),
+                        inclusion: vec![[5; 32]],
+                    }],
+                },
+            ))),
+            Response::Ok(ResponseBody::LogPage(Box::new(crate::protocol::LogPage {
+                head: sample_head(),
+                entries: vec![
+                    crate::protocol::LogRecord::Entry(sample_entry()),
+                    crate::protocol::LogRecord::Redacted(crate::protocol::RedactedEntry {
+                        leaf_hash: [1; 32],
+                        user_key: [2; 32],
+                        bindings_after: [3; 32],
+                    }),
+                    crate::protocol::LogRecord::Removed(crate::protocol::UserRemoved {
+                        user_key: [2; 32],
+                    }),
+                ],
+            }))),
             Response::Error(ErrorResponse::new(
                 ErrorCode::NotAuthenticated,
                 "log in first",
@@ -243,6 +286,61 @@ mod tests {
                     Err(DecodeError::UnsupportedVersion(version.number()))
                 );
             }
+        }
+    }
+
+    fn sample_head() -> crate::protocol::SignedTreeHead {
+        crate::protocol::SignedTreeHead {
+            head: crate::protocol::TreeHead {
+                domain: Text::new("a.example").unwrap(),
+                tree_size: 9,
+                log_root: [1; 32],
+                map_root: [2; 32],
+                published_at: 1_700_000_000_000,
+                key_id: 1,
+            },
+            signature: vec![6; 64].into(),
+        }
+    }
+
+    fn sample_credential() -> ClientCredential {
+        ClientCredential {
+            content: crate::protocol::ClientCredentialContent {
+                client: ClientId::of("alice@a.example", 2),
+                signature_key: vec![1; 32].into(),
+                ciphersuite: 1,
+                not_before: 10,
+                not_after: 20,
+                issuer_key_id: 1,
+            },
+            signature: vec![2; 64].into(),
+        }
+    }
+
+    fn sample_entry() -> crate::protocol::LogEntry {
+        crate::protocol::LogEntry {
+            change: crate::protocol::BindingChange::Renewed,
+            logged_at: 1_700_000_000,
+            credential: sample_credential(),
+        }
+    }
+
+    fn sample_bindings() -> crate::protocol::BindingsProof {
+        crate::protocol::BindingsProof {
+            head: sample_head(),
+            bindings: crate::protocol::UserBindings {
+                user_id: Text::new("alice@a.example").unwrap(),
+                entries: 2,
+                history: [7; 32],
+                credentials: vec![sample_credential()],
+            },
+            proof: crate::protocol::MapProof {
+                siblings: vec![[8; 32]],
+                end: crate::protocol::MapPathEnd::OtherUser(crate::protocol::MapLeaf {
+                    key: [9; 32],
+                    value: [10; 32],
+                }),
+            },
         }
     }
 

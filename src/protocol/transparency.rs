@@ -33,6 +33,40 @@ pub struct LogEntry {
     pub credential: ClientCredential,
 }
 
+/// An entry of a deleted user, as the log keeps it: what replaying it does to the map, without
+/// the user id or the credential. Its leaf hash is the one the full entry had, so every head and
+/// proof stays valid.
+#[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
+pub struct RedactedEntry {
+    pub leaf_hash: [u8; 32],
+    /// The user's key in the map.
+    pub user_key: [u8; 32],
+    /// The hash of the user's bindings after the entry.
+    pub bindings_after: [u8; 32],
+}
+
+/// The last entry of a deleted user: it leaves the map (a lookup then proves it absent).
+#[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
+pub struct UserRemoved {
+    pub user_key: [u8; 32],
+}
+
+/// One entry of the log as it is kept and served. Its leaf hash is RFC 9162's of its encoding,
+/// except a redacted entry's, which is the one the whole entry had.
+#[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
+#[repr(u8)]
+pub enum LogRecord {
+    /// An entry of a user deleted since.
+    #[tls_codec(discriminant = 0)]
+    Redacted(RedactedEntry),
+    /// A credential issued, renewed or revoked.
+    #[tls_codec(discriminant = 1)]
+    Entry(LogEntry),
+    /// A user's deletion.
+    #[tls_codec(discriminant = 2)]
+    Removed(UserRemoved),
+}
+
 /// A user's state in the map: its current credentials and a chain over its whole history.
 #[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
 pub struct UserBindings {
@@ -176,7 +210,7 @@ pub struct FetchLogEntriesRequest {
 /// `FetchLogEntries` response body: the newest head and entries `start..` of its log (at most
 /// [`MAX_LOG_ENTRIES`], none past the head).
 #[derive(Clone, PartialEq, Eq, Debug, TlsSize, TlsSerialize, TlsDeserialize)]
-pub struct LogEntries {
+pub struct LogPage {
     pub head: SignedTreeHead,
-    pub entries: Vec<LogEntry>,
+    pub entries: Vec<LogRecord>,
 }

@@ -18,7 +18,7 @@ use crate::protocol::{
 use crate::services::credential_keys::CredentialKeys;
 use crate::services::invites::{InviteError, InviteKey};
 use crate::store::{
-    AddClientRefusal, NewUser, RegisterRefusal, RemoveClientRefusal, Store, StoredClient,
+    AddClientRefusal, NewClient, NewUser, RegisterRefusal, RemoveClientRefusal, Store, StoredClient,
 };
 
 /// Credentials are backdated by this much, so that a verifier whose clock is a little behind the
@@ -75,6 +75,11 @@ impl Accounts {
     pub fn published_keys(&self) -> Vec<CredentialVerifyingKey> {
         self.keys
             .published(self.clock.now(), self.credential_lifetime)
+    }
+
+    /// The key that signs credentials now, which signs the transparency log's heads too.
+    pub fn active_signer(&self) -> crate::services::credential_keys::CredentialSigner {
+        self.keys.active_signer()
     }
 
     /// The server's own signing key with public key `public`, if it has it.
@@ -175,13 +180,13 @@ impl Accounts {
         let issue = self.credential_issuer(&user, key.to_bytes(), request.ciphersuite, now);
         let (_, credential) = self
             .store
-            .add_client(
-                user.as_str(),
-                key.to_bytes(),
+            .add_client(NewClient {
+                user_id: user.to_string(),
+                signature_key: key.to_bytes(),
                 now,
-                MAX_CLIENTS_PER_USER,
-                Box::new(issue),
-            )
+                max_clients: MAX_CLIENTS_PER_USER,
+                issue_credential: Box::new(issue),
+            })
             .await?
             .map_err(|refusal| match refusal {
                 // The caller's user vanished under it: it was deleted a moment ago.
@@ -238,7 +243,7 @@ impl Accounts {
             return Err(ServiceError::Forbidden);
         }
         self.store
-            .remove_client(target)
+            .remove_client(target, self.clock.now())
             .await?
             .map_err(|refusal| match refusal {
                 RemoveClientRefusal::UnknownClient => ServiceError::UnknownClient,
@@ -269,7 +274,7 @@ impl Accounts {
             self.credential_issuer(&user, stored.signature_key, old.content.ciphersuite, now);
         let encoded = issue(caller.device_id);
         self.store
-            .replace_credential(&client, encoded.clone())
+            .replace_credential(&client, encoded.clone(), now)
             .await?
             .map_err(|_| ServiceError::UnknownClient)?;
         decode_credential(&encoded)

@@ -17,7 +17,9 @@ use ed25519_dalek::SigningKey;
 
 use crate::clock::UnixTime;
 use crate::identity::sign_credential;
-use crate::protocol::{ClientCredential, ClientCredentialContent, CredentialVerifyingKey};
+use crate::protocol::{
+    ClientCredential, ClientCredentialContent, CredentialVerifyingKey, SignedTreeHead, TreeHead,
+};
 use crate::secret_files::{create_private, create_private_dir};
 
 /// The directory of key files inside the data directory.
@@ -159,6 +161,19 @@ impl CredentialSigner {
     pub fn issue(&self, mut content: ClientCredentialContent) -> ClientCredential {
         content.issuer_key_id = self.key_id;
         sign_credential(&self.signing_key, content)
+    }
+
+    /// Signs a transparency tree head, setting its key id to this key's.
+    pub fn sign_head(&self, mut head: TreeHead) -> SignedTreeHead {
+        use ed25519_dalek::Signer;
+        head.key_id = self.key_id;
+        let signature = self
+            .signing_key
+            .sign(&crate::protocol::tree_head_signature_content(&head));
+        SignedTreeHead {
+            head,
+            signature: signature.to_bytes().to_vec().into(),
+        }
     }
 }
 

@@ -18,6 +18,8 @@ mod push_delivery;
 mod queues;
 mod reach;
 mod routing;
+mod transparency;
+mod transparency_routing;
 mod wire_error;
 
 use std::sync::Arc;
@@ -33,13 +35,14 @@ pub use key_packages::{
 pub use push::{Push, PushStats, VAPID_KEY_FILE};
 pub use push_delivery::EndpointRules;
 pub use queues::{Delivery, Queues};
+pub use transparency::Transparency;
 pub use wire_error::wire_error;
 
 use crate::clock::UnixTime;
 use crate::config::{ServerConfig, ServerLimits};
 use crate::protocol::{
     ClientId, DomainKeysBody, GroupRequest, Limits, Notification, Operation, Request, ResponseBody,
-    ServerInfo, Text, CHANNEL_BINDING_LEN,
+    ServerInfo, Text, TransparencyQuery, CHANNEL_BINDING_LEN, MAX_HISTORY_ENTRIES,
 };
 use crate::store::{Store, StoreError};
 use invites::InviteError;
@@ -289,6 +292,8 @@ pub enum ServiceError {
     UnknownPushTarget,
     #[error("full queues, nothing was accepted: {}", name_some(full))]
     QueueFull { full: Vec<ClientId> },
+    #[error("no tree head of size {0} was published (or the sizes are out of order)")]
+    UnknownTreeHead(u64),
     #[error("operation {0:?} is handled by the transport, not a service")]
     NotAServiceOperation(Operation),
     #[error(transparent)]
@@ -342,8 +347,10 @@ pub struct Services {
     key_packages: KeyPackages,
     queues: Arc<Queues>,
     push: Arc<Push>,
+    transparency: Arc<Transparency>,
     sessions: Arc<dyn Sessions>,
     maintenance_interval: std::time::Duration,
+    tree_head_interval: std::time::Duration,
     /// This node's id among the nodes sharing the store (leases, events).
     node: u64,
     /// The way to the other nodes, on a shared store.
@@ -454,6 +461,12 @@ impl Services {
             .map(|federation| Federation::new(&config.domain, federation, identity).map(Arc::new))
             .transpose()?;
         let outbox_wake = Arc::new(federation::OutboxSignal::new(cluster_sessions));
+        let transparency = Arc::new(Transparency::new(
+            config.domain.clone(),
+            store.clone(),
+            config.clock.clone(),
+            accounts.clone(),
+        ));
         Ok(Self {
             domain: config.domain.to_text(),
             limits: ServerLimits::announced(&config.limits),
@@ -473,8 +486,10 @@ impl Services {
             key_packages: KeyPackages::new(config, store, queues.clone()),
             queues,
             push,
+            transparency,
             sessions,
             maintenance_interval: config.maintenance_interval,
+            tree_head_interval: config.tree_head_interval,
             node,
             cluster: bus.map(|(bus, key)| ClusterLink {
                 bus,
@@ -483,6 +498,11 @@ impl Services {
             }),
             cluster_events_refused: Arc::default(),
         })
+    }
+
+    /// Publishes transparency tree heads on the configured interval until `stop` is cancelled.
+    pub async fn run_transparency(&self, stop: tokio_util::sync::CancellationToken) {
+        self.transparency.run(self.tree_head_interval, stop).await
     }
 
     /// Purges expired data every maintenance interval until `stop` is cancelled. On a shared
@@ -707,6 +727,11 @@ impl Services {
             Request::SendProposal(r) => self.routed_group_request(client()?, GroupRequest::SendProposal(r)).await?,
             Request::DeleteGroup(r) => self.routed_group_request(client()?, GroupRequest::DeleteGroup(r)).await?,
             Request::FetchGroupTree(r) => self.routed_group_request(client()?, GroupRequest::FetchGroupTree(r)).await?,
+            Request::GetTreeHead(r) => self.transparency_query(TransparencyQuery::GetTreeHead(r)).await?,
+            Request::ProveBindings(r) => self.transparency_query(TransparencyQuery::ProveBindings(r)).await?,
+            Request::ProveConsistency(r) => self.transparency_query(TransparencyQuery::ProveConsistency(r)).await?,
+            Request::FetchHistory(r) => Body::History(Box::new(self.transparency.history(r.user_id.as_str(), r.from, MAX_HISTORY_ENTRIES).await?)),
+            Request::FetchLogEntries(r) => Body::LogPage(Box::new(self.transparency.log_page(r.start, r.count).await?)),
             Request::Authenticate(_) => return Err(ServiceError::NotAServiceOperation(request.operation())),
         })
     }

@@ -165,6 +165,7 @@ impl Services {
                 }
                 FederationResponseBody::DeparturesNoted
             }
+            FederationRequest::Transparency(query) => self.peer_transparency_query(query).await?,
             FederationRequest::Identify(_) => {
                 return Err(ServiceError::NotAServiceOperation(Operation::Authenticate))
             }
@@ -381,6 +382,6 @@ fn check_peer_speaks_for(peer: &str, client: &ClientId) -> Result<(), ServiceErr
     Ok(())
 }
 
-fn unexpected_peer_answer(answer: &FederationResponseBody) -> ServiceError {
+pub(super) fn unexpected_peer_answer(answer: &FederationResponseBody) -> ServiceError {
     ServiceError::PeerUnavailable(format!("the peer answered {answer:?}"))
 }

@@ -69,6 +69,7 @@ pub fn wire_error(e: ServiceError) -> ErrorResponse {
         ServiceError::ProposalConflict(_) => ErrorCode::ProposalConflict,
         ServiceError::InvalidGroupId => ErrorCode::InvalidGroupId,
         ServiceError::TreeNotKept { .. } => ErrorCode::TreeNotKept,
+        ServiceError::UnknownTreeHead(_) => ErrorCode::UnknownTreeHead,
         ServiceError::PushTargetRefused(_) => ErrorCode::PushTargetRefused,
         ServiceError::TooManyPushTargets { .. } => ErrorCode::TooManyPushTargets,
         ServiceError::UnknownPushTarget => ErrorCode::UnknownPushTarget,

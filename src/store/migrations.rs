@@ -22,7 +22,9 @@ use super::{Store, StoreError};
 /// - 5: each membership carries the epoch it joined at (`group-members-2`), which bounds the
 ///   trees its client may fetch, and each remembered request its sender (`recent-requests-2`),
 ///   so that only the sender is answered from it.
-pub const SCHEMA_VERSION: u32 = 5;
+/// - 6: the key-transparency log (`transparency-*-1`); every credential held at migration is
+///   logged as issued then.
+pub const SCHEMA_VERSION: u32 = 6;
 
 impl Store {
     /// Creates the tables of a new database, or checks that an existing one has our layout.
@@ -57,7 +59,7 @@ fn initialise_schema_in(txn: &WriteTransaction) -> Result<(), StoreError> {
             meta::set_schema_version_in(txn, SCHEMA_VERSION)?;
         }
         Some(SCHEMA_VERSION) => {}
-        Some(from @ (1..=4)) => {
+        Some(from @ (1..=5)) => {
             if from == 1 {
                 queues::migrate_queue_1(txn)?;
             }
@@ -71,7 +73,10 @@ fn initialise_schema_in(txn: &WriteTransaction) -> Result<(), StoreError> {
                     crate::clock::Clock::now_ms(&crate::clock::SystemClock),
                 )?;
             }
-            groups::migrate_to_schema_5(txn)?;
+            if from < 5 {
+                groups::migrate_to_schema_5(txn)?;
+            }
+            log_held_credentials(txn)?;
             meta::set_schema_version_in(txn, SCHEMA_VERSION)?;
             tracing::info!("database migrated from schema {from} to {SCHEMA_VERSION}");
         }
@@ -80,6 +85,16 @@ fn initialise_schema_in(txn: &WriteTransaction) -> Result<(), StoreError> {
                 "database schema version {other}, this server reads {SCHEMA_VERSION}"
             )))
         }
+    }
+    Ok(())
+}
+
+/// Logs every credential the database holds as issued now: a database from before the log.
+fn log_held_credentials(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+    for (user_id, credential) in super::tables::accounts::all_credentials_in(txn)? {
+        let issued = crate::protocol::BindingChange::Issued;
+        super::credentials::log_in(txn, &user_id, issued, now, &credential)?;
     }
     Ok(())
 }

@@ -31,6 +31,7 @@
 //! (`rows`) and the list of every table (`registry`).
 
 mod admin;
+mod credentials;
 mod fan_out;
 mod federation_receipt;
 mod group_change;
@@ -66,14 +67,15 @@ pub trait EventBus: Send + Sync {
 }
 
 pub use admin::{QueueRow, StoreCounts, UserRow};
+pub use credentials::{placeholder_credential, StoredEntry};
 pub use federation_receipt::{IncomingDelivery, ReceivedDeliveries};
 pub use rows::{
     Admission, Enqueued, Envelope, FullQueues, GroupMemberRow, OutgoingDelivery, QueueLimits,
     HANDSHAKE_RESERVE_FACTOR,
 };
 pub use tables::accounts::{
-    AddClientRefusal, IssueCredential, IssuedInvite, NewUser, RegisterRefusal, RemoveClientRefusal,
-    StoredClient, FIRST_DEVICE_ID,
+    AddClientRefusal, IssueCredential, IssuedInvite, NewClient, NewUser, RegisterRefusal,
+    RemoveClientRefusal, StoredClient, FIRST_DEVICE_ID,
 };
 pub use tables::federation::{DeliveryRefusal, PeerBacklog, MAX_ROUTES_PER_PEER};
 pub use tables::group_logs::{LogCursor, LogEntries, LogRefusal};

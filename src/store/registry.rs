@@ -53,6 +53,10 @@ macro_rules! for_each_table {
         $action!(super::tables::push::PUSH_WOKEN);
         $action!(super::tables::leases::LEASES);
         $action!(super::tables::leases::LEASE_GENERATIONS);
+        $action!(super::tables::transparency::LOG_ENTRIES);
+        $action!(super::tables::transparency::LOG_SUBTREES);
+        $action!(super::tables::transparency::USER_ENTRIES);
+        $action!(super::tables::transparency::TREE_HEADS);
     }};
 }
 

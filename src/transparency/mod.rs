@@ -22,7 +22,7 @@ pub mod verify;
 use sha2::{Digest, Sha256};
 use tls_codec::{Serialize, VLByteSlice};
 
-use crate::protocol::{BindingChange, ClientCredential, LogEntry, Text, UserBindings};
+use crate::protocol::{BindingChange, ClientCredential, LogEntry, LogRecord, Text, UserBindings};
 
 /// A SHA-256 hash.
 pub type Hash = [u8; 32];
@@ -50,9 +50,36 @@ pub fn user_key(user_id: &str) -> Hash {
     Sha256::digest(&content).into()
 }
 
-/// The log's leaf hash of an encoded entry.
-pub fn entry_hash(encoded_entry: &[u8]) -> Hash {
-    log_tree::leaf_hash(encoded_entry)
+/// The log's leaf hash of a record: RFC 9162's of its encoding, or for a redacted entry the one
+/// the whole entry had.
+pub fn record_hash(record: &LogRecord) -> Hash {
+    match record {
+        LogRecord::Redacted(redacted) => redacted.leaf_hash,
+        whole => log_tree::leaf_hash(&whole.tls_serialize_detached().unwrap_or_default()),
+    }
+}
+
+/// The leaf hash of a whole entry (its record's).
+pub fn entry_hash(entry: &LogEntry) -> Hash {
+    record_hash(&LogRecord::Entry(entry.clone()))
+}
+
+/// What one log record does to the map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MapUpdate {
+    /// The user with this key now has bindings with this hash.
+    Set { key: Hash, value: Hash },
+    /// The user with this key leaves the map.
+    Remove { key: Hash },
+}
+
+impl MapUpdate {
+    pub fn apply_to(&self, tree: &prefix_tree::Tree) -> prefix_tree::Tree {
+        match self {
+            MapUpdate::Set { key, value } => tree.insert(key, value),
+            MapUpdate::Remove { key } => tree.remove(key),
+        }
+    }
 }
 
 /// The value hash of a user's leaf in the map: SHA-256 of the encoded [`UserBindings`].

@@ -99,6 +99,32 @@ impl Tree {
         }
     }
 
+    /// This tree without `key` (the same tree if it held nothing). A branch left with one leaf
+    /// below it becomes that leaf, so the tree stays the one its keys define.
+    pub fn remove(&self, key: &Hash) -> Tree {
+        self.remove_at(0, key)
+    }
+
+    fn remove_at(&self, depth: usize, key: &Hash) -> Tree {
+        match self.0.as_deref() {
+            None => Tree::default(),
+            Some(Node::Leaf { key: held, .. }) if held == key => Tree::default(),
+            Some(Node::Leaf { .. }) => self.clone(),
+            Some(Node::Branch { left, right, .. }) => {
+                let (left, right) = match bit(key, depth) {
+                    true => (left.clone(), right.remove_at(depth + 1, key)),
+                    false => (left.remove_at(depth + 1, key), right.clone()),
+                };
+                match (left.0.as_deref(), right.0.as_deref()) {
+                    (None, Some(Node::Leaf { .. })) => right,
+                    (Some(Node::Leaf { .. }), None) => left,
+                    (None, None) => Tree::default(),
+                    _ => branch(left, right),
+                }
+            }
+        }
+    }
+
     /// The value hash `key` holds, if any.
     pub fn get(&self, key: &Hash) -> Option<Hash> {
         let mut node = self;
@@ -280,6 +306,32 @@ mod tests {
             assert_eq!(verify(&root, &k, None, &proof), Ok(false));
             assert!(verify(&root, &k, Some(&value(0, 0)), &proof).is_err());
         }
+    }
+
+    #[test]
+    fn removing_keys_gives_the_tree_of_those_left() {
+        let mut tree = Tree::default();
+        for i in 0..120 {
+            tree = tree.insert(&key(i), &value(i, 0));
+        }
+        let mut left = std::collections::BTreeMap::new();
+        for i in 0..120 {
+            if i % 3 == 0 {
+                tree = tree.remove(&key(i));
+            } else {
+                left.insert(key(i), value(i, 0));
+            }
+        }
+        tree = tree.remove(&key(5000));
+        let sorted: Vec<(Hash, Hash)> = left.iter().map(|(k, v)| (*k, *v)).collect();
+        assert_eq!(tree.root(), reference_root(&sorted, 0));
+        let root = tree.root();
+        assert_eq!(
+            verify(&root, &key(3), None, &tree.prove(&key(3))),
+            Ok(false)
+        );
+        let all_gone = (0..120).fold(tree, |tree, i| tree.remove(&key(i)));
+        assert_eq!(all_gone.root(), EMPTY);
     }
 
     #[test]

@@ -178,9 +178,7 @@ impl<'a> HistoryCheck<'a> {
             if proved.entry.credential.content.client.user_id.as_str() != user {
                 return Err(history_error(user, "an entry of another user"));
             }
-            let encoded = tls_codec::Serialize::tls_serialize_detached(&proved.entry)
-                .map_err(|e| history_error(user, e))?;
-            let hash = entry_hash(&encoded);
+            let hash = entry_hash(&proved.entry);
             log_tree::verify_inclusion(
                 proved.index,
                 self.head.tree_size,

@@ -68,7 +68,7 @@ impl Nodes {
 
     /// Adds a device to `user_id` through node a.
     async fn add_device(&self, user_id: &str) -> u32 {
-        let added = self.a.add_client(user_id, key(), 0, 10, credential());
+        let added = self.a.add_client(new_client(user_id, 0));
         added.await.unwrap().unwrap().0
     }
 
@@ -88,7 +88,7 @@ impl Nodes {
         let actor = Some(roost::protocol::ClientId::of(user_id, device_id));
         let removed = roost::protocol::ClientId::of(user_id, device_id);
         let (written, removed) =
-            tokio::join!(acting_for(actor, write), self.b.remove_client(&removed));
+            tokio::join!(acting_for(actor, write), self.b.remove_client(&removed, 0));
         removed.unwrap().unwrap();
         format!("{written:?}")
     }
@@ -146,18 +146,33 @@ fn key() -> [u8; 32] {
     rand::random()
 }
 
-fn credential() -> roost::store::IssueCredential {
-    Box::new(|device_id| device_id.to_be_bytes().to_vec())
+/// Issues `user_id`'s credentials with `key` (unsigned: the store does not check them).
+fn credential(user_id: &str, key: [u8; 32]) -> roost::store::IssueCredential {
+    let user_id = user_id.to_owned();
+    Box::new(move |device_id| roost::store::placeholder_credential(&user_id, device_id, key))
 }
 
 fn new_user(user_id: &str, invite: Option<Vec<u8>>) -> NewUser {
+    let key = key();
     NewUser {
         user_id: user_id.to_owned(),
-        signature_key: key(),
+        signature_key: key,
         now: 1,
         quarantine_secs: 0,
         invite: invite.map(|nonce| (nonce, 1)),
-        issue_credential: credential(),
+        issue_credential: credential(user_id, key),
+    }
+}
+
+/// A second (or later) device of `user_id`, added at `now`.
+fn new_client(user_id: &str, now: u64) -> roost::store::NewClient {
+    let key = key();
+    roost::store::NewClient {
+        user_id: user_id.to_owned(),
+        signature_key: key,
+        now,
+        max_clients: 10,
+        issue_credential: credential(user_id, key),
     }
 }
 
@@ -324,7 +339,7 @@ async fn a_commit_adding_a_device_that_is_being_removed_leaves_nothing_for_it() 
         let removed = roost::protocol::ClientId::of(&user, device);
         let (committed, removed) = tokio::join!(
             nodes.a.commit_group(&group_id, commit, 1, LIMITS),
-            nodes.b.remove_client(&removed)
+            nodes.b.remove_client(&removed, 0)
         );
         removed.unwrap().unwrap();
         let committed = committed.unwrap();
@@ -359,7 +374,7 @@ async fn a_device_being_removed_publishes_no_key_packages() {
         let client = roost::protocol::ClientId::of(&user, device);
         let (published, removed) = tokio::join!(
             acting_for(actor, nodes.a.publish_key_packages(&client, batch, 100, 1)),
-            nodes.b.remove_client(&client)
+            nodes.b.remove_client(&client, 0)
         );
         removed.unwrap().unwrap();
         let outcome = format!("{published:?}");
@@ -379,7 +394,7 @@ async fn an_account_deleted_while_a_device_is_added_stays_deleted() {
         let user = format!("adding-{n}@{DOMAIN}");
         nodes.register(&user).await;
         let (added, deleted) = tokio::join!(
-            nodes.a.add_client(&user, key(), 1, 10, credential()),
+            nodes.a.add_client(new_client(&user, 1)),
             nodes.b.delete_user(&user, 1)
         );
         let (added, deleted) = (added.unwrap(), deleted.unwrap());
@@ -489,8 +504,8 @@ async fn two_devices_leaving_at_once_leave_their_user_one() {
         let second_device = roost::protocol::ClientId::of(&user, second);
         let first_device = roost::protocol::ClientId::of(&user, FIRST_DEVICE_ID);
         let (first_removed, second_removed) = tokio::join!(
-            nodes.a.remove_client(&first_device),
-            nodes.b.remove_client(&second_device)
+            nodes.a.remove_client(&first_device, 0),
+            nodes.b.remove_client(&second_device, 0)
         );
         let outcomes = [first_removed.unwrap(), second_removed.unwrap()];
         let clients = nodes.a.clients_of(&user).await.unwrap().unwrap_or_default();

@@ -179,7 +179,12 @@ async fn store_with_users(count: usize) -> anyhow::Result<(tempfile::TempDir, St
                 now: 0,
                 quarantine_secs: 0,
                 invite: None,
-                issue_credential: Box::new(|_| vec![0; 200]),
+                issue_credential: {
+                    let user_id = user_id.clone();
+                    Box::new(move |device| {
+                        roost::store::placeholder_credential(&user_id, device, key)
+                    })
+                },
             })
             .await?
             .map_err(|refused| anyhow::anyhow!("registering {user_id}: {refused:?}"))?;

@@ -208,6 +208,10 @@ struct ServeArgs {
     /// Seconds between purges of expired data.
     #[arg(long, env = "ROOST_MAINTENANCE_INTERVAL_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     maintenance_interval_secs: u64,
+    /// Seconds between transparency tree heads while the credential log grows (a head is also
+    /// published at once when a client asks about a user no head covers yet).
+    #[arg(long, env = "ROOST_TREE_HEAD_INTERVAL_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    tree_head_interval_secs: u64,
     /// Turn offline push off: no Web Push, no gateways; clients cannot register push targets.
     #[arg(long, env = "ROOST_NO_OFFLINE_PUSH")]
     no_offline_push: bool,
@@ -409,6 +413,7 @@ impl ServeArgs {
                 ..PushConfig::default()
             },
             maintenance_interval: Duration::from_secs(self.maintenance_interval_secs),
+            tree_head_interval: Duration::from_secs(self.tree_head_interval_secs),
             metrics_listen: self.metrics_listen,
             federation,
             clock: Arc::new(SystemClock),

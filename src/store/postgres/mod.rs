@@ -371,6 +371,16 @@ const MIGRATIONS: &[(i32, &str, &[&str])] = &[
         "memberships with the epoch they joined at, remembered requests with their senders",
         &["group-members-2", "recent-requests-2"],
     ),
+    (
+        6,
+        "the key-transparency log: entries, subtrees, users' entries, tree heads",
+        &[
+            "transparency-log-1",
+            "transparency-subtrees-1",
+            "transparency-user-entries-1",
+            "transparency-heads-1",
+        ],
+    ),
 ];
 
 /// The advisory lock under which one node at a time migrates the database, held by a connection

@@ -90,6 +90,15 @@ pub struct NewUser {
     pub issue_credential: IssueCredential,
 }
 
+/// A client to add to an existing user.
+pub struct NewClient {
+    pub user_id: String,
+    pub signature_key: [u8; ED25519_PUBLIC_KEY_LEN],
+    pub now: u64,
+    pub max_clients: usize,
+    pub issue_credential: IssueCredential,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegisterRefusal {
     UserExists,
@@ -130,7 +139,10 @@ impl Store {
             now: 0,
             quarantine_secs: 0,
             invite: None,
-            issue_credential: Box::new(|_| vec![1]),
+            issue_credential: {
+                let user_id = user_id.to_owned();
+                Box::new(move |device| crate::store::placeholder_credential(&user_id, device, key))
+            },
         })
         .await
         .unwrap()
@@ -178,6 +190,21 @@ pub(in crate::store) fn client_reads(reads: &mut crate::store::kv::Prefetch, cli
 
 /// The device id of a user's first client.
 pub const FIRST_DEVICE_ID: u32 = 1;
+
+/// (user id, encoded credential) of every client of every user, in user and device order (a
+/// migration's walk).
+pub(in crate::store) fn all_credentials_in(
+    txn: &WriteTransaction,
+) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    let clients = txn.open_table(CLIENTS)?;
+    let mut credentials = Vec::new();
+    for entry in clients.iter()? {
+        let (key, record) = entry?;
+        let credential = decode::<ClientRecord>(record.value())?.credential.into();
+        credentials.push((key.value().0.to_owned(), credential));
+    }
+    Ok(credentials)
+}
 
 /// Every client of every user (a migration's walk).
 pub(in crate::store) fn all_clients_in(
@@ -270,99 +297,6 @@ impl Store {
         .await
     }
 
-    /// Creates a user and its first client (device [`FIRST_DEVICE_ID`]), returning the credential.
-    pub async fn register_user(
-        &self,
-        mut user: NewUser,
-    ) -> Result<Result<Vec<u8>, RegisterRefusal>, StoreError> {
-        self.write(move |txn| {
-            let quarantined_at = txn
-                .open_table(QUARANTINE)?
-                .get(user_id_hash(&user.user_id).as_slice())?
-                .map(|deleted| deleted.value());
-            if let Some(deleted_at) = quarantined_at {
-                let until = deleted_at.saturating_add(user.quarantine_secs);
-                if user.now < until {
-                    return Ok(Err(RegisterRefusal::Quarantined { until }));
-                }
-            }
-            if txn.open_table(USERS)?.get(user.user_id.as_str())?.is_some() {
-                return Ok(Err(RegisterRefusal::UserExists));
-            }
-            if key_in_use(txn, &user.signature_key)? {
-                return Ok(Err(RegisterRefusal::KeyInUse));
-            }
-            if let Some((nonce, max_uses)) = &user.invite {
-                let standing = match txn.open_table(INVITES)?.get(nonce.as_slice())? {
-                    Some(record) => decode::<InviteRecord>(record.value())?.revoked_at == 0,
-                    None => false,
-                };
-                if !standing {
-                    return Ok(Err(RegisterRefusal::InviteRevoked));
-                }
-                let mut used = txn.open_table(INVITES_USED)?;
-                let uses = used.get(nonce.as_slice())?.map_or(0, |n| n.value());
-                if uses >= *max_uses {
-                    return Ok(Err(RegisterRefusal::InviteUsedUp));
-                }
-                used.put(nonce.as_slice(), uses + 1)?;
-            }
-            txn.open_table(QUARANTINE)?
-                .delete(user_id_hash(&user.user_id).as_slice())?;
-            let record = UserRecord {
-                created_at: user.now,
-                next_device_id: FIRST_DEVICE_ID + 1,
-            };
-            txn.open_table(USERS)?
-                .put(user.user_id.as_str(), encode(&record)?.as_slice())?;
-            let credential = (user.issue_credential)(FIRST_DEVICE_ID);
-            insert_client(
-                txn,
-                &user.user_id,
-                FIRST_DEVICE_ID,
-                &user.signature_key,
-                &credential,
-                user.now,
-            )?;
-            Ok(Ok(credential))
-        })
-        .await
-    }
-
-    /// Adds a client to an existing user, returning its device id and credential.
-    pub async fn add_client(
-        &self,
-        user_id: &str,
-        signature_key: [u8; ED25519_PUBLIC_KEY_LEN],
-        now: u64,
-        max_clients: usize,
-        mut issue_credential: IssueCredential,
-    ) -> Result<Result<(u32, Vec<u8>), AddClientRefusal>, StoreError> {
-        let user_id = user_id.to_owned();
-        self.write(move |txn| {
-            let mut users = txn.open_table(USERS)?;
-            let Some(mut user) = decoded::<_, UserRecord>(&users, user_id.as_str())? else {
-                return Ok(Err(AddClientRefusal::UnknownUser));
-            };
-            if key_in_use(txn, &signature_key)? {
-                return Ok(Err(AddClientRefusal::KeyInUse));
-            }
-            if client_count(txn, &user_id)? >= max_clients {
-                return Ok(Err(AddClientRefusal::TooManyClients));
-            }
-            let device_id = user.next_device_id;
-            user.next_device_id = device_id
-                .checked_add(1)
-                .ok_or_else(|| StoreError::Corrupt(format!("{user_id} ran out of device ids")))?;
-            users.put(user_id.as_str(), encode(&user)?.as_slice())?;
-            drop(users);
-            let credential = issue_credential(device_id);
-            insert_client(txn, &user_id, device_id, &signature_key, &credential, now)?;
-            Ok(Ok((device_id, credential)))
-        })
-        .await
-    }
-
     /// A user's clients in device id order; `None` if the user does not exist.
     pub async fn clients_of(&self, user_id: &str) -> Result<Option<Vec<StoredClient>>, StoreError> {
         let user_id = user_id.to_owned();
@@ -391,25 +325,113 @@ impl Store {
         })
         .await
     }
+}
 
-    /// Replaces a client's credential (same key, new validity).
-    pub async fn replace_credential(
-        &self,
-        client: &ClientId,
-        credential: Vec<u8>,
-    ) -> Result<Result<(), RemoveClientRefusal>, StoreError> {
-        self.write_for(client, move |txn, (user_id, device_id)| {
-            let mut clients = txn.open_table(CLIENTS)?;
-            let Some(mut record) = decoded::<_, ClientRecord>(&clients, (user_id, device_id))?
-            else {
-                return Ok(Err(RemoveClientRefusal::UnknownClient));
+/// Creates a user and its first client (device [`FIRST_DEVICE_ID`]), returning the credential.
+pub(in crate::store) fn register_user_in(
+    txn: &WriteTransaction,
+    user: &mut NewUser,
+) -> Result<Result<Vec<u8>, RegisterRefusal>, StoreError> {
+    {
+        let quarantined_at = txn
+            .open_table(QUARANTINE)?
+            .get(user_id_hash(&user.user_id).as_slice())?
+            .map(|deleted| deleted.value());
+        if let Some(deleted_at) = quarantined_at {
+            let until = deleted_at.saturating_add(user.quarantine_secs);
+            if user.now < until {
+                return Ok(Err(RegisterRefusal::Quarantined { until }));
+            }
+        }
+        if txn.open_table(USERS)?.get(user.user_id.as_str())?.is_some() {
+            return Ok(Err(RegisterRefusal::UserExists));
+        }
+        if key_in_use(txn, &user.signature_key)? {
+            return Ok(Err(RegisterRefusal::KeyInUse));
+        }
+        if let Some((nonce, max_uses)) = &user.invite {
+            let standing = match txn.open_table(INVITES)?.get(nonce.as_slice())? {
+                Some(record) => decode::<InviteRecord>(record.value())?.revoked_at == 0,
+                None => false,
             };
-            record.credential = credential.clone().into();
-            clients.put((user_id, device_id), encode(&record)?.as_slice())?;
-            Ok(Ok(()))
-        })
-        .await
+            if !standing {
+                return Ok(Err(RegisterRefusal::InviteRevoked));
+            }
+            let mut used = txn.open_table(INVITES_USED)?;
+            let uses = used.get(nonce.as_slice())?.map_or(0, |n| n.value());
+            if uses >= *max_uses {
+                return Ok(Err(RegisterRefusal::InviteUsedUp));
+            }
+            used.put(nonce.as_slice(), uses + 1)?;
+        }
+        txn.open_table(QUARANTINE)?
+            .delete(user_id_hash(&user.user_id).as_slice())?;
+        let record = UserRecord {
+            created_at: user.now,
+            next_device_id: FIRST_DEVICE_ID + 1,
+        };
+        txn.open_table(USERS)?
+            .put(user.user_id.as_str(), encode(&record)?.as_slice())?;
+        let credential = (user.issue_credential)(FIRST_DEVICE_ID);
+        insert_client(
+            txn,
+            &user.user_id,
+            FIRST_DEVICE_ID,
+            &user.signature_key,
+            &credential,
+            user.now,
+        )?;
+        Ok(Ok(credential))
     }
+}
+
+/// Adds a client to an existing user, returning its device id and credential.
+pub(in crate::store) fn add_client_in(
+    txn: &WriteTransaction,
+    new: &mut NewClient,
+) -> Result<Result<(u32, Vec<u8>), AddClientRefusal>, StoreError> {
+    let NewClient {
+        user_id,
+        signature_key,
+        now,
+        max_clients,
+        issue_credential,
+    } = new;
+    let (signature_key, now, max_clients) = (*signature_key, *now, *max_clients);
+    let mut users = txn.open_table(USERS)?;
+    let Some(mut user) = decoded::<_, UserRecord>(&users, user_id.as_str())? else {
+        return Ok(Err(AddClientRefusal::UnknownUser));
+    };
+    if key_in_use(txn, &signature_key)? {
+        return Ok(Err(AddClientRefusal::KeyInUse));
+    }
+    if client_count(txn, user_id)? >= max_clients {
+        return Ok(Err(AddClientRefusal::TooManyClients));
+    }
+    let device_id = user.next_device_id;
+    user.next_device_id = device_id
+        .checked_add(1)
+        .ok_or_else(|| StoreError::Corrupt(format!("{user_id} ran out of device ids")))?;
+    users.put(user_id.as_str(), encode(&user)?.as_slice())?;
+    drop(users);
+    let credential = issue_credential(device_id);
+    insert_client(txn, user_id, device_id, &signature_key, &credential, now)?;
+    Ok(Ok((device_id, credential)))
+}
+
+/// Replaces a client's credential (same key, new validity).
+pub(in crate::store) fn replace_credential_in(
+    txn: &WriteTransaction,
+    (user_id, device_id): (&str, u32),
+    credential: &[u8],
+) -> Result<Result<(), RemoveClientRefusal>, StoreError> {
+    let mut clients = txn.open_table(CLIENTS)?;
+    let Some(mut record) = decoded::<_, ClientRecord>(&clients, (user_id, device_id))? else {
+        return Ok(Err(RemoveClientRefusal::UnknownClient));
+    };
+    record.credential = credential.to_vec().into();
+    clients.put((user_id, device_id), encode(&record)?.as_slice())?;
+    Ok(Ok(()))
 }
 
 fn insert_client(
@@ -433,22 +455,23 @@ fn insert_client(
 }
 
 /// Forgets a client's own rows (its record and its signature key). What other tables hold for
-/// it goes first (`store::removal`).
+/// it goes first (`store::removal`). Returns the encoded credential it had, if it existed.
 pub(in crate::store) fn forget_client_in(
     txn: &WriteTransaction,
     user_id: &str,
     device_id: u32,
-) -> Result<(), StoreError> {
+) -> Result<Option<Vec<u8>>, StoreError> {
     let removed = txn
         .open_table(CLIENTS)?
         .remove((user_id, device_id))?
         .map(|record| decode::<ClientRecord>(record.value()))
         .transpose()?;
-    if let Some(record) = removed {
-        txn.open_table(SIGNATURE_KEYS)?
-            .delete(record.signature_key.as_slice())?;
-    }
-    Ok(())
+    let Some(record) = removed else {
+        return Ok(None);
+    };
+    txn.open_table(SIGNATURE_KEYS)?
+        .delete(record.signature_key.as_slice())?;
+    Ok(Some(record.credential.into()))
 }
 
 /// The device ids of `user_id`'s clients.

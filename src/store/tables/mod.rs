@@ -13,3 +13,4 @@ pub mod leases;
 pub mod meta;
 pub mod push;
 pub mod queues;
+pub mod transparency;

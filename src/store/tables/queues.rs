@@ -1108,13 +1108,18 @@ mod tests {
         let mut store = Store::open(dir.path()).unwrap();
         let users = add_users(&store, 3).await;
         let (second_device, _) = store
-            .add_client(
-                users[0].user_id.as_str(),
-                [9; 32],
-                0,
-                10,
-                Box::new(|_| vec![1]),
-            )
+            .add_client(crate::store::NewClient {
+                user_id: users[0].user_id.to_string(),
+                signature_key: [9; 32],
+                now: 0,
+                max_clients: 10,
+                issue_credential: {
+                    let user_id = users[0].user_id.to_string();
+                    Box::new(move |device| {
+                        crate::store::placeholder_credential(&user_id, device, [9; 32])
+                    })
+                },
+            })
             .await
             .unwrap()
             .unwrap();
