@@ -15,6 +15,7 @@ use tls_codec::{Deserialize, Serialize};
 
 use super::local_error::LocalError;
 use super::mls::DeviceMls;
+use super::transparency::KeyTransparency;
 use super::{ClientError, Connection};
 use crate::clock::UnixTime;
 use crate::identity::{verify_member, DomainKeys};
@@ -304,6 +305,38 @@ pub struct GroupClient<'a> {
     /// device behind), acknowledged and not yet shown: [`GroupClient::receive`] returns it first,
     /// [`GroupClient::take_caught_up`] on its own.
     caught_up: std::sync::Mutex<Vec<(u64, anyhow::Result<GroupEvent>)>>,
+    /// The transparency logs a member's credential must be provably in, and the heads seen.
+    transparency: std::sync::Arc<KeyTransparency>,
+}
+
+/// Which members of a group a check takes as trusted already.
+pub(super) enum Trusted {
+    /// Every member (the group as this device holds it).
+    All,
+    /// The members with these credentials (the group before a commit).
+    These(std::collections::HashSet<Vec<u8>>),
+    /// None (a group being joined).
+    Nobody,
+}
+
+impl Trusted {
+    /// The members of `group` now.
+    pub(super) fn members_of(group: &MlsGroup) -> Self {
+        Self::These(
+            group
+                .members()
+                .map(|member| member.credential.serialized_content().to_vec())
+                .collect(),
+        )
+    }
+
+    fn covers(&self, credential: &openmls::prelude::Credential) -> bool {
+        match self {
+            Trusted::All => true,
+            Trusted::These(credentials) => credentials.contains(credential.serialized_content()),
+            Trusted::Nobody => false,
+        }
+    }
 }
 
 /// How many times an operation catches up and tries again when the server says this device is
@@ -342,7 +375,15 @@ impl<'a> GroupClient<'a> {
             remote_keys: Default::default(),
             verified: Default::default(),
             caught_up: Default::default(),
+            transparency: Default::default(),
         }
+    }
+
+    /// The same flows checking members against `transparency` (the device's remembered heads)
+    /// instead of a fresh memory of its own.
+    pub fn with_transparency(mut self, transparency: std::sync::Arc<KeyTransparency>) -> Self {
+        self.transparency = transparency;
+        self
     }
 
     /// What catching up inside earlier operations processed and nobody was shown yet.
@@ -463,16 +504,57 @@ impl<'a> GroupClient<'a> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Checks every member of `group`; returns them in leaf order.
+    /// Checks every member of `group` (already trusted: its credentials' signatures only);
+    /// returns them in leaf order.
     pub(super) async fn verify_members(&self, group: &MlsGroup) -> anyhow::Result<Vec<ClientId>> {
+        self.verify_members_logged(group, &Trusted::All).await
+    }
+
+    /// Checks every member of `group`, and that those not `trusted` yet are provably in their
+    /// domain's transparency log: a member this device takes in must be one its user's own
+    /// devices can see. A member trusted before is not asked again, so that one whose device was
+    /// revoked since stays until its removal is committed.
+    pub(super) async fn verify_members_logged(
+        &self,
+        group: &MlsGroup,
+        trusted: &Trusted,
+    ) -> anyhow::Result<Vec<ClientId>> {
         let mut members = Vec::new();
         for member in group.members() {
-            members.push(
-                self.verify(&member.credential, &member.signature_key)
-                    .await?,
-            );
+            members.push(match trusted.covers(&member.credential) {
+                true => {
+                    self.verify(&member.credential, &member.signature_key)
+                        .await?
+                }
+                false => {
+                    self.verify_logged(&member.credential, &member.signature_key)
+                        .await?
+                }
+            });
         }
         Ok(members)
+    }
+
+    /// [`Self::verify`], and the credential is among its user's bindings in its domain's log.
+    pub(super) async fn verify_logged(
+        &self,
+        credential: &openmls::prelude::Credential,
+        signature_key: &[u8],
+    ) -> anyhow::Result<ClientId> {
+        let client = self.verify(credential, signature_key).await?;
+        let basic = BasicCredential::try_from(credential.clone())
+            .map_err(|_| anyhow!("the member's credential is not a basic credential"))?;
+        let parsed = ClientCredential::tls_deserialize_exact(basic.identity())
+            .context("the member's credential is not a Roost client credential")?;
+        let domain = crate::identity::UserId::domain_of(parsed.content.client.user_id.as_str());
+        let keys = self.keys_for(domain).await?;
+        // Signed by the domain is not enough: the credential must be in its log, where its
+        // user's own devices would see it.
+        self.transparency
+            .check_logged(self.connection, &parsed, &keys)
+            .await
+            .with_context(|| format!("{client}'s credential is not provably in {domain}'s log"))?;
+        Ok(client)
     }
 
     /// Creates a group with this device alone; returns its id.
@@ -522,7 +604,7 @@ impl<'a> GroupClient<'a> {
                     .context("a claimed KeyPackage is not valid")?;
                 let leaf = key_package.leaf_node();
                 let member = self
-                    .verify(leaf.credential(), leaf.signature_key().as_slice())
+                    .verify_logged(leaf.credential(), leaf.signature_key().as_slice())
                     .await?;
                 if member != claim.client {
                     bail!(

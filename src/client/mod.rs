@@ -4,6 +4,7 @@
 //! Every request runs on its own bidirectional stream, so requests on one [`Connection`] proceed
 //! concurrently. [`state`] keeps a device's identity on disk for the command-line client.
 
+pub mod audit;
 pub mod groups;
 pub mod local_error;
 pub mod mls;
@@ -12,6 +13,7 @@ pub mod queue;
 mod receive;
 pub mod rejoin;
 pub mod state;
+pub mod transparency;
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;

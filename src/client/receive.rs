@@ -123,6 +123,7 @@ impl GroupClient<'_> {
             }
             ProcessedMessageContent::StagedCommitMessage(staged) => {
                 let removed = staged.self_removed();
+                let before = super::groups::Trusted::members_of(group);
                 group
                     .merge_staged_commit(self.mls.provider(), *staged)
                     .context("merging a commit")?;
@@ -131,7 +132,8 @@ impl GroupClient<'_> {
                     self.forget(&group_id)?;
                     return Ok(GroupEvent::Removed { group_id });
                 }
-                self.verify_members(group).await?;
+                // Those the commit added must be in their logs.
+                self.verify_members_logged(group, &before).await?;
                 Ok(GroupEvent::Committed {
                     group_id,
                     epoch: group.epoch().as_u64(),
@@ -210,7 +212,8 @@ impl GroupClient<'_> {
             .context("checking the Welcome")?
             .into_group(self.mls.provider())
             .context("joining from the Welcome")?;
-        self.verify_members(&group).await?;
+        self.verify_members_logged(&group, &super::groups::Trusted::Nobody)
+            .await?;
         Ok(GroupEvent::Joined {
             group_id: group.group_id().as_slice().to_vec(),
         })

@@ -124,7 +124,8 @@ impl GroupClient<'_> {
             .finalize(provider)
             .map_err(|e| mls(format!("finishing the external commit: {e}")))?;
         // The members are checked as on any join, before the commit makes this device one.
-        if let Err(e) = self.verify_members(&group).await {
+        let joining = super::groups::Trusted::Nobody;
+        if let Err(e) = self.verify_members_logged(&group, &joining).await {
             self.forget(group_id)?;
             return Err(e);
         }

@@ -10,10 +10,10 @@ use tls_codec::VLBytes;
 
 use super::{
     ClaimKeyPackagesRequest, ClaimedKeyPackages, ClientId, CredentialVerifyingKey, DecodeError,
-    DeleteGroupRequest, ErrorResponse, FetchGroupTreeRequest, GetGroupRequest, GetTreeHeadRequest,
-    LookupUserRequest, MessageKind, ProveBindingsRequest, ProveConsistencyRequest, ResponseBody,
-    SendCommitRequest, SendMessageRequest, SendProposalRequest, Text, UserClients, MAX_REQUEST_LEN,
-    MAX_RESPONSE_LEN,
+    DeleteGroupRequest, ErrorResponse, FetchGroupTreeRequest, FetchHistoryRequest, GetGroupRequest,
+    GetTreeHeadRequest, LookupUserRequest, MessageKind, ProveBindingsRequest,
+    ProveConsistencyRequest, ResponseBody, SendCommitRequest, SendMessageRequest,
+    SendProposalRequest, Text, UserClients, MAX_REQUEST_LEN, MAX_RESPONSE_LEN,
 };
 
 /// `Identify` (federation) request body: the domain the connecting homeserver speaks for.
@@ -123,6 +123,8 @@ pub enum TransparencyQuery {
     ProveBindings(ProveBindingsRequest),
     #[tls_codec(discriminant = 36)]
     ProveConsistency(ProveConsistencyRequest),
+    #[tls_codec(discriminant = 37)]
+    FetchHistory(FetchHistoryRequest),
 }
 
 /// `ClientsDeparted` request body.

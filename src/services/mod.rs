@@ -42,7 +42,7 @@ use crate::clock::UnixTime;
 use crate::config::{ServerConfig, ServerLimits};
 use crate::protocol::{
     ClientId, DomainKeysBody, GroupRequest, Limits, Notification, Operation, Request, ResponseBody,
-    ServerInfo, Text, TransparencyQuery, CHANNEL_BINDING_LEN, MAX_HISTORY_ENTRIES,
+    ServerInfo, Text, TransparencyQuery, CHANNEL_BINDING_LEN,
 };
 use crate::store::{Store, StoreError};
 use invites::InviteError;
@@ -730,7 +730,7 @@ impl Services {
             Request::GetTreeHead(r) => self.transparency_query(TransparencyQuery::GetTreeHead(r)).await?,
             Request::ProveBindings(r) => self.transparency_query(TransparencyQuery::ProveBindings(r)).await?,
             Request::ProveConsistency(r) => self.transparency_query(TransparencyQuery::ProveConsistency(r)).await?,
-            Request::FetchHistory(r) => Body::History(Box::new(self.transparency.history(r.user_id.as_str(), r.from, MAX_HISTORY_ENTRIES).await?)),
+            Request::FetchHistory(r) => self.transparency_query(TransparencyQuery::FetchHistory(r)).await?,
             Request::FetchLogEntries(r) => Body::LogPage(Box::new(self.transparency.log_page(r.start, r.count).await?)),
             Request::Authenticate(_) => return Err(ServiceError::NotAServiceOperation(request.operation())),
         })

@@ -3,8 +3,9 @@
 //! the client verifies against that domain's keys (this server only carries it).
 
 use crate::protocol::{
-    FederationRequest, FederationResponseBody, GetTreeHeadRequest, ProveBindingsRequest,
-    ProveConsistencyRequest, ResponseBody, TransparencyQuery,
+    FederationRequest, FederationResponseBody, FetchHistoryRequest, GetTreeHeadRequest,
+    ProveBindingsRequest, ProveConsistencyRequest, ResponseBody, TransparencyQuery,
+    MAX_HISTORY_ENTRIES,
 };
 
 use super::{ServiceError, Services, Transparency};
@@ -20,8 +21,9 @@ impl Services {
             TransparencyQuery::ProveConsistency(request) => {
                 request.domain.as_str().to_ascii_lowercase()
             }
-            TransparencyQuery::ProveBindings(request) => {
-                match self.remote_user(request.user_id.as_str())? {
+            TransparencyQuery::ProveBindings(ProveBindingsRequest { user_id })
+            | TransparencyQuery::FetchHistory(FetchHistoryRequest { user_id, .. }) => {
+                match self.remote_user(user_id.as_str())? {
                     Some(domain) => domain,
                     None => self.domain.as_str().to_owned(),
                 }
@@ -54,7 +56,8 @@ impl Services {
             | TransparencyQuery::ProveConsistency(ProveConsistencyRequest { domain, .. }) => {
                 domain.as_str().eq_ignore_ascii_case(self.domain.as_str())
             }
-            TransparencyQuery::ProveBindings(ProveBindingsRequest { user_id }) => {
+            TransparencyQuery::ProveBindings(ProveBindingsRequest { user_id })
+            | TransparencyQuery::FetchHistory(FetchHistoryRequest { user_id, .. }) => {
                 self.remote_user(user_id.as_str())?.is_none()
             }
         };
@@ -83,6 +86,12 @@ async fn answer(
                 .await?;
             ResponseBody::Bindings(Box::new(proof))
         }
+        TransparencyQuery::FetchHistory(request) => {
+            let history = transparency
+                .history(request.user_id.as_str(), request.from, MAX_HISTORY_ENTRIES)
+                .await?;
+            ResponseBody::History(Box::new(history))
+        }
         TransparencyQuery::ProveConsistency(request) => ResponseBody::Consistency(
             transparency
                 .prove_consistency(request.old_size, request.new_size)
@@ -97,6 +106,7 @@ fn query_operation(query: &TransparencyQuery) -> u16 {
         TransparencyQuery::GetTreeHead(_) => 34,
         TransparencyQuery::ProveBindings(_) => 35,
         TransparencyQuery::ProveConsistency(_) => 36,
+        TransparencyQuery::FetchHistory(_) => 37,
     }
 }
 
@@ -105,6 +115,7 @@ fn body_operation(body: &ResponseBody) -> Option<u16> {
         ResponseBody::TreeHead(_) => Some(34),
         ResponseBody::Bindings(_) => Some(35),
         ResponseBody::Consistency(_) => Some(36),
+        ResponseBody::History(_) => Some(37),
         _ => None,
     }
 }

@@ -123,7 +123,12 @@ pub fn apply(bindings: &mut UserBindings, index: u64, entry: &LogEntry, entry_ha
     bindings.history = chain(&bindings.history, index, entry_hash);
 }
 
-/// Whether `credential` is one of `bindings`' current credentials, byte for byte.
+/// Whether `bindings` bind `credential`'s key to its client: one of the current credentials
+/// names the same client and the same signature key. (A credential renewed since carries the
+/// same key: the earlier one, still in the client's MLS leaves, binds the same.)
 pub fn binds(bindings: &UserBindings, credential: &ClientCredential) -> bool {
-    bindings.credentials.iter().any(|held| held == credential)
+    bindings.credentials.iter().any(|held| {
+        held.content.client == credential.content.client
+            && held.content.signature_key == credential.content.signature_key
+    })
 }

@@ -98,6 +98,25 @@ fn authenticated_operations() -> Vec<Request> {
         Request::ListPushTargets,
         Request::RemovePushTarget(roost::protocol::RemovePushTargetRequest { target_id: 1 }),
         Request::ListUserGroups,
+        Request::GetTreeHead(roost::protocol::GetTreeHeadRequest {
+            domain: text("localhost"),
+        }),
+        Request::ProveBindings(roost::protocol::ProveBindingsRequest {
+            user_id: text("bob@localhost"),
+        }),
+        Request::ProveConsistency(roost::protocol::ProveConsistencyRequest {
+            domain: text("localhost"),
+            old_size: 0,
+            new_size: 1,
+        }),
+        Request::FetchHistory(roost::protocol::FetchHistoryRequest {
+            user_id: text("bob@localhost"),
+            from: 0,
+        }),
+        Request::FetchLogEntries(roost::protocol::FetchLogEntriesRequest {
+            start: 0,
+            count: 10,
+        }),
     ]
 }
 
