@@ -151,7 +151,7 @@ impl Homeserver {
 pub(crate) struct FedDevice {
     pub(crate) connection: Connection,
     pub(crate) identity: roost::client::state::DeviceIdentity,
-    mls: roost::client::mls::DeviceMls,
+    pub(crate) mls: roost::client::mls::DeviceMls,
     push: roost::client::PushStream,
 }
 

@@ -24,6 +24,7 @@ mod races;
 mod readme;
 mod shutdown;
 mod support;
+mod transparency;
 mod transport;
 mod trust;
 mod versions;

@@ -7,6 +7,7 @@ use anyhow::Context;
 use roost::client::groups::GroupClient;
 use roost::client::mls::DeviceMls;
 use roost::client::state::DeviceIdentity;
+use roost::client::transparency::KeyTransparency;
 use roost::client::{Connection, PushStream};
 use roost::clock::{Clock, SystemClock};
 use roost::protocol::{ClientId, Text};
@@ -53,6 +54,44 @@ impl GroupNames {
             .map(|(name, _)| name.as_str())
     }
 }
+
+/// The signature keys of this user's other devices that this device added or accepted
+/// (`STATE_DIR/known-devices.json`, hex): `check-devices` reports any other.
+pub struct KnownDevices(std::collections::BTreeSet<String>);
+
+impl KnownDevices {
+    pub const FILE: &'static str = "known-devices.json";
+
+    pub fn load(state: &Path) -> anyhow::Result<Self> {
+        match std::fs::read_to_string(state.join(Self::FILE)) {
+            Ok(text) => Ok(Self(
+                serde_json::from_str(&text).context("reading known-devices.json")?,
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self(Default::default())),
+            Err(e) => Err(e).context("reading known-devices.json"),
+        }
+    }
+
+    pub fn keys(&self) -> Vec<Vec<u8>> {
+        self.0
+            .iter()
+            .filter_map(|key| hex::decode(key).ok())
+            .collect()
+    }
+
+    /// Adds `keys` and saves.
+    pub fn add(mut self, keys: &[&[u8]], state: &Path) -> anyhow::Result<()> {
+        self.0.extend(keys.iter().map(hex::encode));
+        std::fs::write(
+            state.join(Self::FILE),
+            serde_json::to_string_pretty(&self.0)?,
+        )
+        .context("writing known-devices.json")
+    }
+}
+
+/// The file where a device keeps the newest transparency tree head it saw of each domain.
+pub const TREE_HEADS_FILE: &str = "tree-heads";
 
 /// This device: its identity, its MLS side, and the state directory they live in.
 pub struct Device {
@@ -108,7 +147,15 @@ impl Device {
             &self.mls,
             connection.domain_keys().await?,
             now(),
-        ))
+        )
+        .with_transparency(self.transparency()?))
+    }
+
+    /// What this device knows of the transparency logs it checked (the heads it saw).
+    pub fn transparency(&self) -> anyhow::Result<std::sync::Arc<KeyTransparency>> {
+        Ok(std::sync::Arc::new(KeyTransparency::in_file(
+            self.state.join(TREE_HEADS_FILE),
+        )?))
     }
 }
 

@@ -72,6 +72,23 @@ pub(crate) enum Command {
     RemoveClient { client: String },
     /// Get a fresh credential for this device.
     RenewCredential,
+    /// Check this user's history in the server's transparency log: report every device that
+    /// this one did not add (or accept before).
+    CheckDevices {
+        /// Accept the devices reported: they are not reported again.
+        #[arg(long)]
+        accept: bool,
+    },
+    /// Audit the server's transparency log: follow its tree heads, check each extends the last,
+    /// and rebuild the log and the map from its records to check their roots.
+    Audit {
+        /// Check the newest head once and exit.
+        #[arg(long)]
+        once: bool,
+        /// Seconds between checks when following.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        interval_secs: u64,
+    },
     /// Find a user's clients and verify their credentials against the server's keys.
     Lookup { user: String },
     /// Delete this user, all its clients and all its data.

@@ -10,7 +10,7 @@ use roost::client::{add_client_request, Connection};
 use serde_json::json;
 
 use super::Context;
-use crate::device::{authenticate, Device};
+use crate::device::{authenticate, Device, KnownDevices};
 use crate::output::{client_json, joined_output, not_joined_text, Output};
 
 pub async fn run(context: &Context<'_>, approve_from: &Path) -> anyhow::Result<Output> {
@@ -26,6 +26,9 @@ pub async fn run(context: &Context<'_>, approve_from: &Path) -> anyhow::Result<O
         approver.identity.ciphersuite,
     );
     let added = connection.add_client(request).await?;
+    // The approver vouches for the new device: its own transparency checks expect it.
+    let new_key = key.verifying_key().to_bytes();
+    KnownDevices::load(approve_from)?.add(&[new_key.as_slice()], approve_from)?;
     let identity = DeviceIdentity::new(added, key, approver.identity.ciphersuite);
     identity.save_new(state)?;
     let device = Device::new(identity, state)?;

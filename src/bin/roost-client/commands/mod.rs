@@ -3,6 +3,8 @@
 //! needs.
 
 mod add_client;
+mod audit;
+mod check_devices;
 mod claim;
 mod clients;
 mod commit;
@@ -136,6 +138,11 @@ pub async fn execute(context: &Context<'_>) -> anyhow::Result<Output> {
         Command::AddClient { approve_from } => add_client::run(context, approve_from).await,
         Command::RemoveClient { client } => remove_client::run(context, client).await,
         Command::RenewCredential => renew_credential::run(context).await,
+        Command::CheckDevices { accept } => check_devices::run(context, *accept).await,
+        Command::Audit {
+            once,
+            interval_secs,
+        } => audit::run(context, *once, *interval_secs).await,
         Command::Lookup { user } => lookup::run(context, user).await,
         Command::DeleteAccount => delete_account::run(context).await,
         Command::Keypackages => keypackages::run(context).await,
