@@ -18,9 +18,10 @@ use tls_codec::{Deserialize, Serialize};
 use super::{unexpected, ClientError, Connection};
 use crate::identity::DomainKeys;
 use crate::protocol::{
-    BindingChange, BindingsProof, ClientCredential, FetchHistoryRequest, FetchLogEntriesRequest,
-    GetTreeHeadRequest, LogEntry, LogPage, ProveBindingsRequest, ProveConsistencyRequest, Request,
-    ResponseBody, SignedTreeHead, Text, UserBindings, UserHistory,
+    BindingChange, BindingsProof, ClientCredential, ErrorCode, FetchHistoryRequest,
+    FetchLogEntriesRequest, GetTreeHeadRequest, LogEntry, LogPage, ProveBindingsRequest,
+    ProveConsistencyRequest, Request, ResponseBody, SignedTreeHead, Text, UserBindings,
+    UserHistory,
 };
 use crate::transparency::verify::{
     verify_bindings, verify_extends, verify_head, HistoryCheck, TransparencyError,
@@ -216,7 +217,19 @@ impl KeyTransparency {
                 return Ok(());
             }
         }
-        let proof = connection.prove_bindings(user_id).await?;
+        let proof = match connection.prove_bindings(user_id).await {
+            Ok(proof) => proof,
+            // A server from before the log (or a peer's): there is nothing to check. A domain
+            // that has shown this device a head cannot go back to that.
+            Err(e)
+                if e.code() == Some(ErrorCode::UnknownOperation)
+                    && self.head(&keys.domain).is_none() =>
+            {
+                tracing::warn!(domain = %keys.domain, "the domain keeps no transparency log");
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
         self.advance(connection, keys, &proof.head).await?;
         verify_bindings(&proof, user_id)?;
         let bound = crate::transparency::binds(&proof.bindings, credential);

@@ -132,3 +132,131 @@ pub fn binds(bindings: &UserBindings, credential: &ClientCredential) -> bool {
             && held.content.signature_key == credential.content.signature_key
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use tls_codec::Serialize;
+
+    use super::log_tree::{self, Subtree};
+    use super::*;
+    use crate::protocol::{ClientCredentialContent, ClientId};
+
+    fn credential(user: &str, device: u32) -> ClientCredential {
+        ClientCredential {
+            content: ClientCredentialContent {
+                client: ClientId::of(user, device),
+                signature_key: vec![device as u8; 32].into(),
+                ciphersuite: 1,
+                not_before: 0,
+                not_after: 1,
+                issuer_key_id: 1,
+            },
+            signature: vec![0; 64].into(),
+        }
+    }
+
+    /// The proofs a client fetches for one user of a server with 10,000 users (two devices each,
+    /// one renewed: 30,000 entries) stay a few kilobytes: printed, and bounded here.
+    #[test]
+    fn proofs_for_ten_thousand_users_stay_small() {
+        const USERS: usize = 10_000;
+        let mut subtrees: HashMap<Subtree, Hash> = HashMap::new();
+        let mut leaves = 0u64;
+        let mut map = prefix_tree::Tree::default();
+        let mut users: Vec<UserBindings> = Vec::new();
+        let mut append = |subtrees: &mut HashMap<Subtree, Hash>, leaf: Hash| -> u64 {
+            let index = leaves;
+            for subtree in log_tree::completed_by(index) {
+                let hash = match subtree.level {
+                    0 => leaf,
+                    level => {
+                        let below = |i| {
+                            subtrees[&Subtree {
+                                level: level - 1,
+                                index: i,
+                            }]
+                        };
+                        log_tree::node_hash(
+                            &below(subtree.index * 2),
+                            &below(subtree.index * 2 + 1),
+                        )
+                    }
+                };
+                subtrees.insert(subtree, hash);
+            }
+            leaves += 1;
+            index
+        };
+        for n in 0..USERS {
+            let user_id = format!("user{n}@a.example");
+            let mut bindings = no_bindings(&user_id);
+            for (device, change) in [
+                (1, BindingChange::Issued),
+                (2, BindingChange::Issued),
+                (2, BindingChange::Renewed),
+            ] {
+                let entry = LogEntry {
+                    change,
+                    logged_at: 0,
+                    credential: credential(&user_id, device),
+                };
+                let leaf = entry_hash(&entry);
+                let index = append(&mut subtrees, leaf);
+                apply(&mut bindings, index, &entry, &leaf);
+            }
+            map = map.insert(&user_key(&user_id), &bindings_hash(&bindings));
+            users.push(bindings);
+        }
+        let mut tree = log_tree::Tree {
+            size: leaves,
+            subtree: |subtree: Subtree| Ok::<_, ()>(subtrees[&subtree]),
+        };
+        let log_root = tree.root().unwrap();
+        let (mut map_sizes, mut inclusion_sizes) = (Vec::new(), Vec::new());
+        for n in (0..USERS).step_by(97) {
+            let bindings = &users[n];
+            let key = user_key(bindings.user_id.as_str());
+            let proof = map.prove(&key);
+            prefix_tree::verify(&map.root(), &key, Some(&bindings_hash(bindings)), &proof).unwrap();
+            let wire = crate::protocol::MapProof {
+                siblings: proof.siblings.clone(),
+                end: crate::protocol::MapPathEnd::User,
+            };
+            map_sizes.push(wire.tls_serialize_detached().unwrap().len());
+            let index = (n * 3) as u64;
+            let path = tree.inclusion_proof(index).unwrap();
+            let entry = LogEntry {
+                change: BindingChange::Issued,
+                logged_at: 0,
+                credential: credential(bindings.user_id.as_str(), 1),
+            };
+            log_tree::verify_inclusion(index, leaves, &entry_hash(&entry), &path, &log_root)
+                .unwrap();
+            inclusion_sizes.push(path.len() * 32);
+        }
+        let bindings_len = users[0].tls_serialize_detached().unwrap().len();
+        let consistency = tree.consistency_proof(leaves / 3).unwrap().len() * 32;
+        let (map_max, inclusion_max) = (
+            *map_sizes.iter().max().unwrap(),
+            *inclusion_sizes.iter().max().unwrap(),
+        );
+        let map_mean = map_sizes.iter().sum::<usize>() / map_sizes.len();
+        println!(
+            "{USERS} users, {leaves} log entries: map proof {map_mean} bytes on average, \
+             {map_max} at most; a user's bindings {bindings_len} bytes (two devices); \
+             inclusion proof {inclusion_max} bytes; consistency proof {consistency} bytes"
+        );
+        // log2(10,000) is about 13: a path a few levels longer than that, 32 bytes a level.
+        assert!(map_max < 32 * 32, "map proofs of {map_max} bytes");
+        assert!(
+            inclusion_max <= 32 * 15,
+            "inclusion proofs of {inclusion_max} bytes"
+        );
+        assert!(
+            consistency <= 32 * 30,
+            "a consistency proof of {consistency} bytes"
+        );
+    }
+}
