@@ -12,6 +12,7 @@ mod nodes;
 mod offline_push;
 mod report;
 mod scenarios;
+mod transparency;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,6 +73,7 @@ enum Scenario {
     Connections,
     Push,
     Nodes,
+    Transparency,
 }
 
 impl Scenario {
@@ -147,6 +149,7 @@ async fn run(cli: &Cli) -> anyhow::Result<Report> {
                 Scenario::Connections => scenarios::connections(&mut run).await,
                 Scenario::Push => offline_push::push(&mut run).await,
                 Scenario::Nodes => nodes::nodes(&mut run).await,
+                Scenario::Transparency => transparency::transparency(&mut run).await,
             };
             if let Err(e) = done {
                 anyhow::bail!("scenario {scenario:?} failed: {e:#}");
