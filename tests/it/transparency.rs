@@ -352,3 +352,50 @@ async fn a_fresh_credential_is_provable_at_once() {
             .unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_registering_and_publishing_at_once_keep_one_log() {
+    // What keeps the log one sequence: every append reads and extends the last entry in a
+    // serializable transaction, and a head is written only for a size larger than the newest.
+    let first = TestServer::start_shared(|_| {}).await;
+    let second = first.start_node(|_| {}).await;
+    let registering = (0..12).map(|n| {
+        let node = if n % 2 == 0 { &first } else { &second };
+        async move { node.register(&format!("racer{n}@localhost")).await }
+    });
+    let devices = futures::future::join_all(registering).await;
+    // Both nodes publish at once, each asked about a user the other registered.
+    let (a, b) = tokio::join!(
+        devices[0].connection.prove_bindings("racer1@localhost"),
+        devices[1].connection.prove_bindings("racer0@localhost"),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let keys = within(devices[0].connection.domain_keys()).await.unwrap();
+    // Every credential is bound, seen through either node; the heads are one log.
+    let transparency = KeyTransparency::in_memory();
+    for (n, device) in devices.iter().enumerate() {
+        let through = &devices[(n + 1) % devices.len()].connection;
+        within(transparency.check_logged(through, &device.identity.credential, &keys))
+            .await
+            .unwrap();
+    }
+    let (older, newer) = match a.head.head.tree_size <= b.head.head.tree_size {
+        true => (a.head, b.head),
+        false => (b.head, a.head),
+    };
+    let checked = KeyTransparency::in_memory();
+    within(checked.advance(&devices[0].connection, &keys, &older))
+        .await
+        .unwrap();
+    within(checked.advance(&devices[1].connection, &keys, &newer))
+        .await
+        .unwrap();
+    // An auditor through each node rebuilds the same log: dense, every record once.
+    for device in [&devices[0], &devices[1]] {
+        let audited = within(Auditor::new().step(&device.connection, &keys))
+            .await
+            .unwrap();
+        assert!(audited.head.tree_size >= 12, "{audited:?}");
+        assert_eq!(audited.new_records, audited.head.tree_size);
+    }
+}
