@@ -741,13 +741,13 @@ macro_rules! answer {
     ($client:expr, $request:expr, $expected:pat => $value:expr) => {
         match $client.request(&$request).await? {
             $expected => Ok($value),
-            other => Err(unexpected(&other)),
+            other => Err($crate::client::unexpected(&other)),
         }
     };
 }
-use answer;
+pub(crate) use answer;
 
-fn unexpected(body: &ResponseBody) -> ClientError {
+pub(crate) fn unexpected(body: &ResponseBody) -> ClientError {
     ClientError::Protocol(format!("unexpected response body {body:?}"))
 }
 

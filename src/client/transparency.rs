@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use anyhow::{anyhow, Context};
 use tls_codec::{Deserialize, Serialize};
 
-use super::{unexpected, ClientError, Connection};
+use super::{answer, ClientError, Connection};
 use crate::identity::DomainKeys;
 use crate::protocol::{
     BindingChange, BindingsProof, ClientCredential, ErrorCode, FetchHistoryRequest,
@@ -37,10 +37,7 @@ impl Connection {
         let request = GetTreeHeadRequest {
             domain: text(domain)?,
         };
-        match self.request(&Request::GetTreeHead(request)).await? {
-            ResponseBody::TreeHead(head) => Ok(*head),
-            other => Err(unexpected(&other)),
-        }
+        answer!(self, Request::GetTreeHead(request), ResponseBody::TreeHead(head) => *head)
     }
 
     /// `user_id`'s bindings at the newest head of its domain's log, with their proof.
@@ -48,10 +45,7 @@ impl Connection {
         let request = ProveBindingsRequest {
             user_id: text(user_id)?,
         };
-        match self.request(&Request::ProveBindings(request)).await? {
-            ResponseBody::Bindings(proof) => Ok(*proof),
-            other => Err(unexpected(&other)),
-        }
+        answer!(self, Request::ProveBindings(request), ResponseBody::Bindings(proof) => *proof)
     }
 
     /// The consistency proof between the heads of sizes `old_size` and `new_size` of `domain`'s
@@ -67,10 +61,7 @@ impl Connection {
             old_size,
             new_size,
         };
-        match self.request(&Request::ProveConsistency(request)).await? {
-            ResponseBody::Consistency(proof) => Ok(proof.hashes),
-            other => Err(unexpected(&other)),
-        }
+        answer!(self, Request::ProveConsistency(request), ResponseBody::Consistency(proof) => proof.hashes)
     }
 
     /// One page of a local user's history: its bindings at the newest head and its entries
@@ -84,19 +75,13 @@ impl Connection {
             user_id: text(user_id)?,
             from,
         };
-        match self.request(&Request::FetchHistory(request)).await? {
-            ResponseBody::History(history) => Ok(*history),
-            other => Err(unexpected(&other)),
-        }
+        answer!(self, Request::FetchHistory(request), ResponseBody::History(history) => *history)
     }
 
     /// The server's log records from `start` (at most `count`), with its newest head.
     pub async fn fetch_log_entries(&self, start: u64, count: u32) -> Result<LogPage, ClientError> {
         let request = FetchLogEntriesRequest { start, count };
-        match self.request(&Request::FetchLogEntries(request)).await? {
-            ResponseBody::LogPage(page) => Ok(*page),
-            other => Err(unexpected(&other)),
-        }
+        answer!(self, Request::FetchLogEntries(request), ResponseBody::LogPage(page) => *page)
     }
 }
 

@@ -21,10 +21,21 @@ use crate::support::{new_key, within, Device, TestServer};
 /// A credential for `client` with `key`, signed with the server's own credential key (as whoever
 /// took the server's keys would), but never logged.
 fn forged_credential(server: &TestServer, client: ClientId, key: &[u8]) -> ClientCredential {
-    let keys = CredentialKeys::load_or_create(&server.dir.path().join("data"), server.clock.now())
-        .unwrap();
-    let now = server.clock.now();
-    keys.active_signer().issue(ClientCredentialContent {
+    forged_at(&server.dir.path().join("data"), client, key)
+}
+
+/// The credential-signing key of the server whose data is in `data_dir`, as its thief holds it.
+fn stolen_signer(data_dir: &std::path::Path) -> roost::services::credential_keys::CredentialSigner {
+    CredentialKeys::load_or_create(data_dir, roost::clock::SystemClock.now())
+        .unwrap()
+        .active_signer()
+}
+
+/// A credential for `client` with `key` signed with the key of the server whose data is in
+/// `data_dir`, never logged.
+fn forged_at(data_dir: &std::path::Path, client: ClientId, key: &[u8]) -> ClientCredential {
+    let now = roost::clock::SystemClock.now();
+    stolen_signer(data_dir).issue(ClientCredentialContent {
         client,
         signature_key: key.to_vec().into(),
         ciphersuite: 1,
@@ -62,23 +73,6 @@ async fn a_credential_signed_by_the_server_but_not_logged_is_refused() {
             "{refused:#}"
         );
     }
-}
-
-/// A credential for `client` with `key` signed with the key of the server whose data is in
-/// `data_dir`, never logged.
-fn forged_at(data_dir: &std::path::Path, client: ClientId, key: &[u8]) -> ClientCredential {
-    let now = roost::clock::SystemClock.now();
-    CredentialKeys::load_or_create(data_dir, now)
-        .unwrap()
-        .active_signer()
-        .issue(ClientCredentialContent {
-            client,
-            signature_key: key.to_vec().into(),
-            ciphersuite: 1,
-            not_before: now - 60,
-            not_after: now + 86_400,
-            issuer_key_id: 0,
-        })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

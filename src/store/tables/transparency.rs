@@ -118,7 +118,14 @@ pub(in crate::store) fn user_entries_in(
     user_id: &str,
     end: u64,
 ) -> Result<Vec<u64>, StoreError> {
-    let table = txn.open_table(USER_ENTRIES)?;
+    user_indices(&txn.open_table(USER_ENTRIES)?, user_id, end)
+}
+
+fn user_indices(
+    table: &impl ReadableTable<(&'static str, u64), ()>,
+    user_id: &str,
+    end: u64,
+) -> Result<Vec<u64>, StoreError> {
     let mut indices = Vec::new();
     for row in table.range((user_id, 0)..(user_id, end))? {
         indices.push(row?.0.value().1);
@@ -131,7 +138,14 @@ pub(in crate::store) fn read_record_in(
     txn: &ReadTransaction,
     index: u64,
 ) -> Result<Vec<u8>, StoreError> {
-    txn.open_table(LOG_ENTRIES)?
+    record(&txn.open_table(LOG_ENTRIES)?, index)
+}
+
+fn record(
+    entries: &impl ReadableTable<u64, &'static [u8]>,
+    index: u64,
+) -> Result<Vec<u8>, StoreError> {
+    entries
         .get(index)?
         .map(|record| record.value().to_vec())
         .ok_or_else(|| StoreError::Corrupt(format!("log entry {index} is missing")))
@@ -155,12 +169,7 @@ pub(in crate::store) fn all_user_entries_in(
     txn: &WriteTransaction,
     user_id: &str,
 ) -> Result<Vec<u64>, StoreError> {
-    let table = txn.open_table(USER_ENTRIES)?;
-    let mut indices = Vec::new();
-    for row in table.range((user_id, 0)..=(user_id, u64::MAX))? {
-        indices.push(row?.0.value().1);
-    }
-    Ok(indices)
+    user_indices(&txn.open_table(USER_ENTRIES)?, user_id, u64::MAX)
 }
 
 /// Entry `index`, an encoded `LogRecord` (in a write transaction).
@@ -168,10 +177,7 @@ pub(in crate::store) fn record_in(
     txn: &WriteTransaction,
     index: u64,
 ) -> Result<Vec<u8>, StoreError> {
-    txn.open_table(LOG_ENTRIES)?
-        .get(index)?
-        .map(|record| record.value().to_vec())
-        .ok_or_else(|| StoreError::Corrupt(format!("log entry {index} is missing")))
+    record(&txn.open_table(LOG_ENTRIES)?, index)
 }
 
 /// The newest tree head, encoded: (its tree size, its bytes).
