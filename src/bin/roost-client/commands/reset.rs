@@ -1,4 +1,5 @@
-//! `reset`: forgets the identity in `--state`, locally (the server is not asked).
+//! `reset`: forgets the identity in `--state`, locally (the server is not asked), with what the
+//! device knew of transparency logs.
 
 use std::path::Path;
 
@@ -6,7 +7,7 @@ use anyhow::{bail, Context};
 use roost::client::state::DeviceIdentity;
 use serde_json::json;
 
-use crate::device::GroupNames;
+use crate::device::{GroupNames, KnownDevices, TREE_HEADS_FILE};
 use crate::output::Output;
 
 /// `reset`: forgets the identity, keys and groups kept in `state`.
@@ -17,6 +18,10 @@ pub fn run(state: &Path) -> anyhow::Result<Output> {
         roost::client::state::IDENTITY_FILE,
         roost::client::mls::MLS_STORAGE_FILE,
         GroupNames::FILE,
+        // What this device knew of transparency logs and of its user's devices: a new device in
+        // this directory starts without them (a new server of the same domain is a new log).
+        TREE_HEADS_FILE,
+        KnownDevices::FILE,
     ] {
         let path = state.join(file);
         match std::fs::remove_file(&path) {
