@@ -111,24 +111,14 @@ impl Auditor {
     fn replay(&mut self, record: &LogRecord) -> anyhow::Result<()> {
         let index = self.size;
         let leaf = record_hash(record);
-        for subtree in log_tree::completed_by(index) {
-            let hash = match subtree.level {
-                0 => leaf,
-                level => {
-                    let below = |index| {
-                        self.subtrees
-                            .get(&Subtree {
-                                level: level - 1,
-                                index,
-                            })
-                            .copied()
-                            .context("a subtree the log should have")
-                    };
-                    log_tree::node_hash(&below(subtree.index * 2)?, &below(subtree.index * 2 + 1)?)
-                }
-            };
-            self.subtrees.insert(subtree, hash);
-        }
+        let subtrees = &self.subtrees;
+        let completed = log_tree::completed_by(index, leaf, |left| {
+            subtrees
+                .get(&left)
+                .copied()
+                .context("a subtree the log should have")
+        })?;
+        self.subtrees.extend(completed);
         match record {
             LogRecord::Entry(entry) => {
                 let user_id = entry.credential.content.client.user_id.as_str();

@@ -38,14 +38,32 @@ pub struct Subtree {
     pub index: u64,
 }
 
-/// The perfect subtrees that appending leaf `index` completes, lowest first: the leaf itself,
-/// then each subtree whose last leaf it is. Each is the node hash of the two below it.
-pub fn completed_by(index: u64) -> impl Iterator<Item = Subtree> {
+/// The perfect subtrees that appending leaf `index` (with hash `leaf`) completes, with their
+/// hashes, lowest first: the leaf itself, then each subtree whose last leaf it is. The right
+/// half of each is the one below it; its left half, asked of `stored`, was complete before.
+pub fn completed_by<E>(
+    index: u64,
+    leaf: Hash,
+    mut stored: impl FnMut(Subtree) -> Result<Hash, E>,
+) -> Result<Vec<(Subtree, Hash)>, E> {
     let completed = (index + 1).trailing_zeros() as u8;
-    (0..=completed).map(move |level| Subtree {
-        level,
-        index: index >> level,
-    })
+    let mut hash = leaf;
+    let mut subtrees = Vec::with_capacity(usize::from(completed) + 1);
+    for level in 0..=completed {
+        let subtree = Subtree {
+            level,
+            index: index >> level,
+        };
+        if level > 0 {
+            let left = stored(Subtree {
+                level: level - 1,
+                index: subtree.index * 2,
+            })?;
+            hash = node_hash(&left, &hash);
+        }
+        subtrees.push((subtree, hash));
+    }
+    Ok(subtrees)
 }
 
 /// A tree of `size` leaves as far as its perfect subtrees' hashes are known: `subtree` answers
@@ -275,21 +293,10 @@ mod tests {
     fn subtrees(leaves: &[Hash]) -> HashMap<Subtree, Hash> {
         let mut nodes = HashMap::new();
         for (index, leaf) in leaves.iter().enumerate() {
-            for subtree in completed_by(index as u64) {
-                let hash = match subtree.level {
-                    0 => *leaf,
-                    level => {
-                        let below = |index| {
-                            nodes[&Subtree {
-                                level: level - 1,
-                                index,
-                            }]
-                        };
-                        node_hash(&below(subtree.index * 2), &below(subtree.index * 2 + 1))
-                    }
-                };
-                nodes.insert(subtree, hash);
-            }
+            let completed = completed_by(index as u64, *leaf, |left| {
+                Ok::<_, Infallible>(nodes[&left])
+            });
+            nodes.extend(completed.unwrap());
         }
         nodes
     }

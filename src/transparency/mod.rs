@@ -168,24 +168,9 @@ mod tests {
         let mut users: Vec<UserBindings> = Vec::new();
         let mut append = |subtrees: &mut HashMap<Subtree, Hash>, leaf: Hash| -> u64 {
             let index = leaves;
-            for subtree in log_tree::completed_by(index) {
-                let hash = match subtree.level {
-                    0 => leaf,
-                    level => {
-                        let below = |i| {
-                            subtrees[&Subtree {
-                                level: level - 1,
-                                index: i,
-                            }]
-                        };
-                        log_tree::node_hash(
-                            &below(subtree.index * 2),
-                            &below(subtree.index * 2 + 1),
-                        )
-                    }
-                };
-                subtrees.insert(subtree, hash);
-            }
+            let completed =
+                log_tree::completed_by(index, leaf, |left| Ok::<_, ()>(subtrees[&left]));
+            subtrees.extend(completed.unwrap());
             leaves += 1;
             index
         };

@@ -41,14 +41,11 @@ pub(in crate::store) fn append_in(
     entries.put(index, record)?;
     drop(entries);
     let mut subtrees = txn.open_table(LOG_SUBTREES)?;
-    let mut below = log_tree::leaf_hash(record);
-    for subtree in log_tree::completed_by(index) {
-        if subtree.level > 0 {
-            // The subtree's right half is the one just completed; its left half was before.
-            let left = subtree_in(&subtrees, subtree.level - 1, subtree.index * 2)?;
-            below = log_tree::node_hash(&left, &below);
-        }
-        subtrees.put((subtree.level, subtree.index), below.as_slice())?;
+    let completed = log_tree::completed_by(index, log_tree::leaf_hash(record), |left| {
+        subtree_in(&subtrees, left.level, left.index)
+    })?;
+    for (subtree, hash) in completed {
+        subtrees.put((subtree.level, subtree.index), hash.as_slice())?;
     }
     drop(subtrees);
     if let Some(user) = user {
